@@ -1,0 +1,123 @@
+//! The desired state of one host: everything its agent needs to build the
+//! host's kernel objects, computed by the server from the store and served as
+//! a whole snapshot with a generation number.
+//!
+//! The agent reconciles against the latest snapshot (level-triggered) and
+//! reports the generation it applied; a generation is the store revision the
+//! snapshot was computed at, so a client that wrote at revision R waits for
+//! `applied_generation >= R` on the hosts it cares about.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::resources::Protocol;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HostDesired {
+    pub host_id: String,
+    pub host_name: String,
+    pub underlay_ip: Option<Ipv4Addr>,
+    pub nic_mbps: u64,
+    pub generation: u64,
+    /// VPCs with at least one ENI attached on this host, sorted by id.
+    pub vpcs: Vec<VpcDesired>,
+    /// Instances placed on this host, sorted by id.
+    pub instances: Vec<InstanceDesired>,
+    /// Groups used by ENIs on this host, with referenced groups' members
+    /// resolved to addresses; sorted by id.
+    pub security_groups: Vec<SecurityGroupDesired>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpcDesired {
+    pub vpc_id: String,
+    pub vni: u32,
+    pub cidr_block: Ipv4Net,
+    /// All subnets of the VPC: their gateways live on every host.
+    pub subnets: Vec<SubnetDesired>,
+    /// ENIs of this VPC attached on other hosts, sorted by id.
+    pub remote_enis: Vec<RemoteEni>,
+    /// Routes to other VPCs' blocks through peerings both sides accept.
+    #[serde(default)]
+    pub peer_routes: Vec<PeerRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetDesired {
+    pub subnet_id: String,
+    pub cidr_block: Ipv4Net,
+    pub gateway_ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteEni {
+    pub eni_id: String,
+    pub mac: String,
+    pub ips: Vec<Ipv4Addr>,
+    pub host_id: String,
+    pub underlay_ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRoute {
+    pub peering_id: String,
+    pub destination_cidr: Ipv4Net,
+    pub peer_vpc_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceDesired {
+    pub instance_id: String,
+    pub netns: String,
+    /// Attached ENIs, sorted by device index.
+    pub enis: Vec<EniDesired>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniDesired {
+    pub eni_id: String,
+    pub vpc_id: String,
+    pub subnet_id: String,
+    pub subnet_cidr: Ipv4Net,
+    pub gateway_ip: Ipv4Addr,
+    pub mac: String,
+    pub private_ip: Ipv4Addr,
+    pub secondary_ips: Vec<Ipv4Addr>,
+    pub device_index: u32,
+    pub source_dest_check: bool,
+    pub security_group_ids: Vec<String>,
+    pub bandwidth: EniBandwidth,
+}
+
+/// An ENI's bandwidth in bit/s, the limit resolved against the host's NIC.
+/// `egress_rate_bps` / `ingress_rate_bps` are the rates the bandwidth
+/// controller currently allocates (0: not yet allocated, use the limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EniBandwidth {
+    pub guaranteed_bps: u64,
+    pub limit_bps: u64,
+    pub weight: u32,
+    pub burst_bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroupDesired {
+    pub group_id: String,
+    pub ingress: Vec<RuleDesired>,
+    pub egress: Vec<RuleDesired>,
+    /// Addresses of this group's members (all ENIs in it, on any host).
+    pub member_ips: Vec<Ipv4Addr>,
+}
+
+/// A rule with its peer resolved: `cidr` or the members of `group_id`
+/// (whose addresses are that group's `member_ips`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleDesired {
+    pub protocol: Protocol,
+    pub from_port: Option<u16>,
+    pub to_port: Option<u16>,
+    pub cidr: Option<Ipv4Net>,
+    pub group_id: Option<String>,
+}

@@ -1,0 +1,23 @@
+//! evnet's public resource model.
+//!
+//! This crate holds what the API speaks and what every other crate agrees on:
+//! resource ids ([`ids`]), the resources themselves ([`resources`]), the
+//! validation rules with their stable error codes ([`error`], [`validate`]),
+//! CIDR math and IPAM ([`ipam`]), bandwidth units ([`bandwidth`]) and the
+//! per-host desired state an agent reconciles ([`desired`]).
+//!
+//! It is pure: no IO, no clock, no randomness. Callers pass in ids, times and
+//! the set of addresses already in use.
+
+pub mod bandwidth;
+pub mod desired;
+pub mod error;
+pub mod ids;
+pub mod ipam;
+pub mod resources;
+pub mod validate;
+
+pub use bandwidth::BandwidthSpec;
+pub use error::{ErrorKind, ModelError};
+pub use ids::Kind;
+pub use resources::*;

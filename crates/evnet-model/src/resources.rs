@@ -1,0 +1,565 @@
+//! The resources of the public API (DESIGN §2) and the bodies of the
+//! requests that create and change them.
+//!
+//! Every resource carries `id`, `name`, `tags`, `tenant`, `created_at` and
+//! `revision` (the store revision of its last change, for optimistic
+//! concurrency). Request bodies reject unknown fields.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::bandwidth::BandwidthSpec;
+
+pub type Tags = BTreeMap<String, String>;
+
+/// The tenant that owns infrastructure (hosts) rather than tenant resources.
+pub const SYSTEM_TENANT: &str = "system";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    Ready,
+    Lost,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub underlay_ip: Ipv4Addr,
+    /// Capacity of the host's NIC in each direction.
+    pub nic_mbps: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub status: HostStatus,
+    /// Unix milliseconds of the last heartbeat.
+    #[serde(default)]
+    pub last_heartbeat_ms: u64,
+    /// The desired-state generation the agent reports it has applied.
+    #[serde(default)]
+    pub applied_generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vpc {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub cidr_block: Ipv4Net,
+    /// The VXLAN network identifier, unique across all tenants.
+    pub vni: u32,
+    /// The route table every subnet uses unless associated with another.
+    pub main_route_table_id: String,
+    /// The group an ENI gets when it names none.
+    pub default_security_group_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subnet {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub vpc_id: String,
+    pub cidr_block: Ipv4Net,
+    pub gateway_ip: Ipv4Addr,
+    /// Computed when read: addresses an ENI could still take.
+    #[serde(default)]
+    pub available_ip_count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementStrategy {
+    /// Put the instance on the host with the fewest instances.
+    #[default]
+    Spread,
+    /// Fill hosts one after another.
+    Pack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Placed; its host has not yet reported it running.
+    Pending,
+    /// Its namespace exists on its host.
+    Running,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub host_id: String,
+    pub state: InstanceState,
+    /// The instance's network namespace, unique on the machine.
+    pub netns: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EniStatus {
+    Available,
+    InUse,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub instance_id: String,
+    pub host_id: String,
+    pub device_index: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Eni {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub subnet_id: String,
+    pub vpc_id: String,
+    pub mac: String,
+    pub private_ip: Ipv4Addr,
+    #[serde(default)]
+    pub secondary_ips: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    pub source_dest_check: bool,
+    pub bandwidth: BandwidthSpec,
+    #[serde(default)]
+    pub attachment: Option<Attachment>,
+    pub status: EniStatus,
+}
+
+impl Eni {
+    /// The primary address followed by the secondaries.
+    pub fn all_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        std::iter::once(self.private_ip).chain(self.secondary_ips.iter().copied())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    All,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// One security-group rule: traffic of `protocol` on ports
+/// `from_port..=to_port` (TCP and UDP only) from or to `cidr` or the members
+/// of `source_group_id`. Exactly one of the two peers is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgRule {
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_group_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub vpc_id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub ingress: Vec<SgRule>,
+    #[serde(default)]
+    pub egress: Vec<SgRule>,
+}
+
+/// A route: packets to `destination_cidr` go to `target`, which is `local`
+/// (inside the VPC), an ENI id (an appliance) or a peering id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub destination_cidr: Ipv4Net,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteTable {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub vpc_id: String,
+    /// The main table holds the VPC's local route, which cannot be removed.
+    pub main: bool,
+    pub routes: Vec<Route>,
+    /// Subnets that use this table instead of the main one.
+    #[serde(default)]
+    pub subnet_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peering {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub vpc_a: String,
+    pub vpc_b: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolScope {
+    Tenant,
+    Vpc,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BandwidthPool {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub scope: PoolScope,
+    #[serde(default)]
+    pub vpc_id: Option<String>,
+    /// Aggregate cap in each direction over all members.
+    pub limit_mbps: u64,
+    pub members: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Request bodies.
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+/// What `POST /v1/tenants` answers: the tenant and its token, shown once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantWithToken {
+    #[serde(flatten)]
+    pub tenant: Tenant,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterHost {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    pub nic_mbps: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The desired-state generation the agent has applied.
+    #[serde(default)]
+    pub applied_generation: u64,
+    /// Instances whose namespaces exist on the host.
+    #[serde(default)]
+    pub running_instances: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVpc {
+    pub cidr_block: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubnet {
+    pub vpc_id: String,
+    pub cidr_block: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstance {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The host to run on; the scheduler chooses when absent.
+    #[serde(default)]
+    pub host_id: Option<String>,
+    #[serde(default)]
+    pub placement: PlacementStrategy,
+    /// ENIs to attach at creation, in device order; their guarantees count
+    /// when the scheduler chooses a host.
+    #[serde(default)]
+    pub eni_ids: Vec<String>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEni {
+    pub subnet_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A specific primary address; the next free one when absent.
+    #[serde(default)]
+    pub private_ip: Option<Ipv4Addr>,
+    /// Specific secondary addresses.
+    #[serde(default)]
+    pub secondary_ips: Vec<Ipv4Addr>,
+    /// How many more secondary addresses to take from the pool.
+    #[serde(default)]
+    pub secondary_ip_count: u32,
+    /// Groups of the same VPC; the VPC's default group when empty.
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    #[serde(default)]
+    pub source_dest_check: Option<bool>,
+    #[serde(default)]
+    pub bandwidth: Option<BandwidthSpec>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub client_token: Option<String>,
+}
+
+/// `PATCH /v1/enis/{id}`: fields left out stay as they are. With
+/// `revision`, the change applies only if the ENI is still at it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchEni {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: Option<Tags>,
+    #[serde(default)]
+    pub security_group_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub source_dest_check: Option<bool>,
+    #[serde(default)]
+    pub bandwidth: Option<BandwidthSpec>,
+    #[serde(default)]
+    pub revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachEni {
+    pub instance_id: String,
+    /// The device slot; the lowest free one when absent.
+    #[serde(default)]
+    pub device_index: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSecurityGroup {
+    pub vpc_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub ingress: Vec<SgRule>,
+    /// Allow-all when absent, as in AWS.
+    #[serde(default)]
+    pub egress: Option<Vec<SgRule>>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSecurityGroup {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub ingress: Option<Vec<SgRule>>,
+    #[serde(default)]
+    pub egress: Option<Vec<SgRule>>,
+    #[serde(default)]
+    pub tags: Option<Tags>,
+    #[serde(default)]
+    pub revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRouteTable {
+    pub vpc_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub subnet_ids: Vec<String>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchRouteTable {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub routes: Option<Vec<Route>>,
+    #[serde(default)]
+    pub subnet_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub tags: Option<Tags>,
+    #[serde(default)]
+    pub revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePeering {
+    pub vpc_a: String,
+    pub vpc_b: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBandwidthPool {
+    pub scope: PoolScope,
+    #[serde(default)]
+    pub vpc_id: Option<String>,
+    pub limit_mbps: u64,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBandwidthPool {
+    #[serde(default)]
+    pub limit_mbps: Option<u64>,
+    #[serde(default)]
+    pub members: Option<Vec<String>>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: Option<Tags>,
+    #[serde(default)]
+    pub revision: Option<u64>,
+}
+
+/// One page of a list: the items and, when more follow, the token that
+/// fetches the next page (`?page_token=`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+/// The error body of every 4xx and 5xx: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}

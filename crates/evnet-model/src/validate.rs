@@ -1,0 +1,179 @@
+//! Validation of names, tags, security-group rules and routes, and
+//! derivation of values from ids (MAC addresses).
+
+use ipnet::Ipv4Net;
+
+use crate::error::ModelError;
+use crate::ids::{id_bits, Kind};
+use crate::resources::{Protocol, Route, SgRule, Tags};
+
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_TAGS: usize = 50;
+pub const MAX_TAG_KEY_LEN: usize = 128;
+pub const MAX_TAG_VALUE_LEN: usize = 256;
+pub const MAX_RULES: usize = 200;
+pub const MAX_ROUTES: usize = 200;
+pub const MAX_SECONDARY_IPS: usize = 32;
+pub const MAX_SECURITY_GROUPS_PER_ENI: usize = 16;
+
+/// Names: 1–128 printable characters, no control characters.
+pub fn check_name(name: &str) -> Result<(), ModelError> {
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(ModelError::invalid(
+            "invalid_name",
+            format!("names must be 1 to {MAX_NAME_LEN} printable characters, got {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_tags(tags: &Tags) -> Result<(), ModelError> {
+    if tags.len() > MAX_TAGS {
+        return Err(ModelError::invalid("invalid_tags", format!("at most {MAX_TAGS} tags, got {}", tags.len())));
+    }
+    for (k, v) in tags {
+        if k.is_empty() || k.len() > MAX_TAG_KEY_LEN || v.len() > MAX_TAG_VALUE_LEN {
+            return Err(ModelError::invalid(
+                "invalid_tags",
+                format!(
+                    "tag keys are 1 to {MAX_TAG_KEY_LEN} bytes and values at most {MAX_TAG_VALUE_LEN}; `{k}` is not"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one rule on its own; whether a referenced group exists and is in
+/// the same VPC is the caller's to check.
+pub fn check_sg_rule(rule: &SgRule) -> Result<(), ModelError> {
+    let bad = |m: String| Err(ModelError::invalid("invalid_rule", m));
+    match (&rule.cidr, &rule.source_group_id) {
+        (Some(_), Some(_)) => return bad("a rule names either `cidr` or `source_group_id`, not both".into()),
+        (None, None) => return bad("a rule needs a peer: `cidr` (0.0.0.0/0 for anyone) or `source_group_id`".into()),
+        (None, Some(g)) => {
+            if Kind::of_id(g) != Some(Kind::SecurityGroup) {
+                return bad(format!("`{g}` is not a security group id"));
+            }
+        }
+        (Some(_), None) => {}
+    }
+    match rule.protocol {
+        Protocol::Tcp | Protocol::Udp => match (rule.from_port, rule.to_port) {
+            (Some(a), Some(b)) if a <= b => {}
+            (Some(a), None) if a > 0 || a == 0 => {}
+            (None, None) => {}
+            (a, b) => return bad(format!("port range {a:?}..{b:?} is not valid: from_port must be ≤ to_port")),
+        },
+        Protocol::All | Protocol::Icmp => {
+            if rule.from_port.is_some() || rule.to_port.is_some() {
+                return bad("ports apply only to tcp and udp rules".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn check_sg_rules(rules: &[SgRule]) -> Result<(), ModelError> {
+    if rules.len() > MAX_RULES {
+        return Err(ModelError::invalid("invalid_rule", format!("at most {MAX_RULES} rules per direction")));
+    }
+    rules.iter().try_for_each(check_sg_rule)
+}
+
+/// Checks a route's target kind; whether the target exists is the caller's.
+pub fn check_route(route: &Route) -> Result<(), ModelError> {
+    if route.destination_cidr.network() != route.destination_cidr.addr() {
+        return Err(ModelError::invalid(
+            "invalid_route",
+            format!("route destination {} has host bits set", route.destination_cidr),
+        ));
+    }
+    if route.target == "local" {
+        return Ok(());
+    }
+    match Kind::of_id(&route.target) {
+        Some(Kind::Eni) | Some(Kind::Peering) => Ok(()),
+        _ => Err(ModelError::invalid(
+            "invalid_route",
+            format!("route target `{}` must be `local`, an ENI id or a peering id", route.target),
+        )),
+    }
+}
+
+/// Checks a table's routes: no duplicate destinations, and `local` only for
+/// the VPC's own block.
+pub fn check_routes(routes: &[Route], vpc_cidr: Ipv4Net) -> Result<(), ModelError> {
+    if routes.len() > MAX_ROUTES {
+        return Err(ModelError::invalid("invalid_route", format!("at most {MAX_ROUTES} routes per table")));
+    }
+    for (i, r) in routes.iter().enumerate() {
+        check_route(r)?;
+        if r.target == "local" && r.destination_cidr != vpc_cidr {
+            return Err(ModelError::invalid(
+                "invalid_route",
+                format!("only the VPC's block {vpc_cidr} may route to `local`"),
+            ));
+        }
+        if routes[..i].iter().any(|o| o.destination_cidr == r.destination_cidr) {
+            return Err(ModelError::invalid(
+                "invalid_route",
+                format!("destination {} appears twice", r.destination_cidr),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A locally administered unicast MAC derived from an ENI id: `02:` then the
+/// low 40 bits of the id. Stable for the ENI's life, wherever it is attached.
+pub fn mac_for_eni(eni_id: &str) -> String {
+    let b = id_bits(eni_id).to_be_bytes();
+    format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[3], b[4], b[5], b[6], b[7])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_local_unicast_and_stable() {
+        let m = mac_for_eni("eni-00000012345678ab");
+        assert_eq!(m, "02:12:34:56:78:ab");
+        assert_eq!(m, mac_for_eni("eni-00000012345678ab"));
+    }
+
+    #[test]
+    fn rules() {
+        let ok = SgRule { protocol: Protocol::Tcp, from_port: Some(22), to_port: Some(22), cidr: Some("0.0.0.0/0".parse().unwrap()), source_group_id: None };
+        assert!(check_sg_rule(&ok).is_ok());
+        let both = SgRule { source_group_id: Some("sg-0000000000000001".into()), ..ok.clone() };
+        assert!(check_sg_rule(&both).is_err());
+        let backwards = SgRule { from_port: Some(30), to_port: Some(20), ..ok.clone() };
+        assert!(check_sg_rule(&backwards).is_err());
+        let icmp_ports = SgRule { protocol: Protocol::Icmp, ..ok };
+        assert!(check_sg_rule(&icmp_ports).is_err());
+    }
+
+    #[test]
+    fn routes() {
+        let vpc: Ipv4Net = "10.0.0.0/16".parse().unwrap();
+        let local = Route { destination_cidr: vpc, target: "local".into() };
+        assert!(check_routes(&[local.clone()], vpc).is_ok());
+        let wrong_local = Route { destination_cidr: "10.1.0.0/16".parse().unwrap(), target: "local".into() };
+        assert!(check_routes(&[wrong_local], vpc).is_err());
+        assert!(check_routes(&[local.clone(), local], vpc).is_err());
+        let bad_target = Route { destination_cidr: "0.0.0.0/0".parse().unwrap(), target: "igw-1".into() };
+        assert!(check_route(&bad_target).is_err());
+    }
+
+    #[test]
+    fn names_and_tags() {
+        assert!(check_name("web-1").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a\nb").is_err());
+        let mut tags = Tags::new();
+        tags.insert(String::new(), "x".into());
+        assert!(check_tags(&tags).is_err());
+    }
+}

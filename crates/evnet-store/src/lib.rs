@@ -1,0 +1,121 @@
+//! evnet's store: an etcd-shaped key-value interface.
+//!
+//! Keys are strings, values bytes. Every write transaction that changes
+//! something bumps one global revision; each key remembers the revision it was
+//! created at, last modified at, and how many times it was written. Readers
+//! get a revision with every list so they can watch from just after it;
+//! a watch that asks for history the store no longer keeps fails with
+//! [`StoreError::Compacted`] and the reader lists again.
+//!
+//! Backends: [`MemStore`] (tests, benchmarks) and [`EmbeddedStore`] (a redb
+//! file under the server's data dir; an acknowledged write is on disk).
+//! Both pass [`conformance`].
+
+use async_trait::async_trait;
+
+/// A store revision. 0 means "before anything was written".
+pub type Revision = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+    /// How many times the key was written since it was created (1 after the
+    /// first put).
+    pub version: u64,
+}
+
+/// A condition a transaction checks before it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key's `mod_revision` equals `revision`; 0 means "the key does not
+    /// exist".
+    ModRevision { key: String, revision: Revision },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    Put { key: String, value: Vec<u8> },
+    /// Deleting a missing key is not an error and changes nothing.
+    Delete { key: String },
+}
+
+/// All `compares` hold → all `ops` apply atomically at one new revision.
+/// Any compare fails → nothing is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<TxnOp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResponse {
+    pub succeeded: bool,
+    /// The revision the ops were written at when `succeeded` (and something
+    /// changed); otherwise the current revision.
+    pub revision: Revision,
+    /// When a compare failed: the index of the first compare that failed.
+    pub failed_compare: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeResponse {
+    /// Sorted by key.
+    pub kvs: Vec<KeyValue>,
+    /// The store's revision at the moment of the read.
+    pub revision: Revision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub kind: EventKind,
+    /// For a put: the new key-value. For a delete: the key, an empty value,
+    /// and `mod_revision` = the revision of the delete.
+    pub kv: KeyValue,
+}
+
+/// The events of one revision, in op order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchBatch {
+    pub revision: Revision,
+    pub events: Vec<WatchEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("revision {requested} has been compacted (oldest kept: {compacted}); list again")]
+    Compacted { requested: Revision, compacted: Revision },
+    #[error("the watcher fell too far behind and was dropped; list again")]
+    Lagged,
+    #[error("store is closed")]
+    Closed,
+    #[error("store I/O failed: {0}")]
+    Io(String),
+}
+
+/// A stream of watch batches; yields `Err` once (then ends) when the
+/// watcher is dropped for lagging or the store closes.
+pub type WatchStream = tokio::sync::mpsc::Receiver<Result<WatchBatch, StoreError>>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Every key starting with `prefix`, sorted, with the revision of the read.
+    async fn range(&self, prefix: &str) -> Result<RangeResponse, StoreError>;
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError>;
+    /// Changes to keys starting with `prefix` at revisions ≥ `start_revision`
+    /// (history first, then live). `start_revision` = current + 1 means "only
+    /// what comes next".
+    async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream, StoreError>;
+    async fn current_revision(&self) -> Result<Revision, StoreError>;
+    /// Forgets history up to and including `revision`.
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+}
