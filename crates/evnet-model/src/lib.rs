@@ -14,6 +14,7 @@ pub mod desired;
 pub mod error;
 pub mod ids;
 pub mod ipam;
+pub mod placement;
 pub mod resources;
 pub mod validate;
 
