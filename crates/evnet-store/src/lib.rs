@@ -8,10 +8,34 @@
 //! [`StoreError::Compacted`] and the reader lists again.
 //!
 //! Backends: [`MemStore`] (tests, benchmarks) and [`EmbeddedStore`] (a redb
-//! file under the server's data dir; an acknowledged write is on disk).
-//! Both pass [`conformance`].
+//! file under the server's data dir; an acknowledged write is on disk, and
+//! concurrent writers share one fsync through group commit). Both are thin
+//! shells around one state machine (`state`), so they answer identically, and
+//! both pass [`conformance`], the suite any future backend (etcd is the
+//! planned one) must pass too.
+//!
+//! Semantics worth knowing:
+//! - A transaction's ops apply in order at one revision; a key written twice
+//!   in one transaction keeps the last value and counts two versions.
+//!   Transactions that change nothing (all deletes of missing keys, no ops)
+//!   succeed without a new revision.
+//! - Watches deliver one [`WatchBatch`] per revision that has events under
+//!   the prefix, in revision order: the kept history first, then live. A
+//!   watcher that lets [`StoreOptions::watch_capacity`] batches pile up is
+//!   dropped with one `Err(Lagged)`; writers never wait for watchers.
+//! - History is bounded ([`StoreOptions::history_revisions`]) and not
+//!   persisted: after a restart, watching from the reopened revision or
+//!   earlier answers `Compacted`.
 
 use async_trait::async_trait;
+
+pub mod conformance;
+mod state;
+mod embedded;
+mod mem;
+
+pub use embedded::EmbeddedStore;
+pub use mem::MemStore;
 
 /// A store revision. 0 means "before anything was written".
 pub type Revision = u64;
@@ -91,7 +115,8 @@ pub struct WatchBatch {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    #[error("revision {requested} has been compacted (oldest kept: {compacted}); list again")]
+    /// `compacted` is the newest revision whose history is gone.
+    #[error("revision {requested} has been compacted (history kept only after revision {compacted}); list again")]
     Compacted { requested: Revision, compacted: Revision },
     #[error("the watcher fell too far behind and was dropped; list again")]
     Lagged,
@@ -118,4 +143,25 @@ pub trait Store: Send + Sync + 'static {
     async fn current_revision(&self) -> Result<Revision, StoreError>;
     /// Forgets history up to and including `revision`.
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+}
+
+/// Tuning shared by every backend in this crate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How many of the most recent revisions watches can replay; older
+    /// history is compacted as new revisions arrive. Default 100,000.
+    pub history_revisions: u64,
+    /// How many unread batches a live watcher may hold before it is dropped
+    /// with [`StoreError::Lagged`] (on top of the history queued when the
+    /// watch opened). Default 1,024.
+    pub watch_capacity: usize,
+    /// The most transactions the embedded store commits with one fsync.
+    /// Default 1,024.
+    pub max_batch: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { history_revisions: 100_000, watch_capacity: 1024, max_batch: 1024 }
+    }
 }
