@@ -1,0 +1,606 @@
+//! A typed async client for evnet's REST API (`/v1/…`).
+//!
+//! [`Client`] wraps one `reqwest::Client`, so every call through it (and
+//! through its clones, and through [`Client::with_token`]) shares one
+//! connection pool. Every route of the API has a method that takes and
+//! returns the types of `evnet-model`: `create_vpc(&CreateVpc) -> Vpc`,
+//! `attach_eni(id, &AttachEni) -> Eni`, `desired_state(host, since,
+//! timeout) -> HostDesired`. Lists come in two shapes: `list_enis(&filter)`
+//! follows `next_page_token` until the last page, `list_enis_page(&filter,
+//! &page)` fetches one page.
+//!
+//! Failures are a [`ClientError`]: `Api` when the server answered 4xx/5xx
+//! (with its stable `code`), `Transport` when it could not be reached,
+//! `Decode` when a 2xx body was not what the route promises.
+//!
+//! The client speaks plain HTTP (it is built without a TLS stack); put a
+//! TLS-terminating proxy in front of the server when the path between them
+//! is not trusted.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), evnet_client::ClientError> {
+//! use evnet_client::{Client, EniFilter};
+//! use evnet_model::CreateVpc;
+//!
+//! let client = Client::new("http://127.0.0.1:7300", "tenant-token")?;
+//! let vpc = client
+//!     .create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), ..Default::default() })
+//!     .await?;
+//! let enis = client.list_enis(&EniFilter { vpc_id: Some(vpc.id.clone()), ..Default::default() }).await?;
+//! # let _ = enis; Ok(()) }
+//! ```
+
+mod error;
+mod filter;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use evnet_model::desired::HostDesired;
+use evnet_model::ids::Kind;
+use evnet_model::*;
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use error::ClientError;
+pub use filter::*;
+pub use reqwest::Method;
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// How long one ordinary request may take, end to end, unless changed with
+/// [`Client::with_request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A list stops with an error rather than follow more pages than this.
+const MAX_PAGES: usize = 100_000;
+
+/// A handle on one evnet server, authenticated with one bearer token.
+/// Cheap to clone; clones share the connection pool.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+/// `PATCH /v1/vpcs/{id}`: the fields of a VPC that can change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PatchVpc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Tags>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    token: String,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+impl Client {
+    /// A client for the server at `base_url` (`http://127.0.0.1:7300`, with
+    /// or without a path prefix) that sends `Authorization: Bearer TOKEN`.
+    pub fn new(base_url: &str, token: impl Into<String>) -> Result<Self> {
+        Self::build(base_url, Some(token.into()))
+    }
+
+    /// A client that sends no credentials: enough for `/healthz`,
+    /// `/metrics` and `/openapi.json`.
+    pub fn anonymous(base_url: &str) -> Result<Self> {
+        Self::build(base_url, None)
+    }
+
+    fn build(base_url: &str, token: Option<String>) -> Result<Self> {
+        let invalid = |reason: &str| ClientError::InvalidUrl { url: base_url.to_string(), reason: reason.to_string() };
+        let base = Url::parse(base_url.trim()).map_err(|e| invalid(&e.to_string()))?;
+        match base.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(invalid(
+                    "this client speaks plain HTTP only; use http:// (behind a TLS-terminating proxy if needed)",
+                ));
+            }
+            other => return Err(invalid(&format!("unsupported scheme `{other}`, use http://"))),
+        }
+        if base.cannot_be_a_base() || base.host_str().is_none() {
+            return Err(invalid("expected a URL like http://127.0.0.1:7300"));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(invalid("the base URL must not have a query or fragment"));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("evnet-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| invalid(&format!("cannot build an HTTP client: {e}")))?;
+        Ok(Self { http, base, token, timeout: DEFAULT_REQUEST_TIMEOUT })
+    }
+
+    /// The same server and connection pool with another token (an admin
+    /// acting for a tenant, say).
+    pub fn with_token(&self, token: impl Into<String>) -> Self {
+        Self { token: Some(token.into()), ..self.clone() }
+    }
+
+    /// Changes how long one request may take. Long polls
+    /// ([`Client::desired_state`]) get their poll timeout on top of this.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The server's base URL as given.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    // -----------------------------------------------------------------
+    // The transport core.
+
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Url> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ClientError::InvalidUrl { url: self.base.to_string(), reason: "cannot hold a path".into() })?
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        Ok(url)
+    }
+
+    /// Sends one request and returns the status and body of a 2xx answer;
+    /// any other status becomes [`ClientError::Api`].
+    async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>)> {
+        let mut req = self.http.request(method.clone(), url.clone()).timeout(timeout);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::transport(&method, &url, &e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::transport(&method, &url, &e))?;
+        if status.is_success() {
+            Ok((status.as_u16(), bytes.to_vec()))
+        } else {
+            Err(ClientError::from_response(status.as_u16(), status.canonical_reason(), &bytes))
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(method: &Method, url: &Url, body: &[u8]) -> Result<T> {
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode {
+            method: method.to_string(),
+            url: url.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let (_, bytes) = self.send(method.clone(), url.clone(), body, self.timeout).await?;
+        Self::decode(&method, &url, &bytes)
+    }
+
+    async fn get_of<T: DeserializeOwned>(&self, collection: &str, id: &str) -> Result<T> {
+        let url = self.url(&["v1", collection, id], &[])?;
+        self.call::<(), T>(Method::GET, url, None).await
+    }
+
+    async fn create_of<B: Serialize, T: DeserializeOwned>(&self, collection: &str, body: &B) -> Result<T> {
+        let url = self.url(&["v1", collection], &[])?;
+        self.call(Method::POST, url, Some(body)).await
+    }
+
+    async fn patch_of<B: Serialize, T: DeserializeOwned>(&self, collection: &str, id: &str, body: &B) -> Result<T> {
+        let url = self.url(&["v1", collection, id], &[])?;
+        self.call(Method::PATCH, url, Some(body)).await
+    }
+
+    async fn action_of<B: Serialize, T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        id: &str,
+        action: &str,
+        body: &B,
+    ) -> Result<T> {
+        let url = self.url(&["v1", collection, id, action], &[])?;
+        self.call(Method::POST, url, Some(body)).await
+    }
+
+    async fn delete_of(&self, collection: &str, id: &str) -> Result<()> {
+        let url = self.url(&["v1", collection, id], &[])?;
+        self.send::<()>(Method::DELETE, url, None, self.timeout).await.map(|_| ())
+    }
+
+    async fn page_of<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        filter: &dyn ListFilter,
+        page: &PageRequest,
+    ) -> Result<Page<T>> {
+        let mut query = filter.query();
+        query.extend(page.query());
+        let url = self.url(&["v1", collection], &query)?;
+        self.call::<(), Page<T>>(Method::GET, url, None).await
+    }
+
+    async fn all_of<T: DeserializeOwned>(&self, collection: &str, filter: &dyn ListFilter) -> Result<Vec<T>> {
+        let mut items = Vec::new();
+        let mut seen = HashSet::new();
+        let mut page = PageRequest::default();
+        for _ in 0..MAX_PAGES {
+            let got: Page<T> = self.page_of(collection, filter, &page).await?;
+            items.extend(got.items);
+            match got.next_page_token {
+                None => return Ok(items),
+                Some(token) => {
+                    if !seen.insert(token.clone()) {
+                        return Err(ClientError::Decode {
+                            method: "GET".into(),
+                            url: self.url(&["v1", collection], &filter.query())?.to_string(),
+                            detail: format!("the server returned page token `{token}` twice"),
+                        });
+                    }
+                    page.page_token = Some(token);
+                }
+            }
+        }
+        Err(ClientError::Decode {
+            method: "GET".into(),
+            url: self.url(&["v1", collection], &filter.query())?.to_string(),
+            detail: format!("the list did not end after {MAX_PAGES} pages"),
+        })
+    }
+
+    /// The ids of the resources of `kind` whose name is exactly `name`
+    /// (`GET /v1/{collection}?name=`), in the server's order.
+    pub async fn find_ids_by_name(&self, kind: Kind, name: &str) -> Result<Vec<String>> {
+        let items: Vec<IdOnly> = self.all_of(kind.collection(), &NameFilter::named(name)).await?;
+        Ok(items.into_iter().map(|i| i.id).collect())
+    }
+
+    // -----------------------------------------------------------------
+    // Escape hatches.
+
+    fn raw_url(&self, path: &str) -> Result<Url> {
+        if !path.starts_with('/') {
+            return Err(ClientError::InvalidUrl { url: path.into(), reason: "a path must start with `/`".into() });
+        }
+        let base = self.base.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}{path}"))
+            .map_err(|e| ClientError::InvalidUrl { url: path.into(), reason: e.to_string() })
+    }
+
+    /// `GET path` (`/v1/vpcs?name=x`, relative to the base URL) as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        self.send_json(Method::GET, path, None).await
+    }
+
+    /// Any request with an optional JSON body; the answer as JSON, or
+    /// `Value::Null` when it has no body (a 204).
+    pub async fn send_json(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+        let url = self.raw_url(path)?;
+        let (status, bytes) = self.send(method.clone(), url.clone(), body, self.timeout).await?;
+        if status == 204 || bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        Self::decode(&method, &url, &bytes)
+    }
+
+    /// `GET /healthz`: succeeds when the server answers 2xx.
+    pub async fn health(&self) -> Result<()> {
+        let url = self.raw_url("/healthz")?;
+        self.send::<()>(Method::GET, url, None, self.timeout).await.map(|_| ())
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub async fn metrics(&self) -> Result<String> {
+        let url = self.raw_url("/metrics")?;
+        let (_, bytes) = self.send::<()>(Method::GET, url.clone(), None, self.timeout).await?;
+        String::from_utf8(bytes).map_err(|e| ClientError::Decode {
+            method: "GET".into(),
+            url: url.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// `GET /openapi.json`.
+    pub async fn openapi(&self) -> Result<Value> {
+        self.get_json("/openapi.json").await
+    }
+
+    // -----------------------------------------------------------------
+    // Tenants and tokens (admin).
+
+    /// `POST /v1/tenants`: the tenant and its token, which is shown only once.
+    pub async fn create_tenant(&self, body: &CreateTenant) -> Result<TenantWithToken> {
+        self.create_of("tenants", body).await
+    }
+    pub async fn list_tenants(&self, filter: &TenantFilter) -> Result<Vec<Tenant>> {
+        self.all_of("tenants", filter).await
+    }
+    pub async fn list_tenants_page(&self, filter: &TenantFilter, page: &PageRequest) -> Result<Page<Tenant>> {
+        self.page_of("tenants", filter, page).await
+    }
+    pub async fn get_tenant(&self, id: &str) -> Result<Tenant> {
+        self.get_of("tenants", id).await
+    }
+    pub async fn delete_tenant(&self, id: &str) -> Result<()> {
+        self.delete_of("tenants", id).await
+    }
+
+    /// `POST /v1/agent-tokens`: a new token agents authenticate with.
+    pub async fn create_agent_token(&self) -> Result<String> {
+        let url = self.url(&["v1", "agent-tokens"], &[])?;
+        let answer: TokenAnswer = self.call(Method::POST, url, Some(&serde_json::json!({}))).await?;
+        Ok(answer.token)
+    }
+
+    // -----------------------------------------------------------------
+    // Hosts (agents and admin).
+
+    /// `POST /v1/hosts`: registers a host, or returns the host already
+    /// registered under that name.
+    pub async fn register_host(&self, body: &RegisterHost) -> Result<Host> {
+        self.create_of("hosts", body).await
+    }
+    pub async fn list_hosts(&self, filter: &HostFilter) -> Result<Vec<Host>> {
+        self.all_of("hosts", filter).await
+    }
+    pub async fn list_hosts_page(&self, filter: &HostFilter, page: &PageRequest) -> Result<Page<Host>> {
+        self.page_of("hosts", filter, page).await
+    }
+    pub async fn get_host(&self, id: &str) -> Result<Host> {
+        self.get_of("hosts", id).await
+    }
+    pub async fn delete_host(&self, id: &str) -> Result<()> {
+        self.delete_of("hosts", id).await
+    }
+    /// `POST /v1/hosts/{id}/heartbeat`.
+    pub async fn heartbeat(&self, host_id: &str, body: &Heartbeat) -> Result<Host> {
+        self.action_of("hosts", host_id, "heartbeat", body).await
+    }
+
+    /// `GET /v1/hosts/{id}/desired`: the host's desired state. Without
+    /// `since` it answers at once; with it, the server holds the request
+    /// until the generation passes `since` or `timeout` (the server's
+    /// default when `None`) runs out, and then answers the current state.
+    pub async fn desired_state(
+        &self,
+        host_id: &str,
+        since: Option<u64>,
+        timeout: Option<Duration>,
+    ) -> Result<HostDesired> {
+        let mut query = Vec::new();
+        if let Some(since) = since {
+            query.push(("since", since.to_string()));
+        }
+        if let Some(t) = timeout {
+            query.push(("timeout_ms", t.as_millis().to_string()));
+        }
+        let url = self.url(&["v1", "hosts", host_id, "desired"], &query)?;
+        // The server may hold a long poll for its own default when no
+        // timeout is given; leave room for a generous one.
+        let poll = timeout.unwrap_or(Duration::from_secs(60));
+        let (_, bytes) = self.send::<()>(Method::GET, url.clone(), None, self.timeout + poll).await?;
+        Self::decode(&Method::GET, &url, &bytes)
+    }
+
+    // -----------------------------------------------------------------
+    // VPCs.
+
+    pub async fn create_vpc(&self, body: &CreateVpc) -> Result<Vpc> {
+        self.create_of("vpcs", body).await
+    }
+    pub async fn list_vpcs(&self, filter: &VpcFilter) -> Result<Vec<Vpc>> {
+        self.all_of("vpcs", filter).await
+    }
+    pub async fn list_vpcs_page(&self, filter: &VpcFilter, page: &PageRequest) -> Result<Page<Vpc>> {
+        self.page_of("vpcs", filter, page).await
+    }
+    pub async fn get_vpc(&self, id: &str) -> Result<Vpc> {
+        self.get_of("vpcs", id).await
+    }
+    pub async fn patch_vpc(&self, id: &str, body: &PatchVpc) -> Result<Vpc> {
+        self.patch_of("vpcs", id, body).await
+    }
+    pub async fn delete_vpc(&self, id: &str) -> Result<()> {
+        self.delete_of("vpcs", id).await
+    }
+
+    // -----------------------------------------------------------------
+    // Subnets.
+
+    pub async fn create_subnet(&self, body: &CreateSubnet) -> Result<Subnet> {
+        self.create_of("subnets", body).await
+    }
+    pub async fn list_subnets(&self, filter: &SubnetFilter) -> Result<Vec<Subnet>> {
+        self.all_of("subnets", filter).await
+    }
+    pub async fn list_subnets_page(&self, filter: &SubnetFilter, page: &PageRequest) -> Result<Page<Subnet>> {
+        self.page_of("subnets", filter, page).await
+    }
+    pub async fn get_subnet(&self, id: &str) -> Result<Subnet> {
+        self.get_of("subnets", id).await
+    }
+    pub async fn delete_subnet(&self, id: &str) -> Result<()> {
+        self.delete_of("subnets", id).await
+    }
+
+    // -----------------------------------------------------------------
+    // Instances.
+
+    pub async fn create_instance(&self, body: &CreateInstance) -> Result<Instance> {
+        self.create_of("instances", body).await
+    }
+    pub async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>> {
+        self.all_of("instances", filter).await
+    }
+    pub async fn list_instances_page(&self, filter: &InstanceFilter, page: &PageRequest) -> Result<Page<Instance>> {
+        self.page_of("instances", filter, page).await
+    }
+    pub async fn get_instance(&self, id: &str) -> Result<Instance> {
+        self.get_of("instances", id).await
+    }
+    pub async fn delete_instance(&self, id: &str) -> Result<()> {
+        self.delete_of("instances", id).await
+    }
+
+    // -----------------------------------------------------------------
+    // ENIs.
+
+    pub async fn create_eni(&self, body: &CreateEni) -> Result<Eni> {
+        self.create_of("enis", body).await
+    }
+    pub async fn list_enis(&self, filter: &EniFilter) -> Result<Vec<Eni>> {
+        self.all_of("enis", filter).await
+    }
+    pub async fn list_enis_page(&self, filter: &EniFilter, page: &PageRequest) -> Result<Page<Eni>> {
+        self.page_of("enis", filter, page).await
+    }
+    pub async fn get_eni(&self, id: &str) -> Result<Eni> {
+        self.get_of("enis", id).await
+    }
+    pub async fn patch_eni(&self, id: &str, body: &PatchEni) -> Result<Eni> {
+        self.patch_of("enis", id, body).await
+    }
+    pub async fn delete_eni(&self, id: &str) -> Result<()> {
+        self.delete_of("enis", id).await
+    }
+    /// `POST /v1/enis/{id}/attach`.
+    pub async fn attach_eni(&self, id: &str, body: &AttachEni) -> Result<Eni> {
+        self.action_of("enis", id, "attach", body).await
+    }
+    /// `POST /v1/enis/{id}/detach`.
+    pub async fn detach_eni(&self, id: &str) -> Result<Eni> {
+        self.action_of("enis", id, "detach", &serde_json::json!({})).await
+    }
+    /// `GET /v1/enis/{id}/stats`: counters and rates, as the server shapes them.
+    pub async fn eni_stats(&self, id: &str) -> Result<Value> {
+        let url = self.url(&["v1", "enis", id, "stats"], &[])?;
+        self.call::<(), Value>(Method::GET, url, None).await
+    }
+
+    // -----------------------------------------------------------------
+    // Security groups.
+
+    pub async fn create_security_group(&self, body: &CreateSecurityGroup) -> Result<SecurityGroup> {
+        self.create_of("security-groups", body).await
+    }
+    pub async fn list_security_groups(&self, filter: &SecurityGroupFilter) -> Result<Vec<SecurityGroup>> {
+        self.all_of("security-groups", filter).await
+    }
+    pub async fn list_security_groups_page(
+        &self,
+        filter: &SecurityGroupFilter,
+        page: &PageRequest,
+    ) -> Result<Page<SecurityGroup>> {
+        self.page_of("security-groups", filter, page).await
+    }
+    pub async fn get_security_group(&self, id: &str) -> Result<SecurityGroup> {
+        self.get_of("security-groups", id).await
+    }
+    pub async fn patch_security_group(&self, id: &str, body: &PatchSecurityGroup) -> Result<SecurityGroup> {
+        self.patch_of("security-groups", id, body).await
+    }
+    pub async fn delete_security_group(&self, id: &str) -> Result<()> {
+        self.delete_of("security-groups", id).await
+    }
+
+    // -----------------------------------------------------------------
+    // Route tables.
+
+    pub async fn create_route_table(&self, body: &CreateRouteTable) -> Result<RouteTable> {
+        self.create_of("route-tables", body).await
+    }
+    pub async fn list_route_tables(&self, filter: &RouteTableFilter) -> Result<Vec<RouteTable>> {
+        self.all_of("route-tables", filter).await
+    }
+    pub async fn list_route_tables_page(
+        &self,
+        filter: &RouteTableFilter,
+        page: &PageRequest,
+    ) -> Result<Page<RouteTable>> {
+        self.page_of("route-tables", filter, page).await
+    }
+    pub async fn get_route_table(&self, id: &str) -> Result<RouteTable> {
+        self.get_of("route-tables", id).await
+    }
+    pub async fn patch_route_table(&self, id: &str, body: &PatchRouteTable) -> Result<RouteTable> {
+        self.patch_of("route-tables", id, body).await
+    }
+    pub async fn delete_route_table(&self, id: &str) -> Result<()> {
+        self.delete_of("route-tables", id).await
+    }
+
+    // -----------------------------------------------------------------
+    // Peerings.
+
+    pub async fn create_peering(&self, body: &CreatePeering) -> Result<Peering> {
+        self.create_of("peerings", body).await
+    }
+    pub async fn list_peerings(&self, filter: &PeeringFilter) -> Result<Vec<Peering>> {
+        self.all_of("peerings", filter).await
+    }
+    pub async fn list_peerings_page(&self, filter: &PeeringFilter, page: &PageRequest) -> Result<Page<Peering>> {
+        self.page_of("peerings", filter, page).await
+    }
+    pub async fn get_peering(&self, id: &str) -> Result<Peering> {
+        self.get_of("peerings", id).await
+    }
+    pub async fn delete_peering(&self, id: &str) -> Result<()> {
+        self.delete_of("peerings", id).await
+    }
+
+    // -----------------------------------------------------------------
+    // Bandwidth pools.
+
+    pub async fn create_bandwidth_pool(&self, body: &CreateBandwidthPool) -> Result<BandwidthPool> {
+        self.create_of("bandwidth-pools", body).await
+    }
+    pub async fn list_bandwidth_pools(&self, filter: &BandwidthPoolFilter) -> Result<Vec<BandwidthPool>> {
+        self.all_of("bandwidth-pools", filter).await
+    }
+    pub async fn list_bandwidth_pools_page(
+        &self,
+        filter: &BandwidthPoolFilter,
+        page: &PageRequest,
+    ) -> Result<Page<BandwidthPool>> {
+        self.page_of("bandwidth-pools", filter, page).await
+    }
+    pub async fn get_bandwidth_pool(&self, id: &str) -> Result<BandwidthPool> {
+        self.get_of("bandwidth-pools", id).await
+    }
+    pub async fn patch_bandwidth_pool(&self, id: &str, body: &PatchBandwidthPool) -> Result<BandwidthPool> {
+        self.patch_of("bandwidth-pools", id, body).await
+    }
+    pub async fn delete_bandwidth_pool(&self, id: &str) -> Result<()> {
+        self.delete_of("bandwidth-pools", id).await
+    }
+}
