@@ -19,7 +19,7 @@ pub const DEFAULT_BURST_KBYTES: u32 = 64;
 /// An ENI's bandwidth, in each direction: at least `guaranteed_mbps` whenever
 /// it has the demand, a share of idle capacity by `weight` above that, never
 /// more than `limit_mbps` (`None`: the host NIC's capacity).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BandwidthSpec {
     #[serde(default)]

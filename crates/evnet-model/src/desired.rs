@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::resources::Protocol;
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostDesired {
     pub host_id: String,
     pub host_name: String,
@@ -30,10 +30,11 @@ pub struct HostDesired {
     pub security_groups: Vec<SecurityGroupDesired>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VpcDesired {
     pub vpc_id: String,
     pub vni: u32,
+    #[schemars(with = "String")]
     pub cidr_block: Ipv4Net,
     /// All subnets of the VPC: their gateways live on every host.
     pub subnets: Vec<SubnetDesired>,
@@ -44,14 +45,15 @@ pub struct VpcDesired {
     pub peer_routes: Vec<PeerRoute>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SubnetDesired {
     pub subnet_id: String,
+    #[schemars(with = "String")]
     pub cidr_block: Ipv4Net,
     pub gateway_ip: Ipv4Addr,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RemoteEni {
     pub eni_id: String,
     pub mac: String,
@@ -60,14 +62,15 @@ pub struct RemoteEni {
     pub underlay_ip: Ipv4Addr,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PeerRoute {
     pub peering_id: String,
+    #[schemars(with = "String")]
     pub destination_cidr: Ipv4Net,
     pub peer_vpc_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InstanceDesired {
     pub instance_id: String,
     pub netns: String,
@@ -75,11 +78,12 @@ pub struct InstanceDesired {
     pub enis: Vec<EniDesired>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EniDesired {
     pub eni_id: String,
     pub vpc_id: String,
     pub subnet_id: String,
+    #[schemars(with = "String")]
     pub subnet_cidr: Ipv4Net,
     pub gateway_ip: Ipv4Addr,
     pub mac: String,
@@ -94,7 +98,7 @@ pub struct EniDesired {
 /// An ENI's bandwidth in bit/s, the limit resolved against the host's NIC.
 /// `egress_rate_bps` / `ingress_rate_bps` are the rates the bandwidth
 /// controller currently allocates (0: not yet allocated, use the limit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EniBandwidth {
     pub guaranteed_bps: u64,
     pub limit_bps: u64,
@@ -102,7 +106,7 @@ pub struct EniBandwidth {
     pub burst_bytes: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SecurityGroupDesired {
     pub group_id: String,
     pub ingress: Vec<RuleDesired>,
@@ -113,11 +117,12 @@ pub struct SecurityGroupDesired {
 
 /// A rule with its peer resolved: `cidr` or the members of `group_id`
 /// (whose addresses are that group's `member_ips`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RuleDesired {
     pub protocol: Protocol,
     pub from_port: Option<u16>,
     pub to_port: Option<u16>,
+    #[schemars(with = "Option<String>")]
     pub cidr: Option<Ipv4Net>,
     pub group_id: Option<String>,
 }

@@ -184,7 +184,16 @@ impl IpPool {
         if !self.used.insert(u32::from(ip)) {
             return Err(ModelError::conflict("ip_in_use", format!("{ip} is already in use in subnet {}", self.net)));
         }
+        self.cursor = self.cursor.max(u32::from(ip) + 1);
         Ok(())
+    }
+
+    /// Free addresses in the order [`IpPool::allocate`] would hand them out:
+    /// from the cursor to the end, then from the start.
+    pub fn free_iter(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let (first, last) = usable_range(self.net);
+        let start = if self.cursor > last || self.cursor < first { first } else { self.cursor };
+        (start..=last).chain(first..start).filter(|n| !self.used.contains(n)).map(Ipv4Addr::from)
     }
 
     /// Gives an address back; true when it was in use.
@@ -307,6 +316,8 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(pool.used_count() as usize, held.len());
+                prop_assert_eq!(pool.free_iter().count() as u32, pool.free_count());
+                prop_assert_eq!(pool.free_iter().next(), pool.peek_free());
                 prop_assert_eq!(pool.free_count(), pool.capacity() - held.len() as u32);
             }
         }

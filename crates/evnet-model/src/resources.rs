@@ -18,7 +18,7 @@ pub type Tags = BTreeMap<String, String>;
 /// The tenant that owns infrastructure (hosts) rather than tenant resources.
 pub const SYSTEM_TENANT: &str = "system";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
@@ -30,14 +30,14 @@ pub struct Tenant {
     pub revision: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HostStatus {
     Ready,
     Lost,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Host {
     pub id: String,
     pub name: String,
@@ -61,7 +61,7 @@ pub struct Host {
     pub applied_generation: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Vpc {
     pub id: String,
     pub name: String,
@@ -71,6 +71,7 @@ pub struct Vpc {
     pub created_at: String,
     #[serde(default)]
     pub revision: u64,
+    #[schemars(with = "String")]
     pub cidr_block: Ipv4Net,
     /// The VXLAN network identifier, unique across all tenants.
     pub vni: u32,
@@ -80,7 +81,7 @@ pub struct Vpc {
     pub default_security_group_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Subnet {
     pub id: String,
     pub name: String,
@@ -91,14 +92,23 @@ pub struct Subnet {
     #[serde(default)]
     pub revision: u64,
     pub vpc_id: String,
+    #[schemars(with = "String")]
     pub cidr_block: Ipv4Net,
     pub gateway_ip: Ipv4Addr,
     /// Computed when read: addresses an ENI could still take.
     #[serde(default)]
     pub available_ip_count: u32,
+    /// Set while a delete checks that nothing uses the subnet; no new ENI
+    /// may take an address in it meanwhile.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleting: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PlacementStrategy {
     /// Put the instance on the host with the fewest instances.
@@ -108,7 +118,7 @@ pub enum PlacementStrategy {
     Pack,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
     /// Placed; its host has not yet reported it running.
@@ -117,7 +127,7 @@ pub enum InstanceState {
     Running,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Instance {
     pub id: String,
     pub name: String,
@@ -133,21 +143,21 @@ pub struct Instance {
     pub netns: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EniStatus {
     Available,
     InUse,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Attachment {
     pub instance_id: String,
     pub host_id: String,
     pub device_index: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Eni {
     pub id: String,
     pub name: String,
@@ -179,7 +189,7 @@ impl Eni {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     All,
@@ -191,7 +201,7 @@ pub enum Protocol {
 /// One security-group rule: traffic of `protocol` on ports
 /// `from_port..=to_port` (TCP and UDP only) from or to `cidr` or the members
 /// of `source_group_id`. Exactly one of the two peers is given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SgRule {
     pub protocol: Protocol,
@@ -200,12 +210,13 @@ pub struct SgRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub cidr: Option<Ipv4Net>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_group_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SecurityGroup {
     pub id: String,
     pub name: String,
@@ -222,18 +233,22 @@ pub struct SecurityGroup {
     pub ingress: Vec<SgRule>,
     #[serde(default)]
     pub egress: Vec<SgRule>,
+    /// Set while a delete checks that no ENI uses the group.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleting: bool,
 }
 
 /// A route: packets to `destination_cidr` go to `target`, which is `local`
 /// (inside the VPC), an ENI id (an appliance) or a peering id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    #[schemars(with = "String")]
     pub destination_cidr: Ipv4Net,
     pub target: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RouteTable {
     pub id: String,
     pub name: String,
@@ -252,7 +267,7 @@ pub struct RouteTable {
     pub subnet_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Peering {
     pub id: String,
     pub name: String,
@@ -266,14 +281,14 @@ pub struct Peering {
     pub vpc_b: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolScope {
     Tenant,
     Vpc,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BandwidthPool {
     pub id: String,
     pub name: String,
@@ -294,7 +309,7 @@ pub struct BandwidthPool {
 // ---------------------------------------------------------------------------
 // Request bodies.
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     pub name: String,
@@ -303,14 +318,14 @@ pub struct CreateTenant {
 }
 
 /// What `POST /v1/tenants` answers: the tenant and its token, shown once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TenantWithToken {
     #[serde(flatten)]
     pub tenant: Tenant,
     pub token: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterHost {
     pub name: String,
@@ -320,7 +335,7 @@ pub struct RegisterHost {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// The desired-state generation the agent has applied.
@@ -331,7 +346,7 @@ pub struct Heartbeat {
     pub running_instances: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVpc {
     pub cidr_block: String,
@@ -343,7 +358,7 @@ pub struct CreateVpc {
     pub client_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubnet {
     pub vpc_id: String,
@@ -356,7 +371,7 @@ pub struct CreateSubnet {
     pub client_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstance {
     #[serde(default)]
@@ -376,7 +391,7 @@ pub struct CreateInstance {
     pub client_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEni {
     pub subnet_id: String,
@@ -406,7 +421,7 @@ pub struct CreateEni {
 
 /// `PATCH /v1/enis/{id}`: fields left out stay as they are. With
 /// `revision`, the change applies only if the ENI is still at it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchEni {
     #[serde(default)]
@@ -423,7 +438,7 @@ pub struct PatchEni {
     pub revision: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachEni {
     pub instance_id: String,
@@ -432,7 +447,7 @@ pub struct AttachEni {
     pub device_index: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSecurityGroup {
     pub vpc_id: String,
@@ -450,7 +465,7 @@ pub struct CreateSecurityGroup {
     pub client_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchSecurityGroup {
     #[serde(default)]
@@ -467,7 +482,7 @@ pub struct PatchSecurityGroup {
     pub revision: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRouteTable {
     pub vpc_id: String,
@@ -483,7 +498,7 @@ pub struct CreateRouteTable {
     pub client_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchRouteTable {
     #[serde(default)]
@@ -498,7 +513,7 @@ pub struct PatchRouteTable {
     pub revision: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePeering {
     pub vpc_a: String,
@@ -511,7 +526,7 @@ pub struct CreatePeering {
     pub client_token: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBandwidthPool {
     pub scope: PoolScope,
@@ -528,7 +543,7 @@ pub struct CreateBandwidthPool {
     pub client_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBandwidthPool {
     #[serde(default)]
@@ -545,7 +560,7 @@ pub struct PatchBandwidthPool {
 
 /// One page of a list: the items and, when more follow, the token that
 /// fetches the next page (`?page_token=`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -553,12 +568,12 @@ pub struct Page<T> {
 }
 
 /// The error body of every 4xx and 5xx: `{"error": {"code", "message"}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,

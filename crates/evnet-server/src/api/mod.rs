@@ -1,0 +1,5 @@
+//! The REST handlers, one module per area.
+
+pub mod compute;
+pub mod infra;
+pub mod network;

@@ -1,0 +1,739 @@
+//! VPCs, subnets, security groups, route tables and peerings.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use evnet_model::ipam::{check_subnet_cidr, check_vpc_cidr, gateway, parse_cidr};
+use evnet_model::validate::{check_name, check_routes, check_sg_rules, check_tags};
+use evnet_model::*;
+use evnet_store::Txn;
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::cache::Snapshot;
+use crate::common::*;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Q};
+use crate::keys;
+use crate::state::AppState;
+
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+fn name_or(id: &str, name: &Option<String>) -> ApiResult<String> {
+    match name {
+        Some(n) => {
+            check_name(n)?;
+            Ok(n.clone())
+        }
+        None => Ok(id.to_string()),
+    }
+}
+
+/// Rewrites a VPC unchanged so its revision moves: creates and deletes of
+/// its children do this, so they serialize with each other and with the
+/// VPC's delete.
+fn touch_vpc(snap: &Snapshot, vpc_id: &str, txn: &mut Txn) -> ApiResult<()> {
+    let v = snap.vpcs.get(vpc_id).ok_or_else(|| ApiError::from(ModelError::not_found("VPC", vpc_id)))?;
+    txn.compares.push(cmp(keys::resource(Kind::Vpc, vpc_id), v.mod_revision));
+    txn.ops.push(put(keys::resource(Kind::Vpc, vpc_id), &*v.value));
+    Ok(())
+}
+
+// --- VPCs -------------------------------------------------------------------
+
+pub async fn create_vpc(State(st): State<AppState>, caller: Caller, Body(req): Body<CreateVpc>) -> ApiResult<(StatusCode, Json<Vpc>)> {
+    let tenant = caller.tenant_for_create()?.to_string();
+    let cidr = parse_cidr(&req.cidr_block)?;
+    check_vpc_cidr(cidr)?;
+    check_tags(&req.tags)?;
+    let idem = Idempotency::new(&tenant, Kind::Vpc, req.client_token.as_deref(), &req)?;
+    let id = new_id(Kind::Vpc);
+    let name = name_or(&id, &req.name)?;
+    let rtb_id = new_id(Kind::RouteTable);
+    let sg_id = new_id(Kind::SecurityGroup);
+    let now = now_rfc3339();
+    let (_, id) = commit(&st, |snap| {
+        if let Some(existing) = idem.replay(snap)? {
+            return Ok(Plan::Done(existing));
+        }
+        let used = snap.used_vnis();
+        let vni = (1..=MAX_VNI).find(|v| !used.contains(v)).ok_or_else(|| {
+            ApiError::from(ModelError::conflict("vni_exhausted", "every VXLAN network identifier is in use"))
+        })?;
+        let vpc = Vpc {
+            id: id.clone(),
+            name: name.clone(),
+            tags: req.tags.clone(),
+            tenant: tenant.clone(),
+            created_at: now.clone(),
+            revision: 0,
+            cidr_block: cidr,
+            vni,
+            main_route_table_id: rtb_id.clone(),
+            default_security_group_id: sg_id.clone(),
+        };
+        let rtb = RouteTable {
+            id: rtb_id.clone(),
+            name: format!("{name}-main"),
+            tags: Default::default(),
+            tenant: tenant.clone(),
+            created_at: now.clone(),
+            revision: 0,
+            vpc_id: id.clone(),
+            main: true,
+            routes: vec![Route { destination_cidr: cidr, target: "local".into() }],
+            subnet_ids: vec![],
+        };
+        // As in AWS: members of the default group reach each other; nothing
+        // else comes in; everything may go out.
+        let sg = SecurityGroup {
+            id: sg_id.clone(),
+            name: "default".into(),
+            tags: Default::default(),
+            tenant: tenant.clone(),
+            created_at: now.clone(),
+            revision: 0,
+            vpc_id: id.clone(),
+            description: "default group: members reach each other; all egress".into(),
+            ingress: vec![SgRule { protocol: Protocol::All, from_port: None, to_port: None, cidr: None, source_group_id: Some(sg_id.clone()) }],
+            egress: vec![allow_all()],
+            deleting: false,
+        };
+        let mut txn = Txn {
+            compares: vec![cmp(keys::vni(vni), 0)],
+            ops: vec![
+                put(keys::resource(Kind::Vpc, &id), &vpc),
+                put(keys::resource(Kind::RouteTable, &rtb_id), &rtb),
+                put(keys::resource(Kind::SecurityGroup, &sg_id), &sg),
+                put_raw(keys::vni(vni), &id),
+            ],
+        };
+        idem.add_to(&mut txn, &id);
+        Ok(Plan::Write(txn, id.clone()))
+    })
+    .await?;
+    Ok(created(read_back(&st.cache.read().vpcs, &id)?))
+}
+
+pub fn allow_all() -> SgRule {
+    SgRule { protocol: Protocol::All, from_port: None, to_port: None, cidr: Some("0.0.0.0/0".parse().expect("valid")), source_group_id: None }
+}
+
+pub async fn list_vpcs(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<Vpc>>> {
+    Ok(Json(paginate(&st.cache.read().vpcs, &caller, &q, |_| true)?))
+}
+
+pub async fn get_vpc(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Vpc>> {
+    Ok(Json(arc_clone(&visible(&st.cache.read().vpcs, Kind::Vpc, &id, &caller)?.value)))
+}
+
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchNameTags {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: Option<Tags>,
+    #[serde(default)]
+    pub revision: Option<u64>,
+}
+
+pub async fn patch_vpc(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<PatchNameTags>,
+) -> ApiResult<Json<Vpc>> {
+    if let Some(n) = &req.name {
+        check_name(n)?;
+    }
+    if let Some(t) = &req.tags {
+        check_tags(t)?;
+    }
+    commit(&st, |snap| {
+        let e = visible(&snap.vpcs, Kind::Vpc, &id, &caller)?;
+        check_revision(req.revision, e.mod_revision, &id)?;
+        let mut v = arc_clone(&e.value);
+        if let Some(n) = &req.name {
+            v.name = n.clone();
+        }
+        if let Some(t) = &req.tags {
+            v.tags = t.clone();
+        }
+        let k = keys::resource(Kind::Vpc, &id);
+        Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &v)] }, ()))
+    })
+    .await?;
+    Ok(Json(read_back(&st.cache.read().vpcs, &id)?))
+}
+
+pub async fn delete_vpc(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    commit(&st, |snap| {
+        let e = visible(&snap.vpcs, Kind::Vpc, &id, &caller)?;
+        let v = &e.value;
+        let blockers = [
+            snap.subnets.values().any(|s| s.value.vpc_id == id).then_some("subnets"),
+            snap.security_groups.values().any(|s| s.value.vpc_id == id && s.value.id != v.default_security_group_id).then_some("security groups"),
+            snap.route_tables.values().any(|s| s.value.vpc_id == id && !s.value.main).then_some("route tables"),
+            snap.peerings.values().any(|p| p.value.vpc_a == id || p.value.vpc_b == id).then_some("peerings"),
+            snap.bandwidth_pools.values().any(|p| p.value.vpc_id.as_deref() == Some(&id)).then_some("bandwidth pools"),
+        ];
+        let blockers: Vec<&str> = blockers.into_iter().flatten().collect();
+        if !blockers.is_empty() {
+            return Err(ModelError::conflict(
+                "dependency_violation",
+                format!("VPC {id} still has {}; delete them first", blockers.join(", ")),
+            )
+            .into());
+        }
+        let txn = Txn {
+            compares: vec![cmp(keys::resource(Kind::Vpc, &id), e.mod_revision)],
+            ops: vec![
+                del(keys::resource(Kind::Vpc, &id)),
+                del(keys::resource(Kind::RouteTable, &v.main_route_table_id)),
+                del(keys::resource(Kind::SecurityGroup, &v.default_security_group_id)),
+                del(keys::vni(v.vni)),
+            ],
+        };
+        Ok(Plan::Write(txn, ()))
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --- Subnets ----------------------------------------------------------------
+
+pub fn subnet_view(snap: &Snapshot, s: &Subnet) -> Subnet {
+    let mut s = s.clone();
+    s.available_ip_count = snap.ipam.get(&s.id).map(|p| p.free_count()).unwrap_or(0);
+    s
+}
+
+pub async fn create_subnet(
+    State(st): State<AppState>,
+    caller: Caller,
+    Body(req): Body<CreateSubnet>,
+) -> ApiResult<(StatusCode, Json<Subnet>)> {
+    let tenant = caller.tenant_for_create()?.to_string();
+    let cidr = parse_cidr(&req.cidr_block)?;
+    check_tags(&req.tags)?;
+    let idem = Idempotency::new(&tenant, Kind::Subnet, req.client_token.as_deref(), &req)?;
+    let id = new_id(Kind::Subnet);
+    let name = name_or(&id, &req.name)?;
+    let now = now_rfc3339();
+    let (_, id) = commit(&st, |snap| {
+        if let Some(existing) = idem.replay(snap)? {
+            return Ok(Plan::Done(existing));
+        }
+        let vpc = visible(&snap.vpcs, Kind::Vpc, &req.vpc_id, &caller)?;
+        let siblings: Vec<_> = snap.subnets.values().filter(|s| s.value.vpc_id == req.vpc_id).map(|s| s.value.cidr_block).collect();
+        check_subnet_cidr(cidr, vpc.value.cidr_block, &siblings)?;
+        let subnet = Subnet {
+            id: id.clone(),
+            name: name.clone(),
+            tags: req.tags.clone(),
+            tenant: tenant.clone(),
+            created_at: now.clone(),
+            revision: 0,
+            vpc_id: req.vpc_id.clone(),
+            cidr_block: cidr,
+            gateway_ip: gateway(cidr),
+            available_ip_count: 0,
+            deleting: false,
+        };
+        let mut txn = Txn { compares: vec![], ops: vec![put(keys::resource(Kind::Subnet, &id), &subnet)] };
+        touch_vpc(snap, &req.vpc_id, &mut txn)?;
+        idem.add_to(&mut txn, &id);
+        Ok(Plan::Write(txn, id.clone()))
+    })
+    .await?;
+    let snap = st.cache.read();
+    Ok(created(subnet_view(&snap, &read_back(&snap.subnets, &id)?)))
+}
+
+pub async fn list_subnets(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<Subnet>>> {
+    let snap = st.cache.read();
+    let mut page = paginate(&snap.subnets, &caller, &q, |s| q.vpc_id.as_deref().is_none_or(|v| v == s.vpc_id))?;
+    page.items = page.items.iter().map(|s| subnet_view(&snap, s)).collect();
+    Ok(Json(page))
+}
+
+pub async fn get_subnet(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Subnet>> {
+    let snap = st.cache.read();
+    let e = visible(&snap.subnets, Kind::Subnet, &id, &caller)?;
+    Ok(Json(subnet_view(&snap, &e.value)))
+}
+
+pub async fn patch_subnet(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<PatchNameTags>,
+) -> ApiResult<Json<Subnet>> {
+    if let Some(n) = &req.name {
+        check_name(n)?;
+    }
+    if let Some(t) = &req.tags {
+        check_tags(t)?;
+    }
+    commit(&st, |snap| {
+        let e = visible(&snap.subnets, Kind::Subnet, &id, &caller)?;
+        check_revision(req.revision, e.mod_revision, &id)?;
+        let mut v = arc_clone(&e.value);
+        if let Some(n) = &req.name {
+            v.name = n.clone();
+        }
+        if let Some(t) = &req.tags {
+            v.tags = t.clone();
+        }
+        let k = keys::resource(Kind::Subnet, &id);
+        Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &v)] }, ()))
+    })
+    .await?;
+    let snap = st.cache.read();
+    Ok(Json(subnet_view(&snap, &read_back(&snap.subnets, &id)?)))
+}
+
+/// Two steps, so an ENI create racing the delete cannot leave an ENI in a
+/// deleted subnet: mark the subnet (ENI creates compare its revision and
+/// refuse a marked subnet), then with every earlier create visible, delete it
+/// if it is empty or unmark it.
+pub async fn delete_subnet(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    commit(&st, |snap| {
+        let e = visible(&snap.subnets, Kind::Subnet, &id, &caller)?;
+        if e.value.deleting {
+            return Ok(Plan::Done(()));
+        }
+        let mut s = arc_clone(&e.value);
+        s.deleting = true;
+        let k = keys::resource(Kind::Subnet, &id);
+        Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &s)] }, ()))
+    })
+    .await?;
+    let result = commit(&st, |snap| {
+        let e = visible(&snap.subnets, Kind::Subnet, &id, &caller)?;
+        let k = keys::resource(Kind::Subnet, &id);
+        let in_use = snap.ipam.get(&id).map(|p| p.used_count()).unwrap_or(0);
+        if in_use > 0 || snap.enis.values().any(|x| x.value.subnet_id == id) {
+            let mut s = arc_clone(&e.value);
+            s.deleting = false;
+            return Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &s)] }, Some(in_use)));
+        }
+        let mut txn = Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![del(k)] };
+        touch_vpc(snap, &e.value.vpc_id, &mut txn)?;
+        for r in snap.route_tables.values().filter(|r| r.value.subnet_ids.contains(&id)) {
+            let mut r2 = arc_clone(&r.value);
+            r2.subnet_ids.retain(|s| *s != id);
+            txn.compares.push(cmp(keys::resource(Kind::RouteTable, &r2.id), r.mod_revision));
+            txn.ops.push(put(keys::resource(Kind::RouteTable, &r2.id), &r2));
+        }
+        Ok(Plan::Write(txn, None))
+    })
+    .await?;
+    match result.1 {
+        None => Ok(StatusCode::NO_CONTENT),
+        Some(n) => Err(ModelError::conflict(
+            "dependency_violation",
+            format!("subnet {id} still has ENIs ({n} addresses in use); delete them first"),
+        )
+        .into()),
+    }
+}
+
+// --- Security groups --------------------------------------------------------
+
+fn check_group_refs(snap: &Snapshot, vpc_id: &str, rules: &[SgRule], self_id: &str) -> ApiResult<()> {
+    for r in rules {
+        if let Some(g) = &r.source_group_id {
+            if g == self_id {
+                continue;
+            }
+            match snap.security_groups.get(g) {
+                Some(e) if e.value.vpc_id == vpc_id => {}
+                _ => {
+                    return Err(ModelError::invalid(
+                        "invalid_rule",
+                        format!("rule references security group {g}, which is not a group of VPC {vpc_id}"),
+                    )
+                    .into())
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn create_sg(
+    State(st): State<AppState>,
+    caller: Caller,
+    Body(req): Body<CreateSecurityGroup>,
+) -> ApiResult<(StatusCode, Json<SecurityGroup>)> {
+    let tenant = caller.tenant_for_create()?.to_string();
+    check_name(&req.name)?;
+    check_tags(&req.tags)?;
+    check_sg_rules(&req.ingress)?;
+    let egress = req.egress.clone().unwrap_or_else(|| vec![allow_all()]);
+    check_sg_rules(&egress)?;
+    let idem = Idempotency::new(&tenant, Kind::SecurityGroup, req.client_token.as_deref(), &req)?;
+    let id = new_id(Kind::SecurityGroup);
+    let now = now_rfc3339();
+    let (_, id) = commit(&st, |snap| {
+        if let Some(existing) = idem.replay(snap)? {
+            return Ok(Plan::Done(existing));
+        }
+        visible(&snap.vpcs, Kind::Vpc, &req.vpc_id, &caller)?;
+        if snap.security_groups.values().any(|g| g.value.vpc_id == req.vpc_id && g.value.name == req.name) {
+            return Err(ModelError::conflict("name_taken", format!("VPC {} has a group named {:?} already", req.vpc_id, req.name)).into());
+        }
+        check_group_refs(snap, &req.vpc_id, &req.ingress, &id)?;
+        check_group_refs(snap, &req.vpc_id, &egress, &id)?;
+        let sg = SecurityGroup {
+            id: id.clone(),
+            name: req.name.clone(),
+            tags: req.tags.clone(),
+            tenant: tenant.clone(),
+            created_at: now.clone(),
+            revision: 0,
+            vpc_id: req.vpc_id.clone(),
+            description: req.description.clone(),
+            ingress: req.ingress.clone(),
+            egress: egress.clone(),
+            deleting: false,
+        };
+        let mut txn = Txn { compares: vec![], ops: vec![put(keys::resource(Kind::SecurityGroup, &id), &sg)] };
+        touch_vpc(snap, &req.vpc_id, &mut txn)?;
+        idem.add_to(&mut txn, &id);
+        Ok(Plan::Write(txn, id.clone()))
+    })
+    .await?;
+    Ok(created(read_back(&st.cache.read().security_groups, &id)?))
+}
+
+pub async fn list_sgs(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<SecurityGroup>>> {
+    Ok(Json(paginate(&st.cache.read().security_groups, &caller, &q, |s| q.vpc_id.as_deref().is_none_or(|v| v == s.vpc_id))?))
+}
+
+pub async fn get_sg(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<SecurityGroup>> {
+    Ok(Json(arc_clone(&visible(&st.cache.read().security_groups, Kind::SecurityGroup, &id, &caller)?.value)))
+}
+
+pub async fn patch_sg(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<PatchSecurityGroup>,
+) -> ApiResult<Json<SecurityGroup>> {
+    if let Some(n) = &req.name {
+        check_name(n)?;
+    }
+    if let Some(t) = &req.tags {
+        check_tags(t)?;
+    }
+    if let Some(r) = &req.ingress {
+        check_sg_rules(r)?;
+    }
+    if let Some(r) = &req.egress {
+        check_sg_rules(r)?;
+    }
+    commit(&st, |snap| {
+        let e = visible(&snap.security_groups, Kind::SecurityGroup, &id, &caller)?;
+        check_revision(req.revision, e.mod_revision, &id)?;
+        let mut g = arc_clone(&e.value);
+        if let Some(n) = &req.name {
+            g.name = n.clone();
+        }
+        if let Some(d) = &req.description {
+            g.description = d.clone();
+        }
+        if let Some(r) = &req.ingress {
+            check_group_refs(snap, &g.vpc_id, r, &id)?;
+            g.ingress = r.clone();
+        }
+        if let Some(r) = &req.egress {
+            check_group_refs(snap, &g.vpc_id, r, &id)?;
+            g.egress = r.clone();
+        }
+        if let Some(t) = &req.tags {
+            g.tags = t.clone();
+        }
+        let k = keys::resource(Kind::SecurityGroup, &id);
+        Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &g)] }, ()))
+    })
+    .await?;
+    Ok(Json(read_back(&st.cache.read().security_groups, &id)?))
+}
+
+pub async fn delete_sg(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    commit(&st, |snap| {
+        let e = visible(&snap.security_groups, Kind::SecurityGroup, &id, &caller)?;
+        if snap.vpcs.get(&e.value.vpc_id).is_some_and(|v| v.value.default_security_group_id == id) {
+            return Err(ModelError::conflict("cannot_delete_default", "a VPC's default group goes away with the VPC").into());
+        }
+        if e.value.deleting {
+            return Ok(Plan::Done(()));
+        }
+        let mut g = arc_clone(&e.value);
+        g.deleting = true;
+        let k = keys::resource(Kind::SecurityGroup, &id);
+        Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &g)] }, ()))
+    })
+    .await?;
+    let (_, blocked) = commit(&st, |snap| {
+        let e = visible(&snap.security_groups, Kind::SecurityGroup, &id, &caller)?;
+        let k = keys::resource(Kind::SecurityGroup, &id);
+        let user = snap.enis.values().find(|x| x.value.security_group_ids.contains(&id)).map(|x| x.value.id.clone()).or_else(|| {
+            snap.security_groups
+                .values()
+                .find(|g| g.value.id != id && g.value.ingress.iter().chain(&g.value.egress).any(|r| r.source_group_id.as_deref() == Some(&id)))
+                .map(|g| g.value.id.clone())
+        });
+        if let Some(user) = user {
+            let mut g = arc_clone(&e.value);
+            g.deleting = false;
+            return Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &g)] }, Some(user)));
+        }
+        let mut txn = Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![del(k)] };
+        touch_vpc(snap, &e.value.vpc_id, &mut txn)?;
+        Ok(Plan::Write(txn, None))
+    })
+    .await?;
+    match blocked {
+        None => Ok(StatusCode::NO_CONTENT),
+        Some(user) => Err(ModelError::conflict("dependency_violation", format!("security group {id} is still used by {user}")).into()),
+    }
+}
+
+// --- Route tables -----------------------------------------------------------
+
+fn check_route_targets(snap: &Snapshot, vpc_id: &str, routes: &[Route]) -> ApiResult<()> {
+    for r in routes {
+        match Kind::of_id(&r.target) {
+            Some(Kind::Eni) => {
+                if !snap.enis.get(&r.target).is_some_and(|e| e.value.vpc_id == vpc_id) {
+                    return Err(ModelError::invalid("invalid_route", format!("route target {} is not an ENI of VPC {vpc_id}", r.target)).into());
+                }
+            }
+            Some(Kind::Peering) => {
+                if !snap.peerings.get(&r.target).is_some_and(|p| p.value.vpc_a == vpc_id || p.value.vpc_b == vpc_id) {
+                    return Err(ModelError::invalid("invalid_route", format!("route target {} is not a peering of VPC {vpc_id}", r.target)).into());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_associations(snap: &Snapshot, vpc_id: &str, table_id: &str, subnet_ids: &[String]) -> ApiResult<()> {
+    for s in subnet_ids {
+        if !snap.subnets.get(s).is_some_and(|x| x.value.vpc_id == vpc_id) {
+            return Err(ModelError::invalid("invalid_association", format!("{s} is not a subnet of VPC {vpc_id}")).into());
+        }
+        if let Some(other) = snap.route_tables.values().find(|r| r.value.id != table_id && r.value.subnet_ids.contains(s)) {
+            return Err(ModelError::conflict(
+                "already_associated",
+                format!("subnet {s} is associated with route table {} already", other.value.id),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+pub async fn create_rtb(
+    State(st): State<AppState>,
+    caller: Caller,
+    Body(req): Body<CreateRouteTable>,
+) -> ApiResult<(StatusCode, Json<RouteTable>)> {
+    let tenant = caller.tenant_for_create()?.to_string();
+    check_tags(&req.tags)?;
+    let idem = Idempotency::new(&tenant, Kind::RouteTable, req.client_token.as_deref(), &req)?;
+    let id = new_id(Kind::RouteTable);
+    let name = name_or(&id, &req.name)?;
+    let now = now_rfc3339();
+    let (_, id) = commit(&st, |snap| {
+        if let Some(existing) = idem.replay(snap)? {
+            return Ok(Plan::Done(existing));
+        }
+        let vpc = visible(&snap.vpcs, Kind::Vpc, &req.vpc_id, &caller)?;
+        let cidr = vpc.value.cidr_block;
+        let mut routes = req.routes.clone();
+        if !routes.iter().any(|r| r.target == "local") {
+            routes.insert(0, Route { destination_cidr: cidr, target: "local".into() });
+        }
+        check_routes(&routes, cidr)?;
+        check_route_targets(snap, &req.vpc_id, &routes)?;
+        check_associations(snap, &req.vpc_id, &id, &req.subnet_ids)?;
+        let rtb = RouteTable {
+            id: id.clone(),
+            name: name.clone(),
+            tags: req.tags.clone(),
+            tenant: tenant.clone(),
+            created_at: now.clone(),
+            revision: 0,
+            vpc_id: req.vpc_id.clone(),
+            main: false,
+            routes,
+            subnet_ids: req.subnet_ids.clone(),
+        };
+        let mut txn = Txn { compares: vec![], ops: vec![put(keys::resource(Kind::RouteTable, &id), &rtb)] };
+        touch_vpc(snap, &req.vpc_id, &mut txn)?;
+        idem.add_to(&mut txn, &id);
+        Ok(Plan::Write(txn, id.clone()))
+    })
+    .await?;
+    Ok(created(read_back(&st.cache.read().route_tables, &id)?))
+}
+
+pub async fn list_rtbs(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<RouteTable>>> {
+    Ok(Json(paginate(&st.cache.read().route_tables, &caller, &q, |s| q.vpc_id.as_deref().is_none_or(|v| v == s.vpc_id))?))
+}
+
+pub async fn get_rtb(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<RouteTable>> {
+    Ok(Json(arc_clone(&visible(&st.cache.read().route_tables, Kind::RouteTable, &id, &caller)?.value)))
+}
+
+pub async fn patch_rtb(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<PatchRouteTable>,
+) -> ApiResult<Json<RouteTable>> {
+    if let Some(n) = &req.name {
+        check_name(n)?;
+    }
+    if let Some(t) = &req.tags {
+        check_tags(t)?;
+    }
+    commit(&st, |snap| {
+        let e = visible(&snap.route_tables, Kind::RouteTable, &id, &caller)?;
+        check_revision(req.revision, e.mod_revision, &id)?;
+        let mut r = arc_clone(&e.value);
+        let cidr = snap.vpcs.get(&r.vpc_id).map(|v| v.value.cidr_block).ok_or_else(ApiError::conflict_retry)?;
+        if let Some(routes) = &req.routes {
+            if !routes.iter().any(|x| x.target == "local" && x.destination_cidr == cidr) {
+                return Err(ModelError::invalid(
+                    "cannot_remove_local_route",
+                    format!("every route table keeps the VPC's local route {cidr} → local"),
+                )
+                .into());
+            }
+            check_routes(routes, cidr)?;
+            check_route_targets(snap, &r.vpc_id, routes)?;
+            r.routes = routes.clone();
+        }
+        if let Some(s) = &req.subnet_ids {
+            if r.main {
+                return Err(ModelError::invalid("invalid_association", "the main table applies to every subnet without its own table; associate subnets with another table").into());
+            }
+            check_associations(snap, &r.vpc_id, &id, s)?;
+            r.subnet_ids = s.clone();
+        }
+        if let Some(n) = &req.name {
+            r.name = n.clone();
+        }
+        if let Some(t) = &req.tags {
+            r.tags = t.clone();
+        }
+        let k = keys::resource(Kind::RouteTable, &id);
+        let mut txn = Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &r)] };
+        touch_vpc(snap, &r.vpc_id, &mut txn)?;
+        Ok(Plan::Write(txn, ()))
+    })
+    .await?;
+    Ok(Json(read_back(&st.cache.read().route_tables, &id)?))
+}
+
+pub async fn delete_rtb(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    commit(&st, |snap| {
+        let e = visible(&snap.route_tables, Kind::RouteTable, &id, &caller)?;
+        if e.value.main {
+            return Err(ModelError::conflict("cannot_delete_main", "the main route table goes away with its VPC").into());
+        }
+        let k = keys::resource(Kind::RouteTable, &id);
+        let mut txn = Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![del(k)] };
+        touch_vpc(snap, &e.value.vpc_id, &mut txn)?;
+        Ok(Plan::Write(txn, ()))
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --- Peerings ---------------------------------------------------------------
+
+pub async fn create_peering(
+    State(st): State<AppState>,
+    caller: Caller,
+    Body(req): Body<CreatePeering>,
+) -> ApiResult<(StatusCode, Json<Peering>)> {
+    let tenant = caller.tenant_for_create()?.to_string();
+    check_tags(&req.tags)?;
+    if req.vpc_a == req.vpc_b {
+        return Err(ModelError::invalid("invalid_peering", "a VPC cannot peer with itself").into());
+    }
+    let idem = Idempotency::new(&tenant, Kind::Peering, req.client_token.as_deref(), &req)?;
+    let id = new_id(Kind::Peering);
+    let name = name_or(&id, &req.name)?;
+    let now = now_rfc3339();
+    let (_, id) = commit(&st, |snap| {
+        if let Some(existing) = idem.replay(snap)? {
+            return Ok(Plan::Done(existing));
+        }
+        let a = visible(&snap.vpcs, Kind::Vpc, &req.vpc_a, &caller)?;
+        let b = visible(&snap.vpcs, Kind::Vpc, &req.vpc_b, &caller)?;
+        if ipam::overlaps(a.value.cidr_block, b.value.cidr_block) {
+            return Err(ModelError::invalid(
+                "peering_cidr_overlap",
+                format!("VPCs {} ({}) and {} ({}) overlap; peered VPCs need disjoint blocks", a.value.id, a.value.cidr_block, b.value.id, b.value.cidr_block),
+            )
+            .into());
+        }
+        let pair = |p: &Peering| (p.vpc_a == req.vpc_a && p.vpc_b == req.vpc_b) || (p.vpc_a == req.vpc_b && p.vpc_b == req.vpc_a);
+        if let Some(p) = snap.peerings.values().find(|p| pair(&p.value)) {
+            return Err(ModelError::conflict("peering_exists", format!("these VPCs are peered already by {}", p.value.id)).into());
+        }
+        let p = Peering {
+            id: id.clone(),
+            name: name.clone(),
+            tags: req.tags.clone(),
+            tenant: tenant.clone(),
+            created_at: now.clone(),
+            revision: 0,
+            vpc_a: req.vpc_a.clone(),
+            vpc_b: req.vpc_b.clone(),
+        };
+        let mut txn = Txn { compares: vec![], ops: vec![put(keys::resource(Kind::Peering, &id), &p)] };
+        touch_vpc(snap, &req.vpc_a, &mut txn)?;
+        touch_vpc(snap, &req.vpc_b, &mut txn)?;
+        idem.add_to(&mut txn, &id);
+        Ok(Plan::Write(txn, id.clone()))
+    })
+    .await?;
+    Ok(created(read_back(&st.cache.read().peerings, &id)?))
+}
+
+pub async fn list_peerings(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<Peering>>> {
+    Ok(Json(paginate(&st.cache.read().peerings, &caller, &q, |p| {
+        q.vpc_id.as_deref().is_none_or(|v| v == p.vpc_a || v == p.vpc_b)
+    })?))
+}
+
+pub async fn get_peering(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Peering>> {
+    Ok(Json(arc_clone(&visible(&st.cache.read().peerings, Kind::Peering, &id, &caller)?.value)))
+}
+
+pub async fn delete_peering(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    commit(&st, |snap| {
+        let e = visible(&snap.peerings, Kind::Peering, &id, &caller)?;
+        if let Some(r) = snap.route_tables.values().find(|r| r.value.routes.iter().any(|x| x.target == id)) {
+            return Err(ModelError::conflict("dependency_violation", format!("route table {} still routes through peering {id}", r.value.id)).into());
+        }
+        let k = keys::resource(Kind::Peering, &id);
+        let mut txn = Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![del(k)] };
+        touch_vpc(snap, &e.value.vpc_a, &mut txn)?;
+        touch_vpc(snap, &e.value.vpc_b, &mut txn)?;
+        Ok(Plan::Write(txn, ()))
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

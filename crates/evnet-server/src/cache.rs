@@ -1,0 +1,310 @@
+//! A typed, indexed view of the store, kept current by a watch (an informer).
+//!
+//! Handlers read from it and never from the store directly; after a write at
+//! revision R a handler waits for the cache to reach R, so a client always
+//! reads its own writes. The cache lists, then watches from the listed
+//! revision, and lists again when the watch reports a gap.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use evnet_model::ipam::IpPool;
+use evnet_model::*;
+use evnet_store::{EventKind, KeyValue, Revision, Store, StoreError, WatchEvent};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::keys;
+
+/// What a token may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum TokenRecord {
+    Tenant { tenant_id: String },
+    Agent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdemRecord {
+    pub id: String,
+    pub request_sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HostLedger {
+    pub guaranteed_mbps: u64,
+}
+
+/// A value with the store revisions it was read at.
+#[derive(Debug, Clone)]
+pub struct Entry<T> {
+    pub value: Arc<T>,
+    pub mod_revision: Revision,
+}
+
+#[derive(Default)]
+pub struct Snapshot {
+    pub revision: Revision,
+    pub tenants: BTreeMap<String, Entry<Tenant>>,
+    pub hosts: BTreeMap<String, Entry<Host>>,
+    pub vpcs: BTreeMap<String, Entry<Vpc>>,
+    pub subnets: BTreeMap<String, Entry<Subnet>>,
+    pub instances: BTreeMap<String, Entry<Instance>>,
+    pub enis: BTreeMap<String, Entry<Eni>>,
+    pub security_groups: BTreeMap<String, Entry<SecurityGroup>>,
+    pub route_tables: BTreeMap<String, Entry<RouteTable>>,
+    pub peerings: BTreeMap<String, Entry<Peering>>,
+    pub bandwidth_pools: BTreeMap<String, Entry<BandwidthPool>>,
+    /// Subnet id → the addresses in use (from `/ipam/` keys).
+    pub ipam: HashMap<String, IpPool>,
+    pub ipam_revisions: HashMap<(String, Ipv4Addr), Revision>,
+    pub vnis: BTreeMap<u32, String>,
+    pub hostnames: HashMap<String, (String, Revision)>,
+    pub ledgers: HashMap<String, (HostLedger, Revision)>,
+    pub tokens: HashMap<String, TokenRecord>,
+    pub idem: HashMap<String, IdemRecord>,
+}
+
+impl Snapshot {
+    fn apply(&mut self, ev: &WatchEvent) {
+        let kv = &ev.kv;
+        let put = ev.kind == EventKind::Put;
+        let key = kv.key.as_str();
+        if let Some(rest) = key.strip_prefix(keys::RESOURCE_PREFIX) {
+            let Some((collection, id)) = rest.split_once('/') else { return };
+            let id = id.to_string();
+            macro_rules! upd {
+                ($map:expr, $ty:ty) => {{
+                    if put {
+                        if let Some(mut v) = decode::<$ty>(kv) {
+                            v.revision = kv.mod_revision;
+                            $map.insert(id, Entry { value: Arc::new(v), mod_revision: kv.mod_revision });
+                        }
+                    } else {
+                        $map.remove(&id);
+                    }
+                }};
+            }
+            match collection {
+                "tenants" => upd!(self.tenants, Tenant),
+                "hosts" => upd!(self.hosts, Host),
+                "vpcs" => upd!(self.vpcs, Vpc),
+                "subnets" => {
+                    if put {
+                        if let Some(mut v) = decode::<Subnet>(kv) {
+                            v.revision = kv.mod_revision;
+                            self.ipam.entry(id.clone()).or_insert_with(|| IpPool::new(v.cidr_block));
+                            self.subnets.insert(id, Entry { value: Arc::new(v), mod_revision: kv.mod_revision });
+                        }
+                    } else {
+                        self.subnets.remove(&id);
+                        self.ipam.remove(&id);
+                    }
+                }
+                "instances" => upd!(self.instances, Instance),
+                "enis" => upd!(self.enis, Eni),
+                "security-groups" => upd!(self.security_groups, SecurityGroup),
+                "route-tables" => upd!(self.route_tables, RouteTable),
+                "peerings" => upd!(self.peerings, Peering),
+                "bandwidth-pools" => upd!(self.bandwidth_pools, BandwidthPool),
+                _ => {}
+            }
+        } else if let Some(rest) = key.strip_prefix("/ipam/") {
+            let Some((subnet, ip)) = rest.split_once('/') else { return };
+            let Ok(ip) = ip.parse::<Ipv4Addr>() else { return };
+            let Some(pool) = self.ipam.get_mut(subnet) else { return };
+            if put {
+                let _ = pool.allocate_specific(ip);
+                self.ipam_revisions.insert((subnet.to_string(), ip), kv.mod_revision);
+            } else {
+                pool.free(ip);
+                self.ipam_revisions.remove(&(subnet.to_string(), ip));
+            }
+        } else if let Some(rest) = key.strip_prefix("/vni/") {
+            if let Ok(v) = rest.parse::<u32>() {
+                if put {
+                    self.vnis.insert(v, String::from_utf8_lossy(&kv.value).into_owned());
+                } else {
+                    self.vnis.remove(&v);
+                }
+            }
+        } else if let Some(name) = key.strip_prefix("/hostname/") {
+            if put {
+                self.hostnames.insert(name.to_string(), (String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision));
+            } else {
+                self.hostnames.remove(name);
+            }
+        } else if let Some(host) = key.strip_prefix("/hostbw/") {
+            if put {
+                let l = decode::<HostLedger>(kv).unwrap_or_default();
+                self.ledgers.insert(host.to_string(), (l, kv.mod_revision));
+            } else {
+                self.ledgers.remove(host);
+            }
+        } else if let Some(sha) = key.strip_prefix("/tokens/") {
+            if put {
+                if let Some(t) = decode::<TokenRecord>(kv) {
+                    self.tokens.insert(sha.to_string(), t);
+                }
+            } else {
+                self.tokens.remove(sha);
+            }
+        } else if key.starts_with("/idem/") {
+            if put {
+                if let Some(r) = decode::<IdemRecord>(kv) {
+                    self.idem.insert(key.to_string(), r);
+                }
+            } else {
+                self.idem.remove(key);
+            }
+        }
+    }
+
+    /// The revision of an `/ipam/` key, 0 when the address is free.
+    pub fn ipam_revision(&self, subnet_id: &str, ip: Ipv4Addr) -> Revision {
+        self.ipam_revisions.get(&(subnet_id.to_string(), ip)).copied().unwrap_or(0)
+    }
+
+    /// Sum of the guarantees of the ENIs attached on `host_id`, and the
+    /// revision of the host's ledger key (0: never written).
+    pub fn host_guaranteed(&self, host_id: &str) -> (u64, Revision) {
+        let sum = self
+            .enis
+            .values()
+            .filter(|e| e.value.attachment.as_ref().is_some_and(|a| a.host_id == host_id))
+            .map(|e| e.value.bandwidth.guaranteed_mbps)
+            .sum();
+        (sum, self.ledgers.get(host_id).map(|l| l.1).unwrap_or(0))
+    }
+
+    pub fn instance_count(&self, host_id: &str) -> u32 {
+        self.instances.values().filter(|i| i.value.host_id == host_id).count() as u32
+    }
+
+    pub fn enis_of_instance(&self, instance_id: &str) -> Vec<Arc<Eni>> {
+        let mut v: Vec<Arc<Eni>> = self
+            .enis
+            .values()
+            .filter(|e| e.value.attachment.as_ref().is_some_and(|a| a.instance_id == instance_id))
+            .map(|e| e.value.clone())
+            .collect();
+        v.sort_by_key(|e| e.attachment.as_ref().map(|a| a.device_index));
+        v
+    }
+
+    pub fn used_vnis(&self) -> BTreeSet<u32> {
+        self.vnis.keys().copied().collect()
+    }
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Option<T> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(key = %kv.key, error = %e, "undecodable value in store; ignoring it");
+            None
+        }
+    }
+}
+
+/// The shared cache: a snapshot behind a lock and a channel that announces
+/// each revision it reaches.
+pub struct Cache {
+    inner: RwLock<Snapshot>,
+    revision_tx: watch::Sender<Revision>,
+}
+
+impl Cache {
+    /// Lists the store and starts following it.
+    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Cache>, StoreError> {
+        let (revision_tx, _) = watch::channel(0);
+        let cache = Arc::new(Cache { inner: RwLock::new(Snapshot::default()), revision_tx });
+        let rev = cache.relist(store.as_ref()).await?;
+        let follower = cache.clone();
+        tokio::spawn(async move { follower.follow(store, rev).await });
+        Ok(cache)
+    }
+
+    async fn relist(&self, store: &dyn Store) -> Result<Revision, StoreError> {
+        let resp = store.range("/").await?;
+        let mut snap = Snapshot { revision: resp.revision, ..Default::default() };
+        // Subnets first, so their address pools exist before `/ipam/` keys land.
+        let (subnets, rest): (Vec<_>, Vec<_>) = resp.kvs.into_iter().partition(|kv| kv.key.starts_with("/r/subnets/"));
+        for kv in subnets.into_iter().chain(rest) {
+            snap.apply(&WatchEvent { kind: EventKind::Put, kv });
+        }
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = snap;
+        self.revision_tx.send_replace(resp.revision);
+        Ok(resp.revision)
+    }
+
+    async fn follow(&self, store: Arc<dyn Store>, mut rev: Revision) {
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            let mut stream = match store.watch("/", rev + 1).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache watch failed; listing again");
+                    match self.relist(store.as_ref()).await {
+                        Ok(r) => rev = r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cache relist failed");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                        }
+                    }
+                    continue;
+                }
+            };
+            backoff = std::time::Duration::from_millis(50);
+            while let Some(item) = stream.recv().await {
+                match item {
+                    Ok(batch) => {
+                        {
+                            let mut snap = self.inner.write().unwrap_or_else(|e| e.into_inner());
+                            for ev in &batch.events {
+                                snap.apply(ev);
+                            }
+                            snap.revision = batch.revision;
+                        }
+                        rev = batch.revision;
+                        self.revision_tx.send_replace(rev);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cache watch interrupted");
+                        break;
+                    }
+                }
+            }
+            match self.relist(store.as_ref()).await {
+                Ok(r) => rev = r,
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "cache relist failed");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Snapshot> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn revision(&self) -> Revision {
+        *self.revision_tx.borrow()
+    }
+
+    /// Waits until the cache has seen revision `rev`.
+    pub async fn wait_for(&self, rev: Revision) {
+        let mut rx = self.revision_tx.subscribe();
+        let _ = rx.wait_for(|r| *r >= rev).await;
+    }
+
+    /// A receiver that changes whenever the cache advances.
+    pub fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.revision_tx.subscribe()
+    }
+}

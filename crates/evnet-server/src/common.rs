@@ -1,0 +1,265 @@
+//! Helpers every handler uses: ids, time, JSON values, the optimistic write
+//! loop, idempotency, visibility checks and pagination.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use evnet_model::{Kind, Page};
+use evnet_store::{Compare, Revision, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Caller;
+use crate::cache::{Entry, IdemRecord, Snapshot};
+use crate::error::{ApiError, ApiResult};
+use crate::keys;
+use crate::state::AppState;
+
+pub fn new_id(kind: Kind) -> String {
+    kind.make_id(rand::random())
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("resources always serialize")
+}
+
+pub fn put<T: Serialize>(key: String, v: &T) -> TxnOp {
+    TxnOp::Put { key, value: json(v) }
+}
+
+pub fn put_raw(key: String, v: &str) -> TxnOp {
+    TxnOp::Put { key, value: v.as_bytes().to_vec() }
+}
+
+pub fn del(key: String) -> TxnOp {
+    TxnOp::Delete { key }
+}
+
+pub fn cmp(key: String, revision: Revision) -> Compare {
+    Compare::ModRevision { key, revision }
+}
+
+/// What one attempt of a write decided.
+pub enum Plan<R> {
+    /// Write this; on success answer with `R`.
+    Write(Txn, R),
+    /// Nothing to write (an idempotent replay): answer with `R`.
+    Done(R),
+}
+
+/// Optimistic concurrency: build a transaction from the cache, commit it if
+/// its compares still hold, otherwise catch up and try again. Returns the
+/// revision written at (or the cache's, for `Plan::Done`).
+pub async fn commit<R, F>(state: &AppState, mut build: F) -> ApiResult<(Revision, R)>
+where
+    F: FnMut(&Snapshot) -> ApiResult<Plan<R>>,
+{
+    for _ in 0..32 {
+        let plan = {
+            let snap = state.cache.read();
+            build(&snap)?
+        };
+        match plan {
+            Plan::Done(r) => return Ok((state.cache.revision(), r)),
+            Plan::Write(txn, r) => {
+                let resp = state.store.txn(txn).await?;
+                state.cache.wait_for(resp.revision).await;
+                if resp.succeeded {
+                    state.metrics.store_writes.inc();
+                    return Ok((resp.revision, r));
+                }
+                state.metrics.store_conflicts.inc();
+            }
+        }
+    }
+    Err(ApiError::conflict_retry())
+}
+
+/// Finds a resource the caller may see, or answers 404 as if it did not exist.
+pub fn visible<'a, T: Owned>(
+    map: &'a std::collections::BTreeMap<String, Entry<T>>,
+    kind: Kind,
+    id: &str,
+    caller: &Caller,
+) -> ApiResult<&'a Entry<T>> {
+    match map.get(id) {
+        Some(e) if caller.sees(e.value.tenant()) => Ok(e),
+        _ => Err(evnet_model::ModelError::not_found(kind.noun(), id).into()),
+    }
+}
+
+/// Resources that belong to a tenant.
+pub trait Owned {
+    fn tenant(&self) -> &str;
+    fn id(&self) -> &str;
+    fn name(&self) -> &str;
+}
+
+macro_rules! owned {
+    ($($t:ty),*) => {$(
+        impl Owned for $t {
+            fn tenant(&self) -> &str { &self.tenant }
+            fn id(&self) -> &str { &self.id }
+            fn name(&self) -> &str { &self.name }
+        }
+    )*};
+}
+owned!(
+    evnet_model::Tenant,
+    evnet_model::Host,
+    evnet_model::Vpc,
+    evnet_model::Subnet,
+    evnet_model::Instance,
+    evnet_model::Eni,
+    evnet_model::SecurityGroup,
+    evnet_model::RouteTable,
+    evnet_model::Peering,
+    evnet_model::BandwidthPool
+);
+
+/// Idempotent creates: with a client token, a retry of the same request
+/// answers the resource the first one made; a different request under the
+/// same token is refused.
+pub struct Idempotency {
+    pub key: Option<String>,
+    pub request_sha256: String,
+}
+
+impl Idempotency {
+    pub fn new<B: Serialize>(tenant: &str, kind: Kind, client_token: Option<&str>, body: &B) -> ApiResult<Self> {
+        if let Some(t) = client_token {
+            if t.is_empty() || t.len() > 64 {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_client_token",
+                    "client_token must be 1 to 64 characters",
+                ));
+            }
+        }
+        let request_sha256 = hex::encode(Sha256::digest(json(body)));
+        Ok(Self { key: client_token.map(|t| keys::idem(tenant, kind, t)), request_sha256 })
+    }
+
+    /// The id made by an earlier identical request, if any.
+    pub fn replay(&self, snap: &Snapshot) -> ApiResult<Option<String>> {
+        let Some(key) = &self.key else { return Ok(None) };
+        match snap.idem.get(key) {
+            None => Ok(None),
+            Some(r) if r.request_sha256 == self.request_sha256 => Ok(Some(r.id.clone())),
+            Some(_) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_mismatch",
+                "this client_token was already used with a different request; use a new token",
+            )),
+        }
+    }
+
+    /// Adds the token's record to a create transaction.
+    pub fn add_to(&self, txn: &mut Txn, id: &str) {
+        if let Some(key) = &self.key {
+            txn.compares.push(cmp(key.clone(), 0));
+            txn.ops.push(put(key.clone(), &IdemRecord { id: id.to_string(), request_sha256: self.request_sha256.clone() }));
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub limit: Option<usize>,
+    pub page_token: Option<String>,
+    pub name: Option<String>,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub host_id: Option<String>,
+    pub status: Option<String>,
+    pub tenant: Option<String>,
+}
+
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of the resources in `map` that the caller sees and `keep` accepts,
+/// in id order after `page_token`.
+pub fn paginate<T: Owned + Clone, F: Fn(&T) -> bool>(
+    map: &std::collections::BTreeMap<String, Entry<T>>,
+    caller: &Caller,
+    q: &ListQuery,
+    keep: F,
+) -> ApiResult<Page<T>> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let start = match &q.page_token {
+        Some(t) => std::ops::Bound::Excluded(t.clone()),
+        None => std::ops::Bound::Unbounded,
+    };
+    let mut items = Vec::with_capacity(limit.min(map.len()));
+    let mut next = None;
+    for (_, e) in map.range((start, std::ops::Bound::Unbounded)) {
+        let v = &e.value;
+        if !caller.sees(v.tenant()) && !matches!(caller, Caller::Agent) {
+            continue;
+        }
+        if q.name.as_deref().is_some_and(|n| n != v.name()) || !keep(v) {
+            continue;
+        }
+        if q.tenant.as_deref().is_some_and(|t| t != v.tenant()) {
+            continue;
+        }
+        if items.len() == limit {
+            next = items.last().map(|l: &T| l.id().to_string());
+            break;
+        }
+        items.push(T::clone(v));
+    }
+    Ok(Page { items, next_page_token: next })
+}
+
+pub fn created<T: Serialize>(v: T) -> (StatusCode, axum::Json<T>) {
+    (StatusCode::CREATED, axum::Json(v))
+}
+
+pub fn ok<T: Serialize>(v: T) -> (StatusCode, axum::Json<T>) {
+    (StatusCode::OK, axum::Json(v))
+}
+
+/// Reads a resource back from the cache after a write (the cache has caught
+/// up to the write's revision).
+pub fn read_back<T: Clone>(map: &std::collections::BTreeMap<String, Entry<T>>, id: &str) -> ApiResult<T> {
+    map.get(id).map(|e| T::clone(&e.value)).ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, "concurrent_modification", format!("{id} was deleted concurrently"))
+    })
+}
+
+/// Checks an optional expected revision against the current one.
+pub fn check_revision(expected: Option<u64>, current: Revision, id: &str) -> ApiResult<()> {
+    match expected {
+        Some(e) if e != current => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "revision_mismatch",
+            format!("{id} is at revision {current}, not {e}; read it again and retry"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub fn arc_clone<T: Clone>(a: &Arc<T>) -> T {
+    T::clone(a)
+}

@@ -1,0 +1,46 @@
+//! The store's key layout. Everything the control plane keeps lives under one
+//! of these prefixes; values are JSON.
+//!
+//! | key | value |
+//! |---|---|
+//! | `/r/{collection}/{id}` | a resource (its `revision` is the key's mod revision) |
+//! | `/ipam/{subnet_id}/{ip}` | the ENI id holding that address |
+//! | `/vni/{vni}` | the VPC id holding that VNI |
+//! | `/hostname/{name}` | the host id registered under that name |
+//! | `/hostbw/{host_id}` | the host's guarantee ledger, written by every change to it |
+//! | `/tokens/{sha256}` | a token's role and tenant |
+//! | `/idem/{tenant}/{collection}/{client_token}` | an idempotent create's resource id and request hash |
+
+use std::net::Ipv4Addr;
+
+use evnet_model::Kind;
+
+pub const RESOURCE_PREFIX: &str = "/r/";
+
+pub fn resource(kind: Kind, id: &str) -> String {
+    format!("/r/{}/{id}", kind.collection())
+}
+
+pub fn ipam(subnet_id: &str, ip: Ipv4Addr) -> String {
+    format!("/ipam/{subnet_id}/{ip}")
+}
+
+pub fn vni(vni: u32) -> String {
+    format!("/vni/{vni}")
+}
+
+pub fn hostname(name: &str) -> String {
+    format!("/hostname/{name}")
+}
+
+pub fn hostbw(host_id: &str) -> String {
+    format!("/hostbw/{host_id}")
+}
+
+pub fn token(sha256_hex: &str) -> String {
+    format!("/tokens/{sha256_hex}")
+}
+
+pub fn idem(tenant: &str, kind: Kind, client_token: &str) -> String {
+    format!("/idem/{tenant}/{}/{client_token}", kind.collection())
+}

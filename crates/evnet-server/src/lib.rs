@@ -1,0 +1,141 @@
+//! evnet's control plane.
+//!
+//! `app(state)` is the whole REST API as an axum `Router`: it validates
+//! requests, checks the caller's token and tenancy, and turns each request
+//! into one store transaction that compares revisions (optimistic
+//! concurrency). Reads come from a [`cache::Cache`] that follows the store by
+//! list + watch. The scheduler's choices and bandwidth admission happen in
+//! the same transaction as the change they admit. Each host's desired state
+//! ([`desired`]) is computed from the cache and served to its agent as a
+//! long poll keyed by generation.
+//!
+//! The server keeps no state of its own besides the store: several replicas
+//! may share one store.
+
+pub mod api;
+pub mod auth;
+pub mod cache;
+pub mod common;
+pub mod desired;
+pub mod error;
+pub mod extract;
+pub mod keys;
+pub mod metrics;
+pub mod openapi;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use evnet_store::Store;
+
+use crate::api::{compute, infra, network};
+use crate::state::{AppState, Settings};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/tenants", post(infra::create_tenant).get(infra::list_tenants))
+        .route("/tenants/{id}", get(infra::get_tenant).delete(infra::delete_tenant))
+        .route("/agent-tokens", post(infra::create_agent_token))
+        .route("/hosts", post(infra::register_host).get(infra::list_hosts))
+        .route("/hosts/{id}", get(infra::get_host).delete(infra::delete_host))
+        .route("/hosts/{id}/heartbeat", post(infra::heartbeat))
+        .route("/hosts/{id}/desired", get(infra::desired))
+        .route("/vpcs", post(network::create_vpc).get(network::list_vpcs))
+        .route("/vpcs/{id}", get(network::get_vpc).patch(network::patch_vpc).delete(network::delete_vpc))
+        .route("/subnets", post(network::create_subnet).get(network::list_subnets))
+        .route("/subnets/{id}", get(network::get_subnet).patch(network::patch_subnet).delete(network::delete_subnet))
+        .route("/security-groups", post(network::create_sg).get(network::list_sgs))
+        .route("/security-groups/{id}", get(network::get_sg).patch(network::patch_sg).delete(network::delete_sg))
+        .route("/route-tables", post(network::create_rtb).get(network::list_rtbs))
+        .route("/route-tables/{id}", get(network::get_rtb).patch(network::patch_rtb).delete(network::delete_rtb))
+        .route("/peerings", post(network::create_peering).get(network::list_peerings))
+        .route("/peerings/{id}", get(network::get_peering).delete(network::delete_peering))
+        .route("/instances", post(compute::create_instance).get(compute::list_instances))
+        .route("/instances/{id}", get(compute::get_instance).delete(compute::delete_instance))
+        .route("/enis", post(compute::create_eni).get(compute::list_enis))
+        .route("/enis/{id}", get(compute::get_eni).patch(compute::patch_eni).delete(compute::delete_eni))
+        .route("/enis/{id}/attach", post(compute::attach_eni))
+        .route("/enis/{id}/detach", post(compute::detach_eni))
+        .route("/bandwidth-pools", post(compute::create_pool).get(compute::list_pools))
+        .route("/bandwidth-pools/{id}", get(compute::get_pool).patch(compute::patch_pool).delete(compute::delete_pool));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/openapi.json", get(openapi::serve))
+        .route("/metrics", get(metrics::serve_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async {
+            error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "no_such_route", "no such route; see /openapi.json")
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Builds the shared state over a store: starts the cache and returns once
+/// it has listed the store.
+pub async fn state(store: Arc<dyn Store>, admin_token: &str, settings: Settings) -> anyhow::Result<AppState> {
+    let cache = cache::Cache::start(store.clone()).await?;
+    Ok(AppState {
+        store,
+        cache,
+        admin_token_sha: auth::sha256_hex(admin_token).into(),
+        settings: Arc::new(settings),
+        ip_reservations: Default::default(),
+        desired: Default::default(),
+        metrics: Default::default(),
+    })
+}
+
+/// Where the admin token comes from: `EVNET_ADMIN_TOKEN`, else the file
+/// `DATA_DIR/admin-token` (mode 0600), created with a random token the
+/// first time.
+pub fn admin_token(data_dir: &Path, from_env: Option<String>) -> anyhow::Result<String> {
+    if let Some(t) = from_env.filter(|t| !t.trim().is_empty()) {
+        return Ok(t.trim().to_string());
+    }
+    let path = data_dir.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let token = auth::new_token();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub settings: Settings,
+}
+
+/// Runs the server until `shutdown` resolves, then finishes the requests in
+/// flight.
+pub async fn run(config: ServerConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let token = admin_token(&config.data_dir, config.admin_token.clone())?;
+    let store: Arc<dyn Store> = Arc::new(evnet_store::EmbeddedStore::open(&config.data_dir.join("evnet.redb"))?);
+    let st = state(store, &token, config.settings.clone()).await?;
+    tokio::spawn(infra::watch_host_liveness(st.clone()));
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "evnet server listening");
+    axum::serve(listener, app(st)).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("evnet server stopped");
+    Ok(())
+}
