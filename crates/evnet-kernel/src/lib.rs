@@ -1,0 +1,61 @@
+//! evnet's kernel layer: the [`Kernel`] trait the agent drives (observe the
+//! data plane, apply one [`Op`] at a time) and its two implementations:
+//!
+//! * [`ModelKernel`]: an in-memory model that enforces the kernel's rules
+//!   (name lengths, EEXIST/ENOENT, a veth's peer dying with it, a namespace
+//!   taking its links with it, …), so planner and agent logic is tested
+//!   without root;
+//! * [`LinuxKernel`]: the real thing, scoped to one host namespace, over
+//!   rtnetlink (links, addresses, routes, neighbours, FDB) with a netlink
+//!   socket opened inside each namespace on a dedicated thread, `ip netns`
+//!   for creating and deleting named namespaces, `/proc/sys` for sysctls and
+//!   `nft -f` / `nft list` for evnet's nftables tables.
+//!
+//! Both are synchronous: the agent calls them from `spawn_blocking`.
+//! [`apply_all`] applies a plan in order and stops at the first failure.
+
+mod error;
+pub mod linux;
+pub mod model;
+
+pub use error::{ApplyError, Errno, KernelError};
+pub use evnet_plan::{Observed, Op};
+pub use linux::LinuxKernel;
+pub use model::ModelKernel;
+
+/// A kernel the agent reconciles: it reports what exists and applies ops.
+pub trait Kernel: Send + Sync {
+    /// What exists now: the host namespace and every namespace whose name
+    /// looks like evnet's.
+    fn observe(&self) -> Result<Observed, KernelError>;
+    /// Applies one op.
+    fn apply(&self, op: &Op) -> Result<(), KernelError>;
+}
+
+impl<K: Kernel + ?Sized> Kernel for &K {
+    fn observe(&self) -> Result<Observed, KernelError> {
+        (**self).observe()
+    }
+    fn apply(&self, op: &Op) -> Result<(), KernelError> {
+        (**self).apply(op)
+    }
+}
+
+impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
+    fn observe(&self) -> Result<Observed, KernelError> {
+        (**self).observe()
+    }
+    fn apply(&self, op: &Op) -> Result<(), KernelError> {
+        (**self).apply(op)
+    }
+}
+
+/// Applies `ops` in order; stops at the first failure and says which op
+/// failed. The next reconcile re-observes and re-plans, so there is no
+/// rollback.
+pub fn apply_all<K: Kernel + ?Sized>(kernel: &K, ops: &[Op]) -> Result<(), ApplyError> {
+    for (index, op) in ops.iter().enumerate() {
+        kernel.apply(op).map_err(|error| ApplyError { index, op: Box::new(op.clone()), error: Box::new(error) })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,739 @@
+//! `LinuxKernel`: evnet's data plane on the running kernel.
+//!
+//! Scoped to one host namespace (`None`: the process's own; in the lab,
+//! `--host-netns NAME`). Every netlink conversation happens on a dedicated
+//! thread that first `setns`es into the namespace concerned (setns changes
+//! only the calling thread) and then opens its rtnetlink socket, driven by a
+//! current-thread tokio runtime on that thread. Child processes (`nft`)
+//! started from that thread inherit its namespace, and `/proc/sys/net` read
+//! from it shows that namespace's sysctls.
+//!
+//! Mechanisms: rtnetlink for links (veth with the peer created directly in
+//! the instance's namespace, VXLAN, moves by namespace fd), addresses,
+//! routes, neighbours and VXLAN FDB entries; `ip netns add/del` for named
+//! namespaces (it takes care of the /run/netns bind mounts); `/proc/sys`
+//! for sysctls; `nft -f` (one transaction) and `nft list` for nftables.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::future::Future;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use evnet_plan::naming::{self, NFT_TABLE};
+use evnet_plan::nft::parse_fingerprint;
+use evnet_plan::op::set_elements_line;
+use evnet_plan::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, Route, VxlanInfo};
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use crate::Kernel;
+use crate::error::{Errno, KernelError};
+
+const NETNS_DIR: &str = "/run/netns";
+const MAIN_TABLE: u32 = 254;
+
+/// The real kernel, scoped to one host namespace.
+#[derive(Debug, Clone)]
+pub struct LinuxKernel {
+    host_netns: Option<String>,
+}
+
+impl LinuxKernel {
+    /// `host_netns`: the named namespace playing the host (`--host-netns`),
+    /// or `None` for the process's own namespace.
+    pub fn new(host_netns: Option<String>) -> LinuxKernel {
+        LinuxKernel { host_netns }
+    }
+
+    fn ns_path(&self, ns: &Ns) -> Option<PathBuf> {
+        match ns {
+            Ns::Host => self.host_netns.as_ref().map(|n| PathBuf::from(NETNS_DIR).join(n)),
+            Ns::Named(n) => Some(PathBuf::from(NETNS_DIR).join(n)),
+        }
+    }
+
+    /// A path whose open fd names `ns` (for moves and veth peers).
+    fn ns_fd_path(&self, ns: &Ns) -> PathBuf {
+        self.ns_path(ns).unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"))
+    }
+
+    /// Runs `f` on a fresh thread inside `ns`, with an rtnetlink handle
+    /// opened there.
+    fn run<T, F, Fut>(&self, ns: &Ns, f: F) -> Result<T, KernelError>
+    where
+        T: Send,
+        F: FnOnce(Handle) -> Fut + Send,
+        Fut: Future<Output = Result<T, KernelError>>,
+    {
+        let path = self.ns_path(ns);
+        let label = ns.to_string();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                if let Some(p) = &path {
+                    enter_netns(p).map_err(|source| KernelError::Namespace { ns: label.clone(), source })?;
+                }
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async move {
+                    let (conn, handle, _) = rtnetlink::new_connection()?;
+                    let task = tokio::spawn(conn);
+                    let r = f(handle).await;
+                    task.abort();
+                    r
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(KernelError::Netlink { ns: ns.to_string(), message: "worker thread panicked".into() }))
+        })
+    }
+
+    fn observe_ns(&self, ns: &Ns, others: &[(Ns, PathBuf)]) -> Result<RawNs, KernelError> {
+        let others = others.to_vec();
+        let label = ns.to_string();
+        self.run(ns, move |h| async move {
+            let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: label.clone(), message: e.to_string() };
+            let mut raw = RawNs::default();
+            let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl)?;
+            for m in links {
+                raw.links.push(RawLink::from_msg(&m));
+            }
+            let names: BTreeMap<u32, String> = raw.links.iter().map(|l| (l.index, l.name.clone())).collect();
+            let addrs: Vec<AddressMessage> = h.address().get().execute().try_collect().await.map_err(nl)?;
+            for a in addrs {
+                if a.header.family != AddressFamily::Inet {
+                    continue;
+                }
+                let ip = a.attributes.iter().find_map(|x| match x {
+                    AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+                    _ => None,
+                });
+                let ip = ip.or_else(|| {
+                    a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                        _ => None,
+                    })
+                });
+                if let (Some(ip), Some(dev)) = (ip, names.get(&a.header.index))
+                    && let Ok(net) = Ipv4Net::new(ip, a.header.prefix_len)
+                {
+                    raw.state.addresses.insert(Address { dev: dev.clone(), addr: net });
+                }
+            }
+            let routes: Vec<RouteMessage> =
+                h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect().await.map_err(nl)?;
+            for r in routes {
+                if let Some(route) = parse_route(&r, &names) {
+                    raw.state.routes.insert(route);
+                }
+            }
+            let neigh: Vec<NeighbourMessage> = h.neighbours().get().execute().try_collect().await.map_err(nl)?;
+            for n in neigh {
+                if n.header.family != AddressFamily::Inet || n.header.state != NeighbourState::Permanent {
+                    continue;
+                }
+                let ip = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(*v),
+                    _ => None,
+                });
+                let mac = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(m) => mac_str(m),
+                    _ => None,
+                });
+                if let (Some(ip), Some(mac), Some(dev)) = (ip, mac, names.get(&n.header.ifindex)) {
+                    raw.state.neighbours.insert(Neighbour { dev: dev.clone(), ip, mac });
+                }
+            }
+            let vxlans: BTreeSet<u32> = raw.links.iter().filter(|l| l.kind == LinkKind::Vxlan).map(|l| l.index).collect();
+            if !vxlans.is_empty() {
+                let fdb: Vec<NeighbourMessage> = h
+                    .neighbours()
+                    .get()
+                    .set_address_family(AddressFamily::Bridge)
+                    .execute()
+                    .try_collect()
+                    .await
+                    .map_err(nl)?;
+                for n in fdb {
+                    if !vxlans.contains(&n.header.ifindex)
+                        || !n.header.flags.contains(NeighbourFlags::Own)
+                        || n.header.state != NeighbourState::Permanent
+                    {
+                        continue;
+                    }
+                    let dst = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(*v),
+                        _ => None,
+                    });
+                    let mac = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::LinkLayerAddress(m) => mac_str(m),
+                        _ => None,
+                    });
+                    if let (Some(dst), Some(mac), Some(dev)) = (dst, mac, names.get(&n.header.ifindex)) {
+                        raw.state.fdb.insert(FdbEntry { dev: dev.clone(), mac, dst });
+                    }
+                }
+            }
+            for (other, path) in &others {
+                if let Some(id) = get_nsid(&h, path).await? {
+                    raw.nsids.insert(id, other.clone());
+                }
+            }
+            // Sysctls that matter, read through this thread's namespace.
+            if let Some(v) = read_sysctl("net.ipv4.ip_forward") {
+                raw.state.sysctls.insert("net.ipv4.ip_forward".into(), v);
+            }
+            for l in &raw.links {
+                if l.kind == LinkKind::Loopback || l.name.contains('.') {
+                    continue;
+                }
+                for key in [evnet_plan::plan::sysctl_proxy_arp(&l.name), evnet_plan::plan::sysctl_proxy_delay(&l.name)] {
+                    if let Some(v) = read_sysctl(&key) {
+                        raw.state.sysctls.insert(key, v);
+                    }
+                }
+            }
+            raw.state.firewall = read_firewall()?;
+            Ok(raw)
+        })
+    }
+
+    fn link_index(h: &Handle, ns: &Ns, name: &str) -> impl Future<Output = Result<u32, KernelError>> {
+        let h = h.clone();
+        let (ns, name) = (ns.to_string(), name.to_string());
+        async move {
+            let mut s = h.link().get().match_name(name.clone()).execute();
+            match s.try_next().await {
+                Ok(Some(m)) => Ok(m.header.index),
+                Ok(None) => Err(KernelError::rejected(format!("link {ns}/{name}"), Errno::NotFound)),
+                Err(e) => Err(nl_err(&format!("link {ns}/{name}"), e)),
+            }
+        }
+    }
+
+    fn apply_inner(&self, op: &Op) -> Result<(), KernelError> {
+        let what = op.to_string();
+        let w = what.clone();
+        let ne = move |e: rtnetlink::Error| nl_err(&w, e);
+        match op {
+            Op::CreateNetns { name } => run_cmd(Command::new("ip").args(["netns", "add", name])),
+            Op::DeleteNetns { name } => {
+                if !PathBuf::from(NETNS_DIR).join(name).exists() {
+                    return Ok(());
+                }
+                run_cmd(Command::new("ip").args(["netns", "del", name]))
+            }
+            Op::CreateVeth { ns, name, peer_ns, peer_name, peer_mac, mtu } => {
+                let peer_fd = File::open(self.ns_fd_path(peer_ns))
+                    .map_err(|source| KernelError::Namespace { ns: peer_ns.to_string(), source })?;
+                let fd = peer_fd.as_raw_fd();
+                let (name, peer_name, peer_mac, mtu) = (name.clone(), peer_name.clone(), peer_mac.clone(), *mtu);
+                let same = ns == peer_ns;
+                self.run(ns, move |h| async move {
+                    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(peer_name).mtu(mtu);
+                    if let Some(m) = peer_mac.as_deref().and_then(naming::mac_bytes) {
+                        peer = peer.address(m.to_vec());
+                    }
+                    if !same {
+                        peer = peer.setns_by_fd(fd);
+                    }
+                    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+                        .name(name)
+                        .mtu(mtu)
+                        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+                        .build();
+                    h.link().add(msg).execute().await.map_err(ne)
+                })
+            }
+            Op::CreateVxlan { ns, name, vni, local, port, mac, mtu } => {
+                let (name, vni, local, port, mac, mtu) = (name.clone(), *vni, *local, *port, mac.clone(), *mtu);
+                self.run(ns, move |h| async move {
+                    let mut b = LinkVxlan::new(&name, vni).port(port).learning(false).mtu(mtu);
+                    if let Some(l) = local {
+                        b = b.local(l);
+                    }
+                    if let Some(m) = naming::mac_bytes(&mac) {
+                        b = b.address(m.to_vec());
+                    }
+                    h.link().add(b.build()).execute().await.map_err(ne)
+                })
+            }
+            Op::MoveLink { ns, name, to } => {
+                let target = File::open(self.ns_fd_path(to)).map_err(|source| KernelError::Namespace { ns: to.to_string(), source })?;
+                let fd = target.as_raw_fd();
+                let (nsc, name) = (ns.clone(), name.clone());
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &name).await?;
+                    h.link().set(LinkUnspec::new_with_index(idx).setns_by_fd(fd).build()).execute().await.map_err(ne)
+                })
+            }
+            Op::SetLink { ns, name, mac, mtu, up } => {
+                let (nsc, name, mac, mtu, up) = (ns.clone(), name.clone(), mac.clone(), *mtu, *up);
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &name).await?;
+                    let mut b = LinkUnspec::new_with_index(idx);
+                    if let Some(m) = mac.as_deref().and_then(naming::mac_bytes) {
+                        b = b.address(m.to_vec());
+                    }
+                    if let Some(m) = mtu {
+                        b = b.mtu(m);
+                    }
+                    match up {
+                        Some(true) => b = b.up(),
+                        Some(false) => b = b.down(),
+                        None => {}
+                    }
+                    h.link().set(b.build()).execute().await.map_err(ne)
+                })
+            }
+            Op::DeleteLink { ns, name } => {
+                let (nsc, name) = (ns.clone(), name.clone());
+                self.run(ns, move |h| async move {
+                    let idx = match Self::link_index(&h, &nsc, &name).await {
+                        Ok(i) => i,
+                        Err(e) if e.errno() == Some(Errno::NotFound) => return Ok(()),
+                        Err(e) => return Err(e),
+                    };
+                    ignore_not_found(h.link().del(idx).execute().await.map_err(ne))
+                })
+            }
+            Op::SetSysctl { ns, key, value } => {
+                let (key, value) = (key.clone(), value.clone());
+                self.run(ns, move |_h| async move {
+                    let path = sysctl_path(&key);
+                    std::fs::write(&path, value.as_bytes()).map_err(|e| match e.raw_os_error() {
+                        Some(code) => KernelError::rejected(format!("sysctl {key}"), Errno::from_raw(code)),
+                        None => KernelError::Io(e),
+                    })
+                })
+            }
+            Op::AddAddress { ns, dev, addr } => {
+                let (nsc, dev, addr) = (ns.clone(), dev.clone(), *addr);
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &dev).await?;
+                    h.address().add(idx, IpAddr::V4(addr.addr()), addr.prefix_len()).execute().await.map_err(ne)
+                })
+            }
+            Op::DelAddress { ns, dev, addr } => {
+                let (nsc, dev, addr) = (ns.clone(), dev.clone(), *addr);
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &dev).await?;
+                    let all: Vec<AddressMessage> = h.address().get().execute().try_collect().await.map_err(&ne)?;
+                    let found = all.into_iter().find(|a| {
+                        a.header.index == idx
+                            && a.header.prefix_len == addr.prefix_len()
+                            && a.attributes.iter().any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(v)) if *v == addr.addr()))
+                    });
+                    match found {
+                        Some(m) => ignore_not_found(h.address().del(m).execute().await.map_err(ne)),
+                        None => Ok(()),
+                    }
+                })
+            }
+            Op::AddRoute { ns, route } | Op::DelRoute { ns, route } => {
+                let add = matches!(op, Op::AddRoute { .. });
+                let (nsc, route) = (ns.clone(), route.clone());
+                self.run(ns, move |h| async move {
+                    let idx = match Self::link_index(&h, &nsc, &route.dev).await {
+                        Ok(i) => i,
+                        Err(e) if !add && e.errno() == Some(Errno::NotFound) => return Ok(()),
+                        Err(e) => return Err(e),
+                    };
+                    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+                        .output_interface(idx)
+                        .table_id(MAIN_TABLE)
+                        .protocol(RouteProtocol::Static)
+                        .kind(RouteType::Unicast);
+                    b = match route.via {
+                        Some(v) => b.gateway(v).scope(RouteScope::Universe),
+                        None => b.scope(RouteScope::Link),
+                    };
+                    if add {
+                        h.route().add(b.build()).execute().await.map_err(ne)
+                    } else {
+                        ignore_not_found(h.route().del(b.build()).execute().await.map_err(ne))
+                    }
+                })
+            }
+            Op::AddNeighbour { ns, neighbour } => {
+                let (nsc, n) = (ns.clone(), neighbour.clone());
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &n.dev).await?;
+                    let mac = naming::mac_bytes(&n.mac).ok_or_else(|| KernelError::rejected(format!("mac {}", n.mac), Errno::Invalid))?;
+                    h.neighbours()
+                        .add(idx, IpAddr::V4(n.ip))
+                        .link_layer_address(&mac)
+                        .state(NeighbourState::Permanent)
+                        .execute()
+                        .await
+                        .map_err(ne)
+                })
+            }
+            Op::DelNeighbour { ns, neighbour } => {
+                let (nsc, n) = (ns.clone(), neighbour.clone());
+                self.run(ns, move |h| async move {
+                    let idx = match Self::link_index(&h, &nsc, &n.dev).await {
+                        Ok(i) => i,
+                        Err(e) if e.errno() == Some(Errno::NotFound) => return Ok(()),
+                        Err(e) => return Err(e),
+                    };
+                    let mut m = NeighbourMessage::default();
+                    m.header.family = AddressFamily::Inet;
+                    m.header.ifindex = idx;
+                    m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
+                    ignore_not_found(h.neighbours().del(m).execute().await.map_err(ne))
+                })
+            }
+            Op::AddFdb { ns, entry } | Op::DelFdb { ns, entry } => {
+                let add = matches!(op, Op::AddFdb { .. });
+                let (nsc, e) = (ns.clone(), entry.clone());
+                self.run(ns, move |h| async move {
+                    let idx = match Self::link_index(&h, &nsc, &e.dev).await {
+                        Ok(i) => i,
+                        Err(err) if !add && err.errno() == Some(Errno::NotFound) => return Ok(()),
+                        Err(err) => return Err(err),
+                    };
+                    let mac = naming::mac_bytes(&e.mac).ok_or_else(|| KernelError::rejected(format!("mac {}", e.mac), Errno::Invalid))?;
+                    if add {
+                        h.neighbours()
+                            .add_bridge(idx, &mac)
+                            .destination(IpAddr::V4(e.dst))
+                            .flags(NeighbourFlags::Own)
+                            .state(NeighbourState::Permanent)
+                            .execute()
+                            .await
+                            .map_err(ne)
+                    } else {
+                        let mut m = NeighbourMessage::default();
+                        m.header.family = AddressFamily::Bridge;
+                        m.header.ifindex = idx;
+                        m.header.flags = NeighbourFlags::Own;
+                        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+                        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(e.dst)));
+                        ignore_not_found(h.neighbours().del(m).execute().await.map_err(ne))
+                    }
+                })
+            }
+            Op::ReplaceFirewall { ns, spec } => {
+                let script = spec.script();
+                self.run(ns, move |_h| async move { nft_script(&script) })
+            }
+            Op::SyncFirewallSet { ns, set, elements } => {
+                let script = format!("flush set inet {NFT_TABLE} {set}\n{}", set_elements_line(set, elements));
+                self.run(ns, move |_h| async move { nft_script(&script) })
+            }
+        }
+    }
+}
+
+impl Kernel for LinuxKernel {
+    fn observe(&self) -> Result<Observed, KernelError> {
+        let mut names = Vec::new();
+        match std::fs::read_dir(NETNS_DIR) {
+            Ok(rd) => {
+                for e in rd {
+                    let n = e?.file_name().to_string_lossy().into_owned();
+                    if naming::is_evnet_netns(&n) && Some(&n) != self.host_netns.as_ref() {
+                        names.push(n);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        names.sort();
+        let all: Vec<(Ns, PathBuf)> = std::iter::once(Ns::Host)
+            .chain(names.iter().map(|n| Ns::Named(n.clone())))
+            .map(|ns| {
+                let p = self.ns_fd_path(&ns);
+                (ns, p)
+            })
+            .collect();
+        let mut raws: BTreeMap<Ns, RawNs> = BTreeMap::new();
+        for (ns, _) in &all {
+            let others: Vec<(Ns, PathBuf)> = all.iter().filter(|(o, _)| o != ns).cloned().collect();
+            match self.observe_ns(ns, &others) {
+                Ok(r) => {
+                    raws.insert(ns.clone(), r);
+                }
+                // A namespace deleted while we looked: it is simply gone.
+                Err(KernelError::Namespace { .. }) if *ns != Ns::Host => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let by_index: BTreeMap<(Ns, u32), String> =
+            raws.iter().flat_map(|(ns, r)| r.links.iter().map(move |l| ((ns.clone(), l.index), l.name.clone()))).collect();
+        let mut out = Observed::default();
+        for (ns, raw) in &raws {
+            let mut st: NsState = raw.state.clone();
+            for l in &raw.links {
+                let peer = match (l.kind == LinkKind::Veth, l.peer_index) {
+                    (true, Some(pi)) => {
+                        let pns = match l.peer_nsid {
+                            None => Some(ns.clone()),
+                            Some(id) => raw.nsids.get(&id).cloned(),
+                        };
+                        pns.and_then(|pns| by_index.get(&(pns.clone(), pi)).map(|n| LinkRef::new(pns, n)))
+                    }
+                    _ => None,
+                };
+                st.links.insert(
+                    l.name.clone(),
+                    Link { kind: l.kind.clone(), mac: l.mac.clone(), mtu: l.mtu, up: l.up, peer, vxlan: l.vxlan.clone() },
+                );
+            }
+            match ns {
+                Ns::Host => out.host = st,
+                Ns::Named(n) => {
+                    out.namespaces.insert(n.clone(), st);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, op: &Op) -> Result<(), KernelError> {
+        self.apply_inner(op)
+    }
+}
+
+#[derive(Debug, Default)]
+struct RawNs {
+    links: Vec<RawLink>,
+    state: NsState,
+    nsids: BTreeMap<i32, Ns>,
+}
+
+#[derive(Debug)]
+struct RawLink {
+    index: u32,
+    name: String,
+    kind: LinkKind,
+    mac: Option<String>,
+    mtu: u32,
+    up: bool,
+    peer_index: Option<u32>,
+    peer_nsid: Option<i32>,
+    vxlan: Option<VxlanInfo>,
+}
+
+impl RawLink {
+    fn from_msg(m: &LinkMessage) -> RawLink {
+        let mut l = RawLink {
+            index: m.header.index,
+            name: String::new(),
+            kind: LinkKind::Other(String::new()),
+            mac: None,
+            mtu: 0,
+            up: m.header.flags.contains(LinkFlags::Up),
+            peer_index: None,
+            peer_nsid: None,
+            vxlan: None,
+        };
+        let loopback = m.header.flags.contains(LinkFlags::Loopback);
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Address(b) => l.mac = mac_str(b),
+                LinkAttribute::Mtu(v) => l.mtu = *v,
+                LinkAttribute::Link(i) => l.peer_index = Some(*i),
+                LinkAttribute::LinkNetNsId(i) => l.peer_nsid = Some(*i),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        match i {
+                            LinkInfo::Kind(InfoKind::Veth) => l.kind = LinkKind::Veth,
+                            LinkInfo::Kind(InfoKind::Vxlan) => l.kind = LinkKind::Vxlan,
+                            LinkInfo::Kind(k) => l.kind = LinkKind::Other(k.to_string()),
+                            LinkInfo::Data(InfoData::Vxlan(v)) => {
+                                let mut info = VxlanInfo { vni: 0, local: None, port: 4789, learning: true };
+                                for x in v {
+                                    match x {
+                                        InfoVxlan::Id(id) => info.vni = *id,
+                                        InfoVxlan::Local(ip) => info.local = Some(*ip),
+                                        InfoVxlan::Port(p) => info.port = *p,
+                                        InfoVxlan::Learning(b) => info.learning = *b,
+                                        _ => {}
+                                    }
+                                }
+                                l.vxlan = Some(info);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if loopback {
+            l.kind = LinkKind::Loopback;
+            l.mac = None;
+        }
+        if l.kind == LinkKind::Loopback || l.kind == LinkKind::Vxlan {
+            l.peer_index = None;
+        }
+        l
+    }
+}
+
+fn parse_route(r: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Route> {
+    let h = &r.header;
+    if h.address_family != AddressFamily::Inet || h.protocol != RouteProtocol::Static || h.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(h.table);
+    let (mut dst, mut dev, mut via) = (Ipv4Addr::UNSPECIFIED, None, None);
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+            RouteAttribute::Oif(i) => dev = names.get(i).cloned(),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+            _ => {}
+        }
+    }
+    if table != MAIN_TABLE {
+        return None;
+    }
+    Some(Route { dst: Ipv4Net::new(dst, h.destination_prefix_length).ok()?, dev: dev?, via })
+}
+
+fn mac_str(b: &[u8]) -> Option<String> {
+    (b.len() == 6).then(|| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":"))
+}
+
+fn nl_err(what: &str, e: rtnetlink::Error) -> KernelError {
+    match &e {
+        rtnetlink::Error::NetlinkError(m) => match m.code {
+            Some(c) => KernelError::rejected(what, Errno::from_raw(c.get())),
+            None => KernelError::Netlink { ns: what.into(), message: e.to_string() },
+        },
+        _ => KernelError::Netlink { ns: what.into(), message: e.to_string() },
+    }
+}
+
+/// Deleting what is already gone is success.
+fn ignore_not_found(r: Result<(), KernelError>) -> Result<(), KernelError> {
+    match r {
+        Err(e) if e.errno() == Some(Errno::NotFound) => Ok(()),
+        other => other,
+    }
+}
+
+fn enter_netns(path: &PathBuf) -> std::io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: setns on a valid fd we own; it only changes this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+async fn get_nsid(h: &Handle, path: &PathBuf) -> Result<Option<i32>, KernelError> {
+    let Ok(f) = File::open(path) else { return Ok(None) };
+    let mut msg = NsidMessage::default();
+    msg.attributes = vec![NsidAttribute::Fd(f.as_raw_fd() as u32)];
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut h = h.clone();
+    let mut resp = h.request(req).map_err(|e| nl_err("get nsid", e))?;
+    use futures::StreamExt;
+    while let Some(m) = resp.next().await {
+        match m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(n)) => {
+                for a in n.attributes {
+                    if let NsidAttribute::Id(id) = a
+                        && id >= 0
+                    {
+                        return Ok(Some(id));
+                    }
+                }
+            }
+            NetlinkPayload::Error(e) if e.code.is_some() => return Ok(None),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+fn sysctl_path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+}
+
+fn read_sysctl(key: &str) -> Option<String> {
+    std::fs::read_to_string(sysctl_path(key)).ok().map(|s| s.trim().to_string())
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<(), KernelError> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(KernelError::Command { command: format!("{cmd:?}"), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+    }
+}
+
+fn nft_script(script: &str) -> Result<(), KernelError> {
+    let mut child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    child.stdin.take().expect("piped stdin").write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(KernelError::Command { command: "nft -f -".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+    }
+}
+
+/// Lists one of evnet's tables; `None` when it does not exist.
+fn nft_list(args: &[&str]) -> Result<Option<String>, KernelError> {
+    let out = Command::new("nft").args(args).stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            Ok(None)
+        } else {
+            Err(KernelError::Command { command: format!("nft {}", args.join(" ")), stderr: err.trim().to_string() })
+        }
+    }
+}
+
+/// evnet's firewall in the current thread's namespace.
+fn read_firewall() -> Result<Option<FirewallState>, KernelError> {
+    let netdev = nft_list(&["list", "table", "netdev", NFT_TABLE])?;
+    let inet = nft_list(&["list", "table", "inet", NFT_TABLE])?;
+    if netdev.is_none() && inet.is_none() {
+        return Ok(None);
+    }
+    let fp_a = netdev.as_deref().and_then(parse_fingerprint);
+    let fp_b = inet.as_deref().and_then(parse_fingerprint);
+    let mut st = FirewallState { fingerprint: if fp_a == fp_b { fp_a } else { None }, sets: BTreeMap::new() };
+    if inet.is_some()
+        && let Some(json) = nft_list(&["-j", "list", "table", "inet", NFT_TABLE])?
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| KernelError::Parse { what: "nft -j output".into(), detail: e.to_string() })?;
+        for item in v["nftables"].as_array().into_iter().flatten() {
+            let Some(set) = item.get("set") else { continue };
+            let Some(name) = set["name"].as_str() else { continue };
+            let mut elems = BTreeSet::new();
+            for e in set["elem"].as_array().into_iter().flatten() {
+                if let Some(ip) = e.as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) {
+                    elems.insert(ip);
+                }
+            }
+            st.sets.insert(name.to_string(), elems);
+        }
+    }
+    Ok(Some(st))
+}

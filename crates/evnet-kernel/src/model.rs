@@ -1,0 +1,508 @@
+//! `ModelKernel`: an in-memory model of the parts of the Linux kernel evnet
+//! drives, enforcing the kernel's rules rather than recording calls:
+//!
+//! * interface names are 1–15 bytes without `/`, `:` or whitespace; MACs are
+//!   six octets; MTUs are 68–65535 (EINVAL otherwise);
+//! * creating what exists is EEXIST, touching what does not is ENOENT —
+//!   links, addresses, routes (keyed by destination), neighbours, FDB
+//!   entries, sysctls, namespaces, nftables tables and sets;
+//! * a new namespace has only `lo`, down, and `ip_forward=0`; a new device
+//!   has `proxy_arp=0` and `proxy_delay=80`;
+//! * deleting a veth end deletes its peer; deleting a link takes its
+//!   addresses, routes, neighbours, FDB entries and per-device sysctls;
+//!   `lo` cannot be deleted or moved;
+//! * deleting a namespace destroys its links (and so their veth peers
+//!   elsewhere) and every VXLAN whose UDP socket lives in it;
+//! * a link cannot move into a missing namespace or over an existing name;
+//!   it arrives down and without addresses, routes or neighbours;
+//! * setting a link down removes its routes and neighbours;
+//! * a route needs its device to exist and be up (ENETDOWN) and its gateway
+//!   to be covered by an address on the device (ENETUNREACH); deleting the
+//!   last address covering a gateway removes routes through it;
+//! * FDB entries exist only on VXLAN devices (EOPNOTSUPP); two VXLANs with
+//!   one VNI and port cannot share a socket namespace (EEXIST);
+//! * a netdev chain needs its device when the table is loaded.
+//!
+//! `observe` reports the host namespace and the namespaces whose names look
+//! like evnet's, as `LinuxKernel` does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use evnet_plan::naming::{self, is_valid_ifname, normalize_mac};
+use evnet_plan::plan::{sysctl_ip_forward, sysctl_proxy_arp, sysctl_proxy_delay};
+use evnet_plan::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, Route, VxlanInfo};
+use ipnet::Ipv4Net;
+
+use crate::error::{Errno, KernelError};
+use crate::Kernel;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MLink {
+    kind: LinkKind,
+    mac: Option<String>,
+    mtu: u32,
+    up: bool,
+    peer: Option<LinkRef>,
+    vxlan: Option<VxlanInfo>,
+    /// A VXLAN's socket namespace.
+    sock_ns: Option<Ns>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MFirewall {
+    fingerprint: String,
+    sets: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct MNs {
+    links: BTreeMap<String, MLink>,
+    addresses: BTreeSet<Address>,
+    routes: BTreeMap<Ipv4Net, Route>,
+    neighbours: BTreeMap<(String, Ipv4Addr), Neighbour>,
+    fdb: BTreeMap<(String, String), FdbEntry>,
+    sysctls: BTreeMap<String, String>,
+    firewall: Option<MFirewall>,
+}
+
+impl MNs {
+    fn fresh() -> MNs {
+        let mut ns = MNs::default();
+        ns.links.insert(
+            "lo".into(),
+            MLink { kind: LinkKind::Loopback, mac: None, mtu: 65536, up: false, peer: None, vxlan: None, sock_ns: None },
+        );
+        ns.sysctls.insert(sysctl_ip_forward(), "0".into());
+        ns
+    }
+
+    /// Removes everything hanging off `dev` (not the link itself).
+    fn forget_dev(&mut self, dev: &str) {
+        self.addresses.retain(|a| a.dev != dev);
+        self.routes.retain(|_, r| r.dev != dev);
+        self.neighbours.retain(|_, n| n.dev != dev);
+        self.fdb.retain(|_, e| e.dev != dev);
+        let conf = format!("net.ipv4.conf.{dev}.");
+        let neigh = format!("net.ipv4.neigh.{dev}.");
+        self.sysctls.retain(|k, _| !k.starts_with(&conf) && !k.starts_with(&neigh));
+    }
+
+    fn to_state(&self, visible: &dyn Fn(&Ns) -> bool) -> NsState {
+        NsState {
+            links: self
+                .links
+                .iter()
+                .map(|(n, l)| {
+                    (
+                        n.clone(),
+                        Link {
+                            kind: l.kind.clone(),
+                            mac: l.mac.clone(),
+                            mtu: l.mtu,
+                            up: l.up,
+                            peer: l.peer.clone().filter(|p| visible(&p.ns)),
+                            vxlan: l.vxlan.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            addresses: self.addresses.clone(),
+            routes: self.routes.values().cloned().collect(),
+            neighbours: self.neighbours.values().cloned().collect(),
+            fdb: self.fdb.values().cloned().collect(),
+            sysctls: self.sysctls.clone(),
+            firewall: self.firewall.as_ref().map(|f| FirewallState { fingerprint: Some(f.fingerprint.clone()), sets: f.sets.clone() }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct World {
+    host: MNs,
+    namespaces: BTreeMap<String, MNs>,
+}
+
+fn err(what: impl Into<String>, errno: Errno) -> KernelError {
+    KernelError::rejected(what, errno)
+}
+
+fn check_ifname(name: &str) -> Result<(), KernelError> {
+    if is_valid_ifname(name) { Ok(()) } else { Err(err(format!("interface name {name:?}"), Errno::Invalid)) }
+}
+
+fn check_mtu(mtu: u32) -> Result<(), KernelError> {
+    if (68..=65535).contains(&mtu) { Ok(()) } else { Err(err(format!("mtu {mtu}"), Errno::Invalid)) }
+}
+
+fn check_mac(mac: &str) -> Result<String, KernelError> {
+    normalize_mac(mac).ok_or_else(|| err(format!("mac {mac:?}"), Errno::Invalid))
+}
+
+fn new_dev_sysctls(ns: &mut MNs, dev: &str) {
+    ns.sysctls.insert(sysctl_proxy_arp(dev), "0".into());
+    ns.sysctls.insert(sysctl_proxy_delay(dev), "80".into());
+}
+
+impl World {
+    fn ns(&self, ns: &Ns) -> Result<&MNs, KernelError> {
+        match ns {
+            Ns::Host => Ok(&self.host),
+            Ns::Named(n) => self.namespaces.get(n).ok_or_else(|| err(format!("namespace {n}"), Errno::NotFound)),
+        }
+    }
+
+    fn ns_mut(&mut self, ns: &Ns) -> Result<&mut MNs, KernelError> {
+        match ns {
+            Ns::Host => Ok(&mut self.host),
+            Ns::Named(n) => self.namespaces.get_mut(n).ok_or_else(|| err(format!("namespace {n}"), Errno::NotFound)),
+        }
+    }
+
+    fn link_mut(&mut self, ns: &Ns, name: &str) -> Result<&mut MLink, KernelError> {
+        self.ns_mut(ns)?.links.get_mut(name).ok_or_else(|| err(format!("link {ns}/{name}"), Errno::NotFound))
+    }
+
+    fn all_ns(&self) -> Vec<Ns> {
+        std::iter::once(Ns::Host).chain(self.namespaces.keys().map(|n| Ns::Named(n.clone()))).collect()
+    }
+
+    /// Destroys a link and, for a veth, its peer.
+    fn destroy_link(&mut self, r: &LinkRef) {
+        let Ok(ns) = self.ns_mut(&r.ns) else { return };
+        let Some(l) = ns.links.remove(&r.name) else { return };
+        ns.forget_dev(&r.name);
+        if let Some(p) = l.peer {
+            self.destroy_link(&p);
+        }
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), KernelError> {
+        match op {
+            Op::CreateNetns { name } => {
+                if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.len() > 255 {
+                    return Err(err(format!("namespace name {name:?}"), Errno::Invalid));
+                }
+                if self.namespaces.contains_key(name) {
+                    return Err(err(format!("namespace {name}"), Errno::Exists));
+                }
+                self.namespaces.insert(name.clone(), MNs::fresh());
+            }
+            Op::DeleteNetns { name } => {
+                let ns = self.namespaces.remove(name).ok_or_else(|| err(format!("namespace {name}"), Errno::NotFound))?;
+                let dead = Ns::Named(name.clone());
+                for l in ns.links.values() {
+                    if let Some(p) = &l.peer {
+                        self.destroy_link(p);
+                    }
+                }
+                // VXLANs whose socket lived in the dead namespace die too.
+                for n in self.all_ns() {
+                    let names: Vec<String> = self
+                        .ns(&n)?
+                        .links
+                        .iter()
+                        .filter(|(_, l)| l.sock_ns.as_ref() == Some(&dead))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for l in names {
+                        self.destroy_link(&LinkRef::new(n.clone(), l));
+                    }
+                }
+            }
+            Op::CreateVeth { ns, name, peer_ns, peer_name, peer_mac, mtu } => {
+                check_ifname(name)?;
+                check_ifname(peer_name)?;
+                check_mtu(*mtu)?;
+                let peer_mac = peer_mac.as_deref().map(check_mac).transpose()?;
+                let here = LinkRef::new(ns.clone(), name);
+                let there = LinkRef::new(peer_ns.clone(), peer_name);
+                if here == there {
+                    return Err(err(format!("veth {here} with itself"), Errno::Exists));
+                }
+                for r in [&here, &there] {
+                    if self.ns(&r.ns)?.links.contains_key(&r.name) {
+                        return Err(err(format!("link {r}"), Errno::Exists));
+                    }
+                }
+                let mk = |mac: Option<String>, peer: LinkRef| MLink {
+                    kind: LinkKind::Veth,
+                    mac: mac.or_else(|| Some(random_like_mac(&peer))),
+                    mtu: *mtu,
+                    up: false,
+                    peer: Some(peer),
+                    vxlan: None,
+                    sock_ns: None,
+                };
+                let a = mk(None, there.clone());
+                let b = mk(peer_mac, here.clone());
+                let n = self.ns_mut(ns)?;
+                n.links.insert(name.clone(), a);
+                new_dev_sysctls(n, name);
+                let n = self.ns_mut(peer_ns)?;
+                n.links.insert(peer_name.clone(), b);
+                new_dev_sysctls(n, peer_name);
+            }
+            Op::CreateVxlan { ns, name, vni, local, port, mac, mtu } => {
+                check_ifname(name)?;
+                check_mtu(*mtu)?;
+                let mac = check_mac(mac)?;
+                if *vni >= 1 << 24 {
+                    return Err(err(format!("vni {vni}"), Errno::Invalid));
+                }
+                if self.ns(ns)?.links.contains_key(name) {
+                    return Err(err(format!("link {ns}/{name}"), Errno::Exists));
+                }
+                for n in self.all_ns() {
+                    for (lname, l) in &self.ns(&n)?.links {
+                        if l.sock_ns.as_ref() == Some(ns) && l.vxlan.as_ref().is_some_and(|v| v.vni == *vni && v.port == *port) {
+                            return Err(err(format!("vni {vni} already used by {n}/{lname}"), Errno::Exists));
+                        }
+                    }
+                }
+                let n = self.ns_mut(ns)?;
+                n.links.insert(
+                    name.clone(),
+                    MLink {
+                        kind: LinkKind::Vxlan,
+                        mac: Some(mac),
+                        mtu: *mtu,
+                        up: false,
+                        peer: None,
+                        vxlan: Some(VxlanInfo { vni: *vni, local: *local, port: *port, learning: false }),
+                        sock_ns: Some(ns.clone()),
+                    },
+                );
+                new_dev_sysctls(n, name);
+            }
+            Op::MoveLink { ns, name, to } => {
+                self.ns(to)?;
+                let l = self.ns(ns)?.links.get(name).ok_or_else(|| err(format!("link {ns}/{name}"), Errno::NotFound))?.clone();
+                if l.kind == LinkKind::Loopback {
+                    return Err(err(format!("moving {ns}/{name}"), Errno::Invalid));
+                }
+                if ns == to {
+                    return Ok(());
+                }
+                if self.ns(to)?.links.contains_key(name) {
+                    return Err(err(format!("link {to}/{name}"), Errno::Exists));
+                }
+                let src = self.ns_mut(ns)?;
+                src.links.remove(name);
+                src.forget_dev(name);
+                let mut moved = l;
+                moved.up = false;
+                let peer = moved.peer.clone();
+                let dst = self.ns_mut(to)?;
+                dst.links.insert(name.clone(), moved);
+                new_dev_sysctls(dst, name);
+                if let Some(p) = peer
+                    && let Ok(pl) = self.link_mut(&p.ns, &p.name)
+                {
+                    pl.peer = Some(LinkRef::new(to.clone(), name));
+                }
+            }
+            Op::SetLink { ns, name, mac, mtu, up } => {
+                let mac = mac.as_deref().map(check_mac).transpose()?;
+                if let Some(m) = mtu {
+                    check_mtu(*m)?;
+                }
+                let l = self.link_mut(ns, name)?;
+                if mac.is_some() && l.kind == LinkKind::Loopback {
+                    return Err(err(format!("mac of {ns}/{name}"), Errno::NotSupported));
+                }
+                if let Some(m) = mac {
+                    l.mac = Some(m);
+                }
+                if let Some(m) = mtu {
+                    l.mtu = *m;
+                }
+                if let Some(u) = up {
+                    let was = l.up;
+                    l.up = *u;
+                    if was && !*u {
+                        let n = self.ns_mut(ns)?;
+                        n.routes.retain(|_, r| r.dev != *name);
+                        n.neighbours.retain(|_, nb| nb.dev != *name);
+                    }
+                }
+            }
+            Op::DeleteLink { ns, name } => {
+                let l = self.ns(ns)?.links.get(name).ok_or_else(|| err(format!("link {ns}/{name}"), Errno::NotFound))?;
+                if l.kind == LinkKind::Loopback {
+                    return Err(err(format!("deleting {ns}/{name}"), Errno::NotSupported));
+                }
+                self.destroy_link(&LinkRef::new(ns.clone(), name));
+            }
+            Op::SetSysctl { ns, key, value } => {
+                let n = self.ns_mut(ns)?;
+                let slot = n.sysctls.get_mut(key).ok_or_else(|| err(format!("sysctl {key} in {ns}"), Errno::NotFound))?;
+                *slot = value.clone();
+            }
+            Op::AddAddress { ns, dev, addr } => {
+                let n = self.ns_mut(ns)?;
+                if !n.links.contains_key(dev) {
+                    return Err(err(format!("link {ns}/{dev}"), Errno::NotFound));
+                }
+                if !n.addresses.insert(Address { dev: dev.clone(), addr: *addr }) {
+                    return Err(err(format!("address {addr} on {ns}/{dev}"), Errno::Exists));
+                }
+            }
+            Op::DelAddress { ns, dev, addr } => {
+                let n = self.ns_mut(ns)?;
+                if !n.addresses.remove(&Address { dev: dev.clone(), addr: *addr }) {
+                    return Err(err(format!("address {addr} on {ns}/{dev}"), Errno::NotFound));
+                }
+                let left: Vec<Ipv4Net> = n.addresses.iter().filter(|a| a.dev == *dev).map(|a| a.addr).collect();
+                n.routes.retain(|_, r| r.dev != *dev || r.via.is_none_or(|v| left.iter().any(|a| a.contains(&v))));
+            }
+            Op::AddRoute { ns, route } => {
+                if route.dst.trunc() != route.dst {
+                    return Err(err(format!("route {} has host bits", route.dst), Errno::Invalid));
+                }
+                let n = self.ns_mut(ns)?;
+                let l = n.links.get(&route.dev).ok_or_else(|| err(format!("link {ns}/{}", route.dev), Errno::NotFound))?;
+                if !l.up {
+                    return Err(err(format!("route {} dev {} (down)", route.dst, route.dev), Errno::NetDown));
+                }
+                if let Some(v) = route.via
+                    && !n.addresses.iter().any(|a| a.dev == route.dev && a.addr.contains(&v))
+                {
+                    return Err(err(format!("gateway {v} on {ns}/{}", route.dev), Errno::Unreachable));
+                }
+                if n.routes.contains_key(&route.dst) {
+                    return Err(err(format!("route {} in {ns}", route.dst), Errno::Exists));
+                }
+                n.routes.insert(route.dst, route.clone());
+            }
+            Op::DelRoute { ns, route } => {
+                let n = self.ns_mut(ns)?;
+                if n.routes.get(&route.dst) != Some(route) {
+                    return Err(err(format!("route {} in {ns}", route.dst), Errno::NotFound));
+                }
+                n.routes.remove(&route.dst);
+            }
+            Op::AddNeighbour { ns, neighbour } => {
+                check_mac(&neighbour.mac)?;
+                let n = self.ns_mut(ns)?;
+                if !n.links.contains_key(&neighbour.dev) {
+                    return Err(err(format!("link {ns}/{}", neighbour.dev), Errno::NotFound));
+                }
+                let key = (neighbour.dev.clone(), neighbour.ip);
+                if n.neighbours.contains_key(&key) {
+                    return Err(err(format!("neighbour {} on {ns}/{}", neighbour.ip, neighbour.dev), Errno::Exists));
+                }
+                n.neighbours.insert(key, neighbour.clone());
+            }
+            Op::DelNeighbour { ns, neighbour } => {
+                let n = self.ns_mut(ns)?;
+                if n.neighbours.remove(&(neighbour.dev.clone(), neighbour.ip)).is_none() {
+                    return Err(err(format!("neighbour {} on {ns}/{}", neighbour.ip, neighbour.dev), Errno::NotFound));
+                }
+            }
+            Op::AddFdb { ns, entry } => {
+                check_mac(&entry.mac)?;
+                let n = self.ns_mut(ns)?;
+                let l = n.links.get(&entry.dev).ok_or_else(|| err(format!("link {ns}/{}", entry.dev), Errno::NotFound))?;
+                if l.kind != LinkKind::Vxlan {
+                    return Err(err(format!("fdb on {ns}/{}", entry.dev), Errno::NotSupported));
+                }
+                let key = (entry.dev.clone(), entry.mac.clone());
+                if n.fdb.contains_key(&key) {
+                    return Err(err(format!("fdb {} on {ns}/{}", entry.mac, entry.dev), Errno::Exists));
+                }
+                n.fdb.insert(key, entry.clone());
+            }
+            Op::DelFdb { ns, entry } => {
+                let n = self.ns_mut(ns)?;
+                let key = (entry.dev.clone(), entry.mac.clone());
+                if n.fdb.get(&key) != Some(entry) {
+                    return Err(err(format!("fdb {} on {ns}/{}", entry.mac, entry.dev), Errno::NotFound));
+                }
+                n.fdb.remove(&key);
+            }
+            Op::ReplaceFirewall { ns, spec } => {
+                let n = self.ns_mut(ns)?;
+                for d in &spec.devices {
+                    if !n.links.contains_key(d) {
+                        return Err(err(format!("netdev chain device {ns}/{d}"), Errno::NotFound));
+                    }
+                }
+                n.firewall = Some(MFirewall { fingerprint: spec.fingerprint.clone(), sets: spec.sets.clone() });
+            }
+            Op::SyncFirewallSet { ns, set, elements } => {
+                let n = self.ns_mut(ns)?;
+                let fw = n.firewall.as_mut().ok_or_else(|| err(format!("nft table in {ns}"), Errno::NotFound))?;
+                let s = fw.sets.get_mut(set).ok_or_else(|| err(format!("nft set {set} in {ns}"), Errno::NotFound))?;
+                *s = elements.clone();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A deterministic stand-in for the random MAC the kernel gives a new veth.
+fn random_like_mac(r: &LinkRef) -> String {
+    let h = naming::vtep_mac(&format!("{r}"));
+    format!("0e{}", &h[2..])
+}
+
+/// The in-memory kernel. Cheap to clone for what-if checks.
+#[derive(Debug)]
+pub struct ModelKernel {
+    world: Mutex<World>,
+}
+
+impl Default for ModelKernel {
+    fn default() -> Self {
+        ModelKernel::new()
+    }
+}
+
+impl ModelKernel {
+    /// A machine whose host namespace holds `lo` (up).
+    pub fn new() -> ModelKernel {
+        let mut host = MNs::fresh();
+        host.links.get_mut("lo").expect("fresh has lo").up = true;
+        ModelKernel { world: Mutex::new(World { host, namespaces: BTreeMap::new() }) }
+    }
+
+    /// Everything in the model, every namespace included (not only evnet's):
+    /// for tests that check foreign objects are untouched.
+    pub fn snapshot_all(&self) -> Observed {
+        let w = self.world.lock().expect("model lock");
+        Observed {
+            host: w.host.to_state(&|_| true),
+            namespaces: w.namespaces.iter().map(|(n, s)| (n.clone(), s.to_state(&|_| true))).collect(),
+        }
+    }
+}
+
+impl Kernel for ModelKernel {
+    fn observe(&self) -> Result<Observed, KernelError> {
+        let w = self.world.lock().expect("model lock");
+        let visible = |ns: &Ns| match ns {
+            Ns::Host => true,
+            Ns::Named(n) => naming::is_evnet_netns(n),
+        };
+        Ok(Observed {
+            host: w.host.to_state(&visible),
+            namespaces: w
+                .namespaces
+                .iter()
+                .filter(|(n, _)| naming::is_evnet_netns(n))
+                .map(|(n, s)| (n.clone(), s.to_state(&visible)))
+                .collect(),
+        })
+    }
+
+    /// Applies one op atomically: on error nothing changed.
+    fn apply(&self, op: &Op) -> Result<(), KernelError> {
+        let mut w = self.world.lock().expect("model lock");
+        let mut next = w.clone();
+        next.apply(op)?;
+        *w = next;
+        Ok(())
+    }
+}

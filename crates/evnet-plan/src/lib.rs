@@ -1,0 +1,30 @@
+//! evnet's data-plane planner: pure, no IO.
+//!
+//! The agent observes the kernel ([`Observed`]), computes the ops that turn
+//! it into the host's desired data plane with [`plan`], and hands them to a
+//! kernel (`evnet-kernel`) that applies them one by one. Re-planning after
+//! a successful apply gives an empty plan.
+//!
+//! * [`naming`]: deterministic names of every kernel object (`ev` prefix,
+//!   ≤ 15 bytes, derived from ids; namespace names carry the host's tag).
+//! * [`observed`]: the snapshot of what exists (namespaces, links with
+//!   kind/MAC/MTU/state/peer, addresses, routes, neighbours, FDB entries,
+//!   sysctls, evnet's nftables fingerprint and sets).
+//! * [`op`]: the serialisable, printable operations.
+//! * [`nft`]: anti-spoofing and security groups rendered as nftables.
+//! * [`plan`](plan::plan): the diff, in a deterministic order.
+//!
+//! The data plane it builds (one namespace per VPC as its routing domain,
+//! a VXLAN per VPC with static FDB/neighbour entries, a veth per ENI with
+//! proxy ARP, the subnet gateways on every host) is described in
+//! `docs/dataplane.md`.
+
+pub mod naming;
+pub mod nft;
+pub mod observed;
+pub mod op;
+pub mod plan;
+
+pub use observed::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Route, VxlanInfo};
+pub use op::{FirewallSpec, Op};
+pub use plan::{PlanConfig, plan};

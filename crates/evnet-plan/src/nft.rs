@@ -1,0 +1,178 @@
+//! Renders evnet's nftables tables for one VPC namespace.
+//!
+//! * `table netdev evnet`: one ingress chain per ENI on its VPC-side veth
+//!   (priority -500, before anything else): anti-spoofing. Frames whose
+//!   source MAC is not the ENI's are dropped; ARP must carry the ENI's MAC
+//!   and one of its IPs as sender; IPv4 must come from one of its IPs (any
+//!   source when `source_dest_check` is off); everything else is dropped.
+//! * `table inet evnet`: the security groups on the `forward` hook,
+//!   stateful: established/related accepted, invalid dropped, then per ENI
+//!   `iifname` → its egress chain (rules `return`, default drop) and
+//!   `oifname` → its ingress chain (rules `accept`, default drop). A rule
+//!   naming a group matches the named set `g_<id>` of the group's members,
+//!   so membership changes update the set without rewriting rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use evnet_model::Protocol;
+use evnet_model::desired::{EniDesired, RuleDesired, SecurityGroupDesired};
+use sha2::{Digest, Sha256};
+
+use crate::naming::{self, NFT_TABLE};
+use crate::op::FirewallSpec;
+
+/// Placeholder the fingerprint replaces in the rendered text.
+const FP: &str = "@FINGERPRINT@";
+
+fn ip_list(ips: &BTreeSet<Ipv4Addr>) -> String {
+    let v: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+    format!("{{ {} }}", v.join(", "))
+}
+
+fn eni_ips(e: &EniDesired) -> BTreeSet<Ipv4Addr> {
+    std::iter::once(e.private_ip).chain(e.secondary_ips.iter().copied()).collect()
+}
+
+/// One rule's match expression, or `None` when it can match nothing.
+fn rule_match(r: &RuleDesired, ingress: bool) -> Option<String> {
+    let dir = if ingress { "saddr" } else { "daddr" };
+    let mut parts = Vec::new();
+    match (&r.cidr, &r.group_id) {
+        (Some(c), _) if c.prefix_len() == 0 => parts.push("meta nfproto ipv4".to_string()),
+        (Some(c), _) => parts.push(format!("ip {dir} {c}")),
+        (None, Some(g)) => parts.push(format!("ip {dir} @{}", naming::sg_set(g))),
+        (None, None) => return None,
+    }
+    let ports = |proto: &str| -> Option<String> {
+        match (r.from_port, r.to_port) {
+            (Some(a), Some(b)) if a == b => Some(format!("{proto} dport {a}")),
+            (Some(a), Some(b)) if a < b => Some(format!("{proto} dport {a}-{b}")),
+            (Some(_), Some(_)) => None,
+            (Some(a), None) | (None, Some(a)) => Some(format!("{proto} dport {a}")),
+            (None, None) => Some(String::new()),
+        }
+    };
+    match r.protocol {
+        Protocol::All => {}
+        Protocol::Icmp => parts.push("meta l4proto icmp".into()),
+        Protocol::Tcp | Protocol::Udp => {
+            let p = if r.protocol == Protocol::Tcp { "tcp" } else { "udp" };
+            parts.push(format!("meta l4proto {p}"));
+            let pm = ports(p)?;
+            if !pm.is_empty() {
+                parts.push(pm);
+            }
+        }
+    }
+    Some(parts.join(" "))
+}
+
+/// Renders the firewall for the local ENIs of one VPC namespace.
+/// `enis` pairs each ENI with its VPC-side veth name.
+pub fn render(enis: &[(&EniDesired, String)], groups: &[SecurityGroupDesired]) -> FirewallSpec {
+    let groups_by_id: BTreeMap<&str, &SecurityGroupDesired> = groups.iter().map(|g| (g.group_id.as_str(), g)).collect();
+    let mut t = String::new();
+    let mut devices = Vec::new();
+
+    // Anti-spoofing.
+    let _ = writeln!(t, "table netdev {NFT_TABLE} {{\n\tcomment \"{FP}\"");
+    for (e, dev) in enis {
+        devices.push(dev.clone());
+        let mac = naming::normalize_mac(&e.mac).unwrap_or_else(|| e.mac.to_ascii_lowercase());
+        let ips = ip_list(&eni_ips(e));
+        let _ = writeln!(t, "\tchain as_{dev} {{");
+        let _ = writeln!(t, "\t\ttype filter hook ingress device \"{dev}\" priority -500; policy drop;");
+        let _ = writeln!(t, "\t\tether saddr != {mac} drop");
+        let _ = writeln!(t, "\t\tether type arp arp saddr ether {mac} arp saddr ip {ips} accept");
+        if e.source_dest_check {
+            let _ = writeln!(t, "\t\tether type ip ip saddr {ips} accept");
+        } else {
+            let _ = writeln!(t, "\t\tether type ip accept");
+        }
+        let _ = writeln!(t, "\t}}");
+    }
+    let _ = writeln!(t, "}}");
+
+    // Security groups.
+    let mut sets: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    let mut chains = String::new();
+    let mut jumps_out = String::new();
+    let mut jumps_in = String::new();
+    for (e, dev) in enis {
+        let mut egress = Vec::new();
+        let mut ingress = Vec::new();
+        let mut seen = BTreeSet::new();
+        for gid in &e.security_group_ids {
+            if !seen.insert(gid.as_str()) {
+                continue;
+            }
+            let Some(g) = groups_by_id.get(gid.as_str()) else { continue };
+            for (rules, out, is_in) in [(&g.ingress, &mut ingress, true), (&g.egress, &mut egress, false)] {
+                for r in rules {
+                    if let Some(gref) = &r.group_id
+                        && r.cidr.is_none()
+                    {
+                        let members = groups_by_id
+                            .get(gref.as_str())
+                            .map(|g| g.member_ips.iter().copied().collect())
+                            .unwrap_or_default();
+                        sets.insert(naming::sg_set(gref), members);
+                    }
+                    if let Some(m) = rule_match(r, is_in)
+                        && !out.contains(&m)
+                    {
+                        out.push(m);
+                    }
+                }
+            }
+        }
+        let _ = writeln!(jumps_out, "\t\tiifname \"{dev}\" jump out_{dev}");
+        let _ = writeln!(jumps_in, "\t\toifname \"{dev}\" jump in_{dev}");
+        let _ = writeln!(chains, "\tchain out_{dev} {{");
+        if e.security_group_ids.is_empty() {
+            let _ = writeln!(chains, "\t\treturn");
+        }
+        for m in &egress {
+            let _ = writeln!(chains, "\t\t{m} return");
+        }
+        let _ = writeln!(chains, "\t\tdrop\n\t}}");
+        let _ = writeln!(chains, "\tchain in_{dev} {{");
+        for m in &ingress {
+            let _ = writeln!(chains, "\t\t{m} accept");
+        }
+        let _ = writeln!(chains, "\t\tdrop\n\t}}");
+    }
+    let _ = writeln!(t, "table inet {NFT_TABLE} {{\n\tcomment \"{FP}\"");
+    for name in sets.keys() {
+        let _ = writeln!(t, "\tset {name} {{\n\t\ttype ipv4_addr\n\t}}");
+    }
+    let _ = writeln!(t, "\tchain forward {{");
+    let _ = writeln!(t, "\t\ttype filter hook forward priority filter; policy accept;");
+    let _ = writeln!(t, "\t\tct state established,related accept\n\t\tct state invalid drop");
+    t.push_str(&jumps_out);
+    t.push_str(&jumps_in);
+    let _ = writeln!(t, "\t}}");
+    t.push_str(&chains);
+    let _ = writeln!(t, "}}");
+
+    let fingerprint = fingerprint(&t);
+    let tables = t.replace(FP, &format!("evnet:{fingerprint}"));
+    FirewallSpec { fingerprint, tables, devices, sets }
+}
+
+/// The first 16 hex digits of the SHA-256 of `s`.
+pub fn fingerprint(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..8])
+}
+
+/// Reads the fingerprint out of a table's `comment "evnet:<fp>"` line in
+/// `nft list table` output.
+pub fn parse_fingerprint(listing: &str) -> Option<String> {
+    listing.lines().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix("comment \"evnet:")?;
+        Some(rest.trim_end_matches('"').to_string())
+    })
+}

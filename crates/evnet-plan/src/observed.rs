@@ -1,0 +1,160 @@
+//! What exists in the kernel, as far as evnet cares: the `Observed` snapshot
+//! a [`Kernel`](../evnet_kernel) produces and [`plan`](crate::plan) reads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// A network namespace: the host namespace the agent is scoped to (the
+/// process's own, or `--host-netns NAME`), or a named one under /run/netns.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ns {
+    Host,
+    Named(String),
+}
+
+impl Ns {
+    pub fn named(name: impl Into<String>) -> Ns {
+        Ns::Named(name.into())
+    }
+}
+
+impl fmt::Display for Ns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ns::Host => f.write_str("@host"),
+            Ns::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A link identified by its namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LinkRef {
+    pub ns: Ns,
+    pub name: String,
+}
+
+impl LinkRef {
+    pub fn new(ns: Ns, name: impl Into<String>) -> LinkRef {
+        LinkRef { ns, name: name.into() }
+    }
+}
+
+impl fmt::Display for LinkRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ns, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkKind {
+    Loopback,
+    Veth,
+    Vxlan,
+    /// Any other kind, by its `IFLA_INFO_KIND` (empty for physical devices).
+    Other(String),
+}
+
+/// The VXLAN parameters evnet sets and checks.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    pub local: Option<Ipv4Addr>,
+    pub port: u16,
+    pub learning: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub kind: LinkKind,
+    /// Canonical lowercase MAC.
+    pub mac: Option<String>,
+    pub mtu: u32,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// A veth's other end, when its namespace is one the kernel layer
+    /// observes; `None` when unknown.
+    pub peer: Option<LinkRef>,
+    pub vxlan: Option<VxlanInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Address {
+    pub dev: String,
+    /// The address with its prefix length.
+    pub addr: Ipv4Net,
+}
+
+/// A unicast IPv4 route in the main table that evnet manages (protocol
+/// `static`); routes the kernel adds itself are not observed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Route {
+    pub dst: Ipv4Net,
+    pub dev: String,
+    pub via: Option<Ipv4Addr>,
+}
+
+/// A permanent IPv4 neighbour entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Neighbour {
+    pub dev: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+}
+
+/// A permanent `self` forwarding entry on a VXLAN device.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FdbEntry {
+    pub dev: String,
+    pub mac: String,
+    pub dst: Ipv4Addr,
+}
+
+/// evnet's nftables tables in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FirewallState {
+    /// The fingerprint both evnet tables carry in their comment; `None` when
+    /// one is missing or they disagree.
+    pub fingerprint: Option<String>,
+    /// Elements of the named sets in the `inet` table.
+    pub sets: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+}
+
+/// Everything observed in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NsState {
+    pub links: BTreeMap<String, Link>,
+    pub addresses: BTreeSet<Address>,
+    pub routes: BTreeSet<Route>,
+    pub neighbours: BTreeSet<Neighbour>,
+    pub fdb: BTreeSet<FdbEntry>,
+    /// Sysctls that matter, by dotted key (`net.ipv4.ip_forward`,
+    /// `net.ipv4.conf.<dev>.proxy_arp`, `net.ipv4.neigh.<dev>.proxy_delay`).
+    pub sysctls: BTreeMap<String, String>,
+    /// `None` when neither evnet table exists.
+    pub firewall: Option<FirewallState>,
+}
+
+/// The snapshot `plan()` compares with the desired state: the host
+/// namespace and every namespace whose name looks like evnet's
+/// ([`crate::naming::is_evnet_netns`]), whichever host it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Observed {
+    pub host: NsState,
+    pub namespaces: BTreeMap<String, NsState>,
+}
+
+impl Observed {
+    pub fn ns(&self, ns: &Ns) -> Option<&NsState> {
+        match ns {
+            Ns::Host => Some(&self.host),
+            Ns::Named(n) => self.namespaces.get(n),
+        }
+    }
+}

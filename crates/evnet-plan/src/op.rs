@@ -1,0 +1,174 @@
+//! The operations the planner emits and a kernel applies, one at a time.
+//! Serialisable (for logs and `--dry-run -o json`) and printable in an
+//! `ip`-like notation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::observed::{FdbEntry, Neighbour, Ns, Route};
+
+/// evnet's complete nftables state for one namespace: the rendered tables
+/// (without set elements) and the named sets' elements. Applied as one
+/// `nft -f` transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallSpec {
+    /// Hash of `tables`, also written as both tables' comment.
+    pub fingerprint: String,
+    /// `table netdev evnet { … }` and `table inet evnet { … }`, in nft syntax.
+    pub tables: String,
+    /// Devices the netdev chains hook; they must exist when it is loaded.
+    pub devices: Vec<String>,
+    pub sets: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+}
+
+impl FirewallSpec {
+    /// The full `nft -f` script: replace both tables atomically, then fill
+    /// the sets.
+    pub fn script(&self) -> String {
+        let t = crate::naming::NFT_TABLE;
+        let mut s = format!(
+            "add table netdev {t}\ndelete table netdev {t}\nadd table inet {t}\ndelete table inet {t}\n{}",
+            self.tables
+        );
+        for (name, elems) in &self.sets {
+            s.push_str(&set_elements_line(name, elems));
+        }
+        s
+    }
+}
+
+/// `add element inet evnet NAME { … }` (empty when there are none).
+pub fn set_elements_line(name: &str, elems: &BTreeSet<Ipv4Addr>) -> String {
+    if elems.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = elems.iter().map(|a| a.to_string()).collect();
+    format!("add element inet {} {name} {{ {} }}\n", crate::naming::NFT_TABLE, list.join(", "))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    CreateNetns { name: String },
+    /// Links in it must have been deleted first (the planner does so, so
+    /// that veth peers elsewhere go synchronously).
+    DeleteNetns { name: String },
+    /// A veth pair, `name` in `ns` and `peer_name` in `peer_ns`, both down,
+    /// both with `mtu`; the peer gets `peer_mac`.
+    CreateVeth { ns: Ns, name: String, peer_ns: Ns, peer_name: String, peer_mac: Option<String>, mtu: u32 },
+    /// A VXLAN device (down) whose UDP socket lives in `ns`.
+    CreateVxlan { ns: Ns, name: String, vni: u32, local: Option<Ipv4Addr>, port: u16, mac: String, mtu: u32 },
+    /// Moves a link to another namespace (it arrives down, without addresses).
+    MoveLink { ns: Ns, name: String, to: Ns },
+    SetLink { ns: Ns, name: String, mac: Option<String>, mtu: Option<u32>, up: Option<bool> },
+    /// Deleting one end of a veth deletes the other.
+    DeleteLink { ns: Ns, name: String },
+    SetSysctl { ns: Ns, key: String, value: String },
+    AddAddress { ns: Ns, dev: String, addr: Ipv4Net },
+    DelAddress { ns: Ns, dev: String, addr: Ipv4Net },
+    AddRoute { ns: Ns, route: Route },
+    DelRoute { ns: Ns, route: Route },
+    AddNeighbour { ns: Ns, neighbour: Neighbour },
+    DelNeighbour { ns: Ns, neighbour: Neighbour },
+    AddFdb { ns: Ns, entry: FdbEntry },
+    DelFdb { ns: Ns, entry: FdbEntry },
+    /// Replaces both evnet tables in `ns` in one transaction.
+    ReplaceFirewall { ns: Ns, spec: FirewallSpec },
+    /// Replaces one named set's elements in one transaction, leaving the
+    /// rules alone.
+    SyncFirewallSet { ns: Ns, set: String, elements: BTreeSet<Ipv4Addr> },
+}
+
+impl Op {
+    /// The namespace the op acts in.
+    pub fn ns(&self) -> Ns {
+        match self {
+            Op::CreateNetns { name } | Op::DeleteNetns { name } => Ns::Named(name.clone()),
+            Op::CreateVeth { ns, .. }
+            | Op::CreateVxlan { ns, .. }
+            | Op::MoveLink { ns, .. }
+            | Op::SetLink { ns, .. }
+            | Op::DeleteLink { ns, .. }
+            | Op::SetSysctl { ns, .. }
+            | Op::AddAddress { ns, .. }
+            | Op::DelAddress { ns, .. }
+            | Op::AddRoute { ns, .. }
+            | Op::DelRoute { ns, .. }
+            | Op::AddNeighbour { ns, .. }
+            | Op::DelNeighbour { ns, .. }
+            | Op::AddFdb { ns, .. }
+            | Op::DelFdb { ns, .. }
+            | Op::ReplaceFirewall { ns, .. }
+            | Op::SyncFirewallSet { ns, .. } => ns.clone(),
+        }
+    }
+}
+
+fn route_str(r: &Route) -> String {
+    match r.via {
+        Some(via) => format!("{} via {via} dev {}", r.dst, r.dev),
+        None => format!("{} dev {} scope link", r.dst, r.dev),
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::CreateNetns { name } => write!(f, "netns add {name}"),
+            Op::DeleteNetns { name } => write!(f, "netns del {name}"),
+            Op::CreateVeth { ns, name, peer_ns, peer_name, peer_mac, mtu } => {
+                write!(f, "[{ns}] link add {name} mtu {mtu} type veth peer {peer_name} netns {peer_ns}")?;
+                if let Some(m) = peer_mac {
+                    write!(f, " address {m}")?;
+                }
+                Ok(())
+            }
+            Op::CreateVxlan { ns, name, vni, local, port, mac, mtu } => {
+                write!(f, "[{ns}] link add {name} address {mac} mtu {mtu} type vxlan id {vni}")?;
+                if let Some(l) = local {
+                    write!(f, " local {l}")?;
+                }
+                write!(f, " dstport {port} nolearning")
+            }
+            Op::MoveLink { ns, name, to } => write!(f, "[{ns}] link set {name} netns {to}"),
+            Op::SetLink { ns, name, mac, mtu, up } => {
+                write!(f, "[{ns}] link set {name}")?;
+                if let Some(m) = mac {
+                    write!(f, " address {m}")?;
+                }
+                if let Some(m) = mtu {
+                    write!(f, " mtu {m}")?;
+                }
+                match up {
+                    Some(true) => write!(f, " up"),
+                    Some(false) => write!(f, " down"),
+                    None => Ok(()),
+                }
+            }
+            Op::DeleteLink { ns, name } => write!(f, "[{ns}] link del {name}"),
+            Op::SetSysctl { ns, key, value } => write!(f, "[{ns}] sysctl {key}={value}"),
+            Op::AddAddress { ns, dev, addr } => write!(f, "[{ns}] addr add {addr} dev {dev}"),
+            Op::DelAddress { ns, dev, addr } => write!(f, "[{ns}] addr del {addr} dev {dev}"),
+            Op::AddRoute { ns, route } => write!(f, "[{ns}] route add {}", route_str(route)),
+            Op::DelRoute { ns, route } => write!(f, "[{ns}] route del {}", route_str(route)),
+            Op::AddNeighbour { ns, neighbour: n } => {
+                write!(f, "[{ns}] neigh add {} lladdr {} dev {} nud permanent", n.ip, n.mac, n.dev)
+            }
+            Op::DelNeighbour { ns, neighbour: n } => write!(f, "[{ns}] neigh del {} dev {}", n.ip, n.dev),
+            Op::AddFdb { ns, entry: e } => {
+                write!(f, "[{ns}] fdb append {} dev {} dst {} self permanent", e.mac, e.dev, e.dst)
+            }
+            Op::DelFdb { ns, entry: e } => write!(f, "[{ns}] fdb del {} dev {} dst {} self", e.mac, e.dev, e.dst),
+            Op::ReplaceFirewall { ns, spec } => {
+                write!(f, "[{ns}] nft replace tables {} ({} sets)", spec.fingerprint, spec.sets.len())
+            }
+            Op::SyncFirewallSet { ns, set, elements } => {
+                write!(f, "[{ns}] nft set {set} = {} elements", elements.len())
+            }
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! `plan(desired, observed) -> Vec<Op>`: what to change so the kernel holds
+//! exactly the host's desired data plane. Pure and deterministic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use evnet_model::desired::{EniDesired, HostDesired};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::naming;
+use crate::nft;
+use crate::observed::{Address, FdbEntry, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Route, VxlanInfo};
+use crate::op::{FirewallSpec, Op};
+
+/// Knobs of the data plane that are not part of the desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanConfig {
+    /// MTU of the VXLAN and every ENI device (underlay 1500 − 50).
+    pub mtu: u32,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig { mtu: 1450, vxlan_port: 4789 }
+    }
+}
+
+/// The sysctl keys evnet sets.
+pub fn sysctl_ip_forward() -> String {
+    "net.ipv4.ip_forward".to_string()
+}
+pub fn sysctl_proxy_arp(dev: &str) -> String {
+    format!("net.ipv4.conf.{dev}.proxy_arp")
+}
+pub fn sysctl_proxy_delay(dev: &str) -> String {
+    format!("net.ipv4.neigh.{dev}.proxy_delay")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TKind {
+    Loopback,
+    /// `creator`: this end is created (with its peer) by `CreateVeth`.
+    Veth { peer: LinkRef, creator: bool, peer_mac: Option<String> },
+    Vxlan { info: VxlanInfo, mac: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TLink {
+    kind: TKind,
+    mac: Option<String>,
+    mtu: Option<u32>,
+    up: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TNs {
+    links: BTreeMap<String, TLink>,
+    addresses: BTreeSet<Address>,
+    routes: BTreeMap<Ipv4Net, Route>,
+    neighbours: BTreeMap<(String, Ipv4Addr), Neighbour>,
+    fdb: BTreeMap<(String, String), FdbEntry>,
+    sysctls: BTreeMap<String, String>,
+    firewall: Option<FirewallSpec>,
+}
+
+fn host32(ip: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(ip, 32).expect("/32 is valid")
+}
+
+/// The desired kernel state, namespace by namespace.
+fn target(d: &HostDesired, cfg: &PlanConfig) -> BTreeMap<String, TNs> {
+    let host = d.host_id.as_str();
+    let mut out: BTreeMap<String, TNs> = BTreeMap::new();
+    let lo = TLink { kind: TKind::Loopback, mac: None, mtu: None, up: true };
+
+    // Local ENIs per VPC, in instance then device order, without duplicates.
+    let vpc_ids: BTreeSet<&str> = d.vpcs.iter().map(|v| v.vpc_id.as_str()).collect();
+    let mut seen_enis = BTreeSet::new();
+    let mut local: BTreeMap<&str, Vec<(&EniDesired, String)>> = BTreeMap::new();
+    for inst in &d.instances {
+        let mut seen_idx = BTreeSet::new();
+        let tn = out.entry(inst.netns.clone()).or_default();
+        tn.links.insert("lo".into(), lo.clone());
+        for e in &inst.enis {
+            if !vpc_ids.contains(e.vpc_id.as_str()) || !seen_enis.insert(e.eni_id.as_str()) || !seen_idx.insert(e.device_index) {
+                continue;
+            }
+            local.entry(e.vpc_id.as_str()).or_default().push((e, inst.netns.clone()));
+        }
+    }
+
+    for vpc in &d.vpcs {
+        let ns = naming::vpc_netns(host, vpc.vni);
+        let mut tn = TNs::default();
+        tn.links.insert("lo".into(), lo.clone());
+        tn.sysctls.insert(sysctl_ip_forward(), "1".into());
+        for s in &vpc.subnets {
+            tn.addresses.insert(Address { dev: "lo".into(), addr: host32(s.gateway_ip) });
+        }
+        let enis = local.get(vpc.vpc_id.as_str()).cloned().unwrap_or_default();
+        let mut local_ips = BTreeSet::new();
+        let mut fw_enis = Vec::new();
+        for (e, inst_ns) in &enis {
+            let dev = naming::eni_veth(&e.eni_id);
+            let eth = naming::instance_ifname(e.device_index);
+            let mac = naming::normalize_mac(&e.mac);
+            tn.links.insert(
+                dev.clone(),
+                TLink {
+                    kind: TKind::Veth { peer: LinkRef::new(Ns::named(inst_ns), &eth), creator: true, peer_mac: mac.clone() },
+                    mac: None,
+                    mtu: Some(cfg.mtu),
+                    up: true,
+                },
+            );
+            tn.sysctls.insert(sysctl_proxy_arp(&dev), "1".into());
+            tn.sysctls.insert(sysctl_proxy_delay(&dev), "0".into());
+            let ips: Vec<Ipv4Addr> = std::iter::once(e.private_ip).chain(e.secondary_ips.iter().copied()).collect();
+            for ip in &ips {
+                if local_ips.insert(*ip) {
+                    tn.routes.insert(host32(*ip), Route { dst: host32(*ip), dev: dev.clone(), via: None });
+                }
+            }
+            // The instance side.
+            let itn = out.get_mut(inst_ns).expect("instance namespace inserted above");
+            itn.links.insert(
+                eth.clone(),
+                TLink {
+                    kind: TKind::Veth { peer: LinkRef::new(Ns::named(&ns), &dev), creator: false, peer_mac: None },
+                    mac: mac.clone(),
+                    mtu: Some(cfg.mtu),
+                    up: true,
+                },
+            );
+            let plen = e.subnet_cidr.prefix_len();
+            for ip in &ips {
+                if let Ok(net) = Ipv4Net::new(*ip, plen) {
+                    itn.addresses.insert(Address { dev: eth.clone(), addr: net });
+                }
+            }
+            if e.device_index == 0 && e.subnet_cidr.contains(&e.gateway_ip) {
+                let dst = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0/0 is valid");
+                itn.routes.insert(dst, Route { dst, dev: eth.clone(), via: Some(e.gateway_ip) });
+            }
+            fw_enis.push((*e, dev));
+        }
+        if let Some(ul) = d.underlay_ip {
+            let vx = naming::vxlan_name(vpc.vni);
+            tn.links.insert(
+                vx.clone(),
+                TLink {
+                    kind: TKind::Vxlan {
+                        info: VxlanInfo { vni: vpc.vni, local: Some(ul), port: cfg.vxlan_port, learning: false },
+                        mac: naming::vtep_mac(host),
+                    },
+                    mac: Some(naming::vtep_mac(host)),
+                    mtu: Some(cfg.mtu),
+                    up: true,
+                },
+            );
+            for r in &vpc.remote_enis {
+                if r.host_id == host {
+                    continue;
+                }
+                let mac = naming::vtep_mac(&r.host_id);
+                tn.fdb
+                    .entry((vx.clone(), mac.clone()))
+                    .or_insert_with(|| FdbEntry { dev: vx.clone(), mac: mac.clone(), dst: r.underlay_ip });
+                for ip in &r.ips {
+                    if local_ips.contains(ip) || tn.routes.contains_key(&host32(*ip)) {
+                        continue;
+                    }
+                    tn.routes.insert(host32(*ip), Route { dst: host32(*ip), dev: vx.clone(), via: None });
+                    tn.neighbours.insert((vx.clone(), *ip), Neighbour { dev: vx.clone(), ip: *ip, mac: mac.clone() });
+                }
+            }
+        }
+        tn.firewall = Some(nft::render(&fw_enis, &d.security_groups));
+        out.insert(ns, tn);
+    }
+    out
+}
+
+fn compatible(obs: &Link, t: &TLink) -> bool {
+    match &t.kind {
+        TKind::Loopback => obs.kind == LinkKind::Loopback,
+        TKind::Veth { peer, .. } => obs.kind == LinkKind::Veth && obs.peer.as_ref() == Some(peer),
+        TKind::Vxlan { info, .. } => obs.kind == LinkKind::Vxlan && obs.vxlan.as_ref() == Some(info),
+    }
+}
+
+/// Whether a route survives the address deletions of this plan: the kernel
+/// drops a gateway route once no address on its device covers the gateway.
+fn route_survives(r: &Route, addrs_left: &BTreeSet<Address>) -> bool {
+    match r.via {
+        None => true,
+        Some(via) => addrs_left.iter().any(|a| a.dev == r.dev && a.addr.contains(&via)),
+    }
+}
+
+/// Computes the ops that turn `observed` into `desired`'s data plane.
+///
+/// Only evnet's objects are touched: namespaces that are desired or that
+/// [`naming::owned_netns`] assigns to this host (everything inside them but
+/// `lo` is evnet's), and `evx*` links stranded in the host namespace.
+/// Order: deletions bottom-up (neighbours/FDB, routes, addresses, links,
+/// namespaces), then creations top-down (namespaces, links, moves, link
+/// settings, sysctls, addresses, routes, neighbours/FDB, firewall).
+pub fn plan(desired: &HostDesired, observed: &Observed, cfg: &PlanConfig) -> Vec<Op> {
+    let tgt = target(desired, cfg);
+    let host = desired.host_id.as_str();
+    let empty = NsState::default();
+    let mut ops = Vec::new();
+
+    let owned: BTreeSet<&String> =
+        observed.namespaces.keys().filter(|n| tgt.contains_key(*n) || naming::owned_netns(n, host)).collect();
+    let undesired: Vec<&String> = owned.iter().copied().filter(|n| !tgt.contains_key(*n)).collect();
+
+    // Links to delete, then their cascade (a veth's peer dies with it).
+    let mut candidates: Vec<LinkRef> = observed
+        .host
+        .links
+        .keys()
+        .filter(|n| n.starts_with("evx"))
+        .map(|n| LinkRef::new(Ns::Host, n))
+        .collect();
+    for name in &owned {
+        let st = &observed.namespaces[*name];
+        let t = tgt.get(*name);
+        for (lname, l) in &st.links {
+            if lname == "lo" && l.kind == LinkKind::Loopback {
+                continue;
+            }
+            let keep = t.and_then(|t| t.links.get(lname)).is_some_and(|tl| compatible(l, tl));
+            if !keep {
+                candidates.push(LinkRef::new(Ns::named(name.as_str()), lname));
+            }
+        }
+    }
+    candidates.sort();
+    let peer_of = |r: &LinkRef| observed.ns(&r.ns).and_then(|s| s.links.get(&r.name)).and_then(|l| l.peer.clone());
+    let mut gone: BTreeSet<LinkRef> = BTreeSet::new();
+    let mut link_deletes = Vec::new();
+    for c in candidates {
+        if gone.contains(&c) {
+            continue;
+        }
+        if let Some(p) = peer_of(&c) {
+            gone.insert(p);
+        }
+        link_deletes.push(Op::DeleteLink { ns: c.ns.clone(), name: c.name.clone() });
+        gone.insert(c);
+    }
+    let alive = |ns: &str, dev: &str| !gone.contains(&LinkRef::new(Ns::named(ns), dev));
+
+    // Deletions of stale items on surviving links in desired namespaces.
+    let mut del_fdb = Vec::new();
+    let mut del_neigh = Vec::new();
+    let mut del_route = Vec::new();
+    let mut del_addr = Vec::new();
+    let mut addrs_left: BTreeMap<&str, BTreeSet<Address>> = BTreeMap::new();
+    for (name, t) in &tgt {
+        let Some(st) = observed.namespaces.get(name) else { continue };
+        let ns = Ns::named(name);
+        for e in &st.fdb {
+            if alive(name, &e.dev) && t.fdb.get(&(e.dev.clone(), e.mac.clone())) != Some(e) {
+                del_fdb.push(Op::DelFdb { ns: ns.clone(), entry: e.clone() });
+            }
+        }
+        for n in &st.neighbours {
+            if alive(name, &n.dev) && t.neighbours.get(&(n.dev.clone(), n.ip)) != Some(n) {
+                del_neigh.push(Op::DelNeighbour { ns: ns.clone(), neighbour: n.clone() });
+            }
+        }
+        let mut left = BTreeSet::new();
+        for a in &st.addresses {
+            if !alive(name, &a.dev) {
+                continue;
+            }
+            if (a.dev == "lo" && a.addr.addr().is_loopback()) || t.addresses.contains(a) {
+                left.insert(a.clone());
+            } else {
+                del_addr.push(Op::DelAddress { ns: ns.clone(), dev: a.dev.clone(), addr: a.addr });
+            }
+        }
+        for r in &st.routes {
+            if alive(name, &r.dev) && route_survives(r, &left) && t.routes.get(&r.dst) != Some(r) {
+                del_route.push(Op::DelRoute { ns: ns.clone(), route: r.clone() });
+            }
+        }
+        addrs_left.insert(name.as_str(), left);
+    }
+    ops.extend(del_fdb);
+    ops.extend(del_neigh);
+    ops.extend(del_route);
+    ops.extend(del_addr);
+    ops.extend(link_deletes);
+    for name in &undesired {
+        ops.push(Op::DeleteNetns { name: (*name).clone() });
+    }
+
+    // Creation, top-down.
+    for name in tgt.keys() {
+        if !observed.namespaces.contains_key(name) {
+            ops.push(Op::CreateNetns { name: name.clone() });
+        }
+    }
+    // Links present after the deletions, with their state; created ones are
+    // added as the kernel creates them (down, with the given MTU and MAC).
+    let mut present: BTreeMap<LinkRef, Link> = BTreeMap::new();
+    let mut created: BTreeSet<LinkRef> = BTreeSet::new();
+    for name in tgt.keys() {
+        let st = observed.namespaces.get(name);
+        let st = st.unwrap_or(&empty);
+        for (lname, l) in &st.links {
+            let r = LinkRef::new(Ns::named(name), lname);
+            if !gone.contains(&r) {
+                present.insert(r, l.clone());
+            }
+        }
+        if !st.links.contains_key("lo") {
+            // A new namespace has a loopback, down.
+            present.insert(
+                LinkRef::new(Ns::named(name), "lo"),
+                Link { kind: LinkKind::Loopback, mac: None, mtu: 65536, up: false, peer: None, vxlan: None },
+            );
+        }
+    }
+    let mut link_ops = Vec::new();
+    for (name, t) in &tgt {
+        let ns = Ns::named(name);
+        for (lname, tl) in &t.links {
+            let r = LinkRef::new(ns.clone(), lname);
+            if present.contains_key(&r) {
+                continue;
+            }
+            match &tl.kind {
+                TKind::Loopback => {}
+                TKind::Veth { creator: false, .. } => {}
+                TKind::Veth { peer, creator: true, peer_mac } => {
+                    let mtu = tl.mtu.unwrap_or(1500);
+                    link_ops.push(Op::CreateVeth {
+                        ns: ns.clone(),
+                        name: lname.clone(),
+                        peer_ns: peer.ns.clone(),
+                        peer_name: peer.name.clone(),
+                        peer_mac: peer_mac.clone(),
+                        mtu,
+                    });
+                    let mk = |mac: Option<String>, p: LinkRef| Link {
+                        kind: LinkKind::Veth,
+                        mac,
+                        mtu,
+                        up: false,
+                        peer: Some(p),
+                        vxlan: None,
+                    };
+                    present.insert(r.clone(), mk(None, peer.clone()));
+                    present.insert(peer.clone(), mk(peer_mac.clone(), r.clone()));
+                    created.insert(r.clone());
+                    created.insert(peer.clone());
+                }
+                TKind::Vxlan { info, mac } => {
+                    let mtu = tl.mtu.unwrap_or(1500);
+                    link_ops.push(Op::CreateVxlan {
+                        ns: Ns::Host,
+                        name: lname.clone(),
+                        vni: info.vni,
+                        local: info.local,
+                        port: info.port,
+                        mac: mac.clone(),
+                        mtu,
+                    });
+                    link_ops.push(Op::MoveLink { ns: Ns::Host, name: lname.clone(), to: ns.clone() });
+                    present.insert(
+                        r.clone(),
+                        Link {
+                            kind: LinkKind::Vxlan,
+                            mac: Some(mac.clone()),
+                            mtu,
+                            up: false,
+                            peer: None,
+                            vxlan: Some(info.clone()),
+                        },
+                    );
+                    created.insert(r.clone());
+                }
+            }
+        }
+    }
+    ops.extend(link_ops);
+    for (name, t) in &tgt {
+        let ns = Ns::named(name);
+        for (lname, tl) in &t.links {
+            let Some(cur) = present.get(&LinkRef::new(ns.clone(), lname)) else { continue };
+            let mac = tl.mac.clone().filter(|m| cur.mac.as_ref() != Some(m));
+            let mtu = tl.mtu.filter(|m| *m != cur.mtu);
+            let up = (cur.up != tl.up).then_some(tl.up);
+            if mac.is_some() || mtu.is_some() || up.is_some() {
+                ops.push(Op::SetLink { ns: ns.clone(), name: lname.clone(), mac, mtu, up });
+            }
+        }
+    }
+    let fresh = |name: &str, dev: &str| {
+        let r = LinkRef::new(Ns::named(name), dev);
+        created.contains(&r) || gone.contains(&r)
+    };
+    for (name, t) in &tgt {
+        let st = observed.namespaces.get(name);
+        for (k, v) in &t.sysctls {
+            let dev = k.strip_prefix("net.ipv4.conf.").or_else(|| k.strip_prefix("net.ipv4.neigh.")).and_then(|r| r.split('.').next());
+            let stale = dev.is_some_and(|d| fresh(name, d));
+            if stale || st.and_then(|s| s.sysctls.get(k)) != Some(v) {
+                ops.push(Op::SetSysctl { ns: Ns::named(name), key: k.clone(), value: v.clone() });
+            }
+        }
+    }
+    let nothing = BTreeSet::new();
+    for (name, t) in &tgt {
+        let left = addrs_left.get(name.as_str()).unwrap_or(&nothing);
+        for a in &t.addresses {
+            if !left.contains(a) {
+                ops.push(Op::AddAddress { ns: Ns::named(name), dev: a.dev.clone(), addr: a.addr });
+            }
+        }
+    }
+    for (name, t) in &tgt {
+        let left = addrs_left.get(name.as_str()).unwrap_or(&nothing);
+        let st = observed.namespaces.get(name).unwrap_or(&empty);
+        for r in t.routes.values() {
+            let kept = st.routes.contains(r) && !fresh(name, &r.dev) && route_survives(r, left);
+            if !kept {
+                ops.push(Op::AddRoute { ns: Ns::named(name), route: r.clone() });
+            }
+        }
+    }
+    for (name, t) in &tgt {
+        let st = observed.namespaces.get(name).unwrap_or(&empty);
+        for n in t.neighbours.values() {
+            if !st.neighbours.contains(n) || fresh(name, &n.dev) {
+                ops.push(Op::AddNeighbour { ns: Ns::named(name), neighbour: n.clone() });
+            }
+        }
+        for e in t.fdb.values() {
+            if !st.fdb.contains(e) || fresh(name, &e.dev) {
+                ops.push(Op::AddFdb { ns: Ns::named(name), entry: e.clone() });
+            }
+        }
+    }
+    for (name, t) in &tgt {
+        let Some(spec) = &t.firewall else { continue };
+        let ns = Ns::named(name);
+        let links_changed = gone.iter().chain(created.iter()).any(|r| r.ns == ns);
+        let cur = observed.namespaces.get(name).and_then(|s| s.firewall.as_ref());
+        match cur {
+            Some(fw) if !links_changed && fw.fingerprint.as_deref() == Some(spec.fingerprint.as_str()) => {
+                for (set, elems) in &spec.sets {
+                    if fw.sets.get(set) != Some(elems) {
+                        ops.push(Op::SyncFirewallSet { ns: ns.clone(), set: set.clone(), elements: elems.clone() });
+                    }
+                }
+            }
+            _ => ops.push(Op::ReplaceFirewall { ns, spec: spec.clone() }),
+        }
+    }
+    ops
+}
