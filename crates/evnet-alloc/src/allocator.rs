@@ -6,9 +6,11 @@ use crate::problem::{Allocation, Problem, ProblemError, ValidateScratch};
 use crate::wide::{Level, mul_div_floor};
 
 /// Fixed-point scale of per-flow weights: a flow owned by an ENI of weight
-/// `W` with `n` active flows weighs `⌊W · 2^40 / n⌋` (relative error below
-/// `n · 2^-40`, far under one bit/s at any realistic rate).
-pub(crate) const WEIGHT_SHIFT: u32 = 40;
+/// `W` with `n` active flows weighs `⌊W · WEIGHT_SCALE / n⌋`. The scale is
+/// 720720 · 2^32 (720720 = lcm(1..=16)), so the split is exact whenever `n`
+/// divides 720720 (every `n ≤ 16`, and many more) and otherwise off by a
+/// relative error below `n · 2^-51`, far under one bit/s at realistic rates.
+pub(crate) const WEIGHT_SCALE: u128 = 720_720 << 32;
 
 /// Reusable scratch space so the per-host loop (every 100 ms) does not
 /// allocate: once it has seen a problem of a given size, allocating another
@@ -158,7 +160,7 @@ impl Allocator {
                 (None, Some(d)) => (p.enis[d].weight, self.n_rx[d]),
                 (None, None) => (1, 1),
             };
-            r.flow_w.push((u128::from(weight) << WEIGHT_SHIFT) / u128::from(n.max(1)));
+            r.flow_w.push(u128::from(weight) * WEIGHT_SCALE / u128::from(n.max(1)));
         }
 
         // Scale guarantees down where they oversubscribe a link or a pool:

@@ -54,8 +54,9 @@
 //! flow's rate is rounded down when it freezes, so nothing is ever over
 //! capacity, and a last pass in flow order hands out the few bit/s rounding
 //! left. Rates are within one bit/s per flow on a bottleneck of the exact
-//! real-valued allocation (weights carry a relative error below 2^-40 per
-//! active flow of the owner).
+//! real-valued allocation (a flow's weight `W/n` is exact when `n` divides
+//! 720720, e.g. any `n ≤ 16`, and otherwise carries a relative error below
+//! `n · 2^-51`).
 //!
 //! # Cost
 //!

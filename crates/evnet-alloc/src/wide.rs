@@ -148,7 +148,8 @@ mod tests {
         assert!(c < a);
         let big_den = Level { num: u64::MAX, den: u128::MAX };
         let tiny = Level { num: 1, den: 1 << 64 };
-        assert!(tiny < big_den);
+        // (2^64 - 1) / (2^128 - 1) = 1 / (2^64 + 1), just below 1 / 2^64.
+        assert!(big_den < tiny);
         assert!(Level { num: 0, den: 5 } < tiny);
     }
 }
