@@ -300,7 +300,7 @@ pub async fn create_eni(State(st): State<AppState>, caller: Caller, Body(req): B
         resv.ips = chosen.clone();
         // The requested primary, or else the first address picked for it.
         let explicit = usize::from(req.private_ip.is_some()) + req.secondary_ips.len();
-        let primary = req.private_ip.unwrap_or(chosen[explicit]);
+        let primary = req.private_ip.unwrap_or_else(|| chosen[explicit]);
         let secondaries: Vec<Ipv4Addr> = chosen.iter().copied().filter(|x| *x != primary).collect();
         let eni = Eni {
             id: id.clone(),

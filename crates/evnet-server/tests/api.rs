@@ -1,0 +1,450 @@
+//! HTTP tests through the router: every request goes through the same
+//! routing, auth, validation and store transactions as in production.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use evnet_server::state::Settings;
+use evnet_store::{MemStore, Store};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-secret";
+
+#[derive(Clone)]
+struct T {
+    app: axum::Router,
+}
+
+impl T {
+    async fn new() -> T {
+        Self::with_store(Arc::new(MemStore::new())).await
+    }
+
+    async fn with_store(store: Arc<dyn Store>) -> T {
+        let st = evnet_server::state(store, ADMIN, Settings::default()).await.unwrap();
+        T { app: evnet_server::app(st) }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())).unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        };
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
+        (status, v)
+    }
+
+    async fn ok(&self, method: &str, path: &str, token: &str, body: Value) -> Value {
+        let (s, v) = self.call(method, path, Some(token), Some(body)).await;
+        assert!(s.is_success(), "{method} {path}: {s} {v}");
+        v
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call("GET", path, Some(token), None).await
+    }
+
+    async fn tenant(&self, name: &str) -> String {
+        let v = self.ok("POST", "/v1/tenants", ADMIN, json!({"name": name})).await;
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    async fn agent_token(&self) -> String {
+        self.ok("POST", "/v1/agent-tokens", ADMIN, json!({})).await["token"].as_str().unwrap().to_string()
+    }
+
+    async fn host(&self, agent: &str, name: &str, ip: &str, nic: u64) -> String {
+        let v = self.ok("POST", "/v1/hosts", agent, json!({"name": name, "underlay_ip": ip, "nic_mbps": nic})).await;
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    /// A VPC and one subnet in it; returns (vpc, subnet).
+    async fn network(&self, tok: &str, vpc_cidr: &str, subnet_cidr: &str) -> (String, String) {
+        let vpc = self.ok("POST", "/v1/vpcs", tok, json!({"cidr_block": vpc_cidr})).await;
+        let vpc_id = vpc["id"].as_str().unwrap().to_string();
+        let s = self.ok("POST", "/v1/subnets", tok, json!({"vpc_id": vpc_id, "cidr_block": subnet_cidr})).await;
+        (vpc_id, s["id"].as_str().unwrap().to_string())
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<no code>")
+}
+
+#[tokio::test]
+async fn auth_and_tenancy() {
+    let t = T::new().await;
+    let (s, v) = t.call("GET", "/v1/vpcs", None, None).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let (s, _) = t.call("GET", "/v1/vpcs", Some("wrong"), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let a = t.tenant("a").await;
+    let b = t.tenant("b").await;
+    // Tenants cannot create tenants.
+    let (s, v) = t.call("POST", "/v1/tenants", Some(&a), Some(json!({"name": "c"}))).await;
+    assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "forbidden"));
+    let (vpc_a, subnet_a) = t.network(&a, "10.0.0.0/16", "10.0.1.0/24").await;
+    // The same CIDR for another tenant is fine.
+    let (vpc_b, _) = t.network(&b, "10.0.0.0/16", "10.0.1.0/24").await;
+    // b cannot see a's VPC: 404, as if it did not exist.
+    let (s, v) = t.get(&format!("/v1/vpcs/{vpc_a}"), &b).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, _) = t.call("POST", "/v1/enis", Some(&b), Some(json!({"subnet_id": subnet_a}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = t.call("DELETE", &format!("/v1/vpcs/{vpc_a}"), Some(&b), None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    // Lists show only one's own.
+    let (_, la) = t.get("/v1/vpcs", &a).await;
+    let ids: Vec<&str> = la["items"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![vpc_a.as_str()]);
+    let (_, all) = t.get("/v1/vpcs", ADMIN).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    assert_ne!(vpc_a, vpc_b);
+}
+
+#[tokio::test]
+async fn validation_answers_stable_codes_and_changes_nothing() {
+    let t = T::new().await;
+    let a = t.tenant("a").await;
+    let cases = [
+        (json!({"cidr_block": "10.0.0.0/15"}), 422, "invalid_cidr"),
+        (json!({"cidr_block": "10.0.0.0/29"}), 422, "invalid_cidr"),
+        (json!({"cidr_block": "10.0.0.1/16"}), 422, "invalid_cidr"),
+        (json!({"cidr_block": "banana"}), 422, "invalid_cidr"),
+        (json!({"cidr_block": "10.0.0.0/16", "color": "red"}), 400, "invalid_body"),
+        (json!({"cidr": "10.0.0.0/16"}), 400, "invalid_body"),
+    ];
+    for (body, status, c) in cases {
+        let (s, v) = t.call("POST", "/v1/vpcs", Some(&a), Some(body.clone())).await;
+        assert_eq!((s.as_u16(), code(&v)), (status, c), "{body}");
+        assert!(v["error"]["message"].as_str().unwrap().len() > 10);
+    }
+    let (s, v) = t.call("POST", "/v1/vpcs", Some(&a), None).await;
+    assert!(s.is_client_error(), "{s} {v}");
+    let (_, l) = t.get("/v1/vpcs", &a).await;
+    assert_eq!(l["items"].as_array().unwrap().len(), 0, "nothing was created");
+
+    let (vpc, _) = t.network(&a, "10.1.0.0/16", "10.1.0.0/24").await;
+    let sub = |c: &str| json!({"vpc_id": vpc, "cidr_block": c});
+    let (s, v) = t.call("POST", "/v1/subnets", Some(&a), Some(sub("10.1.0.128/25"))).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "subnet_overlap"));
+    let (s, v) = t.call("POST", "/v1/subnets", Some(&a), Some(sub("10.2.0.0/24"))).await;
+    assert_eq!((s.as_u16(), code(&v)), (422, "subnet_not_in_vpc"));
+    let (s, v) = t.call("POST", "/v1/subnets", Some(&a), Some(sub("10.1.1.0/29"))).await;
+    assert_eq!((s.as_u16(), code(&v)), (422, "invalid_cidr"));
+    // Bandwidth rules.
+    let (_, subnet) = (0, t.ok("POST", "/v1/subnets", &a, sub("10.1.1.0/24")).await);
+    let sid = subnet["id"].as_str().unwrap();
+    for bw in [json!({"guaranteed_mbps": 500, "limit_mbps": 100}), json!({"weight": 0}), json!({"limit_mbps": 900000})] {
+        let (s, v) = t.call("POST", "/v1/enis", Some(&a), Some(json!({"subnet_id": sid, "bandwidth": bw}))).await;
+        assert_eq!((s.as_u16(), code(&v)), (422, "invalid_bandwidth"), "{bw}");
+    }
+    let (s, v) = t.get("/v1/nope", &a).await;
+    assert_eq!((s.as_u16(), code(&v)), (404, "no_such_route"));
+    let (s, v) = t.get("/v1/vpcs?limit=0", &a).await;
+    assert_eq!((s.as_u16(), code(&v)), (400, "invalid_limit"));
+    let (s, v) = t.get("/v1/vpcs?bogus=1", &a).await;
+    assert_eq!((s.as_u16(), code(&v)), (400, "invalid_query"));
+}
+
+#[tokio::test]
+async fn ipam_reserves_aws_addresses_and_frees_on_delete() {
+    let t = T::new().await;
+    let a = t.tenant("a").await;
+    let (_, subnet) = t.network(&a, "10.0.0.0/24", "10.0.0.0/28").await;
+    let (_, s) = t.get(&format!("/v1/subnets/{subnet}"), &a).await;
+    assert_eq!(s["available_ip_count"], 11);
+    assert_eq!(s["gateway_ip"], "10.0.0.1");
+    let mut ips = vec![];
+    let mut enis = vec![];
+    for _ in 0..11 {
+        let e = t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet})).await;
+        ips.push(e["private_ip"].as_str().unwrap().to_string());
+        enis.push(e["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ips.first().unwrap(), "10.0.0.4");
+    assert_eq!(ips.last().unwrap(), "10.0.0.14");
+    let (s, v) = t.call("POST", "/v1/enis", Some(&a), Some(json!({"subnet_id": subnet}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "subnet_exhausted"));
+    let (_, s) = t.get(&format!("/v1/subnets/{subnet}"), &a).await;
+    assert_eq!(s["available_ip_count"], 0);
+    let (st, _) = t.call("DELETE", &format!("/v1/enis/{}", enis[3]), Some(&a), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, s) = t.get(&format!("/v1/subnets/{subnet}"), &a).await;
+    assert_eq!(s["available_ip_count"], 1);
+    // The freed address can be asked for by name.
+    let e = t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet, "private_ip": ips[3]})).await;
+    assert_eq!(e["private_ip"].as_str().unwrap(), ips[3]);
+    let (s, v) = t.call("POST", "/v1/enis", Some(&a), Some(json!({"subnet_id": subnet, "private_ip": "10.0.0.1"}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (422, "ip_reserved"));
+    // A subnet with ENIs cannot be deleted; afterwards it can.
+    let (s, v) = t.call("DELETE", &format!("/v1/subnets/{subnet}"), Some(&a), None).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "dependency_violation"));
+    let (_, s) = t.get(&format!("/v1/subnets/{subnet}"), &a).await;
+    assert!(s.get("deleting").is_none(), "the delete mark was taken back: {s}");
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_share_an_address() {
+    let t = T::new().await;
+    let a = t.tenant("a").await;
+    let (_, subnet) = t.network(&a, "10.0.0.0/16", "10.0.0.0/26").await;
+    let mut tasks = vec![];
+    for _ in 0..64 {
+        let (t, a, subnet) = (t.clone(), a.clone(), subnet.clone());
+        tasks.push(tokio::spawn(async move { t.call("POST", "/v1/enis", Some(&a), Some(json!({"subnet_id": subnet}))).await }));
+    }
+    let mut ips = HashSet::new();
+    let mut refused = 0;
+    for task in tasks {
+        let (s, v) = task.await.unwrap();
+        match s.as_u16() {
+            201 => assert!(ips.insert(v["private_ip"].as_str().unwrap().to_string()), "duplicate {v}"),
+            409 => {
+                assert_eq!(code(&v), "subnet_exhausted");
+                refused += 1
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(ips.len(), 59);
+    assert_eq!(refused, 5);
+}
+
+#[tokio::test]
+async fn scheduling_admission_attach_detach_and_move() {
+    let t = T::new().await;
+    let agent = t.agent_token().await;
+    let h1 = t.host(&agent, "host-1", "198.18.0.1", 1000).await;
+    let h2 = t.host(&agent, "host-2", "198.18.0.2", 1000).await;
+    // Re-registering the same name answers the same host.
+    let (s, v) = t.call("POST", "/v1/hosts", Some(&agent), Some(json!({"name": "host-1", "underlay_ip": "198.18.0.1", "nic_mbps": 1000}))).await;
+    assert_eq!((s, v["id"].as_str().unwrap()), (StatusCode::OK, h1.as_str()));
+    let a = t.tenant("a").await;
+    let (_, subnet) = t.network(&a, "10.0.0.0/16", "10.0.1.0/24").await;
+    let eni = |g: u64| json!({"subnet_id": subnet, "bandwidth": {"guaranteed_mbps": g}});
+    let e1 = t.ok("POST", "/v1/enis", &a, eni(600)).await["id"].as_str().unwrap().to_string();
+    let e2 = t.ok("POST", "/v1/enis", &a, eni(400)).await["id"].as_str().unwrap().to_string();
+    // Spread: two instances land on two hosts.
+    let i1 = t.ok("POST", "/v1/instances", &a, json!({"name": "web-1", "eni_ids": [e1]})).await;
+    let i2 = t.ok("POST", "/v1/instances", &a, json!({"name": "web-2"})).await;
+    assert_ne!(i1["host_id"], i2["host_id"]);
+    assert!(i1["netns"].as_str().unwrap().starts_with("evi-"));
+    let (_, e1v) = t.get(&format!("/v1/enis/{e1}"), &a).await;
+    assert_eq!(e1v["status"], "in-use");
+    assert_eq!(e1v["attachment"]["device_index"], 0);
+    let i1_id = i1["id"].as_str().unwrap();
+    let i1_host = i1["host_id"].as_str().unwrap();
+    // 600 + 400 > 900 admissible on one host: refused, with the host named.
+    let (s, v) = t.call("POST", &format!("/v1/enis/{e2}/attach"), Some(&a), Some(json!({"instance_id": i1_id}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "insufficient_bandwidth"));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("400") && msg.contains("300 Mbit/s of guarantee is free"), "{msg}");
+    // Raising a guarantee live is admitted against the host too.
+    let (s, v) = t.call("PATCH", &format!("/v1/enis/{e1}"), Some(&a), Some(json!({"bandwidth": {"guaranteed_mbps": 950}}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "insufficient_bandwidth"));
+    let p = t.ok("PATCH", &format!("/v1/enis/{e1}"), &a, json!({"bandwidth": {"guaranteed_mbps": 500, "limit_mbps": 800}})).await;
+    assert_eq!(p["bandwidth"]["guaranteed_mbps"], 500);
+    // Attached elsewhere: refused; detach then attach moves it, keeping MAC and IP.
+    let i2_id = i2["id"].as_str().unwrap();
+    let (s, v) = t.call("POST", &format!("/v1/enis/{e1}/attach"), Some(&a), Some(json!({"instance_id": i2_id}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "eni_in_use"));
+    let before = t.get(&format!("/v1/enis/{e1}"), &a).await.1;
+    let d = t.ok("POST", &format!("/v1/enis/{e1}/detach"), &a, json!({})).await;
+    assert_eq!(d["status"], "available");
+    let moved = t.ok("POST", &format!("/v1/enis/{e1}/attach"), &a, json!({"instance_id": i2_id})).await;
+    assert_eq!(moved["mac"], before["mac"]);
+    assert_eq!(moved["private_ip"], before["private_ip"]);
+    assert_eq!(moved["attachment"]["host_id"], i2["host_id"]);
+    // Desired state: host of i2 has the ENI; host of i1 has the remote one in its VPC only if it has a local ENI.
+    let (s, _) = t.get(&format!("/v1/hosts/{h1}/desired"), &a).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "tenants do not read desired state");
+    let i2_host = i2["host_id"].as_str().unwrap();
+    let (_, d2) = t.get(&format!("/v1/hosts/{i2_host}/desired"), &agent).await;
+    let enis = &d2["instances"].as_array().unwrap().iter().find(|i| i["instance_id"] == i2_id).unwrap()["enis"];
+    assert_eq!(enis[0]["eni_id"], e1.as_str());
+    assert_eq!(enis[0]["bandwidth"]["guaranteed_bps"], 500_000_000u64);
+    assert_eq!(enis[0]["bandwidth"]["limit_bps"], 800_000_000u64);
+    // e2 on i1 (other host) makes both hosts see each other's ENI.
+    t.ok("POST", &format!("/v1/enis/{e2}/attach"), &a, json!({"instance_id": i1_id})).await;
+    let (_, d1) = t.get(&format!("/v1/hosts/{i1_host}/desired"), &agent).await;
+    let remote = &d1["vpcs"][0]["remote_enis"];
+    assert_eq!(remote[0]["eni_id"], e1.as_str());
+    assert_eq!(remote[0]["underlay_ip"], if i2_host == h2 { "198.18.0.2" } else { "198.18.0.1" });
+    // Deleting an instance detaches its ENIs and frees its guarantee.
+    let (s, _) = t.call("DELETE", &format!("/v1/instances/{i2_id}"), Some(&a), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, e1v) = t.get(&format!("/v1/enis/{e1}"), &a).await;
+    assert_eq!(e1v["status"], "available");
+}
+
+#[tokio::test]
+async fn no_host_and_pack_placement() {
+    let t = T::new().await;
+    let a = t.tenant("a").await;
+    let (s, v) = t.call("POST", "/v1/instances", Some(&a), Some(json!({}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "no_host_available"));
+    let agent = t.agent_token().await;
+    t.host(&agent, "h1", "198.18.0.1", 1000).await;
+    t.host(&agent, "h2", "198.18.0.2", 1000).await;
+    let first = t.ok("POST", "/v1/instances", &a, json!({"placement": "pack"})).await;
+    let second = t.ok("POST", "/v1/instances", &a, json!({"placement": "pack"})).await;
+    assert_eq!(first["host_id"], second["host_id"], "pack fills one host first");
+}
+
+#[tokio::test]
+async fn idempotent_creates_and_revisions() {
+    let t = T::new().await;
+    let a = t.tenant("a").await;
+    let body = json!({"cidr_block": "10.0.0.0/16", "client_token": "req-1"});
+    let v1 = t.ok("POST", "/v1/vpcs", &a, body.clone()).await;
+    let v2 = t.ok("POST", "/v1/vpcs", &a, body).await;
+    assert_eq!(v1["id"], v2["id"]);
+    let (_, l) = t.get("/v1/vpcs", &a).await;
+    assert_eq!(l["items"].as_array().unwrap().len(), 1);
+    let (s, v) = t.call("POST", "/v1/vpcs", Some(&a), Some(json!({"cidr_block": "10.9.0.0/16", "client_token": "req-1"}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "idempotency_mismatch"));
+    let id = v1["id"].as_str().unwrap();
+    let (_, cur) = t.get(&format!("/v1/vpcs/{id}"), &a).await;
+    let rev = cur["revision"].as_u64().unwrap();
+    let (s, v) = t.call("PATCH", &format!("/v1/vpcs/{id}"), Some(&a), Some(json!({"name": "x", "revision": rev + 100}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "revision_mismatch"));
+    let ok = t.ok("PATCH", &format!("/v1/vpcs/{id}"), &a, json!({"name": "x", "revision": rev})).await;
+    assert_eq!(ok["name"], "x");
+    assert!(ok["revision"].as_u64().unwrap() > rev);
+}
+
+#[tokio::test]
+async fn pagination_walks_every_item_once() {
+    let t = T::new().await;
+    let a = t.tenant("a").await;
+    let (_, subnet) = t.network(&a, "10.0.0.0/16", "10.0.0.0/24").await;
+    for _ in 0..25 {
+        t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet})).await;
+    }
+    let mut seen = HashSet::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &token {
+            Some(tk) => format!("/v1/enis?limit=10&page_token={tk}"),
+            None => "/v1/enis?limit=10".to_string(),
+        };
+        let (_, p) = t.get(&path, &a).await;
+        for i in p["items"].as_array().unwrap() {
+            assert!(seen.insert(i["id"].as_str().unwrap().to_string()));
+        }
+        pages += 1;
+        match p["next_page_token"].as_str() {
+            Some(tk) => token = Some(tk.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!((seen.len(), pages), (25, 3));
+}
+
+#[tokio::test]
+async fn security_groups_route_tables_peerings_pools() {
+    let t = T::new().await;
+    let a = t.tenant("a").await;
+    let (vpc, subnet) = t.network(&a, "10.0.0.0/16", "10.0.0.0/24").await;
+    let (vpc2, _) = t.network(&a, "10.1.0.0/16", "10.1.0.0/24").await;
+    let (vpc3, _) = t.network(&a, "10.0.0.0/16", "10.0.5.0/24").await;
+    let sg = t.ok("POST", "/v1/security-groups", &a, json!({"vpc_id": vpc, "name": "web", "ingress": [{"protocol": "tcp", "from_port": 80, "to_port": 80, "cidr": "0.0.0.0/0"}]})).await;
+    let sg_id = sg["id"].as_str().unwrap();
+    assert_eq!(sg["egress"][0]["protocol"], "all");
+    let (s, v) = t.call("POST", "/v1/security-groups", Some(&a), Some(json!({"vpc_id": vpc, "name": "bad", "ingress": [{"protocol": "icmp", "from_port": 1, "cidr": "0.0.0.0/0"}]}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (422, "invalid_rule"));
+    let e = t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet, "security_group_ids": [sg_id]})).await;
+    let (s, v) = t.call("DELETE", &format!("/v1/security-groups/{sg_id}"), Some(&a), None).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "dependency_violation"));
+    // Main route table keeps its local route.
+    let (_, v) = t.get(&format!("/v1/vpcs/{vpc}"), &a).await;
+    let main = v["main_route_table_id"].as_str().unwrap();
+    let (s, v) = t.call("PATCH", &format!("/v1/route-tables/{main}"), Some(&a), Some(json!({"routes": []}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (422, "cannot_remove_local_route"));
+    let (s, v) = t.call("DELETE", &format!("/v1/route-tables/{main}"), Some(&a), None).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "cannot_delete_main"));
+    // Peering: overlapping blocks refused, disjoint accepted.
+    let (s, v) = t.call("POST", "/v1/peerings", Some(&a), Some(json!({"vpc_a": vpc, "vpc_b": vpc3}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (422, "peering_cidr_overlap"));
+    let p = t.ok("POST", "/v1/peerings", &a, json!({"vpc_a": vpc, "vpc_b": vpc2})).await;
+    let pcx = p["id"].as_str().unwrap();
+    let routes = json!({"routes": [{"destination_cidr": "10.0.0.0/16", "target": "local"}, {"destination_cidr": "10.1.0.0/16", "target": pcx}]});
+    t.ok("PATCH", &format!("/v1/route-tables/{main}"), &a, routes).await;
+    let (s, v) = t.call("DELETE", &format!("/v1/peerings/{pcx}"), Some(&a), None).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "dependency_violation"));
+    // Pools.
+    let eni = e["id"].as_str().unwrap();
+    let pool = t.ok("POST", "/v1/bandwidth-pools", &a, json!({"scope": "tenant", "limit_mbps": 1000, "members": [eni]})).await;
+    let (s, v) = t.call("POST", "/v1/bandwidth-pools", Some(&a), Some(json!({"scope": "tenant", "limit_mbps": 1000, "members": [eni]}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (409, "eni_in_pool"));
+    let (s, v) = t.call("POST", "/v1/bandwidth-pools", Some(&a), Some(json!({"scope": "vpc", "limit_mbps": 1000}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (422, "invalid_scope"));
+    t.call("DELETE", &format!("/v1/enis/{eni}"), Some(&a), None).await;
+    let (_, pv) = t.get(&format!("/v1/bandwidth-pools/{}", pool["id"].as_str().unwrap()), &a).await;
+    assert_eq!(pv["members"].as_array().unwrap().len(), 0, "deleted ENIs leave their pool");
+}
+
+#[tokio::test]
+async fn desired_state_long_poll_wakes_on_change() {
+    let t = T::new().await;
+    let agent = t.agent_token().await;
+    let h = t.host(&agent, "h1", "198.18.0.1", 1000).await;
+    let (_, d0) = t.get(&format!("/v1/hosts/{h}/desired"), &agent).await;
+    let g0 = d0["generation"].as_u64().unwrap();
+    // Nothing changes for this host: the poll times out with the same generation.
+    let (_, same) = t.get(&format!("/v1/hosts/{h}/desired?since={g0}&timeout_ms=50"), &agent).await;
+    assert_eq!(same["generation"].as_u64().unwrap(), g0);
+    let a = t.tenant("a").await;
+    let (_, subnet) = t.network(&a, "10.0.0.0/16", "10.0.0.0/24").await;
+    let poll = {
+        let (t, agent, h) = (t.clone(), agent.clone(), h.clone());
+        tokio::spawn(async move { t.get(&format!("/v1/hosts/{h}/desired?since={g0}&timeout_ms=10000"), &agent).await })
+    };
+    let e = t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet})).await;
+    t.ok("POST", "/v1/instances", &a, json!({"host_id": h, "eni_ids": [e["id"]]})).await;
+    let (_, d1) = poll.await.unwrap();
+    assert!(d1["generation"].as_u64().unwrap() > g0);
+    // The agent reports what it applied; the API shows it.
+    let g1 = t.get(&format!("/v1/hosts/{h}/desired"), &agent).await.1["generation"].as_u64().unwrap();
+    let hb = t.ok("POST", &format!("/v1/hosts/{h}/heartbeat"), &agent, json!({"applied_generation": g1})).await;
+    assert_eq!(hb["applied_generation"].as_u64().unwrap(), g1);
+}
+
+#[tokio::test]
+async fn openapi_in_repo_matches_served() {
+    let t = T::new().await;
+    let (s, served) = t.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi.json");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    if std::env::var("EVNET_BLESS").is_ok() {
+        std::fs::write(path, evnet_server::openapi::document_text()).unwrap();
+        return;
+    }
+    let checked_in: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    assert!(checked_in == served, "openapi.json in the repository differs from the served document; regenerate it with `EVNET_BLESS=1 cargo test -p evnet-server --test api openapi`");
+    assert!(served["paths"]["/v1/enis/{id}/attach"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn metrics_are_served() {
+    let t = T::new().await;
+    t.get("/v1/vpcs", ADMIN).await;
+    let (s, v) = t.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = v.as_str().unwrap();
+    assert!(text.contains("evnet_server_http_requests_total"), "{text}");
+}
