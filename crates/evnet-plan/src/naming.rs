@@ -28,13 +28,13 @@ fn fnv64(s: &str) -> u64 {
     h
 }
 
-/// `n` (≤ 16) lowercase hex characters identifying `id`: the start of its
+/// `n` (≤ 16) lowercase hex characters identifying `id`: the end of its
 /// random part when the id is `kind-<hex>`, else a hash of the whole id.
 pub fn id_hex(id: &str, n: usize) -> String {
     let n = n.min(16);
     let suffix = id.rsplit('-').next().unwrap_or(id);
     if suffix.len() >= n && suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
-        suffix[..n].to_ascii_lowercase()
+        suffix[suffix.len() - n..].to_ascii_lowercase()
     } else {
         format!("{:016x}", fnv64(id))[..n].to_string()
     }
@@ -133,12 +133,12 @@ mod tests {
 
     #[test]
     fn names_fit_and_are_derived_from_ids() {
-        assert_eq!(eni_veth("eni-0123456789abcdef"), "eve0123456789");
+        assert_eq!(eni_veth("eni-0123456789abcdef"), "eve6789abcdef");
         assert_eq!(vxlan_name(0xffffff), "evxffffff");
         assert!(is_valid_ifname(&eni_veth("eni-not-hex-at-all-xyz")));
         assert_eq!(eni_veth("weird").len(), 13);
-        assert_eq!(vpc_netns("host-a1b2c3d4e5f60718", 0x1234), "evv-a1b2c3d4-1234");
-        assert_eq!(instance_netns("host-a1b2c3d4e5f60718", "i-00112233445566ff"), "evi-a1b2c3d4-00112233445566ff");
+        assert_eq!(vpc_netns("host-a1b2c3d4e5f60718", 0x1234), "evv-e5f60718-1234");
+        assert_eq!(instance_netns("host-a1b2c3d4e5f60718", "i-00112233445566ff"), "evi-e5f60718-00112233445566ff");
         assert!(!is_valid_ifname("sixteen-bytes-xx"));
         assert!(!is_valid_ifname("a/b"));
     }
@@ -150,7 +150,7 @@ mod tests {
         assert!(owned_netns(&vpc_netns(h1, 7), h1));
         assert!(owned_netns(&instance_netns(h1, "i-1234567890abcdef"), h1));
         assert!(!owned_netns(&vpc_netns(h2, 7), h1));
-        assert!(!owned_netns("evv-a1b2c3d4", h1));
+        assert!(!owned_netns("evv-e5f60718", h1));
         assert!(!owned_netns("other", h1));
     }
 

@@ -1,0 +1,399 @@
+//! The planner against the in-memory kernel model: hand-written scenarios
+//! and a property test (plan, apply, plan again = empty; foreign objects
+//! untouched).
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::*;
+use evnet_kernel::{Errno, Kernel, ModelKernel, apply_all};
+use evnet_plan::naming;
+use evnet_plan::{LinkRef, Ns, Observed, Op, PlanConfig, plan};
+use proptest::prelude::*;
+
+fn two_host_cloud() -> Cloud {
+    let hosts = vec![
+        HostSpec { id: hex_id("host", 0xa1), underlay: Ipv4Addr::new(198, 18, 0, 1) },
+        HostSpec { id: hex_id("host", 0xb2), underlay: Ipv4Addr::new(198, 18, 0, 2) },
+    ];
+    let net: ipnet::Ipv4Net = "10.0.0.0/24".parse().unwrap();
+    let vpcs = vec![
+        VpcSpec { id: hex_id("vpc", 1), vni: 0x101, cidr: "10.0.0.0/16".parse().unwrap(), subnets: vec![net] },
+        VpcSpec { id: hex_id("vpc", 2), vni: 0x102, cidr: "10.0.0.0/16".parse().unwrap(), subnets: vec![net] },
+    ];
+    let g = hex_id("sg", 7);
+    let eni = |n: u64, vpc: usize, ip: u8, host: usize, inst: u64| EniSpec {
+        id: hex_id("eni", n),
+        vpc,
+        subnet: 0,
+        ip: Ipv4Addr::new(10, 0, 0, ip),
+        secondary: vec![],
+        mac: format!("0a:00:00:00:00:{n:02x}"),
+        sdc: true,
+        groups: vec![g.clone()],
+        attach: Some((host, hex_id("i", inst), 0)),
+    };
+    let enis = vec![eni(1, 0, 10, 0, 1), eni(2, 0, 11, 0, 2), eni(3, 0, 12, 1, 3), eni(4, 1, 10, 1, 4)];
+    let instances = vec![(0, hex_id("i", 1)), (0, hex_id("i", 2)), (1, hex_id("i", 3)), (1, hex_id("i", 4))];
+    let members = enis.iter().map(|e| e.ip).collect();
+    Cloud { hosts, vpcs, enis, instances, groups: vec![default_group(&g, members)] }
+}
+
+fn converge(k: &ModelKernel, d: &evnet_model::desired::HostDesired) -> Vec<Op> {
+    let cfg = PlanConfig::default();
+    let ops = plan(d, &k.observe().unwrap(), &cfg);
+    apply_all(k, &ops).unwrap_or_else(|e| panic!("{e}\nplan:\n{}", render(&ops)));
+    let again = plan(d, &k.observe().unwrap(), &cfg);
+    assert!(again.is_empty(), "re-plan not empty:\n{}", render(&again));
+    ops
+}
+
+fn render(ops: &[Op]) -> String {
+    ops.iter().map(|o| format!("{o}\n")).collect()
+}
+
+#[test]
+fn builds_a_host_from_nothing_in_order() {
+    let cloud = two_host_cloud();
+    let d = cloud.desired(0);
+    let k = ModelKernel::new();
+    let ops = converge(&k, &d);
+    let text = render(&ops);
+    let h = &cloud.hosts[0].id;
+    let vns = naming::vpc_netns(h, 0x101);
+    let i1 = naming::instance_netns(h, &hex_id("i", 1));
+    let eve1 = naming::eni_veth(&hex_id("eni", 1));
+    let expected_prefix = [
+        format!("netns add {i1}"),
+        format!("netns add {}", naming::instance_netns(h, &hex_id("i", 2))),
+        format!("netns add {vns}"),
+        format!("[{vns}] link add {eve1} mtu 1450 type veth peer eth0 netns {i1} address 0a:00:00:00:00:01"),
+    ];
+    for (i, line) in expected_prefix.iter().enumerate() {
+        assert_eq!(ops[i].to_string(), *line, "op {i} in\n{text}");
+    }
+    let vtep_b = naming::vtep_mac(&cloud.hosts[1].id);
+    for needle in [
+        format!("[@host] link add evx101 address {} mtu 1450 type vxlan id 257 local 198.18.0.1 dstport 4789 nolearning", naming::vtep_mac(h)),
+        format!("[@host] link set evx101 netns {vns}"),
+        format!("[{vns}] sysctl net.ipv4.ip_forward=1"),
+        format!("[{vns}] sysctl net.ipv4.conf.{eve1}.proxy_arp=1"),
+        format!("[{vns}] addr add 10.0.0.1/32 dev lo"),
+        format!("[{i1}] addr add 10.0.0.10/24 dev eth0"),
+        format!("[{i1}] route add 0.0.0.0/0 via 10.0.0.1 dev eth0"),
+        format!("[{vns}] route add 10.0.0.10/32 dev {eve1} scope link"),
+        format!("[{vns}] route add 10.0.0.12/32 dev evx101 scope link"),
+        format!("[{vns}] neigh add 10.0.0.12 lladdr {vtep_b} dev evx101 nud permanent"),
+        format!("[{vns}] fdb append {vtep_b} dev evx101 dst 198.18.0.2 self permanent"),
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?} in\n{text}");
+    }
+    // The other VPC has no ENI on host 0: no namespace for it; its ENI on
+    // host 1 is not routed here.
+    assert!(!text.contains("evx102"));
+    assert!(matches!(ops.last(), Some(Op::ReplaceFirewall { .. })));
+    // Deterministic.
+    assert_eq!(plan(&d, &Observed::default(), &PlanConfig::default()), plan(&d, &Observed::default(), &PlanConfig::default()));
+}
+
+#[test]
+fn repairs_drift_and_cleans_up_what_is_no_longer_wanted() {
+    let mut cloud = two_host_cloud();
+    let k = ModelKernel::new();
+    converge(&k, &cloud.desired(0));
+    let h = cloud.hosts[0].id.clone();
+    let vns = naming::vpc_netns(&h, 0x101);
+    let eve2 = naming::eni_veth(&hex_id("eni", 2));
+
+    // Someone deletes a veth: it comes back, and the firewall is reloaded.
+    k.apply(&Op::DeleteLink { ns: Ns::named(&vns), name: eve2.clone() }).unwrap();
+    let ops = converge(&k, &cloud.desired(0));
+    assert!(ops.iter().any(|o| matches!(o, Op::CreateVeth { name, .. } if *name == eve2)));
+    assert!(ops.iter().any(|o| matches!(o, Op::ReplaceFirewall { .. })));
+
+    // A membership change only refills the set.
+    cloud.groups[0].member_ips.push(Ipv4Addr::new(10, 0, 0, 99));
+    let ops = converge(&k, &cloud.desired(0));
+    assert_eq!(ops.len(), 1, "{}", render(&ops));
+    assert!(matches!(&ops[0], Op::SyncFirewallSet { .. }));
+
+    // Detach ENI 2 (instance 2 stays): its veth goes, the namespace stays.
+    cloud.enis[1].attach = None;
+    let ops = converge(&k, &cloud.desired(0));
+    let i2 = naming::instance_netns(&h, &hex_id("i", 2));
+    assert!(ops.iter().any(|o| matches!(o, Op::DeleteLink { .. })), "{}", render(&ops));
+    assert!(!k.observe().unwrap().namespaces[&vns].links.contains_key(&eve2));
+    assert!(!ops.iter().any(|o| matches!(o, Op::DeleteNetns { .. })));
+    assert!(k.observe().unwrap().namespaces[&i2].links.keys().eq(["lo"]));
+
+    // Move ENI 1 from instance 1 to instance 2 as eth1: same MAC and IP.
+    cloud.enis[0].attach = Some((0, hex_id("i", 2), 1));
+    converge(&k, &cloud.desired(0));
+    let obs = k.observe().unwrap();
+    let eth1 = &obs.namespaces[&i2].links["eth1"];
+    assert_eq!(eth1.mac.as_deref(), Some("0a:00:00:00:00:01"));
+    assert_eq!(eth1.peer, Some(LinkRef::new(Ns::named(&vns), naming::eni_veth(&hex_id("eni", 1)))));
+
+    // Remove every instance: all of this host's namespaces go.
+    cloud.instances.retain(|(hi, _)| *hi != 0);
+    for e in &mut cloud.enis {
+        if e.attach.as_ref().is_some_and(|a| a.0 == 0) {
+            e.attach = None;
+        }
+    }
+    converge(&k, &cloud.desired(0));
+    let obs = k.observe().unwrap();
+    assert!(obs.namespaces.is_empty(), "{:?}", obs.namespaces.keys());
+    assert!(!obs.host.links.keys().any(|n| n.starts_with("ev")));
+}
+
+#[test]
+fn the_model_enforces_kernel_rules() {
+    let k = ModelKernel::new();
+    let ns = |n: &str| Ns::named(n);
+    k.apply(&Op::CreateNetns { name: "eva".into() }).unwrap();
+    k.apply(&Op::CreateNetns { name: "evb".into() }).unwrap();
+    assert_eq!(k.apply(&Op::CreateNetns { name: "eva".into() }).unwrap_err().errno(), Some(Errno::Exists));
+    let veth = |name: &str| Op::CreateVeth {
+        ns: ns("eva"),
+        name: name.into(),
+        peer_ns: ns("evb"),
+        peer_name: "eth0".into(),
+        peer_mac: None,
+        mtu: 1450,
+    };
+    assert_eq!(k.apply(&veth("a-name-of-16-byt")).unwrap_err().errno(), Some(Errno::Invalid));
+    k.apply(&veth("x")).unwrap();
+    assert_eq!(k.apply(&veth("y")).unwrap_err().errno(), Some(Errno::Exists), "peer name taken");
+    // A route needs its device up, a gateway an address covering it.
+    let r = evnet_plan::Route { dst: "0.0.0.0/0".parse().unwrap(), dev: "eth0".into(), via: Some(Ipv4Addr::new(10, 0, 0, 1)) };
+    assert_eq!(k.apply(&Op::AddRoute { ns: ns("evb"), route: r.clone() }).unwrap_err().errno(), Some(Errno::NetDown));
+    k.apply(&Op::SetLink { ns: ns("evb"), name: "eth0".into(), mac: None, mtu: None, up: Some(true) }).unwrap();
+    assert_eq!(k.apply(&Op::AddRoute { ns: ns("evb"), route: r.clone() }).unwrap_err().errno(), Some(Errno::Unreachable));
+    k.apply(&Op::AddAddress { ns: ns("evb"), dev: "eth0".into(), addr: "10.0.0.5/24".parse().unwrap() }).unwrap();
+    k.apply(&Op::AddRoute { ns: ns("evb"), route: r.clone() }).unwrap();
+    assert_eq!(k.apply(&Op::AddRoute { ns: ns("evb"), route: r }).unwrap_err().errno(), Some(Errno::Exists));
+    // FDB only on VXLANs.
+    let fdb = evnet_plan::FdbEntry { dev: "x".into(), mac: "02:00:00:00:00:01".into(), dst: Ipv4Addr::new(198, 18, 0, 2) };
+    assert_eq!(k.apply(&Op::AddFdb { ns: ns("eva"), entry: fdb }).unwrap_err().errno(), Some(Errno::NotSupported));
+    // Deleting one end takes the peer, its addresses and routes.
+    k.apply(&Op::DeleteLink { ns: ns("eva"), name: "x".into() }).unwrap();
+    let obs = k.observe().unwrap();
+    assert!(!obs.namespaces["evb"].links.contains_key("eth0"));
+    assert!(obs.namespaces["evb"].routes.is_empty() && obs.namespaces["evb"].addresses.is_empty());
+    // Moving into a missing namespace fails; lo cannot be deleted.
+    let vx = Op::CreateVxlan { ns: Ns::Host, name: "evx1".into(), vni: 1, local: None, port: 4789, mac: "02:00:00:00:00:02".into(), mtu: 1450 };
+    k.apply(&vx).unwrap();
+    assert_eq!(
+        k.apply(&Op::CreateVxlan { ns: Ns::Host, name: "evx1b".into(), vni: 1, local: None, port: 4789, mac: "02:00:00:00:00:03".into(), mtu: 1450 })
+            .unwrap_err()
+            .errno(),
+        Some(Errno::Exists),
+        "same VNI in one socket namespace"
+    );
+    assert_eq!(k.apply(&Op::MoveLink { ns: Ns::Host, name: "evx1".into(), to: ns("nope") }).unwrap_err().errno(), Some(Errno::NotFound));
+    assert_eq!(k.apply(&Op::DeleteLink { ns: ns("eva"), name: "lo".into() }).unwrap_err().errno(), Some(Errno::NotSupported));
+    // A namespace takes its links with it, and the VXLANs whose socket it held.
+    k.apply(&Op::MoveLink { ns: Ns::Host, name: "evx1".into(), to: ns("eva") }).unwrap();
+    k.apply(&veth("z")).unwrap();
+    k.apply(&Op::DeleteNetns { name: "eva".into() }).unwrap();
+    let obs = k.observe().unwrap();
+    assert!(!obs.namespaces["evb"].links.contains_key("eth0"));
+    assert!(!obs.host.links.contains_key("evx1"));
+}
+
+// ---------------------------------------------------------------------
+// Property test.
+
+fn arb_cloud() -> impl Strategy<Value = Cloud> {
+    let eni = (0usize..3, 0usize..2, proptest::option::of((0usize..3, 0u64..3, 0u32..3)), any::<bool>(), 0u8..4, 0u8..3);
+    (1usize..4, proptest::collection::vec(eni, 0..8), proptest::collection::vec((0usize..3, 0u64..3), 0..4), proptest::collection::vec(0u8..30, 0..4))
+        .prop_map(|(nvpc, enis, extra_inst, g2_members)| {
+            let hosts = (0..3)
+                .map(|i| HostSpec { id: hex_id("host", 0xa0 + i as u64), underlay: Ipv4Addr::new(198, 18, 0, 1 + i as u8) })
+                .collect();
+            let vpcs = (0..nvpc)
+                .map(|i| VpcSpec {
+                    id: hex_id("vpc", i as u64 + 1),
+                    vni: 0x100 + i as u32,
+                    cidr: "10.0.0.0/16".parse().unwrap(),
+                    subnets: vec!["10.0.0.0/24".parse().unwrap(), "10.0.1.0/24".parse().unwrap()],
+                })
+                .collect();
+            let (g1, g2) = (hex_id("sg", 1), hex_id("sg", 2));
+            let mut out = Vec::new();
+            let mut instances = Vec::new();
+            let mut used = std::collections::BTreeSet::new();
+            for (n, (vpc, subnet, attach, sdc, nsec, groups)) in enis.into_iter().enumerate() {
+                let vpc = vpc % nvpc;
+                let attach = attach.and_then(|(h, i, idx)| {
+                    let iid = hex_id("i", (h as u64) * 16 + i);
+                    used.insert((h, iid.clone(), idx)).then(|| {
+                        instances.push((h, iid.clone()));
+                        (h, iid, idx)
+                    })
+                });
+                let base = 10 + 4 * n as u8;
+                out.push(EniSpec {
+                    id: hex_id("eni", n as u64 + 1),
+                    vpc,
+                    subnet,
+                    ip: Ipv4Addr::new(10, 0, subnet as u8, base),
+                    secondary: (1..=nsec.min(3)).map(|s| Ipv4Addr::new(10, 0, subnet as u8, base + s)).collect(),
+                    mac: format!("0a:00:00:00:01:{:02x}", n + 1),
+                    sdc,
+                    groups: match groups {
+                        0 => vec![],
+                        1 => vec![g1.clone()],
+                        _ => vec![g1.clone(), g2.clone()],
+                    },
+                    attach,
+                });
+            }
+            for (h, i) in extra_inst {
+                instances.push((h, hex_id("i", (h as u64) * 16 + i)));
+            }
+            instances.sort();
+            instances.dedup();
+            let members1 = out.iter().map(|e| e.ip).collect();
+            let mut sg2 = default_group(&g2, g2_members.iter().map(|m| Ipv4Addr::new(10, 0, 0, *m)).collect());
+            sg2.ingress[0].group_id = Some(g1.clone());
+            sg2.ingress.push(evnet_model::desired::RuleDesired {
+                protocol: evnet_model::Protocol::Tcp,
+                from_port: Some(22),
+                to_port: Some(22),
+                cidr: Some("192.168.0.0/16".parse().unwrap()),
+                group_id: None,
+            });
+            Cloud { hosts, vpcs, enis: out, instances, groups: vec![default_group(&g1, members1), sg2] }
+        })
+}
+
+#[derive(Debug, Clone)]
+enum Drift {
+    DeleteLink(usize),
+    DeleteNetns(usize),
+    DeleteRoute(usize),
+    DeleteAddress(usize),
+    LinkDown(usize),
+}
+
+fn arb_drift() -> impl Strategy<Value = Drift> {
+    prop_oneof![
+        (0usize..64).prop_map(Drift::DeleteLink),
+        (0usize..64).prop_map(Drift::DeleteNetns),
+        (0usize..64).prop_map(Drift::DeleteRoute),
+        (0usize..64).prop_map(Drift::DeleteAddress),
+        (0usize..64).prop_map(Drift::LinkDown),
+    ]
+}
+
+/// Applies drift to evnet's own objects of host 0 (ignoring refusals, as an
+/// outside actor would fail to delete `lo`).
+fn apply_drift(k: &ModelKernel, host: &str, drift: &[Drift]) {
+    for d in drift {
+        let obs = k.observe().unwrap();
+        let owned: Vec<(&String, &evnet_plan::NsState)> = obs.namespaces.iter().filter(|(n, _)| naming::owned_netns(n, host)).collect();
+        if owned.is_empty() {
+            return;
+        }
+        let op = match d {
+            Drift::DeleteNetns(i) => Op::DeleteNetns { name: owned[i % owned.len()].0.clone() },
+            Drift::DeleteLink(i) | Drift::LinkDown(i) => {
+                let links: Vec<(String, String)> =
+                    owned.iter().flat_map(|(n, s)| s.links.keys().filter(|l| *l != "lo").map(|l| ((*n).clone(), l.clone()))).collect();
+                if links.is_empty() {
+                    continue;
+                }
+                let (n, l) = links[i % links.len()].clone();
+                if matches!(d, Drift::LinkDown(_)) {
+                    Op::SetLink { ns: Ns::Named(n), name: l, mac: None, mtu: None, up: Some(false) }
+                } else {
+                    Op::DeleteLink { ns: Ns::Named(n), name: l }
+                }
+            }
+            Drift::DeleteRoute(i) => {
+                let all: Vec<_> = owned.iter().flat_map(|(n, s)| s.routes.iter().map(|r| ((*n).clone(), r.clone()))).collect();
+                if all.is_empty() {
+                    continue;
+                }
+                let (n, r) = all[i % all.len()].clone();
+                Op::DelRoute { ns: Ns::Named(n), route: r }
+            }
+            Drift::DeleteAddress(i) => {
+                let all: Vec<_> = owned.iter().flat_map(|(n, s)| s.addresses.iter().map(|a| ((*n).clone(), a.clone()))).collect();
+                if all.is_empty() {
+                    continue;
+                }
+                let (n, a) = all[i % all.len()].clone();
+                Op::DelAddress { ns: Ns::Named(n), dev: a.dev, addr: a.addr }
+            }
+        };
+        let _ = k.apply(&op);
+    }
+}
+
+/// Objects that are not host 0's: a foreign namespace (not evnet-looking),
+/// another host's VPC namespace joined to it by a veth, an underlay link in
+/// the host namespace with an address.
+fn add_foreign(k: &ModelKernel) {
+    let other = naming::vpc_netns(&hex_id("host", 0xff), 0x100);
+    for op in [
+        Op::CreateNetns { name: "fz".into() },
+        Op::CreateNetns { name: other.clone() },
+        Op::CreateVeth { ns: Ns::named(&other), name: "eve0000000001".into(), peer_ns: Ns::named("fz"), peer_name: "eth0".into(), peer_mac: None, mtu: 1450 },
+        Op::CreateVeth { ns: Ns::Host, name: "ul0".into(), peer_ns: Ns::named("fz"), peer_name: "ul0".into(), peer_mac: None, mtu: 1500 },
+        Op::AddAddress { ns: Ns::Host, dev: "ul0".into(), addr: "198.18.0.1/24".parse().unwrap() },
+    ] {
+        k.apply(&op).unwrap();
+    }
+}
+
+fn foreign_view(k: &ModelKernel, host: &str) -> (Observed, Vec<String>) {
+    let mut all = k.snapshot_all();
+    all.namespaces.retain(|n, _| !naming::owned_netns(n, host));
+    all.host.links.retain(|n, _| !n.starts_with("evx"));
+    all.host.sysctls.retain(|k, _| !k.contains(".evx"));
+    let names = all.namespaces.keys().cloned().collect();
+    (all, names)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 192, .. ProptestConfig::default() })]
+
+    #[test]
+    fn plan_apply_replan_is_empty(
+        target in arb_cloud(),
+        start in arb_cloud(),
+        start_kind in 0u8..3,
+        drift in proptest::collection::vec(arb_drift(), 0..6),
+    ) {
+        let k = ModelKernel::new();
+        add_foreign(&k);
+        let host = target.hosts[0].id.clone();
+        let cfg = PlanConfig::default();
+        if start_kind >= 1 {
+            let d0 = start.desired(0);
+            let ops = plan(&d0, &k.observe().unwrap(), &cfg);
+            apply_all(&k, &ops).map_err(|e| TestCaseError::fail(format!("start: {e}")))?;
+        }
+        if start_kind == 2 {
+            apply_drift(&k, &host, &drift);
+        }
+        let before = foreign_view(&k, &host);
+        let d = target.desired(0);
+        let ops = plan(&d, &k.observe().unwrap(), &cfg);
+        if let Err(e) = apply_all(&k, &ops) {
+            return Err(TestCaseError::fail(format!("{e}\nplan:\n{}", render(&ops))));
+        }
+        let again = plan(&d, &k.observe().unwrap(), &cfg);
+        prop_assert!(again.is_empty(), "re-plan not empty:\n{}\nafter:\n{}", render(&again), render(&ops));
+        prop_assert_eq!(foreign_view(&k, &host), before, "foreign objects changed");
+        for op in &ops {
+            if let Ns::Named(n) = op.ns() {
+                prop_assert!(naming::owned_netns(&n, &host), "op outside host's namespaces: {}", op);
+            }
+        }
+    }
+}
