@@ -57,22 +57,33 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
 }
 
 fn put(key: &str, value: &str) -> TxnOp {
-    TxnOp::Put { key: key.to_owned(), value: value.as_bytes().to_vec() }
+    TxnOp::Put {
+        key: key.to_owned(),
+        value: value.as_bytes().to_vec(),
+    }
 }
 
 fn delete(key: &str) -> TxnOp {
-    TxnOp::Delete { key: key.to_owned() }
+    TxnOp::Delete {
+        key: key.to_owned(),
+    }
 }
 
 fn ops(ops: Vec<TxnOp>) -> Txn {
-    Txn { compares: Vec::new(), ops }
+    Txn {
+        compares: Vec::new(),
+        ops,
+    }
 }
 
 fn guarded(compares: Vec<(&str, Revision)>, ops: Vec<TxnOp>) -> Txn {
     Txn {
         compares: compares
             .into_iter()
-            .map(|(key, revision)| Compare::ModRevision { key: key.to_owned(), revision })
+            .map(|(key, revision)| Compare::ModRevision {
+                key: key.to_owned(),
+                revision,
+            })
             .collect(),
         ops,
     }
@@ -115,29 +126,60 @@ async fn next_batch(rx: &mut WatchStream) -> WatchBatch {
 fn summary(batch: &WatchBatch) -> (Revision, Vec<(EventKind, String, Vec<u8>)>) {
     (
         batch.revision,
-        batch.events.iter().map(|e| (e.kind, e.kv.key.clone(), e.kv.value.clone())).collect(),
+        batch
+            .events
+            .iter()
+            .map(|e| (e.kind, e.kv.key.clone(), e.kv.value.clone()))
+            .collect(),
     )
 }
 
 /// `get` of absent and present keys; `range` by prefix, including the empty
 /// prefix and a prefix that is itself a key.
 pub async fn get_and_range<S: Store>(store: S) {
-    assert_eq!(must("get", store.get("a").await), None, "empty store has no keys");
+    assert_eq!(
+        must("get", store.get("a").await),
+        None,
+        "empty store has no keys"
+    );
     let empty = must("range", store.range("").await);
     assert!(empty.kvs.is_empty());
     assert_eq!(empty.revision, 0, "a new store is at revision 0");
 
-    let r = run(&store, ops(vec![put("a", "1"), put("a/x", "2"), put("ab", "3"), put("b", "4")])).await;
+    let r = run(
+        &store,
+        ops(vec![
+            put("a", "1"),
+            put("a/x", "2"),
+            put("ab", "3"),
+            put("b", "4"),
+        ]),
+    )
+    .await;
     assert!(r.succeeded);
     let a = must("get", store.get("a").await).expect("a was written");
     assert_eq!(a.value, b"1");
-    assert_eq!((a.create_revision, a.mod_revision, a.version), (r.revision, r.revision, 1));
-    assert_eq!(must("get", store.get("a/").await), None, "get is exact, not by prefix");
+    assert_eq!(
+        (a.create_revision, a.mod_revision, a.version),
+        (r.revision, r.revision, 1)
+    );
+    assert_eq!(
+        must("get", store.get("a/").await),
+        None,
+        "get is exact, not by prefix"
+    );
 
-    let keys = |resp: crate::RangeResponse| resp.kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
-    assert_eq!(keys(must("range", store.range("a").await)), ["a", "a/x", "ab"]);
+    let keys =
+        |resp: crate::RangeResponse| resp.kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(must("range", store.range("a").await)),
+        ["a", "a/x", "ab"]
+    );
     assert_eq!(keys(must("range", store.range("a/").await)), ["a/x"]);
-    assert_eq!(keys(must("range", store.range("").await)), ["a", "a/x", "ab", "b"]);
+    assert_eq!(
+        keys(must("range", store.range("").await)),
+        ["a", "a/x", "ab", "b"]
+    );
     assert!(keys(must("range", store.range("c").await)).is_empty());
 }
 
@@ -151,7 +193,10 @@ pub async fn range_is_sorted_and_carries_the_revision<S: Store>(store: S) {
     let resp = must("range", store.range("k/").await);
     let keys: Vec<&str> = resp.kvs.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["k/0", "k/1", "k/10", "k/3", "k/5", "k/9"]);
-    assert_eq!(resp.revision, 7, "the range carries the store revision, not the newest key's");
+    assert_eq!(
+        resp.revision, 7,
+        "the range carries the store revision, not the newest key's"
+    );
     assert_eq!(resp.revision, revision(&store).await);
 }
 
@@ -167,12 +212,25 @@ pub async fn compare_on_absent_and_present_keys<S: Store>(store: S) {
     assert_eq!(again.failed_compare, Some(0));
 
     let absent_nonzero = run(&store, guarded(vec![("missing", 1)], vec![put("x", "x")])).await;
-    assert!(!absent_nonzero.succeeded, "an absent key's mod revision is 0, not 1");
+    assert!(
+        !absent_nonzero.succeeded,
+        "an absent key's mod revision is 0, not 1"
+    );
 
-    let updated =
-        run(&store, guarded(vec![("k", created.revision)], vec![put("k", "v3")])).await;
-    assert!(updated.succeeded, "compare with the current mod revision holds");
-    let stale = run(&store, guarded(vec![("k", created.revision)], vec![put("k", "v4")])).await;
+    let updated = run(
+        &store,
+        guarded(vec![("k", created.revision)], vec![put("k", "v3")]),
+    )
+    .await;
+    assert!(
+        updated.succeeded,
+        "compare with the current mod revision holds"
+    );
+    let stale = run(
+        &store,
+        guarded(vec![("k", created.revision)], vec![put("k", "v4")]),
+    )
+    .await;
     assert!(!stale.succeeded, "compare with a stale mod revision fails");
     let k = must("get", store.get("k").await).unwrap();
     assert_eq!(k.value, b"v3");
@@ -184,9 +242,18 @@ pub async fn compare_on_absent_and_present_keys<S: Store>(store: S) {
 
     // The index of the first failing compare is reported.
     let cur = must("get", store.get("k").await).unwrap().mod_revision;
-    let second_fails =
-        run(&store, guarded(vec![("k", cur), ("missing", 9), ("k", 0)], vec![put("k", "x")])).await;
-    assert_eq!((second_fails.succeeded, second_fails.failed_compare), (false, Some(1)));
+    let second_fails = run(
+        &store,
+        guarded(
+            vec![("k", cur), ("missing", 9), ("k", 0)],
+            vec![put("k", "x")],
+        ),
+    )
+    .await;
+    assert_eq!(
+        (second_fails.succeeded, second_fails.failed_compare),
+        (false, Some(1))
+    );
 }
 
 /// A failed compare writes none of the ops and does not move the revision;
@@ -196,14 +263,29 @@ pub async fn failed_compare_writes_nothing<S: Store>(store: S) {
     let before = revision(&store).await;
     let resp = run(
         &store,
-        guarded(vec![("a", 0)], vec![put("b", "2"), delete("a"), put("c", "3")]),
+        guarded(
+            vec![("a", 0)],
+            vec![put("b", "2"), delete("a"), put("c", "3")],
+        ),
     )
     .await;
     assert!(!resp.succeeded);
-    assert_eq!(resp.revision, before, "a failed txn answers the current revision");
-    assert_eq!(revision(&store).await, before, "a failed txn does not bump the revision");
+    assert_eq!(
+        resp.revision, before,
+        "a failed txn answers the current revision"
+    );
+    assert_eq!(
+        revision(&store).await,
+        before,
+        "a failed txn does not bump the revision"
+    );
     let all = must("range", store.range("").await);
-    assert_eq!(all.kvs.len(), 1, "nothing of a failed txn is written: {:?}", all.kvs);
+    assert_eq!(
+        all.kvs.len(),
+        1,
+        "nothing of a failed txn is written: {:?}",
+        all.kvs
+    );
     assert_eq!(all.kvs[0].value, b"1");
 }
 
@@ -211,12 +293,25 @@ pub async fn failed_compare_writes_nothing<S: Store>(store: S) {
 pub async fn one_revision_per_txn<S: Store>(store: S) {
     run(&store, ops(vec![put("gone", "x")])).await;
     let before = revision(&store).await;
-    let resp = run(&store, ops(vec![put("p/1", "a"), put("p/2", "b"), delete("gone"), put("p/3", "c")])).await;
+    let resp = run(
+        &store,
+        ops(vec![
+            put("p/1", "a"),
+            put("p/2", "b"),
+            delete("gone"),
+            put("p/3", "c"),
+        ]),
+    )
+    .await;
     assert!(resp.succeeded);
     assert_eq!(resp.revision, before + 1, "one txn, one revision");
     assert_eq!(revision(&store).await, before + 1);
     for kv in must("range", store.range("p/").await).kvs {
-        assert_eq!(kv.mod_revision, resp.revision, "{} was written at the txn's revision", kv.key);
+        assert_eq!(
+            kv.mod_revision, resp.revision,
+            "{} was written at the txn's revision",
+            kv.key
+        );
         assert_eq!(kv.create_revision, resp.revision);
     }
     assert_eq!(must("get", store.get("gone").await), None);
@@ -224,7 +319,10 @@ pub async fn one_revision_per_txn<S: Store>(store: S) {
     // Writing a key twice in one txn keeps the last value, at one revision.
     let twice = run(&store, ops(vec![put("t", "first"), put("t", "second")])).await;
     let t = must("get", store.get("t").await).unwrap();
-    assert_eq!((t.value.as_slice(), t.mod_revision), (&b"second"[..], twice.revision));
+    assert_eq!(
+        (t.value.as_slice(), t.mod_revision),
+        (&b"second"[..], twice.revision)
+    );
     assert_eq!(twice.revision, before + 2);
 }
 
@@ -236,14 +334,28 @@ pub async fn delete_of_missing_key_changes_nothing<S: Store>(store: S) {
     let resp = run(&store, ops(vec![delete("missing")])).await;
     assert!(resp.succeeded, "deleting a missing key is not an error");
     assert_eq!(resp.revision, before);
-    assert_eq!(revision(&store).await, before, "nothing changed, so no new revision");
+    assert_eq!(
+        revision(&store).await,
+        before,
+        "nothing changed, so no new revision"
+    );
     let empty = run(&store, Txn::default()).await;
-    assert_eq!((empty.succeeded, empty.revision), (true, before), "an empty txn changes nothing");
+    assert_eq!(
+        (empty.succeeded, empty.revision),
+        (true, before),
+        "an empty txn changes nothing"
+    );
     // The next real change is the next revision, and the watch sees only it.
     let resp = run(&store, ops(vec![put("b", "2")])).await;
     assert_eq!(resp.revision, before + 1);
     let batch = next_batch(&mut rx).await;
-    assert_eq!(summary(&batch), (before + 1, vec![(EventKind::Put, "b".into(), b"2".to_vec())]));
+    assert_eq!(
+        summary(&batch),
+        (
+            before + 1,
+            vec![(EventKind::Put, "b".into(), b"2".to_vec())]
+        )
+    );
 }
 
 /// `version` counts writes since creation; `create_revision` stays; a key
@@ -254,13 +366,19 @@ pub async fn versions_and_recreation<S: Store>(store: S) {
     let second = run(&store, ops(vec![put("k", "2")])).await.revision;
     let third = run(&store, ops(vec![put("k", "3")])).await.revision;
     let k = must("get", store.get("k").await).unwrap();
-    assert_eq!((k.create_revision, k.mod_revision, k.version), (first, third, 3));
+    assert_eq!(
+        (k.create_revision, k.mod_revision, k.version),
+        (first, third, 3)
+    );
     assert!(first < second && second < third);
 
     run(&store, ops(vec![delete("k")])).await;
     let again = run(&store, ops(vec![put("k", "4")])).await.revision;
     let k = must("get", store.get("k").await).unwrap();
-    assert_eq!((k.create_revision, k.mod_revision, k.version), (again, again, 1));
+    assert_eq!(
+        (k.create_revision, k.mod_revision, k.version),
+        (again, again, 1)
+    );
 }
 
 /// The revision only ever goes up, by exactly one per changing txn.
@@ -282,13 +400,26 @@ pub async fn watch_replays_history_then_follows_live<S: Store>(store: S) {
         run(&store, ops(vec![put("w", &i.to_string())])).await;
     }
     let mut rx = watch(&store, "w", 2).await;
-    assert_eq!(summary(&next_batch(&mut rx).await), (2, vec![(EventKind::Put, "w".into(), b"2".to_vec())]));
-    assert_eq!(summary(&next_batch(&mut rx).await), (3, vec![(EventKind::Put, "w".into(), b"3".to_vec())]));
+    assert_eq!(
+        summary(&next_batch(&mut rx).await),
+        (2, vec![(EventKind::Put, "w".into(), b"2".to_vec())])
+    );
+    assert_eq!(
+        summary(&next_batch(&mut rx).await),
+        (3, vec![(EventKind::Put, "w".into(), b"3".to_vec())])
+    );
     run(&store, ops(vec![put("w", "4")])).await;
     let live = next_batch(&mut rx).await;
-    assert_eq!(summary(&live), (4, vec![(EventKind::Put, "w".into(), b"4".to_vec())]));
+    assert_eq!(
+        summary(&live),
+        (4, vec![(EventKind::Put, "w".into(), b"4".to_vec())])
+    );
     let kv = &live.events[0].kv;
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (1, 4, 4), "events carry full metadata");
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (1, 4, 4),
+        "events carry full metadata"
+    );
 
     // Watching from 0 or 1 on a store that kept everything replays it all.
     for start in [0, 1] {
@@ -321,27 +452,48 @@ pub async fn watch_from_a_future_revision<S: Store>(store: S) {
 pub async fn watch_filters_by_prefix<S: Store>(store: S) {
     let mut rx = watch(&store, "a/", 1).await;
     run(&store, ops(vec![put("b/1", "x")])).await; // 1: nothing under a/
-    run(&store, ops(vec![put("a/1", "x"), put("b/2", "x"), put("a/2", "y")])).await; // 2
+    run(
+        &store,
+        ops(vec![put("a/1", "x"), put("b/2", "x"), put("a/2", "y")]),
+    )
+    .await; // 2
     run(&store, ops(vec![put("a", "x"), put("ab", "x")])).await; // 3: "a" and "ab" are not under "a/"
     run(&store, ops(vec![delete("a/1")])).await; // 4
     let two = next_batch(&mut rx).await;
     assert_eq!(
         summary(&two),
-        (2, vec![(EventKind::Put, "a/1".into(), b"x".to_vec()), (EventKind::Put, "a/2".into(), b"y".to_vec())]),
+        (
+            2,
+            vec![
+                (EventKind::Put, "a/1".into(), b"x".to_vec()),
+                (EventKind::Put, "a/2".into(), b"y".to_vec())
+            ]
+        ),
         "events keep op order and drop keys outside the prefix"
     );
     let four = next_batch(&mut rx).await;
-    assert_eq!(summary(&four), (4, vec![(EventKind::Delete, "a/1".into(), Vec::new())]));
+    assert_eq!(
+        summary(&four),
+        (4, vec![(EventKind::Delete, "a/1".into(), Vec::new())])
+    );
 }
 
 /// A delete event carries the key, an empty value and the delete's revision.
 pub async fn watch_reports_deletes<S: Store>(store: S) {
     run(&store, ops(vec![put("d/1", "x"), put("d/2", "y")])).await;
     let mut rx = watch(&store, "d/", 2).await;
-    let resp = run(&store, ops(vec![delete("d/2"), delete("d/missing"), delete("d/1")])).await;
+    let resp = run(
+        &store,
+        ops(vec![delete("d/2"), delete("d/missing"), delete("d/1")]),
+    )
+    .await;
     let batch = next_batch(&mut rx).await;
     assert_eq!(batch.revision, resp.revision);
-    assert_eq!(batch.events.len(), 2, "deleting a missing key makes no event: {batch:?}");
+    assert_eq!(
+        batch.events.len(),
+        2,
+        "deleting a missing key makes no event: {batch:?}"
+    );
     for (event, key) in batch.events.iter().zip(["d/2", "d/1"]) {
         assert_eq!(event.kind, EventKind::Delete);
         assert_eq!(event.kv.key, key);
@@ -366,14 +518,22 @@ pub async fn watch_order_under_concurrent_writers<S: Store>(store: S) {
             for i in 0..EACH {
                 let txn = if w % 4 == 3 {
                     // Some writers also touch keys outside the prefix.
-                    ops(vec![put(&format!("noise/{w}"), "x"), put(&format!("ord/{w}/{i:03}"), "v")])
+                    ops(vec![
+                        put(&format!("noise/{w}"), "x"),
+                        put(&format!("ord/{w}/{i:03}"), "v"),
+                    ])
                 } else {
                     ops(vec![put(&format!("ord/{w}/{i:03}"), "v")])
                 };
                 must("txn", store.txn(txn).await);
             }
             for i in 0..EACH / 4 {
-                must("txn", store.txn(ops(vec![put(&format!("noise/{w}/{i}"), "x")])).await);
+                must(
+                    "txn",
+                    store
+                        .txn(ops(vec![put(&format!("noise/{w}/{i}"), "x")]))
+                        .await,
+                );
             }
         }));
     }
@@ -385,20 +545,35 @@ pub async fn watch_order_under_concurrent_writers<S: Store>(store: S) {
     let mut seen = 0;
     while seen < WRITERS * EACH {
         let batch = next_batch(&mut rx).await;
-        assert!(batch.revision > last, "revision {} came after {last}", batch.revision);
+        assert!(
+            batch.revision > last,
+            "revision {} came after {last}",
+            batch.revision
+        );
         assert!(batch.revision >= start);
         last = batch.revision;
-        assert_eq!(batch.events.len(), 1, "only one ord/ key per txn: {batch:?}");
+        assert_eq!(
+            batch.events.len(),
+            1,
+            "only one ord/ key per txn: {batch:?}"
+        );
         for event in &batch.events {
             assert_eq!(event.kv.mod_revision, batch.revision);
             let rest = event.kv.key.strip_prefix("ord/").expect("only ord/ keys");
             let (w, i) = rest.split_once('/').unwrap();
-            per_writer.entry(w.parse().unwrap()).or_default().push(i.parse().unwrap());
+            per_writer
+                .entry(w.parse().unwrap())
+                .or_default()
+                .push(i.parse().unwrap());
             seen += 1;
         }
     }
     for (w, seq) in per_writer {
-        assert_eq!(seq, (0..EACH).collect::<Vec<_>>(), "writer {w}'s writes out of order");
+        assert_eq!(
+            seq,
+            (0..EACH).collect::<Vec<_>>(),
+            "writer {w}'s writes out of order"
+        );
     }
     assert!(last <= revision(&*store).await);
 }
@@ -412,10 +587,16 @@ pub async fn compaction<S: Store>(store: S) {
     must("compact", store.compact(3).await);
     for start in [1, 3] {
         match store.watch("", start).await {
-            Err(StoreError::Compacted { requested, compacted }) => {
+            Err(StoreError::Compacted {
+                requested,
+                compacted,
+            }) => {
                 assert_eq!((requested, compacted), (start, 3));
             }
-            other => panic!("watch from compacted revision {start} answered {:?}", other.map(|_| ())),
+            other => panic!(
+                "watch from compacted revision {start} answered {:?}",
+                other.map(|_| ())
+            ),
         }
     }
     let mut rx = watch(&store, "", 4).await;
@@ -426,7 +607,10 @@ pub async fn compaction<S: Store>(store: S) {
     assert_eq!(revision(&store).await, 5);
     // Compacting to an older revision again is harmless.
     must("compact", store.compact(2).await);
-    assert!(matches!(store.watch("", 3).await, Err(StoreError::Compacted { .. })));
+    assert!(matches!(
+        store.watch("", 3).await,
+        Err(StoreError::Compacted { .. })
+    ));
 }
 
 /// A watcher that never reads is dropped with exactly one `Err(Lagged)`
@@ -440,7 +624,10 @@ pub async fn lagging_watcher<S: Store>(store: S) {
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             for i in (w..LAG_REVISIONS).step_by(WRITERS) {
-                must("txn", store.txn(ops(vec![put(&format!("lag/{i}"), "v")])).await);
+                must(
+                    "txn",
+                    store.txn(ops(vec![put(&format!("lag/{i}"), "v")])).await,
+                );
             }
         }));
     }
@@ -458,22 +645,34 @@ pub async fn lagging_watcher<S: Store>(store: S) {
     loop {
         match next(&mut rx).await {
             Some(Ok(batch)) => {
-                assert_eq!(batch.revision, expected, "batches before the error are gapless");
+                assert_eq!(
+                    batch.revision, expected,
+                    "batches before the error are gapless"
+                );
                 expected += 1;
             }
             Some(Err(StoreError::Lagged)) => break,
             Some(Err(other)) => panic!("expected Lagged, got {other}"),
-            None => panic!("the watch ended without Lagged after {} batches", expected - 1),
+            None => panic!(
+                "the watch ended without Lagged after {} batches",
+                expected - 1
+            ),
         }
     }
     assert!(
         (expected as usize) <= LAG_REVISIONS,
         "the watcher got everything yet was reported as lagging"
     );
-    assert!(next(&mut rx).await.is_none(), "the stream ends after Lagged");
+    assert!(
+        next(&mut rx).await.is_none(),
+        "the stream ends after Lagged"
+    );
     // The store is unharmed and new watchers work.
     let mut fresh = watch(&*store, "lag/", LAG_REVISIONS as Revision).await;
-    assert_eq!(next_batch(&mut fresh).await.revision, LAG_REVISIONS as Revision);
+    assert_eq!(
+        next_batch(&mut fresh).await.revision,
+        LAG_REVISIONS as Revision
+    );
 }
 
 /// Many tasks race a create-if-absent and then a compare-and-swap on one
@@ -486,7 +685,9 @@ pub async fn concurrent_txns_on_one_key_exactly_one_wins<S: Store>(store: S) {
         let guard = if round == 0 {
             0
         } else {
-            must("get", store.get("race").await).expect("race exists").mod_revision
+            must("get", store.get("race").await)
+                .expect("race exists")
+                .mod_revision
         };
         let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
         let mut tasks = Vec::new();
@@ -513,12 +714,19 @@ pub async fn concurrent_txns_on_one_key_exactly_one_wins<S: Store>(store: S) {
                 assert_eq!(resp.failed_compare, Some(0));
             }
         }
-        assert_eq!(winners.len(), 1, "round {round}: exactly one racer wins, got {winners:?}");
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one racer wins, got {winners:?}"
+        );
         expected_rev += 1;
         let (value, rev) = &winners[0];
         assert_eq!(*rev, expected_rev, "losers make no revisions");
         let race = must("get", store.get("race").await).unwrap();
-        assert_eq!((race.value.as_slice(), race.mod_revision), (value.as_bytes(), *rev));
+        assert_eq!(
+            (race.value.as_slice(), race.mod_revision),
+            (value.as_bytes(), *rev)
+        );
         let won = must("range", store.range(&format!("won/{round}/")).await);
         assert_eq!(won.kvs.len(), 1, "only the winner's other op was written");
     }
@@ -532,8 +740,16 @@ pub async fn concurrent_txns_on_one_key_exactly_one_wins<S: Store>(store: S) {
 pub async fn durability<S: Store, F: Fn() -> S>(open: F) {
     let (before, rev) = {
         let store = open();
-        assert_eq!(revision(&store).await, 0, "durability starts from empty storage");
-        run(&store, ops(vec![put("a/1", "one"), put("a/2", "two"), put("b/1", "x")])).await;
+        assert_eq!(
+            revision(&store).await,
+            0,
+            "durability starts from empty storage"
+        );
+        run(
+            &store,
+            ops(vec![put("a/1", "one"), put("a/2", "two"), put("b/1", "x")]),
+        )
+        .await;
         run(&store, ops(vec![put("a/1", "uno")])).await;
         run(&store, ops(vec![delete("b/1")])).await;
         run(&store, ops(vec![put("bin", "\u{0}\u{ff}")])).await;
@@ -546,15 +762,36 @@ pub async fn durability<S: Store, F: Fn() -> S>(open: F) {
 
     let store = open();
     let after = must("range", store.range("").await);
-    assert_eq!(after, before, "keys, metadata and revision survive a reopen");
+    assert_eq!(
+        after, before,
+        "keys, metadata and revision survive a reopen"
+    );
     assert_eq!(revision(&store).await, rev);
     let a1 = must("get", store.get("a/1").await).unwrap();
-    assert_eq!((a1.value.as_slice(), a1.create_revision, a1.mod_revision, a1.version), (&b"uno"[..], 1, 2, 2));
-    assert_eq!(must("get", store.get("b/1").await), None, "deletes survive a reopen");
+    assert_eq!(
+        (
+            a1.value.as_slice(),
+            a1.create_revision,
+            a1.mod_revision,
+            a1.version
+        ),
+        (&b"uno"[..], 1, 2, 2)
+    );
+    assert_eq!(
+        must("get", store.get("b/1").await),
+        None,
+        "deletes survive a reopen"
+    );
 
     match store.watch("", rev).await {
-        Err(StoreError::Compacted { requested, compacted }) => assert_eq!((requested, compacted), (rev, rev)),
-        other => panic!("history is not kept across a reopen, yet watch answered {:?}", other.map(|_| ())),
+        Err(StoreError::Compacted {
+            requested,
+            compacted,
+        }) => assert_eq!((requested, compacted), (rev, rev)),
+        other => panic!(
+            "history is not kept across a reopen, yet watch answered {:?}",
+            other.map(|_| ())
+        ),
     }
     let mut rx = watch(&store, "a/", rev + 1).await;
     let resp = run(&store, ops(vec![put("a/1", "eins")])).await;
@@ -562,7 +799,11 @@ pub async fn durability<S: Store, F: Fn() -> S>(open: F) {
     let batch = next_batch(&mut rx).await;
     assert_eq!(batch.revision, rev + 1);
     let kv = &batch.events[0].kv;
-    assert_eq!((kv.create_revision, kv.version), (1, 3), "metadata continues after a reopen");
+    assert_eq!(
+        (kv.create_revision, kv.version),
+        (1, 3),
+        "metadata continues after a reopen"
+    );
     drop(rx);
     drop(store);
 

@@ -68,7 +68,9 @@ pub struct EmbeddedStore {
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,7 +104,12 @@ impl EmbeddedStore {
             .name("evnet-store-writer".into())
             .spawn(move || run_writer(db, writer_core, requests, max_batch, writer_path))
             .map_err(|e| io_error("starting the store writer thread", e))?;
-        Ok(EmbeddedStore { core, queue: Some(queue), writer: Some(writer), path })
+        Ok(EmbeddedStore {
+            core,
+            queue: Some(queue),
+            writer: Some(writer),
+            path,
+        })
     }
 
     /// The file this store lives in.
@@ -124,16 +131,22 @@ impl Drop for EmbeddedStore {
         // Closing the queue lets the writer finish what is queued and exit,
         // which drops (closes) the database.
         self.queue.take();
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!(path = %self.path.display(), "store writer thread panicked");
-            }
+        let panicked = self
+            .writer
+            .take()
+            .is_some_and(|writer| writer.join().is_err());
+        if panicked {
+            tracing::error!(path = %self.path.display(), "store writer thread panicked");
         }
         self.write().close();
     }
 }
 
 /// Creates the tables on a new file and checks the format of an old one.
+#[expect(
+    clippy::result_large_err,
+    reason = "once per open or per committed batch; the error is turned into a StoreError at once"
+)]
 fn init(db: &Database) -> Result<(), redb::Error> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate);
@@ -162,9 +175,16 @@ fn init(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
+#[expect(
+    clippy::result_large_err,
+    reason = "once per open or per committed batch; the error is turned into a StoreError at once"
+)]
 fn load(db: &Database) -> Result<(BTreeMap<String, KeyValue>, Revision), redb::Error> {
     let tx = db.begin_read()?;
-    let revision = tx.open_table(META)?.get(META_REVISION)?.map_or(0, |v| v.value());
+    let revision = tx
+        .open_table(META)?
+        .get(META_REVISION)?
+        .map_or(0, |v| v.value());
     let mut kvs = BTreeMap::new();
     for entry in tx.open_table(KV)?.iter()? {
         let (key, value) = entry?;
@@ -202,6 +222,10 @@ fn decode(key: &str, record: &[u8]) -> Option<KeyValue> {
     })
 }
 
+#[expect(
+    clippy::result_large_err,
+    reason = "once per open or per committed batch; the error is turned into a StoreError at once"
+)]
 fn persist(db: &Database, plan: &BatchPlan) -> Result<(), redb::Error> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate);
@@ -247,14 +271,23 @@ fn run_writer(
             continue;
         }
 
-        let (txns, replies): (Vec<Txn>, Vec<_>) =
-            batch.drain(..).map(|r| (r.txn, r.reply)).unzip();
-        let plan = core.read().unwrap_or_else(PoisonError::into_inner).plan(&txns);
+        let (txns, replies): (Vec<Txn>, Vec<_>) = batch.drain(..).map(|r| (r.txn, r.reply)).unzip();
+        let plan = core
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .plan(&txns);
         drop(txns);
-        let written = if plan.revisions.is_empty() { Ok(()) } else { persist(&db, &plan) };
+        let written = if plan.revisions.is_empty() {
+            Ok(())
+        } else {
+            persist(&db, &plan)
+        };
         match written {
             Ok(()) => {
-                let responses = core.write().unwrap_or_else(PoisonError::into_inner).apply(plan);
+                let responses = core
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .apply(plan);
                 for (reply, response) in replies.into_iter().zip(responses) {
                     // A caller that stopped waiting still had its write applied.
                     let _ = reply.send(Ok(response));
@@ -285,11 +318,17 @@ impl Store for EmbeddedStore {
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         let (reply, answer) = oneshot::channel();
         let queue = self.queue.as_ref().ok_or(StoreError::Closed)?;
-        queue.send(Request { txn, reply }).map_err(|_| StoreError::Closed)?;
+        queue
+            .send(Request { txn, reply })
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream, StoreError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+        start_revision: Revision,
+    ) -> Result<WatchStream, StoreError> {
         self.write().watch(prefix, start_revision)
     }
 

@@ -30,9 +30,9 @@
 use async_trait::async_trait;
 
 pub mod conformance;
-mod state;
 mod embedded;
 mod mem;
+mod state;
 
 pub use embedded::EmbeddedStore;
 pub use mem::MemStore;
@@ -61,9 +61,14 @@ pub enum Compare {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOp {
-    Put { key: String, value: Vec<u8> },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
     /// Deleting a missing key is not an error and changes nothing.
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
 }
 
 /// All `compares` hold → all `ops` apply atomically at one new revision.
@@ -116,8 +121,13 @@ pub struct WatchBatch {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// `compacted` is the newest revision whose history is gone.
-    #[error("revision {requested} has been compacted (history kept only after revision {compacted}); list again")]
-    Compacted { requested: Revision, compacted: Revision },
+    #[error(
+        "revision {requested} has been compacted (history kept only after revision {compacted}); list again"
+    )]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     #[error("the watcher fell too far behind and was dropped; list again")]
     Lagged,
     #[error("store is closed")]
@@ -139,7 +149,11 @@ pub trait Store: Send + Sync + 'static {
     /// Changes to keys starting with `prefix` at revisions ≥ `start_revision`
     /// (history first, then live). `start_revision` = current + 1 means "only
     /// what comes next".
-    async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream, StoreError>;
+    async fn watch(
+        &self,
+        prefix: &str,
+        start_revision: Revision,
+    ) -> Result<WatchStream, StoreError>;
     async fn current_revision(&self) -> Result<Revision, StoreError>;
     /// Forgets history up to and including `revision`.
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
@@ -162,6 +176,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { history_revisions: 100_000, watch_capacity: 1024, max_batch: 1024 }
+        StoreOptions {
+            history_revisions: 100_000,
+            watch_capacity: 1024,
+            max_batch: 1024,
+        }
     }
 }

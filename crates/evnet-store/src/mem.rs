@@ -26,7 +26,9 @@ impl MemStore {
     }
 
     pub fn with_options(options: StoreOptions) -> Self {
-        MemStore { core: RwLock::new(Core::new(options)) }
+        MemStore {
+            core: RwLock::new(Core::new(options)),
+        }
     }
 }
 
@@ -38,7 +40,10 @@ impl Default for MemStore {
 
 impl Drop for MemStore {
     fn drop(&mut self) {
-        self.core.get_mut().unwrap_or_else(PoisonError::into_inner).close();
+        self.core
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .close();
     }
 }
 
@@ -72,7 +77,11 @@ impl Store for MemStore {
         Ok(responses.pop().expect("one answer per transaction"))
     }
 
-    async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream, StoreError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+        start_revision: Revision,
+    ) -> Result<WatchStream, StoreError> {
         self.write().watch(prefix, start_revision)
     }
 

@@ -22,8 +22,8 @@ use std::collections::{BTreeMap, VecDeque};
 use tokio::sync::mpsc;
 
 use crate::{
-    Compare, EventKind, KeyValue, RangeResponse, Revision, StoreError, StoreOptions, Txn,
-    TxnOp, TxnResponse, WatchBatch, WatchEvent, WatchStream,
+    Compare, EventKind, KeyValue, RangeResponse, Revision, StoreError, StoreOptions, Txn, TxnOp,
+    TxnResponse, WatchBatch, WatchEvent, WatchStream,
 };
 
 /// A live watcher. Its channel always keeps one slot free so the final
@@ -101,11 +101,17 @@ impl Core {
     pub fn range(&self, prefix: &str) -> RangeResponse {
         let kvs = self
             .kvs
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, kv)| kv.clone())
             .collect();
-        RangeResponse { kvs, revision: self.revision }
+        RangeResponse {
+            kvs,
+            revision: self.revision,
+        }
     }
 
     /// Evaluates `txns` in order against the current state without changing
@@ -119,15 +125,17 @@ impl Core {
         let mut revision = self.revision;
 
         for txn in txns {
-            let lookup = |writes: &BTreeMap<String, Option<KeyValue>>, key: &str| match writes
-                .get(key)
-            {
-                Some(staged) => staged.clone(),
-                None => self.kvs.get(key).cloned(),
-            };
+            let lookup =
+                |writes: &BTreeMap<String, Option<KeyValue>>, key: &str| match writes.get(key) {
+                    Some(staged) => staged.clone(),
+                    None => self.kvs.get(key).cloned(),
+                };
 
             let failed = txn.compares.iter().position(|compare| match compare {
-                Compare::ModRevision { key, revision: want } => {
+                Compare::ModRevision {
+                    key,
+                    revision: want,
+                } => {
                     let have = lookup(&writes, key).map_or(0, |kv| kv.mod_revision);
                     have != *want
                 }
@@ -163,7 +171,10 @@ impl Core {
                             },
                         };
                         writes.insert(key.clone(), Some(kv.clone()));
-                        events.push(WatchEvent { kind: EventKind::Put, kv });
+                        events.push(WatchEvent {
+                            kind: EventKind::Put,
+                            kv,
+                        });
                     }
                     TxnOp::Delete { key } => {
                         if lookup(&writes, key).is_some() {
@@ -186,12 +197,21 @@ impl Core {
                 revision = next;
                 revisions.push(WatchBatch { revision, events });
             }
-            responses.push(TxnResponse { succeeded: true, revision, failed_compare: None });
+            responses.push(TxnResponse {
+                succeeded: true,
+                revision,
+                failed_compare: None,
+            });
         }
 
         // Keys that a batch deleted but never held before need no write.
         writes.retain(|key, value| value.is_some() || self.kvs.contains_key(key));
-        BatchPlan { responses, revisions, writes, revision }
+        BatchPlan {
+            responses,
+            revisions,
+            writes,
+            revision,
+        }
     }
 
     /// Installs a plan made by [`Core::plan`] on this same state, delivers
@@ -241,7 +261,10 @@ impl Core {
     pub fn watch(&mut self, prefix: &str, start: Revision) -> Result<WatchStream, StoreError> {
         let from = start.max(1);
         if from <= self.compacted {
-            return Err(StoreError::Compacted { requested: start, compacted: self.compacted });
+            return Err(StoreError::Compacted {
+                requested: start,
+                compacted: self.compacted,
+            });
         }
         let replay: Vec<WatchBatch> = self
             .history
@@ -252,9 +275,14 @@ impl Core {
         // Room for the whole replay, the live allowance, and the final error.
         let (tx, rx) = mpsc::channel(replay.len() + self.options.watch_capacity.max(1) + 1);
         for batch in replay {
-            tx.try_send(Ok(batch)).expect("the channel was sized for the replay");
+            tx.try_send(Ok(batch))
+                .expect("the channel was sized for the replay");
         }
-        self.watchers.push(Watcher { prefix: prefix.to_owned(), start: from, tx });
+        self.watchers.push(Watcher {
+            prefix: prefix.to_owned(),
+            start: from,
+            tx,
+        });
         Ok(rx)
     }
 
@@ -294,9 +322,16 @@ impl Core {
 }
 
 fn filter_batch(batch: &WatchBatch, prefix: &str) -> Option<WatchBatch> {
-    let events: Vec<WatchEvent> =
-        batch.events.iter().filter(|e| e.kv.key.starts_with(prefix)).cloned().collect();
-    (!events.is_empty()).then(|| WatchBatch { revision: batch.revision, events })
+    let events: Vec<WatchEvent> = batch
+        .events
+        .iter()
+        .filter(|e| e.kv.key.starts_with(prefix))
+        .cloned()
+        .collect();
+    (!events.is_empty()).then_some(WatchBatch {
+        revision: batch.revision,
+        events,
+    })
 }
 
 #[cfg(test)]
@@ -304,11 +339,20 @@ mod tests {
     use super::*;
 
     fn put(key: &str, value: &str) -> TxnOp {
-        TxnOp::Put { key: key.into(), value: value.as_bytes().to_vec() }
+        TxnOp::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+        }
     }
 
     fn cas(key: &str, revision: Revision, ops: Vec<TxnOp>) -> Txn {
-        Txn { compares: vec![Compare::ModRevision { key: key.into(), revision }], ops }
+        Txn {
+            compares: vec![Compare::ModRevision {
+                key: key.into(),
+                revision,
+            }],
+            ops,
+        }
     }
 
     fn run(core: &mut Core, txns: &[Txn]) -> Vec<TxnResponse> {
@@ -330,14 +374,29 @@ mod tests {
         assert_eq!(
             plan.responses,
             vec![
-                TxnResponse { succeeded: true, revision: 1, failed_compare: None },
-                TxnResponse { succeeded: false, revision: 1, failed_compare: Some(0) },
-                TxnResponse { succeeded: true, revision: 2, failed_compare: None },
+                TxnResponse {
+                    succeeded: true,
+                    revision: 1,
+                    failed_compare: None
+                },
+                TxnResponse {
+                    succeeded: false,
+                    revision: 1,
+                    failed_compare: Some(0)
+                },
+                TxnResponse {
+                    succeeded: true,
+                    revision: 2,
+                    failed_compare: None
+                },
             ]
         );
         assert_eq!(plan.revision, 2);
         let k = plan.writes["k"].clone().unwrap();
-        assert_eq!((k.value, k.create_revision, k.mod_revision, k.version), (b"c".to_vec(), 1, 2, 2));
+        assert_eq!(
+            (k.value, k.create_revision, k.mod_revision, k.version),
+            (b"c".to_vec(), 1, 2, 2)
+        );
         // Planning alone changes nothing.
         assert_eq!(core.revision(), 0);
         assert_eq!(core.get("k"), None);
@@ -346,23 +405,46 @@ mod tests {
     #[test]
     fn delete_then_put_in_one_txn_recreates_the_key() {
         let mut core = Core::new(StoreOptions::default());
-        run(&mut core, &[Txn { compares: vec![], ops: vec![put("k", "a"), put("k", "b")] }]);
+        run(
+            &mut core,
+            &[Txn {
+                compares: vec![],
+                ops: vec![put("k", "a"), put("k", "b")],
+            }],
+        );
         let k = core.get("k").unwrap();
         assert_eq!((k.create_revision, k.mod_revision, k.version), (1, 1, 2));
         run(
             &mut core,
-            &[Txn { compares: vec![], ops: vec![TxnOp::Delete { key: "k".into() }, put("k", "c")] }],
+            &[Txn {
+                compares: vec![],
+                ops: vec![TxnOp::Delete { key: "k".into() }, put("k", "c")],
+            }],
         );
         let k = core.get("k").unwrap();
-        assert_eq!((k.value.as_slice(), k.create_revision, k.mod_revision, k.version), (&b"c"[..], 2, 2, 1));
+        assert_eq!(
+            (
+                k.value.as_slice(),
+                k.create_revision,
+                k.mod_revision,
+                k.version
+            ),
+            (&b"c"[..], 2, 2, 1)
+        );
     }
 
     #[test]
     fn deleting_a_key_created_in_the_same_batch_leaves_no_write() {
         let core = Core::new(StoreOptions::default());
         let plan = core.plan(&[
-            Txn { compares: vec![], ops: vec![put("k", "a")] },
-            Txn { compares: vec![], ops: vec![TxnOp::Delete { key: "k".into() }] },
+            Txn {
+                compares: vec![],
+                ops: vec![put("k", "a")],
+            },
+            Txn {
+                compares: vec![],
+                ops: vec![TxnOp::Delete { key: "k".into() }],
+            },
         ]);
         assert!(plan.writes.is_empty());
         assert_eq!(plan.revision, 2);
@@ -371,16 +453,28 @@ mod tests {
 
     #[test]
     fn history_is_bounded_and_compaction_follows() {
-        let options = StoreOptions { history_revisions: 3, ..StoreOptions::default() };
+        let options = StoreOptions {
+            history_revisions: 3,
+            ..StoreOptions::default()
+        };
         let mut core = Core::new(options);
         for i in 0..5 {
-            run(&mut core, &[Txn { compares: vec![], ops: vec![put(&format!("k{i}"), "v")] }]);
+            run(
+                &mut core,
+                &[Txn {
+                    compares: vec![],
+                    ops: vec![put(&format!("k{i}"), "v")],
+                }],
+            );
         }
         assert_eq!(core.history_revisions(), vec![3, 4, 5]);
         assert_eq!(core.compacted(), 2);
         assert!(matches!(
             core.watch("", 2),
-            Err(StoreError::Compacted { requested: 2, compacted: 2 })
+            Err(StoreError::Compacted {
+                requested: 2,
+                compacted: 2
+            })
         ));
         let mut rx = core.watch("", 3).unwrap();
         let got: Vec<Revision> = std::iter::from_fn(|| rx.try_recv().ok())
@@ -388,18 +482,31 @@ mod tests {
             .collect();
         assert_eq!(got, vec![3, 4, 5]);
         core.compact(100);
-        assert_eq!(core.compacted(), 5, "compaction stops at the current revision");
+        assert_eq!(
+            core.compacted(),
+            5,
+            "compaction stops at the current revision"
+        );
         core.compact(1);
         assert_eq!(core.compacted(), 5, "compaction never moves back");
     }
 
     #[test]
     fn a_full_watcher_gets_one_lagged_error_and_is_dropped() {
-        let options = StoreOptions { watch_capacity: 2, ..StoreOptions::default() };
+        let options = StoreOptions {
+            watch_capacity: 2,
+            ..StoreOptions::default()
+        };
         let mut core = Core::new(options);
         let mut rx = core.watch("", 1).unwrap();
         for i in 0..10 {
-            run(&mut core, &[Txn { compares: vec![], ops: vec![put(&format!("k{i}"), "v")] }]);
+            run(
+                &mut core,
+                &[Txn {
+                    compares: vec![],
+                    ops: vec![put(&format!("k{i}"), "v")],
+                }],
+            );
         }
         assert!(core.watchers.is_empty());
         let mut got = Vec::new();
@@ -413,9 +520,24 @@ mod tests {
     #[test]
     fn range_takes_exactly_the_prefix() {
         let mut core = Core::new(StoreOptions::default());
-        let ops = ["a", "a/1", "a/2", "a0", "b", "`"].iter().map(|k| put(k, "v")).collect();
-        run(&mut core, &[Txn { compares: vec![], ops }]);
-        let keys = |p: &str| core.range(p).kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+        let ops = ["a", "a/1", "a/2", "a0", "b", "`"]
+            .iter()
+            .map(|k| put(k, "v"))
+            .collect();
+        run(
+            &mut core,
+            &[Txn {
+                compares: vec![],
+                ops,
+            }],
+        );
+        let keys = |p: &str| {
+            core.range(p)
+                .kvs
+                .into_iter()
+                .map(|kv| kv.key)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(keys("a/"), vec!["a/1", "a/2"]);
         assert_eq!(keys("a"), vec!["a", "a/1", "a/2", "a0"]);
         assert_eq!(keys(""), vec!["`", "a", "a/1", "a/2", "a0", "b"]);

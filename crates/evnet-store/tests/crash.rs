@@ -63,14 +63,21 @@ fn run_and_kill(path: &std::path::Path, run: usize) -> Vec<String> {
             Err(err) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("run {run}: only {} acknowledged keys before {err:?}", acked.len());
+                panic!(
+                    "run {run}: only {} acknowledged keys before {err:?}",
+                    acked.len()
+                );
             }
         }
     }
     // Child::kill sends SIGKILL to this child's PID.
     child.kill().expect("kill the writer");
     let status = child.wait().unwrap();
-    assert_eq!(status.signal(), Some(SIGKILL), "run {run}: the writer must die by SIGKILL mid-stream, not finish ({status})");
+    assert_eq!(
+        status.signal(),
+        Some(SIGKILL),
+        "run {run}: the writer must die by SIGKILL mid-stream, not finish ({status})"
+    );
     reader.join().unwrap();
     // Keys printed before the kill are acknowledged too.
     acked.extend(rx.try_iter());
@@ -90,7 +97,11 @@ async fn every_acknowledged_write_survives_sigkill() {
 
         let store = EmbeddedStore::open(&path).expect("reopen after the crash");
         for key in &all_acked {
-            let kv = store.get(key).await.unwrap().unwrap_or_else(|| panic!("acknowledged {key} is missing"));
+            let kv = store
+                .get(key)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("acknowledged {key} is missing"));
             assert_eq!(kv.value, value_for(key), "{key} has the wrong value");
             assert_eq!(kv.version, 1);
         }
@@ -100,7 +111,10 @@ async fn every_acknowledged_write_survives_sigkill() {
         let mut newest: BTreeMap<String, String> = BTreeMap::new();
         for key in &acked {
             let (prefix, n) = key.rsplit_once('/').unwrap();
-            let writer = prefix.strip_prefix(&format!("crash/{run}/")).unwrap().to_owned();
+            let writer = prefix
+                .strip_prefix(&format!("crash/{run}/"))
+                .unwrap()
+                .to_owned();
             let entry = newest.entry(writer).or_default();
             if n > entry.as_str() {
                 *entry = n.to_owned();
@@ -111,14 +125,23 @@ async fn every_acknowledged_write_survives_sigkill() {
             let writer = kv.key.rsplit('/').next().unwrap();
             let last = String::from_utf8(kv.value.clone()).unwrap();
             if let Some(acked_newest) = newest.get(writer) {
-                assert!(last >= *acked_newest, "writer {writer}: last marker {last} behind acknowledged {acked_newest}");
+                assert!(
+                    last >= *acked_newest,
+                    "writer {writer}: last marker {last} behind acknowledged {acked_newest}"
+                );
             }
             let key = format!("crash/{run}/{writer}/{last}");
-            assert!(store.get(&key).await.unwrap().is_some(), "marker names {key}, which is missing");
+            assert!(
+                store.get(&key).await.unwrap().is_some(),
+                "marker names {key}, which is missing"
+            );
         }
         for writer in newest.keys() {
             assert!(
-                lasts.kvs.iter().any(|kv| kv.key.ends_with(&format!("/{writer}"))),
+                lasts
+                    .kvs
+                    .iter()
+                    .any(|kv| kv.key.ends_with(&format!("/{writer}"))),
                 "writer {writer} acknowledged keys but has no marker"
             );
         }
@@ -127,8 +150,19 @@ async fn every_acknowledged_write_survives_sigkill() {
         let keys = store.range(&format!("crash/{run}/")).await.unwrap();
         assert!(keys.kvs.len() >= acked.len());
         let revision = store.current_revision().await.unwrap();
-        let max_mod = store.range("crash/").await.unwrap().kvs.iter().map(|kv| kv.mod_revision).max().unwrap();
-        assert_eq!(revision, max_mod, "the persisted revision is that of the newest write");
+        let max_mod = store
+            .range("crash/")
+            .await
+            .unwrap()
+            .kvs
+            .iter()
+            .map(|kv| kv.mod_revision)
+            .max()
+            .unwrap();
+        assert_eq!(
+            revision, max_mod,
+            "the persisted revision is that of the newest write"
+        );
         drop(store);
     }
 }

@@ -28,10 +28,13 @@ fn main() -> anyhow::Result<()> {
     };
     let writers: usize = writers.parse().context("WRITERS")?;
     let max_keys: usize = max_keys.parse().context("MAX_KEYS_PER_WRITER")?;
-    let deadline = Instant::now() + Duration::from_secs(max_seconds.parse().context("MAX_SECONDS")?);
+    let deadline =
+        Instant::now() + Duration::from_secs(max_seconds.parse().context("MAX_SECONDS")?);
     let run = run.clone();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let store = std::sync::Arc::new(EmbeddedStore::open(path)?);
         let mut tasks = Vec::new();
@@ -45,16 +48,25 @@ fn main() -> anyhow::Result<()> {
                     }
                     let key = format!("crash/{run}/{w}/{n:08}");
                     let txn = Txn {
-                        compares: vec![Compare::ModRevision { key: key.clone(), revision: 0 }],
+                        compares: vec![Compare::ModRevision {
+                            key: key.clone(),
+                            revision: 0,
+                        }],
                         ops: vec![
-                            TxnOp::Put { key: key.clone(), value: value_for(&key) },
+                            TxnOp::Put {
+                                key: key.clone(),
+                                value: value_for(&key),
+                            },
                             TxnOp::Put {
                                 key: format!("crash/last/{run}/{w}"),
                                 value: format!("{n:08}").into_bytes(),
                             },
                         ],
                     };
-                    let resp = store.txn(txn).await.with_context(|| format!("writing {key}"))?;
+                    let resp = store
+                        .txn(txn)
+                        .await
+                        .with_context(|| format!("writing {key}"))?;
                     if !resp.succeeded {
                         bail!("{key} already existed; was this run id used before?");
                     }
