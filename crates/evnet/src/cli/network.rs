@@ -1,0 +1,200 @@
+//! `evnet vpc …`, `evnet subnet …` and `evnet peering …`.
+
+use evnet_client::{Client, NameFilter, PatchVpc, VpcScopedFilter};
+use evnet_model::ids::Kind;
+use evnet_model::{CreatePeering, CreateSubnet, CreateVpc};
+
+use super::render::{print_deleted, print_list, print_one};
+use super::{OutputFormat, parse_tag, resolve, tags_of};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum VpcCommand {
+    /// Create a VPC (IPv4, /16 to /28; CIDRs may overlap other tenants').
+    #[command(after_help = "Examples:\n  evnet vpc create --cidr 10.0.0.0/16 --name prod\n  evnet vpc create --cidr 10.1.0.0/16 --tag env=staging -o json")]
+    Create {
+        #[arg(long)]
+        cidr: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// A tag, key=value (repeatable).
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// List VPCs.
+    #[command(after_help = "Examples:\n  evnet vpc list\n  evnet vpc list --name prod -o json")]
+    List {
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show one VPC (by id or name).
+    #[command(after_help = "Examples:\n  evnet vpc get prod\n  evnet vpc get vpc-1a2b3c4d5e6f7a8b -o json")]
+    Get {
+        /// The VPC, by id or name.
+        vpc: String,
+    },
+    /// Rename a VPC or replace its tags.
+    #[command(after_help = "Examples:\n  evnet vpc update prod --name production\n  evnet vpc update prod --tag env=prod --tag team=net")]
+    Update {
+        /// The VPC, by id or name.
+        vpc: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The new tags, key=value (repeatable); replaces all tags.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// Delete a VPC (its subnets must be gone).
+    #[command(after_help = "Examples:\n  evnet vpc delete prod")]
+    Delete {
+        /// The VPC, by id or name.
+        vpc: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SubnetCommand {
+    /// Create a subnet inside a VPC's CIDR (the first four and the last address are reserved).
+    #[command(after_help = "Examples:\n  evnet subnet create --vpc prod --cidr 10.0.1.0/24 --name web\n  evnet subnet create --vpc vpc-1a2b3c4d5e6f7a8b --cidr 10.0.2.0/28")]
+    Create {
+        /// The VPC, by id or name.
+        #[arg(long)]
+        vpc: String,
+        #[arg(long)]
+        cidr: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// List subnets, with how many addresses each has free.
+    #[command(after_help = "Examples:\n  evnet subnet list\n  evnet subnet list --vpc prod")]
+    List {
+        /// Only this VPC's subnets (id or name).
+        #[arg(long)]
+        vpc: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show one subnet (by id or name).
+    #[command(after_help = "Examples:\n  evnet subnet get web")]
+    Get {
+        /// The subnet, by id or name.
+        subnet: String,
+    },
+    /// Delete a subnet (no ENI may use it).
+    #[command(after_help = "Examples:\n  evnet subnet delete web")]
+    Delete {
+        /// The subnet, by id or name.
+        subnet: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PeeringCommand {
+    /// Peer two VPCs whose CIDRs do not overlap; routes in both VPCs' tables decide what crosses.
+    #[command(after_help = "Examples:\n  evnet peering create --vpc-a prod --vpc-b shared --name prod-shared\n  evnet route-table add-route <prod main table> --destination 10.9.0.0/16 --target pcx-…")]
+    Create {
+        /// One VPC, by id or name.
+        #[arg(long)]
+        vpc_a: String,
+        /// The other VPC, by id or name.
+        #[arg(long)]
+        vpc_b: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// List peerings.
+    #[command(after_help = "Examples:\n  evnet peering list")]
+    List {
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show one peering (by id or name).
+    #[command(after_help = "Examples:\n  evnet peering get prod-shared")]
+    Get {
+        /// The peering, by id or name.
+        peering: String,
+    },
+    /// Delete a peering.
+    #[command(after_help = "Examples:\n  evnet peering delete prod-shared")]
+    Delete {
+        /// The peering, by id or name.
+        peering: String,
+    },
+}
+
+pub(crate) async fn run_vpc(cmd: VpcCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    match cmd {
+        VpcCommand::Create { cidr, name, tags } => {
+            let body = CreateVpc { cidr_block: cidr, name, tags: tags_of(tags), ..Default::default() };
+            print_one(out, &client.create_vpc(&body).await?)
+        }
+        VpcCommand::List { name } => print_list(out, &client.list_vpcs(&NameFilter { name }).await?),
+        VpcCommand::Get { vpc } => {
+            let id = resolve::id(client, Kind::Vpc, &vpc).await?;
+            print_one(out, &client.get_vpc(&id).await?)
+        }
+        VpcCommand::Update { vpc, name, tags } => {
+            if name.is_none() && tags.is_empty() {
+                anyhow::bail!("nothing to change: give --name and/or --tag");
+            }
+            let id = resolve::id(client, Kind::Vpc, &vpc).await?;
+            let patch = PatchVpc { name, tags: (!tags.is_empty()).then(|| tags_of(tags)), revision: None };
+            print_one(out, &client.patch_vpc(&id, &patch).await?)
+        }
+        VpcCommand::Delete { vpc } => {
+            let id = resolve::id(client, Kind::Vpc, &vpc).await?;
+            client.delete_vpc(&id).await?;
+            print_deleted(out, "vpc", &id);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn run_subnet(cmd: SubnetCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    match cmd {
+        SubnetCommand::Create { vpc, cidr, name, tags } => {
+            let vpc_id = resolve::id(client, Kind::Vpc, &vpc).await?;
+            let body = CreateSubnet { vpc_id, cidr_block: cidr, name, tags: tags_of(tags), ..Default::default() };
+            print_one(out, &client.create_subnet(&body).await?)
+        }
+        SubnetCommand::List { vpc, name } => {
+            let vpc_id = resolve::opt_id(client, Kind::Vpc, vpc.as_deref()).await?;
+            print_list(out, &client.list_subnets(&VpcScopedFilter { name, vpc_id }).await?)
+        }
+        SubnetCommand::Get { subnet } => {
+            let id = resolve::id(client, Kind::Subnet, &subnet).await?;
+            print_one(out, &client.get_subnet(&id).await?)
+        }
+        SubnetCommand::Delete { subnet } => {
+            let id = resolve::id(client, Kind::Subnet, &subnet).await?;
+            client.delete_subnet(&id).await?;
+            print_deleted(out, "subnet", &id);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn run_peering(cmd: PeeringCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    match cmd {
+        PeeringCommand::Create { vpc_a, vpc_b, name, tags } => {
+            let vpc_a = resolve::id(client, Kind::Vpc, &vpc_a).await?;
+            let vpc_b = resolve::id(client, Kind::Vpc, &vpc_b).await?;
+            let body = CreatePeering { vpc_a, vpc_b, name, tags: tags_of(tags), ..Default::default() };
+            print_one(out, &client.create_peering(&body).await?)
+        }
+        PeeringCommand::List { name } => print_list(out, &client.list_peerings(&NameFilter { name }).await?),
+        PeeringCommand::Get { peering } => {
+            let id = resolve::id(client, Kind::Peering, &peering).await?;
+            print_one(out, &client.get_peering(&id).await?)
+        }
+        PeeringCommand::Delete { peering } => {
+            let id = resolve::id(client, Kind::Peering, &peering).await?;
+            client.delete_peering(&id).await?;
+            print_deleted(out, "peering", &id);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Tests of argument parsing, rendering and exec argument handling.
