@@ -172,8 +172,12 @@ impl LinuxKernel {
                     {
                         continue;
                     }
+                    // In the bridge family NDA_DST is not decoded as IPv4.
                     let dst = n.attributes.iter().find_map(|a| match a {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(*v),
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                            Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                        }
                         _ => None,
                     });
                     let mac = n.attributes.iter().find_map(|a| match a {

@@ -173,3 +173,16 @@ impl Cloud {
         }
     }
 }
+
+/// Plan, apply, plan again: the second plan must be empty. One body for the
+/// model and the real kernel.
+pub fn converge<K: evnet_kernel::Kernel>(k: &K, d: &HostDesired) -> Vec<evnet_plan::Op> {
+    let cfg = evnet_plan::PlanConfig::default();
+    let ops = evnet_plan::plan(d, &k.observe().expect("observe"), &cfg);
+    let text: String = ops.iter().map(|o| format!("{o}\n")).collect();
+    evnet_kernel::apply_all(k, &ops).unwrap_or_else(|e| panic!("{e}\nplan:\n{text}"));
+    let again = evnet_plan::plan(d, &k.observe().expect("observe"), &cfg);
+    let atext: String = again.iter().map(|o| format!("{o}\n")).collect();
+    assert!(again.is_empty(), "re-plan not empty:\n{atext}\nafter applying:\n{text}");
+    ops
+}

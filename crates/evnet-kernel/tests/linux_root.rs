@@ -1,0 +1,170 @@
+//! The real kernel, as root, in namespaces this test creates: two host
+//! namespaces joined by an underlay veth (198.18.0.0/15), two VPCs with the
+//! same CIDR, ENIs on both hosts. Apply, re-plan (empty), then ping:
+//! same host, across hosts, isolation between the VPCs, anti-spoofing.
+//! Fails (never skips) without root when CI=true.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use common::*;
+use evnet_kernel::{Kernel, LinuxKernel};
+use evnet_plan::naming;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0]).args(&args[1..]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn must(args: &[&str]) {
+    let o = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn ping(ns: &str, dst: Ipv4Addr, src: Option<Ipv4Addr>) -> bool {
+    let dst = dst.to_string();
+    let mut args = vec!["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", "-n", "-q"];
+    let s;
+    if let Some(src) = src {
+        s = src.to_string();
+        args.extend(["-I", s.as_str()]);
+    }
+    args.push(&dst);
+    sh(&args)
+}
+
+/// Deletes every namespace this test made, even on panic.
+struct Cleanup {
+    host_ns: Vec<String>,
+    host_ids: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.retain(|n| self.host_ids.iter().any(|h| naming::owned_netns(n, h)));
+        names.extend(self.host_ns.iter().cloned());
+        for n in names {
+            let _ = Command::new("ip").args(["netns", "del", &n]).output();
+        }
+    }
+}
+
+#[test]
+fn two_hosts_two_vpcs_same_cidr() {
+    if !is_root() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "root tests must run as root in CI");
+        eprintln!("skipping linux_root: not root (set CI=true to make this a failure)");
+        return;
+    }
+    let r: u32 = rand::random::<u32>() & 0xffff;
+    let ha = format!("xh{r:04x}a");
+    let hb = format!("xh{r:04x}b");
+    let host_ids = vec![format!("host-{r:08x}{:08x}", rand::random::<u32>()), format!("host-{r:08x}{:08x}", rand::random::<u32>())];
+    let _guard = Cleanup { host_ns: vec![ha.clone(), hb.clone()], host_ids: host_ids.clone() };
+    let third = (r % 250) as u8 + 1;
+    let ula = Ipv4Addr::new(198, 18, third, 1);
+    let ulb = Ipv4Addr::new(198, 18, third, 2);
+    must(&["ip", "netns", "add", &ha]);
+    must(&["ip", "netns", "add", &hb]);
+    must(&["ip", "-n", &ha, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &hb]);
+    for (ns, ip) in [(&ha, ula), (&hb, ulb)] {
+        must(&["ip", "-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "ul0"]);
+        must(&["ip", "-n", ns, "link", "set", "ul0", "up"]);
+        must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    let net: ipnet::Ipv4Net = "10.0.0.0/24".parse().unwrap();
+    let g = hex_id("sg", u64::from(r));
+    let mut cloud = Cloud {
+        hosts: vec![HostSpec { id: host_ids[0].clone(), underlay: ula }, HostSpec { id: host_ids[1].clone(), underlay: ulb }],
+        vpcs: vec![
+            VpcSpec { id: hex_id("vpc", 1), vni: 0x1000 + r, cidr: net, subnets: vec![net] },
+            VpcSpec { id: hex_id("vpc", 2), vni: 0x20000 + r, cidr: net, subnets: vec![net] },
+        ],
+        enis: vec![],
+        instances: vec![],
+        groups: vec![],
+    };
+    // (eni n, vpc, ip last octet, host, instance n)
+    for (n, vpc, ip, host, inst) in [(1u64, 0usize, 10u8, 0usize, 1u64), (2, 0, 11, 0, 2), (3, 0, 12, 1, 3), (4, 1, 10, 1, 4), (5, 1, 13, 0, 5)] {
+        cloud.instances.push((host, hex_id("i", u64::from(r) << 8 | inst)));
+        cloud.enis.push(EniSpec {
+            id: hex_id("eni", u64::from(r) << 8 | n),
+            vpc,
+            subnet: 0,
+            ip: Ipv4Addr::new(10, 0, 0, ip),
+            secondary: vec![],
+            mac: format!("0a:00:00:00:{:02x}:{n:02x}", r & 0xff),
+            sdc: true,
+            groups: vec![g.clone()],
+            attach: Some((host, hex_id("i", u64::from(r) << 8 | inst), 0)),
+        });
+    }
+    cloud.groups.push(default_group(&g, cloud.enis.iter().map(|e| e.ip).collect()));
+
+    let ka = LinuxKernel::new(Some(ha.clone()));
+    let kb = LinuxKernel::new(Some(hb.clone()));
+    let da = cloud.desired(0);
+    let db = cloud.desired(1);
+    converge(&ka, &da);
+    converge(&kb, &db);
+
+    let inst = |host: usize, n: u64| naming::instance_netns(&host_ids[host], &hex_id("i", u64::from(r) << 8 | n));
+    let (i1, i2, i3, i4, i5) = (inst(0, 1), inst(0, 2), inst(1, 3), inst(1, 4), inst(0, 5));
+    let ip = |o: u8| Ipv4Addr::new(10, 0, 0, o);
+
+    assert!(ping(&i1, ip(1), None), "instance → its gateway");
+    assert!(ping(&i1, ip(11), None), "same subnet, same host");
+    assert!(ping(&i1, ip(12), None), "same subnet, across hosts");
+    assert!(ping(&i3, ip(10), None), "across hosts, the other way");
+    assert!(ping(&i5, ip(10), None), "VPC 2: 10.0.0.10 is its own ENI on the other host");
+    assert!(!ping(&i5, ip(11), None), "VPC 2 must not reach VPC 1's 10.0.0.11");
+    assert!(!ping(&i4, ip(12), None), "VPC 2 must not reach VPC 1's 10.0.0.12");
+
+    // Anti-spoofing: a changed MAC, then a foreign source address.
+    must(&["ip", "-n", &i2, "link", "set", "eth0", "address", "0a:00:00:00:ee:ee"]);
+    must(&["ip", "-n", &i2, "neigh", "flush", "all"]);
+    assert!(!ping(&i2, ip(10), None), "spoofed MAC must be dropped");
+    let repair = converge(&ka, &da);
+    assert_eq!(repair.len(), 1, "only the MAC is repaired: {repair:?}");
+    assert!(ping(&i2, ip(10), None), "after repair");
+    must(&["ip", "-n", &i2, "addr", "add", "10.0.0.50/24", "dev", "eth0"]);
+    assert!(!ping(&i2, ip(10), Some(ip(50))), "spoofed source IP must be dropped");
+    assert!(ping(&i2, ip(10), Some(ip(11))), "its own address still works");
+    converge(&ka, &da);
+    assert!(ka.observe().unwrap().namespaces[&i2].addresses.iter().all(|a| a.addr.addr() != ip(50)));
+
+    // Security groups: ingress to ENI 1 allowed only from members; drop ENI 2
+    // from the membership and the rule set no longer admits it.
+    cloud.groups[0].member_ips.retain(|m| *m != ip(11));
+    let da2 = cloud.desired(0);
+    let ops = converge(&ka, &da2);
+    assert!(ops.iter().all(|o| matches!(o, evnet_plan::Op::SyncFirewallSet { .. })), "{ops:?}");
+    assert!(!ping(&i2, ip(10), None), "non-member denied by the security group");
+    assert!(ping(&i1, ip(12), None), "members still allowed");
+
+    // Tear down host A's data plane: no instances wanted any more.
+    cloud.instances.retain(|(h, _)| *h != 0);
+    for e in &mut cloud.enis {
+        if e.attach.as_ref().is_some_and(|a| a.0 == 0) {
+            e.attach = None;
+        }
+    }
+    converge(&ka, &cloud.desired(0));
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| naming::owned_netns(n, &host_ids[0]))
+        .collect();
+    assert!(left.is_empty(), "host A's namespaces left: {left:?}");
+}
