@@ -25,6 +25,11 @@ pub struct Allocator {
     cursor: Vec<u32>,
     n_tx: Vec<u32>,
     n_rx: Vec<u32>,
+    dem_tx: Vec<u128>,
+    dem_rx: Vec<u128>,
+    pool_bind: Vec<(bool, bool)>,
+    sum_tx: Vec<u128>,
+    sum_rx: Vec<u128>,
     gsum: Vec<u128>,
     out: Allocation,
 }
@@ -72,9 +77,21 @@ impl Allocator {
         self.n_tx.resize(ne, 0);
         self.n_rx.clear();
         self.n_rx.resize(ne, 0);
+        // Total demand per ENI and direction: an ENI limit or a pool cap at
+        // least that large can never bind, so it is left out of phase 2.
+        self.dem_tx.clear();
+        self.dem_tx.resize(ne, 0);
+        self.dem_rx.clear();
+        self.dem_rx.resize(ne, 0);
         for f in &p.flows {
             if f.demand_bps == 0 {
                 continue;
+            }
+            if let Some(s) = f.src {
+                self.dem_tx[s] += u128::from(f.demand_bps);
+            }
+            if let Some(d) = f.dst {
+                self.dem_rx[d] += u128::from(f.demand_bps);
             }
             match (f.src, f.dst) {
                 (Some(s), _) => self.n_tx[s] += 1,
@@ -109,8 +126,16 @@ impl Allocator {
         // guarantee, then each ENI's rx guarantee. Every flow with at least
         // one endpoint in the problem claims up to its demand, all flows with
         // equal weight: max-min fair water-filling on both sides at once.
+        self.pool_bind.clear();
+        self.pool_bind.extend(p.pools.iter().map(|q| {
+            let tx: u128 = q.members.iter().map(|&e| self.dem_tx[e]).sum();
+            let rx: u128 = q.members.iter().map(|&e| self.dem_rx[e]).sum();
+            let lim = u128::from(q.limit_bps);
+            (lim < tx, lim < rx)
+        }));
+
         let g = &mut self.guarantee;
-        g.reset_inputs(2 * ne);
+        g.reset_inputs();
         g.res_cap.extend(p.enis.iter().map(|e| e.guaranteed_tx_bps));
         g.res_cap.extend(p.enis.iter().map(|e| e.guaranteed_rx_bps));
         for f in &p.flows {
@@ -134,7 +159,7 @@ impl Allocator {
         // caps, pool rx caps.
         let (tx0, rx0, ptx0, prx0) = (nl, nl + ne, nl + 2 * ne, nl + 2 * ne + np);
         let r = &mut self.fill;
-        r.reset_inputs(p.resource_count());
+        r.reset_inputs();
         r.res_cap.extend(p.links.iter().map(|l| l.capacity_bps));
         r.res_cap.extend(p.enis.iter().map(|e| e.limit_tx_bps));
         r.res_cap.extend(p.enis.iter().map(|e| e.limit_rx_bps));
@@ -143,14 +168,26 @@ impl Allocator {
         for (fi, f) in p.flows.iter().enumerate() {
             r.flow_res.extend(f.path.iter().map(|&l| l as u32));
             if let Some(s) = f.src {
-                r.flow_res.push((tx0 + s) as u32);
+                if u128::from(p.enis[s].limit_tx_bps) < self.dem_tx[s] {
+                    r.flow_res.push((tx0 + s) as u32);
+                }
                 let (a, b) = (self.eni_pool_off[s] as usize, self.eni_pool_off[s + 1] as usize);
-                r.flow_res.extend(self.eni_pool[a..b].iter().map(|&pi| (ptx0 as u32) + pi));
+                for &pi in &self.eni_pool[a..b] {
+                    if self.pool_bind[pi as usize].0 {
+                        r.flow_res.push(ptx0 as u32 + pi);
+                    }
+                }
             }
             if let Some(d) = f.dst {
-                r.flow_res.push((rx0 + d) as u32);
+                if u128::from(p.enis[d].limit_rx_bps) < self.dem_rx[d] {
+                    r.flow_res.push((rx0 + d) as u32);
+                }
                 let (a, b) = (self.eni_pool_off[d] as usize, self.eni_pool_off[d + 1] as usize);
-                r.flow_res.extend(self.eni_pool[a..b].iter().map(|&pi| (prx0 as u32) + pi));
+                for &pi in &self.eni_pool[a..b] {
+                    if self.pool_bind[pi as usize].1 {
+                        r.flow_res.push(prx0 as u32 + pi);
+                    }
+                }
             }
             r.flow_off.push(r.flow_res.len() as u32);
             r.flow_g.push(self.guarantee.rate[fi]);
@@ -206,16 +243,31 @@ impl Allocator {
         out.flow_rate_bps.extend_from_slice(&r.rate);
         out.flow_guarantee_bps.clear();
         out.flow_guarantee_bps.extend_from_slice(&r.flow_g);
-        let as_bps = |x: &u128| *x as u64; // a load never exceeds its u64 capacity
         out.link_load_bps.clear();
-        out.link_load_bps.extend(r.load[..nl].iter().map(as_bps));
+        out.link_load_bps.extend_from_slice(&r.load[..nl]);
+        // ENI and pool sums from the rates (their resources may have been
+        // left out as non-binding). Every sum is at most a limit or at most
+        // a sum of demands that fits the limit, so it fits 64 bits.
+        self.sum_tx.clear();
+        self.sum_tx.resize(ne, 0);
+        self.sum_rx.clear();
+        self.sum_rx.resize(ne, 0);
+        for (f, &rate) in p.flows.iter().zip(&r.rate) {
+            if let Some(s) = f.src {
+                self.sum_tx[s] += u128::from(rate);
+            }
+            if let Some(d) = f.dst {
+                self.sum_rx[d] += u128::from(rate);
+            }
+        }
         out.eni_tx_bps.clear();
-        out.eni_tx_bps.extend(r.load[tx0..rx0].iter().map(as_bps));
+        out.eni_tx_bps.extend(self.sum_tx.iter().map(|&x| x as u64));
         out.eni_rx_bps.clear();
-        out.eni_rx_bps.extend(r.load[rx0..ptx0].iter().map(as_bps));
+        out.eni_rx_bps.extend(self.sum_rx.iter().map(|&x| x as u64));
         out.pool_tx_bps.clear();
-        out.pool_tx_bps.extend(r.load[ptx0..prx0].iter().map(as_bps));
+        out.pool_tx_bps.extend(p.pools.iter().map(|q| q.members.iter().map(|&e| self.sum_tx[e]).sum::<u128>() as u64));
         out.pool_rx_bps.clear();
-        out.pool_rx_bps.extend(r.load[prx0..].iter().map(as_bps));
+        out.pool_rx_bps.extend(p.pools.iter().map(|q| q.members.iter().map(|&e| self.sum_rx[e]).sum::<u128>() as u64));
+
     }
 }

@@ -22,31 +22,140 @@
 //! resource is ever over capacity; a final pass in flow order hands the few
 //! bit/s left over by the rounding to flows that can still take them.
 
-use std::collections::BinaryHeap;
-
 use crate::wide::{Level, mul_div_floor};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Entry {
-    level: Level,
-    kind: u8, // 0: a flow reaches its demand, 1: a resource saturates
+/// A queue entry: a flow reaching its demand or a resource saturating. The
+/// exact level lives beside the queue (the flow's `(d − g) / w`, or the level
+/// the resource had when queued); `key` is its f64 approximation, as bits,
+/// used to skip the exact comparison when two levels are far apart.
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    key: u64,
     id: u32,
-}
-
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // BinaryHeap is a max-heap: reverse so the lowest level comes out first.
-        (other.level, other.kind, other.id).cmp(&(self.level, self.kind, self.id))
-    }
-}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
+    kind: u8,
 }
 
 const DEMAND: u8 = 0;
 const RESOURCE: u8 = 1;
+
+/// Keys within this many f64 ulps of each other are compared exactly (the
+/// approximation is within 2^-51 relative, a few ulps).
+const KEY_MARGIN: u64 = 64;
+
+fn approx_key(l: Level) -> u64 {
+    ((l.num as f64) / (l.den as f64)).to_bits()
+}
+
+struct Order<'a> {
+    flows: &'a [FlowSt],
+    queued: &'a [Level],
+}
+
+impl Order<'_> {
+    fn exact(&self, it: &Item) -> Level {
+        let i = it.id as usize;
+        if it.kind == DEMAND {
+            let f = &self.flows[i];
+            Level { num: f.d - f.g, den: f.w }
+        } else {
+            self.queued[i]
+        }
+    }
+
+    /// The total order (level, kind, id), decided by the keys when they are
+    /// far apart and exactly otherwise.
+    #[inline]
+    fn less(&self, a: &Item, b: &Item) -> bool {
+        if a.key.saturating_add(KEY_MARGIN) < b.key {
+            return true;
+        }
+        if b.key.saturating_add(KEY_MARGIN) < a.key {
+            return false;
+        }
+        (self.exact(a), a.kind, a.id) < (self.exact(b), b.kind, b.id)
+    }
+}
+
+/// A 4-ary min-heap ordered by [`Order::less`].
+fn sift_down(h: &mut [Item], mut i: usize, o: &Order<'_>) {
+    let n = h.len();
+    loop {
+        let first = 4 * i + 1;
+        if first >= n {
+            return;
+        }
+        let mut m = first;
+        for c in first + 1..(first + 4).min(n) {
+            if o.less(&h[c], &h[m]) {
+                m = c;
+            }
+        }
+        if !o.less(&h[m], &h[i]) {
+            return;
+        }
+        h.swap(i, m);
+        i = m;
+    }
+}
+
+fn heap_push(h: &mut Vec<Item>, it: Item, o: &Order<'_>) {
+    h.push(it);
+    let mut i = h.len() - 1;
+    while i > 0 {
+        let parent = (i - 1) / 4;
+        if !o.less(&h[i], &h[parent]) {
+            break;
+        }
+        h.swap(i, parent);
+        i = parent;
+    }
+}
+
+fn heap_pop(h: &mut Vec<Item>, o: &Order<'_>) -> Option<Item> {
+    let last = h.pop()?;
+    if h.is_empty() {
+        return Some(last);
+    }
+    let top = std::mem::replace(&mut h[0], last);
+    sift_down(h, 0, o);
+    Some(top)
+}
+
+fn heapify(h: &mut [Item], o: &Order<'_>) {
+    if h.len() > 1 {
+        for i in (0..=(h.len() - 2) / 4).rev() {
+            sift_down(h, i, o);
+        }
+    }
+}
+
+/// Per-resource state, kept together so that updating a resource on a
+/// flow's path costs one cache miss. `load` is the frozen flows' load, `g` and
+/// `w` the guarantees and weights of the active ones; `load + g ≤ cap` always
+/// holds, so both fit in 64 bits.
+#[derive(Clone, Copy, Debug, Default)]
+struct Res {
+    w: u128,
+    cap: u64,
+    load: u64,
+    g: u64,
+}
+
+impl Res {
+    fn level(&self) -> Level {
+        Level { num: self.cap - self.load - self.g, den: self.w }
+    }
+}
+
+/// Per-flow state, kept together for the same reason.
+#[derive(Clone, Copy, Debug, Default)]
+struct FlowSt {
+    w: u128,
+    g: u64,
+    d: u64,
+    rate: u64,
+    frozen: bool,
+}
 
 /// Inputs, scratch space and output of one progressive-filling run. The
 /// caller fills the `pub(crate)` input vectors, calls [`Filler::run`] and
@@ -65,22 +174,20 @@ pub(crate) struct Filler {
     // Outputs.
     pub rate: Vec<u64>,
     /// Load per resource after the run.
-    pub load: Vec<u128>,
+    pub load: Vec<u64>,
     // Scratch.
+    res: Vec<Res>,
+    flows: Vec<FlowSt>,
     res_off: Vec<u32>,
     res_flows: Vec<u32>,
-    res_g: Vec<u128>,
-    res_w: Vec<u128>,
-    frozen: Vec<bool>,
-    cursor: Vec<u32>,
-    heap_buf: Vec<Entry>,
+    queued: Vec<Level>,
+    heap: Vec<Item>,
 }
 
 impl Filler {
     /// Clears the inputs, keeping their capacity.
-    pub fn reset_inputs(&mut self, resources: usize) {
+    pub fn reset_inputs(&mut self) {
         self.res_cap.clear();
-        self.res_cap.reserve(resources);
         self.flow_off.clear();
         self.flow_off.push(0);
         self.flow_res.clear();
@@ -89,144 +196,149 @@ impl Filler {
         self.flow_d.clear();
     }
 
-    fn level(&self, r: usize) -> Level {
-        let rem = u128::from(self.res_cap[r]) - self.load[r] - self.res_g[r];
-        Level { num: rem as u64, den: self.res_w[r] }
-    }
-
     pub fn run(&mut self) {
         let nf = self.flow_d.len();
         let nr = self.res_cap.len();
         debug_assert_eq!(self.flow_off.len(), nf + 1);
 
-        // Resource → active flows, CSR (counting sort keeps flow order).
-        self.res_off.clear();
-        self.res_off.resize(nr + 1, 0);
-        self.res_g.clear();
-        self.res_g.resize(nr, 0);
-        self.res_w.clear();
-        self.res_w.resize(nr, 0);
-        self.load.clear();
-        self.load.resize(nr, 0);
-        self.rate.clear();
-        self.rate.resize(nf, 0);
-        self.frozen.clear();
-        self.frozen.resize(nf, true);
-        for f in 0..nf {
-            if self.flow_d[f] == 0 {
+        let res = &mut self.res;
+        res.clear();
+        res.extend(self.res_cap.iter().map(|&cap| Res { cap, ..Res::default() }));
+        let flows = &mut self.flows;
+        flows.clear();
+        flows.extend((0..nf).map(|f| FlowSt {
+            w: self.flow_w[f],
+            g: self.flow_g[f],
+            d: self.flow_d[f],
+            rate: 0,
+            frozen: self.flow_d[f] == 0,
+        }));
+        let flow_off = &self.flow_off;
+        let flow_res = &self.flow_res;
+
+        // Resource → active flows, CSR (a counting sort, so lists keep flow order).
+        let res_off = &mut self.res_off;
+        res_off.clear();
+        res_off.resize(nr + 1, 0);
+        for (f, fl) in flows.iter().enumerate() {
+            if fl.frozen {
                 continue;
             }
-            debug_assert!(self.flow_g[f] <= self.flow_d[f] && self.flow_w[f] > 0);
-            self.frozen[f] = false;
-            for i in self.flow_off[f] as usize..self.flow_off[f + 1] as usize {
-                let r = self.flow_res[i] as usize;
-                self.res_off[r + 1] += 1;
-                self.res_g[r] += u128::from(self.flow_g[f]);
-                self.res_w[r] += self.flow_w[f];
+            debug_assert!(fl.g <= fl.d && fl.w > 0);
+            for &r in &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize] {
+                let r = r as usize;
+                res_off[r] += 1;
+                res[r].g += fl.g;
+                res[r].w += fl.w;
             }
         }
-        for r in 0..nr {
-            self.res_off[r + 1] += self.res_off[r];
+        // res_off[r] = end of r's range; fill backwards, walking flows in
+        // reverse so each list ends up in flow order and res_off[r] its start.
+        let mut acc = 0u32;
+        for o in res_off.iter_mut() {
+            acc += *o;
+            *o = acc;
         }
-        self.res_flows.clear();
-        self.res_flows.resize(self.res_off[nr] as usize, 0);
-        self.cursor.clear();
-        self.cursor.extend_from_slice(&self.res_off[..nr]);
-        for f in 0..nf {
-            if self.frozen[f] {
+        let res_flows = &mut self.res_flows;
+        res_flows.clear();
+        res_flows.resize(acc as usize, 0);
+        for (f, fl) in flows.iter().enumerate().rev() {
+            if fl.frozen {
                 continue;
             }
-            let (a, b) = (self.flow_off[f] as usize, self.flow_off[f + 1] as usize);
-            for i in a..b {
-                let r = self.flow_res[i] as usize;
-                self.res_flows[self.cursor[r] as usize] = f as u32;
-                self.cursor[r] += 1;
+            for &r in &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize] {
+                let r = r as usize;
+                res_off[r] -= 1;
+                res_flows[res_off[r] as usize] = f as u32;
             }
         }
+        // Now res_off[r] is the start of r's list and res_off[nr] == acc.
 
-        let mut heap_vec = std::mem::take(&mut self.heap_buf);
-        heap_vec.clear();
-        for r in 0..nr {
-            debug_assert!(self.res_g[r] <= u128::from(self.res_cap[r]), "guarantees infeasible");
-            if self.res_w[r] > 0 {
-                heap_vec.push(Entry { level: self.level(r), kind: RESOURCE, id: r as u32 });
+        let heap = &mut self.heap;
+        let queued = &mut self.queued;
+        heap.clear();
+        queued.clear();
+        queued.resize(nr, Level { num: 0, den: 1 });
+        for (r, rs) in res.iter().enumerate() {
+            debug_assert!(rs.g <= rs.cap, "guarantees infeasible");
+            if rs.w > 0 {
+                let level = rs.level();
+                queued[r] = level;
+                heap.push(Item { key: approx_key(level), id: r as u32, kind: RESOURCE });
             }
         }
-        for f in 0..nf {
-            if !self.frozen[f] {
-                let level = Level { num: self.flow_d[f] - self.flow_g[f], den: self.flow_w[f] };
-                heap_vec.push(Entry { level, kind: DEMAND, id: f as u32 });
+        for (f, fl) in flows.iter().enumerate() {
+            if !fl.frozen {
+                let level = Level { num: fl.d - fl.g, den: fl.w };
+                heap.push(Item { key: approx_key(level), id: f as u32, kind: DEMAND });
             }
         }
-        let mut heap = BinaryHeap::from(heap_vec);
+        heapify(heap, &Order { flows, queued });
 
-        while let Some(e) = heap.pop() {
+        let freeze = |f: usize, rate: u64, flows: &mut [FlowSt], res: &mut [Res]| {
+            let fl = &mut flows[f];
+            fl.frozen = true;
+            fl.rate = rate;
+            let (g, w) = (fl.g, fl.w);
+            for &r in &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize] {
+                let rs = &mut res[r as usize];
+                rs.load += rate;
+                rs.g -= g;
+                rs.w -= w;
+            }
+        };
+
+        while let Some(e) = heap_pop(heap, &Order { flows, queued }) {
             let id = e.id as usize;
             if e.kind == DEMAND {
-                if !self.frozen[id] {
-                    self.freeze(id, self.flow_d[id]);
+                if !flows[id].frozen {
+                    let d = flows[id].d;
+                    freeze(id, d, flows, res);
                 }
                 continue;
             }
-            if self.res_w[id] == 0 {
+            if res[id].w == 0 {
                 continue;
             }
-            let cur = self.level(id);
-            if cur > e.level {
-                heap.push(Entry { level: cur, kind: RESOURCE, id: e.id });
+            let cur = res[id].level();
+            if cur > queued[id] {
+                queued[id] = cur;
+                heap_push(heap, Item { key: approx_key(cur), id: e.id, kind: RESOURCE }, &Order { flows, queued });
                 continue;
             }
-            debug_assert!(cur == e.level, "a queued level must be a lower bound");
-            let (a, b) = (self.res_off[id] as usize, self.res_off[id + 1] as usize);
-            for i in a..b {
-                let f = self.res_flows[i] as usize;
-                if self.frozen[f] {
+            debug_assert!(cur == queued[id], "a queued level must be a lower bound");
+            for i in res_off[id] as usize..res_off[id + 1] as usize {
+                let f = res_flows[i] as usize;
+                let fl = &flows[f];
+                if fl.frozen {
                     continue;
                 }
-                let inc = mul_div_floor(self.flow_w[f], cur.num, cur.den);
-                let r = self.flow_g[f].saturating_add(inc).min(self.flow_d[f]);
-                self.freeze(f, r);
+                let inc = mul_div_floor(fl.w, cur.num, cur.den);
+                let rate = fl.g.saturating_add(inc).min(fl.d);
+                freeze(f, rate, flows, res);
             }
-            debug_assert_eq!(self.res_w[id], 0);
+            debug_assert_eq!(res[id].w, 0);
         }
-        self.heap_buf = heap.into_vec();
 
         // Hand out what rounding left, in flow order.
-        for f in 0..nf {
-            let want = self.flow_d[f] - self.rate[f];
+        for (f, fl) in flows.iter_mut().enumerate() {
+            let want = fl.d - fl.rate;
             if want == 0 {
                 continue;
             }
-            let mut inc = u128::from(want);
-            for &r in self.res_of(f) {
-                let r = r as usize;
-                inc = inc.min(u128::from(self.res_cap[r]) - self.load[r]);
-            }
+            let rs = &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize];
+            let inc = rs.iter().fold(want, |m, &r| m.min(res[r as usize].cap - res[r as usize].load));
             if inc > 0 {
-                self.rate[f] += inc as u64;
-                let (a, b) = (self.flow_off[f] as usize, self.flow_off[f + 1] as usize);
-                for i in a..b {
-                    self.load[self.flow_res[i] as usize] += inc;
+                fl.rate += inc;
+                for &r in rs {
+                    res[r as usize].load += inc;
                 }
             }
         }
-    }
 
-    fn res_of(&self, f: usize) -> &[u32] {
-        &self.flow_res[self.flow_off[f] as usize..self.flow_off[f + 1] as usize]
-    }
-
-    fn freeze(&mut self, f: usize, rate: u64) {
-        self.frozen[f] = true;
-        self.rate[f] = rate;
-        let g = u128::from(self.flow_g[f]);
-        let w = self.flow_w[f];
-        let (a, b) = (self.flow_off[f] as usize, self.flow_off[f + 1] as usize);
-        for i in a..b {
-            let r = self.flow_res[i] as usize;
-            self.load[r] += u128::from(rate);
-            self.res_g[r] -= g;
-            self.res_w[r] -= w;
-        }
+        self.rate.clear();
+        self.rate.extend(flows.iter().map(|f| f.rate));
+        self.load.clear();
+        self.load.extend(res.iter().map(|r| r.load));
     }
 }
