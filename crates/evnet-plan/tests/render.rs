@@ -1,0 +1,105 @@
+//! Rendered nftables and op text for a hand-written desired state.
+
+use std::net::Ipv4Addr;
+
+use evnet_model::Protocol;
+use evnet_model::desired::{EniBandwidth, EniDesired, RuleDesired, SecurityGroupDesired};
+use evnet_plan::nft::{parse_fingerprint, render};
+
+fn eni(sdc: bool) -> EniDesired {
+    EniDesired {
+        eni_id: "eni-00000000000000aa".into(),
+        vpc_id: "vpc-0000000000000001".into(),
+        subnet_id: "subnet-0000000000000001".into(),
+        subnet_cidr: "10.0.0.0/24".parse().unwrap(),
+        gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
+        mac: "0A:00:00:00:00:AA".into(),
+        private_ip: Ipv4Addr::new(10, 0, 0, 10),
+        secondary_ips: vec![Ipv4Addr::new(10, 0, 0, 11)],
+        device_index: 0,
+        source_dest_check: sdc,
+        security_group_ids: vec!["sg-0000000000000001".into()],
+        bandwidth: EniBandwidth::default(),
+    }
+}
+
+fn group() -> SecurityGroupDesired {
+    SecurityGroupDesired {
+        group_id: "sg-0000000000000001".into(),
+        ingress: vec![
+            RuleDesired { protocol: Protocol::Tcp, from_port: Some(22), to_port: Some(22), cidr: Some("192.168.0.0/16".parse().unwrap()), group_id: None },
+            RuleDesired { protocol: Protocol::All, from_port: None, to_port: None, cidr: None, group_id: Some("sg-0000000000000001".into()) },
+        ],
+        egress: vec![RuleDesired { protocol: Protocol::Udp, from_port: Some(53), to_port: Some(54), cidr: Some("0.0.0.0/0".parse().unwrap()), group_id: None }],
+        member_ips: vec![Ipv4Addr::new(10, 0, 0, 12), Ipv4Addr::new(10, 0, 0, 10)],
+    }
+}
+
+#[test]
+fn renders_anti_spoofing_and_groups() {
+    let e = eni(true);
+    let spec = render(&[(&e, "eve00000000aa".to_string())], &[group()]);
+    let expected = format!(
+        "table netdev evnet {{
+\tcomment \"evnet:{fp}\"
+\tchain as_eve00000000aa {{
+\t\ttype filter hook ingress device \"eve00000000aa\" priority -500; policy drop;
+\t\tether saddr != 0a:00:00:00:00:aa drop
+\t\tether type arp arp saddr ether 0a:00:00:00:00:aa arp saddr ip {{ 10.0.0.10, 10.0.0.11 }} accept
+\t\tether type ip ip saddr {{ 10.0.0.10, 10.0.0.11 }} accept
+\t}}
+}}
+table inet evnet {{
+\tcomment \"evnet:{fp}\"
+\tset g_0000000000000001 {{
+\t\ttype ipv4_addr
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tct state established,related accept
+\t\tct state invalid drop
+\t\tiifname \"eve00000000aa\" jump out_eve00000000aa
+\t\toifname \"eve00000000aa\" jump in_eve00000000aa
+\t}}
+\tchain out_eve00000000aa {{
+\t\tmeta nfproto ipv4 meta l4proto udp udp dport 53-54 return
+\t\tdrop
+\t}}
+\tchain in_eve00000000aa {{
+\t\tip saddr 192.168.0.0/16 meta l4proto tcp tcp dport 22 accept
+\t\tip saddr @g_0000000000000001 accept
+\t\tdrop
+\t}}
+}}
+",
+        fp = spec.fingerprint
+    );
+    assert_eq!(spec.tables, expected);
+    assert_eq!(parse_fingerprint(&spec.tables).as_deref(), Some(spec.fingerprint.as_str()));
+    assert_eq!(spec.devices, vec!["eve00000000aa".to_string()]);
+    let set: Vec<Ipv4Addr> = spec.sets["g_0000000000000001"].iter().copied().collect();
+    assert_eq!(set, vec![Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 12)]);
+    assert!(spec.script().ends_with("add element inet evnet g_0000000000000001 { 10.0.0.10, 10.0.0.12 }\n"));
+
+    // Membership does not change the fingerprint; rules and source/dest check do.
+    let mut g2 = group();
+    g2.member_ips.push(Ipv4Addr::new(10, 0, 0, 99));
+    assert_eq!(render(&[(&e, "eve00000000aa".into())], &[g2]).fingerprint, spec.fingerprint);
+    let e2 = eni(false);
+    let open = render(&[(&e2, "eve00000000aa".into())], &[group()]);
+    assert_ne!(open.fingerprint, spec.fingerprint);
+    assert!(open.tables.contains("\t\tether type ip accept\n"));
+}
+
+#[test]
+fn ops_serialise_and_print() {
+    let op = evnet_plan::Op::AddRoute {
+        ns: evnet_plan::Ns::named("evv-00000001-101"),
+        route: evnet_plan::Route { dst: "10.0.0.12/32".parse().unwrap(), dev: "evx101".into(), via: None },
+    };
+    assert_eq!(op.to_string(), "[evv-00000001-101] route add 10.0.0.12/32 dev evx101 scope link");
+    let json = serde_json::to_string(&op).unwrap();
+    assert_eq!(json, r#"{"op":"add_route","ns":{"named":"evv-00000001-101"},"route":{"dst":"10.0.0.12/32","dev":"evx101","via":null}}"#);
+    let back: evnet_plan::Op = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, op);
+}
