@@ -30,6 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
@@ -50,6 +51,26 @@ const META_FORMAT: &str = "format";
 const FORMAT: u64 = 1;
 const HEADER: usize = 24;
 
+/// What the writer thread has committed since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Disk commits (each one fsync). Batches that changed nothing are not
+    /// committed and not counted.
+    pub commits: u64,
+    /// Transactions answered by those commits (including ones whose compare
+    /// failed but that rode in a batch that wrote something).
+    pub txns: u64,
+    /// The most transactions one commit carried.
+    pub largest_batch: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    txns: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
 struct Request {
     txn: Txn,
     reply: oneshot::Sender<Result<TxnResponse, StoreError>>,
@@ -61,6 +82,7 @@ struct Request {
 /// the file and ends every watch with `Err(Closed)`.
 pub struct EmbeddedStore {
     core: Arc<RwLock<Core>>,
+    counters: Arc<Counters>,
     queue: Option<mpsc::UnboundedSender<Request>>,
     writer: Option<JoinHandle<()>>,
     path: PathBuf,
@@ -99,17 +121,34 @@ impl EmbeddedStore {
         let (queue, requests) = mpsc::unbounded_channel();
         let writer_core = Arc::clone(&core);
         let max_batch = options.max_batch.max(1);
-        let writer_path = path.clone();
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            db,
+            core: writer_core,
+            counters: Arc::clone(&counters),
+            max_batch,
+            path: path.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("evnet-store-writer".into())
-            .spawn(move || run_writer(db, writer_core, requests, max_batch, writer_path))
+            .spawn(move || writer.run(requests))
             .map_err(|e| io_error("starting the store writer thread", e))?;
         Ok(EmbeddedStore {
             core,
+            counters,
             queue: Some(queue),
             writer: Some(writer),
             path,
         })
+    }
+
+    /// Group-commit counters, for metrics and benchmarks.
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            txns: self.counters.txns.load(Ordering::Relaxed),
+            largest_batch: self.counters.largest_batch.load(Ordering::Relaxed),
+        }
     }
 
     /// The file this store lives in.
@@ -247,61 +286,82 @@ fn persist(db: &Database, plan: &BatchPlan) -> Result<(), redb::Error> {
     Ok(())
 }
 
-fn run_writer(
+/// The writer thread: owns the database and is the only one that changes
+/// the core's keys.
+struct Writer {
     db: Database,
     core: Arc<RwLock<Core>>,
-    mut requests: mpsc::UnboundedReceiver<Request>,
+    counters: Arc<Counters>,
     max_batch: usize,
     path: PathBuf,
-) {
-    let mut failure: Option<StoreError> = None;
-    let mut batch: Vec<Request> = Vec::new();
-    while let Some(first) = requests.blocking_recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        if let Some(err) = &failure {
-            for request in batch.drain(..) {
-                let _ = request.reply.send(Err(err.clone()));
-            }
-            continue;
-        }
+}
 
-        let (txns, replies): (Vec<Txn>, Vec<_>) = batch.drain(..).map(|r| (r.txn, r.reply)).unzip();
-        let plan = core
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .plan(&txns);
-        drop(txns);
-        let written = if plan.revisions.is_empty() {
-            Ok(())
-        } else {
-            persist(&db, &plan)
-        };
-        match written {
-            Ok(()) => {
-                let responses = core
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .apply(plan);
-                for (reply, response) in replies.into_iter().zip(responses) {
-                    // A caller that stopped waiting still had its write applied.
-                    let _ = reply.send(Ok(response));
+impl Writer {
+    fn run(self, mut requests: mpsc::UnboundedReceiver<Request>) {
+        let mut failure: Option<StoreError> = None;
+        let mut batch: Vec<Request> = Vec::new();
+        while let Some(first) = requests.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
                 }
             }
-            Err(err) => {
-                tracing::error!(path = %path.display(), error = %err, "store commit failed; refusing further writes");
-                let err = io_error(format!("committing to store {}", path.display()), err);
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
+            if let Some(err) = &failure {
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(err.clone()));
                 }
+                continue;
+            }
+            let (txns, replies): (Vec<Txn>, Vec<_>) =
+                batch.drain(..).map(|r| (r.txn, r.reply)).unzip();
+            if let Err(err) = self.commit(txns, replies) {
                 failure = Some(err);
             }
         }
+    }
+
+    /// Plans, persists and applies one batch, answering every caller.
+    /// Returns the error that must refuse all later writes, if the disk
+    /// commit failed.
+    fn commit(
+        &self,
+        txns: Vec<Txn>,
+        replies: Vec<oneshot::Sender<Result<TxnResponse, StoreError>>>,
+    ) -> Result<(), StoreError> {
+        let plan = self
+            .core
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .plan(&txns);
+        let count = txns.len() as u64;
+        drop(txns);
+        if !plan.revisions.is_empty() {
+            if let Err(err) = persist(&self.db, &plan) {
+                tracing::error!(path = %self.path.display(), error = %err, "store commit failed; refusing further writes");
+                let err = io_error(format!("committing to store {}", self.path.display()), err);
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                return Err(err);
+            }
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.counters.txns.fetch_add(count, Ordering::Relaxed);
+            self.counters
+                .largest_batch
+                .fetch_max(count, Ordering::Relaxed);
+        }
+        let responses = self
+            .core
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply(plan);
+        for (reply, response) in replies.into_iter().zip(responses) {
+            // A caller that stopped waiting still had its write applied.
+            let _ = reply.send(Ok(response));
+        }
+        Ok(())
     }
 }
 

@@ -34,7 +34,7 @@ mod embedded;
 mod mem;
 mod state;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{CommitStats, EmbeddedStore};
 pub use mem::MemStore;
 
 /// A store revision. 0 means "before anything was written".

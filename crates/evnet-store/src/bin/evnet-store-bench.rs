@@ -59,6 +59,8 @@ fn parse_args() -> anyhow::Result<Args> {
 #[derive(Debug, Clone, Copy)]
 struct Figures {
     txns_per_sec: f64,
+    /// Embedded only: transactions per disk commit.
+    per_commit: Option<f64>,
     p50_us: f64,
     p99_us: f64,
 }
@@ -124,6 +126,7 @@ async fn txn_load<S: Store>(
     }
     Ok(Figures {
         txns_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
+        per_commit: None,
         p50_us: percentile(&all, 0.50).as_secs_f64() * 1e6,
         p99_us: percentile(&all, 0.99).as_secs_f64() * 1e6,
     })
@@ -223,10 +226,12 @@ async fn run_case(
         Backend::Embedded => {
             let path = dir.join(format!("case-{case}.redb"));
             let store = Arc::new(EmbeddedStore::open(&path)?);
-            let figures = txn_load(Arc::clone(&store), writers, seconds).await;
+            let mut figures = txn_load(Arc::clone(&store), writers, seconds).await?;
+            let stats = store.commit_stats();
+            figures.per_commit = Some(stats.txns as f64 / stats.commits.max(1) as f64);
             drop(store);
             std::fs::remove_file(&path)?;
-            figures
+            Ok(figures)
         }
     }
 }
@@ -259,8 +264,8 @@ async fn bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:>5} {:>9} {:>8} {:>12} {:>10} {:>10}",
-        "round", "backend", "writers", "txns/s", "p50 µs", "p99 µs"
+        "{:>5} {:>9} {:>8} {:>12} {:>10} {:>10} {:>12}",
+        "round", "backend", "writers", "txns/s", "p50 µs", "p99 µs", "txns/commit"
     );
 
     // results[backend][concurrency index] = one Figures per round.
@@ -279,13 +284,14 @@ async fn bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
                 case += 1;
                 let f = run_case(backend, writers, args.seconds, dir, case).await?;
                 println!(
-                    "{:>5} {:>9} {:>8} {:>12.0} {:>10.1} {:>10.1}",
+                    "{:>5} {:>9} {:>8} {:>12.0} {:>10.1} {:>10.1} {:>12}",
                     round + 1,
                     backend.name(),
                     writers,
                     f.txns_per_sec,
                     f.p50_us,
-                    f.p99_us
+                    f.p99_us,
+                    f.per_commit.map_or("-".to_owned(), |b| format!("{b:.1}"))
                 );
                 results[backend as usize][ci].push(f);
             }
