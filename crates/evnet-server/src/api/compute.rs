@@ -69,7 +69,6 @@ pub async fn create_instance(
     let idem = Idempotency::new(&tenant, Kind::Instance, req.client_token.as_deref(), &req)?;
     let id = new_id(Kind::Instance);
     let name = name_or(&id, &req.name)?;
-    let netns = format!("evi-{}", id.trim_start_matches("i-"));
     let now = now_rfc3339();
     let mut seen = HashSet::new();
     if let Some(dup) = req.eni_ids.iter().find(|e| !seen.insert(*e)) {
@@ -112,7 +111,8 @@ pub async fn create_instance(
             revision: 0,
             host_id: host_id.clone(),
             state: InstanceState::Pending,
-            netns: netns.clone(),
+            // Named after its host too, so the host's agent knows it as its own.
+            netns: evnet_plan::naming::instance_netns(&host_id, &id),
         };
         let mut txn = Txn { compares: vec![], ops: vec![put(keys::resource(Kind::Instance, &id), &inst)] };
         for (i, e) in enis.iter().enumerate() {

@@ -1,0 +1,256 @@
+//! evnet's host agent.
+//!
+//! One agent drives one host. It registers the host, then runs three loops:
+//!
+//! * the **watcher** long-polls the host's desired state from the server
+//!   (`since` = the last generation seen; every answer is a whole snapshot,
+//!   so a gap cannot lose anything) and reconnects with backoff;
+//! * the **reconciler** is level-triggered: on every new snapshot and on a
+//!   timer it observes the kernel, plans (`evnet_plan::plan`, pure), applies
+//!   the ops in order and stops at the first failure; the next pass
+//!   re-observes, so it repairs drift and recovers after a crash;
+//! * the **heartbeat** reports liveness, the generation applied and the
+//!   instances running.
+//!
+//! The agent never writes the store: everything goes through the API.
+
+pub mod metrics;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use evnet_client::Client;
+use evnet_kernel::{apply_all, Kernel};
+use evnet_model::desired::HostDesired;
+use evnet_model::{Heartbeat, RegisterHost};
+use evnet_plan::{plan, Op, PlanConfig};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: String,
+    pub token: String,
+    /// The host's name (unique among hosts).
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    pub nic_mbps: u64,
+    /// The namespace this agent treats as its host's (lab); None: its own.
+    pub host_netns: Option<String>,
+    /// How often to reconcile when nothing changes (repairs drift).
+    pub resync: Duration,
+    pub heartbeat: Duration,
+    /// Log plans without applying them.
+    pub dry_run: bool,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl AgentConfig {
+    pub fn new(server: &str, token: &str, name: &str, underlay_ip: Ipv4Addr, nic_mbps: u64) -> Self {
+        Self {
+            server: server.into(),
+            token: token.into(),
+            name: name.into(),
+            underlay_ip,
+            nic_mbps,
+            host_netns: None,
+            resync: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(2),
+            dry_run: false,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// What the reconciler last achieved, shared with the heartbeat.
+#[derive(Debug, Clone, Default)]
+struct Applied {
+    generation: u64,
+    running_instances: Vec<String>,
+}
+
+/// Runs the agent until `shutdown` resolves. The kernel objects stay as
+/// they are when it stops: a restart adopts them without disturbing traffic.
+pub async fn run(
+    config: AgentConfig,
+    kernel: Arc<dyn Kernel>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let client = Client::new(&config.server, config.token.clone()).context("bad --server URL")?;
+    let metrics = Arc::new(metrics::AgentMetrics::default());
+    if let Some(addr) = config.metrics_listen {
+        let m = metrics.clone();
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tokio::spawn(async move {
+            let app = axum::Router::new().route("/metrics", axum::routing::get(move || async move { m.render() }));
+            let _ = axum::serve(listener, app).await;
+        });
+    }
+    let host_id = register(&client, &config).await?;
+    tracing::info!(host = %config.name, %host_id, "registered");
+
+    let (desired_tx, desired_rx) = watch::channel::<Option<Arc<HostDesired>>>(None);
+    let (applied_tx, applied_rx) = watch::channel(Applied::default());
+    let watcher = tokio::spawn(watch_desired(client.clone(), host_id.clone(), desired_tx));
+    let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, desired_rx, applied_tx, metrics.clone()));
+    let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), host_id.clone(), config.heartbeat, applied_rx));
+    shutdown.await;
+    tracing::info!("agent stopping; kernel state is left in place");
+    watcher.abort();
+    reconciler.abort();
+    heartbeats.abort();
+    Ok(())
+}
+
+async fn register(client: &Client, config: &AgentConfig) -> anyhow::Result<String> {
+    let body = RegisterHost {
+        name: config.name.clone(),
+        underlay_ip: config.underlay_ip,
+        nic_mbps: config.nic_mbps,
+        labels: Default::default(),
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        match client.register_host(&body).await {
+            Ok(h) => return Ok(h.id),
+            Err(e) if is_permanent(&e) => return Err(anyhow::anyhow!("the server refused to register this host: {e}")),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register yet; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+fn is_permanent(e: &evnet_client::ClientError) -> bool {
+    matches!(e, evnet_client::ClientError::Api { status, .. } if (400..500).contains(status) && *status != 409 && *status != 429)
+}
+
+/// Long-polls the desired state; publishes each new snapshot.
+async fn watch_desired(client: Client, host_id: String, tx: watch::Sender<Option<Arc<HostDesired>>>) {
+    let mut since: Option<u64> = None;
+    let mut backoff = Backoff::new();
+    loop {
+        match client.desired_state(&host_id, since, Some(Duration::from_secs(30))).await {
+            Ok(d) => {
+                backoff.reset();
+                let changed = since != Some(d.generation);
+                since = Some(d.generation);
+                if changed {
+                    tracing::debug!(generation = d.generation, "new desired state");
+                    tx.send_replace(Some(Arc::new(d)));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "desired-state watch failed; reconnecting");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+async fn reconcile_loop(
+    config: AgentConfig,
+    kernel: Arc<dyn Kernel>,
+    mut desired_rx: watch::Receiver<Option<Arc<HostDesired>>>,
+    applied_tx: watch::Sender<Applied>,
+    metrics: Arc<metrics::AgentMetrics>,
+) {
+    let mut tick = tokio::time::interval(config.resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Backoff::new();
+    loop {
+        tokio::select! {
+            r = desired_rx.changed() => if r.is_err() { return },
+            _ = tick.tick() => {},
+        }
+        let Some(desired) = desired_rx.borrow_and_update().clone() else { continue };
+        let k = kernel.clone();
+        let dry_run = config.dry_run;
+        let d = desired.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || reconcile_once(k.as_ref(), &d, dry_run)).await;
+        metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(n)) => {
+                metrics.reconciles_ok.inc();
+                metrics.ops_applied.inc_by(n as u64);
+                metrics.applied_generation.set(desired.generation as i64);
+                backoff.reset();
+                if n > 0 {
+                    tracing::info!(generation = desired.generation, ops = n, ms = started.elapsed().as_millis() as u64, "reconciled");
+                }
+                applied_tx.send_replace(Applied {
+                    generation: desired.generation,
+                    running_instances: desired.instances.iter().map(|i| i.instance_id.clone()).collect(),
+                });
+            }
+            Ok(Err(e)) => {
+                metrics.reconciles_failed.inc();
+                tracing::error!(error = %format!("{e:#}"), "reconcile failed; will retry");
+                backoff.wait().await;
+            }
+            Err(e) => tracing::error!(error = %e, "reconcile task panicked"),
+        }
+    }
+}
+
+/// One level-triggered pass: observe, plan, apply; then check that the plan
+/// converged. Returns how many ops were applied.
+pub fn reconcile_once(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool) -> anyhow::Result<usize> {
+    let cfg = PlanConfig::default();
+    let observed = kernel.observe().context("observing the kernel")?;
+    let ops: Vec<Op> = plan(desired, &observed, &cfg);
+    if ops.is_empty() {
+        return Ok(0);
+    }
+    for op in &ops {
+        tracing::debug!(?op, "op");
+    }
+    if dry_run {
+        for op in &ops {
+            tracing::info!(?op, "would apply (dry run)");
+        }
+        return Ok(0);
+    }
+    apply_all(kernel, &ops).context("applying the plan")?;
+    let again = plan(desired, &kernel.observe().context("observing the kernel")?, &cfg);
+    if !again.is_empty() {
+        anyhow::bail!("the plan did not converge: {} ops remain, first {:?}", again.len(), again[0]);
+    }
+    Ok(ops.len())
+}
+
+async fn heartbeat_loop(client: Client, host_id: String, every: Duration, mut applied_rx: watch::Receiver<Applied>) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            r = applied_rx.changed() => if r.is_err() { return },
+            _ = tick.tick() => {},
+        }
+        let a = applied_rx.borrow_and_update().clone();
+        let hb = Heartbeat { applied_generation: a.generation, running_instances: a.running_instances };
+        if let Err(e) = client.heartbeat(&host_id, &hb).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { next: Duration::from_millis(100) }
+    }
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+    }
+}

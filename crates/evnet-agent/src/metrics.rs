@@ -1,0 +1,47 @@
+//! The agent's Prometheus metrics (`--metrics-listen`).
+
+use std::sync::Mutex;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub struct AgentMetrics {
+    registry: Mutex<Registry>,
+    pub reconciles_ok: Counter,
+    pub reconciles_failed: Counter,
+    pub ops_applied: Counter,
+    pub applied_generation: Gauge,
+    pub reconcile_seconds: Histogram,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("evnet_agent");
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            reconciles_ok: Counter::default(),
+            reconciles_failed: Counter::default(),
+            ops_applied: Counter::default(),
+            applied_generation: Gauge::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        };
+        registry.register("reconciles_ok", "Reconcile passes that converged", m.reconciles_ok.clone());
+        registry.register("reconciles_failed", "Reconcile passes that failed", m.reconciles_failed.clone());
+        registry.register("ops_applied", "Kernel ops applied", m.ops_applied.clone());
+        registry.register("applied_generation", "The desired-state generation last applied", m.applied_generation.clone());
+        registry.register("reconcile_seconds", "Time of one reconcile pass", m.reconcile_seconds.clone());
+        *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
+        m
+    }
+}
+
+impl AgentMetrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,133 @@
+//! The agent against a real server (in-process, memory store) and the
+//! in-memory kernel model: it registers, follows desired state, converges,
+//! reports the generation it applied, repairs drift and adopts what exists
+//! after a restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evnet_agent::{reconcile_once, AgentConfig};
+use evnet_client::Client;
+use evnet_kernel::{Kernel, ModelKernel};
+use evnet_model::*;
+use evnet_store::MemStore;
+
+const ADMIN: &str = "admin-token-for-tests";
+
+async fn server() -> String {
+    let st = evnet_server::state(Arc::new(MemStore::new()), ADMIN, Default::default()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, evnet_server::app(st)).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// Waits (bounded) until the host reports it applied its current desired generation.
+async fn wait_synced(admin: &Client, host_id: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = admin.desired_state(host_id, None, None).await.unwrap();
+        let h = admin.get_host(host_id).await.unwrap();
+        if h.applied_generation >= d.generation && d.generation > 0 {
+            return d.generation;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "host {host_id} never applied generation {}", d.generation);
+        let _ = admin.desired_state(host_id, Some(d.generation), Some(Duration::from_millis(200))).await;
+    }
+}
+
+fn start_agent(url: &str, token: &str, name: &str, ip: &str, kernel: Arc<ModelKernel>) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+    let mut cfg = AgentConfig::new(url, token, name, ip.parse().unwrap(), 1000);
+    cfg.resync = Duration::from_millis(200);
+    cfg.heartbeat = Duration::from_millis(200);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let h = tokio::spawn(async move {
+        evnet_agent::run(cfg, kernel, async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap()
+    });
+    (h, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_converges_repairs_and_adopts() {
+    let url = server().await;
+    let admin = Client::new(&url, ADMIN).unwrap();
+    let agent_token = admin.create_agent_token().await.unwrap();
+    let tenant = admin.create_tenant(&CreateTenant { name: "t".into(), tags: Default::default() }).await.unwrap();
+    let tc = Client::new(&url, tenant.token.clone()).unwrap();
+
+    let k1 = Arc::new(ModelKernel::new());
+    let k2 = Arc::new(ModelKernel::new());
+    let (a1, stop1) = start_agent(&url, &agent_token, "host-1", "198.18.0.1", k1.clone());
+    let (_a2, _stop2) = start_agent(&url, &agent_token, "host-2", "198.18.0.2", k2.clone());
+    // Wait for both hosts to register.
+    let hosts = loop {
+        let hs = admin.list_hosts(&Default::default()).await.unwrap();
+        if hs.len() == 2 {
+            break hs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let h1 = hosts.iter().find(|h| h.name == "host-1").unwrap().id.clone();
+    let h2 = hosts.iter().find(|h| h.name == "host-2").unwrap().id.clone();
+
+    let vpc = tc.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), ..Default::default() }).await.unwrap();
+    let subnet = tc.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.0.1.0/24".into(), ..Default::default() }).await.unwrap();
+    let e1 = tc.create_eni(&CreateEni { subnet_id: subnet.id.clone(), ..Default::default() }).await.unwrap();
+    let e2 = tc.create_eni(&CreateEni { subnet_id: subnet.id.clone(), ..Default::default() }).await.unwrap();
+    let i1 = tc.create_instance(&CreateInstance { host_id: Some(h1.clone()), eni_ids: vec![e1.id.clone()], ..Default::default() }).await.unwrap();
+    let i2 = tc.create_instance(&CreateInstance { host_id: Some(h2.clone()), eni_ids: vec![e2.id.clone()], ..Default::default() }).await.unwrap();
+    wait_synced(&admin, &h1).await;
+    wait_synced(&admin, &h2).await;
+
+    // The kernel model holds the instance namespaces with the ENIs' MACs.
+    let obs1 = k1.observe().unwrap();
+    let ns1 = obs1.namespaces.get(&i1.netns).expect("instance namespace on host-1");
+    let eth0 = ns1.links.get("eth0").expect("eth0 in the instance");
+    assert_eq!(eth0.mac.clone(), Some(e1.mac.clone()));
+    assert!(k2.observe().unwrap().namespaces.contains_key(&i2.netns));
+    // The instances are reported running.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tc.get_instance(&i1.id).await.unwrap().state != InstanceState::Running {
+        assert!(tokio::time::Instant::now() < deadline, "instance never reported running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Move e1 to i2's host: detach, attach. It keeps MAC and IP, and host-1 drops it.
+    tc.detach_eni(&e1.id).await.unwrap();
+    let moved = tc.attach_eni(&e1.id, &AttachEni { instance_id: i2.id.clone(), device_index: None }).await.unwrap();
+    assert_eq!((moved.mac.as_str(), moved.private_ip), (e1.mac.as_str(), e1.private_ip));
+    wait_synced(&admin, &h1).await;
+    wait_synced(&admin, &h2).await;
+    let ns2 = k2.observe().unwrap().namespaces.get(&i2.netns).cloned().unwrap();
+    assert_eq!(ns2.links.get("eth1").and_then(|l| l.mac.clone()), Some(e1.mac.clone()));
+    assert!(!k1.observe().unwrap().namespaces.get(&i1.netns).unwrap().links.contains_key("eth0"), "host-1 removed the moved ENI");
+
+    // Stop agent 1; its kernel state stays; a new agent adopts it with no ops.
+    stop1.send(()).unwrap();
+    a1.await.unwrap();
+    let d1 = admin.desired_state(&h1, None, None).await.unwrap();
+    assert_eq!(reconcile_once(k1.as_ref(), &d1, false).unwrap(), 0, "restart adopts: nothing to redo");
+    let before = k1.observe().unwrap();
+    let (_a1b, _stop1b) = start_agent(&url, &agent_token, "host-1", "198.18.0.1", k1.clone());
+    wait_synced(&admin, &h1).await;
+    assert_eq!(k1.observe().unwrap(), before, "the restarted agent changed nothing");
+
+    // Drift: delete an owned object by hand; the next resync brings it back.
+    let d2 = admin.desired_state(&h2, None, None).await.unwrap();
+    let vpc_ns = k2.observe().unwrap().namespaces.keys().find(|n| n.starts_with("evv-")).cloned().unwrap();
+    let veth = evnet_plan::naming::eni_veth(&e2.id);
+    k2.apply(&evnet_plan::Op::DeleteLink { ns: evnet_plan::Ns::Named(vpc_ns.clone()), name: veth.clone() }).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let obs = k2.observe().unwrap();
+        if obs.namespaces.get(&vpc_ns).is_some_and(|n| n.links.contains_key(&veth)) && evnet_plan::plan(&d2, &obs, &Default::default()).is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "deleted veth never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
