@@ -31,7 +31,11 @@ pub enum ClientError {
     },
     /// A 2xx answer whose body is not what the route promises.
     #[error("unexpected answer to {method} {url}: {detail}")]
-    Decode { method: String, url: String, detail: String },
+    Decode {
+        method: String,
+        url: String,
+        detail: String,
+    },
     /// The base URL or a path given to the client is unusable.
     #[error("invalid URL `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
@@ -65,7 +69,11 @@ impl ClientError {
         matches!(self, ClientError::Transport { .. })
     }
 
-    pub(crate) fn transport(method: &reqwest::Method, url: &reqwest::Url, err: &reqwest::Error) -> Self {
+    pub(crate) fn transport(
+        method: &reqwest::Method,
+        url: &reqwest::Url,
+        err: &reqwest::Error,
+    ) -> Self {
         let mut detail = String::new();
         let mut cur: Option<&dyn std::error::Error> = Some(err);
         while let Some(e) = cur {
@@ -91,12 +99,18 @@ impl ClientError {
     /// Builds the error for a non-2xx answer from its status and body.
     pub(crate) fn from_response(status: u16, reason: Option<&str>, body: &[u8]) -> Self {
         if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) {
-            return ClientError::Api { status, code: parsed.error.code, message: parsed.error.message };
+            return ClientError::Api {
+                status,
+                code: parsed.error.code,
+                message: parsed.error.message,
+            };
         }
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
         let message = if text.is_empty() {
-            format!("the server answered HTTP {status} {}", reason.unwrap_or("")).trim_end().to_string()
+            format!("the server answered HTTP {status} {}", reason.unwrap_or(""))
+                .trim_end()
+                .to_string()
         } else {
             let mut short: String = text.chars().take(500).collect();
             if short.len() < text.len() {
@@ -104,7 +118,11 @@ impl ClientError {
             }
             format!("the server answered HTTP {status}: {short}")
         };
-        ClientError::Api { status, code: format!("http_{status}"), message }
+        ClientError::Api {
+            status,
+            code: format!("http_{status}"),
+            message,
+        }
     }
 }
 
@@ -118,16 +136,26 @@ mod tests {
         let err = ClientError::from_response(409, Some("Conflict"), body);
         assert_eq!(err.status(), Some(409));
         assert_eq!(err.code(), Some("subnet_exhausted"));
-        assert_eq!(err.to_string(), "subnet subnet-1 has no free address (subnet_exhausted)");
+        assert_eq!(
+            err.to_string(),
+            "subnet subnet-1 has no free address (subnet_exhausted)"
+        );
     }
 
     #[test]
     fn falls_back_on_foreign_bodies() {
         let err = ClientError::from_response(502, Some("Bad Gateway"), b"");
         assert_eq!(err.code(), Some("http_502"));
-        assert_eq!(err.to_string(), "the server answered HTTP 502 Bad Gateway (http_502)");
+        assert_eq!(
+            err.to_string(),
+            "the server answered HTTP 502 Bad Gateway (http_502)"
+        );
 
-        let err = ClientError::from_response(415, None, b"Expected request with `Content-Type: application/json`\n");
+        let err = ClientError::from_response(
+            415,
+            None,
+            b"Expected request with `Content-Type: application/json`\n",
+        );
         assert_eq!(
             err.to_string(),
             "the server answered HTTP 415: Expected request with `Content-Type: application/json` (http_415)"
@@ -135,7 +163,9 @@ mod tests {
 
         let long = "x".repeat(2000);
         let err = ClientError::from_response(500, None, long.as_bytes());
-        let ClientError::Api { message, .. } = err else { panic!("not an api error") };
+        let ClientError::Api { message, .. } = err else {
+            panic!("not an api error")
+        };
         assert!(message.ends_with('…'));
         assert!(message.chars().count() < 600);
     }

@@ -45,7 +45,9 @@ pub struct NameFilter {
 
 impl NameFilter {
     pub fn named(name: impl Into<String>) -> Self {
-        Self { name: Some(name.into()) }
+        Self {
+            name: Some(name.into()),
+        }
     }
 }
 
@@ -73,7 +75,10 @@ pub struct VpcScopedFilter {
 
 impl VpcScopedFilter {
     pub fn in_vpc(vpc_id: impl Into<String>) -> Self {
-        Self { name: None, vpc_id: Some(vpc_id.into()) }
+        Self {
+            name: None,
+            vpc_id: Some(vpc_id.into()),
+        }
     }
 }
 
@@ -144,7 +149,10 @@ mod tests {
     #[test]
     fn eni_status_spelling_matches_serde() {
         for s in [EniStatus::Available, EniStatus::InUse] {
-            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::Value::from(eni_status_str(s)));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::Value::from(eni_status_str(s))
+            );
         }
     }
 
@@ -156,9 +164,19 @@ mod tests {
             status: Some(EniStatus::InUse),
             ..Default::default()
         };
-        assert_eq!(f.query(), vec![("vpc_id", "vpc-1".to_string()), ("status", "in-use".to_string())]);
         assert_eq!(
-            PageRequest { limit: Some(5), page_token: Some("t".into()) }.query(),
+            f.query(),
+            vec![
+                ("vpc_id", "vpc-1".to_string()),
+                ("status", "in-use".to_string())
+            ]
+        );
+        assert_eq!(
+            PageRequest {
+                limit: Some(5),
+                page_token: Some("t".into())
+            }
+            .query(),
             vec![("limit", "5".to_string()), ("page_token", "t".to_string())]
         );
     }

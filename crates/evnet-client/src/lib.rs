@@ -102,7 +102,10 @@ impl Client {
     }
 
     fn build(base_url: &str, token: Option<String>) -> Result<Self> {
-        let invalid = |reason: &str| ClientError::InvalidUrl { url: base_url.to_string(), reason: reason.to_string() };
+        let invalid = |reason: &str| ClientError::InvalidUrl {
+            url: base_url.to_string(),
+            reason: reason.to_string(),
+        };
         let base = Url::parse(base_url.trim()).map_err(|e| invalid(&e.to_string()))?;
         match base.scheme() {
             "http" => {}
@@ -111,7 +114,11 @@ impl Client {
                     "this client speaks plain HTTP only; use http:// (behind a TLS-terminating proxy if needed)",
                 ));
             }
-            other => return Err(invalid(&format!("unsupported scheme `{other}`, use http://"))),
+            other => {
+                return Err(invalid(&format!(
+                    "unsupported scheme `{other}`, use http://"
+                )));
+            }
         }
         if base.cannot_be_a_base() || base.host_str().is_none() {
             return Err(invalid("expected a URL like http://127.0.0.1:7300"));
@@ -124,13 +131,21 @@ impl Client {
             .user_agent(concat!("evnet-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| invalid(&format!("cannot build an HTTP client: {e}")))?;
-        Ok(Self { http, base, token, timeout: DEFAULT_REQUEST_TIMEOUT })
+        Ok(Self {
+            http,
+            base,
+            token,
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+        })
     }
 
     /// The same server and connection pool with another token (an admin
     /// acting for a tenant, say).
     pub fn with_token(&self, token: impl Into<String>) -> Self {
-        Self { token: Some(token.into()), ..self.clone() }
+        Self {
+            token: Some(token.into()),
+            ..self.clone()
+        }
     }
 
     /// Changes how long one request may take. Long polls
@@ -151,7 +166,10 @@ impl Client {
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Url> {
         let mut url = self.base.clone();
         url.path_segments_mut()
-            .map_err(|()| ClientError::InvalidUrl { url: self.base.to_string(), reason: "cannot hold a path".into() })?
+            .map_err(|()| ClientError::InvalidUrl {
+                url: self.base.to_string(),
+                reason: "cannot hold a path".into(),
+            })?
             .pop_if_empty()
             .extend(segments);
         if !query.is_empty() {
@@ -172,20 +190,33 @@ impl Client {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>)> {
-        let mut req = self.http.request(method.clone(), url.clone()).timeout(timeout);
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .timeout(timeout);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|e| ClientError::transport(&method, &url, &e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::transport(&method, &url, &e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::transport(&method, &url, &e))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::transport(&method, &url, &e))?;
         if status.is_success() {
             Ok((status.as_u16(), bytes.to_vec()))
         } else {
-            Err(ClientError::from_response(status.as_u16(), status.canonical_reason(), &bytes))
+            Err(ClientError::from_response(
+                status.as_u16(),
+                status.canonical_reason(),
+                &bytes,
+            ))
         }
     }
 
@@ -203,7 +234,9 @@ impl Client {
         url: Url,
         body: Option<&B>,
     ) -> Result<T> {
-        let (_, bytes) = self.send(method.clone(), url.clone(), body, self.timeout).await?;
+        let (_, bytes) = self
+            .send(method.clone(), url.clone(), body, self.timeout)
+            .await?;
         Self::decode(&method, &url, &bytes)
     }
 
@@ -212,12 +245,21 @@ impl Client {
         self.call::<(), T>(Method::GET, url, None).await
     }
 
-    async fn create_of<B: Serialize, T: DeserializeOwned>(&self, collection: &str, body: &B) -> Result<T> {
+    async fn create_of<B: Serialize, T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        body: &B,
+    ) -> Result<T> {
         let url = self.url(&["v1", collection], &[])?;
         self.call(Method::POST, url, Some(body)).await
     }
 
-    async fn patch_of<B: Serialize, T: DeserializeOwned>(&self, collection: &str, id: &str, body: &B) -> Result<T> {
+    async fn patch_of<B: Serialize, T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        id: &str,
+        body: &B,
+    ) -> Result<T> {
         let url = self.url(&["v1", collection, id], &[])?;
         self.call(Method::PATCH, url, Some(body)).await
     }
@@ -235,7 +277,9 @@ impl Client {
 
     async fn delete_of(&self, collection: &str, id: &str) -> Result<()> {
         let url = self.url(&["v1", collection, id], &[])?;
-        self.send::<()>(Method::DELETE, url, None, self.timeout).await.map(|_| ())
+        self.send::<()>(Method::DELETE, url, None, self.timeout)
+            .await
+            .map(|_| ())
     }
 
     async fn page_of<T: DeserializeOwned>(
@@ -250,7 +294,11 @@ impl Client {
         self.call::<(), Page<T>>(Method::GET, url, None).await
     }
 
-    async fn all_of<T: DeserializeOwned>(&self, collection: &str, filter: &dyn ListFilter) -> Result<Vec<T>> {
+    async fn all_of<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        filter: &dyn ListFilter,
+    ) -> Result<Vec<T>> {
         let mut items = Vec::new();
         let mut seen = HashSet::new();
         let mut page = PageRequest::default();
@@ -281,7 +329,9 @@ impl Client {
     /// The ids of the resources of `kind` whose name is exactly `name`
     /// (`GET /v1/{collection}?name=`), in the server's order.
     pub async fn find_ids_by_name(&self, kind: Kind, name: &str) -> Result<Vec<String>> {
-        let items: Vec<IdOnly> = self.all_of(kind.collection(), &NameFilter::named(name)).await?;
+        let items: Vec<IdOnly> = self
+            .all_of(kind.collection(), &NameFilter::named(name))
+            .await?;
         Ok(items.into_iter().map(|i| i.id).collect())
     }
 
@@ -290,11 +340,16 @@ impl Client {
 
     fn raw_url(&self, path: &str) -> Result<Url> {
         if !path.starts_with('/') {
-            return Err(ClientError::InvalidUrl { url: path.into(), reason: "a path must start with `/`".into() });
+            return Err(ClientError::InvalidUrl {
+                url: path.into(),
+                reason: "a path must start with `/`".into(),
+            });
         }
         let base = self.base.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}{path}"))
-            .map_err(|e| ClientError::InvalidUrl { url: path.into(), reason: e.to_string() })
+        Url::parse(&format!("{base}{path}")).map_err(|e| ClientError::InvalidUrl {
+            url: path.into(),
+            reason: e.to_string(),
+        })
     }
 
     /// `GET path` (`/v1/vpcs?name=x`, relative to the base URL) as JSON.
@@ -304,9 +359,16 @@ impl Client {
 
     /// Any request with an optional JSON body; the answer as JSON, or
     /// `Value::Null` when it has no body (a 204).
-    pub async fn send_json(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
         let url = self.raw_url(path)?;
-        let (status, bytes) = self.send(method.clone(), url.clone(), body, self.timeout).await?;
+        let (status, bytes) = self
+            .send(method.clone(), url.clone(), body, self.timeout)
+            .await?;
         if status == 204 || bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
         }
@@ -316,13 +378,17 @@ impl Client {
     /// `GET /healthz`: succeeds when the server answers 2xx.
     pub async fn health(&self) -> Result<()> {
         let url = self.raw_url("/healthz")?;
-        self.send::<()>(Method::GET, url, None, self.timeout).await.map(|_| ())
+        self.send::<()>(Method::GET, url, None, self.timeout)
+            .await
+            .map(|_| ())
     }
 
     /// `GET /metrics`: the Prometheus text exposition.
     pub async fn metrics(&self) -> Result<String> {
         let url = self.raw_url("/metrics")?;
-        let (_, bytes) = self.send::<()>(Method::GET, url.clone(), None, self.timeout).await?;
+        let (_, bytes) = self
+            .send::<()>(Method::GET, url.clone(), None, self.timeout)
+            .await?;
         String::from_utf8(bytes).map_err(|e| ClientError::Decode {
             method: "GET".into(),
             url: url.to_string(),
@@ -345,7 +411,11 @@ impl Client {
     pub async fn list_tenants(&self, filter: &TenantFilter) -> Result<Vec<Tenant>> {
         self.all_of("tenants", filter).await
     }
-    pub async fn list_tenants_page(&self, filter: &TenantFilter, page: &PageRequest) -> Result<Page<Tenant>> {
+    pub async fn list_tenants_page(
+        &self,
+        filter: &TenantFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Tenant>> {
         self.page_of("tenants", filter, page).await
     }
     pub async fn get_tenant(&self, id: &str) -> Result<Tenant> {
@@ -358,7 +428,9 @@ impl Client {
     /// `POST /v1/agent-tokens`: a new token agents authenticate with.
     pub async fn create_agent_token(&self) -> Result<String> {
         let url = self.url(&["v1", "agent-tokens"], &[])?;
-        let answer: TokenAnswer = self.call(Method::POST, url, Some(&serde_json::json!({}))).await?;
+        let answer: TokenAnswer = self
+            .call(Method::POST, url, Some(&serde_json::json!({})))
+            .await?;
         Ok(answer.token)
     }
 
@@ -373,7 +445,11 @@ impl Client {
     pub async fn list_hosts(&self, filter: &HostFilter) -> Result<Vec<Host>> {
         self.all_of("hosts", filter).await
     }
-    pub async fn list_hosts_page(&self, filter: &HostFilter, page: &PageRequest) -> Result<Page<Host>> {
+    pub async fn list_hosts_page(
+        &self,
+        filter: &HostFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Host>> {
         self.page_of("hosts", filter, page).await
     }
     pub async fn get_host(&self, id: &str) -> Result<Host> {
@@ -408,7 +484,9 @@ impl Client {
         // The server may hold a long poll for its own default when no
         // timeout is given; leave room for a generous one.
         let poll = timeout.unwrap_or(Duration::from_secs(60));
-        let (_, bytes) = self.send::<()>(Method::GET, url.clone(), None, self.timeout + poll).await?;
+        let (_, bytes) = self
+            .send::<()>(Method::GET, url.clone(), None, self.timeout + poll)
+            .await?;
         Self::decode(&Method::GET, &url, &bytes)
     }
 
@@ -421,7 +499,11 @@ impl Client {
     pub async fn list_vpcs(&self, filter: &VpcFilter) -> Result<Vec<Vpc>> {
         self.all_of("vpcs", filter).await
     }
-    pub async fn list_vpcs_page(&self, filter: &VpcFilter, page: &PageRequest) -> Result<Page<Vpc>> {
+    pub async fn list_vpcs_page(
+        &self,
+        filter: &VpcFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Vpc>> {
         self.page_of("vpcs", filter, page).await
     }
     pub async fn get_vpc(&self, id: &str) -> Result<Vpc> {
@@ -443,7 +525,11 @@ impl Client {
     pub async fn list_subnets(&self, filter: &SubnetFilter) -> Result<Vec<Subnet>> {
         self.all_of("subnets", filter).await
     }
-    pub async fn list_subnets_page(&self, filter: &SubnetFilter, page: &PageRequest) -> Result<Page<Subnet>> {
+    pub async fn list_subnets_page(
+        &self,
+        filter: &SubnetFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Subnet>> {
         self.page_of("subnets", filter, page).await
     }
     pub async fn get_subnet(&self, id: &str) -> Result<Subnet> {
@@ -462,7 +548,11 @@ impl Client {
     pub async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>> {
         self.all_of("instances", filter).await
     }
-    pub async fn list_instances_page(&self, filter: &InstanceFilter, page: &PageRequest) -> Result<Page<Instance>> {
+    pub async fn list_instances_page(
+        &self,
+        filter: &InstanceFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Instance>> {
         self.page_of("instances", filter, page).await
     }
     pub async fn get_instance(&self, id: &str) -> Result<Instance> {
@@ -481,7 +571,11 @@ impl Client {
     pub async fn list_enis(&self, filter: &EniFilter) -> Result<Vec<Eni>> {
         self.all_of("enis", filter).await
     }
-    pub async fn list_enis_page(&self, filter: &EniFilter, page: &PageRequest) -> Result<Page<Eni>> {
+    pub async fn list_enis_page(
+        &self,
+        filter: &EniFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Eni>> {
         self.page_of("enis", filter, page).await
     }
     pub async fn get_eni(&self, id: &str) -> Result<Eni> {
@@ -499,7 +593,8 @@ impl Client {
     }
     /// `POST /v1/enis/{id}/detach`.
     pub async fn detach_eni(&self, id: &str) -> Result<Eni> {
-        self.action_of("enis", id, "detach", &serde_json::json!({})).await
+        self.action_of("enis", id, "detach", &serde_json::json!({}))
+            .await
     }
     /// `GET /v1/enis/{id}/stats`: counters and rates, as the server shapes them.
     pub async fn eni_stats(&self, id: &str) -> Result<Value> {
@@ -513,7 +608,10 @@ impl Client {
     pub async fn create_security_group(&self, body: &CreateSecurityGroup) -> Result<SecurityGroup> {
         self.create_of("security-groups", body).await
     }
-    pub async fn list_security_groups(&self, filter: &SecurityGroupFilter) -> Result<Vec<SecurityGroup>> {
+    pub async fn list_security_groups(
+        &self,
+        filter: &SecurityGroupFilter,
+    ) -> Result<Vec<SecurityGroup>> {
         self.all_of("security-groups", filter).await
     }
     pub async fn list_security_groups_page(
@@ -526,7 +624,11 @@ impl Client {
     pub async fn get_security_group(&self, id: &str) -> Result<SecurityGroup> {
         self.get_of("security-groups", id).await
     }
-    pub async fn patch_security_group(&self, id: &str, body: &PatchSecurityGroup) -> Result<SecurityGroup> {
+    pub async fn patch_security_group(
+        &self,
+        id: &str,
+        body: &PatchSecurityGroup,
+    ) -> Result<SecurityGroup> {
         self.patch_of("security-groups", id, body).await
     }
     pub async fn delete_security_group(&self, id: &str) -> Result<()> {
@@ -568,7 +670,11 @@ impl Client {
     pub async fn list_peerings(&self, filter: &PeeringFilter) -> Result<Vec<Peering>> {
         self.all_of("peerings", filter).await
     }
-    pub async fn list_peerings_page(&self, filter: &PeeringFilter, page: &PageRequest) -> Result<Page<Peering>> {
+    pub async fn list_peerings_page(
+        &self,
+        filter: &PeeringFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Peering>> {
         self.page_of("peerings", filter, page).await
     }
     pub async fn get_peering(&self, id: &str) -> Result<Peering> {
@@ -584,7 +690,10 @@ impl Client {
     pub async fn create_bandwidth_pool(&self, body: &CreateBandwidthPool) -> Result<BandwidthPool> {
         self.create_of("bandwidth-pools", body).await
     }
-    pub async fn list_bandwidth_pools(&self, filter: &BandwidthPoolFilter) -> Result<Vec<BandwidthPool>> {
+    pub async fn list_bandwidth_pools(
+        &self,
+        filter: &BandwidthPoolFilter,
+    ) -> Result<Vec<BandwidthPool>> {
         self.all_of("bandwidth-pools", filter).await
     }
     pub async fn list_bandwidth_pools_page(
@@ -597,7 +706,11 @@ impl Client {
     pub async fn get_bandwidth_pool(&self, id: &str) -> Result<BandwidthPool> {
         self.get_of("bandwidth-pools", id).await
     }
-    pub async fn patch_bandwidth_pool(&self, id: &str, body: &PatchBandwidthPool) -> Result<BandwidthPool> {
+    pub async fn patch_bandwidth_pool(
+        &self,
+        id: &str,
+        body: &PatchBandwidthPool,
+    ) -> Result<BandwidthPool> {
         self.patch_of("bandwidth-pools", id, body).await
     }
     pub async fn delete_bandwidth_pool(&self, id: &str) -> Result<()> {

@@ -58,7 +58,12 @@ impl Mock {
 async fn handle(State(mock): State<Mock>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
-    let header_str = |name| parts.headers.get(name).map(|v: &header::HeaderValue| v.to_str().unwrap().to_string());
+    let header_str = |name| {
+        parts
+            .headers
+            .get(name)
+            .map(|v: &header::HeaderValue| v.to_str().unwrap().to_string())
+    };
     mock.seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
@@ -69,21 +74,35 @@ async fn handle(State(mock): State<Mock>, req: Request) -> Response {
     });
     let reply = mock.replies.lock().unwrap().pop_front();
     match reply {
-        Some(Reply::Json(status, v)) => {
-            (StatusCode::from_u16(status).unwrap(), [(header::CONTENT_TYPE, "application/json")], v.to_string())
-                .into_response()
-        }
+        Some(Reply::Json(status, v)) => (
+            StatusCode::from_u16(status).unwrap(),
+            [(header::CONTENT_TYPE, "application/json")],
+            v.to_string(),
+        )
+            .into_response(),
         Some(Reply::Text(status, t)) => (StatusCode::from_u16(status).unwrap(), t).into_response(),
-        Some(Reply::Empty(status)) => Response::builder().status(status).body(Body::empty()).unwrap(),
+        Some(Reply::Empty(status)) => Response::builder()
+            .status(status)
+            .body(Body::empty())
+            .unwrap(),
         Some(Reply::Hang) => std::future::pending().await,
-        None => (StatusCode::IM_A_TEAPOT, "the test scripted no reply for this request").into_response(),
+        None => (
+            StatusCode::IM_A_TEAPOT,
+            "the test scripted no reply for this request",
+        )
+            .into_response(),
     }
 }
 
 /// Starts the mock with its scripted replies; returns its base URL.
 async fn serve(replies: Vec<Reply>) -> (String, Mock) {
-    let mock = Mock { replies: Arc::new(Mutex::new(replies.into())), ..Default::default() };
-    let app = axum::Router::new().fallback(handle).with_state(mock.clone());
+    let mock = Mock {
+        replies: Arc::new(Mutex::new(replies.into())),
+        ..Default::default()
+    };
+    let app = axum::Router::new()
+        .fallback(handle)
+        .with_state(mock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -143,16 +162,33 @@ async fn lists_follow_pages_with_the_same_filter() {
     let page2 = json!({"items": [eni("eni-0000000000000003")]});
     let (base, mock) = serve(vec![Reply::Json(200, page1), Reply::Json(200, page2)]).await;
     let client = Client::new(&base, "t").unwrap();
-    let filter = EniFilter { vpc_id: Some("vpc-1".into()), status: Some(EniStatus::InUse), ..Default::default() };
+    let filter = EniFilter {
+        vpc_id: Some("vpc-1".into()),
+        status: Some(EniStatus::InUse),
+        ..Default::default()
+    };
     let all = client.list_enis(&filter).await.unwrap();
     let ids: Vec<_> = all.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(ids, ["eni-0000000000000001", "eni-0000000000000002", "eni-0000000000000003"]);
+    assert_eq!(
+        ids,
+        [
+            "eni-0000000000000001",
+            "eni-0000000000000002",
+            "eni-0000000000000003"
+        ]
+    );
 
     let seen = mock.seen();
     assert_eq!(seen.len(), 2);
-    assert!(seen.iter().all(|s| s.method == "GET" && s.path == "/v1/enis"));
+    assert!(
+        seen.iter()
+            .all(|s| s.method == "GET" && s.path == "/v1/enis")
+    );
     assert_eq!(seen[0].query.as_deref(), Some("vpc_id=vpc-1&status=in-use"));
-    assert_eq!(seen[1].query.as_deref(), Some("vpc_id=vpc-1&status=in-use&page_token=p2"));
+    assert_eq!(
+        seen[1].query.as_deref(),
+        Some("vpc_id=vpc-1&status=in-use&page_token=p2")
+    );
 }
 
 #[tokio::test]
@@ -160,15 +196,27 @@ async fn one_page_with_limit_and_token() {
     let page = json!({"items": [], "next_page_token": "n"});
     let (base, mock) = serve(vec![Reply::Json(200, page)]).await;
     let client = Client::new(&base, "t").unwrap();
-    let filter = InstanceFilter { name: Some("web 1&2".into()), host_id: None };
+    let filter = InstanceFilter {
+        name: Some("web 1&2".into()),
+        host_id: None,
+    };
     let page = client
-        .list_instances_page(&filter, &PageRequest { limit: Some(10), page_token: Some("abc".into()) })
+        .list_instances_page(
+            &filter,
+            &PageRequest {
+                limit: Some(10),
+                page_token: Some("abc".into()),
+            },
+        )
         .await
         .unwrap();
     assert!(page.items.is_empty());
     assert_eq!(page.next_page_token.as_deref(), Some("n"));
     // Values are form-encoded, so names with spaces and `&` survive.
-    assert_eq!(mock.only().query.as_deref(), Some("name=web+1%262&limit=10&page_token=abc"));
+    assert_eq!(
+        mock.only().query.as_deref(),
+        Some("name=web+1%262&limit=10&page_token=abc")
+    );
 }
 
 #[tokio::test]
@@ -185,13 +233,30 @@ async fn a_repeated_page_token_stops_the_list() {
 #[tokio::test]
 async fn error_bodies_become_api_errors() {
     let body = json!({"error": {"code": "insufficient_bandwidth", "message": "host host-1 has 100 Mbit/s free, asked 200"}});
-    let (base, _mock) = serve(vec![Reply::Json(409, body), Reply::Text(502, "upstream down"), Reply::Empty(404)]).await;
+    let (base, _mock) = serve(vec![
+        Reply::Json(409, body),
+        Reply::Text(502, "upstream down"),
+        Reply::Empty(404),
+    ])
+    .await;
     let client = Client::new(&base, "t").unwrap();
 
-    let err = client.attach_eni("eni-1", &AttachEni { instance_id: "i-1".into(), device_index: None }).await.unwrap_err();
+    let err = client
+        .attach_eni(
+            "eni-1",
+            &AttachEni {
+                instance_id: "i-1".into(),
+                device_index: None,
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(409));
     assert_eq!(err.code(), Some("insufficient_bandwidth"));
-    assert_eq!(err.to_string(), "host host-1 has 100 Mbit/s free, asked 200 (insufficient_bandwidth)");
+    assert_eq!(
+        err.to_string(),
+        "host host-1 has 100 Mbit/s free, asked 200 (insufficient_bandwidth)"
+    );
 
     let err = client.get_vpc("vpc-1").await.unwrap_err();
     assert_eq!(err.code(), Some("http_502"));
@@ -203,7 +268,11 @@ async fn error_bodies_become_api_errors() {
 
 #[tokio::test]
 async fn bad_success_bodies_are_decode_errors() {
-    let (base, _mock) = serve(vec![Reply::Json(200, json!({"id": 5})), Reply::Text(200, "not json")]).await;
+    let (base, _mock) = serve(vec![
+        Reply::Json(200, json!({"id": 5})),
+        Reply::Text(200, "not json"),
+    ])
+    .await;
     let client = Client::new(&base, "t").unwrap();
     let err = client.get_subnet("subnet-1").await.unwrap_err();
     match &err {
@@ -225,15 +294,30 @@ async fn unreachable_server_is_a_transport_error() {
     let client = Client::new(&format!("http://{addr}"), "t").unwrap();
     let err = client.list_hosts(&Default::default()).await.unwrap_err();
     assert!(err.is_transport(), "{err:?}");
-    assert!(err.to_string().starts_with(&format!("GET http://{addr}/v1/hosts failed: ")), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("GET http://{addr}/v1/hosts failed: ")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_hung_server_times_out() {
     let (base, _mock) = serve(vec![Reply::Hang]).await;
-    let client = Client::new(&base, "t").unwrap().with_request_timeout(Duration::from_millis(200));
+    let client = Client::new(&base, "t")
+        .unwrap()
+        .with_request_timeout(Duration::from_millis(200));
     let err = client.get_vpc("vpc-1").await.unwrap_err();
-    assert!(matches!(err, ClientError::Transport { timed_out: true, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ClientError::Transport {
+                timed_out: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -242,7 +326,10 @@ async fn actions_ids_and_deletes() {
     attached.status = EniStatus::InUse;
     let (base, mock) = serve(vec![
         Reply::Json(200, serde_json::to_value(&attached).unwrap()),
-        Reply::Json(200, serde_json::to_value(eni("eni-0000000000000001")).unwrap()),
+        Reply::Json(
+            200,
+            serde_json::to_value(eni("eni-0000000000000001")).unwrap(),
+        ),
         Reply::Empty(204),
         Reply::Json(200, json!({"rx_bytes": 10})),
         Reply::Json(200, serde_json::to_value(eni("x")).unwrap()),
@@ -250,24 +337,48 @@ async fn actions_ids_and_deletes() {
     .await;
     let client = Client::new(&base, "t").unwrap();
     let got = client
-        .attach_eni("eni-0000000000000001", &AttachEni { instance_id: "i-0000000000000009".into(), device_index: Some(1) })
+        .attach_eni(
+            "eni-0000000000000001",
+            &AttachEni {
+                instance_id: "i-0000000000000009".into(),
+                device_index: Some(1),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(got.status, EniStatus::InUse);
     client.detach_eni("eni-0000000000000001").await.unwrap();
     client.delete_eni("eni-0000000000000001").await.unwrap();
-    assert_eq!(client.eni_stats("eni-0000000000000001").await.unwrap(), json!({"rx_bytes": 10}));
+    assert_eq!(
+        client.eni_stats("eni-0000000000000001").await.unwrap(),
+        json!({"rx_bytes": 10})
+    );
     // Ids are path segments: whatever a person types cannot escape them.
     client.get_eni("../x?y").await.unwrap();
 
     let seen = mock.seen();
-    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/v1/enis/eni-0000000000000001/attach"));
-    assert_eq!(seen[0].json(), json!({"instance_id": "i-0000000000000009", "device_index": 1}));
-    assert_eq!((seen[1].method.as_str(), seen[1].path.as_str()), ("POST", "/v1/enis/eni-0000000000000001/detach"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/v1/enis/eni-0000000000000001/attach")
+    );
+    assert_eq!(
+        seen[0].json(),
+        json!({"instance_id": "i-0000000000000009", "device_index": 1})
+    );
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].path.as_str()),
+        ("POST", "/v1/enis/eni-0000000000000001/detach")
+    );
     assert_eq!(seen[1].json(), json!({}));
-    assert_eq!((seen[2].method.as_str(), seen[2].path.as_str()), ("DELETE", "/v1/enis/eni-0000000000000001"));
+    assert_eq!(
+        (seen[2].method.as_str(), seen[2].path.as_str()),
+        ("DELETE", "/v1/enis/eni-0000000000000001")
+    );
     assert!(seen[2].body.is_empty());
-    assert_eq!((seen[3].method.as_str(), seen[3].path.as_str()), ("GET", "/v1/enis/eni-0000000000000001/stats"));
+    assert_eq!(
+        (seen[3].method.as_str(), seen[3].path.as_str()),
+        ("GET", "/v1/enis/eni-0000000000000001/stats")
+    );
     assert_eq!(seen[4].path, "/v1/enis/..%2Fx%3Fy");
     assert_eq!(seen[4].query, None);
 }
@@ -276,21 +387,51 @@ async fn actions_ids_and_deletes() {
 async fn patches_send_only_what_changes() {
     let (base, mock) = serve(vec![
         Reply::Json(200, serde_json::to_value(vpc()).unwrap()),
-        Reply::Json(200, serde_json::to_value(eni("eni-0000000000000001")).unwrap()),
+        Reply::Json(
+            200,
+            serde_json::to_value(eni("eni-0000000000000001")).unwrap(),
+        ),
     ])
     .await;
     let client = Client::new(&base, "t").unwrap();
-    client.patch_vpc("vpc-1", &PatchVpc { name: Some("prod".into()), ..Default::default() }).await.unwrap();
-    let spec = BandwidthSpec { guaranteed_mbps: 200, limit_mbps: Some(1000), weight: 2, burst_kbytes: 64 };
     client
-        .patch_eni("eni-0000000000000001", &PatchEni { bandwidth: Some(spec), revision: Some(3), ..Default::default() })
+        .patch_vpc(
+            "vpc-1",
+            &PatchVpc {
+                name: Some("prod".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let spec = BandwidthSpec {
+        guaranteed_mbps: 200,
+        limit_mbps: Some(1000),
+        weight: 2,
+        burst_kbytes: 64,
+    };
+    client
+        .patch_eni(
+            "eni-0000000000000001",
+            &PatchEni {
+                bandwidth: Some(spec),
+                revision: Some(3),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let seen = mock.seen();
-    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("PATCH", "/v1/vpcs/vpc-1"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("PATCH", "/v1/vpcs/vpc-1")
+    );
     assert_eq!(seen[0].json(), json!({"name": "prod"}));
     assert_eq!(seen[1].method, "PATCH");
-    assert_eq!(seen[1].json()["bandwidth"], json!({"guaranteed_mbps": 200, "limit_mbps": 1000, "weight": 2, "burst_kbytes": 64}));
+    assert_eq!(
+        seen[1].json()["bandwidth"],
+        json!({"guaranteed_mbps": 200, "limit_mbps": 1000, "weight": 2, "burst_kbytes": 64})
+    );
     assert_eq!(seen[1].json()["revision"], json!(3));
 }
 
@@ -302,7 +443,12 @@ async fn host_agent_routes() {
         "nic_mbps": 1000, "labels": {}, "status": "ready", "last_heartbeat_ms": 0, "applied_generation": 0
     }))
     .unwrap();
-    let desired = HostDesired { host_id: host.id.clone(), generation: 42, nic_mbps: 1000, ..Default::default() };
+    let desired = HostDesired {
+        host_id: host.id.clone(),
+        generation: 42,
+        nic_mbps: 1000,
+        ..Default::default()
+    };
     let (base, mock) = serve(vec![
         Reply::Json(201, json!({"token": "agent-tok"})),
         Reply::Json(201, serde_json::to_value(&host).unwrap()),
@@ -323,21 +469,39 @@ async fn host_agent_routes() {
         labels: Default::default(),
     };
     assert_eq!(agent.register_host(&reg).await.unwrap(), host);
-    let hb = Heartbeat { applied_generation: 41, running_instances: vec!["i-1".into()], ..Default::default() };
+    let hb = Heartbeat {
+        applied_generation: 41,
+        running_instances: vec!["i-1".into()],
+    };
     agent.heartbeat(&host.id, &hb).await.unwrap();
-    assert_eq!(agent.desired_state(&host.id, None, None).await.unwrap(), desired);
-    agent.desired_state(&host.id, Some(41), Some(Duration::from_millis(1500))).await.unwrap();
+    assert_eq!(
+        agent.desired_state(&host.id, None, None).await.unwrap(),
+        desired
+    );
+    agent
+        .desired_state(&host.id, Some(41), Some(Duration::from_millis(1500)))
+        .await
+        .unwrap();
 
     let seen = mock.seen();
-    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/v1/agent-tokens"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/v1/agent-tokens")
+    );
     assert_eq!(seen[0].auth.as_deref(), Some("Bearer admin"));
     assert_eq!(seen[0].json(), json!({}));
-    assert_eq!((seen[1].method.as_str(), seen[1].path.as_str()), ("POST", "/v1/hosts"));
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].path.as_str()),
+        ("POST", "/v1/hosts")
+    );
     assert_eq!(seen[1].auth.as_deref(), Some("Bearer agent-tok"));
     assert_eq!(seen[1].json(), serde_json::to_value(&reg).unwrap());
     assert_eq!(seen[2].path, "/v1/hosts/host-0000000000000001/heartbeat");
     assert_eq!(seen[2].json(), serde_json::to_value(&hb).unwrap());
-    assert_eq!((seen[3].path.as_str(), seen[3].query.as_deref()), ("/v1/hosts/host-0000000000000001/desired", None));
+    assert_eq!(
+        (seen[3].path.as_str(), seen[3].query.as_deref()),
+        ("/v1/hosts/host-0000000000000001/desired", None)
+    );
     assert_eq!(seen[4].query.as_deref(), Some("since=41&timeout_ms=1500"));
 }
 
@@ -354,7 +518,13 @@ async fn tenants_and_anonymous_routes() {
     ])
     .await;
     let client = Client::new(&base, "admin").unwrap();
-    let created = client.create_tenant(&CreateTenant { name: "acme".into(), ..Default::default() }).await.unwrap();
+    let created = client
+        .create_tenant(&CreateTenant {
+            name: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(created.token, "acme-secret");
     assert_eq!(created.tenant.name, "acme");
 
@@ -370,15 +540,34 @@ async fn tenants_and_anonymous_routes() {
 
 #[tokio::test]
 async fn raw_json_under_a_path_prefix() {
-    let (base, mock) = serve(vec![Reply::Json(200, json!({"items": []})), Reply::Empty(204)]).await;
+    let (base, mock) = serve(vec![
+        Reply::Json(200, json!({"items": []})),
+        Reply::Empty(204),
+    ])
+    .await;
     let client = Client::new(&format!("{base}/evnet/"), "t").unwrap();
-    assert_eq!(client.get_json("/v1/vpcs?name=a").await.unwrap(), json!({"items": []}));
-    let v = client.send_json(Method::DELETE, "/v1/vpcs/vpc-1", None).await.unwrap();
+    assert_eq!(
+        client.get_json("/v1/vpcs?name=a").await.unwrap(),
+        json!({"items": []})
+    );
+    let v = client
+        .send_json(Method::DELETE, "/v1/vpcs/vpc-1", None)
+        .await
+        .unwrap();
     assert_eq!(v, Value::Null);
     let seen = mock.seen();
-    assert_eq!((seen[0].path.as_str(), seen[0].query.as_deref()), ("/evnet/v1/vpcs", Some("name=a")));
-    assert_eq!((seen[1].method.as_str(), seen[1].path.as_str()), ("DELETE", "/evnet/v1/vpcs/vpc-1"));
-    assert!(client.get_json("v1/vpcs").await.is_err(), "a relative path is refused");
+    assert_eq!(
+        (seen[0].path.as_str(), seen[0].query.as_deref()),
+        ("/evnet/v1/vpcs", Some("name=a"))
+    );
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].path.as_str()),
+        ("DELETE", "/evnet/v1/vpcs/vpc-1")
+    );
+    assert!(
+        client.get_json("v1/vpcs").await.is_err(),
+        "a relative path is refused"
+    );
 }
 
 #[tokio::test]
@@ -386,17 +575,32 @@ async fn finds_ids_by_name() {
     let page = json!({"items": [{"id": "i-0000000000000001", "name": "web", "extra": true}]});
     let (base, mock) = serve(vec![Reply::Json(200, page)]).await;
     let client = Client::new(&base, "t").unwrap();
-    let ids = client.find_ids_by_name(ids::Kind::Instance, "web").await.unwrap();
+    let ids = client
+        .find_ids_by_name(ids::Kind::Instance, "web")
+        .await
+        .unwrap();
     assert_eq!(ids, ["i-0000000000000001"]);
     let seen = mock.only();
-    assert_eq!((seen.path.as_str(), seen.query.as_deref()), ("/v1/instances", Some("name=web")));
+    assert_eq!(
+        (seen.path.as_str(), seen.query.as_deref()),
+        ("/v1/instances", Some("name=web"))
+    );
 }
 
 #[test]
 fn refuses_unusable_base_urls() {
-    for bad in ["https://example.test", "ftp://127.0.0.1", "not a url", "http://127.0.0.1:7300/?x=1", "unix:/run/x"] {
+    for bad in [
+        "https://example.test",
+        "ftp://127.0.0.1",
+        "not a url",
+        "http://127.0.0.1:7300/?x=1",
+        "unix:/run/x",
+    ] {
         let err = Client::new(bad, "t").unwrap_err();
-        assert!(matches!(err, ClientError::InvalidUrl { .. }), "{bad}: {err:?}");
+        assert!(
+            matches!(err, ClientError::InvalidUrl { .. }),
+            "{bad}: {err:?}"
+        );
     }
     assert!(Client::new("http://127.0.0.1:7300", "t").is_ok());
 }

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "evnet", version, about = "Elastic network virtualization for Linux hosts")]
+#[command(
+    name = "evnet",
+    version,
+    about = "Elastic network virtualization for Linux hosts"
+)]
 struct Cli {
     #[command(flatten)]
     opts: cli::GlobalOpts,

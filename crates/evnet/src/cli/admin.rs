@@ -12,7 +12,9 @@ use super::{OutputFormat, parse_rate, parse_tag, resolve, tags_of};
 #[derive(clap::Subcommand, Debug)]
 pub enum TenantCommand {
     /// Create a tenant and print its token (shown only this once).
-    #[command(after_help = "Examples:\n  EVNET_TOKEN=$EVNET_ADMIN_TOKEN evnet tenant create acme\n  evnet tenant create acme --tag billing=team-7 -o json | jq -r .token")]
+    #[command(
+        after_help = "Examples:\n  EVNET_TOKEN=$EVNET_ADMIN_TOKEN evnet tenant create acme\n  evnet tenant create acme --tag billing=team-7 -o json | jq -r .token"
+    )]
     Create {
         name: String,
         /// A tag, key=value (repeatable).
@@ -20,7 +22,9 @@ pub enum TenantCommand {
         tags: Vec<(String, String)>,
     },
     /// List tenants.
-    #[command(after_help = "Examples:\n  evnet tenant list\n  evnet tenant list --name acme -o json")]
+    #[command(
+        after_help = "Examples:\n  evnet tenant list\n  evnet tenant list --name acme -o json"
+    )]
     List {
         #[arg(long)]
         name: Option<String>,
@@ -42,7 +46,9 @@ pub enum TenantCommand {
 #[derive(clap::Subcommand, Debug)]
 pub enum HostCommand {
     /// List hosts with their status and the desired-state generation applied.
-    #[command(after_help = "Examples:\n  evnet host list\n  evnet host list -o json | jq '.items[].status'")]
+    #[command(
+        after_help = "Examples:\n  evnet host list\n  evnet host list -o json | jq '.items[].status'"
+    )]
     List {
         #[arg(long)]
         name: Option<String>,
@@ -60,7 +66,9 @@ pub enum HostCommand {
         host: String,
     },
     /// Register a host by hand; agents normally register themselves.
-    #[command(after_help = "Examples:\n  evnet host register --name host-9 --underlay-ip 198.18.0.9 --nic 10G --label rack=r1")]
+    #[command(
+        after_help = "Examples:\n  evnet host register --name host-9 --underlay-ip 198.18.0.9 --nic 10G --label rack=r1"
+    )]
     Register {
         #[arg(long)]
         name: String,
@@ -74,21 +82,37 @@ pub enum HostCommand {
         labels: Vec<(String, String)>,
     },
     /// Issue a token for agents to authenticate with (admin).
-    #[command(after_help = "Examples:\n  evnet host create-token\n  AGENT_TOKEN=$(evnet host create-token)")]
+    #[command(
+        after_help = "Examples:\n  evnet host create-token\n  AGENT_TOKEN=$(evnet host create-token)"
+    )]
     CreateToken,
 }
 
-pub(crate) async fn run_tenant(cmd: TenantCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run_tenant(
+    cmd: TenantCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
         TenantCommand::Create { name, tags } => {
-            let t = client.create_tenant(&CreateTenant { name, tags: tags_of(tags), ..Default::default() }).await?;
+            let t = client
+                .create_tenant(&CreateTenant {
+                    name,
+                    tags: tags_of(tags),
+                })
+                .await?;
             print_one(out, &t)?;
             if out == OutputFormat::Table {
-                eprintln!("\nSave the token now, it is not shown again:\n  export EVNET_TOKEN={}", t.token);
+                eprintln!(
+                    "\nSave the token now, it is not shown again:\n  export EVNET_TOKEN={}",
+                    t.token
+                );
             }
             Ok(())
         }
-        TenantCommand::List { name } => print_list(out, &client.list_tenants(&NameFilter { name }).await?),
+        TenantCommand::List { name } => {
+            print_list(out, &client.list_tenants(&NameFilter { name }).await?)
+        }
         TenantCommand::Get { tenant } => {
             let id = resolve::id(client, Kind::Tenant, &tenant).await?;
             print_one(out, &client.get_tenant(&id).await?)
@@ -102,9 +126,15 @@ pub(crate) async fn run_tenant(cmd: TenantCommand, client: &Client, out: OutputF
     }
 }
 
-pub(crate) async fn run_host(cmd: HostCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run_host(
+    cmd: HostCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
-        HostCommand::List { name } => print_list(out, &client.list_hosts(&NameFilter { name }).await?),
+        HostCommand::List { name } => {
+            print_list(out, &client.list_hosts(&NameFilter { name }).await?)
+        }
         HostCommand::Get { host } => {
             let id = resolve::id(client, Kind::Host, &host).await?;
             print_one(out, &client.get_host(&id).await?)
@@ -115,15 +145,28 @@ pub(crate) async fn run_host(cmd: HostCommand, client: &Client, out: OutputForma
             print_deleted(out, "host", &id);
             Ok(())
         }
-        HostCommand::Register { name, underlay_ip, nic, labels } => {
-            let body = RegisterHost { name, underlay_ip, nic_mbps: nic, labels: labels.into_iter().collect() };
+        HostCommand::Register {
+            name,
+            underlay_ip,
+            nic,
+            labels,
+        } => {
+            let body = RegisterHost {
+                name,
+                underlay_ip,
+                nic_mbps: nic,
+                labels: labels.into_iter().collect(),
+            };
             print_one(out, &client.register_host(&body).await?)
         }
         HostCommand::CreateToken => {
             let token = client.create_agent_token().await?;
             match out {
                 OutputFormat::Table => println!("{token}"),
-                OutputFormat::Json => println!("{}", render::to_json(&serde_json::json!({ "token": token }))?),
+                OutputFormat::Json => println!(
+                    "{}",
+                    render::to_json(&serde_json::json!({ "token": token }))?
+                ),
             }
             Ok(())
         }

@@ -61,7 +61,9 @@ impl BandwidthArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum EniCommand {
     /// Create an ENI in a subnet: a MAC and addresses that follow it from instance to instance.
-    #[command(after_help = "Examples:\n  evnet eni create --subnet web --name web-1-eth0\n  evnet eni create --subnet web --ip 10.0.1.10 --secondary-ips 2 --sg ssh --guaranteed 200M --limit 1G\n  evnet eni create --subnet dmz --no-source-dest-check --name nat-eth0")]
+    #[command(
+        after_help = "Examples:\n  evnet eni create --subnet web --name web-1-eth0\n  evnet eni create --subnet web --ip 10.0.1.10 --secondary-ips 2 --sg ssh --guaranteed 200M --limit 1G\n  evnet eni create --subnet dmz --no-source-dest-check --name nat-eth0"
+    )]
     Create {
         /// The subnet, by id or name.
         #[arg(long)]
@@ -89,7 +91,9 @@ pub enum EniCommand {
         tags: Vec<(String, String)>,
     },
     /// List ENIs.
-    #[command(after_help = "Examples:\n  evnet eni list\n  evnet eni list --vpc prod --status in-use\n  evnet eni list --instance web-1 -o json")]
+    #[command(
+        after_help = "Examples:\n  evnet eni list\n  evnet eni list --vpc prod --status in-use\n  evnet eni list --instance web-1 -o json"
+    )]
     List {
         /// Only ENIs in this subnet (id or name).
         #[arg(long)]
@@ -112,7 +116,9 @@ pub enum EniCommand {
         eni: String,
     },
     /// Change an ENI's name, security groups, source/dest check or tags.
-    #[command(after_help = "Examples:\n  evnet eni update web-1-eth0 --sg web --sg ssh\n  evnet eni update nat-eth0 --source-dest-check false")]
+    #[command(
+        after_help = "Examples:\n  evnet eni update web-1-eth0 --sg web --sg ssh\n  evnet eni update nat-eth0 --source-dest-check false"
+    )]
     Update {
         /// The ENI, by id or name.
         eni: String,
@@ -134,7 +140,9 @@ pub enum EniCommand {
         eni: String,
     },
     /// Attach an ENI to an instance; its MAC and addresses come along, on any host.
-    #[command(after_help = "Examples:\n  evnet eni attach web-1-eth1 --instance web-1\n  evnet eni attach eni-1a2b3c4d5e6f7a8b --instance i-0a0b0c0d0e0f0a0b --device-index 1")]
+    #[command(
+        after_help = "Examples:\n  evnet eni attach web-1-eth1 --instance web-1\n  evnet eni attach eni-1a2b3c4d5e6f7a8b --instance i-0a0b0c0d0e0f0a0b --device-index 1"
+    )]
     Attach {
         /// The ENI, by id or name.
         eni: String,
@@ -152,7 +160,9 @@ pub enum EniCommand {
         eni: String,
     },
     /// Change an ENI's bandwidth live: no reconnect, no dropped flow.
-    #[command(after_help = "Examples:\n  evnet eni set-bandwidth web-1-eth0 --guaranteed 200M --limit 1G\n  evnet eni set-bandwidth web-1-eth0 --weight 4\n  evnet eni set-bandwidth web-1-eth0 --guaranteed 0 --limit nic")]
+    #[command(
+        after_help = "Examples:\n  evnet eni set-bandwidth web-1-eth0 --guaranteed 200M --limit 1G\n  evnet eni set-bandwidth web-1-eth0 --weight 4\n  evnet eni set-bandwidth web-1-eth0 --guaranteed 0 --limit nic"
+    )]
     SetBandwidth {
         /// The ENI, by id or name.
         eni: String,
@@ -160,7 +170,9 @@ pub enum EniCommand {
         bandwidth: BandwidthArgs,
     },
     /// Show an ENI's counters and current rates.
-    #[command(after_help = "Examples:\n  evnet eni stats web-1-eth0\n  evnet eni stats web-1-eth0 -o json")]
+    #[command(
+        after_help = "Examples:\n  evnet eni stats web-1-eth0\n  evnet eni stats web-1-eth0 -o json"
+    )]
     Stats {
         /// The ENI, by id or name.
         eni: String,
@@ -181,7 +193,8 @@ pub(crate) async fn run(cmd: EniCommand, client: &Client, out: OutputFormat) -> 
             tags,
         } => {
             let subnet_id = resolve::id(client, Kind::Subnet, &subnet).await?;
-            let security_group_ids = resolve::ids(client, Kind::SecurityGroup, &security_groups).await?;
+            let security_group_ids =
+                resolve::ids(client, Kind::SecurityGroup, &security_groups).await?;
             let body = CreateEni {
                 subnet_id,
                 name,
@@ -190,13 +203,20 @@ pub(crate) async fn run(cmd: EniCommand, client: &Client, out: OutputFormat) -> 
                 secondary_ip_count,
                 security_group_ids,
                 source_dest_check: no_source_dest_check.then_some(false),
-                bandwidth: (!bandwidth.is_empty()).then(|| bandwidth.apply(BandwidthSpec::default())),
+                bandwidth: (!bandwidth.is_empty())
+                    .then(|| bandwidth.apply(BandwidthSpec::default())),
                 tags: tags_of(tags),
                 ..Default::default()
             };
             print_one(out, &client.create_eni(&body).await?)
         }
-        EniCommand::List { subnet, vpc, instance, status, name } => {
+        EniCommand::List {
+            subnet,
+            vpc,
+            instance,
+            status,
+            name,
+        } => {
             let filter = EniFilter {
                 name,
                 subnet_id: resolve::opt_id(client, Kind::Subnet, subnet.as_deref()).await?,
@@ -210,8 +230,18 @@ pub(crate) async fn run(cmd: EniCommand, client: &Client, out: OutputFormat) -> 
             let id = resolve::id(client, Kind::Eni, &eni).await?;
             print_one(out, &client.get_eni(&id).await?)
         }
-        EniCommand::Update { eni, name, security_groups, source_dest_check, tags } => {
-            if name.is_none() && security_groups.is_empty() && source_dest_check.is_none() && tags.is_empty() {
+        EniCommand::Update {
+            eni,
+            name,
+            security_groups,
+            source_dest_check,
+            tags,
+        } => {
+            if name.is_none()
+                && security_groups.is_empty()
+                && source_dest_check.is_none()
+                && tags.is_empty()
+            {
                 anyhow::bail!("nothing to change: give --name, --sg, --source-dest-check or --tag");
             }
             let id = resolve::id(client, Kind::Eni, &eni).await?;
@@ -235,10 +265,17 @@ pub(crate) async fn run(cmd: EniCommand, client: &Client, out: OutputFormat) -> 
             print_deleted(out, "eni", &id);
             Ok(())
         }
-        EniCommand::Attach { eni, instance, device_index } => {
+        EniCommand::Attach {
+            eni,
+            instance,
+            device_index,
+        } => {
             let id = resolve::id(client, Kind::Eni, &eni).await?;
             let instance_id = resolve::id(client, Kind::Instance, &instance).await?;
-            let body = AttachEni { instance_id, device_index };
+            let body = AttachEni {
+                instance_id,
+                device_index,
+            };
             print_one(out, &client.attach_eni(&id, &body).await?)
         }
         EniCommand::Detach { eni } => {
@@ -247,7 +284,9 @@ pub(crate) async fn run(cmd: EniCommand, client: &Client, out: OutputFormat) -> 
         }
         EniCommand::SetBandwidth { eni, bandwidth } => {
             if bandwidth.is_empty() {
-                anyhow::bail!("nothing to change: give --guaranteed, --limit, --weight or --burst-kbytes");
+                anyhow::bail!(
+                    "nothing to change: give --guaranteed, --limit, --weight or --burst-kbytes"
+                );
             }
             let id = resolve::id(client, Kind::Eni, &eni).await?;
             // Read, change the flags given, write back at the revision read:

@@ -32,8 +32,15 @@ pub struct ExecArgs {
 
 /// The argv that runs `command` inside `instance`'s namespace, or why it
 /// cannot run yet.
-pub(crate) fn netns_argv(instance: &Instance, command: &[OsString]) -> anyhow::Result<Vec<OsString>> {
-    let who = if instance.name.is_empty() { instance.id.clone() } else { format!("{} ({})", instance.name, instance.id) };
+pub(crate) fn netns_argv(
+    instance: &Instance,
+    command: &[OsString],
+) -> anyhow::Result<Vec<OsString>> {
+    let who = if instance.name.is_empty() {
+        instance.id.clone()
+    } else {
+        format!("{} ({})", instance.name, instance.id)
+    };
     if instance.state != InstanceState::Running || instance.netns.is_empty() {
         anyhow::bail!(
             "instance {who} is not running yet (state {}, host {}): wait until `evnet instance get {}` shows it running",
@@ -46,12 +53,20 @@ pub(crate) fn netns_argv(instance: &Instance, command: &[OsString]) -> anyhow::R
         );
     }
     if instance.netns.contains('/') || instance.netns.starts_with('.') {
-        anyhow::bail!("instance {who} reports an unusable namespace name `{}`", instance.netns);
+        anyhow::bail!(
+            "instance {who} reports an unusable namespace name `{}`",
+            instance.netns
+        );
     }
     if command.is_empty() {
         anyhow::bail!("give the command to run after `--`");
     }
-    let mut argv: Vec<OsString> = vec!["ip".into(), "netns".into(), "exec".into(), instance.netns.clone().into()];
+    let mut argv: Vec<OsString> = vec![
+        "ip".into(),
+        "netns".into(),
+        "exec".into(),
+        instance.netns.clone().into(),
+    ];
     argv.extend(command.iter().cloned());
     Ok(argv)
 }

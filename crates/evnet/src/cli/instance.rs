@@ -27,7 +27,9 @@ impl From<Placement> for PlacementStrategy {
 #[derive(clap::Subcommand, Debug)]
 pub enum InstanceCommand {
     /// Create an instance on a host, or let the scheduler place it by count and bandwidth.
-    #[command(after_help = "Examples:\n  evnet instance create --name web-1 --eni web-1-eth0\n  evnet instance create --name db --host host-2 --eni eni-1a2b3c4d5e6f7a8b\n  evnet instance create --name batch --placement pack")]
+    #[command(
+        after_help = "Examples:\n  evnet instance create --name web-1 --eni web-1-eth0\n  evnet instance create --name db --host host-2 --eni eni-1a2b3c4d5e6f7a8b\n  evnet instance create --name batch --placement pack"
+    )]
     Create {
         #[arg(long)]
         name: Option<String>,
@@ -66,9 +68,19 @@ pub enum InstanceCommand {
     },
 }
 
-pub(crate) async fn run(cmd: InstanceCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    cmd: InstanceCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
-        InstanceCommand::Create { name, host, placement, enis, tags } => {
+        InstanceCommand::Create {
+            name,
+            host,
+            placement,
+            enis,
+            tags,
+        } => {
             let host_id = resolve::opt_id(client, Kind::Host, host.as_deref()).await?;
             let eni_ids = resolve::ids(client, Kind::Eni, &enis).await?;
             let body = CreateInstance {
@@ -83,7 +95,12 @@ pub(crate) async fn run(cmd: InstanceCommand, client: &Client, out: OutputFormat
         }
         InstanceCommand::List { host, name } => {
             let host_id = resolve::opt_id(client, Kind::Host, host.as_deref()).await?;
-            print_list(out, &client.list_instances(&InstanceFilter { name, host_id }).await?)
+            print_list(
+                out,
+                &client
+                    .list_instances(&InstanceFilter { name, host_id })
+                    .await?,
+            )
         }
         InstanceCommand::Get { instance } => {
             let id = resolve::id(client, Kind::Instance, &instance).await?;

@@ -33,13 +33,32 @@ pub use exec::ExecArgs;
 #[derive(clap::Args, Debug, Clone)]
 pub struct GlobalOpts {
     /// The evnet server's URL.
-    #[arg(long, env = "EVNET_URL", default_value = "http://127.0.0.1:7300", global = true, help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "EVNET_URL",
+        default_value = "http://127.0.0.1:7300",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub url: String,
     /// The API token (a tenant's, or the admin's for tenants and hosts).
-    #[arg(long, env = "EVNET_TOKEN", global = true, hide_env_values = true, help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "EVNET_TOKEN",
+        global = true,
+        hide_env_values = true,
+        help_heading = "Global options"
+    )]
     pub token: Option<String>,
     /// How to print answers: `table` for people, or `json`, the API's own JSON.
-    #[arg(short = 'o', long, value_enum, default_value = "table", global = true, help_heading = "Global options")]
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value = "table",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub output: OutputFormat,
 }
 
@@ -113,7 +132,9 @@ fn connect(opts: &GlobalOpts) -> anyhow::Result<Client> {
         .token
         .as_deref()
         .filter(|t| !t.trim().is_empty())
-        .context("no API token: set EVNET_TOKEN (or pass --token); `evnet lab up` writes one to DIR/env")?;
+        .context(
+            "no API token: set EVNET_TOKEN (or pass --token); `evnet lab up` writes one to DIR/env",
+        )?;
     Ok(Client::new(&opts.url, token.trim())?)
 }
 

@@ -10,7 +10,9 @@ use super::{OutputFormat, parse_tag, resolve, tags_of};
 #[derive(clap::Subcommand, Debug)]
 pub enum VpcCommand {
     /// Create a VPC (IPv4, /16 to /28; CIDRs may overlap other tenants').
-    #[command(after_help = "Examples:\n  evnet vpc create --cidr 10.0.0.0/16 --name prod\n  evnet vpc create --cidr 10.1.0.0/16 --tag env=staging -o json")]
+    #[command(
+        after_help = "Examples:\n  evnet vpc create --cidr 10.0.0.0/16 --name prod\n  evnet vpc create --cidr 10.1.0.0/16 --tag env=staging -o json"
+    )]
     Create {
         #[arg(long)]
         cidr: String,
@@ -27,13 +29,17 @@ pub enum VpcCommand {
         name: Option<String>,
     },
     /// Show one VPC (by id or name).
-    #[command(after_help = "Examples:\n  evnet vpc get prod\n  evnet vpc get vpc-1a2b3c4d5e6f7a8b -o json")]
+    #[command(
+        after_help = "Examples:\n  evnet vpc get prod\n  evnet vpc get vpc-1a2b3c4d5e6f7a8b -o json"
+    )]
     Get {
         /// The VPC, by id or name.
         vpc: String,
     },
     /// Rename a VPC or replace its tags.
-    #[command(after_help = "Examples:\n  evnet vpc update prod --name production\n  evnet vpc update prod --tag env=prod --tag team=net")]
+    #[command(
+        after_help = "Examples:\n  evnet vpc update prod --name production\n  evnet vpc update prod --tag env=prod --tag team=net"
+    )]
     Update {
         /// The VPC, by id or name.
         vpc: String,
@@ -54,7 +60,9 @@ pub enum VpcCommand {
 #[derive(clap::Subcommand, Debug)]
 pub enum SubnetCommand {
     /// Create a subnet inside a VPC's CIDR (the first four and the last address are reserved).
-    #[command(after_help = "Examples:\n  evnet subnet create --vpc prod --cidr 10.0.1.0/24 --name web\n  evnet subnet create --vpc vpc-1a2b3c4d5e6f7a8b --cidr 10.0.2.0/28")]
+    #[command(
+        after_help = "Examples:\n  evnet subnet create --vpc prod --cidr 10.0.1.0/24 --name web\n  evnet subnet create --vpc vpc-1a2b3c4d5e6f7a8b --cidr 10.0.2.0/28"
+    )]
     Create {
         /// The VPC, by id or name.
         #[arg(long)]
@@ -92,7 +100,9 @@ pub enum SubnetCommand {
 #[derive(clap::Subcommand, Debug)]
 pub enum PeeringCommand {
     /// Peer two VPCs whose CIDRs do not overlap; routes in both VPCs' tables decide what crosses.
-    #[command(after_help = "Examples:\n  evnet peering create --vpc-a prod --vpc-b shared --name prod-shared\n  evnet route-table add-route <prod main table> --destination 10.9.0.0/16 --target pcx-…")]
+    #[command(
+        after_help = "Examples:\n  evnet peering create --vpc-a prod --vpc-b shared --name prod-shared\n  evnet route-table add-route <prod main table> --destination 10.9.0.0/16 --target pcx-…"
+    )]
     Create {
         /// One VPC, by id or name.
         #[arg(long)]
@@ -125,13 +135,24 @@ pub enum PeeringCommand {
     },
 }
 
-pub(crate) async fn run_vpc(cmd: VpcCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run_vpc(
+    cmd: VpcCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
         VpcCommand::Create { cidr, name, tags } => {
-            let body = CreateVpc { cidr_block: cidr, name, tags: tags_of(tags), ..Default::default() };
+            let body = CreateVpc {
+                cidr_block: cidr,
+                name,
+                tags: tags_of(tags),
+                ..Default::default()
+            };
             print_one(out, &client.create_vpc(&body).await?)
         }
-        VpcCommand::List { name } => print_list(out, &client.list_vpcs(&NameFilter { name }).await?),
+        VpcCommand::List { name } => {
+            print_list(out, &client.list_vpcs(&NameFilter { name }).await?)
+        }
         VpcCommand::Get { vpc } => {
             let id = resolve::id(client, Kind::Vpc, &vpc).await?;
             print_one(out, &client.get_vpc(&id).await?)
@@ -141,7 +162,11 @@ pub(crate) async fn run_vpc(cmd: VpcCommand, client: &Client, out: OutputFormat)
                 anyhow::bail!("nothing to change: give --name and/or --tag");
             }
             let id = resolve::id(client, Kind::Vpc, &vpc).await?;
-            let patch = PatchVpc { name, tags: (!tags.is_empty()).then(|| tags_of(tags)), revision: None };
+            let patch = PatchVpc {
+                name,
+                tags: (!tags.is_empty()).then(|| tags_of(tags)),
+                revision: None,
+            };
             print_one(out, &client.patch_vpc(&id, &patch).await?)
         }
         VpcCommand::Delete { vpc } => {
@@ -153,16 +178,36 @@ pub(crate) async fn run_vpc(cmd: VpcCommand, client: &Client, out: OutputFormat)
     }
 }
 
-pub(crate) async fn run_subnet(cmd: SubnetCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run_subnet(
+    cmd: SubnetCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
-        SubnetCommand::Create { vpc, cidr, name, tags } => {
+        SubnetCommand::Create {
+            vpc,
+            cidr,
+            name,
+            tags,
+        } => {
             let vpc_id = resolve::id(client, Kind::Vpc, &vpc).await?;
-            let body = CreateSubnet { vpc_id, cidr_block: cidr, name, tags: tags_of(tags), ..Default::default() };
+            let body = CreateSubnet {
+                vpc_id,
+                cidr_block: cidr,
+                name,
+                tags: tags_of(tags),
+                ..Default::default()
+            };
             print_one(out, &client.create_subnet(&body).await?)
         }
         SubnetCommand::List { vpc, name } => {
             let vpc_id = resolve::opt_id(client, Kind::Vpc, vpc.as_deref()).await?;
-            print_list(out, &client.list_subnets(&VpcScopedFilter { name, vpc_id }).await?)
+            print_list(
+                out,
+                &client
+                    .list_subnets(&VpcScopedFilter { name, vpc_id })
+                    .await?,
+            )
         }
         SubnetCommand::Get { subnet } => {
             let id = resolve::id(client, Kind::Subnet, &subnet).await?;
@@ -177,15 +222,32 @@ pub(crate) async fn run_subnet(cmd: SubnetCommand, client: &Client, out: OutputF
     }
 }
 
-pub(crate) async fn run_peering(cmd: PeeringCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run_peering(
+    cmd: PeeringCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
-        PeeringCommand::Create { vpc_a, vpc_b, name, tags } => {
+        PeeringCommand::Create {
+            vpc_a,
+            vpc_b,
+            name,
+            tags,
+        } => {
             let vpc_a = resolve::id(client, Kind::Vpc, &vpc_a).await?;
             let vpc_b = resolve::id(client, Kind::Vpc, &vpc_b).await?;
-            let body = CreatePeering { vpc_a, vpc_b, name, tags: tags_of(tags), ..Default::default() };
+            let body = CreatePeering {
+                vpc_a,
+                vpc_b,
+                name,
+                tags: tags_of(tags),
+                ..Default::default()
+            };
             print_one(out, &client.create_peering(&body).await?)
         }
-        PeeringCommand::List { name } => print_list(out, &client.list_peerings(&NameFilter { name }).await?),
+        PeeringCommand::List { name } => {
+            print_list(out, &client.list_peerings(&NameFilter { name }).await?)
+        }
         PeeringCommand::Get { peering } => {
             let id = resolve::id(client, Kind::Peering, &peering).await?;
             print_one(out, &client.get_peering(&id).await?)

@@ -25,11 +25,19 @@ impl From<ScopeArg> for PoolScope {
 }
 
 /// `members` with `add` appended (skipping ones present) and `remove` taken out.
-pub(crate) fn edit_members(members: &[String], add: &[String], remove: &[String]) -> anyhow::Result<Vec<String>> {
+pub(crate) fn edit_members(
+    members: &[String],
+    add: &[String],
+    remove: &[String],
+) -> anyhow::Result<Vec<String>> {
     if let Some(missing) = remove.iter().find(|r| !members.contains(r)) {
         anyhow::bail!("{missing} is not a member of the pool");
     }
-    let mut out: Vec<String> = members.iter().filter(|m| !remove.contains(m)).cloned().collect();
+    let mut out: Vec<String> = members
+        .iter()
+        .filter(|m| !remove.contains(m))
+        .cloned()
+        .collect();
     for a in add {
         if !out.contains(a) {
             out.push(a.clone());
@@ -41,7 +49,9 @@ pub(crate) fn edit_members(members: &[String], add: &[String], remove: &[String]
 #[derive(clap::Subcommand, Debug)]
 pub enum PoolCommand {
     /// Create a pool: its members together never exceed its limit, in each direction.
-    #[command(after_help = "Examples:\n  evnet bandwidth-pool create --scope vpc --vpc prod --limit 1G --member web-1-eth0 --member web-2-eth0\n  evnet bandwidth-pool create --scope tenant --limit 500M --name egress-package")]
+    #[command(
+        after_help = "Examples:\n  evnet bandwidth-pool create --scope vpc --vpc prod --limit 1G --member web-1-eth0 --member web-2-eth0\n  evnet bandwidth-pool create --scope tenant --limit 500M --name egress-package"
+    )]
     Create {
         #[arg(long, value_enum)]
         scope: ScopeArg,
@@ -72,7 +82,9 @@ pub enum PoolCommand {
         pool: String,
     },
     /// Change a pool's limit, name or members, live.
-    #[command(after_help = "Examples:\n  evnet bandwidth-pool update egress-package --limit 2G\n  evnet bandwidth-pool update egress-package --add-member web-3-eth0 --remove-member web-1-eth0")]
+    #[command(
+        after_help = "Examples:\n  evnet bandwidth-pool update egress-package --limit 2G\n  evnet bandwidth-pool update egress-package --add-member web-3-eth0 --remove-member web-1-eth0"
+    )]
     Update {
         /// The bandwidth pool, by id or name.
         pool: String,
@@ -95,9 +107,20 @@ pub enum PoolCommand {
     },
 }
 
-pub(crate) async fn run(cmd: PoolCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    cmd: PoolCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
-        PoolCommand::Create { scope, vpc, limit, members, name, tags } => {
+        PoolCommand::Create {
+            scope,
+            vpc,
+            limit,
+            members,
+            name,
+            tags,
+        } => {
             let vpc_id = resolve::opt_id(client, Kind::Vpc, vpc.as_deref()).await?;
             let members = resolve::ids(client, Kind::Eni, &members).await?;
             let body = CreateBandwidthPool {
@@ -111,17 +134,34 @@ pub(crate) async fn run(cmd: PoolCommand, client: &Client, out: OutputFormat) ->
             };
             print_one(out, &client.create_bandwidth_pool(&body).await?)
         }
-        PoolCommand::List { name } => print_list(out, &client.list_bandwidth_pools(&BandwidthPoolFilter { name }).await?),
+        PoolCommand::List { name } => print_list(
+            out,
+            &client
+                .list_bandwidth_pools(&BandwidthPoolFilter { name })
+                .await?,
+        ),
         PoolCommand::Get { pool } => {
             let id = resolve::id(client, Kind::BandwidthPool, &pool).await?;
             print_one(out, &client.get_bandwidth_pool(&id).await?)
         }
-        PoolCommand::Update { pool, limit, name, add, remove } => {
+        PoolCommand::Update {
+            pool,
+            limit,
+            name,
+            add,
+            remove,
+        } => {
             if limit.is_none() && name.is_none() && add.is_empty() && remove.is_empty() {
-                anyhow::bail!("nothing to change: give --limit, --name, --add-member or --remove-member");
+                anyhow::bail!(
+                    "nothing to change: give --limit, --name, --add-member or --remove-member"
+                );
             }
             let id = resolve::id(client, Kind::BandwidthPool, &pool).await?;
-            let mut patch = PatchBandwidthPool { limit_mbps: limit, name, ..Default::default() };
+            let mut patch = PatchBandwidthPool {
+                limit_mbps: limit,
+                name,
+                ..Default::default()
+            };
             if !add.is_empty() || !remove.is_empty() {
                 let add = resolve::ids(client, Kind::Eni, &add).await?;
                 let remove = resolve::ids(client, Kind::Eni, &remove).await?;

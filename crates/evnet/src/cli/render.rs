@@ -37,7 +37,13 @@ pub(crate) struct Section {
 /// Columns left-aligned, separated by three spaces, no trailing spaces; an
 /// empty cell shows as `-`.
 pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let cell = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+    let cell = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
     let mut grid: Vec<Vec<String>> = vec![headers.iter().map(|h| h.to_string()).collect()];
     grid.extend(rows.iter().map(|r| r.iter().map(|c| cell(c)).collect()));
     let cols = headers.len();
@@ -104,7 +110,11 @@ pub(crate) fn render_json_fields(value: &Value) -> String {
         match v {
             Value::Object(map) if !map.is_empty() => {
                 for (k, v) in map {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(&key, v, out);
                 }
             }
@@ -192,16 +202,27 @@ pub(crate) fn rate(mbps: u64) -> String {
 /// `guaranteed/limit`, with `nic` for no limit of its own.
 pub(crate) fn bandwidth_short(b: &BandwidthSpec) -> String {
     let limit = b.limit_mbps.map(rate).unwrap_or_else(|| "nic".into());
-    let guaranteed = if b.guaranteed_mbps == 0 { "0".to_string() } else { rate(b.guaranteed_mbps) };
+    let guaranteed = if b.guaranteed_mbps == 0 {
+        "0".to_string()
+    } else {
+        rate(b.guaranteed_mbps)
+    };
     format!("{guaranteed}/{limit}")
 }
 
 pub(crate) fn tags(t: &Tags) -> String {
-    t.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    t.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn list<T: ToString>(items: &[T]) -> String {
-    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn enum_str<T: Serialize>(v: &T) -> String {
@@ -230,7 +251,14 @@ fn rule_row(rule: &SgRule) -> Vec<String> {
     vec![enum_str(&rule.protocol), ports(rule), peer]
 }
 
-fn common(id: &str, name: &str, tags_: &Tags, tenant: &str, created_at: &str, revision: u64) -> Vec<(&'static str, String)> {
+fn common(
+    id: &str,
+    name: &str,
+    tags_: &Tags,
+    tenant: &str,
+    created_at: &str,
+    revision: u64,
+) -> Vec<(&'static str, String)> {
     vec![
         ("id", id.to_string()),
         ("name", name.to_string()),
@@ -250,7 +278,14 @@ impl Render for Tenant {
         vec![self.id.clone(), self.name.clone(), self.created_at.clone()]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision)
+        common(
+            &self.id,
+            &self.name,
+            &self.tags,
+            &self.tenant,
+            &self.created_at,
+            self.revision,
+        )
     }
 }
 
@@ -267,7 +302,8 @@ impl Render for TenantWithToken {
 }
 
 impl Render for Host {
-    const HEADERS: &'static [&'static str] = &["ID", "NAME", "UNDERLAY", "NIC", "STATUS", "APPLIED"];
+    const HEADERS: &'static [&'static str] =
+        &["ID", "NAME", "UNDERLAY", "NIC", "STATUS", "APPLIED"];
     fn row(&self) -> Vec<String> {
         vec![
             self.id.clone(),
@@ -279,7 +315,14 @@ impl Render for Host {
         ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        let mut f = common(
+            &self.id,
+            &self.name,
+            &self.tags,
+            &self.tenant,
+            &self.created_at,
+            self.revision,
+        );
         f.extend([
             ("underlay_ip", self.underlay_ip.to_string()),
             ("nic", rate(self.nic_mbps)),
@@ -295,15 +338,30 @@ impl Render for Host {
 impl Render for Vpc {
     const HEADERS: &'static [&'static str] = &["ID", "NAME", "CIDR", "VNI"];
     fn row(&self) -> Vec<String> {
-        vec![self.id.clone(), self.name.clone(), self.cidr_block.to_string(), self.vni.to_string()]
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            self.cidr_block.to_string(),
+            self.vni.to_string(),
+        ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        let mut f = common(
+            &self.id,
+            &self.name,
+            &self.tags,
+            &self.tenant,
+            &self.created_at,
+            self.revision,
+        );
         f.extend([
             ("cidr_block", self.cidr_block.to_string()),
             ("vni", self.vni.to_string()),
             ("main_route_table_id", self.main_route_table_id.clone()),
-            ("default_security_group_id", self.default_security_group_id.clone()),
+            (
+                "default_security_group_id",
+                self.default_security_group_id.clone(),
+            ),
         ]);
         f
     }
@@ -322,7 +380,14 @@ impl Render for Subnet {
         ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        let mut f = common(
+            &self.id,
+            &self.name,
+            &self.tags,
+            &self.tenant,
+            &self.created_at,
+            self.revision,
+        );
         f.extend([
             ("vpc_id", self.vpc_id.clone()),
             ("cidr_block", self.cidr_block.to_string()),
@@ -336,10 +401,23 @@ impl Render for Subnet {
 impl Render for Instance {
     const HEADERS: &'static [&'static str] = &["ID", "NAME", "HOST", "STATE", "NETNS"];
     fn row(&self) -> Vec<String> {
-        vec![self.id.clone(), self.name.clone(), self.host_id.clone(), enum_str(&self.state), self.netns.clone()]
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            self.host_id.clone(),
+            enum_str(&self.state),
+            self.netns.clone(),
+        ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        let mut f = common(
+            &self.id,
+            &self.name,
+            &self.tags,
+            &self.tenant,
+            &self.created_at,
+            self.revision,
+        );
         f.extend([
             ("host_id", self.host_id.clone()),
             ("state", enum_str(&self.state)),
@@ -350,7 +428,16 @@ impl Render for Instance {
 }
 
 impl Render for Eni {
-    const HEADERS: &'static [&'static str] = &["ID", "NAME", "SUBNET", "IP", "MAC", "STATUS", "INSTANCE", "BANDWIDTH"];
+    const HEADERS: &'static [&'static str] = &[
+        "ID",
+        "NAME",
+        "SUBNET",
+        "IP",
+        "MAC",
+        "STATUS",
+        "INSTANCE",
+        "BANDWIDTH",
+    ];
     fn row(&self) -> Vec<String> {
         vec![
             self.id.clone(),
@@ -359,13 +446,23 @@ impl Render for Eni {
             self.private_ip.to_string(),
             self.mac.clone(),
             enum_str(&self.status),
-            self.attachment.as_ref().map(|a| a.instance_id.clone()).unwrap_or_default(),
+            self.attachment
+                .as_ref()
+                .map(|a| a.instance_id.clone())
+                .unwrap_or_default(),
             bandwidth_short(&self.bandwidth),
         ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
         let b = &self.bandwidth;
-        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        let mut f = common(
+            &self.id,
+            &self.name,
+            &self.tags,
+            &self.tenant,
+            &self.created_at,
+            self.revision,
+        );
         f.extend([
             ("subnet_id", self.subnet_id.clone()),
             ("vpc_id", self.vpc_id.clone()),
@@ -379,11 +476,26 @@ impl Render for Eni {
                 "attachment",
                 self.attachment
                     .as_ref()
-                    .map(|a| format!("{} on {} (device {})", a.instance_id, a.host_id, a.device_index))
+                    .map(|a| {
+                        format!(
+                            "{} on {} (device {})",
+                            a.instance_id, a.host_id, a.device_index
+                        )
+                    })
                     .unwrap_or_default(),
             ),
-            ("guaranteed", if b.guaranteed_mbps == 0 { "none".into() } else { rate(b.guaranteed_mbps) }),
-            ("limit", b.limit_mbps.map(rate).unwrap_or_else(|| "nic".into())),
+            (
+                "guaranteed",
+                if b.guaranteed_mbps == 0 {
+                    "none".into()
+                } else {
+                    rate(b.guaranteed_mbps)
+                },
+            ),
+            (
+                "limit",
+                b.limit_mbps.map(rate).unwrap_or_else(|| "nic".into()),
+            ),
             ("weight", b.weight.to_string()),
             ("burst_kbytes", b.burst_kbytes.to_string()),
         ]);
@@ -403,15 +515,33 @@ impl Render for SecurityGroup {
         ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
-        f.extend([("vpc_id", self.vpc_id.clone()), ("description", self.description.clone())]);
+        let mut f = common(
+            &self.id,
+            &self.name,
+            &self.tags,
+            &self.tenant,
+            &self.created_at,
+            self.revision,
+        );
+        f.extend([
+            ("vpc_id", self.vpc_id.clone()),
+            ("description", self.description.clone()),
+        ]);
         f
     }
     fn sections(&self) -> Vec<Section> {
         const H: &[&str] = &["PROTO", "PORTS", "PEER"];
         vec![
-            Section { title: "ingress", headers: H, rows: self.ingress.iter().map(rule_row).collect() },
-            Section { title: "egress", headers: H, rows: self.egress.iter().map(rule_row).collect() },
+            Section {
+                title: "ingress",
+                headers: H,
+                rows: self.ingress.iter().map(rule_row).collect(),
+            },
+            Section {
+                title: "egress",
+                headers: H,
+                rows: self.egress.iter().map(rule_row).collect(),
+            },
         ]
     }
 }
@@ -429,7 +559,14 @@ impl Render for RouteTable {
         ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        let mut f = common(
+            &self.id,
+            &self.name,
+            &self.tags,
+            &self.tenant,
+            &self.created_at,
+            self.revision,
+        );
         f.extend([
             ("vpc_id", self.vpc_id.clone()),
             ("main", self.main.to_string()),
@@ -441,7 +578,11 @@ impl Render for RouteTable {
         vec![Section {
             title: "routes",
             headers: &["DESTINATION", "TARGET"],
-            rows: self.routes.iter().map(|r| vec![r.destination_cidr.to_string(), r.target.clone()]).collect(),
+            rows: self
+                .routes
+                .iter()
+                .map(|r| vec![r.destination_cidr.to_string(), r.target.clone()])
+                .collect(),
         }]
     }
 }
@@ -449,10 +590,22 @@ impl Render for RouteTable {
 impl Render for Peering {
     const HEADERS: &'static [&'static str] = &["ID", "NAME", "VPC_A", "VPC_B"];
     fn row(&self) -> Vec<String> {
-        vec![self.id.clone(), self.name.clone(), self.vpc_a.clone(), self.vpc_b.clone()]
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            self.vpc_a.clone(),
+            self.vpc_b.clone(),
+        ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        let mut f = common(
+            &self.id,
+            &self.name,
+            &self.tags,
+            &self.tenant,
+            &self.created_at,
+            self.revision,
+        );
         f.extend([("vpc_a", self.vpc_a.clone()), ("vpc_b", self.vpc_b.clone())]);
         f
     }
@@ -471,7 +624,14 @@ impl Render for BandwidthPool {
         ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        let mut f = common(
+            &self.id,
+            &self.name,
+            &self.tags,
+            &self.tenant,
+            &self.created_at,
+            self.revision,
+        );
         f.extend([
             ("scope", enum_str(&self.scope)),
             ("vpc_id", self.vpc_id.clone().unwrap_or_default()),

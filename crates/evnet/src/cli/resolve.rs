@@ -39,7 +39,11 @@ pub(crate) async fn id(client: &Client, kind: Kind, text: &str) -> anyhow::Resul
 }
 
 /// Resolves several texts, keeping their order.
-pub(crate) async fn ids(client: &Client, kind: Kind, texts: &[String]) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn ids(
+    client: &Client,
+    kind: Kind,
+    texts: &[String],
+) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::with_capacity(texts.len());
     for t in texts {
         out.push(id(client, kind, t).await?);
@@ -48,7 +52,11 @@ pub(crate) async fn ids(client: &Client, kind: Kind, texts: &[String]) -> anyhow
 }
 
 /// Resolves an optional text.
-pub(crate) async fn opt_id(client: &Client, kind: Kind, text: Option<&str>) -> anyhow::Result<Option<String>> {
+pub(crate) async fn opt_id(
+    client: &Client,
+    kind: Kind,
+    text: Option<&str>,
+) -> anyhow::Result<Option<String>> {
     match text {
         Some(t) => Ok(Some(id(client, kind, t).await?)),
         None => Ok(None),

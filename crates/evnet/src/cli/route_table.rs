@@ -10,20 +10,31 @@ use super::{OutputFormat, parse_tag, resolve, tags_of};
 
 /// `DEST=TARGET`, as in `10.9.0.0/16=pcx-1a2b3c4d5e6f7a8b`.
 pub(crate) fn parse_route(text: &str) -> Result<Route, String> {
-    let (dest, target) =
-        text.split_once('=').ok_or_else(|| format!("`{text}` is not a route: write it as CIDR=TARGET"))?;
-    let destination_cidr: Ipv4Net =
-        dest.trim().parse().map_err(|_| format!("`{dest}` is not an IPv4 CIDR like 10.9.0.0/16"))?;
+    let (dest, target) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not a route: write it as CIDR=TARGET"))?;
+    let destination_cidr: Ipv4Net = dest
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{dest}` is not an IPv4 CIDR like 10.9.0.0/16"))?;
     let target = target.trim();
     if target.is_empty() {
-        return Err(format!("`{text}` has no target: local, an ENI id or a peering id"));
+        return Err(format!(
+            "`{text}` has no target: local, an ENI id or a peering id"
+        ));
     }
-    Ok(Route { destination_cidr, target: target.to_string() })
+    Ok(Route {
+        destination_cidr,
+        target: target.to_string(),
+    })
 }
 
 /// Adds or replaces the route to `route.destination_cidr`.
 pub(crate) fn upsert_route(routes: &mut Vec<Route>, route: Route) {
-    match routes.iter_mut().find(|r| r.destination_cidr == route.destination_cidr) {
+    match routes
+        .iter_mut()
+        .find(|r| r.destination_cidr == route.destination_cidr)
+    {
         Some(existing) => *existing = route,
         None => routes.push(route),
     }
@@ -32,7 +43,9 @@ pub(crate) fn upsert_route(routes: &mut Vec<Route>, route: Route) {
 #[derive(clap::Subcommand, Debug)]
 pub enum RouteTableCommand {
     /// Create a route table; subnets use their VPC's main table until associated with another.
-    #[command(after_help = "Examples:\n  evnet route-table create --vpc prod --name via-nat --route 0.0.0.0/0=eni-1a2b3c4d5e6f7a8b --subnet private\n  evnet route-table create --vpc prod --name to-shared --route 10.9.0.0/16=pcx-1a2b3c4d5e6f7a8b")]
+    #[command(
+        after_help = "Examples:\n  evnet route-table create --vpc prod --name via-nat --route 0.0.0.0/0=eni-1a2b3c4d5e6f7a8b --subnet private\n  evnet route-table create --vpc prod --name to-shared --route 10.9.0.0/16=pcx-1a2b3c4d5e6f7a8b"
+    )]
     Create {
         /// The VPC, by id or name.
         #[arg(long)]
@@ -70,7 +83,9 @@ pub enum RouteTableCommand {
         table: String,
     },
     /// Add a route, or replace the one to the same destination.
-    #[command(after_help = "Examples:\n  evnet route-table add-route via-nat --destination 0.0.0.0/0 --target eni-1a2b3c4d5e6f7a8b\n  evnet route-table add-route rtb-1a2b3c4d5e6f7a8b --destination 10.9.0.0/16 --target pcx-0a0b0c0d0e0f0a0b")]
+    #[command(
+        after_help = "Examples:\n  evnet route-table add-route via-nat --destination 0.0.0.0/0 --target eni-1a2b3c4d5e6f7a8b\n  evnet route-table add-route rtb-1a2b3c4d5e6f7a8b --destination 10.9.0.0/16 --target pcx-0a0b0c0d0e0f0a0b"
+    )]
     AddRoute {
         /// The route table, by id or name.
         table: String,
@@ -81,7 +96,9 @@ pub enum RouteTableCommand {
         target: String,
     },
     /// Remove the route to a destination.
-    #[command(after_help = "Examples:\n  evnet route-table delete-route via-nat --destination 0.0.0.0/0")]
+    #[command(
+        after_help = "Examples:\n  evnet route-table delete-route via-nat --destination 0.0.0.0/0"
+    )]
     DeleteRoute {
         /// The route table, by id or name.
         table: String,
@@ -108,17 +125,39 @@ pub enum RouteTableCommand {
     },
 }
 
-pub(crate) async fn run(cmd: RouteTableCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    cmd: RouteTableCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
-        RouteTableCommand::Create { vpc, name, routes, subnets, tags } => {
+        RouteTableCommand::Create {
+            vpc,
+            name,
+            routes,
+            subnets,
+            tags,
+        } => {
             let vpc_id = resolve::id(client, Kind::Vpc, &vpc).await?;
             let subnet_ids = resolve::ids(client, Kind::Subnet, &subnets).await?;
-            let body = CreateRouteTable { vpc_id, name, routes, subnet_ids, tags: tags_of(tags), ..Default::default() };
+            let body = CreateRouteTable {
+                vpc_id,
+                name,
+                routes,
+                subnet_ids,
+                tags: tags_of(tags),
+                ..Default::default()
+            };
             print_one(out, &client.create_route_table(&body).await?)
         }
         RouteTableCommand::List { vpc, name } => {
             let vpc_id = resolve::opt_id(client, Kind::Vpc, vpc.as_deref()).await?;
-            print_list(out, &client.list_route_tables(&RouteTableFilter { name, vpc_id }).await?)
+            print_list(
+                out,
+                &client
+                    .list_route_tables(&RouteTableFilter { name, vpc_id })
+                    .await?,
+            )
         }
         RouteTableCommand::Get { table } => {
             let id = resolve::id(client, Kind::RouteTable, &table).await?;
@@ -130,12 +169,26 @@ pub(crate) async fn run(cmd: RouteTableCommand, client: &Client, out: OutputForm
             print_deleted(out, "route table", &id);
             Ok(())
         }
-        RouteTableCommand::AddRoute { table, destination, target } => {
+        RouteTableCommand::AddRoute {
+            table,
+            destination,
+            target,
+        } => {
             let id = resolve::id(client, Kind::RouteTable, &table).await?;
             let current = client.get_route_table(&id).await?;
             let mut routes = current.routes;
-            upsert_route(&mut routes, Route { destination_cidr: destination, target });
-            let patch = PatchRouteTable { routes: Some(routes), revision: Some(current.revision), ..Default::default() };
+            upsert_route(
+                &mut routes,
+                Route {
+                    destination_cidr: destination,
+                    target,
+                },
+            );
+            let patch = PatchRouteTable {
+                routes: Some(routes),
+                revision: Some(current.revision),
+                ..Default::default()
+            };
             print_one(out, &client.patch_route_table(&id, &patch).await?)
         }
         RouteTableCommand::DeleteRoute { table, destination } => {
@@ -147,7 +200,11 @@ pub(crate) async fn run(cmd: RouteTableCommand, client: &Client, out: OutputForm
             if routes.len() == before {
                 anyhow::bail!("route table {id} has no route to {destination}");
             }
-            let patch = PatchRouteTable { routes: Some(routes), revision: Some(current.revision), ..Default::default() };
+            let patch = PatchRouteTable {
+                routes: Some(routes),
+                revision: Some(current.revision),
+                ..Default::default()
+            };
             print_one(out, &client.patch_route_table(&id, &patch).await?)
         }
         RouteTableCommand::Associate { table, subnet } => {
@@ -159,8 +216,11 @@ pub(crate) async fn run(cmd: RouteTableCommand, client: &Client, out: OutputForm
                 anyhow::bail!("subnet {subnet_id} already uses route table {id}");
             }
             subnet_ids.push(subnet_id);
-            let patch =
-                PatchRouteTable { subnet_ids: Some(subnet_ids), revision: Some(current.revision), ..Default::default() };
+            let patch = PatchRouteTable {
+                subnet_ids: Some(subnet_ids),
+                revision: Some(current.revision),
+                ..Default::default()
+            };
             print_one(out, &client.patch_route_table(&id, &patch).await?)
         }
         RouteTableCommand::Disassociate { table, subnet } => {
@@ -173,8 +233,11 @@ pub(crate) async fn run(cmd: RouteTableCommand, client: &Client, out: OutputForm
             if subnet_ids.len() == before {
                 anyhow::bail!("subnet {subnet_id} is not associated with route table {id}");
             }
-            let patch =
-                PatchRouteTable { subnet_ids: Some(subnet_ids), revision: Some(current.revision), ..Default::default() };
+            let patch = PatchRouteTable {
+                subnet_ids: Some(subnet_ids),
+                revision: Some(current.revision),
+                ..Default::default()
+            };
             print_one(out, &client.patch_route_table(&id, &patch).await?)
         }
     }

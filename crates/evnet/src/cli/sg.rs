@@ -29,7 +29,11 @@ impl From<ProtoArg> for Protocol {
 
 /// `1000-2000` (or a single port) into an inclusive range.
 pub(crate) fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
-    let port = |s: &str| s.trim().parse::<u16>().map_err(|_| format!("`{s}` is not a port (0-65535)"));
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("`{s}` is not a port (0-65535)"))
+    };
     let (from, to) = match text.split_once('-') {
         Some((a, b)) => (port(a)?, port(b)?),
         None => {
@@ -38,7 +42,9 @@ pub(crate) fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
         }
     };
     if from > to {
-        return Err(format!("`{text}`: the first port must not be above the last"));
+        return Err(format!(
+            "`{text}`: the first port must not be above the last"
+        ));
     }
     Ok((from, to))
 }
@@ -56,7 +62,11 @@ pub struct RuleArgs {
     #[arg(long, value_parser = parse_port_range)]
     pub ports: Option<(u16, u16)>,
     /// The peer's addresses.
-    #[arg(long, required_unless_present = "source_group", conflicts_with = "source_group")]
+    #[arg(
+        long,
+        required_unless_present = "source_group",
+        conflicts_with = "source_group"
+    )]
     pub cidr: Option<Ipv4Net>,
     /// The peer: the members of this group (id or name).
     #[arg(long, visible_alias = "group")]
@@ -71,7 +81,13 @@ impl RuleArgs {
             (None, Some((a, b))) => (Some(a), Some(b)),
             (None, None) => (None, None),
         };
-        SgRule { protocol: self.proto.into(), from_port, to_port, cidr: self.cidr, source_group_id }
+        SgRule {
+            protocol: self.proto.into(),
+            from_port,
+            to_port,
+            cidr: self.cidr,
+            source_group_id,
+        }
     }
 }
 
@@ -97,7 +113,9 @@ pub(crate) fn remove_rule(rules: &mut Vec<SgRule>, rule: &SgRule) -> anyhow::Res
 #[derive(clap::Subcommand, Debug)]
 pub enum SgCommand {
     /// Create a group: denies all inbound and allows all outbound until rules say otherwise.
-    #[command(after_help = "Examples:\n  evnet sg create --vpc prod --name web --description 'web servers'\n  evnet security-group create --vpc prod --name ssh")]
+    #[command(
+        after_help = "Examples:\n  evnet sg create --vpc prod --name web --description 'web servers'\n  evnet security-group create --vpc prod --name ssh"
+    )]
     Create {
         /// The VPC, by id or name.
         #[arg(long)]
@@ -131,7 +149,9 @@ pub enum SgCommand {
         group: String,
     },
     /// Allow inbound traffic.
-    #[command(after_help = "Examples:\n  evnet sg authorize-ingress ssh --proto tcp --port 22 --cidr 10.0.0.0/16\n  evnet sg authorize-ingress web --proto tcp --ports 8000-8080 --source-group lb\n  evnet sg authorize-ingress web --proto icmp --cidr 0.0.0.0/0")]
+    #[command(
+        after_help = "Examples:\n  evnet sg authorize-ingress ssh --proto tcp --port 22 --cidr 10.0.0.0/16\n  evnet sg authorize-ingress web --proto tcp --ports 8000-8080 --source-group lb\n  evnet sg authorize-ingress web --proto icmp --cidr 0.0.0.0/0"
+    )]
     AuthorizeIngress {
         /// The security group, by id or name.
         group: String,
@@ -139,7 +159,9 @@ pub enum SgCommand {
         rule: RuleArgs,
     },
     /// Allow outbound traffic (a group with no egress rules sends nothing).
-    #[command(after_help = "Examples:\n  evnet sg authorize-egress db --proto tcp --port 5432 --source-group app")]
+    #[command(
+        after_help = "Examples:\n  evnet sg authorize-egress db --proto tcp --port 5432 --source-group app"
+    )]
     AuthorizeEgress {
         /// The security group, by id or name.
         group: String,
@@ -147,7 +169,9 @@ pub enum SgCommand {
         rule: RuleArgs,
     },
     /// Remove an inbound rule (give it exactly as it was added).
-    #[command(after_help = "Examples:\n  evnet sg revoke-ingress ssh --proto tcp --port 22 --cidr 10.0.0.0/16")]
+    #[command(
+        after_help = "Examples:\n  evnet sg revoke-ingress ssh --proto tcp --port 22 --cidr 10.0.0.0/16"
+    )]
     RevokeIngress {
         /// The security group, by id or name.
         group: String,
@@ -179,7 +203,8 @@ async fn change_rules(
     add: bool,
 ) -> anyhow::Result<()> {
     let id = resolve::id(client, Kind::SecurityGroup, group).await?;
-    let source_group_id = resolve::opt_id(client, Kind::SecurityGroup, args.source_group.as_deref()).await?;
+    let source_group_id =
+        resolve::opt_id(client, Kind::SecurityGroup, args.source_group.as_deref()).await?;
     let rule = args.to_rule(source_group_id);
     let current = client.get_security_group(&id).await?;
     let mut rules = match direction {
@@ -193,7 +218,10 @@ async fn change_rules(
     }
     // Written at the revision read, so a concurrent change is refused
     // rather than lost.
-    let mut patch = PatchSecurityGroup { revision: Some(current.revision), ..Default::default() };
+    let mut patch = PatchSecurityGroup {
+        revision: Some(current.revision),
+        ..Default::default()
+    };
     match direction {
         Direction::Ingress => patch.ingress = Some(rules),
         Direction::Egress => patch.egress = Some(rules),
@@ -203,14 +231,30 @@ async fn change_rules(
 
 pub(crate) async fn run(cmd: SgCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
     match cmd {
-        SgCommand::Create { vpc, name, description, tags } => {
+        SgCommand::Create {
+            vpc,
+            name,
+            description,
+            tags,
+        } => {
             let vpc_id = resolve::id(client, Kind::Vpc, &vpc).await?;
-            let body = CreateSecurityGroup { vpc_id, name, description, tags: tags_of(tags), ..Default::default() };
+            let body = CreateSecurityGroup {
+                vpc_id,
+                name,
+                description,
+                tags: tags_of(tags),
+                ..Default::default()
+            };
             print_one(out, &client.create_security_group(&body).await?)
         }
         SgCommand::List { vpc, name } => {
             let vpc_id = resolve::opt_id(client, Kind::Vpc, vpc.as_deref()).await?;
-            print_list(out, &client.list_security_groups(&SecurityGroupFilter { name, vpc_id }).await?)
+            print_list(
+                out,
+                &client
+                    .list_security_groups(&SecurityGroupFilter { name, vpc_id })
+                    .await?,
+            )
         }
         SgCommand::Get { group } => {
             let id = resolve::id(client, Kind::SecurityGroup, &group).await?;
