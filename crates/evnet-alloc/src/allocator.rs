@@ -171,7 +171,10 @@ impl Allocator {
                 if u128::from(p.enis[s].limit_tx_bps) < self.dem_tx[s] {
                     r.flow_res.push((tx0 + s) as u32);
                 }
-                let (a, b) = (self.eni_pool_off[s] as usize, self.eni_pool_off[s + 1] as usize);
+                let (a, b) = (
+                    self.eni_pool_off[s] as usize,
+                    self.eni_pool_off[s + 1] as usize,
+                );
                 for &pi in &self.eni_pool[a..b] {
                     if self.pool_bind[pi as usize].0 {
                         r.flow_res.push(ptx0 as u32 + pi);
@@ -182,7 +185,10 @@ impl Allocator {
                 if u128::from(p.enis[d].limit_rx_bps) < self.dem_rx[d] {
                     r.flow_res.push((rx0 + d) as u32);
                 }
-                let (a, b) = (self.eni_pool_off[d] as usize, self.eni_pool_off[d + 1] as usize);
+                let (a, b) = (
+                    self.eni_pool_off[d] as usize,
+                    self.eni_pool_off[d + 1] as usize,
+                );
                 for &pi in &self.eni_pool[a..b] {
                     if self.pool_bind[pi as usize].1 {
                         r.flow_res.push(prx0 as u32 + pi);
@@ -197,7 +203,8 @@ impl Allocator {
                 (None, Some(d)) => (p.enis[d].weight, self.n_rx[d]),
                 (None, None) => (1, 1),
             };
-            r.flow_w.push(u128::from(weight) * WEIGHT_SCALE / u128::from(n.max(1)));
+            r.flow_w
+                .push(u128::from(weight) * WEIGHT_SCALE / u128::from(n.max(1)));
         }
 
         // Scale guarantees down where they oversubscribe a link or a pool:
@@ -224,7 +231,10 @@ impl Allocator {
                 let res = r.flow_res[i] as usize;
                 let cap = r.res_cap[res];
                 if self.gsum[res] > u128::from(cap) {
-                    let l = Level { num: cap, den: self.gsum[res] };
+                    let l = Level {
+                        num: cap,
+                        den: self.gsum[res],
+                    };
                     if factor.is_none_or(|f| l < f) {
                         factor = Some(l);
                     }
@@ -265,9 +275,16 @@ impl Allocator {
         out.eni_rx_bps.clear();
         out.eni_rx_bps.extend(self.sum_rx.iter().map(|&x| x as u64));
         out.pool_tx_bps.clear();
-        out.pool_tx_bps.extend(p.pools.iter().map(|q| q.members.iter().map(|&e| self.sum_tx[e]).sum::<u128>() as u64));
+        out.pool_tx_bps.extend(
+            p.pools
+                .iter()
+                .map(|q| q.members.iter().map(|&e| self.sum_tx[e]).sum::<u128>() as u64),
+        );
         out.pool_rx_bps.clear();
-        out.pool_rx_bps.extend(p.pools.iter().map(|q| q.members.iter().map(|&e| self.sum_rx[e]).sum::<u128>() as u64));
-
+        out.pool_rx_bps.extend(
+            p.pools
+                .iter()
+                .map(|q| q.members.iter().map(|&e| self.sum_rx[e]).sum::<u128>() as u64),
+        );
     }
 }

@@ -8,15 +8,20 @@
 //! resource it crosses is full. The guarantees must be feasible (their sum on
 //! every resource at most its capacity); the caller ensures it.
 //!
-//! For each resource we keep the frozen load `F`, the guarantees `G` and the
-//! weights `W` of its still-active flows; it fills at level
-//! `t_r = (cap − F − G) / W`, an exact rational. Freezing a flow only raises
+//! For each resource we keep `rem = cap − F − G` (`F` the frozen flows'
+//! load, `G` the active flows' guarantees) and the active flows' weights `W`;
+//! it fills at level `t_r = rem / W`, an exact rational. Freezing a flow only raises
 //! the levels of the other resources it crosses (its rate is at most
 //! `g + w·t ≤ g + w·t_r`), so a level in the queue is a lower bound of the
 //! true one: when it comes out we recompute it and push it back if it grew
 //! (lazy update). Each resource's flow list is walked once, when it
 //! saturates, and each frozen flow touches the resources on its path once, so
-//! the cost is O(Σ path lengths · log(queue)).
+//! the cost is O(Σ path lengths · log(queue)). Demand levels never change,
+//! so they are sorted once and merged with the resource queue.
+//!
+//! The queue orders by an f64 approximation of each level and falls back to
+//! the exact 192-bit comparison when two approximations are close, so the
+//! order is exact (and so is the result) while most comparisons are cheap.
 //!
 //! Rates are rounded down when a flow freezes (`g + ⌊w·rem/W⌋`), so no
 //! resource is ever over capacity; a final pass in flow order hands the few
@@ -56,7 +61,10 @@ impl Order<'_> {
         let i = it.id as usize;
         if it.kind == DEMAND {
             let f = &self.flows[i];
-            Level { num: f.d - f.g, den: f.w }
+            Level {
+                num: f.d - f.x,
+                den: f.w,
+            }
         } else {
             self.queued[i]
         }
@@ -129,32 +137,33 @@ fn heapify(h: &mut [Item], o: &Order<'_>) {
     }
 }
 
-/// Per-resource state, kept together so that updating a resource on a
-/// flow's path costs one cache miss. `load` is the frozen flows' load, `g` and
-/// `w` the guarantees and weights of the active ones; `load + g ≤ cap` always
-/// holds, so both fit in 64 bits.
+/// Per-resource state, 32 bytes so that updating a resource on a flow's path
+/// costs one cache miss: `rem = cap − (load of frozen flows) − (guarantees of
+/// active flows)`, never negative, and `w` the active flows' weights. It
+/// fills at level `rem / w`.
 #[derive(Clone, Copy, Debug, Default)]
 struct Res {
     w: u128,
+    rem: u64,
     cap: u64,
-    load: u64,
-    g: u64,
 }
 
 impl Res {
     fn level(&self) -> Level {
-        Level { num: self.cap - self.load - self.g, den: self.w }
+        Level {
+            num: self.rem,
+            den: self.w,
+        }
     }
 }
 
-/// Per-flow state, kept together for the same reason.
+/// Per-flow state, 32 bytes for the same reason. A flow is active while
+/// `w > 0`; `x` is its guarantee while active and its rate once frozen.
 #[derive(Clone, Copy, Debug, Default)]
 struct FlowSt {
     w: u128,
-    g: u64,
+    x: u64,
     d: u64,
-    rate: u64,
-    frozen: bool,
 }
 
 /// Inputs, scratch space and output of one progressive-filling run. The
@@ -182,6 +191,7 @@ pub(crate) struct Filler {
     res_flows: Vec<u32>,
     queued: Vec<Level>,
     heap: Vec<Item>,
+    demands: Vec<Item>,
 }
 
 impl Filler {
@@ -203,15 +213,20 @@ impl Filler {
 
         let res = &mut self.res;
         res.clear();
-        res.extend(self.res_cap.iter().map(|&cap| Res { cap, ..Res::default() }));
+        res.extend(self.res_cap.iter().map(|&cap| Res {
+            w: 0,
+            rem: cap,
+            cap,
+        }));
         let flows = &mut self.flows;
         flows.clear();
-        flows.extend((0..nf).map(|f| FlowSt {
-            w: self.flow_w[f],
-            g: self.flow_g[f],
-            d: self.flow_d[f],
-            rate: 0,
-            frozen: self.flow_d[f] == 0,
+        flows.extend((0..nf).map(|f| {
+            let active = self.flow_d[f] > 0;
+            FlowSt {
+                w: if active { self.flow_w[f] } else { 0 },
+                x: if active { self.flow_g[f] } else { 0 },
+                d: self.flow_d[f],
+            }
         }));
         let flow_off = &self.flow_off;
         let flow_res = &self.flow_res;
@@ -221,14 +236,18 @@ impl Filler {
         res_off.clear();
         res_off.resize(nr + 1, 0);
         for (f, fl) in flows.iter().enumerate() {
-            if fl.frozen {
+            if fl.w == 0 {
                 continue;
             }
-            debug_assert!(fl.g <= fl.d && fl.w > 0);
+            debug_assert!(fl.x <= fl.d);
             for &r in &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize] {
                 let r = r as usize;
                 res_off[r] += 1;
-                res[r].g += fl.g;
+                // The caller guarantees Σ guarantees ≤ capacity on every resource.
+                res[r].rem = res[r]
+                    .rem
+                    .checked_sub(fl.x)
+                    .expect("guarantees exceed a capacity");
                 res[r].w += fl.w;
             }
         }
@@ -243,7 +262,7 @@ impl Filler {
         res_flows.clear();
         res_flows.resize(acc as usize, 0);
         for (f, fl) in flows.iter().enumerate().rev() {
-            if fl.frozen {
+            if fl.w == 0 {
                 continue;
             }
             for &r in &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize] {
@@ -256,45 +275,84 @@ impl Filler {
 
         let heap = &mut self.heap;
         let queued = &mut self.queued;
+        let demands = &mut self.demands;
+        demands.clear();
         heap.clear();
         queued.clear();
         queued.resize(nr, Level { num: 0, den: 1 });
         for (r, rs) in res.iter().enumerate() {
-            debug_assert!(rs.g <= rs.cap, "guarantees infeasible");
             if rs.w > 0 {
                 let level = rs.level();
                 queued[r] = level;
-                heap.push(Item { key: approx_key(level), id: r as u32, kind: RESOURCE });
+                heap.push(Item {
+                    key: approx_key(level),
+                    id: r as u32,
+                    kind: RESOURCE,
+                });
             }
         }
         for (f, fl) in flows.iter().enumerate() {
-            if !fl.frozen {
-                let level = Level { num: fl.d - fl.g, den: fl.w };
-                heap.push(Item { key: approx_key(level), id: f as u32, kind: DEMAND });
+            if fl.w > 0 {
+                let level = Level {
+                    num: fl.d - fl.x,
+                    den: fl.w,
+                };
+                demands.push(Item {
+                    key: approx_key(level),
+                    id: f as u32,
+                    kind: DEMAND,
+                });
             }
         }
         heapify(heap, &Order { flows, queued });
+        // Demand levels never change: sort them once and merge them with the
+        // resource queue, which then stays small.
+        {
+            let o = Order { flows, queued };
+            demands.sort_unstable_by(|a, b| {
+                if o.less(a, b) {
+                    std::cmp::Ordering::Less
+                } else {
+                    std::cmp::Ordering::Greater
+                }
+            });
+        }
+        let mut next_demand = 0usize;
 
         let freeze = |f: usize, rate: u64, flows: &mut [FlowSt], res: &mut [Res]| {
             let fl = &mut flows[f];
-            fl.frozen = true;
-            fl.rate = rate;
-            let (g, w) = (fl.g, fl.w);
+            let (above, w) = (rate - fl.x, fl.w);
+            fl.x = rate;
+            fl.w = 0;
             for &r in &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize] {
                 let rs = &mut res[r as usize];
-                rs.load += rate;
-                rs.g -= g;
+                rs.rem -= above;
                 rs.w -= w;
             }
         };
 
-        while let Some(e) = heap_pop(heap, &Order { flows, queued }) {
+        loop {
+            while demands
+                .get(next_demand)
+                .is_some_and(|d| flows[d.id as usize].w == 0)
+            {
+                next_demand += 1;
+            }
+            let o = Order { flows, queued };
+            let e = match (demands.get(next_demand), heap.first()) {
+                (None, None) => break,
+                (Some(d), Some(h)) if o.less(h, d) => heap_pop(heap, &o),
+                (Some(d), _) => {
+                    next_demand += 1;
+                    Some(*d)
+                }
+                (None, Some(_)) => heap_pop(heap, &o),
+            };
+            let Some(e) = e else { break };
             let id = e.id as usize;
             if e.kind == DEMAND {
-                if !flows[id].frozen {
-                    let d = flows[id].d;
-                    freeze(id, d, flows, res);
-                }
+                let d = flows[id].d;
+                freeze(id, d, flows, res);
                 continue;
             }
             if res[id].w == 0 {
@@ -303,18 +361,26 @@ impl Filler {
             let cur = res[id].level();
             if cur > queued[id] {
                 queued[id] = cur;
-                heap_push(heap, Item { key: approx_key(cur), id: e.id, kind: RESOURCE }, &Order { flows, queued });
+                heap_push(
+                    heap,
+                    Item {
+                        key: approx_key(cur),
+                        id: e.id,
+                        kind: RESOURCE,
+                    },
+                    &Order { flows, queued },
+                );
                 continue;
             }
             debug_assert!(cur == queued[id], "a queued level must be a lower bound");
-            for i in res_off[id] as usize..res_off[id + 1] as usize {
-                let f = res_flows[i] as usize;
+            for &f in &res_flows[res_off[id] as usize..res_off[id + 1] as usize] {
+                let f = f as usize;
                 let fl = &flows[f];
-                if fl.frozen {
+                if fl.w == 0 {
                     continue;
                 }
                 let inc = mul_div_floor(fl.w, cur.num, cur.den);
-                let rate = fl.g.saturating_add(inc).min(fl.d);
+                let rate = fl.x.saturating_add(inc).min(fl.d);
                 freeze(f, rate, flows, res);
             }
             debug_assert_eq!(res[id].w, 0);
@@ -322,23 +388,23 @@ impl Filler {
 
         // Hand out what rounding left, in flow order.
         for (f, fl) in flows.iter_mut().enumerate() {
-            let want = fl.d - fl.rate;
+            let want = fl.d - fl.x;
             if want == 0 {
                 continue;
             }
             let rs = &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize];
-            let inc = rs.iter().fold(want, |m, &r| m.min(res[r as usize].cap - res[r as usize].load));
+            let inc = rs.iter().fold(want, |m, &r| m.min(res[r as usize].rem));
             if inc > 0 {
-                fl.rate += inc;
+                fl.x += inc;
                 for &r in rs {
-                    res[r as usize].load += inc;
+                    res[r as usize].rem -= inc;
                 }
             }
         }
 
         self.rate.clear();
-        self.rate.extend(flows.iter().map(|f| f.rate));
+        self.rate.extend(flows.iter().map(|f| f.x));
         self.load.clear();
-        self.load.extend(res.iter().map(|r| r.load));
+        self.load.extend(res.iter().map(|r| r.cap - r.rem));
     }
 }

@@ -94,21 +94,49 @@ pub struct Allocation {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProblemError {
     #[error("flow {flow}: source ENI {eni} does not exist (the problem has {enis} ENIs)")]
-    FlowSrcOutOfRange { flow: usize, eni: usize, enis: usize },
+    FlowSrcOutOfRange {
+        flow: usize,
+        eni: usize,
+        enis: usize,
+    },
     #[error("flow {flow}: destination ENI {eni} does not exist (the problem has {enis} ENIs)")]
-    FlowDstOutOfRange { flow: usize, eni: usize, enis: usize },
+    FlowDstOutOfRange {
+        flow: usize,
+        eni: usize,
+        enis: usize,
+    },
     #[error("flow {flow}: link {link} in its path does not exist (the problem has {links} links)")]
-    FlowLinkOutOfRange { flow: usize, link: usize, links: usize },
+    FlowLinkOutOfRange {
+        flow: usize,
+        link: usize,
+        links: usize,
+    },
     #[error("flow {flow}: link {link} appears more than once in its path")]
     DuplicateLinkInPath { flow: usize, link: usize },
     #[error("ENI {eni}: weight must be at least 1")]
     ZeroWeight { eni: usize },
-    #[error("ENI {eni}: guaranteed tx {guaranteed_bps} bit/s is above its tx limit {limit_bps} bit/s")]
-    TxGuaranteeAboveLimit { eni: usize, guaranteed_bps: Bps, limit_bps: Bps },
-    #[error("ENI {eni}: guaranteed rx {guaranteed_bps} bit/s is above its rx limit {limit_bps} bit/s")]
-    RxGuaranteeAboveLimit { eni: usize, guaranteed_bps: Bps, limit_bps: Bps },
+    #[error(
+        "ENI {eni}: guaranteed tx {guaranteed_bps} bit/s is above its tx limit {limit_bps} bit/s"
+    )]
+    TxGuaranteeAboveLimit {
+        eni: usize,
+        guaranteed_bps: Bps,
+        limit_bps: Bps,
+    },
+    #[error(
+        "ENI {eni}: guaranteed rx {guaranteed_bps} bit/s is above its rx limit {limit_bps} bit/s"
+    )]
+    RxGuaranteeAboveLimit {
+        eni: usize,
+        guaranteed_bps: Bps,
+        limit_bps: Bps,
+    },
     #[error("pool {pool}: member ENI {eni} does not exist (the problem has {enis} ENIs)")]
-    PoolMemberOutOfRange { pool: usize, eni: usize, enis: usize },
+    PoolMemberOutOfRange {
+        pool: usize,
+        eni: usize,
+        enis: usize,
+    },
     #[error("pool {pool}: ENI {eni} is listed more than once")]
     DuplicatePoolMember { pool: usize, eni: usize },
     #[error("the problem is too large: {what} ({count}) must stay below 2^32")]
@@ -133,7 +161,10 @@ impl Problem {
     pub(crate) fn validate_with(&self, s: &mut ValidateScratch) -> Result<(), ProblemError> {
         let limit = u32::MAX as usize;
         if self.flows.len() >= limit {
-            return Err(ProblemError::TooLarge { what: "flows", count: self.flows.len() });
+            return Err(ProblemError::TooLarge {
+                what: "flows",
+                count: self.flows.len(),
+            });
         }
         if self.resource_count() >= limit {
             return Err(ProblemError::TooLarge {
@@ -166,19 +197,31 @@ impl Problem {
         s.link_mark.clear();
         s.link_mark.resize(links, u32::MAX);
         for (fi, f) in self.flows.iter().enumerate() {
-            if let Some(e) = f.src {
-                if e >= enis {
-                    return Err(ProblemError::FlowSrcOutOfRange { flow: fi, eni: e, enis });
-                }
+            if let Some(e) = f.src
+                && e >= enis
+            {
+                return Err(ProblemError::FlowSrcOutOfRange {
+                    flow: fi,
+                    eni: e,
+                    enis,
+                });
             }
-            if let Some(e) = f.dst {
-                if e >= enis {
-                    return Err(ProblemError::FlowDstOutOfRange { flow: fi, eni: e, enis });
-                }
+            if let Some(e) = f.dst
+                && e >= enis
+            {
+                return Err(ProblemError::FlowDstOutOfRange {
+                    flow: fi,
+                    eni: e,
+                    enis,
+                });
             }
             for &l in &f.path {
                 if l >= links {
-                    return Err(ProblemError::FlowLinkOutOfRange { flow: fi, link: l, links });
+                    return Err(ProblemError::FlowLinkOutOfRange {
+                        flow: fi,
+                        link: l,
+                        links,
+                    });
                 }
                 if s.link_mark[l] == fi as u32 {
                     return Err(ProblemError::DuplicateLinkInPath { flow: fi, link: l });
@@ -191,7 +234,11 @@ impl Problem {
         for (pi, p) in self.pools.iter().enumerate() {
             for &e in &p.members {
                 if e >= enis {
-                    return Err(ProblemError::PoolMemberOutOfRange { pool: pi, eni: e, enis });
+                    return Err(ProblemError::PoolMemberOutOfRange {
+                        pool: pi,
+                        eni: e,
+                        enis,
+                    });
                 }
                 if s.eni_mark[e] == pi as u32 {
                     return Err(ProblemError::DuplicatePoolMember { pool: pi, eni: e });

@@ -22,7 +22,9 @@ use crate::wide::cmp_products;
 ///   A flow's weight is its owner's weight divided by the owner's number of
 ///   active flows (the owner is the sender, else the receiver).
 pub fn verify(problem: &Problem, alloc: &Allocation) -> Result<(), String> {
-    problem.validate().map_err(|e| format!("invalid problem: {e}"))?;
+    problem
+        .validate()
+        .map_err(|e| format!("invalid problem: {e}"))?;
     let p = problem;
     let (nl, ne, np, nf) = (p.links.len(), p.enis.len(), p.pools.len(), p.flows.len());
     let lens = [
@@ -36,7 +38,9 @@ pub fn verify(problem: &Problem, alloc: &Allocation) -> Result<(), String> {
     ];
     for (name, got, want) in lens {
         if got != want {
-            return Err(format!("{name} has {got} entries, the problem needs {want}"));
+            return Err(format!(
+                "{name} has {got} entries, the problem needs {want}"
+            ));
         }
     }
 
@@ -91,15 +95,25 @@ pub fn verify(problem: &Problem, alloc: &Allocation) -> Result<(), String> {
     let mut n_tx = vec![0u64; ne];
     let mut n_rx = vec![0u64; ne];
     for (f, fl) in p.flows.iter().enumerate() {
-        let (rate, g, d) = (alloc.flow_rate_bps[f], alloc.flow_guarantee_bps[f], fl.demand_bps);
+        let (rate, g, d) = (
+            alloc.flow_rate_bps[f],
+            alloc.flow_guarantee_bps[f],
+            fl.demand_bps,
+        );
         if rate > d {
-            return Err(format!("flow {f}: rate {rate} bit/s is above its demand {d} bit/s"));
+            return Err(format!(
+                "flow {f}: rate {rate} bit/s is above its demand {d} bit/s"
+            ));
         }
         if g > rate {
-            return Err(format!("flow {f}: rate {rate} bit/s is below its guarantee {g} bit/s"));
+            return Err(format!(
+                "flow {f}: rate {rate} bit/s is below its guarantee {g} bit/s"
+            ));
         }
         if fl.src.is_none() && fl.dst.is_none() && g != 0 {
-            return Err(format!("flow {f}: has no endpoint in the problem but a guarantee of {g} bit/s"));
+            return Err(format!(
+                "flow {f}: has no endpoint in the problem but a guarantee of {g} bit/s"
+            ));
         }
         if let Some(s) = fl.src {
             eni_gtx[s] += u128::from(g);
@@ -125,7 +139,12 @@ pub fn verify(problem: &Problem, alloc: &Allocation) -> Result<(), String> {
     }
     for r in 0..nr {
         if load[r] > u128::from(cap[r]) {
-            return Err(format!("{}: load {} bit/s is above its capacity {} bit/s", name(r), load[r], cap[r]));
+            return Err(format!(
+                "{}: load {} bit/s is above its capacity {} bit/s",
+                name(r),
+                load[r],
+                cap[r]
+            ));
         }
         if gload[r] > u128::from(cap[r]) {
             return Err(format!(
@@ -160,7 +179,10 @@ pub fn verify(problem: &Problem, alloc: &Allocation) -> Result<(), String> {
     for (field, v, base) in reported {
         for (i, &x) in v.iter().enumerate() {
             if u128::from(x) != load[base + i] {
-                return Err(format!("{field}[{i}] is {x} bit/s, the flows sum to {}", load[base + i]));
+                return Err(format!(
+                    "{field}[{i}] is {x} bit/s, the flows sum to {}",
+                    load[base + i]
+                ));
             }
         }
     }
@@ -231,7 +253,11 @@ pub fn verify(problem: &Problem, alloc: &Allocation) -> Result<(), String> {
                 "flow {f}: rate {rate} bit/s is below its demand {} bit/s but no resource on its way is \
                  a bottleneck where it has the largest weighted excess ({})",
                 fl.demand_bps,
-                if detail.is_empty() { "it crosses none".to_string() } else { detail.join(", ") }
+                if detail.is_empty() {
+                    "it crosses none".to_string()
+                } else {
+                    detail.join(", ")
+                }
             ));
         }
     }

@@ -103,10 +103,16 @@ mod tests {
             let a_lo = u128::from(a as u32);
             let a_hi = u128::from(a >> 32);
             // a*b = a_hi*b*2^32 + a_lo*b; compute mod 2^128 and compare low part
-            let low_check = a_hi.wrapping_mul(b).wrapping_shl(32).wrapping_add(a_lo.wrapping_mul(b));
+            let low_check = a_hi
+                .wrapping_mul(b)
+                .wrapping_shl(32)
+                .wrapping_add(a_lo.wrapping_mul(b));
             assert_eq!(lo, low_check, "low part of {a}*{b}");
         }
-        assert_eq!(mul_64_128(u64::MAX, u128::MAX), (u64::MAX - 1, u128::MAX - u128::from(u64::MAX) + 1));
+        assert_eq!(
+            mul_64_128(u64::MAX, u128::MAX),
+            (u64::MAX - 1, u128::MAX - u128::from(u64::MAX) + 1)
+        );
         assert_eq!(mul_64_128(2, 1 << 127), (1, 0));
     }
 
@@ -143,11 +149,20 @@ mod tests {
     fn level_ordering_is_exact() {
         let a = Level { num: 1, den: 3 };
         let b = Level { num: 2, den: 6 };
-        let c = Level { num: 333_333_333_333, den: 1_000_000_000_000 };
+        let c = Level {
+            num: 333_333_333_333,
+            den: 1_000_000_000_000,
+        };
         assert_eq!(a, b);
         assert!(c < a);
-        let big_den = Level { num: u64::MAX, den: u128::MAX };
-        let tiny = Level { num: 1, den: 1 << 64 };
+        let big_den = Level {
+            num: u64::MAX,
+            den: u128::MAX,
+        };
+        let tiny = Level {
+            num: 1,
+            den: 1 << 64,
+        };
         // (2^64 - 1) / (2^128 - 1) = 1 / (2^64 + 1), just below 1 / 2^64.
         assert!(big_den < tiny);
         assert!(Level { num: 0, den: 5 } < tiny);

@@ -1,16 +1,28 @@
 //! Hand-computed cases.
 
-use evnet_alloc::{Allocator, Eni, Flow, Link, Pool, Problem, ProblemError, allocate, try_allocate, verify};
+use evnet_alloc::{
+    Allocator, Eni, Flow, Link, Pool, Problem, ProblemError, allocate, try_allocate, verify,
+};
 
 const M: u64 = 1_000_000;
 const BIG: u64 = 100_000 * M;
 
 fn eni(g_tx: u64, g_rx: u64, weight: u32) -> Eni {
-    Eni { guaranteed_tx_bps: g_tx, guaranteed_rx_bps: g_rx, weight, ..Default::default() }
+    Eni {
+        guaranteed_tx_bps: g_tx,
+        guaranteed_rx_bps: g_rx,
+        weight,
+        ..Default::default()
+    }
 }
 
 fn out(src: usize, demand: u64, path: Vec<usize>) -> Flow {
-    Flow { src: Some(src), dst: None, demand_bps: demand, path }
+    Flow {
+        src: Some(src),
+        dst: None,
+        demand_bps: demand,
+        path,
+    }
 }
 
 fn checked(p: &Problem) -> evnet_alloc::Allocation {
@@ -24,7 +36,9 @@ fn checked(p: &Problem) -> evnet_alloc::Allocation {
 /// Two ENIs with 300 and 100 Mbit/s guarantees on a 500 Mbit/s link.
 fn two_enis(w_a: u32, w_b: u32, d_a: u64, d_b: u64) -> Problem {
     Problem {
-        links: vec![Link { capacity_bps: 500 * M }],
+        links: vec![Link {
+            capacity_bps: 500 * M,
+        }],
         enis: vec![eni(300 * M, 0, w_a), eni(100 * M, 0, w_b)],
         flows: vec![out(0, d_a, vec![0]), out(1, d_b, vec![0])],
         pools: vec![],
@@ -60,20 +74,37 @@ fn when_one_stops_the_other_gets_the_link() {
 /// S1 on H1 and S2 on H3 send to R on H2; S3 on H3, ten times heavier,
 /// floods Q, also on H2.
 fn incast(r_rx_guarantee: u64) -> Problem {
-    let nic = Link { capacity_bps: 1000 * M };
+    let nic = Link {
+        capacity_bps: 1000 * M,
+    };
     Problem {
         links: vec![nic; 6],
         enis: vec![
-            eni(300 * M, 0, 1),             // 0: S1
-            eni(300 * M, 0, 1),             // 1: S2
-            eni(0, r_rx_guarantee, 1),      // 2: R
-            eni(0, 0, 10),                  // 3: S3
-            eni(0, 0, 1),                   // 4: Q
+            eni(300 * M, 0, 1),        // 0: S1
+            eni(300 * M, 0, 1),        // 1: S2
+            eni(0, r_rx_guarantee, 1), // 2: R
+            eni(0, 0, 10),             // 3: S3
+            eni(0, 0, 1),              // 4: Q
         ],
         flows: vec![
-            Flow { src: Some(0), dst: Some(2), demand_bps: BIG, path: vec![0, 3] },
-            Flow { src: Some(1), dst: Some(2), demand_bps: BIG, path: vec![4, 3] },
-            Flow { src: Some(3), dst: Some(4), demand_bps: BIG, path: vec![4, 3] },
+            Flow {
+                src: Some(0),
+                dst: Some(2),
+                demand_bps: BIG,
+                path: vec![0, 3],
+            },
+            Flow {
+                src: Some(1),
+                dst: Some(2),
+                demand_bps: BIG,
+                path: vec![4, 3],
+            },
+            Flow {
+                src: Some(3),
+                dst: Some(4),
+                demand_bps: BIG,
+                path: vec![4, 3],
+            },
         ],
         pools: vec![],
     }
@@ -103,8 +134,18 @@ fn hose_partition_moves_guarantee_a_receiver_cannot_take() {
         links: vec![],
         enis: vec![eni(300 * M, 0, 1), eni(0, 100 * M, 1), eni(0, 1000 * M, 1)],
         flows: vec![
-            Flow { src: Some(0), dst: Some(1), demand_bps: BIG, path: vec![] },
-            Flow { src: Some(0), dst: Some(2), demand_bps: BIG, path: vec![] },
+            Flow {
+                src: Some(0),
+                dst: Some(1),
+                demand_bps: BIG,
+                path: vec![],
+            },
+            Flow {
+                src: Some(0),
+                dst: Some(2),
+                demand_bps: BIG,
+                path: vec![],
+            },
         ],
         pools: vec![],
     };
@@ -119,9 +160,15 @@ fn guarantee_water_fills_by_demand() {
     // 300 among demands 50, 500, 500: the small one is served, the other two
     // split the remaining 250.
     let p = Problem {
-        links: vec![Link { capacity_bps: 10_000 * M }],
+        links: vec![Link {
+            capacity_bps: 10_000 * M,
+        }],
         enis: vec![eni(300 * M, 0, 1)],
-        flows: vec![out(0, 50 * M, vec![0]), out(0, 500 * M, vec![0]), out(0, 500 * M, vec![0])],
+        flows: vec![
+            out(0, 50 * M, vec![0]),
+            out(0, 500 * M, vec![0]),
+            out(0, 500 * M, vec![0]),
+        ],
         pools: vec![],
     };
     let a = checked(&p);
@@ -130,7 +177,11 @@ fn guarantee_water_fills_by_demand() {
     let p = Problem {
         links: vec![],
         enis: vec![eni(100, 0, 1)],
-        flows: vec![out(0, BIG, vec![]), out(0, BIG, vec![]), out(0, BIG, vec![])],
+        flows: vec![
+            out(0, BIG, vec![]),
+            out(0, BIG, vec![]),
+            out(0, BIG, vec![]),
+        ],
         pools: vec![],
     };
     let a = checked(&p);
@@ -143,7 +194,9 @@ fn more_flows_do_not_buy_more_share() {
     let mut flows = vec![out(0, BIG, vec![0])];
     flows.extend((0..5).map(|_| out(1, BIG, vec![0])));
     let p = Problem {
-        links: vec![Link { capacity_bps: 600 * M }],
+        links: vec![Link {
+            capacity_bps: 600 * M,
+        }],
         enis: vec![eni(0, 0, 1), eni(0, 0, 1)],
         flows,
         pools: vec![],
@@ -158,10 +211,15 @@ fn limits_and_pools_cap_rates() {
     let mut capped = eni(0, 0, 1);
     capped.limit_tx_bps = 100 * M;
     let p = Problem {
-        links: vec![Link { capacity_bps: 1000 * M }],
+        links: vec![Link {
+            capacity_bps: 1000 * M,
+        }],
         enis: vec![capped, eni(0, 0, 1), eni(0, 0, 1), eni(0, 0, 1)],
         flows: (0..4).map(|e| out(e, BIG, vec![0])).collect(),
-        pools: vec![Pool { limit_bps: 300 * M, members: vec![1, 2] }],
+        pools: vec![Pool {
+            limit_bps: 300 * M,
+            members: vec![1, 2],
+        }],
     };
     let a = checked(&p);
     // ENI 0 stops at its limit, the pool holds ENIs 1 and 2 to 300 together,
@@ -175,7 +233,9 @@ fn limits_and_pools_cap_rates() {
 fn oversubscribed_fabric_scales_guarantees_proportionally() {
     // Two senders with 300 and 100 guaranteed cross a 200 Mbit/s link.
     let p = Problem {
-        links: vec![Link { capacity_bps: 200 * M }],
+        links: vec![Link {
+            capacity_bps: 200 * M,
+        }],
         enis: vec![eni(300 * M, 0, 1), eni(100 * M, 0, 1)],
         flows: vec![out(0, BIG, vec![0]), out(1, BIG, vec![0])],
         pools: vec![],
@@ -191,13 +251,30 @@ fn host_loop_shape_one_flow_per_eni_per_direction() {
     let mut enis = vec![eni(200 * M, 200 * M, 1), eni(100 * M, 100 * M, 3)];
     enis[1].limit_rx_bps = 150 * M;
     let p = Problem {
-        links: vec![Link { capacity_bps: 1000 * M }, Link { capacity_bps: 1000 * M }],
+        links: vec![
+            Link {
+                capacity_bps: 1000 * M,
+            },
+            Link {
+                capacity_bps: 1000 * M,
+            },
+        ],
         enis,
         flows: vec![
             out(0, BIG, vec![0]),
             out(1, BIG, vec![0]),
-            Flow { src: None, dst: Some(0), demand_bps: BIG, path: vec![1] },
-            Flow { src: None, dst: Some(1), demand_bps: BIG, path: vec![1] },
+            Flow {
+                src: None,
+                dst: Some(0),
+                demand_bps: BIG,
+                path: vec![1],
+            },
+            Flow {
+                src: None,
+                dst: Some(1),
+                demand_bps: BIG,
+                path: vec![1],
+            },
         ],
         pools: vec![],
     };
@@ -220,7 +297,12 @@ fn edge_cases() {
         enis: vec![eni(0, 0, 1)],
         flows: vec![
             out(0, BIG, vec![0]),
-            Flow { src: None, dst: None, demand_bps: 7, path: vec![] },
+            Flow {
+                src: None,
+                dst: None,
+                demand_bps: 7,
+                path: vec![],
+            },
             out(0, 0, vec![]),
         ],
         pools: vec![],
@@ -229,7 +311,9 @@ fn edge_cases() {
     assert_eq!(a.flow_rate_bps, vec![0, 7, 0]);
     // Extreme numbers: demand and capacity at u64::MAX.
     let p = Problem {
-        links: vec![Link { capacity_bps: u64::MAX }],
+        links: vec![Link {
+            capacity_bps: u64::MAX,
+        }],
         enis: vec![eni(u64::MAX, 0, u32::MAX), eni(0, 0, 1)],
         flows: vec![out(0, u64::MAX, vec![0]), out(1, u64::MAX, vec![0])],
         pools: vec![],
@@ -240,7 +324,12 @@ fn edge_cases() {
 
 #[test]
 fn allocator_reuse_matches_fresh_allocation() {
-    let problems = [two_enis(1, 3, BIG, BIG), incast(400 * M), Problem::default(), two_enis(2, 1, 5, BIG)];
+    let problems = [
+        two_enis(1, 3, BIG, BIG),
+        incast(400 * M),
+        Problem::default(),
+        two_enis(2, 1, 5, BIG),
+    ];
     let mut al = Allocator::new();
     for p in problems.iter().chain(problems.iter().rev()) {
         assert_eq!(al.allocate(p), &allocate(p));
@@ -255,28 +344,74 @@ fn invalid_problems_are_rejected_with_typed_errors() {
     assert_eq!(try_allocate(&p), Err(ProblemError::ZeroWeight { eni: 1 }));
     let mut p = base.clone();
     p.enis[0].limit_tx_bps = 10;
-    assert!(matches!(p.validate(), Err(ProblemError::TxGuaranteeAboveLimit { eni: 0, .. })));
+    assert!(matches!(
+        p.validate(),
+        Err(ProblemError::TxGuaranteeAboveLimit { eni: 0, .. })
+    ));
     let mut p = base.clone();
     p.enis[0].guaranteed_rx_bps = 10;
     p.enis[0].limit_rx_bps = 9;
-    assert!(matches!(p.validate(), Err(ProblemError::RxGuaranteeAboveLimit { eni: 0, .. })));
+    assert!(matches!(
+        p.validate(),
+        Err(ProblemError::RxGuaranteeAboveLimit { eni: 0, .. })
+    ));
     let mut p = base.clone();
     p.flows[1].path = vec![0, 0];
-    assert_eq!(p.validate(), Err(ProblemError::DuplicateLinkInPath { flow: 1, link: 0 }));
+    assert_eq!(
+        p.validate(),
+        Err(ProblemError::DuplicateLinkInPath { flow: 1, link: 0 })
+    );
     let mut p = base.clone();
     p.flows[0].path = vec![3];
-    assert_eq!(p.validate(), Err(ProblemError::FlowLinkOutOfRange { flow: 0, link: 3, links: 1 }));
+    assert_eq!(
+        p.validate(),
+        Err(ProblemError::FlowLinkOutOfRange {
+            flow: 0,
+            link: 3,
+            links: 1
+        })
+    );
     let mut p = base.clone();
     p.flows[0].src = Some(2);
-    assert_eq!(p.validate(), Err(ProblemError::FlowSrcOutOfRange { flow: 0, eni: 2, enis: 2 }));
+    assert_eq!(
+        p.validate(),
+        Err(ProblemError::FlowSrcOutOfRange {
+            flow: 0,
+            eni: 2,
+            enis: 2
+        })
+    );
     let mut p = base.clone();
     p.flows[0].dst = Some(9);
-    assert_eq!(p.validate(), Err(ProblemError::FlowDstOutOfRange { flow: 0, eni: 9, enis: 2 }));
+    assert_eq!(
+        p.validate(),
+        Err(ProblemError::FlowDstOutOfRange {
+            flow: 0,
+            eni: 9,
+            enis: 2
+        })
+    );
     let mut p = base.clone();
-    p.pools = vec![Pool { limit_bps: 1, members: vec![1, 1] }];
-    assert_eq!(p.validate(), Err(ProblemError::DuplicatePoolMember { pool: 0, eni: 1 }));
-    p.pools = vec![Pool { limit_bps: 1, members: vec![5] }];
-    assert_eq!(p.validate(), Err(ProblemError::PoolMemberOutOfRange { pool: 0, eni: 5, enis: 2 }));
+    p.pools = vec![Pool {
+        limit_bps: 1,
+        members: vec![1, 1],
+    }];
+    assert_eq!(
+        p.validate(),
+        Err(ProblemError::DuplicatePoolMember { pool: 0, eni: 1 })
+    );
+    p.pools = vec![Pool {
+        limit_bps: 1,
+        members: vec![5],
+    }];
+    assert_eq!(
+        p.validate(),
+        Err(ProblemError::PoolMemberOutOfRange {
+            pool: 0,
+            eni: 5,
+            enis: 2
+        })
+    );
     // The same link in two different flows' paths is fine.
     assert_eq!(base.validate(), Ok(()));
 }

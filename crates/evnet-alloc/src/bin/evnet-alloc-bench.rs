@@ -47,14 +47,28 @@ fn fabric(hosts: usize, flows: usize, seed: u64) -> Problem {
     let nic_rx = |h: usize| 2 * h + 1;
     let tor_up = |r: usize| 2 * hosts + 2 * r;
     let tor_down = |r: usize| 2 * hosts + 2 * r + 1;
-    let mut links = vec![Link { capacity_bps: NIC_BPS }; 2 * hosts];
-    links.extend(vec![Link { capacity_bps: NIC_BPS * HOSTS_PER_RACK as u64 / 3 }; 2 * racks]);
+    let mut links = vec![
+        Link {
+            capacity_bps: NIC_BPS
+        };
+        2 * hosts
+    ];
+    links.extend(vec![
+        Link {
+            capacity_bps: NIC_BPS * HOSTS_PER_RACK as u64 / 3
+        };
+        2 * racks
+    ]);
     let share = NIC_BPS / 10 * 9 / ENIS_PER_HOST as u64;
     let enis: Vec<Eni> = (0..hosts * ENIS_PER_HOST)
         .map(|_| {
             let gtx = rng.below(share + 1);
             let grx = rng.below(share + 1);
-            let limit = if rng.below(4) == 0 { Eni::default().limit_tx_bps } else { gtx.max(grx) + rng.below(10 * G) };
+            let limit = if rng.below(4) == 0 {
+                Eni::default().limit_tx_bps
+            } else {
+                gtx.max(grx) + rng.below(10 * G)
+            };
             Eni {
                 guaranteed_tx_bps: gtx,
                 guaranteed_rx_bps: grx,
@@ -74,9 +88,17 @@ fn fabric(hosts: usize, flows: usize, seed: u64) -> Problem {
             }
             let (hs, hd) = (src / ENIS_PER_HOST, dst / ENIS_PER_HOST);
             let (rs, rd) = (hs / HOSTS_PER_RACK, hd / HOSTS_PER_RACK);
-            let path =
-                if rs == rd { vec![nic_tx(hs), nic_rx(hd)] } else { vec![nic_tx(hs), tor_up(rs), tor_down(rd), nic_rx(hd)] };
-            Flow { src: Some(src), dst: Some(dst), demand_bps: rng.log_uniform(M, 10 * G), path }
+            let path = if rs == rd {
+                vec![nic_tx(hs), nic_rx(hd)]
+            } else {
+                vec![nic_tx(hs), tor_up(rs), tor_down(rd), nic_rx(hd)]
+            };
+            Flow {
+                src: Some(src),
+                dst: Some(dst),
+                demand_bps: rng.log_uniform(M, 10 * G),
+                path,
+            }
         })
         .collect();
     let pools = (0..hosts / 16)
@@ -84,10 +106,18 @@ fn fabric(hosts: usize, flows: usize, seed: u64) -> Problem {
             let mut members: Vec<usize> = (0..8).map(|_| rng.below(nenis) as usize).collect();
             members.sort_unstable();
             members.dedup();
-            Pool { limit_bps: rng.log_uniform(G, 20 * G), members }
+            Pool {
+                limit_bps: rng.log_uniform(G, 20 * G),
+                members,
+            }
         })
         .collect();
-    Problem { links, enis, flows, pools }
+    Problem {
+        links,
+        enis,
+        flows,
+        pools,
+    }
 }
 
 /// One host: a NIC (tx link 0, rx link 1) and 100 ENIs, one flow per ENI per
@@ -106,10 +136,30 @@ fn host(seed: u64) -> Problem {
         .collect();
     let mut flows = Vec::with_capacity(200);
     for e in 0..100 {
-        flows.push(Flow { src: Some(e), dst: None, demand_bps: rng.log_uniform(M, 5 * G), path: vec![0] });
-        flows.push(Flow { src: None, dst: Some(e), demand_bps: rng.log_uniform(M, 5 * G), path: vec![1] });
+        flows.push(Flow {
+            src: Some(e),
+            dst: None,
+            demand_bps: rng.log_uniform(M, 5 * G),
+            path: vec![0],
+        });
+        flows.push(Flow {
+            src: None,
+            dst: Some(e),
+            demand_bps: rng.log_uniform(M, 5 * G),
+            path: vec![1],
+        });
     }
-    Problem { links: vec![Link { capacity_bps: NIC_BPS }; 2], enis, flows, pools: vec![] }
+    Problem {
+        links: vec![
+            Link {
+                capacity_bps: NIC_BPS
+            };
+            2
+        ],
+        enis,
+        flows,
+        pools: vec![],
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -148,7 +198,9 @@ fn main() {
             "--seed" => seed = num("--seed"),
             "--no-verify" => check = false,
             "-h" | "--help" => {
-                println!("usage: evnet-alloc-bench [--quick] [--runs N] [--host-iters N] [--seed S] [--no-verify]");
+                println!(
+                    "usage: evnet-alloc-bench [--quick] [--runs N] [--host-iters N] [--seed S] [--no-verify]"
+                );
                 return;
             }
             other => {
@@ -169,8 +221,12 @@ fn main() {
     if quick {
         sizes.retain(|s| s.0 <= 100_000);
     }
-    println!("evnet-alloc-bench: one thread, release build, Allocator reused, one warm-up run per size");
-    println!("fabric: racks of {HOSTS_PER_RACK} hosts, 25 Gbit/s NICs, ToR uplinks 3:1, {ENIS_PER_HOST} ENIs/host, seed {seed}");
+    println!(
+        "evnet-alloc-bench: one thread, release build, Allocator reused, one warm-up run per size"
+    );
+    println!(
+        "fabric: racks of {HOSTS_PER_RACK} hosts, 25 Gbit/s NICs, ToR uplinks 3:1, {ENIS_PER_HOST} ENIs/host, seed {seed}"
+    );
     println!();
     println!(
         "{:>9} {:>7} {:>9} {:>5} {:>11} {:>11} {:>13} {:>9}",
@@ -215,15 +271,22 @@ fn main() {
     }
     if points.len() >= 2 {
         let n = points.len() as f64;
-        let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+        let (sx, sy) = points
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
         let (mx, my) = (sx / n, sy / n);
         let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
         let den: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
-        println!("fitted growth: time ∝ flows^{:.3} (least squares on log median time vs log flows)", num / den);
+        println!(
+            "fitted growth: time ∝ flows^{:.3} (least squares on log median time vs log flows)",
+            num / den
+        );
     }
 
     // One host's loop.
-    let variants: Vec<Problem> = (0..64).map(|i| host(seed.wrapping_mul(1000).wrapping_add(i))).collect();
+    let variants: Vec<Problem> = (0..64)
+        .map(|i| host(seed.wrapping_mul(1000).wrapping_add(i)))
+        .collect();
     let mut al = Allocator::new();
     for p in &variants {
         al.allocate(p);
@@ -239,7 +302,9 @@ fn main() {
     times.sort_by(f64::total_cmp);
     let verified = variants.iter().all(|p| verify(p, al.allocate(p)).is_ok());
     println!();
-    println!("host loop: 100 ENIs, 200 flows (one per ENI per direction), 2 NIC links, 64 demand sets, {host_iters} allocations");
+    println!(
+        "host loop: 100 ENIs, 200 flows (one per ENI per direction), 2 NIC links, 64 demand sets, {host_iters} allocations"
+    );
     println!(
         "  median {}  p99 {}  max {}  verified {}",
         fmt_time(percentile(&times, 50.0)),

@@ -48,7 +48,11 @@ pub fn fill(caps: &[R], flow_res: &[Vec<usize>], g: &[R], w: &[R], d: &[R]) -> V
                     wsum += &w[f];
                 }
             }
-            if wsum.is_zero() { None } else { Some((&caps[res] - used) / wsum) }
+            if wsum.is_zero() {
+                None
+            } else {
+                Some((&caps[res] - used) / wsum)
+            }
         };
         for res in 0..caps.len() {
             if let Some(t) = level(res, &frozen, &rate) {
@@ -56,7 +60,9 @@ pub fn fill(caps: &[R], flow_res: &[Vec<usize>], g: &[R], w: &[R], d: &[R]) -> V
             }
         }
         let t = best.expect("an active flow has a demand level");
-        let full: Vec<bool> = (0..caps.len()).map(|res| level(res, &frozen, &rate) == Some(t.clone())).collect();
+        let full: Vec<bool> = (0..caps.len())
+            .map(|res| level(res, &frozen, &rate) == Some(t.clone()))
+            .collect();
         for f in 0..n {
             if frozen[f] {
                 continue;
@@ -121,7 +127,13 @@ pub fn reference_guarantees(p: &Problem) -> Vec<R> {
     let d: Vec<R> = p
         .flows
         .iter()
-        .map(|f| if f.src.is_none() && f.dst.is_none() { R::zero() } else { r(f.demand_bps) })
+        .map(|f| {
+            if f.src.is_none() && f.dst.is_none() {
+                R::zero()
+            } else {
+                r(f.demand_bps)
+            }
+        })
         .collect();
     let zero = vec![R::zero(); d.len()];
     let one = vec![r(1); d.len()];
@@ -204,15 +216,20 @@ fn demand() -> impl Strategy<Value = u64> {
 }
 
 fn eni() -> impl Strategy<Value = Eni> {
-    (capacity(), capacity(), capacity(), capacity(), prop_oneof![8 => 1u32..=10, 1 => Just(u32::MAX)]).prop_map(
-        |(a, b, c, d, weight)| Eni {
+    (
+        capacity(),
+        capacity(),
+        capacity(),
+        capacity(),
+        prop_oneof![8 => 1u32..=10, 1 => Just(u32::MAX)],
+    )
+        .prop_map(|(a, b, c, d, weight)| Eni {
             guaranteed_tx_bps: a.min(b),
             limit_tx_bps: a.max(b),
             guaranteed_rx_bps: c.min(d),
             limit_rx_bps: c.max(d),
             weight,
-        },
-    )
+        })
 }
 
 /// Random small problems: any mix of links, ENIs with arbitrary contracts,
@@ -231,15 +248,33 @@ pub fn problem() -> impl Strategy<Value = Problem> {
                 src,
                 dst,
                 demand_bps,
-                path: mask.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i).collect(),
+                path: mask
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b)
+                    .map(|(i, _)| i)
+                    .collect(),
             });
         let flows = prop::collection::vec(flow, nf);
-        let pool = (capacity(), prop::collection::vec(any::<bool>(), ne)).prop_map(|(limit_bps, mask)| Pool {
-            limit_bps,
-            members: mask.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i).collect(),
-        });
+        let pool =
+            (capacity(), prop::collection::vec(any::<bool>(), ne)).prop_map(|(limit_bps, mask)| {
+                Pool {
+                    limit_bps,
+                    members: mask
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| **b)
+                        .map(|(i, _)| i)
+                        .collect(),
+                }
+            });
         let pools = prop::collection::vec(pool, np);
-        (links, enis, flows, pools).prop_map(|(links, enis, flows, pools)| Problem { links, enis, flows, pools })
+        (links, enis, flows, pools).prop_map(|(links, enis, flows, pools)| Problem {
+            links,
+            enis,
+            flows,
+            pools,
+        })
     })
 }
 
@@ -250,8 +285,17 @@ pub fn problem() -> impl Strategy<Value = Problem> {
 pub fn host_problem() -> impl Strategy<Value = Problem> {
     (1usize..=6, 0usize..=2).prop_flat_map(|(ne, np)| {
         let enis = prop::collection::vec(eni(), ne);
-        let flows = prop::collection::vec((1usize..=3, 1usize..=3, prop::collection::vec(demand(), 6)), ne);
-        let pools = prop::collection::vec((0u64..=1_000_000_000, prop::collection::vec(any::<bool>(), ne)), np);
+        let flows = prop::collection::vec(
+            (1usize..=3, 1usize..=3, prop::collection::vec(demand(), 6)),
+            ne,
+        );
+        let pools = prop::collection::vec(
+            (
+                0u64..=1_000_000_000,
+                prop::collection::vec(any::<bool>(), ne),
+            ),
+            np,
+        );
         let headroom = (0u64..=2_000_000_000, 0u64..=2_000_000_000);
         (enis, flows, pools, headroom).prop_map(|(mut enis, flows, pools, (htx, hrx))| {
             // Keep guarantees modest so admission can hold on a u64 NIC.
@@ -261,14 +305,31 @@ pub fn host_problem() -> impl Strategy<Value = Problem> {
             }
             let gtx: u64 = enis.iter().map(|e| e.guaranteed_tx_bps).sum();
             let grx: u64 = enis.iter().map(|e| e.guaranteed_rx_bps).sum();
-            let links = vec![Link { capacity_bps: gtx + htx }, Link { capacity_bps: grx + hrx }];
+            let links = vec![
+                Link {
+                    capacity_bps: gtx + htx,
+                },
+                Link {
+                    capacity_bps: grx + hrx,
+                },
+            ];
             let mut fl = Vec::new();
             for (e, (ntx, nrx, demands)) in flows.into_iter().enumerate() {
                 for d in demands.iter().take(ntx) {
-                    fl.push(Flow { src: Some(e), dst: None, demand_bps: *d, path: vec![0] });
+                    fl.push(Flow {
+                        src: Some(e),
+                        dst: None,
+                        demand_bps: *d,
+                        path: vec![0],
+                    });
                 }
                 for d in demands.iter().skip(3).take(nrx) {
-                    fl.push(Flow { src: None, dst: Some(e), demand_bps: *d, path: vec![1] });
+                    fl.push(Flow {
+                        src: None,
+                        dst: Some(e),
+                        demand_bps: *d,
+                        path: vec![1],
+                    });
                 }
             }
             let pools = pools
@@ -277,10 +338,18 @@ pub fn host_problem() -> impl Strategy<Value = Problem> {
                     let members: Vec<usize> = (0..enis.len()).filter(|&i| mask[i]).collect();
                     let gt: u64 = members.iter().map(|&i| enis[i].guaranteed_tx_bps).sum();
                     let gr: u64 = members.iter().map(|&i| enis[i].guaranteed_rx_bps).sum();
-                    Pool { limit_bps: gt.max(gr) + extra, members }
+                    Pool {
+                        limit_bps: gt.max(gr) + extra,
+                        members,
+                    }
                 })
                 .collect();
-            Problem { links, enis, flows: fl, pools }
+            Problem {
+                links,
+                enis,
+                flows: fl,
+                pools,
+            }
         })
     })
 }
