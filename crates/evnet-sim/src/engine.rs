@@ -168,10 +168,10 @@ pub fn run(s: &Scenario, progress: &mut dyn Progress) -> Result<RunResult, SimEr
         let mut edge_topology = || edge.get_or_insert_with(|| Rc::new(EdgeTopology::build(&world))).clone();
         policies.push(match k {
             PolicyKind::NoIsolation => Box::new(NoIsolation),
-            PolicyKind::StaticReservation => Box::new(EdgeShaper::new(&world, edge_topology(), ShaperLevel::Guarantee)),
-            PolicyKind::CapsOnly => Box::new(EdgeShaper::new(&world, edge_topology(), ShaperLevel::Limit)),
+            PolicyKind::StaticReservation => Box::new(EdgeShaper::new(&world, edge_topology(), ShaperLevel::Guarantee, true)),
+            PolicyKind::CapsOnly => Box::new(EdgeShaper::new(&world, edge_topology(), ShaperLevel::Limit, s.caps_only.ingress)),
             PolicyKind::HostLocal => Box::new(HostLocal::new(&world)),
-            PolicyKind::Evnet => Box::new(Evnet::new(&world, s.period_ticks())),
+            PolicyKind::Evnet => Box::new(Evnet::new(&world, s.period_ticks(), s.evnet.guarantee_floor)),
         });
     }
     let build_s = started.elapsed().as_secs_f64();

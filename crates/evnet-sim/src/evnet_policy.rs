@@ -9,6 +9,11 @@
 //!   just ended, so the run at tick `kP` sees each flow's mean true demand
 //!   over ticks `(k−1)P … kP−1`, one period old. The first run has no history
 //!   and sees the demand at tick 0 (the simulation starts in a steady state).
+//! - **Guarantee floor** (optional, `[evnet] guarantee_floor = true`): a host
+//!   agent that never shapes an ENI below its guarantee lets the flows an ENI
+//!   is sending now use at least `tx guarantee ÷ active flows` each, even
+//!   when the last run gave them less (they were idle then). Off by default:
+//!   flows are held to the last allocation and nothing more.
 //!
 //! The problem handed to the allocator is the fabric itself: every real link
 //! with its capacity, every ENI with its guarantee and limit in both
@@ -33,10 +38,12 @@ pub struct Evnet {
     sum: Vec<u64>,
     sum_ticks: u64,
     held: Vec<u64>,
+    floor: bool,
+    active: Vec<u32>,
 }
 
 impl Evnet {
-    pub fn new(w: &World, period_ticks: usize) -> Evnet {
+    pub fn new(w: &World, period_ticks: usize, guarantee_floor: bool) -> Evnet {
         let problem = build_problem(w);
         Evnet {
             problem,
@@ -45,6 +52,8 @@ impl Evnet {
             sum: vec![0; w.flows()],
             sum_ticks: 0,
             held: vec![0; w.flows()],
+            floor: guarantee_floor,
+            active: if guarantee_floor { vec![0; w.enis()] } else { Vec::new() },
         }
     }
 
@@ -104,6 +113,21 @@ impl Policy for Evnet {
         self.sum_ticks += 1;
         caps.clear();
         caps.extend_from_slice(&self.held);
+        if self.floor {
+            let w = input.world;
+            self.active.iter_mut().for_each(|x| *x = 0);
+            for (f, &d) in input.demand.iter().enumerate() {
+                if d > 0 {
+                    self.active[w.flow_src[f] as usize] += 1;
+                }
+            }
+            for (f, c) in caps.iter_mut().enumerate() {
+                let src = w.flow_src[f] as usize;
+                if input.demand[f] > 0 {
+                    *c = (*c).max(w.eni_guarantee[src] / self.active[src] as u64);
+                }
+            }
+        }
         ms
     }
 }

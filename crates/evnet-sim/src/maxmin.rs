@@ -140,6 +140,9 @@ pub struct MaxMin {
     rate: Vec<f64>,
     order: Vec<u32>,
     heap: BinaryHeap<Event>,
+    mark: Vec<u32>,
+    touched: Vec<u32>,
+    scratch_load: Vec<u64>,
 }
 
 struct Ctx<'a> {
@@ -148,22 +151,39 @@ struct Ctx<'a> {
     weight_sum: &'a mut [f64],
     version: &'a mut [u32],
     heap: &'a mut BinaryHeap<Event>,
+    mark: &'a mut [u32],
+    stamp: u32,
+    touched: &'a mut Vec<u32>,
 }
 
 impl Ctx<'_> {
-    fn freeze(&mut self, f: usize, rate: f64, w: f64, level: f64) {
+    /// Takes a frozen flow's rate off its links; the links' new saturation
+    /// levels are pushed by [`Ctx::push_touched`], once per link per batch.
+    fn freeze(&mut self, f: usize, rate: f64, w: f64) {
         for &l in self.paths.path(f) {
-            let l = l as usize;
-            self.remaining[l] -= rate;
-            self.weight_sum[l] -= w;
-            self.version[l] = self.version[l].wrapping_add(1);
-            if self.weight_sum[l] > 1e-9 {
-                let lv = (self.remaining[l].max(0.0) / self.weight_sum[l]).max(level);
-                self.heap.push(Event { level: lv, link: l as u32, version: self.version[l] });
-            } else {
-                self.weight_sum[l] = 0.0;
+            let li = l as usize;
+            self.remaining[li] -= rate;
+            self.weight_sum[li] -= w;
+            if self.mark[li] != self.stamp {
+                self.mark[li] = self.stamp;
+                self.touched.push(l);
             }
         }
+    }
+
+    fn push_touched(&mut self, level: f64) {
+        for &l in self.touched.iter() {
+            let li = l as usize;
+            self.version[li] = self.version[li].wrapping_add(1);
+            if self.weight_sum[li] > 1e-9 {
+                let lv = (self.remaining[li].max(0.0) / self.weight_sum[li]).max(level);
+                self.heap.push(Event { level: lv, link: l, version: self.version[li] });
+            } else {
+                self.weight_sum[li] = 0.0;
+            }
+        }
+        self.touched.clear();
+        self.stamp = self.stamp.wrapping_add(1);
     }
 }
 
@@ -204,6 +224,9 @@ impl MaxMin {
         self.rate.resize(nf, 0.0);
         self.order.clear();
         self.heap.clear();
+        self.mark.clear();
+        self.mark.resize(nl, u32::MAX);
+        self.touched.clear();
 
         for f in 0..nf {
             if cap[f] == 0 {
@@ -216,10 +239,13 @@ impl MaxMin {
             }
             self.order.push(f as u32);
         }
-        self.order.sort_unstable_by(|&a, &b| {
-            let (a, b) = (a as usize, b as usize);
-            (cap[a] as f64 / w(a)).total_cmp(&(cap[b] as f64 / w(b))).then(a.cmp(&b))
-        });
+        match weight {
+            None => self.order.sort_unstable_by_key(|&f| (cap[f as usize], f)),
+            Some(_) => self.order.sort_unstable_by(|&a, &b| {
+                let (a, b) = (a as usize, b as usize);
+                (cap[a] as f64 / w(a)).total_cmp(&(cap[b] as f64 / w(b))).then(a.cmp(&b))
+            }),
+        }
         for l in 0..nl {
             if self.weight_sum[l] > 0.0 {
                 self.heap.push(Event { level: self.remaining[l] / self.weight_sum[l], link: l as u32, version: 0 });
@@ -232,13 +258,17 @@ impl MaxMin {
             weight_sum: &mut self.weight_sum,
             version: &mut self.version,
             heap: &mut self.heap,
+            mark: &mut self.mark,
+            stamp: 0,
+            touched: &mut self.touched,
         };
         let frozen = &mut self.frozen;
         let rate = &mut self.rate;
+        let order = &self.order;
         let mut next = 0usize;
         let mut level = 0.0f64;
         loop {
-            while next < self.order.len() && frozen[self.order[next] as usize] {
+            while next < order.len() && frozen[order[next] as usize] {
                 next += 1;
             }
             while let Some(top) = ctx.heap.peek() {
@@ -248,17 +278,31 @@ impl MaxMin {
                     break;
                 }
             }
-            let flow_level = self.order.get(next).map(|&f| cap[f as usize] as f64 / w(f as usize));
+            let flow_level = order.get(next).map(|&f| cap[f as usize] as f64 / w(f as usize));
             let link_level = ctx.heap.peek().map(|e| e.level);
             match (flow_level, link_level) {
                 (None, None) => break,
                 (Some(fl), ll) if ll.is_none_or(|ll| fl <= ll) => {
-                    let f = self.order[next] as usize;
-                    next += 1;
+                    // Every flow whose cap comes before the lowest link level
+                    // freezes at its cap: link levels only rise as flows leave.
+                    let bound = ll.unwrap_or(f64::INFINITY);
                     level = level.max(fl);
-                    frozen[f] = true;
-                    rate[f] = cap[f] as f64;
-                    ctx.freeze(f, cap[f] as f64, w(f), level);
+                    while let Some(&f) = order.get(next) {
+                        let f = f as usize;
+                        let fl = cap[f] as f64 / w(f);
+                        if fl > bound {
+                            break;
+                        }
+                        next += 1;
+                        if frozen[f] {
+                            continue;
+                        }
+                        level = level.max(fl);
+                        frozen[f] = true;
+                        rate[f] = cap[f] as f64;
+                        ctx.freeze(f, cap[f] as f64, w(f));
+                    }
+                    ctx.push_touched(level);
                 }
                 (_, Some(ll)) => {
                     let ev = ctx.heap.pop().expect("peeked");
@@ -271,16 +315,46 @@ impl MaxMin {
                             let r = level * w(f);
                             frozen[f] = true;
                             rate[f] = r;
-                            ctx.freeze(f, r, w(f), level);
+                            ctx.freeze(f, r, w(f));
                         }
                     }
+                    ctx.push_touched(level);
                 }
                 (Some(_), None) => unreachable!("handled by the guard above"),
             }
         }
 
+        // Round to whole bit/s, forgiving float noise, then take back the few
+        // bit/s by which rounding may have overfilled a link.
         out.clear();
-        out.extend(rate.iter().zip(cap).map(|(&r, &c)| (((r * (1.0 - 1e-12)).floor().max(0.0)) as u64).min(c)));
+        out.extend(rate.iter().zip(cap).map(|(&r, &c)| ((r + 1e-6).floor().max(0.0) as u64).min(c)));
+        let load = &mut self.scratch_load;
+        load.clear();
+        load.resize(nl, 0);
+        for (f, &r) in out.iter().enumerate() {
+            for &l in paths.path(f) {
+                load[l as usize] += r;
+            }
+        }
+        for l in 0..nl {
+            while load[l] > capacity[l] {
+                let mut progress = false;
+                for &f in incidence.flows(l) {
+                    let f = f as usize;
+                    if load[l] <= capacity[l] {
+                        break;
+                    }
+                    if out[f] > 0 {
+                        out[f] -= 1;
+                        progress = true;
+                        for &m in paths.path(f) {
+                            load[m as usize] -= 1;
+                        }
+                    }
+                }
+                assert!(progress, "link {l} overloaded with no flow to slow down");
+            }
+        }
     }
 }
 

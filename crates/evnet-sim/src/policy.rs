@@ -10,8 +10,10 @@
 //! - [`EdgeShaper`] with [`ShaperLevel::Guarantee`] is static reservation
 //!   (Oktopus): a shaper at each ENI's guarantee, in both directions, and TCP
 //!   flows under it. With [`ShaperLevel::Limit`] it is caps only (the CNI
-//!   bandwidth plugin, Cilium's bandwidth manager): the same shaper at the
-//!   limit (the class's `caps_only_limit_gbps`, by default its limit). A shaper is one more link that only that ENI's flows cross, so
+//!   bandwidth plugin, Cilium's bandwidth manager): a shaper at the limit (the
+//!   class's `caps_only_limit_gbps`, by default its limit) on what the ENI
+//!   sends, and on what it receives too when the scenario says
+//!   `[caps_only] ingress = true` (Cilium shapes egress only). A shaper is one more link that only that ENI's flows cross, so
 //!   both are solved jointly with the fabric.
 //! - [`HostLocal`] is HTB on every host's NIC transmit side: each ENI gets
 //!   `min(demand, guarantee)`, the rest of the NIC is shared by weight up to
@@ -108,14 +110,20 @@ pub struct EdgeShaper {
 }
 
 impl EdgeShaper {
-    pub fn new(w: &World, topology: Rc<EdgeTopology>, level: ShaperLevel) -> EdgeShaper {
+    /// `ingress`: whether the shaper also holds what each ENI receives
+    /// (otherwise its receive link is unlimited).
+    pub fn new(w: &World, topology: Rc<EdgeTopology>, level: ShaperLevel, ingress: bool) -> EdgeShaper {
         let per_eni = match level {
             ShaperLevel::Guarantee => &w.eni_guarantee,
             ShaperLevel::Limit => &w.eni_caps_only,
         };
         let mut capacity = w.link_capacity.clone();
         capacity.extend_from_slice(per_eni);
-        capacity.extend_from_slice(per_eni);
+        if ingress {
+            capacity.extend_from_slice(per_eni);
+        } else {
+            capacity.extend(std::iter::repeat_n(u64::MAX / 4, per_eni.len()));
+        }
         EdgeShaper { level, topology, capacity, solver: MaxMin::new(), demand_caps: Vec::new() }
     }
 }

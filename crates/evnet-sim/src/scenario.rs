@@ -29,6 +29,8 @@ pub struct Scenario {
     pub placement: PlacementSpec,
     #[serde(default)]
     pub evnet: EvnetSpec,
+    #[serde(default)]
+    pub caps_only: CapsOnlySpec,
     /// Policies to run; all of them when empty.
     #[serde(default)]
     pub policies: Vec<PolicyKind>,
@@ -71,6 +73,22 @@ pub struct EvnetSpec {
     /// Period of the fabric-wide allocation loop.
     #[serde(default = "default_period")]
     pub control_period_s: f64,
+    /// Between fabric runs, let each sending ENI's active flows use at least
+    /// its tx guarantee (split equally), as a host agent that never shapes an
+    /// ENI below its guarantee would. Off: flows are held to the last
+    /// allocation, nothing more.
+    #[serde(default)]
+    pub guarantee_floor: bool,
+}
+
+/// How the caps-only policy shapes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsOnlySpec {
+    /// Also cap what each ENI receives (the CNI bandwidth plugin's ingress
+    /// setting). Off: egress only, as Cilium's bandwidth manager does.
+    #[serde(default)]
+    pub ingress: bool,
 }
 
 fn default_period() -> f64 {
@@ -79,7 +97,7 @@ fn default_period() -> f64 {
 
 impl Default for EvnetSpec {
     fn default() -> Self {
-        EvnetSpec { control_period_s: default_period() }
+        EvnetSpec { control_period_s: default_period(), guarantee_floor: false }
     }
 }
 
