@@ -27,6 +27,11 @@
 //! and `version` (little-endian u64 each) followed by the value; table `meta`
 //! holds the store revision and a format number. History is not persisted: a
 //! reopened store treats everything up to its revision as compacted.
+//!
+//! Crash safety is redb's: commits use its default one-phase commit with
+//! checksums, so after a crash the file opens at the last completed commit
+//! (redb verifies and repairs the file on that open, which takes time
+//! proportional to the file's size).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,8 +83,9 @@ struct Request {
 
 /// A durable store in one redb file; see the module docs for how writes
 /// reach the disk. Only one `EmbeddedStore` may have a file open at a time
-/// (redb locks it). Dropping the store finishes the queued writes, closes
-/// the file and ends every watch with `Err(Closed)`.
+/// (redb locks it). Dropping the store finishes the queued writes (the
+/// dropping thread waits for them), closes the file and ends every watch
+/// with `Err(Closed)`.
 pub struct EmbeddedStore {
     core: Arc<RwLock<Core>>,
     counters: Arc<Counters>,

@@ -25,7 +25,12 @@
 //!   dropped with one `Err(Lagged)`; writers never wait for watchers.
 //! - History is bounded ([`StoreOptions::history_revisions`]) and not
 //!   persisted: after a restart, watching from the reopened revision or
-//!   earlier answers `Compacted`.
+//!   earlier answers `Compacted`. A watch from 0 is a watch from 1.
+//! - Reads never wait for the disk: both backends serve `get` and `range`
+//!   from memory (the embedded store loads every key when it opens), and a
+//!   write becomes visible to readers and watchers only once it is durable.
+//! - A caller that stops waiting for `txn` (drops the future) may still have
+//!   its transaction applied.
 
 use async_trait::async_trait;
 
@@ -107,7 +112,8 @@ pub enum EventKind {
 pub struct WatchEvent {
     pub kind: EventKind,
     /// For a put: the new key-value. For a delete: the key, an empty value,
-    /// and `mod_revision` = the revision of the delete.
+    /// `mod_revision` = the revision of the delete, and `create_revision` and
+    /// `version` 0.
     pub kv: KeyValue,
 }
 
