@@ -1,0 +1,108 @@
+//! `evnet server` and `evnet agent`: flags, logging, signals.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use evnet_server::state::Settings;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  evnet server --listen 127.0.0.1:7300 --data-dir /var/lib/evnet\n  EVNET_ADMIN_TOKEN=secret evnet server --data-dir ./data")]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7300")]
+    pub listen: SocketAddr,
+    /// Where the embedded store and the generated admin token live.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The store backend. `embedded`: a redb file in the data dir (one server).
+    #[arg(long, default_value = "embedded", value_parser = ["embedded"])]
+    pub store: String,
+    /// Share of each host's NIC that guarantees may not take, in percent.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=90))]
+    pub headroom_percent: u64,
+    /// A host whose agent is silent for this long is marked `lost`.
+    #[arg(long, default_value_t = 15_000)]
+    pub host_lost_after_ms: u64,
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = evnet_server::ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        admin_token: std::env::var("EVNET_ADMIN_TOKEN").ok(),
+        settings: Settings { headroom_percent: args.headroom_percent, host_lost_after_ms: args.host_lost_after_ms },
+    };
+    evnet_server::run(config, shutdown_signal()).await
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  evnet agent --server http://10.0.0.1:7300 --token $AGENT_TOKEN --underlay-ip 198.18.0.1 --nic-mbps 10000\n  evnet agent --server http://127.0.0.1:7300 --host-netns lab-h1 --underlay-ip 198.18.0.1 --nic-mbps 1000 --name host-1")]
+pub struct AgentArgs {
+    /// The evnet server's URL.
+    #[arg(long, env = "EVNET_URL")]
+    pub server: String,
+    /// An agent token (`evnet`'s admin issues them: POST /v1/agent-tokens).
+    #[arg(long, env = "EVNET_AGENT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// This host's address on the underlay network (VXLAN endpoint).
+    #[arg(long)]
+    pub underlay_ip: Ipv4Addr,
+    /// NIC capacity in each direction, in Mbit/s.
+    #[arg(long, default_value_t = 1000)]
+    pub nic_mbps: u64,
+    /// Drive this network namespace as the host (the lab); default: the agent's own.
+    #[arg(long)]
+    pub host_netns: Option<String>,
+    /// The host's name; default: the host namespace's name, else the machine's hostname.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Reconcile this often even when nothing changed (repairs drift).
+    #[arg(long, default_value_t = 2000)]
+    pub resync_ms: u64,
+    /// Log the plans without applying them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging();
+    let name = match (&args.name, &args.host_netns) {
+        (Some(n), _) => n.clone(),
+        (None, Some(ns)) => ns.clone(),
+        (None, None) => std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the hostname; pass --name")?.trim().to_string(),
+    };
+    if let Some(ns) = &args.host_netns {
+        if !std::path::Path::new("/run/netns").join(ns).exists() {
+            anyhow::bail!("host namespace `{ns}` does not exist (ip netns list shows what does)");
+        }
+    }
+    let mut config = evnet_agent::AgentConfig::new(&args.server, &args.token, &name, args.underlay_ip, args.nic_mbps);
+    config.host_netns = args.host_netns.clone();
+    config.resync = Duration::from_millis(args.resync_ms.max(100));
+    config.dry_run = args.dry_run;
+    config.metrics_listen = args.metrics_listen;
+    let kernel = Arc::new(evnet_kernel::LinuxKernel::new(args.host_netns.clone()));
+    evnet_agent::run(config, kernel, shutdown_signal()).await
+}

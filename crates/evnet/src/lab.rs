@@ -1,0 +1,515 @@
+//! `evnet lab`: a whole cluster on one machine. A server with the embedded
+//! store and N agents run as processes of this machine; each agent drives
+//! its own "host" network namespace; the hosts share an underlay bridge in a
+//! namespace of the lab's own, with addresses from 198.18.0.0/15. Nothing is
+//! added to the machine's own namespace.
+//!
+//! `DIR/lab.json` records everything the lab made (processes, namespaces,
+//! files) as it makes it, so `evnet lab down` removes exactly that, also
+//! after a failed `up`.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use evnet_client::Client;
+use evnet_model::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LabCommand {
+    /// Start a server and N agents, each driving its own host namespace; returns when all hosts are ready.
+    #[command(after_help = "Example:\n  sudo evnet lab up --hosts 3 --dir /tmp/evnet-lab && . /tmp/evnet-lab/env && evnet vpc list")]
+    Up(UpArgs),
+    /// Stop the lab's processes and remove every namespace, link and file it made.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Bring a lab up (if it is not) and run the demo: two tenants with the same CIDR, isolation, and an ENI moved while a ping runs.
+    Demo {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        hosts: u32,
+        /// Tear the lab down at the end.
+        #[arg(long)]
+        down: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Number of hosts (host-1 … host-N).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub hosts: u32,
+    /// Where the lab keeps its state, logs and `env` file.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// NIC capacity of each host in each direction, in Mbit/s.
+    #[arg(long, default_value_t = 1000)]
+    pub nic_mbps: u64,
+    /// Server port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct LabState {
+    pub lab_id: String,
+    pub url: String,
+    pub admin_token: String,
+    pub tenant_token: String,
+    pub server_pid: Option<u32>,
+    pub underlay_netns: Option<String>,
+    pub hosts: Vec<LabHost>,
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabHost {
+    pub name: String,
+    pub netns: String,
+    pub underlay_ip: Ipv4Addr,
+    pub agent_pid: Option<u32>,
+    pub host_id: Option<String>,
+}
+
+pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
+    match cmd {
+        LabCommand::Up(args) => {
+            let st = up(&args).await?;
+            println!("lab is up: {} hosts, server {}", st.hosts.len(), st.url);
+            println!("use it:   . {}/env && evnet vpc list", args.dir.display());
+            println!("stop it:  evnet lab down --dir {}", args.dir.display());
+            Ok(())
+        }
+        LabCommand::Down { dir } => down(&dir),
+        LabCommand::Demo { dir, hosts, down: tear_down } => {
+            if !dir.join("lab.json").exists() {
+                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, port: 0 }).await?;
+            }
+            let result = crate::lab::demo(&dir).await;
+            if tear_down {
+                down(&dir)?;
+            } else {
+                println!("\nthe lab is still up: `. {}/env` to use it, `evnet lab down --dir {}` to remove it", dir.display(), dir.display());
+            }
+            result
+        }
+    }
+}
+
+fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab creates network namespaces and needs root: run it with sudo");
+    }
+    for tool in ["ip", "nft", "tc"] {
+        if Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+            bail!("`{tool}` is missing: install iproute2 and nftables (apt-get install iproute2 nftables)");
+        }
+    }
+    Ok(())
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("cannot run {}", args[0]))?;
+    if !out.status.success() {
+        bail!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn save(dir: &Path, st: &LabState) -> anyhow::Result<()> {
+    let path = dir.join("lab.json");
+    let tmp = dir.join("lab.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
+    std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
+fn load(dir: &Path) -> anyhow::Result<LabState> {
+    let path = dir.join("lab.json");
+    let text = std::fs::read(&path).with_context(|| format!("no lab in {} (no lab.json)", dir.display()))?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Starts a child in its own session (so it outlives this command), its
+/// output into `log`.
+fn spawn(args: &[String], env: &[(&str, &str)], log: &Path) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the evnet binary")?;
+    let out = std::fs::File::create(log)?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    Ok(cmd.spawn().context("cannot start a lab process")?.id())
+}
+
+pub async fn up(args: &UpArgs) -> anyhow::Result<LabState> {
+    require_root()?;
+    let dir = &args.dir;
+    if dir.join("lab.json").exists() {
+        bail!("a lab is already up in {} (evnet lab down --dir {} first)", dir.display(), dir.display());
+    }
+    std::fs::create_dir_all(dir)?;
+    let dir = std::fs::canonicalize(dir)?;
+    let lab_id = format!("{:04x}", rand::random::<u16>());
+    let admin_token = format!("{:032x}", rand::random::<u128>());
+    let port = if args.port == 0 { free_port()? } else { args.port };
+    let mut st = LabState { lab_id: lab_id.clone(), url: format!("http://127.0.0.1:{port}"), admin_token: admin_token.clone(), ..Default::default() };
+    save(&dir, &st)?;
+    let result = build(&dir, args, &mut st).await;
+    if let Err(e) = result {
+        let _ = save(&dir, &st);
+        eprintln!("lab up failed: {e:#}; removing what it made");
+        let _ = down(&dir);
+        return Err(e);
+    }
+    Ok(st)
+}
+
+async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<()> {
+    let ul = format!("evl-{}-ul", st.lab_id);
+    sh(&["ip", "netns", "add", &ul])?;
+    st.underlay_netns = Some(ul.clone());
+    save(dir, st)?;
+    sh(&["ip", "-n", &ul, "link", "set", "lo", "up"])?;
+    sh(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+    sh(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+    for i in 1..=args.hosts {
+        let ns = format!("evl-{}-h{i}", st.lab_id);
+        let ip = Ipv4Addr::new(198, 18, (i / 250) as u8, (i % 250) as u8);
+        sh(&["ip", "netns", "add", &ns])?;
+        st.hosts.push(LabHost { name: format!("host-{i}"), netns: ns.clone(), underlay_ip: ip, agent_pid: None, host_id: None });
+        save(dir, st)?;
+        let port = format!("ul{i}");
+        sh(&["ip", "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "ul0", "netns", &ns])?;
+        sh(&["ip", "-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        sh(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/15"), "dev", "ul0"])?;
+        sh(&["ip", "-n", &ns, "link", "set", "ul0", "up"])?;
+    }
+    // The server.
+    let data = dir.join("server");
+    std::fs::create_dir_all(&data)?;
+    st.files.push(data.clone());
+    let log = dir.join("server.log");
+    st.files.push(log.clone());
+    let listen = st.url.trim_start_matches("http://").to_string();
+    let pid = spawn(
+        &["server".into(), "--listen".into(), listen, "--data-dir".into(), data.display().to_string()],
+        &[("EVNET_ADMIN_TOKEN", &st.admin_token)],
+        &log,
+    )?;
+    st.server_pid = Some(pid);
+    save(dir, st)?;
+    let admin = Client::new(&st.url, st.admin_token.clone())?;
+    wait_until(Duration::from_secs(20), "the server to answer", || async { admin.health().await.is_ok() }).await?;
+    let agent_token = admin.create_agent_token().await?;
+    for h in st.hosts.iter_mut() {
+        let log = dir.join(format!("agent-{}.log", h.name));
+        let pid = spawn(
+            &[
+                "agent".into(),
+                "--server".into(),
+                st.url.clone(),
+                "--host-netns".into(),
+                h.netns.clone(),
+                "--name".into(),
+                h.name.clone(),
+                "--underlay-ip".into(),
+                h.underlay_ip.to_string(),
+                "--nic-mbps".into(),
+                args.nic_mbps.to_string(),
+                "--resync-ms".into(),
+                "1000".into(),
+            ],
+            &[("EVNET_AGENT_TOKEN", &agent_token)],
+            &log,
+        )?;
+        h.agent_pid = Some(pid);
+        st.files.push(log);
+    }
+    save(dir, st)?;
+    let want = st.hosts.len();
+    wait_until(Duration::from_secs(30), "every agent to register", || async {
+        admin.list_hosts(&Default::default()).await.map(|hs| hs.iter().filter(|h| h.status == HostStatus::Ready).count() == want).unwrap_or(false)
+    })
+    .await?;
+    let hosts = admin.list_hosts(&Default::default()).await?;
+    for h in st.hosts.iter_mut() {
+        h.host_id = hosts.iter().find(|x| x.name == h.name).map(|x| x.id.clone());
+    }
+    let tenant = admin.create_tenant(&CreateTenant { name: format!("lab-{}", st.lab_id), tags: Default::default() }).await?;
+    st.tenant_token = tenant.token.clone();
+    let env = dir.join("env");
+    std::fs::write(
+        &env,
+        format!("export EVNET_URL={}\nexport EVNET_TOKEN={}\nexport EVNET_ADMIN_TOKEN={}\n", st.url, st.tenant_token, st.admin_token),
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600))?;
+    }
+    st.files.push(env);
+    save(dir, st)?;
+    Ok(())
+}
+
+async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(10);
+    while !check().await {
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// Whether `pid` is still one of our processes: its command line must name
+/// this binary's file and `marker`, so a reused PID is never signalled.
+fn is_ours(pid: u32, marker: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let exe_name = std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "evnet".into());
+    text.contains(&exe_name) && text.contains(marker)
+}
+
+fn stop(pid: u32, marker: &str) -> anyhow::Result<()> {
+    if !is_ours(pid, marker) {
+        return Ok(());
+    }
+    // SAFETY: kill with a PID verified above to be our child process.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while is_alive(pid) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if is_alive(pid) && is_ours(pid, marker) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let start = Instant::now();
+        while is_alive(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if is_alive(pid) {
+        bail!("process {pid} would not stop");
+    }
+    Ok(())
+}
+
+fn is_alive(pid: u32) -> bool {
+    // A zombie (our child reaped by nobody) counts as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn netns_list() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Removes everything the lab in `dir` made; keeps going past failures and
+/// reports them all at the end.
+pub fn down(dir: &Path) -> anyhow::Result<()> {
+    require_root()?;
+    let st = load(dir)?;
+    let mut errors = vec![];
+    for h in &st.hosts {
+        if let Some(pid) = h.agent_pid {
+            if let Err(e) = stop(pid, &h.netns) {
+                errors.push(format!("agent {}: {e}", h.name));
+            }
+        }
+    }
+    if let Some(pid) = st.server_pid {
+        let marker = dir.join("server").display().to_string();
+        if let Err(e) = stop(pid, &marker) {
+            errors.push(format!("server: {e}"));
+        }
+    }
+    // Namespaces the agents made for these hosts, then the hosts' and the underlay's.
+    let tags: Vec<String> = st.hosts.iter().filter_map(|h| h.host_id.as_deref()).map(evnet_plan::naming::host_tag).collect();
+    let mut doomed: Vec<String> = netns_list()
+        .into_iter()
+        .filter(|n| tags.iter().any(|t| n.starts_with(&format!("evv-{t}-")) || n.starts_with(&format!("evi-{t}-"))))
+        .collect();
+    doomed.extend(st.hosts.iter().map(|h| h.netns.clone()));
+    doomed.extend(st.underlay_netns.clone());
+    let present = netns_list();
+    for ns in doomed.iter().filter(|n| present.contains(n)) {
+        if let Err(e) = sh(&["ip", "netns", "delete", ns]) {
+            errors.push(e.to_string());
+        }
+    }
+    for f in &st.files {
+        let r = if f.is_dir() { std::fs::remove_dir_all(f) } else { std::fs::remove_file(f) };
+        if let Err(e) = r {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                errors.push(format!("{}: {e}", f.display()));
+            }
+        }
+    }
+    if errors.is_empty() {
+        std::fs::remove_file(dir.join("lab.json"))?;
+        let _ = std::fs::remove_dir(dir);
+        println!("lab in {} is down", dir.display());
+        Ok(())
+    } else {
+        bail!("lab down left things behind:\n  {}", errors.join("\n  "))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The demo.
+
+/// Runs `argv` inside namespace `ns` and returns (success, stdout).
+pub fn in_netns(ns: &str, argv: &[&str]) -> anyhow::Result<(bool, String)> {
+    let out = Command::new("ip").args(["netns", "exec", ns]).args(argv).output()?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+pub fn ping_once(ns: &str, ip: Ipv4Addr) -> bool {
+    in_netns(ns, &["ping", "-c", "1", "-W", "1", &ip.to_string()]).map(|(ok, _)| ok).unwrap_or(false)
+}
+
+/// Waits (bounded) until every host has applied its current desired state.
+pub async fn wait_synced(admin: &Client, limit: Duration) -> anyhow::Result<()> {
+    let hosts = admin.list_hosts(&Default::default()).await?;
+    for h in hosts {
+        let target = admin.desired_state(&h.id, None, None).await?.generation;
+        wait_until(limit, &format!("host {} to apply generation {target}", h.name), || async {
+            admin.get_host(&h.id).await.map(|x| x.applied_generation >= target).unwrap_or(false)
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn demo(dir: &Path) -> anyhow::Result<()> {
+    let st = load(dir)?;
+    let admin = Client::new(&st.url, st.admin_token.clone())?;
+    let hosts: Vec<String> = st.hosts.iter().filter_map(|h| h.host_id.clone()).collect();
+    if hosts.len() < 2 {
+        bail!("the demo needs at least 2 hosts");
+    }
+    let host = |i: usize| hosts[i % hosts.len()].clone();
+    println!("== two tenants, red and blue, each with VPC 10.0.0.0/16 and subnet 10.0.1.0/24");
+    let mut tenants = vec![];
+    for name in ["red", "blue"] {
+        let t = admin.create_tenant(&CreateTenant { name: format!("{name}-{}", rand::random::<u16>()), tags: Default::default() }).await?;
+        let c = Client::new(&st.url, t.token.clone())?;
+        let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), name: Some(format!("{name}-vpc")), ..Default::default() }).await?;
+        let subnet = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.0.1.0/24".into(), ..Default::default() }).await?;
+        tenants.push((name, c, subnet));
+    }
+    // red: instances on host 1 and 2; blue: on host 1 and the last host.
+    let mut inst = vec![];
+    for (ti, (name, c, subnet)) in tenants.iter().enumerate() {
+        for (k, h) in [0usize, if ti == 0 { 1 } else { hosts.len() - 1 }].into_iter().enumerate() {
+            let eni = c.create_eni(&CreateEni { subnet_id: subnet.id.clone(), ..Default::default() }).await?;
+            let i = c
+                .create_instance(&CreateInstance { name: Some(format!("{name}-{}", k + 1)), host_id: Some(host(h)), eni_ids: vec![eni.id.clone()], ..Default::default() })
+                .await?;
+            println!("   {:<7} on host-{}  eth0 {}  mac {}", i.name, h + 1, eni.private_ip, eni.mac);
+            inst.push((ti, i, eni));
+        }
+    }
+    // An address only blue has.
+    let blue_only = tenants[1].1.create_eni(&CreateEni { subnet_id: tenants[1].2.id.clone(), private_ip: Some(Ipv4Addr::new(10, 0, 1, 77)), ..Default::default() }).await?;
+    let b3 = tenants[1].1.create_instance(&CreateInstance { name: Some("blue-3".into()), host_id: Some(host(1)), eni_ids: vec![blue_only.id.clone()], ..Default::default() }).await?;
+    println!("   blue-3  on host-2  eth0 {} (an address red does not have)", blue_only.private_ip);
+    let t0 = Instant::now();
+    wait_synced(&admin, Duration::from_secs(20)).await?;
+    println!("   all hosts applied their desired state in {} ms", t0.elapsed().as_millis());
+    wait_until(Duration::from_secs(10), "instances to run", || async {
+        let mut all = true;
+        for (ti, i, _) in &inst {
+            all &= tenants[*ti].1.get_instance(&i.id).await.map(|x| x.state == InstanceState::Running).unwrap_or(false);
+        }
+        all
+    })
+    .await?;
+    let (red1, red2, blue1, blue2) = (&inst[0], &inst[1], &inst[2], &inst[3]);
+    let mut failures = 0;
+    let mut check = |what: &str, got: bool, want: bool| {
+        let verdict = if got == want { "ok" } else { failures += 1; "FAILED" };
+        println!("   {what:<62} {} [{verdict}]", if got { "reachable" } else { "unreachable" });
+    };
+    println!("== reachability");
+    check(&format!("red-1 → red-2 ({}, across hosts)", red2.2.private_ip), ping_once(&red1.1.netns, red2.2.private_ip), true);
+    check(&format!("blue-1 → blue-2 ({}, across hosts)", blue2.2.private_ip), ping_once(&blue1.1.netns, blue2.2.private_ip), true);
+    check(&format!("red-1 → gateway {}", tenants[0].2.gateway_ip), ping_once(&red1.1.netns, tenants[0].2.gateway_ip), true);
+    check(&format!("red-1 → {} (blue-3's address: not in red's VPC)", blue_only.private_ip), ping_once(&red1.1.netns, blue_only.private_ip), false);
+    check(&format!("blue-1 → blue-3 ({})", blue_only.private_ip), ping_once(&blue1.1.netns, blue_only.private_ip), true);
+    let _ = b3;
+
+    println!("== move red-2's ENI to a new instance on another host while red-1 pings it");
+    let (red_name, red, _) = &tenants[0];
+    let target_host = host(2.min(hosts.len() - 1));
+    let red3 = red.create_instance(&CreateInstance { name: Some(format!("{red_name}-3")), host_id: Some(target_host.clone()), ..Default::default() }).await?;
+    wait_synced(&admin, Duration::from_secs(20)).await?;
+    let ip = red2.2.private_ip.to_string();
+    let pinger = Command::new("ip")
+        .args(["netns", "exec", &red1.1.netns, "ping", "-D", "-i", "0.02", "-W", "1", "-c", "200", &ip])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let t_call = std::time::SystemTime::now();
+    red.detach_eni(&red2.2.id).await?;
+    let moved = red.attach_eni(&red2.2.id, &AttachEni { instance_id: red3.id.clone(), device_index: None }).await?;
+    let t_done = std::time::SystemTime::now();
+    let out = pinger.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let replies: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[').and_then(|r| r.split(']').next()).and_then(|t| t.parse().ok()))
+        .collect();
+    let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let first_after = replies.iter().copied().find(|t| *t >= secs(t_done));
+    println!("   ENI {} keeps mac {} and ip {}; now on instance red-3", moved.id, moved.mac, moved.private_ip);
+    println!("   pings answered: {} of 200", replies.len());
+    match first_after {
+        Some(t) => println!("   first reply at the new place {:.0} ms after the attach call returned (API calls took {:.0} ms)", (t - secs(t_done)) * 1000.0, (secs(t_done) - secs(t_call)) * 1000.0),
+        None => {
+            failures += 1;
+            println!("   no reply at the new place [FAILED]");
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} demo check(s) failed; see the agent logs in {}", dir.display());
+    }
+    println!("== demo passed");
+    Ok(())
+}
