@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, property, HTTP, store conformance, crash, and
+# (as root) the kernel and lab tests in network namespaces. Root tests fail,
+# never skip, when CI=true and they cannot run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sudo_="" ; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+$sudo_ scripts/setup.sh
+cargo build --workspace --all-targets
+cargo test --workspace --no-fail-fast -- --test-threads=2
