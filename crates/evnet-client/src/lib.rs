@@ -67,9 +67,11 @@ pub struct Client {
     timeout: Duration,
 }
 
-/// `PATCH /v1/vpcs/{id}`: the fields of a VPC that can change.
+/// `PATCH /v1/vpcs/{id}` and `PATCH /v1/subnets/{id}`: a new name and/or
+/// new tags; fields left `None` stay as they are. With `revision`, the
+/// change applies only if the resource is still at it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PatchVpc {
+pub struct PatchNameTags {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,6 +79,9 @@ pub struct PatchVpc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
 }
+
+pub type PatchVpc = PatchNameTags;
+pub type PatchSubnet = PatchNameTags;
 
 #[derive(Deserialize)]
 struct TokenAnswer {
@@ -534,6 +539,9 @@ impl Client {
     }
     pub async fn get_subnet(&self, id: &str) -> Result<Subnet> {
         self.get_of("subnets", id).await
+    }
+    pub async fn patch_subnet(&self, id: &str, body: &PatchSubnet) -> Result<Subnet> {
+        self.patch_of("subnets", id, body).await
     }
     pub async fn delete_subnet(&self, id: &str) -> Result<()> {
         self.delete_of("subnets", id).await

@@ -1,6 +1,6 @@
 //! `evnet vpc …`, `evnet subnet …` and `evnet peering …`.
 
-use evnet_client::{Client, NameFilter, PatchVpc, VpcScopedFilter};
+use evnet_client::{Client, NameFilter, PatchNameTags, VpcScopedFilter};
 use evnet_model::ids::Kind;
 use evnet_model::{CreatePeering, CreateSubnet, CreateVpc};
 
@@ -89,6 +89,19 @@ pub enum SubnetCommand {
         /// The subnet, by id or name.
         subnet: String,
     },
+    /// Rename a subnet or replace its tags.
+    #[command(
+        after_help = "Examples:\n  evnet subnet update web --name frontend\n  evnet subnet update web --tag tier=frontend"
+    )]
+    Update {
+        /// The subnet, by id or name.
+        subnet: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The new tags, key=value (repeatable); replaces all tags.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
     /// Delete a subnet (no ENI may use it).
     #[command(after_help = "Examples:\n  evnet subnet delete web")]
     Delete {
@@ -162,7 +175,7 @@ pub(crate) async fn run_vpc(
                 anyhow::bail!("nothing to change: give --name and/or --tag");
             }
             let id = resolve::id(client, Kind::Vpc, &vpc).await?;
-            let patch = PatchVpc {
+            let patch = PatchNameTags {
                 name,
                 tags: (!tags.is_empty()).then(|| tags_of(tags)),
                 revision: None,
@@ -212,6 +225,18 @@ pub(crate) async fn run_subnet(
         SubnetCommand::Get { subnet } => {
             let id = resolve::id(client, Kind::Subnet, &subnet).await?;
             print_one(out, &client.get_subnet(&id).await?)
+        }
+        SubnetCommand::Update { subnet, name, tags } => {
+            if name.is_none() && tags.is_empty() {
+                anyhow::bail!("nothing to change: give --name and/or --tag");
+            }
+            let id = resolve::id(client, Kind::Subnet, &subnet).await?;
+            let patch = PatchNameTags {
+                name,
+                tags: (!tags.is_empty()).then(|| tags_of(tags)),
+                revision: None,
+            };
+            print_one(out, &client.patch_subnet(&id, &patch).await?)
         }
         SubnetCommand::Delete { subnet } => {
             let id = resolve::id(client, Kind::Subnet, &subnet).await?;

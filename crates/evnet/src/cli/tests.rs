@@ -1121,6 +1121,7 @@ async fn nothing_to_change_is_refused_before_any_request() {
         &["eni", "set-bandwidth", "e"][..],
         &["eni", "update", "e"],
         &["vpc", "update", "v"],
+        &["subnet", "update", "s"],
         &["bandwidth-pool", "update", "p"],
     ] {
         let err = run(parse_ok(args).cmd, &opts)

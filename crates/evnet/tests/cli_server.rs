@@ -1,0 +1,455 @@
+//! The `evnet` binary's resource verbs against the real API (`evnet-server`
+//! over an in-memory store on 127.0.0.1:0): what a person types, what they
+//! read back, and how errors and exit codes look.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+const ADMIN: &str = "admin-secret-for-cli-tests";
+
+/// Starts the server on its own runtime thread and returns its URL.
+fn start_server() -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let store: Arc<dyn evnet_store::Store> = Arc::new(evnet_store::MemStore::new());
+            let state = evnet_server::state(store, ADMIN, Default::default())
+                .await
+                .unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, evnet_server::app(state))
+                .await
+                .unwrap();
+        });
+    });
+    let addr = rx.recv().expect("the server starts");
+    format!("http://{addr}")
+}
+
+struct Cli {
+    url: String,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> String {
+        assert_eq!(
+            self.code, 0,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self.stdout
+    }
+    fn json(self) -> Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
+    }
+}
+
+impl Cli {
+    fn run(&self, token: Option<&str>, args: &[&str]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_evnet"));
+        cmd.args(args)
+            .env("EVNET_URL", &self.url)
+            .env_remove("EVNET_TOKEN");
+        if let Some(t) = token {
+            cmd.env("EVNET_TOKEN", t);
+        }
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = cmd.output().expect("evnet runs");
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8(stdout).unwrap(),
+            stderr: String::from_utf8(stderr).unwrap(),
+        }
+    }
+}
+
+#[test]
+fn a_tenant_builds_a_network_with_the_cli() {
+    let cli = Cli {
+        url: start_server(),
+    };
+
+    // The admin creates a tenant; its token is in the JSON.
+    let tenant = cli
+        .run(Some(ADMIN), &["tenant", "create", "acme", "-o", "json"])
+        .json();
+    let token = tenant["token"].as_str().expect("a token").to_string();
+    let t = Some(token.as_str());
+
+    let out = cli
+        .run(
+            t,
+            &[
+                "vpc",
+                "create",
+                "--cidr",
+                "10.0.0.0/16",
+                "--name",
+                "prod",
+                "--tag",
+                "env=prod",
+            ],
+        )
+        .ok();
+    assert!(out.contains("cidr_block:"), "{out}");
+    assert!(out.contains("10.0.0.0/16"), "{out}");
+    assert!(out.contains("env=prod"), "{out}");
+
+    // Names stand in for ids.
+    let subnet = cli
+        .run(
+            t,
+            &[
+                "subnet",
+                "create",
+                "--vpc",
+                "prod",
+                "--cidr",
+                "10.0.1.0/24",
+                "--name",
+                "web",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(subnet["cidr_block"], "10.0.1.0/24");
+    assert_eq!(subnet["gateway_ip"], "10.0.1.1");
+
+    cli.run(t, &["sg", "create", "--vpc", "prod", "--name", "ssh"])
+        .ok();
+    let out = cli
+        .run(
+            t,
+            &[
+                "sg",
+                "authorize-ingress",
+                "ssh",
+                "--proto",
+                "tcp",
+                "--port",
+                "22",
+                "--cidr",
+                "10.0.0.0/16",
+            ],
+        )
+        .ok();
+    assert!(out.contains("ingress:"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["tcp", "22", "10.0.0.0/16"]),
+        "{out}"
+    );
+    let dup = cli.run(
+        t,
+        &[
+            "sg",
+            "authorize-ingress",
+            "ssh",
+            "--proto",
+            "tcp",
+            "--port",
+            "22",
+            "--cidr",
+            "10.0.0.0/16",
+        ],
+    );
+    assert_eq!(dup.code, 1);
+    assert!(
+        dup.stderr.contains("already has this rule"),
+        "{}",
+        dup.stderr
+    );
+
+    let eni = cli
+        .run(
+            t,
+            &[
+                "eni",
+                "create",
+                "--subnet",
+                "web",
+                "--name",
+                "web-eth0",
+                "--sg",
+                "ssh",
+                "--guaranteed",
+                "100M",
+                "--limit",
+                "1G",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(eni["bandwidth"]["guaranteed_mbps"], 100);
+    assert_eq!(eni["bandwidth"]["limit_mbps"], 1000);
+    let eni_id = eni["id"].as_str().unwrap().to_string();
+
+    // set-bandwidth changes only what it is given.
+    let eni = cli
+        .run(
+            t,
+            &[
+                "eni",
+                "set-bandwidth",
+                "web-eth0",
+                "--guaranteed",
+                "200M",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(eni["bandwidth"]["guaranteed_mbps"], 200);
+    assert_eq!(eni["bandwidth"]["limit_mbps"], 1000);
+
+    let out = cli.run(t, &["eni", "list", "--vpc", "prod"]).ok();
+    let header = out.lines().next().unwrap();
+    assert!(
+        header.starts_with("ID ") && header.contains("BANDWIDTH"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&eni_id) && l.contains("web-eth0") && l.contains("200M/1G")),
+        "{out}"
+    );
+
+    // Lists as JSON are the API's page shape with every item.
+    let list = cli.run(t, &["subnet", "list", "-o", "json"]).json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+
+    // A host for the instance, registered by the admin.
+    cli.run(
+        Some(ADMIN),
+        &[
+            "host",
+            "register",
+            "--name",
+            "host-1",
+            "--underlay-ip",
+            "198.18.0.1",
+            "--nic",
+            "1G",
+        ],
+    )
+    .ok();
+    let hosts = cli.run(Some(ADMIN), &["host", "list"]).ok();
+    assert!(
+        hosts.contains("host-1") && hosts.contains("198.18.0.1"),
+        "{hosts}"
+    );
+
+    let inst = cli
+        .run(
+            t,
+            &[
+                "instance", "create", "--name", "web-1", "--eni", "web-eth0", "-o", "json",
+            ],
+        )
+        .json();
+    assert_eq!(inst["state"], "pending");
+    let got = cli.run(t, &["eni", "get", "web-eth0", "-o", "json"]).json();
+    assert_eq!(got["status"], "in-use");
+    assert_eq!(got["attachment"]["instance_id"], inst["id"]);
+
+    // No agent runs here, so the instance never starts: exec says so.
+    let exec = cli.run(t, &["exec", "web-1", "--", "true"]);
+    assert_eq!(exec.code, 1);
+    assert!(
+        exec.stderr.contains("is not running yet"),
+        "{}",
+        exec.stderr
+    );
+
+    let out = cli.run(t, &["eni", "detach", "web-eth0"]).ok();
+    assert!(out.contains("available"), "{out}");
+
+    // The server's errors print as `error: <message> (<code>)`.
+    let bad = cli.run(
+        t,
+        &["subnet", "create", "--vpc", "prod", "--cidr", "10.9.0.0/24"],
+    );
+    assert_eq!(bad.code, 1);
+    let line = bad.stderr.trim();
+    assert!(
+        line.starts_with("error: ") && line.ends_with(')') && line.contains(" ("),
+        "{line}"
+    );
+
+    let none = cli.run(t, &["vpc", "get", "nope"]);
+    assert_eq!(none.code, 1);
+    assert!(
+        none.stderr.contains("no VPC is named `nope`"),
+        "{}",
+        none.stderr
+    );
+
+    // Deletes.
+    let out = cli.run(t, &["eni", "delete", "web-eth0"]).ok();
+    assert_eq!(out.trim(), format!("deleted eni {eni_id}"));
+    assert_eq!(
+        cli.run(t, &["eni", "list", "-o", "json"]).json()["items"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn routes_peerings_and_pools() {
+    let cli = Cli {
+        url: start_server(),
+    };
+    let token = cli
+        .run(Some(ADMIN), &["tenant", "create", "beta", "-o", "json"])
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = Some(token.as_str());
+    cli.run(
+        t,
+        &["vpc", "create", "--cidr", "10.0.0.0/16", "--name", "a"],
+    )
+    .ok();
+    cli.run(
+        t,
+        &["vpc", "create", "--cidr", "10.9.0.0/16", "--name", "b"],
+    )
+    .ok();
+    cli.run(
+        t,
+        &[
+            "subnet",
+            "create",
+            "--vpc",
+            "a",
+            "--cidr",
+            "10.0.1.0/24",
+            "--name",
+            "a1",
+        ],
+    )
+    .ok();
+
+    let pcx = cli
+        .run(
+            t,
+            &[
+                "peering", "create", "--vpc-a", "a", "--vpc-b", "b", "--name", "a-b", "-o", "json",
+            ],
+        )
+        .json();
+    let pcx_id = pcx["id"].as_str().unwrap();
+
+    let rtb = cli
+        .run(
+            t,
+            &[
+                "route-table",
+                "create",
+                "--vpc",
+                "a",
+                "--name",
+                "to-b",
+                "--subnet",
+                "a1",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(rtb["subnet_ids"].as_array().unwrap().len(), 1);
+    let out = cli
+        .run(
+            t,
+            &[
+                "route-table",
+                "add-route",
+                "to-b",
+                "--destination",
+                "10.9.0.0/16",
+                "--target",
+                pcx_id,
+            ],
+        )
+        .ok();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("10.9.0.0/16") && l.contains(pcx_id)),
+        "{out}"
+    );
+    let out = cli.run(t, &["route-table", "list", "--vpc", "a"]).ok();
+    assert_eq!(out.lines().count(), 3, "the main table and to-b:\n{out}");
+
+    cli.run(t, &["eni", "create", "--subnet", "a1", "--name", "e1"])
+        .ok();
+    cli.run(t, &["eni", "create", "--subnet", "a1", "--name", "e2"])
+        .ok();
+    let pool = cli
+        .run(
+            t,
+            &[
+                "bandwidth-pool",
+                "create",
+                "--scope",
+                "vpc",
+                "--vpc",
+                "a",
+                "--limit",
+                "500M",
+                "--member",
+                "e1",
+                "--name",
+                "pkg",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(pool["limit_mbps"], 500);
+    let pool = cli
+        .run(
+            t,
+            &[
+                "bandwidth-pool",
+                "update",
+                "pkg",
+                "--add-member",
+                "e2",
+                "--limit",
+                "1G",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(pool["members"].as_array().unwrap().len(), 2);
+    assert_eq!(pool["limit_mbps"], 1000);
+
+    let missing = cli.run(None, &["vpc", "list"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("set EVNET_TOKEN"),
+        "{}",
+        missing.stderr
+    );
+}
