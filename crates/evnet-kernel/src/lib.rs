@@ -17,11 +17,32 @@
 mod error;
 pub mod linux;
 pub mod model;
+mod tc;
 
 pub use error::{ApplyError, Errno, KernelError};
-pub use evnet_plan::{Observed, Op};
+pub use evnet_plan::{Observed, Op, Shaper};
 pub use linux::LinuxKernel;
 pub use model::ModelKernel;
+
+/// Counters of one evnet shaper (the HTB class `1:1` on a device), read
+/// cheaply and often by the bandwidth loop. Counters only grow, except when
+/// the shaper is rebuilt (then they restart from zero).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShaperStats {
+    pub ns: String,
+    pub dev: String,
+    /// The class's current rate, ceil and burst.
+    pub shaper: Shaper,
+    /// Bytes and packets the class has sent.
+    pub bytes: u64,
+    pub packets: u64,
+    /// Packets dropped at the class's queue.
+    pub drops: u64,
+    /// Times the class was over its rate and had to wait.
+    pub overlimits: u64,
+    /// Bytes queued now.
+    pub backlog_bytes: u64,
+}
 
 /// A kernel the agent reconciles: it reports what exists and applies ops.
 pub trait Kernel: Send + Sync {
@@ -30,6 +51,10 @@ pub trait Kernel: Send + Sync {
     fn observe(&self) -> Result<Observed, KernelError>;
     /// Applies one op.
     fn apply(&self, op: &Op) -> Result<(), KernelError>;
+    /// The counters of evnet's shapers in the given namespaces (missing
+    /// namespaces are skipped). Much cheaper than [`Kernel::observe`]: the
+    /// bandwidth loop calls it every ~100 ms.
+    fn shaper_stats(&self, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError>;
 }
 
 impl<K: Kernel + ?Sized> Kernel for &K {
@@ -39,6 +64,9 @@ impl<K: Kernel + ?Sized> Kernel for &K {
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)
     }
+    fn shaper_stats(&self, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError> {
+        (**self).shaper_stats(namespaces)
+    }
 }
 
 impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
@@ -47,6 +75,9 @@ impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
     }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)
+    }
+    fn shaper_stats(&self, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError> {
+        (**self).shaper_stats(namespaces)
     }
 }
 

@@ -39,7 +39,7 @@ use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPa
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use crate::Kernel;
+use crate::{Kernel, ShaperStats};
 use crate::error::{Errno, KernelError};
 
 const NETNS_DIR: &str = "/run/netns";
@@ -209,6 +209,17 @@ impl LinuxKernel {
                 }
             }
             raw.state.firewall = read_firewall()?;
+            let devs: BTreeMap<u32, String> =
+                raw.links.iter().filter(|l| l.kind != LinkKind::Loopback).map(|l| (l.index, l.name.clone())).collect();
+            for (idx, t) in crate::tc::read_devices(&h, &label, &devs, true).await? {
+                let Some(name) = devs.get(&idx) else { continue };
+                if let Some(s) = t.shaper {
+                    raw.state.shapers.insert(name.clone(), s);
+                }
+                if let Some(to) = t.redirect_to.and_then(|i| devs.get(&i)) {
+                    raw.state.redirects.insert(name.clone(), to.clone());
+                }
+            }
             Ok(raw)
         })
     }
@@ -438,6 +449,31 @@ impl LinuxKernel {
                 let script = format!("flush set inet {NFT_TABLE} {set}\n{}", set_elements_line(set, elements));
                 self.run(ns, move |_h| async move { nft_script(&script) })
             }
+            Op::CreateIfb { ns, name } => {
+                let name = name.clone();
+                self.run(ns, move |h| async move {
+                    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Ifb).name(name).build();
+                    h.link().add(msg).execute().await.map_err(ne)
+                })
+            }
+            Op::EnsureShaper { ns, dev, shaper } => {
+                let (dev, script) = (dev.clone(), crate::tc::shaper_script(dev, shaper));
+                self.run(ns, move |_h| async move {
+                    crate::tc::tc_quiet(&["qdisc", "del", "dev", &dev, "root"]);
+                    crate::tc::tc_batch(&script)
+                })
+            }
+            Op::SetRate { ns, dev, shaper } => {
+                let line = crate::tc::class_line("change", dev, shaper) + "\n";
+                self.run(ns, move |_h| async move { crate::tc::tc_batch(&line) })
+            }
+            Op::EnsureRedirect { ns, dev, to } => {
+                let (dev, script) = (dev.clone(), crate::tc::redirect_script(dev, to));
+                self.run(ns, move |_h| async move {
+                    crate::tc::tc_quiet(&["qdisc", "del", "dev", &dev, "clsact"]);
+                    crate::tc::tc_batch(&script)
+                })
+            }
         }
     }
 }
@@ -511,6 +547,39 @@ impl Kernel for LinuxKernel {
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         self.apply_inner(op)
     }
+
+    fn shaper_stats(&self, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError> {
+        let mut out = Vec::new();
+        for name in namespaces {
+            let ns = Ns::Named(name.clone());
+            let label = name.clone();
+            let r = self.run(&ns, move |h| async move {
+                let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: label.clone(), message: e.to_string() };
+                let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl)?;
+                let devs: BTreeMap<u32, String> = links
+                    .iter()
+                    .map(RawLink::from_msg)
+                    .filter(|l| l.kind != LinkKind::Loopback)
+                    .map(|l| (l.index, l.name))
+                    .collect();
+                let tcs = crate::tc::read_devices(&h, &label, &devs, false).await?;
+                let mut v = Vec::new();
+                for (idx, t) in tcs {
+                    let (Some(shaper), Some(dev)) = (t.shaper, devs.get(&idx)) else { continue };
+                    let (bytes, packets, drops, overlimits, backlog_bytes) = t.counters;
+                    v.push(ShaperStats { ns: label.clone(), dev: dev.clone(), shaper, bytes, packets, drops, overlimits, backlog_bytes });
+                }
+                Ok(v)
+            });
+            match r {
+                Ok(v) => out.extend(v),
+                // A namespace that is gone has no shapers.
+                Err(KernelError::Namespace { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -559,6 +628,7 @@ impl RawLink {
                         match i {
                             LinkInfo::Kind(InfoKind::Veth) => l.kind = LinkKind::Veth,
                             LinkInfo::Kind(InfoKind::Vxlan) => l.kind = LinkKind::Vxlan,
+                            LinkInfo::Kind(InfoKind::Ifb) => l.kind = LinkKind::Ifb,
                             LinkInfo::Kind(k) => l.kind = LinkKind::Other(k.to_string()),
                             LinkInfo::Data(InfoData::Vxlan(v)) => {
                                 let mut info = VxlanInfo { vni: 0, local: None, port: 4789, learning: true };
@@ -714,7 +784,7 @@ fn nft_list(args: &[&str]) -> Result<Option<String>, KernelError> {
 
 /// evnet's firewall in the current thread's namespace.
 fn read_firewall() -> Result<Option<FirewallState>, KernelError> {
-    let netdev = nft_list(&["list", "table", "netdev", NFT_TABLE])?;
+    let netdev = nft_list(&["list", "table", "arp", NFT_TABLE])?;
     let inet = nft_list(&["list", "table", "inet", NFT_TABLE])?;
     if netdev.is_none() && inet.is_none() {
         return Ok(None);

@@ -21,7 +21,15 @@
 //!   last address covering a gateway removes routes through it;
 //! * FDB entries exist only on VXLAN devices (EOPNOTSUPP); two VXLANs with
 //!   one VNI and port cannot share a socket namespace (EEXIST);
-//! * a netdev chain needs its device when the table is loaded.
+//! * a netdev chain needs its device when the table is loaded;
+//! * IFBs are links of their own kind; a shaper (HTB root `1:` with class
+//!   `1:1`) needs its device (ENOENT), a rate and ceil of at least 8 bit/s
+//!   and a burst (EINVAL); changing a class needs the shaper (ENOENT); a
+//!   redirect needs both devices (ENOENT); a device's shaper and redirect
+//!   die with it, and a redirect whose target is deleted is no longer
+//!   observed (the kernel's mirred action loses its device);
+//! * shapers carry traffic counters that tests drive with
+//!   [`ModelKernel::transmit`]; [`Kernel::shaper_stats`] reads them.
 //!
 //! `observe` reports the host namespace and the namespaces whose names look
 //! like evnet's, as `LinuxKernel` does.
@@ -32,11 +40,11 @@ use std::sync::Mutex;
 
 use evnet_plan::naming::{self, is_valid_ifname, normalize_mac};
 use evnet_plan::plan::{sysctl_ip_forward, sysctl_proxy_arp, sysctl_proxy_delay};
-use evnet_plan::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, Route, VxlanInfo};
+use evnet_plan::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, Route, Shaper, VxlanInfo};
 use ipnet::Ipv4Net;
 
 use crate::error::{Errno, KernelError};
-use crate::Kernel;
+use crate::{Kernel, ShaperStats};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MLink {
@@ -65,6 +73,21 @@ struct MNs {
     fdb: BTreeMap<(String, String), FdbEntry>,
     sysctls: BTreeMap<String, String>,
     firewall: Option<MFirewall>,
+    shapers: BTreeMap<String, MShaper>,
+    /// Device → redirect target (`None` once the target is gone).
+    redirects: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MShaper {
+    shaper: Shaper,
+    /// Counters: bytes and packets sent, drops, overlimits.
+    bytes: u64,
+    packets: u64,
+    drops: u64,
+    overlimits: u64,
+    /// How many times the class was built (changes in place do not count).
+    generation: u64,
 }
 
 impl MNs {
@@ -87,6 +110,13 @@ impl MNs {
         let conf = format!("net.ipv4.conf.{dev}.");
         let neigh = format!("net.ipv4.neigh.{dev}.");
         self.sysctls.retain(|k, _| !k.starts_with(&conf) && !k.starts_with(&neigh));
+        self.shapers.remove(dev);
+        self.redirects.remove(dev);
+        for to in self.redirects.values_mut() {
+            if to.as_deref() == Some(dev) {
+                *to = None;
+            }
+        }
     }
 
     fn to_state(&self, visible: &dyn Fn(&Ns) -> bool) -> NsState {
@@ -114,6 +144,8 @@ impl MNs {
             fdb: self.fdb.values().cloned().collect(),
             sysctls: self.sysctls.clone(),
             firewall: self.firewall.as_ref().map(|f| FirewallState { fingerprint: Some(f.fingerprint.clone()), sets: f.sets.clone() }),
+            shapers: self.shapers.iter().map(|(d, s)| (d.clone(), s.shaper)).collect(),
+            redirects: self.redirects.iter().filter_map(|(d, t)| Some((d.clone(), t.clone()?))).collect(),
         }
     }
 }
@@ -437,9 +469,56 @@ impl World {
                 let s = fw.sets.get_mut(set).ok_or_else(|| err(format!("nft set {set} in {ns}"), Errno::NotFound))?;
                 *s = elements.clone();
             }
+            Op::CreateIfb { ns, name } => {
+                check_ifname(name)?;
+                let n = self.ns_mut(ns)?;
+                if n.links.contains_key(name) {
+                    return Err(err(format!("link {ns}/{name}"), Errno::Exists));
+                }
+                let mac = random_like_mac(&LinkRef::new(ns.clone(), name));
+                n.links.insert(
+                    name.clone(),
+                    MLink { kind: LinkKind::Ifb, mac: Some(mac), mtu: 1500, up: false, peer: None, vxlan: None, sock_ns: None },
+                );
+                new_dev_sysctls(n, name);
+            }
+            Op::EnsureShaper { ns, dev, shaper } => {
+                check_shaper(shaper)?;
+                let n = self.ns_mut(ns)?;
+                if !n.links.contains_key(dev) {
+                    return Err(err(format!("link {ns}/{dev}"), Errno::NotFound));
+                }
+                let generation = n.shapers.get(dev).map_or(1, |s| s.generation + 1);
+                n.shapers.insert(
+                    dev.clone(),
+                    MShaper { shaper: *shaper, bytes: 0, packets: 0, drops: 0, overlimits: 0, generation },
+                );
+            }
+            Op::SetRate { ns, dev, shaper } => {
+                check_shaper(shaper)?;
+                let n = self.ns_mut(ns)?;
+                let s = n.shapers.get_mut(dev).ok_or_else(|| err(format!("htb class 1:1 on {ns}/{dev}"), Errno::NotFound))?;
+                s.shaper = *shaper;
+            }
+            Op::EnsureRedirect { ns, dev, to } => {
+                let n = self.ns_mut(ns)?;
+                for d in [dev, to] {
+                    if !n.links.contains_key(d) {
+                        return Err(err(format!("link {ns}/{d}"), Errno::NotFound));
+                    }
+                }
+                n.redirects.insert(dev.clone(), Some(to.clone()));
+            }
         }
         Ok(())
     }
+}
+
+fn check_shaper(s: &Shaper) -> Result<(), KernelError> {
+    if s.rate_bps < 8 || s.ceil_bps < 8 || s.burst_bytes == 0 {
+        return Err(err(format!("htb rate {} ceil {} burst {}", s.rate_bps, s.ceil_bps, s.burst_bytes), Errno::Invalid));
+    }
+    Ok(())
 }
 
 /// A deterministic stand-in for the random MAC the kernel gives a new veth.
@@ -479,7 +558,50 @@ impl ModelKernel {
     }
 }
 
+impl ModelKernel {
+    /// Counts `bytes` (in `packets`) through the shaper on `ns`/`dev`, as if
+    /// sent, plus `drops` and `overlimits`: the model's traffic.
+    pub fn transmit(&self, ns: &Ns, dev: &str, bytes: u64, packets: u64, drops: u64, overlimits: u64) -> Result<(), KernelError> {
+        let mut w = self.world.lock().expect("model lock");
+        let n = w.ns_mut(ns)?;
+        let s = n.shapers.get_mut(dev).ok_or_else(|| err(format!("htb class 1:1 on {ns}/{dev}"), Errno::NotFound))?;
+        s.bytes += bytes;
+        s.packets += packets;
+        s.drops += drops;
+        s.overlimits += overlimits;
+        Ok(())
+    }
+
+    /// How many times the shaper on `ns`/`dev` was built (a rate changed in
+    /// place does not rebuild it); `None` without one.
+    pub fn shaper_generation(&self, ns: &Ns, dev: &str) -> Option<u64> {
+        let w = self.world.lock().expect("model lock");
+        w.ns(ns).ok()?.shapers.get(dev).map(|s| s.generation)
+    }
+}
+
 impl Kernel for ModelKernel {
+    fn shaper_stats(&self, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError> {
+        let w = self.world.lock().expect("model lock");
+        let mut out = Vec::new();
+        for name in namespaces {
+            let Some(n) = w.namespaces.get(name) else { continue };
+            for (dev, s) in &n.shapers {
+                out.push(ShaperStats {
+                    ns: name.clone(),
+                    dev: dev.clone(),
+                    shaper: s.shaper,
+                    bytes: s.bytes,
+                    packets: s.packets,
+                    drops: s.drops,
+                    overlimits: s.overlimits,
+                    backlog_bytes: 0,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     fn observe(&self) -> Result<Observed, KernelError> {
         let w = self.world.lock().expect("model lock");
         let visible = |ns: &Ns| match ns {

@@ -92,7 +92,20 @@ fn builds_a_host_from_nothing_in_order() {
     // The other VPC has no ENI on host 0: no namespace for it; its ENI on
     // host 1 is not routed here.
     assert!(!text.contains("evx102"));
-    assert!(matches!(ops.last(), Some(Op::ReplaceFirewall { .. })));
+    // Shapers come last, once links are up and the firewall is loaded: on
+    // the veth (what the ENI receives) and its IFB (what it sends), at the
+    // limit until the controller sets a rate.
+    let evq1 = naming::eni_ifb(&hex_id("eni", 1));
+    for needle in [
+        format!("[{vns}] link add {evq1} type ifb"),
+        format!("[{vns}] tc shaper {eve1} htb rate 1000000000bit ceil 1000000000bit burst 65536b"),
+        format!("[{vns}] tc shaper {evq1} htb rate 1000000000bit ceil 1000000000bit burst 65536b"),
+        format!("[{vns}] tc filter {eve1} ingress match-all mirred egress redirect dev {evq1}"),
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?} in\n{text}");
+    }
+    let fw = ops.iter().position(|o| matches!(o, Op::ReplaceFirewall { .. })).unwrap();
+    assert!(ops[fw + 1..].iter().all(|o| matches!(o, Op::EnsureShaper { .. } | Op::EnsureRedirect { .. })), "{text}");
     // Deterministic.
     assert_eq!(plan(&d, &Observed::default(), &PlanConfig::default()), plan(&d, &Observed::default(), &PlanConfig::default()));
 }
@@ -396,4 +409,66 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn rates_change_in_place_and_stay_within_the_limit() {
+    let cloud = two_host_cloud();
+    let k = ModelKernel::new();
+    let d = cloud.desired(0);
+    converge(&k, &d);
+    let h = cloud.hosts[0].id.clone();
+    let vns = Ns::named(naming::vpc_netns(&h, 0x101));
+    let eni1 = hex_id("eni", 1);
+    let (eve, evq) = evnet_plan::plan::eni_shaper_devices(&eni1);
+    assert_eq!(k.shaper_generation(&vns, &evq), Some(1));
+
+    // The controller imposes rates: changed in place, not rebuilt.
+    let rates = [(eni1.clone(), evnet_plan::EniRates { tx_bps: 300_000_000, rx_bps: 50_000_000 })].into_iter().collect();
+    let ops = evnet_plan::plan_with_rates(&d, &k.observe().unwrap(), &PlanConfig::default(), &rates);
+    assert_eq!(ops.len(), 2, "{}", render(&ops));
+    assert!(ops.iter().all(|o| matches!(o, Op::SetRate { .. })), "{}", render(&ops));
+    apply_all(&k, &ops).unwrap();
+    assert_eq!(k.shaper_generation(&vns, &evq), Some(1), "not rebuilt");
+    let obs = k.observe().unwrap();
+    let st = obs.ns(&vns).unwrap();
+    assert_eq!(st.shapers[&evq].rate_bps, 300_000_000);
+    assert_eq!(st.shapers[&eve].rate_bps, 50_000_000);
+    // The level-triggered reconciler keeps the controller's rates...
+    assert!(plan(&d, &obs, &PlanConfig::default()).is_empty());
+    // ...until the limit drops below them, then caps them in place.
+    let mut d2 = d.clone();
+    for i in &mut d2.instances {
+        for e in &mut i.enis {
+            e.bandwidth.limit_bps = 100_000_000;
+        }
+    }
+    let ops = plan(&d2, &obs, &PlanConfig::default());
+    let tx = ops.iter().find_map(|o| match o {
+        Op::SetRate { dev, shaper, .. } if *dev == evq => Some(*shaper),
+        _ => None,
+    });
+    assert_eq!(tx.map(|s| s.rate_bps), Some(100_000_000), "{}", render(&ops));
+    assert!(!ops.iter().any(|o| matches!(o, Op::SetRate { dev, .. } if *dev == eve)), "50M is within the new limit: {}", render(&ops));
+    assert!(ops.iter().all(|o| matches!(o, Op::SetRate { .. })), "{}", render(&ops));
+    apply_all(&k, &ops).unwrap();
+    assert!(plan(&d2, &k.observe().unwrap(), &PlanConfig::default()).is_empty());
+
+    // Counters are per shaper and read without a full observation.
+    k.transmit(&vns, &evq, 1_000_000, 700, 3, 40).unwrap();
+    let Ns::Named(vname) = &vns else { unreachable!() };
+    let stats = k.shaper_stats(std::slice::from_ref(vname)).unwrap();
+    let s = stats.iter().find(|s| s.dev == evq).unwrap();
+    assert_eq!((s.bytes, s.drops, s.overlimits, s.shaper.rate_bps), (1_000_000, 3, 40, 100_000_000));
+
+    // The IFB goes away: the redirect and the IFB's shaper are rebuilt.
+    k.apply(&Op::DeleteLink { ns: vns.clone(), name: evq.clone() }).unwrap();
+    assert!(!k.observe().unwrap().ns(&vns).unwrap().redirects.contains_key(&eve), "dangling redirect not observed");
+    let ops = plan(&d2, &k.observe().unwrap(), &PlanConfig::default());
+    let text = render(&ops);
+    assert!(ops.iter().any(|o| matches!(o, Op::CreateIfb { name, .. } if *name == evq)), "{text}");
+    assert!(ops.iter().any(|o| matches!(o, Op::EnsureRedirect { dev, .. } if *dev == eve)), "{text}");
+    assert!(ops.iter().any(|o| matches!(o, Op::EnsureShaper { dev, .. } if *dev == evq)), "{text}");
+    apply_all(&k, &ops).unwrap();
+    assert!(plan(&d2, &k.observe().unwrap(), &PlanConfig::default()).is_empty());
 }

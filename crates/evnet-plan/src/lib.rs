@@ -25,6 +25,6 @@ pub mod observed;
 pub mod op;
 pub mod plan;
 
-pub use observed::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Route, VxlanInfo};
+pub use observed::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Route, Shaper, VxlanInfo};
 pub use op::{FirewallSpec, Op};
-pub use plan::{PlanConfig, plan};
+pub use plan::{EniRates, PlanConfig, plan, plan_with_rates};

@@ -14,7 +14,7 @@ pub const VPC_NETNS_PREFIX: &str = "evv-";
 pub const INSTANCE_NETNS_PREFIX: &str = "evi-";
 /// Longest interface name the kernel accepts.
 pub const MAX_IFNAME_LEN: usize = 15;
-/// Name of evnet's nftables tables (one `netdev`, one `inet`) per namespace.
+/// Name of evnet's nftables tables (one `arp`, one `inet`) per namespace.
 pub const NFT_TABLE: &str = "evnet";
 
 /// FNV-1a, 64 bits: a stable hash for ids that are not in the usual
@@ -79,6 +79,12 @@ pub fn vxlan_name(vni: u32) -> String {
 /// The VPC-side end of an ENI's veth pair (`eve<10 hex>`, 13 bytes).
 pub fn eni_veth(eni_id: &str) -> String {
     format!("eve{}", id_hex(eni_id, 10))
+}
+
+/// The IFB device shaping what the ENI sends (`evq<10 hex>`, 13 bytes), in
+/// the VPC namespace next to [`eni_veth`].
+pub fn eni_ifb(eni_id: &str) -> String {
+    format!("evq{}", id_hex(eni_id, 10))
 }
 
 /// The instance-side device of the ENI at `device_index`.

@@ -1,10 +1,13 @@
 //! Renders evnet's nftables tables for one VPC namespace.
 //!
-//! * `table netdev evnet`: one ingress chain per ENI on its VPC-side veth
-//!   (priority -500, before anything else): anti-spoofing. Frames whose
-//!   source MAC is not the ENI's are dropped; ARP must carry the ENI's MAC
-//!   and one of its IPs as sender; IPv4 must come from one of its IPs (any
-//!   source when `source_dest_check` is off); everything else is dropped.
+//! * Anti-spoofing, per ENI on its VPC-side veth: `table arp evnet` (input,
+//!   priority -300) drops ARP whose sender MAC or IP is not the ENI's; the
+//!   `prerouting` chain of `table inet evnet` (priority -300, before
+//!   conntrack) drops frames whose source MAC is not the ENI's, IPv4 not
+//!   from one of its IPs (any source when `source_dest_check` is off) and
+//!   everything else (IPv6). Not on the netdev ingress hook: the shaper for
+//!   what an ENI sends redirects its packets from tc ingress to an IFB, and
+//!   packets coming back from the IFB skip netdev ingress (measured).
 //! * `table inet evnet`: the security groups on the `forward` hook,
 //!   stateful: established/related accepted, invalid dropped, then per ENI
 //!   `iifname` → its egress chain (rules `return`, default drop) and
@@ -74,26 +77,41 @@ fn rule_match(r: &RuleDesired, ingress: bool) -> Option<String> {
 pub fn render(enis: &[(&EniDesired, String)], groups: &[SecurityGroupDesired]) -> FirewallSpec {
     let groups_by_id: BTreeMap<&str, &SecurityGroupDesired> = groups.iter().map(|g| (g.group_id.as_str(), g)).collect();
     let mut t = String::new();
-    let mut devices = Vec::new();
+    let devices = Vec::new();
 
-    // Anti-spoofing.
-    let _ = writeln!(t, "table netdev {NFT_TABLE} {{\n\tcomment \"{FP}\"");
+    // Anti-spoofing. Not on the netdev ingress hook: the shaper for what an
+    // ENI sends redirects its packets to an IFB from tc ingress, and packets
+    // the IFB hands back skip both tc and netdev ingress. The arp input and
+    // inet prerouting hooks run after that, on every packet.
+    let _ = writeln!(t, "table arp {NFT_TABLE} {{\n\tcomment \"{FP}\"");
+    let _ = writeln!(t, "\tchain input {{\n\t\ttype filter hook input priority -300; policy accept;");
+    for (_, dev) in enis {
+        let _ = writeln!(t, "\t\tiifname \"{dev}\" jump as_{dev}");
+    }
+    let _ = writeln!(t, "\t}}");
     for (e, dev) in enis {
-        devices.push(dev.clone());
         let mac = naming::normalize_mac(&e.mac).unwrap_or_else(|| e.mac.to_ascii_lowercase());
         let ips = ip_list(&eni_ips(e));
         let _ = writeln!(t, "\tchain as_{dev} {{");
-        let _ = writeln!(t, "\t\ttype filter hook ingress device \"{dev}\" priority -500; policy drop;");
-        let _ = writeln!(t, "\t\tether saddr != {mac} drop");
-        let _ = writeln!(t, "\t\tether type arp arp saddr ether {mac} arp saddr ip {ips} accept");
-        if e.source_dest_check {
-            let _ = writeln!(t, "\t\tether type ip ip saddr {ips} accept");
-        } else {
-            let _ = writeln!(t, "\t\tether type ip accept");
-        }
-        let _ = writeln!(t, "\t}}");
+        let _ = writeln!(t, "\t\tarp saddr ether {mac} arp saddr ip {ips} return");
+        let _ = writeln!(t, "\t\tdrop\n\t}}");
     }
     let _ = writeln!(t, "}}");
+    let mut spoof = String::new();
+    let mut spoof_jumps = String::new();
+    for (e, dev) in enis {
+        let mac = naming::normalize_mac(&e.mac).unwrap_or_else(|| e.mac.to_ascii_lowercase());
+        let ips = ip_list(&eni_ips(e));
+        let _ = writeln!(spoof_jumps, "\t\tiifname \"{dev}\" jump as_{dev}");
+        let _ = writeln!(spoof, "\tchain as_{dev} {{");
+        let _ = writeln!(spoof, "\t\tether saddr != {mac} drop");
+        if e.source_dest_check {
+            let _ = writeln!(spoof, "\t\tmeta nfproto ipv4 ip saddr {ips} return");
+        } else {
+            let _ = writeln!(spoof, "\t\tmeta nfproto ipv4 return");
+        }
+        let _ = writeln!(spoof, "\t\tdrop\n\t}}");
+    }
 
     // Security groups.
     let mut sets: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
@@ -148,6 +166,11 @@ pub fn render(enis: &[(&EniDesired, String)], groups: &[SecurityGroupDesired]) -
     for name in sets.keys() {
         let _ = writeln!(t, "\tset {name} {{\n\t\ttype ipv4_addr\n\t}}");
     }
+    let _ = writeln!(t, "\tchain prerouting {{");
+    let _ = writeln!(t, "\t\ttype filter hook prerouting priority -300; policy accept;");
+    t.push_str(&spoof_jumps);
+    let _ = writeln!(t, "\t}}");
+    t.push_str(&spoof);
     let _ = writeln!(t, "\tchain forward {{");
     let _ = writeln!(t, "\t\ttype filter hook forward priority filter; policy accept;");
     let _ = writeln!(t, "\t\tct state established,related accept\n\t\tct state invalid drop");

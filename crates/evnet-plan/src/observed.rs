@@ -57,6 +57,9 @@ pub enum LinkKind {
     Loopback,
     Veth,
     Vxlan,
+    /// An intermediate functional block (`ifb`), the device a shaper for
+    /// what an instance sends is attached to.
+    Ifb,
     /// Any other kind, by its `IFLA_INFO_KIND` (empty for physical devices).
     Other(String),
 }
@@ -126,6 +129,41 @@ pub struct FirewallState {
     pub sets: BTreeMap<String, BTreeSet<Ipv4Addr>>,
 }
 
+/// An HTB shaper as evnet builds it on a device: root qdisc `1:` whose
+/// unclassified traffic goes to its one class `1:1`, with this rate, ceil
+/// and burst (the class's `burst` and `cburst` are equal).
+///
+/// Rates are bit/s; the kernel keeps them in bytes/s, so only multiples of 8
+/// round-trip exactly ([`Shaper::normalized`]). The burst is kept as a
+/// transmission time at the rate, so an observed burst is accurate to a few
+/// bytes; [`Shaper::same_burst`] compares with that tolerance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Shaper {
+    pub rate_bps: u64,
+    pub ceil_bps: u64,
+    pub burst_bytes: u32,
+}
+
+impl Shaper {
+    /// A shaper of `rate_bps` (rate = ceil), rounded as the kernel keeps it.
+    pub fn flat(rate_bps: u64, burst_bytes: u32) -> Shaper {
+        Shaper { rate_bps, ceil_bps: rate_bps, burst_bytes }.normalized()
+    }
+
+    /// Rates rounded down to what the kernel can hold (whole bytes/s, at
+    /// least 8 bit/s).
+    pub fn normalized(self) -> Shaper {
+        let n = |r: u64| (r / 8).max(1) * 8;
+        Shaper { rate_bps: n(self.rate_bps), ceil_bps: n(self.ceil_bps), burst_bytes: self.burst_bytes.max(1) }
+    }
+
+    /// Whether two bursts are the same up to the kernel's time rounding
+    /// (1/64 of them, or 64 bytes, whichever is larger).
+    pub fn same_burst(a: u32, b: u32) -> bool {
+        a.abs_diff(b) <= (a.max(b) / 64).max(64)
+    }
+}
+
 /// Everything observed in one namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NsState {
@@ -139,6 +177,15 @@ pub struct NsState {
     pub sysctls: BTreeMap<String, String>,
     /// `None` when neither evnet table exists.
     pub firewall: Option<FirewallState>,
+    /// evnet-shaped HTB roots, by device (devices with another root qdisc,
+    /// or an HTB root of another shape, are absent).
+    #[serde(default)]
+    pub shapers: BTreeMap<String, Shaper>,
+    /// Devices whose `clsact` ingress holds evnet's one match-all filter
+    /// redirecting everything to the egress of another device, by device:
+    /// the target's name.
+    #[serde(default)]
+    pub redirects: BTreeMap<String, String>,
 }
 
 /// The snapshot `plan()` compares with the desired state: the host

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::observed::{FdbEntry, Neighbour, Ns, Route};
+use crate::observed::{FdbEntry, Neighbour, Ns, Route, Shaper};
 
 /// evnet's complete nftables state for one namespace: the rendered tables
 /// (without set elements) and the named sets' elements. Applied as one
@@ -18,20 +18,21 @@ use crate::observed::{FdbEntry, Neighbour, Ns, Route};
 pub struct FirewallSpec {
     /// Hash of `tables`, also written as both tables' comment.
     pub fingerprint: String,
-    /// `table netdev evnet { … }` and `table inet evnet { … }`, in nft syntax.
+    /// `table arp evnet { … }` and `table inet evnet { … }`, in nft syntax.
     pub tables: String,
-    /// Devices the netdev chains hook; they must exist when it is loaded.
+    /// Devices netdev chains hook, which must exist when it is loaded
+    /// (none since anti-spoofing moved to the arp and inet families).
     pub devices: Vec<String>,
     pub sets: BTreeMap<String, BTreeSet<Ipv4Addr>>,
 }
 
 impl FirewallSpec {
-    /// The full `nft -f` script: replace both tables atomically, then fill
-    /// the sets.
+    /// The full `nft -f` script: replace both tables atomically (and drop
+    /// the `netdev` table older versions used), then fill the sets.
     pub fn script(&self) -> String {
         let t = crate::naming::NFT_TABLE;
         let mut s = format!(
-            "add table netdev {t}\ndelete table netdev {t}\nadd table inet {t}\ndelete table inet {t}\n{}",
+            "add table netdev {t}\ndelete table netdev {t}\nadd table arp {t}\ndelete table arp {t}\nadd table inet {t}\ndelete table inet {t}\n{}",
             self.tables
         );
         for (name, elems) in &self.sets {
@@ -81,6 +82,18 @@ pub enum Op {
     /// Replaces one named set's elements in one transaction, leaving the
     /// rules alone.
     SyncFirewallSet { ns: Ns, set: String, elements: BTreeSet<Ipv4Addr> },
+    /// An IFB device (down).
+    CreateIfb { ns: Ns, name: String },
+    /// (Re)builds evnet's shaper on `dev`: whatever root qdisc it had is
+    /// replaced by HTB `1:` (default class `1:1`) with one class `1:1` of
+    /// `shaper`. Only for a missing or misshapen shaper: it resets the queue.
+    EnsureShaper { ns: Ns, dev: String, shaper: Shaper },
+    /// Changes the rate, ceil and burst of the existing class `1:1` on `dev`
+    /// in place (`tc class change`): no queue reset, no flow disturbed.
+    SetRate { ns: Ns, dev: String, shaper: Shaper },
+    /// (Re)builds `clsact` on `dev` with one filter on its ingress matching
+    /// everything and redirecting it to the egress of `to`.
+    EnsureRedirect { ns: Ns, dev: String, to: String },
 }
 
 impl Op {
@@ -103,7 +116,11 @@ impl Op {
             | Op::AddFdb { ns, .. }
             | Op::DelFdb { ns, .. }
             | Op::ReplaceFirewall { ns, .. }
-            | Op::SyncFirewallSet { ns, .. } => ns.clone(),
+            | Op::SyncFirewallSet { ns, .. }
+            | Op::CreateIfb { ns, .. }
+            | Op::EnsureShaper { ns, .. }
+            | Op::SetRate { ns, .. }
+            | Op::EnsureRedirect { ns, .. } => ns.clone(),
         }
     }
 }
@@ -113,6 +130,10 @@ fn route_str(r: &Route) -> String {
         Some(via) => format!("{} via {via} dev {}", r.dst, r.dev),
         None => format!("{} dev {} scope link", r.dst, r.dev),
     }
+}
+
+fn shaper_str(s: &Shaper) -> String {
+    format!("rate {}bit ceil {}bit burst {}b", s.rate_bps, s.ceil_bps, s.burst_bytes)
 }
 
 impl fmt::Display for Op {
@@ -168,6 +189,14 @@ impl fmt::Display for Op {
             }
             Op::SyncFirewallSet { ns, set, elements } => {
                 write!(f, "[{ns}] nft set {set} = {} elements", elements.len())
+            }
+            Op::CreateIfb { ns, name } => write!(f, "[{ns}] link add {name} type ifb"),
+            Op::EnsureShaper { ns, dev, shaper } => {
+                write!(f, "[{ns}] tc shaper {dev} htb {}", shaper_str(shaper))
+            }
+            Op::SetRate { ns, dev, shaper } => write!(f, "[{ns}] tc class change {dev} 1:1 htb {}", shaper_str(shaper)),
+            Op::EnsureRedirect { ns, dev, to } => {
+                write!(f, "[{ns}] tc filter {dev} ingress match-all mirred egress redirect dev {to}")
             }
         }
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::naming;
 use crate::nft;
-use crate::observed::{Address, FdbEntry, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Route, VxlanInfo};
+use crate::observed::{Address, FdbEntry, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Route, Shaper, VxlanInfo};
 use crate::op::{FirewallSpec, Op};
 
 /// Knobs of the data plane that are not part of the desired state.
@@ -26,6 +26,19 @@ impl Default for PlanConfig {
     fn default() -> Self {
         PlanConfig { mtu: 1450, vxlan_port: 4789 }
     }
+}
+
+/// Burst of a shaper when the desired state gives none: 64 KiB reaches the
+/// full rate with HTB on this kernel (one MTU costs ~1% at 1 Gbit/s).
+pub const DEFAULT_BURST_BYTES: u32 = 64 * 1024;
+
+/// Rates the bandwidth controller allocated to one ENI, in bit/s: what it
+/// may send (`tx_bps`, the IFB's class) and receive (`rx_bps`, the VPC-side
+/// veth's class). Always clamped to the ENI's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EniRates {
+    pub tx_bps: u64,
+    pub rx_bps: u64,
 }
 
 /// The sysctl keys evnet sets.
@@ -45,6 +58,31 @@ enum TKind {
     /// `creator`: this end is created (with its peer) by `CreateVeth`.
     Veth { peer: LinkRef, creator: bool, peer_mac: Option<String> },
     Vxlan { info: VxlanInfo, mac: String },
+    Ifb,
+}
+
+/// A shaper to hold on a device: rates never above `limit_bps`; exactly
+/// `rate_bps` when the controller gave one, else whatever rate within the
+/// limit it already has (the controller moves it), else the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TShaper {
+    limit_bps: u64,
+    rate_bps: Option<u64>,
+    burst_bytes: u32,
+}
+
+impl TShaper {
+    /// The shaper this device should have, given what it has now.
+    fn resolve(&self, cur: Option<&Shaper>) -> Shaper {
+        let limit = Shaper::flat(self.limit_bps, self.burst_bytes);
+        if let Some(r) = self.rate_bps {
+            return Shaper::flat(r.min(self.limit_bps), self.burst_bytes);
+        }
+        match cur {
+            Some(c) if c.rate_bps == c.ceil_bps && c.rate_bps <= limit.rate_bps => Shaper::flat(c.rate_bps, self.burst_bytes),
+            _ => limit,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +102,8 @@ struct TNs {
     fdb: BTreeMap<(String, String), FdbEntry>,
     sysctls: BTreeMap<String, String>,
     firewall: Option<FirewallSpec>,
+    shapers: BTreeMap<String, TShaper>,
+    redirects: BTreeMap<String, String>,
 }
 
 fn host32(ip: Ipv4Addr) -> Ipv4Net {
@@ -71,7 +111,7 @@ fn host32(ip: Ipv4Addr) -> Ipv4Net {
 }
 
 /// The desired kernel state, namespace by namespace.
-fn target(d: &HostDesired, cfg: &PlanConfig) -> BTreeMap<String, TNs> {
+fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>) -> BTreeMap<String, TNs> {
     let host = d.host_id.as_str();
     let mut out: BTreeMap<String, TNs> = BTreeMap::new();
     let lo = TLink { kind: TKind::Loopback, mac: None, mtu: None, up: true };
@@ -118,6 +158,20 @@ fn target(d: &HostDesired, cfg: &PlanConfig) -> BTreeMap<String, TNs> {
             );
             tn.sysctls.insert(sysctl_proxy_arp(&dev), "1".into());
             tn.sysctls.insert(sysctl_proxy_delay(&dev), "0".into());
+            let bw = &e.bandwidth;
+            if bw.limit_bps > 0 {
+                // What the instance receives leaves through the veth's
+                // egress; what it sends enters the veth and is redirected to
+                // the IFB's egress. Both shapers sit where the instance
+                // cannot reach them.
+                let ifb = naming::eni_ifb(&e.eni_id);
+                let burst = if bw.burst_bytes == 0 { DEFAULT_BURST_BYTES } else { bw.burst_bytes };
+                let r = rates.get(&e.eni_id);
+                tn.links.insert(ifb.clone(), TLink { kind: TKind::Ifb, mac: None, mtu: None, up: true });
+                tn.shapers.insert(dev.clone(), TShaper { limit_bps: bw.limit_bps, rate_bps: r.map(|r| r.rx_bps), burst_bytes: burst });
+                tn.shapers.insert(ifb.clone(), TShaper { limit_bps: bw.limit_bps, rate_bps: r.map(|r| r.tx_bps), burst_bytes: burst });
+                tn.redirects.insert(dev.clone(), ifb);
+            }
             let ips: Vec<Ipv4Addr> = std::iter::once(e.private_ip).chain(e.secondary_ips.iter().copied()).collect();
             for ip in &ips {
                 if local_ips.insert(*ip) {
@@ -189,6 +243,7 @@ fn compatible(obs: &Link, t: &TLink) -> bool {
         TKind::Loopback => obs.kind == LinkKind::Loopback,
         TKind::Veth { peer, .. } => obs.kind == LinkKind::Veth && obs.peer.as_ref() == Some(peer),
         TKind::Vxlan { info, .. } => obs.kind == LinkKind::Vxlan && obs.vxlan.as_ref() == Some(info),
+        TKind::Ifb => obs.kind == LinkKind::Ifb,
     }
 }
 
@@ -209,8 +264,20 @@ fn route_survives(r: &Route, addrs_left: &BTreeSet<Address>) -> bool {
 /// Order: deletions bottom-up (neighbours/FDB, routes, addresses, links,
 /// namespaces), then creations top-down (namespaces, links, moves, link
 /// settings, sysctls, addresses, routes, neighbours/FDB, firewall).
+///
+/// Shapers: an ENI with a limit gets HTB on its VPC-side veth (what it
+/// receives) and on its IFB (what it sends, redirected from the veth's
+/// ingress). A rate the controller set and the kernel holds is kept as long
+/// as it is within the limit; see [`plan_with_rates`] to impose rates.
 pub fn plan(desired: &HostDesired, observed: &Observed, cfg: &PlanConfig) -> Vec<Op> {
-    let tgt = target(desired, cfg);
+    plan_with_rates(desired, observed, cfg, &BTreeMap::new())
+}
+
+/// [`plan`], with the rates the bandwidth controller allocated, by ENI id:
+/// those ENIs' shapers are set to exactly these rates (capped at the limit),
+/// changed in place when the shaper exists.
+pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>) -> Vec<Op> {
+    let tgt = target(desired, cfg, rates);
     let host = desired.host_id.as_str();
     let empty = NsState::default();
     let mut ops = Vec::new();
@@ -340,6 +407,14 @@ pub fn plan(desired: &HostDesired, observed: &Observed, cfg: &PlanConfig) -> Vec
             match &tl.kind {
                 TKind::Loopback => {}
                 TKind::Veth { creator: false, .. } => {}
+                TKind::Ifb => {
+                    link_ops.push(Op::CreateIfb { ns: ns.clone(), name: lname.clone() });
+                    present.insert(
+                        r.clone(),
+                        Link { kind: LinkKind::Ifb, mac: None, mtu: 1500, up: false, peer: None, vxlan: None },
+                    );
+                    created.insert(r.clone());
+                }
                 TKind::Veth { peer, creator: true, peer_mac } => {
                     let mtu = tl.mtu.unwrap_or(1500);
                     link_ops.push(Op::CreateVeth {
@@ -466,5 +541,31 @@ pub fn plan(desired: &HostDesired, observed: &Observed, cfg: &PlanConfig) -> Vec
             _ => ops.push(Op::ReplaceFirewall { ns, spec: spec.clone() }),
         }
     }
+    for (name, t) in &tgt {
+        let ns = Ns::named(name);
+        let st = observed.namespaces.get(name).unwrap_or(&empty);
+        for (dev, ts) in &t.shapers {
+            let cur = st.shapers.get(dev).filter(|_| !fresh(name, dev));
+            let want = ts.resolve(cur);
+            match cur {
+                None => ops.push(Op::EnsureShaper { ns: ns.clone(), dev: dev.clone(), shaper: want }),
+                Some(c) if c.rate_bps != want.rate_bps || c.ceil_bps != want.ceil_bps || !Shaper::same_burst(c.burst_bytes, want.burst_bytes) => {
+                    ops.push(Op::SetRate { ns: ns.clone(), dev: dev.clone(), shaper: want })
+                }
+                Some(_) => {}
+            }
+        }
+        for (dev, to) in &t.redirects {
+            if st.redirects.get(dev) != Some(to) || fresh(name, dev) || fresh(name, to) {
+                ops.push(Op::EnsureRedirect { ns: ns.clone(), dev: dev.clone(), to: to.clone() });
+            }
+        }
+    }
     ops
+}
+
+/// The shapers an ENI's bandwidth calls for, as `(rx device, tx device)`:
+/// the VPC-side veth (what the ENI receives) and its IFB (what it sends).
+pub fn eni_shaper_devices(eni_id: &str) -> (String, String) {
+    (naming::eni_veth(eni_id), naming::eni_ifb(eni_id))
 }

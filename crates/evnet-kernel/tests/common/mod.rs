@@ -110,7 +110,8 @@ impl Cloud {
                 device_index: *idx,
                 source_dest_check: e.sdc,
                 security_group_ids: e.groups.clone(),
-                bandwidth: EniBandwidth::default(),
+                // As the server resolves an unset limit: the host's NIC.
+                bandwidth: EniBandwidth { guaranteed_bps: 0, limit_bps: 1_000_000_000, weight: 1, burst_bytes: 64 * 1024 },
             });
             local_vpcs.insert(e.vpc);
             used_groups.extend(e.groups.iter().cloned());
