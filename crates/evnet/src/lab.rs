@@ -38,6 +38,17 @@ pub enum LabCommand {
         #[arg(long)]
         down: bool,
     },
+    /// Restart one host's agent (kill -9 with --kill); the kernel state it built stays in place.
+    RestartAgent {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The host's name (host-1 …).
+        #[arg(long)]
+        host: String,
+        /// Kill it with SIGKILL instead of stopping it with SIGTERM.
+        #[arg(long)]
+        kill: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -62,6 +73,10 @@ pub struct LabState {
     pub url: String,
     pub admin_token: String,
     pub tenant_token: String,
+    #[serde(default)]
+    pub agent_token: String,
+    #[serde(default)]
+    pub nic_mbps: u64,
     pub server_pid: Option<u32>,
     pub underlay_netns: Option<String>,
     pub hosts: Vec<LabHost>,
@@ -87,6 +102,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Down { dir } => down(&dir),
+        LabCommand::RestartAgent { dir, host, kill } => restart_agent(&dir, &host, kill).await,
         LabCommand::Demo { dir, hosts, down: tear_down } => {
             if !dir.join("lab.json").exists() {
                 up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, port: 0 }).await?;
@@ -224,29 +240,12 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
     let admin = Client::new(&st.url, st.admin_token.clone())?;
     wait_until(Duration::from_secs(20), "the server to answer", || async { admin.health().await.is_ok() }).await?;
     let agent_token = admin.create_agent_token().await?;
-    for h in st.hosts.iter_mut() {
-        let log = dir.join(format!("agent-{}.log", h.name));
-        let pid = spawn(
-            &[
-                "agent".into(),
-                "--server".into(),
-                st.url.clone(),
-                "--host-netns".into(),
-                h.netns.clone(),
-                "--name".into(),
-                h.name.clone(),
-                "--underlay-ip".into(),
-                h.underlay_ip.to_string(),
-                "--nic-mbps".into(),
-                args.nic_mbps.to_string(),
-                "--resync-ms".into(),
-                "1000".into(),
-            ],
-            &[("EVNET_AGENT_TOKEN", &agent_token)],
-            &log,
-        )?;
-        h.agent_pid = Some(pid);
-        st.files.push(log);
+    st.agent_token = agent_token.clone();
+    st.nic_mbps = args.nic_mbps;
+    for i in 0..st.hosts.len() {
+        let pid = spawn_agent(dir, st, &st.hosts[i])?;
+        st.hosts[i].agent_pid = Some(pid);
+        st.files.push(agent_log(dir, &st.hosts[i]));
     }
     save(dir, st)?;
     let want = st.hosts.len();
@@ -271,6 +270,70 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
     }
     st.files.push(env);
     save(dir, st)?;
+    Ok(())
+}
+
+fn agent_log(dir: &Path, h: &LabHost) -> PathBuf {
+    dir.join(format!("agent-{}.log", h.name))
+}
+
+fn spawn_agent(dir: &Path, st: &LabState, h: &LabHost) -> anyhow::Result<u32> {
+    let log = agent_log(dir, h);
+    // Append, so a restarted agent's log follows its predecessor's.
+    let previous = std::fs::read(&log).unwrap_or_default();
+    let pid = spawn(
+        &[
+            "agent".into(),
+            "--server".into(),
+            st.url.clone(),
+            "--host-netns".into(),
+            h.netns.clone(),
+            "--name".into(),
+            h.name.clone(),
+            "--underlay-ip".into(),
+            h.underlay_ip.to_string(),
+            "--nic-mbps".into(),
+            st.nic_mbps.to_string(),
+            "--resync-ms".into(),
+            "1000".into(),
+        ],
+        &[("EVNET_AGENT_TOKEN", &st.agent_token)],
+        &log,
+    )?;
+    if !previous.is_empty() {
+        let _ = std::fs::write(dir.join(format!("agent-{}.previous.log", h.name)), previous);
+    }
+    Ok(pid)
+}
+
+async fn restart_agent(dir: &Path, host: &str, kill: bool) -> anyhow::Result<()> {
+    require_root()?;
+    let dir = std::fs::canonicalize(dir)?;
+    let mut st = load(&dir)?;
+    let i = st.hosts.iter().position(|h| h.name == host).with_context(|| format!("the lab has no host named {host}"))?;
+    let h = st.hosts[i].clone();
+    if let Some(pid) = h.agent_pid {
+        if kill {
+            if is_ours(pid, &h.netns) {
+                // SAFETY: a PID verified to be this lab's agent.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                let start = Instant::now();
+                while is_alive(pid) && start.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        } else {
+            stop(pid, &h.netns)?;
+        }
+    }
+    let pid = spawn_agent(&dir, &st, &h)?;
+    st.hosts[i].agent_pid = Some(pid);
+    let prev = dir.join(format!("agent-{}.previous.log", h.name));
+    if prev.exists() && !st.files.contains(&prev) {
+        st.files.push(prev);
+    }
+    save(&dir, &st)?;
+    println!("agent of {host} restarted (pid {pid})");
     Ok(())
 }
 
