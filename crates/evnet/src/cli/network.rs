@@ -114,7 +114,7 @@ pub enum SubnetCommand {
 pub enum PeeringCommand {
     /// Peer two VPCs whose CIDRs do not overlap; routes in both VPCs' tables decide what crosses.
     #[command(
-        after_help = "Examples:\n  evnet peering create --vpc-a prod --vpc-b shared --name prod-shared\n  evnet route-table add-route <prod main table> --destination 10.9.0.0/16 --target pcx-…"
+        after_help = "Examples:\n  evnet peering create --vpc-a prod --vpc-b shared --name prod-shared\n\nThen route across it from both sides, for instance:\n  evnet route-table add-route rtb-1a2b3c4d5e6f7a8b --destination 10.9.0.0/16 --target pcx-0a0b0c0d0e0f0a0b"
     )]
     Create {
         /// One VPC, by id or name.
