@@ -97,8 +97,7 @@ impl Policy for Evnet {
         let mut ms = None;
         if input.tick % self.period == 0 {
             for (f, flow) in self.problem.flows.iter_mut().enumerate() {
-                flow.demand_bps =
-                    if self.sum_ticks == 0 { input.demand[f] } else { self.sum[f] / self.sum_ticks };
+                flow.demand_bps = self.sum[f].checked_div(self.sum_ticks).unwrap_or(input.demand[f]);
             }
             self.sum.iter_mut().for_each(|x| *x = 0);
             self.sum_ticks = 0;

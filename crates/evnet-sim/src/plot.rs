@@ -93,7 +93,7 @@ fn lines<DB: DrawingBackend>(
     y_desc: &str,
     data: &Series,
     t_max: f64,
-    y_max: f64,
+    y: std::ops::Range<f64>,
 ) -> Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
@@ -102,7 +102,7 @@ fn lines<DB: DrawingBackend>(
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..t_max.max(1e-9), 0f64..y_max.max(1e-9))
+        .build_cartesian_2d(0f64..t_max.max(1e-9), y.start..y.end.max(y.start + 1e-9))
         .map_err(e)?;
     chart.configure_mesh().x_desc("time (s)").y_desc(y_desc).label_style(("sans-serif", 14)).draw().map_err(e)?;
     for (p, pts) in data {
@@ -124,6 +124,8 @@ fn lines<DB: DrawingBackend>(
     root.present().map_err(e)
 }
 
+type Metric = fn(&crate::engine::PolicySummary) -> f64;
+
 fn bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &RunResult) -> Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
     root.fill(&WHITE).map_err(e)?;
@@ -132,10 +134,10 @@ fn bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &RunResult) -> Resu
         .map_err(e)?;
     let panels = root.split_evenly((1, 3));
     let names: Vec<&str> = r.policies.iter().map(|p| short(p.policy)).collect();
-    let metrics: [(&str, Box<dyn Fn(&crate::engine::PolicySummary) -> f64>); 3] = [
-        ("utilization (mean)", Box::new(|p| p.utilization_mean)),
-        ("guarantee satisfaction", Box::new(|p| p.guarantee_satisfaction)),
-        ("Jain fairness", Box::new(|p| p.jain_fairness)),
+    let metrics: [(&str, Metric); 3] = [
+        ("utilization (mean)", |p| p.utilization_mean),
+        ("guarantee satisfaction", |p| p.guarantee_satisfaction),
+        ("Jain fairness", |p| p.jain_fairness),
     ];
     let n = r.policies.len() as i32;
     for (panel, (title, value)) in panels.iter().zip(metrics.iter()) {
@@ -176,6 +178,12 @@ pub fn draw_all(r: &RunResult, dir: &Path) -> Result<(), SimError> {
     let deliv = series(r, |t| Some(t.delivered_gbps));
     let d_max = r.series.iter().map(|t| t.delivered_gbps).fold(0.0, f64::max) * 1.1;
     let size = (1000, 560);
+    // Shares: zoom on the range the data uses (in steps of 0.1) so close lines separate.
+    let share_range = |d: &Series| {
+        let lo = d.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(1.0, f64::min);
+        ((lo - 0.05) * 10.0).floor().max(0.0) / 10.0..1.02
+    };
+    let (util_y, sat_y) = (share_range(&util), share_range(&sat));
     for (stem, title) in PLOTS {
         for ext in ["svg", "png"] {
             let path = dir.join(format!("{stem}.{ext}"));
@@ -186,17 +194,17 @@ pub fn draw_all(r: &RunResult, dir: &Path) -> Result<(), SimError> {
                 (_, "svg") => {
                     let root = SVGBackend::new(&p, size).into_drawing_area();
                     match stem {
-                        "utilization" => lines(root, title, "utilization", &util, t_max, 1.05),
-                        "satisfaction" => lines(root, title, "satisfied share", &sat, t_max, 1.05),
-                        _ => lines(root, title, "Gbit/s", &deliv, t_max, d_max),
+                        "utilization" => lines(root, title, "utilization", &util, t_max, util_y.clone()),
+                        "satisfaction" => lines(root, title, "satisfied share", &sat, t_max, sat_y.clone()),
+                        _ => lines(root, title, "Gbit/s", &deliv, t_max, 0.0..d_max),
                     }
                 }
                 _ => {
                     let root = BitMapBackend::new(&p, size).into_drawing_area();
                     match stem {
-                        "utilization" => lines(root, title, "utilization", &util, t_max, 1.05),
-                        "satisfaction" => lines(root, title, "satisfied share", &sat, t_max, 1.05),
-                        _ => lines(root, title, "Gbit/s", &deliv, t_max, d_max),
+                        "utilization" => lines(root, title, "utilization", &util, t_max, util_y.clone()),
+                        "satisfaction" => lines(root, title, "satisfied share", &sat, t_max, sat_y.clone()),
+                        _ => lines(root, title, "Gbit/s", &deliv, t_max, 0.0..d_max),
                     }
                 }
             };

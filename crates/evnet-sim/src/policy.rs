@@ -153,9 +153,7 @@ pub fn water_fill(capacity: u64, want: &[u64], weight: &[u32], order: &mut Vec<u
     let n = want.len();
     order.clear();
     order.extend((0..n as u32).filter(|&i| want[i as usize] > 0));
-    for i in 0..n {
-        out[i] = 0;
-    }
+    out[..n].iter_mut().for_each(|x| *x = 0);
     order.sort_unstable_by(|&a, &b| {
         let (a, b) = (a as usize, b as usize);
         // want[a]/weight[a] vs want[b]/weight[b], exactly.

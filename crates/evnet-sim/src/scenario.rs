@@ -358,10 +358,8 @@ impl Scenario {
             if c.limit_gbps > f.nic_gbps {
                 return bad(&field("limit_gbps"), format!("{} exceeds the NIC ({} Gbit/s)", c.limit_gbps, f.nic_gbps));
             }
-            if let Some(x) = c.caps_only_limit_gbps {
-                if !(x > 0.0 && x <= f.nic_gbps) {
-                    return bad(&field("caps_only_limit_gbps"), format!("{x} is outside (0, NIC]"));
-                }
+            if let Some(x) = c.caps_only_limit_gbps.filter(|&x| !(x > 0.0 && x <= f.nic_gbps)) {
+                return bad(&field("caps_only_limit_gbps"), format!("{x} is outside (0, NIC]"));
             }
             if c.weight == 0 {
                 return bad(&field("weight"), "must be at least 1".into());
@@ -375,15 +373,11 @@ impl Scenario {
             if c.pattern == Pattern::Shuffle && c.instances_per_tenant > 200 {
                 return bad(&field("instances_per_tenant"), "shuffle tenants have n² flows: at most 200 instances".into());
             }
-            if let Some(d) = c.flow_demand_gbps {
-                if !(d > 0.0 && d <= c.limit_gbps) {
-                    return bad(&field("flow_demand_gbps"), format!("{d} is outside (0, limit]"));
-                }
+            if let Some(d) = c.flow_demand_gbps.filter(|&d| !(d > 0.0 && d <= c.limit_gbps)) {
+                return bad(&field("flow_demand_gbps"), format!("{d} is outside (0, limit]"));
             }
-            if let Some(o) = &c.on_off {
-                if !(o.mean_on_s > 0.0 && o.mean_off_s > 0.0 && o.pareto_shape > 1.0) {
-                    return bad(&field("on_off"), "means must be positive and pareto_shape > 1".into());
-                }
+            if c.on_off.as_ref().is_some_and(|o| !(o.mean_on_s > 0.0 && o.mean_off_s > 0.0 && o.pareto_shape > 1.0)) {
+                return bad(&field("on_off"), "means must be positive and pareto_shape > 1".into());
             }
         }
         Ok(())
