@@ -130,3 +130,98 @@ impl Policy for Evnet {
         ms
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Scenario;
+
+    fn world() -> World {
+        let s = Scenario::parse(
+            r#"
+name = "t"
+seed = 5
+duration_s = 10.0
+tick_s = 0.25
+[fabric]
+racks = 2
+hosts_per_rack = 2
+nic_gbps = 10
+spines = 2
+oversubscription = 1.0
+[placement]
+instances_per_host = 4
+[[tenant_class]]
+name = "a"
+share = 1.0
+instances_per_tenant = 8
+guaranteed_gbps = 1
+limit_gbps = 10
+pattern = "backlogged"
+flows_per_eni = 3
+[tenant_class.on_off]
+mean_on_s = 0.5
+mean_off_s = 0.5
+"#,
+            "t",
+        )
+        .unwrap();
+        World::build(&s).unwrap()
+    }
+
+    #[test]
+    fn runs_once_per_period_on_last_periods_mean_and_holds_in_between() {
+        let mut w = world();
+        let period = 4;
+        let mut p = Evnet::new(&w, period, false);
+        let mut demand = Vec::new();
+        let mut caps = Vec::new();
+        let mut history: Vec<Vec<u64>> = Vec::new();
+        let mut held = Vec::new();
+        for tick in 0..3 * period {
+            w.demands(&mut demand);
+            let ran = p.caps(&TickInput { world: &w, tick, demand: &demand }, &mut caps).is_some();
+            assert_eq!(ran, tick % period == 0, "tick {tick}");
+            if ran {
+                let expected: Vec<u64> = if tick == 0 {
+                    demand.clone()
+                } else {
+                    let last = &history[history.len() - period..];
+                    (0..w.flows()).map(|f| last.iter().map(|d| d[f]).sum::<u64>() / period as u64).collect()
+                };
+                let got: Vec<u64> = p.problem().flows.iter().map(|f| f.demand_bps).collect();
+                assert_eq!(got, expected, "estimates at tick {tick}");
+                assert_eq!(caps, evnet_alloc::allocate(p.problem()).flow_rate_bps);
+                held = caps.clone();
+            } else {
+                assert_eq!(caps, held, "held between runs at tick {tick}");
+            }
+            history.push(demand.clone());
+            w.advance(0.25);
+        }
+        assert!(history.windows(2).any(|x| x[0] != x[1]), "demand must change for this test to mean anything");
+    }
+
+    #[test]
+    fn guarantee_floor_lets_newly_active_flows_use_the_guarantee() {
+        let mut w = world();
+        let mut p = Evnet::new(&w, 1000, true);
+        let mut demand = Vec::new();
+        let mut caps = Vec::new();
+        for tick in 0..40 {
+            w.demands(&mut demand);
+            p.caps(&TickInput { world: &w, tick, demand: &demand }, &mut caps);
+            let mut active = vec![0u64; w.enis()];
+            for f in 0..w.flows() {
+                active[w.flow_src[f] as usize] += (demand[f] > 0) as u64;
+            }
+            for f in 0..w.flows() {
+                let src = w.flow_src[f] as usize;
+                if demand[f] > 0 {
+                    assert!(caps[f] >= w.eni_guarantee[src] / active[src], "tick {tick} flow {f}");
+                }
+            }
+            w.advance(0.25);
+        }
+    }
+}

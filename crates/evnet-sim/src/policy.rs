@@ -306,3 +306,114 @@ mod tests {
         assert_eq!(&out[..2], &[0, 0]);
     }
 }
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+    use crate::scenario::Scenario;
+
+    pub(crate) fn small_world(extra: &str) -> World {
+        let s = Scenario::parse(
+            &format!(
+                r#"
+name = "t"
+seed = 11
+duration_s = 4.0
+tick_s = 0.5
+[fabric]
+racks = 2
+hosts_per_rack = 2
+nic_gbps = 10
+spines = 1
+oversubscription = 1.0
+[placement]
+instances_per_host = 3
+[[tenant_class]]
+name = "a"
+share = 0.5
+instances_per_tenant = 6
+guaranteed_gbps = 2
+limit_gbps = 8
+weight = 3
+pattern = "backlogged"
+flows_per_eni = 2
+{extra}
+[[tenant_class]]
+name = "b"
+share = 0.5
+instances_per_tenant = 6
+guaranteed_gbps = 0.5
+limit_gbps = 10
+pattern = "incast"
+flows_per_eni = 3
+"#
+            ),
+            "t",
+        )
+        .unwrap();
+        World::build(&s).unwrap()
+    }
+
+    fn per_eni(w: &World, caps: &[u64]) -> (Vec<u64>, Vec<u64>) {
+        let (mut tx, mut rx) = (vec![0u64; w.enis()], vec![0u64; w.enis()]);
+        for f in 0..w.flows() {
+            tx[w.flow_src[f] as usize] += caps[f];
+            rx[w.flow_dst[f] as usize] += caps[f];
+        }
+        (tx, rx)
+    }
+
+    #[test]
+    fn static_reservation_holds_each_eni_to_its_guarantee_both_ways() {
+        let w = small_world("");
+        let mut demand = Vec::new();
+        w.demands(&mut demand);
+        let topo = Rc::new(EdgeTopology::build(&w));
+        let mut p = EdgeShaper::new(&w, topo.clone(), ShaperLevel::Guarantee, true);
+        let mut caps = Vec::new();
+        assert!(p.caps(&TickInput { world: &w, tick: 0, demand: &demand }, &mut caps).is_some());
+        let (tx, rx) = per_eni(&w, &caps);
+        for e in 0..w.enis() {
+            assert!(tx[e] <= w.eni_guarantee[e] && rx[e] <= w.eni_guarantee[e], "ENI {e}: {} {}", tx[e], rx[e]);
+        }
+        // Egress-only caps leave what ENIs receive alone: an incast sink gets
+        // more than its cap from its senders.
+        let mut c = EdgeShaper::new(&w, topo, ShaperLevel::Limit, false);
+        c.caps(&TickInput { world: &w, tick: 0, demand: &demand }, &mut caps);
+        let (tx, rx) = per_eni(&w, &caps);
+        assert!((0..w.enis()).all(|e| tx[e] <= w.eni_caps_only[e]));
+        assert!((0..w.enis()).any(|e| rx[e] > w.eni_caps_only[e]), "{rx:?}");
+    }
+
+    #[test]
+    fn host_local_gives_guarantees_then_fills_the_nic_by_weight() {
+        let w = small_world("");
+        let mut demand = Vec::new();
+        w.demands(&mut demand);
+        let mut p = HostLocal::new(&w);
+        let mut caps = Vec::new();
+        p.caps(&TickInput { world: &w, tick: 0, demand: &demand }, &mut caps);
+        let (tx, _) = per_eni(&w, &caps);
+        let (want, _) = per_eni(&w, &demand);
+        let mut host_tx = vec![0u64; w.hosts];
+        for e in 0..w.enis() {
+            host_tx[w.eni_host[e] as usize] += tx[e];
+            if want[e] > 0 {
+                // Every sender here is backlogged: at least its guarantee, at most its limit.
+                assert!(tx[e] >= w.eni_guarantee[e] && tx[e] <= w.eni_limit[e], "ENI {e}: {}", tx[e]);
+            } else {
+                assert_eq!(tx[e], 0);
+            }
+        }
+        for h in 0..w.hosts {
+            let nic = w.link_capacity[World::host_tx(h)];
+            let limits: u64 = (0..w.enis())
+                .filter(|&e| w.eni_host[e] as usize == h && want[e] > 0)
+                .map(|e| w.eni_limit[e].min(want[e]))
+                .sum();
+            // Work-conserving: the NIC is full unless every ENI is at its limit
+            // (integer splits may leave a few bit/s).
+            assert!(host_tx[h] <= nic && host_tx[h] + 32 >= nic.min(limits), "host {h}: {} of {nic}", host_tx[h]);
+        }
+    }
+}
