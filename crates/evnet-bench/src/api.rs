@@ -1,0 +1,435 @@
+//! `evnet-bench api`: ENI creates and ENI reads per second, with latency
+//! percentiles, against a real `evnet server` process with its embedded
+//! (durable) store, at several client counts.
+//!
+//! Every measured configuration (round, client count) gets a fresh server
+//! and data dir: the admin makes a tenant, the tenant makes `--subnets`
+//! VPCs `10.i.0.0/16`, each with one `/16` subnet (65,531 ENI addresses
+//! each). Then, back to back on that server:
+//!
+//! 1. **create**: every client loops `POST /v1/enis {"subnet_id": …}`
+//!    (client `w` uses subnet `w mod --subnets`) and counts a 201. When a
+//!    201 arrives the ENI has been validated, given an address, committed
+//!    to the redb file with an fsync (group commit, `Durability::Immediate`),
+//!    applied to the server's read cache (the handler waits for the cache to
+//!    reach the write's revision) and read back from it into the answer.
+//! 2. **get**: every client loops `GET /v1/enis/{id}` over uniformly random
+//!    ids among the ENIs created in step 1 and counts a 200: bearer-token
+//!    check (SHA-256 + lookup), a read from the cache, JSON encoding.
+//! 3. **healthz**: the same loop on `GET /healthz` — the floor of this HTTP
+//!    stack on this machine (no auth, no JSON), for the ratio the design asks.
+//!
+//! Each client is its own `reqwest::Client` allowed one idle connection, and
+//! sends one request at a time, so each client is one keep-alive HTTP/1.1
+//! connection. A request counts when its answer completes inside the
+//! measured window (after `--warmup-s`); its latency is from just before
+//! `send` to the last byte of the body. CPU time of the server process
+//! (`/proc/PID/stat`) and of this process is sampled at the window's edges.
+//!
+//! Rounds rotate the order of the client counts (A B C, B C A, C A B, …) and
+//! the summary gives medians over rounds. Before each round the disk's raw
+//! durable-write rate (4 KiB overwrite + fdatasync, 1 s) is measured in the
+//! same directory, as the floor every durable commit pays.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rand::{Rng, SeedableRng};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::server::{ServerProcess, find_evnet};
+use crate::stats::{median, process_cpu, quantile, us};
+
+const ADMIN_TOKEN: &str = "evnet-bench-admin-token";
+/// A hard bound on requests per client per phase, besides the time bound.
+const MAX_REQUESTS_PER_CLIENT: u64 = 10_000_000;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Concurrent clients (keep-alive connections) per configuration.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub clients: Vec<usize>,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration_s: f64,
+    /// Unmeasured seconds at the start of each phase.
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup_s: f64,
+    /// Rounds over all client counts (at least 3 for medians that mean something).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// VPCs, each with one /16 subnet, that the creates spread over.
+    #[arg(long, default_value_t = 4)]
+    pub subnets: usize,
+    /// The `evnet` binary (default: `evnet` next to this executable).
+    #[arg(long)]
+    pub evnet: Option<PathBuf>,
+    /// Where the servers' data dirs are made (default: the system temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Create,
+    Get,
+    Health,
+}
+
+/// What one phase measured.
+#[derive(Debug, Default, Clone)]
+struct Phase {
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Sorted latencies of the counted requests, in microseconds.
+    lat_us: Vec<u32>,
+    secs: f64,
+    server_cpu: Duration,
+    client_cpu: Duration,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+    fn p(&self, q: f64) -> f64 {
+        quantile(&self.lat_us, q).map(|v| v as f64 / 1000.0).unwrap_or(f64::NAN)
+    }
+    fn server_us_per_op(&self) -> f64 {
+        us(self.server_cpu) / self.ok.max(1) as f64
+    }
+    fn client_us_per_op(&self) -> f64 {
+        us(self.client_cpu) / self.ok.max(1) as f64
+    }
+}
+
+/// One configuration in one round.
+#[derive(Debug, Clone)]
+struct Sample {
+    round: usize,
+    clients: usize,
+    create: Phase,
+    get: Phase,
+    health: Phase,
+    fsync_per_s: f64,
+}
+
+struct Target {
+    base: String,
+    auth: HeaderValue,
+    create_bodies: Vec<Vec<u8>>,
+}
+
+#[derive(Deserialize)]
+struct WithId {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct WithToken {
+    token: String,
+}
+
+async fn post(client: &reqwest::Client, url: &str, token: &str, body: serde_json::Value) -> anyhow::Result<String> {
+    let r = client.post(url).bearer_auth(token).json(&body).send().await?;
+    let status = r.status();
+    let text = r.text().await?;
+    if status.as_u16() != 201 {
+        bail!("POST {url} answered {status}: {text}");
+    }
+    Ok(text)
+}
+
+/// The tenant, VPCs and subnets the creates go into.
+async fn setup(url: &str, subnets: usize) -> anyhow::Result<Target> {
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let t: WithToken = serde_json::from_str(&post(&c, &format!("{url}/v1/tenants"), ADMIN_TOKEN, json!({"name": "bench"})).await?)?;
+    let mut create_bodies = vec![];
+    for i in 0..subnets {
+        let cidr = format!("10.{i}.0.0/16");
+        let vpc: WithId = serde_json::from_str(&post(&c, &format!("{url}/v1/vpcs"), &t.token, json!({"cidr_block": cidr})).await?)?;
+        let sn: WithId = serde_json::from_str(
+            &post(&c, &format!("{url}/v1/subnets"), &t.token, json!({"vpc_id": vpc.id, "cidr_block": cidr})).await?,
+        )?;
+        create_bodies.push(serde_json::to_vec(&json!({"subnet_id": sn.id}))?);
+    }
+    Ok(Target { base: url.to_string(), auth: HeaderValue::from_str(&format!("Bearer {}", t.token))?, create_bodies })
+}
+
+struct WorkerOut {
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+    lat_us: Vec<u32>,
+    ids: Vec<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    w: usize,
+    op: Op,
+    client: reqwest::Client,
+    target: Arc<Target>,
+    ids: Arc<Vec<String>>,
+    window_start: Instant,
+    window_end: Instant,
+) -> WorkerOut {
+    let mut out = WorkerOut { ok: 0, errors: 0, first_error: None, lat_us: vec![], ids: vec![] };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w as u64);
+    let create_url = format!("{}/v1/enis", target.base);
+    let health_url = format!("{}/healthz", target.base);
+    let body = target.create_bodies[w % target.create_bodies.len()].clone();
+    for _ in 0..MAX_REQUESTS_PER_CLIENT {
+        if Instant::now() >= window_end {
+            break;
+        }
+        let req = match op {
+            Op::Create => client
+                .post(&create_url)
+                .header(AUTHORIZATION, target.auth.clone())
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(body.clone()),
+            Op::Get => {
+                let id = &ids[rng.random_range(0..ids.len())];
+                client.get(format!("{}/v1/enis/{id}", target.base)).header(AUTHORIZATION, target.auth.clone())
+            }
+            Op::Health => client.get(&health_url),
+        };
+        let start = Instant::now();
+        let result = async {
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            let bytes = r.bytes().await?;
+            Ok::<_, reqwest::Error>((status, bytes))
+        }
+        .await;
+        let done = Instant::now();
+        let counted = done >= window_start && done <= window_end;
+        let expected = if op == Op::Create { 201 } else { 200 };
+        match result {
+            Ok((status, bytes)) if status == expected => {
+                if op == Op::Create {
+                    match serde_json::from_slice::<WithId>(&bytes) {
+                        Ok(e) => out.ids.push(e.id),
+                        Err(e) => {
+                            out.errors += 1;
+                            out.first_error.get_or_insert_with(|| format!("undecodable 201: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                if counted {
+                    out.ok += 1;
+                    out.lat_us.push(u32::try_from((done - start).as_micros()).unwrap_or(u32::MAX));
+                }
+            }
+            Ok((status, bytes)) => {
+                out.errors += 1;
+                out.first_error
+                    .get_or_insert_with(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)])));
+            }
+            Err(e) => {
+                out.errors += 1;
+                out.first_error.get_or_insert_with(|| format!("request failed: {e}"));
+            }
+        }
+    }
+    out
+}
+
+async fn run_phase(
+    op: Op,
+    clients: &[reqwest::Client],
+    target: &Arc<Target>,
+    ids: &Arc<Vec<String>>,
+    args: &ApiArgs,
+    server_pid: u32,
+) -> anyhow::Result<(Phase, Vec<String>)> {
+    let t0 = Instant::now();
+    let window_start = t0 + Duration::from_secs_f64(args.warmup_s);
+    let window_end = window_start + Duration::from_secs_f64(args.duration_s);
+    let tasks: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(w, c)| tokio::spawn(worker(w, op, c.clone(), target.clone(), ids.clone(), window_start, window_end)))
+        .collect();
+    let pid = server_pid.to_string();
+    tokio::time::sleep_until(window_start.into()).await;
+    let (s0, c0) = (process_cpu(&pid), process_cpu("self"));
+    tokio::time::sleep_until(window_end.into()).await;
+    let (s1, c1) = (process_cpu(&pid), process_cpu("self"));
+    let mut phase = Phase { secs: args.duration_s, ..Default::default() };
+    if let (Some(a), Some(b), Some(x), Some(y)) = (s0, s1, c0, c1) {
+        phase.server_cpu = b.saturating_sub(a);
+        phase.client_cpu = y.saturating_sub(x);
+    }
+    let mut new_ids = vec![];
+    for t in tasks {
+        let out = t.await.context("a client task panicked")?;
+        phase.ok += out.ok;
+        phase.errors += out.errors;
+        if phase.first_error.is_none() {
+            phase.first_error = out.first_error;
+        }
+        phase.lat_us.extend(out.lat_us);
+        new_ids.extend(out.ids);
+    }
+    phase.lat_us.sort_unstable();
+    Ok((phase, new_ids))
+}
+
+/// Durable 4 KiB overwrites per second in `dir` for about one second.
+fn raw_fsync_rate(dir: &Path) -> anyhow::Result<f64> {
+    let mut f = tempfile::tempfile_in(dir)?;
+    let block = vec![0xa5u8; 4096];
+    f.write_all(&block)?;
+    f.sync_all()?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(1) && n < 1_000_000 {
+        f.write_all_at(&block, 0)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn one_configuration(evnet: &Path, dir: &Path, clients: usize, round: usize, fsync_per_s: f64, args: &ApiArgs) -> anyhow::Result<Sample> {
+    let server = ServerProcess::start(evnet, dir, ADMIN_TOKEN).await?;
+    let target = Arc::new(setup(&server.url, args.subnets).await.context("setting up the tenant and subnets")?);
+    let conns: Vec<reqwest::Client> = (0..clients)
+        .map(|_| reqwest::Client::builder().pool_max_idle_per_host(1).tcp_nodelay(true).timeout(Duration::from_secs(30)).build())
+        .collect::<Result<_, _>>()?;
+    let none = Arc::new(vec![]);
+    let (create, ids) = run_phase(Op::Create, &conns, &target, &none, args, server.pid()).await?;
+    if ids.is_empty() {
+        bail!("no ENI was created: {}", create.first_error.unwrap_or_default());
+    }
+    let ids = Arc::new(ids);
+    let (get, _) = run_phase(Op::Get, &conns, &target, &ids, args, server.pid()).await?;
+    let (health, _) = run_phase(Op::Health, &conns, &target, &ids, args, server.pid()).await?;
+    server.stop()?;
+    Ok(Sample { round, clients, create, get, health, fsync_per_s })
+}
+
+fn print_header() {
+    println!(
+        "{:>5} {:>7} | {:>9} {:>8} {:>8} {:>7} | {:>9} {:>8} {:>8} {:>7} | {:>9} | {:>6} {:>6} | {:>6}",
+        "round", "clients", "creates/s", "p50 ms", "p99 ms", "srv µs", "gets/s", "p50 ms", "p99 ms", "srv µs", "healthz/s", "c/fs", "g/hz", "errors"
+    );
+}
+
+fn print_sample(s: &Sample) {
+    println!(
+        "{:>5} {:>7} | {:>9.0} {:>8.2} {:>8.2} {:>7.0} | {:>9.0} {:>8.3} {:>8.3} {:>7.1} | {:>9.0} | {:>6.2} {:>6.2} | {:>6}",
+        s.round,
+        s.clients,
+        s.create.rate(),
+        s.create.p(0.5),
+        s.create.p(0.99),
+        s.create.server_us_per_op(),
+        s.get.rate(),
+        s.get.p(0.5),
+        s.get.p(0.99),
+        s.get.server_us_per_op(),
+        s.health.rate(),
+        s.create.rate() / s.fsync_per_s,
+        s.get.rate() / s.health.rate(),
+        s.create.errors + s.get.errors + s.health.errors,
+    );
+    for (name, p) in [("create", &s.create), ("get", &s.get), ("healthz", &s.health)] {
+        if let Some(e) = &p.first_error {
+            println!("        {name}: {} errors; first: {e}", p.errors);
+        }
+    }
+}
+
+pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
+    if args.clients.is_empty() || args.clients.contains(&0) {
+        bail!("--clients needs positive counts, like 1,16,64");
+    }
+    if args.rounds == 0 || args.subnets == 0 || args.subnets > 256 {
+        bail!("--rounds must be ≥ 1 and --subnets between 1 and 256");
+    }
+    if !(args.duration_s > 0.0 && args.duration_s <= 600.0 && args.warmup_s >= 0.0 && args.warmup_s <= 60.0) {
+        bail!("--duration-s must be in (0, 600] and --warmup-s in [0, 60]");
+    }
+    let evnet = find_evnet(args.evnet.as_deref())?;
+    let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    println!(
+        "evnet-bench api: {} rounds × clients {:?}, {} s measured (+{} s warm-up) per phase, {} subnets; server {}; data dirs under {}",
+        args.rounds,
+        args.clients,
+        args.duration_s,
+        args.warmup_s,
+        args.subnets,
+        evnet.display(),
+        dir.display()
+    );
+    println!("one reqwest::Client per client (one keep-alive HTTP/1.1 connection each); latencies from send to the body's last byte");
+    println!("srv µs = server CPU time (user+sys) per counted request; c/fs = creates/s ÷ raw fsyncs/s; g/hz = gets/s ÷ healthz/s");
+    let mut samples = vec![];
+    print_header();
+    for round in 1..=args.rounds {
+        let fsync_per_s = raw_fsync_rate(&dir)?;
+        let n = args.clients.len();
+        for k in 0..n {
+            let clients = args.clients[(k + round - 1) % n];
+            let s = one_configuration(&evnet, &dir, clients, round, fsync_per_s, &args).await?;
+            print_sample(&s);
+            samples.push(s);
+        }
+        println!("        round {round}: raw 4 KiB overwrite + fdatasync: {fsync_per_s:.0}/s");
+    }
+    println!();
+    println!("medians over {} rounds:", args.rounds);
+    print_header();
+    let mut sorted = args.clients.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    for c in sorted {
+        let of: Vec<&Sample> = samples.iter().filter(|s| s.clients == c).collect();
+        let m = |f: &dyn Fn(&Sample) -> f64| median(&of.iter().map(|s| f(s)).collect::<Vec<_>>());
+        println!(
+            "{:>5} {:>7} | {:>9.0} {:>8.2} {:>8.2} {:>7.0} | {:>9.0} {:>8.3} {:>8.3} {:>7.1} | {:>9.0} | {:>6.2} {:>6.2} | {:>6}",
+            "med",
+            c,
+            m(&|s| s.create.rate()),
+            m(&|s| s.create.p(0.5)),
+            m(&|s| s.create.p(0.99)),
+            m(&|s| s.create.server_us_per_op()),
+            m(&|s| s.get.rate()),
+            m(&|s| s.get.p(0.5)),
+            m(&|s| s.get.p(0.99)),
+            m(&|s| s.get.server_us_per_op()),
+            m(&|s| s.health.rate()),
+            m(&|s| s.create.rate() / s.fsync_per_s),
+            m(&|s| s.get.rate() / s.health.rate()),
+            of.iter().map(|s| s.create.errors + s.get.errors + s.health.errors).sum::<u64>(),
+        );
+    }
+    println!();
+    println!("client CPU per request (µs, this process, medians): ");
+    let mut sorted = args.clients.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    for c in sorted {
+        let of: Vec<&Sample> = samples.iter().filter(|s| s.clients == c).collect();
+        let m = |f: &dyn Fn(&Sample) -> f64| median(&of.iter().map(|s| f(s)).collect::<Vec<_>>());
+        println!(
+            "  {c:>3} clients: create {:.0}, get {:.1}, healthz {:.1}; server healthz {:.1}",
+            m(&|s| s.create.client_us_per_op()),
+            m(&|s| s.get.client_us_per_op()),
+            m(&|s| s.health.client_us_per_op()),
+            m(&|s| s.health.server_us_per_op()),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Benchmarks of evnet's control plane. Not tests: each subcommand prints
+//! figures (throughput, latency percentiles, CPU per request) and the
+//! conditions they were measured under.
+//!
+//! - `evnet-bench api [--clients 1,16,64] [--duration-s 5] [--rounds 3]`:
+//!   ENI creates/s and `GET /v1/enis/{id}`/s with p50/p99 against a real
+//!   `evnet server` child process with its embedded durable store (build it
+//!   first: `cargo build --release -p evnet`). See [`api`].
+//! - `evnet-bench desired [--enis 10000] [--hosts 100]`: the time to compute
+//!   and serve one host's desired state with that many ENIs in the store,
+//!   in process over a `MemStore`. See [`desired`].
+//!
+//! Results and the exact commands live in `docs/bench/control-plane.md`.
+
+mod api;
+mod desired;
+mod server;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "evnet-bench", about = "Control-plane benchmarks for evnet")]
+struct Cli {
+    /// Worker threads of this process's tokio runtime (the load generator).
+    #[arg(long, global = true, default_value_t = 2)]
+    client_threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// ENI create and read throughput and latency against `evnet server`.
+    Api(api::ApiArgs),
+    /// One host's desired state with many ENIs in the store.
+    Desired(desired::DesiredArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.client_threads.max(1)).enable_all().build()?;
+    println!(
+        "machine: {} CPUs ({}), load average {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu_model(),
+        std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    );
+    match cli.command {
+        Command::Api(a) => runtime.block_on(api::run(a)),
+        Command::Desired(d) => runtime.block_on(desired::run(d)),
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into())
+}
