@@ -14,6 +14,7 @@
 //!
 //! The agent never writes the store: everything goes through the API.
 
+pub mod bandwidth;
 pub mod metrics;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -44,6 +45,8 @@ pub struct AgentConfig {
     /// Log plans without applying them.
     pub dry_run: bool,
     pub metrics_listen: Option<SocketAddr>,
+    /// The bandwidth loop's knobs (period ≤ 100 ms).
+    pub bandwidth: bandwidth::BandwidthConfig,
 }
 
 impl AgentConfig {
@@ -59,6 +62,7 @@ impl AgentConfig {
             heartbeat: Duration::from_secs(2),
             dry_run: false,
             metrics_listen: None,
+            bandwidth: bandwidth::BandwidthConfig::default(),
         }
     }
 }
@@ -93,6 +97,9 @@ pub async fn run(
     let (desired_tx, desired_rx) = watch::channel::<Option<Arc<HostDesired>>>(None);
     let (applied_tx, applied_rx) = watch::channel(Applied::default());
     let watcher = tokio::spawn(watch_desired(client.clone(), host_id.clone(), desired_tx));
+    let bw = Arc::new(bandwidth::Shared::default());
+    let bw_loop = tokio::spawn(bandwidth::run_loop(config.bandwidth.clone(), kernel.clone(), desired_rx.clone(), bw.clone(), config.dry_run));
+    let bw_report = tokio::spawn(bandwidth::report_loop(client.clone(), host_id.clone(), config.bandwidth.report_every, bw));
     let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, desired_rx, applied_tx, metrics.clone()));
     let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), host_id.clone(), config.heartbeat, applied_rx));
     shutdown.await;
@@ -100,6 +107,8 @@ pub async fn run(
     watcher.abort();
     reconciler.abort();
     heartbeats.abort();
+    bw_loop.abort();
+    bw_report.abort();
     Ok(())
 }
 

@@ -126,3 +126,44 @@ pub struct RuleDesired {
     pub cidr: Option<Ipv4Net>,
     pub group_id: Option<String>,
 }
+
+/// One direction of an ENI's bandwidth as its agent last saw it, in bit/s:
+/// the measured rate, the estimated demand and the rate allocated to it (the
+/// rate of its shaper).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DirectionStats {
+    pub rate_bps: u64,
+    pub demand_bps: u64,
+    pub allocated_bps: u64,
+}
+
+/// An ENI's bandwidth in both directions: `tx` is what it sends, `rx` what
+/// it receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EniBandwidthReport {
+    pub eni_id: String,
+    pub tx: DirectionStats,
+    pub rx: DirectionStats,
+}
+
+/// What an agent reports about its ENIs' bandwidth (`POST
+/// /v1/hosts/{id}/bandwidth`), about once a second.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HostBandwidthReport {
+    pub enis: Vec<EniBandwidthReport>,
+}
+
+/// A cap the bandwidth controller puts on one ENI for what one host cannot
+/// see (pools spanning hosts); `None`: no cap beyond the ENI's own limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EniCaps {
+    pub eni_id: String,
+    pub tx_cap_bps: Option<u64>,
+    pub rx_cap_bps: Option<u64>,
+}
+
+/// The controller's answer to a report: the caps for the host's ENIs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HostBandwidthCaps {
+    pub enis: Vec<EniCaps>,
+}

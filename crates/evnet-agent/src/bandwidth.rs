@@ -1,0 +1,419 @@
+//! The agent's bandwidth loop: every ~100 ms it reads its shapers' counters,
+//! estimates each ENI's demand per direction, runs the allocator on the
+//! host's links (NIC tx and NIC rx, one flow per ENI per direction) and
+//! changes the rates of the shapers in place where they moved by more than a
+//! small threshold.
+//!
+//! The decisions are pure ([`next_demand`], [`Controller::step`]: time and
+//! counters in, rates out) and tested without a kernel or a clock; the async
+//! part ([`run_loop`]) only feeds them and applies what they decide.
+//!
+//! # Demand estimation
+//!
+//! A shaper only shows how much an ENI sent, never how much it wanted to:
+//! an ENI that ran at ≥ 95% of its rate during the last period is taken to
+//! be backlogged and its demand is ramped multiplicatively (× 2 per period,
+//! and at once to at least its guarantee) toward its limit; otherwise its
+//! demand is the measured rate plus a margin, decaying by at most half per
+//! period so that a pause of one period does not give its share away.
+//! Every ENI keeps a small floor so that new traffic is seen.
+//!
+//! # Caps from the controller
+//!
+//! The server sees what one host cannot (pools spanning hosts) and answers
+//! each report ([`HostBandwidthReport`], about once a second) with caps
+//! ([`HostBandwidthCaps`]); the local loop never allocates above them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use evnet_alloc::{Allocator, Eni, Flow, Link, Problem};
+use evnet_kernel::{Kernel, Op, ShaperStats};
+use evnet_model::desired::{DirectionStats, EniBandwidthReport, EniCaps, HostBandwidthCaps, HostBandwidthReport, HostDesired};
+use evnet_plan::plan::{DEFAULT_BURST_BYTES, eni_shaper_devices};
+use evnet_plan::{Ns, Shaper, naming};
+use tokio::sync::watch;
+
+/// Knobs of the local loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BandwidthConfig {
+    /// How often the loop runs (≤ 100 ms).
+    pub period: Duration,
+    /// How often the agent reports to the server and fetches caps.
+    pub report_every: Duration,
+    /// An ENI sending at least this share of its rate (percent) is
+    /// backlogged.
+    pub backlog_percent: u64,
+    /// Smallest rate an ENI is given, so that new demand shows (bit/s;
+    /// never above the ENI's limit).
+    pub floor_bps: u64,
+    /// A shaper's rate is changed only when the new one differs by more than
+    /// this share of the old (parts per thousand) …
+    pub threshold_permille: u64,
+    /// … and by more than this many bit/s.
+    pub threshold_bps: u64,
+}
+
+impl Default for BandwidthConfig {
+    fn default() -> Self {
+        BandwidthConfig {
+            period: Duration::from_millis(100),
+            report_every: Duration::from_secs(1),
+            backlog_percent: 95,
+            floor_bps: 2_000_000,
+            threshold_permille: 10,
+            threshold_bps: 500_000,
+        }
+    }
+}
+
+/// The next demand estimate of one ENI in one direction.
+///
+/// * `prev`: the last estimate;
+/// * `measured`: what it sent during the last period;
+/// * `enforced`: the rate its shaper had during that period;
+/// * `guarantee`, `limit`: its contract (the limit already capped by the
+///   controller).
+///
+/// Backlogged (`measured ≥ backlog_percent % of enforced`): the demand is
+/// above the rate, so it ramps: `max(prev, 2 × enforced, guarantee)`.
+/// Otherwise `max(measured × 5/4 + floor, prev / 2)`. Always within
+/// `[min(floor, limit), limit]`.
+pub fn next_demand(cfg: &BandwidthConfig, prev: u64, measured: u64, enforced: u64, guarantee: u64, limit: u64) -> u64 {
+    let floor = cfg.floor_bps.min(limit);
+    let backlogged = enforced > 0 && u128::from(measured) * 100 >= u128::from(enforced) * u128::from(cfg.backlog_percent);
+    let d = if backlogged {
+        prev.max(enforced.saturating_mul(2)).max(guarantee)
+    } else {
+        (measured.saturating_add(measured / 4).saturating_add(floor)).max(prev / 2)
+    };
+    d.clamp(floor, limit.max(floor))
+}
+
+/// Whether a shaper at `cur` should be moved to `new`.
+pub fn should_change(cfg: &BandwidthConfig, cur: u64, new: u64) -> bool {
+    let diff = cur.abs_diff(new);
+    diff > cfg.threshold_bps && u128::from(diff) * 1000 > u128::from(cur) * u128::from(cfg.threshold_permille)
+}
+
+/// Counter state of one shaper between two periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meter {
+    at_ms: u64,
+    bytes: u64,
+    /// The rate the shaper had at that sample.
+    rate_bps: u64,
+}
+
+/// Per ENI and direction: what the loop knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct DirState {
+    meter: Option<Meter>,
+    demand_bps: u64,
+    stats: DirectionStats,
+}
+
+/// One ENI's shapers as the controller sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniShapers {
+    pub eni_id: String,
+    /// The VPC namespace holding both shapers.
+    pub ns: String,
+    /// What the ENI receives: its VPC-side veth.
+    pub rx_dev: String,
+    /// What it sends: its IFB.
+    pub tx_dev: String,
+    pub guaranteed_bps: u64,
+    pub limit_bps: u64,
+    pub weight: u32,
+    pub burst_bytes: u32,
+}
+
+/// The shaped ENIs of a desired state, in a stable order.
+pub fn shaped_enis(d: &HostDesired) -> Vec<EniShapers> {
+    let vni: BTreeMap<&str, u32> = d.vpcs.iter().map(|v| (v.vpc_id.as_str(), v.vni)).collect();
+    let mut out: Vec<EniShapers> = d
+        .instances
+        .iter()
+        .flat_map(|i| i.enis.iter())
+        .filter(|e| e.bandwidth.limit_bps > 0)
+        .filter_map(|e| {
+            let vni = *vni.get(e.vpc_id.as_str())?;
+            let (rx_dev, tx_dev) = eni_shaper_devices(&e.eni_id);
+            let b = &e.bandwidth;
+            Some(EniShapers {
+                eni_id: e.eni_id.clone(),
+                ns: naming::vpc_netns(&d.host_id, vni),
+                rx_dev,
+                tx_dev,
+                guaranteed_bps: b.guaranteed_bps.min(b.limit_bps),
+                limit_bps: b.limit_bps,
+                weight: b.weight.max(1),
+                burst_bytes: if b.burst_bytes == 0 { DEFAULT_BURST_BYTES } else { b.burst_bytes },
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.eni_id.cmp(&b.eni_id));
+    out.dedup_by(|a, b| a.eni_id == b.eni_id);
+    out
+}
+
+/// The VPC namespaces whose shapers the loop reads.
+pub fn shaper_namespaces(d: &HostDesired) -> Vec<String> {
+    let mut v: Vec<String> = d.vpcs.iter().map(|v| naming::vpc_netns(&d.host_id, v.vni)).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// What one step decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Rate changes to apply, in place.
+    pub ops: Vec<Op>,
+    /// Per ENI: measured rate, demand and allocation, both directions.
+    pub report: Vec<EniBandwidthReport>,
+}
+
+/// The local controller: demand estimates between steps and the
+/// allocator's scratch space. Pure: no clock, no IO.
+#[derive(Debug, Default)]
+pub struct Controller {
+    cfg: BandwidthConfig,
+    state: BTreeMap<(String, bool), DirState>,
+    allocator: Allocator,
+}
+
+impl Controller {
+    pub fn new(cfg: BandwidthConfig) -> Controller {
+        Controller { cfg, state: BTreeMap::new(), allocator: Allocator::new() }
+    }
+
+    pub fn config(&self) -> &BandwidthConfig {
+        &self.cfg
+    }
+
+    /// One period: `stats` are the shapers' counters read at `now_ms`;
+    /// `caps` the controller's caps by ENI id. ENIs whose shapers do not
+    /// exist yet are left out (the reconciler builds them).
+    pub fn step(&mut self, now_ms: u64, desired: &HostDesired, stats: &[ShaperStats], caps: &BTreeMap<String, EniCaps>) -> Step {
+        let by_dev: BTreeMap<(&str, &str), &ShaperStats> = stats.iter().map(|s| ((s.ns.as_str(), s.dev.as_str()), s)).collect();
+        let enis: Vec<(EniShapers, &ShaperStats, &ShaperStats)> = shaped_enis(desired)
+            .into_iter()
+            .filter_map(|e| {
+                let tx = *by_dev.get(&(e.ns.as_str(), e.tx_dev.as_str()))?;
+                let rx = *by_dev.get(&(e.ns.as_str(), e.rx_dev.as_str()))?;
+                Some((e, tx, rx))
+            })
+            .collect();
+        self.state.retain(|(id, _), _| enis.iter().any(|(e, _, _)| e.eni_id == *id));
+
+        // Measure and estimate.
+        let cfg = self.cfg.clone();
+        let mut problem = Problem {
+            links: vec![Link { capacity_bps: desired.nic_mbps.saturating_mul(1_000_000) }; 2],
+            ..Default::default()
+        };
+        let mut limits = Vec::with_capacity(enis.len());
+        for (i, (e, tx, rx)) in enis.iter().enumerate() {
+            let cap = caps.get(&e.eni_id);
+            let tx_limit = e.limit_bps.min(cap.and_then(|c| c.tx_cap_bps).unwrap_or(u64::MAX)).max(1);
+            let rx_limit = e.limit_bps.min(cap.and_then(|c| c.rx_cap_bps).unwrap_or(u64::MAX)).max(1);
+            limits.push((tx_limit, rx_limit));
+            let mut demands = [0u64; 2];
+            for (k, (is_tx, s, limit)) in [(true, *tx, tx_limit), (false, *rx, rx_limit)].into_iter().enumerate() {
+                let st = self.state.entry((e.eni_id.clone(), is_tx)).or_default();
+                let (measured, enforced) = match st.meter {
+                    Some(m) if now_ms > m.at_ms && s.bytes >= m.bytes => {
+                        ((s.bytes - m.bytes).saturating_mul(8_000) / (now_ms - m.at_ms), m.rate_bps)
+                    }
+                    _ => (st.stats.rate_bps, 0),
+                };
+                let prev = if st.meter.is_none() { limit } else { st.demand_bps };
+                let fresh = st.meter.is_none();
+                st.meter = Some(Meter { at_ms: now_ms, bytes: s.bytes, rate_bps: s.shaper.rate_bps });
+                // The first sample says nothing about a rate: start from the limit.
+                st.demand_bps = if fresh { limit } else { next_demand(&cfg, prev, measured, enforced, e.guaranteed_bps, limit) };
+                st.stats.rate_bps = measured;
+                st.stats.demand_bps = st.demand_bps;
+                demands[k] = st.demand_bps;
+            }
+            problem.enis.push(Eni {
+                guaranteed_tx_bps: e.guaranteed_bps.min(tx_limit),
+                guaranteed_rx_bps: e.guaranteed_bps.min(rx_limit),
+                limit_tx_bps: tx_limit,
+                limit_rx_bps: rx_limit,
+                weight: e.weight,
+            });
+            problem.flows.push(Flow { src: Some(i), dst: None, demand_bps: demands[0], path: vec![0] });
+            problem.flows.push(Flow { src: None, dst: Some(i), demand_bps: demands[1], path: vec![1] });
+        }
+
+        // Allocate and turn allocations into rates.
+        let alloc = match self.allocator.try_allocate(&problem) {
+            Ok(a) => a.clone(),
+            Err(e) => {
+                tracing::error!(error = %e, "bandwidth problem rejected; rates left as they are");
+                return Step::default();
+            }
+        };
+        let mut step = Step::default();
+        for (i, (e, tx, rx)) in enis.iter().enumerate() {
+            let mut dirs = [DirectionStats::default(); 2];
+            for (k, (is_tx, s, flow)) in [(true, *tx, 2 * i), (false, *rx, 2 * i + 1)].into_iter().enumerate() {
+                let limit = if is_tx { limits[i].0 } else { limits[i].1 };
+                let rate = alloc.flow_rate_bps[flow].clamp(cfg.floor_bps.min(limit), limit);
+                let st = self.state.get_mut(&(e.eni_id.clone(), is_tx)).expect("state inserted above");
+                st.stats.allocated_bps = rate;
+                dirs[k] = st.stats;
+                let want = Shaper::flat(rate, e.burst_bytes);
+                let cur = s.shaper;
+                if should_change(&cfg, cur.rate_bps, want.rate_bps)
+                    || cur.ceil_bps != cur.rate_bps
+                    || !Shaper::same_burst(cur.burst_bytes, want.burst_bytes)
+                {
+                    let dev = if is_tx { &e.tx_dev } else { &e.rx_dev };
+                    step.ops.push(Op::SetRate { ns: Ns::named(&e.ns), dev: dev.clone(), shaper: want });
+                }
+            }
+            step.report.push(EniBandwidthReport { eni_id: e.eni_id.clone(), tx: dirs[0], rx: dirs[1] });
+        }
+        step
+    }
+}
+
+/// What the loop shares with the rest of the agent: the latest report and
+/// the caps the controller last sent.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub report: Mutex<HostBandwidthReport>,
+    pub caps: Mutex<BTreeMap<String, EniCaps>>,
+}
+
+impl Shared {
+    /// Replaces the caps with the controller's answer.
+    pub fn set_caps(&self, caps: HostBandwidthCaps) {
+        *self.caps.lock().expect("caps lock") = caps.enis.into_iter().map(|c| (c.eni_id.clone(), c)).collect();
+    }
+}
+
+/// Runs the local loop until the task is dropped: every period, read the
+/// counters of the desired state's shapers, step, apply the rate changes.
+pub async fn run_loop(
+    cfg: BandwidthConfig,
+    kernel: Arc<dyn Kernel>,
+    mut desired_rx: watch::Receiver<Option<Arc<HostDesired>>>,
+    shared: Arc<Shared>,
+    dry_run: bool,
+) {
+    let mut ctl = Controller::new(cfg.clone());
+    let mut tick = tokio::time::interval(cfg.period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let origin = Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(desired) = desired_rx.borrow_and_update().clone() else { continue };
+        let namespaces = shaper_namespaces(&desired);
+        if namespaces.is_empty() {
+            continue;
+        }
+        let k = kernel.clone();
+        let stats = match tokio::task::spawn_blocking(move || k.shaper_stats(&namespaces)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read shaper counters");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "shaper counter task panicked");
+                continue;
+            }
+        };
+        let now_ms = origin.elapsed().as_millis() as u64;
+        let caps = shared.caps.lock().expect("caps lock").clone();
+        let step = ctl.step(now_ms, &desired, &stats, &caps);
+        *shared.report.lock().expect("report lock") = HostBandwidthReport { enis: step.report.clone() };
+        if step.ops.is_empty() || dry_run {
+            continue;
+        }
+        let k = kernel.clone();
+        let ops = step.ops;
+        match tokio::task::spawn_blocking(move || evnet_kernel::apply_all(k.as_ref(), &ops)).await {
+            Ok(Ok(())) => {}
+            // A shaper the reconciler is rebuilding: the next period retries.
+            Ok(Err(e)) => tracing::warn!(error = %e, "rate change failed"),
+            Err(e) => tracing::error!(error = %e, "rate change task panicked"),
+        }
+    }
+}
+
+/// Reports to the server every `every` and keeps the caps it answers with.
+pub async fn report_loop(client: evnet_client::Client, host_id: String, every: Duration, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let path = format!("/v1/hosts/{host_id}/bandwidth");
+    loop {
+        tick.tick().await;
+        let report = shared.report.lock().expect("report lock").clone();
+        let body = match serde_json::to_value(&report) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the bandwidth report");
+                continue;
+            }
+        };
+        match client.send_json(evnet_client::Method::POST, &path, Some(&body)).await {
+            Ok(v) => match serde_json::from_value::<HostBandwidthCaps>(v) {
+                Ok(caps) => shared.set_caps(caps),
+                Err(e) => tracing::warn!(error = %e, "unexpected answer to the bandwidth report"),
+            },
+            Err(e) => tracing::warn!(error = %e, "bandwidth report failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = 1_000_000;
+
+    #[test]
+    fn backlogged_ramps_to_guarantee_then_doubles_up_to_the_limit() {
+        let c = BandwidthConfig::default();
+        // At 96% of a 10 Mbit/s rate: backlogged; at once to the guarantee.
+        assert_eq!(next_demand(&c, 10 * M, 96 * M / 10, 10 * M, 300 * M, 1000 * M), 300 * M);
+        // Above the guarantee: doubles.
+        assert_eq!(next_demand(&c, 300 * M, 299 * M, 300 * M, 100 * M, 1000 * M), 600 * M);
+        // Never above the limit.
+        assert_eq!(next_demand(&c, 600 * M, 600 * M, 600 * M, 100 * M, 1000 * M), 1000 * M);
+        // Never below what it already had while backlogged.
+        assert_eq!(next_demand(&c, 900 * M, 450 * M, 450 * M, 0, 1000 * M), 900 * M);
+    }
+
+    #[test]
+    fn idle_demand_follows_the_rate_with_a_margin_and_decays_by_half() {
+        let c = BandwidthConfig::default();
+        // 80 of 100: not backlogged; 80 × 5/4 + floor, but not below half of 500.
+        assert_eq!(next_demand(&c, 500 * M, 80 * M, 100 * M, 0, 1000 * M), 250 * M);
+        assert_eq!(next_demand(&c, 100 * M, 80 * M, 100 * M, 0, 1000 * M), 102 * M);
+        // Silence decays to the floor.
+        let mut d = 1000 * M;
+        for _ in 0..20 {
+            d = next_demand(&c, d, 0, d, 0, 1000 * M);
+        }
+        assert_eq!(d, c.floor_bps);
+        // A limit below the floor wins.
+        assert_eq!(next_demand(&c, 0, 0, 0, 0, M), M);
+    }
+
+    #[test]
+    fn small_changes_are_not_applied() {
+        let c = BandwidthConfig::default();
+        assert!(!should_change(&c, 100 * M, 100 * M + 400_000));
+        assert!(!should_change(&c, 500 * M, 504 * M), "under 1%");
+        assert!(should_change(&c, 500 * M, 510 * M));
+        assert!(should_change(&c, 2 * M, 4 * M));
+    }
+}
