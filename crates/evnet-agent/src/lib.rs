@@ -169,11 +169,18 @@ async fn reconcile_loop(
     let mut tick = tokio::time::interval(config.resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Backoff::new();
+    // After a pass that applied ops, the next pass runs at once: it checks
+    // that the plan converged (and repairs if not) without holding up the
+    // report of the generation just applied.
+    let mut verify_next = false;
     loop {
-        tokio::select! {
-            r = desired_rx.changed() => if r.is_err() { return },
-            _ = tick.tick() => {},
+        if !verify_next {
+            tokio::select! {
+                r = desired_rx.changed() => if r.is_err() { return },
+                _ = tick.tick() => {},
+            }
         }
+        let verifying = std::mem::take(&mut verify_next);
         let Some(desired) = desired_rx.borrow_and_update().clone() else { continue };
         let k = kernel.clone();
         let dry_run = config.dry_run;
@@ -182,13 +189,24 @@ async fn reconcile_loop(
         let result = tokio::task::spawn_blocking(move || reconcile_once(k.as_ref(), &d, dry_run)).await;
         metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(Ok(n)) => {
+            Ok(Ok(pass)) => {
                 metrics.reconciles_ok.inc();
-                metrics.ops_applied.inc_by(n as u64);
+                metrics.ops_applied.inc_by(pass.ops as u64);
                 metrics.applied_generation.set(desired.generation as i64);
                 backoff.reset();
-                if n > 0 {
-                    tracing::info!(generation = desired.generation, ops = n, ms = started.elapsed().as_millis() as u64, "reconciled");
+                if pass.ops > 0 {
+                    if verifying {
+                        metrics.reconciles_not_converged.inc();
+                        tracing::warn!(ops = pass.ops, "the previous pass had not converged; applied the rest");
+                    }
+                    tracing::info!(
+                        generation = desired.generation,
+                        ops = pass.ops,
+                        observe_ms = pass.observe.as_millis() as u64,
+                        apply_ms = pass.apply.as_millis() as u64,
+                        "reconciled"
+                    );
+                    verify_next = !dry_run;
                 }
                 applied_tx.send_replace(Applied {
                     generation: desired.generation,
@@ -205,30 +223,42 @@ async fn reconcile_loop(
     }
 }
 
-/// One level-triggered pass: observe, plan, apply; then check that the plan
-/// converged. Returns how many ops were applied.
-pub fn reconcile_once(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool) -> anyhow::Result<usize> {
+/// What one reconcile pass did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pass {
+    pub ops: usize,
+    pub observe: Duration,
+    pub apply: Duration,
+}
+
+/// One level-triggered pass: observe, plan, apply in order (stopping at the
+/// first failure). The next pass re-observes; converged means it plans nothing.
+pub fn reconcile_once(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool) -> anyhow::Result<Pass> {
     let cfg = PlanConfig::default();
+    let t0 = Instant::now();
     let observed = kernel.observe().context("observing the kernel")?;
+    let observe = t0.elapsed();
     let ops: Vec<Op> = plan(desired, &observed, &cfg);
     if ops.is_empty() {
-        return Ok(0);
+        return Ok(Pass { ops: 0, observe, apply: Duration::ZERO });
     }
     for op in &ops {
-        tracing::debug!(?op, "op");
+        tracing::debug!(%op, "op");
     }
     if dry_run {
         for op in &ops {
-            tracing::info!(?op, "would apply (dry run)");
+            tracing::info!(%op, "would apply (dry run)");
         }
-        return Ok(0);
+        return Ok(Pass { ops: 0, observe, apply: Duration::ZERO });
     }
+    let t1 = Instant::now();
     apply_all(kernel, &ops).context("applying the plan")?;
-    let again = plan(desired, &kernel.observe().context("observing the kernel")?, &cfg);
-    if !again.is_empty() {
-        anyhow::bail!("the plan did not converge: {} ops remain, first {:?}", again.len(), again[0]);
-    }
-    Ok(ops.len())
+    Ok(Pass { ops: ops.len(), observe, apply: t1.elapsed() })
+}
+
+/// Observes and plans again: true when nothing is left to do.
+pub fn converged(kernel: &dyn Kernel, desired: &HostDesired) -> anyhow::Result<bool> {
+    Ok(plan(desired, &kernel.observe().context("observing the kernel")?, &PlanConfig::default()).is_empty())
 }
 
 async fn heartbeat_loop(client: Client, host_id: String, every: Duration, mut applied_rx: watch::Receiver<Applied>) {

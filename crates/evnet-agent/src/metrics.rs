@@ -11,6 +11,7 @@ pub struct AgentMetrics {
     registry: Mutex<Registry>,
     pub reconciles_ok: Counter,
     pub reconciles_failed: Counter,
+    pub reconciles_not_converged: Counter,
     pub ops_applied: Counter,
     pub applied_generation: Gauge,
     pub reconcile_seconds: Histogram,
@@ -23,12 +24,14 @@ impl Default for AgentMetrics {
             registry: Mutex::new(Registry::default()),
             reconciles_ok: Counter::default(),
             reconciles_failed: Counter::default(),
+            reconciles_not_converged: Counter::default(),
             ops_applied: Counter::default(),
             applied_generation: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         };
         registry.register("reconciles_ok", "Reconcile passes that converged", m.reconciles_ok.clone());
         registry.register("reconciles_failed", "Reconcile passes that failed", m.reconciles_failed.clone());
+        registry.register("reconciles_not_converged", "Passes right after an apply that still found work", m.reconciles_not_converged.clone());
         registry.register("ops_applied", "Kernel ops applied", m.ops_applied.clone());
         registry.register("applied_generation", "The desired-state generation last applied", m.applied_generation.clone());
         registry.register("reconcile_seconds", "Time of one reconcile pass", m.reconcile_seconds.clone());

@@ -110,7 +110,8 @@ async fn agent_converges_repairs_and_adopts() {
     stop1.send(()).unwrap();
     a1.await.unwrap();
     let d1 = admin.desired_state(&h1, None, None).await.unwrap();
-    assert_eq!(reconcile_once(k1.as_ref(), &d1, false).unwrap(), 0, "restart adopts: nothing to redo");
+    assert_eq!(reconcile_once(k1.as_ref(), &d1, false).unwrap().ops, 0, "restart adopts: nothing to redo");
+    assert!(evnet_agent::converged(k1.as_ref(), &d1).unwrap());
     let before = k1.observe().unwrap();
     let (_a1b, _stop1b) = start_agent(&url, &agent_token, "host-1", "198.18.0.1", k1.clone());
     wait_synced(&admin, &h1).await;

@@ -323,24 +323,43 @@ async fn lab_end_to_end() {
     // A move keeps the ENI's MAC and address; peers reach it at the new place within 1 s.
     let a5 = a.create_instance(&CreateInstance { name: Some("a5".into()), host_id: Some(h3.clone()), ..Default::default() }).await.unwrap();
     wait_synced(&admin).await;
+    // Only the new place listens on this port, so a connection proves the ENI is there.
+    let new_place = in_ns(&a5.netns, move || {
+        let l = TcpListener::bind(("0.0.0.0", 7171)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let end = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < end {
+            if l.accept().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    });
     a.detach_eni(&a3.eni.id).await.unwrap();
     let moved = a.attach_eni(&a3.eni.id, &AttachEni { instance_id: a5.id.clone(), device_index: None }).await.unwrap();
     let returned = Instant::now();
     assert_eq!((moved.mac.as_str(), moved.private_ip), (a3.eni.mac.as_str(), a3.eni.private_ip));
-    let mut reached = None;
-    while returned.elapsed() < Duration::from_secs(3) {
-        let ip = a3.eni.private_ip;
-        let ok = Command::new("ip").args(["netns", "exec", &ns(&a1), "ping", "-c", "1", "-W", "0.2", &ip.to_string()]).output().unwrap().status.success();
-        if ok {
-            reached = Some(returned.elapsed());
-            break;
+    let target = SocketAddr::from((a3.eni.private_ip, 7171));
+    let reached = in_ns(&ns(&a1), move || {
+        while returned.elapsed() < Duration::from_secs(3) {
+            if TcpStream::connect_timeout(&target, Duration::from_millis(100)).is_ok() {
+                return Some(returned.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-    }
-    let reached = reached.expect("the moved ENI answered");
+        None
+    })
+    .join()
+    .unwrap();
+    assert!(new_place.join().unwrap(), "the new place accepted the connection");
+    let reached = reached.expect("the moved ENI answered at its new place");
+    wait_synced(&admin).await;
     eprintln!("moved ENI reachable {} ms after the API call returned", reached.as_millis());
     assert!(reached < Duration::from_secs(1), "reached after {reached:?}");
     let mac_in_a5 = Command::new("ip").args(["-n", &a5.netns, "-j", "link", "show", "eth0"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&mac_in_a5.stdout).contains(&a3.eni.mac), "a5's eth0 carries the ENI's MAC");
+    let shown = String::from_utf8_lossy(&mac_in_a5.stdout).into_owned();
+    assert!(shown.contains(&a3.eni.mac), "a5's eth0 carries the ENI's MAC {}: {shown} {}", a3.eni.mac, String::from_utf8_lossy(&mac_in_a5.stderr));
 
     // kill -9 of host-1's agent while a flow runs: not one packet lost.
     let rx = udp_collect(&a5.netns, 9100, Duration::from_millis(4500));
@@ -386,7 +405,12 @@ async fn lab_end_to_end() {
         .collect();
     evnet(&["lab", "down", "--dir", &dir.display().to_string()]);
     assert!(!dir.exists(), "lab down removed its directory");
-    assert_eq!(netns_set(), ns_before, "namespaces left behind");
+    // Only this lab's namespaces are judged: other tests may run beside this one.
+    let lab_id = st["lab_id"].as_str().unwrap().to_string();
+    let tags: Vec<String> = hosts.iter().map(|h| evnet_plan::naming::host_tag(&h.id)).collect();
+    let ours = |n: &String| n.contains(&format!("evl-{lab_id}-")) || tags.iter().any(|t| n.contains(&format!("-{t}-")));
+    let left: Vec<String> = netns_set().into_iter().filter(|n| ours(n) && !ns_before.contains(n)).collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
     assert_eq!(root_links(), links_before, "links left in the machine's namespace");
     for pid in pids {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
