@@ -81,6 +81,16 @@ pub async fn run(
     kernel: Arc<dyn Kernel>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(config, move |_| kernel, shutdown).await
+}
+
+/// Like [`run`], with the kernel made once the host's id is known (so it
+/// can be scoped to what the host owns).
+pub async fn run_with(
+    config: AgentConfig,
+    make_kernel: impl FnOnce(&str) -> Arc<dyn Kernel>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let client = Client::new(&config.server, config.token.clone()).context("bad --server URL")?;
     let metrics = Arc::new(metrics::AgentMetrics::default());
     if let Some(addr) = config.metrics_listen {
@@ -93,6 +103,7 @@ pub async fn run(
     }
     let host_id = register(&client, &config).await?;
     tracing::info!(host = %config.name, %host_id, "registered");
+    let kernel = make_kernel(&host_id);
 
     let (desired_tx, desired_rx) = watch::channel::<Option<Arc<HostDesired>>>(None);
     let (applied_tx, applied_rx) = watch::channel(Applied::default());

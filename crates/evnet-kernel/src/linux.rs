@@ -49,13 +49,23 @@ const MAIN_TABLE: u32 = 254;
 #[derive(Debug, Clone)]
 pub struct LinuxKernel {
     host_netns: Option<String>,
+    /// When set, only namespaces this host owns by name are observed
+    /// (several hosts may share one machine, as in the lab).
+    owner_host_id: Option<String>,
 }
 
 impl LinuxKernel {
     /// `host_netns`: the named namespace playing the host (`--host-netns`),
     /// or `None` for the process's own namespace.
     pub fn new(host_netns: Option<String>) -> LinuxKernel {
-        LinuxKernel { host_netns }
+        LinuxKernel { host_netns, owner_host_id: None }
+    }
+
+    /// Observes only the namespaces `naming::owned_netns` gives to
+    /// `host_id`, instead of every `ev…` namespace on the machine.
+    pub fn scoped_to_host(mut self, host_id: &str) -> LinuxKernel {
+        self.owner_host_id = Some(host_id.to_string());
+        self
     }
 
     fn ns_path(&self, ns: &Ns) -> Option<PathBuf> {
@@ -485,7 +495,8 @@ impl Kernel for LinuxKernel {
             Ok(rd) => {
                 for e in rd {
                     let n = e?.file_name().to_string_lossy().into_owned();
-                    if naming::is_evnet_netns(&n) && Some(&n) != self.host_netns.as_ref() {
+                    let mine = self.owner_host_id.as_deref().is_none_or(|h| naming::owned_netns(&n, h));
+                    if naming::is_evnet_netns(&n) && mine && Some(&n) != self.host_netns.as_ref() {
                         names.push(n);
                     }
                 }

@@ -103,6 +103,11 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.resync = Duration::from_millis(args.resync_ms.max(100));
     config.dry_run = args.dry_run;
     config.metrics_listen = args.metrics_listen;
-    let kernel = Arc::new(evnet_kernel::LinuxKernel::new(args.host_netns.clone()));
-    evnet_agent::run(config, kernel, shutdown_signal()).await
+    let host_netns = args.host_netns.clone();
+    evnet_agent::run_with(
+        config,
+        move |host_id| Arc::new(evnet_kernel::LinuxKernel::new(host_netns).scoped_to_host(host_id)),
+        shutdown_signal(),
+    )
+    .await
 }
