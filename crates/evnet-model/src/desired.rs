@@ -131,6 +131,7 @@ pub struct RuleDesired {
 /// the measured rate, the estimated demand and the rate allocated to it (the
 /// rate of its shaper).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DirectionStats {
     pub rate_bps: u64,
     pub demand_bps: u64,
@@ -140,6 +141,7 @@ pub struct DirectionStats {
 /// An ENI's bandwidth in both directions: `tx` is what it sends, `rx` what
 /// it receives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EniBandwidthReport {
     pub eni_id: String,
     pub tx: DirectionStats,
@@ -149,6 +151,7 @@ pub struct EniBandwidthReport {
 /// What an agent reports about its ENIs' bandwidth (`POST
 /// /v1/hosts/{id}/bandwidth`), about once a second.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct HostBandwidthReport {
     pub enis: Vec<EniBandwidthReport>,
 }

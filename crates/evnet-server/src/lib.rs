@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bandwidth;
 pub mod cache;
 pub mod common;
 pub mod desired;
@@ -33,7 +34,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use evnet_store::Store;
 
-use crate::api::{compute, infra, network};
+use crate::api::{compute, infra, network, stats};
 use crate::state::{AppState, Settings};
 
 /// Largest request body accepted.
@@ -49,6 +50,9 @@ pub fn app(state: AppState) -> Router {
         .route("/hosts/{id}", get(infra::get_host).delete(infra::delete_host))
         .route("/hosts/{id}/heartbeat", post(infra::heartbeat))
         .route("/hosts/{id}/desired", get(infra::desired))
+        .route("/hosts/{id}/bandwidth", post(stats::report))
+        .route("/enis/{id}/stats", get(stats::eni_stats))
+        .route("/bandwidth-stats", get(stats::overview))
         .route("/vpcs", post(network::create_vpc).get(network::list_vpcs))
         .route("/vpcs/{id}", get(network::get_vpc).patch(network::patch_vpc).delete(network::delete_vpc))
         .route("/subnets", post(network::create_subnet).get(network::list_subnets))
@@ -92,6 +96,7 @@ pub async fn state(store: Arc<dyn Store>, admin_token: &str, settings: Settings)
         ip_reservations: Default::default(),
         desired: Default::default(),
         metrics: Default::default(),
+        bandwidth: Default::default(),
     })
 }
 
@@ -133,6 +138,7 @@ pub async fn run(config: ServerConfig, shutdown: impl std::future::Future<Output
     let store: Arc<dyn Store> = Arc::new(evnet_store::EmbeddedStore::open(&config.data_dir.join("evnet.redb"))?);
     let st = state(store, &token, config.settings.clone()).await?;
     tokio::spawn(infra::watch_host_liveness(st.clone()));
+    tokio::spawn(bandwidth::run(st.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "evnet server listening");
     axum::serve(listener, app(st)).with_graceful_shutdown(shutdown).await?;

@@ -3,7 +3,9 @@
 //! into the repository as `openapi.json`; a test fails when they differ.
 
 use axum::response::IntoResponse;
-use evnet_model::desired::HostDesired;
+use evnet_model::desired::{HostBandwidthCaps, HostBandwidthReport, HostDesired};
+
+use crate::api::stats::{BandwidthStats, EniStats};
 use evnet_model::*;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
@@ -34,6 +36,8 @@ const OPS: &[Op] = &[
     op("delete", "/v1/hosts/{id}", "Delete a host without instances (admin)", None, None, 204, false),
     op("post", "/v1/hosts/{id}/heartbeat", "Report liveness and the applied generation (agent)", Some("Heartbeat"), Some("Host"), 200, false),
     op("get", "/v1/hosts/{id}/desired", "The host's desired state; with ?since=G a long poll until the generation passes G (agent)", None, Some("HostDesired"), 200, false),
+    op("post", "/v1/hosts/{id}/bandwidth", "Report the host's ENIs' measured rate, demand and allocation (agent); answers the controller's caps", Some("HostBandwidthReport"), Some("HostBandwidthCaps"), 200, false),
+    op("get", "/v1/bandwidth-stats", "Rates, demand and allocations of the caller's attached ENIs and their hosts (what `evnet top` shows)", None, Some("BandwidthStats"), 200, false),
     op("post", "/v1/vpcs", "Create a VPC (with its main route table and default group)", Some("CreateVpc"), Some("Vpc"), 201, false),
     op("get", "/v1/vpcs", "List VPCs", None, Some("Vpc"), 200, true),
     op("get", "/v1/vpcs/{id}", "Get a VPC", None, Some("Vpc"), 200, false),
@@ -66,6 +70,7 @@ const OPS: &[Op] = &[
     op("get", "/v1/enis", "List ENIs (?subnet_id=, ?vpc_id=, ?instance_id=, ?host_id=, ?status=)", None, Some("Eni"), 200, true),
     op("get", "/v1/enis/{id}", "Get an ENI", None, Some("Eni"), 200, false),
     op("patch", "/v1/enis/{id}", "Change an ENI, including its bandwidth, live", Some("PatchEni"), Some("Eni"), 200, false),
+    op("get", "/v1/enis/{id}/stats", "An ENI's measured rate, demand and allocation in each direction", None, Some("EniStats"), 200, false),
     op("delete", "/v1/enis/{id}", "Delete a detached ENI and free its addresses", None, None, 204, false),
     op("post", "/v1/enis/{id}/attach", "Attach an ENI to an instance (admission on the instance's host)", Some("AttachEni"), Some("Eni"), 200, false),
     op("post", "/v1/enis/{id}/detach", "Detach an ENI; it keeps its MAC, addresses and groups", None, Some("Eni"), 200, false),
@@ -87,7 +92,8 @@ fn schemas() -> Map<String, Value> {
         Tenant, TenantWithToken, CreateTenant, Host, RegisterHost, Heartbeat, HostDesired, Vpc, CreateVpc, Subnet,
         CreateSubnet, Instance, CreateInstance, Eni, CreateEni, PatchEni, AttachEni, SecurityGroup,
         CreateSecurityGroup, PatchSecurityGroup, RouteTable, CreateRouteTable, PatchRouteTable, Peering,
-        CreatePeering, BandwidthPool, CreateBandwidthPool, PatchBandwidthPool, ErrorBody
+        CreatePeering, BandwidthPool, CreateBandwidthPool, PatchBandwidthPool, ErrorBody, HostBandwidthReport,
+        HostBandwidthCaps, EniStats, BandwidthStats
     );
     let mut defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     defs.sort_keys();

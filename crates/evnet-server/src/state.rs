@@ -36,4 +36,6 @@ pub struct AppState {
     pub ip_reservations: Arc<Mutex<HashMap<String, HashSet<Ipv4Addr>>>>,
     pub desired: Arc<DesiredTracker>,
     pub metrics: Arc<Metrics>,
+    /// Agents' latest bandwidth reports and the controller's caps.
+    pub bandwidth: Arc<crate::bandwidth::Board>,
 }

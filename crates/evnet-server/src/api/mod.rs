@@ -3,3 +3,4 @@
 pub mod compute;
 pub mod infra;
 pub mod network;
+pub mod stats;

@@ -1,0 +1,118 @@
+//! Bandwidth reports, ENI stats, the overview and the controller's caps,
+//! through the router.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use evnet_server::state::{AppState, Settings};
+use evnet_store::MemStore;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-secret";
+const M: u64 = 1_000_000;
+
+struct T {
+    st: AppState,
+    app: axum::Router,
+}
+
+impl T {
+    async fn new() -> T {
+        let st = evnet_server::state(Arc::new(MemStore::new()), ADMIN, Settings::default()).await.unwrap();
+        T { app: evnet_server::app(st.clone()), st }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let b = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
+        let req = match body {
+            Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())).unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        };
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() })
+    }
+
+    async fn ok(&self, method: &str, path: &str, token: &str, body: Value) -> Value {
+        let (s, v) = self.call(method, path, token, Some(body)).await;
+        assert!(s.is_success(), "{method} {path}: {s} {v}");
+        v
+    }
+
+    async fn id(&self, method: &str, path: &str, token: &str, body: Value) -> String {
+        self.ok(method, path, token, body).await["id"].as_str().unwrap().to_string()
+    }
+}
+
+fn report(eni: &str, rate: u64, demand: u64, alloc: u64) -> Value {
+    let d = json!({"rate_bps": rate, "demand_bps": demand, "allocated_bps": alloc});
+    json!({"eni_id": eni, "tx": d, "rx": d})
+}
+
+#[tokio::test]
+async fn reports_feed_stats_overview_and_pool_caps() {
+    let t = T::new().await;
+    let agent = t.ok("POST", "/v1/agent-tokens", ADMIN, json!({})).await["token"].as_str().unwrap().to_string();
+    let h1 = t.id("POST", "/v1/hosts", &agent, json!({"name": "h1", "underlay_ip": "198.18.0.1", "nic_mbps": 1000})).await;
+    let h2 = t.id("POST", "/v1/hosts", &agent, json!({"name": "h2", "underlay_ip": "198.18.0.2", "nic_mbps": 1000})).await;
+    let a = t.ok("POST", "/v1/tenants", ADMIN, json!({"name": "a"})).await["token"].as_str().unwrap().to_string();
+    let b = t.ok("POST", "/v1/tenants", ADMIN, json!({"name": "b"})).await["token"].as_str().unwrap().to_string();
+    let vpc = t.id("POST", "/v1/vpcs", &a, json!({"cidr_block": "10.0.0.0/16"})).await;
+    let subnet = t.id("POST", "/v1/subnets", &a, json!({"vpc_id": vpc, "cidr_block": "10.0.0.0/24"})).await;
+    let e1 = t.id("POST", "/v1/enis", &a, json!({"subnet_id": subnet, "name": "e1"})).await;
+    let e2 = t.id("POST", "/v1/enis", &a, json!({"subnet_id": subnet, "name": "e2"})).await;
+    t.ok("POST", "/v1/instances", &a, json!({"host_id": h1, "eni_ids": [e1]})).await;
+    t.ok("POST", "/v1/instances", &a, json!({"host_id": h2, "eni_ids": [e2]})).await;
+
+    // Before any report: zeros and no timestamp.
+    let (s, v) = t.call("GET", &format!("/v1/enis/{e1}/stats"), &a, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["updated_at_ms"], Value::Null);
+    assert_eq!(v["tx"], json!({"rate_bps": 0, "demand_bps": 0, "allocated_bps": 0}));
+    assert_eq!(v["limit_bps"], json!(1000 * M));
+
+    // Agents report; tenants may not, unknown hosts are 404.
+    let caps = t.ok("POST", &format!("/v1/hosts/{h1}/bandwidth"), &agent, json!({"enis": [report(&e1, 90 * M, 200 * M, 100 * M)]})).await;
+    assert_eq!(caps, json!({"enis": []}), "no pool: no caps");
+    t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent, json!({"enis": [report(&e2, 10 * M, 20 * M, 30 * M)]})).await;
+    let (s, _) = t.call("POST", &format!("/v1/hosts/{h1}/bandwidth"), &a, Some(json!({"enis": []}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = t.call("POST", "/v1/hosts/host-00000000deadbeef/bandwidth", &agent, Some(json!({"enis": []}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t.call("POST", &format!("/v1/hosts/{h1}/bandwidth"), &agent, Some(json!({"enis": [], "extra": 1}))).await;
+    assert!(s.is_client_error(), "unknown fields or bad bodies are the caller's mistake: {s}");
+
+    // The owner reads them; another tenant gets 404.
+    let (s, v) = t.call("GET", &format!("/v1/enis/{e1}/stats"), &a, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["tx"], json!({"rate_bps": 90 * M, "demand_bps": 200 * M, "allocated_bps": 100 * M}));
+    assert_eq!(v["host_id"], json!(h1));
+    assert!(v["updated_at_ms"].as_u64().unwrap() > 0);
+    let (s, _) = t.call("GET", &format!("/v1/enis/{e1}/stats"), &b, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Overview: the tenant's ENIs and their hosts' totals; b sees nothing.
+    let (_, v) = t.call("GET", "/v1/bandwidth-stats", &a, None).await;
+    assert_eq!(v["enis"].as_array().unwrap().len(), 2);
+    let hosts = v["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2);
+    let th1 = hosts.iter().find(|h| h["host_id"] == json!(h1)).unwrap();
+    assert_eq!((th1["tx"]["rate_bps"].as_u64(), th1["nic_bps"].as_u64(), th1["enis"].as_u64()), (Some(90 * M), Some(1000 * M), Some(1)));
+    let (_, v) = t.call("GET", "/v1/bandwidth-stats", &b, None).await;
+    assert_eq!(v, json!({"hosts": [], "enis": []}));
+
+    // A pool over both ENIs (on two hosts): after a controller round, each
+    // host's next report is answered with caps that share the pool.
+    t.ok("POST", "/v1/bandwidth-pools", &a, json!({"scope": "tenant", "limit_mbps": 100, "members": [e1, e2]})).await;
+    t.ok("POST", &format!("/v1/hosts/{h1}/bandwidth"), &agent, json!({"enis": [report(&e1, 90 * M, 1000 * M, 100 * M)]})).await;
+    t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent, json!({"enis": [report(&e2, 90 * M, 1000 * M, 100 * M)]})).await;
+    evnet_server::bandwidth::round(&t.st, evnet_server::common::now_ms());
+    let c1 = t.ok("POST", &format!("/v1/hosts/{h1}/bandwidth"), &agent, json!({"enis": [report(&e1, 50 * M, 1000 * M, 50 * M)]})).await;
+    let c2 = t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent, json!({"enis": [report(&e2, 50 * M, 1000 * M, 50 * M)]})).await;
+    assert_eq!(c1, json!({"enis": [{"eni_id": e1, "tx_cap_bps": 50 * M, "rx_cap_bps": 50 * M}]}));
+    assert_eq!(c2, json!({"enis": [{"eni_id": e2, "tx_cap_bps": 50 * M, "rx_cap_bps": 50 * M}]}));
+}
