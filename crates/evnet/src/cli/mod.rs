@@ -18,6 +18,7 @@ mod render;
 mod resolve;
 mod route_table;
 mod sg;
+mod top;
 
 #[cfg(test)]
 mod tests;
@@ -106,6 +107,8 @@ pub enum ResourceCommand {
     /// Run a command inside an instance's network namespace (root).
     #[command(after_help = exec::EXAMPLES)]
     Exec(ExecArgs),
+    /// Live rates, demand and allocations of hosts and ENIs.
+    Top(top::TopArgs),
 }
 
 /// Runs one resource command against the server `opts` names.
@@ -124,6 +127,7 @@ pub async fn run(cmd: ResourceCommand, opts: &GlobalOpts) -> anyhow::Result<()> 
         ResourceCommand::Peering(c) => network::run_peering(c, &client, out).await,
         ResourceCommand::BandwidthPool(c) => pool::run(c, &client, out).await,
         ResourceCommand::Exec(args) => exec::run(args, &client).await,
+        ResourceCommand::Top(args) => top::run(args, &client, out).await,
     }
 }
 
