@@ -19,19 +19,22 @@
 //! 3. **healthz**: the same loop on `GET /healthz` — the floor of this HTTP
 //!    stack on this machine (no auth, no JSON), for the ratio the design asks.
 //!
-//! Each client is its own `reqwest::Client` allowed one idle connection, and
-//! sends one request at a time, so each client is one keep-alive HTTP/1.1
-//! connection. A request counts when its answer completes inside the
+//! With `--client reqwest` (the default) each client is its own
+//! `reqwest::Client` allowed one idle connection; with `--client raw` it is
+//! the benchmark's minimal HTTP/1.1 client ([`crate::rawhttp`]), which costs
+//! far less CPU per request. Either way each client sends one request at a
+//! time over one keep-alive HTTP/1.1 connection. A request counts when its answer completes inside the
 //! measured window (after `--warmup-s`); its latency is from just before
 //! `send` to the last byte of the body. CPU time of the server process
 //! (`/proc/PID/stat`) and of this process is sampled at the window's edges.
 //!
-//! Rounds rotate the order of the client counts (A B C, B C A, C A B, …) and
-//! the summary gives medians over rounds. Before each round the disk's raw
+//! Rounds rotate the order of the configurations (client kind × client
+//! count: A B C, B C A, C A B, …) and the summary gives medians over rounds. Before each round the disk's raw
 //! durable-write rate (4 KiB overwrite + fdatasync, 1 s) is measured in the
 //! same directory, as the floor every durable commit pays.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +46,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::rawhttp::RawConn;
 use crate::server::{ServerProcess, find_evnet};
 use crate::stats::{median, process_cpu, quantile, us};
 
@@ -67,6 +71,9 @@ pub struct ApiArgs {
     /// VPCs, each with one /16 subnet, that the creates spread over.
     #[arg(long, default_value_t = 4)]
     pub subnets: usize,
+    /// The load generator's HTTP client(s); several alternate like client counts.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "reqwest")]
+    pub client: Vec<ClientKind>,
     /// The `evnet` binary (default: `evnet` next to this executable).
     #[arg(long)]
     pub evnet: Option<PathBuf>,
@@ -114,6 +121,7 @@ impl Phase {
 #[derive(Debug, Clone)]
 struct Sample {
     round: usize,
+    kind: ClientKind,
     clients: usize,
     create: Phase,
     get: Phase,
@@ -123,6 +131,7 @@ struct Sample {
 
 struct Target {
     base: String,
+    addr: SocketAddr,
     auth: HeaderValue,
     create_bodies: Vec<Vec<u8>>,
 }
@@ -160,7 +169,59 @@ async fn setup(url: &str, subnets: usize) -> anyhow::Result<Target> {
         )?;
         create_bodies.push(serde_json::to_vec(&json!({"subnet_id": sn.id}))?);
     }
-    Ok(Target { base: url.to_string(), auth: HeaderValue::from_str(&format!("Bearer {}", t.token))?, create_bodies })
+    let addr: SocketAddr = url.trim_start_matches("http://").parse().context("the server's address")?;
+    Ok(Target { base: url.to_string(), addr, auth: HeaderValue::from_str(&format!("Bearer {}", t.token))?, create_bodies })
+}
+
+/// One client's connection: a reqwest client holding one keep-alive
+/// connection, or the minimal raw HTTP/1.1 connection.
+pub enum Conn {
+    Reqwest(reqwest::Client),
+    Raw(Option<RawConn>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// One `reqwest::Client` per client, allowed one idle connection.
+    Reqwest,
+    /// The benchmark's own minimal HTTP/1.1 client (a few µs per request).
+    Raw,
+}
+
+impl Conn {
+    async fn send(&mut self, target: &Target, method: &str, path: &str, auth: bool, body: Option<&[u8]>) -> Result<(u16, Vec<u8>), String> {
+        match self {
+            Conn::Reqwest(c) => {
+                let url = format!("{}{path}", target.base);
+                let mut req = if method == "POST" { c.post(url) } else { c.get(url) };
+                if auth {
+                    req = req.header(AUTHORIZATION, target.auth.clone());
+                }
+                if let Some(b) = body {
+                    req = req.header(CONTENT_TYPE, HeaderValue::from_static("application/json")).body(b.to_vec());
+                }
+                let r = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+                let status = r.status().as_u16();
+                let bytes = r.bytes().await.map_err(|e| format!("reading the body failed: {e}"))?;
+                Ok((status, bytes.to_vec()))
+            }
+            Conn::Raw(slot) => {
+                if slot.is_none() {
+                    *slot = Some(RawConn::connect(target.addr).await.map_err(|e| format!("connect: {e}"))?);
+                }
+                let conn = slot.as_mut().expect("connected above");
+                let auth = auth.then(|| target.auth.to_str().unwrap_or_default());
+                match conn.request(method, path, auth, body).await {
+                    Ok(r) => Ok(r),
+                    Err(e) => {
+                        // Reconnect for the next request.
+                        *slot = None;
+                        Err(format!("raw request failed: {e}"))
+                    }
+                }
+            }
+        }
+    }
 }
 
 struct WorkerOut {
@@ -169,47 +230,46 @@ struct WorkerOut {
     first_error: Option<String>,
     lat_us: Vec<u32>,
     ids: Vec<String>,
+    conn: Conn,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn worker(
     w: usize,
     op: Op,
-    client: reqwest::Client,
+    mut conn: Conn,
     target: Arc<Target>,
     ids: Arc<Vec<String>>,
     window_start: Instant,
     window_end: Instant,
 ) -> WorkerOut {
-    let mut out = WorkerOut { ok: 0, errors: 0, first_error: None, lat_us: vec![], ids: vec![] };
+    let (mut ok, mut errors, mut first_error, mut lat_us, mut new_ids) = (0, 0, None, vec![], vec![]);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w as u64);
-    let create_url = format!("{}/v1/enis", target.base);
-    let health_url = format!("{}/healthz", target.base);
     let body = target.create_bodies[w % target.create_bodies.len()].clone();
+    let mut path = String::new();
     for _ in 0..MAX_REQUESTS_PER_CLIENT {
         if Instant::now() >= window_end {
             break;
         }
-        let req = match op {
-            Op::Create => client
-                .post(&create_url)
-                .header(AUTHORIZATION, target.auth.clone())
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .body(body.clone()),
-            Op::Get => {
-                let id = &ids[rng.random_range(0..ids.len())];
-                client.get(format!("{}/v1/enis/{id}", target.base)).header(AUTHORIZATION, target.auth.clone())
+        let (method, auth, body) = match op {
+            Op::Create => {
+                path.clear();
+                path.push_str("/v1/enis");
+                ("POST", true, Some(body.as_slice()))
             }
-            Op::Health => client.get(&health_url),
+            Op::Get => {
+                path.clear();
+                path.push_str("/v1/enis/");
+                path.push_str(&ids[rng.random_range(0..ids.len())]);
+                ("GET", true, None)
+            }
+            Op::Health => {
+                path.clear();
+                path.push_str("/healthz");
+                ("GET", false, None)
+            }
         };
         let start = Instant::now();
-        let result = async {
-            let r = req.send().await?;
-            let status = r.status().as_u16();
-            let bytes = r.bytes().await?;
-            Ok::<_, reqwest::Error>((status, bytes))
-        }
-        .await;
+        let result = conn.send(&target, method, &path, auth, body).await;
         let done = Instant::now();
         let counted = done >= window_start && done <= window_end;
         let expected = if op == Op::Create { 201 } else { 200 };
@@ -217,36 +277,35 @@ async fn worker(
             Ok((status, bytes)) if status == expected => {
                 if op == Op::Create {
                     match serde_json::from_slice::<WithId>(&bytes) {
-                        Ok(e) => out.ids.push(e.id),
+                        Ok(e) => new_ids.push(e.id),
                         Err(e) => {
-                            out.errors += 1;
-                            out.first_error.get_or_insert_with(|| format!("undecodable 201: {e}"));
+                            errors += 1;
+                            first_error.get_or_insert_with(|| format!("undecodable 201: {e}"));
                             continue;
                         }
                     }
                 }
                 if counted {
-                    out.ok += 1;
-                    out.lat_us.push(u32::try_from((done - start).as_micros()).unwrap_or(u32::MAX));
+                    ok += 1;
+                    lat_us.push(u32::try_from((done - start).as_micros()).unwrap_or(u32::MAX));
                 }
             }
             Ok((status, bytes)) => {
-                out.errors += 1;
-                out.first_error
-                    .get_or_insert_with(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)])));
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)])));
             }
             Err(e) => {
-                out.errors += 1;
-                out.first_error.get_or_insert_with(|| format!("request failed: {e}"));
+                errors += 1;
+                first_error.get_or_insert(e);
             }
         }
     }
-    out
+    WorkerOut { ok, errors, first_error, lat_us, ids: new_ids, conn }
 }
 
 async fn run_phase(
     op: Op,
-    clients: &[reqwest::Client],
+    conns: &mut Vec<Conn>,
     target: &Arc<Target>,
     ids: &Arc<Vec<String>>,
     args: &ApiArgs,
@@ -255,10 +314,10 @@ async fn run_phase(
     let t0 = Instant::now();
     let window_start = t0 + Duration::from_secs_f64(args.warmup_s);
     let window_end = window_start + Duration::from_secs_f64(args.duration_s);
-    let tasks: Vec<_> = clients
-        .iter()
+    let tasks: Vec<_> = conns
+        .drain(..)
         .enumerate()
-        .map(|(w, c)| tokio::spawn(worker(w, op, c.clone(), target.clone(), ids.clone(), window_start, window_end)))
+        .map(|(w, c)| tokio::spawn(worker(w, op, c, target.clone(), ids.clone(), window_start, window_end)))
         .collect();
     let pid = server_pid.to_string();
     tokio::time::sleep_until(window_start.into()).await;
@@ -280,6 +339,7 @@ async fn run_phase(
         }
         phase.lat_us.extend(out.lat_us);
         new_ids.extend(out.ids);
+        conns.push(out.conn);
     }
     phase.lat_us.sort_unstable();
     Ok((phase, new_ids))
@@ -301,59 +361,78 @@ fn raw_fsync_rate(dir: &Path) -> anyhow::Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn one_configuration(evnet: &Path, dir: &Path, clients: usize, round: usize, fsync_per_s: f64, args: &ApiArgs) -> anyhow::Result<Sample> {
+async fn one_configuration(
+    evnet: &Path,
+    dir: &Path,
+    kind: ClientKind,
+    clients: usize,
+    round: usize,
+    fsync_per_s: f64,
+    args: &ApiArgs,
+) -> anyhow::Result<Sample> {
     let server = ServerProcess::start(evnet, dir, ADMIN_TOKEN).await?;
     let target = Arc::new(setup(&server.url, args.subnets).await.context("setting up the tenant and subnets")?);
-    let conns: Vec<reqwest::Client> = (0..clients)
-        .map(|_| reqwest::Client::builder().pool_max_idle_per_host(1).tcp_nodelay(true).timeout(Duration::from_secs(30)).build())
-        .collect::<Result<_, _>>()?;
+    let mut conns = vec![];
+    for _ in 0..clients {
+        conns.push(match kind {
+            ClientKind::Reqwest => Conn::Reqwest(
+                reqwest::Client::builder().pool_max_idle_per_host(1).tcp_nodelay(true).timeout(Duration::from_secs(30)).build()?,
+            ),
+            ClientKind::Raw => Conn::Raw(Some(RawConn::connect(target.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?)),
+        });
+    }
     let none = Arc::new(vec![]);
-    let (create, ids) = run_phase(Op::Create, &conns, &target, &none, args, server.pid()).await?;
+    let (create, ids) = run_phase(Op::Create, &mut conns, &target, &none, args, server.pid()).await?;
     if ids.is_empty() {
         bail!("no ENI was created: {}", create.first_error.unwrap_or_default());
     }
     let ids = Arc::new(ids);
-    let (get, _) = run_phase(Op::Get, &conns, &target, &ids, args, server.pid()).await?;
-    let (health, _) = run_phase(Op::Health, &conns, &target, &ids, args, server.pid()).await?;
+    let (get, _) = run_phase(Op::Get, &mut conns, &target, &ids, args, server.pid()).await?;
+    let (health, _) = run_phase(Op::Health, &mut conns, &target, &ids, args, server.pid()).await?;
     server.stop()?;
-    Ok(Sample { round, clients, create, get, health, fsync_per_s })
+    Ok(Sample { round, kind, clients, create, get, health, fsync_per_s })
 }
 
 fn print_header() {
     println!(
-        "{:>5} {:>7} | {:>9} {:>8} {:>8} {:>7} | {:>9} {:>8} {:>8} {:>7} | {:>9} | {:>6} {:>6} | {:>6}",
-        "round", "clients", "creates/s", "p50 ms", "p99 ms", "srv µs", "gets/s", "p50 ms", "p99 ms", "srv µs", "healthz/s", "c/fs", "g/hz", "errors"
+        "{:>5} {:>7} {:>7} | {:>9} {:>8} {:>8} {:>7} | {:>9} {:>8} {:>8} {:>7} | {:>9} | {:>6} {:>6} | {:>6}",
+        "round", "client", "clients", "creates/s", "p50 ms", "p99 ms", "srv µs", "gets/s", "p50 ms", "p99 ms", "srv µs", "healthz/s", "c/fs", "g/hz", "errors"
     );
 }
 
-fn print_sample(s: &Sample) {
-    println!(
-        "{:>5} {:>7} | {:>9.0} {:>8.2} {:>8.2} {:>7.0} | {:>9.0} {:>8.3} {:>8.3} {:>7.1} | {:>9.0} | {:>6.2} {:>6.2} | {:>6}",
-        s.round,
-        s.clients,
-        s.create.rate(),
-        s.create.p(0.5),
-        s.create.p(0.99),
-        s.create.server_us_per_op(),
-        s.get.rate(),
-        s.get.p(0.5),
-        s.get.p(0.99),
-        s.get.server_us_per_op(),
-        s.health.rate(),
-        s.create.rate() / s.fsync_per_s,
-        s.get.rate() / s.health.rate(),
-        s.create.errors + s.get.errors + s.health.errors,
-    );
-    for (name, p) in [("create", &s.create), ("get", &s.get), ("healthz", &s.health)] {
-        if let Some(e) = &p.first_error {
-            println!("        {name}: {} errors; first: {e}", p.errors);
-        }
+fn kind_name(k: ClientKind) -> &'static str {
+    match k {
+        ClientKind::Reqwest => "reqwest",
+        ClientKind::Raw => "raw",
     }
 }
 
+/// One table row: per-sample figures, or medians over samples.
+fn print_row(label: &str, kind: ClientKind, clients: usize, of: &[&Sample]) {
+    let m = |f: &dyn Fn(&Sample) -> f64| median(&of.iter().map(|s| f(s)).collect::<Vec<_>>());
+    println!(
+        "{:>5} {:>7} {:>7} | {:>9.0} {:>8.2} {:>8.2} {:>7.0} | {:>9.0} {:>8.3} {:>8.3} {:>7.1} | {:>9.0} | {:>6.2} {:>6.2} | {:>6}",
+        label,
+        kind_name(kind),
+        clients,
+        m(&|s| s.create.rate()),
+        m(&|s| s.create.p(0.5)),
+        m(&|s| s.create.p(0.99)),
+        m(&|s| s.create.server_us_per_op()),
+        m(&|s| s.get.rate()),
+        m(&|s| s.get.p(0.5)),
+        m(&|s| s.get.p(0.99)),
+        m(&|s| s.get.server_us_per_op()),
+        m(&|s| s.health.rate()),
+        m(&|s| s.create.rate() / s.fsync_per_s),
+        m(&|s| s.get.rate() / s.health.rate()),
+        of.iter().map(|s| s.create.errors + s.get.errors + s.health.errors).sum::<u64>(),
+    );
+}
+
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
-    if args.clients.is_empty() || args.clients.contains(&0) {
-        bail!("--clients needs positive counts, like 1,16,64");
+    if args.clients.is_empty() || args.clients.contains(&0) || args.client.is_empty() {
+        bail!("--clients needs positive counts, like 1,16,64, and --client at least one kind");
     }
     if args.rounds == 0 || args.subnets == 0 || args.subnets > 256 {
         bail!("--rounds must be ≥ 1 and --subnets between 1 and 256");
@@ -364,26 +443,34 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let evnet = find_evnet(args.evnet.as_deref())?;
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     println!(
-        "evnet-bench api: {} rounds × clients {:?}, {} s measured (+{} s warm-up) per phase, {} subnets; server {}; data dirs under {}",
+        "evnet-bench api: {} rounds × clients {:?} × client kinds {:?}, {} s measured (+{} s warm-up) per phase, {} subnets; server {}; data dirs under {}",
         args.rounds,
         args.clients,
+        args.client.iter().map(|k| kind_name(*k)).collect::<Vec<_>>(),
         args.duration_s,
         args.warmup_s,
         args.subnets,
         evnet.display(),
         dir.display()
     );
-    println!("one reqwest::Client per client (one keep-alive HTTP/1.1 connection each); latencies from send to the body's last byte");
+    println!("reqwest = one reqwest::Client per client; raw = the benchmark's minimal HTTP/1.1 client; either way one keep-alive connection per client");
+    println!("latencies from sending the request to the body's last byte; every row is a fresh server and data dir");
     println!("srv µs = server CPU time (user+sys) per counted request; c/fs = creates/s ÷ raw fsyncs/s; g/hz = gets/s ÷ healthz/s");
+    let configs: Vec<(ClientKind, usize)> = args.client.iter().flat_map(|k| args.clients.iter().map(move |c| (*k, *c))).collect();
     let mut samples = vec![];
     print_header();
     for round in 1..=args.rounds {
         let fsync_per_s = raw_fsync_rate(&dir)?;
-        let n = args.clients.len();
+        let n = configs.len();
         for k in 0..n {
-            let clients = args.clients[(k + round - 1) % n];
-            let s = one_configuration(&evnet, &dir, clients, round, fsync_per_s, &args).await?;
-            print_sample(&s);
+            let (kind, clients) = configs[(k + round - 1) % n];
+            let s = one_configuration(&evnet, &dir, kind, clients, round, fsync_per_s, &args).await?;
+            print_row(&s.round.to_string(), kind, clients, &[&s]);
+            for (name, p) in [("create", &s.create), ("get", &s.get), ("healthz", &s.health)] {
+                if let Some(e) = &p.first_error {
+                    println!("        {name}: {} errors; first: {e}", p.errors);
+                }
+            }
             samples.push(s);
         }
         println!("        round {round}: raw 4 KiB overwrite + fdatasync: {fsync_per_s:.0}/s");
@@ -391,43 +478,26 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     println!();
     println!("medians over {} rounds:", args.rounds);
     print_header();
-    let mut sorted = args.clients.clone();
-    sorted.sort_unstable();
+    let mut sorted = configs.clone();
+    sorted.sort_by_key(|(k, c)| (kind_name(*k), *c));
     sorted.dedup();
-    for c in sorted {
-        let of: Vec<&Sample> = samples.iter().filter(|s| s.clients == c).collect();
-        let m = |f: &dyn Fn(&Sample) -> f64| median(&of.iter().map(|s| f(s)).collect::<Vec<_>>());
-        println!(
-            "{:>5} {:>7} | {:>9.0} {:>8.2} {:>8.2} {:>7.0} | {:>9.0} {:>8.3} {:>8.3} {:>7.1} | {:>9.0} | {:>6.2} {:>6.2} | {:>6}",
-            "med",
-            c,
-            m(&|s| s.create.rate()),
-            m(&|s| s.create.p(0.5)),
-            m(&|s| s.create.p(0.99)),
-            m(&|s| s.create.server_us_per_op()),
-            m(&|s| s.get.rate()),
-            m(&|s| s.get.p(0.5)),
-            m(&|s| s.get.p(0.99)),
-            m(&|s| s.get.server_us_per_op()),
-            m(&|s| s.health.rate()),
-            m(&|s| s.create.rate() / s.fsync_per_s),
-            m(&|s| s.get.rate() / s.health.rate()),
-            of.iter().map(|s| s.create.errors + s.get.errors + s.health.errors).sum::<u64>(),
-        );
+    for (kind, c) in &sorted {
+        let of: Vec<&Sample> = samples.iter().filter(|s| s.kind == *kind && s.clients == *c).collect();
+        print_row("med", *kind, *c, &of);
     }
     println!();
-    println!("client CPU per request (µs, this process, medians): ");
-    let mut sorted = args.clients.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    for c in sorted {
-        let of: Vec<&Sample> = samples.iter().filter(|s| s.clients == c).collect();
+    println!("CPU per request, µs (medians): client = this process, server = the evnet server process");
+    for (kind, c) in &sorted {
+        let of: Vec<&Sample> = samples.iter().filter(|s| s.kind == *kind && s.clients == *c).collect();
         let m = |f: &dyn Fn(&Sample) -> f64| median(&of.iter().map(|s| f(s)).collect::<Vec<_>>());
         println!(
-            "  {c:>3} clients: create {:.0}, get {:.1}, healthz {:.1}; server healthz {:.1}",
+            "  {:>7} {c:>3} clients: client create {:.0}, get {:.1}, healthz {:.1}; server create {:.0}, get {:.1}, healthz {:.1}",
+            kind_name(*kind),
             m(&|s| s.create.client_us_per_op()),
             m(&|s| s.get.client_us_per_op()),
             m(&|s| s.health.client_us_per_op()),
+            m(&|s| s.create.server_us_per_op()),
+            m(&|s| s.get.server_us_per_op()),
             m(&|s| s.health.server_us_per_op()),
         );
     }

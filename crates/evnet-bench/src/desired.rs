@@ -23,6 +23,12 @@
 //!   (compute + compare with the previous state), JSON encoding.
 //!
 //! Rounds alternate the order of the four; the summary is medians over rounds.
+//!
+//! Then the cost of the long poll: one agent per host waits on
+//! `GET /v1/hosts/{id}/desired?since=GENERATION` while the tenant patches a
+//! VPC's tags one request at a time (a write that changes no host's desired
+//! state, so no poll answers). Reported: writes/s, their latency, and this
+//! process's CPU time per write, with 0 and with `--hosts` pollers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +63,9 @@ pub struct DesiredArgs {
     pub runs: usize,
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Seconds of no-op writes per case with and without long polls (0: skip).
+    #[arg(long, default_value_t = 3.0)]
+    pub write_s: f64,
 }
 
 struct Api {
@@ -92,7 +101,15 @@ fn id_of(v: &Value) -> anyhow::Result<String> {
     v["id"].as_str().map(str::to_string).context("a created resource has an id")
 }
 
-async fn build(args: &DesiredArgs) -> anyhow::Result<(AppState, Api, Vec<String>)> {
+struct Built {
+    state: AppState,
+    api: Api,
+    hosts: Vec<String>,
+    token: String,
+    vpcs: Vec<String>,
+}
+
+async fn build(args: &DesiredArgs) -> anyhow::Result<Built> {
     let store: Arc<dyn evnet_store::Store> = Arc::new(evnet_store::MemStore::new());
     let state = evnet_server::state(store, ADMIN_TOKEN, Default::default()).await?;
     let api = Api { app: evnet_server::app(state.clone()) };
@@ -106,18 +123,19 @@ async fn build(args: &DesiredArgs) -> anyhow::Result<(AppState, Api, Vec<String>
             .await?;
         hosts.push(id_of(&h)?);
     }
-    let mut subnets = vec![];
+    let (mut subnets, mut vpcs) = (vec![], vec![]);
     for v in 0..args.vpcs {
         let cidr = format!("10.{v}.0.0/16");
-        let vpc = api.create("/v1/vpcs", &token, json!({"cidr_block": cidr})).await?;
-        let sn = api.create("/v1/subnets", &token, json!({"vpc_id": id_of(&vpc)?, "cidr_block": cidr})).await?;
+        let vpc = id_of(&api.create("/v1/vpcs", &token, json!({"cidr_block": cidr})).await?)?;
+        let sn = api.create("/v1/subnets", &token, json!({"vpc_id": vpc, "cidr_block": cidr})).await?;
         subnets.push(id_of(&sn)?);
+        vpcs.push(vpc);
     }
     for i in 0..args.enis {
         let eni = api.create("/v1/enis", &token, json!({"subnet_id": subnets[i % subnets.len()]})).await?;
         api.create("/v1/instances", &token, json!({"host_id": hosts[i % hosts.len()], "eni_ids": [id_of(&eni)?]})).await?;
     }
-    Ok((state, api, hosts))
+    Ok(Built { state, api, hosts, token, vpcs })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -194,7 +212,7 @@ pub async fn run(args: DesiredArgs) -> anyhow::Result<()> {
         args.enis, args.enis, args.hosts, args.vpcs, args.runs, args.rounds
     );
     let t = Instant::now();
-    let (state, api, hosts) = build(&args).await?;
+    let Built { state, api, hosts, token, vpcs } = build(&args).await?;
     println!("setup through the API (MemStore): {:.1} s", t.elapsed().as_secs_f64());
     {
         let snap = state.cache.read();
@@ -231,5 +249,90 @@ pub async fn run(args: DesiredArgs) -> anyhow::Result<()> {
     let med: Vec<f64> = (0..8).map(|k| median(&rows.iter().map(|r| r[k]).collect::<Vec<_>>())).collect();
     print_row("med", &med);
     println!("target: one host's desired state with {} ENIs in < 50 ms (GET p99 here: {:.2} ms)", args.enis, med[7]);
+    if args.write_s > 0.0 {
+        println!();
+        println!(
+            "writes that change no host's desired state (PATCH /v1/vpcs/{{id}} tags, one at a time, {} s per case), with 0 and with {} agents long-polling their desired state:",
+            args.write_s,
+            hosts.len()
+        );
+        println!("{:>5} {:>8} | {:>9} {:>9} {:>9} | {:>12}", "round", "pollers", "writes/s", "p50 ms", "p99 ms", "CPU ms/write");
+        let app = Arc::new(api);
+        let mut per: std::collections::BTreeMap<usize, Vec<[f64; 4]>> = Default::default();
+        for round in 1..=args.rounds {
+            let mut cases = [0, hosts.len()];
+            if round % 2 == 0 {
+                cases.reverse();
+            }
+            for pollers in cases {
+                let r = writes_under_polls(&app, &hosts[..pollers], &token, &vpcs[0], args.write_s).await?;
+                println!("{:>5} {:>8} | {:>9.1} {:>9.2} {:>9.2} | {:>12.1}", round, pollers, r[0], r[1], r[2], r[3]);
+                per.entry(pollers).or_default().push(r);
+            }
+        }
+        for (pollers, rows) in per {
+            let m: Vec<f64> = (0..4).map(|k| median(&rows.iter().map(|r| r[k]).collect::<Vec<_>>())).collect();
+            println!("{:>5} {:>8} | {:>9.1} {:>9.2} {:>9.2} | {:>12.1}", "med", pollers, m[0], m[1], m[2], m[3]);
+        }
+    }
     Ok(())
+}
+
+/// Sequential no-op writes for `secs` while one long poll per host in
+/// `hosts` waits for its next generation: [writes/s, p50 ms, p99 ms, CPU
+/// ms of this process per write]. The first second is a warm-up in which
+/// the polls park.
+async fn writes_under_polls(api: &Arc<Api>, hosts: &[String], token: &str, vpc: &str, secs: f64) -> anyhow::Result<[f64; 4]> {
+    let mut polls = vec![];
+    for h in hosts {
+        let (status, bytes) = api.call(Method::GET, &format!("/v1/hosts/{h}/desired"), ADMIN_TOKEN, None).await?;
+        if status != StatusCode::OK {
+            bail!("GET desired answered {status}");
+        }
+        let generation = serde_json::from_slice::<Value>(&bytes)?["generation"].as_u64().context("a generation")?;
+        let (api, path) = (api.clone(), format!("/v1/hosts/{h}/desired?since={generation}&timeout_ms=300000"));
+        polls.push(tokio::spawn(async move { api.call(Method::GET, &path, ADMIN_TOKEN, None).await.map(|r| r.0) }));
+    }
+    let path = format!("/v1/vpcs/{vpc}");
+    let mut n = 0u64;
+    let write = |n: u64| {
+        let api = api.clone();
+        let (path, token) = (path.clone(), token.to_string());
+        async move {
+            let (status, bytes) = api.call(Method::PATCH, &path, &token, Some(json!({"tags": {"bench": n.to_string()}}))).await?;
+            if status != StatusCode::OK {
+                bail!("PATCH {path} answered {status}: {}", String::from_utf8_lossy(&bytes));
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs(1) && n < 1_000_000 {
+        write(n).await?;
+        n += 1;
+    }
+    let cpu0 = crate::stats::process_cpu("self");
+    let start = Instant::now();
+    let mut lat = vec![];
+    while start.elapsed() < Duration::from_secs_f64(secs) && lat.len() < 1_000_000 {
+        let t = Instant::now();
+        write(n).await?;
+        lat.push(t.elapsed());
+        n += 1;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = match (cpu0, crate::stats::process_cpu("self")) {
+        (Some(a), Some(b)) => us(b.saturating_sub(a)) / 1000.0,
+        _ => f64::NAN,
+    };
+    for p in &polls {
+        if p.is_finished() {
+            bail!("a long poll answered although no desired state changed");
+        }
+    }
+    for p in polls {
+        p.abort();
+    }
+    lat.sort_unstable();
+    Ok([lat.len() as f64 / wall, ms(quantile(&lat, 0.5)), ms(quantile(&lat, 0.99)), cpu / lat.len().max(1) as f64])
 }

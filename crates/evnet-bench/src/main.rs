@@ -14,6 +14,7 @@
 
 mod api;
 mod desired;
+mod rawhttp;
 mod server;
 mod stats;
 
