@@ -107,7 +107,9 @@ impl Phase {
         self.ok as f64 / self.secs
     }
     fn p(&self, q: f64) -> f64 {
-        quantile(&self.lat_us, q).map(|v| v as f64 / 1000.0).unwrap_or(f64::NAN)
+        quantile(&self.lat_us, q)
+            .map(|v| v as f64 / 1000.0)
+            .unwrap_or(f64::NAN)
     }
     fn server_us_per_op(&self) -> f64 {
         us(self.server_cpu) / self.ok.max(1) as f64
@@ -146,8 +148,18 @@ struct WithToken {
     token: String,
 }
 
-async fn post(client: &reqwest::Client, url: &str, token: &str, body: serde_json::Value) -> anyhow::Result<String> {
-    let r = client.post(url).bearer_auth(token).json(&body).send().await?;
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<String> {
+    let r = client
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?;
     let status = r.status();
     let text = r.text().await?;
     if status.as_u16() != 201 {
@@ -158,19 +170,51 @@ async fn post(client: &reqwest::Client, url: &str, token: &str, body: serde_json
 
 /// The tenant, VPCs and subnets the creates go into.
 async fn setup(url: &str, subnets: usize) -> anyhow::Result<Target> {
-    let c = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let t: WithToken = serde_json::from_str(&post(&c, &format!("{url}/v1/tenants"), ADMIN_TOKEN, json!({"name": "bench"})).await?)?;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let t: WithToken = serde_json::from_str(
+        &post(
+            &c,
+            &format!("{url}/v1/tenants"),
+            ADMIN_TOKEN,
+            json!({"name": "bench"}),
+        )
+        .await?,
+    )?;
     let mut create_bodies = vec![];
     for i in 0..subnets {
         let cidr = format!("10.{i}.0.0/16");
-        let vpc: WithId = serde_json::from_str(&post(&c, &format!("{url}/v1/vpcs"), &t.token, json!({"cidr_block": cidr})).await?)?;
+        let vpc: WithId = serde_json::from_str(
+            &post(
+                &c,
+                &format!("{url}/v1/vpcs"),
+                &t.token,
+                json!({"cidr_block": cidr}),
+            )
+            .await?,
+        )?;
         let sn: WithId = serde_json::from_str(
-            &post(&c, &format!("{url}/v1/subnets"), &t.token, json!({"vpc_id": vpc.id, "cidr_block": cidr})).await?,
+            &post(
+                &c,
+                &format!("{url}/v1/subnets"),
+                &t.token,
+                json!({"vpc_id": vpc.id, "cidr_block": cidr}),
+            )
+            .await?,
         )?;
         create_bodies.push(serde_json::to_vec(&json!({"subnet_id": sn.id}))?);
     }
-    let addr: SocketAddr = url.trim_start_matches("http://").parse().context("the server's address")?;
-    Ok(Target { base: url.to_string(), addr, auth: HeaderValue::from_str(&format!("Bearer {}", t.token))?, create_bodies })
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .context("the server's address")?;
+    Ok(Target {
+        base: url.to_string(),
+        addr,
+        auth: HeaderValue::from_str(&format!("Bearer {}", t.token))?,
+        create_bodies,
+    })
 }
 
 /// One client's connection: a reqwest client holding one keep-alive
@@ -189,25 +233,48 @@ pub enum ClientKind {
 }
 
 impl Conn {
-    async fn send(&mut self, target: &Target, method: &str, path: &str, auth: bool, body: Option<&[u8]>) -> Result<(u16, Vec<u8>), String> {
+    async fn send(
+        &mut self,
+        target: &Target,
+        method: &str,
+        path: &str,
+        auth: bool,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), String> {
         match self {
             Conn::Reqwest(c) => {
                 let url = format!("{}{path}", target.base);
-                let mut req = if method == "POST" { c.post(url) } else { c.get(url) };
+                let mut req = if method == "POST" {
+                    c.post(url)
+                } else {
+                    c.get(url)
+                };
                 if auth {
                     req = req.header(AUTHORIZATION, target.auth.clone());
                 }
                 if let Some(b) = body {
-                    req = req.header(CONTENT_TYPE, HeaderValue::from_static("application/json")).body(b.to_vec());
+                    req = req
+                        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                        .body(b.to_vec());
                 }
-                let r = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+                let r = req
+                    .send()
+                    .await
+                    .map_err(|e| format!("request failed: {e}"))?;
                 let status = r.status().as_u16();
-                let bytes = r.bytes().await.map_err(|e| format!("reading the body failed: {e}"))?;
+                let bytes = r
+                    .bytes()
+                    .await
+                    .map_err(|e| format!("reading the body failed: {e}"))?;
                 Ok((status, bytes.to_vec()))
             }
             Conn::Raw(slot) => {
                 if slot.is_none() {
-                    *slot = Some(RawConn::connect(target.addr).await.map_err(|e| format!("connect: {e}"))?);
+                    *slot = Some(
+                        RawConn::connect(target.addr)
+                            .await
+                            .map_err(|e| format!("connect: {e}"))?,
+                    );
                 }
                 let conn = slot.as_mut().expect("connected above");
                 let auth = auth.then(|| target.auth.to_str().unwrap_or_default());
@@ -242,7 +309,8 @@ async fn worker(
     window_start: Instant,
     window_end: Instant,
 ) -> WorkerOut {
-    let (mut ok, mut errors, mut first_error, mut lat_us, mut new_ids) = (0, 0, None, vec![], vec![]);
+    let (mut ok, mut errors, mut first_error, mut lat_us, mut new_ids) =
+        (0, 0, None, vec![], vec![]);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w as u64);
     let body = target.create_bodies[w % target.create_bodies.len()].clone();
     let mut path = String::new();
@@ -292,7 +360,12 @@ async fn worker(
             }
             Ok((status, bytes)) => {
                 errors += 1;
-                first_error.get_or_insert_with(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)])));
+                first_error.get_or_insert_with(|| {
+                    format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                    )
+                });
             }
             Err(e) => {
                 errors += 1;
@@ -300,7 +373,14 @@ async fn worker(
             }
         }
     }
-    WorkerOut { ok, errors, first_error, lat_us, ids: new_ids, conn }
+    WorkerOut {
+        ok,
+        errors,
+        first_error,
+        lat_us,
+        ids: new_ids,
+        conn,
+    }
 }
 
 async fn run_phase(
@@ -317,14 +397,27 @@ async fn run_phase(
     let tasks: Vec<_> = conns
         .drain(..)
         .enumerate()
-        .map(|(w, c)| tokio::spawn(worker(w, op, c, target.clone(), ids.clone(), window_start, window_end)))
+        .map(|(w, c)| {
+            tokio::spawn(worker(
+                w,
+                op,
+                c,
+                target.clone(),
+                ids.clone(),
+                window_start,
+                window_end,
+            ))
+        })
         .collect();
     let pid = server_pid.to_string();
     tokio::time::sleep_until(window_start.into()).await;
     let (s0, c0) = (process_cpu(&pid), process_cpu("self"));
     tokio::time::sleep_until(window_end.into()).await;
     let (s1, c1) = (process_cpu(&pid), process_cpu("self"));
-    let mut phase = Phase { secs: args.duration_s, ..Default::default() };
+    let mut phase = Phase {
+        secs: args.duration_s,
+        ..Default::default()
+    };
     if let (Some(a), Some(b), Some(x), Some(y)) = (s0, s1, c0, c1) {
         phase.server_cpu = b.saturating_sub(a);
         phase.client_cpu = y.saturating_sub(x);
@@ -371,32 +464,70 @@ async fn one_configuration(
     args: &ApiArgs,
 ) -> anyhow::Result<Sample> {
     let server = ServerProcess::start(evnet, dir, ADMIN_TOKEN).await?;
-    let target = Arc::new(setup(&server.url, args.subnets).await.context("setting up the tenant and subnets")?);
+    let target = Arc::new(
+        setup(&server.url, args.subnets)
+            .await
+            .context("setting up the tenant and subnets")?,
+    );
     let mut conns = vec![];
     for _ in 0..clients {
         conns.push(match kind {
             ClientKind::Reqwest => Conn::Reqwest(
-                reqwest::Client::builder().pool_max_idle_per_host(1).tcp_nodelay(true).timeout(Duration::from_secs(30)).build()?,
+                reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .tcp_nodelay(true)
+                    .timeout(Duration::from_secs(30))
+                    .build()?,
             ),
-            ClientKind::Raw => Conn::Raw(Some(RawConn::connect(target.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?)),
+            ClientKind::Raw => Conn::Raw(Some(
+                RawConn::connect(target.addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("connect: {e}"))?,
+            )),
         });
     }
     let none = Arc::new(vec![]);
-    let (create, ids) = run_phase(Op::Create, &mut conns, &target, &none, args, server.pid()).await?;
+    let (create, ids) =
+        run_phase(Op::Create, &mut conns, &target, &none, args, server.pid()).await?;
     if ids.is_empty() {
-        bail!("no ENI was created: {}", create.first_error.unwrap_or_default());
+        bail!(
+            "no ENI was created: {}",
+            create.first_error.unwrap_or_default()
+        );
     }
     let ids = Arc::new(ids);
     let (get, _) = run_phase(Op::Get, &mut conns, &target, &ids, args, server.pid()).await?;
     let (health, _) = run_phase(Op::Health, &mut conns, &target, &ids, args, server.pid()).await?;
     server.stop()?;
-    Ok(Sample { round, kind, clients, create, get, health, fsync_per_s })
+    Ok(Sample {
+        round,
+        kind,
+        clients,
+        create,
+        get,
+        health,
+        fsync_per_s,
+    })
 }
 
 fn print_header() {
     println!(
         "{:>5} {:>7} {:>7} | {:>9} {:>8} {:>8} {:>7} | {:>9} {:>8} {:>8} {:>7} | {:>9} | {:>6} {:>6} | {:>6}",
-        "round", "client", "clients", "creates/s", "p50 ms", "p99 ms", "srv µs", "gets/s", "p50 ms", "p99 ms", "srv µs", "healthz/s", "c/fs", "g/hz", "errors"
+        "round",
+        "client",
+        "clients",
+        "creates/s",
+        "p50 ms",
+        "p99 ms",
+        "srv µs",
+        "gets/s",
+        "p50 ms",
+        "p99 ms",
+        "srv µs",
+        "healthz/s",
+        "c/fs",
+        "g/hz",
+        "errors"
     );
 }
 
@@ -426,7 +557,9 @@ fn print_row(label: &str, kind: ClientKind, clients: usize, of: &[&Sample]) {
         m(&|s| s.health.rate()),
         m(&|s| s.create.rate() / s.fsync_per_s),
         m(&|s| s.get.rate() / s.health.rate()),
-        of.iter().map(|s| s.create.errors + s.get.errors + s.health.errors).sum::<u64>(),
+        of.iter()
+            .map(|s| s.create.errors + s.get.errors + s.health.errors)
+            .sum::<u64>(),
     );
 }
 
@@ -437,7 +570,11 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     if args.rounds == 0 || args.subnets == 0 || args.subnets > 256 {
         bail!("--rounds must be ≥ 1 and --subnets between 1 and 256");
     }
-    if !(args.duration_s > 0.0 && args.duration_s <= 600.0 && args.warmup_s >= 0.0 && args.warmup_s <= 60.0) {
+    if !(args.duration_s > 0.0
+        && args.duration_s <= 600.0
+        && args.warmup_s >= 0.0
+        && args.warmup_s <= 60.0)
+    {
         bail!("--duration-s must be in (0, 600] and --warmup-s in [0, 60]");
     }
     let evnet = find_evnet(args.evnet.as_deref())?;
@@ -446,17 +583,30 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         "evnet-bench api: {} rounds × clients {:?} × client kinds {:?}, {} s measured (+{} s warm-up) per phase, {} subnets; server {}; data dirs under {}",
         args.rounds,
         args.clients,
-        args.client.iter().map(|k| kind_name(*k)).collect::<Vec<_>>(),
+        args.client
+            .iter()
+            .map(|k| kind_name(*k))
+            .collect::<Vec<_>>(),
         args.duration_s,
         args.warmup_s,
         args.subnets,
         evnet.display(),
         dir.display()
     );
-    println!("reqwest = one reqwest::Client per client; raw = the benchmark's minimal HTTP/1.1 client; either way one keep-alive connection per client");
-    println!("latencies from sending the request to the body's last byte; every row is a fresh server and data dir");
-    println!("srv µs = server CPU time (user+sys) per counted request; c/fs = creates/s ÷ raw fsyncs/s; g/hz = gets/s ÷ healthz/s");
-    let configs: Vec<(ClientKind, usize)> = args.client.iter().flat_map(|k| args.clients.iter().map(move |c| (*k, *c))).collect();
+    println!(
+        "reqwest = one reqwest::Client per client; raw = the benchmark's minimal HTTP/1.1 client; either way one keep-alive connection per client"
+    );
+    println!(
+        "latencies from sending the request to the body's last byte; every row is a fresh server and data dir"
+    );
+    println!(
+        "srv µs = server CPU time (user+sys) per counted request; c/fs = creates/s ÷ raw fsyncs/s; g/hz = gets/s ÷ healthz/s"
+    );
+    let configs: Vec<(ClientKind, usize)> = args
+        .client
+        .iter()
+        .flat_map(|k| args.clients.iter().map(move |c| (*k, *c)))
+        .collect();
     let mut samples = vec![];
     print_header();
     for round in 1..=args.rounds {
@@ -464,9 +614,14 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         let n = configs.len();
         for k in 0..n {
             let (kind, clients) = configs[(k + round - 1) % n];
-            let s = one_configuration(&evnet, &dir, kind, clients, round, fsync_per_s, &args).await?;
+            let s =
+                one_configuration(&evnet, &dir, kind, clients, round, fsync_per_s, &args).await?;
             print_row(&s.round.to_string(), kind, clients, &[&s]);
-            for (name, p) in [("create", &s.create), ("get", &s.get), ("healthz", &s.health)] {
+            for (name, p) in [
+                ("create", &s.create),
+                ("get", &s.get),
+                ("healthz", &s.health),
+            ] {
                 if let Some(e) = &p.first_error {
                     println!("        {name}: {} errors; first: {e}", p.errors);
                 }
@@ -482,13 +637,21 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     sorted.sort_by_key(|(k, c)| (kind_name(*k), *c));
     sorted.dedup();
     for (kind, c) in &sorted {
-        let of: Vec<&Sample> = samples.iter().filter(|s| s.kind == *kind && s.clients == *c).collect();
+        let of: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.kind == *kind && s.clients == *c)
+            .collect();
         print_row("med", *kind, *c, &of);
     }
     println!();
-    println!("CPU per request, µs (medians): client = this process, server = the evnet server process");
+    println!(
+        "CPU per request, µs (medians): client = this process, server = the evnet server process"
+    );
     for (kind, c) in &sorted {
-        let of: Vec<&Sample> = samples.iter().filter(|s| s.kind == *kind && s.clients == *c).collect();
+        let of: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.kind == *kind && s.clients == *c)
+            .collect();
         let m = |f: &dyn Fn(&Sample) -> f64| median(&of.iter().map(|s| f(s)).collect::<Vec<_>>());
         println!(
             "  {:>7} {c:>3} clients: client create {:.0}, get {:.1}, healthz {:.1}; server create {:.0}, get {:.1}, healthz {:.1}",

@@ -73,8 +73,17 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Vec<u8>)> {
-        let mut req = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, Vec<u8>)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"));
         let body = match body {
             Some(v) => {
                 req = req.header("content-type", "application/json");
@@ -91,14 +100,20 @@ impl Api {
     async fn create(&self, path: &str, token: &str, body: Value) -> anyhow::Result<Value> {
         let (status, bytes) = self.call(Method::POST, path, token, Some(body)).await?;
         if status != StatusCode::CREATED {
-            bail!("POST {path} answered {status}: {}", String::from_utf8_lossy(&bytes));
+            bail!(
+                "POST {path} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
         Ok(serde_json::from_slice(&bytes)?)
     }
 }
 
 fn id_of(v: &Value) -> anyhow::Result<String> {
-    v["id"].as_str().map(str::to_string).context("a created resource has an id")
+    v["id"]
+        .as_str()
+        .map(str::to_string)
+        .context("a created resource has an id")
 }
 
 struct Built {
@@ -112,12 +127,21 @@ struct Built {
 async fn build(args: &DesiredArgs) -> anyhow::Result<Built> {
     let store: Arc<dyn evnet_store::Store> = Arc::new(evnet_store::MemStore::new());
     let state = evnet_server::state(store, ADMIN_TOKEN, Default::default()).await?;
-    let api = Api { app: evnet_server::app(state.clone()) };
-    let tenant = api.create("/v1/tenants", ADMIN_TOKEN, json!({"name": "bench"})).await?;
-    let token = tenant["token"].as_str().context("a tenant token")?.to_string();
+    let api = Api {
+        app: evnet_server::app(state.clone()),
+    };
+    let tenant = api
+        .create("/v1/tenants", ADMIN_TOKEN, json!({"name": "bench"}))
+        .await?;
+    let token = tenant["token"]
+        .as_str()
+        .context("a tenant token")?
+        .to_string();
     let mut hosts = vec![];
     for i in 0..args.hosts {
-        let underlay = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + 1 + i as u32);
+        let underlay = std::net::Ipv4Addr::from(
+            u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + 1 + i as u32,
+        );
         let h = api
             .create("/v1/hosts", ADMIN_TOKEN, json!({"name": format!("host-{}", i + 1), "underlay_ip": underlay, "nic_mbps": 10_000}))
             .await?;
@@ -126,16 +150,42 @@ async fn build(args: &DesiredArgs) -> anyhow::Result<Built> {
     let (mut subnets, mut vpcs) = (vec![], vec![]);
     for v in 0..args.vpcs {
         let cidr = format!("10.{v}.0.0/16");
-        let vpc = id_of(&api.create("/v1/vpcs", &token, json!({"cidr_block": cidr})).await?)?;
-        let sn = api.create("/v1/subnets", &token, json!({"vpc_id": vpc, "cidr_block": cidr})).await?;
+        let vpc = id_of(
+            &api.create("/v1/vpcs", &token, json!({"cidr_block": cidr}))
+                .await?,
+        )?;
+        let sn = api
+            .create(
+                "/v1/subnets",
+                &token,
+                json!({"vpc_id": vpc, "cidr_block": cidr}),
+            )
+            .await?;
         subnets.push(id_of(&sn)?);
         vpcs.push(vpc);
     }
     for i in 0..args.enis {
-        let eni = api.create("/v1/enis", &token, json!({"subnet_id": subnets[i % subnets.len()]})).await?;
-        api.create("/v1/instances", &token, json!({"host_id": hosts[i % hosts.len()], "eni_ids": [id_of(&eni)?]})).await?;
+        let eni = api
+            .create(
+                "/v1/enis",
+                &token,
+                json!({"subnet_id": subnets[i % subnets.len()]}),
+            )
+            .await?;
+        api.create(
+            "/v1/instances",
+            &token,
+            json!({"host_id": hosts[i % hosts.len()], "eni_ids": [id_of(&eni)?]}),
+        )
+        .await?;
     }
-    Ok(Built { state, api, hosts, token, vpcs })
+    Ok(Built {
+        state,
+        api,
+        hosts,
+        token,
+        vpcs,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,7 +196,13 @@ enum What {
     Get,
 }
 
-async fn measure(what: What, state: &AppState, api: &Api, hosts: &[String], runs: usize) -> anyhow::Result<Vec<Duration>> {
+async fn measure(
+    what: What,
+    state: &AppState,
+    api: &Api,
+    hosts: &[String],
+    runs: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let mut out = Vec::with_capacity(runs);
     for r in 0..runs {
         let host = &hosts[r % hosts.len()];
@@ -176,10 +232,20 @@ async fn measure(what: What, state: &AppState, api: &Api, hosts: &[String], runs
             }
             What::Get => {
                 let t = Instant::now();
-                let (status, bytes) = api.call(Method::GET, &format!("/v1/hosts/{host}/desired"), ADMIN_TOKEN, None).await?;
+                let (status, bytes) = api
+                    .call(
+                        Method::GET,
+                        &format!("/v1/hosts/{host}/desired"),
+                        ADMIN_TOKEN,
+                        None,
+                    )
+                    .await?;
                 out.push(t.elapsed());
                 if status != StatusCode::OK {
-                    bail!("GET desired answered {status}: {}", String::from_utf8_lossy(&bytes));
+                    bail!(
+                        "GET desired answered {status}: {}",
+                        String::from_utf8_lossy(&bytes)
+                    );
                 }
                 std::hint::black_box(bytes);
             }
@@ -212,8 +278,17 @@ pub async fn run(args: DesiredArgs) -> anyhow::Result<()> {
         args.enis, args.enis, args.hosts, args.vpcs, args.runs, args.rounds
     );
     let t = Instant::now();
-    let Built { state, api, hosts, token, vpcs } = build(&args).await?;
-    println!("setup through the API (MemStore): {:.1} s", t.elapsed().as_secs_f64());
+    let Built {
+        state,
+        api,
+        hosts,
+        token,
+        vpcs,
+    } = build(&args).await?;
+    println!(
+        "setup through the API (MemStore): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     {
         let snap = state.cache.read();
         let d = evnet_server::desired::compute(&snap, &hosts[0]).context("host 1 exists")?;
@@ -226,8 +301,14 @@ pub async fn run(args: DesiredArgs) -> anyhow::Result<()> {
             serde_json::to_vec(&d)?.len()
         );
     }
-    println!("{:>5} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9}", "round", "compute", "", "track", "", "encode", "", "GET", "");
-    println!("{:>5} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9}", "", "p50 ms", "p99 ms", "p50 ms", "p99 ms", "p50 ms", "p99 ms", "p50 ms", "p99 ms");
+    println!(
+        "{:>5} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9}",
+        "round", "compute", "", "track", "", "encode", "", "GET", ""
+    );
+    println!(
+        "{:>5} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9}",
+        "", "p50 ms", "p99 ms", "p50 ms", "p99 ms", "p50 ms", "p99 ms", "p50 ms", "p99 ms"
+    );
     let mut rows = vec![];
     for round in 1..=args.rounds {
         let all = [What::Compute, What::Track, What::Encode, What::Get];
@@ -246,9 +327,14 @@ pub async fn run(args: DesiredArgs) -> anyhow::Result<()> {
         print_row(&round.to_string(), &row);
         rows.push(row);
     }
-    let med: Vec<f64> = (0..8).map(|k| median(&rows.iter().map(|r| r[k]).collect::<Vec<_>>())).collect();
+    let med: Vec<f64> = (0..8)
+        .map(|k| median(&rows.iter().map(|r| r[k]).collect::<Vec<_>>()))
+        .collect();
     print_row("med", &med);
-    println!("target: one host's desired state with {} ENIs in < 50 ms (GET p99 here: {:.2} ms)", args.enis, med[7]);
+    println!(
+        "target: one host's desired state with {} ENIs in < 50 ms (GET p99 here: {:.2} ms)",
+        args.enis, med[7]
+    );
     if args.write_s > 0.0 {
         println!();
         println!(
@@ -256,7 +342,10 @@ pub async fn run(args: DesiredArgs) -> anyhow::Result<()> {
             args.write_s,
             hosts.len()
         );
-        println!("{:>5} {:>8} | {:>9} {:>9} {:>9} | {:>12}", "round", "pollers", "writes/s", "p50 ms", "p99 ms", "CPU ms/write");
+        println!(
+            "{:>5} {:>8} | {:>9} {:>9} {:>9} | {:>12}",
+            "round", "pollers", "writes/s", "p50 ms", "p99 ms", "CPU ms/write"
+        );
         let app = Arc::new(api);
         let mut per: std::collections::BTreeMap<usize, Vec<[f64; 4]>> = Default::default();
         for round in 1..=args.rounds {
@@ -265,14 +354,23 @@ pub async fn run(args: DesiredArgs) -> anyhow::Result<()> {
                 cases.reverse();
             }
             for pollers in cases {
-                let r = writes_under_polls(&app, &hosts[..pollers], &token, &vpcs[0], args.write_s).await?;
-                println!("{:>5} {:>8} | {:>9.1} {:>9.2} {:>9.2} | {:>12.1}", round, pollers, r[0], r[1], r[2], r[3]);
+                let r = writes_under_polls(&app, &hosts[..pollers], &token, &vpcs[0], args.write_s)
+                    .await?;
+                println!(
+                    "{:>5} {:>8} | {:>9.1} {:>9.2} {:>9.2} | {:>12.1}",
+                    round, pollers, r[0], r[1], r[2], r[3]
+                );
                 per.entry(pollers).or_default().push(r);
             }
         }
         for (pollers, rows) in per {
-            let m: Vec<f64> = (0..4).map(|k| median(&rows.iter().map(|r| r[k]).collect::<Vec<_>>())).collect();
-            println!("{:>5} {:>8} | {:>9.1} {:>9.2} {:>9.2} | {:>12.1}", "med", pollers, m[0], m[1], m[2], m[3]);
+            let m: Vec<f64> = (0..4)
+                .map(|k| median(&rows.iter().map(|r| r[k]).collect::<Vec<_>>()))
+                .collect();
+            println!(
+                "{:>5} {:>8} | {:>9.1} {:>9.2} {:>9.2} | {:>12.1}",
+                "med", pollers, m[0], m[1], m[2], m[3]
+            );
         }
     }
     Ok(())
@@ -282,16 +380,38 @@ pub async fn run(args: DesiredArgs) -> anyhow::Result<()> {
 /// `hosts` waits for its next generation: [writes/s, p50 ms, p99 ms, CPU
 /// ms of this process per write]. The first second is a warm-up in which
 /// the polls park.
-async fn writes_under_polls(api: &Arc<Api>, hosts: &[String], token: &str, vpc: &str, secs: f64) -> anyhow::Result<[f64; 4]> {
+async fn writes_under_polls(
+    api: &Arc<Api>,
+    hosts: &[String],
+    token: &str,
+    vpc: &str,
+    secs: f64,
+) -> anyhow::Result<[f64; 4]> {
     let mut polls = vec![];
     for h in hosts {
-        let (status, bytes) = api.call(Method::GET, &format!("/v1/hosts/{h}/desired"), ADMIN_TOKEN, None).await?;
+        let (status, bytes) = api
+            .call(
+                Method::GET,
+                &format!("/v1/hosts/{h}/desired"),
+                ADMIN_TOKEN,
+                None,
+            )
+            .await?;
         if status != StatusCode::OK {
             bail!("GET desired answered {status}");
         }
-        let generation = serde_json::from_slice::<Value>(&bytes)?["generation"].as_u64().context("a generation")?;
-        let (api, path) = (api.clone(), format!("/v1/hosts/{h}/desired?since={generation}&timeout_ms=300000"));
-        polls.push(tokio::spawn(async move { api.call(Method::GET, &path, ADMIN_TOKEN, None).await.map(|r| r.0) }));
+        let generation = serde_json::from_slice::<Value>(&bytes)?["generation"]
+            .as_u64()
+            .context("a generation")?;
+        let (api, path) = (
+            api.clone(),
+            format!("/v1/hosts/{h}/desired?since={generation}&timeout_ms=300000"),
+        );
+        polls.push(tokio::spawn(async move {
+            api.call(Method::GET, &path, ADMIN_TOKEN, None)
+                .await
+                .map(|r| r.0)
+        }));
     }
     let path = format!("/v1/vpcs/{vpc}");
     let mut n = 0u64;
@@ -299,9 +419,19 @@ async fn writes_under_polls(api: &Arc<Api>, hosts: &[String], token: &str, vpc: 
         let api = api.clone();
         let (path, token) = (path.clone(), token.to_string());
         async move {
-            let (status, bytes) = api.call(Method::PATCH, &path, &token, Some(json!({"tags": {"bench": n.to_string()}}))).await?;
+            let (status, bytes) = api
+                .call(
+                    Method::PATCH,
+                    &path,
+                    &token,
+                    Some(json!({"tags": {"bench": n.to_string()}})),
+                )
+                .await?;
             if status != StatusCode::OK {
-                bail!("PATCH {path} answered {status}: {}", String::from_utf8_lossy(&bytes));
+                bail!(
+                    "PATCH {path} answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                );
             }
             Ok::<_, anyhow::Error>(())
         }
@@ -334,5 +464,10 @@ async fn writes_under_polls(api: &Arc<Api>, hosts: &[String], token: &str, vpc: 
         p.abort();
     }
     lat.sort_unstable();
-    Ok([lat.len() as f64 / wall, ms(quantile(&lat, 0.5)), ms(quantile(&lat, 0.99)), cpu / lat.len().max(1) as f64])
+    Ok([
+        lat.len() as f64 / wall,
+        ms(quantile(&lat, 0.5)),
+        ms(quantile(&lat, 0.99)),
+        cpu / lat.len().max(1) as f64,
+    ])
 }

@@ -47,7 +47,12 @@ impl RawConn {
     pub async fn connect(addr: SocketAddr) -> Result<Self, RawError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(RawConn { stream, host: addr.to_string(), buf: Vec::with_capacity(8192), req: Vec::with_capacity(512) })
+        Ok(RawConn {
+            stream,
+            host: addr.to_string(),
+            buf: Vec::with_capacity(8192),
+            req: Vec::with_capacity(512),
+        })
     }
 
     /// Sends one request and reads the whole answer: (status, body).
@@ -59,14 +64,22 @@ impl RawConn {
         body: Option<&[u8]>,
     ) -> Result<(u16, Vec<u8>), RawError> {
         self.req.clear();
-        self.req.extend_from_slice(format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host).as_bytes());
+        self.req.extend_from_slice(
+            format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host).as_bytes(),
+        );
         if let Some(a) = auth {
             self.req.extend_from_slice(b"authorization: ");
             self.req.extend_from_slice(a.as_bytes());
             self.req.extend_from_slice(b"\r\n");
         }
         if let Some(b) = body {
-            self.req.extend_from_slice(format!("content-type: application/json\r\ncontent-length: {}\r\n\r\n", b.len()).as_bytes());
+            self.req.extend_from_slice(
+                format!(
+                    "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    b.len()
+                )
+                .as_bytes(),
+            );
             self.req.extend_from_slice(b);
         } else {
             self.req.extend_from_slice(b"\r\n");
@@ -86,7 +99,8 @@ impl RawConn {
             }
             self.fill().await?;
         };
-        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| RawError::Protocol("head is not UTF-8".into()))?;
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .map_err(|_| RawError::Protocol("head is not UTF-8".into()))?;
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or_default();
         let status: u16 = status_line
@@ -100,7 +114,10 @@ impl RawConn {
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse::<usize>().ok();
                 } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                    return Err(RawError::Protocol(format!("unsupported transfer-encoding {}", value.trim())));
+                    return Err(RawError::Protocol(format!(
+                        "unsupported transfer-encoding {}",
+                        value.trim()
+                    )));
                 }
             }
         }
@@ -112,7 +129,9 @@ impl RawConn {
             self.fill().await?;
         }
         if self.buf.len() > head_end + length {
-            return Err(RawError::Protocol("bytes after the response to a single request".into()));
+            return Err(RawError::Protocol(
+                "bytes after the response to a single request".into(),
+            ));
         }
         Ok((status, self.buf[head_end..].to_vec()))
     }
@@ -163,7 +182,10 @@ mod tests {
     async fn reads_a_content_length_body_split_across_reads() {
         let (addr, server) = serve_once(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"id\":\"x\"}\n").await;
         let mut c = RawConn::connect(addr).await.unwrap();
-        let (status, body) = c.request("POST", "/v1/enis", Some("Bearer t"), Some(b"{}")).await.unwrap();
+        let (status, body) = c
+            .request("POST", "/v1/enis", Some("Bearer t"), Some(b"{}"))
+            .await
+            .unwrap();
         assert_eq!(status, 201);
         assert_eq!(body, b"{\"id\":\"x\"}\n");
         let sent = String::from_utf8(server.await.unwrap()).unwrap();
@@ -174,11 +196,20 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_chunked_and_missing_lengths() {
-        let (addr, _s) = serve_once(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n").await;
+        let (addr, _s) = serve_once(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+        .await;
         let mut c = RawConn::connect(addr).await.unwrap();
-        assert!(matches!(c.request("GET", "/", None, None).await, Err(RawError::Protocol(_))));
+        assert!(matches!(
+            c.request("GET", "/", None, None).await,
+            Err(RawError::Protocol(_))
+        ));
         let (addr, _s) = serve_once(b"HTTP/1.1 200 OK\r\n\r\n").await;
         let mut c = RawConn::connect(addr).await.unwrap();
-        assert!(matches!(c.request("GET", "/", None, None).await, Err(RawError::Protocol(_))));
+        assert!(matches!(
+            c.request("GET", "/", None, None).await,
+            Err(RawError::Protocol(_))
+        ));
     }
 }

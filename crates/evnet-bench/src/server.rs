@@ -70,7 +70,12 @@ impl ServerProcess {
                 .stderr(log_file)
                 .spawn()
                 .with_context(|| format!("spawning {}", evnet.display()))?;
-            let mut server = ServerProcess { child, url: format!("http://{addr}"), log, _dir: dir };
+            let mut server = ServerProcess {
+                child,
+                url: format!("http://{addr}"),
+                log,
+                _dir: dir,
+            };
             match server.wait_ready().await {
                 Ok(()) => return Ok(server),
                 Err(e) => last_err = Some(e),
@@ -80,11 +85,16 @@ impl ServerProcess {
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("evnet server exited with {status} before it was ready:\n{}", self.log_tail());
+                bail!(
+                    "evnet server exited with {status} before it was ready:\n{}",
+                    self.log_tail()
+                );
             }
             if let Ok(r) = client.get(format!("{}/healthz", self.url)).send().await {
                 if r.status().is_success() {
@@ -92,7 +102,10 @@ impl ServerProcess {
                 }
             }
             if Instant::now() > deadline {
-                bail!("evnet server did not answer /healthz within {READY_TIMEOUT:?}:\n{}", self.log_tail());
+                bail!(
+                    "evnet server did not answer /healthz within {READY_TIMEOUT:?}:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -113,7 +126,10 @@ impl ServerProcess {
     /// [`STOP_TIMEOUT`]). Errors when the server had already died.
     pub fn stop(mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!("evnet server had exited by itself with {status}:\n{}", self.log_tail());
+            bail!(
+                "evnet server had exited by itself with {status}:\n{}",
+                self.log_tail()
+            );
         }
         // SAFETY: kill(2) on our own child's pid, which we have not reaped.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };

@@ -42,7 +42,9 @@ pub fn process_cpu(pid: &str) -> Option<Duration> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = if ticks > 0 { ticks as u64 } else { 100 };
-    Some(Duration::from_nanos((utime + stime) * 1_000_000_000 / ticks))
+    Some(Duration::from_nanos(
+        (utime + stime) * 1_000_000_000 / ticks,
+    ))
 }
 
 #[cfg(test)]
@@ -81,6 +83,9 @@ mod tests {
             after = process_cpu("self").unwrap();
         }
         std::hint::black_box(x);
-        assert!(after > before, "CPU time did not advance in 5 s: {before:?} -> {after:?}");
+        assert!(
+            after > before,
+            "CPU time did not advance in 5 s: {before:?} -> {after:?}"
+        );
     }
 }
