@@ -76,13 +76,23 @@ impl Default for BandwidthConfig {
 /// * `guarantee`, `limit`: its contract (the limit already capped by the
 ///   controller).
 ///
-/// Backlogged (`measured ≥ backlog_percent % of enforced`): the demand is
-/// above the rate, so it ramps: `max(prev, 2 × enforced, guarantee)`.
-/// Otherwise `max(measured × 5/4 + floor, prev / 2)`. Always within
+/// Backlogged ([`is_backlogged`]): the demand is above the rate, so it
+/// ramps: `max(prev, 2 × enforced, guarantee)`. Otherwise
+/// `max(measured × 5/4 + floor, prev / 2)`. Always within
 /// `[min(floor, limit), limit]`.
 pub fn next_demand(cfg: &BandwidthConfig, prev: u64, measured: u64, enforced: u64, guarantee: u64, limit: u64) -> u64 {
+    next_demand_with(cfg, prev, measured, enforced, guarantee, limit, is_backlogged(cfg, measured, enforced, 0))
+}
+
+/// Whether an ENI was held back by its shaper during the last period: it
+/// sent at least `backlog_percent` % of the shaper's rate, or the shaper
+/// dropped packets (`drops`: dropped during the period).
+pub fn is_backlogged(cfg: &BandwidthConfig, measured: u64, enforced: u64, drops: u64) -> bool {
+    enforced > 0 && (drops > 0 || u128::from(measured) * 100 >= u128::from(enforced) * u128::from(cfg.backlog_percent))
+}
+
+fn next_demand_with(cfg: &BandwidthConfig, prev: u64, measured: u64, enforced: u64, guarantee: u64, limit: u64, backlogged: bool) -> u64 {
     let floor = cfg.floor_bps.min(limit);
-    let backlogged = enforced > 0 && u128::from(measured) * 100 >= u128::from(enforced) * u128::from(cfg.backlog_percent);
     let d = if backlogged {
         prev.max(enforced.saturating_mul(2)).max(guarantee)
     } else {
@@ -97,11 +107,53 @@ pub fn should_change(cfg: &BandwidthConfig, cur: u64, new: u64) -> bool {
     diff > cfg.threshold_bps && u128::from(diff) * 1000 > u128::from(cur) * u128::from(cfg.threshold_permille)
 }
 
+/// Lends what a link's allocation leaves unused to its backlogged flows.
+///
+/// `flows`: per flow on the link `(allocated, measured, backlogged, limit,
+/// weight)`. What is lendable is the capacity no flow was allocated plus
+/// the part of the non-backlogged flows' allocations they did not use (the
+/// margin that lets them grow); it is shared among the backlogged flows by
+/// weight (water-filling, capped at each one's limit). Returns each flow's
+/// rate: its allocation plus what it borrows.
+///
+/// Without this, margins kept for flows that are not backlogged are lost
+/// to everyone; with it, the rates on a link may sum above its capacity by
+/// at most those margins, for at most one period after a flow grows.
+pub fn lend(capacity: u64, flows: &[(u64, u64, bool, u64, u32)]) -> Vec<u64> {
+    let allocated: u64 = flows.iter().map(|f| f.0).sum();
+    let unused: u64 = flows.iter().filter(|f| !f.2).map(|f| f.0.saturating_sub(f.1)).sum();
+    let mut pool = capacity.saturating_sub(allocated).saturating_add(unused);
+    let mut out: Vec<u64> = flows.iter().map(|f| f.0).collect();
+    let mut open: Vec<usize> = (0..flows.len()).filter(|&i| flows[i].2 && out[i] < flows[i].3).collect();
+    while pool > 0 && !open.is_empty() {
+        let wsum: u64 = open.iter().map(|&i| u64::from(flows[i].4.max(1))).sum();
+        let mut given = 0;
+        let mut still = Vec::with_capacity(open.len());
+        for &i in &open {
+            let share = (u128::from(pool) * u128::from(flows[i].4.max(1)) / u128::from(wsum)) as u64;
+            let room = flows[i].3 - out[i];
+            let g = share.min(room);
+            out[i] += g;
+            given += g;
+            if out[i] < flows[i].3 {
+                still.push(i);
+            }
+        }
+        pool -= given;
+        if given == 0 || still.len() == open.len() {
+            break;
+        }
+        open = still;
+    }
+    out
+}
+
 /// Counter state of one shaper between two periods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Meter {
     at_ms: u64,
     bytes: u64,
+    drops: u64,
     /// The rate the shaper had at that sample.
     rate_bps: u64,
 }
@@ -111,6 +163,7 @@ struct Meter {
 struct DirState {
     meter: Option<Meter>,
     demand_bps: u64,
+    backlogged: bool,
     stats: DirectionStats,
 }
 
@@ -224,17 +277,21 @@ impl Controller {
             let mut demands = [0u64; 2];
             for (k, (is_tx, s, limit)) in [(true, *tx, tx_limit), (false, *rx, rx_limit)].into_iter().enumerate() {
                 let st = self.state.entry((e.eni_id.clone(), is_tx)).or_default();
-                let (measured, enforced) = match st.meter {
-                    Some(m) if now_ms > m.at_ms && s.bytes >= m.bytes => {
-                        ((s.bytes - m.bytes).saturating_mul(8_000) / (now_ms - m.at_ms), m.rate_bps)
-                    }
-                    _ => (st.stats.rate_bps, 0),
+                let (measured, enforced, drops) = match st.meter {
+                    Some(m) if now_ms > m.at_ms && s.bytes >= m.bytes => (
+                        (s.bytes - m.bytes).saturating_mul(8_000) / (now_ms - m.at_ms),
+                        m.rate_bps,
+                        s.drops.saturating_sub(m.drops),
+                    ),
+                    _ => (st.stats.rate_bps, 0, 0),
                 };
                 let prev = if st.meter.is_none() { limit } else { st.demand_bps };
                 let fresh = st.meter.is_none();
-                st.meter = Some(Meter { at_ms: now_ms, bytes: s.bytes, rate_bps: s.shaper.rate_bps });
+                st.meter = Some(Meter { at_ms: now_ms, bytes: s.bytes, drops: s.drops, rate_bps: s.shaper.rate_bps });
+                st.backlogged = !fresh && is_backlogged(&cfg, measured, enforced, drops);
                 // The first sample says nothing about a rate: start from the limit.
-                st.demand_bps = if fresh { limit } else { next_demand(&cfg, prev, measured, enforced, e.guaranteed_bps, limit) };
+                st.demand_bps =
+                    if fresh { limit } else { next_demand_with(&cfg, prev, measured, enforced, e.guaranteed_bps, limit, st.backlogged) };
                 st.stats.rate_bps = measured;
                 st.stats.demand_bps = st.demand_bps;
                 demands[k] = st.demand_bps;
@@ -258,12 +315,30 @@ impl Controller {
                 return Step::default();
             }
         };
+        // Rates: the allocation, plus what backlogged flows borrow of what
+        // the others leave unused on the same link.
+        let mut rates = vec![0u64; problem.flows.len()];
+        for (link, is_tx) in [(0usize, true), (1usize, false)] {
+            let idx: Vec<usize> = (0..enis.len()).map(|i| 2 * i + link).collect();
+            let flows: Vec<(u64, u64, bool, u64, u32)> = idx
+                .iter()
+                .map(|&f| {
+                    let i = f / 2;
+                    let st = &self.state[&(enis[i].0.eni_id.clone(), is_tx)];
+                    let limit = if is_tx { limits[i].0 } else { limits[i].1 };
+                    (alloc.flow_rate_bps[f], st.stats.rate_bps, st.backlogged, limit, enis[i].0.weight)
+                })
+                .collect();
+            for (f, r) in idx.iter().zip(lend(problem.links[link].capacity_bps, &flows)) {
+                rates[*f] = r;
+            }
+        }
         let mut step = Step::default();
         for (i, (e, tx, rx)) in enis.iter().enumerate() {
             let mut dirs = [DirectionStats::default(); 2];
             for (k, (is_tx, s, flow)) in [(true, *tx, 2 * i), (false, *rx, 2 * i + 1)].into_iter().enumerate() {
                 let limit = if is_tx { limits[i].0 } else { limits[i].1 };
-                let rate = alloc.flow_rate_bps[flow].clamp(cfg.floor_bps.min(limit), limit);
+                let rate = rates[flow].clamp(cfg.floor_bps.min(limit), limit);
                 let st = self.state.get_mut(&(e.eni_id.clone(), is_tx)).expect("state inserted above");
                 st.stats.allocated_bps = rate;
                 dirs[k] = st.stats;
@@ -406,6 +481,29 @@ mod tests {
         assert_eq!(d, c.floor_bps);
         // A limit below the floor wins.
         assert_eq!(next_demand(&c, 0, 0, 0, 0, M), M);
+    }
+
+    #[test]
+    fn unused_margins_are_lent_to_backlogged_flows_by_weight() {
+        // Capacity 500: a light flow allocated 190 but using 150, a
+        // backlogged one allocated 310: it may use 350.
+        assert_eq!(lend(500 * M, &[(190 * M, 150 * M, false, 500 * M, 1), (310 * M, 310 * M, true, 500 * M, 1)]), vec![190 * M, 350 * M]);
+        // Unallocated capacity too, shared 3:1, capped at limits.
+        assert_eq!(
+            lend(1000 * M, &[(100 * M, 100 * M, true, 1000 * M, 3), (100 * M, 100 * M, true, 1000 * M, 1), (10 * M, 0, false, 1000 * M, 1)]),
+            vec![700 * M, 300 * M, 10 * M]
+        );
+        assert_eq!(lend(1000 * M, &[(100 * M, 100 * M, true, 150 * M, 1), (100 * M, 100 * M, true, 1000 * M, 1)]), vec![150 * M, 850 * M]);
+        // Nobody backlogged: nothing lent.
+        assert_eq!(lend(500 * M, &[(100 * M, 10 * M, false, 500 * M, 1)]), vec![100 * M]);
+    }
+
+    #[test]
+    fn drops_mean_backlogged() {
+        let c = BandwidthConfig::default();
+        assert!(is_backlogged(&c, 50 * M, 100 * M, 3));
+        assert!(!is_backlogged(&c, 50 * M, 100 * M, 0));
+        assert!(!is_backlogged(&c, 50 * M, 0, 3), "no rate known yet");
     }
 
     #[test]
