@@ -190,10 +190,12 @@ fn main() {
         std::process::exit(2);
     }
     let mut rounds = 20;
+    let mut reaction_too = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds),
+            "--skip-reaction" => reaction_too = false,
             // One elastic run with the shapers' rates and wire rates every 100 ms.
             "--trace" => {
                 let onoff = args.next().as_deref() == Some("onoff");
@@ -205,7 +207,9 @@ fn main() {
         }
     }
     println!("lab: host 1 NIC {NIC} Mbit/s, A guarantee 300, B guarantee 100, TCP (iperf3) to host 2; agent loop period 100 ms");
-    reaction(rounds);
+    if reaction_too {
+        reaction(rounds);
+    }
     for (name, onoff) in [("backlogged", false), ("on/off", true)] {
         let mut per = vec![];
         let mut port = 7000 + if onoff { 500 } else { 0 };

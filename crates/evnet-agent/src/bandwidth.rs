@@ -12,10 +12,13 @@
 //!
 //! A shaper only shows how much an ENI sent, never how much it wanted to:
 //! an ENI that ran at ≥ 95% of its rate during the last period is taken to
-//! be backlogged and its demand is ramped multiplicatively (× 2 per period,
-//! and at once to at least its guarantee) toward its limit; otherwise its
+//! be backlogged (so is one whose shaper dropped packets) and its demand is
+//! ramped multiplicatively (× 4 per period, and at once to at least its
+//! guarantee and an eighth of its limit) toward its limit; otherwise its
 //! demand is the measured rate plus a margin, decaying by at most half per
-//! period so that a pause of one period does not give its share away.
+//! period so that a pause of one period does not give its share away, and
+//! not at all while the measured rate is still growing fast (TCP's slow
+//! start after its cap was raised).
 //! Every ENI keeps a small floor so that new traffic is seen.
 //!
 //! # Caps from the controller
@@ -48,6 +51,10 @@ pub struct BandwidthConfig {
     /// Smallest rate an ENI is given, so that new demand shows (bit/s;
     /// never above the ENI's limit).
     pub floor_bps: u64,
+    /// A backlogged ENI's demand is at least its rate times this …
+    pub ramp: u64,
+    /// … and at least its limit divided by this.
+    pub ramp_min_divisor: u64,
     /// A shaper's rate is changed only when the new one differs by more than
     /// this share of the old (parts per thousand) …
     pub threshold_permille: u64,
@@ -62,6 +69,8 @@ impl Default for BandwidthConfig {
             report_every: Duration::from_secs(1),
             backlog_percent: 95,
             floor_bps: 2_000_000,
+            ramp: 4,
+            ramp_min_divisor: 8,
             threshold_permille: 10,
             threshold_bps: 500_000,
         }
@@ -77,11 +86,18 @@ impl Default for BandwidthConfig {
 ///   controller).
 ///
 /// Backlogged ([`is_backlogged`]): the demand is above the rate, so it
-/// ramps: `max(prev, 2 × enforced, guarantee)`. Otherwise
-/// `max(measured × 5/4 + floor, prev / 2)`. Always within
-/// `[min(floor, limit), limit]`.
+/// ramps: `max(prev, 4 × enforced, guarantee, limit / 8)`. Growing ([`is_growing`]):
+/// it keeps `prev` (or more). Otherwise `max(measured × 5/4 + floor,
+/// prev / 2)`. Always within `[min(floor, limit), limit]`.
 pub fn next_demand(cfg: &BandwidthConfig, prev: u64, measured: u64, enforced: u64, guarantee: u64, limit: u64) -> u64 {
-    next_demand_with(cfg, prev, measured, enforced, guarantee, limit, is_backlogged(cfg, measured, enforced, 0))
+    next_demand_with(cfg, prev, measured, enforced, guarantee, limit, is_backlogged(cfg, measured, enforced, 0), false)
+}
+
+/// Whether the measured rate grew by more than a quarter since the last
+/// period (TCP's slow start after a cap was lifted): such a flow is still
+/// finding its rate, and its demand must not decay meanwhile.
+pub fn is_growing(prev_measured: u64, measured: u64) -> bool {
+    u128::from(measured) * 4 > u128::from(prev_measured) * 5 && measured > 0
 }
 
 /// Whether an ENI was held back by its shaper during the last period: it
@@ -91,10 +107,22 @@ pub fn is_backlogged(cfg: &BandwidthConfig, measured: u64, enforced: u64, drops:
     enforced > 0 && (drops > 0 || u128::from(measured) * 100 >= u128::from(enforced) * u128::from(cfg.backlog_percent))
 }
 
-fn next_demand_with(cfg: &BandwidthConfig, prev: u64, measured: u64, enforced: u64, guarantee: u64, limit: u64, backlogged: bool) -> u64 {
+#[allow(clippy::too_many_arguments)]
+fn next_demand_with(
+    cfg: &BandwidthConfig,
+    prev: u64,
+    measured: u64,
+    enforced: u64,
+    guarantee: u64,
+    limit: u64,
+    backlogged: bool,
+    growing: bool,
+) -> u64 {
     let floor = cfg.floor_bps.min(limit);
     let d = if backlogged {
-        prev.max(enforced.saturating_mul(2)).max(guarantee)
+        prev.max(enforced.saturating_mul(cfg.ramp)).max(guarantee).max(limit / cfg.ramp_min_divisor.max(1))
+    } else if growing {
+        prev.max(measured.saturating_add(measured / 4).saturating_add(floor))
     } else {
         (measured.saturating_add(measured / 4).saturating_add(floor)).max(prev / 2)
     };
@@ -289,9 +317,13 @@ impl Controller {
                 let fresh = st.meter.is_none();
                 st.meter = Some(Meter { at_ms: now_ms, bytes: s.bytes, drops: s.drops, rate_bps: s.shaper.rate_bps });
                 st.backlogged = !fresh && is_backlogged(&cfg, measured, enforced, drops);
+                let growing = !fresh && is_growing(st.stats.rate_bps, measured);
                 // The first sample says nothing about a rate: start from the limit.
-                st.demand_bps =
-                    if fresh { limit } else { next_demand_with(&cfg, prev, measured, enforced, e.guaranteed_bps, limit, st.backlogged) };
+                st.demand_bps = if fresh {
+                    limit
+                } else {
+                    next_demand_with(&cfg, prev, measured, enforced, e.guaranteed_bps, limit, st.backlogged, growing)
+                };
                 st.stats.rate_bps = measured;
                 st.stats.demand_bps = st.demand_bps;
                 demands[k] = st.demand_bps;
@@ -455,16 +487,18 @@ mod tests {
     const M: u64 = 1_000_000;
 
     #[test]
-    fn backlogged_ramps_to_guarantee_then_doubles_up_to_the_limit() {
+    fn backlogged_ramps_to_guarantee_then_multiplies_up_to_the_limit() {
         let c = BandwidthConfig::default();
         // At 96% of a 10 Mbit/s rate: backlogged; at once to the guarantee.
         assert_eq!(next_demand(&c, 10 * M, 96 * M / 10, 10 * M, 300 * M, 1000 * M), 300 * M);
-        // Above the guarantee: doubles.
-        assert_eq!(next_demand(&c, 300 * M, 299 * M, 300 * M, 100 * M, 1000 * M), 600 * M);
+        // Without a guarantee: at least an eighth of the limit.
+        assert_eq!(next_demand(&c, 2 * M, 2 * M, 2 * M, 0, 1000 * M), 125 * M);
+        // Above: × 4.
+        assert_eq!(next_demand(&c, 200 * M, 199 * M, 200 * M, 100 * M, 1000 * M), 800 * M);
         // Never above the limit.
         assert_eq!(next_demand(&c, 600 * M, 600 * M, 600 * M, 100 * M, 1000 * M), 1000 * M);
         // Never below what it already had while backlogged.
-        assert_eq!(next_demand(&c, 900 * M, 450 * M, 450 * M, 0, 1000 * M), 900 * M);
+        assert_eq!(next_demand(&c, 900 * M, 200 * M, 200 * M, 0, 1000 * M), 900 * M);
     }
 
     #[test]
@@ -496,6 +530,17 @@ mod tests {
         assert_eq!(lend(1000 * M, &[(100 * M, 100 * M, true, 150 * M, 1), (100 * M, 100 * M, true, 1000 * M, 1)]), vec![150 * M, 850 * M]);
         // Nobody backlogged: nothing lent.
         assert_eq!(lend(500 * M, &[(100 * M, 10 * M, false, 500 * M, 1)]), vec![100 * M]);
+    }
+
+    #[test]
+    fn a_growing_flow_keeps_its_demand() {
+        let c = BandwidthConfig::default();
+        assert!(is_growing(100 * M, 150 * M));
+        assert!(!is_growing(100 * M, 110 * M));
+        assert!(!is_growing(0, 0));
+        // Slow start at 150 of a 300 allocation: not backlogged, but growing.
+        assert_eq!(next_demand_with(&c, 300 * M, 150 * M, 300 * M, 300 * M, 1000 * M, false, true), 300 * M);
+        assert_eq!(next_demand_with(&c, 300 * M, 150 * M, 300 * M, 300 * M, 1000 * M, false, false), 189_500_000);
     }
 
     #[test]
