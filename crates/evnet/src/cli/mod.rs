@@ -108,6 +108,7 @@ pub enum ResourceCommand {
     #[command(after_help = exec::EXAMPLES)]
     Exec(ExecArgs),
     /// Live rates, demand and allocations of hosts and ENIs.
+    #[command(after_help = top::EXAMPLES)]
     Top(top::TopArgs),
 }
 

@@ -13,6 +13,11 @@ use serde::Deserialize;
 use super::OutputFormat;
 use super::render::table;
 
+pub(crate) const EXAMPLES: &str = "Examples:
+  evnet top
+  evnet top --interval 0.5 --count 20
+  evnet top --once -o json";
+
 /// Live rates, demand and allocations of hosts and ENIs.
 #[derive(clap::Args, Debug)]
 pub struct TopArgs {
