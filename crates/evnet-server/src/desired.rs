@@ -143,29 +143,44 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
     })
 }
 
-/// Remembers each host's last desired state and the revision it changed at.
+/// Remembers each host's last desired state, the revision it was computed
+/// at, and the revision it last changed at (its generation).
 #[derive(Default)]
 pub struct DesiredTracker {
-    last: Mutex<HashMap<String, HostDesired>>,
+    last: Mutex<HashMap<String, (u64, HostDesired)>>,
 }
 
 impl DesiredTracker {
     pub fn current(&self, st: &AppState, host_id: &str) -> Option<HostDesired> {
-        // Held across the computation so generations never go backwards.
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let snap = st.cache.read();
-        let mut d = compute(&snap, host_id)?;
-        let revision = snap.revision;
-        drop(snap);
-        match last.get(host_id) {
-            Some(prev) if HostDesired { generation: 0, ..prev.clone() } == d => {
-                d.generation = prev.generation;
-            }
-            _ => {
-                d.generation = revision.max(1);
-                last.insert(host_id.to_string(), d.clone());
+        let now = st.cache.revision();
+        if let Some((at, prev)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).get(host_id) {
+            if *at >= now {
+                return Some(prev.clone());
             }
         }
-        Some(d)
+        // Computed outside the tracker's lock, so hosts do not wait for each other.
+        let (mut d, revision) = {
+            let snap = st.cache.read();
+            (compute(&snap, host_id)?, snap.revision)
+        };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get_mut(host_id) {
+            // A newer computation got there first: generations never go backwards.
+            Some((at, prev)) if *at > revision => Some(prev.clone()),
+            Some((at, prev)) => {
+                d.generation = prev.generation;
+                if *prev != d {
+                    d.generation = revision.max(1);
+                    *prev = d.clone();
+                }
+                *at = revision;
+                Some(d)
+            }
+            None => {
+                d.generation = revision.max(1);
+                last.insert(host_id.to_string(), (revision, d.clone()));
+                Some(d)
+            }
+        }
     }
 }
