@@ -378,7 +378,7 @@ impl Controller {
                 let cur = s.shaper;
                 if should_change(&cfg, cur.rate_bps, want.rate_bps)
                     || cur.ceil_bps != cur.rate_bps
-                    || !Shaper::same_burst(cur.burst_bytes, want.burst_bytes)
+                    || !Shaper::same_burst_at(cur.rate_bps, cur.burst_bytes, want.burst_bytes)
                 {
                     let dev = if is_tx { &e.tx_dev } else { &e.rx_dev };
                     step.ops.push(Op::SetRate { ns: Ns::named(&e.ns), dev: dev.clone(), shaper: want });

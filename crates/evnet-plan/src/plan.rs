@@ -549,7 +549,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
             let want = ts.resolve(cur);
             match cur {
                 None => ops.push(Op::EnsureShaper { ns: ns.clone(), dev: dev.clone(), shaper: want }),
-                Some(c) if c.rate_bps != want.rate_bps || c.ceil_bps != want.ceil_bps || !Shaper::same_burst(c.burst_bytes, want.burst_bytes) => {
+                Some(c) if c.rate_bps != want.rate_bps || c.ceil_bps != want.ceil_bps || !Shaper::same_burst_at(want.rate_bps, c.burst_bytes, want.burst_bytes) => {
                     ops.push(Op::SetRate { ns: ns.clone(), dev: dev.clone(), shaper: want })
                 }
                 Some(_) => {}

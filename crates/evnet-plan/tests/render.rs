@@ -129,4 +129,10 @@ fn shaper_ops_serialise_and_print() {
     assert_eq!(serde_json::from_str::<evnet_plan::Op>(&json).unwrap(), op);
     assert!(evnet_plan::Shaper::same_burst(65536, 65536 + 500));
     assert!(!evnet_plan::Shaper::same_burst(65536, 32768));
+    // tc writes a burst as whole microseconds at the class's rate: at
+    // 30 Gbit/s 64 KiB reads back as 63,600 bytes, at 400 Gbit/s as 48,000.
+    assert!(!evnet_plan::Shaper::same_burst(65536, 63600));
+    assert!(evnet_plan::Shaper::same_burst_at(30_000_000_000, 65536, 63600));
+    assert!(evnet_plan::Shaper::same_burst_at(400_000_000_000, 65536, 48000));
+    assert!(!evnet_plan::Shaper::same_burst_at(1_000_000_000, 65536, 63600));
 }
