@@ -263,3 +263,25 @@ pub fn check_revision(expected: Option<u64>, current: Revision, id: &str) -> Api
 pub fn arc_clone<T: Clone>(a: &Arc<T>) -> T {
     T::clone(a)
 }
+
+/// A resource's name: the given one (validated), or its id.
+pub fn name_or(id: &str, name: &Option<String>) -> ApiResult<String> {
+    match name {
+        Some(n) => {
+            evnet_model::validate::check_name(n)?;
+            Ok(n.clone())
+        }
+        None => Ok(id.to_string()),
+    }
+}
+
+/// Validates the optional name and tags of a PATCH body.
+pub fn check_name_and_tags(name: Option<&str>, tags: Option<&evnet_model::Tags>) -> ApiResult<()> {
+    if let Some(n) = name {
+        evnet_model::validate::check_name(n)?;
+    }
+    if let Some(t) = tags {
+        evnet_model::validate::check_tags(t)?;
+    }
+    Ok(())
+}

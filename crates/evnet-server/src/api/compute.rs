@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use evnet_model::placement::{choose_host, HostLoad};
-use evnet_model::validate::{check_name, check_tags, mac_for_eni, MAX_SECONDARY_IPS, MAX_SECURITY_GROUPS_PER_ENI};
+use evnet_model::validate::{check_tags, mac_for_eni, MAX_SECONDARY_IPS, MAX_SECURITY_GROUPS_PER_ENI};
 use evnet_model::*;
 use evnet_store::Txn;
 use serde::Deserialize;
@@ -20,16 +20,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Q};
 use crate::keys;
 use crate::state::AppState;
-
-fn name_or(id: &str, name: &Option<String>) -> ApiResult<String> {
-    match name {
-        Some(n) => {
-            check_name(n)?;
-            Ok(n.clone())
-        }
-        None => Ok(id.to_string()),
-    }
-}
 
 pub fn host_load(snap: &Snapshot, h: &Host) -> HostLoad {
     HostLoad {
@@ -357,12 +347,7 @@ pub async fn get_eni(State(st): State<AppState>, caller: Caller, Path(id): Path<
 }
 
 pub async fn patch_eni(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, Body(req): Body<PatchEni>) -> ApiResult<Json<Eni>> {
-    if let Some(n) = &req.name {
-        check_name(n)?;
-    }
-    if let Some(t) = &req.tags {
-        check_tags(t)?;
-    }
+    check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
     if let Some(b) = &req.bandwidth {
         b.validate()?;
     }
@@ -587,12 +572,7 @@ pub async fn patch_pool(
     if let Some(l) = req.limit_mbps {
         check_pool_limit(l)?;
     }
-    if let Some(n) = &req.name {
-        check_name(n)?;
-    }
-    if let Some(t) = &req.tags {
-        check_tags(t)?;
-    }
+    check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
     commit(&st, |snap| {
         let e = visible(&snap.bandwidth_pools, Kind::BandwidthPool, &id, &caller)?;
         check_revision(req.revision, e.mod_revision, &id)?;

@@ -19,16 +19,6 @@ use crate::state::AppState;
 
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 
-fn name_or(id: &str, name: &Option<String>) -> ApiResult<String> {
-    match name {
-        Some(n) => {
-            check_name(n)?;
-            Ok(n.clone())
-        }
-        None => Ok(id.to_string()),
-    }
-}
-
 /// Rewrites a VPC unchanged so its revision moves: creates and deletes of
 /// its children do this, so they serialize with each other and with the
 /// VPC's delete.
@@ -144,12 +134,7 @@ pub async fn patch_vpc(
     Path(id): Path<String>,
     Body(req): Body<PatchNameTags>,
 ) -> ApiResult<Json<Vpc>> {
-    if let Some(n) = &req.name {
-        check_name(n)?;
-    }
-    if let Some(t) = &req.tags {
-        check_tags(t)?;
-    }
+    check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
     commit(&st, |snap| {
         let e = visible(&snap.vpcs, Kind::Vpc, &id, &caller)?;
         check_revision(req.revision, e.mod_revision, &id)?;
@@ -270,12 +255,7 @@ pub async fn patch_subnet(
     Path(id): Path<String>,
     Body(req): Body<PatchNameTags>,
 ) -> ApiResult<Json<Subnet>> {
-    if let Some(n) = &req.name {
-        check_name(n)?;
-    }
-    if let Some(t) = &req.tags {
-        check_tags(t)?;
-    }
+    check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
     commit(&st, |snap| {
         let e = visible(&snap.subnets, Kind::Subnet, &id, &caller)?;
         check_revision(req.revision, e.mod_revision, &id)?;
@@ -423,12 +403,7 @@ pub async fn patch_sg(
     Path(id): Path<String>,
     Body(req): Body<PatchSecurityGroup>,
 ) -> ApiResult<Json<SecurityGroup>> {
-    if let Some(n) = &req.name {
-        check_name(n)?;
-    }
-    if let Some(t) = &req.tags {
-        check_tags(t)?;
-    }
+    check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
     if let Some(r) = &req.ingress {
         check_sg_rules(r)?;
     }
@@ -599,12 +574,7 @@ pub async fn patch_rtb(
     Path(id): Path<String>,
     Body(req): Body<PatchRouteTable>,
 ) -> ApiResult<Json<RouteTable>> {
-    if let Some(n) = &req.name {
-        check_name(n)?;
-    }
-    if let Some(t) = &req.tags {
-        check_tags(t)?;
-    }
+    check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
     commit(&st, |snap| {
         let e = visible(&snap.route_tables, Kind::RouteTable, &id, &caller)?;
         check_revision(req.revision, e.mod_revision, &id)?;
