@@ -17,6 +17,7 @@
 mod error;
 pub mod linux;
 pub mod model;
+mod nftables;
 mod tc;
 
 pub use error::{ApplyError, Errno, KernelError};

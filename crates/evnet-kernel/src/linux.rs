@@ -109,8 +109,7 @@ impl LinuxKernel {
         })
     }
 
-    fn observe_ns(&self, ns: &Ns, others: &[(Ns, PathBuf)]) -> Result<RawNs, KernelError> {
-        let others = others.to_vec();
+    fn observe_ns(&self, ns: &Ns) -> Result<RawNs, KernelError> {
         let label = ns.to_string();
         self.run(ns, move |h| async move {
             let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: label.clone(), message: e.to_string() };
@@ -199,11 +198,6 @@ impl LinuxKernel {
                     }
                 }
             }
-            for (other, path) in &others {
-                if let Some(id) = get_nsid(&h, path).await? {
-                    raw.nsids.insert(id, other.clone());
-                }
-            }
             // Sysctls that matter, read through this thread's namespace.
             if let Some(v) = read_sysctl("net.ipv4.ip_forward") {
                 raw.state.sysctls.insert("net.ipv4.ip_forward".into(), v);
@@ -232,6 +226,131 @@ impl LinuxKernel {
             }
             Ok(raw)
         })
+    }
+
+    /// Observes `all` namespaces on a few worker threads at once (each
+    /// namespace is read on its own thread inside it; most of the time is
+    /// spent waiting on the kernel). A named namespace deleted meanwhile is
+    /// simply absent.
+    fn observe_many(&self, all: &[(Ns, PathBuf)]) -> Result<BTreeMap<Ns, RawNs>, KernelError> {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get() * 2).clamp(1, 8).min(all.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Vec<(Ns, Result<RawNs, KernelError>)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((ns, _)) = all.get(i) else { break };
+                            let r = self.observe_ns(ns);
+                            let stop = r.is_err() && !matches!(r, Err(KernelError::Namespace { .. }) if *ns != Ns::Host);
+                            mine.push((ns.clone(), r));
+                            if stop {
+                                next.store(all.len(), std::sync::atomic::Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        });
+        let mut raws = BTreeMap::new();
+        for (ns, r) in results.into_iter().flatten() {
+            match r {
+                Ok(raw) => {
+                    raws.insert(ns, raw);
+                }
+                // A namespace deleted while we looked: it is simply gone.
+                Err(KernelError::Namespace { .. }) if ns != Ns::Host => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(raws)
+    }
+
+    /// Fills each namespace's nsid → namespace map for the veths whose
+    /// peer is elsewhere. Asking every namespace for every other one's nsid
+    /// is quadratic; instead a namespace asks only about the candidates: the
+    /// namespaces holding a veth at the peer's index that points back at
+    /// this veth's index (almost always exactly one).
+    fn resolve_peer_nsids(&self, all: &[(Ns, PathBuf)], raws: &mut BTreeMap<Ns, RawNs>) -> Result<(), KernelError> {
+        let paths: BTreeMap<&Ns, &PathBuf> = all.iter().map(|(n, p)| (n, p)).collect();
+        // (index, peer index) of every veth with a peer in another namespace → where it is.
+        let mut remote_ends: BTreeMap<(u32, u32), Vec<Ns>> = BTreeMap::new();
+        for (ns, raw) in raws.iter() {
+            for l in &raw.links {
+                if let (LinkKind::Veth, Some(pi), Some(_)) = (&l.kind, l.peer_index, l.peer_nsid) {
+                    remote_ends.entry((l.index, pi)).or_default().push(ns.clone());
+                }
+            }
+        }
+        let mut asks: Vec<(Ns, Vec<(Ns, PathBuf)>)> = Vec::new();
+        for (ns, raw) in raws.iter() {
+            let mut candidates: BTreeSet<Ns> = BTreeSet::new();
+            for l in &raw.links {
+                if let (LinkKind::Veth, Some(pi), Some(_)) = (&l.kind, l.peer_index, l.peer_nsid) {
+                    for c in remote_ends.get(&(pi, l.index)).into_iter().flatten() {
+                        if c != ns {
+                            candidates.insert(c.clone());
+                        }
+                    }
+                }
+            }
+            if !candidates.is_empty() {
+                let list = candidates.into_iter().filter_map(|c| paths.get(&c).map(|p| (c.clone(), (*p).clone()))).collect();
+                asks.push((ns.clone(), list));
+            }
+        }
+        let found: Vec<(Ns, Result<BTreeMap<i32, Ns>, KernelError>)> = std::thread::scope(|s| {
+            let chunks: Vec<Vec<(Ns, Vec<(Ns, PathBuf)>)>> = {
+                let workers = std::thread::available_parallelism().map_or(2, |n| n.get() * 2).clamp(1, 8);
+                let mut c: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+                for (i, a) in asks.into_iter().enumerate() {
+                    c[i % workers].push(a);
+                }
+                c
+            };
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    s.spawn(move || {
+                        chunk
+                            .into_iter()
+                            .map(|(ns, others)| {
+                                let r = self.run(&ns, move |h| async move {
+                                    let mut ids = BTreeMap::new();
+                                    for (other, path) in &others {
+                                        if let Some(id) = get_nsid(&h, path).await? {
+                                            ids.insert(id, other.clone());
+                                        }
+                                    }
+                                    Ok(ids)
+                                });
+                                (ns, r)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        });
+        for (ns, r) in found {
+            match r {
+                Ok(ids) => {
+                    if let Some(raw) = raws.get_mut(&ns) {
+                        raw.nsids = ids;
+                    }
+                }
+                Err(KernelError::Namespace { .. }) if ns != Ns::Host => {
+                    raws.remove(&ns);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn link_index(h: &Handle, ns: &Ns, name: &str) -> impl Future<Output = Result<u32, KernelError>> {
@@ -512,18 +631,8 @@ impl Kernel for LinuxKernel {
                 (ns, p)
             })
             .collect();
-        let mut raws: BTreeMap<Ns, RawNs> = BTreeMap::new();
-        for (ns, _) in &all {
-            let others: Vec<(Ns, PathBuf)> = all.iter().filter(|(o, _)| o != ns).cloned().collect();
-            match self.observe_ns(ns, &others) {
-                Ok(r) => {
-                    raws.insert(ns.clone(), r);
-                }
-                // A namespace deleted while we looked: it is simply gone.
-                Err(KernelError::Namespace { .. }) if *ns != Ns::Host => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let mut raws = self.observe_many(&all)?;
+        self.resolve_peer_nsids(&all, &mut raws)?;
         let by_index: BTreeMap<(Ns, u32), String> =
             raws.iter().flat_map(|(ns, r)| r.links.iter().map(move |l| ((ns.clone(), l.index), l.name.clone()))).collect();
         let mut out = Observed::default();
@@ -795,6 +904,15 @@ fn nft_list(args: &[&str]) -> Result<Option<String>, KernelError> {
 
 /// evnet's firewall in the current thread's namespace.
 fn read_firewall() -> Result<Option<FirewallState>, KernelError> {
+    // Most namespaces (instances, the host) hold none of evnet's tables:
+    // one netlink dump says so without starting `nft`. Should the dump
+    // fail, `nft list` below answers.
+    if let Ok(tables) = crate::nftables::tables() {
+        let ours = |family: i32| tables.iter().any(|(f, n)| i32::from(*f) == family && n == NFT_TABLE);
+        if !ours(libc::NFPROTO_ARP) && !ours(libc::NFPROTO_INET) {
+            return Ok(None);
+        }
+    }
     let netdev = nft_list(&["list", "table", "arp", NFT_TABLE])?;
     let inet = nft_list(&["list", "table", "inet", NFT_TABLE])?;
     if netdev.is_none() && inet.is_none() {
