@@ -2,10 +2,13 @@
 //! paths, and one host's 100-ENI loop. Prints tables; see docs/bench/evnet-alloc.md.
 //!
 //! Usage: evnet-alloc-bench [--quick] [--runs N] [--host-iters N] [--seed S] [--no-verify]
+//!
+//! The digest column is an FNV-1a hash of the whole allocation: builds that
+//! agree bit for bit print the same digests.
 
 use std::time::Instant;
 
-use evnet_alloc::{Allocator, Eni, Flow, Link, Pool, Problem, verify};
+use evnet_alloc::{Allocation, Allocator, Eni, Flow, Link, Pool, Problem, verify};
 
 const M: u64 = 1_000_000;
 const G: u64 = 1_000_000_000;
@@ -178,6 +181,29 @@ fn fmt_time(s: f64) -> String {
     }
 }
 
+/// FNV-1a over every output vector: equal digests mean bit-identical
+/// allocations (to compare builds, seeds and machines).
+fn digest(a: &Allocation, mut h: u64) -> u64 {
+    for v in [
+        &a.flow_rate_bps,
+        &a.flow_guarantee_bps,
+        &a.eni_tx_bps,
+        &a.eni_rx_bps,
+        &a.link_load_bps,
+        &a.pool_tx_bps,
+        &a.pool_rx_bps,
+    ] {
+        for x in v.iter().chain(std::iter::once(&(v.len() as u64))) {
+            for b in x.to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3);
+            }
+        }
+    }
+    h
+}
+
+const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
+
 fn main() {
     let mut quick = false;
     let mut runs: Option<usize> = None;
@@ -229,8 +255,8 @@ fn main() {
     );
     println!();
     println!(
-        "{:>9} {:>7} {:>9} {:>5} {:>11} {:>11} {:>13} {:>9}",
-        "flows", "hosts", "hops", "runs", "median", "p99", "ns/flow-hop", "verified"
+        "{:>9} {:>7} {:>9} {:>5} {:>11} {:>11} {:>13} {:>9} {:>17}",
+        "flows", "hosts", "hops", "runs", "median", "p99", "ns/flow-hop", "verified", "digest"
     );
     let mut points: Vec<(f64, f64)> = Vec::new();
     let mut al = Allocator::new();
@@ -257,7 +283,7 @@ fn main() {
             "skipped".to_string()
         };
         println!(
-            "{:>9} {:>7} {:>9} {:>5} {:>11} {:>11} {:>13.1} {:>9}",
+            "{:>9} {:>7} {:>9} {:>5} {:>11} {:>11} {:>13.1} {:>9} {:>17}",
             nf,
             nh,
             hops,
@@ -265,7 +291,8 @@ fn main() {
             fmt_time(med),
             fmt_time(percentile(&times, 99.0)),
             med * 1e9 / hops as f64,
-            verified
+            verified,
+            format!("{:016x}", digest(al.allocation(), FNV_OFFSET))
         );
         points.push(((nf as f64).ln(), med.ln()));
     }
@@ -301,15 +328,19 @@ fn main() {
         .collect();
     times.sort_by(f64::total_cmp);
     let verified = variants.iter().all(|p| verify(p, al.allocate(p)).is_ok());
+    let host_digest = variants
+        .iter()
+        .fold(FNV_OFFSET, |h, p| digest(al.allocate(p), h));
     println!();
     println!(
         "host loop: 100 ENIs, 200 flows (one per ENI per direction), 2 NIC links, 64 demand sets, {host_iters} allocations"
     );
     println!(
-        "  median {}  p99 {}  max {}  verified {}",
+        "  median {}  p99 {}  max {}  verified {}  digest {:016x}",
         fmt_time(percentile(&times, 50.0)),
         fmt_time(percentile(&times, 99.0)),
         fmt_time(*times.last().unwrap_or(&0.0)),
-        if verified { "yes" } else { "NO" }
+        if verified { "yes" } else { "NO" },
+        host_digest
     );
 }
