@@ -169,6 +169,11 @@ struct FlowSt {
 /// Inputs, scratch space and output of one progressive-filling run. The
 /// caller fills the `pub(crate)` input vectors, calls [`Filler::run`] and
 /// reads `rate` and `load`.
+///
+/// Internally the active flows are renumbered in the order of their demand
+/// levels, so the flows that freeze at their demand (most of them) are
+/// visited in memory order, and their paths are copied into one CSR array in
+/// that order.
 #[derive(Debug, Default)]
 pub(crate) struct Filler {
     // Inputs.
@@ -186,12 +191,21 @@ pub(crate) struct Filler {
     pub load: Vec<u64>,
     // Scratch.
     res: Vec<Res>,
+    /// Active flows, internal numbering (demand-level order).
     flows: Vec<FlowSt>,
+    /// Internal flow → input flow.
+    order: Vec<u32>,
+    /// Internal flow → approximate key of its demand level.
+    dkey: Vec<u64>,
+    /// Internal flow → resources, CSR.
+    iflow_off: Vec<u32>,
+    iflow_res: Vec<u32>,
+    /// (approximate demand level key << 32 | input flow), sorted.
+    sort_keys: Vec<u128>,
     res_off: Vec<u32>,
     res_flows: Vec<u32>,
     queued: Vec<Level>,
     heap: Vec<Item>,
-    demands: Vec<Item>,
 }
 
 impl Filler {
@@ -206,10 +220,94 @@ impl Filler {
         self.flow_d.clear();
     }
 
+    /// Sorts the active flows by demand level, in the exact order
+    /// (level, input flow index): by the approximate key first, then an
+    /// insertion pass with exact comparisons, which only moves entries whose
+    /// keys are within [`KEY_MARGIN`] of each other.
+    fn sort_demands(&mut self) {
+        let (flow_d, flow_g, flow_w) = (&self.flow_d, &self.flow_g, &self.flow_w);
+        let keys = &mut self.sort_keys;
+        keys.clear();
+        for (f, &d) in flow_d.iter().enumerate() {
+            if d == 0 {
+                continue;
+            }
+            debug_assert!(flow_g[f] <= d);
+            let level = Level {
+                num: d - flow_g[f],
+                den: flow_w[f],
+            };
+            keys.push((u128::from(approx_key(level)) << 32) | f as u128);
+        }
+        keys.sort_unstable();
+        let less = |a: u128, b: u128| -> bool {
+            let (ka, kb) = ((a >> 32) as u64, (b >> 32) as u64);
+            if ka.saturating_add(KEY_MARGIN) < kb {
+                return true;
+            }
+            if kb.saturating_add(KEY_MARGIN) < ka {
+                return false;
+            }
+            let (fa, fb) = (a as u32 as usize, b as u32 as usize);
+            // A key is 0 exactly when the level is 0 (a positive level is at
+            // least 2^-128, far from f64's underflow).
+            if ka == 0 && kb == 0 {
+                return fa < fb;
+            }
+            let la = Level {
+                num: flow_d[fa] - flow_g[fa],
+                den: flow_w[fa],
+            };
+            let lb = Level {
+                num: flow_d[fb] - flow_g[fb],
+                den: flow_w[fb],
+            };
+            (la, fa) < (lb, fb)
+        };
+        for i in 1..keys.len() {
+            let mut j = i;
+            while j > 0 && less(keys[j], keys[j - 1]) {
+                keys.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+    }
+
     pub fn run(&mut self) {
         let nf = self.flow_d.len();
         let nr = self.res_cap.len();
         debug_assert_eq!(self.flow_off.len(), nf + 1);
+
+        self.sort_demands();
+
+        // Renumber the active flows in demand order.
+        let (flow_off, flow_res) = (&self.flow_off, &self.flow_res);
+        let flows = &mut self.flows;
+        let order = &mut self.order;
+        let dkey = &mut self.dkey;
+        let iflow_off = &mut self.iflow_off;
+        let iflow_res = &mut self.iflow_res;
+        flows.clear();
+        order.clear();
+        dkey.clear();
+        iflow_off.clear();
+        iflow_off.push(0);
+        iflow_res.clear();
+        for &k in &self.sort_keys {
+            let f = k as u32 as usize;
+            order.push(f as u32);
+            dkey.push((k >> 32) as u64);
+            flows.push(FlowSt {
+                w: self.flow_w[f],
+                x: self.flow_g[f],
+                d: self.flow_d[f],
+            });
+            iflow_res.extend_from_slice(&flow_res[flow_off[f] as usize..flow_off[f + 1] as usize]);
+            iflow_off.push(iflow_res.len() as u32);
+        }
+        let na = flows.len();
+        let iflow_off = &*iflow_off;
+        let iflow_res = &*iflow_res;
 
         let res = &mut self.res;
         res.clear();
@@ -218,29 +316,13 @@ impl Filler {
             rem: cap,
             cap,
         }));
-        let flows = &mut self.flows;
-        flows.clear();
-        flows.extend((0..nf).map(|f| {
-            let active = self.flow_d[f] > 0;
-            FlowSt {
-                w: if active { self.flow_w[f] } else { 0 },
-                x: if active { self.flow_g[f] } else { 0 },
-                d: self.flow_d[f],
-            }
-        }));
-        let flow_off = &self.flow_off;
-        let flow_res = &self.flow_res;
 
-        // Resource → active flows, CSR (a counting sort, so lists keep flow order).
+        // Resource → active flows, CSR (a counting sort over internal flows).
         let res_off = &mut self.res_off;
         res_off.clear();
         res_off.resize(nr + 1, 0);
         for (f, fl) in flows.iter().enumerate() {
-            if fl.w == 0 {
-                continue;
-            }
-            debug_assert!(fl.x <= fl.d);
-            for &r in &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize] {
+            for &r in &iflow_res[iflow_off[f] as usize..iflow_off[f + 1] as usize] {
                 let r = r as usize;
                 res_off[r] += 1;
                 // The caller guarantees Σ guarantees ≤ capacity on every resource.
@@ -251,8 +333,8 @@ impl Filler {
                 res[r].w += fl.w;
             }
         }
-        // res_off[r] = end of r's range; fill backwards, walking flows in
-        // reverse so each list ends up in flow order and res_off[r] its start.
+        // res_off[r] = end of r's range; fill backwards so that res_off[r]
+        // ends at its start.
         let mut acc = 0u32;
         for o in res_off.iter_mut() {
             acc += *o;
@@ -261,11 +343,8 @@ impl Filler {
         let res_flows = &mut self.res_flows;
         res_flows.clear();
         res_flows.resize(acc as usize, 0);
-        for (f, fl) in flows.iter().enumerate().rev() {
-            if fl.w == 0 {
-                continue;
-            }
-            for &r in &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize] {
+        for f in (0..na).rev() {
+            for &r in &iflow_res[iflow_off[f] as usize..iflow_off[f + 1] as usize] {
                 let r = r as usize;
                 res_off[r] -= 1;
                 res_flows[res_off[r] as usize] = f as u32;
@@ -275,8 +354,6 @@ impl Filler {
 
         let heap = &mut self.heap;
         let queued = &mut self.queued;
-        let demands = &mut self.demands;
-        demands.clear();
         heap.clear();
         queued.clear();
         queued.resize(nr, Level { num: 0, den: 1 });
@@ -291,70 +368,48 @@ impl Filler {
                 });
             }
         }
-        for (f, fl) in flows.iter().enumerate() {
-            if fl.w > 0 {
-                let level = Level {
-                    num: fl.d - fl.x,
-                    den: fl.w,
-                };
-                demands.push(Item {
-                    key: approx_key(level),
-                    id: f as u32,
-                    kind: DEMAND,
-                });
-            }
-        }
         heapify(heap, &Order { flows, queued });
-        // Demand levels never change: sort them once and merge them with the
-        // resource queue, which then stays small.
-        {
-            let o = Order { flows, queued };
-            demands.sort_unstable_by(|a, b| {
-                if o.less(a, b) {
-                    std::cmp::Ordering::Less
-                } else {
-                    std::cmp::Ordering::Greater
-                }
-            });
-        }
-        let mut next_demand = 0usize;
 
         let freeze = |f: usize, rate: u64, flows: &mut [FlowSt], res: &mut [Res]| {
             let fl = &mut flows[f];
             let (above, w) = (rate - fl.x, fl.w);
             fl.x = rate;
             fl.w = 0;
-            for &r in &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize] {
+            for &r in &iflow_res[iflow_off[f] as usize..iflow_off[f + 1] as usize] {
                 let rs = &mut res[r as usize];
                 rs.rem -= above;
                 rs.w -= w;
             }
         };
 
+        // Demand levels never change: they are already sorted (internal flow
+        // order) and merged with the resource queue, which stays small.
+        let mut next_demand = 0usize;
         loop {
-            while demands
-                .get(next_demand)
-                .is_some_and(|d| flows[d.id as usize].w == 0)
-            {
+            while next_demand < na && flows[next_demand].w == 0 {
                 next_demand += 1;
             }
             let o = Order { flows, queued };
-            let e = match (demands.get(next_demand), heap.first()) {
-                (None, None) => break,
-                (Some(d), Some(h)) if o.less(h, d) => heap_pop(heap, &o),
-                (Some(d), _) => {
-                    next_demand += 1;
-                    Some(*d)
+            let e = if next_demand < na {
+                let d = Item {
+                    key: dkey[next_demand],
+                    id: next_demand as u32,
+                    kind: DEMAND,
+                };
+                match heap.first() {
+                    Some(h) if o.less(h, &d) => heap_pop(heap, &o),
+                    _ => {
+                        let rate = flows[next_demand].d;
+                        freeze(next_demand, rate, flows, res);
+                        next_demand += 1;
+                        continue;
+                    }
                 }
-                (None, Some(_)) => heap_pop(heap, &o),
+            } else {
+                heap_pop(heap, &o)
             };
             let Some(e) = e else { break };
             let id = e.id as usize;
-            if e.kind == DEMAND {
-                let d = flows[id].d;
-                freeze(id, d, flows, res);
-                continue;
-            }
             if res[id].w == 0 {
                 continue;
             }
@@ -386,24 +441,29 @@ impl Filler {
             debug_assert_eq!(res[id].w, 0);
         }
 
-        // Hand out what rounding left, in flow order.
-        for (f, fl) in flows.iter_mut().enumerate() {
-            let want = fl.d - fl.x;
+        // Rates in input order (inactive flows get 0), then hand out what
+        // rounding left, in input flow order.
+        let rate = &mut self.rate;
+        rate.clear();
+        rate.resize(nf, 0);
+        for (fl, &f) in flows.iter().zip(order.iter()) {
+            rate[f as usize] = fl.x;
+        }
+        for (f, (x, &d)) in rate.iter_mut().zip(&self.flow_d).enumerate() {
+            let want = d - *x;
             if want == 0 {
                 continue;
             }
             let rs = &flow_res[flow_off[f] as usize..flow_off[f + 1] as usize];
             let inc = rs.iter().fold(want, |m, &r| m.min(res[r as usize].rem));
             if inc > 0 {
-                fl.x += inc;
+                *x += inc;
                 for &r in rs {
                     res[r as usize].rem -= inc;
                 }
             }
         }
 
-        self.rate.clear();
-        self.rate.extend(flows.iter().map(|f| f.x));
         self.load.clear();
         self.load.extend(res.iter().map(|r| r.cap - r.rem));
     }
