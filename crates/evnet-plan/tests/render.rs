@@ -44,7 +44,7 @@ fn renders_anti_spoofing_and_groups() {
 \tcomment \"evnet:{fp}\"
 \tchain input {{
 \t\ttype filter hook input priority -300; policy accept;
-\t\tiifname \"eve00000000aa\" jump as_eve00000000aa
+\t\tiifname vmap {{ \"eve00000000aa\" : jump as_eve00000000aa }}
 \t}}
 \tchain as_eve00000000aa {{
 \t\tarp saddr ether 0a:00:00:00:00:aa arp saddr ip {{ 10.0.0.10, 10.0.0.11 }} return
@@ -58,7 +58,7 @@ table inet evnet {{
 \t}}
 \tchain prerouting {{
 \t\ttype filter hook prerouting priority -300; policy accept;
-\t\tiifname \"eve00000000aa\" jump as_eve00000000aa
+\t\tiifname vmap {{ \"eve00000000aa\" : jump as_eve00000000aa }}
 \t}}
 \tchain as_eve00000000aa {{
 \t\tether saddr != 0a:00:00:00:00:aa drop
@@ -69,8 +69,8 @@ table inet evnet {{
 \t\ttype filter hook forward priority filter; policy accept;
 \t\tct state established,related accept
 \t\tct state invalid drop
-\t\tiifname \"eve00000000aa\" jump out_eve00000000aa
-\t\toifname \"eve00000000aa\" jump in_eve00000000aa
+\t\tiifname vmap {{ \"eve00000000aa\" : jump out_eve00000000aa }}
+\t\toifname vmap {{ \"eve00000000aa\" : jump in_eve00000000aa }}
 \t}}
 \tchain out_eve00000000aa {{
 \t\tmeta nfproto ipv4 meta l4proto udp udp dport 53-54 return
@@ -135,4 +135,30 @@ fn shaper_ops_serialise_and_print() {
     assert!(evnet_plan::Shaper::same_burst_at(30_000_000_000, 65536, 63600));
     assert!(evnet_plan::Shaper::same_burst_at(400_000_000_000, 65536, 48000));
     assert!(!evnet_plan::Shaper::same_burst_at(1_000_000_000, 65536, 63600));
+}
+
+#[test]
+fn dispatch_is_one_verdict_map_per_hook() {
+    let a = eni(true);
+    let mut b = eni(true);
+    b.eni_id = "eni-00000000000000bb".into();
+    b.mac = "0a:00:00:00:00:bb".into();
+    b.private_ip = Ipv4Addr::new(10, 0, 0, 20);
+    b.secondary_ips.clear();
+    let spec = render(&[(&a, "eve00000000aa".into()), (&b, "eve00000000bb".into())], &[group()]);
+    for line in [
+        "\t\tiifname vmap { \"eve00000000aa\" : jump as_eve00000000aa, \"eve00000000bb\" : jump as_eve00000000bb }\n",
+        "\t\tiifname vmap { \"eve00000000aa\" : jump out_eve00000000aa, \"eve00000000bb\" : jump out_eve00000000bb }\n",
+        "\t\toifname vmap { \"eve00000000aa\" : jump in_eve00000000aa, \"eve00000000bb\" : jump in_eve00000000bb }\n",
+    ] {
+        assert!(spec.tables.contains(line), "missing {line:?} in\n{}", spec.tables);
+    }
+    // arp input and inet prerouting both dispatch to the anti-spoofing chains.
+    assert_eq!(spec.tables.matches("jump as_eve00000000bb").count(), 2);
+    assert!(!spec.tables.contains("iifname \"eve"), "no per-ENI dispatch rules left:\n{}", spec.tables);
+
+    // No ENIs: no map (nft rejects an empty one), the base chains remain.
+    let none = render(&[], &[]);
+    assert!(!none.tables.contains("vmap"), "{}", none.tables);
+    assert!(none.tables.contains("ct state established,related accept"));
 }
