@@ -29,6 +29,25 @@
 
 use crate::wide::{Level, mul_div_floor};
 
+/// Hints the CPU to load `x`'s cache line: the big loops below visit
+/// flows and resources in an order known a few steps ahead, and overlapping
+/// those cache misses is most of their speed. No effect on results.
+#[inline(always)]
+fn prefetch<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and has no architectural effect; SSE
+    // is part of the x86_64 baseline.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(x).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
+/// How many entries ahead the loops prefetch.
+const AHEAD: usize = 8;
+
 /// A queue entry: a flow reaching its demand or a resource saturating. The
 /// exact level lives beside the queue (the flow's `(d − g) / w`, or the level
 /// the resource had when queued); `key` is its f64 approximation, as bits,
@@ -293,7 +312,18 @@ impl Filler {
         iflow_off.clear();
         iflow_off.push(0);
         iflow_res.clear();
-        for &k in &self.sort_keys {
+        let keys = &self.sort_keys;
+        for (i, &k) in keys.iter().enumerate() {
+            if let Some(&k2) = keys.get(i + 2 * AHEAD) {
+                let f2 = k2 as u32 as usize;
+                prefetch(&self.flow_w[f2]);
+                prefetch(&self.flow_g[f2]);
+                prefetch(&self.flow_d[f2]);
+                prefetch(&flow_off[f2]);
+            }
+            if let Some(&k2) = keys.get(i + AHEAD) {
+                prefetch(&flow_res[flow_off[k2 as u32 as usize] as usize]);
+            }
             let f = k as u32 as usize;
             order.push(f as u32);
             dkey.push((k >> 32) as u64);
@@ -322,6 +352,13 @@ impl Filler {
         res_off.clear();
         res_off.resize(nr + 1, 0);
         for (f, fl) in flows.iter().enumerate() {
+            if f + AHEAD < na {
+                let g = f + AHEAD;
+                for &r in &iflow_res[iflow_off[g] as usize..iflow_off[g + 1] as usize] {
+                    prefetch(&res[r as usize]);
+                    prefetch(&res_off[r as usize]);
+                }
+            }
             for &r in &iflow_res[iflow_off[f] as usize..iflow_off[f + 1] as usize] {
                 let r = r as usize;
                 res_off[r] += 1;
@@ -344,6 +381,11 @@ impl Filler {
         res_flows.clear();
         res_flows.resize(acc as usize, 0);
         for f in (0..na).rev() {
+            if let Some(g) = f.checked_sub(AHEAD) {
+                for &r in &iflow_res[iflow_off[g] as usize..iflow_off[g + 1] as usize] {
+                    prefetch(&res_off[r as usize]);
+                }
+            }
             for &r in &iflow_res[iflow_off[f] as usize..iflow_off[f + 1] as usize] {
                 let r = r as usize;
                 res_off[r] -= 1;
@@ -399,6 +441,13 @@ impl Filler {
                 match heap.first() {
                     Some(h) if o.less(h, &d) => heap_pop(heap, &o),
                     _ => {
+                        if next_demand + AHEAD < na {
+                            let g = next_demand + AHEAD;
+                            for &r in &iflow_res[iflow_off[g] as usize..iflow_off[g + 1] as usize]
+                            {
+                                prefetch(&res[r as usize]);
+                            }
+                        }
                         let rate = flows[next_demand].d;
                         freeze(next_demand, rate, flows, res);
                         next_demand += 1;
@@ -428,7 +477,15 @@ impl Filler {
                 continue;
             }
             debug_assert!(cur == queued[id], "a queued level must be a lower bound");
-            for &f in &res_flows[res_off[id] as usize..res_off[id + 1] as usize] {
+            let list = &res_flows[res_off[id] as usize..res_off[id + 1] as usize];
+            for (k, &f) in list.iter().enumerate() {
+                if let Some(&g) = list.get(k + 2 * AHEAD) {
+                    prefetch(&flows[g as usize]);
+                    prefetch(&iflow_off[g as usize]);
+                }
+                if let Some(&g) = list.get(k + AHEAD) {
+                    prefetch(&iflow_res[iflow_off[g as usize] as usize]);
+                }
                 let f = f as usize;
                 let fl = &flows[f];
                 if fl.w == 0 {
