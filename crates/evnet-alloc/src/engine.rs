@@ -458,6 +458,10 @@ impl Filler {
                 heap_pop(heap, &o)
             };
             let Some(e) = e else { break };
+            if let Some(h) = heap.first() {
+                prefetch(&res[h.id as usize]);
+                prefetch(&queued[h.id as usize]);
+            }
             let id = e.id as usize;
             if res[id].w == 0 {
                 continue;
@@ -485,6 +489,12 @@ impl Filler {
                 }
                 if let Some(&g) = list.get(k + AHEAD) {
                     prefetch(&iflow_res[iflow_off[g as usize] as usize]);
+                }
+                if let Some(&g) = list.get(k + AHEAD / 2) {
+                    let g = g as usize;
+                    for &r in &iflow_res[iflow_off[g] as usize..iflow_off[g + 1] as usize] {
+                        prefetch(&res[r as usize]);
+                    }
                 }
                 let f = f as usize;
                 let fl = &flows[f];
