@@ -322,7 +322,10 @@ impl Filler {
                 prefetch(&flow_off[f2]);
             }
             if let Some(&k2) = keys.get(i + AHEAD) {
-                prefetch(&flow_res[flow_off[k2 as u32 as usize] as usize]);
+                // A path may be empty: its start may be the end of `flow_res`.
+                if let Some(r) = flow_res.get(flow_off[k2 as u32 as usize] as usize) {
+                    prefetch(r);
+                }
             }
             let f = k as u32 as usize;
             order.push(f as u32);
@@ -488,7 +491,9 @@ impl Filler {
                     prefetch(&iflow_off[g as usize]);
                 }
                 if let Some(&g) = list.get(k + AHEAD) {
-                    prefetch(&iflow_res[iflow_off[g as usize] as usize]);
+                    if let Some(r) = iflow_res.get(iflow_off[g as usize] as usize) {
+                        prefetch(r);
+                    }
                 }
                 if let Some(&g) = list.get(k + AHEAD / 2) {
                     let g = g as usize;

@@ -322,6 +322,25 @@ fn edge_cases() {
     assert_eq!(a.flow_rate_bps, vec![u64::MAX, 0]);
 }
 
+/// Many flows in demand order, the last ones with empty paths (nothing
+/// caps them but their demand and their ENI): every one gets its demand.
+#[test]
+fn flows_without_links_get_their_demand() {
+    let mut flows: Vec<Flow> = (0..40u64).map(|i| out(0, (i + 1) * M, vec![0])).collect();
+    flows.extend((0..40u64).map(|i| out(1, (100 + i) * M, vec![])));
+    let p = Problem {
+        links: vec![Link {
+            capacity_bps: BIG,
+        }],
+        enis: vec![eni(0, 0, 1), eni(0, 0, 1)],
+        flows,
+        pools: vec![],
+    };
+    let a = checked(&p);
+    let demands: Vec<u64> = p.flows.iter().map(|f| f.demand_bps).collect();
+    assert_eq!(a.flow_rate_bps, demands);
+}
+
 #[test]
 fn allocator_reuse_matches_fresh_allocation() {
     let problems = [
