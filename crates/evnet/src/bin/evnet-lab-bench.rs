@@ -237,7 +237,10 @@ fn iperf(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr, seconds: u32) ->
         let o = Command::new("timeout")
             .args([&(seconds + 10).to_string(), "ip", "netns", "exec", client_ns, "iperf3", "-c", &server_ip.to_string(), "-p", &port, "-t", &seconds.to_string(), "-J"])
             .output()?;
-        if o.status.success() || start.elapsed() > Duration::from_secs(5) {
+        // iperf3 -J exits 0 even when it could not connect: the JSON's
+        // "error" says so (the server may not listen yet).
+        let connected = o.status.success() && serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|v| v.get("error").is_none());
+        if connected || start.elapsed() > Duration::from_secs(5) {
             break o;
         }
         std::thread::sleep(Duration::from_millis(50));
