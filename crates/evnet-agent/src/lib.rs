@@ -217,7 +217,10 @@ async fn reconcile_loop(
                         apply_ms = pass.apply.as_millis() as u64,
                         "reconciled"
                     );
-                    verify_next = !dry_run;
+                    // One immediate check; if that pass still found work, the
+                    // next one waits for the timer (no busy loop on drift
+                    // the kernel keeps undoing).
+                    verify_next = !dry_run && !verifying;
                 }
                 applied_tx.send_replace(Applied {
                     generation: desired.generation,
