@@ -31,6 +31,10 @@ pub struct Allocator {
     sum_tx: Vec<u128>,
     sum_rx: Vec<u128>,
     gsum: Vec<u128>,
+    side_off: Vec<u32>,
+    side_res: Vec<u32>,
+    w_tx: Vec<u128>,
+    w_rx: Vec<u128>,
     out: Allocation,
 }
 
@@ -165,46 +169,61 @@ impl Allocator {
         r.res_cap.extend(p.enis.iter().map(|e| e.limit_rx_bps));
         r.res_cap.extend(p.pools.iter().map(|p| p.limit_bps));
         r.res_cap.extend(p.pools.iter().map(|p| p.limit_bps));
+        // Per ENI, once: the virtual resources its flows cross as sender
+        // (its tx limit and its pools' tx caps, those that can bind) and as
+        // receiver, and the weight of each flow it owns in either role.
+        let (side_off, side_res) = (&mut self.side_off, &mut self.side_res);
+        side_off.clear();
+        side_off.push(0);
+        side_res.clear();
+        for tx in [true, false] {
+            for (e, eni) in p.enis.iter().enumerate() {
+                let (limit, dem) = if tx {
+                    (eni.limit_tx_bps, self.dem_tx[e])
+                } else {
+                    (eni.limit_rx_bps, self.dem_rx[e])
+                };
+                if u128::from(limit) < dem {
+                    side_res.push((if tx { tx0 } else { rx0 } + e) as u32);
+                }
+                let pools = &self.eni_pool
+                    [self.eni_pool_off[e] as usize..self.eni_pool_off[e + 1] as usize];
+                for &pi in pools {
+                    let (bind_tx, bind_rx) = self.pool_bind[pi as usize];
+                    if tx && bind_tx {
+                        side_res.push(ptx0 as u32 + pi);
+                    } else if !tx && bind_rx {
+                        side_res.push(prx0 as u32 + pi);
+                    }
+                }
+                side_off.push(side_res.len() as u32);
+            }
+        }
+        let owner_weight = |e: usize, n: u32| -> u128 {
+            u128::from(p.enis[e].weight) * WEIGHT_SCALE / u128::from(n.max(1))
+        };
+        self.w_tx.clear();
+        self.w_tx.extend((0..ne).map(|e| owner_weight(e, self.n_tx[e])));
+        self.w_rx.clear();
+        self.w_rx.extend((0..ne).map(|e| owner_weight(e, self.n_rx[e])));
         for (fi, f) in p.flows.iter().enumerate() {
             r.flow_res.extend(f.path.iter().map(|&l| l as u32));
             if let Some(s) = f.src {
-                if u128::from(p.enis[s].limit_tx_bps) < self.dem_tx[s] {
-                    r.flow_res.push((tx0 + s) as u32);
-                }
-                let (a, b) = (
-                    self.eni_pool_off[s] as usize,
-                    self.eni_pool_off[s + 1] as usize,
-                );
-                for &pi in &self.eni_pool[a..b] {
-                    if self.pool_bind[pi as usize].0 {
-                        r.flow_res.push(ptx0 as u32 + pi);
-                    }
-                }
+                let (a, b) = (side_off[s] as usize, side_off[s + 1] as usize);
+                r.flow_res.extend_from_slice(&side_res[a..b]);
             }
             if let Some(d) = f.dst {
-                if u128::from(p.enis[d].limit_rx_bps) < self.dem_rx[d] {
-                    r.flow_res.push((rx0 + d) as u32);
-                }
-                let (a, b) = (
-                    self.eni_pool_off[d] as usize,
-                    self.eni_pool_off[d + 1] as usize,
-                );
-                for &pi in &self.eni_pool[a..b] {
-                    if self.pool_bind[pi as usize].1 {
-                        r.flow_res.push(prx0 as u32 + pi);
-                    }
-                }
+                let (a, b) = (side_off[ne + d] as usize, side_off[ne + d + 1] as usize);
+                r.flow_res.extend_from_slice(&side_res[a..b]);
             }
             r.flow_off.push(r.flow_res.len() as u32);
             r.flow_g.push(self.guarantee.rate[fi]);
             r.flow_d.push(f.demand_bps);
-            let (weight, n) = match (f.src, f.dst) {
-                (Some(s), _) => (p.enis[s].weight, self.n_tx[s]),
-                (None, Some(d)) => (p.enis[d].weight, self.n_rx[d]),
-                (None, None) => (1, 1),
-            };
-            r.flow_w
-                .push(u128::from(weight) * WEIGHT_SCALE / u128::from(n.max(1)));
+            r.flow_w.push(match (f.src, f.dst) {
+                (Some(s), _) => self.w_tx[s],
+                (None, Some(d)) => self.w_rx[d],
+                (None, None) => WEIGHT_SCALE,
+            });
         }
 
         // Scale guarantees down where they oversubscribe a link or a pool:
