@@ -516,10 +516,13 @@ impl LinuxKernel {
                 self.run(ns, move |h| async move {
                     let idx = Self::link_index(&h, &nsc, &n.dev).await?;
                     let mac = naming::mac_bytes(&n.mac).ok_or_else(|| KernelError::rejected(format!("mac {}", n.mac), Errno::Invalid))?;
+                    // Replace: the kernel may hold an incomplete entry for the
+                    // address already (a packet went there before we knew it).
                     h.neighbours()
                         .add(idx, IpAddr::V4(n.ip))
                         .link_layer_address(&mac)
                         .state(NeighbourState::Permanent)
+                        .replace()
                         .execute()
                         .await
                         .map_err(ne)

@@ -215,6 +215,11 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
                     up: true,
                 },
             );
+            // The whole VPC block leads to the VXLAN, so proxy ARP answers an
+            // instance's ARP for any VPC address at once (as a cloud's VPC
+            // router does). Addresses with no /32 below go nowhere: the VXLAN
+            // has no flood entry and does not learn.
+            tn.routes.insert(vpc.cidr_block, Route { dst: vpc.cidr_block, dev: vx.clone(), via: None });
             for r in &vpc.remote_enis {
                 if r.host_id == host {
                     continue;
