@@ -1,10 +1,11 @@
 //! Allocator timing: fabric-wide problems of 10^3 to 10^6 flows over leaf-spine
 //! paths, and one host's 100-ENI loop. Prints tables; see docs/bench/evnet-alloc.md.
 //!
-//! Usage: evnet-alloc-bench [--quick] [--runs N] [--host-iters N] [--seed S] [--no-verify]
+//! Usage: evnet-alloc-bench [--quick] [--runs N] [--host-iters N] [--seed S] [--no-verify] [--flows N]
 //!
 //! The digest column is an FNV-1a hash of the whole allocation: builds that
 //! agree bit for bit print the same digests.
+//! `--flows N` times only the fabric size with N flows (e.g. 1000000).
 
 use std::time::Instant;
 
@@ -210,6 +211,7 @@ fn main() {
     let mut host_iters = 20_000usize;
     let mut seed = 1u64;
     let mut check = true;
+    let mut only: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = |name: &str| -> u64 {
@@ -223,9 +225,10 @@ fn main() {
             "--host-iters" => host_iters = num("--host-iters") as usize,
             "--seed" => seed = num("--seed"),
             "--no-verify" => check = false,
+            "--flows" => only = Some(num("--flows") as usize),
             "-h" | "--help" => {
                 println!(
-                    "usage: evnet-alloc-bench [--quick] [--runs N] [--host-iters N] [--seed S] [--no-verify]"
+                    "usage: evnet-alloc-bench [--quick] [--runs N] [--host-iters N] [--seed S] [--no-verify] [--flows N]"
                 );
                 return;
             }
@@ -246,6 +249,9 @@ fn main() {
     ];
     if quick {
         sizes.retain(|s| s.0 <= 100_000);
+    }
+    if let Some(n) = only {
+        sizes.retain(|s| s.0 == n);
     }
     println!(
         "evnet-alloc-bench: one thread, release build, Allocator reused, one warm-up run per size"
