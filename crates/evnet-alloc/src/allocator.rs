@@ -203,9 +203,11 @@ impl Allocator {
             u128::from(p.enis[e].weight) * WEIGHT_SCALE / u128::from(n.max(1))
         };
         self.w_tx.clear();
-        self.w_tx.extend((0..ne).map(|e| owner_weight(e, self.n_tx[e])));
+        self.w_tx
+            .extend((0..ne).map(|e| owner_weight(e, self.n_tx[e])));
         self.w_rx.clear();
-        self.w_rx.extend((0..ne).map(|e| owner_weight(e, self.n_rx[e])));
+        self.w_rx
+            .extend((0..ne).map(|e| owner_weight(e, self.n_rx[e])));
         for (fi, f) in p.flows.iter().enumerate() {
             r.flow_res.extend(f.path.iter().map(|&l| l as u32));
             if let Some(s) = f.src {

@@ -446,8 +446,7 @@ impl Filler {
                     _ => {
                         if next_demand + AHEAD < na {
                             let g = next_demand + AHEAD;
-                            for &r in &iflow_res[iflow_off[g] as usize..iflow_off[g + 1] as usize]
-                            {
+                            for &r in &iflow_res[iflow_off[g] as usize..iflow_off[g + 1] as usize] {
                                 prefetch(&res[r as usize]);
                             }
                         }
@@ -490,10 +489,10 @@ impl Filler {
                     prefetch(&flows[g as usize]);
                     prefetch(&iflow_off[g as usize]);
                 }
-                if let Some(&g) = list.get(k + AHEAD) {
-                    if let Some(r) = iflow_res.get(iflow_off[g as usize] as usize) {
-                        prefetch(r);
-                    }
+                if let Some(&g) = list.get(k + AHEAD)
+                    && let Some(r) = iflow_res.get(iflow_off[g as usize] as usize)
+                {
+                    prefetch(r);
                 }
                 if let Some(&g) = list.get(k + AHEAD / 2) {
                     let g = g as usize;

@@ -329,9 +329,7 @@ fn flows_without_links_get_their_demand() {
     let mut flows: Vec<Flow> = (0..40u64).map(|i| out(0, (i + 1) * M, vec![0])).collect();
     flows.extend((0..40u64).map(|i| out(1, (100 + i) * M, vec![])));
     let p = Problem {
-        links: vec![Link {
-            capacity_bps: BIG,
-        }],
+        links: vec![Link { capacity_bps: BIG }],
         enis: vec![eni(0, 0, 1), eni(0, 0, 1)],
         flows,
         pools: vec![],
