@@ -173,6 +173,33 @@ pub fn lend(capacity: u64, flows: &[(u64, u64, bool, u64, u32)]) -> Vec<u64> {
         }
         open = still;
     }
+    // What no backlogged flow can take goes to every flow, up to its limit:
+    // the shapers then never bind while the link has room (a flow alone on
+    // its NIC keeps its limit instead of being re-rated every period).
+    if !flows.iter().any(|f| f.2) {
+        // Only what the link really has left, so rates never sum above it.
+        let mut pool = capacity.saturating_sub(out.iter().sum());
+        let mut open: Vec<usize> = (0..flows.len()).filter(|&i| out[i] < flows[i].3).collect();
+        while pool > 0 && !open.is_empty() {
+            let wsum: u64 = open.iter().map(|&i| u64::from(flows[i].4.max(1))).sum();
+            let mut given = 0;
+            let mut still = Vec::with_capacity(open.len());
+            for &i in &open {
+                let share = (u128::from(pool) * u128::from(flows[i].4.max(1)) / u128::from(wsum)) as u64;
+                let g = share.min(flows[i].3 - out[i]);
+                out[i] += g;
+                given += g;
+                if out[i] < flows[i].3 {
+                    still.push(i);
+                }
+            }
+            pool -= given;
+            if given == 0 || still.len() == open.len() {
+                break;
+            }
+            open = still;
+        }
+    }
     out
 }
 
@@ -528,8 +555,9 @@ mod tests {
             vec![700 * M, 300 * M, 10 * M]
         );
         assert_eq!(lend(1000 * M, &[(100 * M, 100 * M, true, 150 * M, 1), (100 * M, 100 * M, true, 1000 * M, 1)]), vec![150 * M, 850 * M]);
-        // Nobody backlogged: nothing lent.
-        assert_eq!(lend(500 * M, &[(100 * M, 10 * M, false, 500 * M, 1)]), vec![100 * M]);
+        // Nobody backlogged: the room goes to everyone, up to limits, by weight.
+        assert_eq!(lend(500 * M, &[(100 * M, 10 * M, false, 500 * M, 1)]), vec![500 * M]);
+        assert_eq!(lend(500 * M, &[(100 * M, 10 * M, false, 150 * M, 1), (100 * M, 0, false, 500 * M, 1)]), vec![150 * M, 350 * M]);
     }
 
     #[test]
