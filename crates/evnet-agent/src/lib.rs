@@ -184,6 +184,7 @@ async fn reconcile_loop(
     // that the plan converged (and repairs if not) without holding up the
     // report of the generation just applied.
     let mut verify_next = false;
+    let mut first_pass = true;
     loop {
         if !verify_next {
             tokio::select! {
@@ -201,6 +202,16 @@ async fn reconcile_loop(
         metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(pass)) => {
+                if std::mem::take(&mut first_pass) {
+                    tracing::info!(
+                        generation = desired.generation,
+                        ops = pass.ops,
+                        observe_ms = pass.observe.as_millis() as u64,
+                        apply_ms = pass.apply.as_millis() as u64,
+                        total_ms = started.elapsed().as_millis() as u64,
+                        "first pass done"
+                    );
+                }
                 metrics.reconciles_ok.inc();
                 metrics.ops_applied.inc_by(pass.ops as u64);
                 metrics.applied_generation.set(desired.generation as i64);
