@@ -17,6 +17,7 @@
 pub mod bandwidth;
 pub mod metrics;
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -185,10 +186,15 @@ async fn reconcile_loop(
     // report of the generation just applied.
     let mut verify_next = false;
     let mut first_pass = true;
+    // Namespaces the last pass changed; `None` until a pass succeeded, and
+    // after a failure, so the next pass reads everything.
+    let mut dirty: Option<BTreeSet<String>> = None;
+    let mut last_generation = 0u64;
     loop {
+        let mut changed = false;
         if !verify_next {
             tokio::select! {
-                r = desired_rx.changed() => if r.is_err() { return },
+                r = desired_rx.changed() => { if r.is_err() { return } changed = true; },
                 _ = tick.tick() => {},
             }
         }
@@ -197,11 +203,15 @@ async fn reconcile_loop(
         let k = kernel.clone();
         let dry_run = config.dry_run;
         let d = desired.clone();
+        // A change of desired state reads only what may have changed; the
+        // timer and the check after an apply read everything.
+        let fresh = if changed && !verifying { dirty.take() } else { None };
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || reconcile_once(k.as_ref(), &d, dry_run)).await;
+        let result = tokio::task::spawn_blocking(move || reconcile_with(k.as_ref(), &d, dry_run, fresh.as_ref())).await;
         metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(pass)) => {
+                dirty = Some(pass.touched.clone());
                 if std::mem::take(&mut first_pass) {
                     tracing::info!(
                         generation = desired.generation,
@@ -216,8 +226,11 @@ async fn reconcile_loop(
                 metrics.ops_applied.inc_by(pass.ops as u64);
                 metrics.applied_generation.set(desired.generation as i64);
                 backoff.reset();
+                let same_generation = std::mem::replace(&mut last_generation, desired.generation) == desired.generation;
                 if pass.ops > 0 {
-                    if verifying {
+                    // Work found right after an apply for the same desired state
+                    // means the previous pass had not converged.
+                    if verifying && same_generation {
                         metrics.reconciles_not_converged.inc();
                         tracing::warn!(ops = pass.ops, "the previous pass had not converged; applied the rest");
                     }
@@ -239,6 +252,7 @@ async fn reconcile_loop(
                 });
             }
             Ok(Err(e)) => {
+                dirty = None;
                 metrics.reconciles_failed.inc();
                 tracing::error!(error = %format!("{e:#}"), "reconcile failed; will retry");
                 backoff.wait().await;
@@ -249,23 +263,46 @@ async fn reconcile_loop(
 }
 
 /// What one reconcile pass did.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Pass {
     pub ops: usize,
     pub observe: Duration,
     pub apply: Duration,
+    /// Namespaces the applied ops changed.
+    pub touched: BTreeSet<String>,
 }
 
-/// One level-triggered pass: observe, plan, apply in order (stopping at the
-/// first failure). The next pass re-observes; converged means it plans nothing.
+/// One level-triggered pass over everything: observe, plan, apply in order
+/// (stopping at the first failure). The next pass re-observes; converged
+/// means it plans nothing.
 pub fn reconcile_once(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool) -> anyhow::Result<Pass> {
+    reconcile_with(kernel, desired, dry_run, None)
+}
+
+/// A pass that, with `fresh`, re-reads only the host namespace, the
+/// namespaces in `fresh` and those the plan would touch (and trusts the
+/// last read for the rest); without it, a full pass.
+pub fn reconcile_with(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool, fresh: Option<&BTreeSet<String>>) -> anyhow::Result<Pass> {
     let cfg = PlanConfig::default();
     let t0 = Instant::now();
-    let observed = kernel.observe().context("observing the kernel")?;
+    let mut observed = match fresh {
+        Some(f) => kernel.observe_partial(f),
+        None => kernel.observe(),
+    }
+    .context("observing the kernel")?;
+    let mut ops: Vec<Op> = plan(desired, &observed, &cfg);
+    if let Some(f) = fresh {
+        // Plan on fresh state wherever the plan acts.
+        let touched = touched_namespaces(&ops, &observed);
+        if !touched.is_subset(f) {
+            let all: BTreeSet<String> = f.union(&touched).cloned().collect();
+            observed = kernel.observe_partial(&all).context("observing the kernel")?;
+            ops = plan(desired, &observed, &cfg);
+        }
+    }
     let observe = t0.elapsed();
-    let ops: Vec<Op> = plan(desired, &observed, &cfg);
     if ops.is_empty() {
-        return Ok(Pass { ops: 0, observe, apply: Duration::ZERO });
+        return Ok(Pass { observe, ..Default::default() });
     }
     for op in &ops {
         tracing::debug!(%op, "op");
@@ -274,11 +311,38 @@ pub fn reconcile_once(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool)
         for op in &ops {
             tracing::info!(%op, "would apply (dry run)");
         }
-        return Ok(Pass { ops: 0, observe, apply: Duration::ZERO });
+        return Ok(Pass { observe, ..Default::default() });
     }
+    let touched = touched_namespaces(&ops, &observed);
     let t1 = Instant::now();
     apply_all(kernel, &ops).context("applying the plan")?;
-    Ok(Pass { ops: ops.len(), observe, apply: t1.elapsed() })
+    Ok(Pass { ops: ops.len(), observe, apply: t1.elapsed(), touched })
+}
+
+/// The named namespaces `ops` change: where each acts, a new veth's peer,
+/// a moved link's destination, and a deleted veth's peer.
+fn touched_namespaces(ops: &[Op], observed: &evnet_plan::Observed) -> BTreeSet<String> {
+    use evnet_plan::Ns;
+    let mut out = BTreeSet::new();
+    let mut add = |ns: &Ns| {
+        if let Ns::Named(n) = ns {
+            out.insert(n.clone());
+        }
+    };
+    for op in ops {
+        add(&op.ns());
+        match op {
+            Op::CreateVeth { peer_ns, .. } => add(peer_ns),
+            Op::MoveLink { to, .. } => add(to),
+            Op::DeleteLink { ns, name } => {
+                if let Some(peer) = observed.ns(ns).and_then(|s| s.links.get(name)).and_then(|l| l.peer.as_ref()) {
+                    add(&peer.ns);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Observes and plans again: true when nothing is left to do.

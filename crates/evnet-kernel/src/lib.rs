@@ -52,6 +52,13 @@ pub trait Kernel: Send + Sync {
     fn observe(&self) -> Result<Observed, KernelError>;
     /// Applies one op.
     fn apply(&self, op: &Op) -> Result<(), KernelError>;
+    /// Observes, re-reading at least the host namespace, the namespaces in
+    /// `fresh` and any not seen before; an implementation may answer the
+    /// others from its last observation. The default observes everything.
+    fn observe_partial(&self, fresh: &std::collections::BTreeSet<String>) -> Result<Observed, KernelError> {
+        let _ = fresh;
+        self.observe()
+    }
     /// The counters of evnet's shapers in the given namespaces (missing
     /// namespaces are skipped). Much cheaper than [`Kernel::observe`]: the
     /// bandwidth loop calls it every ~100 ms.
@@ -61,6 +68,9 @@ pub trait Kernel: Send + Sync {
 impl<K: Kernel + ?Sized> Kernel for &K {
     fn observe(&self) -> Result<Observed, KernelError> {
         (**self).observe()
+    }
+    fn observe_partial(&self, fresh: &std::collections::BTreeSet<String>) -> Result<Observed, KernelError> {
+        (**self).observe_partial(fresh)
     }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)
@@ -73,6 +83,9 @@ impl<K: Kernel + ?Sized> Kernel for &K {
 impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
     fn observe(&self) -> Result<Observed, KernelError> {
         (**self).observe()
+    }
+    fn observe_partial(&self, fresh: &std::collections::BTreeSet<String>) -> Result<Observed, KernelError> {
+        (**self).observe_partial(fresh)
     }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)

@@ -52,13 +52,16 @@ pub struct LinuxKernel {
     /// When set, only namespaces this host owns by name are observed
     /// (several hosts may share one machine, as in the lab).
     owner_host_id: Option<String>,
+    /// What the last observation read, per namespace, so a partial
+    /// observation re-reads only what may have changed.
+    last_raw: std::sync::Arc<std::sync::Mutex<Option<BTreeMap<Ns, RawNs>>>>,
 }
 
 impl LinuxKernel {
     /// `host_netns`: the named namespace playing the host (`--host-netns`),
     /// or `None` for the process's own namespace.
     pub fn new(host_netns: Option<String>) -> LinuxKernel {
-        LinuxKernel { host_netns, owner_host_id: None }
+        LinuxKernel { host_netns, owner_host_id: None, last_raw: Default::default() }
     }
 
     /// Observes only the namespaces `naming::owned_netns` gives to
@@ -276,7 +279,7 @@ impl LinuxKernel {
     /// is quadratic; instead a namespace asks only about the candidates: the
     /// namespaces holding a veth at the peer's index that points back at
     /// this veth's index (almost always exactly one).
-    fn resolve_peer_nsids(&self, all: &[(Ns, PathBuf)], raws: &mut BTreeMap<Ns, RawNs>) -> Result<(), KernelError> {
+    fn resolve_peer_nsids(&self, all: &[(Ns, PathBuf)], raws: &mut BTreeMap<Ns, RawNs>, read: &BTreeSet<Ns>) -> Result<(), KernelError> {
         let paths: BTreeMap<&Ns, &PathBuf> = all.iter().map(|(n, p)| (n, p)).collect();
         // (index, peer index) of every veth with a peer in another namespace → where it is.
         let mut remote_ends: BTreeMap<(u32, u32), Vec<Ns>> = BTreeMap::new();
@@ -289,6 +292,10 @@ impl LinuxKernel {
         }
         let mut asks: Vec<(Ns, Vec<(Ns, PathBuf)>)> = Vec::new();
         for (ns, raw) in raws.iter() {
+            // Namespaces reused from the last read keep the ids they had.
+            if !read.contains(ns) {
+                continue;
+            }
             let mut candidates: BTreeSet<Ns> = BTreeSet::new();
             for l in &raw.links {
                 if let (LinkKind::Veth, Some(pi), Some(_)) = (&l.kind, l.peer_index, l.peer_nsid) {
@@ -610,8 +617,10 @@ impl LinuxKernel {
     }
 }
 
-impl Kernel for LinuxKernel {
-    fn observe(&self) -> Result<Observed, KernelError> {
+
+impl LinuxKernel {
+    /// Observes everything (`fresh` = None) or only what may have changed.
+    fn observe_with(&self, fresh: Option<&BTreeSet<String>>) -> Result<Observed, KernelError> {
         let mut names = Vec::new();
         match std::fs::read_dir(NETNS_DIR) {
             Ok(rd) => {
@@ -634,8 +643,33 @@ impl Kernel for LinuxKernel {
                 (ns, p)
             })
             .collect();
-        let mut raws = self.observe_many(&all)?;
-        self.resolve_peer_nsids(&all, &mut raws)?;
+        // A partial observation re-reads the host, the namespaces named
+        // fresh and those not seen before; the rest come from the last read.
+        let cached = self.last_raw.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let to_read: Vec<(Ns, PathBuf)> = match (fresh, &cached) {
+            (Some(f), Some(c)) => all
+                .iter()
+                .filter(|(ns, _)| match ns {
+                    Ns::Host => true,
+                    Ns::Named(n) => f.contains(n) || !c.contains_key(ns),
+                })
+                .cloned()
+                .collect(),
+            _ => all.clone(),
+        };
+        let mut raws = self.observe_many(&to_read)?;
+        let read: BTreeSet<Ns> = raws.keys().cloned().collect();
+        if let (Some(_), Some(c)) = (fresh, cached) {
+            for (ns, _) in &all {
+                if !raws.contains_key(ns) {
+                    if let Some(r) = c.get(ns) {
+                        raws.insert(ns.clone(), r.clone());
+                    }
+                }
+            }
+        }
+        self.resolve_peer_nsids(&all, &mut raws, &read)?;
+        *self.last_raw.lock().unwrap_or_else(|e| e.into_inner()) = Some(raws.clone());
         let by_index: BTreeMap<(Ns, u32), String> =
             raws.iter().flat_map(|(ns, r)| r.links.iter().map(move |l| ((ns.clone(), l.index), l.name.clone()))).collect();
         let mut out = Observed::default();
@@ -665,6 +699,16 @@ impl Kernel for LinuxKernel {
             }
         }
         Ok(out)
+    }
+}
+
+impl Kernel for LinuxKernel {
+    fn observe(&self) -> Result<Observed, KernelError> {
+        self.observe_with(None)
+    }
+
+    fn observe_partial(&self, fresh: &BTreeSet<String>) -> Result<Observed, KernelError> {
+        self.observe_with(Some(fresh))
     }
 
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
@@ -705,14 +749,14 @@ impl Kernel for LinuxKernel {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct RawNs {
     links: Vec<RawLink>,
     state: NsState,
     nsids: BTreeMap<i32, Ns>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RawLink {
     index: u32,
     name: String,
