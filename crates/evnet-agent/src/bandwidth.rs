@@ -150,17 +150,33 @@ pub fn should_change(cfg: &BandwidthConfig, cur: u64, new: u64) -> bool {
 pub fn lend(capacity: u64, flows: &[(u64, u64, bool, u64, u32)]) -> Vec<u64> {
     let allocated: u64 = flows.iter().map(|f| f.0).sum();
     let unused: u64 = flows.iter().filter(|f| !f.2).map(|f| f.0.saturating_sub(f.1)).sum();
-    let mut pool = capacity.saturating_sub(allocated).saturating_add(unused);
+    let pool = capacity.saturating_sub(allocated).saturating_add(unused);
     let mut out: Vec<u64> = flows.iter().map(|f| f.0).collect();
-    let mut open: Vec<usize> = (0..flows.len()).filter(|&i| flows[i].2 && out[i] < flows[i].3).collect();
+    let backlogged: Vec<usize> = (0..flows.len()).filter(|&i| flows[i].2).collect();
+    if backlogged.is_empty() {
+        // Nobody backlogged: the link's room (only what it really has left,
+        // so rates never sum above it) goes to every flow, up to its limit.
+        // The shapers then never bind while the link has room, and a flow
+        // alone on its NIC keeps its limit instead of being re-rated.
+        let room = capacity.saturating_sub(out.iter().sum());
+        fill(room, &mut out, (0..flows.len()).collect(), flows);
+    } else {
+        fill(pool, &mut out, backlogged, flows);
+    }
+    out
+}
+
+/// Water-fills `pool` into `out` over the flows in `open`, by weight, each
+/// up to its limit.
+fn fill(mut pool: u64, out: &mut [u64], open: Vec<usize>, flows: &[(u64, u64, bool, u64, u32)]) {
+    let mut open: Vec<usize> = open.into_iter().filter(|&i| out[i] < flows[i].3).collect();
     while pool > 0 && !open.is_empty() {
         let wsum: u64 = open.iter().map(|&i| u64::from(flows[i].4.max(1))).sum();
         let mut given = 0;
         let mut still = Vec::with_capacity(open.len());
         for &i in &open {
             let share = (u128::from(pool) * u128::from(flows[i].4.max(1)) / u128::from(wsum)) as u64;
-            let room = flows[i].3 - out[i];
-            let g = share.min(room);
+            let g = share.min(flows[i].3 - out[i]);
             out[i] += g;
             given += g;
             if out[i] < flows[i].3 {
@@ -173,34 +189,6 @@ pub fn lend(capacity: u64, flows: &[(u64, u64, bool, u64, u32)]) -> Vec<u64> {
         }
         open = still;
     }
-    // What no backlogged flow can take goes to every flow, up to its limit:
-    // the shapers then never bind while the link has room (a flow alone on
-    // its NIC keeps its limit instead of being re-rated every period).
-    if !flows.iter().any(|f| f.2) {
-        // Only what the link really has left, so rates never sum above it.
-        let mut pool = capacity.saturating_sub(out.iter().sum());
-        let mut open: Vec<usize> = (0..flows.len()).filter(|&i| out[i] < flows[i].3).collect();
-        while pool > 0 && !open.is_empty() {
-            let wsum: u64 = open.iter().map(|&i| u64::from(flows[i].4.max(1))).sum();
-            let mut given = 0;
-            let mut still = Vec::with_capacity(open.len());
-            for &i in &open {
-                let share = (u128::from(pool) * u128::from(flows[i].4.max(1)) / u128::from(wsum)) as u64;
-                let g = share.min(flows[i].3 - out[i]);
-                out[i] += g;
-                given += g;
-                if out[i] < flows[i].3 {
-                    still.push(i);
-                }
-            }
-            pool -= given;
-            if given == 0 || still.len() == open.len() {
-                break;
-            }
-            open = still;
-        }
-    }
-    out
 }
 
 /// Counter state of one shaper between two periods.
