@@ -135,6 +135,9 @@ pub fn should_change(cfg: &BandwidthConfig, cur: u64, new: u64) -> bool {
     diff > cfg.threshold_bps && u128::from(diff) * 1000 > u128::from(cur) * u128::from(cfg.threshold_permille)
 }
 
+/// Below this measured rate an ENI direction counts as idle.
+pub const ACTIVE_BPS: u64 = 1_000_000;
+
 /// Lends what a link's allocation leaves unused to its backlogged flows.
 ///
 /// `flows`: per flow on the link `(allocated, measured, backlogged, limit,
@@ -385,8 +388,15 @@ impl Controller {
             let mut dirs = [DirectionStats::default(); 2];
             for (k, (is_tx, s, flow)) in [(true, *tx, 2 * i), (false, *rx, 2 * i + 1)].into_iter().enumerate() {
                 let limit = if is_tx { limits[i].0 } else { limits[i].1 };
-                let rate = rates[flow].clamp(cfg.floor_bps.min(limit), limit);
+                let mut rate = rates[flow].clamp(cfg.floor_bps.min(limit), limit);
                 let st = self.state.get_mut(&(e.eni_id.clone(), is_tx)).expect("state inserted above");
+                // An ENI that is sending (or receiving) never has its shaper
+                // below its guarantee: the guarantee holds from the first
+                // period, whatever the demand estimate says (admission keeps
+                // the guarantees on a host within its NIC).
+                if st.stats.rate_bps >= ACTIVE_BPS {
+                    rate = rate.max(e.guaranteed_bps.min(limit));
+                }
                 st.stats.allocated_bps = rate;
                 dirs[k] = st.stats;
                 let want = Shaper::flat(rate, e.burst_bytes);

@@ -24,13 +24,15 @@ fn guarantees_hold_and_idle_capacity_is_reused() {
     if !require_root() {
         return;
     }
-    // Host 0: ENIs 0 and 1 (guarantees 300 and 100), NIC 500. Host 1: two
-    // sinks without guarantees.
+    // Host 0: ENIs 0 and 1 (guarantees 300 and 100), NIC 500. Host 1: their
+    // two sinks, with the same guarantees: in the hose model a flow's
+    // guarantee is the smaller of its sender's and its receiver's, so sinks
+    // without guarantees would be promised nothing on their host's NIC.
     let plans = [
         EniPlan { host: 0, guarantee_mbps: 300 },
         EniPlan { host: 0, guarantee_mbps: 100 },
-        EniPlan { host: 1, guarantee_mbps: 0 },
-        EniPlan { host: 1, guarantee_mbps: 0 },
+        EniPlan { host: 1, guarantee_mbps: 300 },
+        EniPlan { host: 1, guarantee_mbps: 100 },
     ];
     let mut lab = Lab::new(2, 500, &plans);
     lab.server(2, 5301);
