@@ -67,18 +67,7 @@ pub struct Client {
     timeout: Duration,
 }
 
-/// `PATCH /v1/vpcs/{id}` and `PATCH /v1/subnets/{id}`: a new name and/or
-/// new tags; fields left `None` stay as they are. With `revision`, the
-/// change applies only if the resource is still at it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PatchNameTags {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tags: Option<Tags>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<u64>,
-}
+pub use evnet_model::PatchNameTags;
 
 pub type PatchVpc = PatchNameTags;
 pub type PatchSubnet = PatchNameTags;

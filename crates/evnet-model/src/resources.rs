@@ -358,6 +358,20 @@ pub struct CreateVpc {
     pub client_token: Option<String>,
 }
 
+/// `PATCH /v1/vpcs/{id}` and `PATCH /v1/subnets/{id}`: a new name and/or
+/// new tags; fields left out stay as they are. With `revision`, the change
+/// applies only if the resource is still at it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchNameTags {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Tags>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubnet {

@@ -41,12 +41,12 @@ const OPS: &[Op] = &[
     op("post", "/v1/vpcs", "Create a VPC (with its main route table and default group)", Some("CreateVpc"), Some("Vpc"), 201, false),
     op("get", "/v1/vpcs", "List VPCs", None, Some("Vpc"), 200, true),
     op("get", "/v1/vpcs/{id}", "Get a VPC", None, Some("Vpc"), 200, false),
-    op("patch", "/v1/vpcs/{id}", "Rename or retag a VPC", None, Some("Vpc"), 200, false),
+    op("patch", "/v1/vpcs/{id}", "Rename or retag a VPC", Some("PatchNameTags"), Some("Vpc"), 200, false),
     op("delete", "/v1/vpcs/{id}", "Delete an empty VPC", None, None, 204, false),
     op("post", "/v1/subnets", "Create a subnet", Some("CreateSubnet"), Some("Subnet"), 201, false),
     op("get", "/v1/subnets", "List subnets (?vpc_id=)", None, Some("Subnet"), 200, true),
     op("get", "/v1/subnets/{id}", "Get a subnet", None, Some("Subnet"), 200, false),
-    op("patch", "/v1/subnets/{id}", "Rename or retag a subnet", None, Some("Subnet"), 200, false),
+    op("patch", "/v1/subnets/{id}", "Rename or retag a subnet", Some("PatchNameTags"), Some("Subnet"), 200, false),
     op("delete", "/v1/subnets/{id}", "Delete a subnet without ENIs", None, None, 204, false),
     op("post", "/v1/security-groups", "Create a security group", Some("CreateSecurityGroup"), Some("SecurityGroup"), 201, false),
     op("get", "/v1/security-groups", "List security groups (?vpc_id=)", None, Some("SecurityGroup"), 200, true),
@@ -90,7 +90,7 @@ fn schemas() -> Map<String, Value> {
     }
     add!(
         Tenant, TenantWithToken, CreateTenant, Host, RegisterHost, Heartbeat, HostDesired, Vpc, CreateVpc, Subnet,
-        CreateSubnet, Instance, CreateInstance, Eni, CreateEni, PatchEni, AttachEni, SecurityGroup,
+        CreateSubnet, PatchNameTags, Instance, CreateInstance, Eni, CreateEni, PatchEni, AttachEni, SecurityGroup,
         CreateSecurityGroup, PatchSecurityGroup, RouteTable, CreateRouteTable, PatchRouteTable, Peering,
         CreatePeering, BandwidthPool, CreateBandwidthPool, PatchBandwidthPool, ErrorBody, HostBandwidthReport,
         HostBandwidthCaps, EniStats, BandwidthStats

@@ -7,7 +7,6 @@ use evnet_model::ipam::{check_subnet_cidr, check_vpc_cidr, gateway, parse_cidr};
 use evnet_model::validate::{check_name, check_routes, check_sg_rules, check_tags};
 use evnet_model::*;
 use evnet_store::Txn;
-use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::cache::Snapshot;
@@ -115,17 +114,6 @@ pub async fn list_vpcs(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQ
 
 pub async fn get_vpc(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Vpc>> {
     Ok(Json(arc_clone(&visible(&st.cache.read().vpcs, Kind::Vpc, &id, &caller)?.value)))
-}
-
-#[derive(Debug, Default, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PatchNameTags {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub tags: Option<Tags>,
-    #[serde(default)]
-    pub revision: Option<u64>,
 }
 
 pub async fn patch_vpc(
