@@ -59,7 +59,6 @@ pub struct Snapshot {
     pub bandwidth_pools: BTreeMap<String, Entry<BandwidthPool>>,
     /// Subnet id → the addresses in use (from `/ipam/` keys).
     pub ipam: HashMap<String, IpPool>,
-    pub ipam_revisions: HashMap<(String, Ipv4Addr), Revision>,
     pub vnis: BTreeMap<u32, String>,
     pub hostnames: HashMap<String, (String, Revision)>,
     pub ledgers: HashMap<String, (HostLedger, Revision)>,
@@ -117,10 +116,8 @@ impl Snapshot {
             let Some(pool) = self.ipam.get_mut(subnet) else { return };
             if put {
                 let _ = pool.allocate_specific(ip);
-                self.ipam_revisions.insert((subnet.to_string(), ip), kv.mod_revision);
             } else {
                 pool.free(ip);
-                self.ipam_revisions.remove(&(subnet.to_string(), ip));
             }
         } else if let Some(rest) = key.strip_prefix("/vni/") {
             if let Ok(v) = rest.parse::<u32>() {
@@ -160,11 +157,6 @@ impl Snapshot {
                 self.idem.remove(key);
             }
         }
-    }
-
-    /// The revision of an `/ipam/` key, 0 when the address is free.
-    pub fn ipam_revision(&self, subnet_id: &str, ip: Ipv4Addr) -> Revision {
-        self.ipam_revisions.get(&(subnet_id.to_string(), ip)).copied().unwrap_or(0)
     }
 
     /// Sum of the guarantees of the ENIs attached on `host_id`, and the

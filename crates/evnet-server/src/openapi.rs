@@ -7,7 +7,7 @@ use evnet_model::desired::{HostBandwidthCaps, HostBandwidthReport, HostDesired};
 
 use crate::api::stats::{BandwidthStats, EniStats};
 use evnet_model::*;
-use schemars::{JsonSchema, SchemaGenerator};
+use schemars::SchemaGenerator;
 use serde_json::{json, Map, Value};
 
 struct Op {
@@ -145,6 +145,3 @@ pub fn document_text() -> String {
 pub async fn serve() -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], document_text())
 }
-
-#[allow(dead_code)]
-fn assert_schema<T: JsonSchema>() {}
