@@ -203,9 +203,10 @@ async fn reconcile_loop(
         let k = kernel.clone();
         let dry_run = config.dry_run;
         let d = desired.clone();
-        // A change of desired state reads only what may have changed; the
-        // timer and the check after an apply read everything.
-        let fresh = if changed && !verifying { dirty.take() } else { None };
+        // A change of desired state, and the check right after an apply,
+        // read only what may have changed (what the last pass touched,
+        // the host, namespaces not seen before); the timer reads everything.
+        let fresh = if changed || verifying { dirty.take() } else { None };
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || reconcile_with(k.as_ref(), &d, dry_run, fresh.as_ref())).await;
         metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());

@@ -24,8 +24,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use evnet_plan::naming::{self, NFT_TABLE};
-use evnet_plan::nft::parse_fingerprint;
-use evnet_plan::op::set_elements_line;
 use evnet_plan::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, Route, VxlanInfo};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -585,8 +583,11 @@ impl LinuxKernel {
                 self.run(ns, move |_h| async move { nft_script(&script) })
             }
             Op::SyncFirewallSet { ns, set, elements } => {
-                let script = format!("flush set inet {NFT_TABLE} {set}\n{}", set_elements_line(set, elements));
-                self.run(ns, move |_h| async move { nft_script(&script) })
+                let (set, elements) = (set.clone(), elements.clone());
+                self.run(ns, move |_h| async move {
+                    crate::nftables::replace_set_elements(libc::NFPROTO_INET as u8, NFT_TABLE, &set, &elements)
+                        .map_err(|e| KernelError::Command { command: format!("nftables: replace the elements of set {set}"), stderr: e.to_string() })
+                })
             }
             Op::CreateIfb { ns, name } => {
                 let name = name.clone();
@@ -596,9 +597,10 @@ impl LinuxKernel {
                 })
             }
             Op::EnsureShaper { ns, dev, shaper } => {
-                let (dev, script) = (dev.clone(), crate::tc::shaper_script(dev, shaper));
-                self.run(ns, move |_h| async move {
-                    crate::tc::tc_quiet(&["qdisc", "del", "dev", &dev, "root"]);
+                let (nsc, dev, script) = (ns.clone(), dev.clone(), crate::tc::shaper_script(dev, shaper));
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &dev).await?;
+                    crate::tc::delete_qdisc(&h, idx, false).await?;
                     crate::tc::tc_batch(&script)
                 })
             }
@@ -607,9 +609,10 @@ impl LinuxKernel {
                 self.run(ns, move |_h| async move { crate::tc::tc_batch(&line) })
             }
             Op::EnsureRedirect { ns, dev, to } => {
-                let (dev, script) = (dev.clone(), crate::tc::redirect_script(dev, to));
-                self.run(ns, move |_h| async move {
-                    crate::tc::tc_quiet(&["qdisc", "del", "dev", &dev, "clsact"]);
+                let (nsc, dev, script) = (ns.clone(), dev.clone(), crate::tc::redirect_script(dev, to));
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &dev).await?;
+                    crate::tc::delete_qdisc(&h, idx, true).await?;
                     crate::tc::tc_batch(&script)
                 })
             }
@@ -934,56 +937,21 @@ fn nft_script(script: &str) -> Result<(), KernelError> {
     }
 }
 
-/// Lists one of evnet's tables; `None` when it does not exist.
-fn nft_list(args: &[&str]) -> Result<Option<String>, KernelError> {
-    let out = Command::new("nft").args(args).stdin(Stdio::null()).output()?;
-    if out.status.success() {
-        Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") {
-            Ok(None)
-        } else {
-            Err(KernelError::Command { command: format!("nft {}", args.join(" ")), stderr: err.trim().to_string() })
-        }
-    }
-}
-
-/// evnet's firewall in the current thread's namespace.
+/// evnet's firewall in the current thread's namespace, over netlink: the
+/// fingerprint is both tables' comment, the sets those of `table inet`.
 fn read_firewall() -> Result<Option<FirewallState>, KernelError> {
-    // Most namespaces (instances, the host) hold none of evnet's tables:
-    // one netlink dump says so without starting `nft`. Should the dump
-    // fail, `nft list` below answers.
-    if let Ok(tables) = crate::nftables::tables() {
-        let ours = |family: i32| tables.iter().any(|(f, n)| i32::from(*f) == family && n == NFT_TABLE);
-        if !ours(libc::NFPROTO_ARP) && !ours(libc::NFPROTO_INET) {
-            return Ok(None);
-        }
-    }
-    let netdev = nft_list(&["list", "table", "arp", NFT_TABLE])?;
-    let inet = nft_list(&["list", "table", "inet", NFT_TABLE])?;
-    if netdev.is_none() && inet.is_none() {
+    let nl = |what: &str, e: std::io::Error| KernelError::Command { command: format!("nftables netlink dump ({what})"), stderr: e.to_string() };
+    let tables = crate::nftables::tables().map_err(|e| nl("tables", e))?;
+    let ours = |family: i32| tables.iter().find(|t| i32::from(t.family) == family && t.name == NFT_TABLE);
+    let (arp, inet) = (ours(libc::NFPROTO_ARP), ours(libc::NFPROTO_INET));
+    if arp.is_none() && inet.is_none() {
         return Ok(None);
     }
-    let fp_a = netdev.as_deref().and_then(parse_fingerprint);
-    let fp_b = inet.as_deref().and_then(parse_fingerprint);
+    let fp = |t: Option<&crate::nftables::Table>| t.and_then(|t| t.comment.as_deref()).and_then(|c| c.strip_prefix("evnet:")).map(str::to_string);
+    let (fp_a, fp_b) = (fp(arp), fp(inet));
     let mut st = FirewallState { fingerprint: if fp_a == fp_b { fp_a } else { None }, sets: BTreeMap::new() };
-    if inet.is_some()
-        && let Some(json) = nft_list(&["-j", "list", "table", "inet", NFT_TABLE])?
-    {
-        let v: serde_json::Value =
-            serde_json::from_str(&json).map_err(|e| KernelError::Parse { what: "nft -j output".into(), detail: e.to_string() })?;
-        for item in v["nftables"].as_array().into_iter().flatten() {
-            let Some(set) = item.get("set") else { continue };
-            let Some(name) = set["name"].as_str() else { continue };
-            let mut elems = BTreeSet::new();
-            for e in set["elem"].as_array().into_iter().flatten() {
-                if let Some(ip) = e.as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) {
-                    elems.insert(ip);
-                }
-            }
-            st.sets.insert(name.to_string(), elems);
-        }
+    if inet.is_some() {
+        st.sets = crate::nftables::ipv4_sets(libc::NFPROTO_INET as u8, NFT_TABLE).map_err(|e| nl("sets", e))?;
     }
     Ok(Some(st))
 }

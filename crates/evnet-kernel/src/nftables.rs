@@ -1,23 +1,180 @@
-//! Which nftables tables exist in the current thread's namespace, asked
-//! over one `NETLINK_NETFILTER` socket (`NFT_MSG_GETTABLE` dump) instead of
-//! starting `nft` processes: observation asks this in every namespace, and
-//! only namespaces that hold one of evnet's tables pay for `nft list`.
+//! evnet's nftables state in the current thread's namespace, read over
+//! `NETLINK_NETFILTER` dumps (tables with their comments, sets, set
+//! elements) instead of starting `nft` processes: observation reads every
+//! namespace, and three `nft list` processes cost a VPC namespace tens of
+//! milliseconds once its tables hold a few hundred chains. No crate reads
+//! nftables over netlink without libnftnl, and these three dumps are small.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE` / `NFT_MSG_NEWTABLE`.
-const GETTABLE: u16 = (10 << 8) | 1;
+/// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_*`.
 const NEWTABLE: u16 = 10 << 8;
+const GETTABLE: u16 = (10 << 8) | 1;
+const NEWSET: u16 = (10 << 8) | 9;
+const GETSET: u16 = (10 << 8) | 10;
+const NEWSETELEM: u16 = (10 << 8) | 12;
+const GETSETELEM: u16 = (10 << 8) | 13;
+const DELSETELEM: u16 = (10 << 8) | 14;
+/// `NFNL_MSG_BATCH_BEGIN`, `NFNL_MSG_BATCH_END`; `NFNL_SUBSYS_NFTABLES`.
+const BATCH_BEGIN: u16 = 0x10;
+const BATCH_END: u16 = 0x11;
+const SUBSYS_NFTABLES: u16 = 10;
+const NLA_F_NESTED: u16 = 0x8000;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-/// `NFTA_TABLE_NAME`.
+/// `NFTA_TABLE_NAME`, `NFTA_TABLE_USERDATA`.
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_USERDATA: u16 = 6;
+/// `NFTA_SET_TABLE`, `NFTA_SET_NAME`.
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+/// `NFTA_SET_ELEM_LIST_TABLE`, `_SET`, `_ELEMENTS`; `NFTA_LIST_ELEM`;
+/// `NFTA_SET_ELEM_KEY`; `NFTA_DATA_VALUE`.
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_DATA_VALUE: u16 = 1;
+/// `NFTNL_UDATA_TABLE_COMMENT`: the type of a table comment in its user data.
+const UDATA_TABLE_COMMENT: u8 = 0;
 const NLMSG_HDR: usize = 16;
 const NFGENMSG: usize = 4;
 
-/// The tables of the current namespace, as (`NFPROTO_*` family, name).
-pub fn tables() -> io::Result<Vec<(u8, String)>> {
+/// One table of the current namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// `NFPROTO_*`.
+    pub family: u8,
+    pub name: String,
+    /// What `comment "…"` set, if anything.
+    pub comment: Option<String>,
+}
+
+/// The tables of the current namespace, with their comments.
+pub fn tables() -> io::Result<Vec<Table>> {
+    let mut out = Vec::new();
+    dump(GETTABLE, libc::AF_UNSPEC as u8, &[], |kind, family, attrs| {
+        if kind == NEWTABLE
+            && let Some(name) = attr(attrs, NFTA_TABLE_NAME)
+        {
+            let comment = attr(attrs, NFTA_TABLE_USERDATA).and_then(udata_comment);
+            out.push(Table { family, name: c_string(name), comment });
+        }
+    })?;
+    Ok(out)
+}
+
+/// The named sets of table `table` in `family`, with their IPv4 elements
+/// (evnet's sets hold `ipv4_addr` keys only).
+pub fn ipv4_sets(family: u8, table: &str) -> io::Result<BTreeMap<String, BTreeSet<Ipv4Addr>>> {
+    let mut names = Vec::new();
+    let t = nla(NFTA_SET_TABLE, &c_bytes(table));
+    dump(GETSET, family, &t, |kind, _, attrs| {
+        if kind == NEWSET
+            && let Some(n) = attr(attrs, NFTA_SET_NAME)
+        {
+            names.push(c_string(n));
+        }
+    })?;
+    let mut out = BTreeMap::new();
+    for name in names {
+        let mut elems = BTreeSet::new();
+        let mut req = nla(NFTA_SET_ELEM_LIST_TABLE, &c_bytes(table));
+        req.extend(nla(NFTA_SET_ELEM_LIST_SET, &c_bytes(&name)));
+        dump(GETSETELEM, family, &req, |kind, _, attrs| {
+            if kind != NEWSETELEM {
+                return;
+            }
+            let Some(list) = attr(attrs, NFTA_SET_ELEM_LIST_ELEMENTS) else { return };
+            for elem in attrs_of(list, NFTA_LIST_ELEM) {
+                let key = attr(elem, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE));
+                if let Some(&[a, b, c, d]) = key {
+                    elems.insert(Ipv4Addr::new(a, b, c, d));
+                }
+            }
+        })?;
+        out.insert(name, elems);
+    }
+    Ok(out)
+}
+
+/// Replaces the elements of IPv4 set `set` of table `table` in `family`
+/// with `elems`, in one nftables transaction (flush, then add): a packet
+/// sees the old set or the new one, never a mix. Over netlink, because an
+/// `nft -f` process first loads the whole ruleset, which costs a VPC
+/// namespace with a few hundred chains ~15 ms per membership change.
+pub fn replace_set_elements(family: u8, table: &str, set: &str, elems: &BTreeSet<Ipv4Addr>) -> io::Result<()> {
+    let fd = socket()?;
+    let mut list = nla(NFTA_SET_ELEM_LIST_TABLE, &c_bytes(table));
+    list.extend(nla(NFTA_SET_ELEM_LIST_SET, &c_bytes(set)));
+    let mut batch = Vec::new();
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    // The batch header names the subsystem in res_id (big-endian).
+    batch.extend(message(BATCH_BEGIN, libc::NLM_F_REQUEST as u16, 0, libc::AF_UNSPEC as u8, SUBSYS_NFTABLES, &[]));
+    // DELSETELEM without elements flushes the set.
+    batch.extend(message(DELSETELEM, flags, 1, family, 0, &list));
+    let mut acks = 1;
+    if !elems.is_empty() {
+        let mut items = Vec::with_capacity(elems.len() * 20);
+        for ip in elems {
+            let key = nla(NFTA_DATA_VALUE, &ip.octets());
+            let elem = nla(NFTA_SET_ELEM_KEY | NLA_F_NESTED, &key);
+            items.extend(nla(NFTA_LIST_ELEM | NLA_F_NESTED, &elem));
+        }
+        let mut add = list.clone();
+        add.extend(nla(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &items));
+        batch.extend(message(NEWSETELEM, flags | libc::NLM_F_CREATE as u16, 2, family, 0, &add));
+        acks += 1;
+    }
+    batch.extend(message(BATCH_END, libc::NLM_F_REQUEST as u16, 3, libc::AF_UNSPEC as u8, SUBSYS_NFTABLES, &[]));
+    send(&fd, &batch)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    while acks > 0 {
+        let n = recv(&fd, &mut buf)?;
+        let mut b = &buf[..n];
+        while b.len() >= NLMSG_HDR {
+            let len = u32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes([b[4], b[5]]);
+            if len < NLMSG_HDR || len > b.len() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
+            }
+            if kind == NLMSG_ERROR {
+                let payload = &b[NLMSG_HDR..len];
+                let code = payload.get(0..4).map(|x| i32::from_ne_bytes(x.try_into().expect("4 bytes"))).unwrap_or(-libc::EIO);
+                if code != 0 {
+                    return Err(io::Error::from_raw_os_error(-code));
+                }
+                acks -= 1;
+            }
+            b = &b[len.div_ceil(4).saturating_mul(4).min(b.len())..];
+        }
+    }
+    Ok(())
+}
+
+/// One netlink message with an `nfgenmsg` header.
+fn message(msg_type: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
+    let total = NLMSG_HDR + NFGENMSG + attrs.len();
+    let mut m = Vec::with_capacity(total);
+    m.extend_from_slice(&(total as u32).to_ne_bytes());
+    m.extend_from_slice(&msg_type.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    // nfgenmsg: family, NFNETLINK_V0, res_id (big-endian).
+    m.push(family);
+    m.push(0);
+    m.extend_from_slice(&res_id.to_be_bytes());
+    m.extend_from_slice(attrs);
+    m
+}
+
+/// A `NETLINK_NETFILTER` socket that gives up on a silent kernel after 5 s.
+fn socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right after.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
     if fd < 0 {
@@ -25,45 +182,89 @@ pub fn tables() -> io::Result<Vec<(u8, String)>> {
     }
     // SAFETY: fd is a fresh, valid descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let seq: u32 = 1;
-    let mut req = Vec::with_capacity(NLMSG_HDR + NFGENMSG);
-    req.extend_from_slice(&((NLMSG_HDR + NFGENMSG) as u32).to_ne_bytes());
-    req.extend_from_slice(&GETTABLE.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&seq.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: AF_UNSPEC (every family), NFNETLINK_V0, res_id 0.
-    req.extend_from_slice(&[0, 0, 0, 0]);
-    // SAFETY: the kernel is the destination (zeroed sockaddr_nl); the buffer outlives the call.
+    let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+    // SAFETY: setsockopt with a valid timeval of the size given.
     let rc = unsafe {
-        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-        addr.nl_family = libc::AF_NETLINK as u16;
-        libc::sendto(
-            fd.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as u32)
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    // A dump ends with NLMSG_DONE; bound the reads anyway.
-    for _ in 0..10_000 {
+    Ok(fd)
+}
+
+/// Sends `buf` to the kernel.
+fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<()> {
+    // SAFETY: the kernel is the destination (zeroed sockaddr_nl); the buffer outlives the call.
+    let rc = unsafe {
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        libc::sendto(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0, (&raw const addr).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32)
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Receives one datagram into `buf` (retrying on EINTR).
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
         // SAFETY: buf is valid for buf.len() bytes.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
-        let mut b = &buf[..n as usize];
+    }
+}
+
+/// A table comment out of its user data: TLVs of (u8 type, u8 length,
+/// value), the comment NUL-terminated.
+fn udata_comment(mut b: &[u8]) -> Option<String> {
+    while b.len() >= 2 {
+        let (kind, len) = (b[0], usize::from(b[1]));
+        let value = b.get(2..2 + len)?;
+        if kind == UDATA_TABLE_COMMENT {
+            return Some(c_string(value));
+        }
+        b = &b[2 + len..];
+    }
+    None
+}
+
+fn c_string(b: &[u8]) -> String {
+    String::from_utf8_lossy(b.split(|c| *c == 0).next().unwrap_or_default()).into_owned()
+}
+
+fn c_bytes(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// One netlink attribute, padded to 4 bytes.
+fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+    let len = 4 + value.len();
+    let mut v = Vec::with_capacity(len.div_ceil(4) * 4);
+    v.extend_from_slice(&(len as u16).to_ne_bytes());
+    v.extend_from_slice(&kind.to_ne_bytes());
+    v.extend_from_slice(value);
+    v.resize(len.div_ceil(4) * 4, 0);
+    v
+}
+
+/// Sends one `NLM_F_DUMP` request of `msg_type` for `family` with `attrs`
+/// over a fresh `NETLINK_NETFILTER` socket and hands every answer's type,
+/// `nfgenmsg` family and attributes to `each`.
+fn dump(msg_type: u16, family: u8, attrs: &[u8], mut each: impl FnMut(u16, u8, &[u8])) -> io::Result<()> {
+    let fd = socket()?;
+    send(&fd, &message(msg_type, (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16, 1, family, 0, attrs))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // A dump ends with NLMSG_DONE; bound the reads anyway.
+    for _ in 0..100_000 {
+        let n = recv(&fd, &mut buf)?;
+        let mut b = &buf[..n];
         while b.len() >= NLMSG_HDR {
             let len = u32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
             let kind = u16::from_ne_bytes([b[4], b[5]]);
@@ -72,25 +273,37 @@ pub fn tables() -> io::Result<Vec<(u8, String)>> {
             }
             let payload = &b[NLMSG_HDR..len];
             match kind {
-                NLMSG_DONE => return Ok(out),
+                NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
                     let code = payload.get(0..4).map(|x| i32::from_ne_bytes(x.try_into().expect("4 bytes"))).unwrap_or(-libc::EIO);
                     if code != 0 {
                         return Err(io::Error::from_raw_os_error(-code));
                     }
                 }
-                NEWTABLE if payload.len() >= NFGENMSG => {
-                    if let Some(name) = attr(&payload[NFGENMSG..], NFTA_TABLE_NAME) {
-                        let name = name.split(|c| *c == 0).next().unwrap_or_default();
-                        out.push((payload[0], String::from_utf8_lossy(name).into_owned()));
-                    }
-                }
+                _ if payload.len() >= NFGENMSG => each(kind, payload[0], &payload[NFGENMSG..]),
                 _ => {}
             }
             b = &b[len.div_ceil(4).saturating_mul(4).min(b.len())..];
         }
     }
-    Err(io::Error::new(io::ErrorKind::TimedOut, "nftables table dump did not end"))
+    Err(io::Error::new(io::ErrorKind::TimedOut, "nftables dump did not end"))
+}
+
+/// Every attribute of `kind` in a buffer of attributes.
+fn attrs_of(mut b: &[u8], kind: u16) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
+        let k = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+        if len < 4 || len > b.len() {
+            break;
+        }
+        if k == kind {
+            out.push(&b[4..len]);
+        }
+        b = &b[len.div_ceil(4).min(b.len() / 4) * 4..];
+    }
+    out
 }
 
 /// The payload of the first attribute of `kind` in a buffer of attributes.
@@ -121,5 +334,24 @@ mod tests {
         assert_eq!(attr(&b, NFTA_TABLE_NAME), Some(&b"evnet\0"[..]));
         assert_eq!(attr(&b, 3), None);
         assert_eq!(attr(&b[..6], 2), None, "a truncated attribute is not read");
+        assert_eq!(attrs_of(&b, NFTA_TABLE_NAME).len(), 1);
+    }
+
+    #[test]
+    fn attributes_are_built_padded() {
+        let a = nla(NFTA_SET_TABLE, &c_bytes("evnet"));
+        assert_eq!(a.len(), 12);
+        assert_eq!(attr(&a, NFTA_SET_TABLE), Some(&b"evnet\0"[..]), "the padding is not part of the value");
+        assert_eq!(c_string(attr(&a, NFTA_SET_TABLE).unwrap()), "evnet");
+    }
+
+    #[test]
+    fn a_table_comment_is_read_from_user_data() {
+        // Another TLV first (type 5, 2 bytes), then the comment.
+        let mut u = vec![5, 2, 0xaa, 0xbb, UDATA_TABLE_COMMENT, 9];
+        u.extend_from_slice(b"evnet:ab\0");
+        assert_eq!(udata_comment(&u).as_deref(), Some("evnet:ab"));
+        assert_eq!(udata_comment(&u[..8]), None, "a truncated value is not read");
+        assert_eq!(udata_comment(&[]), None);
     }
 }

@@ -75,10 +75,27 @@ pub fn tc_batch(script: &str) -> Result<(), KernelError> {
     }
 }
 
-/// Runs one `tc` command and ignores its failure (deleting what may not
-/// exist: a default root qdisc cannot be deleted, a missing one is absent).
-pub fn tc_quiet(args: &[&str]) {
-    let _ = Command::new("tc").args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+/// Deletes device `index`'s root qdisc (or, with `clsact`, its `clsact`)
+/// over netlink. What is not there is fine: a device's default root qdisc
+/// cannot be deleted (`EINVAL`), a missing `clsact` is `ENOENT`.
+pub async fn delete_qdisc(h: &Handle, index: u32, clsact: bool) -> Result<(), KernelError> {
+    let mut req = h.clone().qdisc().del(index as i32);
+    let m = req.message_mut();
+    if clsact {
+        m.header.parent = TcHandle::CLSACT;
+        m.header.handle = TcHandle { major: 0xffff, minor: 0 };
+    } else {
+        m.header.parent = TcHandle::ROOT;
+    }
+    match req.execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.code.is_some_and(|c| [libc::ENOENT, libc::EINVAL].contains(&-c.get())) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(KernelError::Netlink { ns: format!("qdisc del on ifindex {index}"), message: e.to_string() }),
+    }
 }
 
 fn nla_bytes(n: &impl Nla) -> Vec<u8> {

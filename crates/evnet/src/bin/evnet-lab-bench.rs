@@ -32,6 +32,10 @@ enum Bench {
         enis: usize,
         #[arg(long, default_value_t = 3)]
         hosts: u32,
+        /// Copy the server's and agents' logs into this directory before
+        /// the lab goes down (to see what each reconcile pass cost).
+        #[arg(long)]
+        logs: Option<PathBuf>,
     },
     /// TCP throughput: evnet vs bare VXLAN vs raw veth, alternated per round.
     Throughput {
@@ -101,6 +105,19 @@ impl Lab {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        Ok(())
+    }
+
+    /// Copies the daemons' `*.log` files into `dir`.
+    fn copy_logs(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for e in std::fs::read_dir(&self.dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                std::fs::copy(&p, dir.join(p.file_name().expect("a file name")))?;
+            }
+        }
+        println!("  logs copied to {}", dir.display());
         Ok(())
     }
 
@@ -195,7 +212,7 @@ fn median(v: &mut [f64]) -> f64 {
     pct(v, 0.5)
 }
 
-async fn provision(enis: usize, hosts: u32) -> anyhow::Result<()> {
+async fn provision(enis: usize, hosts: u32, logs: Option<PathBuf>) -> anyhow::Result<()> {
     let lab = Lab::up(hosts, 1000)?;
     let c = lab.tenant_client()?;
     let host_ids = lab.host_ids().await?;
@@ -225,6 +242,9 @@ async fn provision(enis: usize, hosts: u32) -> anyhow::Result<()> {
     println!("provisioning latency over {enis} ENIs on {hosts} hosts (create ENI + create instance with it → first ping reply from another instance):");
     println!("  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms", pct(&samples, 0.5), pct(&samples, 0.99), samples[samples.len() - 1]);
     println!("  of which the two API calls: p50 {:.1} ms   p99 {:.1} ms", pct(&create_ms, 0.5), pct(&create_ms, 0.99));
+    if let Some(dir) = logs {
+        lab.copy_logs(&dir)?;
+    }
     Ok(())
 }
 
@@ -391,7 +411,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match bench {
-            Bench::Provision { enis, hosts } => provision(enis, hosts).await,
+            Bench::Provision { enis, hosts, logs } => provision(enis, hosts, logs).await,
             Bench::Throughput { rounds, seconds } => throughput(rounds, seconds).await,
             Bench::Reconcile { enis } => reconcile(enis).await,
         }
