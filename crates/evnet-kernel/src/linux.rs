@@ -605,8 +605,11 @@ impl LinuxKernel {
                 })
             }
             Op::SetRate { ns, dev, shaper } => {
-                let line = crate::tc::class_line("change", dev, shaper) + "\n";
-                self.run(ns, move |_h| async move { crate::tc::tc_batch(&line) })
+                let (nsc, dev, shaper) = (ns.clone(), dev.clone(), *shaper);
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &dev).await?;
+                    crate::tc::change_class(&h, idx, &shaper).await
+                })
             }
             Op::EnsureRedirect { ns, dev, to } => {
                 let (nsc, dev, script) = (ns.clone(), dev.clone(), crate::tc::redirect_script(dev, to));
