@@ -293,8 +293,11 @@ pub fn reconcile_with(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool,
     .context("observing the kernel")?;
     let mut ops: Vec<Op> = plan(desired, &observed, &cfg);
     if let Some(f) = fresh {
-        // Plan on fresh state wherever the plan acts.
-        let touched = touched_namespaces(&ops, &observed);
+        // Plan on fresh state wherever the plan acts. A namespace the
+        // observation does not hold does not exist (every existing one is
+        // either re-read or remembered): there is nothing to re-read.
+        let mut touched = touched_namespaces(&ops, &observed);
+        touched.retain(|n| observed.namespaces.contains_key(n));
         if !touched.is_subset(f) {
             let all: BTreeSet<String> = f.union(&touched).cloned().collect();
             observed = kernel.observe_partial(&all).context("observing the kernel")?;
