@@ -40,7 +40,8 @@ pub struct AgentConfig {
     pub nic_mbps: u64,
     /// The namespace this agent treats as its host's (lab); None: its own.
     pub host_netns: Option<String>,
-    /// How often to reconcile when nothing changes (repairs drift).
+    /// How long after a full pass the next one comes when nothing changes
+    /// (repairs drift); at least ten times what the last one took.
     pub resync: Duration,
     pub heartbeat: Duration,
     /// Log plans without applying them.
@@ -178,8 +179,11 @@ async fn reconcile_loop(
     applied_tx: watch::Sender<Applied>,
     metrics: Arc<metrics::AgentMetrics>,
 ) {
-    let mut tick = tokio::time::interval(config.resync);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The timer's full pass reads every namespace the host owns; it comes
+    // `resync` after the last one ended, or ten times as long as that one
+    // took, whichever is later, so it never takes more than a tenth of the
+    // agent's time however many ENIs the host has.
+    let mut next_full = tokio::time::Instant::now() + config.resync;
     let mut backoff = Backoff::new();
     // After a pass that applied ops, the next pass runs at once: it checks
     // that the plan converged (and repairs if not) without holding up the
@@ -195,7 +199,7 @@ async fn reconcile_loop(
         if !verify_next {
             tokio::select! {
                 r = desired_rx.changed() => { if r.is_err() { return } changed = true; },
-                _ = tick.tick() => {},
+                _ = tokio::time::sleep_until(next_full) => {},
             }
         }
         let verifying = std::mem::take(&mut verify_next);
@@ -207,9 +211,13 @@ async fn reconcile_loop(
         // read only what may have changed (what the last pass touched,
         // the host, namespaces not seen before); the timer reads everything.
         let fresh = if changed || verifying { dirty.take() } else { None };
+        let full = fresh.is_none();
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || reconcile_with(k.as_ref(), &d, dry_run, fresh.as_ref())).await;
         metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        if full {
+            next_full = tokio::time::Instant::now() + config.resync.max(started.elapsed() * 10);
+        }
         match result {
             Ok(Ok(pass)) => {
                 dirty = Some(pass.touched.clone());

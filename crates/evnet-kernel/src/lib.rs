@@ -34,12 +34,13 @@ pub struct ShaperStats {
     pub dev: String,
     /// The class's current rate, ceil and burst.
     pub shaper: Shaper,
-    /// Bytes and packets the class has sent.
+    /// Bytes and packets the shaper has sent (its root qdisc's counters:
+    /// class `1:1` is its only class, so they are the class's).
     pub bytes: u64,
     pub packets: u64,
-    /// Packets dropped at the class's queue.
+    /// Packets dropped at the shaper's queue.
     pub drops: u64,
-    /// Times the class was over its rate and had to wait.
+    /// Times the shaper was over its rate and had to wait.
     pub overlimits: u64,
     /// Bytes queued now.
     pub backlog_bytes: u64,

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use evnet_plan::naming::{self, NFT_TABLE};
-use evnet_plan::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, Route, VxlanInfo};
+use evnet_plan::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, Route, Shaper, VxlanInfo};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
@@ -53,13 +53,35 @@ pub struct LinuxKernel {
     /// What the last observation read, per namespace, so a partial
     /// observation re-reads only what may have changed.
     last_raw: std::sync::Arc<std::sync::Mutex<Option<BTreeMap<Ns, RawNs>>>>,
+    /// The class parameters of the shapers this kernel last built, changed
+    /// or read, by (namespace, ifindex), with when: [`Kernel::shaper_stats`]
+    /// reads counters every period with one qdisc dump per namespace and
+    /// re-reads a class only when its entry is older than
+    /// [`SHAPER_REREAD`] (so a change made by hand shows within that).
+    shapers_known: std::sync::Arc<std::sync::Mutex<BTreeMap<(String, u32), (Shaper, std::time::Instant)>>>,
+    /// Per namespace, the names of its devices by ifindex and when they
+    /// were read: [`Kernel::shaper_stats`] dumps the links again only when
+    /// a shaper sits on an ifindex it does not know, or after
+    /// [`SHAPER_REREAD`] (a link dump of a VPC namespace with a few hundred
+    /// devices cost more than everything else the loop does).
+    device_names: std::sync::Arc<std::sync::Mutex<BTreeMap<String, (BTreeMap<u32, String>, std::time::Instant)>>>,
 }
+
+/// How long [`LinuxKernel::shaper_stats`] trusts a class's parameters it
+/// built, changed or read before reading them again.
+const SHAPER_REREAD: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl LinuxKernel {
     /// `host_netns`: the named namespace playing the host (`--host-netns`),
     /// or `None` for the process's own namespace.
     pub fn new(host_netns: Option<String>) -> LinuxKernel {
-        LinuxKernel { host_netns, owner_host_id: None, last_raw: Default::default() }
+        LinuxKernel {
+            host_netns,
+            owner_host_id: None,
+            last_raw: Default::default(),
+            shapers_known: Default::default(),
+            device_names: Default::default(),
+        }
     }
 
     /// Observes only the namespaces `naming::owned_netns` gives to
@@ -203,8 +225,10 @@ impl LinuxKernel {
             if let Some(v) = read_sysctl("net.ipv4.ip_forward") {
                 raw.state.sysctls.insert("net.ipv4.ip_forward".into(), v);
             }
+            // Per-device sysctls evnet sets only on ENI veths (proxy ARP):
+            // reading them for every device walked /proc/sys for nothing.
             for l in &raw.links {
-                if l.kind == LinkKind::Loopback || l.name.contains('.') {
+                if !naming::is_eni_veth(&l.name) {
                     continue;
                 }
                 for key in [evnet_plan::plan::sysctl_proxy_arp(&l.name), evnet_plan::plan::sysctl_proxy_delay(&l.name)] {
@@ -212,6 +236,13 @@ impl LinuxKernel {
                         raw.state.sysctls.insert(key, v);
                     }
                 }
+            }
+            // Instance namespaces are the tenant's: evnet never puts a table
+            // or a qdisc there, so it does not read them (the planner wants
+            // none there either).
+            let instance = label.starts_with(naming::INSTANCE_NETNS_PREFIX);
+            if instance {
+                return Ok(raw);
             }
             raw.state.firewall = read_firewall()?;
             let devs: BTreeMap<u32, String> =
@@ -598,18 +629,24 @@ impl LinuxKernel {
             }
             Op::EnsureShaper { ns, dev, shaper } => {
                 let (nsc, dev, script) = (ns.clone(), dev.clone(), crate::tc::shaper_script(dev, shaper));
-                self.run(ns, move |h| async move {
+                let idx = self.run(ns, move |h| async move {
                     let idx = Self::link_index(&h, &nsc, &dev).await?;
                     crate::tc::delete_qdisc(&h, idx, false).await?;
-                    crate::tc::tc_batch(&script)
-                })
+                    crate::tc::tc_batch(&script)?;
+                    Ok(idx)
+                })?;
+                self.remember_shaper(ns, idx, shaper);
+                Ok(())
             }
             Op::SetRate { ns, dev, shaper } => {
-                let (nsc, dev, shaper) = (ns.clone(), dev.clone(), *shaper);
-                self.run(ns, move |h| async move {
+                let (nsc, dev, s) = (ns.clone(), dev.clone(), *shaper);
+                let idx = self.run(ns, move |h| async move {
                     let idx = Self::link_index(&h, &nsc, &dev).await?;
-                    crate::tc::change_class(&h, idx, &shaper).await
-                })
+                    crate::tc::change_class(&h, idx, &s).await?;
+                    Ok(idx)
+                })?;
+                self.remember_shaper(ns, idx, shaper);
+                Ok(())
             }
             Op::EnsureRedirect { ns, dev, to } => {
                 let (nsc, dev, script) = (ns.clone(), dev.clone(), crate::tc::redirect_script(dev, to));
@@ -625,6 +662,11 @@ impl LinuxKernel {
 
 
 impl LinuxKernel {
+    fn remember_shaper(&self, ns: &Ns, index: u32, shaper: &Shaper) {
+        let mut known = self.shapers_known.lock().unwrap_or_else(|e| e.into_inner());
+        known.insert((ns.to_string(), index), (*shaper, std::time::Instant::now()));
+    }
+
     /// Observes everything (`fresh` = None) or only what may have changed.
     fn observe_with(&self, fresh: Option<&BTreeSet<String>>) -> Result<Observed, KernelError> {
         let mut names = Vec::new();
@@ -725,29 +767,75 @@ impl Kernel for LinuxKernel {
         let mut out = Vec::new();
         for name in namespaces {
             let ns = Ns::Named(name.clone());
-            let label = name.clone();
+            let label = ns.to_string();
+            let known: BTreeMap<u32, Shaper> = {
+                let k = self.shapers_known.lock().unwrap_or_else(|e| e.into_inner());
+                k.range((label.clone(), 0)..=(label.clone(), u32::MAX))
+                    .filter(|(_, (_, at))| at.elapsed() < SHAPER_REREAD)
+                    .map(|((_, idx), (s, _))| (*idx, *s))
+                    .collect()
+            };
+            let cached_devs: Option<BTreeMap<u32, String>> = {
+                let d = self.device_names.lock().unwrap_or_else(|e| e.into_inner());
+                d.get(&label).filter(|(_, at)| at.elapsed() < SHAPER_REREAD).map(|(m, _)| m.clone())
+            };
+            let l = label.clone();
             let r = self.run(&ns, move |h| async move {
-                let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: label.clone(), message: e.to_string() };
-                let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl)?;
-                let devs: BTreeMap<u32, String> = links
-                    .iter()
-                    .map(RawLink::from_msg)
-                    .filter(|l| l.kind != LinkKind::Loopback)
-                    .map(|l| (l.index, l.name))
-                    .collect();
-                let tcs = crate::tc::read_devices(&h, &label, &devs, false).await?;
+                let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: l.clone(), message: e.to_string() };
+                let read_devs = || async {
+                    let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl)?;
+                    Ok::<_, KernelError>(
+                        links.iter().map(RawLink::from_msg).filter(|l| l.kind != LinkKind::Loopback).map(|l| (l.index, l.name)).collect(),
+                    )
+                };
+                let mut counters = crate::tc::read_htb_counters(&h, &l).await?;
+                let (devs, fresh_devs): (BTreeMap<u32, String>, bool) = match cached_devs {
+                    Some(d) if counters.keys().all(|i| d.contains_key(i)) => (d, false),
+                    _ => (read_devs().await?, true),
+                };
+                counters.retain(|i, _| devs.contains_key(i));
                 let mut v = Vec::new();
-                for (idx, t) in tcs {
-                    let (Some(shaper), Some(dev)) = (t.shaper, devs.get(&idx)) else { continue };
-                    let (bytes, packets, drops, overlimits, backlog_bytes) = t.counters;
-                    v.push(ShaperStats { ns: label.clone(), dev: dev.clone(), shaper, bytes, packets, drops, overlimits, backlog_bytes });
+                let mut read = Vec::new();
+                for (idx, (bytes, packets, drops, overlimits, backlog_bytes)) in counters {
+                    let Some(dev) = devs.get(&idx) else { continue };
+                    let shaper = match known.get(&idx) {
+                        Some(s) => *s,
+                        None => match crate::tc::read_class(&h, &l, idx).await? {
+                            Some(s) => {
+                                read.push((idx, s));
+                                s
+                            }
+                            None => continue,
+                        },
+                    };
+                    v.push(ShaperStats { ns: l.clone(), dev: dev.clone(), shaper, bytes, packets, drops, overlimits, backlog_bytes });
                 }
-                Ok(v)
+                Ok((v, read, fresh_devs.then_some(devs)))
             });
             match r {
-                Ok(v) => out.extend(v),
+                Ok((v, read, fresh_devs)) => {
+                    out.extend(v);
+                    let present: BTreeSet<u32> = match fresh_devs {
+                        Some(d) => {
+                            let present = d.keys().copied().collect();
+                            self.device_names.lock().unwrap_or_else(|e| e.into_inner()).insert(label.clone(), (d, std::time::Instant::now()));
+                            present
+                        }
+                        None => self.device_names.lock().unwrap_or_else(|e| e.into_inner()).get(&label).map(|(d, _)| d.keys().copied().collect()).unwrap_or_default(),
+                    };
+                    let mut k = self.shapers_known.lock().unwrap_or_else(|e| e.into_inner());
+                    // Forget devices that are gone from the namespace.
+                    k.retain(|(n, idx), _| *n != label || present.contains(idx));
+                    let now = std::time::Instant::now();
+                    for (idx, s) in read {
+                        k.insert((label.clone(), idx), (s, now));
+                    }
+                }
                 // A namespace that is gone has no shapers.
-                Err(KernelError::Namespace { .. }) => {}
+                Err(KernelError::Namespace { .. }) => {
+                    self.shapers_known.lock().unwrap_or_else(|e| e.into_inner()).retain(|(n, _), _| *n != label);
+                    self.device_names.lock().unwrap_or_else(|e| e.into_inner()).remove(&label);
+                }
                 Err(e) => return Err(e),
             }
         }

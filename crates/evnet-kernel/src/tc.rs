@@ -275,6 +275,38 @@ fn counters(m: &TcMessage) -> (u64, u64, u64, u64, u64) {
     (bytes, packets, drops, over, backlog)
 }
 
+/// The counters of every device that carries evnet's HTB root (`1:`,
+/// default class `1:1`), by ifindex, from one qdisc dump of the namespace. The
+/// class is the qdisc's only one, so the qdisc's bytes, packets, drops and
+/// backlog are the class's; `overlimits` counts the qdisc's throttling
+/// events. One dump instead of one class dump per device: the bandwidth
+/// loop reads these every period.
+pub async fn read_htb_counters(h: &Handle, ns: &str) -> Result<BTreeMap<u32, (u64, u64, u64, u64, u64)>, KernelError> {
+    let qdiscs: Vec<TcMessage> = h.qdisc().get().execute().try_collect().await.map_err(nl(ns))?;
+    Ok(qdiscs
+        .iter()
+        .filter(|q| is_evnet_htb_root(q))
+        .map(|q| (q.header.index as u32, counters(q)))
+        .collect())
+}
+
+/// Class `1:1` of device `index`, decoded; `None` when it has none.
+pub async fn read_class(h: &Handle, ns: &str, index: u32) -> Result<Option<Shaper>, KernelError> {
+    let classes: Vec<TcMessage> = h.traffic_class(index as i32).get().execute().try_collect().await.map_err(nl(ns))?;
+    Ok(classes
+        .iter()
+        .find(|c| kind(c) == Some("htb") && c.header.handle == (TcHandle { major: 1, minor: 1 }) && c.header.parent == TcHandle::ROOT)
+        .and_then(decode_class))
+}
+
+/// Root qdisc `1:` of kind HTB with default class 1.
+fn is_evnet_htb_root(q: &TcMessage) -> bool {
+    kind(q) == Some("htb")
+        && q.header.parent == TcHandle::ROOT
+        && q.header.handle == (TcHandle { major: 1, minor: 0 })
+        && htb_options(q).get(&TCA_HTB_INIT).and_then(|b| u32_at(b, 8)) == Some(1)
+}
+
 /// What tc holds on one device, as far as evnet cares.
 #[derive(Debug, Default)]
 pub struct DevTc {
@@ -308,15 +340,10 @@ pub async fn read_devices(
         if !devices.contains_key(&idx) {
             continue;
         }
-        match kind(q) {
-            Some("htb") if q.header.parent == TcHandle::ROOT && q.header.handle == (TcHandle { major: 1, minor: 0 }) => {
-                let defcls = htb_options(q).get(&TCA_HTB_INIT).and_then(|b| u32_at(b, 8));
-                if defcls == Some(1) {
-                    htb_root.push(idx);
-                }
-            }
-            Some("clsact") => clsact.push(idx),
-            _ => {}
+        if is_evnet_htb_root(q) {
+            htb_root.push(idx);
+        } else if kind(q) == Some("clsact") {
+            clsact.push(idx);
         }
     }
     for idx in htb_root {

@@ -76,9 +76,17 @@ pub fn vxlan_name(vni: u32) -> String {
     format!("evx{vni:x}")
 }
 
+/// The prefix of [`eni_veth`] names.
+pub const ENI_VETH_PREFIX: &str = "eve";
+
 /// The VPC-side end of an ENI's veth pair (`eve<10 hex>`, 13 bytes).
 pub fn eni_veth(eni_id: &str) -> String {
-    format!("eve{}", id_hex(eni_id, 10))
+    format!("{ENI_VETH_PREFIX}{}", id_hex(eni_id, 10))
+}
+
+/// Whether `name` is the VPC-side end of an ENI's veth pair.
+pub fn is_eni_veth(name: &str) -> bool {
+    name.len() == ENI_VETH_PREFIX.len() + 10 && name.starts_with(ENI_VETH_PREFIX)
 }
 
 /// The IFB device shaping what the ENI sends (`evq<10 hex>`, 13 bytes), in
@@ -143,6 +151,9 @@ mod tests {
         assert_eq!(vxlan_name(0xffffff), "evxffffff");
         assert!(is_valid_ifname(&eni_veth("eni-not-hex-at-all-xyz")));
         assert_eq!(eni_veth("weird").len(), 13);
+        assert!(is_eni_veth(&eni_veth("eni-0123456789abcdef")));
+        assert!(!is_eni_veth(&eni_ifb("eni-0123456789abcdef")));
+        assert!(!is_eni_veth("eve0") && !is_eni_veth("eth0") && !is_eni_veth(&vxlan_name(7)));
         assert_eq!(vpc_netns("host-a1b2c3d4e5f60718", 0x1234), "evv-e5f60718-1234");
         assert_eq!(instance_netns("host-a1b2c3d4e5f60718", "i-00112233445566ff"), "evi-e5f60718-00112233445566ff");
         assert!(!is_valid_ifname("sixteen-bytes-xx"));

@@ -78,7 +78,9 @@ pub struct AgentArgs {
     /// The host's name; default: the host namespace's name, else the machine's hostname.
     #[arg(long)]
     pub name: Option<String>,
-    /// Reconcile this often even when nothing changed (repairs drift).
+    /// Reconcile everything this long after the last full pass even when
+    /// nothing changed, to repair drift (or ten times as long as that pass
+    /// took, if more: the full pass never takes over a tenth of the time).
     #[arg(long, default_value_t = 2000)]
     pub resync_ms: u64,
     /// Log the plans without applying them.
