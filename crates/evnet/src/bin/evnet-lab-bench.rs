@@ -271,7 +271,14 @@ fn iperf(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr, seconds: u32) ->
     v["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("iperf3 failed: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// A bare kernel VXLAN overlay between two namespaces, and a raw veth pair.
+/// The reference paths, built in namespaces of their own:
+/// * bare VXLAN: `vx0` in two namespaces that also hold the underlay (the
+///   overlay terminates in the endpoints; no instance hop);
+/// * routed VXLAN: the same two "hosts", each routing to an instance
+///   namespace behind a veth (flannel's VXLAN backend, with nothing else:
+///   no isolation, no anti-spoofing, no security groups, no shaping) —
+///   the same hops evnet's path has;
+/// * a raw veth pair.
 struct Baselines {
     tag: String,
 }
@@ -280,8 +287,8 @@ impl Baselines {
     fn new() -> anyhow::Result<Baselines> {
         let tag = format!("{:04x}", rand::random::<u16>());
         let b = Baselines { tag };
-        let (u, a, bb, va, vb) = (b.ns("u"), b.ns("a"), b.ns("b"), b.ns("va"), b.ns("vb"));
-        for ns in [&u, &a, &bb, &va, &vb] {
+        let (u, a, bb, va, vb, ia, ib) = (b.ns("u"), b.ns("a"), b.ns("b"), b.ns("va"), b.ns("vb"), b.ns("ia"), b.ns("ib"));
+        for ns in [&u, &a, &bb, &va, &vb, &ia, &ib] {
             sh(&["ip", "netns", "add", ns])?;
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
@@ -297,6 +304,16 @@ impl Baselines {
             sh(&["ip", "-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "4242", "local", &format!("198.19.0.{i}"), "remote", &remote, "dstport", "4789", "nolearning"])?;
             sh(&["ip", "-n", ns, "link", "set", "vx0", "mtu", "1450", "up"])?;
             sh(&["ip", "-n", ns, "addr", "add", &format!("10.250.0.{i}/24"), "dev", "vx0"])?;
+            // Routed: instance namespace 10.252.i.2 behind veth ve0.
+            let inst = if i == 1 { &ia } else { &ib };
+            sh(&["ip", "-n", ns, "link", "add", "ve0", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "netns", inst])?;
+            sh(&["ip", "-n", ns, "addr", "add", &format!("10.252.{i}.1/24"), "dev", "ve0"])?;
+            sh(&["ip", "-n", ns, "link", "set", "ve0", "up"])?;
+            sh(&["ip", "-n", inst, "addr", "add", &format!("10.252.{i}.2/24"), "dev", "eth0"])?;
+            sh(&["ip", "-n", inst, "link", "set", "eth0", "up"])?;
+            sh(&["ip", "-n", inst, "route", "add", "default", "via", &format!("10.252.{i}.1")])?;
+            sh(&["ip", "-n", ns, "route", "add", &format!("10.252.{}.0/24", 3 - i), "via", &format!("10.250.0.{}", 3 - i)])?;
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         }
         sh(&["ip", "-n", &va, "link", "add", "v0", "type", "veth", "peer", "name", "v0", "netns", &vb])?;
         sh(&["ip", "-n", &va, "addr", "add", "10.251.0.1/24", "dev", "v0"])?;
@@ -312,7 +329,7 @@ impl Baselines {
 
 impl Drop for Baselines {
     fn drop(&mut self) {
-        for s in ["u", "a", "b", "va", "vb"] {
+        for s in ["u", "a", "b", "va", "vb", "ia", "ib"] {
             let _ = Command::new("ip").args(["netns", "delete", &self.ns(s)]).status();
         }
     }
@@ -334,17 +351,34 @@ async fn throughput(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     }
     lab.synced(Duration::from_secs(20)).await?;
     let base = Baselines::new()?;
-    let (mut r_vx, mut r_veth) = (vec![], vec![]);
-    println!("round  evnet Gbit/s  bare-vxlan Gbit/s  veth Gbit/s  evnet/vxlan  evnet/veth");
+    let (mut r_vx, mut r_routed, mut r_veth) = (vec![], vec![], vec![]);
+    println!("round  evnet Gbit/s  bare-vxlan  routed-vxlan  veth   evnet/bare-vxlan  evnet/routed-vxlan  evnet/veth");
     for r in 0..rounds {
         let ev = iperf(&inst[0].0.netns, &inst[1].0.netns, inst[1].1.private_ip, seconds)?;
         let vx = iperf(&base.ns("a"), &base.ns("b"), Ipv4Addr::new(10, 250, 0, 2), seconds)?;
+        let ro = iperf(&base.ns("ia"), &base.ns("ib"), Ipv4Addr::new(10, 252, 2, 2), seconds)?;
         let ve = iperf(&base.ns("va"), &base.ns("vb"), Ipv4Addr::new(10, 251, 0, 2), seconds)?;
         r_vx.push(ev / vx);
+        r_routed.push(ev / ro);
         r_veth.push(ev / ve);
-        println!("{:>5}  {:>12.2}  {:>17.2}  {:>11.2}  {:>11.3}  {:>10.3}", r + 1, ev / 1e9, vx / 1e9, ve / 1e9, ev / vx, ev / ve);
+        println!(
+            "{:>5}  {:>12.2}  {:>10.2}  {:>12.2}  {:>5.2}   {:>16.3}  {:>18.3}  {:>10.3}",
+            r + 1,
+            ev / 1e9,
+            vx / 1e9,
+            ro / 1e9,
+            ve / 1e9,
+            ev / vx,
+            ev / ro,
+            ev / ve
+        );
     }
-    println!("median of per-round ratios: evnet/bare-vxlan {:.3}, evnet/veth {:.3}", median(&mut r_vx), median(&mut r_veth));
+    println!(
+        "median of per-round ratios: evnet/bare-vxlan {:.3}, evnet/routed-vxlan {:.3}, evnet/veth {:.3}",
+        median(&mut r_vx),
+        median(&mut r_routed),
+        median(&mut r_veth)
+    );
     Ok(())
 }
 
