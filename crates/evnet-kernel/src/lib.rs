@@ -8,8 +8,10 @@
 //! * [`LinuxKernel`]: the real thing, scoped to one host namespace, over
 //!   rtnetlink (links, addresses, routes, neighbours, FDB) with a netlink
 //!   socket opened inside each namespace on a dedicated thread, `ip netns`
-//!   for creating and deleting named namespaces, `/proc/sys` for sysctls and
-//!   `nft -f` / `nft list` for evnet's nftables tables.
+//!   for creating and deleting named namespaces, `/proc/sys` for sysctls,
+//!   `nft -f` to load evnet's nftables tables and nftables netlink dumps
+//!   and batches (module `nftables`) to read them and rewrite set members, `tc
+//!   -batch` to build shapers and netlink to change and read them.
 //!
 //! Both are synchronous: the agent calls them from `spawn_blocking`.
 //! [`apply_all`] applies a plan in order and stops at the first failure.
