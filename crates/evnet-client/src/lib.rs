@@ -599,6 +599,13 @@ impl Client {
         self.call::<(), Value>(Method::GET, url, None).await
     }
 
+    /// `POST /v1/trace`: what the data plane does with one packet from one
+    /// of the caller's ENIs.
+    pub async fn trace(&self, body: &evnet_model::trace::TraceRequest) -> Result<evnet_model::trace::Trace> {
+        let url = self.url(&["v1", "trace"], &[])?;
+        self.call(Method::POST, url, Some(body)).await
+    }
+
     // -----------------------------------------------------------------
     // Security groups.
 

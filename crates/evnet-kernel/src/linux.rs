@@ -58,14 +58,20 @@ pub struct LinuxKernel {
     /// reads counters every period with one qdisc dump per namespace and
     /// re-reads a class only when its entry is older than
     /// [`SHAPER_REREAD`] (so a change made by hand shows within that).
-    shapers_known: std::sync::Arc<std::sync::Mutex<BTreeMap<(String, u32), (Shaper, std::time::Instant)>>>,
+    shapers_known: Shared<BTreeMap<(String, u32), (Shaper, std::time::Instant)>>,
     /// Per namespace, the names of its devices by ifindex and when they
     /// were read: [`Kernel::shaper_stats`] dumps the links again only when
     /// a shaper sits on an ifindex it does not know, or after
     /// [`SHAPER_REREAD`] (a link dump of a VPC namespace with a few hundred
     /// devices cost more than everything else the loop does).
-    device_names: std::sync::Arc<std::sync::Mutex<BTreeMap<String, (BTreeMap<u32, String>, std::time::Instant)>>>,
+    device_names: Shared<BTreeMap<String, DeviceNames>>,
 }
+
+/// State the clones of one [`LinuxKernel`] share.
+type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
+
+/// A namespace's device names by ifindex, and when they were read.
+type DeviceNames = (BTreeMap<u32, String>, std::time::Instant);
 
 /// How long [`LinuxKernel::shaper_stats`] trusts a class's parameters it
 /// built, changed or read before reading them again.

@@ -34,7 +34,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use evnet_store::Store;
 
-use crate::api::{compute, infra, network, stats};
+use crate::api::{compute, infra, network, stats, trace};
 use crate::state::{AppState, Settings};
 
 /// Largest request body accepted.
@@ -53,6 +53,7 @@ pub fn app(state: AppState) -> Router {
         .route("/hosts/{id}/bandwidth", post(stats::report))
         .route("/enis/{id}/stats", get(stats::eni_stats))
         .route("/bandwidth-stats", get(stats::overview))
+        .route("/trace", post(trace::trace))
         .route("/vpcs", post(network::create_vpc).get(network::list_vpcs))
         .route("/vpcs/{id}", get(network::get_vpc).patch(network::patch_vpc).delete(network::delete_vpc))
         .route("/subnets", post(network::create_subnet).get(network::list_subnets))

@@ -448,3 +448,50 @@ async fn metrics_are_served() {
     let text = v.as_str().unwrap();
     assert!(text.contains("evnet_server_http_requests_total"), "{text}");
 }
+
+#[tokio::test]
+async fn trace_explains_a_packet_and_only_for_the_callers_enis() {
+    let t = T::new().await;
+    let agent = t.agent_token().await;
+    t.host(&agent, "host-1", "198.18.0.1", 1000).await;
+    t.host(&agent, "host-2", "198.18.0.2", 1000).await;
+    let a = t.tenant("a").await;
+    let b = t.tenant("b").await;
+    let (vpc, subnet) = t.network(&a, "10.0.0.0/16", "10.0.1.0/24").await;
+    let e1 = t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet})).await;
+    let e2 = t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet})).await;
+    let (e1_id, e2_ip) = (e1["id"].as_str().unwrap().to_string(), e2["private_ip"].as_str().unwrap().to_string());
+    t.ok("POST", "/v1/instances", &a, json!({"name": "i1", "eni_ids": [e1_id]})).await;
+    let i2 = t.ok("POST", "/v1/instances", &a, json!({"name": "i2", "eni_ids": [e2["id"]]})).await;
+    // Two members of the VPC's default group: delivered, across hosts (spread).
+    let v = t.ok("POST", "/v1/trace", &a, json!({"source_eni_id": e1_id, "destination_ip": e2_ip, "protocol": "tcp", "port": 22})).await;
+    assert_eq!(v["verdict"], "delivered", "{v}");
+    assert_eq!(v["destination_eni_id"], e2["id"]);
+    assert_eq!(v["destination_host_id"], i2["host_id"]);
+    let stages: Vec<&str> = v["steps"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["anti_spoofing", "egress", "route", "ingress"]);
+    assert!(v["steps"][2]["detail"].as_str().unwrap().contains("over VXLAN"), "{v}");
+    // A group that admits only tcp 80 from 10.0.2.0/24: the same packet is dropped at ingress.
+    let sg = t.ok("POST", "/v1/security-groups", &a, json!({"vpc_id": vpc, "name": "web",
+        "ingress": [{"protocol": "tcp", "from_port": 80, "to_port": 80, "cidr": "10.0.2.0/24"}],
+        "egress": [{"protocol": "all", "cidr": "0.0.0.0/0"}]})).await;
+    let rev = t.get(&format!("/v1/enis/{}", e2["id"].as_str().unwrap()), &a).await.1["revision"].clone();
+    t.ok("PATCH", &format!("/v1/enis/{}", e2["id"].as_str().unwrap()), &a, json!({"security_group_ids": [sg["id"]], "revision": rev})).await;
+    let v = t.ok("POST", "/v1/trace", &a, json!({"source_eni_id": e1_id, "destination_ip": e2_ip, "protocol": "tcp", "port": 80})).await;
+    assert_eq!(v["verdict"], "dropped", "{v}");
+    let last = v["steps"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["stage"].as_str(), last["pass"].as_bool()), (Some("ingress"), Some(false)), "{v}");
+    // A spoofed source stops at the first step.
+    let v = t.ok("POST", "/v1/trace", &a, json!({"source_eni_id": e1_id, "destination_ip": e2_ip, "protocol": "icmp", "source_ip": "10.0.1.200"})).await;
+    assert_eq!(v["steps"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["verdict"], "dropped");
+    // Another tenant's ENI is not found; bad requests get stable codes.
+    let (s, v) = t.call("POST", "/v1/trace", Some(&b), Some(json!({"source_eni_id": e1_id, "destination_ip": e2_ip, "protocol": "icmp"}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (404, "not_found"));
+    let (s, v) = t.call("POST", "/v1/trace", Some(&a), Some(json!({"source_eni_id": e1_id, "destination_ip": e2_ip, "protocol": "all"}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (422, "invalid_trace"));
+    let (s, v) = t.call("POST", "/v1/trace", Some(&a), Some(json!({"source_eni_id": e1_id, "destination_ip": e2_ip, "protocol": "udp"}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (422, "invalid_trace"));
+    let (s, _) = t.call("POST", "/v1/trace", Some(&a), Some(json!({"source_eni_id": e1_id, "destination_ip": "not-an-ip", "protocol": "icmp"}))).await;
+    assert_eq!(s.as_u16(), 400);
+}

@@ -92,6 +92,13 @@ pub struct AgentArgs {
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    // The agent reads namespaces on short-lived threads; glibc would keep an
+    // arena per thread that ever allocated (~20 MiB more at 1,000 ENIs).
+    // SAFETY: mallopt only tunes the allocator; any value is safe.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     init_logging();
     let name = match (&args.name, &args.host_netns) {
         (Some(n), _) => n.clone(),

@@ -281,6 +281,18 @@ fn a_tenant_builds_a_network_with_the_cli() {
         exec.stderr
     );
 
+    // Trace from the instance (its eth0): the gateway answers; an address
+    // no ENI holds goes nowhere; a tcp packet needs a port.
+    let out = cli.run(t, &["trace", "web-1", "10.0.1.1", "--protocol", "icmp"]).ok();
+    assert!(out.contains("anti-spoofing") && out.contains("verdict: answered by the VPC's router"), "{out}");
+    let tr = cli.run(t, &["trace", "web-eth0", "10.0.1.200", "--protocol", "udp", "--port", "53", "-o", "json"]).json();
+    assert_eq!(tr["verdict"], "dropped");
+    assert_eq!(tr["steps"][2]["stage"], "route");
+    assert!(tr["steps"][2]["detail"].as_str().unwrap().contains("no ENI"), "{tr}");
+    let bad = cli.run(t, &["trace", "web-1", "10.0.1.1"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("--port"), "{}", bad.stderr);
+
     let out = cli.run(t, &["eni", "detach", "web-eth0"]).ok();
     assert!(out.contains("available"), "{out}");
 

@@ -247,6 +247,21 @@ async fn lab_end_to_end() {
     assert!(ping(&ns(&a1), a1s.gateway_ip), "the gateway answers");
     assert!(ping(&ns(&b1), b2.eni.private_ip), "B reaches its own");
     assert!(ping(&ns(&b1), bx.eni.private_ip), "B reaches its own");
+    // `evnet trace` says what the data plane just did, and B's address
+    // (10.0.1.99) is nobody in A's VPC.
+    let trace = |c: &Client, from: &Vm, to: Ipv4Addr, source_ip: Option<Ipv4Addr>| {
+        let req = evnet_model::trace::TraceRequest { source_eni_id: from.eni.id.clone(), destination_ip: to, protocol: Protocol::Icmp, port: None, source_ip };
+        let c = c.clone();
+        async move { c.trace(&req).await.unwrap().verdict }
+    };
+    use evnet_model::trace::TraceVerdict::{AnsweredByGateway, Delivered, Dropped};
+    for (from, to) in [(&a1, &a2), (&a1, &a3), (&a1, &a4), (&a4, &a1)] {
+        assert_eq!(trace(&a, from, to.eni.private_ip, None).await, Delivered, "{} → {}", from.eni.private_ip, to.eni.private_ip);
+    }
+    assert_eq!(trace(&a, &a1, a1s.gateway_ip, None).await, AnsweredByGateway);
+    assert_eq!(trace(&b, &b1, bx.eni.private_ip, None).await, Delivered);
+    assert_eq!(trace(&a, &a1, bx.eni.private_ip, None).await, Dropped);
+    assert_eq!(trace(&a, &a2, a3.eni.private_ip, Some(Ipv4Addr::new(10, 0, 1, 50))).await, Dropped, "spoofed source");
 
     // TCP and UDP inside A work; to B's address, never.
     let port = 7070;

@@ -4,3 +4,4 @@ pub mod compute;
 pub mod infra;
 pub mod network;
 pub mod stats;
+pub mod trace;

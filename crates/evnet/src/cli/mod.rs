@@ -19,6 +19,7 @@ mod resolve;
 mod route_table;
 mod sg;
 mod top;
+mod trace;
 
 #[cfg(test)]
 mod tests;
@@ -110,6 +111,10 @@ pub enum ResourceCommand {
     /// Live rates, demand and allocations of hosts and ENIs.
     #[command(after_help = top::EXAMPLES)]
     Top(top::TopArgs),
+    /// Explain what the data plane does with one packet from an ENI or an
+    /// instance: anti-spoofing, egress groups, route, ingress groups.
+    #[command(after_help = trace::EXAMPLES)]
+    Trace(trace::TraceArgs),
 }
 
 /// Runs one resource command against the server `opts` names.
@@ -129,6 +134,7 @@ pub async fn run(cmd: ResourceCommand, opts: &GlobalOpts) -> anyhow::Result<()> 
         ResourceCommand::BandwidthPool(c) => pool::run(c, &client, out).await,
         ResourceCommand::Exec(args) => exec::run(args, &client).await,
         ResourceCommand::Top(args) => top::run(args, &client, out).await,
+        ResourceCommand::Trace(args) => trace::run(args, &client, out).await,
     }
 }
 

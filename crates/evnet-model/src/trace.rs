@@ -1,0 +1,600 @@
+//! `evnet trace`: what the data plane does with one packet from an ENI,
+//! step by step, the way `ovn-trace` explains OVN's — anti-spoofing, the
+//! sender's egress groups, the route inside the VPC, the receiver's ingress
+//! groups — computed from the resources alone.
+//!
+//! The verdicts follow the data plane's rules exactly (`evnet-plan`'s
+//! nftables rendering and routing):
+//! * anti-spoofing: the source address must be one of the ENI's own unless
+//!   its `source_dest_check` is off;
+//! * egress: an ENI without groups sends anything; otherwise a rule of one of
+//!   its groups must match (protocol, destination port for TCP/UDP, the
+//!   destination in the rule's CIDR or among the members of its group);
+//! * route: the whole VPC block is routed (a distributed router on every
+//!   host); an address no ENI holds goes nowhere (no flooding, no learning);
+//!   an address outside the VPC has no route (peering routes are not
+//!   forwarded by the data plane yet); a subnet's gateway answers on the
+//!   sender's host;
+//! * ingress: a rule of one of the receiver's groups must match the source
+//!   (an ENI without groups receives nothing new);
+//! * groups are stateful: replies of an allowed flow pass both ways.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::{Eni, Host, Instance, Protocol, SecurityGroup, SgRule, Subnet, Vpc};
+
+/// The packet to trace: from an ENI (by id) to an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TraceRequest {
+    pub source_eni_id: String,
+    pub destination_ip: Ipv4Addr,
+    /// `tcp`, `udp` or `icmp` (`all` is not a packet's protocol).
+    pub protocol: Protocol,
+    /// Destination port (TCP and UDP; required for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The source address the packet carries; the ENI's primary address
+    /// when absent (give another to see anti-spoofing act).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<Ipv4Addr>,
+}
+
+/// Where a step happens in the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceStage {
+    AntiSpoofing,
+    Egress,
+    Route,
+    Ingress,
+}
+
+/// One step: what was checked, whether the packet went on, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TraceStep {
+    pub stage: TraceStage,
+    /// `true`: the packet goes on past this step.
+    pub pass: bool,
+    pub detail: String,
+}
+
+/// What happens to the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceVerdict {
+    /// Reaches the destination ENI's instance.
+    Delivered,
+    /// Answered by the VPC's router (a subnet gateway address).
+    AnsweredByGateway,
+    Dropped,
+}
+
+/// The answer: every step up to the one that decided, and the verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Trace {
+    pub verdict: TraceVerdict,
+    pub steps: Vec<TraceStep>,
+    /// The ENI that holds the destination address, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_eni_id: Option<String>,
+    /// The host the packet is delivered on, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_host_id: Option<String>,
+}
+
+/// What a trace reads: the source ENI's VPC and everything in it.
+pub struct TraceWorld<'a> {
+    pub vpc: &'a Vpc,
+    pub subnets: Vec<&'a Subnet>,
+    /// Every ENI of the VPC.
+    pub enis: Vec<&'a Eni>,
+    /// Groups by id (those the ENIs use and those their rules name).
+    pub groups: BTreeMap<&'a str, &'a SecurityGroup>,
+    pub instances: BTreeMap<&'a str, &'a Instance>,
+    pub hosts: BTreeMap<&'a str, &'a Host>,
+}
+
+/// Why a request cannot be traced (the caller's mistake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceError {
+    /// `all` as a packet's protocol.
+    NotAPacketProtocol,
+    /// TCP or UDP without a port.
+    PortRequired,
+}
+
+impl std::fmt::Display for TraceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TraceError::NotAPacketProtocol => f.write_str("a packet's protocol is tcp, udp or icmp, not all"),
+            TraceError::PortRequired => f.write_str("tcp and udp packets need a destination port (port)"),
+        }
+    }
+}
+
+/// Traces `req` from `source` through `world`.
+pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result<Trace, TraceError> {
+    match req.protocol {
+        Protocol::All => return Err(TraceError::NotAPacketProtocol),
+        Protocol::Tcp | Protocol::Udp if req.port.is_none() => return Err(TraceError::PortRequired),
+        _ => {}
+    }
+    let mut t = Trace { verdict: TraceVerdict::Dropped, steps: vec![], destination_eni_id: None, destination_host_id: None };
+    let src_ip = req.source_ip.unwrap_or(source.private_ip);
+    let dst = req.destination_ip;
+    let what = packet_text(req, src_ip);
+
+    // Anti-spoofing, on the sender's host.
+    let own = source.all_ips().any(|ip| ip == src_ip);
+    let step = match (own, source.source_dest_check) {
+        (true, _) => TraceStep { stage: TraceStage::AntiSpoofing, pass: true, detail: format!("{src_ip} is {}'s own address", source.id) },
+        (false, false) => TraceStep {
+            stage: TraceStage::AntiSpoofing,
+            pass: true,
+            detail: format!("{src_ip} is not {}'s, but its source/destination check is off", source.id),
+        },
+        (false, true) => TraceStep {
+            stage: TraceStage::AntiSpoofing,
+            pass: false,
+            detail: format!("{src_ip} is not one of {}'s addresses: dropped before anything else sees it", source.id),
+        },
+    };
+    let pass = step.pass;
+    t.steps.push(step);
+    if !pass {
+        return Ok(t);
+    }
+
+    // Egress groups of the sender.
+    let step = match group_verdict(&source.security_group_ids, world, req, dst, false) {
+        GroupVerdict::NoGroups => TraceStep { stage: TraceStage::Egress, pass: true, detail: format!("{} has no security groups: it may send anything", source.id) },
+        GroupVerdict::Allowed(why) => TraceStep { stage: TraceStage::Egress, pass: true, detail: format!("{what} allowed out by {why}") },
+        GroupVerdict::Denied(groups) => TraceStep {
+            stage: TraceStage::Egress,
+            pass: false,
+            detail: format!("no egress rule of {groups} allows {what}: dropped on the sender's host"),
+        },
+    };
+    let pass = step.pass;
+    t.steps.push(step);
+    if !pass {
+        return Ok(t);
+    }
+
+    // Route inside the VPC.
+    if !world.vpc.cidr_block.contains(&dst) {
+        t.steps.push(TraceStep {
+            stage: TraceStage::Route,
+            pass: false,
+            detail: format!(
+                "{dst} is outside {} ({}): no route (the data plane routes inside the VPC only; peering routes are not forwarded yet)",
+                world.vpc.id, world.vpc.cidr_block
+            ),
+        });
+        return Ok(t);
+    }
+    if let Some(s) = world.subnets.iter().find(|s| s.gateway_ip == dst) {
+        t.steps.push(TraceStep {
+            stage: TraceStage::Route,
+            pass: true,
+            detail: format!("{dst} is the gateway of {} ({}): the VPC's router on the sender's host answers", s.id, s.cidr_block),
+        });
+        t.verdict = TraceVerdict::AnsweredByGateway;
+        return Ok(t);
+    }
+    let Some(dest) = world.enis.iter().find(|e| e.all_ips().any(|ip| ip == dst)) else {
+        t.steps.push(TraceStep {
+            stage: TraceStage::Route,
+            pass: false,
+            detail: format!("no ENI of {} holds {dst}: the VXLAN neither floods nor learns, so the packet goes nowhere", world.vpc.id),
+        });
+        return Ok(t);
+    };
+    t.destination_eni_id = Some(dest.id.clone());
+    let Some(att) = &dest.attachment else {
+        t.steps.push(TraceStep {
+            stage: TraceStage::Route,
+            pass: false,
+            detail: format!("{dst} is {}, which is not attached to an instance: nothing receives it", dest.id),
+        });
+        return Ok(t);
+    };
+    let src_host = source.attachment.as_ref().map(|a| a.host_id.as_str());
+    let host_name = |id: &str| world.hosts.get(id).map_or_else(|| id.to_string(), |h| h.name.clone());
+    let path = match src_host {
+        Some(h) if h == att.host_id => format!("on the same host ({})", host_name(h)),
+        Some(h) => {
+            let ul = |id: &str| world.hosts.get(id).map_or_else(|| "?".to_string(), |h| h.underlay_ip.to_string());
+            format!(
+                "from {} to {} over VXLAN {} ({} → {})",
+                host_name(h),
+                host_name(&att.host_id),
+                world.vpc.vni,
+                ul(h),
+                ul(&att.host_id)
+            )
+        }
+        None => format!("to {} (the sender is not attached: it sends nothing until it is)", host_name(&att.host_id)),
+    };
+    let inst = world.instances.get(att.instance_id.as_str()).map_or(att.instance_id.as_str(), |i| i.name.as_str());
+    t.steps.push(TraceStep {
+        stage: TraceStage::Route,
+        pass: src_host.is_some(),
+        detail: format!("{dst} is {} (eth{} of instance {inst}); routed {path}", dest.id, att.device_index),
+    });
+    if src_host.is_none() {
+        return Ok(t);
+    }
+
+    // Ingress groups of the receiver.
+    let step = match group_verdict(&dest.security_group_ids, world, req, src_ip, true) {
+        GroupVerdict::NoGroups => TraceStep {
+            stage: TraceStage::Ingress,
+            pass: false,
+            detail: format!("{} has no security groups: it accepts no new traffic", dest.id),
+        },
+        GroupVerdict::Allowed(why) => TraceStep { stage: TraceStage::Ingress, pass: true, detail: format!("{what} allowed in by {why}") },
+        GroupVerdict::Denied(groups) => TraceStep {
+            stage: TraceStage::Ingress,
+            pass: false,
+            detail: format!("no ingress rule of {groups} allows {what}: dropped on the receiver's host"),
+        },
+    };
+    let pass = step.pass;
+    t.steps.push(step);
+    if pass {
+        t.verdict = TraceVerdict::Delivered;
+        t.destination_host_id = Some(att.host_id.clone());
+    }
+    Ok(t)
+}
+
+enum GroupVerdict {
+    NoGroups,
+    Allowed(String),
+    Denied(String),
+}
+
+/// Evaluates the ingress (`peer` = the source) or egress (`peer` = the
+/// destination) rules of `group_ids`.
+fn group_verdict(group_ids: &[String], world: &TraceWorld<'_>, req: &TraceRequest, peer: Ipv4Addr, ingress: bool) -> GroupVerdict {
+    if group_ids.is_empty() {
+        return GroupVerdict::NoGroups;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for gid in group_ids {
+        if !seen.insert(gid.as_str()) {
+            continue;
+        }
+        let Some(g) = world.groups.get(gid.as_str()) else { continue };
+        let rules = if ingress { &g.ingress } else { &g.egress };
+        for (i, r) in rules.iter().enumerate() {
+            if rule_matches(r, world, req, peer) {
+                return GroupVerdict::Allowed(format!("{} ({}) {} rule {}: {}", g.id, g.name, if ingress { "ingress" } else { "egress" }, i + 1, rule_text(r, ingress)));
+            }
+        }
+    }
+    let mut names: Vec<&str> = seen.into_iter().collect();
+    names.sort_unstable();
+    GroupVerdict::Denied(names.join(", "))
+}
+
+/// The data plane's match (see `evnet_plan::nft`): a CIDR wins over a
+/// group; ports bound TCP and UDP only; `from > to` matches nothing.
+fn rule_matches(r: &SgRule, world: &TraceWorld<'_>, req: &TraceRequest, peer: Ipv4Addr) -> bool {
+    let peer_ok = match (&r.cidr, &r.source_group_id) {
+        (Some(c), _) => c.contains(&peer),
+        (None, Some(g)) => world.enis.iter().filter(|e| e.security_group_ids.iter().any(|x| x == g)).any(|e| e.all_ips().any(|ip| ip == peer)),
+        (None, None) => false,
+    };
+    if !peer_ok {
+        return false;
+    }
+    match r.protocol {
+        Protocol::All => true,
+        Protocol::Icmp => req.protocol == Protocol::Icmp,
+        p @ (Protocol::Tcp | Protocol::Udp) => {
+            if req.protocol != p {
+                return false;
+            }
+            let port = req.port.unwrap_or(0);
+            match (r.from_port, r.to_port) {
+                (Some(a), Some(b)) => a <= b && (a..=b).contains(&port),
+                (Some(a), None) | (None, Some(a)) => port == a,
+                (None, None) => true,
+            }
+        }
+    }
+}
+
+fn rule_text(r: &SgRule, ingress: bool) -> String {
+    let proto = match r.protocol {
+        Protocol::All => "all traffic".to_string(),
+        Protocol::Icmp => "icmp".to_string(),
+        Protocol::Tcp | Protocol::Udp => {
+            let p = if r.protocol == Protocol::Tcp { "tcp" } else { "udp" };
+            match (r.from_port, r.to_port) {
+                (Some(a), Some(b)) if a != b => format!("{p} {a}-{b}"),
+                (Some(a), _) | (None, Some(a)) => format!("{p} {a}"),
+                (None, None) => format!("{p} any port"),
+            }
+        }
+    };
+    let peer = match (&r.cidr, &r.source_group_id) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(g)) => format!("members of {g}"),
+        (None, None) => "nobody".to_string(),
+    };
+    format!("{proto} {} {peer}", if ingress { "from" } else { "to" })
+}
+
+fn packet_text(req: &TraceRequest, src: Ipv4Addr) -> String {
+    match (req.protocol, req.port) {
+        (Protocol::Icmp, _) => format!("icmp {src} → {}", req.destination_ip),
+        (p, Some(port)) => format!("{} {src} → {}:{port}", if p == Protocol::Tcp { "tcp" } else { "udp" }, req.destination_ip),
+        (_, None) => format!("{src} → {}", req.destination_ip),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{Attachment, EniStatus, HostStatus, InstanceState};
+    use crate::BandwidthSpec;
+
+    fn eni(id: &str, ip: [u8; 4], groups: &[&str], host: Option<&str>) -> Eni {
+        Eni {
+            id: id.into(),
+            name: id.into(),
+            tags: Default::default(),
+            tenant: "t".into(),
+            created_at: String::new(),
+            revision: 1,
+            subnet_id: "subnet-1".into(),
+            vpc_id: "vpc-1".into(),
+            mac: "02:00:00:00:00:01".into(),
+            private_ip: Ipv4Addr::from(ip),
+            secondary_ips: vec![],
+            security_group_ids: groups.iter().map(|g| g.to_string()).collect(),
+            source_dest_check: true,
+            bandwidth: BandwidthSpec::default(),
+            attachment: host.map(|h| Attachment { instance_id: format!("i-{id}"), host_id: h.into(), device_index: 0 }),
+            status: if host.is_some() { EniStatus::InUse } else { EniStatus::Available },
+        }
+    }
+
+    fn group(id: &str, ingress: Vec<SgRule>, egress: Vec<SgRule>) -> SecurityGroup {
+        SecurityGroup {
+            id: id.into(),
+            name: id.into(),
+            tags: Default::default(),
+            tenant: "t".into(),
+            created_at: String::new(),
+            revision: 1,
+            vpc_id: "vpc-1".into(),
+            description: String::new(),
+            ingress,
+            egress,
+            deleting: false,
+        }
+    }
+
+    fn rule(protocol: Protocol, ports: Option<(u16, u16)>, cidr: Option<&str>, group: Option<&str>) -> SgRule {
+        SgRule {
+            protocol,
+            from_port: ports.map(|p| p.0),
+            to_port: ports.map(|p| p.1),
+            cidr: cidr.map(|c| c.parse().unwrap()),
+            source_group_id: group.map(str::to_string),
+        }
+    }
+
+    struct Fixture {
+        vpc: Vpc,
+        subnet: Subnet,
+        enis: Vec<Eni>,
+        groups: Vec<SecurityGroup>,
+        hosts: Vec<Host>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let vpc = Vpc {
+                id: "vpc-1".into(),
+                name: "v".into(),
+                tags: Default::default(),
+                tenant: "t".into(),
+                created_at: String::new(),
+                revision: 1,
+                cidr_block: "10.0.0.0/16".parse().unwrap(),
+                vni: 7,
+                main_route_table_id: "rtb-1".into(),
+                default_security_group_id: "sg-default".into(),
+            };
+            let subnet = Subnet {
+                id: "subnet-1".into(),
+                name: "s".into(),
+                tags: Default::default(),
+                tenant: "t".into(),
+                created_at: String::new(),
+                revision: 1,
+                vpc_id: "vpc-1".into(),
+                cidr_block: "10.0.1.0/24".parse().unwrap(),
+                gateway_ip: Ipv4Addr::new(10, 0, 1, 1),
+                available_ip_count: 0,
+                deleting: false,
+            };
+            let host = |id: &str, n: u8| Host {
+                id: id.into(),
+                name: id.into(),
+                tags: Default::default(),
+                tenant: String::new(),
+                created_at: String::new(),
+                revision: 1,
+                underlay_ip: Ipv4Addr::new(198, 18, 0, n),
+                nic_mbps: 1000,
+                labels: Default::default(),
+                status: HostStatus::Ready,
+                last_heartbeat_ms: 0,
+                applied_generation: 0,
+            };
+            let default = group(
+                "sg-default",
+                vec![rule(Protocol::All, None, None, Some("sg-default"))],
+                vec![rule(Protocol::All, None, Some("0.0.0.0/0"), None)],
+            );
+            let web = group(
+                "sg-web",
+                vec![rule(Protocol::Tcp, Some((80, 80)), Some("10.0.0.0/16"), None), rule(Protocol::Icmp, None, None, Some("sg-default"))],
+                vec![rule(Protocol::Tcp, Some((5432, 5432)), Some("10.0.2.0/24"), None)],
+            );
+            Fixture {
+                vpc,
+                subnet,
+                enis: vec![
+                    eni("eni-a", [10, 0, 1, 4], &["sg-default"], Some("host-1")),
+                    eni("eni-b", [10, 0, 1, 5], &["sg-default"], Some("host-2")),
+                    eni("eni-web", [10, 0, 1, 6], &["sg-web"], Some("host-1")),
+                    eni("eni-idle", [10, 0, 1, 7], &["sg-default"], None),
+                    eni("eni-bare", [10, 0, 1, 8], &[], Some("host-2")),
+                ],
+                groups: vec![default, web],
+                hosts: vec![host("host-1", 1), host("host-2", 2)],
+            }
+        }
+
+        fn run(&self, from: &str, to: [u8; 4], protocol: Protocol, port: Option<u16>, source_ip: Option<[u8; 4]>) -> Trace {
+            let instances: Vec<Instance> = self
+                .enis
+                .iter()
+                .filter_map(|e| e.attachment.as_ref())
+                .map(|a| Instance {
+                    id: a.instance_id.clone(),
+                    name: a.instance_id.clone(),
+                    tags: Default::default(),
+                    tenant: "t".into(),
+                    created_at: String::new(),
+                    revision: 1,
+                    host_id: a.host_id.clone(),
+                    state: InstanceState::Running,
+                    netns: String::new(),
+                })
+                .collect();
+            let world = TraceWorld {
+                vpc: &self.vpc,
+                subnets: vec![&self.subnet],
+                enis: self.enis.iter().collect(),
+                groups: self.groups.iter().map(|g| (g.id.as_str(), g)).collect(),
+                instances: instances.iter().map(|i| (i.id.as_str(), i)).collect(),
+                hosts: self.hosts.iter().map(|h| (h.id.as_str(), h)).collect(),
+            };
+            let source = self.enis.iter().find(|e| e.id == from).unwrap();
+            let req = TraceRequest {
+                source_eni_id: from.into(),
+                destination_ip: Ipv4Addr::from(to),
+                protocol,
+                port,
+                source_ip: source_ip.map(Ipv4Addr::from),
+            };
+            trace(&req, source, &world).unwrap()
+        }
+    }
+
+    fn stages(t: &Trace) -> Vec<(TraceStage, bool)> {
+        t.steps.iter().map(|s| (s.stage, s.pass)).collect()
+    }
+
+    #[test]
+    fn members_of_the_default_group_reach_each_other_across_hosts() {
+        let f = Fixture::new();
+        let t = f.run("eni-a", [10, 0, 1, 5], Protocol::Tcp, Some(22), None);
+        assert_eq!(t.verdict, TraceVerdict::Delivered);
+        assert_eq!(t.destination_host_id.as_deref(), Some("host-2"));
+        assert!(t.steps[2].detail.contains("VXLAN 7 (198.18.0.1 → 198.18.0.2)"), "{:?}", t.steps[2]);
+        assert!(t.steps[3].detail.contains("sg-default"), "{:?}", t.steps[3]);
+    }
+
+    #[test]
+    fn a_spoofed_source_is_dropped_first_unless_the_check_is_off() {
+        let mut f = Fixture::new();
+        let t = f.run("eni-a", [10, 0, 1, 5], Protocol::Icmp, None, Some([10, 0, 1, 99]));
+        assert_eq!(t.verdict, TraceVerdict::Dropped);
+        assert_eq!(stages(&t), vec![(TraceStage::AntiSpoofing, false)]);
+        f.enis[0].source_dest_check = false;
+        // Passes anti-spoofing, but 10.0.1.99 is no member of the receiver's group.
+        let t = f.run("eni-a", [10, 0, 1, 5], Protocol::Icmp, None, Some([10, 0, 1, 99]));
+        assert_eq!(stages(&t), vec![(TraceStage::AntiSpoofing, true), (TraceStage::Egress, true), (TraceStage::Route, true), (TraceStage::Ingress, false)]);
+    }
+
+    #[test]
+    fn ports_protocols_and_groups_decide_ingress() {
+        let f = Fixture::new();
+        assert_eq!(f.run("eni-a", [10, 0, 1, 6], Protocol::Tcp, Some(80), None).verdict, TraceVerdict::Delivered);
+        let t = f.run("eni-a", [10, 0, 1, 6], Protocol::Tcp, Some(81), None);
+        assert_eq!(t.verdict, TraceVerdict::Dropped);
+        assert_eq!(t.steps.last().unwrap().stage, TraceStage::Ingress);
+        assert!(t.steps.last().unwrap().detail.contains("sg-web"));
+        assert_eq!(f.run("eni-a", [10, 0, 1, 6], Protocol::Udp, Some(80), None).verdict, TraceVerdict::Dropped);
+        // ICMP from members of sg-default only.
+        assert_eq!(f.run("eni-a", [10, 0, 1, 6], Protocol::Icmp, None, None).verdict, TraceVerdict::Delivered);
+        assert_eq!(f.run("eni-bare", [10, 0, 1, 6], Protocol::Icmp, None, None).verdict, TraceVerdict::Dropped);
+    }
+
+    #[test]
+    fn egress_rules_bind_the_sender() {
+        let f = Fixture::new();
+        // sg-web may only send tcp 5432 to 10.0.2.0/24.
+        let t = f.run("eni-web", [10, 0, 1, 4], Protocol::Icmp, None, None);
+        assert_eq!(stages(&t), vec![(TraceStage::AntiSpoofing, true), (TraceStage::Egress, false)]);
+        // No groups: sends anything, but receives nothing new.
+        let t = f.run("eni-bare", [10, 0, 1, 4], Protocol::Tcp, Some(9), None);
+        assert_eq!(t.verdict, TraceVerdict::Dropped, "10.0.1.8 is no member of sg-default: {t:?}");
+        let t = f.run("eni-a", [10, 0, 1, 8], Protocol::Tcp, Some(9), None);
+        assert_eq!(t.steps.last().unwrap().stage, TraceStage::Ingress);
+        assert!(!t.steps.last().unwrap().pass);
+    }
+
+    #[test]
+    fn routes_inside_the_vpc_only() {
+        let f = Fixture::new();
+        let t = f.run("eni-a", [10, 0, 1, 1], Protocol::Icmp, None, None);
+        assert_eq!(t.verdict, TraceVerdict::AnsweredByGateway);
+        let t = f.run("eni-a", [10, 0, 9, 9], Protocol::Icmp, None, None);
+        assert_eq!(t.verdict, TraceVerdict::Dropped);
+        assert!(t.steps.last().unwrap().detail.contains("no ENI"));
+        let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("outside vpc-1"));
+        let t = f.run("eni-a", [10, 0, 1, 7], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("not attached"));
+        assert_eq!(t.destination_eni_id.as_deref(), Some("eni-idle"));
+        let t = f.run("eni-a", [10, 0, 1, 6], Protocol::Tcp, Some(80), None);
+        assert!(t.steps[2].detail.contains("on the same host (host-1)"), "{:?}", t.steps[2]);
+    }
+
+    #[test]
+    fn a_rule_with_an_empty_port_range_matches_nothing() {
+        let mut f = Fixture::new();
+        f.groups[1].ingress = vec![rule(Protocol::Tcp, Some((90, 80)), Some("0.0.0.0/0"), None)];
+        assert_eq!(f.run("eni-a", [10, 0, 1, 6], Protocol::Tcp, Some(85), None).verdict, TraceVerdict::Dropped);
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let f = Fixture::new();
+        let world = TraceWorld {
+            vpc: &f.vpc,
+            subnets: vec![],
+            enis: vec![],
+            groups: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+        };
+        let req = |protocol, port| TraceRequest { source_eni_id: "eni-a".into(), destination_ip: Ipv4Addr::LOCALHOST, protocol, port, source_ip: None };
+        assert_eq!(trace(&req(Protocol::All, None), &f.enis[0], &world), Err(TraceError::NotAPacketProtocol));
+        assert_eq!(trace(&req(Protocol::Udp, None), &f.enis[0], &world), Err(TraceError::PortRequired));
+        assert!(trace(&req(Protocol::Icmp, None), &f.enis[0], &world).is_ok());
+    }
+}

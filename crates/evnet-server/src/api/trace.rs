@@ -1,0 +1,37 @@
+//! `POST /v1/trace`: what the data plane does with one packet from one of
+//! the caller's ENIs (see `evnet_model::trace`). Read-only; answers from the
+//! watched cache.
+
+use axum::extract::State;
+use axum::Json;
+use evnet_model::trace::{trace as run_trace, Trace, TraceRequest, TraceWorld};
+use evnet_model::*;
+
+use crate::auth::Caller;
+use crate::common::*;
+use crate::error::ApiResult;
+use crate::extract::Body;
+use crate::state::AppState;
+
+/// `POST /v1/trace`.
+pub async fn trace(State(st): State<AppState>, caller: Caller, Body(req): Body<TraceRequest>) -> ApiResult<Json<Trace>> {
+    let snap = st.cache.read();
+    let source = &visible(&snap.enis, Kind::Eni, &req.source_eni_id, &caller)?.value;
+    let vpc = &visible(&snap.vpcs, Kind::Vpc, &source.vpc_id, &caller)?.value;
+    let enis: Vec<&Eni> = snap.enis.values().map(|e| &*e.value).filter(|e| e.vpc_id == vpc.id).collect();
+    let world = TraceWorld {
+        vpc,
+        subnets: snap.subnets.values().map(|s| &*s.value).filter(|s| s.vpc_id == vpc.id).collect(),
+        groups: snap.security_groups.values().map(|g| &*g.value).filter(|g| g.vpc_id == vpc.id).map(|g| (g.id.as_str(), g)).collect(),
+        instances: enis
+            .iter()
+            .filter_map(|e| e.attachment.as_ref())
+            .filter_map(|a| snap.instances.get(&a.instance_id))
+            .map(|i| (i.value.id.as_str(), &*i.value))
+            .collect(),
+        hosts: snap.hosts.values().map(|h| (h.value.id.as_str(), &*h.value)).collect(),
+        enis,
+    };
+    let t = run_trace(&req, source, &world).map_err(|e| ModelError::invalid("invalid_trace", e.to_string()))?;
+    Ok(Json(t))
+}
