@@ -135,25 +135,35 @@ pub fn replace_set_elements(family: u8, table: &str, set: &str, elems: &BTreeSet
     let mut buf = vec![0u8; 64 * 1024];
     while acks > 0 {
         let n = recv(&fd, &mut buf)?;
-        let mut b = &buf[..n];
-        while b.len() >= NLMSG_HDR {
-            let len = u32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes([b[4], b[5]]);
-            if len < NLMSG_HDR || len > b.len() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
-            }
+        for (kind, payload) in messages(&buf[..n])? {
             if kind == NLMSG_ERROR {
-                let payload = &b[NLMSG_HDR..len];
-                let code = payload.get(0..4).map(|x| i32::from_ne_bytes(x.try_into().expect("4 bytes"))).unwrap_or(-libc::EIO);
-                if code != 0 {
-                    return Err(io::Error::from_raw_os_error(-code));
-                }
+                error_code(payload)?;
                 acks -= 1;
             }
-            b = &b[len.div_ceil(4).saturating_mul(4).min(b.len())..];
         }
     }
     Ok(())
+}
+
+/// The (type, payload) of each netlink message in one datagram.
+fn messages(mut b: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
+    let mut out = Vec::new();
+    while b.len() >= NLMSG_HDR {
+        let len = u32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes([b[4], b[5]]);
+        if len < NLMSG_HDR || len > b.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
+        }
+        out.push((kind, &b[NLMSG_HDR..len]));
+        b = &b[len.div_ceil(4).saturating_mul(4).min(b.len())..];
+    }
+    Ok(out)
+}
+
+/// An `NLMSG_ERROR` payload: `Ok` for an acknowledgement, else the error.
+fn error_code(payload: &[u8]) -> io::Result<()> {
+    let code = payload.get(0..4).map(|x| i32::from_ne_bytes(x.try_into().expect("4 bytes"))).unwrap_or(-libc::EIO);
+    if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) }
 }
 
 /// One netlink message with an `nfgenmsg` header.
@@ -264,26 +274,13 @@ fn dump(msg_type: u16, family: u8, attrs: &[u8], mut each: impl FnMut(u16, u8, &
     // A dump ends with NLMSG_DONE; bound the reads anyway.
     for _ in 0..100_000 {
         let n = recv(&fd, &mut buf)?;
-        let mut b = &buf[..n];
-        while b.len() >= NLMSG_HDR {
-            let len = u32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes([b[4], b[5]]);
-            if len < NLMSG_HDR || len > b.len() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
-            }
-            let payload = &b[NLMSG_HDR..len];
+        for (kind, payload) in messages(&buf[..n])? {
             match kind {
                 NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let code = payload.get(0..4).map(|x| i32::from_ne_bytes(x.try_into().expect("4 bytes"))).unwrap_or(-libc::EIO);
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                }
+                NLMSG_ERROR => error_code(payload)?,
                 _ if payload.len() >= NFGENMSG => each(kind, payload[0], &payload[NFGENMSG..]),
                 _ => {}
             }
-            b = &b[len.div_ceil(4).saturating_mul(4).min(b.len())..];
         }
     }
     Err(io::Error::new(io::ErrorKind::TimedOut, "nftables dump did not end"))

@@ -21,11 +21,6 @@ use evnet_kernel::{Kernel, LinuxKernel, apply_all};
 use evnet_model::desired::HostDesired;
 use evnet_plan::{EniRates, Op, PlanConfig, naming, plan_with_rates};
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn must(args: &[&str]) {
     let o = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
     assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
@@ -159,9 +154,7 @@ fn flat(a: &str, tx: u64, b: &str, rx: u64) -> BTreeMap<String, EniRates> {
 
 #[test]
 fn limits_hold_and_change_live() {
-    if !is_root() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "root tests must run as root in CI");
-        eprintln!("skipping bandwidth_root: not root (set CI=true to make this a failure)");
+    if !root_or_skip("bandwidth_root") {
         return;
     }
     let mut lab = Lab::new();
@@ -234,9 +227,7 @@ fn limits_hold_and_change_live() {
 /// match what was planned, so plan → apply → plan is empty.
 #[test]
 fn rates_above_32_bits_converge() {
-    if !is_root() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "root tests must run as root in CI");
-        eprintln!("skipping bandwidth_root: not root (set CI=true to make this a failure)");
+    if !root_or_skip("bandwidth_root") {
         return;
     }
     let mut lab = Lab::new();

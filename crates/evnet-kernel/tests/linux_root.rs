@@ -13,11 +13,6 @@ use common::*;
 use evnet_kernel::{Kernel, LinuxKernel};
 use evnet_plan::naming;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn sh(args: &[&str]) -> bool {
     Command::new(args[0]).args(&args[1..]).output().map(|o| o.status.success()).unwrap_or(false)
 }
@@ -60,9 +55,7 @@ impl Drop for Cleanup {
 
 #[test]
 fn two_hosts_two_vpcs_same_cidr() {
-    if !is_root() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "root tests must run as root in CI");
-        eprintln!("skipping linux_root: not root (set CI=true to make this a failure)");
+    if !root_or_skip("linux_root") {
         return;
     }
     let r: u32 = rand::random::<u32>() & 0xffff;
@@ -177,9 +170,7 @@ fn firewall_state_round_trips_over_netlink() {
     use std::collections::{BTreeMap, BTreeSet};
     use evnet_plan::op::FirewallSpec;
     use evnet_plan::{FirewallState, Ns, Op};
-    if !is_root() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "root tests must run as root in CI");
-        eprintln!("skipping linux_root: not root (set CI=true to make this a failure)");
+    if !root_or_skip("linux_root") {
         return;
     }
     let ns = format!("xh{:04x}f", rand::random::<u16>());

@@ -142,25 +142,13 @@ pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result
             detail: format!("{src_ip} is not one of {}'s addresses: dropped before anything else sees it", source.id),
         },
     };
-    let pass = step.pass;
-    t.steps.push(step);
-    if !pass {
+    if !push(&mut t, step) {
         return Ok(t);
     }
 
     // Egress groups of the sender.
-    let step = match group_verdict(&source.security_group_ids, world, req, dst, false) {
-        GroupVerdict::NoGroups => TraceStep { stage: TraceStage::Egress, pass: true, detail: format!("{} has no security groups: it may send anything", source.id) },
-        GroupVerdict::Allowed(why) => TraceStep { stage: TraceStage::Egress, pass: true, detail: format!("{what} allowed out by {why}") },
-        GroupVerdict::Denied(groups) => TraceStep {
-            stage: TraceStage::Egress,
-            pass: false,
-            detail: format!("no egress rule of {groups} allows {what}: dropped on the sender's host"),
-        },
-    };
-    let pass = step.pass;
-    t.steps.push(step);
-    if !pass {
+    let v = group_verdict(&source.security_group_ids, world, req, dst, false);
+    if !push(&mut t, group_step(TraceStage::Egress, v, &source.id, &what)) {
         return Ok(t);
     }
 
@@ -230,26 +218,38 @@ pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result
     }
 
     // Ingress groups of the receiver.
-    let step = match group_verdict(&dest.security_group_ids, world, req, src_ip, true) {
-        GroupVerdict::NoGroups => TraceStep {
-            stage: TraceStage::Ingress,
-            pass: false,
-            detail: format!("{} has no security groups: it accepts no new traffic", dest.id),
-        },
-        GroupVerdict::Allowed(why) => TraceStep { stage: TraceStage::Ingress, pass: true, detail: format!("{what} allowed in by {why}") },
-        GroupVerdict::Denied(groups) => TraceStep {
-            stage: TraceStage::Ingress,
-            pass: false,
-            detail: format!("no ingress rule of {groups} allows {what}: dropped on the receiver's host"),
-        },
-    };
-    let pass = step.pass;
-    t.steps.push(step);
-    if pass {
+    let v = group_verdict(&dest.security_group_ids, world, req, src_ip, true);
+    if push(&mut t, group_step(TraceStage::Ingress, v, &dest.id, &what)) {
         t.verdict = TraceVerdict::Delivered;
         t.destination_host_id = Some(att.host_id.clone());
     }
     Ok(t)
+}
+
+/// Appends `step`; whether the packet goes on.
+fn push(t: &mut Trace, step: TraceStep) -> bool {
+    let pass = step.pass;
+    t.steps.push(step);
+    pass
+}
+
+/// The egress step of sender `eni`, or the ingress step of receiver `eni`.
+fn group_step(stage: TraceStage, v: GroupVerdict, eni: &str, what: &str) -> TraceStep {
+    let egress = stage == TraceStage::Egress;
+    let (pass, detail) = match v {
+        GroupVerdict::NoGroups if egress => (true, format!("{eni} has no security groups: it may send anything")),
+        GroupVerdict::NoGroups => (false, format!("{eni} has no security groups: it accepts no new traffic")),
+        GroupVerdict::Allowed(why) => (true, format!("{what} allowed {} by {why}", if egress { "out" } else { "in" })),
+        GroupVerdict::Denied(groups) => (
+            false,
+            format!(
+                "no {} rule of {groups} allows {what}: dropped on the {} host",
+                if egress { "egress" } else { "ingress" },
+                if egress { "sender's" } else { "receiver's" }
+            ),
+        ),
+    };
+    TraceStep { stage, pass, detail }
 }
 
 enum GroupVerdict {

@@ -187,3 +187,16 @@ pub fn converge<K: evnet_kernel::Kernel>(k: &K, d: &HostDesired) -> Vec<evnet_pl
     assert!(again.is_empty(), "re-plan not empty:\n{atext}\nafter applying:\n{text}");
     ops
 }
+
+/// Whether a root test can run: true as root; otherwise it says why it
+/// skips, and under CI (`CI=true`) it fails instead.
+#[allow(dead_code)]
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "root tests must run as root in CI");
+    eprintln!("skipping {test}: not root (set CI=true to make this a failure)");
+    false
+}
