@@ -472,3 +472,54 @@ fn rates_change_in_place_and_stay_within_the_limit() {
     apply_all(&k, &ops).unwrap();
     assert!(plan(&d2, &k.observe().unwrap(), &PlanConfig::default()).is_empty());
 }
+
+/// An instance in three VPCs: eth0 carries the default route; eth1 (another
+/// VPC, another block) gets a route to its VPC's whole block through its
+/// gateway; eth2 (a VPC with the same block as eth0's) gets none, so it never
+/// takes eth0's traffic. Detaching eth1 removes its route.
+#[test]
+fn an_eni_in_another_vpc_routes_that_vpcs_block() {
+    let host = HostSpec { id: hex_id("host", 0xa1), underlay: Ipv4Addr::new(198, 18, 0, 1) };
+    let vpc = |n: u64, vni: u32, cidr: &str, subnet: &str| VpcSpec {
+        id: hex_id("vpc", n),
+        vni,
+        cidr: cidr.parse().unwrap(),
+        subnets: vec![subnet.parse().unwrap()],
+    };
+    let g = hex_id("sg", 7);
+    let eni = |n: u64, vpc: usize, ip: [u8; 4], idx: u32| EniSpec {
+        id: hex_id("eni", n),
+        vpc,
+        subnet: 0,
+        ip: Ipv4Addr::from(ip),
+        secondary: vec![],
+        mac: format!("0a:00:00:00:00:{n:02x}"),
+        sdc: true,
+        groups: vec![g.clone()],
+        attach: Some((0, hex_id("i", 1), idx)),
+    };
+    let mut cloud = Cloud {
+        hosts: vec![host],
+        vpcs: vec![
+            vpc(1, 0x101, "10.0.0.0/16", "10.0.1.0/24"),
+            vpc(2, 0x102, "10.1.0.0/16", "10.1.5.0/24"),
+            vpc(3, 0x103, "10.0.0.0/16", "10.0.1.0/24"),
+        ],
+        enis: vec![eni(1, 0, [10, 0, 1, 10], 0), eni(2, 1, [10, 1, 5, 10], 1), eni(3, 2, [10, 0, 1, 10], 2)],
+        instances: vec![(0, hex_id("i", 1))],
+        groups: vec![],
+    };
+    cloud.groups = vec![default_group(&g, cloud.enis.iter().map(|e| e.ip).collect())];
+    let k = ModelKernel::new();
+    converge(&k, &cloud.desired(0));
+    let ins = naming::instance_netns(&cloud.hosts[0].id, &hex_id("i", 1));
+    let routes = |k: &ModelKernel| -> Vec<evnet_plan::Route> { k.observe().unwrap().namespaces[&ins].routes.iter().cloned().collect() };
+    let r = routes(&k);
+    assert!(r.iter().any(|r| r.dst.to_string() == "0.0.0.0/0" && r.dev == "eth0" && r.via == Some(Ipv4Addr::new(10, 0, 1, 1))), "{r:?}");
+    assert!(r.iter().any(|r| r.dst.to_string() == "10.1.0.0/16" && r.dev == "eth1" && r.via == Some(Ipv4Addr::new(10, 1, 5, 1))), "{r:?}");
+    assert!(r.iter().all(|r| r.dev != "eth2"), "eth2's VPC overlaps eth0's: no route through it: {r:?}");
+    // Detach eth1: its route goes with it.
+    cloud.enis[1].attach = None;
+    converge(&k, &cloud.desired(0));
+    assert!(routes(&k).iter().all(|r| r.dev != "eth1"), "{:?}", routes(&k));
+}

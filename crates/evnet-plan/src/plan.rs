@@ -240,7 +240,41 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
         tn.firewall = Some(nft::render(&fw_enis, &d.security_groups));
         out.insert(ns, tn);
     }
+    other_vpc_routes(d, &local, &mut out);
     out
+}
+
+/// An instance's eth0 carries its default route; a further ENI in another
+/// VPC gets a route to that VPC's whole block through its own subnet's
+/// gateway, so the instance reaches every subnet of each VPC it is in, from
+/// the address of its ENI there (anti-spoofing would drop that source on
+/// eth0). Skipped when the block overlaps the primary VPC's or a block
+/// already routed in the instance (two VPCs with the same CIDR: the lower
+/// device index wins), so a route never takes traffic from another ENI's
+/// VPC.
+fn other_vpc_routes(d: &HostDesired, local: &BTreeMap<&str, Vec<(&EniDesired, String)>>, out: &mut BTreeMap<String, TNs>) {
+    let cidr_of: BTreeMap<&str, Ipv4Net> = d.vpcs.iter().map(|v| (v.vpc_id.as_str(), v.cidr_block)).collect();
+    for inst in &d.instances {
+        // The ENIs the target holds for this instance, by device index.
+        let mut enis: Vec<&EniDesired> =
+            local.values().flatten().filter(|(_, ns)| *ns == inst.netns).map(|(e, _)| *e).collect();
+        enis.sort_by_key(|e| e.device_index);
+        let Some(primary) = enis.iter().find(|e| e.device_index == 0) else { continue };
+        let Some(primary_cidr) = cidr_of.get(primary.vpc_id.as_str()).copied() else { continue };
+        let Some(itn) = out.get_mut(&inst.netns) else { continue };
+        let mut routed = vec![primary_cidr];
+        for e in enis.iter().filter(|e| e.device_index > 0 && e.vpc_id != primary.vpc_id) {
+            let Some(cidr) = cidr_of.get(e.vpc_id.as_str()).copied() else { continue };
+            // The subnet's own connected route covers a VPC that is one subnet.
+            let covered = cidr == e.subnet_cidr;
+            if covered || routed.iter().any(|r| r.contains(&cidr.network()) || cidr.contains(&r.network())) || !e.subnet_cidr.contains(&e.gateway_ip) {
+                continue;
+            }
+            routed.push(cidr);
+            let dev = naming::instance_ifname(e.device_index);
+            itn.routes.insert(cidr, Route { dst: cidr, dev, via: Some(e.gateway_ip) });
+        }
+    }
 }
 
 fn compatible(obs: &Link, t: &TLink) -> bool {

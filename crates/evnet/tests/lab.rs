@@ -338,6 +338,19 @@ async fn lab_end_to_end() {
         assert!(l.contains(&gw_mac.to_lowercase()), "a1 resolved an address to something other than its router: {l}");
     }
 
+    // An instance in two VPCs: a1 gets eth1 in A's second VPC (10.7.0.0/16)
+    // and reaches an instance in that VPC's other subnet, on another host,
+    // through it (the VPC's block is routed through eth1's gateway).
+    let vc = a.create_vpc(&CreateVpc { cidr_block: "10.7.0.0/16".into(), ..Default::default() }).await.unwrap();
+    let c1s = a.create_subnet(&CreateSubnet { vpc_id: vc.id.clone(), cidr_block: "10.7.1.0/24".into(), ..Default::default() }).await.unwrap();
+    let c2s = a.create_subnet(&CreateSubnet { vpc_id: vc.id.clone(), cidr_block: "10.7.2.0/24".into(), ..Default::default() }).await.unwrap();
+    let a1_eth1 = a.create_eni(&CreateEni { subnet_id: c1s.id.clone(), ..Default::default() }).await.unwrap();
+    a.attach_eni(&a1_eth1.id, &AttachEni { instance_id: a1.inst.id.clone(), device_index: None }).await.unwrap();
+    let c2 = vm(&a, &c2s, &h2, "c2").await;
+    wait_synced(&admin).await;
+    assert!(ping(&ns(&a1), c2.eni.private_ip), "a1 reaches its second VPC's other subnet through eth1");
+    assert!(ping(&ns(&a1), a4.eni.private_ip), "and still its first VPC through eth0");
+
     // A move keeps the ENI's MAC and address; peers reach it at the new place within 1 s.
     let a5 = a.create_instance(&CreateInstance { name: Some("a5".into()), host_id: Some(h3.clone()), ..Default::default() }).await.unwrap();
     wait_synced(&admin).await;

@@ -19,13 +19,15 @@ pub(crate) const EXAMPLES: &str = "Examples:
   evnet trace web-1 10.0.1.5 --protocol udp --port 53 --source-ip 10.0.1.77
   evnet trace web-1 10.0.1.5 --port 22 -o json
 
-FROM is an ENI or an instance (its eth0), by id or name. Nothing is sent:
+FROM is an ENI or an instance, by id or name (for an instance, the ENI its
+routes would send the packet through: eth0, or an ENI in another VPC whose
+block holds the destination). Nothing is sent:
 the answer is computed from the resources, with the data plane's rules.";
 
 /// The packet to explain.
 #[derive(clap::Args, Debug)]
 pub struct TraceArgs {
-    /// The sender: an ENI, or an instance (its eth0), by id or name.
+    /// The sender: an ENI, or an instance (the ENI its routes pick), by id or name.
     pub from: String,
     /// The destination address.
     pub destination: Ipv4Addr,
@@ -54,7 +56,7 @@ pub(crate) async fn run(args: TraceArgs, client: &Client, out: OutputFormat) -> 
     if matches!(args.protocol, Protocol::Tcp | Protocol::Udp) && args.port.is_none() {
         anyhow::bail!("a tcp or udp packet needs a destination port: add --port N (or --protocol icmp)");
     }
-    let source_eni_id = source_eni(client, &args.from).await?;
+    let source_eni_id = source_eni(client, &args.from, args.destination).await?;
     let req = TraceRequest {
         source_eni_id,
         destination_ip: args.destination,
@@ -70,17 +72,16 @@ pub(crate) async fn run(args: TraceArgs, client: &Client, out: OutputFormat) -> 
     Ok(())
 }
 
-/// The ENI `text` names, or the eth0 of the instance it names.
-async fn source_eni(client: &Client, text: &str) -> anyhow::Result<String> {
+/// The ENI `text` names; for an instance, the ENI its routes send a packet
+/// to `destination` through: an ENI in another VPC whose block holds the
+/// destination (the planner routes that block through it unless it overlaps
+/// the primary VPC's or an earlier ENI's), else eth0.
+async fn source_eni(client: &Client, text: &str, destination: Ipv4Addr) -> anyhow::Result<String> {
     let text = text.trim();
     let instance = match Kind::of_id(text) {
         Some(Kind::Eni) => return Ok(text.to_string()),
-        Some(Kind::Instance) => Some(text.to_string()),
-        _ => None,
-    };
-    let instance = match instance {
-        Some(i) => i,
-        None => {
+        Some(Kind::Instance) => text.to_string(),
+        _ => {
             let enis = client.find_ids_by_name(Kind::Eni, text).await?;
             let instances = client.find_ids_by_name(Kind::Instance, text).await?;
             match (enis.len(), instances.len()) {
@@ -91,12 +92,23 @@ async fn source_eni(client: &Client, text: &str) -> anyhow::Result<String> {
             }
         }
     };
-    let enis = client.list_enis(&EniFilter { instance_id: Some(instance.clone()), ..Default::default() }).await?;
-    enis.into_iter()
-        .filter(|e| e.attachment.as_ref().is_some_and(|a| a.device_index == 0))
-        .map(|e| e.id)
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("instance {instance} has no eth0: trace from one of its ENIs instead"))
+    let mut enis = client.list_enis(&EniFilter { instance_id: Some(instance.clone()), ..Default::default() }).await?;
+    enis.sort_by_key(|e| e.attachment.as_ref().map_or(u32::MAX, |a| a.device_index));
+    let Some(primary) = enis.first().filter(|e| e.attachment.as_ref().is_some_and(|a| a.device_index == 0)).cloned() else {
+        anyhow::bail!("instance {instance} has no eth0: trace from one of its ENIs instead");
+    };
+    let mut routed = vec![client.get_vpc(&primary.vpc_id).await?.cidr_block];
+    for e in enis.iter().skip(1).filter(|e| e.vpc_id != primary.vpc_id) {
+        let cidr = client.get_vpc(&e.vpc_id).await?.cidr_block;
+        if routed.iter().any(|r| r.contains(&cidr.network()) || cidr.contains(&r.network())) {
+            continue;
+        }
+        if cidr.contains(&destination) {
+            return Ok(e.id.clone());
+        }
+        routed.push(cidr);
+    }
+    Ok(primary.id)
 }
 
 fn render(req: &TraceRequest, t: &Trace) -> String {
