@@ -10,8 +10,9 @@
 //!   socket opened inside each namespace on a dedicated thread, `ip netns`
 //!   for creating and deleting named namespaces, `/proc/sys` for sysctls,
 //!   `nft -f` to load evnet's nftables tables and nftables netlink dumps
-//!   and batches (module `nftables`) to read them and rewrite set members, `tc
-//!   -batch` to build shapers and netlink to change and read them.
+//!   and batches (module `nftables`) to read them and rewrite set members,
+//!   and netlink for the shapers (HTB, `clsact` redirects: built, changed
+//!   and read; module `tc`).
 //!
 //! Both are synchronous: the agent calls them from `spawn_blocking`.
 //! [`apply_all`] applies a plan in order and stops at the first failure.

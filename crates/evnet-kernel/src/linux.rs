@@ -634,11 +634,10 @@ impl LinuxKernel {
                 })
             }
             Op::EnsureShaper { ns, dev, shaper } => {
-                let (nsc, dev, script) = (ns.clone(), dev.clone(), crate::tc::shaper_script(dev, shaper));
+                let (nsc, dev, s) = (ns.clone(), dev.clone(), *shaper);
                 let idx = self.run(ns, move |h| async move {
                     let idx = Self::link_index(&h, &nsc, &dev).await?;
-                    crate::tc::delete_qdisc(&h, idx, false).await?;
-                    crate::tc::tc_batch(&script)?;
+                    crate::tc::build_shaper(&h, idx, &s).await?;
                     Ok(idx)
                 })?;
                 self.remember_shaper(ns, idx, shaper);
@@ -655,11 +654,11 @@ impl LinuxKernel {
                 Ok(())
             }
             Op::EnsureRedirect { ns, dev, to } => {
-                let (nsc, dev, script) = (ns.clone(), dev.clone(), crate::tc::redirect_script(dev, to));
+                let (nsc, dev, to) = (ns.clone(), dev.clone(), to.clone());
                 self.run(ns, move |h| async move {
                     let idx = Self::link_index(&h, &nsc, &dev).await?;
-                    crate::tc::delete_qdisc(&h, idx, true).await?;
-                    crate::tc::tc_batch(&script)
+                    let to_idx = Self::link_index(&h, &nsc, &to).await?;
+                    crate::tc::build_redirect(&h, idx, to_idx).await
                 })
             }
         }

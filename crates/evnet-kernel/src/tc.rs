@@ -1,14 +1,14 @@
-//! Shapers on Linux: HTB and `clsact` + mirred, written with `tc -batch`
-//! (no typed HTB builder exists in rtnetlink) and read back over netlink
-//! (exact rates; `tc -j class show` prints text for HTB).
+//! Shapers on Linux: HTB and `clsact` + mirred, built, re-rated and read
+//! back over netlink. rtnetlink has no typed HTB builder, so the HTB
+//! attributes are encoded here as `tc` encodes them (and `tc -j class show`
+//! prints text for HTB, so reading is netlink too); a `tc` process per
+//! operation cost 6–9 ms, and the bandwidth loop changes rates every
+//! period.
 //!
 //! Every function here runs on a thread that is already inside the
-//! namespace concerned: `tc` children inherit it and netlink sockets are
-//! opened there.
+//! namespace concerned, with a netlink handle opened there.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use evnet_plan::Shaper;
 use futures::TryStreamExt;
@@ -34,49 +34,8 @@ const PSCHED_TICK_NS: u128 = 64;
 /// too short for TCP at hundreds of Mbit/s).
 const LEAF_LIMIT_PACKETS: u32 = 1000;
 
-/// The `tc` lines that build evnet's shaper on `dev` (after its old root
-/// qdisc, if any, was deleted).
-pub fn shaper_script(dev: &str, s: &Shaper) -> String {
-    format!(
-        "qdisc add dev {dev} root handle 1: htb default 1\n{}\nqdisc add dev {dev} parent 1:1 handle 10: pfifo limit {LEAF_LIMIT_PACKETS}\n",
-        class_line("add", dev, s)
-    )
-}
-
 /// HTB's quantum for class `1:1`: a GSO-sized packet per round.
 const HTB_QUANTUM: u32 = 60000;
-
-/// `class add|change` of class `1:1`.
-pub fn class_line(verb: &str, dev: &str, s: &Shaper) -> String {
-    format!(
-        "class {verb} dev {dev} parent 1: classid 1:1 htb rate {}bit ceil {}bit burst {} cburst {} quantum {HTB_QUANTUM}",
-        s.rate_bps, s.ceil_bps, s.burst_bytes, s.burst_bytes
-    )
-}
-
-/// The `tc` lines that build `clsact` on `dev` with a match-all redirect to
-/// the egress of `to` (after the old `clsact`, if any, was deleted).
-pub fn redirect_script(dev: &str, to: &str) -> String {
-    format!(
-        "qdisc add dev {dev} clsact\nfilter add dev {dev} ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev {to}\n"
-    )
-}
-
-/// Runs `tc -batch -` with `script`.
-pub fn tc_batch(script: &str) -> Result<(), KernelError> {
-    let mut child =
-        Command::new("tc").args(["-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    child.stdin.take().expect("piped stdin").write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(KernelError::Command {
-            command: format!("tc -batch - <<< {script:?}"),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
-}
 
 /// `tc class change … classid 1:1 htb rate … ceil … burst … cburst …
 /// quantum 60000` over netlink: the bandwidth loop changes rates every
@@ -87,9 +46,100 @@ pub fn tc_batch(script: &str) -> Result<(), KernelError> {
 /// time to send `burst` at the rate in psched ticks, Ethernet link layer,
 /// so no rate table is needed), and read back by [`read_devices`].
 pub async fn change_class(h: &Handle, index: u32, s: &Shaper) -> Result<(), KernelError> {
+    class_request(h, index, s, 0).await
+}
+
+/// Builds evnet's shaper on device `index` (whose old root qdisc, if any,
+/// goes first): HTB root `1:` with default class `1:1` at `s`, and a pfifo
+/// of [`LEAF_LIMIT_PACKETS`] under it — what `tc qdisc add dev D root
+/// handle 1: htb default 1; tc class add …; tc qdisc add dev D parent 1:1
+/// handle 10: pfifo limit 1000` build, over netlink (a `tc` process costs
+/// ~6–9 ms; a new ENI needs two shapers).
+pub async fn build_shaper(h: &Handle, index: u32, s: &Shaper) -> Result<(), KernelError> {
+    use rtnetlink::packet_core::DefaultNla;
+    delete_qdisc(h, index, false).await?;
+    let mut q = TcMessage::with_index(index as i32);
+    q.header.handle = TcHandle { major: 1, minor: 0 };
+    q.header.parent = TcHandle::ROOT;
+    // struct tc_htb_glob: version 3, rate2quantum 10, defcls 1, debug 0, direct_pkts 0.
+    let glob: Vec<u8> = [3u32, 10, 1, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    q.attributes = vec![TcAttribute::Kind("htb".into()), TcAttribute::Options(vec![TcOption::Other(DefaultNla::new(TCA_HTB_INIT, glob))])];
+    tc_request(h, TcRequest::NewQdisc(q), CREATE_EXCL, &format!("htb root on ifindex {index}")).await?;
+    class_request(h, index, s, CREATE_EXCL).await?;
+    let mut leaf = TcMessage::with_index(index as i32);
+    leaf.header.handle = TcHandle { major: 10, minor: 0 };
+    leaf.header.parent = TcHandle { major: 1, minor: 1 };
+    // pfifo's TCA_OPTIONS is a bare struct tc_fifo_qopt { u32 limit }.
+    leaf.attributes = vec![TcAttribute::Kind("pfifo".into()), TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, LEAF_LIMIT_PACKETS.to_ne_bytes().to_vec()))];
+    tc_request(h, TcRequest::NewQdisc(leaf), CREATE_EXCL, &format!("pfifo under 1:1 on ifindex {index}")).await
+}
+
+/// Builds `clsact` on device `index` (the old one, if any, goes first) with
+/// one u32 filter on its ingress that matches everything and redirects it
+/// to the egress of device `to` — `tc qdisc add dev D clsact; tc filter add
+/// dev D ingress pref 1 protocol all u32 match u32 0 0 action mirred egress
+/// redirect dev TO`, over netlink.
+pub async fn build_redirect(h: &Handle, index: u32, to: u32) -> Result<(), KernelError> {
+    delete_qdisc(h, index, true).await?;
+    let mut q = TcMessage::with_index(index as i32);
+    q.header.parent = TcHandle::CLSACT;
+    q.header.handle = TcHandle { major: 0xffff, minor: 0 };
+    q.attributes = vec![TcAttribute::Kind("clsact".into())];
+    tc_request(h, TcRequest::NewQdisc(q), CREATE_EXCL, &format!("clsact on ifindex {index}")).await?;
+    let what = format!("redirect filter on ifindex {index}");
+    h.clone()
+        .traffic_filter(index as i32)
+        .add()
+        .ingress()
+        .priority(1)
+        .protocol((libc::ETH_P_ALL as u16).to_be())
+        .redirect(to)
+        .map_err(|e| KernelError::Netlink { ns: what.clone(), message: e.to_string() })?
+        .execute()
+        .await
+        .map_err(|e| match &e {
+            rtnetlink::Error::NetlinkError(m) if m.code.is_some() => {
+                KernelError::rejected(what.clone(), crate::error::Errno::from_raw(m.code.map_or(0, |c| c.get())))
+            }
+            _ => KernelError::Netlink { ns: what.clone(), message: e.to_string() },
+        })
+}
+
+/// `NLM_F_CREATE | NLM_F_EXCL`: add, and fail if it exists.
+const CREATE_EXCL: u16 = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+
+enum TcRequest {
+    NewQdisc(TcMessage),
+    NewClass(TcMessage),
+}
+
+/// Sends one tc request with `flags` (besides request and ack) and waits
+/// for the kernel's answer.
+async fn tc_request(h: &Handle, req: TcRequest, flags: u16, what: &str) -> Result<(), KernelError> {
     use futures::StreamExt;
-    use rtnetlink::packet_core::{DefaultNla, NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
     use rtnetlink::packet_route::RouteNetlinkMessage;
+    let msg = match req {
+        TcRequest::NewQdisc(m) => RouteNetlinkMessage::NewQueueDiscipline(m),
+        TcRequest::NewClass(m) => RouteNetlinkMessage::NewTrafficClass(m),
+    };
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    let mut resp = h.clone().request(req).map_err(|e| KernelError::Netlink { ns: what.to_string(), message: e.to_string() })?;
+    while let Some(msg) = resp.next().await {
+        if let NetlinkPayload::Error(e) = msg.payload
+            && let Some(code) = e.code
+        {
+            return Err(KernelError::rejected(what.to_string(), crate::error::Errno::from_raw(code.get())));
+        }
+    }
+    Ok(())
+}
+
+/// Adds (`flags` = [`CREATE_EXCL`]) or changes (0) HTB class `1:1` of
+/// device `index`.
+async fn class_request(h: &Handle, index: u32, s: &Shaper, flags: u16) -> Result<(), KernelError> {
+    use rtnetlink::packet_core::DefaultNla;
     let mut m = TcMessage::with_index(index as i32);
     m.header.handle = TcHandle { major: 1, minor: 1 };
     m.header.parent = TcHandle { major: 1, minor: 0 };
@@ -102,18 +152,7 @@ pub async fn change_class(h: &Handle, index: u32, s: &Shaper) -> Result<(), Kern
         opts.push(TcOption::Other(DefaultNla::new(TCA_HTB_CEIL64, ceil.to_ne_bytes().to_vec())));
     }
     m.attributes = vec![TcAttribute::Kind("htb".into()), TcAttribute::Options(opts)];
-    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewTrafficClass(m));
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    let what = || format!("htb class 1:1 on ifindex {index}");
-    let mut resp = h.clone().request(req).map_err(|e| KernelError::Netlink { ns: what(), message: e.to_string() })?;
-    while let Some(msg) = resp.next().await {
-        if let NetlinkPayload::Error(e) = msg.payload
-            && let Some(code) = e.code
-        {
-            return Err(KernelError::rejected(what(), crate::error::Errno::from_raw(code.get())));
-        }
-    }
-    Ok(())
+    tc_request(h, TcRequest::NewClass(m), flags, &format!("htb class 1:1 on ifindex {index}")).await
 }
 
 /// `struct tc_htb_opt` for class 1:1 with `s`'s rates and burst.
@@ -397,18 +436,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scripts_are_what_tc_expects() {
-        let s = Shaper { rate_bps: 500_000_000, ceil_bps: 500_000_000, burst_bytes: 65536 };
-        assert_eq!(
-            shaper_script("eve0123456789", &s),
-            "qdisc add dev eve0123456789 root handle 1: htb default 1\n\
-             class add dev eve0123456789 parent 1: classid 1:1 htb rate 500000000bit ceil 500000000bit burst 65536 cburst 65536 quantum 60000\n\
-             qdisc add dev eve0123456789 parent 1:1 handle 10: pfifo limit 1000\n"
-        );
-        assert_eq!(
-            redirect_script("eve0123456789", "evq0123456789"),
-            "qdisc add dev eve0123456789 clsact\n\
-             filter add dev eve0123456789 ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev evq0123456789\n"
-        );
+    fn class_parameters_encode_as_they_decode() {
+        use rtnetlink::packet_core::DefaultNla;
+        for s in [
+            Shaper { rate_bps: 500_000_000, ceil_bps: 500_000_000, burst_bytes: 65536 },
+            Shaper { rate_bps: 2_000_000, ceil_bps: 2_000_000, burst_bytes: 65536 },
+            // Above 32 bits of bytes/s: the 64-bit attributes carry it.
+            Shaper { rate_bps: 40_000_000_000, ceil_bps: 40_000_000_000, burst_bytes: 1 << 20 },
+        ] {
+            let mut m = TcMessage::with_index(3);
+            let mut opts = vec![TcOption::Other(DefaultNla::new(TCA_HTB_PARMS, htb_parms(&s)))];
+            if s.rate_bps / 8 > u64::from(u32::MAX) {
+                opts.push(TcOption::Other(DefaultNla::new(TCA_HTB_RATE64, (s.rate_bps / 8).to_ne_bytes().to_vec())));
+                opts.push(TcOption::Other(DefaultNla::new(TCA_HTB_CEIL64, (s.ceil_bps / 8).to_ne_bytes().to_vec())));
+            }
+            m.attributes = vec![TcAttribute::Kind("htb".into()), TcAttribute::Options(opts)];
+            let back = decode_class(&m).expect("decodes");
+            assert_eq!((back.rate_bps, back.ceil_bps), (s.rate_bps, s.ceil_bps));
+            // The buffer is whole psched ticks: the burst comes back within a tick's worth.
+            let tick_bytes = (s.rate_bps / 8) as f64 * 64e-9;
+            assert!((f64::from(back.burst_bytes) - f64::from(s.burst_bytes)).abs() <= tick_bytes + 1.0, "{s:?} → {back:?}");
+            assert_eq!(htb_parms(&s).len(), 44, "struct tc_htb_opt");
+        }
     }
 }
