@@ -633,21 +633,17 @@ impl LinuxKernel {
                     h.link().add(msg).execute().await.map_err(ne)
                 })
             }
-            Op::EnsureShaper { ns, dev, shaper } => {
+            Op::EnsureShaper { ns, dev, shaper } | Op::SetRate { ns, dev, shaper } => {
+                // EnsureShaper rebuilds the whole shaper; SetRate changes the class in place.
+                let rebuild = matches!(op, Op::EnsureShaper { .. });
                 let (nsc, dev, s) = (ns.clone(), dev.clone(), *shaper);
                 let idx = self.run(ns, move |h| async move {
                     let idx = Self::link_index(&h, &nsc, &dev).await?;
-                    crate::tc::build_shaper(&h, idx, &s).await?;
-                    Ok(idx)
-                })?;
-                self.remember_shaper(ns, idx, shaper);
-                Ok(())
-            }
-            Op::SetRate { ns, dev, shaper } => {
-                let (nsc, dev, s) = (ns.clone(), dev.clone(), *shaper);
-                let idx = self.run(ns, move |h| async move {
-                    let idx = Self::link_index(&h, &nsc, &dev).await?;
-                    crate::tc::change_class(&h, idx, &s).await?;
+                    if rebuild {
+                        crate::tc::build_shaper(&h, idx, &s).await?;
+                    } else {
+                        crate::tc::change_class(&h, idx, &s).await?;
+                    }
                     Ok(idx)
                 })?;
                 self.remember_shaper(ns, idx, shaper);
