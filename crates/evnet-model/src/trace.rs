@@ -52,6 +52,18 @@ pub enum TraceStage {
     Ingress,
 }
 
+impl TraceStage {
+    /// The stage as people read it (`anti-spoofing`, `egress`, …).
+    pub fn label(self) -> &'static str {
+        match self {
+            TraceStage::AntiSpoofing => "anti-spoofing",
+            TraceStage::Egress => "egress",
+            TraceStage::Route => "route",
+            TraceStage::Ingress => "ingress",
+        }
+    }
+}
+
 /// One step: what was checked, whether the packet went on, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TraceStep {

@@ -549,6 +549,27 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     check(&format!("blue-1 → blue-3 ({})", blue_only.private_ip), ping_once(&blue1.1.netns, blue_only.private_ip), true);
     let _ = b3;
 
+    // What evnet trace says about the same packets.
+    println!("== evnet trace red-1 {} --protocol icmp (blue-3's address, seen from red)", blue_only.private_ip);
+    let red_client = &tenants[0].1;
+    let explain = |to: std::net::Ipv4Addr| evnet_model::trace::TraceRequest {
+        source_eni_id: red1.2.id.clone(),
+        destination_ip: to,
+        protocol: evnet_model::Protocol::Icmp,
+        port: None,
+        source_ip: None,
+    };
+    let t = red_client.trace(&explain(blue_only.private_ip)).await?;
+    for step in &t.steps {
+        println!("   {:<14} {:<5} {}", step.stage.label(), if step.pass { "pass" } else { "DROP" }, step.detail);
+    }
+    let t2 = red_client.trace(&explain(red2.2.private_ip)).await?;
+    let agrees = t.verdict == evnet_model::trace::TraceVerdict::Dropped && t2.verdict == evnet_model::trace::TraceVerdict::Delivered;
+    println!("   trace agrees with the pings (red-2 delivered, blue-3's address dropped) [{}]", if agrees { "ok" } else { "FAILED" });
+    if !agrees {
+        failures += 1;
+    }
+
     println!("== move red-2's ENI to a new instance on another host while red-1 pings it");
     let (red_name, red, _) = &tenants[0];
     let target_host = host(2.min(hosts.len() - 1));

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use evnet_client::{Client, EniFilter};
 use evnet_model::Protocol;
 use evnet_model::ids::Kind;
-use evnet_model::trace::{Trace, TraceRequest, TraceStage, TraceVerdict};
+use evnet_model::trace::{Trace, TraceRequest, TraceVerdict};
 
 use super::OutputFormat;
 use super::render::{table, to_json};
@@ -117,13 +117,7 @@ fn render(req: &TraceRequest, t: &Trace) -> String {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let stage = match s.stage {
-                TraceStage::AntiSpoofing => "anti-spoofing",
-                TraceStage::Egress => "egress",
-                TraceStage::Route => "route",
-                TraceStage::Ingress => "ingress",
-            };
-            vec![(i + 1).to_string(), stage.to_string(), if s.pass { "pass" } else { "DROP" }.to_string(), s.detail.clone()]
+            vec![(i + 1).to_string(), s.stage.label().to_string(), if s.pass { "pass" } else { "DROP" }.to_string(), s.detail.clone()]
         })
         .collect();
     let mut out = format!("trace from {} to {}\n", req.source_eni_id, req.destination_ip);
