@@ -138,9 +138,9 @@ impl LinuxKernel {
         })
     }
 
-    fn observe_ns(&self, ns: &Ns) -> Result<RawNs, KernelError> {
+    fn observe_ns(&self, ns: &Ns, worker: &NsWorker) -> Result<RawNs, KernelError> {
         let label = ns.to_string();
-        self.run(ns, move |h| async move {
+        worker.run(&self.ns_fd_path(ns), ns, move |h| async move {
             let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: label.clone(), message: e.to_string() };
             let mut raw = RawNs::default();
             let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl)?;
@@ -278,10 +278,18 @@ impl LinuxKernel {
                 .map(|_| {
                     s.spawn(|| {
                         let mut mine = Vec::new();
+                        let worker = match NsWorker::new() {
+                            Ok(w) => w,
+                            Err(e) => {
+                                mine.push((Ns::Host, Err(e)));
+                                next.store(all.len(), std::sync::atomic::Ordering::Relaxed);
+                                return mine;
+                            }
+                        };
                         loop {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some((ns, _)) = all.get(i) else { break };
-                            let r = self.observe_ns(ns);
+                            let r = self.observe_ns(ns, &worker);
                             let stop = r.is_err() && !matches!(r, Err(KernelError::Namespace { .. }) if *ns != Ns::Host);
                             mine.push((ns.clone(), r));
                             if stop {
@@ -359,10 +367,15 @@ impl LinuxKernel {
                 .into_iter()
                 .map(|chunk| {
                     s.spawn(move || {
+                        let worker = NsWorker::new();
                         chunk
                             .into_iter()
                             .map(|(ns, others)| {
-                                let r = self.run(&ns, move |h| async move {
+                                let worker = match &worker {
+                                    Ok(w) => w,
+                                    Err(e) => return (ns, Err(KernelError::Netlink { ns: "worker".into(), message: e.to_string() })),
+                                };
+                                let r = worker.run(&self.ns_fd_path(&ns), &ns, move |h| async move {
                                     let mut ids = BTreeMap::new();
                                     for (other, path) in &others {
                                         if let Some(id) = get_nsid(&h, path).await? {
@@ -841,6 +854,41 @@ impl Kernel for LinuxKernel {
             }
         }
         Ok(out)
+    }
+}
+
+/// A thread's reusable means to talk to namespace after namespace: one
+/// current-thread runtime; [`NsWorker::run`] moves the calling thread into
+/// a namespace (setns changes only this thread) and opens a netlink
+/// connection there. Observation reads every namespace the host owns on a
+/// few such threads instead of a thread and a runtime per namespace.
+struct NsWorker {
+    rt: tokio::runtime::Runtime,
+}
+
+impl NsWorker {
+    fn new() -> Result<NsWorker, KernelError> {
+        Ok(NsWorker { rt: tokio::runtime::Builder::new_current_thread().enable_all().build()? })
+    }
+
+    /// Runs `f` with a netlink handle inside the namespace at `path`, on
+    /// the calling thread (which stays in that namespace afterwards).
+    fn run<T, F, Fut>(&self, path: &PathBuf, ns: &Ns, f: F) -> Result<T, KernelError>
+    where
+        F: FnOnce(Handle) -> Fut,
+        Fut: Future<Output = Result<T, KernelError>>,
+    {
+        enter_netns(path).map_err(|source| KernelError::Namespace { ns: ns.to_string(), source })?;
+        self.rt.block_on(async move {
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            let task = tokio::spawn(conn);
+            let r = f(handle).await;
+            task.abort();
+            // Let the runtime drop the connection (and its socket) now, not
+            // at the next namespace.
+            let _ = task.await;
+            r
+        })
     }
 }
 
