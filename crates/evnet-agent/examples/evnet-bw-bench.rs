@@ -11,6 +11,7 @@
 //!      reaches 90% of its guarantee (includes iperf3's start and connect);
 //!    * *fall*: both backlogged; A's sender is killed → B's shaper rate
 //!      reaches 90% of the NIC.
+//!
 //!    The shapers' rates are polled every 2 ms. p50 and p99 over the rounds.
 //! 2. **Utilization and guarantee satisfaction**, elastic (the loop) against
 //!    static (A and B fixed at 300 + 50 and 100 + 50: guarantees plus an
@@ -123,7 +124,7 @@ fn load_run_traced(elastic: bool, onoff: bool, port: u16, trace: bool) -> Figure
     while start.elapsed() < total {
         let t = start.elapsed().as_secs_f64();
         // A: always on (backlogged) or on during even seconds.
-        let want_a = !onoff || (t as u64) % 2 == 0;
+        let want_a = !onoff || (t as u64).is_multiple_of(2);
         match (&a, want_a) {
             (None, true) => {
                 lab.server(2, next_port);

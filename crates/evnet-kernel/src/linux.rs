@@ -67,6 +67,13 @@ pub struct LinuxKernel {
     device_names: Shared<BTreeMap<String, DeviceNames>>,
 }
 
+/// A namespace and the candidate peer namespaces (with their paths) whose
+/// nsid it is asked for.
+type NsidAsk = (Ns, Vec<(Ns, PathBuf)>);
+
+/// A namespace's nsid → namespace map, as read.
+type NsidsRead = Result<BTreeMap<i32, Ns>, KernelError>;
+
 /// State the clones of one [`LinuxKernel`] share.
 type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
 
@@ -354,8 +361,8 @@ impl LinuxKernel {
                 asks.push((ns.clone(), list));
             }
         }
-        let found: Vec<(Ns, Result<BTreeMap<i32, Ns>, KernelError>)> = std::thread::scope(|s| {
-            let chunks: Vec<Vec<(Ns, Vec<(Ns, PathBuf)>)>> = {
+        let found: Vec<(Ns, NsidsRead)> = std::thread::scope(|s| {
+            let chunks: Vec<Vec<NsidAsk>> = {
                 let workers = std::thread::available_parallelism().map_or(2, |n| n.get() * 2).clamp(1, 8);
                 let mut c: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
                 for (i, a) in asks.into_iter().enumerate() {
@@ -723,11 +730,10 @@ impl LinuxKernel {
         let read: BTreeSet<Ns> = raws.keys().cloned().collect();
         if let (Some(_), Some(c)) = (fresh, cached) {
             for (ns, _) in &all {
-                if !raws.contains_key(ns) {
-                    if let Some(r) = c.get(ns) {
+                if !raws.contains_key(ns)
+                    && let Some(r) = c.get(ns) {
                         raws.insert(ns.clone(), r.clone());
                     }
-                }
             }
         }
         self.resolve_peer_nsids(&all, &mut raws, &read)?;

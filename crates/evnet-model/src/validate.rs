@@ -61,7 +61,7 @@ pub fn check_sg_rule(rule: &SgRule) -> Result<(), ModelError> {
     match rule.protocol {
         Protocol::Tcp | Protocol::Udp => match (rule.from_port, rule.to_port) {
             (Some(a), Some(b)) if a <= b => {}
-            (Some(a), None) if a > 0 || a == 0 => {}
+            (Some(_), None) => {}
             (None, None) => {}
             (a, b) => return bad(format!("port range {a:?}..{b:?} is not valid: from_port must be ≤ to_port")),
         },
@@ -159,7 +159,7 @@ mod tests {
     fn routes() {
         let vpc: Ipv4Net = "10.0.0.0/16".parse().unwrap();
         let local = Route { destination_cidr: vpc, target: "local".into() };
-        assert!(check_routes(&[local.clone()], vpc).is_ok());
+        assert!(check_routes(std::slice::from_ref(&local), vpc).is_ok());
         let wrong_local = Route { destination_cidr: "10.1.0.0/16".parse().unwrap(), target: "local".into() };
         assert!(check_routes(&[wrong_local], vpc).is_err());
         assert!(check_routes(&[local.clone(), local], vpc).is_err());

@@ -137,15 +137,14 @@ pub struct Idempotency {
 
 impl Idempotency {
     pub fn new<B: Serialize>(tenant: &str, kind: Kind, client_token: Option<&str>, body: &B) -> ApiResult<Self> {
-        if let Some(t) = client_token {
-            if t.is_empty() || t.len() > 64 {
+        if let Some(t) = client_token
+            && (t.is_empty() || t.len() > 64) {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_client_token",
                     "client_token must be 1 to 64 characters",
                 ));
             }
-        }
         let request_sha256 = hex::encode(Sha256::digest(json(body)));
         Ok(Self { key: client_token.map(|t| keys::idem(tenant, kind, t)), request_sha256 })
     }

@@ -153,11 +153,10 @@ pub struct DesiredTracker {
 impl DesiredTracker {
     pub fn current(&self, st: &AppState, host_id: &str) -> Option<HostDesired> {
         let now = st.cache.revision();
-        if let Some((at, prev)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).get(host_id) {
-            if *at >= now {
+        if let Some((at, prev)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).get(host_id)
+            && *at >= now {
                 return Some(prev.clone());
             }
-        }
         // Computed outside the tracker's lock, so hosts do not wait for each other.
         let (mut d, revision) = {
             let snap = st.cache.read();

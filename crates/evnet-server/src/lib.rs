@@ -109,11 +109,10 @@ pub fn admin_token(data_dir: &Path, from_env: Option<String>) -> anyhow::Result<
         return Ok(t.trim().to_string());
     }
     let path = data_dir.join("admin-token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        if !t.trim().is_empty() {
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty() {
             return Ok(t.trim().to_string());
         }
-    }
     let token = auth::new_token();
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -136,7 +135,7 @@ pub struct ServerConfig {
 pub async fn run(config: ServerConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let token = admin_token(&config.data_dir, config.admin_token.clone())?;
-    let store: Arc<dyn Store> = Arc::new(evnet_store::EmbeddedStore::open(&config.data_dir.join("evnet.redb"))?);
+    let store: Arc<dyn Store> = Arc::new(evnet_store::EmbeddedStore::open(config.data_dir.join("evnet.redb"))?);
     let st = state(store, &token, config.settings.clone()).await?;
     tokio::spawn(infra::watch_host_liveness(st.clone()));
     tokio::spawn(bandwidth::run(st.clone()));

@@ -378,11 +378,10 @@ pub async fn patch_eni(State(st): State<AppState>, caller: Caller, Path(id): Pat
         if let Some(b) = req.bandwidth {
             if let Some(a) = &eni.attachment {
                 let host = snap.hosts.get(&a.host_id).map(|h| h.value.nic_mbps).unwrap_or(0);
-                if let Some(limit) = b.limit_mbps {
-                    if host > 0 && limit > host {
+                if let Some(limit) = b.limit_mbps
+                    && host > 0 && limit > host {
                         return Err(ModelError::invalid("invalid_bandwidth", format!("limit_mbps {limit} exceeds the {host} Mbit/s NIC of the ENI's host")).into());
                     }
-                }
                 let delta = b.guaranteed_mbps as i64 - eni.bandwidth.guaranteed_mbps as i64;
                 charge_host(snap, &st, &a.host_id.clone(), delta, &mut txn)?;
             }

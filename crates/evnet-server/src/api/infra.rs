@@ -249,14 +249,13 @@ pub async fn heartbeat(
             ops: vec![put(keys::resource(Kind::Host, &id), &h)],
         };
         for iid in &req.running_instances {
-            if let Some(ie) = snap.instances.get(iid) {
-                if ie.value.host_id == id && ie.value.state != InstanceState::Running {
+            if let Some(ie) = snap.instances.get(iid)
+                && ie.value.host_id == id && ie.value.state != InstanceState::Running {
                     let mut i = arc_clone(&ie.value);
                     i.state = InstanceState::Running;
                     txn.compares.push(cmp(keys::resource(Kind::Instance, iid), ie.mod_revision));
                     txn.ops.push(put(keys::resource(Kind::Instance, iid), &i));
                 }
-            }
         }
         Ok(Plan::Write(txn, ()))
     })

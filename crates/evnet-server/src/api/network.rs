@@ -471,16 +471,14 @@ pub async fn delete_sg(State(st): State<AppState>, caller: Caller, Path(id): Pat
 fn check_route_targets(snap: &Snapshot, vpc_id: &str, routes: &[Route]) -> ApiResult<()> {
     for r in routes {
         match Kind::of_id(&r.target) {
-            Some(Kind::Eni) => {
-                if !snap.enis.get(&r.target).is_some_and(|e| e.value.vpc_id == vpc_id) {
+            Some(Kind::Eni)
+                if snap.enis.get(&r.target).is_none_or(|e| e.value.vpc_id != vpc_id) => {
                     return Err(ModelError::invalid("invalid_route", format!("route target {} is not an ENI of VPC {vpc_id}", r.target)).into());
                 }
-            }
-            Some(Kind::Peering) => {
-                if !snap.peerings.get(&r.target).is_some_and(|p| p.value.vpc_a == vpc_id || p.value.vpc_b == vpc_id) {
+            Some(Kind::Peering)
+                if !snap.peerings.get(&r.target).is_some_and(|p| p.value.vpc_a == vpc_id || p.value.vpc_b == vpc_id) => {
                     return Err(ModelError::invalid("invalid_route", format!("route target {} is not a peering of VPC {vpc_id}", r.target)).into());
                 }
-            }
             _ => {}
         }
     }
@@ -489,7 +487,7 @@ fn check_route_targets(snap: &Snapshot, vpc_id: &str, routes: &[Route]) -> ApiRe
 
 fn check_associations(snap: &Snapshot, vpc_id: &str, table_id: &str, subnet_ids: &[String]) -> ApiResult<()> {
     for s in subnet_ids {
-        if !snap.subnets.get(s).is_some_and(|x| x.value.vpc_id == vpc_id) {
+        if snap.subnets.get(s).is_none_or(|x| x.value.vpc_id != vpc_id) {
             return Err(ModelError::invalid("invalid_association", format!("{s} is not a subnet of VPC {vpc_id}")).into());
         }
         if let Some(other) = snap.route_tables.values().find(|r| r.value.id != table_id && r.value.subnet_ids.contains(s)) {
