@@ -124,24 +124,11 @@ impl LinuxKernel {
         F: FnOnce(Handle) -> Fut + Send,
         Fut: Future<Output = Result<T, KernelError>>,
     {
-        let path = self.ns_path(ns);
-        let label = ns.to_string();
+        let path = self.ns_fd_path(ns);
         std::thread::scope(|s| {
-            s.spawn(move || {
-                if let Some(p) = &path {
-                    enter_netns(p).map_err(|source| KernelError::Namespace { ns: label.clone(), source })?;
-                }
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                rt.block_on(async move {
-                    let (conn, handle, _) = rtnetlink::new_connection()?;
-                    let task = tokio::spawn(conn);
-                    let r = f(handle).await;
-                    task.abort();
-                    r
-                })
-            })
-            .join()
-            .unwrap_or_else(|_| Err(KernelError::Netlink { ns: ns.to_string(), message: "worker thread panicked".into() }))
+            s.spawn(move || NsWorker::new()?.run(&path, ns, f))
+                .join()
+                .unwrap_or_else(|_| Err(KernelError::Netlink { ns: ns.to_string(), message: "worker thread panicked".into() }))
         })
     }
 
@@ -260,7 +247,7 @@ impl LinuxKernel {
             raw.state.firewall = read_firewall()?;
             let devs: BTreeMap<u32, String> =
                 raw.links.iter().filter(|l| l.kind != LinkKind::Loopback).map(|l| (l.index, l.name.clone())).collect();
-            for (idx, t) in crate::tc::read_devices(&h, &label, &devs, true).await? {
+            for (idx, t) in crate::tc::read_devices(&h, &label, &devs).await? {
                 let Some(name) = devs.get(&idx) else { continue };
                 if let Some(s) = t.shaper {
                     raw.state.shapers.insert(name.clone(), s);
@@ -784,6 +771,18 @@ impl Kernel for LinuxKernel {
     }
 
     fn shaper_stats(&self, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError> {
+        // The loop calls this every period: one thread and one runtime read
+        // every namespace in turn.
+        std::thread::scope(|s| {
+            s.spawn(|| self.shaper_stats_on(&NsWorker::new()?, namespaces))
+                .join()
+                .unwrap_or_else(|_| Err(KernelError::Netlink { ns: "shaper counters".into(), message: "worker thread panicked".into() }))
+        })
+    }
+}
+
+impl LinuxKernel {
+    fn shaper_stats_on(&self, worker: &NsWorker, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError> {
         let mut out = Vec::new();
         for name in namespaces {
             let ns = Ns::Named(name.clone());
@@ -800,7 +799,7 @@ impl Kernel for LinuxKernel {
                 d.get(&label).filter(|(_, at)| at.elapsed() < SHAPER_REREAD).map(|(m, _)| m.clone())
             };
             let l = label.clone();
-            let r = self.run(&ns, move |h| async move {
+            let r = worker.run(&self.ns_fd_path(&ns), &ns, move |h| async move {
                 let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: l.clone(), message: e.to_string() };
                 let read_devs = || async {
                     let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl)?;

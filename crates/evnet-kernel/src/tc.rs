@@ -350,8 +350,6 @@ fn is_evnet_htb_root(q: &TcMessage) -> bool {
 #[derive(Debug, Default)]
 pub struct DevTc {
     pub shaper: Option<Shaper>,
-    /// (bytes, packets, drops, overlimits, backlog) of class 1:1.
-    pub counters: (u64, u64, u64, u64, u64),
     /// The ifindex the one mirred redirect on the clsact ingress points to.
     pub redirect_to: Option<u32>,
 }
@@ -361,15 +359,9 @@ fn nl(ns: &str) -> impl Fn(rtnetlink::Error) -> KernelError + '_ {
 }
 
 /// Reads evnet's shapers and redirects on the devices of the current
-/// namespace (`devices`: ifindex → name; only those are looked at).
-/// `with_redirects`: also read clsact filters (observation needs them; the
-/// bandwidth loop's counters do not).
-pub async fn read_devices(
-    h: &Handle,
-    ns: &str,
-    devices: &BTreeMap<u32, String>,
-    with_redirects: bool,
-) -> Result<BTreeMap<u32, DevTc>, KernelError> {
+/// namespace (`devices`: ifindex → name; only those are looked at), for
+/// observation.
+pub async fn read_devices(h: &Handle, ns: &str, devices: &BTreeMap<u32, String>) -> Result<BTreeMap<u32, DevTc>, KernelError> {
     let mut out: BTreeMap<u32, DevTc> = BTreeMap::new();
     let qdiscs: Vec<TcMessage> = h.qdisc().get().execute().try_collect().await.map_err(nl(ns))?;
     let mut htb_root = Vec::new();
@@ -386,46 +378,39 @@ pub async fn read_devices(
         }
     }
     for idx in htb_root {
-        let classes: Vec<TcMessage> = h.traffic_class(idx as i32).get().execute().try_collect().await.map_err(nl(ns))?;
-        for c in &classes {
-            if kind(c) == Some("htb") && c.header.handle == (TcHandle { major: 1, minor: 1 }) && c.header.parent == TcHandle::ROOT {
-                let d = out.entry(idx).or_default();
-                d.shaper = decode_class(c);
-                d.counters = counters(c);
-            }
+        if let Some(s) = read_class(h, ns, idx).await? {
+            out.entry(idx).or_default().shaper = Some(s);
         }
     }
-    if with_redirects {
-        for idx in clsact {
-            let filters: Vec<TcMessage> =
-                h.traffic_filter(idx as i32).get().ingress().execute().try_collect().await.map_err(nl(ns))?;
-            let mut targets = Vec::new();
-            for f in &filters {
-                if kind(f) != Some("u32") {
-                    continue;
-                }
-                for a in &f.attributes {
-                    let TcAttribute::Options(opts) = a else { continue };
-                    for o in opts {
-                        let TcOption::U32(TcFilterU32Option::Action(actions)) = o else { continue };
-                        for act in actions {
-                            for aa in &act.attributes {
-                                let TcActionAttribute::Options(aopts) = aa else { continue };
-                                for ao in aopts {
-                                    if let TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) = ao
-                                        && p.eaction == TcMirrorActionType::EgressRedir
-                                    {
-                                        targets.push(p.ifindex);
-                                    }
+    for idx in clsact {
+        let filters: Vec<TcMessage> =
+            h.traffic_filter(idx as i32).get().ingress().execute().try_collect().await.map_err(nl(ns))?;
+        let mut targets = Vec::new();
+        for f in &filters {
+            if kind(f) != Some("u32") {
+                continue;
+            }
+            for a in &f.attributes {
+                let TcAttribute::Options(opts) = a else { continue };
+                for o in opts {
+                    let TcOption::U32(TcFilterU32Option::Action(actions)) = o else { continue };
+                    for act in actions {
+                        for aa in &act.attributes {
+                            let TcActionAttribute::Options(aopts) = aa else { continue };
+                            for ao in aopts {
+                                if let TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) = ao
+                                    && p.eaction == TcMirrorActionType::EgressRedir
+                                {
+                                    targets.push(p.ifindex);
                                 }
                             }
                         }
                     }
                 }
             }
-            if targets.len() == 1 {
-                out.entry(idx).or_default().redirect_to = Some(targets[0]);
-            }
+        }
+        if targets.len() == 1 {
+            out.entry(idx).or_default().redirect_to = Some(targets[0]);
         }
     }
     Ok(out)
