@@ -3,6 +3,8 @@
 //! reports the generation it applied, repairs drift and adopts what exists
 //! after a restart.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,17 +12,7 @@ use evnet_agent::{reconcile_once, AgentConfig};
 use evnet_client::Client;
 use evnet_kernel::{Kernel, ModelKernel};
 use evnet_model::*;
-use evnet_store::MemStore;
-
-const ADMIN: &str = "admin-token-for-tests";
-
-async fn server() -> String {
-    let st = evnet_server::state(Arc::new(MemStore::new()), ADMIN, Default::default()).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, evnet_server::app(st)).await.unwrap() });
-    format!("http://{addr}")
-}
+use common::{ADMIN, server, spawn_agent};
 
 /// Waits (bounded) until the host reports it applied its current desired generation.
 async fn wait_synced(admin: &Client, host_id: &str) -> u64 {
@@ -40,15 +32,7 @@ fn start_agent(url: &str, token: &str, name: &str, ip: &str, kernel: Arc<ModelKe
     let mut cfg = AgentConfig::new(url, token, name, ip.parse().unwrap(), 1000);
     cfg.resync = Duration::from_millis(200);
     cfg.heartbeat = Duration::from_millis(200);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let h = tokio::spawn(async move {
-        evnet_agent::run(cfg, kernel, async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap()
-    });
-    (h, tx)
+    spawn_agent(cfg, kernel)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

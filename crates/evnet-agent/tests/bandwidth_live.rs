@@ -5,6 +5,8 @@
 //! within 1 s, changed in place (the shaper is not rebuilt); the agent's
 //! reports reach `GET /v1/enis/{id}/stats`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,19 +16,10 @@ use evnet_client::Client;
 use evnet_kernel::{Kernel, ModelKernel};
 use evnet_model::*;
 use evnet_plan::Ns;
-use evnet_store::MemStore;
 use tokio::time::Instant;
+use common::{ADMIN, server, spawn_agent};
 
-const ADMIN: &str = "admin-token-for-tests";
 const M: u64 = 1_000_000;
-
-async fn server() -> String {
-    let st = evnet_server::state(Arc::new(MemStore::new()), ADMIN, Default::default()).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, evnet_server::app(st)).await.unwrap() });
-    format!("http://{addr}")
-}
 
 /// The rate of the shaper on `dev` in the model, if it exists.
 fn rate(k: &ModelKernel, namespaces: &[String], dev: &str) -> Option<u64> {
@@ -44,15 +37,7 @@ async fn a_patched_limit_reaches_the_shaper_within_a_second() {
     let k = Arc::new(ModelKernel::new());
     let mut cfg = AgentConfig::new(&url, &agent_token, "host-1", "198.18.0.1".parse().unwrap(), 1000);
     cfg.heartbeat = Duration::from_millis(200);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let kernel = k.clone();
-    let agent = tokio::spawn(async move {
-        evnet_agent::run(cfg, kernel, async move {
-            let _ = stop_rx.await;
-        })
-        .await
-        .unwrap()
-    });
+    let (agent, stop_tx) = spawn_agent(cfg, k.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     let host = loop {
         if let Some(h) = admin.list_hosts(&Default::default()).await.unwrap().into_iter().next() {

@@ -1,16 +1,15 @@
 //! HTTP tests through the router: every request goes through the same
 //! routing, auth, validation and store transactions as in production.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use evnet_server::state::Settings;
 use evnet_store::{MemStore, Store};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 const ADMIN: &str = "admin-secret";
 
@@ -30,17 +29,7 @@ impl T {
     }
 
     async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-        let mut b = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            b = b.header("authorization", format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())).unwrap(),
-            None => b.body(Body::empty()).unwrap(),
-        };
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let (status, bytes) = common::send(&self.app, method, path, token, body).await;
         let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
         (status, v)
     }

@@ -1,15 +1,14 @@
 //! Bandwidth reports, ENI stats, the overview and the controller's caps,
 //! through the router.
 
+mod common;
+
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use evnet_server::state::{AppState, Settings};
 use evnet_store::MemStore;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const ADMIN: &str = "admin-secret";
 const M: u64 = 1_000_000;
@@ -26,14 +25,7 @@ impl T {
     }
 
     async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let b = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
-        let req = match body {
-            Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())).unwrap(),
-            None => b.body(Body::empty()).unwrap(),
-        };
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let (status, bytes) = common::send(&self.app, method, path, Some(token), body).await;
         (status, if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() })
     }
 
