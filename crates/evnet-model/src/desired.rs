@@ -95,6 +95,23 @@ pub struct EniDesired {
     pub bandwidth: EniBandwidth,
 }
 
+/// Which of an instance's further ENIs in other VPCs route their VPC's
+/// whole block: `secondaries` are `(key, block)` in device order; a block is
+/// kept unless it overlaps `primary` (eth0's VPC, reached by the default
+/// route) or a block kept before it (two VPCs with one CIDR: the lower
+/// device index keeps it). The planner installs these routes; `evnet trace`
+/// picks the ENI a packet from an instance leaves by with the same rule.
+pub fn routed_vpc_blocks<K>(primary: Ipv4Net, secondaries: impl IntoIterator<Item = (K, Ipv4Net)>) -> Vec<(K, Ipv4Net)> {
+    let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+    let mut kept: Vec<(K, Ipv4Net)> = Vec::new();
+    for (k, block) in secondaries {
+        if !overlaps(&primary, &block) && !kept.iter().any(|(_, b)| overlaps(b, &block)) {
+            kept.push((k, block));
+        }
+    }
+    kept
+}
+
 /// An ENI's bandwidth in bit/s, the limit resolved against the host's NIC.
 /// `egress_rate_bps` / `ingress_rate_bps` are the rates the bandwidth
 /// controller currently allocates (0: not yet allocated, use the limit).
@@ -169,4 +186,20 @@ pub struct EniCaps {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostBandwidthCaps {
     pub enis: Vec<EniCaps>,
+}
+
+#[cfg(test)]
+mod routed_blocks_tests {
+    use super::routed_vpc_blocks;
+
+    #[test]
+    fn a_block_overlapping_the_primary_or_an_earlier_one_is_not_routed() {
+        let n = |s: &str| s.parse().unwrap();
+        let kept = routed_vpc_blocks(
+            n("10.0.0.0/16"),
+            [(1, n("10.1.0.0/16")), (2, n("10.0.0.0/16")), (3, n("10.1.4.0/24")), (4, n("10.0.7.0/24")), (5, n("172.16.0.0/12"))],
+        );
+        assert_eq!(kept, vec![(1, n("10.1.0.0/16")), (5, n("172.16.0.0/12"))]);
+        assert!(routed_vpc_blocks::<u32>(n("10.0.0.0/16"), []).is_empty());
+    }
 }

@@ -254,23 +254,23 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
 /// VPC.
 fn other_vpc_routes(d: &HostDesired, local: &BTreeMap<&str, Vec<(&EniDesired, String)>>, out: &mut BTreeMap<String, TNs>) {
     let cidr_of: BTreeMap<&str, Ipv4Net> = d.vpcs.iter().map(|v| (v.vpc_id.as_str(), v.cidr_block)).collect();
-    for inst in &d.instances {
-        // The ENIs the target holds for this instance, by device index.
-        let mut enis: Vec<&EniDesired> =
-            local.values().flatten().filter(|(_, ns)| *ns == inst.netns).map(|(e, _)| *e).collect();
+    // The ENIs the target holds, by instance namespace, in device order.
+    let mut by_instance: BTreeMap<&str, Vec<&EniDesired>> = BTreeMap::new();
+    for (e, ns) in local.values().flatten() {
+        by_instance.entry(ns.as_str()).or_default().push(*e);
+    }
+    for (ns, enis) in &mut by_instance {
         enis.sort_by_key(|e| e.device_index);
         let Some(primary) = enis.iter().find(|e| e.device_index == 0) else { continue };
         let Some(primary_cidr) = cidr_of.get(primary.vpc_id.as_str()).copied() else { continue };
-        let Some(itn) = out.get_mut(&inst.netns) else { continue };
-        let mut routed = vec![primary_cidr];
-        for e in enis.iter().filter(|e| e.device_index > 0 && e.vpc_id != primary.vpc_id) {
-            let Some(cidr) = cidr_of.get(e.vpc_id.as_str()).copied() else { continue };
-            // The subnet's own connected route covers a VPC that is one subnet.
-            let covered = cidr == e.subnet_cidr;
-            if covered || routed.iter().any(|r| r.contains(&cidr.network()) || cidr.contains(&r.network())) || !e.subnet_cidr.contains(&e.gateway_ip) {
-                continue;
-            }
-            routed.push(cidr);
+        let Some(itn) = out.get_mut(*ns) else { continue };
+        // Not for a VPC that is one subnet (the ENI's connected route covers
+        // it), nor for a gateway outside the subnet.
+        let candidates = enis.iter().filter(|e| e.device_index > 0 && e.vpc_id != primary.vpc_id).filter_map(|e| {
+            let cidr = cidr_of.get(e.vpc_id.as_str()).copied()?;
+            (cidr != e.subnet_cidr && e.subnet_cidr.contains(&e.gateway_ip)).then_some((*e, cidr))
+        });
+        for (e, cidr) in evnet_model::desired::routed_vpc_blocks(primary_cidr, candidates) {
             let dev = naming::instance_ifname(e.device_index);
             itn.routes.insert(cidr, Route { dst: cidr, dev, via: Some(e.gateway_ip) });
         }

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use evnet_client::{Client, EniFilter};
 use evnet_model::Protocol;
+use evnet_model::desired::routed_vpc_blocks;
 use evnet_model::ids::Kind;
 use evnet_model::trace::{Trace, TraceRequest, TraceVerdict};
 
@@ -97,16 +98,13 @@ async fn source_eni(client: &Client, text: &str, destination: Ipv4Addr) -> anyho
     let Some(primary) = enis.first().filter(|e| e.attachment.as_ref().is_some_and(|a| a.device_index == 0)).cloned() else {
         anyhow::bail!("instance {instance} has no eth0: trace from one of its ENIs instead");
     };
-    let mut routed = vec![client.get_vpc(&primary.vpc_id).await?.cidr_block];
+    let primary_block = client.get_vpc(&primary.vpc_id).await?.cidr_block;
+    let mut secondaries = Vec::new();
     for e in enis.iter().skip(1).filter(|e| e.vpc_id != primary.vpc_id) {
-        let cidr = client.get_vpc(&e.vpc_id).await?.cidr_block;
-        if routed.iter().any(|r| r.contains(&cidr.network()) || cidr.contains(&r.network())) {
-            continue;
-        }
-        if cidr.contains(&destination) {
-            return Ok(e.id.clone());
-        }
-        routed.push(cidr);
+        secondaries.push((e.id.clone(), client.get_vpc(&e.vpc_id).await?.cidr_block));
+    }
+    if let Some((id, _)) = routed_vpc_blocks(primary_block, secondaries).into_iter().find(|(_, b)| b.contains(&destination)) {
+        return Ok(id);
     }
     Ok(primary.id)
 }
