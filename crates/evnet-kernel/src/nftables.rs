@@ -83,9 +83,7 @@ pub fn ipv4_sets(family: u8, table: &str) -> io::Result<BTreeMap<String, BTreeSe
     let mut out = BTreeMap::new();
     for name in names {
         let mut elems = BTreeSet::new();
-        let mut req = nla(NFTA_SET_ELEM_LIST_TABLE, &c_bytes(table));
-        req.extend(nla(NFTA_SET_ELEM_LIST_SET, &c_bytes(&name)));
-        dump(GETSETELEM, family, &req, |kind, _, attrs| {
+        dump(GETSETELEM, family, &set_elem_list(table, &name), |kind, _, attrs| {
             if kind != NEWSETELEM {
                 return;
             }
@@ -109,8 +107,7 @@ pub fn ipv4_sets(family: u8, table: &str) -> io::Result<BTreeMap<String, BTreeSe
 /// namespace with a few hundred chains ~15 ms per membership change.
 pub fn replace_set_elements(family: u8, table: &str, set: &str, elems: &BTreeSet<Ipv4Addr>) -> io::Result<()> {
     let fd = socket()?;
-    let mut list = nla(NFTA_SET_ELEM_LIST_TABLE, &c_bytes(table));
-    list.extend(nla(NFTA_SET_ELEM_LIST_SET, &c_bytes(set)));
+    let list = set_elem_list(table, set);
     let mut batch = Vec::new();
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
     // The batch header names the subsystem in res_id (big-endian).
@@ -164,6 +161,14 @@ fn messages(mut b: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
 fn error_code(payload: &[u8]) -> io::Result<()> {
     let code = payload.get(0..4).map(|x| i32::from_ne_bytes(x.try_into().expect("4 bytes"))).unwrap_or(-libc::EIO);
     if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) }
+}
+
+/// The attributes that name set `set` of table `table` in a set-element
+/// request.
+fn set_elem_list(table: &str, set: &str) -> Vec<u8> {
+    let mut v = nla(NFTA_SET_ELEM_LIST_TABLE, &c_bytes(table));
+    v.extend(nla(NFTA_SET_ELEM_LIST_SET, &c_bytes(set)));
+    v
 }
 
 /// One netlink message with an `nfgenmsg` header.
