@@ -19,17 +19,16 @@ pub async fn trace(State(st): State<AppState>, caller: Caller, Body(req): Body<T
     let source = &visible(&snap.enis, Kind::Eni, &req.source_eni_id, &caller)?.value;
     let vpc = &visible(&snap.vpcs, Kind::Vpc, &source.vpc_id, &caller)?.value;
     let enis: Vec<&Eni> = snap.enis.values().map(|e| &*e.value).filter(|e| e.vpc_id == vpc.id).collect();
+    // Only the instances and hosts the VPC's ENIs are attached to.
+    let attachments = || enis.iter().filter_map(|e| e.attachment.as_ref());
+    let instances = attachments().filter_map(|a| snap.instances.get(&a.instance_id)).map(|i| (i.value.id.as_str(), &*i.value)).collect();
+    let hosts = attachments().filter_map(|a| snap.hosts.get(&a.host_id)).map(|h| (h.value.id.as_str(), &*h.value)).collect();
     let world = TraceWorld {
         vpc,
         subnets: snap.subnets.values().map(|s| &*s.value).filter(|s| s.vpc_id == vpc.id).collect(),
         groups: snap.security_groups.values().map(|g| &*g.value).filter(|g| g.vpc_id == vpc.id).map(|g| (g.id.as_str(), g)).collect(),
-        instances: enis
-            .iter()
-            .filter_map(|e| e.attachment.as_ref())
-            .filter_map(|a| snap.instances.get(&a.instance_id))
-            .map(|i| (i.value.id.as_str(), &*i.value))
-            .collect(),
-        hosts: snap.hosts.values().map(|h| (h.value.id.as_str(), &*h.value)).collect(),
+        instances,
+        hosts,
         enis,
     };
     let t = run_trace(&req, source, &world).map_err(|e| ModelError::invalid("invalid_trace", e.to_string()))?;
