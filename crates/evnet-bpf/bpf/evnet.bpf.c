@@ -1,0 +1,602 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * evnet's fast path: two tc programs (direct action).
+ *
+ * evnet_eni     on each ENI's host-side device, tc ingress (what the instance
+ *               sends): anti-spoofing, ARP and gateway ping answered here,
+ *               egress groups, the route lookup, then delivery to a local ENI
+ *               (after its ingress groups) or encapsulation towards the remote
+ *               host's VTEP through the host's collect_md VXLAN device.
+ * evnet_overlay on the collect_md VXLAN device, tc ingress (what other hosts
+ *               send): underlay trust, ingress groups, delivery.
+ *
+ * Maps are described in evnet.h. Flow state is an LRU hash keyed by the
+ * canonical 5-tuple and the VNI, or (rodata `use_kernel_ct`) the kernel's
+ * conntrack through its kfuncs, in a zone per VPC, for TCP and UDP.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "evnet.h"
+
+/* From <linux/if_arp.h> and <linux/icmp.h>, which drag in libc headers. */
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	union {
+		struct {
+			__be16 id;
+			__be16 sequence;
+		} echo;
+		__be32 gateway;
+	} un;
+};
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+struct arphdr {
+	__be16 ar_hrd;
+	__be16 ar_pro;
+	__u8 ar_hln;
+	__u8 ar_pln;
+	__be16 ar_op;
+};
+#define ARPHRD_ETHER 1
+#define ARPOP_REQUEST 1
+#define ARPOP_REPLY 2
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by the loader before load (the verifier drops the branch not taken). */
+#ifndef EVNET_USE_KERNEL_CT
+#define EVNET_USE_KERNEL_CT 0
+#endif
+const volatile __u32 use_kernel_ct = EVNET_USE_KERNEL_CT;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct eni);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} enis SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct route_key);
+	__type(value, struct route);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct trust_key);
+	__type(value, struct trust);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} trust SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct rules_key);
+	__type(value, struct rules);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct member_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} members SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, struct flow);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, R_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* The kernel's conntrack, through its kfuncs (net/netfilter/nf_conntrack_bpf.c). */
+/* Opaque here; libbpf matches the kfuncs' prototypes against the kernel's
+ * BTF and wants structs, not forward declarations. */
+struct nf_conn {
+	__u64 opaque;
+};
+struct nf_conn___init {
+	__u64 opaque;
+};
+struct bpf_ct_opts {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u16 ct_zone_id;
+	__u8 ct_zone_dir;
+	__u8 reserved[3];
+};
+struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *, struct bpf_sock_tuple *, __u32, struct bpf_ct_opts *, __u32) __ksym __weak;
+struct nf_conn___init *bpf_skb_ct_alloc(struct __sk_buff *, struct bpf_sock_tuple *, __u32, struct bpf_ct_opts *, __u32) __ksym __weak;
+struct nf_conn *bpf_ct_insert_entry(struct nf_conn___init *) __ksym __weak;
+void bpf_ct_set_timeout(struct nf_conn___init *, __u32) __ksym __weak;
+int bpf_ct_change_timeout(struct nf_conn *, __u32) __ksym __weak;
+void bpf_ct_release(struct nf_conn *) __ksym __weak;
+
+#define NF_BPF_CT_OPTS_SZ 16
+#define BPF_F_CURRENT_NETNS (-1)
+
+static __always_inline void count(__u32 reason)
+{
+	__u64 *c = bpf_map_lookup_elem(&stats, &reason);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int drop(__u32 reason)
+{
+	count(reason);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+}
+
+static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
+{
+	__builtin_memcpy(dst, src, 6);
+}
+
+/* Makes the headers we read linear (a no-op when they already are). */
+static __always_inline void pull_headers(struct __sk_buff *skb)
+{
+	__u32 want = sizeof(struct ethhdr) + 60 + 8;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	if (data + want > data_end) {
+		if (skb->len < want)
+			want = skb->len;
+		bpf_skb_pull_data(skb, want);
+	}
+}
+
+static __always_inline struct route *route_of(__u32 vni, __be32 ip)
+{
+	struct route_key k = {.vni = vni, .ip = ip};
+	return bpf_map_lookup_elem(&routes, &k);
+}
+
+/* What the groups and the flow table need from a packet. */
+struct pkt {
+	__be32 src;
+	__be32 dst;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 icmp_type;
+};
+
+/* Reads the L4 ports (ICMP echo: the identifier on both sides, so the reply
+ * finds the request's flow). Non-first fragments have no ports. */
+static __always_inline int parse_l4(void *l4, void *data_end, struct iphdr *ip, struct pkt *p)
+{
+	p->src = ip->saddr;
+	p->dst = ip->daddr;
+	p->proto = ip->protocol;
+	p->sport = 0;
+	p->dport = 0;
+	p->icmp_type = 0;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+		__be16 *ports = l4;
+		if ((void *)(ports + 2) > data_end)
+			return -1;
+		p->sport = ports[0];
+		p->dport = ports[1];
+	} else if (p->proto == IPPROTO_ICMP) {
+		struct icmphdr *ic = l4;
+		if ((void *)(ic + 1) > data_end)
+			return -1;
+		p->icmp_type = ic->type;
+		if (ic->type == ICMP_ECHO || ic->type == ICMP_ECHOREPLY) {
+			p->sport = ic->un.echo.id;
+			p->dport = ic->un.echo.id;
+		}
+	}
+	return 0;
+}
+
+static __always_inline void flow_key_of(__u32 vni, const struct pkt *p, struct flow_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->vni = vni;
+	k->proto = p->proto;
+	__u64 s = ((__u64)bpf_ntohl(p->src) << 16) | bpf_ntohs(p->sport);
+	__u64 d = ((__u64)bpf_ntohl(p->dst) << 16) | bpf_ntohs(p->dport);
+	if (s <= d) {
+		k->a = p->src;
+		k->a_port = p->sport;
+		k->b = p->dst;
+		k->b_port = p->dport;
+	} else {
+		k->a = p->dst;
+		k->a_port = p->dport;
+		k->b = p->src;
+		k->b_port = p->sport;
+	}
+}
+
+static __always_inline __u64 timeout_ns(const struct config *cfg, __u8 proto)
+{
+	__u32 s = proto == IPPROTO_TCP ? cfg->tcp_timeout_s : cfg->other_timeout_s;
+	return (__u64)s * 1000000000ull;
+}
+
+/* Whether this packet belongs to a flow admitted before (either direction). */
+static __always_inline int flow_known(const struct config *cfg, __u32 vni, const struct pkt *p)
+{
+	struct flow_key k;
+	flow_key_of(vni, p, &k);
+	struct flow *f = bpf_map_lookup_elem(&flows, &k);
+	if (!f)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - f->seen_ns > timeout_ns(cfg, p->proto))
+		return 0;
+	/* Refresh at most once a second: a write per packet would bounce the
+	 * entry's cache line between CPUs. */
+	if (now - f->seen_ns > 1000000000ull)
+		f->seen_ns = now;
+	return 1;
+}
+
+static __always_inline void flow_admit(__u32 vni, const struct pkt *p)
+{
+	struct flow_key k;
+	flow_key_of(vni, p, &k);
+	struct flow f = {.seen_ns = bpf_ktime_get_ns()};
+	bpf_map_update_elem(&flows, &k, &f, BPF_ANY);
+	count(R_FLOW_NEW);
+}
+
+/* Kernel-conntrack mode (TCP and UDP): 1 known, 0 unknown. */
+static __always_inline int ct_known(struct __sk_buff *skb, const struct config *cfg, __u16 zone, const struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = p->src;
+	t.ipv4.daddr = p->dst;
+	t.ipv4.sport = p->sport;
+	t.ipv4.dport = p->dport;
+	struct bpf_ct_opts o = {.netns_id = BPF_F_CURRENT_NETNS, .l4proto = p->proto, .ct_zone_id = zone};
+	struct nf_conn *ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv4), &o, NF_BPF_CT_OPTS_SZ);
+	if (!ct)
+		return 0;
+	/* Keep it alive: nothing else sees these packets (they skip netfilter). */
+	bpf_ct_change_timeout(ct, timeout_ns(cfg, p->proto) / 1000000);
+	bpf_ct_release(ct);
+	return 1;
+}
+
+static __always_inline int ct_admit(struct __sk_buff *skb, const struct config *cfg, __u16 zone, const struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = p->src;
+	t.ipv4.daddr = p->dst;
+	t.ipv4.sport = p->sport;
+	t.ipv4.dport = p->dport;
+	struct bpf_ct_opts o = {.netns_id = BPF_F_CURRENT_NETNS, .l4proto = p->proto, .ct_zone_id = zone};
+	struct nf_conn___init *ct = bpf_skb_ct_alloc(skb, &t, sizeof(t.ipv4), &o, NF_BPF_CT_OPTS_SZ);
+	if (!ct)
+		return -1;
+	bpf_ct_set_timeout(ct, timeout_ns(cfg, p->proto) / 1000000);
+	struct nf_conn *ins = bpf_ct_insert_entry(ct);
+	if (!ins)
+		return -1; /* the allocation is consumed; a race with the other direction */
+	bpf_ct_release(ins);
+	count(R_FLOW_NEW);
+	return 0;
+}
+
+static __always_inline int use_ct(const struct pkt *p)
+{
+	return use_kernel_ct && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP);
+}
+
+static __always_inline int known(struct __sk_buff *skb, const struct config *cfg, __u32 vni, __u16 zone, const struct pkt *p)
+{
+	int k = use_ct(p) ? ct_known(skb, cfg, zone, p) : flow_known(cfg, vni, p);
+	if (k)
+		count(R_FLOW_HIT);
+	return k;
+}
+
+static __always_inline void admit(struct __sk_buff *skb, const struct config *cfg, __u32 vni, __u16 zone, const struct pkt *p)
+{
+	if (use_ct(p)) {
+		if (ct_admit(skb, cfg, zone, p) < 0)
+			count(R_CT_INSERT_FAILED); /* counted only: the packet itself was allowed */
+	} else {
+		flow_admit(vni, p);
+	}
+}
+
+/* Whether the ENI's rules in `dir` admit the packet. */
+static __always_inline int rules_allow(__u32 ifindex, __u32 dir, const struct pkt *p)
+{
+	struct rules_key rk = {.ifindex = ifindex, .dir = dir};
+	struct rules *rs = bpf_map_lookup_elem(&rules, &rk);
+	if (!rs)
+		return 0;
+	__be32 peer = dir == DIR_EGRESS ? p->dst : p->src;
+	__u16 port = bpf_ntohs(p->dport);
+	__u32 n = rs->count;
+	for (__u32 i = 0; i < MAX_RULES; i++) {
+		if (i >= n)
+			break;
+		struct rule *r = &rs->r[i];
+		if (r->proto && r->proto != p->proto)
+			continue;
+		if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+			if (port < r->port_lo || port > r->port_hi)
+				continue;
+		}
+		if (r->peer == PEER_CIDR) {
+			if ((peer & r->mask) != r->addr)
+				continue;
+		} else {
+			struct member_key mk = {.group = r->group, .ip = peer};
+			if (!bpf_map_lookup_elem(&members, &mk))
+				continue;
+		}
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline struct config *config_of(void)
+{
+	__u32 zero = 0;
+	struct config *c = bpf_map_lookup_elem(&config, &zero);
+	if (c && c->vxlan_ifindex == 0)
+		return 0;
+	return c;
+}
+
+/* Delivers to a local ENI: its MAC as destination, the gateway's as source. */
+static __always_inline int deliver_local(struct __sk_buff *skb, const struct config *cfg, const struct route *rt, const struct eni *dst_eni, __u32 reason)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(R_DROP_MALFORMED);
+	mac_copy(eth->h_dest, rt->mac);
+	mac_copy(eth->h_source, cfg->gw_mac);
+	count(reason);
+	if (dst_eni->flags & EF_RX_SHAPER)
+		return bpf_redirect(rt->ifindex, 0);
+	return bpf_redirect_peer(rt->ifindex, 0);
+}
+
+/* ARP from an instance: answered here for the gateways and the VPC's ENIs,
+ * with the gateway's MAC (the VPC is routed); everything else dropped. */
+static __always_inline int handle_arp(struct __sk_buff *skb, const struct config *cfg, const struct eni *e)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct arphdr *ah = (void *)(eth + 1);
+	/* Ethernet/IPv4 ARP: header, sha[6], spa[4], tha[6], tpa[4]. */
+	__u8 *body = (void *)(ah + 1);
+	if ((void *)(body + 20) > data_end)
+		return drop(R_DROP_MALFORMED);
+	if (ah->ar_hrd != bpf_htons(ARPHRD_ETHER) || ah->ar_pro != bpf_htons(ETH_P_IP) || ah->ar_hln != 6 || ah->ar_pln != 4)
+		return drop(R_DROP_ARP);
+	__u8 *sha = body;
+	__be32 spa, tpa;
+	__builtin_memcpy(&spa, body + 6, 4);
+	__builtin_memcpy(&tpa, body + 16, 4);
+	if (!mac_eq(sha, e->mac))
+		return drop(R_DROP_SPOOF_MAC);
+	struct route *own = route_of(e->vni, spa);
+	if (!own || own->kind != RT_LOCAL || own->ifindex != skb->ifindex)
+		return drop(R_DROP_SPOOF_IP);
+	if (ah->ar_op != bpf_htons(ARPOP_REQUEST) || tpa == spa)
+		return drop(R_DROP_ARP);
+	if (!route_of(e->vni, tpa))
+		return drop(R_DROP_NO_ROUTE);
+	/* Turn the request into the reply, in place, and send it back. */
+	ah->ar_op = bpf_htons(ARPOP_REPLY);
+	mac_copy(body + 10, e->mac);           /* tha = the asker */
+	__builtin_memcpy(body + 16, &spa, 4);  /* tpa */
+	mac_copy(body, cfg->gw_mac);           /* sha = the gateway */
+	__builtin_memcpy(body + 6, &tpa, 4);   /* spa = what was asked */
+	mac_copy(eth->h_dest, e->mac);
+	mac_copy(eth->h_source, cfg->gw_mac);
+	count(R_ARP_REPLY);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* An echo request to a gateway: answered here. */
+static __always_inline int gateway_ping(struct __sk_buff *skb, const struct config *cfg, struct ethhdr *eth, struct iphdr *ip, void *data_end)
+{
+	struct icmphdr *ic = (void *)ip + (ip->ihl * 4);
+	if ((void *)(ic + 1) > data_end || ip->protocol != IPPROTO_ICMP || ic->type != ICMP_ECHO || ic->code != 0)
+		return drop(R_DROP_TO_GATEWAY);
+	__u8 mac[6];
+	mac_copy(mac, eth->h_source);
+	mac_copy(eth->h_dest, mac);
+	mac_copy(eth->h_source, cfg->gw_mac);
+	__be32 s = ip->saddr;
+	ip->saddr = ip->daddr;
+	ip->daddr = s; /* a swap leaves the IP checksum as it was */
+	ic->type = ICMP_ECHOREPLY;
+	/* RFC 1624: the type/code word went from 0x0800 to 0x0000. */
+	__u32 sum = (__u32)bpf_ntohs(ic->checksum) + 0x0800;
+	sum = (sum & 0xffff) + (sum >> 16);
+	ic->checksum = bpf_htons((__u16)sum);
+	count(R_ICMP_GW_REPLY);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+SEC("tc")
+int evnet_eni(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct eni *e = bpf_map_lookup_elem(&enis, &ifindex);
+	if (!e)
+		return drop(R_DROP_UNKNOWN_DEV);
+	struct config *cfg = config_of();
+	if (!cfg)
+		return drop(R_DROP_NO_CONFIG);
+
+	pull_headers(skb);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(R_DROP_MALFORMED);
+	if (!mac_eq(eth->h_source, e->mac))
+		return drop(R_DROP_SPOOF_MAC);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return handle_arp(skb, cfg, e);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return drop(R_DROP_NOT_IPV4);
+
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->ihl < 5 || ip->version != 4)
+		return drop(R_DROP_MALFORMED);
+	__u32 vni = e->vni;
+	if (!(e->flags & EF_SRC_DST_CHECK_OFF)) {
+		struct route *own = route_of(vni, ip->saddr);
+		if (!own || own->kind != RT_LOCAL || own->ifindex != ifindex)
+			return drop(R_DROP_SPOOF_IP);
+	}
+	struct route *rt = route_of(vni, ip->daddr);
+	if (!rt)
+		return drop(R_DROP_NO_ROUTE);
+	if (rt->kind == RT_GATEWAY)
+		return gateway_ping(skb, cfg, eth, ip, data_end);
+
+	struct pkt p;
+	void *l4 = (void *)ip + ip->ihl * 4;
+	if (parse_l4(l4, data_end, ip, &p) < 0)
+		return drop(R_DROP_MALFORMED);
+
+	if (rt->kind == RT_LOCAL) {
+		__u32 dif = rt->ifindex;
+		struct eni *d = bpf_map_lookup_elem(&enis, &dif);
+		if (!d || d->vni != vni)
+			return drop(R_DROP_NO_ROUTE);
+		if (!known(skb, cfg, vni, e->ct_zone, &p)) {
+			if (!rules_allow(ifindex, DIR_EGRESS, &p))
+				return drop(R_DROP_EGRESS_DENIED);
+			if (!rules_allow(dif, DIR_INGRESS, &p))
+				return drop(R_DROP_INGRESS_DENIED);
+			admit(skb, cfg, vni, e->ct_zone, &p);
+		}
+		return deliver_local(skb, cfg, rt, d, R_PASS_LOCAL);
+	}
+	if (rt->kind != RT_REMOTE)
+		return drop(R_DROP_NO_ROUTE);
+	if (!known(skb, cfg, vni, e->ct_zone, &p)) {
+		if (!rules_allow(ifindex, DIR_EGRESS, &p))
+			return drop(R_DROP_EGRESS_DENIED);
+		admit(skb, cfg, vni, e->ct_zone, &p);
+	}
+	/* The helpers above may have moved the packet: re-read the pointers. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(R_DROP_MALFORMED);
+	mac_copy(eth->h_dest, rt->mac);
+	struct bpf_tunnel_key tk = {};
+	tk.tunnel_id = vni;
+	tk.remote_ipv4 = bpf_ntohl(rt->underlay);
+	tk.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX) < 0)
+		return drop(R_DROP_MALFORMED);
+	if (e->priority)
+		skb->priority = e->priority;
+	count(R_PASS_REMOTE);
+	return bpf_redirect(cfg->vxlan_ifindex, 0);
+}
+
+SEC("tc")
+int evnet_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key tk = {};
+	if (bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), 0) < 0)
+		return drop(R_DROP_NO_TUNNEL);
+	__u32 vni = tk.tunnel_id;
+	struct trust_key tkey = {.vni = vni, .underlay = bpf_htonl(tk.remote_ipv4)};
+	struct trust *tr = bpf_map_lookup_elem(&trust, &tkey);
+	if (!tr)
+		return drop(R_DROP_UNTRUSTED_HOST);
+	__u32 trust_flags = tr->flags;
+	struct config *cfg = config_of();
+	if (!cfg)
+		return drop(R_DROP_NO_CONFIG);
+
+	pull_headers(skb);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(R_DROP_MALFORMED);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return drop(R_DROP_NOT_IPV4);
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->ihl < 5 || ip->version != 4)
+		return drop(R_DROP_MALFORMED);
+	struct route *src = route_of(vni, ip->saddr);
+	if (!src || src->kind != RT_REMOTE || src->underlay != tkey.underlay) {
+		if (!(trust_flags & TRUST_ANY_SOURCE) || (src && src->kind != RT_REMOTE))
+			return drop(R_DROP_UNTRUSTED_SOURCE);
+	}
+	struct route *rt = route_of(vni, ip->daddr);
+	if (!rt || rt->kind != RT_LOCAL)
+		return drop(R_DROP_NO_ROUTE);
+	__u32 dif = rt->ifindex;
+	struct eni *d = bpf_map_lookup_elem(&enis, &dif);
+	if (!d || d->vni != vni)
+		return drop(R_DROP_NO_ROUTE);
+
+	struct pkt p;
+	void *l4 = (void *)ip + ip->ihl * 4;
+	if (parse_l4(l4, data_end, ip, &p) < 0)
+		return drop(R_DROP_MALFORMED);
+	if (!known(skb, cfg, vni, d->ct_zone, &p)) {
+		if (!rules_allow(dif, DIR_INGRESS, &p))
+			return drop(R_DROP_INGRESS_DENIED);
+		admit(skb, cfg, vni, d->ct_zone, &p);
+	}
+	return deliver_local(skb, cfg, rt, d, R_PASS_OVERLAY);
+}

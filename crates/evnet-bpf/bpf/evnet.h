@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The layout of every map key and value the fast path shares with the agent.
+ * `src/maps.rs` mirrors each struct with #[repr(C)] and a size check; change
+ * both together (and the map names, which are the pin names).
+ */
+#ifndef EVNET_BPF_H
+#define EVNET_BPF_H
+
+#include <linux/types.h>
+
+/* eni.flags */
+#define EF_SRC_DST_CHECK_OFF 1u /* any IPv4 source (an appliance) */
+#define EF_RX_SHAPER 2u         /* deliver onto its host-side device (shaped), not with redirect_peer */
+
+/* A local ENI, keyed by the ifindex of its host-side device. */
+struct eni {
+	__u32 vni;
+	__u32 flags;
+	__u8 mac[6];
+	__u16 ct_zone;   /* conntrack zone of its VPC on this host (kernel-conntrack mode) */
+	__u32 priority;  /* skb->priority for its HTB class on the underlay device; 0 = none */
+};
+
+/* route.kind */
+#define RT_LOCAL 1u   /* an ENI on this host: ifindex */
+#define RT_REMOTE 2u  /* an ENI on another host: underlay */
+#define RT_GATEWAY 3u /* a subnet gateway (answers ARP and ping) */
+
+struct route_key {
+	__u32 vni;
+	__be32 ip;
+};
+
+struct route {
+	__u32 kind;
+	__u32 ifindex;   /* RT_LOCAL: host-side device */
+	__be32 underlay; /* RT_REMOTE: the host's VTEP address */
+	__u8 mac[6];     /* the ENI's MAC (RT_LOCAL, RT_REMOTE) */
+	__u16 pad;
+};
+
+/* trust.flags */
+#define TRUST_ANY_SOURCE 1u /* the host has an ENI of this VPC with source/dest check off */
+
+/* A remote host that holds the VNI: (vni, underlay) -> trust. */
+struct trust_key {
+	__u32 vni;
+	__be32 underlay;
+};
+
+struct trust {
+	__u32 flags;
+};
+
+/* rule.peer */
+#define PEER_CIDR 0
+#define PEER_GROUP 1
+
+/* One security-group rule. proto 0 = any protocol; ports are host order,
+ * inclusive, and apply to TCP and UDP only (0..65535 = any). The peer is the
+ * destination for egress rules and the source for ingress rules. */
+struct rule {
+	__u8 proto;
+	__u8 peer;
+	__u16 port_lo;
+	__u16 port_hi;
+	__u16 pad;
+	__be32 addr;  /* PEER_CIDR: network */
+	__be32 mask;  /* PEER_CIDR: netmask */
+	__u32 group;  /* PEER_GROUP: the group's key in `members` */
+};
+
+#define MAX_RULES 64
+#define DIR_EGRESS 0
+#define DIR_INGRESS 1
+
+/* An ENI's rules in one direction (all its groups' rules, merged). */
+struct rules_key {
+	__u32 ifindex;
+	__u32 dir;
+};
+
+struct rules {
+	__u32 count;
+	__u32 pad;
+	struct rule r[MAX_RULES];
+};
+
+/* A member address of a group: (group, ip) -> 1. */
+struct member_key {
+	__u32 group;
+	__be32 ip;
+};
+
+/* A flow the groups admitted, keyed with its two ends in canonical order so
+ * both directions find it with one lookup. */
+struct flow_key {
+	__u32 vni;
+	__be32 a;
+	__be32 b;
+	__be16 a_port;
+	__be16 b_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct flow {
+	__u64 seen_ns;
+};
+
+/* Per-host settings, `config[0]`. */
+struct config {
+	__u32 vxlan_ifindex; /* the host's collect_md VXLAN device */
+	__u8 gw_mac[6];      /* the distributed gateway's MAC */
+	__u16 pad;
+	__u32 tcp_timeout_s;   /* idle time after which a TCP flow is forgotten */
+	__u32 other_timeout_s; /* the same for UDP and ICMP */
+};
+
+/* Counters, `stats[reason]` (per CPU). */
+enum reason {
+	R_PASS_LOCAL = 0,
+	R_PASS_REMOTE,
+	R_PASS_OVERLAY,
+	R_ARP_REPLY,
+	R_ICMP_GW_REPLY,
+	R_FLOW_NEW,
+	R_FLOW_HIT,
+	R_DROP_UNKNOWN_DEV,
+	R_DROP_NO_CONFIG,
+	R_DROP_SPOOF_MAC,
+	R_DROP_SPOOF_IP,
+	R_DROP_NOT_IPV4,
+	R_DROP_MALFORMED,
+	R_DROP_NO_ROUTE,
+	R_DROP_TO_GATEWAY,
+	R_DROP_EGRESS_DENIED,
+	R_DROP_INGRESS_DENIED,
+	R_DROP_NO_TUNNEL,
+	R_DROP_UNTRUSTED_HOST,
+	R_DROP_UNTRUSTED_SOURCE,
+	R_DROP_ARP,
+	R_CT_INSERT_FAILED,
+	R_MAX = 24,
+};
+
+#endif

@@ -1,0 +1,790 @@
+//! One host's fast path: load or adopt its programs and maps (pinned under
+//! `/sys/fs/bpf/evnet/<host tag>/`), attach them to devices, update the maps.
+//!
+//! Pin layout:
+//!
+//! ```text
+//! /sys/fs/bpf/evnet/<host tag>/maps/{enis,routes,trust,rules,members,flows,config,stats}
+//! /sys/fs/bpf/evnet/<host tag>/prog-<version>/{evnet_eni,evnet_overlay}
+//! ```
+//!
+//! `<version>` is a hash of the compiled object and the load options. A
+//! restarted agent finds its version's programs pinned and adopts them: no
+//! load, no re-attach, the maps keep their entries, traffic does not notice.
+//! A new build loads new programs that reuse the pinned maps (when their
+//! layout still matches), pins them under their own version and removes the
+//! older versions' pins; the older programs stay alive until their tc
+//! filters are replaced by [`Dataplane::attach_eni`] and
+//! [`Dataplane::attach_overlay`].
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::{
+    MapCore, MapFlags, MapHandle, ObjectBuilder, ProgramHandle, TC_INGRESS, TcHookBuilder,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::BpfError;
+use crate::maps::{self, Direction, EniEntry, HostConfig, MAP_NAMES, Reason, Route, Rule, Trust};
+
+/// The compiled programs (`bpf/evnet.bpf.c`).
+pub(crate) static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/evnet.bpf.o"));
+
+/// Where bpffs is mounted (the standard place).
+pub const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The tc filter's handle and priority on every device evnet attaches to, so
+/// that an attach replaces evnet's filter and nothing else's.
+const TC_HANDLE: u32 = 0xe7;
+const TC_PRIORITY: u32 = 1;
+
+/// How the programs keep the state of admitted flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowState {
+    /// An LRU hash of the canonical 5-tuple and VNI, with idle timeouts
+    /// (TCP, UDP and ICMP echo). The default: see the crate docs.
+    FlowMap,
+    /// The kernel's conntrack through its kfuncs, in a zone per VPC
+    /// ([`EniEntry::ct_zone`]), for TCP and UDP; ICMP still uses the map.
+    KernelConntrack,
+}
+
+/// How to load a host's programs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub flow_state: FlowState,
+    /// Capacity of the flow map (least recently used entries are evicted).
+    pub flow_entries: u32,
+    /// The network namespace the host's devices live in (`None`: the
+    /// caller's). tc filters are attached from a thread inside it.
+    pub netns: Option<PathBuf>,
+    /// The bpffs directory that holds `evnet/<host tag>/` (default
+    /// [`BPFFS`]).
+    pub bpffs: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            flow_state: FlowState::FlowMap,
+            flow_entries: 65536,
+            netns: None,
+            bpffs: PathBuf::from(BPFFS),
+        }
+    }
+}
+
+/// What [`Dataplane::load_or_adopt`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// The programs were already pinned under this version: nothing loaded.
+    pub adopted: bool,
+    /// The version directory's name part.
+    pub version: String,
+    /// Maps that were pinned before and kept their entries.
+    pub reused_maps: Vec<String>,
+    /// Maps created now (absent, or pinned with another layout and replaced).
+    pub created_maps: Vec<String>,
+}
+
+/// Which of evnet's programs a device's tc ingress runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// The ENI program of this host's current version.
+    Eni,
+    /// The overlay program of this host's current version.
+    Overlay,
+    /// An evnet filter with another program (an older version's, or
+    /// another host's).
+    Other { prog_id: u32 },
+}
+
+/// The pinned maps of one host.
+#[derive(Debug)]
+struct Maps {
+    enis: MapHandle,
+    routes: MapHandle,
+    trust: MapHandle,
+    rules: MapHandle,
+    members: MapHandle,
+    flows: MapHandle,
+    config: MapHandle,
+    stats: MapHandle,
+}
+
+/// Everything in a host's maps, read back (for observation and diffing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub config: Option<HostConfig>,
+    /// By host-side ifindex.
+    pub enis: Vec<(u32, EniEntry)>,
+    /// By (VNI, address).
+    pub routes: Vec<((u32, Ipv4Addr), Route)>,
+    /// By (VNI, remote underlay).
+    pub trust: Vec<((u32, Ipv4Addr), Trust)>,
+    /// By (ifindex, direction).
+    pub rules: Vec<((u32, Direction), Vec<Rule>)>,
+    /// (group key, address).
+    pub members: Vec<(u32, Ipv4Addr)>,
+    /// How many flows are remembered.
+    pub flows: usize,
+}
+
+/// One host's loaded (or adopted) fast path.
+#[derive(Debug)]
+pub struct Dataplane {
+    dir: PathBuf,
+    netns: Option<PathBuf>,
+    eni_prog: ProgramHandle,
+    overlay_prog: ProgramHandle,
+    maps: Maps,
+    report: LoadReport,
+}
+
+fn check_tag(tag: &str) -> Result<(), BpfError> {
+    if tag.is_empty()
+        || tag.len() > 64
+        || !tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(BpfError::BadHostTag(tag.to_string()));
+    }
+    Ok(())
+}
+
+/// Mounts bpffs at `path` unless it already is bpffs. Returns whether this
+/// call mounted it (a caller never unmounts what it did not mount).
+pub fn ensure_bpffs(path: &Path) -> Result<bool, BpfError> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| {
+        BpfError::Mount {
+            path: path.into(),
+            source: std::io::Error::other(e),
+        }
+    })?;
+    // SAFETY: statfs fills the struct we pass; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(path).map_err(|source| BpfError::Mount {
+        path: path.into(),
+        source,
+    })?;
+    let fstype = c"bpf";
+    // SAFETY: mount with valid NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            c"bpffs".as_ptr(),
+            c.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(BpfError::Mount {
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(true)
+}
+
+/// The directory a host's pins live in.
+pub fn host_dir(bpffs: &Path, host_tag: &str) -> PathBuf {
+    bpffs.join("evnet").join(host_tag)
+}
+
+/// Runs `f` on a thread inside the network namespace at `netns` (or on the
+/// calling thread when `None`). setns changes only the calling thread, and
+/// netlink sockets belong to the namespace they were opened in.
+pub(crate) fn in_netns<T: Send>(
+    netns: Option<&Path>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, BpfError> {
+    let Some(path) = netns else { return Ok(f()) };
+    let file = std::fs::File::open(path).map_err(|source| BpfError::Namespace {
+        path: path.into(),
+        source,
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid fd; it affects this (scoped) thread only.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(BpfError::Namespace {
+                    path: path.into(),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            Ok(f())
+        })
+        .join()
+        .expect("namespace thread panicked")
+    })
+}
+
+fn version(opts: &Options) -> String {
+    let mut h = Sha256::new();
+    h.update(OBJECT);
+    h.update(format!("{:?}/{}", opts.flow_state, opts.flow_entries).as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+fn open_map(dir: &Path, name: &'static str) -> Result<MapHandle, BpfError> {
+    let path = dir.join("maps").join(name);
+    MapHandle::from_pinned_path(&path).map_err(|e| BpfError::Pin {
+        path,
+        source: std::io::Error::other(e),
+    })
+}
+
+fn load_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> BpfError + '_ {
+    move |source| BpfError::Load {
+        what: what.to_string(),
+        source,
+    }
+}
+
+impl Dataplane {
+    /// Adopts the host's pinned programs and maps when this build's version
+    /// is pinned, else loads the programs (reusing pinned maps whose layout
+    /// matches) and pins them. Mounts bpffs when it is not mounted.
+    pub fn load_or_adopt(host_tag: &str, opts: &Options) -> Result<Dataplane, BpfError> {
+        check_tag(host_tag)?;
+        ensure_bpffs(&opts.bpffs)?;
+        let dir = host_dir(&opts.bpffs, host_tag);
+        let version = version(opts);
+        let prog_dir = dir.join(format!("prog-{version}"));
+        let all_pinned = ["evnet_eni", "evnet_overlay"]
+            .iter()
+            .all(|p| prog_dir.join(p).exists())
+            && MAP_NAMES.iter().all(|m| dir.join("maps").join(m).exists());
+        let report = if all_pinned {
+            LoadReport {
+                adopted: true,
+                version,
+                reused_maps: MAP_NAMES.iter().map(|s| s.to_string()).collect(),
+                created_maps: vec![],
+            }
+        } else {
+            Self::load(&dir, &prog_dir, version, opts)?
+        };
+        let prog = |name: &str| {
+            let path = prog_dir.join(name);
+            ProgramHandle::from_pinned_path(&path).map_err(|e| BpfError::Pin {
+                path,
+                source: std::io::Error::other(e),
+            })
+        };
+        let maps = Maps {
+            enis: open_map(&dir, "enis")?,
+            routes: open_map(&dir, "routes")?,
+            trust: open_map(&dir, "trust")?,
+            rules: open_map(&dir, "rules")?,
+            members: open_map(&dir, "members")?,
+            flows: open_map(&dir, "flows")?,
+            config: open_map(&dir, "config")?,
+            stats: open_map(&dir, "stats")?,
+        };
+        for (m, key, value) in [
+            (&maps.enis, 4, EniEntry::SIZE),
+            (&maps.routes, Route::KEY_SIZE, Route::SIZE),
+            (&maps.trust, 8, 4),
+            (&maps.rules, 8, maps::RULES_SIZE),
+            (&maps.members, 8, 1),
+            (&maps.config, 4, HostConfig::SIZE),
+        ] {
+            if m.key_size() as usize != key || m.value_size() as usize != value {
+                return Err(BpfError::Layout {
+                    map: m.name().to_string_lossy().into_owned(),
+                    detail: format!(
+                        "pinned key/value {}/{} bytes, this build expects {key}/{value}",
+                        m.key_size(),
+                        m.value_size()
+                    ),
+                });
+            }
+        }
+        Ok(Dataplane {
+            eni_prog: prog("evnet_eni")?,
+            overlay_prog: prog("evnet_overlay")?,
+            maps,
+            dir,
+            netns: opts.netns.clone(),
+            report,
+        })
+    }
+
+    fn load(
+        dir: &Path,
+        prog_dir: &Path,
+        version: String,
+        opts: &Options,
+    ) -> Result<LoadReport, BpfError> {
+        let maps_dir = dir.join("maps");
+        std::fs::create_dir_all(&maps_dir).map_err(|source| BpfError::Pin {
+            path: maps_dir.clone(),
+            source,
+        })?;
+        // libbpf parses the ELF in place: give it an owned, heap-aligned copy.
+        let bytes = OBJECT.to_vec();
+        let mut open = ObjectBuilder::default()
+            .open_memory(&bytes)
+            .map_err(load_err("the object"))?;
+        let (mut reused, mut created) = (vec![], vec![]);
+        for mut m in open.maps_mut() {
+            let name = m.name().to_string_lossy().into_owned();
+            if name.ends_with(".rodata") {
+                let v = m.initial_value_mut().ok_or_else(|| BpfError::Layout {
+                    map: name.clone(),
+                    detail: "no initial value".into(),
+                })?;
+                if v.len() != 4 {
+                    return Err(BpfError::Layout {
+                        map: name,
+                        detail: format!("{} bytes, expected use_kernel_ct only", v.len()),
+                    });
+                }
+                v.copy_from_slice(
+                    &u32::from(opts.flow_state == FlowState::KernelConntrack).to_ne_bytes(),
+                );
+                continue;
+            }
+            if name == "flows" {
+                m.set_max_entries(opts.flow_entries)
+                    .map_err(load_err("flows"))?;
+            }
+            let pin = maps_dir.join(&name);
+            if pin.exists() {
+                if m.reuse_pinned_map(&pin).is_ok() {
+                    reused.push(name);
+                    continue;
+                }
+                // Another layout: replace it. Programs still attached keep
+                // the old map until their filters are replaced.
+                std::fs::remove_file(&pin).map_err(|source| BpfError::Pin {
+                    path: pin.clone(),
+                    source,
+                })?;
+            }
+            created.push(name);
+        }
+        let mut obj = open.load().map_err(load_err("the programs"))?;
+        for mut m in obj.maps_mut() {
+            let name = m.name().to_string_lossy().into_owned();
+            if created.contains(&name) {
+                let pin = maps_dir.join(&name);
+                m.pin(&pin).map_err(|e| BpfError::Pin {
+                    path: pin,
+                    source: std::io::Error::other(e),
+                })?;
+            }
+        }
+        std::fs::create_dir_all(prog_dir).map_err(|source| BpfError::Pin {
+            path: prog_dir.into(),
+            source,
+        })?;
+        for mut p in obj.progs_mut() {
+            let pin = prog_dir.join(p.name());
+            if pin.exists() {
+                let _ = std::fs::remove_file(&pin);
+            }
+            p.pin(&pin).map_err(|e| BpfError::Pin {
+                path: pin,
+                source: std::io::Error::other(e),
+            })?;
+        }
+        // Older versions' pins go; their programs live on while attached.
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("prog-") && p != prog_dir {
+                    let _ = remove_pins(&p);
+                }
+            }
+        }
+        Ok(LoadReport {
+            adopted: false,
+            version,
+            reused_maps: reused,
+            created_maps: created,
+        })
+    }
+
+    /// What loading did (adopted or loaded, which maps were kept).
+    pub fn report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    /// The namespace the host's devices are in (`None`: the caller's).
+    pub fn netns_path(&self) -> Option<&Path> {
+        self.netns.as_deref()
+    }
+
+    /// The host's pin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kernel ids of the ENI and overlay programs (what `bpftool prog`
+    /// shows).
+    pub fn program_ids(&self) -> (u32, u32) {
+        (self.eni_prog.id(), self.overlay_prog.id())
+    }
+
+    fn attach(&self, ifindex: u32, prog: &ProgramHandle) -> Result<(), BpfError> {
+        let fd = prog.as_fd();
+        in_netns(self.netns.as_deref(), || {
+            let mut hook = TcHookBuilder::new(fd)
+                .ifindex(ifindex as i32)
+                .replace(true)
+                .handle(TC_HANDLE)
+                .priority(TC_PRIORITY)
+                .hook(TC_INGRESS);
+            // EEXIST: the clsact qdisc is there already.
+            if let Err(e) = hook.create()
+                && e.kind() != libbpf_rs::ErrorKind::AlreadyExists
+            {
+                return Err(BpfError::Tc {
+                    ifindex,
+                    op: "create clsact",
+                    source: e,
+                });
+            }
+            hook.attach().map(|_| ()).map_err(|source| BpfError::Tc {
+                ifindex,
+                op: "attach",
+                source,
+            })
+        })?
+    }
+
+    /// Attaches the ENI program to tc ingress of an ENI's host-side device
+    /// (creating its clsact qdisc), replacing evnet's earlier filter there.
+    pub fn attach_eni(&self, ifindex: u32) -> Result<(), BpfError> {
+        self.attach(ifindex, &self.eni_prog)
+    }
+
+    /// Attaches the overlay program to tc ingress of the host's collect_md
+    /// VXLAN device. Never add a queueing qdisc to that device: tunnel
+    /// metadata is not kept per packet in a queue.
+    pub fn attach_overlay(&self, ifindex: u32) -> Result<(), BpfError> {
+        self.attach(ifindex, &self.overlay_prog)
+    }
+
+    /// Removes evnet's filter from a device's tc ingress (the clsact qdisc
+    /// stays: others may use it). A device without it is not an error.
+    pub fn detach(&self, ifindex: u32) -> Result<(), BpfError> {
+        let fd = self.eni_prog.as_fd();
+        in_netns(self.netns.as_deref(), || {
+            let mut hook = TcHookBuilder::new(fd)
+                .ifindex(ifindex as i32)
+                .handle(TC_HANDLE)
+                .priority(TC_PRIORITY)
+                .hook(TC_INGRESS);
+            match hook.detach() {
+                Ok(()) => Ok(()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
+                    ) =>
+                {
+                    Ok(())
+                }
+                Err(source) => Err(BpfError::Tc {
+                    ifindex,
+                    op: "detach",
+                    source,
+                }),
+            }
+        })?
+    }
+
+    /// Which evnet program a device's tc ingress runs, if any.
+    pub fn attached(&self, ifindex: u32) -> Result<Option<Attached>, BpfError> {
+        let fd = self.eni_prog.as_fd();
+        let id = in_netns(self.netns.as_deref(), || {
+            let mut hook = TcHookBuilder::new(fd)
+                .ifindex(ifindex as i32)
+                .handle(TC_HANDLE)
+                .priority(TC_PRIORITY)
+                .hook(TC_INGRESS);
+            match hook.query() {
+                Ok(id) => Ok(Some(id)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(source) => Err(BpfError::Tc {
+                    ifindex,
+                    op: "query",
+                    source,
+                }),
+            }
+        })??;
+        Ok(id.map(|id| {
+            if id == self.eni_prog.id() {
+                Attached::Eni
+            } else if id == self.overlay_prog.id() {
+                Attached::Overlay
+            } else {
+                Attached::Other { prog_id: id }
+            }
+        }))
+    }
+
+    /// Sets the host's settings.
+    pub fn set_config(&self, c: &HostConfig) -> Result<(), BpfError> {
+        update(
+            &self.maps.config,
+            "config",
+            &0u32.to_ne_bytes(),
+            &c.encode(),
+        )
+    }
+
+    /// Adds or changes a local ENI.
+    pub fn set_eni(&self, ifindex: u32, e: &EniEntry) -> Result<(), BpfError> {
+        update(&self.maps.enis, "enis", &ifindex.to_ne_bytes(), &e.encode())
+    }
+
+    pub fn remove_eni(&self, ifindex: u32) -> Result<(), BpfError> {
+        delete(&self.maps.enis, "enis", &ifindex.to_ne_bytes())
+    }
+
+    /// Adds or changes where `ip` of VPC `vni` is.
+    pub fn set_route(&self, vni: u32, ip: Ipv4Addr, r: &Route) -> Result<(), BpfError> {
+        update(
+            &self.maps.routes,
+            "routes",
+            &Route::key(vni, ip),
+            &r.encode(),
+        )
+    }
+
+    pub fn remove_route(&self, vni: u32, ip: Ipv4Addr) -> Result<(), BpfError> {
+        delete(&self.maps.routes, "routes", &Route::key(vni, ip))
+    }
+
+    /// Trusts `underlay` as a host holding `vni`.
+    pub fn set_trust(&self, vni: u32, underlay: Ipv4Addr, t: &Trust) -> Result<(), BpfError> {
+        update(
+            &self.maps.trust,
+            "trust",
+            &Trust::key(vni, underlay),
+            &t.encode(),
+        )
+    }
+
+    pub fn remove_trust(&self, vni: u32, underlay: Ipv4Addr) -> Result<(), BpfError> {
+        delete(&self.maps.trust, "trust", &Trust::key(vni, underlay))
+    }
+
+    /// Replaces an ENI's rules in one direction (one entry, swapped
+    /// atomically). No entry means deny everything new in that direction.
+    pub fn set_rules(&self, ifindex: u32, dir: Direction, rules: &[Rule]) -> Result<(), BpfError> {
+        if rules.len() > maps::MAX_RULES {
+            return Err(BpfError::TooManyRules {
+                ifindex,
+                count: rules.len(),
+                max: maps::MAX_RULES,
+            });
+        }
+        update(
+            &self.maps.rules,
+            "rules",
+            &dir.key(ifindex),
+            &maps::encode_rules(rules),
+        )
+    }
+
+    pub fn remove_rules(&self, ifindex: u32, dir: Direction) -> Result<(), BpfError> {
+        delete(&self.maps.rules, "rules", &dir.key(ifindex))
+    }
+
+    /// Makes `ip` a member of the group with key `group`.
+    pub fn add_member(&self, group: u32, ip: Ipv4Addr) -> Result<(), BpfError> {
+        update(
+            &self.maps.members,
+            "members",
+            &maps::member_key(group, ip),
+            &[1],
+        )
+    }
+
+    pub fn remove_member(&self, group: u32, ip: Ipv4Addr) -> Result<(), BpfError> {
+        delete(&self.maps.members, "members", &maps::member_key(group, ip))
+    }
+
+    /// Forgets every admitted flow (the next packet of each is checked
+    /// against the rules again): after a rule was removed, so flows it
+    /// admitted do not live on.
+    pub fn flush_flows(&self) -> Result<usize, BpfError> {
+        let keys: Vec<Vec<u8>> = self.maps.flows.keys().collect();
+        for k in &keys {
+            delete(&self.maps.flows, "flows", k)?;
+        }
+        Ok(keys.len())
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<(Reason, u64)>, BpfError> {
+        let mut out = vec![];
+        for r in Reason::ALL {
+            let per_cpu = self
+                .maps
+                .stats
+                .lookup_percpu(&r.index().to_ne_bytes(), MapFlags::ANY)
+                .map_err(|source| BpfError::Map {
+                    map: "stats",
+                    op: "lookup",
+                    source,
+                })?
+                .unwrap_or_default();
+            let sum = per_cpu
+                .iter()
+                .map(|b| u64::from_ne_bytes(b[..8].try_into().expect("8 bytes")))
+                .sum();
+            out.push((r, sum));
+        }
+        Ok(out)
+    }
+
+    /// One counter, summed over CPUs.
+    pub fn stat(&self, reason: Reason) -> Result<u64, BpfError> {
+        Ok(self
+            .stats()?
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, n)| n)
+            .unwrap_or(0))
+    }
+
+    /// Everything the maps hold now.
+    pub fn contents(&self) -> Result<MapContents, BpfError> {
+        let mut c = MapContents {
+            config: lookup(&self.maps.config, "config", &0u32.to_ne_bytes())?
+                .and_then(|b| HostConfig::decode(&b))
+                .filter(|c| c.vxlan_ifindex != 0),
+            ..Default::default()
+        };
+        for k in self.maps.enis.keys() {
+            if let Some(v) = lookup(&self.maps.enis, "enis", &k)?.and_then(|b| EniEntry::decode(&b))
+            {
+                c.enis
+                    .push((u32::from_ne_bytes(k[..4].try_into().expect("4 bytes")), v));
+            }
+        }
+        for k in self.maps.routes.keys() {
+            if let (Some(key), Some(v)) = (
+                Route::decode_key(&k),
+                lookup(&self.maps.routes, "routes", &k)?.and_then(|b| Route::decode(&b)),
+            ) {
+                c.routes.push((key, v));
+            }
+        }
+        for k in self.maps.trust.keys() {
+            if let (Some(key), Some(v)) = (
+                Route::decode_key(&k),
+                lookup(&self.maps.trust, "trust", &k)?.and_then(|b| Trust::decode(&b)),
+            ) {
+                c.trust.push((key, v));
+            }
+        }
+        for k in self.maps.rules.keys() {
+            let ifindex = u32::from_ne_bytes(k[..4].try_into().expect("4 bytes"));
+            let dir = if u32::from_ne_bytes(k[4..8].try_into().expect("4 bytes")) == 0 {
+                Direction::Egress
+            } else {
+                Direction::Ingress
+            };
+            if let Some(v) =
+                lookup(&self.maps.rules, "rules", &k)?.and_then(|b| maps::decode_rules(&b))
+            {
+                c.rules.push(((ifindex, dir), v));
+            }
+        }
+        for k in self.maps.members.keys() {
+            if let Some(key) = Route::decode_key(&k) {
+                c.members.push(key);
+            }
+        }
+        c.flows = self.maps.flows.keys().count();
+        c.enis.sort_by_key(|e| e.0);
+        c.routes.sort_by_key(|r| r.0);
+        c.trust.sort_by_key(|t| t.0);
+        c.rules.sort_by_key(|r| r.0);
+        c.members.sort();
+        Ok(c)
+    }
+
+    /// The programs' file descriptors (for [`crate::testrun`]).
+    pub(crate) fn programs(&self) -> (&ProgramHandle, &ProgramHandle) {
+        (&self.eni_prog, &self.overlay_prog)
+    }
+
+    /// Detaches evnet's filter from `devices` and removes every pin of the
+    /// host. Programs and maps are freed once nothing holds them.
+    pub fn remove(self, devices: &[u32]) -> Result<(), BpfError> {
+        for &d in devices {
+            self.detach(d)?;
+        }
+        remove_host(&self.dir)
+    }
+}
+
+/// Removes a host's pin directory (all versions, all maps).
+pub fn remove_host(dir: &Path) -> Result<(), BpfError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    remove_pins(dir)
+}
+
+fn remove_pins(dir: &Path) -> Result<(), BpfError> {
+    // bpffs directories hold only pins and directories: a recursive removal
+    // unpins each.
+    std::fs::remove_dir_all(dir).map_err(|source| BpfError::Pin {
+        path: dir.into(),
+        source,
+    })
+}
+
+fn update(m: &MapHandle, map: &'static str, k: &[u8], v: &[u8]) -> Result<(), BpfError> {
+    m.update(k, v, MapFlags::ANY)
+        .map_err(|source| BpfError::Map {
+            map,
+            op: "update",
+            source,
+        })
+}
+
+fn delete(m: &MapHandle, map: &'static str, k: &[u8]) -> Result<(), BpfError> {
+    match m.delete(k) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BpfError::Map {
+            map,
+            op: "delete",
+            source,
+        }),
+    }
+}
+
+fn lookup(m: &MapHandle, map: &'static str, k: &[u8]) -> Result<Option<Vec<u8>>, BpfError> {
+    m.lookup(k, MapFlags::ANY).map_err(|source| BpfError::Map {
+        map,
+        op: "lookup",
+        source,
+    })
+}
