@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what evnet needs on a fresh Debian machine: the kernel tools the
-# agent and the lab drive, traffic tools for tests, and protoc for builds.
+# agent and the lab drive, traffic tools for tests, etcd, and protoc for builds.
 set -euo pipefail
 need=()
 command -v ip >/dev/null || need+=(iproute2)
@@ -8,6 +8,9 @@ command -v nft >/dev/null || need+=(nftables)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# etcd: the store backend for several servers; tests and the lab run real members.
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 # The fast path's programs (crates/evnet-bpf): clang builds them, libbpf-rs
 # builds its libbpf against libelf and zlib; bpftool shows what is loaded.

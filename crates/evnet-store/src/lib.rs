@@ -7,12 +7,14 @@
 //! a watch that asks for history the store no longer keeps fails with
 //! [`StoreError::Compacted`] and the reader lists again.
 //!
-//! Backends: [`MemStore`] (tests, benchmarks) and [`EmbeddedStore`] (a redb
+//! Backends: [`MemStore`] (tests, benchmarks), [`EmbeddedStore`] (a redb
 //! file under the server's data dir; an acknowledged write is on disk, and
-//! concurrent writers share one fsync through group commit). Both are thin
-//! shells around one state machine (`state`), so they answer identically, and
-//! both pass [`conformance`], the suite any future backend (etcd is the
-//! planned one) must pass too.
+//! concurrent writers share one fsync through group commit) and
+//! [`EtcdStore`] (an etcd cluster, for several servers; an acknowledged
+//! write is committed by etcd's quorum). The first two are thin shells
+//! around one state machine (`state`), so they answer identically; all
+//! three pass [`conformance`]. [`etcd_process`] runs real etcd members on
+//! loopback for tests, benchmarks and the lab.
 //!
 //! Semantics worth knowing:
 //! - A transaction's ops apply in order at one revision; a key written twice
@@ -36,10 +38,13 @@ use async_trait::async_trait;
 
 pub mod conformance;
 mod embedded;
+mod etcd;
+pub mod etcd_process;
 mod mem;
 mod state;
 
 pub use embedded::{CommitStats, EmbeddedStore};
+pub use etcd::{EtcdMemberInfo, EtcdOptions, EtcdStore, EtcdTls};
 pub use mem::MemStore;
 
 /// A store revision. 0 means "before anything was written".
@@ -140,6 +145,11 @@ pub enum StoreError {
     Closed,
     #[error("store I/O failed: {0}")]
     Io(String),
+    /// The store's servers could not be reached or did not answer in time
+    /// (etcd down or without quorum). A write that ended so may or may not
+    /// have been applied.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A stream of watch batches; yields `Err` once (then ends) when the
