@@ -47,6 +47,7 @@
 
 mod error;
 mod host;
+pub mod lab;
 pub mod maps;
 pub mod packet;
 mod testrun;

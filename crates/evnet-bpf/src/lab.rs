@@ -1,0 +1,423 @@
+//! A fast-path lab in network namespaces, for root tests and benchmarks:
+//! two "host" namespaces joined by a veth underlay (198.18.0.0/15), each
+//! with one collect_md VXLAN device carrying the overlay program and the
+//! host's own pinned programs and maps; instances are namespaces behind a
+//! veth whose host-side end carries the ENI program. The maps are filled
+//! through [`Dataplane`]'s API only, the way an agent would.
+//!
+//! Everything lives in namespaces the lab creates (random names `evbl-<tag>-…`)
+//! and is deleted on drop with the lab's pin directories; traffic never
+//! leaves them. Commands (`ip`, `tc`) are used for the topology: it is test
+//! scaffolding, not the product's path.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+
+use crate::host::{BPFFS, Dataplane, FlowState, Options, host_dir};
+use crate::maps::{Direction, EniEntry, HostConfig, Route, Rule, Trust, htb_priority};
+
+/// What a lab command failed with.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error(transparent)]
+    Bpf(#[from] crate::BpfError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The distributed gateway's MAC in the lab.
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0xe7, 0, 0, 0, 1];
+
+fn run(args: &[&str]) -> Result<String, LabError> {
+    let o = Command::new(args[0]).args(&args[1..]).output()?;
+    if !o.status.success() {
+        return Err(LabError::Command {
+            command: args.join(" "),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn ifindex(ns: &str, dev: &str) -> Result<u32, LabError> {
+    let out = run(&["ip", "-n", ns, "-o", "link", "show", "dev", dev])?;
+    out.split(':')
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| LabError::Command {
+            command: format!("ip -n {ns} link show dev {dev}"),
+            stderr: out,
+        })
+}
+
+/// One lab host.
+#[derive(Debug)]
+pub struct LabHost {
+    pub ns: String,
+    pub underlay: Ipv4Addr,
+    pub dp: Dataplane,
+    pub vxlan_ifindex: u32,
+    /// Whether the underlay device has the HTB tree ([`Lab::shape`]).
+    pub shaped: bool,
+}
+
+/// One instance with one ENI.
+#[derive(Debug, Clone)]
+pub struct LabInstance {
+    pub ns: String,
+    pub host: usize,
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// The ENI's host-side device and its ifindex in the host namespace.
+    pub dev: String,
+    pub ifindex: u32,
+}
+
+/// The lab: hosts, instances, and what to delete.
+#[derive(Debug)]
+pub struct Lab {
+    pub tag: String,
+    pub hosts: Vec<LabHost>,
+    pub instances: Vec<LabInstance>,
+    netns: Vec<String>,
+    pins: Vec<std::path::PathBuf>,
+}
+
+impl Lab {
+    /// Two hosts, `198.18.<n>.1` and `.2` on a veth underlay, programs
+    /// loaded with `flow_state` and attached to each host's VXLAN device.
+    pub fn new(flow_state: FlowState) -> Result<Lab, LabError> {
+        let tag = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
+        let mut lab = Lab {
+            tag: tag.clone(),
+            hosts: vec![],
+            instances: vec![],
+            netns: vec![],
+            pins: vec![],
+        };
+        let net = 1 + (rand::random::<u8>() % 250);
+        let names = [lab.ns("ha"), lab.ns("hb")];
+        for ns in &names {
+            lab.add_netns(ns)?;
+        }
+        run(&[
+            "ip", "-n", &names[0], "link", "add", "ul0", "type", "veth", "peer", "name", "ul0",
+            "netns", &names[1],
+        ])?;
+        for (i, ns) in names.iter().enumerate() {
+            let underlay = Ipv4Addr::new(198, 18, net, i as u8 + 1);
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{underlay}/24"),
+                "dev",
+                "ul0",
+            ])?;
+            run(&["ip", "-n", ns, "link", "set", "ul0", "up"])?;
+            run(&[
+                "ip", "-n", ns, "link", "add", "evx0", "type", "vxlan", "external", "dstport",
+                "4789",
+            ])?;
+            run(&["ip", "-n", ns, "link", "set", "evx0", "up"])?;
+            let host_tag = format!("lab{tag}{i}");
+            lab.pins.push(host_dir(Path::new(BPFFS), &host_tag));
+            let opts = Options {
+                flow_state,
+                netns: Some(format!("/run/netns/{ns}").into()),
+                ..Default::default()
+            };
+            let dp = Dataplane::load_or_adopt(&host_tag, &opts)?;
+            let vx = ifindex(ns, "evx0")?;
+            dp.set_config(&HostConfig {
+                vxlan_ifindex: vx,
+                gateway_mac: GATEWAY_MAC,
+                tcp_timeout_s: 3600,
+                other_timeout_s: 120,
+            })?;
+            dp.attach_overlay(vx)?;
+            lab.hosts.push(LabHost {
+                ns: ns.clone(),
+                underlay,
+                dp,
+                vxlan_ifindex: vx,
+                shaped: false,
+            });
+        }
+        Ok(lab)
+    }
+
+    /// `evbl-<tag>-<what>`.
+    pub fn ns(&self, what: &str) -> String {
+        format!("evbl-{}-{what}", self.tag)
+    }
+
+    fn add_netns(&mut self, ns: &str) -> Result<(), LabError> {
+        run(&["ip", "netns", "add", ns])?;
+        self.netns.push(ns.to_string());
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Reloads every host's programs with another flow-state mode (a new
+    /// version: the maps are kept) and re-attaches them.
+    pub fn reload(&mut self, flow_state: FlowState) -> Result<(), LabError> {
+        for h in &mut self.hosts {
+            let host_tag =
+                h.dp.dir()
+                    .file_name()
+                    .expect("a tag")
+                    .to_string_lossy()
+                    .into_owned();
+            let opts = Options {
+                flow_state,
+                netns: Some(format!("/run/netns/{}", h.ns).into()),
+                ..Default::default()
+            };
+            h.dp = Dataplane::load_or_adopt(&host_tag, &opts)?;
+            h.dp.attach_overlay(h.vxlan_ifindex)?;
+        }
+        for i in &self.instances {
+            self.hosts[i.host].dp.attach_eni(i.ifindex)?;
+        }
+        Ok(())
+    }
+
+    /// An instance on `host` with one ENI in VPC `vni` (`ip`/24, gateway
+    /// `.1`), its groups' rules, and everything other hosts need to reach
+    /// it. Returns its index.
+    pub fn add_instance(
+        &mut self,
+        host: usize,
+        vni: u32,
+        ip: Ipv4Addr,
+        egress: &[Rule],
+        ingress: &[Rule],
+    ) -> Result<usize, LabError> {
+        let n = self.instances.len();
+        let ns = self.ns(&format!("i{n}"));
+        self.add_netns(&ns)?;
+        let hns = self.hosts[host].ns.clone();
+        let dev = format!("eve{n}");
+        let mac = [0x02, 0, (vni >> 8) as u8, vni as u8, 0, n as u8 + 1];
+        let mac_s = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        run(&[
+            "ip", "-n", &hns, "link", "add", &dev, "mtu", "1450", "type", "veth", "peer", "name",
+            "eth0", "netns", &ns,
+        ])?;
+        run(&[
+            "ip", "-n", &ns, "link", "set", "eth0", "address", &mac_s, "mtu", "1450", "up",
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        let gw = Ipv4Addr::from((u32::from(ip) & 0xffff_ff00) | 1);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ])?;
+        run(&["ip", "-n", &hns, "link", "set", &dev, "up"])?;
+        let ifx = ifindex(&hns, &dev)?;
+        let inst = LabInstance {
+            ns,
+            host,
+            vni,
+            ip,
+            mac,
+            dev,
+            ifindex: ifx,
+        };
+        for (hi, h) in self.hosts.iter().enumerate() {
+            h.dp.set_route(vni, gw, &Route::Gateway)?;
+            if hi == host {
+                h.dp.set_eni(
+                    ifx,
+                    &EniEntry {
+                        vni,
+                        mac,
+                        any_source: false,
+                        rx_shaper: false,
+                        priority: 0,
+                        ct_zone: (vni & 0xffff) as u16,
+                    },
+                )?;
+                h.dp.set_route(vni, ip, &Route::Local { ifindex: ifx, mac })?;
+                h.dp.set_rules(ifx, Direction::Egress, egress)?;
+                h.dp.set_rules(ifx, Direction::Ingress, ingress)?;
+                h.dp.attach_eni(ifx)?;
+            } else {
+                h.dp.set_route(
+                    vni,
+                    ip,
+                    &Route::Remote {
+                        underlay: self.hosts[host].underlay,
+                        mac,
+                    },
+                )?;
+                h.dp.set_trust(vni, self.hosts[host].underlay, &Trust { any_source: false })?;
+            }
+        }
+        self.instances.push(inst);
+        Ok(n)
+    }
+
+    /// One HTB tree per host on the underlay device: root `1:`, parent
+    /// `1:1` at `nic_bps`, a class `1:<0x10 + instance>` per local ENI with
+    /// `rate` = `guarantee_bps` and `ceil` = `limit_bps`, each with a pfifo;
+    /// the ENI entries get the class as `skb->priority`. Never on the
+    /// collect_md device (tunnel metadata is not kept in a queue).
+    pub fn shape(
+        &mut self,
+        nic_bps: u64,
+        guarantee_bps: u64,
+        limit_bps: u64,
+    ) -> Result<(), LabError> {
+        for (hi, h) in self.hosts.iter_mut().enumerate() {
+            let ns = h.ns.clone();
+            let _ = run(&["tc", "-n", &ns, "qdisc", "del", "dev", "ul0", "root"]);
+            run(&[
+                "tc", "-n", &ns, "qdisc", "add", "dev", "ul0", "root", "handle", "1:", "htb",
+                "default", "ffff",
+            ])?;
+            let nic = format!("{nic_bps}bit");
+            run(&[
+                "tc", "-n", &ns, "class", "add", "dev", "ul0", "parent", "1:", "classid", "1:1",
+                "htb", "rate", &nic, "ceil", &nic, "burst", "64k", "cburst", "64k", "quantum",
+                "60000",
+            ])?;
+            // Unclassified traffic (the underlay's own ARP) goes to 1:ffff.
+            run(&[
+                "tc", "-n", &ns, "class", "add", "dev", "ul0", "parent", "1:1", "classid",
+                "1:ffff", "htb", "rate", "10mbit", "ceil", &nic, "quantum", "60000",
+            ])?;
+            for (n, i) in self
+                .instances
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.host == hi)
+            {
+                let minor = 0x10 + n as u16;
+                let class = format!("1:{minor:x}");
+                run(&[
+                    "tc",
+                    "-n",
+                    &ns,
+                    "class",
+                    "add",
+                    "dev",
+                    "ul0",
+                    "parent",
+                    "1:1",
+                    "classid",
+                    &class,
+                    "htb",
+                    "rate",
+                    &format!("{guarantee_bps}bit"),
+                    "ceil",
+                    &format!("{limit_bps}bit"),
+                    "burst",
+                    "64k",
+                    "cburst",
+                    "64k",
+                    "quantum",
+                    "60000",
+                ])?;
+                run(&[
+                    "tc", "-n", &ns, "qdisc", "add", "dev", "ul0", "parent", &class, "pfifo",
+                    "limit", "1000",
+                ])?;
+                h.dp.set_eni(
+                    i.ifindex,
+                    &EniEntry {
+                        vni: i.vni,
+                        mac: i.mac,
+                        any_source: false,
+                        rx_shaper: false,
+                        priority: htb_priority(minor),
+                        ct_zone: (i.vni & 0xffff) as u16,
+                    },
+                )?;
+            }
+            h.shaped = true;
+        }
+        Ok(())
+    }
+
+    /// Bytes sent by HTB class `1:<0x10 + instance>` on its host's underlay.
+    pub fn class_bytes(&self, instance: usize) -> Result<u64, LabError> {
+        let i = &self.instances[instance];
+        let out = run(&[
+            "tc",
+            "-n",
+            &self.hosts[i.host].ns,
+            "-s",
+            "class",
+            "show",
+            "dev",
+            "ul0",
+            "classid",
+            &format!("1:{:x}", 0x10 + instance),
+        ])?;
+        Ok(out
+            .split("Sent ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// One ping from instance `from` to `to` (1 s timeout).
+    pub fn ping(&self, from: usize, to: Ipv4Addr) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.instances[from].ns,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-n",
+                "-q",
+                &to.to_string(),
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for n in self.netns.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+        for p in &self.pins {
+            let _ = crate::host::remove_host(p);
+        }
+    }
+}
