@@ -55,6 +55,18 @@ fn run(
     packet: &[u8],
     ifindex: u32,
 ) -> Result<(i32, Vec<u8>, u32), BpfError> {
+    run_repeat(prog, name, packet, ifindex, 1).map(|(c, d, p, _)| (c, d, p))
+}
+
+/// Runs the program `repeat` times; also returns the kernel's average time
+/// per run in nanoseconds.
+fn run_repeat(
+    prog: BorrowedFd<'_>,
+    name: &str,
+    packet: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<(i32, Vec<u8>, u32, u32), BpfError> {
     let mut ctx_in = [0u8; SKB_CTX];
     ctx_in[CTX_IFINDEX..CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
     let mut ctx_out = [0u8; SKB_CTX];
@@ -71,7 +83,7 @@ fn run(
     opts.ctx_size_in = SKB_CTX as _;
     opts.ctx_out = ctx_out.as_mut_ptr().cast();
     opts.ctx_size_out = SKB_CTX as _;
-    opts.repeat = 1;
+    opts.repeat = repeat.max(1) as _;
     // SAFETY: see above; the fd is a loaded program's.
     let rc = unsafe { libbpf_rs::libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
     if rc != 0 {
@@ -86,7 +98,7 @@ fn run(
             .try_into()
             .expect("4 bytes"),
     );
-    Ok((opts.retval as i32, data_out, priority))
+    Ok((opts.retval as i32, data_out, priority, opts.duration))
 }
 
 fn verdict(code: i32) -> Verdict {
@@ -122,6 +134,22 @@ impl Dataplane {
             priority,
             counted: moved(&before, &after),
         })
+    }
+
+    /// The ENI program's average time per packet over `repeat` runs on
+    /// `packet` (the kernel's own measure, `BPF_PROG_TEST_RUN` with repeat),
+    /// in nanoseconds, and its verdict.
+    pub fn time_eni(
+        &self,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(Verdict, u32), BpfError> {
+        let fd = self.programs().0.as_fd();
+        let (code, _, _, ns) = in_netns(self.netns_path(), || {
+            run_repeat(fd, "evnet_eni", packet, ifindex, repeat)
+        })??;
+        Ok((verdict(code), ns))
     }
 
     /// Runs the overlay program on `packet` (the inner Ethernet frame) as if
