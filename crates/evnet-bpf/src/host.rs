@@ -144,6 +144,27 @@ pub struct Dataplane {
     report: LoadReport,
 }
 
+/// libbpf prints the kernel's extended ack of every failed tc request;
+/// three of them are expected answers here (the clsact qdisc exists
+/// already; a device has no clsact or no evnet filter when queried or
+/// detached) and are not printed. Everything else goes to stderr.
+fn quiet_expected_tc_messages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    fn print(_: libbpf_rs::PrintLevel, msg: String) {
+        const EXPECTED: [&str; 3] = [
+            "Exclusivity flag on",
+            "Parent Qdisc doesn't exists",
+            "Cannot find specified filter chain",
+        ];
+        if !EXPECTED.iter().any(|e| msg.contains(e)) {
+            eprint!("{msg}");
+        }
+    }
+    ONCE.call_once(|| {
+        libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, print)));
+    });
+}
+
 fn check_tag(tag: &str) -> Result<(), BpfError> {
     if tag.is_empty()
         || tag.len() > 64
@@ -255,6 +276,7 @@ impl Dataplane {
     /// matches) and pins them. Mounts bpffs when it is not mounted.
     pub fn load_or_adopt(host_tag: &str, opts: &Options) -> Result<Dataplane, BpfError> {
         check_tag(host_tag)?;
+        quiet_expected_tc_messages();
         ensure_bpffs(&opts.bpffs)?;
         let dir = host_dir(&opts.bpffs, host_tag);
         let version = version(opts);

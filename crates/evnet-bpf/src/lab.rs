@@ -75,6 +75,8 @@ pub struct LabInstance {
     /// The ENI's host-side device and its ifindex in the host namespace.
     pub dev: String,
     pub ifindex: u32,
+    /// Its entry in the host's `enis` map, as last written.
+    pub entry: EniEntry,
 }
 
 /// The lab: hosts, instances, and what to delete.
@@ -241,7 +243,16 @@ impl Lab {
         ])?;
         run(&["ip", "-n", &hns, "link", "set", &dev, "up"])?;
         let ifx = ifindex(&hns, &dev)?;
+        let entry = EniEntry {
+            vni,
+            mac,
+            any_source: false,
+            rx_shaper: false,
+            priority: 0,
+            ct_zone: (vni & 0xffff) as u16,
+        };
         let inst = LabInstance {
+            entry,
             ns,
             host,
             vni,
@@ -253,17 +264,7 @@ impl Lab {
         for (hi, h) in self.hosts.iter().enumerate() {
             h.dp.set_route(vni, gw, &Route::Gateway)?;
             if hi == host {
-                h.dp.set_eni(
-                    ifx,
-                    &EniEntry {
-                        vni,
-                        mac,
-                        any_source: false,
-                        rx_shaper: false,
-                        priority: 0,
-                        ct_zone: (vni & 0xffff) as u16,
-                    },
-                )?;
+                h.dp.set_eni(ifx, &entry)?;
                 h.dp.set_route(vni, ip, &Route::Local { ifindex: ifx, mac })?;
                 h.dp.set_rules(ifx, Direction::Egress, egress)?;
                 h.dp.set_rules(ifx, Direction::Ingress, ingress)?;
@@ -315,7 +316,7 @@ impl Lab {
             ])?;
             for (n, i) in self
                 .instances
-                .iter()
+                .iter_mut()
                 .enumerate()
                 .filter(|(_, i)| i.host == hi)
             {
@@ -349,20 +350,44 @@ impl Lab {
                     "tc", "-n", &ns, "qdisc", "add", "dev", "ul0", "parent", &class, "pfifo",
                     "limit", "1000",
                 ])?;
-                h.dp.set_eni(
-                    i.ifindex,
-                    &EniEntry {
-                        vni: i.vni,
-                        mac: i.mac,
-                        any_source: false,
-                        rx_shaper: false,
-                        priority: htb_priority(minor),
-                        ct_zone: (i.vni & 0xffff) as u16,
-                    },
-                )?;
+                i.entry.priority = htb_priority(minor);
+                h.dp.set_eni(i.ifindex, &i.entry)?;
             }
             h.shaped = true;
         }
+        Ok(())
+    }
+
+    /// Receive shaping for an instance's ENI: with `rate_bps`, an HTB on its
+    /// host-side device (root `1:`, class `1:1` rate = ceil) and delivery
+    /// onto that device; with `None` and `redirect` true, delivery onto the
+    /// device without a shaper; otherwise back to `bpf_redirect_peer`.
+    pub fn receive_shaping(
+        &mut self,
+        instance: usize,
+        redirect: bool,
+        rate_bps: Option<u64>,
+    ) -> Result<(), LabError> {
+        let i = &mut self.instances[instance];
+        let ns = self.hosts[i.host].ns.clone();
+        let _ = run(&["tc", "-n", &ns, "qdisc", "del", "dev", &i.dev, "root"]);
+        if let Some(rate) = rate_bps {
+            let r = format!("{rate}bit");
+            run(&[
+                "tc", "-n", &ns, "qdisc", "add", "dev", &i.dev, "root", "handle", "1:", "htb",
+                "default", "1",
+            ])?;
+            run(&[
+                "tc", "-n", &ns, "class", "add", "dev", &i.dev, "parent", "1:", "classid", "1:1",
+                "htb", "rate", &r, "ceil", &r, "burst", "64k", "cburst", "64k",
+            ])?;
+            run(&[
+                "tc", "-n", &ns, "qdisc", "add", "dev", &i.dev, "parent", "1:1", "pfifo", "limit",
+                "1000",
+            ])?;
+        }
+        i.entry.rx_shaper = redirect || rate_bps.is_some();
+        self.hosts[i.host].dp.set_eni(i.ifindex, &i.entry)?;
         Ok(())
     }
 
@@ -409,6 +434,70 @@ impl Lab {
             .map(|o| o.status.success())
             .unwrap_or(false)
     }
+}
+
+/// One iperf3 run (`streams` parallel TCP streams for `seconds`), client in
+/// namespace `client_ns`, server in `server_ns` on `port`: the receiver's
+/// bit/s. The server is started and stopped here.
+pub fn iperf(
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    port: u16,
+    seconds: u32,
+    streams: u32,
+) -> Result<f64, LabError> {
+    let port = port.to_string();
+    let mut server = Command::new("ip")
+        .args([
+            "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", &port,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Retry until the server listens (bounded); the server is always stopped after.
+    let start = std::time::Instant::now();
+    let out = loop {
+        let o = Command::new("timeout")
+            .args([
+                &(seconds + 10).to_string(),
+                "ip",
+                "netns",
+                "exec",
+                client_ns,
+                "iperf3",
+                "-c",
+                &server_ip.to_string(),
+                "-p",
+                &port,
+                "-t",
+                &seconds.to_string(),
+                "-P",
+                &streams.to_string(),
+                "-J",
+            ])
+            .output()?;
+        // iperf3 -J exits 0 even when it could not connect: its "error" says so.
+        let v: Option<serde_json::Value> = serde_json::from_slice(&o.stdout).ok();
+        let connected = o.status.success() && v.as_ref().is_some_and(|v| v.get("error").is_none());
+        if connected || start.elapsed() > std::time::Duration::from_secs(5) {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let fail = |why: String| LabError::Command {
+        command: format!("iperf3 -c {server_ip} -p {port} in {client_ns}"),
+        stderr: why,
+    };
+    let v = out.ok_or_else(|| fail("no JSON output".into()))?;
+    if let Some(e) = v.get("error") {
+        return Err(fail(e.to_string()));
+    }
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| fail(v.to_string()))
 }
 
 impl Drop for Lab {

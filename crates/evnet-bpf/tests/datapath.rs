@@ -242,6 +242,19 @@ fn data_path(mode: FlowState) {
         lab.class_bytes(c).unwrap() > before,
         "the ENI's class saw none of its traffic"
     );
+    // Receive shaping: delivery onto the server's host-side device, whose
+    // HTB at 50 Mbit/s binds what it receives (iperf3, one TCP stream).
+    lab.receive_shaping(s, true, Some(50_000_000)).unwrap();
+    let bps = evnet_bpf::lab::iperf(&cn, &sn, ip("10.0.0.20"), 5201, 2, 1).unwrap();
+    assert!(
+        (35e6..52.5e6).contains(&bps),
+        "{bps} bit/s through a 50 Mbit/s receive shaper"
+    );
+    lab.receive_shaping(s, false, None).unwrap();
+    assert!(
+        tcp_works(&cn, &sn, ip("10.0.0.20"), 5201),
+        "back to redirect_peer"
+    );
     // Nothing was queued on the collect_md device itself.
     let q = must(&["tc", "-n", &lab.hosts[0].ns, "qdisc", "show", "dev", "evx0"]);
     assert!(!q.contains("htb"), "{q}");

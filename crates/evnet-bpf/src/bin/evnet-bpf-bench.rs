@@ -21,12 +21,11 @@
 //! ```
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use evnet_bpf::lab::{GATEWAY_MAC, Lab};
+use evnet_bpf::lab::{self, GATEWAY_MAC, Lab};
 use evnet_bpf::packet::{self, L4};
 use evnet_bpf::{FlowState, Peer, Proto, Reason, Rule, Verdict};
 
@@ -76,8 +75,7 @@ fn sh(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// One iperf3 run, client in `client_ns`, server in `server_ns`: the
-/// receiver's bit/s.
+/// One iperf3 run on a port the benchmark's groups admit.
 fn iperf(
     client_ns: &str,
     server_ns: &str,
@@ -85,55 +83,14 @@ fn iperf(
     seconds: u32,
     streams: u32,
 ) -> anyhow::Result<f64> {
-    // Within the range the benchmark's groups admit.
-    let port = (5201 + rand::random::<u16>() % 99).to_string();
-    let mut server = Command::new("ip")
-        .args([
-            "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", &port,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    // Retry until the server listens (bounded); the server is always stopped after.
-    let start = Instant::now();
-    let out = loop {
-        let o = Command::new("timeout")
-            .args([
-                &(seconds + 10).to_string(),
-                "ip",
-                "netns",
-                "exec",
-                client_ns,
-                "iperf3",
-                "-c",
-                &server_ip.to_string(),
-                "-p",
-                &port,
-                "-t",
-                &seconds.to_string(),
-                "-P",
-                &streams.to_string(),
-                "-J",
-            ])
-            .output()?;
-        // iperf3 -J exits 0 even when it could not connect: its "error" says so.
-        let connected = o.status.success()
-            && serde_json::from_slice::<serde_json::Value>(&o.stdout)
-                .is_ok_and(|v| v.get("error").is_none());
-        if connected || start.elapsed() > Duration::from_secs(5) {
-            break o;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = server.kill();
-    let _ = server.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 output")?;
-    if let Some(e) = v.get("error") {
-        bail!("iperf3 {client_ns} → {server_ip}: {e}");
-    }
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .with_context(|| format!("iperf3 failed: {}", String::from_utf8_lossy(&out.stdout)))
+    Ok(lab::iperf(
+        client_ns,
+        server_ns,
+        server_ip,
+        5201 + rand::random::<u16>() % 99,
+        seconds,
+        streams,
+    )?)
 }
 
 /// The references, in namespaces of their own: a bare VXLAN overlay
@@ -350,6 +307,7 @@ fn main() -> anyhow::Result<()> {
             args.streams
         );
     }
+    header += &format!("  {} 1× rx-redirect", name(*modes.last().expect("a mode")));
     header += &format!("  bare 1×  bare {}×  veth", args.streams);
     println!(
         "Gbit/s per run (1× = one TCP stream across hosts; {}× = {} streams; local = ENI to ENI on one host)",
@@ -359,6 +317,7 @@ fn main() -> anyhow::Result<()> {
     // ratios[mode][0..3] = one stream, multi, local
     let mut ratios: Vec<[Vec<f64>; 3]> = modes.iter().map(|_| [vec![], vec![], vec![]]).collect();
     let mut figures = vec![];
+    let mut rx_ratios = vec![];
     let class_before = lab.class_bytes(c)?;
     let remote_before = lab.hosts[0].dp.stat(Reason::PassRemote)?;
     for round in 0..args.rounds {
@@ -379,6 +338,13 @@ fn main() -> anyhow::Result<()> {
             );
             bpf.push((one, many, local));
         }
+        // Receive side: delivery onto the server ENI's host-side device
+        // (bpf_redirect, as with a receive shaper, but no qdisc) instead of
+        // straight into its namespace (bpf_redirect_peer).
+        lab.receive_shaping(s, true, None)?;
+        let rx_redirect = iperf(&cn, &sn, server_ip, args.seconds, 1)?;
+        lab.receive_shaping(s, false, None)?;
+        row += &format!("  {:>14.2}", rx_redirect / 1e9);
         let bare1 = iperf(&ra, &rb, Ipv4Addr::new(10, 250, 0, 2), args.seconds, 1)?;
         let baren = iperf(
             &ra,
@@ -395,12 +361,13 @@ fn main() -> anyhow::Result<()> {
             veth / 1e9
         );
         println!("{row}");
+        rx_ratios.push(rx_redirect / bare1);
         for (mi, (one, many, local)) in bpf.iter().enumerate() {
             ratios[mi][0].push(one / bare1);
             ratios[mi][1].push(many / baren);
             ratios[mi][2].push(local / veth);
         }
-        figures.push(serde_json::json!({"round": round + 1, "bpf": bpf, "bare_1": bare1, "bare_n": baren, "veth": veth}));
+        figures.push(serde_json::json!({"round": round + 1, "bpf": bpf, "rx_redirect_1": rx_redirect, "bare_1": bare1, "bare_n": baren, "veth": veth}));
     }
     println!("per-round ratios, median:");
     let mut summary = serde_json::Map::new();
@@ -433,6 +400,20 @@ fn main() -> anyhow::Result<()> {
         );
         summary.insert(name(*m).into(), serde_json::json!({"one_stream": median(&r[0]), "streams": median(&r[1]), "local": median(&r[2])}));
     }
+    println!(
+        "  bpf-{} 1× with delivery by bpf_redirect onto the host-side device / bare 1×:  {:.3}   ({})",
+        name(*modes.last().expect("a mode")),
+        median(&rx_ratios),
+        rx_ratios
+            .iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    summary.insert(
+        "rx_redirect_one_stream".into(),
+        serde_json::json!(median(&rx_ratios)),
+    );
     // Proof the runs took the fast path and the shaper saw them.
     println!(
         "fast path: {} packets encapsulated by host A's ENI program; host A's HTB class for the client sent {:.1} GB",
