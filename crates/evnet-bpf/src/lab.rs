@@ -53,6 +53,17 @@ fn ifindex(ns: &str, dev: &str) -> Result<u32, LabError> {
         })
 }
 
+/// An ENI's HTB class on the underlay device.
+#[derive(Debug, Clone, Copy)]
+pub struct ClassSpec {
+    /// Its guarantee.
+    pub rate_bps: u64,
+    /// Its limit.
+    pub ceil_bps: u64,
+    /// Its share of what is left above the guarantees.
+    pub weight: u32,
+}
+
 /// One lab host.
 #[derive(Debug)]
 pub struct LabHost {
@@ -296,6 +307,23 @@ impl Lab {
         guarantee_bps: u64,
         limit_bps: u64,
     ) -> Result<(), LabError> {
+        let classes: Vec<ClassSpec> = (0..self.instances.len())
+            .map(|_| ClassSpec {
+                rate_bps: guarantee_bps,
+                ceil_bps: limit_bps,
+                weight: 1,
+            })
+            .collect();
+        self.shape_classes(nic_bps, &classes)
+    }
+
+    /// [`Lab::shape`] with a class of its own per instance (`classes[i]` for
+    /// instance `i`): what is left above the rates is shared in proportion
+    /// to the weights (HTB's quantum, 128 KiB per unit of weight: HTB sends
+    /// at least one packet per turn whatever its quantum, and the packets
+    /// here are GSO-sized, up to 64 KiB, so a quantum below that would
+    /// split the spare by packets, equally, whatever the weights).
+    pub fn shape_classes(&mut self, nic_bps: u64, classes: &[ClassSpec]) -> Result<(), LabError> {
         for (hi, h) in self.hosts.iter_mut().enumerate() {
             let ns = h.ns.clone();
             let _ = run(&["tc", "-n", &ns, "qdisc", "del", "dev", "ul0", "root"]);
@@ -312,7 +340,7 @@ impl Lab {
             // Unclassified traffic (the underlay's own ARP) goes to 1:ffff.
             run(&[
                 "tc", "-n", &ns, "class", "add", "dev", "ul0", "parent", "1:1", "classid",
-                "1:ffff", "htb", "rate", "10mbit", "ceil", &nic, "quantum", "60000",
+                "1:ffff", "htb", "rate", "1mbit", "ceil", &nic, "quantum", "15000",
             ])?;
             for (n, i) in self
                 .instances
@@ -320,31 +348,18 @@ impl Lab {
                 .enumerate()
                 .filter(|(_, i)| i.host == hi)
             {
+                let spec = classes[n];
                 let minor = 0x10 + n as u16;
                 let class = format!("1:{minor:x}");
+                let (rate, ceil, quantum) = (
+                    format!("{}bit", spec.rate_bps),
+                    format!("{}bit", spec.ceil_bps),
+                    (131_072 * spec.weight.max(1)).to_string(),
+                );
                 run(&[
-                    "tc",
-                    "-n",
-                    &ns,
-                    "class",
-                    "add",
-                    "dev",
-                    "ul0",
-                    "parent",
-                    "1:1",
-                    "classid",
-                    &class,
-                    "htb",
-                    "rate",
-                    &format!("{guarantee_bps}bit"),
-                    "ceil",
-                    &format!("{limit_bps}bit"),
-                    "burst",
-                    "64k",
-                    "cburst",
-                    "64k",
-                    "quantum",
-                    "60000",
+                    "tc", "-n", &ns, "class", "add", "dev", "ul0", "parent", "1:1", "classid",
+                    &class, "htb", "rate", &rate, "ceil", &ceil, "burst", "64k", "cburst", "64k",
+                    "quantum", &quantum,
                 ])?;
                 run(&[
                     "tc", "-n", &ns, "qdisc", "add", "dev", "ul0", "parent", &class, "pfifo",

@@ -50,6 +50,7 @@ mod host;
 pub mod lab;
 pub mod maps;
 pub mod packet;
+pub mod target;
 mod testrun;
 
 pub use error::BpfError;

@@ -1,0 +1,856 @@
+//! The fast path as one module of the reconciler: its **target** computed
+//! from a host's desired state, its **observation** read back from the
+//! kernel, the **diff** of the two as ops (one map update, delete or tc
+//! request each) and their **apply**. Plan → apply → observe → plan is
+//! empty.
+//!
+//! The target needs what only the kernel knows: the ifindex of each local
+//! ENI's host-side device and of the host's VXLAN device, and which HTB
+//! class the shaper gave each ENI. The caller passes them ([`Devices`]).
+//!
+//! Security groups follow the nftables path's semantics: an ENI's groups'
+//! rules are merged and deduplicated; an ENI with no groups may send
+//! anything and receives nothing new; a rule naming a group matches that
+//! group's `member_ips` (none if the group is not in the desired state); a
+//! port range with `from > to` matches nothing and is left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use evnet_model::Protocol;
+use evnet_model::desired::{HostDesired, RuleDesired};
+
+use crate::error::BpfError;
+use crate::host::{Attached, Dataplane};
+use crate::maps::{
+    Direction, EniEntry, HostConfig, MAX_RULES, Peer, Proto, Route, Rule, Trust, htb_priority,
+    parse_mac,
+};
+
+/// Which program a device runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Program {
+    Eni,
+    Overlay,
+}
+
+/// What the kernel knows about one local ENI's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EniDevice {
+    /// Ifindex of its host-side device.
+    pub ifindex: u32,
+    /// Minor of its HTB class on the underlay device, if it has one.
+    pub htb_minor: Option<u16>,
+    /// Whether its host-side device shapes what it receives.
+    pub rx_shaper: bool,
+}
+
+/// The devices the target refers to.
+#[derive(Debug, Clone, Default)]
+pub struct Devices {
+    /// The host's collect_md VXLAN device.
+    pub vxlan_ifindex: u32,
+    /// By ENI id; ENIs without a device yet are left out of the target.
+    pub enis: BTreeMap<String, EniDevice>,
+}
+
+/// Settings that are not in the desired state.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub gateway_mac: [u8; 6],
+    pub tcp_timeout_s: u32,
+    pub other_timeout_s: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            gateway_mac: [0x02, 0xe7, 0, 0, 0, 1],
+            tcp_timeout_s: 3600,
+            other_timeout_s: 120,
+        }
+    }
+}
+
+/// Everything the fast path holds for a host (target or observation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub config: Option<HostConfig>,
+    pub enis: BTreeMap<u32, EniEntry>,
+    pub routes: BTreeMap<(u32, Ipv4Addr), Route>,
+    pub trust: BTreeMap<(u32, Ipv4Addr), Trust>,
+    pub rules: BTreeMap<(u32, Direction), Vec<Rule>>,
+    pub members: BTreeSet<(u32, Ipv4Addr)>,
+    pub attached: BTreeMap<u32, Program>,
+}
+
+/// One change to the fast path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    SetConfig(HostConfig),
+    AddMember {
+        group: u32,
+        ip: Ipv4Addr,
+    },
+    DelMember {
+        group: u32,
+        ip: Ipv4Addr,
+    },
+    SetRules {
+        ifindex: u32,
+        dir: Direction,
+        rules: Vec<Rule>,
+    },
+    DelRules {
+        ifindex: u32,
+        dir: Direction,
+    },
+    SetRoute {
+        vni: u32,
+        ip: Ipv4Addr,
+        route: Route,
+    },
+    DelRoute {
+        vni: u32,
+        ip: Ipv4Addr,
+    },
+    SetTrust {
+        vni: u32,
+        underlay: Ipv4Addr,
+        trust: Trust,
+    },
+    DelTrust {
+        vni: u32,
+        underlay: Ipv4Addr,
+    },
+    SetEni {
+        ifindex: u32,
+        entry: EniEntry,
+    },
+    DelEni {
+        ifindex: u32,
+    },
+    Attach {
+        ifindex: u32,
+        program: Program,
+    },
+    Detach {
+        ifindex: u32,
+    },
+}
+
+/// What the target could not be built from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("ENI {eni}: MAC {mac:?} is not aa:bb:cc:dd:ee:ff")]
+    BadMac { eni: String, mac: String },
+    #[error(
+        "ENI {eni}: {count} {dir:?} rules after merging its groups; the fast path holds at most {max}"
+    )]
+    TooManyRules {
+        eni: String,
+        dir: Direction,
+        count: usize,
+        max: usize,
+    },
+}
+
+/// FNV-1a, 32 bits.
+fn fnv32(s: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// Keys for the groups rules refer to: a hash of the id, the next free
+/// value on a clash (ids in sorted order, so the same set gives the same
+/// keys).
+pub fn group_keys<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, u32> {
+    let ids: BTreeSet<&str> = ids.into_iter().collect();
+    let mut used = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let mut k = fnv32(id);
+        while !used.insert(k) {
+            k = k.wrapping_add(1);
+        }
+        out.insert(id.to_string(), k);
+    }
+    out
+}
+
+/// Conntrack zones for the host's VPCs: the VNI's low 16 bits, the next
+/// free one on a clash (VNIs in sorted order).
+pub fn ct_zones(vnis: impl IntoIterator<Item = u32>) -> BTreeMap<u32, u16> {
+    let vnis: BTreeSet<u32> = vnis.into_iter().collect();
+    let mut used = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for v in vnis {
+        let mut z = (v & 0xffff) as u16;
+        while !used.insert(z) {
+            z = z.wrapping_add(1);
+        }
+        out.insert(v, z);
+    }
+    out
+}
+
+fn convert_rule(r: &RuleDesired, keys: &BTreeMap<String, u32>) -> Option<Rule> {
+    let proto = match r.protocol {
+        Protocol::All => Proto::Any,
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+        Protocol::Icmp => Proto::Icmp,
+    };
+    let ports = match (r.from_port, r.to_port) {
+        (Some(a), Some(b)) if a > b => return None,
+        (Some(a), Some(b)) => (a, b),
+        (Some(a), None) | (None, Some(a)) => (a, a),
+        (None, None) => (0, u16::MAX),
+    };
+    let ports = if matches!(proto, Proto::Tcp | Proto::Udp) {
+        ports
+    } else {
+        (0, u16::MAX)
+    };
+    let peer = match (&r.cidr, &r.group_id) {
+        (Some(c), _) => Peer::Cidr {
+            addr: c.network(),
+            prefix: c.prefix_len(),
+        },
+        (None, Some(g)) => Peer::Group(*keys.get(g.as_str())?),
+        (None, None) => return None,
+    };
+    Some(Rule { proto, ports, peer })
+}
+
+/// The fast path's target for `desired` on the given devices.
+pub fn target(
+    desired: &HostDesired,
+    devices: &Devices,
+    settings: &Settings,
+) -> Result<State, TargetError> {
+    let mut t = State {
+        config: Some(HostConfig {
+            vxlan_ifindex: devices.vxlan_ifindex,
+            gateway_mac: settings.gateway_mac,
+            tcp_timeout_s: settings.tcp_timeout_s,
+            other_timeout_s: settings.other_timeout_s,
+        }),
+        ..Default::default()
+    };
+    t.attached.insert(devices.vxlan_ifindex, Program::Overlay);
+    let vni_of: BTreeMap<&str, u32> = desired
+        .vpcs
+        .iter()
+        .map(|v| (v.vpc_id.as_str(), v.vni))
+        .collect();
+    let zones = ct_zones(desired.vpcs.iter().map(|v| v.vni));
+    let groups: BTreeMap<&str, _> = desired
+        .security_groups
+        .iter()
+        .map(|g| (g.group_id.as_str(), g))
+        .collect();
+    // Keys for every group a rule of a local ENI refers to.
+    let referenced: BTreeSet<&str> = desired
+        .instances
+        .iter()
+        .flat_map(|i| &i.enis)
+        .flat_map(|e| &e.security_group_ids)
+        .filter_map(|g| groups.get(g.as_str()))
+        .flat_map(|g| g.ingress.iter().chain(&g.egress))
+        .filter_map(|r| r.group_id.as_deref().filter(|_| r.cidr.is_none()))
+        .collect();
+    let keys = group_keys(referenced.iter().copied());
+    for (id, key) in &keys {
+        for ip in groups
+            .get(id.as_str())
+            .map(|g| g.member_ips.as_slice())
+            .unwrap_or_default()
+        {
+            t.members.insert((*key, *ip));
+        }
+    }
+
+    for v in &desired.vpcs {
+        for s in &v.subnets {
+            t.routes.insert((v.vni, s.gateway_ip), Route::Gateway);
+        }
+        for r in &v.remote_enis {
+            let mac = parse_mac(&r.mac).ok_or_else(|| TargetError::BadMac {
+                eni: r.eni_id.clone(),
+                mac: r.mac.clone(),
+            })?;
+            for ip in &r.ips {
+                t.routes.entry((v.vni, *ip)).or_insert(Route::Remote {
+                    underlay: r.underlay_ip,
+                    mac,
+                });
+            }
+            t.trust
+                .insert((v.vni, r.underlay_ip), Trust { any_source: false });
+        }
+    }
+    for e in desired.instances.iter().flat_map(|i| &i.enis) {
+        let (Some(dev), Some(&vni)) = (devices.enis.get(&e.eni_id), vni_of.get(e.vpc_id.as_str()))
+        else {
+            continue;
+        };
+        let mac = parse_mac(&e.mac).ok_or_else(|| TargetError::BadMac {
+            eni: e.eni_id.clone(),
+            mac: e.mac.clone(),
+        })?;
+        t.enis.insert(
+            dev.ifindex,
+            EniEntry {
+                vni,
+                mac,
+                any_source: !e.source_dest_check,
+                rx_shaper: dev.rx_shaper,
+                priority: dev.htb_minor.map(htb_priority).unwrap_or(0),
+                ct_zone: zones.get(&vni).copied().unwrap_or(0),
+            },
+        );
+        // A local address wins over a stale remote one.
+        for ip in std::iter::once(e.private_ip).chain(e.secondary_ips.iter().copied()) {
+            t.routes.insert(
+                (vni, ip),
+                Route::Local {
+                    ifindex: dev.ifindex,
+                    mac,
+                },
+            );
+        }
+        let (mut egress, mut ingress) = (vec![], vec![]);
+        let mut seen = BTreeSet::new();
+        for gid in &e.security_group_ids {
+            if !seen.insert(gid.as_str()) {
+                continue;
+            }
+            let Some(g) = groups.get(gid.as_str()) else {
+                continue;
+            };
+            for (rules, out) in [(&g.egress, &mut egress), (&g.ingress, &mut ingress)] {
+                for r in rules.iter().filter_map(|r| convert_rule(r, &keys)) {
+                    if !out.contains(&r) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        if e.security_group_ids.is_empty() {
+            egress = vec![Rule::allow_all()];
+        }
+        for (dir, rules) in [(Direction::Egress, egress), (Direction::Ingress, ingress)] {
+            if rules.len() > MAX_RULES {
+                return Err(TargetError::TooManyRules {
+                    eni: e.eni_id.clone(),
+                    dir,
+                    count: rules.len(),
+                    max: MAX_RULES,
+                });
+            }
+            t.rules.insert((dev.ifindex, dir), rules);
+        }
+        t.attached.insert(dev.ifindex, Program::Eni);
+    }
+    Ok(t)
+}
+
+/// What the host's fast path holds now: the maps, and which of `devices`
+/// (the ENI devices and VXLAN device the caller knows of) run which of
+/// this version's programs. A device running another version's program
+/// counts as not attached (the diff re-attaches it).
+pub fn observe(dp: &Dataplane, devices: impl IntoIterator<Item = u32>) -> Result<State, BpfError> {
+    let c = dp.contents()?;
+    let mut s = State {
+        config: c.config,
+        enis: c.enis.into_iter().collect(),
+        routes: c.routes.into_iter().collect(),
+        trust: c.trust.into_iter().collect(),
+        rules: c.rules.into_iter().collect(),
+        members: c.members.into_iter().collect(),
+        attached: BTreeMap::new(),
+    };
+    for d in devices {
+        match dp.attached(d)? {
+            Some(Attached::Eni) => {
+                s.attached.insert(d, Program::Eni);
+            }
+            Some(Attached::Overlay) => {
+                s.attached.insert(d, Program::Overlay);
+            }
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
+    target: &BTreeMap<K, V>,
+    observed: &BTreeMap<K, V>,
+    set: impl Fn(&K, &V) -> Op,
+    del: impl Fn(&K) -> Op,
+) -> (Vec<Op>, Vec<Op>) {
+    let sets = target
+        .iter()
+        .filter(|(k, v)| observed.get(*k) != Some(*v))
+        .map(|(k, v)| set(k, v))
+        .collect();
+    let dels = observed
+        .keys()
+        .filter(|k| !target.contains_key(*k))
+        .map(&del)
+        .collect();
+    (sets, dels)
+}
+
+/// The ops that turn `observed` into `target`: deletions first (detach and
+/// ENI entries before the routes, rules and members they used), then
+/// creations (members, rules, routes, trust and the settings before the ENI
+/// entries that make them used, attachment last, so a device's first
+/// packet finds everything in place).
+pub fn diff(target: &State, observed: &State) -> Vec<Op> {
+    let (eni_set, eni_del) = diff_map(
+        &target.enis,
+        &observed.enis,
+        |k, v| Op::SetEni {
+            ifindex: *k,
+            entry: *v,
+        },
+        |k| Op::DelEni { ifindex: *k },
+    );
+    let (route_set, route_del) = diff_map(
+        &target.routes,
+        &observed.routes,
+        |k, v| Op::SetRoute {
+            vni: k.0,
+            ip: k.1,
+            route: *v,
+        },
+        |k| Op::DelRoute { vni: k.0, ip: k.1 },
+    );
+    let (trust_set, trust_del) = diff_map(
+        &target.trust,
+        &observed.trust,
+        |k, v| Op::SetTrust {
+            vni: k.0,
+            underlay: k.1,
+            trust: *v,
+        },
+        |k| Op::DelTrust {
+            vni: k.0,
+            underlay: k.1,
+        },
+    );
+    let (rules_set, rules_del) = diff_map(
+        &target.rules,
+        &observed.rules,
+        |k, v| Op::SetRules {
+            ifindex: k.0,
+            dir: k.1,
+            rules: v.clone(),
+        },
+        |k| Op::DelRules {
+            ifindex: k.0,
+            dir: k.1,
+        },
+    );
+    let (attach, detach) = diff_map(
+        &target.attached,
+        &observed.attached,
+        |k, v| Op::Attach {
+            ifindex: *k,
+            program: *v,
+        },
+        |k| Op::Detach { ifindex: *k },
+    );
+    let member_add = target
+        .members
+        .difference(&observed.members)
+        .map(|(g, ip)| Op::AddMember { group: *g, ip: *ip });
+    let member_del = observed
+        .members
+        .difference(&target.members)
+        .map(|(g, ip)| Op::DelMember { group: *g, ip: *ip });
+    let mut ops: Vec<Op> = vec![];
+    ops.extend(detach);
+    ops.extend(eni_del);
+    ops.extend(trust_del);
+    ops.extend(route_del);
+    ops.extend(rules_del);
+    ops.extend(member_del);
+    if let Some(c) = target.config.filter(|c| observed.config != Some(*c)) {
+        ops.push(Op::SetConfig(c));
+    }
+    ops.extend(member_add);
+    ops.extend(rules_set);
+    ops.extend(route_set);
+    ops.extend(trust_set);
+    ops.extend(eni_set);
+    ops.extend(attach);
+    ops
+}
+
+/// Applies one op.
+pub fn apply(dp: &Dataplane, op: &Op) -> Result<(), BpfError> {
+    match op {
+        Op::SetConfig(c) => dp.set_config(c),
+        Op::AddMember { group, ip } => dp.add_member(*group, *ip),
+        Op::DelMember { group, ip } => dp.remove_member(*group, *ip),
+        Op::SetRules {
+            ifindex,
+            dir,
+            rules,
+        } => dp.set_rules(*ifindex, *dir, rules),
+        Op::DelRules { ifindex, dir } => dp.remove_rules(*ifindex, *dir),
+        Op::SetRoute { vni, ip, route } => dp.set_route(*vni, *ip, route),
+        Op::DelRoute { vni, ip } => dp.remove_route(*vni, *ip),
+        Op::SetTrust {
+            vni,
+            underlay,
+            trust,
+        } => dp.set_trust(*vni, *underlay, trust),
+        Op::DelTrust { vni, underlay } => dp.remove_trust(*vni, *underlay),
+        Op::SetEni { ifindex, entry } => dp.set_eni(*ifindex, entry),
+        Op::DelEni { ifindex } => dp.remove_eni(*ifindex),
+        Op::Attach {
+            ifindex,
+            program: Program::Eni,
+        } => dp.attach_eni(*ifindex),
+        Op::Attach {
+            ifindex,
+            program: Program::Overlay,
+        } => dp.attach_overlay(*ifindex),
+        Op::Detach { ifindex } => dp.detach(*ifindex),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evnet_model::desired::*;
+
+    fn desired() -> HostDesired {
+        let g = |id: &str,
+                 ingress: Vec<RuleDesired>,
+                 egress: Vec<RuleDesired>,
+                 members: Vec<Ipv4Addr>| SecurityGroupDesired {
+            group_id: id.into(),
+            ingress,
+            egress,
+            member_ips: members,
+        };
+        let rule = |p, from, to, cidr: Option<&str>, group: Option<&str>| RuleDesired {
+            protocol: p,
+            from_port: from,
+            to_port: to,
+            cidr: cidr.map(|c| c.parse().unwrap()),
+            group_id: group.map(Into::into),
+        };
+        let eni = |id: &str, ip: [u8; 4], mac: &str, groups: Vec<&str>, sdc| EniDesired {
+            eni_id: id.into(),
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-1".into(),
+            subnet_cidr: "10.0.0.0/24".parse().unwrap(),
+            gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
+            mac: mac.into(),
+            private_ip: ip.into(),
+            secondary_ips: vec![],
+            device_index: 0,
+            source_dest_check: sdc,
+            security_group_ids: groups.into_iter().map(Into::into).collect(),
+            bandwidth: EniBandwidth::default(),
+        };
+        HostDesired {
+            host_id: "host-1".into(),
+            underlay_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            vpcs: vec![VpcDesired {
+                vpc_id: "vpc-1".into(),
+                vni: 0x10101,
+                cidr_block: "10.0.0.0/16".parse().unwrap(),
+                subnets: vec![SubnetDesired {
+                    subnet_id: "subnet-1".into(),
+                    cidr_block: "10.0.0.0/24".parse().unwrap(),
+                    gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
+                }],
+                remote_enis: vec![
+                    RemoteEni {
+                        eni_id: "eni-r".into(),
+                        mac: "02:00:00:00:00:07".into(),
+                        ips: vec![Ipv4Addr::new(10, 0, 0, 30)],
+                        host_id: "host-2".into(),
+                        underlay_ip: Ipv4Addr::new(198, 18, 0, 2),
+                    },
+                    // A stale remote copy of a local address: the local one wins.
+                    RemoteEni {
+                        eni_id: "eni-old".into(),
+                        mac: "02:00:00:00:00:08".into(),
+                        ips: vec![Ipv4Addr::new(10, 0, 0, 10)],
+                        host_id: "host-3".into(),
+                        underlay_ip: Ipv4Addr::new(198, 18, 0, 3),
+                    },
+                ],
+                peer_routes: vec![],
+            }],
+            instances: vec![InstanceDesired {
+                instance_id: "i-1".into(),
+                netns: "evi-1".into(),
+                enis: vec![
+                    eni(
+                        "eni-a",
+                        [10, 0, 0, 10],
+                        "02:00:00:00:00:0a",
+                        vec!["sg-web", "sg-web"],
+                        true,
+                    ),
+                    eni("eni-b", [10, 0, 0, 20], "02:00:00:00:00:0b", vec![], false),
+                ],
+            }],
+            security_groups: vec![g(
+                "sg-web",
+                vec![
+                    rule(Protocol::Tcp, Some(80), Some(80), None, Some("sg-web")),
+                    rule(Protocol::Tcp, Some(90), Some(80), Some("0.0.0.0/0"), None),
+                    rule(Protocol::Icmp, Some(8), None, Some("10.0.0.0/8"), None),
+                ],
+                vec![rule(Protocol::All, None, None, Some("0.0.0.0/0"), None)],
+                vec![Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 30)],
+            )],
+            ..Default::default()
+        }
+    }
+
+    fn devices() -> Devices {
+        let mut d = Devices {
+            vxlan_ifindex: 3,
+            ..Default::default()
+        };
+        d.enis.insert(
+            "eni-a".into(),
+            EniDevice {
+                ifindex: 10,
+                htb_minor: Some(0x10),
+                rx_shaper: false,
+            },
+        );
+        d.enis.insert(
+            "eni-b".into(),
+            EniDevice {
+                ifindex: 11,
+                htb_minor: None,
+                rx_shaper: true,
+            },
+        );
+        d
+    }
+
+    #[test]
+    fn the_target_follows_the_desired_state() {
+        let t = target(&desired(), &devices(), &Settings::default()).unwrap();
+        let key = group_keys(["sg-web"])["sg-web"];
+        assert_eq!(
+            t.enis[&10],
+            EniEntry {
+                vni: 0x10101,
+                mac: [2, 0, 0, 0, 0, 0xa],
+                any_source: false,
+                rx_shaper: false,
+                priority: htb_priority(0x10),
+                ct_zone: 0x0101
+            }
+        );
+        assert!(t.enis[&11].any_source && t.enis[&11].rx_shaper);
+        assert_eq!(
+            t.routes[&(0x10101, Ipv4Addr::new(10, 0, 0, 1))],
+            Route::Gateway
+        );
+        assert_eq!(
+            t.routes[&(0x10101, Ipv4Addr::new(10, 0, 0, 10))],
+            Route::Local {
+                ifindex: 10,
+                mac: [2, 0, 0, 0, 0, 0xa]
+            }
+        );
+        assert_eq!(
+            t.routes[&(0x10101, Ipv4Addr::new(10, 0, 0, 30))],
+            Route::Remote {
+                underlay: Ipv4Addr::new(198, 18, 0, 2),
+                mac: [2, 0, 0, 0, 0, 7]
+            }
+        );
+        assert_eq!(t.trust.len(), 2);
+        // The duplicate group counts once; the inverted port range is left out.
+        assert_eq!(
+            t.rules[&(10, Direction::Ingress)],
+            vec![
+                Rule {
+                    proto: Proto::Tcp,
+                    ports: (80, 80),
+                    peer: Peer::Group(key)
+                },
+                Rule {
+                    proto: Proto::Icmp,
+                    ports: (0, 65535),
+                    peer: Peer::Cidr {
+                        addr: Ipv4Addr::new(10, 0, 0, 0),
+                        prefix: 8
+                    }
+                },
+            ]
+        );
+        assert_eq!(t.rules[&(10, Direction::Egress)], vec![Rule::allow_all()]);
+        // No groups: sends anything, receives nothing new.
+        assert_eq!(t.rules[&(11, Direction::Egress)], vec![Rule::allow_all()]);
+        assert_eq!(t.rules[&(11, Direction::Ingress)], vec![]);
+        assert_eq!(
+            t.members,
+            [
+                (key, Ipv4Addr::new(10, 0, 0, 10)),
+                (key, Ipv4Addr::new(10, 0, 0, 30))
+            ]
+            .into_iter()
+            .collect()
+        );
+        assert_eq!(
+            t.attached,
+            [
+                (3, Program::Overlay),
+                (10, Program::Eni),
+                (11, Program::Eni)
+            ]
+            .into_iter()
+            .collect()
+        );
+    }
+
+    #[test]
+    fn the_diff_orders_and_converges() {
+        let t = target(&desired(), &devices(), &Settings::default()).unwrap();
+        let ops = diff(&t, &State::default());
+        assert!(matches!(ops.last(), Some(Op::Attach { .. })));
+        let first_eni = ops
+            .iter()
+            .position(|o| matches!(o, Op::SetEni { .. }))
+            .unwrap();
+        let last_route = ops
+            .iter()
+            .rposition(|o| matches!(o, Op::SetRoute { .. }))
+            .unwrap();
+        assert!(last_route < first_eni);
+        // Applying the ops to a model of the maps reaches the target.
+        let mut s = State::default();
+        for op in &ops {
+            model_apply(&mut s, op);
+        }
+        assert_eq!(s, t);
+        assert!(diff(&t, &s).is_empty());
+        // A member leaves, an ENI goes: a few ops, deletions first.
+        let mut d = desired();
+        d.security_groups[0].member_ips.pop();
+        d.instances[0].enis.pop();
+        let t2 = target(&d, &devices(), &Settings::default()).unwrap();
+        let ops = diff(&t2, &s);
+        assert_eq!(ops[0], Op::Detach { ifindex: 11 });
+        assert_eq!(ops[1], Op::DelEni { ifindex: 11 });
+        assert!(ops.len() <= 6, "{ops:?}");
+        for op in &ops {
+            model_apply(&mut s, op);
+        }
+        assert_eq!(s, t2);
+    }
+
+    #[test]
+    fn keys_are_stable_and_distinct() {
+        let a = group_keys(["sg-1", "sg-2", "sg-3"]);
+        assert_eq!(a, group_keys(["sg-3", "sg-1", "sg-2"]));
+        assert_eq!(a.values().collect::<BTreeSet<_>>().len(), 3);
+        let z = ct_zones([0x10001, 0x20001, 5]);
+        assert_eq!(z[&5], 5);
+        assert_eq!(z[&0x10001], 1);
+        assert_eq!(z[&0x20001], 2);
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        let mut d = desired();
+        d.instances[0].enis[0].mac = "nope".into();
+        assert!(matches!(
+            target(&d, &devices(), &Settings::default()),
+            Err(TargetError::BadMac { .. })
+        ));
+        let mut d = desired();
+        let r = RuleDesired {
+            protocol: Protocol::Tcp,
+            from_port: Some(1),
+            to_port: Some(1),
+            cidr: Some("10.0.0.0/8".parse().unwrap()),
+            group_id: None,
+        };
+        d.security_groups[0].egress = (0..=MAX_RULES as u16)
+            .map(|p| RuleDesired {
+                from_port: Some(p + 1),
+                to_port: Some(p + 1),
+                ..r.clone()
+            })
+            .collect();
+        assert!(matches!(
+            target(&d, &devices(), &Settings::default()),
+            Err(TargetError::TooManyRules { .. })
+        ));
+    }
+
+    /// The maps as ordered maps: what applying an op does.
+    fn model_apply(s: &mut State, op: &Op) {
+        match op.clone() {
+            Op::SetConfig(c) => s.config = Some(c),
+            Op::AddMember { group, ip } => {
+                s.members.insert((group, ip));
+            }
+            Op::DelMember { group, ip } => {
+                s.members.remove(&(group, ip));
+            }
+            Op::SetRules {
+                ifindex,
+                dir,
+                rules,
+            } => {
+                s.rules.insert((ifindex, dir), rules);
+            }
+            Op::DelRules { ifindex, dir } => {
+                s.rules.remove(&(ifindex, dir));
+            }
+            Op::SetRoute { vni, ip, route } => {
+                s.routes.insert((vni, ip), route);
+            }
+            Op::DelRoute { vni, ip } => {
+                s.routes.remove(&(vni, ip));
+            }
+            Op::SetTrust {
+                vni,
+                underlay,
+                trust,
+            } => {
+                s.trust.insert((vni, underlay), trust);
+            }
+            Op::DelTrust { vni, underlay } => {
+                s.trust.remove(&(vni, underlay));
+            }
+            Op::SetEni { ifindex, entry } => {
+                s.enis.insert(ifindex, entry);
+            }
+            Op::DelEni { ifindex } => {
+                s.enis.remove(&ifindex);
+            }
+            Op::Attach { ifindex, program } => {
+                s.attached.insert(ifindex, program);
+            }
+            Op::Detach { ifindex } => {
+                s.attached.remove(&ifindex);
+            }
+        }
+    }
+}
