@@ -59,6 +59,9 @@ struct Args {
     /// Each ENI's HTB class rate (its guarantee), Gbit/s; ceil = the NIC.
     #[arg(long, default_value_t = 20)]
     guarantee_gbps: u64,
+    /// Leave the underlay devices without the HTB tree (to see what it costs).
+    #[arg(long)]
+    no_shaper: bool,
     /// Print the figures as JSON too.
     #[arg(long)]
     json: bool,
@@ -269,11 +272,13 @@ fn main() -> anyhow::Result<()> {
             h.dp.add_member(clients, Ipv4Addr::new(10, 0, 0, ip))?;
         }
     }
-    lab.shape(
-        args.nic_gbps * 1_000_000_000,
-        args.guarantee_gbps * 1_000_000_000,
-        args.nic_gbps * 1_000_000_000,
-    )?;
+    if !args.no_shaper {
+        lab.shape(
+            args.nic_gbps * 1_000_000_000,
+            args.guarantee_gbps * 1_000_000_000,
+            args.nic_gbps * 1_000_000_000,
+        )?;
+    }
     if !lab.ping(c, Ipv4Addr::new(10, 0, 0, 20)) || !lab.ping(c, Ipv4Addr::new(10, 0, 0, 30)) {
         bail!("the fast path does not carry a ping");
     }
@@ -318,7 +323,14 @@ fn main() -> anyhow::Result<()> {
     let mut ratios: Vec<[Vec<f64>; 3]> = modes.iter().map(|_| [vec![], vec![], vec![]]).collect();
     let mut figures = vec![];
     let mut rx_ratios = vec![];
-    let class_before = lab.class_bytes(c)?;
+    let class_bytes = |lab: &Lab| {
+        if args.no_shaper {
+            Ok(0)
+        } else {
+            lab.class_bytes(c)
+        }
+    };
+    let class_before = class_bytes(&lab)?;
     let remote_before = lab.hosts[0].dp.stat(Reason::PassRemote)?;
     for round in 0..args.rounds {
         let mut row = format!("{:>5}", round + 1);
@@ -418,7 +430,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "fast path: {} packets encapsulated by host A's ENI program; host A's HTB class for the client sent {:.1} GB",
         lab.hosts[0].dp.stat(Reason::PassRemote)? - remote_before,
-        (lab.class_bytes(c)? - class_before) as f64 / 1e9
+        (class_bytes(&lab)? - class_before) as f64 / 1e9
     );
     // The programs' own cost per packet, measured by the kernel over many
     // runs of one packet (BPF_PROG_TEST_RUN with repeat): an established
