@@ -84,6 +84,61 @@ pub struct State {
     pub attached: BTreeMap<u32, Program>,
 }
 
+impl State {
+    /// What applying `op` does to the maps, on this copy of them: the
+    /// in-memory model that property tests run plans against.
+    pub fn apply(&mut self, op: &Op) {
+        let s = self;
+        match op.clone() {
+            Op::SetConfig(c) => s.config = Some(c),
+            Op::AddMember { group, ip } => {
+                s.members.insert((group, ip));
+            }
+            Op::DelMember { group, ip } => {
+                s.members.remove(&(group, ip));
+            }
+            Op::SetRules {
+                ifindex,
+                dir,
+                rules,
+            } => {
+                s.rules.insert((ifindex, dir), rules);
+            }
+            Op::DelRules { ifindex, dir } => {
+                s.rules.remove(&(ifindex, dir));
+            }
+            Op::SetRoute { vni, ip, route } => {
+                s.routes.insert((vni, ip), route);
+            }
+            Op::DelRoute { vni, ip } => {
+                s.routes.remove(&(vni, ip));
+            }
+            Op::SetTrust {
+                vni,
+                underlay,
+                trust,
+            } => {
+                s.trust.insert((vni, underlay), trust);
+            }
+            Op::DelTrust { vni, underlay } => {
+                s.trust.remove(&(vni, underlay));
+            }
+            Op::SetEni { ifindex, entry } => {
+                s.enis.insert(ifindex, entry);
+            }
+            Op::DelEni { ifindex } => {
+                s.enis.remove(&ifindex);
+            }
+            Op::Attach { ifindex, program } => {
+                s.attached.insert(ifindex, program);
+            }
+            Op::Detach { ifindex } => {
+                s.attached.remove(&ifindex);
+            }
+        }
+    }
+}
+
 /// One change to the fast path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -744,7 +799,7 @@ mod tests {
         // Applying the ops to a model of the maps reaches the target.
         let mut s = State::default();
         for op in &ops {
-            model_apply(&mut s, op);
+            s.apply(op);
         }
         assert_eq!(s, t);
         assert!(diff(&t, &s).is_empty());
@@ -758,7 +813,7 @@ mod tests {
         assert_eq!(ops[1], Op::DelEni { ifindex: 11 });
         assert!(ops.len() <= 6, "{ops:?}");
         for op in &ops {
-            model_apply(&mut s, op);
+            s.apply(op);
         }
         assert_eq!(s, t2);
     }
@@ -801,56 +856,5 @@ mod tests {
             target(&d, &devices(), &Settings::default()),
             Err(TargetError::TooManyRules { .. })
         ));
-    }
-
-    /// The maps as ordered maps: what applying an op does.
-    fn model_apply(s: &mut State, op: &Op) {
-        match op.clone() {
-            Op::SetConfig(c) => s.config = Some(c),
-            Op::AddMember { group, ip } => {
-                s.members.insert((group, ip));
-            }
-            Op::DelMember { group, ip } => {
-                s.members.remove(&(group, ip));
-            }
-            Op::SetRules {
-                ifindex,
-                dir,
-                rules,
-            } => {
-                s.rules.insert((ifindex, dir), rules);
-            }
-            Op::DelRules { ifindex, dir } => {
-                s.rules.remove(&(ifindex, dir));
-            }
-            Op::SetRoute { vni, ip, route } => {
-                s.routes.insert((vni, ip), route);
-            }
-            Op::DelRoute { vni, ip } => {
-                s.routes.remove(&(vni, ip));
-            }
-            Op::SetTrust {
-                vni,
-                underlay,
-                trust,
-            } => {
-                s.trust.insert((vni, underlay), trust);
-            }
-            Op::DelTrust { vni, underlay } => {
-                s.trust.remove(&(vni, underlay));
-            }
-            Op::SetEni { ifindex, entry } => {
-                s.enis.insert(ifindex, entry);
-            }
-            Op::DelEni { ifindex } => {
-                s.enis.remove(&ifindex);
-            }
-            Op::Attach { ifindex, program } => {
-                s.attached.insert(ifindex, program);
-            }
-            Op::Detach { ifindex } => {
-                s.attached.remove(&ifindex);
-            }
-        }
     }
 }
