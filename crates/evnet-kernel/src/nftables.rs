@@ -100,35 +100,30 @@ pub fn ipv4_sets(family: u8, table: &str) -> io::Result<BTreeMap<String, BTreeSe
     Ok(out)
 }
 
+/// Elements per `NEWSETELEM` message. A netlink attribute's length is a
+/// `u16`, so the nested element list of one message must stay under 64 KiB:
+/// each IPv4 element takes 16 bytes (list element, key, value headers and
+/// the address), so one message could carry at most 4,095 of them; past
+/// that the length wrapped and the kernel refused the message (or read a
+/// short list). 2,048 keeps each list at 32 KiB.
+const ELEMS_PER_MESSAGE: usize = 2048;
+
 /// Replaces the elements of IPv4 set `set` of table `table` in `family`
-/// with `elems`, in one nftables transaction (flush, then add): a packet
-/// sees the old set or the new one, never a mix. Over netlink, because an
-/// `nft -f` process first loads the whole ruleset, which costs a VPC
-/// namespace with a few hundred chains ~15 ms per membership change.
+/// with `elems`, in one nftables transaction (flush, then add in as many
+/// messages as the elements need, all in one batch): a packet sees the old
+/// set or the new one, never a mix. Over netlink, because an `nft -f`
+/// process first loads the whole ruleset, which costs a VPC namespace with
+/// a few hundred chains ~15 ms per membership change.
 pub fn replace_set_elements(family: u8, table: &str, set: &str, elems: &BTreeSet<Ipv4Addr>) -> io::Result<()> {
     let fd = socket()?;
-    let list = set_elem_list(table, set);
-    let mut batch = Vec::new();
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    // The batch header names the subsystem in res_id (big-endian).
-    batch.extend(message(BATCH_BEGIN, libc::NLM_F_REQUEST as u16, 0, libc::AF_UNSPEC as u8, SUBSYS_NFTABLES, &[]));
-    // DELSETELEM without elements flushes the set.
-    batch.extend(message(DELSETELEM, flags, 1, family, 0, &list));
-    let mut acks = 1;
-    if !elems.is_empty() {
-        let mut items = Vec::with_capacity(elems.len() * 20);
-        for ip in elems {
-            let key = nla(NFTA_DATA_VALUE, &ip.octets());
-            let elem = nla(NFTA_SET_ELEM_KEY | NLA_F_NESTED, &key);
-            items.extend(nla(NFTA_LIST_ELEM | NLA_F_NESTED, &elem));
-        }
-        let mut add = list.clone();
-        add.extend(nla(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &items));
-        batch.extend(message(NEWSETELEM, flags | libc::NLM_F_CREATE as u16, 2, family, 0, &add));
-        acks += 1;
-    }
-    batch.extend(message(BATCH_END, libc::NLM_F_REQUEST as u16, 3, libc::AF_UNSPEC as u8, SUBSYS_NFTABLES, &[]));
-    send(&fd, &batch)?;
+    let batch = set_replace_batch(family, table, set, elems);
+    // One batch is one transaction, and it must fit in one datagram: raise
+    // the socket's send buffer to it (the default, ~208 KiB, holds about
+    // 13,000 elements). SO_SNDBUFFORCE needs CAP_NET_ADMIN, which the agent
+    // has; SO_SNDBUF is capped by net.core.wmem_max.
+    set_sndbuf(&fd, batch.bytes.len() + 64 * 1024)?;
+    send(&fd, &batch.bytes)?;
+    let mut acks = batch.acks;
     let mut buf = vec![0u8; 64 * 1024];
     while acks > 0 {
         let n = recv(&fd, &mut buf)?;
@@ -140,6 +135,55 @@ pub fn replace_set_elements(family: u8, table: &str, set: &str, elems: &BTreeSet
         }
     }
     Ok(())
+}
+
+/// A netlink batch and the number of acknowledgements it asks for.
+struct Batch {
+    bytes: Vec<u8>,
+    acks: usize,
+}
+
+/// `BATCH_BEGIN`, a flush of the set, the elements in messages of at most
+/// [`ELEMS_PER_MESSAGE`], `BATCH_END`.
+fn set_replace_batch(family: u8, table: &str, set: &str, elems: &BTreeSet<Ipv4Addr>) -> Batch {
+    let list = set_elem_list(table, set);
+    let mut bytes = Vec::with_capacity(elems.len() * 16 + 256);
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    // The batch header names the subsystem in res_id (big-endian).
+    bytes.extend(message(BATCH_BEGIN, libc::NLM_F_REQUEST as u16, 0, libc::AF_UNSPEC as u8, SUBSYS_NFTABLES, &[]));
+    // DELSETELEM without elements flushes the set.
+    bytes.extend(message(DELSETELEM, flags, 1, family, 0, &list));
+    let mut acks = 1;
+    let mut seq = 2;
+    let all: Vec<&Ipv4Addr> = elems.iter().collect();
+    for chunk in all.chunks(ELEMS_PER_MESSAGE) {
+        let mut items = Vec::with_capacity(chunk.len() * 16);
+        for ip in chunk {
+            let key = nla(NFTA_DATA_VALUE, &ip.octets());
+            let elem = nla(NFTA_SET_ELEM_KEY | NLA_F_NESTED, &key);
+            items.extend(nla(NFTA_LIST_ELEM | NLA_F_NESTED, &elem));
+        }
+        let mut add = list.clone();
+        add.extend(nla(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &items));
+        bytes.extend(message(NEWSETELEM, flags | libc::NLM_F_CREATE as u16, seq, family, 0, &add));
+        seq += 1;
+        acks += 1;
+    }
+    bytes.extend(message(BATCH_END, libc::NLM_F_REQUEST as u16, seq, libc::AF_UNSPEC as u8, SUBSYS_NFTABLES, &[]));
+    Batch { bytes, acks }
+}
+
+/// Makes the socket's send buffer at least `bytes` long.
+fn set_sndbuf(fd: &OwnedFd, bytes: usize) -> io::Result<()> {
+    let size = i32::try_from(bytes).unwrap_or(i32::MAX);
+    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt with a valid int of the size given.
+        let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&raw const size).cast(), std::mem::size_of::<i32>() as u32) };
+        if rc == 0 {
+            return Ok(());
+        }
+    }
+    Err(io::Error::last_os_error())
 }
 
 /// The (type, payload) of each netlink message in one datagram.
@@ -261,6 +305,7 @@ fn c_bytes(s: &str) -> Vec<u8> {
 /// One netlink attribute, padded to 4 bytes.
 fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
     let len = 4 + value.len();
+    assert!(len <= usize::from(u16::MAX), "a netlink attribute of {len} bytes does not fit its u16 length");
     let mut v = Vec::with_capacity(len.div_ceil(4) * 4);
     v.extend_from_slice(&(len as u16).to_ne_bytes());
     v.extend_from_slice(&kind.to_ne_bytes());
@@ -345,6 +390,24 @@ mod tests {
         assert_eq!(a.len(), 12);
         assert_eq!(attr(&a, NFTA_SET_TABLE), Some(&b"evnet\0"[..]), "the padding is not part of the value");
         assert_eq!(c_string(attr(&a, NFTA_SET_TABLE).unwrap()), "evnet");
+    }
+
+    #[test]
+    fn a_large_set_is_split_into_messages_whose_attributes_fit() {
+        let elems: BTreeSet<Ipv4Addr> = (0..16_384u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
+        let b = set_replace_batch(libc::NFPROTO_INET as u8, "evnet", "g_x", &elems);
+        let msgs = messages(&b.bytes).unwrap();
+        // begin, flush, 8 × 2,048 elements, end
+        assert_eq!(msgs.len(), 11);
+        assert_eq!(b.acks, 9);
+        let mut seen = 0;
+        for (kind, payload) in &msgs {
+            if *kind == NEWSETELEM {
+                let list = attr(&payload[NFGENMSG..], NFTA_SET_ELEM_LIST_ELEMENTS).expect("an element list");
+                seen += attrs_of(list, NFTA_LIST_ELEM).len();
+            }
+        }
+        assert_eq!(seen, 16_384, "every element is in the batch exactly once");
     }
 
     #[test]
