@@ -2,7 +2,9 @@
 
 use std::sync::Mutex;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -15,6 +17,14 @@ pub struct AgentMetrics {
     pub ops_applied: Counter,
     pub applied_generation: Gauge,
     pub reconcile_seconds: Histogram,
+    /// Objects whose ops failed in the last pass, by kind (`vpc`,
+    /// `instance`, `host`): `evnet_agent_reconcile_failures{kind="vpc"}`.
+    pub reconcile_failures: Family<KindLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
 }
 
 impl Default for AgentMetrics {
@@ -28,6 +38,7 @@ impl Default for AgentMetrics {
             ops_applied: Counter::default(),
             applied_generation: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            reconcile_failures: Family::default(),
         };
         registry.register("reconciles_ok", "Reconcile passes that converged", m.reconciles_ok.clone());
         registry.register("reconciles_failed", "Reconcile passes that failed", m.reconciles_failed.clone());
@@ -35,12 +46,23 @@ impl Default for AgentMetrics {
         registry.register("ops_applied", "Kernel ops applied", m.ops_applied.clone());
         registry.register("applied_generation", "The desired-state generation last applied", m.applied_generation.clone());
         registry.register("reconcile_seconds", "Time of one reconcile pass", m.reconcile_seconds.clone());
+        registry.register("reconcile_failures", "Objects whose ops failed in the last pass, by kind", m.reconcile_failures.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
     }
 }
 
 impl AgentMetrics {
+    /// Sets the failure gauges from one pass's failures (every kind is
+    /// written, so a kind that recovered goes back to 0).
+    pub fn set_failures(&self, failures: &[evnet_model::ReconcileFailure]) {
+        use evnet_model::FailedObjectKind as K;
+        for kind in [K::Vpc, K::Instance, K::Host] {
+            let n = failures.iter().filter(|f| f.kind == kind).count();
+            self.reconcile_failures.get_or_create(&KindLabel { kind: kind.as_str() }).set(n as i64);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());

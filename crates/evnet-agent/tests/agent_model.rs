@@ -116,3 +116,89 @@ async fn agent_converges_repairs_and_adopts() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One tenant's VPC namespace refuses its firewall: the agent reports that
+/// VPC's failure on the host (API) and in its metric, and still builds
+/// another tenant's new instance on the same host completely; when the
+/// namespace accepts loads again, the failure clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_vpc_does_not_stop_another_tenants_instance() {
+    let url = server().await;
+    let admin = Client::new(&url, ADMIN).unwrap();
+    let agent_token = admin.create_agent_token().await.unwrap();
+    let k = Arc::new(ModelKernel::new());
+    let (_a, _stop) = start_agent(&url, &agent_token, "host-1", "198.18.0.1", k.clone());
+    let host = loop {
+        if let Some(h) = admin.list_hosts(&Default::default()).await.unwrap().into_iter().next() {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let tenant = |name: &str| {
+        let admin = admin.clone();
+        let (url, name) = (url.clone(), name.to_string());
+        async move {
+            let t = admin.create_tenant(&CreateTenant { name, tags: Default::default() }).await.unwrap();
+            let c = Client::new(&url, t.token).unwrap();
+            let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), ..Default::default() }).await.unwrap();
+            let subnet = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.0.1.0/24".into(), ..Default::default() }).await.unwrap();
+            (c, vpc, subnet)
+        }
+    };
+    let (ca, va, sa) = tenant("a").await;
+    let (cb, vb, sb) = tenant("b").await;
+    let broken = evnet_plan::Ns::Named(evnet_plan::naming::vpc_netns(&host.id, va.vni));
+    k.refuse_firewall_in(&broken, true);
+    let ea = ca.create_eni(&CreateEni { subnet_id: sa.id.clone(), ..Default::default() }).await.unwrap();
+    ca.create_instance(&CreateInstance { host_id: Some(host.id.clone()), eni_ids: vec![ea.id.clone()], ..Default::default() }).await.unwrap();
+    let eb = cb.create_eni(&CreateEni { subnet_id: sb.id.clone(), ..Default::default() }).await.unwrap();
+    let ib = cb.create_instance(&CreateInstance { host_id: Some(host.id.clone()), eni_ids: vec![eb.id.clone()], ..Default::default() }).await.unwrap();
+
+    // The host reports A's VPC, and only it, as failed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h = admin.get_host(&host.id).await.unwrap();
+        let d = admin.desired_state(&host.id, None, None).await.unwrap();
+        if h.applied_generation >= d.generation && !h.failures.is_empty() {
+            break h;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the failure was never reported: {h:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(h.failures.len(), 1, "{:?}", h.failures);
+    assert_eq!((h.failures[0].kind, h.failures[0].object.as_str()), (FailedObjectKind::Vpc, va.id.as_str()));
+    assert!(h.failures[0].error.contains("nft"), "{}", h.failures[0].error);
+    // B's instance is complete: planning B's objects gives nothing; what is
+    // left to do is A's firewall alone.
+    let d = admin.desired_state(&host.id, None, None).await.unwrap();
+    let left = evnet_plan::plan(&d, &k.observe().unwrap(), &Default::default());
+    assert!(!left.is_empty() && left.iter().all(|o| o.ns() == broken), "only A's VPC has work left: {left:?}");
+    let ns_b = k.observe().unwrap().namespaces[&evnet_plan::naming::vpc_netns(&host.id, vb.vni)].clone();
+    assert!(ns_b.firewall.is_some() && ns_b.links.contains_key(&evnet_plan::naming::eni_veth(&eb.id)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cb.get_instance(&ib.id).await.unwrap().state != InstanceState::Running {
+        assert!(tokio::time::Instant::now() < deadline, "B's instance never reported running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Loads work again: the next pass builds A's firewall and the report clears.
+    k.refuse_firewall_in(&broken, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !admin.get_host(&host.id).await.unwrap().failures.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the failure never cleared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(evnet_agent::converged(k.as_ref(), &d).unwrap());
+}
+
+/// The metric counts failing objects by kind.
+#[test]
+fn failure_gauges_by_kind() {
+    let m = evnet_agent::metrics::AgentMetrics::default();
+    m.set_failures(&[ReconcileFailure { kind: FailedObjectKind::Vpc, object: "vpc-1".into(), error: "x".into() }]);
+    let text = m.render();
+    assert!(text.contains("evnet_agent_reconcile_failures{kind=\"vpc\"} 1"), "{text}");
+    assert!(text.contains("evnet_agent_reconcile_failures{kind=\"instance\"} 0"), "{text}");
+    m.set_failures(&[]);
+    assert!(m.render().contains("evnet_agent_reconcile_failures{kind=\"vpc\"} 0"));
+}

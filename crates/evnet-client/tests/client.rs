@@ -472,6 +472,7 @@ async fn host_agent_routes() {
     let hb = Heartbeat {
         applied_generation: 41,
         running_instances: vec!["i-1".into()],
+        failures: vec![],
     };
     agent.heartbeat(&host.id, &hb).await.unwrap();
     assert_eq!(

@@ -15,7 +15,11 @@
 //!   and read; module `tc`).
 //!
 //! Both are synchronous: the agent calls them from `spawn_blocking`.
-//! [`apply_all`] applies a plan in order and stops at the first failure.
+//! [`apply_all`] applies a plan in order and stops at the first failure;
+//! [`apply_isolated`] (what the agent uses) stops only the failed object's
+//! ops and those that depend on them, and applies the rest.
+
+use std::collections::BTreeSet;
 
 mod error;
 pub mod linux;
@@ -24,7 +28,7 @@ mod nftables;
 mod tc;
 
 pub use error::{ApplyError, Errno, KernelError};
-pub use evnet_plan::{Observed, Op, Shaper};
+pub use evnet_plan::{LinkRef, Ns, Observed, Op, Shaper};
 pub use linux::LinuxKernel;
 pub use model::ModelKernel;
 
@@ -107,4 +111,110 @@ pub fn apply_all<K: Kernel + ?Sized>(kernel: &K, ops: &[Op]) -> Result<(), Apply
         kernel.apply(op).map_err(|error| ApplyError { index, op: Box::new(op.clone()), error: Box::new(error) })?;
     }
     Ok(())
+}
+
+/// A namespace whose ops failed in one [`apply_isolated`] pass: the first op
+/// that failed there and its error.
+#[derive(Debug)]
+pub struct ObjectFailure {
+    /// The namespace blamed: where the op acted, or for a veth created into
+    /// another namespace or a link moved there, that namespace (the instance
+    /// or the VPC receiving it).
+    pub object: Ns,
+    pub op: Box<Op>,
+    pub error: Box<KernelError>,
+}
+
+/// What [`apply_isolated`] did.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub applied: usize,
+    /// Ops not tried because an object they act in had failed, or a link
+    /// they need was not made.
+    pub skipped: usize,
+    pub failures: Vec<ObjectFailure>,
+}
+
+/// The namespace an op's failure is blamed on (see [`ObjectFailure::object`]).
+fn blamed(op: &Op) -> Ns {
+    match op {
+        Op::CreateVeth { peer_ns, .. } if *peer_ns != Ns::Host => peer_ns.clone(),
+        Op::MoveLink { to, .. } => to.clone(),
+        _ => op.ns(),
+    }
+}
+
+/// Every namespace an op acts in or reaches into.
+fn objects(op: &Op) -> Vec<Ns> {
+    let mut v = vec![op.ns()];
+    match op {
+        Op::CreateVeth { peer_ns, .. } => v.push(peer_ns.clone()),
+        Op::MoveLink { to, .. } => v.push(to.clone()),
+        _ => {}
+    }
+    v
+}
+
+/// The links an op needs to exist.
+fn links_used(op: &Op) -> Vec<LinkRef> {
+    let l = |ns: &Ns, d: &str| LinkRef::new(ns.clone(), d);
+    match op {
+        Op::MoveLink { ns, name, .. } | Op::SetLink { ns, name, .. } => vec![l(ns, name)],
+        Op::SetSysctl { ns, key, .. } => key
+            .strip_prefix("net.ipv4.conf.")
+            .or_else(|| key.strip_prefix("net.ipv4.neigh."))
+            .and_then(|r| r.split('.').next())
+            .map(|d| vec![l(ns, d)])
+            .unwrap_or_default(),
+        Op::AddAddress { ns, dev, .. } => vec![l(ns, dev)],
+        Op::AddRoute { ns, route } => vec![l(ns, &route.dev)],
+        Op::AddNeighbour { ns, neighbour } => vec![l(ns, &neighbour.dev)],
+        Op::AddFdb { ns, entry } => vec![l(ns, &entry.dev)],
+        Op::ReplaceFirewall { ns, spec } => spec.devices.iter().map(|d| l(ns, d)).collect(),
+        Op::EnsureShaper { ns, dev, .. } | Op::SetRate { ns, dev, .. } => vec![l(ns, dev)],
+        Op::EnsureRedirect { ns, dev, to } => vec![l(ns, dev), l(ns, to)],
+        _ => vec![],
+    }
+}
+
+/// The links an op makes (where they end up).
+fn links_made(op: &Op) -> Vec<LinkRef> {
+    match op {
+        Op::CreateVeth { ns, name, peer_ns, peer_name, .. } => vec![LinkRef::new(ns.clone(), name), LinkRef::new(peer_ns.clone(), peer_name)],
+        Op::CreateVxlan { ns, name, .. } | Op::CreateIfb { ns, name } => vec![LinkRef::new(ns.clone(), name)],
+        Op::MoveLink { name, to, .. } => vec![LinkRef::new(to.clone(), name)],
+        Op::CreateNetns { .. } => vec![],
+        _ => vec![],
+    }
+}
+
+/// Applies `ops` in order, keeping a failure local: when an op fails, the
+/// namespace it is blamed on is marked failed and its later ops are
+/// skipped, as are ops in any namespace that need a link the failed (or
+/// skipped) ops would have made; everything else is applied. One tenant's
+/// VPC whose firewall cannot load therefore does not keep another tenant's
+/// new instance on the same host from being built. The next reconcile
+/// re-observes and re-plans, so there is no rollback.
+pub fn apply_isolated<K: Kernel + ?Sized>(kernel: &K, ops: &[Op]) -> ApplyReport {
+    let mut report = ApplyReport::default();
+    let mut failed: BTreeSet<Ns> = BTreeSet::new();
+    let mut missing: BTreeSet<LinkRef> = BTreeSet::new();
+    for op in ops {
+        let blocked = objects(op).iter().any(|o| failed.contains(o)) || links_used(op).iter().any(|l| missing.contains(l));
+        if blocked {
+            missing.extend(links_made(op));
+            report.skipped += 1;
+            continue;
+        }
+        match kernel.apply(op) {
+            Ok(()) => report.applied += 1,
+            Err(error) => {
+                missing.extend(links_made(op));
+                let object = blamed(op);
+                failed.insert(object.clone());
+                report.failures.push(ObjectFailure { object, op: Box::new(op.clone()), error: Box::new(error) });
+            }
+        }
+    }
+    report
 }

@@ -29,7 +29,10 @@
 //!   die with it, and a redirect whose target is deleted is no longer
 //!   observed (the kernel's mirred action loses its device);
 //! * shapers carry traffic counters that tests drive with
-//!   [`ModelKernel::transmit`]; [`Kernel::shaper_stats`] reads them.
+//!   [`ModelKernel::transmit`]; [`Kernel::shaper_stats`] reads them;
+//! * a namespace can be made to refuse firewall loads
+//!   ([`ModelKernel::refuse_firewall_in`]), as a real one does when a table
+//!   of someone else's collides with evnet's (EPERM).
 //!
 //! `observe` reports the host namespace and the namespaces whose names look
 //! like evnet's, as `LinuxKernel` does.
@@ -154,6 +157,8 @@ impl MNs {
 struct World {
     host: MNs,
     namespaces: BTreeMap<String, MNs>,
+    /// Namespaces whose firewall loads fail (EPERM).
+    refuse_firewall: BTreeSet<Ns>,
 }
 
 fn err(what: impl Into<String>, errno: Errno) -> KernelError {
@@ -455,6 +460,9 @@ impl World {
                 n.fdb.remove(&key);
             }
             Op::ReplaceFirewall { ns, spec } => {
+                if self.refuse_firewall.contains(ns) {
+                    return Err(err(format!("nft table in {ns}: held by another owner"), Errno::Other(libc::EPERM)));
+                }
                 let n = self.ns_mut(ns)?;
                 for d in &spec.devices {
                     if !n.links.contains_key(d) {
@@ -544,7 +552,7 @@ impl ModelKernel {
     pub fn new() -> ModelKernel {
         let mut host = MNs::fresh();
         host.links.get_mut("lo").expect("fresh has lo").up = true;
-        ModelKernel { world: Mutex::new(World { host, namespaces: BTreeMap::new() }) }
+        ModelKernel { world: Mutex::new(World { host, namespaces: BTreeMap::new(), refuse_firewall: BTreeSet::new() }) }
     }
 
     /// Everything in the model, every namespace included (not only evnet's):
@@ -570,6 +578,17 @@ impl ModelKernel {
         s.drops += drops;
         s.overlimits += overlimits;
         Ok(())
+    }
+
+    /// Makes every later firewall load in `ns` fail (`refuse: false` lifts
+    /// it), as a namespace holding a table that evnet's load collides with.
+    pub fn refuse_firewall_in(&self, ns: &Ns, refuse: bool) {
+        let mut w = self.world.lock().expect("model lock");
+        if refuse {
+            w.refuse_firewall.insert(ns.clone());
+        } else {
+            w.refuse_firewall.remove(ns);
+        }
     }
 
     /// How many times the shaper on `ns`/`dev` was built (a rate changed in

@@ -104,7 +104,11 @@ fn builds_a_host_from_nothing_in_order() {
     ] {
         assert!(text.contains(&needle), "missing {needle:?} in\n{text}");
     }
+    // The host's underlay filter, then the VPC's firewall, then shapers.
     let fw = ops.iter().position(|o| matches!(o, Op::ReplaceFirewall { .. })).unwrap();
+    assert_eq!(ops[fw].ns(), Ns::Host, "{text}");
+    assert!(matches!(&ops[fw + 1], Op::ReplaceFirewall { ns, .. } if *ns == Ns::named(&vns)), "{text}");
+    let fw = fw + 1;
     assert!(ops[fw + 1..].iter().all(|o| matches!(o, Op::EnsureShaper { .. } | Op::EnsureRedirect { .. })), "{text}");
     // Deterministic.
     assert_eq!(plan(&d, &Observed::default(), &PlanConfig::default()), plan(&d, &Observed::default(), &PlanConfig::default()));
@@ -368,6 +372,8 @@ fn foreign_view(k: &ModelKernel, host: &str) -> (Observed, Vec<String>) {
     all.namespaces.retain(|n, _| !naming::owned_netns(n, host));
     all.host.links.retain(|n, _| !n.starts_with("evx"));
     all.host.sysctls.retain(|k, _| !k.contains(".evx"));
+    // evnet's own underlay filter in the host namespace.
+    all.host.firewall = None;
     let names = all.namespaces.keys().cloned().collect();
     (all, names)
 }
@@ -522,4 +528,73 @@ fn an_eni_in_another_vpc_routes_that_vpcs_block() {
     cloud.enis[1].attach = None;
     converge(&k, &cloud.desired(0));
     assert!(routes(&k).iter().all(|r| r.dev != "eth1"), "{:?}", routes(&k));
+}
+
+/// A VPC namespace whose firewall cannot load fails alone: every other
+/// VPC's and instance's ops apply, and what is left to do is that
+/// namespace's.
+#[test]
+fn a_failed_firewall_stops_only_its_vpc() {
+    let mut cloud = two_host_cloud();
+    // Host 0 gets an ENI of VPC 2 too.
+    cloud.instances.push((0, hex_id("i", 9)));
+    cloud.enis.push(EniSpec {
+        id: hex_id("eni", 9),
+        vpc: 1,
+        subnet: 0,
+        ip: Ipv4Addr::new(10, 0, 0, 20),
+        secondary: vec![],
+        mac: "0a:00:00:00:00:09".into(),
+        sdc: true,
+        groups: vec![hex_id("sg", 7)],
+        attach: Some((0, hex_id("i", 9), 0)),
+    });
+    let d = cloud.desired(0);
+    let k = ModelKernel::new();
+    let broken = Ns::Named(naming::vpc_netns(&cloud.hosts[0].id, 0x101));
+    k.refuse_firewall_in(&broken, true);
+    let ops = plan(&d, &k.observe().unwrap(), &PlanConfig::default());
+    let report = evnet_kernel::apply_isolated(&k, &ops);
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert_eq!(report.failures[0].object, broken);
+    assert!(matches!(*report.failures[0].op, Op::ReplaceFirewall { .. }));
+    assert_eq!(report.applied + report.skipped + 1, ops.len());
+    let left = plan(&d, &k.observe().unwrap(), &PlanConfig::default());
+    assert!(!left.is_empty());
+    assert!(left.iter().all(|o| o.ns() == broken), "only the failed VPC has work left:\n{}", render(&left));
+    // The other VPC's namespace is complete, its firewall included.
+    let other = naming::vpc_netns(&cloud.hosts[0].id, 0x102);
+    assert!(k.observe().unwrap().namespaces[&other].firewall.is_some());
+    k.refuse_firewall_in(&broken, false);
+    let report = evnet_kernel::apply_isolated(&k, &left);
+    assert!(report.failures.is_empty() && report.skipped == 0);
+    assert!(plan(&d, &k.observe().unwrap(), &PlanConfig::default()).is_empty());
+}
+
+/// An instance whose namespace cannot be made fails alone: its veth (and
+/// what hangs off it) is skipped, not failed, so its VPC's other ENIs and
+/// firewall are built.
+#[test]
+fn a_failed_instance_namespace_stops_only_that_instance() {
+    let cloud = two_host_cloud();
+    let mut d = cloud.desired(0);
+    let bad = "evi-bad/name".to_string();
+    d.instances[0].netns = bad.clone();
+    let k = ModelKernel::new();
+    let ops = plan(&d, &k.observe().unwrap(), &PlanConfig::default());
+    let report = evnet_kernel::apply_isolated(&k, &ops);
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert_eq!(report.failures[0].object, Ns::Named(bad.clone()));
+    assert!(report.skipped > 0, "the instance's veth and its settings were skipped");
+    let left = plan(&d, &k.observe().unwrap(), &PlanConfig::default());
+    let dev = naming::eni_veth(&d.instances[0].enis[0].eni_id);
+    for o in &left {
+        // The VPC's tables reload once the veth exists.
+        let about_bad = o.ns() == Ns::Named(bad.clone()) || format!("{o}").contains(&dev) || matches!(o, Op::ReplaceFirewall { .. });
+        assert!(about_bad, "only the failed instance's ops are left, not {o}");
+    }
+    let vpc = naming::vpc_netns(&cloud.hosts[0].id, 0x101);
+    let obs = k.observe().unwrap();
+    assert!(obs.namespaces[&vpc].links.contains_key(&naming::eni_veth(&d.instances[1].enis[0].eni_id)));
+    assert!(obs.namespaces[&vpc].firewall.is_some());
 }

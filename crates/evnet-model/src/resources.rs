@@ -59,6 +59,10 @@ pub struct Host {
     /// The desired-state generation the agent reports it has applied.
     #[serde(default)]
     pub applied_generation: u64,
+    /// What the agent's last pass could not build (empty when everything
+    /// applied); the rest of the host's objects were built.
+    #[serde(default)]
+    pub failures: Vec<ReconcileFailure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -344,6 +348,78 @@ pub struct Heartbeat {
     /// Instances whose namespaces exist on the host.
     #[serde(default)]
     pub running_instances: Vec<String>,
+    /// What the agent's last pass could not build, per object (empty when
+    /// everything applied). A failure in one VPC or instance does not stop
+    /// the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub failures: Vec<ReconcileFailure>,
+}
+
+/// Most failures one heartbeat may carry, and the longest error text.
+pub const MAX_REPORTED_FAILURES: usize = 1024;
+pub const MAX_FAILURE_ERROR_LEN: usize = 2048;
+
+impl Heartbeat {
+    /// The report's bounds: at most [`MAX_REPORTED_FAILURES`] failures, each
+    /// naming its object, with an error of at most [`MAX_FAILURE_ERROR_LEN`]
+    /// bytes.
+    pub fn validate(&self) -> Result<(), crate::ModelError> {
+        if self.failures.len() > MAX_REPORTED_FAILURES {
+            return Err(crate::ModelError::invalid(
+                "too_many_failures",
+                format!("a heartbeat reports at most {MAX_REPORTED_FAILURES} failures, not {}", self.failures.len()),
+            ));
+        }
+        for f in &self.failures {
+            if f.object.is_empty() || f.object.len() > 255 {
+                return Err(crate::ModelError::invalid("invalid_failure", "a failure's `object` must be 1-255 bytes"));
+            }
+            if f.error.len() > MAX_FAILURE_ERROR_LEN {
+                return Err(crate::ModelError::invalid(
+                    "invalid_failure",
+                    format!("a failure's `error` must be at most {MAX_FAILURE_ERROR_LEN} bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kind of object a reconcile failure concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailedObjectKind {
+    /// A VPC's routing domain on the host (its namespace, VXLAN, ENI veths, firewall).
+    Vpc,
+    /// An instance's namespace.
+    Instance,
+    /// The host's own namespace (the underlay filter, VXLAN creation).
+    Host,
+}
+
+impl FailedObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailedObjectKind::Vpc => "vpc",
+            FailedObjectKind::Instance => "instance",
+            FailedObjectKind::Host => "host",
+        }
+    }
+}
+
+/// One object the agent could not build in its last pass: its kind, its id
+/// (the VPC's, instance's or host's; a leftover namespace's name when it is
+/// none of those) and what failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileFailure {
+    pub kind: FailedObjectKind,
+    #[schemars(length(min = 1, max = 255))]
+    pub object: String,
+    /// The op that failed and the kernel's error.
+    #[schemars(length(max = 2048))]
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -452,6 +452,7 @@ mod tests {
                 status: HostStatus::Ready,
                 last_heartbeat_ms: 0,
                 applied_generation: 0,
+                failures: vec![],
             };
             let default = group(
                 "sg-default",

@@ -178,6 +178,7 @@ pub async fn register_host(
                     status: HostStatus::Ready,
                     last_heartbeat_ms: now,
                     applied_generation: 0,
+                    failures: vec![],
                 };
                 let txn = Txn {
                     compares: vec![cmp(keys::hostname(&req.name), 0)],
@@ -238,12 +239,14 @@ pub async fn heartbeat(
     Body(req): Body<Heartbeat>,
 ) -> ApiResult<Json<Host>> {
     caller.require_infra("send heartbeats")?;
+    req.validate()?;
     commit(&st, |snap| {
         let e = visible(&snap.hosts, Kind::Host, &id, &Caller::Admin)?;
         let mut h = arc_clone(&e.value);
         h.last_heartbeat_ms = now_ms();
         h.status = HostStatus::Ready;
         h.applied_generation = h.applied_generation.max(req.applied_generation);
+        h.failures = req.failures.clone();
         let mut txn = Txn {
             compares: vec![cmp(keys::resource(Kind::Host, &id), e.mod_revision)],
             ops: vec![put(keys::resource(Kind::Host, &id), &h)],
