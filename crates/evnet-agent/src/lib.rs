@@ -7,10 +7,12 @@
 //!   so a gap cannot lose anything) and reconnects with backoff;
 //! * the **reconciler** is level-triggered: on every new snapshot and on a
 //!   timer it observes the kernel, plans (`evnet_plan::plan`, pure), applies
-//!   the ops in order and stops at the first failure; the next pass
-//!   re-observes, so it repairs drift and recovers after a crash;
-//! * the **heartbeat** reports liveness, the generation applied and the
-//!   instances running.
+//!   the ops in order; a failed op stops only the ops of the VPC or
+//!   instance it belongs to (and those that need what it would have made),
+//!   the rest apply; the next pass re-observes, so it repairs drift,
+//!   retries what failed and recovers after a crash;
+//! * the **heartbeat** reports liveness, the generation applied, the
+//!   instances running and the objects that failed.
 //!
 //! The agent never writes the store: everything goes through the API.
 
@@ -24,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use evnet_client::Client;
-use evnet_kernel::{apply_all, Kernel};
+use evnet_kernel::{apply_isolated, Kernel};
 use evnet_model::desired::HostDesired;
-use evnet_model::{Heartbeat, RegisterHost};
+use evnet_model::{FailedObjectKind, Heartbeat, ReconcileFailure, RegisterHost};
 use evnet_plan::{plan, Op, PlanConfig};
 use tokio::sync::watch;
 
@@ -49,6 +51,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// The bandwidth loop's knobs (period ≤ 100 ms).
     pub bandwidth: bandwidth::BandwidthConfig,
+    /// The data plane's knobs (MTU, VXLAN port, per-ENI connection limit).
+    pub plan: PlanConfig,
 }
 
 impl AgentConfig {
@@ -65,6 +69,7 @@ impl AgentConfig {
             dry_run: false,
             metrics_listen: None,
             bandwidth: bandwidth::BandwidthConfig::default(),
+            plan: PlanConfig::default(),
         }
     }
 }
@@ -74,6 +79,7 @@ impl AgentConfig {
 struct Applied {
     generation: u64,
     running_instances: Vec<String>,
+    failures: Vec<ReconcileFailure>,
 }
 
 /// Runs the agent until `shutdown` resolves. The kernel objects stay as
@@ -213,7 +219,8 @@ async fn reconcile_loop(
         let fresh = if changed || verifying { dirty.take() } else { None };
         let full = fresh.is_none();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || reconcile_with(k.as_ref(), &d, dry_run, fresh.as_ref())).await;
+        let cfg = config.plan.clone();
+        let result = tokio::task::spawn_blocking(move || reconcile_with(k.as_ref(), &d, &cfg, dry_run, fresh.as_ref())).await;
         metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         if full {
             next_full = tokio::time::Instant::now() + config.resync.max(started.elapsed() * 10);
@@ -231,12 +238,23 @@ async fn reconcile_loop(
                         "first pass done"
                     );
                 }
-                metrics.reconciles_ok.inc();
+                metrics.set_failures(&pass.failures);
+                if pass.failures.is_empty() {
+                    metrics.reconciles_ok.inc();
+                } else {
+                    // The rest applied; what failed is retried by the next
+                    // pass, which reads everything again.
+                    metrics.reconciles_failed.inc();
+                    dirty = None;
+                    for f in &pass.failures {
+                        tracing::error!(kind = f.kind.as_str(), object = %f.object, error = %f.error, "reconcile failed for one object; the others applied");
+                    }
+                }
                 metrics.ops_applied.inc_by(pass.ops as u64);
                 metrics.applied_generation.set(desired.generation as i64);
                 backoff.reset();
                 let same_generation = std::mem::replace(&mut last_generation, desired.generation) == desired.generation;
-                if pass.ops > 0 {
+                if pass.ops > 0 && pass.failures.is_empty() {
                     // Work found right after an apply for the same desired state
                     // means the previous pass had not converged.
                     if verifying && same_generation {
@@ -255,9 +273,12 @@ async fn reconcile_loop(
                     // the kernel keeps undoing).
                     verify_next = !dry_run && !verifying;
                 }
+                let failed: BTreeSet<&str> =
+                    pass.failures.iter().filter(|f| f.kind == FailedObjectKind::Instance).map(|f| f.object.as_str()).collect();
                 applied_tx.send_replace(Applied {
                     generation: desired.generation,
-                    running_instances: desired.instances.iter().map(|i| i.instance_id.clone()).collect(),
+                    running_instances: desired.instances.iter().map(|i| i.instance_id.clone()).filter(|i| !failed.contains(i.as_str())).collect(),
+                    failures: pass.failures,
                 });
             }
             Ok(Err(e)) => {
@@ -279,27 +300,67 @@ pub struct Pass {
     pub apply: Duration,
     /// Namespaces the applied ops changed.
     pub touched: BTreeSet<String>,
+    /// Objects whose ops failed (their other ops were skipped; everything
+    /// else applied).
+    pub failures: Vec<ReconcileFailure>,
+}
+
+/// The longest error text a failure reports.
+const FAILURE_TEXT_MAX: usize = 1024;
+
+/// The object a failed namespace stands for, by the desired state's names.
+fn failure_of(desired: &HostDesired, f: &evnet_kernel::ObjectFailure) -> ReconcileFailure {
+    use evnet_plan::{naming, Ns};
+    let (kind, object) = match &f.object {
+        Ns::Host => (FailedObjectKind::Host, desired.host_id.clone()),
+        Ns::Named(n) => {
+            if let Some(v) = desired.vpcs.iter().find(|v| naming::vpc_netns(&desired.host_id, v.vni) == *n) {
+                (FailedObjectKind::Vpc, v.vpc_id.clone())
+            } else if let Some(i) = desired.instances.iter().find(|i| i.netns == *n) {
+                (FailedObjectKind::Instance, i.instance_id.clone())
+            } else if n.starts_with(naming::VPC_NETNS_PREFIX) {
+                (FailedObjectKind::Vpc, n.clone())
+            } else {
+                (FailedObjectKind::Instance, n.clone())
+            }
+        }
+    };
+    let mut error = format!("{}: {}", f.op, f.error);
+    if error.len() > FAILURE_TEXT_MAX {
+        let mut end = FAILURE_TEXT_MAX;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+    }
+    ReconcileFailure { kind, object, error }
 }
 
 /// One level-triggered pass over everything: observe, plan, apply in order
-/// (stopping at the first failure). The next pass re-observes; converged
+/// (a failure stops only its own object's ops, see
+/// [`evnet_kernel::apply_isolated`]). The next pass re-observes; converged
 /// means it plans nothing.
 pub fn reconcile_once(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool) -> anyhow::Result<Pass> {
-    reconcile_with(kernel, desired, dry_run, None)
+    reconcile_with(kernel, desired, &PlanConfig::default(), dry_run, None)
 }
 
 /// A pass that, with `fresh`, re-reads only the host namespace, the
 /// namespaces in `fresh` and those the plan would touch (and trusts the
 /// last read for the rest); without it, a full pass.
-pub fn reconcile_with(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool, fresh: Option<&BTreeSet<String>>) -> anyhow::Result<Pass> {
-    let cfg = PlanConfig::default();
+pub fn reconcile_with(
+    kernel: &dyn Kernel,
+    desired: &HostDesired,
+    cfg: &PlanConfig,
+    dry_run: bool,
+    fresh: Option<&BTreeSet<String>>,
+) -> anyhow::Result<Pass> {
     let t0 = Instant::now();
     let mut observed = match fresh {
         Some(f) => kernel.observe_partial(f),
         None => kernel.observe(),
     }
     .context("observing the kernel")?;
-    let mut ops: Vec<Op> = plan(desired, &observed, &cfg);
+    let mut ops: Vec<Op> = plan(desired, &observed, cfg);
     if let Some(f) = fresh {
         // Plan on fresh state wherever the plan acts. A namespace the
         // observation does not hold does not exist (every existing one is
@@ -309,7 +370,7 @@ pub fn reconcile_with(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool,
         if !touched.is_subset(f) {
             let all: BTreeSet<String> = f.union(&touched).cloned().collect();
             observed = kernel.observe_partial(&all).context("observing the kernel")?;
-            ops = plan(desired, &observed, &cfg);
+            ops = plan(desired, &observed, cfg);
         }
     }
     let observe = t0.elapsed();
@@ -327,8 +388,9 @@ pub fn reconcile_with(kernel: &dyn Kernel, desired: &HostDesired, dry_run: bool,
     }
     let touched = touched_namespaces(&ops, &observed);
     let t1 = Instant::now();
-    apply_all(kernel, &ops).context("applying the plan")?;
-    Ok(Pass { ops: ops.len(), observe, apply: t1.elapsed(), touched })
+    let report = apply_isolated(kernel, &ops);
+    let failures = report.failures.iter().map(|f| failure_of(desired, f)).collect();
+    Ok(Pass { ops: report.applied, observe, apply: t1.elapsed(), touched, failures })
 }
 
 /// The named namespaces `ops` change: where each acts, a new veth's peer,
@@ -370,7 +432,7 @@ async fn heartbeat_loop(client: Client, host_id: String, every: Duration, mut ap
             _ = tick.tick() => {},
         }
         let a = applied_rx.borrow_and_update().clone();
-        let hb = Heartbeat { applied_generation: a.generation, running_instances: a.running_instances };
+        let hb = Heartbeat { applied_generation: a.generation, running_instances: a.running_instances, failures: a.failures };
         if let Err(e) = client.heartbeat(&host_id, &hb).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }

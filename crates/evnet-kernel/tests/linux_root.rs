@@ -216,3 +216,173 @@ fn firewall_state_round_trips_over_netlink() {
     must(&["ip", "netns", "exec", &ns, "nft", "delete", "table", "arp", "evnet"]);
     assert_eq!(fw(&k).unwrap().fingerprint, None);
 }
+
+/// A group with 16,384 member addresses converges: the table load (`nft -f`)
+/// and a membership change (the netlink batch, split into messages whose
+/// attributes fit netlink's 16-bit lengths) both leave every member in the
+/// kernel's set, and planning again gives nothing.
+#[test]
+fn a_group_of_16384_members_converges() {
+    if !root_or_skip("linux_root") {
+        return;
+    }
+    let r: u32 = rand::random::<u32>() & 0xffff;
+    let hn = format!("xh{r:04x}g");
+    let host_id = format!("host-{r:08x}{:08x}", rand::random::<u32>());
+    let _guard = Cleanup { host_ns: vec![hn.clone()], host_ids: vec![host_id.clone()] };
+    must(&["ip", "netns", "add", &hn]);
+    let net: ipnet::Ipv4Net = "10.0.0.0/16".parse().unwrap();
+    let g = hex_id("sg", u64::from(r));
+    let inst = hex_id("i", u64::from(r));
+    let mut cloud = Cloud {
+        hosts: vec![HostSpec { id: host_id.clone(), underlay: Ipv4Addr::new(198, 18, 0, 1) }],
+        vpcs: vec![VpcSpec { id: hex_id("vpc", 1), vni: 0x3000 + r, cidr: net, subnets: vec![net] }],
+        enis: vec![EniSpec {
+            id: hex_id("eni", u64::from(r)),
+            vpc: 0,
+            subnet: 0,
+            ip: Ipv4Addr::new(10, 0, 0, 10),
+            secondary: vec![],
+            mac: "0a:00:00:00:00:01".into(),
+            sdc: true,
+            groups: vec![g.clone()],
+            attach: Some((0, inst.clone(), 0)),
+        }],
+        instances: vec![(0, inst)],
+        groups: vec![],
+    };
+    let members = |n: u32, base: u32| (0..n).map(|i| Ipv4Addr::from(base + i)).collect::<Vec<_>>();
+    cloud.groups.push(default_group(&g, members(16_384, 0x0a00_0000)));
+    let k = LinuxKernel::new(Some(hn.clone()));
+    let vpc_ns = naming::vpc_netns(&host_id, 0x3000 + r);
+    let set = naming::sg_set(&g);
+    let count = |set: &str| -> usize {
+        let o = Command::new("ip").args(["netns", "exec", &vpc_ns, "nft", "-j", "list", "set", "inet", "evnet", set]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["nftables"].as_array().unwrap().iter().filter_map(|i| i.get("set")).map(|s| s["elem"].as_array().map_or(0, Vec::len)).sum()
+    };
+    let t = std::time::Instant::now();
+    converge(&k, &cloud.desired(0));
+    eprintln!("16,384-member group loaded with the tables in {} ms", t.elapsed().as_millis());
+    assert_eq!(count(&set), 16_384);
+    assert_eq!(k.observe().unwrap().namespaces[&vpc_ns].firewall.as_ref().unwrap().sets[&set].len(), 16_384);
+    // A membership change of the whole set: only the set is rewritten.
+    cloud.groups[0].member_ips = members(20_000, 0x0a01_0000);
+    let t = std::time::Instant::now();
+    let ops = converge(&k, &cloud.desired(0));
+    eprintln!("20,000-member set replaced over netlink in {} ms", t.elapsed().as_millis());
+    assert!(ops.iter().all(|o| matches!(o, evnet_plan::Op::SyncFirewallSet { .. })), "{ops:?}");
+    assert_eq!(count(&set), 20_000);
+}
+
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Per-ENI connection tracking limit: with a limit of 4, an instance holding
+/// 4 open connections has its 5th refused, while another ENI in the same
+/// VPC namespace still connects; once the first closes its connections it
+/// connects again.
+#[test]
+fn conntrack_limit_per_eni() {
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::Duration;
+    if !root_or_skip("linux_root") {
+        return;
+    }
+    let r: u32 = rand::random::<u32>() & 0xffff;
+    let hn = format!("xh{r:04x}c");
+    let host_id = format!("host-{r:08x}{:08x}", rand::random::<u32>());
+    let _guard = Cleanup { host_ns: vec![hn.clone()], host_ids: vec![host_id.clone()] };
+    must(&["ip", "netns", "add", &hn]);
+    let net: ipnet::Ipv4Net = "10.0.0.0/24".parse().unwrap();
+    let g = hex_id("sg", u64::from(r));
+    let mut cloud = Cloud {
+        hosts: vec![HostSpec { id: host_id.clone(), underlay: Ipv4Addr::new(198, 18, 0, 1) }],
+        vpcs: vec![VpcSpec { id: hex_id("vpc", 1), vni: 0x4000 + r, cidr: net, subnets: vec![net] }],
+        ..Default::default()
+    };
+    for n in 1..=3u64 {
+        let inst = hex_id("i", u64::from(r) << 8 | n);
+        cloud.instances.push((0, inst.clone()));
+        cloud.enis.push(EniSpec {
+            id: hex_id("eni", u64::from(r) << 8 | n),
+            vpc: 0,
+            subnet: 0,
+            ip: Ipv4Addr::new(10, 0, 0, 10 + n as u8),
+            secondary: vec![],
+            mac: format!("0a:00:00:00:00:{n:02x}"),
+            sdc: true,
+            groups: vec![g.clone()],
+            attach: Some((0, inst, 0)),
+        });
+    }
+    cloud.groups.push(default_group(&g, cloud.enis.iter().map(|e| e.ip).collect()));
+    let k = LinuxKernel::new(Some(hn.clone()));
+    let cfg = evnet_plan::PlanConfig { conntrack_limit_per_eni: 4, ..Default::default() };
+    let d = cloud.desired(0);
+    let ops = evnet_plan::plan(&d, &k.observe().unwrap(), &cfg);
+    evnet_kernel::apply_all(&k, &ops).unwrap();
+    assert!(evnet_plan::plan(&d, &k.observe().unwrap(), &cfg).is_empty());
+    let ns = |n: u64| naming::instance_netns(&host_id, &hex_id("i", u64::from(r) << 8 | n));
+    let server: SocketAddr = (Ipv4Addr::new(10, 0, 0, 13), 7400).into();
+    // The server accepts and holds every connection until told to close them all.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = in_ns(&ns(3), move || TcpListener::bind(server).unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepting = {
+        let (stop, count) = (stop.clone(), count.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let end = std::time::Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < end {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        held.push(s);
+                        count.store(held.len(), std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            (held.len(), listener)
+        })
+    };
+    let connect = move || TcpStream::connect_timeout(&server, Duration::from_secs(2));
+    let (held, fifth) = in_ns(&ns(1), move || {
+        let held: Vec<TcpStream> = (0..4).map(|i| connect().unwrap_or_else(|e| panic!("connection {i} within the limit: {e}"))).collect();
+        (held, connect())
+    });
+    let e = fifth.expect_err("the 5th connection is over the limit");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "refused, not timed out: {e}");
+    let other = in_ns(&ns(2), move || (0..4).map(|_| connect()).collect::<Result<Vec<_>, _>>());
+    assert!(other.is_ok(), "another ENI is unaffected: {other:?}");
+    let start = std::time::Instant::now();
+    while count.load(std::sync::atomic::Ordering::SeqCst) < 8 {
+        assert!(start.elapsed() < Duration::from_secs(5), "the server never accepted the 4 + 4 connections within the limits");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(held);
+    drop(other);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (accepted, _listener) = accepting.join().unwrap();
+    assert_eq!(accepted, 8, "and no more");
+    let start = std::time::Instant::now();
+    loop {
+        if in_ns(&ns(1), move || connect().is_ok()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "closed connections still count");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

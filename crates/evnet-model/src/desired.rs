@@ -60,6 +60,14 @@ pub struct RemoteEni {
     pub ips: Vec<Ipv4Addr>,
     pub host_id: String,
     pub underlay_ip: Ipv4Addr,
+    /// Off: the ENI may send from any address (an appliance), so its host's
+    /// overlay packets are not checked against its addresses.
+    #[serde(default = "yes")]
+    pub source_dest_check: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

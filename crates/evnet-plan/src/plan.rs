@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use evnet_model::desired::{EniDesired, HostDesired};
+use evnet_model::desired::{EniDesired, HostDesired, VpcDesired};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -18,13 +18,24 @@ use crate::op::{FirewallSpec, Op};
 pub struct PlanConfig {
     /// MTU of the VXLAN and every ENI device (underlay 1500 − 50).
     pub mtu: u32,
-    /// VXLAN UDP port.
+    /// VXLAN UDP port (the underlay filter accepts overlay packets on it only).
     pub vxlan_port: u16,
+    /// Connections one ENI may have open at once in its VPC namespace's
+    /// connection tracking (0: no limit).
+    #[serde(default = "default_conntrack_limit")]
+    pub conntrack_limit_per_eni: u32,
+}
+
+/// Connections an ENI may have tracked at once unless configured otherwise.
+pub const DEFAULT_CONNTRACK_LIMIT_PER_ENI: u32 = 65_536;
+
+fn default_conntrack_limit() -> u32 {
+    DEFAULT_CONNTRACK_LIMIT_PER_ENI
 }
 
 impl Default for PlanConfig {
     fn default() -> Self {
-        PlanConfig { mtu: 1450, vxlan_port: 4789 }
+        PlanConfig { mtu: 1450, vxlan_port: 4789, conntrack_limit_per_eni: DEFAULT_CONNTRACK_LIMIT_PER_ENI }
     }
 }
 
@@ -201,8 +212,10 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
             }
             fw_enis.push((*e, dev));
         }
+        let mut fw_opts = nft::FirewallOptions { overlay: None, conntrack_limit: cfg.conntrack_limit_per_eni };
         if let Some(ul) = d.underlay_ip {
             let vx = naming::vxlan_name(vpc.vni);
+            fw_opts.overlay = Some(overlay(host, &vx, vpc));
             tn.links.insert(
                 vx.clone(),
                 TLink {
@@ -237,11 +250,41 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
                 }
             }
         }
-        tn.firewall = Some(nft::render(&fw_enis, &d.security_groups));
+        tn.firewall = Some(nft::render_with(&fw_enis, &d.security_groups, &fw_opts));
         out.insert(ns, tn);
     }
     other_vpc_routes(d, &local, &mut out);
     out
+}
+
+/// The other hosts holding ENIs of `vpc`, as the overlay check of its
+/// namespace on `host` knows them.
+fn overlay(host: &str, vx: &str, vpc: &VpcDesired) -> nft::Overlay {
+    let mut hosts: BTreeMap<&str, nft::OverlayHost> = BTreeMap::new();
+    for r in vpc.remote_enis.iter().filter(|r| r.host_id != host) {
+        let h = hosts.entry(r.host_id.as_str()).or_insert_with(|| nft::OverlayHost {
+            tag: naming::host_tag(&r.host_id),
+            vtep_mac: naming::vtep_mac(&r.host_id),
+            ips: BTreeSet::new(),
+            any_source: false,
+        });
+        h.ips.extend(r.ips.iter().copied());
+        h.any_source |= !r.source_dest_check;
+    }
+    nft::Overlay { dev: vx.to_string(), hosts: hosts.into_values().collect() }
+}
+
+/// The underlay filter of the host namespace: per VNI of a local VPC, the
+/// (underlay address, VTEP MAC) of every other host holding ENIs of it.
+fn underlay_filter(d: &HostDesired, cfg: &PlanConfig) -> FirewallSpec {
+    let mut vnis: BTreeMap<u32, BTreeSet<(Ipv4Addr, String)>> = BTreeMap::new();
+    for vpc in &d.vpcs {
+        let peers = vnis.entry(vpc.vni).or_default();
+        for r in vpc.remote_enis.iter().filter(|r| r.host_id != d.host_id) {
+            peers.insert((r.underlay_ip, naming::vtep_mac(&r.host_id)));
+        }
+    }
+    nft::render_underlay(cfg.vxlan_port, &vnis)
 }
 
 /// An instance's eth0 carries its default route; a further ENI in another
@@ -563,6 +606,12 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
                 ops.push(Op::AddFdb { ns: Ns::named(name), entry: e.clone() });
             }
         }
+    }
+    // The host namespace's underlay filter (no sets: it changes only when a
+    // host joins or leaves one of this host's VPCs).
+    let ul = underlay_filter(desired, cfg);
+    if observed.host.firewall.as_ref().and_then(|f| f.fingerprint.as_deref()) != Some(ul.fingerprint.as_str()) {
+        ops.push(Op::ReplaceFirewall { ns: Ns::Host, spec: ul });
     }
     for (name, t) in &tgt {
         let Some(spec) = &t.firewall else { continue };

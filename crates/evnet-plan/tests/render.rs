@@ -162,3 +162,51 @@ fn dispatch_is_one_verdict_map_per_hook() {
     assert!(!none.tables.contains("vmap"), "{}", none.tables);
     assert!(none.tables.contains("ct state established,related accept"));
 }
+
+#[test]
+fn renders_the_overlay_check_the_connection_limit_and_the_underlay_filter() {
+    use evnet_plan::nft::{FirewallOptions, Overlay, OverlayHost, render_underlay, render_with};
+    let e = eni(true);
+    let ips = |v: &[u8]| v.iter().map(|i| Ipv4Addr::new(10, 0, 0, *i)).collect();
+    let opts = FirewallOptions {
+        overlay: Some(Overlay {
+            dev: "evx101".into(),
+            hosts: vec![
+                OverlayHost { tag: "000000b2".into(), vtep_mac: "02:AA:00:00:00:B2".into(), ips: ips(&[12, 13]), any_source: false },
+                OverlayHost { tag: "000000c3".into(), vtep_mac: "02:aa:00:00:00:c3".into(), ips: ips(&[14]), any_source: true },
+            ],
+        }),
+        conntrack_limit: 100,
+    };
+    let spec = render_with(&[(&e, "eve00000000aa".to_string())], &[group()], &opts);
+    for line in [
+        "iifname vmap { \"eve00000000aa\" : jump as_eve00000000aa, \"evx101\" : drop }",
+        "iifname vmap { \"eve00000000aa\" : jump as_eve00000000aa, \"evx101\" : jump as_overlay }",
+        "ether saddr vmap { 02:aa:00:00:00:b2 : goto rh_000000b2, 02:aa:00:00:00:c3 : goto rh_000000c3 }",
+        "chain rh_000000b2 {\n\t\tmeta nfproto ipv4 ip saddr @r_000000b2 return\n\t\tdrop",
+        "chain rh_000000c3 {\n\t\tmeta nfproto ipv4 return\n\t\tdrop",
+        "ct state new iifname \"eve*\" add @eni_conns { iifname ct count over 100 } reject",
+        "type filter hook input priority filter; policy accept;",
+    ] {
+        assert!(spec.tables.contains(line), "missing {line:?} in\n{}", spec.tables);
+    }
+    assert_eq!(spec.sets["r_000000b2"], ips(&[12, 13]));
+    assert!(!spec.sets.contains_key("r_000000c3"), "no set for a host that may send from anywhere");
+    // Same options, same text; another host's addresses change only a set.
+    let mut opts2 = opts.clone();
+    opts2.overlay.as_mut().unwrap().hosts[0].ips = ips(&[12]);
+    let spec2 = render_with(&[(&e, "eve00000000aa".to_string())], &[group()], &opts2);
+    assert_eq!(spec.fingerprint, spec2.fingerprint);
+    assert_ne!(spec.sets, spec2.sets);
+
+    let vnis = [(257u32, [(Ipv4Addr::new(198, 18, 0, 2), "02:aa:00:00:00:b2".to_string())].into_iter().collect())].into_iter().collect();
+    let ul = render_underlay(4789, &vnis);
+    for line in [
+        "udp dport 4789 jump vxlan",
+        "@th,96,24 vmap { 257 : jump vni_101 }",
+        "ip saddr 198.18.0.2 @th,176,48 0x02aa000000b2 accept",
+    ] {
+        assert!(ul.tables.contains(line), "missing {line:?} in\n{}", ul.tables);
+    }
+    assert!(ul.tables.starts_with("table arp evnet {\n\tcomment \"evnet:"));
+}

@@ -91,6 +91,7 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
                     ips: eni.all_ips().collect(),
                     host_id: a.host_id.clone(),
                     underlay_ip: h.value.underlay_ip,
+                    source_dest_check: eni.source_dest_check,
                 })
             })
             .collect();

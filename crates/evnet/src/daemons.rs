@@ -89,6 +89,10 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Connections one ENI may have open at once (tracked in its VPC
+    /// namespace); further new ones are refused. 0: no limit.
+    #[arg(long, default_value_t = evnet_plan::plan::DEFAULT_CONNTRACK_LIMIT_PER_ENI)]
+    pub conntrack_limit_per_eni: u32,
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -115,6 +119,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.resync = Duration::from_millis(args.resync_ms.max(100));
     config.dry_run = args.dry_run;
     config.metrics_listen = args.metrics_listen;
+    config.plan.conntrack_limit_per_eni = args.conntrack_limit_per_eni;
     let host_netns = args.host_netns.clone();
     evnet_agent::run_with(
         config,

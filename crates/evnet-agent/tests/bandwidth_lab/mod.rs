@@ -179,6 +179,7 @@ impl Lab {
                     ips: vec![e.ip],
                     host_id: lab.host_ids[e.host].clone(),
                     underlay_ip: underlay(e.host),
+                    source_dest_check: true,
                 })
                 .collect();
             let d = HostDesired {

@@ -136,6 +136,7 @@ impl Cloud {
                             ips: std::iter::once(e.ip).chain(e.secondary.iter().copied()).collect(),
                             host_id: self.hosts[*hi].id.clone(),
                             underlay_ip: self.hosts[*hi].underlay,
+                            source_dest_check: e.sdc,
                         })
                     })
                     .collect();
