@@ -46,7 +46,16 @@ impl From<ModelError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("the store failed: {e}; retry later"))
+        match e {
+            // Nothing of the write was made; reads still work; writes work
+            // again once the server's disk has space.
+            StoreError::Full(_) => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "store_full",
+                "the server's store has no disk space left; nothing was changed; retry once space is freed",
+            ),
+            e => Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("the store failed: {e}; retry later")),
+        }
     }
 }
 

@@ -23,6 +23,13 @@
 //! file's state is unknown, so only a reopen (which reads what is really on
 //! disk) may continue. Reads keep answering from the last applied state.
 //!
+//! A commit that fails because the disk is full (ENOSPC, EDQUOT) is answered
+//! with [`StoreError::Full`] instead, and the writer closes the file: the
+//! next batch reopens it (redb repairs it to its last completed commit) and
+//! goes on only if the file's revision is the one in memory, which holds
+//! exactly the writes that were acknowledged. Until the reopen succeeds and
+//! its commit fits, writes answer `Full`; reads are unaffected.
+//!
 //! On disk: table `kv` maps each key to its `create_revision`, `mod_revision`
 //! and `version` (little-endian u64 each) followed by the value; table `meta`
 //! holds the store revision and a format number. History is not persisted: a
@@ -106,6 +113,16 @@ fn io_error(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Sto
     StoreError::Io(format!("{context}: {err}"))
 }
 
+/// [`StoreError::Full`] when `err` comes from a disk without space (ENOSPC,
+/// EDQUOT), else [`StoreError::Io`].
+fn classify(context: &str, err: redb::Error) -> StoreError {
+    let full = match &err {
+        redb::Error::Io(e) => e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+        _ => false,
+    };
+    if full { StoreError::Full(format!("{context}: {err}")) } else { io_error(context, err) }
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store file at `path` with
     /// [`StoreOptions::default`].
@@ -129,7 +146,7 @@ impl EmbeddedStore {
         let max_batch = options.max_batch.max(1);
         let counters = Arc::new(Counters::default());
         let writer = Writer {
-            db,
+            db: Some(db),
             core: writer_core,
             counters: Arc::clone(&counters),
             max_batch,
@@ -295,7 +312,8 @@ fn persist(db: &Database, plan: &BatchPlan) -> Result<(), redb::Error> {
 /// The writer thread: owns the database and is the only one that changes
 /// the core's keys.
 struct Writer {
-    db: Database,
+    /// `None` after a commit failed for want of space, until a reopen works.
+    db: Option<Database>,
     core: Arc<RwLock<Core>>,
     counters: Arc<Counters>,
     max_batch: usize,
@@ -303,7 +321,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(self, mut requests: mpsc::UnboundedReceiver<Request>) {
+    fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>) {
         let mut failure: Option<StoreError> = None;
         let mut batch: Vec<Request> = Vec::new();
         while let Some(first) = requests.blocking_recv() {
@@ -322,10 +340,43 @@ impl Writer {
             }
             let (txns, replies): (Vec<Txn>, Vec<_>) =
                 batch.drain(..).map(|r| (r.txn, r.reply)).unzip();
-            if let Err(err) = self.commit(txns, replies) {
-                failure = Some(err);
+            if self.db.is_none()
+                && let Err(err) = self.reopen()
+            {
+                let permanent = !matches!(err, StoreError::Full(_));
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                if permanent {
+                    failure = Some(err);
+                }
+                continue;
+            }
+            match self.commit(txns, replies) {
+                Ok(()) => {}
+                // Out of space: the file is closed; the next batch reopens it.
+                Err(StoreError::Full(_)) => self.db = None,
+                Err(err) => failure = Some(err),
             }
         }
+    }
+
+    /// Reopens the file after a commit that ran out of space. The file must
+    /// hold the revision memory holds (the failed commit was never applied
+    /// to memory, nor acknowledged); anything else is a permanent error.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        let context = format!("reopening store {}", self.path.display());
+        let db = Database::create(&self.path).map_err(|e| classify(&context, e.into()))?;
+        let (_, revision) = load(&db).map_err(|e| classify(&context, e))?;
+        let expected = self.core.read().unwrap_or_else(PoisonError::into_inner).revision();
+        if revision != expected {
+            return Err(StoreError::Io(format!(
+                "{context}: the file is at revision {revision}, memory at {expected}; refusing writes until a restart"
+            )));
+        }
+        tracing::info!(path = %self.path.display(), revision, "store reopened after running out of space");
+        self.db = Some(db);
+        Ok(())
     }
 
     /// Plans, persists and applies one batch, answering every caller.
@@ -344,9 +395,14 @@ impl Writer {
         let count = txns.len() as u64;
         drop(txns);
         if !plan.revisions.is_empty() {
-            if let Err(err) = persist(&self.db, &plan) {
-                tracing::error!(path = %self.path.display(), error = %err, "store commit failed; refusing further writes");
-                let err = io_error(format!("committing to store {}", self.path.display()), err);
+            let db = self.db.as_ref().ok_or_else(|| StoreError::Closed)?;
+            if let Err(err) = persist(db, &plan) {
+                let err = classify(&format!("committing to store {}", self.path.display()), err);
+                if matches!(err, StoreError::Full(_)) {
+                    tracing::error!(path = %self.path.display(), error = %err, "store commit failed: no space; writes are refused until it returns");
+                } else {
+                    tracing::error!(path = %self.path.display(), error = %err, "store commit failed; refusing further writes");
+                }
                 for reply in replies {
                     let _ = reply.send(Err(err.clone()));
                 }

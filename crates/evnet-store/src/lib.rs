@@ -150,6 +150,11 @@ pub enum StoreError {
     /// have been applied.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The disk under the store has no space left: the write was not made
+    /// (nothing of it is visible), reads still answer, and writes succeed
+    /// again once space returns.
+    #[error("the store's disk is full: {0}")]
+    Full(String),
 }
 
 /// A stream of watch batches; yields `Err` once (then ends) when the
