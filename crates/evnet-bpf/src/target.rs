@@ -639,6 +639,7 @@ mod tests {
                         ips: vec![Ipv4Addr::new(10, 0, 0, 30)],
                         host_id: "host-2".into(),
                         underlay_ip: Ipv4Addr::new(198, 18, 0, 2),
+                        source_dest_check: true,
                     },
                     // A stale remote copy of a local address: the local one wins.
                     RemoteEni {
@@ -647,6 +648,7 @@ mod tests {
                         ips: vec![Ipv4Addr::new(10, 0, 0, 10)],
                         host_id: "host-3".into(),
                         underlay_ip: Ipv4Addr::new(198, 18, 0, 3),
+                        source_dest_check: true,
                     },
                 ],
                 peer_routes: vec![],

@@ -55,6 +55,7 @@ fn desired() -> HostDesired {
                 ips: vec![Ipv4Addr::new(10, 0, 0, 30)],
                 host_id: "host-b".into(),
                 underlay_ip: Ipv4Addr::new(198, 18, 9, 2),
+                source_dest_check: true,
             }],
             peer_routes: vec![],
         }],

@@ -45,6 +45,7 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
                 ips: vec![Ipv4Addr::new(10, 0, 0, r.random_range(10..20))],
                 host_id: format!("host-{}", r.random_range(2..5)),
                 underlay_ip: Ipv4Addr::new(198, 18, 0, r.random_range(2..5)),
+                source_dest_check: true,
             })
             .collect();
         d.vpcs.push(VpcDesired {
