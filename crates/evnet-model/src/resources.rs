@@ -281,8 +281,25 @@ pub struct Peering {
     pub created_at: String,
     #[serde(default)]
     pub revision: u64,
+    /// The requester's VPC.
     pub vpc_a: String,
+    /// The accepter's VPC: its owner accepts the peering.
     pub vpc_b: String,
+    /// A peering forwards only once accepted. Peerings stored before
+    /// acceptance existed read as `active`.
+    #[serde(default)]
+    pub status: PeeringStatus,
+}
+
+/// Where a peering is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeeringStatus {
+    /// Made by the owner of `vpc_a`; the owner of `vpc_b` has not accepted it.
+    PendingAcceptance,
+    /// Accepted: routes across it forward where both sides' tables say so.
+    #[default]
+    Active,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -328,6 +345,29 @@ pub struct TenantWithToken {
     pub tenant: Tenant,
     pub token: String,
 }
+
+/// An access key of a tenant, for the EC2 Query API's Signature Version 4.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AccessKey {
+    /// `AKIA` and 16 characters.
+    pub access_key_id: String,
+    pub tenant: String,
+    pub created_at: String,
+}
+
+/// What `POST /v1/tenants/{id}/access-keys` answers: the key and its
+/// secret, shown only this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AccessKeyWithSecret {
+    #[serde(flatten)]
+    pub key: AccessKey,
+    pub secret_access_key: String,
+}
+
+/// `POST /v1/tenants/{id}/access-keys` takes an empty object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccessKey {}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -526,6 +566,17 @@ pub struct PatchEni {
     pub bandwidth: Option<BandwidthSpec>,
     #[serde(default)]
     pub revision: Option<u64>,
+}
+
+/// `POST /v1/enis/{id}/assign-ips` and `…/unassign-ips`: secondary
+/// addresses by name, or (assign only) how many to take from the subnet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecondaryIps {
+    #[serde(default)]
+    pub ips: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub count: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

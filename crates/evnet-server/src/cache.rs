@@ -26,6 +26,15 @@ pub enum TokenRecord {
     Agent,
 }
 
+/// An EC2 access key: its tenant and its secret, sealed
+/// ([`crate::ec2::credentials`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeyRecord {
+    pub tenant_id: String,
+    pub created_at: String,
+    pub sealed_secret: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdemRecord {
     pub id: String,
@@ -64,6 +73,8 @@ pub struct Snapshot {
     pub ledgers: HashMap<String, (HostLedger, Revision)>,
     pub tokens: HashMap<String, TokenRecord>,
     pub idem: HashMap<String, IdemRecord>,
+    /// Access key id → its record (from `/accesskeys/` keys).
+    pub access_keys: BTreeMap<String, AccessKeyRecord>,
 }
 
 impl Snapshot {
@@ -147,6 +158,14 @@ impl Snapshot {
                 }
             } else {
                 self.tokens.remove(sha);
+            }
+        } else if let Some(akid) = key.strip_prefix(keys::ACCESS_KEY_PREFIX) {
+            if put {
+                if let Some(r) = decode::<AccessKeyRecord>(kv) {
+                    self.access_keys.insert(akid.to_string(), r);
+                }
+            } else {
+                self.access_keys.remove(akid);
             }
         } else if key.starts_with("/idem/") {
             if put {

@@ -97,7 +97,9 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
             .collect();
         remote_enis.sort_by(|a, b| a.eni_id.cmp(&b.eni_id));
         let mut peer_routes = vec![];
-        for p in snap.peerings.values().filter(|p| p.value.vpc_a == *vpc_id || p.value.vpc_b == *vpc_id) {
+        for p in snap.peerings.values().filter(|p| {
+            p.value.status == PeeringStatus::Active && (p.value.vpc_a == *vpc_id || p.value.vpc_b == *vpc_id)
+        }) {
             let peer = if p.value.vpc_a == *vpc_id { &p.value.vpc_b } else { &p.value.vpc_a };
             for r in snap.route_tables.values().filter(|r| r.value.vpc_id == *vpc_id) {
                 for route in r.value.routes.iter().filter(|x| x.target == p.value.id) {

@@ -10,6 +10,7 @@
 //! | `/hostbw/{host_id}` | the host's guarantee ledger, written by every change to it |
 //! | `/tokens/{sha256}` | a token's role and tenant |
 //! | `/idem/{tenant}/{collection}/{client_token}` | an idempotent create's resource id and request hash |
+//! | `/accesskeys/{access_key_id}` | an EC2 access key's tenant and sealed secret |
 
 use std::net::Ipv4Addr;
 
@@ -43,4 +44,10 @@ pub fn token(sha256_hex: &str) -> String {
 
 pub fn idem(tenant: &str, kind: Kind, client_token: &str) -> String {
     format!("/idem/{tenant}/{}/{client_token}", kind.collection())
+}
+
+pub const ACCESS_KEY_PREFIX: &str = "/accesskeys/";
+
+pub fn access_key(access_key_id: &str) -> String {
+    format!("{ACCESS_KEY_PREFIX}{access_key_id}")
 }

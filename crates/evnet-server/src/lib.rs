@@ -18,6 +18,7 @@ pub mod bandwidth;
 pub mod cache;
 pub mod common;
 pub mod desired;
+pub mod ec2;
 pub mod error;
 pub mod extract;
 pub mod keys;
@@ -34,7 +35,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use evnet_store::Store;
 
-use crate::api::{compute, infra, network, stats, trace};
+use crate::api::{access_keys, compute, infra, network, stats, trace};
 use crate::state::{AppState, Settings};
 
 /// Largest request body accepted.
@@ -45,6 +46,8 @@ pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/tenants", post(infra::create_tenant).get(infra::list_tenants))
         .route("/tenants/{id}", get(infra::get_tenant).delete(infra::delete_tenant))
+        .route("/tenants/{id}/access-keys", post(access_keys::create).get(access_keys::list))
+        .route("/tenants/{id}/access-keys/{key}", axum::routing::delete(access_keys::delete))
         .route("/agent-tokens", post(infra::create_agent_token))
         .route("/hosts", post(infra::register_host).get(infra::list_hosts))
         .route("/hosts/{id}", get(infra::get_host).delete(infra::delete_host))
@@ -64,16 +67,21 @@ pub fn app(state: AppState) -> Router {
         .route("/route-tables/{id}", get(network::get_rtb).patch(network::patch_rtb).delete(network::delete_rtb))
         .route("/peerings", post(network::create_peering).get(network::list_peerings))
         .route("/peerings/{id}", get(network::get_peering).delete(network::delete_peering))
+        .route("/peerings/{id}/accept", post(network::accept_peering))
         .route("/instances", post(compute::create_instance).get(compute::list_instances))
-        .route("/instances/{id}", get(compute::get_instance).delete(compute::delete_instance))
+        .route("/instances/{id}", get(compute::get_instance).patch(compute::patch_instance).delete(compute::delete_instance))
         .route("/enis", post(compute::create_eni).get(compute::list_enis))
         .route("/enis/{id}", get(compute::get_eni).patch(compute::patch_eni).delete(compute::delete_eni))
         .route("/enis/{id}/attach", post(compute::attach_eni))
         .route("/enis/{id}/detach", post(compute::detach_eni))
+        .route("/enis/{id}/assign-ips", post(compute::assign_ips))
+        .route("/enis/{id}/unassign-ips", post(compute::unassign_ips))
         .route("/bandwidth-pools", post(compute::create_pool).get(compute::list_pools))
         .route("/bandwidth-pools/{id}", get(compute::get_pool).patch(compute::patch_pool).delete(compute::delete_pool));
     Router::new()
         .nest("/v1", v1)
+        .route("/ec2", get(ec2::handle).post(ec2::handle))
+        .route("/ec2/", get(ec2::handle).post(ec2::handle))
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics::serve_metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -93,6 +101,7 @@ pub async fn state(store: Arc<dyn Store>, admin_token: &str, settings: Settings)
         store,
         cache,
         admin_token_sha: auth::sha256_hex(admin_token).into(),
+        access_key_sealing: Arc::new(ec2::credentials::sealing_key(admin_token)),
         settings: Arc::new(settings),
         ip_reservations: Default::default(),
         desired: Default::default(),

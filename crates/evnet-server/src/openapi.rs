@@ -30,6 +30,9 @@ const OPS: &[Op] = &[
     op("get", "/v1/tenants", "List tenants", None, Some("Tenant"), 200, true),
     op("get", "/v1/tenants/{id}", "Get a tenant", None, Some("Tenant"), 200, false),
     op("delete", "/v1/tenants/{id}", "Delete a tenant that owns nothing (admin)", None, None, 204, false),
+    op("post", "/v1/tenants/{id}/access-keys", "Create an access key for the EC2 Query API (the admin, or the tenant for itself); answers its secret once", Some("CreateAccessKey"), Some("AccessKeyWithSecret"), 201, false),
+    op("get", "/v1/tenants/{id}/access-keys", "List a tenant's access keys (without secrets)", None, Some("AccessKey"), 200, true),
+    op("delete", "/v1/tenants/{id}/access-keys/{key}", "Delete (revoke) an access key", None, None, 204, false),
     op("post", "/v1/agent-tokens", "Issue a token for agents (admin)", None, None, 201, false),
     op("post", "/v1/hosts", "Register a host (agent); 200 when the name exists", Some("RegisterHost"), Some("Host"), 201, false),
     op("get", "/v1/hosts", "List hosts", None, Some("Host"), 200, true),
@@ -60,13 +63,15 @@ const OPS: &[Op] = &[
     op("get", "/v1/route-tables/{id}", "Get a route table", None, Some("RouteTable"), 200, false),
     op("patch", "/v1/route-tables/{id}", "Change routes or associations", Some("PatchRouteTable"), Some("RouteTable"), 200, false),
     op("delete", "/v1/route-tables/{id}", "Delete a route table (not the main one)", None, None, 204, false),
-    op("post", "/v1/peerings", "Peer two VPCs with disjoint blocks", Some("CreatePeering"), Some("Peering"), 201, false),
+    op("post", "/v1/peerings", "Request a peering of two VPCs with disjoint blocks (pending-acceptance until the owner of vpc_b accepts)", Some("CreatePeering"), Some("Peering"), 201, false),
     op("get", "/v1/peerings", "List peerings (?vpc_id=)", None, Some("Peering"), 200, true),
     op("get", "/v1/peerings/{id}", "Get a peering", None, Some("Peering"), 200, false),
+    op("post", "/v1/peerings/{id}/accept", "Accept a peering (the owner of vpc_b); it forwards only once accepted", None, Some("Peering"), 200, false),
     op("delete", "/v1/peerings/{id}", "Delete a peering no route uses", None, None, 204, false),
     op("post", "/v1/instances", "Create an instance; the scheduler places it when host_id is absent", Some("CreateInstance"), Some("Instance"), 201, false),
     op("get", "/v1/instances", "List instances (?host_id=)", None, Some("Instance"), 200, true),
     op("get", "/v1/instances/{id}", "Get an instance", None, Some("Instance"), 200, false),
+    op("patch", "/v1/instances/{id}", "Rename or retag an instance", Some("PatchNameTags"), Some("Instance"), 200, false),
     op("delete", "/v1/instances/{id}", "Delete an instance; its ENIs are detached", None, None, 204, false),
     op("post", "/v1/enis", "Create an ENI with addresses from its subnet", Some("CreateEni"), Some("Eni"), 201, false),
     op("get", "/v1/enis", "List ENIs (?subnet_id=, ?vpc_id=, ?instance_id=, ?host_id=, ?status=)", None, Some("Eni"), 200, true),
@@ -76,6 +81,8 @@ const OPS: &[Op] = &[
     op("delete", "/v1/enis/{id}", "Delete a detached ENI and free its addresses", None, None, 204, false),
     op("post", "/v1/enis/{id}/attach", "Attach an ENI to an instance (admission on the instance's host)", Some("AttachEni"), Some("Eni"), 200, false),
     op("post", "/v1/enis/{id}/detach", "Detach an ENI; it keeps its MAC, addresses and groups", None, Some("Eni"), 200, false),
+    op("post", "/v1/enis/{id}/assign-ips", "Give an ENI secondary addresses, named or counted, from its subnet", Some("SecondaryIps"), Some("Eni"), 200, false),
+    op("post", "/v1/enis/{id}/unassign-ips", "Take secondary addresses off an ENI and free them", Some("SecondaryIps"), Some("Eni"), 200, false),
     op("post", "/v1/bandwidth-pools", "Create an aggregate bandwidth cap over ENIs", Some("CreateBandwidthPool"), Some("BandwidthPool"), 201, false),
     op("get", "/v1/bandwidth-pools", "List bandwidth pools", None, Some("BandwidthPool"), 200, true),
     op("get", "/v1/bandwidth-pools/{id}", "Get a bandwidth pool", None, Some("BandwidthPool"), 200, false),
@@ -91,8 +98,8 @@ fn schemas() -> Map<String, Value> {
         ($($t:ty),*) => {$( let _ = generator.subschema_for::<$t>(); )*};
     }
     add!(
-        Tenant, TenantWithToken, CreateTenant, Host, RegisterHost, Heartbeat, HostDesired, Vpc, CreateVpc, Subnet,
-        CreateSubnet, PatchNameTags, Instance, CreateInstance, Eni, CreateEni, PatchEni, AttachEni, SecurityGroup,
+        Tenant, TenantWithToken, CreateTenant, AccessKey, AccessKeyWithSecret, CreateAccessKey, Host, RegisterHost, Heartbeat, HostDesired, Vpc, CreateVpc, Subnet,
+        CreateSubnet, PatchNameTags, Instance, CreateInstance, Eni, CreateEni, PatchEni, AttachEni, SecondaryIps, SecurityGroup,
         CreateSecurityGroup, PatchSecurityGroup, RouteTable, CreateRouteTable, PatchRouteTable, Peering,
         CreatePeering, BandwidthPool, CreateBandwidthPool, PatchBandwidthPool, ErrorBody, HostBandwidthReport,
         HostBandwidthCaps, EniStats, BandwidthStats, TraceRequest, Trace
@@ -110,6 +117,9 @@ pub fn document() -> Value {
         let mut params = vec![];
         if o.path.contains("{id}") {
             params.push(json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}));
+        }
+        if o.path.contains("{key}") {
+            params.push(json!({"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}));
         }
         if o.list {
             params.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}));

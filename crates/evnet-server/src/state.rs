@@ -29,6 +29,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub cache: Arc<Cache>,
     pub admin_token_sha: Arc<str>,
+    /// Seals and opens EC2 access-key secrets ([`crate::ec2::credentials`]).
+    pub access_key_sealing: Arc<[u8; 32]>,
     pub settings: Arc<Settings>,
     /// Addresses handed to in-flight ENI creates, per subnet, so concurrent
     /// creates on this server try different addresses. The store's compare

@@ -128,6 +128,30 @@ pub async fn get_instance(State(st): State<AppState>, caller: Caller, Path(id): 
     Ok(Json(arc_clone(&visible(&st.cache.read().instances, Kind::Instance, &id, &caller)?.value)))
 }
 
+pub async fn patch_instance(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<PatchNameTags>,
+) -> ApiResult<Json<Instance>> {
+    check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
+    commit(&st, |snap| {
+        let e = visible(&snap.instances, Kind::Instance, &id, &caller)?;
+        check_revision(req.revision, e.mod_revision, &id)?;
+        let mut v = arc_clone(&e.value);
+        if let Some(n) = &req.name {
+            v.name = n.clone();
+        }
+        if let Some(t) = &req.tags {
+            v.tags = t.clone();
+        }
+        let k = keys::resource(Kind::Instance, &id);
+        Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &v)] }, ()))
+    })
+    .await?;
+    Ok(Json(read_back(&st.cache.read().instances, &id)?))
+}
+
 /// Deleting an instance detaches its ENIs (they stay, `available`).
 pub async fn delete_instance(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     commit(&st, |snap| {
@@ -207,6 +231,51 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// Picks addresses in a subnet under the reservation lock: `explicit` ones
+/// (each must be free), then `auto` more from the pool; all of them are
+/// reserved for the caller's transaction. The store's compare on each
+/// address key is what makes them unique.
+fn pick_addresses(st: &AppState, subnet_id: &str, pool: &ipam::IpPool, explicit: &[Ipv4Addr], auto: usize) -> ApiResult<Vec<Ipv4Addr>> {
+    let mut chosen = vec![];
+    let mut all = st.ip_reservations.lock().unwrap_or_else(|e| e.into_inner());
+    let reserved = all.entry(subnet_id.to_string()).or_default();
+    for ip in explicit {
+        ipam::check_assignable(pool.net(), *ip)?;
+        if pool.is_used(*ip) || reserved.contains(ip) {
+            return Err(ModelError::conflict("ip_in_use", format!("{ip} is already in use in subnet {}", pool.net())).into());
+        }
+        chosen.push(*ip);
+    }
+    let mut picked = 0;
+    if auto > 0 {
+        for ip in pool.free_iter() {
+            if picked == auto {
+                break;
+            }
+            if !reserved.contains(&ip) && !chosen.contains(&ip) {
+                chosen.push(ip);
+                picked += 1;
+            }
+        }
+    }
+    if picked < auto {
+        return Err(ModelError::conflict(
+            "subnet_exhausted",
+            format!(
+                "subnet {subnet_id} ({}) has no free address left for this ENI ({} of {} in use); free addresses or use another subnet",
+                pool.net(),
+                pool.used_count(),
+                pool.capacity()
+            ),
+        )
+        .into());
+    }
+    for ip in &chosen {
+        reserved.insert(*ip);
+    }
+    Ok(chosen)
+}
+
 pub async fn create_eni(State(st): State<AppState>, caller: Caller, Body(req): Body<CreateEni>) -> ApiResult<(StatusCode, Json<Eni>)> {
     let tenant = caller.tenant_for_create()?.to_string();
     check_tags(&req.tags)?;
@@ -245,48 +314,9 @@ pub async fn create_eni(State(st): State<AppState>, caller: Caller, Body(req): B
         };
         let group_revs = check_groups(snap, &caller, &vpc_id, &groups)?;
         let pool = snap.ipam.get(&req.subnet_id).ok_or_else(ApiError::conflict_retry)?;
-        // Pick addresses under the reservation lock.
-        let mut chosen = vec![];
-        {
-            let mut all = st.ip_reservations.lock().unwrap_or_else(|e| e.into_inner());
-            let reserved = all.entry(req.subnet_id.clone()).or_default();
-            for ip in req.private_ip.iter().chain(&req.secondary_ips) {
-                ipam::check_assignable(pool.net(), *ip)?;
-                if pool.is_used(*ip) || reserved.contains(ip) {
-                    return Err(ModelError::conflict("ip_in_use", format!("{ip} is already in use in subnet {}", pool.net())).into());
-                }
-                chosen.push(*ip);
-            }
-            let auto = usize::from(req.private_ip.is_none()) + req.secondary_ip_count as usize;
-            let mut picked = 0;
-            if auto > 0 {
-                for ip in pool.free_iter() {
-                    if picked == auto {
-                        break;
-                    }
-                    if !reserved.contains(&ip) && !chosen.contains(&ip) {
-                        chosen.push(ip);
-                        picked += 1;
-                    }
-                }
-            }
-            if picked < auto {
-                return Err(ModelError::conflict(
-                    "subnet_exhausted",
-                    format!(
-                        "subnet {} ({}) has no free address left for this ENI ({} of {} in use); free addresses or use another subnet",
-                        req.subnet_id,
-                        pool.net(),
-                        pool.used_count(),
-                        pool.capacity()
-                    ),
-                )
-                .into());
-            }
-            for ip in &chosen {
-                reserved.insert(*ip);
-            }
-        }
+        let explicit: Vec<Ipv4Addr> = req.private_ip.iter().chain(&req.secondary_ips).copied().collect();
+        let auto = usize::from(req.private_ip.is_none()) + req.secondary_ip_count as usize;
+        let chosen = pick_addresses(&st, &req.subnet_id, pool, &explicit, auto)?;
         resv.ips = chosen.clone();
         // The requested primary, or else the first address picked for it.
         let explicit = usize::from(req.private_ip.is_some()) + req.secondary_ips.len();
@@ -392,6 +422,98 @@ pub async fn patch_eni(State(st): State<AppState>, caller: Caller, Path(id): Pat
     })
     .await?;
     Ok(Json(read_back(&st.cache.read().enis, &id)?))
+}
+
+
+fn check_distinct(ips: &[Ipv4Addr]) -> ApiResult<()> {
+    let mut seen = HashSet::new();
+    for ip in ips {
+        if !seen.insert(*ip) {
+            return Err(ModelError::invalid("invalid_secondary_ips", format!("{ip} is requested twice")).into());
+        }
+    }
+    Ok(())
+}
+
+/// Gives an ENI more secondary addresses: `ips` by name, or `count` from its
+/// subnet. Answers the ENI and the addresses it got.
+pub async fn assign_ips_op(st: &AppState, caller: &Caller, id: &str, req: &SecondaryIps) -> ApiResult<(Eni, Vec<Ipv4Addr>)> {
+    check_distinct(&req.ips)?;
+    if req.ips.is_empty() && req.count == 0 {
+        return Err(ModelError::invalid("invalid_secondary_ips", "name addresses in `ips` or give a `count`").into());
+    }
+    let mut resv = Reservation { st, subnet: String::new(), ips: vec![] };
+    let (_, chosen) = commit(st, |snap| {
+        resv.release();
+        let e = visible(&snap.enis, Kind::Eni, id, caller)?;
+        let mut eni = arc_clone(&e.value);
+        if eni.secondary_ips.len() + req.ips.len() + req.count as usize > MAX_SECONDARY_IPS {
+            return Err(ModelError::invalid(
+                "invalid_secondary_ips",
+                format!("at most {MAX_SECONDARY_IPS} secondary addresses per ENI; {id} has {}", eni.secondary_ips.len()),
+            )
+            .into());
+        }
+        let subnet = snap.subnets.get(&eni.subnet_id).ok_or_else(ApiError::conflict_retry)?;
+        if subnet.value.deleting {
+            return Err(ModelError::conflict("subnet_deleting", format!("subnet {} is being deleted", eni.subnet_id)).into());
+        }
+        let pool = snap.ipam.get(&eni.subnet_id).ok_or_else(ApiError::conflict_retry)?;
+        resv.subnet = eni.subnet_id.clone();
+        let chosen = pick_addresses(st, &eni.subnet_id, pool, &req.ips, req.count as usize)?;
+        resv.ips = chosen.clone();
+        eni.secondary_ips.extend(chosen.iter().copied());
+        let k = keys::resource(Kind::Eni, id);
+        let mut txn = Txn {
+            compares: vec![cmp(k.clone(), e.mod_revision), cmp(keys::resource(Kind::Subnet, &eni.subnet_id), subnet.mod_revision)],
+            ops: vec![put(k, &eni)],
+        };
+        for ip in &chosen {
+            txn.compares.push(cmp(keys::ipam(&eni.subnet_id, *ip), 0));
+            txn.ops.push(put_raw(keys::ipam(&eni.subnet_id, *ip), id));
+        }
+        Ok(Plan::Write(txn, chosen))
+    })
+    .await?;
+    drop(resv);
+    Ok((read_back(&st.cache.read().enis, id)?, chosen))
+}
+
+/// Takes secondary addresses off an ENI and frees them.
+pub async fn unassign_ips_op(st: &AppState, caller: &Caller, id: &str, ips: &[Ipv4Addr]) -> ApiResult<Eni> {
+    check_distinct(ips)?;
+    commit(st, |snap| {
+        let e = visible(&snap.enis, Kind::Eni, id, caller)?;
+        let mut eni = arc_clone(&e.value);
+        for ip in ips {
+            if *ip == eni.private_ip {
+                return Err(ModelError::invalid("invalid_secondary_ips", format!("{ip} is {id}'s primary address, which stays with it")).into());
+            }
+            if !eni.secondary_ips.contains(ip) {
+                return Err(ModelError::invalid("invalid_secondary_ips", format!("{ip} is not a secondary address of {id}")).into());
+            }
+        }
+        eni.secondary_ips.retain(|x| !ips.contains(x));
+        let k = keys::resource(Kind::Eni, id);
+        let mut txn = Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &eni)] };
+        for ip in ips {
+            txn.ops.push(del(keys::ipam(&eni.subnet_id, *ip)));
+        }
+        Ok(Plan::Write(txn, ()))
+    })
+    .await?;
+    read_back(&st.cache.read().enis, id)
+}
+
+pub async fn assign_ips(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, Body(req): Body<SecondaryIps>) -> ApiResult<Json<Eni>> {
+    Ok(Json(assign_ips_op(&st, &caller, &id, &req).await?.0))
+}
+
+pub async fn unassign_ips(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, Body(req): Body<SecondaryIps>) -> ApiResult<Json<Eni>> {
+    if req.count != 0 {
+        return Err(ModelError::invalid("invalid_secondary_ips", "unassign names its addresses in `ips`; `count` applies to assign").into());
+    }
+    Ok(Json(unassign_ips_op(&st, &caller, &id, &req.ips).await?))
 }
 
 pub async fn delete_eni(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {

@@ -86,6 +86,11 @@ pub async fn delete_tenant(State(st): State<AppState>, caller: Caller, Path(id):
                 ops.push(del(keys::token(sha)));
             }
         }
+        for (akid, rec) in &snap.access_keys {
+            if rec.tenant_id == id {
+                ops.push(del(keys::access_key(akid)));
+            }
+        }
         Ok(Plan::Write(Txn { compares: vec![cmp(keys::resource(Kind::Tenant, &id), t.mod_revision)], ops }, ()))
     })
     .await?;

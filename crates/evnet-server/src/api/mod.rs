@@ -1,5 +1,6 @@
 //! The REST handlers, one module per area.
 
+pub mod access_keys;
 pub mod compute;
 pub mod infra;
 pub mod network;

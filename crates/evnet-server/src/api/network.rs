@@ -657,6 +657,7 @@ pub async fn create_peering(
             revision: 0,
             vpc_a: req.vpc_a.clone(),
             vpc_b: req.vpc_b.clone(),
+            status: PeeringStatus::PendingAcceptance,
         };
         let mut txn = Txn { compares: vec![], ops: vec![put(keys::resource(Kind::Peering, &id), &p)] };
         touch_vpc(snap, &req.vpc_a, &mut txn)?;
@@ -676,6 +677,41 @@ pub async fn list_peerings(State(st): State<AppState>, caller: Caller, Q(q): Q<L
 
 pub async fn get_peering(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Peering>> {
     Ok(Json(arc_clone(&visible(&st.cache.read().peerings, Kind::Peering, &id, &caller)?.value)))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptPeering {}
+
+/// The owner of the accepter VPC (`vpc_b`) accepts; accepting an active
+/// peering again changes nothing.
+pub async fn accept_peering(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(_): Body<AcceptPeering>,
+) -> ApiResult<Json<Peering>> {
+    commit(&st, |snap| {
+        let e = match snap.peerings.get(&id) {
+            Some(e) if snap.vpcs.get(&e.value.vpc_b).is_some_and(|v| caller.sees(&v.value.tenant)) || caller.sees(&e.value.tenant) => e,
+            _ => return Err(ModelError::not_found("peering", &id).into()),
+        };
+        if e.value.status == PeeringStatus::Active {
+            return Ok(Plan::Done(()));
+        }
+        if !snap.vpcs.get(&e.value.vpc_b).is_some_and(|v| caller.sees(&v.value.tenant)) {
+            return Err(ModelError::new(ErrorKind::Forbidden, "forbidden", format!("only the owner of VPC {} accepts peering {id}", e.value.vpc_b)).into());
+        }
+        let mut p = arc_clone(&e.value);
+        p.status = PeeringStatus::Active;
+        let k = keys::resource(Kind::Peering, &id);
+        let mut txn = Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &p)] };
+        touch_vpc(snap, &p.vpc_a, &mut txn)?;
+        touch_vpc(snap, &p.vpc_b, &mut txn)?;
+        Ok(Plan::Write(txn, ()))
+    })
+    .await?;
+    Ok(Json(read_back(&st.cache.read().peerings, &id)?))
 }
 
 pub async fn delete_peering(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
