@@ -419,6 +419,32 @@ impl Client {
         self.delete_of("tenants", id).await
     }
 
+    /// `POST /v1/tenants/{id}/access-keys`: a new access key for the EC2
+    /// Query API, with its secret (shown only this once).
+    pub async fn create_access_key(&self, tenant_id: &str) -> Result<AccessKeyWithSecret> {
+        let url = self.url(&["v1", "tenants", tenant_id, "access-keys"], &[])?;
+        self.call(Method::POST, url, Some(&CreateAccessKey {})).await
+    }
+
+    /// `GET /v1/tenants/{id}/access-keys`: the tenant's keys, without secrets.
+    pub async fn list_access_keys(&self, tenant_id: &str) -> Result<Vec<AccessKey>> {
+        let url = self.url(&["v1", "tenants", tenant_id, "access-keys"], &[])?;
+        let page: Page<AccessKey> = self.call::<(), _>(Method::GET, url, None).await?;
+        Ok(page.items)
+    }
+
+    /// `DELETE /v1/tenants/{id}/access-keys/{key}`: revokes a key.
+    pub async fn delete_access_key(&self, tenant_id: &str, access_key_id: &str) -> Result<()> {
+        let url = self.url(&["v1", "tenants", tenant_id, "access-keys", access_key_id], &[])?;
+        self.send::<()>(Method::DELETE, url, None, self.timeout).await.map(|_| ())
+    }
+
+    /// `POST /v1/peerings/{id}/accept`: the accepter's owner accepts.
+    pub async fn accept_peering(&self, id: &str) -> Result<Peering> {
+        let url = self.url(&["v1", "peerings", id, "accept"], &[])?;
+        self.call(Method::POST, url, Some(&serde_json::json!({}))).await
+    }
+
     /// `POST /v1/agent-tokens`: a new token agents authenticate with.
     pub async fn create_agent_token(&self) -> Result<String> {
         let url = self.url(&["v1", "agent-tokens"], &[])?;

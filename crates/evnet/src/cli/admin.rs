@@ -41,6 +41,35 @@ pub enum TenantCommand {
         /// The tenant, by id or name.
         tenant: String,
     },
+    /// A tenant's access keys for the EC2 Query API (AWS Signature Version 4).
+    #[command(subcommand)]
+    AccessKey(AccessKeyCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AccessKeyCommand {
+    /// Create an access key and print its secret (shown only this once); the admin's token, or the tenant's own.
+    #[command(
+        after_help = "Examples:\n  evnet tenant access-key create acme\n  evnet tenant access-key create acme -o json | jq -r .secret_access_key\n\nThen point AWS's tools at evnet:\n  export AWS_ACCESS_KEY_ID=AKIA… AWS_SECRET_ACCESS_KEY=… AWS_DEFAULT_REGION=us-east-1\n  aws ec2 describe-vpcs --endpoint-url \"$EVNET_URL/ec2\""
+    )]
+    Create {
+        /// The tenant, by id or name.
+        tenant: String,
+    },
+    /// List a tenant's access keys (without their secrets).
+    #[command(after_help = "Examples:\n  evnet tenant access-key list acme")]
+    List {
+        /// The tenant, by id or name.
+        tenant: String,
+    },
+    /// Delete (revoke) an access key.
+    #[command(after_help = "Examples:\n  evnet tenant access-key delete acme AKIAIOSFODNN7EXAMPLE")]
+    Delete {
+        /// The tenant, by id or name.
+        tenant: String,
+        /// The access key id.
+        access_key_id: String,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -121,6 +150,34 @@ pub(crate) async fn run_tenant(
             let id = resolve::id(client, Kind::Tenant, &tenant).await?;
             client.delete_tenant(&id).await?;
             print_deleted(out, "tenant", &id);
+            Ok(())
+        }
+        TenantCommand::AccessKey(cmd) => run_access_key(cmd, client, out).await,
+    }
+}
+
+async fn run_access_key(cmd: AccessKeyCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    match cmd {
+        AccessKeyCommand::Create { tenant } => {
+            let id = resolve::id(client, Kind::Tenant, &tenant).await?;
+            let k = client.create_access_key(&id).await?;
+            print_one(out, &k)?;
+            if out == OutputFormat::Table {
+                eprintln!(
+                    "\nSave the secret now, it is not shown again:\n  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
+                    k.key.access_key_id, k.secret_access_key
+                );
+            }
+            Ok(())
+        }
+        AccessKeyCommand::List { tenant } => {
+            let id = resolve::id(client, Kind::Tenant, &tenant).await?;
+            print_list(out, &client.list_access_keys(&id).await?)
+        }
+        AccessKeyCommand::Delete { tenant, access_key_id } => {
+            let id = resolve::id(client, Kind::Tenant, &tenant).await?;
+            client.delete_access_key(&id, &access_key_id).await?;
+            print_deleted(out, "access key", &access_key_id);
             Ok(())
         }
     }

@@ -112,9 +112,9 @@ pub enum SubnetCommand {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum PeeringCommand {
-    /// Peer two VPCs whose CIDRs do not overlap; routes in both VPCs' tables decide what crosses.
+    /// Request a peering of two VPCs whose CIDRs do not overlap; it forwards once the owner of --vpc-b accepts it, and routes in both VPCs' tables decide what crosses.
     #[command(
-        after_help = "Examples:\n  evnet peering create --vpc-a prod --vpc-b shared --name prod-shared\n\nThen route across it from both sides, for instance:\n  evnet route-table add-route rtb-1a2b3c4d5e6f7a8b --destination 10.9.0.0/16 --target pcx-0a0b0c0d0e0f0a0b"
+        after_help = "Examples:\n  evnet peering create --vpc-a prod --vpc-b shared --name prod-shared\n  evnet peering accept prod-shared\n\nThen route across it from both sides, for instance:\n  evnet route-table add-route rtb-1a2b3c4d5e6f7a8b --destination 10.9.0.0/16 --target pcx-0a0b0c0d0e0f0a0b"
     )]
     Create {
         /// One VPC, by id or name.
@@ -137,6 +137,12 @@ pub enum PeeringCommand {
     /// Show one peering (by id or name).
     #[command(after_help = "Examples:\n  evnet peering get prod-shared")]
     Get {
+        /// The peering, by id or name.
+        peering: String,
+    },
+    /// Accept a peering (the owner of its accepter VPC, --vpc-b).
+    #[command(after_help = "Examples:\n  evnet peering accept prod-shared\n  evnet peering accept pcx-0a0b0c0d0e0f0a0b -o json")]
+    Accept {
         /// The peering, by id or name.
         peering: String,
     },
@@ -276,6 +282,10 @@ pub(crate) async fn run_peering(
         PeeringCommand::Get { peering } => {
             let id = resolve::id(client, Kind::Peering, &peering).await?;
             print_one(out, &client.get_peering(&id).await?)
+        }
+        PeeringCommand::Accept { peering } => {
+            let id = resolve::id(client, Kind::Peering, &peering).await?;
+            print_one(out, &client.accept_peering(&id).await?)
         }
         PeeringCommand::Delete { peering } => {
             let id = resolve::id(client, Kind::Peering, &peering).await?;

@@ -301,6 +301,28 @@ impl Render for TenantWithToken {
     }
 }
 
+impl Render for AccessKey {
+    const HEADERS: &'static [&'static str] = &["ACCESS KEY ID", "TENANT", "CREATED"];
+    fn row(&self) -> Vec<String> {
+        vec![self.access_key_id.clone(), self.tenant.clone(), self.created_at.clone()]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![("access_key_id", self.access_key_id.clone()), ("tenant", self.tenant.clone()), ("created_at", self.created_at.clone())]
+    }
+}
+
+impl Render for AccessKeyWithSecret {
+    const HEADERS: &'static [&'static str] = AccessKey::HEADERS;
+    fn row(&self) -> Vec<String> {
+        self.key.row()
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = self.key.fields();
+        f.push(("secret_access_key", self.secret_access_key.clone()));
+        f
+    }
+}
+
 impl Render for Host {
     const HEADERS: &'static [&'static str] =
         &["ID", "NAME", "UNDERLAY", "NIC", "STATUS", "APPLIED"];
@@ -588,13 +610,14 @@ impl Render for RouteTable {
 }
 
 impl Render for Peering {
-    const HEADERS: &'static [&'static str] = &["ID", "NAME", "VPC_A", "VPC_B"];
+    const HEADERS: &'static [&'static str] = &["ID", "NAME", "VPC_A", "VPC_B", "STATUS"];
     fn row(&self) -> Vec<String> {
         vec![
             self.id.clone(),
             self.name.clone(),
             self.vpc_a.clone(),
             self.vpc_b.clone(),
+            enum_str(&self.status),
         ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
@@ -606,7 +629,7 @@ impl Render for Peering {
             &self.created_at,
             self.revision,
         );
-        f.extend([("vpc_a", self.vpc_a.clone()), ("vpc_b", self.vpc_b.clone())]);
+        f.extend([("vpc_a", self.vpc_a.clone()), ("vpc_b", self.vpc_b.clone()), ("status", enum_str(&self.status))]);
         f
     }
 }
