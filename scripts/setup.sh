@@ -29,3 +29,25 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# AWS's clients (boto3, the aws CLI) in a virtual environment under the repo,
+# for the EC2 Query API's tests and benchmark. Reinstalled only when the
+# pinned requirements change.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+req="$root/scripts/ec2-requirements.txt"
+venv="$root/.venv"
+stamp="$venv/.ec2-requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  if ! python3 -c 'import ensurepip' 2>/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "python3 cannot make virtual environments; run as root or: sudo apt-get install python3-venv" >&2
+      exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+  echo "$want" > "$stamp"
+fi
