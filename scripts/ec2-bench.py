@@ -132,7 +132,7 @@ def main():
         ec2 = boto3.client("ec2", endpoint_url=f"http://127.0.0.1:{port}/ec2", region_name=REGION,
                            aws_access_key_id=k["access_key_id"], aws_secret_access_key=k["secret_access_key"],
                            config=Config(retries={"max_attempts": 1}))
-        vpc = rest.call("POST", "/v1/vpcs", {"cidr_block": "10.0.0.0/8"})["id"]
+        vpc = rest.call("POST", "/v1/vpcs", {"cidr_block": "10.0.0.0/16"})["id"]
         total_creates = 3 * args.rounds * args.creates
         assert total_creates < 60000, "the subnet holds 65,531 addresses"
         subnet = rest.call("POST", "/v1/subnets", {"vpc_id": vpc, "cidr_block": "10.0.0.0/16"})["id"]
