@@ -13,6 +13,13 @@
 //! (with its stable `code`), `Transport` when it could not be reached,
 //! `Decode` when a 2xx body was not what the route promises.
 //!
+//! Several servers: give a comma-separated list of base URLs
+//! (`http://10.0.0.1:7300,http://10.0.0.2:7300`). Calls go to the server
+//! that last answered; on a connection error, a timeout or a 5xx they go on
+//! to the next one in the list, each server at most once per call. The
+//! list is tried in order, starting after the server that failed, so
+//! clients spread back over the servers only when one fails.
+//!
 //! The client speaks plain HTTP (it is built without a TLS stack); put a
 //! TLS-terminating proxy in front of the server when the path between them
 //! is not trusted.
@@ -34,6 +41,8 @@ mod error;
 mod filter;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use evnet_model::desired::HostDesired;
@@ -57,12 +66,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A list stops with an error rather than follow more pages than this.
 const MAX_PAGES: usize = 100_000;
 
-/// A handle on one evnet server, authenticated with one bearer token.
-/// Cheap to clone; clones share the connection pool.
+/// A handle on one evnet server (or several that fail over), authenticated
+/// with one bearer token. Cheap to clone; clones share the connection pool
+/// and which server is current.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: Url,
+    bases: Arc<[Url]>,
+    current: Arc<AtomicUsize>,
     token: Option<String>,
     timeout: Duration,
 }
@@ -82,9 +93,47 @@ struct IdOnly {
     id: String,
 }
 
+/// Whether a failed call should be tried on the next server.
+fn fails_over(e: &ClientError) -> bool {
+    match e {
+        ClientError::Transport { .. } => true,
+        ClientError::Api { status, .. } => *status >= 500,
+        _ => false,
+    }
+}
+
+fn parse_base(base_url: &str) -> Result<Url> {
+    let invalid = |reason: &str| ClientError::InvalidUrl {
+        url: base_url.to_string(),
+        reason: reason.to_string(),
+    };
+    let base = Url::parse(base_url.trim()).map_err(|e| invalid(&e.to_string()))?;
+    match base.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(invalid(
+                "this client speaks plain HTTP only; use http:// (behind a TLS-terminating proxy if needed)",
+            ));
+        }
+        other => {
+            return Err(invalid(&format!(
+                "unsupported scheme `{other}`, use http://"
+            )));
+        }
+    }
+    if base.cannot_be_a_base() || base.host_str().is_none() {
+        return Err(invalid("expected a URL like http://127.0.0.1:7300"));
+    }
+    if base.query().is_some() || base.fragment().is_some() {
+        return Err(invalid("the base URL must not have a query or fragment"));
+    }
+    Ok(base)
+}
+
 impl Client {
     /// A client for the server at `base_url` (`http://127.0.0.1:7300`, with
-    /// or without a path prefix) that sends `Authorization: Bearer TOKEN`.
+    /// or without a path prefix; several separated by commas fail over)
+    /// that sends `Authorization: Bearer TOKEN`.
     pub fn new(base_url: &str, token: impl Into<String>) -> Result<Self> {
         Self::build(base_url, Some(token.into()))
     }
@@ -96,38 +145,30 @@ impl Client {
     }
 
     fn build(base_url: &str, token: Option<String>) -> Result<Self> {
-        let invalid = |reason: &str| ClientError::InvalidUrl {
-            url: base_url.to_string(),
-            reason: reason.to_string(),
-        };
-        let base = Url::parse(base_url.trim()).map_err(|e| invalid(&e.to_string()))?;
-        match base.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(invalid(
-                    "this client speaks plain HTTP only; use http:// (behind a TLS-terminating proxy if needed)",
-                ));
-            }
-            other => {
-                return Err(invalid(&format!(
-                    "unsupported scheme `{other}`, use http://"
-                )));
-            }
-        }
-        if base.cannot_be_a_base() || base.host_str().is_none() {
-            return Err(invalid("expected a URL like http://127.0.0.1:7300"));
-        }
-        if base.query().is_some() || base.fragment().is_some() {
-            return Err(invalid("the base URL must not have a query or fragment"));
+        let bases: Vec<Url> = base_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(parse_base)
+            .collect::<Result<_>>()?;
+        if bases.is_empty() {
+            return Err(ClientError::InvalidUrl {
+                url: base_url.to_string(),
+                reason: "expected a URL like http://127.0.0.1:7300 (or several, comma-separated)".into(),
+            });
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("evnet-client/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| invalid(&format!("cannot build an HTTP client: {e}")))?;
+            .map_err(|e| ClientError::InvalidUrl {
+                url: base_url.to_string(),
+                reason: format!("cannot build an HTTP client: {e}"),
+            })?;
         Ok(Self {
             http,
-            base,
+            bases: bases.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             token,
             timeout: DEFAULT_REQUEST_TIMEOUT,
         })
@@ -149,19 +190,39 @@ impl Client {
         self
     }
 
-    /// The server's base URL as given.
+    /// The base URL of the server calls go to now.
     pub fn base_url(&self) -> &Url {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Every base URL given, in order.
+    pub fn base_urls(&self) -> &[Url] {
+        &self.bases
+    }
+
+    /// `url` (made on one of the bases) moved onto base `to`.
+    fn on_base(&self, url: &Url, to: usize) -> Url {
+        let s = url.as_str();
+        for from in self.bases.iter() {
+            let prefix = from.as_str().trim_end_matches('/');
+            if let Some(rest) = s.strip_prefix(prefix)
+                && let Ok(moved) = Url::parse(&format!("{}{rest}", self.bases[to].as_str().trim_end_matches('/')))
+            {
+                return moved;
+            }
+        }
+        url.clone()
     }
 
     // -----------------------------------------------------------------
     // The transport core.
 
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Url> {
-        let mut url = self.base.clone();
+        let base = self.base_url();
+        let mut url = base.clone();
         url.path_segments_mut()
             .map_err(|()| ClientError::InvalidUrl {
-                url: self.base.to_string(),
+                url: base.to_string(),
                 reason: "cannot hold a path".into(),
             })?
             .pop_if_empty()
@@ -176,8 +237,43 @@ impl Client {
     }
 
     /// Sends one request and returns the status and body of a 2xx answer;
-    /// any other status becomes [`ClientError::Api`].
+    /// any other status becomes [`ClientError::Api`]. With several servers,
+    /// a connection error, a timeout or a 5xx moves on to the next one.
     async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>)> {
+        let n = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut attempt = 0;
+        loop {
+            let i = (first + attempt) % n;
+            let target = if n == 1 { url.clone() } else { self.on_base(&url, i) };
+            match self.send_once(method.clone(), target, body, timeout).await {
+                Ok(answer) => {
+                    if i != first {
+                        self.current.store(i, Ordering::Relaxed);
+                    }
+                    return Ok(answer);
+                }
+                Err(e) if attempt + 1 < n && fails_over(&e) => {
+                    attempt += 1;
+                }
+                Err(e) => {
+                    if n > 1 && fails_over(&e) {
+                        // Every server failed: start the next call after this one.
+                        self.current.store((i + 1) % n, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn send_once<B: Serialize + ?Sized>(
         &self,
         method: Method,
         url: Url,
@@ -339,7 +435,7 @@ impl Client {
                 reason: "a path must start with `/`".into(),
             });
         }
-        let base = self.base.as_str().trim_end_matches('/');
+        let base = self.base_url().as_str().trim_end_matches('/');
         Url::parse(&format!("{base}{path}")).map_err(|e| ClientError::InvalidUrl {
             url: path.into(),
             reason: e.to_string(),

@@ -55,6 +55,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Board {
     inner: Mutex<Inner>,
+    /// Controller rounds this server has run.
+    pub rounds: std::sync::atomic::AtomicU64,
 }
 
 impl Board {
@@ -227,13 +229,18 @@ pub fn round(st: &AppState, now: u64) {
     st.bandwidth.set_caps(compute_caps(&hosts, &enis, &pools, &reports));
 }
 
-/// Runs the controller every second until the task is dropped.
+/// Runs the controller every second, on the server that leads the
+/// bandwidth loop, until the task is dropped. Other servers forward the
+/// agents' reports to the leader (see `api::stats::report`).
 pub async fn run(st: AppState) {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        round(&st, now_ms());
+        if st.cluster.leads(crate::cluster::BANDWIDTH) {
+            round(&st, now_ms());
+            st.bandwidth.rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use evnet_model::ipam::IpPool;
@@ -75,6 +76,8 @@ pub struct Snapshot {
     pub idem: HashMap<String, IdemRecord>,
     /// Access key id → its record (from `/accesskeys/` keys).
     pub access_keys: BTreeMap<String, AccessKeyRecord>,
+    /// The `/cluster/` keys: server registrations and loop leaders.
+    pub cluster: BTreeMap<String, Vec<u8>>,
 }
 
 impl Snapshot {
@@ -167,6 +170,12 @@ impl Snapshot {
             } else {
                 self.access_keys.remove(akid);
             }
+        } else if key.starts_with("/cluster/") {
+            if put {
+                self.cluster.insert(key.to_string(), kv.value.clone());
+            } else {
+                self.cluster.remove(key);
+            }
         } else if key.starts_with("/idem/") {
             if put {
                 if let Some(r) = decode::<IdemRecord>(kv) {
@@ -225,13 +234,16 @@ fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Option<T> {
 pub struct Cache {
     inner: RwLock<Snapshot>,
     revision_tx: watch::Sender<Revision>,
+    /// False while the watch is broken and a relist has not yet succeeded:
+    /// the snapshot may then be behind the store by any amount.
+    connected: AtomicBool,
 }
 
 impl Cache {
     /// Lists the store and starts following it.
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Cache>, StoreError> {
         let (revision_tx, _) = watch::channel(0);
-        let cache = Arc::new(Cache { inner: RwLock::new(Snapshot::default()), revision_tx });
+        let cache = Arc::new(Cache { inner: RwLock::new(Snapshot::default()), revision_tx, connected: AtomicBool::new(false) });
         let rev = cache.relist(store.as_ref()).await?;
         let follower = cache.clone();
         tokio::spawn(async move { follower.follow(store, rev).await });
@@ -248,6 +260,7 @@ impl Cache {
         }
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = snap;
         self.revision_tx.send_replace(resp.revision);
+        self.connected.store(true, Ordering::Release);
         Ok(resp.revision)
     }
 
@@ -257,19 +270,22 @@ impl Cache {
             let mut stream = match store.watch("/", rev + 1).await {
                 Ok(s) => s,
                 Err(e) => {
+                    self.connected.store(false, Ordering::Release);
                     tracing::warn!(error = %e, "cache watch failed; listing again");
                     match self.relist(store.as_ref()).await {
                         Ok(r) => rev = r,
                         Err(e) => {
                             tracing::error!(error = %e, "cache relist failed");
                             tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
                         }
                     }
                     continue;
                 }
             };
             backoff = std::time::Duration::from_millis(50);
+            // Following again from where it stopped: the watch replays the gap.
+            self.connected.store(true, Ordering::Release);
             while let Some(item) = stream.recv().await {
                 match item {
                     Ok(batch) => {
@@ -284,17 +300,21 @@ impl Cache {
                         self.revision_tx.send_replace(rev);
                     }
                     Err(e) => {
+                        self.connected.store(false, Ordering::Release);
                         tracing::warn!(error = %e, "cache watch interrupted");
                         break;
                     }
                 }
             }
+            // The watch ended without an error only if the store closed.
+            self.connected.store(false, Ordering::Release);
             match self.relist(store.as_ref()).await {
                 Ok(r) => rev = r,
                 Err(StoreError::Closed) => return,
                 Err(e) => {
                     tracing::error!(error = %e, "cache relist failed");
                     tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
                 }
             }
         }
@@ -306,6 +326,12 @@ impl Cache {
 
     pub fn revision(&self) -> Revision {
         *self.revision_tx.borrow()
+    }
+
+    /// Whether the cache is following the store (its watch is up). While it
+    /// is not, the server answers 503 rather than possibly stale reads.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
     }
 
     /// Waits until the cache has seen revision `rev`.

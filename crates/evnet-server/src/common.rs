@@ -57,6 +57,10 @@ pub enum Plan<R> {
     Done(R),
 }
 
+/// How long a write waits for this server's cache to reach the revision it
+/// wrote (or, after a conflict, the one it lost to).
+pub const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Optimistic concurrency: build a transaction from the cache, commit it if
 /// its compares still hold, otherwise catch up and try again. Returns the
 /// revision written at (or the cache's, for `Plan::Done`).
@@ -73,7 +77,16 @@ where
             Plan::Done(r) => return Ok((state.cache.revision(), r)),
             Plan::Write(txn, r) => {
                 let resp = state.store.txn(txn).await?;
-                state.cache.wait_for(resp.revision).await;
+                if tokio::time::timeout(CACHE_WAIT, state.cache.wait_for(resp.revision)).await.is_err() {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        format!(
+                            "the store answered revision {} but this server's view of it did not get there within {CACHE_WAIT:?}; read the resource again before retrying",
+                            resp.revision
+                        ),
+                    ));
+                }
                 if resp.succeeded {
                     state.metrics.store_writes.inc();
                     return Ok((resp.revision, r));

@@ -10,12 +10,15 @@
 //! long poll keyed by generation.
 //!
 //! The server keeps no state of its own besides the store: several replicas
-//! may share one store.
+//! may share one etcd ([`cluster`]): each keeps its cache from the etcd
+//! watch, and the loops that must run once (bandwidth controller, host
+//! liveness) run on the replica that holds their lease-based leadership.
 
 pub mod api;
 pub mod auth;
 pub mod bandwidth;
 pub mod cache;
+pub mod cluster;
 pub mod common;
 pub mod desired;
 pub mod ec2;
@@ -35,7 +38,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use evnet_store::Store;
 
-use crate::api::{access_keys, compute, infra, network, stats, trace};
+use crate::api::{access_keys, cluster as cluster_api, compute, infra, network, stats, trace};
 use crate::state::{AppState, Settings};
 
 /// Largest request body accepted.
@@ -57,6 +60,8 @@ pub fn app(state: AppState) -> Router {
         .route("/enis/{id}/stats", get(stats::eni_stats))
         .route("/bandwidth-stats", get(stats::overview))
         .route("/trace", post(trace::trace))
+        .route("/cluster", get(cluster_api::status))
+        .route("/cluster/self", get(cluster_api::this_server))
         .route("/vpcs", post(network::create_vpc).get(network::list_vpcs))
         .route("/vpcs/{id}", get(network::get_vpc).patch(network::patch_vpc).delete(network::delete_vpc))
         .route("/subnets", post(network::create_subnet).get(network::list_subnets))
@@ -88,16 +93,24 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async {
             error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "no_such_route", "no such route; see /openapi.json")
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cluster_api::require_store))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
 /// Builds the shared state over a store: starts the cache and returns once
-/// it has listed the store.
+/// it has listed the store. The server is alone on its store and leads
+/// every loop.
 pub async fn state(store: Arc<dyn Store>, admin_token: &str, settings: Settings) -> anyhow::Result<AppState> {
+    state_in(store, admin_token, settings, Arc::new(cluster::Cluster::solo(""))).await
+}
+
+/// Like [`state`], for a server that is one of several ([`cluster::Cluster`]).
+pub async fn state_in(store: Arc<dyn Store>, admin_token: &str, settings: Settings, cluster: Arc<cluster::Cluster>) -> anyhow::Result<AppState> {
     let cache = cache::Cache::start(store.clone()).await?;
     Ok(AppState {
+        cluster,
         store,
         cache,
         admin_token_sha: auth::sha256_hex(admin_token).into(),
@@ -131,12 +144,28 @@ pub fn admin_token(data_dir: &Path, from_env: Option<String>) -> anyhow::Result<
     Ok(token)
 }
 
+/// Where the server keeps its state.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    /// A redb file in the data dir: one server.
+    #[default]
+    Embedded,
+    /// An etcd cluster: any number of servers.
+    Etcd(evnet_store::EtcdOptions),
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub admin_token: Option<String>,
     pub settings: Settings,
+    pub store: StoreConfig,
+    /// The URL other servers and `GET /v1/cluster` give for this server;
+    /// default `http://LISTEN`.
+    pub advertise_url: Option<String>,
+    /// TTL of the leadership lease on etcd.
+    pub leader_ttl: std::time::Duration,
 }
 
 /// Runs the server until `shutdown` resolves, then finishes the requests in
@@ -144,13 +173,26 @@ pub struct ServerConfig {
 pub async fn run(config: ServerConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let token = admin_token(&config.data_dir, config.admin_token.clone())?;
-    let store: Arc<dyn Store> = Arc::new(evnet_store::EmbeddedStore::open(config.data_dir.join("evnet.redb"))?);
-    let st = state(store, &token, config.settings.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let url = config.advertise_url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    let (store, cluster): (Arc<dyn Store>, _) = match &config.store {
+        StoreConfig::Embedded => {
+            (Arc::new(evnet_store::EmbeddedStore::open(config.data_dir.join("evnet.redb"))?), cluster::Cluster::solo(&url))
+        }
+        StoreConfig::Etcd(opts) => {
+            let etcd = evnet_store::EtcdStore::connect(opts.clone()).await?;
+            (Arc::new(etcd.clone()), cluster::Cluster::etcd(etcd, &url, config.leader_ttl))
+        }
+    };
+    let cluster = Arc::new(cluster);
+    let st = state_in(store, &token, config.settings.clone(), cluster.clone()).await?;
+    let campaign = tokio::spawn(cluster.clone().run());
     tokio::spawn(infra::watch_host_liveness(st.clone()));
     tokio::spawn(bandwidth::run(st.clone()));
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "evnet server listening");
+    tracing::info!(addr = %listener.local_addr()?, server = %cluster.me.id, store = cluster.store_kind().0, data_dir = %config.data_dir.display(), "evnet server listening");
     axum::serve(listener, app(st)).with_graceful_shutdown(shutdown).await?;
+    campaign.abort();
+    cluster.resign().await;
     tracing::info!("evnet server stopped");
     Ok(())
 }

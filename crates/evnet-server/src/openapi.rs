@@ -5,6 +5,7 @@
 use axum::response::IntoResponse;
 use evnet_model::desired::{HostBandwidthCaps, HostBandwidthReport, HostDesired};
 
+use crate::api::cluster::{ClusterStatus, ServerSelf};
 use crate::api::stats::{BandwidthStats, EniStats};
 use evnet_model::trace::{Trace, TraceRequest};
 use evnet_model::*;
@@ -42,6 +43,8 @@ const OPS: &[Op] = &[
     op("get", "/v1/hosts/{id}/desired", "The host's desired state; with ?since=G a long poll until the generation passes G (agent)", None, Some("HostDesired"), 200, false),
     op("post", "/v1/hosts/{id}/bandwidth", "Report the host's ENIs' measured rate, demand and allocation (agent); answers the controller's caps", Some("HostBandwidthReport"), Some("HostBandwidthCaps"), 200, false),
     op("post", "/v1/trace", "What the data plane does with one packet from one of the caller's ENIs: anti-spoofing, egress groups, route, ingress groups (what `evnet trace` shows)", Some("TraceRequest"), Some("Trace"), 200, false),
+    op("get", "/v1/cluster", "The servers on the store, which one leads each loop, the store, its revision and each server's lag (admin)", None, Some("ClusterStatus"), 200, false),
+    op("get", "/v1/cluster/self", "This server alone: its cache revision and the loops it leads (admin)", None, Some("ServerSelf"), 200, false),
     op("get", "/v1/bandwidth-stats", "Rates, demand and allocations of the caller's attached ENIs and their hosts (what `evnet top` shows)", None, Some("BandwidthStats"), 200, false),
     op("post", "/v1/vpcs", "Create a VPC (with its main route table and default group)", Some("CreateVpc"), Some("Vpc"), 201, false),
     op("get", "/v1/vpcs", "List VPCs", None, Some("Vpc"), 200, true),
@@ -102,7 +105,7 @@ fn schemas() -> Map<String, Value> {
         CreateSubnet, PatchNameTags, Instance, CreateInstance, Eni, CreateEni, PatchEni, AttachEni, SecondaryIps, SecurityGroup,
         CreateSecurityGroup, PatchSecurityGroup, RouteTable, CreateRouteTable, PatchRouteTable, Peering,
         CreatePeering, BandwidthPool, CreateBandwidthPool, PatchBandwidthPool, ErrorBody, HostBandwidthReport,
-        HostBandwidthCaps, EniStats, BandwidthStats, TraceRequest, Trace
+        HostBandwidthCaps, EniStats, BandwidthStats, TraceRequest, Trace, ClusterStatus, ServerSelf
     );
     let mut defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     defs.sort_keys();

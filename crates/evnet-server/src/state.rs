@@ -26,6 +26,8 @@ impl Default for Settings {
 
 #[derive(Clone)]
 pub struct AppState {
+    /// This server among the servers on the store, and the loops it leads.
+    pub cluster: Arc<crate::cluster::Cluster>,
     pub store: Arc<dyn Store>,
     pub cache: Arc<Cache>,
     pub admin_token_sha: Arc<str>,

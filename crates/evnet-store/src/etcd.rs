@@ -188,57 +188,71 @@ impl EtcdStore {
         })
     }
 
-    /// Runs `call` under the request timeout; errors and timeouts become
-    /// [`StoreError::Unavailable`].
-    async fn bounded<T, F>(&self, what: &str, call: F) -> Result<T, StoreError>
+    /// Runs the call `make` builds under the request timeout; errors and
+    /// timeouts become [`StoreError::Unavailable`]. A call that could not
+    /// even connect (a dead member the client has not left yet) never
+    /// reached etcd, so it is made again, through the next member, until
+    /// the timeout.
+    async fn bounded<T, F, Fut>(&self, what: &str, mut make: F) -> Result<T, StoreError>
     where
-        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.options.request_timeout, call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(unavailable(what, e)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "etcd {what} did not answer within {:?}",
-                self.options.request_timeout
-            ))),
+        let deadline = tokio::time::Instant::now() + self.options.request_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, make()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if never_sent(&e) && tokio::time::Instant::now() + Duration::from_millis(20) < deadline => {
+                    tracing::debug!(error = %e, what, "etcd call did not connect; trying again");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Err(e)) => return Err(unavailable(what, e)),
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd {what} did not answer within {:?}",
+                        self.options.request_timeout
+                    )));
+                }
+            }
         }
     }
 
     /// Grants a lease of `ttl` (whole seconds, at least 1); returns its id.
     pub async fn lease(&self, ttl: Duration) -> Result<i64, StoreError> {
         let secs = ttl.as_secs().max(1) as i64;
-        let mut c = self.client.lease_client();
-        let resp = self.bounded("lease grant", c.grant(secs, None)).await?;
+        let resp = self.bounded("lease grant", || { let mut c = self.client.lease_client(); async move { c.grant(secs, None).await } }).await?;
         Ok(resp.id())
     }
 
     /// Renews a lease once; `Ok(false)` when it has expired already.
     pub async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
-        let mut c = self.client.lease_client();
         let ttl = self
-            .bounded("lease keep-alive", async move {
+            .bounded("lease keep-alive", || { let mut c = self.client.lease_client(); async move {
                 let (mut keeper, mut stream) = c.keep_alive(lease).await?;
                 keeper.keep_alive().await?;
                 match stream.message().await? {
                     Some(resp) => Ok(resp.ttl()),
                     None => Ok(0),
                 }
-            })
+            }})
             .await?;
         Ok(ttl > 0)
     }
 
     /// Revokes a lease (its keys go at once).
     pub async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
-        let mut c = self.client.lease_client();
-        self.bounded("lease revoke", c.revoke(lease)).await.map(|_| ())
+        self.bounded("lease revoke", || { let mut c = self.client.lease_client(); async move { c.revoke(lease).await } }).await.map(|_| ())
     }
 
     /// Writes `key` bound to `lease` (it disappears when the lease ends).
     pub async fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<Revision, StoreError> {
-        let mut c = self.client.kv_client();
+        let k = self.key(key);
         let resp = self
-            .bounded("put", c.put(self.key(key), value, Some(PutOptions::new().with_lease(lease))))
+            .bounded("put", || {
+                let mut c = self.client.kv_client();
+                let (k, value) = (k.clone(), value.clone());
+                async move { c.put(k, value, Some(PutOptions::new().with_lease(lease))).await }
+            })
             .await?;
         Ok(resp.header().map_or(0, |h| to_store_rev(h.revision())))
     }
@@ -251,8 +265,7 @@ impl EtcdStore {
             .when(vec![ECompare::create_revision(k.clone(), CompareOp::Equal, 0)])
             .and_then(vec![ETxnOp::put(k.clone(), value.clone(), Some(PutOptions::new().with_lease(lease)))])
             .or_else(vec![ETxnOp::get(k, None)]);
-        let mut c = self.client.kv_client();
-        let resp = self.bounded("txn", c.txn(txn)).await?;
+        let resp = self.txn_call(txn).await?;
         if resp.succeeded() {
             return Ok((true, Some(value)));
         }
@@ -269,17 +282,14 @@ impl EtcdStore {
         let txn = etcd_client::Txn::new()
             .when(vec![ECompare::value(k.clone(), CompareOp::Equal, value)])
             .and_then(vec![ETxnOp::delete(k, None)]);
-        let mut c = self.client.kv_client();
-        Ok(self.bounded("txn", c.txn(txn)).await?.succeeded())
+        Ok(self.txn_call(txn).await?.succeeded())
     }
 
     /// The members' client URLs and which member is the raft leader, as
     /// the cluster reports them.
     pub async fn members(&self) -> Result<Vec<EtcdMemberInfo>, StoreError> {
-        let mut c = self.client.cluster_client();
-        let list = self.bounded("member list", c.member_list()).await?;
-        let mut m = self.client.maintenance_client();
-        let leader = self.bounded("status", m.status()).await?.leader();
+        let list = self.bounded("member list", || { let mut c = self.client.cluster_client(); async move { c.member_list().await } }).await?;
+        let leader = self.bounded("status", || { let mut m = self.client.maintenance_client(); async move { m.status().await } }).await?.leader();
         Ok(list
             .members()
             .iter()
@@ -303,6 +313,33 @@ impl EtcdStore {
             Ok(Err(e)) => Err(unavailable("range", e)),
             Err(_) => Err(StoreError::Unavailable("etcd range timed out".into())),
         }
+    }
+}
+
+/// Whether a failed call never reached etcd (the connection to the member
+/// it was sent to could not be made), so making it again cannot apply it
+/// twice.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        // tonic reports a refused or failed connect as `Unavailable` with
+        // this message; nothing was sent.
+        etcd_client::Error::GRpcStatus(status) => {
+            let m = status.message();
+            m.contains("connect error") || m.contains("Connection refused")
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+impl EtcdStore {
+    async fn txn_call(&self, txn: etcd_client::Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.bounded("txn", || {
+            let mut c = self.client.kv_client();
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 }
 
@@ -330,15 +367,19 @@ fn collapse(ops: Vec<TxnOp>) -> Vec<TxnOp> {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut c = self.client.kv_client();
-        let resp = self.bounded("get", c.get(self.key(key), None)).await?;
+        let k = self.key(key);
+        let resp = self.bounded("get", || { let mut c = self.client.kv_client(); let k = k.clone(); async move { c.get(k, None).await } }).await?;
         Ok(resp.kvs().first().and_then(|kv| self.kv(kv)))
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResponse, StoreError> {
-        let mut c = self.client.kv_client();
+        let k = self.key(prefix);
         let resp = self
-            .bounded("range", c.get(self.key(prefix), Some(GetOptions::new().with_prefix())))
+            .bounded("range", || {
+                let mut c = self.client.kv_client();
+                let k = k.clone();
+                async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         let revision = resp.header().map_or(0, |h| to_store_rev(h.revision()));
         let mut kvs: Vec<KeyValue> = resp.kvs().iter().filter_map(|kv| self.kv(kv)).collect();
@@ -369,8 +410,7 @@ impl Store for EtcdStore {
             .map(|Compare::ModRevision { key, .. }| ETxnOp::get(self.key(key), Some(GetOptions::new().with_keys_only())))
             .collect();
         let etxn = etcd_client::Txn::new().when(compares).and_then(ops).or_else(reads);
-        let mut c = self.client.kv_client();
-        let resp = self.bounded("txn", c.txn(etxn)).await?;
+        let resp = self.txn_call(etxn).await?;
         let revision = resp.header().map_or(0, |h| to_store_rev(h.revision()));
         if resp.succeeded() {
             return Ok(TxnResponse { succeeded: true, revision, failed_compare: None });
@@ -388,11 +428,20 @@ impl Store for EtcdStore {
 
     async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream, StoreError> {
         let start = to_etcd_rev(start_revision.max(1));
-        let mut wc = self.client.watch_client();
         let opts = WatchOptions::new().with_prefix().with_start_revision(start);
-        let mut stream = self.bounded("watch", wc.watch(self.key(prefix), Some(opts))).await?;
-        // The first answer confirms the watch was created.
-        let created = self.bounded("watch", stream.message()).await?;
+        let k = self.key(prefix);
+        let (mut stream, created) = self
+            .bounded("watch", || {
+                let mut wc = self.client.watch_client();
+                let (k, opts) = (k.clone(), opts.clone());
+                async move {
+                    let mut stream = wc.watch(k, Some(opts)).await?;
+                    // The first answer confirms the watch was created.
+                    let created = stream.message().await?;
+                    Ok((stream, created))
+                }
+            })
+            .await?;
         let created = created.ok_or_else(|| StoreError::Unavailable("etcd ended the watch at once".into()))?;
         if created.canceled() {
             return Err(self.watch_end(&created, start_revision));
@@ -456,9 +505,14 @@ impl Store for EtcdStore {
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        let mut c = self.client.kv_client();
-        let opts = GetOptions::new().with_count_only();
-        let resp = self.bounded("range", c.get(self.key(""), Some(opts))).await?;
+        let k = self.key("");
+        let resp = self
+            .bounded("range", || {
+                let mut c = self.client.kv_client();
+                let k = k.clone();
+                async move { c.get(k, Some(GetOptions::new().with_count_only())).await }
+            })
+            .await?;
         Ok(resp.header().map_or(0, |h| to_store_rev(h.revision())))
     }
 

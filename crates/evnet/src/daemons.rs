@@ -9,7 +9,7 @@ use anyhow::Context;
 use evnet_server::state::Settings;
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  evnet server --listen 127.0.0.1:7300 --data-dir /var/lib/evnet\n  EVNET_ADMIN_TOKEN=secret evnet server --data-dir ./data")]
+#[command(after_help = "Examples:\n  evnet server --listen 127.0.0.1:7300 --data-dir /var/lib/evnet\n  EVNET_ADMIN_TOKEN=secret evnet server --data-dir ./data\n  EVNET_ADMIN_TOKEN=secret evnet server --data-dir ./data --store etcd --etcd-endpoints http://10.0.0.1:2379,http://10.0.0.2:2379,http://10.0.0.3:2379")]
 pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7300")]
@@ -17,9 +17,40 @@ pub struct ServerArgs {
     /// Where the embedded store and the generated admin token live.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The store backend. `embedded`: a redb file in the data dir (one server).
-    #[arg(long, default_value = "embedded", value_parser = ["embedded"])]
+    /// The store backend. `embedded`: a redb file in the data dir (one
+    /// server). `etcd`: an etcd cluster shared by any number of servers.
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "etcd"])]
     pub store: String,
+    /// etcd's client URLs, comma-separated (with `--store etcd`).
+    #[arg(long, value_delimiter = ',', env = "EVNET_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Vec<String>,
+    /// The CA certificate (PEM) that signed etcd's certificates; use https:// endpoints.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd, with --etcd-key.
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// An etcd user (with --etcd-password or EVNET_ETCD_PASSWORD).
+    #[arg(long, requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+    #[arg(long, env = "EVNET_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// Keys go under this prefix in etcd.
+    #[arg(long, default_value = "/evnet")]
+    pub etcd_prefix: String,
+    /// How long one etcd call may take before the API answers 503 store_unavailable.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub etcd_timeout_ms: u64,
+    /// TTL of the leases that hold the loops' leadership and the server's
+    /// registration (etcd); a dead leader's loops move within about this long.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1000..=60_000))]
+    pub leader_ttl_ms: u64,
+    /// The URL other servers and clients reach this one at (default: http://LISTEN).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
     /// Share of each host's NIC that guarantees may not take, in percent.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=90))]
     pub headroom_percent: u64,
@@ -48,11 +79,43 @@ pub async fn shutdown_signal() {
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
+    let admin_token = std::env::var("EVNET_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty());
+    let store = match args.store.as_str() {
+        "etcd" => {
+            if args.etcd_endpoints.is_empty() {
+                anyhow::bail!("--store etcd needs --etcd-endpoints URL[,URL…] (etcd's client URLs)");
+            }
+            if admin_token.is_none() {
+                anyhow::bail!("--store etcd needs EVNET_ADMIN_TOKEN: every server on one etcd must share the admin token");
+            }
+            let mut opts = evnet_store::EtcdOptions::new(args.etcd_endpoints.clone());
+            opts.prefix = args.etcd_prefix.clone();
+            opts.request_timeout = Duration::from_millis(args.etcd_timeout_ms);
+            if let (Some(u), Some(p)) = (&args.etcd_user, &args.etcd_password) {
+                opts.user = Some((u.clone(), p.clone()));
+            }
+            if let Some(ca) = &args.etcd_ca {
+                let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+                let identity = match (&args.etcd_cert, &args.etcd_key) {
+                    (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                    _ => None,
+                };
+                opts.tls = Some(evnet_store::EtcdTls { ca_pem: read(ca)?, identity });
+            } else if args.etcd_cert.is_some() {
+                anyhow::bail!("--etcd-cert needs --etcd-ca (the CA that signed etcd's certificates)");
+            }
+            evnet_server::StoreConfig::Etcd(opts)
+        }
+        _ => evnet_server::StoreConfig::Embedded,
+    };
     let config = evnet_server::ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,
-        admin_token: std::env::var("EVNET_ADMIN_TOKEN").ok(),
-        settings: Settings { headroom_percent: args.headroom_percent, host_lost_after_ms: args.host_lost_after_ms },
+        admin_token,
+        settings: Settings { headroom_percent: args.headroom_percent, host_lost_after_ms: args.host_lost_after_ms, ..Default::default() },
+        store,
+        advertise_url: args.advertise_url,
+        leader_ttl: Duration::from_millis(args.leader_ttl_ms),
     };
     evnet_server::run(config, shutdown_signal()).await
 }
@@ -60,7 +123,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  evnet agent --server http://10.0.0.1:7300 --token $AGENT_TOKEN --underlay-ip 198.18.0.1 --nic-mbps 10000\n  evnet agent --server http://127.0.0.1:7300 --host-netns lab-h1 --underlay-ip 198.18.0.1 --nic-mbps 1000 --name host-1")]
 pub struct AgentArgs {
-    /// The evnet server's URL.
+    /// The evnet server's URL; several, comma-separated, fail over.
     #[arg(long, env = "EVNET_URL")]
     pub server: String,
     /// An agent token (`evnet`'s admin issues them: POST /v1/agent-tokens).

@@ -1,8 +1,10 @@
 //! `evnet lab`: a whole cluster on one machine. A server with the embedded
-//! store and N agents run as processes of this machine; each agent drives
-//! its own "host" network namespace; the hosts share an underlay bridge in a
-//! namespace of the lab's own, with addresses from 198.18.0.0/15. Nothing is
-//! added to the machine's own namespace.
+//! store (or, with `--store etcd --servers K`, a 3-member etcd cluster and K
+//! servers on it) and N agents run as processes of this machine; each agent
+//! drives its own "host" network namespace and is given every server's URL;
+//! the hosts share an underlay bridge in a namespace of the lab's own, with
+//! addresses from 198.18.0.0/15. Nothing is added to the machine's own
+//! namespace; etcd and the servers listen on loopback ports of their own.
 //!
 //! `DIR/lab.json` records everything the lab made (processes, namespaces,
 //! files) as it makes it, so `evnet lab down` removes exactly that, also
@@ -38,6 +40,22 @@ pub enum LabCommand {
         #[arg(long)]
         down: bool,
     },
+    /// `kill -9` one server (1-based, as `evnet cluster status` lists them by start): a failover drill.
+    #[command(after_help = "Example:\n  sudo evnet lab kill-server 1 --dir /tmp/evnet-lab && evnet cluster status")]
+    KillServer {
+        /// Which server (1 … number of servers).
+        k: usize,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Start a server the lab killed (or restart a running one) on the same port and data dir.
+    #[command(after_help = "Example:\n  sudo evnet lab restart-server 1 --dir /tmp/evnet-lab")]
+    RestartServer {
+        /// Which server (1 … number of servers).
+        k: usize,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Restart one host's agent (kill -9 with --kill); the kernel state it built stays in place.
     RestartAgent {
         #[arg(long)]
@@ -62,9 +80,15 @@ pub struct UpArgs {
     /// NIC capacity of each host in each direction, in Mbit/s.
     #[arg(long, default_value_t = 1000)]
     pub nic_mbps: u64,
-    /// Server port on 127.0.0.1 (0: any free port).
+    /// Server port on 127.0.0.1 (0: any free port); further servers take any free port.
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// Number of servers; more than one needs `--store etcd`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
+    pub servers: u32,
+    /// `embedded`: one server with a file store. `etcd`: a 3-member etcd cluster on loopback that the servers share.
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "etcd"])]
+    pub store: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -78,9 +102,32 @@ pub struct LabState {
     #[serde(default)]
     pub nic_mbps: u64,
     pub server_pid: Option<u32>,
+    #[serde(default)]
+    pub store: String,
+    /// Every server (the first is also `url` / `server_pid` for older tools).
+    #[serde(default)]
+    pub servers: Vec<LabServer>,
+    #[serde(default)]
+    pub etcd: Vec<LabEtcd>,
     pub underlay_netns: Option<String>,
     pub hosts: Vec<LabHost>,
     pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabServer {
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub args: Vec<String>,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabEtcd {
+    pub name: String,
+    pub client_url: String,
+    pub data_dir: PathBuf,
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,16 +143,19 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Up(args) => {
             let st = up(&args).await?;
-            println!("lab is up: {} hosts, server {}", st.hosts.len(), st.url);
+            let store = if st.etcd.is_empty() { "embedded store".to_string() } else { format!("etcd {}", st.etcd.iter().map(|e| e.client_url.as_str()).collect::<Vec<_>>().join(",")) };
+            println!("lab is up: {} hosts, {} server(s) {} on the {store}", st.hosts.len(), st.servers.len().max(1), st.url);
             println!("use it:   . {}/env && evnet vpc list", args.dir.display());
             println!("stop it:  evnet lab down --dir {}", args.dir.display());
             Ok(())
         }
         LabCommand::Down { dir } => down(&dir),
         LabCommand::RestartAgent { dir, host, kill } => restart_agent(&dir, &host, kill).await,
+        LabCommand::KillServer { k, dir } => kill_server(&dir, k),
+        LabCommand::RestartServer { k, dir } => restart_server(&dir, k).await,
         LabCommand::Demo { dir, hosts, down: tear_down } => {
             if !dir.join("lab.json").exists() {
-                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, port: 0 }).await?;
+                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, port: 0, servers: 1, store: "embedded".into() }).await?;
             }
             let result = crate::lab::demo(&dir).await;
             if tear_down {
@@ -161,9 +211,13 @@ fn free_port() -> anyhow::Result<u16> {
 /// Starts a child in its own session (so it outlives this command), its
 /// output into `log`.
 fn spawn(args: &[String], env: &[(&str, &str)], log: &Path) -> anyhow::Result<u32> {
-    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the evnet binary")?;
-    let out = std::fs::File::create(log)?;
+    spawn_program(&exe, args, env, log)
+}
+
+fn spawn_program(exe: &Path, args: &[String], env: &[(&str, &str)], log: &Path) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     for (k, v) in env {
@@ -189,8 +243,20 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<LabState> {
     let dir = std::fs::canonicalize(dir)?;
     let lab_id = format!("{:04x}", rand::random::<u16>());
     let admin_token = format!("{:032x}", rand::random::<u128>());
+    if args.servers > 1 && args.store != "etcd" {
+        bail!("--servers {} needs --store etcd (the embedded store serves one server)", args.servers);
+    }
+    if args.store == "etcd" && evnet_store::etcd_process::etcd_binary().is_none() {
+        bail!("--store etcd needs etcd: apt-get install etcd-server (scripts/setup.sh does)");
+    }
     let port = if args.port == 0 { free_port()? } else { args.port };
-    let mut st = LabState { lab_id: lab_id.clone(), url: format!("http://127.0.0.1:{port}"), admin_token: admin_token.clone(), ..Default::default() };
+    let mut st = LabState {
+        lab_id: lab_id.clone(),
+        url: format!("http://127.0.0.1:{port}"),
+        admin_token: admin_token.clone(),
+        store: args.store.clone(),
+        ..Default::default()
+    };
     save(&dir, &st)?;
     let result = build(&dir, args, &mut st).await;
     if let Err(e) = result {
@@ -223,20 +289,40 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
         sh(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/15"), "dev", "ul0"])?;
         sh(&["ip", "-n", &ns, "link", "set", "ul0", "up"])?;
     }
-    // The server.
-    let data = dir.join("server");
-    std::fs::create_dir_all(&data)?;
-    st.files.push(data.clone());
-    let log = dir.join("server.log");
-    st.files.push(log.clone());
-    let listen = st.url.trim_start_matches("http://").to_string();
-    let pid = spawn(
-        &["server".into(), "--listen".into(), listen, "--data-dir".into(), data.display().to_string()],
-        &[("EVNET_ADMIN_TOKEN", &st.admin_token)],
-        &log,
-    )?;
-    st.server_pid = Some(pid);
+    if args.store == "etcd" {
+        start_etcd(dir, st)?;
+    }
+    // The servers.
+    let first_port: u16 = st.url.rsplit(':').next().and_then(|p| p.parse().ok()).context("the lab's URL")?;
+    let mut urls = Vec::new();
+    for k in 1..=args.servers as usize {
+        let port = if k == 1 { first_port } else { free_port()? };
+        let listen = format!("127.0.0.1:{port}");
+        let url = format!("http://{listen}");
+        let data = if k == 1 { dir.join("server") } else { dir.join(format!("server-{k}")) };
+        std::fs::create_dir_all(&data)?;
+        st.files.push(data.clone());
+        st.files.push(server_log(dir, k));
+        let mut argv: Vec<String> = vec!["server".into(), "--listen".into(), listen, "--data-dir".into(), data.display().to_string()];
+        if !st.etcd.is_empty() {
+            let endpoints: Vec<&str> = st.etcd.iter().map(|e| e.client_url.as_str()).collect();
+            argv.extend(["--store".into(), "etcd".into(), "--etcd-endpoints".into(), endpoints.join(","), "--advertise-url".into(), url.clone()]);
+        }
+        st.servers.push(LabServer { url: url.clone(), data_dir: data, args: argv, pid: None });
+        let pid = spawn_server(dir, st, k)?;
+        st.servers[k - 1].pid = Some(pid);
+        if k == 1 {
+            st.server_pid = Some(pid);
+        }
+        urls.push(url);
+        save(dir, st)?;
+    }
+    st.url = urls.join(",");
     save(dir, st)?;
+    for s in &st.servers {
+        let c = Client::new(&s.url, st.admin_token.clone())?;
+        wait_until(Duration::from_secs(20), &format!("the server at {} to answer", s.url), || async { c.health().await.is_ok() }).await?;
+    }
     let admin = Client::new(&st.url, st.admin_token.clone())?;
     wait_until(Duration::from_secs(20), "the server to answer", || async { admin.health().await.is_ok() }).await?;
     let agent_token = admin.create_agent_token().await?;
@@ -270,6 +356,95 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
     }
     st.files.push(env);
     save(dir, st)?;
+    Ok(())
+}
+
+fn server_log(dir: &Path, k: usize) -> PathBuf {
+    if k == 1 { dir.join("server.log") } else { dir.join(format!("server-{k}.log")) }
+}
+
+fn spawn_server(dir: &Path, st: &LabState, k: usize) -> anyhow::Result<u32> {
+    spawn(&st.servers[k - 1].args, &[("EVNET_ADMIN_TOKEN", &st.admin_token)], &server_log(dir, k))
+}
+
+/// Three etcd members on loopback ports of their own, data under `dir`.
+fn start_etcd(dir: &Path, st: &mut LabState) -> anyhow::Result<()> {
+    use evnet_store::etcd_process::{member_args, MemberSpec};
+    let bin = evnet_store::etcd_process::etcd_binary().context("etcd is not installed")?;
+    let mut specs = Vec::new();
+    for i in 0..3 {
+        specs.push(MemberSpec {
+            name: format!("evl-{}-e{i}", st.lab_id),
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            data_dir: dir.join(format!("etcd-{i}")),
+            log: dir.join(format!("etcd-{i}.log")),
+        });
+    }
+    let token = format!("evl-{}", st.lab_id);
+    for m in &specs {
+        st.files.push(m.data_dir.clone());
+        st.files.push(m.log.clone());
+        let pid = spawn_program(&bin, &member_args(m, &specs, &token, false), &[], &m.log)?;
+        st.etcd.push(LabEtcd { name: m.name.clone(), client_url: m.client_url(), data_dir: m.data_dir.clone(), pid: Some(pid) });
+        save(dir, st)?;
+    }
+    Ok(())
+}
+
+/// Whether `pid` is still the etcd member with data dir `data_dir`.
+fn is_our_etcd(pid: u32, data_dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    text.contains("etcd") && text.contains(&data_dir.display().to_string())
+}
+
+fn kill_server(dir: &Path, k: usize) -> anyhow::Result<()> {
+    require_root()?;
+    let dir = std::fs::canonicalize(dir)?;
+    let mut st = load(&dir)?;
+    if k == 0 || k > st.servers.len() {
+        bail!("the lab has servers 1 to {}; there is no server {k}", st.servers.len());
+    }
+    let s = st.servers[k - 1].clone();
+    let Some(pid) = s.pid else { bail!("server {k} is not running (evnet lab restart-server {k} starts it)") };
+    if is_ours(pid, &s.data_dir.display().to_string()) {
+        // SAFETY: a PID verified to be this lab's server.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let start = Instant::now();
+        while is_alive(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    st.servers[k - 1].pid = None;
+    if k == 1 {
+        st.server_pid = None;
+    }
+    save(&dir, &st)?;
+    println!("server {k} ({}) killed", s.url);
+    Ok(())
+}
+
+async fn restart_server(dir: &Path, k: usize) -> anyhow::Result<()> {
+    require_root()?;
+    let dir = std::fs::canonicalize(dir)?;
+    let mut st = load(&dir)?;
+    if k == 0 || k > st.servers.len() {
+        bail!("the lab has servers 1 to {}; there is no server {k}", st.servers.len());
+    }
+    let s = st.servers[k - 1].clone();
+    if let Some(pid) = s.pid {
+        stop(pid, &s.data_dir.display().to_string())?;
+    }
+    let pid = spawn_server(&dir, &st, k)?;
+    st.servers[k - 1].pid = Some(pid);
+    if k == 1 {
+        st.server_pid = Some(pid);
+    }
+    save(&dir, &st)?;
+    let c = Client::new(&s.url, st.admin_token.clone())?;
+    wait_until(Duration::from_secs(20), &format!("server {k} to answer"), || async { c.health().await.is_ok() }).await?;
+    println!("server {k} ({}) restarted (pid {pid})", s.url);
     Ok(())
 }
 
@@ -414,10 +589,39 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    if let Some(pid) = st.server_pid {
-        let marker = dir.join("server").display().to_string();
-        if let Err(e) = stop(pid, &marker) {
-            errors.push(format!("server: {e}"));
+    if st.servers.is_empty() {
+        if let Some(pid) = st.server_pid {
+            let marker = dir.join("server").display().to_string();
+            if let Err(e) = stop(pid, &marker) {
+                errors.push(format!("server: {e}"));
+            }
+        }
+    }
+    for (k, s) in st.servers.iter().enumerate() {
+        if let Some(pid) = s.pid
+            && let Err(e) = stop(pid, &s.data_dir.display().to_string())
+        {
+            errors.push(format!("server {}: {e}", k + 1));
+        }
+    }
+    for m in &st.etcd {
+        if let Some(pid) = m.pid
+            && is_our_etcd(pid, &m.data_dir)
+        {
+            // SAFETY: a PID verified to be this lab's etcd member.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while is_alive(pid) && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if is_alive(pid) && is_our_etcd(pid, &m.data_dir) {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if is_alive(pid) {
+                errors.push(format!("etcd member {} (pid {pid}) would not stop", m.name));
+            }
         }
     }
     // Namespaces the agents made for these hosts, then the hosts' and the underlay's.

@@ -311,6 +311,9 @@ pub async fn watch_host_liveness(st: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        if !st.cluster.leads(crate::cluster::HOST_LIVENESS) {
+            continue;
+        }
         let now = now_ms();
         let stale: Vec<(String, u64, Host)> = st
             .cache

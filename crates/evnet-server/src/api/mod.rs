@@ -1,6 +1,7 @@
 //! The REST handlers, one module per area.
 
 pub mod access_keys;
+pub mod cluster;
 pub mod compute;
 pub mod infra;
 pub mod network;

@@ -70,14 +70,43 @@ fn eni_stats_of(st: &AppState, eni: &Eni, hosts: &BTreeMap<String, Entry<Host>>)
 
 /// `POST /v1/hosts/{id}/bandwidth` (agents): the host's latest figures in,
 /// the caps for its ENIs out.
+const FORWARDED: &str = "x-evnet-forwarded";
+
+/// A server that does not lead the bandwidth loop forwards the report to
+/// the one that does (its controller needs every host's figures) and
+/// answers with the leader's caps; if the leader cannot be reached it keeps
+/// the report and answers its own (empty) caps.
 pub async fn report(
     State(st): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     Body(req): Body<HostBandwidthReport>,
 ) -> ApiResult<Json<HostBandwidthCaps>> {
     caller.require_infra("report bandwidth")?;
     visible(&st.cache.read().hosts, Kind::Host, &id, &Caller::Admin)?;
+    // A forwarded report is never forwarded again (caches that disagree on
+    // the leader for a moment must not bounce it between them).
+    let forwarded = headers.contains_key(FORWARDED);
+    if !forwarded && !st.cluster.leads(crate::cluster::BANDWIDTH) {
+        let leader = crate::cluster::leader_url(&st.cache.read().cluster, crate::cluster::BANDWIDTH, &st.cluster.me.id);
+        if let Some(url) = leader {
+            let mut q = st.cluster.http.post(format!("{}/v1/hosts/{id}/bandwidth", url.trim_end_matches('/'))).json(&req).header(FORWARDED, "1");
+            if let Some(a) = headers.get(axum::http::header::AUTHORIZATION) {
+                q = q.header(axum::http::header::AUTHORIZATION, a.clone());
+            }
+            match q.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    if let Ok(caps) = resp.json::<HostBandwidthCaps>().await {
+                        st.bandwidth.record(&id, req, now_ms());
+                        return Ok(Json(caps));
+                    }
+                }
+                Ok(resp) => tracing::debug!(status = %resp.status(), "the bandwidth leader refused a forwarded report"),
+                Err(e) => tracing::debug!(error = %e, "cannot forward a bandwidth report to the leader"),
+            }
+        }
+    }
     Ok(Json(st.bandwidth.record(&id, req, now_ms())))
 }
 

@@ -9,6 +9,7 @@
 //! server's errors, for the caller to print after `error: `.
 
 mod admin;
+mod cluster;
 mod eni;
 mod exec;
 mod instance;
@@ -34,7 +35,7 @@ pub use exec::ExecArgs;
 /// Options every command takes, before or after the verb.
 #[derive(clap::Args, Debug, Clone)]
 pub struct GlobalOpts {
-    /// The evnet server's URL.
+    /// The evnet server's URL; several, comma-separated, fail over.
     #[arg(
         long,
         env = "EVNET_URL",
@@ -111,6 +112,9 @@ pub enum ResourceCommand {
     /// Live rates, demand and allocations of hosts and ENIs.
     #[command(after_help = top::EXAMPLES)]
     Top(top::TopArgs),
+    /// The control plane's servers, leaders and store (admin).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Explain what the data plane does with one packet from an ENI or an
     /// instance: anti-spoofing, egress groups, route, ingress groups.
     #[command(after_help = trace::EXAMPLES)]
@@ -135,6 +139,7 @@ pub async fn run(cmd: ResourceCommand, opts: &GlobalOpts) -> anyhow::Result<()> 
         ResourceCommand::Exec(args) => exec::run(args, &client).await,
         ResourceCommand::Top(args) => top::run(args, &client, out).await,
         ResourceCommand::Trace(args) => trace::run(args, &client, out).await,
+        ResourceCommand::Cluster(c) => cluster::run(c, &client, out).await,
     }
 }
 
