@@ -112,7 +112,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         admin_token,
-        settings: Settings { headroom_percent: args.headroom_percent, host_lost_after_ms: args.host_lost_after_ms, ..Default::default() },
+        settings: Settings { headroom_percent: args.headroom_percent, host_lost_after_ms: args.host_lost_after_ms },
         store,
         advertise_url: args.advertise_url,
         leader_ttl: Duration::from_millis(args.leader_ttl_ms),
