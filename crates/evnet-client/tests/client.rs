@@ -605,3 +605,40 @@ fn refuses_unusable_base_urls() {
     }
     assert!(Client::new("http://127.0.0.1:7300", "t").is_ok());
 }
+
+#[tokio::test]
+async fn several_servers_fail_over_on_connection_errors_and_5xx_and_stay_on_the_one_that_answers() {
+    // A dead address, a server answering 503, and one that answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = listener.local_addr().unwrap();
+    drop(listener);
+    let (busy, busy_mock) = serve(vec![Reply::Json(
+        503,
+        json!({"error": {"code": "store_unavailable", "message": "down"}}),
+    )])
+    .await;
+    let vpc = json!({"id": "vpc-1", "name": "v", "tenant": "t", "cidr_block": "10.0.0.0/16", "vni": 7,
+        "tags": {}, "created_at": "2024-01-01T00:00:00Z", "revision": 1});
+    let (good, good_mock) = serve(vec![Reply::Json(200, vpc.clone()), Reply::Json(200, vpc)]).await;
+    let client = Client::new(&format!("http://{dead},{busy},{good}"), "t").unwrap();
+    assert_eq!(client.base_urls().len(), 3);
+    assert_eq!(client.get_vpc("vpc-1").await.unwrap().id, "vpc-1");
+    assert_eq!(busy_mock.only().path, "/v1/vpcs/vpc-1");
+    assert_eq!(good_mock.seen().len(), 1);
+    // The next call goes straight to the server that answered.
+    assert!(client.base_url().as_str().starts_with(&good));
+    client.get_vpc("vpc-1").await.unwrap();
+    assert_eq!(good_mock.seen().len(), 2);
+    assert_eq!(busy_mock.seen().len(), 1, "the failed server is not asked again");
+}
+
+#[tokio::test]
+async fn a_4xx_does_not_fail_over() {
+    let (a, a_mock) = serve(vec![Reply::Json(404, json!({"error": {"code": "not_found", "message": "no"}}))]).await;
+    let (b, b_mock) = serve(vec![]).await;
+    let client = Client::new(&format!("{a},{b}"), "t").unwrap();
+    let err = client.get_vpc("vpc-9").await.unwrap_err();
+    assert!(err.is_not_found());
+    assert_eq!(a_mock.seen().len(), 1);
+    assert!(b_mock.seen().is_empty());
+}
