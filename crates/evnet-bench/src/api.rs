@@ -83,7 +83,7 @@ pub struct ApiArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
+pub(crate) enum Op {
     Create,
     Get,
     Health,
@@ -91,27 +91,28 @@ enum Op {
 
 /// What one phase measured.
 #[derive(Debug, Default, Clone)]
-struct Phase {
-    ok: u64,
-    errors: u64,
-    first_error: Option<String>,
+pub(crate) struct Phase {
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
     /// Sorted latencies of the counted requests, in microseconds.
-    lat_us: Vec<u32>,
-    secs: f64,
-    server_cpu: Duration,
-    client_cpu: Duration,
+    pub lat_us: Vec<u32>,
+    pub secs: f64,
+    /// CPU time of the server processes (summed) during the window.
+    pub server_cpu: Duration,
+    pub client_cpu: Duration,
 }
 
 impl Phase {
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.ok as f64 / self.secs
     }
-    fn p(&self, q: f64) -> f64 {
+    pub fn p(&self, q: f64) -> f64 {
         quantile(&self.lat_us, q)
             .map(|v| v as f64 / 1000.0)
             .unwrap_or(f64::NAN)
     }
-    fn server_us_per_op(&self) -> f64 {
+    pub fn server_us_per_op(&self) -> f64 {
         us(self.server_cpu) / self.ok.max(1) as f64
     }
     fn client_us_per_op(&self) -> f64 {
@@ -131,11 +132,31 @@ struct Sample {
     fsync_per_s: f64,
 }
 
-struct Target {
-    base: String,
+pub(crate) struct Target {
+    pub base: String,
     addr: SocketAddr,
     auth: HeaderValue,
     create_bodies: Vec<Vec<u8>>,
+}
+
+impl Target {
+    /// The tenant's bearer token.
+    pub(crate) fn token(&self) -> String {
+        self.auth.to_str().unwrap_or_default().trim_start_matches("Bearer ").to_string()
+    }
+
+    /// The same tenant and subnets through another server of the cluster.
+    pub(crate) fn through(&self, url: &str) -> anyhow::Result<Target> {
+        Ok(Target {
+            base: url.to_string(),
+            addr: url
+                .trim_start_matches("http://")
+                .parse()
+                .context("the server's address")?,
+            auth: self.auth.clone(),
+            create_bodies: self.create_bodies.clone(),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -169,7 +190,7 @@ async fn post(
 }
 
 /// The tenant, VPCs and subnets the creates go into.
-async fn setup(url: &str, subnets: usize) -> anyhow::Result<Target> {
+pub(crate) async fn setup(url: &str, subnets: usize) -> anyhow::Result<Target> {
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -219,7 +240,7 @@ async fn setup(url: &str, subnets: usize) -> anyhow::Result<Target> {
 
 /// One client's connection: a reqwest client holding one keep-alive
 /// connection, or the minimal raw HTTP/1.1 connection.
-pub enum Conn {
+pub(crate) enum Conn {
     Reqwest(reqwest::Client),
     Raw(Option<RawConn>),
 }
@@ -304,7 +325,7 @@ async fn worker(
     w: usize,
     op: Op,
     mut conn: Conn,
-    target: Arc<Target>,
+    targets: Arc<Vec<Arc<Target>>>,
     ids: Arc<Vec<String>>,
     window_start: Instant,
     window_end: Instant,
@@ -312,6 +333,7 @@ async fn worker(
     let (mut ok, mut errors, mut first_error, mut lat_us, mut new_ids) =
         (0, 0, None, vec![], vec![]);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w as u64);
+    let target = targets[w % targets.len()].clone();
     let body = target.create_bodies[w % target.create_bodies.len()].clone();
     let mut path = String::new();
     for _ in 0..MAX_REQUESTS_PER_CLIENT {
@@ -383,17 +405,22 @@ async fn worker(
     }
 }
 
-async fn run_phase(
+/// One phase: every connection loops `op` for `warmup_s + duration_s`;
+/// connection `w` talks to `targets[w mod len]`. `server_pids`' CPU time
+/// is summed over the measured window.
+pub(crate) async fn run_phase(
     op: Op,
     conns: &mut Vec<Conn>,
-    target: &Arc<Target>,
+    targets: &[Arc<Target>],
     ids: &Arc<Vec<String>>,
-    args: &ApiArgs,
-    server_pid: u32,
+    warmup_s: f64,
+    duration_s: f64,
+    server_pids: &[u32],
 ) -> anyhow::Result<(Phase, Vec<String>)> {
     let t0 = Instant::now();
-    let window_start = t0 + Duration::from_secs_f64(args.warmup_s);
-    let window_end = window_start + Duration::from_secs_f64(args.duration_s);
+    let window_start = t0 + Duration::from_secs_f64(warmup_s);
+    let window_end = window_start + Duration::from_secs_f64(duration_s);
+    let targets = Arc::new(targets.to_vec());
     let tasks: Vec<_> = conns
         .drain(..)
         .enumerate()
@@ -402,20 +429,25 @@ async fn run_phase(
                 w,
                 op,
                 c,
-                target.clone(),
+                targets.clone(),
                 ids.clone(),
                 window_start,
                 window_end,
             ))
         })
         .collect();
-    let pid = server_pid.to_string();
+    let servers_cpu = || -> Option<Duration> {
+        server_pids
+            .iter()
+            .map(|p| process_cpu(&p.to_string()))
+            .sum::<Option<Duration>>()
+    };
     tokio::time::sleep_until(window_start.into()).await;
-    let (s0, c0) = (process_cpu(&pid), process_cpu("self"));
+    let (s0, c0) = (servers_cpu(), process_cpu("self"));
     tokio::time::sleep_until(window_end.into()).await;
-    let (s1, c1) = (process_cpu(&pid), process_cpu("self"));
+    let (s1, c1) = (servers_cpu(), process_cpu("self"));
     let mut phase = Phase {
-        secs: args.duration_s,
+        secs: duration_s,
         ..Default::default()
     };
     if let (Some(a), Some(b), Some(x), Some(y)) = (s0, s1, c0, c1) {
@@ -487,8 +519,9 @@ async fn one_configuration(
         });
     }
     let none = Arc::new(vec![]);
-    let (create, ids) =
-        run_phase(Op::Create, &mut conns, &target, &none, args, server.pid()).await?;
+    let targets = [target.clone()];
+    let (w, d, pids) = (args.warmup_s, args.duration_s, [server.pid()]);
+    let (create, ids) = run_phase(Op::Create, &mut conns, &targets, &none, w, d, &pids).await?;
     if ids.is_empty() {
         bail!(
             "no ENI was created: {}",
@@ -496,8 +529,8 @@ async fn one_configuration(
         );
     }
     let ids = Arc::new(ids);
-    let (get, _) = run_phase(Op::Get, &mut conns, &target, &ids, args, server.pid()).await?;
-    let (health, _) = run_phase(Op::Health, &mut conns, &target, &ids, args, server.pid()).await?;
+    let (get, _) = run_phase(Op::Get, &mut conns, &targets, &ids, w, d, &pids).await?;
+    let (health, _) = run_phase(Op::Health, &mut conns, &targets, &ids, w, d, &pids).await?;
     server.stop()?;
     Ok(Sample {
         round,

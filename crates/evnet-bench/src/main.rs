@@ -9,10 +9,16 @@
 //! - `evnet-bench desired [--enis 10000] [--hosts 100]`: the time to compute
 //!   and serve one host's desired state with that many ENIs in the store,
 //!   in process over a `MemStore`. See [`desired`].
+//! - `evnet-bench creates [--clients 1,16,64] [--etcd-members 3]
+//!   [--servers 3]`: ENI creates/s and p50/p99 on a real etcd with several
+//!   servers against the embedded store with one, alternated. See
+//!   [`creates`].
 //!
 //! Results and the exact commands live in `docs/bench/control-plane.md`.
 
 mod api;
+mod cluster;
+mod creates;
 mod desired;
 mod rawhttp;
 mod server;
@@ -36,6 +42,9 @@ enum Command {
     Api(api::ApiArgs),
     /// One host's desired state with many ENIs in the store.
     Desired(desired::DesiredArgs),
+    /// ENI creates/s and p50/p99 on etcd (3 servers) and on the embedded
+    /// store (1 server), alternated.
+    Creates(creates::CreatesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +66,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Api(a) => runtime.block_on(api::run(a)),
         Command::Desired(d) => runtime.block_on(desired::run(d)),
+        Command::Creates(c) => runtime.block_on(creates::run(c)),
     }
 }
 

@@ -1,6 +1,7 @@
-//! A real `evnet server` child process on 127.0.0.1 with a fresh data dir.
+//! A real `evnet server` child process on 127.0.0.1 with a data dir of
+//! its own (fresh, or the caller's for servers on etcd that restart).
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,8 +38,9 @@ pub struct ServerProcess {
     child: Child,
     pub url: String,
     log: PathBuf,
-    /// Removed (with the store in it) when the server is dropped.
-    _dir: tempfile::TempDir,
+    /// Removed (with the store in it) when the server is dropped, when the
+    /// server made it.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl ServerProcess {
@@ -55,27 +57,8 @@ impl ServerProcess {
                 .tempdir_in(parent)
                 .with_context(|| format!("making a data dir under {}", parent.display()))?;
             let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-            let log = dir.path().join("server.log");
-            let log_file = std::fs::File::create(&log)?;
-            let child = Command::new(evnet)
-                .arg("server")
-                .arg("--listen")
-                .arg(addr.to_string())
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .env("EVNET_ADMIN_TOKEN", admin_token)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file)
-                .spawn()
-                .with_context(|| format!("spawning {}", evnet.display()))?;
-            let mut server = ServerProcess {
-                child,
-                url: format!("http://{addr}"),
-                log,
-                _dir: dir,
-            };
+            let mut server = ServerProcess::spawn(evnet, dir.path(), addr, admin_token, &[])?;
+            server._dir = Some(dir);
             match server.wait_ready().await {
                 Ok(()) => return Ok(server),
                 Err(e) => last_err = Some(e),
@@ -84,7 +67,47 @@ impl ServerProcess {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("server did not start")))
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    /// Spawns `evnet server --listen ADDR --data-dir DIR/data EXTRA…` with
+    /// its log at `DIR/server.log` (appended to, so a restarted server
+    /// keeps the earlier lines) without waiting for it; `dir` stays the
+    /// caller's.
+    pub fn spawn(
+        evnet: &Path,
+        dir: &Path,
+        addr: SocketAddr,
+        admin_token: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let log = dir.join("server.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(evnet)
+            .arg("server")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(extra)
+            .env("EVNET_ADMIN_TOKEN", admin_token)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("spawning {}", evnet.display()))?;
+        Ok(ServerProcess {
+            child,
+            url: format!("http://{addr}"),
+            log,
+            _dir: None,
+        })
+    }
+
+    /// Waits until `/healthz` answers (an error if the process exits first).
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()?;
@@ -144,7 +167,8 @@ impl ServerProcess {
         bail!("evnet server did not stop within {STOP_TIMEOUT:?} of SIGTERM; killed it")
     }
 
-    fn kill(&mut self) {
+    /// `kill -9` of the server by its PID, waiting until it is reaped.
+    pub fn kill(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();

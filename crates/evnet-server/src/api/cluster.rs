@@ -51,6 +51,10 @@ pub struct ServerSelf {
     pub connected: bool,
     /// The loops it leads.
     pub leads: Vec<String>,
+    /// Bandwidth controller rounds this server has run since it started:
+    /// it grows on the server leading the `bandwidth` loop, so a new
+    /// leader's loop is seen running once its count moves.
+    pub bandwidth_rounds: u64,
 }
 
 /// One server as `GET /v1/cluster` reports it.
@@ -90,6 +94,7 @@ fn this(st: &AppState) -> ServerSelf {
         cache_revision: st.cache.revision(),
         connected: st.cache.connected(),
         leads: st.cluster.leading(),
+        bandwidth_rounds: st.bandwidth.rounds.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 
