@@ -31,7 +31,6 @@ pub struct ServerView {
 /// What `GET /v1/cluster/self` answers, as far as the benchmarks read it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SelfView {
-    pub id: String,
     #[serde(default)]
     pub leads: Vec<String>,
     /// Bandwidth controller rounds this server has run since it started.
@@ -136,6 +135,11 @@ impl EtcdServers {
 
     pub fn pids(&self) -> Vec<u32> {
         self.servers.iter().flatten().map(|s| s.pid()).collect()
+    }
+
+    /// The PIDs of the running etcd members.
+    pub fn etcd_pids(&self) -> Vec<u32> {
+        (0..self.etcd.members.len()).filter_map(|i| self.etcd.pid(i)).collect()
     }
 
     /// `GET /v1/cluster` through server `i`.

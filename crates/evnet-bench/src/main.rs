@@ -13,6 +13,10 @@
 //!   [--servers 3]`: ENI creates/s and p50/p99 on a real etcd with several
 //!   servers against the embedded store with one, alternated. See
 //!   [`creates`].
+//! - `evnet-bench failover [--kills 10]`: `kill -9` of the leading server
+//!   of three on a 3-member etcd under writers; p50/p99 of the time to the
+//!   next accepted write and to the bandwidth loop running again. See
+//!   [`failover`].
 //!
 //! Results and the exact commands live in `docs/bench/control-plane.md`.
 
@@ -20,6 +24,7 @@ mod api;
 mod cluster;
 mod creates;
 mod desired;
+mod failover;
 mod rawhttp;
 mod server;
 mod stats;
@@ -45,6 +50,9 @@ enum Command {
     /// ENI creates/s and p50/p99 on etcd (3 servers) and on the embedded
     /// store (1 server), alternated.
     Creates(creates::CreatesArgs),
+    /// kill -9 of the leading server on etcd, ≥ 10 times: time to the next
+    /// accepted write and to the bandwidth loop running on a new leader.
+    Failover(failover::FailoverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Api(a) => runtime.block_on(api::run(a)),
         Command::Desired(d) => runtime.block_on(desired::run(d)),
         Command::Creates(c) => runtime.block_on(creates::run(c)),
+        Command::Failover(f) => runtime.block_on(failover::run(f)),
     }
 }
 
