@@ -19,6 +19,7 @@ use std::net::Ipv4Addr;
 
 use evnet_model::Protocol;
 use evnet_model::desired::{HostDesired, RuleDesired};
+use evnet_model::rule::{Rule as ModelRule, RulePeer};
 
 use crate::error::BpfError;
 use crate::host::{Attached, Dataplane};
@@ -253,31 +254,24 @@ pub fn ct_zones(vnis: impl IntoIterator<Item = u32>) -> BTreeMap<u32, u16> {
     out
 }
 
+/// A rule's map entry, from the one typed form of a rule
+/// ([`evnet_model::rule::Rule`], which nftables and `evnet trace` read
+/// too); `None` when it matches nothing or names a group without a key.
 fn convert_rule(r: &RuleDesired, keys: &BTreeMap<String, u32>) -> Option<Rule> {
+    let r = ModelRule::from_desired(r)?;
     let proto = match r.protocol {
         Protocol::All => Proto::Any,
         Protocol::Tcp => Proto::Tcp,
         Protocol::Udp => Proto::Udp,
         Protocol::Icmp => Proto::Icmp,
     };
-    let ports = match (r.from_port, r.to_port) {
-        (Some(a), Some(b)) if a > b => return None,
-        (Some(a), Some(b)) => (a, b),
-        (Some(a), None) | (None, Some(a)) => (a, a),
-        (None, None) => (0, u16::MAX),
-    };
-    let ports = if matches!(proto, Proto::Tcp | Proto::Udp) {
-        ports
-    } else {
-        (0, u16::MAX)
-    };
-    let peer = match (&r.cidr, &r.group_id) {
-        (Some(c), _) => Peer::Cidr {
+    let ports = r.ports.unwrap_or((0, u16::MAX));
+    let peer = match &r.peer {
+        RulePeer::Cidr(c) => Peer::Cidr {
             addr: c.network(),
             prefix: c.prefix_len(),
         },
-        (None, Some(g)) => Peer::Group(*keys.get(g.as_str())?),
-        (None, None) => return None,
+        RulePeer::Group(g) => Peer::Group(*keys.get(g.as_str())?),
     };
     Some(Rule { proto, ports, peer })
 }
@@ -310,16 +304,17 @@ pub fn target(
         .map(|g| (g.group_id.as_str(), g))
         .collect();
     // Keys for every group a rule of a local ENI refers to.
-    let referenced: BTreeSet<&str> = desired
+    let referenced: BTreeSet<String> = desired
         .instances
         .iter()
         .flat_map(|i| &i.enis)
         .flat_map(|e| &e.security_group_ids)
         .filter_map(|g| groups.get(g.as_str()))
         .flat_map(|g| g.ingress.iter().chain(&g.egress))
-        .filter_map(|r| r.group_id.as_deref().filter(|_| r.cidr.is_none()))
+        .filter_map(ModelRule::from_desired)
+        .filter_map(|r| r.group().map(str::to_string))
         .collect();
-    let keys = group_keys(referenced.iter().copied());
+    let keys = group_keys(referenced.iter().map(String::as_str));
     for (id, key) in &keys {
         for ip in groups
             .get(id.as_str())
@@ -334,7 +329,7 @@ pub fn target(
         for s in &v.subnets {
             t.routes.insert((v.vni, s.gateway_ip), Route::Gateway);
         }
-        for r in &v.remote_enis {
+        for r in v.remote_enis.iter().filter(|r| r.host_id != desired.host_id) {
             let mac = parse_mac(&r.mac).ok_or_else(|| TargetError::BadMac {
                 eni: r.eni_id.clone(),
                 mac: r.mac.clone(),
@@ -345,8 +340,12 @@ pub fn target(
                     mac,
                 });
             }
+            // A host with an appliance ENI (source/dest check off) in
+            // this VPC may send from any source but a local ENI's.
             t.trust
-                .insert((v.vni, r.underlay_ip), Trust { any_source: false });
+                .entry((v.vni, r.underlay_ip))
+                .or_insert(Trust { any_source: false })
+                .any_source |= !r.source_dest_check;
         }
     }
     for e in desired.instances.iter().flat_map(|i| &i.enis) {
@@ -740,6 +739,10 @@ mod tests {
             }
         );
         assert_eq!(t.trust.len(), 2);
+        assert_eq!(
+            t.trust[&(0x10101, Ipv4Addr::new(198, 18, 0, 2))],
+            Trust { any_source: false }
+        );
         // The duplicate group counts once; the inverted port range is left out.
         assert_eq!(
             t.rules[&(10, Direction::Ingress)],
@@ -818,6 +821,37 @@ mod tests {
             s.apply(op);
         }
         assert_eq!(s, t2);
+    }
+
+    #[test]
+    fn a_host_with_an_appliance_is_trusted_for_any_source() {
+        let mut d = desired();
+        let appliance = RemoteEni {
+            eni_id: "eni-app".into(),
+            mac: "02:00:00:00:00:09".into(),
+            ips: vec![Ipv4Addr::new(10, 0, 0, 31)],
+            host_id: "host-2".into(),
+            underlay_ip: Ipv4Addr::new(198, 18, 0, 2),
+            source_dest_check: false,
+        };
+        d.vpcs[0].remote_enis.push(appliance.clone());
+        // One of this host's own ENIs listed as remote is not a remote host.
+        d.vpcs[0].remote_enis.push(RemoteEni {
+            host_id: "host-1".into(),
+            underlay_ip: Ipv4Addr::new(198, 18, 0, 1),
+            eni_id: "eni-self".into(),
+            ..appliance
+        });
+        let t = target(&d, &devices(), &Settings::default()).unwrap();
+        assert_eq!(
+            t.trust[&(0x10101, Ipv4Addr::new(198, 18, 0, 2))],
+            Trust { any_source: true }
+        );
+        assert_eq!(
+            t.trust[&(0x10101, Ipv4Addr::new(198, 18, 0, 3))],
+            Trust { any_source: false }
+        );
+        assert_eq!(t.trust.len(), 2);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! resource ids ([`ids`]), the resources themselves ([`resources`]), the
 //! validation rules with their stable error codes ([`error`], [`validate`]),
 //! CIDR math and IPAM ([`ipam`]), bandwidth units ([`bandwidth`]) and the
-//! per-host desired state an agent reconciles ([`desired`]), and what the
-//! data plane does with one packet ([`trace`]).
+//! per-host desired state an agent reconciles ([`desired`]), the one typed
+//! form of a security-group rule every enforcer reads ([`rule`]), and what
+//! the data plane does with one packet ([`trace`]).
 //!
 //! It is pure: no IO, no clock, no randomness. Callers pass in ids, times and
 //! the set of addresses already in use.
@@ -17,6 +18,7 @@ pub mod ids;
 pub mod ipam;
 pub mod placement;
 pub mod resources;
+pub mod rule;
 pub mod trace;
 pub mod validate;
 

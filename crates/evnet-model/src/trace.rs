@@ -25,6 +25,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::resources::{Eni, Host, Instance, Protocol, SecurityGroup, SgRule, Subnet, Vpc};
+use crate::rule::Rule;
 
 /// The packet to trace: from an ENI (by id) to an address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -294,53 +295,20 @@ fn group_verdict(group_ids: &[String], world: &TraceWorld<'_>, req: &TraceReques
     GroupVerdict::Denied(names.join(", "))
 }
 
-/// The data plane's match (see `evnet_plan::nft`): a CIDR wins over a
-/// group; ports bound TCP and UDP only; `from > to` matches nothing.
+/// The data plane's match: [`Rule::matches`], the same conversion the
+/// enforcers read; a rule that matches nothing converts to `None`.
 fn rule_matches(r: &SgRule, world: &TraceWorld<'_>, req: &TraceRequest, peer: Ipv4Addr) -> bool {
-    let peer_ok = match (&r.cidr, &r.source_group_id) {
-        (Some(c), _) => c.contains(&peer),
-        (None, Some(g)) => world.enis.iter().filter(|e| e.security_group_ids.iter().any(|x| x == g)).any(|e| e.all_ips().any(|ip| ip == peer)),
-        (None, None) => false,
-    };
-    if !peer_ok {
-        return false;
-    }
-    match r.protocol {
-        Protocol::All => true,
-        Protocol::Icmp => req.protocol == Protocol::Icmp,
-        p @ (Protocol::Tcp | Protocol::Udp) => {
-            if req.protocol != p {
-                return false;
-            }
-            let port = req.port.unwrap_or(0);
-            match (r.from_port, r.to_port) {
-                (Some(a), Some(b)) => a <= b && (a..=b).contains(&port),
-                (Some(a), None) | (None, Some(a)) => port == a,
-                (None, None) => true,
-            }
-        }
-    }
+    let Some(rule) = Rule::from_sg(r) else { return false };
+    rule.matches(req.protocol, req.port, peer, |g, ip| {
+        world.enis.iter().filter(|e| e.security_group_ids.iter().any(|x| x == g)).any(|e| e.all_ips().any(|a| a == ip))
+    })
 }
 
 fn rule_text(r: &SgRule, ingress: bool) -> String {
-    let proto = match r.protocol {
-        Protocol::All => "all traffic".to_string(),
-        Protocol::Icmp => "icmp".to_string(),
-        Protocol::Tcp | Protocol::Udp => {
-            let p = if r.protocol == Protocol::Tcp { "tcp" } else { "udp" };
-            match (r.from_port, r.to_port) {
-                (Some(a), Some(b)) if a != b => format!("{p} {a}-{b}"),
-                (Some(a), _) | (None, Some(a)) => format!("{p} {a}"),
-                (None, None) => format!("{p} any port"),
-            }
-        }
-    };
-    let peer = match (&r.cidr, &r.source_group_id) {
-        (Some(c), _) => c.to_string(),
-        (None, Some(g)) => format!("members of {g}"),
-        (None, None) => "nobody".to_string(),
-    };
-    format!("{proto} {} {peer}", if ingress { "from" } else { "to" })
+    match Rule::from_sg(r) {
+        Some(rule) => rule.describe(ingress),
+        None => "a rule that matches nothing".to_string(),
+    }
 }
 
 fn packet_text(req: &TraceRequest, src: Ipv4Addr) -> String {

@@ -36,7 +36,8 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 use evnet_model::Protocol;
-use evnet_model::desired::{EniDesired, RuleDesired, SecurityGroupDesired};
+use evnet_model::desired::{EniDesired, SecurityGroupDesired};
+use evnet_model::rule::{Rule, RulePeer};
 use sha2::{Digest, Sha256};
 
 use crate::naming::{self, NFT_TABLE};
@@ -55,37 +56,29 @@ fn eni_ips(e: &EniDesired) -> BTreeSet<Ipv4Addr> {
 }
 
 /// One rule's match expression, or `None` when it can match nothing.
-fn rule_match(r: &RuleDesired, ingress: bool) -> Option<String> {
+/// The nft match of one rule ([`Rule`], the form every enforcer reads).
+fn rule_match(r: &Rule, ingress: bool) -> String {
     let dir = if ingress { "saddr" } else { "daddr" };
     let mut parts = Vec::new();
-    match (&r.cidr, &r.group_id) {
-        (Some(c), _) if c.prefix_len() == 0 => parts.push("meta nfproto ipv4".to_string()),
-        (Some(c), _) => parts.push(format!("ip {dir} {c}")),
-        (None, Some(g)) => parts.push(format!("ip {dir} @{}", naming::sg_set(g))),
-        (None, None) => return None,
+    match &r.peer {
+        RulePeer::Cidr(c) if c.prefix_len() == 0 => parts.push("meta nfproto ipv4".to_string()),
+        RulePeer::Cidr(c) => parts.push(format!("ip {dir} {c}")),
+        RulePeer::Group(g) => parts.push(format!("ip {dir} @{}", naming::sg_set(g))),
     }
-    let ports = |proto: &str| -> Option<String> {
-        match (r.from_port, r.to_port) {
-            (Some(a), Some(b)) if a == b => Some(format!("{proto} dport {a}")),
-            (Some(a), Some(b)) if a < b => Some(format!("{proto} dport {a}-{b}")),
-            (Some(_), Some(_)) => None,
-            (Some(a), None) | (None, Some(a)) => Some(format!("{proto} dport {a}")),
-            (None, None) => Some(String::new()),
-        }
-    };
     match r.protocol {
         Protocol::All => {}
         Protocol::Icmp => parts.push("meta l4proto icmp".into()),
         Protocol::Tcp | Protocol::Udp => {
             let p = if r.protocol == Protocol::Tcp { "tcp" } else { "udp" };
             parts.push(format!("meta l4proto {p}"));
-            let pm = ports(p)?;
-            if !pm.is_empty() {
-                parts.push(pm);
+            match r.ports {
+                Some((a, b)) if a == b => parts.push(format!("{p} dport {a}")),
+                Some((a, b)) => parts.push(format!("{p} dport {a}-{b}")),
+                None => {}
             }
         }
     }
-    Some(parts.join(" "))
+    parts.join(" ")
 }
 
 /// A verdict map rule `{key} vmap { … }` over `elems` (`"name" : verdict`);
@@ -239,7 +232,7 @@ pub fn render_with(enis: &[(&EniDesired, String)], groups: &[SecurityGroupDesire
                             .unwrap_or_default();
                         sets.insert(naming::sg_set(gref), members);
                     }
-                    if let Some(m) = rule_match(r, is_in)
+                    if let Some(m) = Rule::from_desired(r).map(|r| rule_match(&r, is_in))
                         && !out.contains(&m)
                     {
                         out.push(m);
