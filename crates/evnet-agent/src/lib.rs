@@ -1,6 +1,9 @@
 //! evnet's host agent.
 //!
-//! One agent drives one host. It registers the host, then runs three loops:
+//! One agent drives one host. The first time, it registers the host with a
+//! bootstrap token and keeps the host credential it gets back in a file
+//! ([`credential`]); later starts use that credential. Then it runs three
+//! loops:
 //!
 //! * the **watcher** long-polls the host's desired state from the server
 //!   (`since` = the last generation seen; every answer is a whole snapshot,
@@ -17,10 +20,12 @@
 //! The agent never writes the store: everything goes through the API.
 
 pub mod bandwidth;
+pub mod credential;
 pub mod metrics;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +40,12 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub server: String,
+    /// A bootstrap token, used only when the host has no credential yet
+    /// (may be empty once it has one).
     pub token: String,
+    /// Where the host's credential is kept (mode 0600). None: in memory
+    /// only, so a restart needs a new bootstrap token.
+    pub credential_file: Option<PathBuf>,
     /// The host's name (unique among hosts).
     pub name: String,
     pub underlay_ip: Ipv4Addr,
@@ -60,6 +70,7 @@ impl AgentConfig {
         Self {
             server: server.into(),
             token: token.into(),
+            credential_file: None,
             name: name.into(),
             underlay_ip,
             nic_mbps,
@@ -99,7 +110,6 @@ pub async fn run_with(
     make_kernel: impl FnOnce(&str) -> Arc<dyn Kernel>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let client = Client::new(&config.server, config.token.clone()).context("bad --server URL")?;
     let metrics = Arc::new(metrics::AgentMetrics::default());
     if let Some(addr) = config.metrics_listen {
         let m = metrics.clone();
@@ -109,8 +119,7 @@ pub async fn run_with(
             let _ = axum::serve(listener, app).await;
         });
     }
-    let host_id = register(&client, &config).await?;
-    tracing::info!(host = %config.name, %host_id, "registered");
+    let (host_id, client) = register(&config).await?;
     let kernel = make_kernel(&host_id);
 
     let (desired_tx, desired_rx) = watch::channel::<Option<Arc<HostDesired>>>(None);
@@ -131,28 +140,24 @@ pub async fn run_with(
     Ok(())
 }
 
-async fn register(client: &Client, config: &AgentConfig) -> anyhow::Result<String> {
+async fn register(config: &AgentConfig) -> anyhow::Result<(String, Client)> {
     let body = RegisterHost {
         name: config.name.clone(),
         underlay_ip: config.underlay_ip,
         nic_mbps: config.nic_mbps,
         labels: Default::default(),
     };
-    let mut backoff = Backoff::new();
-    loop {
-        match client.register_host(&body).await {
-            Ok(h) => return Ok(h.id),
-            Err(e) if is_permanent(&e) => return Err(anyhow::anyhow!("the server refused to register this host: {e}")),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register yet; retrying");
-                backoff.wait().await;
-            }
+    let got = credential::obtain(&config.server, &config.token, config.credential_file.as_deref(), &body).await?;
+    Ok(match got {
+        credential::Obtained::Kept(id, c) => {
+            tracing::info!(host = %config.name, host_id = %id, "using the kept host credential");
+            (id, c)
         }
-    }
-}
-
-fn is_permanent(e: &evnet_client::ClientError) -> bool {
-    matches!(e, evnet_client::ClientError::Api { status, .. } if (400..500).contains(status) && *status != 409 && *status != 429)
+        credential::Obtained::Registered(id, c) => {
+            tracing::info!(host = %config.name, host_id = %id, "registered");
+            (id, c)
+        }
+    })
 }
 
 /// Long-polls the desired state; publishes each new snapshot.

@@ -28,8 +28,16 @@ async fn wait_synced(admin: &Client, host_id: &str) -> u64 {
     }
 }
 
-fn start_agent(url: &str, token: &str, name: &str, ip: &str, kernel: Arc<ModelKernel>) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
-    let mut cfg = AgentConfig::new(url, token, name, ip.parse().unwrap(), 1000);
+fn start_agent(
+    url: &str,
+    bootstrap: &str,
+    credential_file: &std::path::Path,
+    name: &str,
+    ip: &str,
+    kernel: Arc<ModelKernel>,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+    let mut cfg = AgentConfig::new(url, bootstrap, name, ip.parse().unwrap(), 1000);
+    cfg.credential_file = Some(credential_file.to_path_buf());
     cfg.resync = Duration::from_millis(200);
     cfg.heartbeat = Duration::from_millis(200);
     spawn_agent(cfg, kernel)
@@ -39,14 +47,16 @@ fn start_agent(url: &str, token: &str, name: &str, ip: &str, kernel: Arc<ModelKe
 async fn agent_converges_repairs_and_adopts() {
     let url = server().await;
     let admin = Client::new(&url, ADMIN).unwrap();
-    let agent_token = admin.create_agent_token().await.unwrap();
+    let bootstrap = || async { admin.create_bootstrap_token(&Default::default()).await.unwrap().token };
+    let dir = tempfile::tempdir().unwrap();
+    let (cred1, cred2) = (dir.path().join("host-1.credential"), dir.path().join("host-2.credential"));
     let tenant = admin.create_tenant(&CreateTenant { name: "t".into(), tags: Default::default() }).await.unwrap();
     let tc = Client::new(&url, tenant.token.clone()).unwrap();
 
     let k1 = Arc::new(ModelKernel::new());
     let k2 = Arc::new(ModelKernel::new());
-    let (a1, stop1) = start_agent(&url, &agent_token, "host-1", "198.18.0.1", k1.clone());
-    let (_a2, _stop2) = start_agent(&url, &agent_token, "host-2", "198.18.0.2", k2.clone());
+    let (a1, stop1) = start_agent(&url, &bootstrap().await, &cred1, "host-1", "198.18.0.1", k1.clone());
+    let (_a2, _stop2) = start_agent(&url, &bootstrap().await, &cred2, "host-2", "198.18.0.2", k2.clone());
     // Wait for both hosts to register.
     let hosts = loop {
         let hs = admin.list_hosts(&Default::default()).await.unwrap();
@@ -57,6 +67,11 @@ async fn agent_converges_repairs_and_adopts() {
     };
     let h1 = hosts.iter().find(|h| h.name == "host-1").unwrap().id.clone();
     let h2 = hosts.iter().find(|h| h.name == "host-2").unwrap().id.clone();
+    // Each agent keeps its own host's credential, readable by its owner only.
+    let kept = evnet_agent::credential::load(&cred1).unwrap().expect("host-1's credential file");
+    assert_eq!(kept.host_id, h1);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&cred1).unwrap().permissions().mode() & 0o777, 0o600);
 
     let vpc = tc.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), ..Default::default() }).await.unwrap();
     let subnet = tc.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.0.1.0/24".into(), ..Default::default() }).await.unwrap();
@@ -97,8 +112,10 @@ async fn agent_converges_repairs_and_adopts() {
     assert_eq!(reconcile_once(k1.as_ref(), &d1, false).unwrap().ops, 0, "restart adopts: nothing to redo");
     assert!(evnet_agent::converged(k1.as_ref(), &d1).unwrap());
     let before = k1.observe().unwrap();
-    let (_a1b, _stop1b) = start_agent(&url, &agent_token, "host-1", "198.18.0.1", k1.clone());
+    // The restart has no bootstrap token: it uses the kept credential.
+    let (_a1b, _stop1b) = start_agent(&url, "", &cred1, "host-1", "198.18.0.1", k1.clone());
     wait_synced(&admin, &h1).await;
+    assert_eq!(admin.list_hosts(&Default::default()).await.unwrap().len(), 2, "the restart registered nothing new");
     assert_eq!(k1.observe().unwrap(), before, "the restarted agent changed nothing");
 
     // Drift: delete an owned object by hand; the next resync brings it back.
@@ -125,9 +142,10 @@ async fn agent_converges_repairs_and_adopts() {
 async fn a_failing_vpc_does_not_stop_another_tenants_instance() {
     let url = server().await;
     let admin = Client::new(&url, ADMIN).unwrap();
-    let agent_token = admin.create_agent_token().await.unwrap();
+    let bootstrap = admin.create_bootstrap_token(&Default::default()).await.unwrap().token;
+    let dir = tempfile::tempdir().unwrap();
     let k = Arc::new(ModelKernel::new());
-    let (_a, _stop) = start_agent(&url, &agent_token, "host-1", "198.18.0.1", k.clone());
+    let (_a, _stop) = start_agent(&url, &bootstrap, &dir.path().join("host-1.credential"), "host-1", "198.18.0.1", k.clone());
     let host = loop {
         if let Some(h) = admin.list_hosts(&Default::default()).await.unwrap().into_iter().next() {
             break h;

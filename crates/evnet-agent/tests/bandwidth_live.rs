@@ -30,7 +30,7 @@ fn rate(k: &ModelKernel, namespaces: &[String], dev: &str) -> Option<u64> {
 async fn a_patched_limit_reaches_the_shaper_within_a_second() {
     let url = server().await;
     let admin = Client::new(&url, ADMIN).unwrap();
-    let agent_token = admin.create_agent_token().await.unwrap();
+    let agent_token = admin.create_bootstrap_token(&Default::default()).await.unwrap().token;
     let tenant = admin.create_tenant(&CreateTenant { name: "t".into(), tags: Default::default() }).await.unwrap();
     let tc = Client::new(&url, tenant.token.clone()).unwrap();
 

@@ -166,6 +166,7 @@ struct WithId {
 
 #[derive(Deserialize)]
 struct WithToken {
+    id: String,
     token: String,
 }
 
@@ -203,6 +204,17 @@ pub(crate) async fn setup(url: &str, subnets: usize) -> anyhow::Result<Target> {
         )
         .await?,
     )?;
+    // The creates run for seconds with many clients: far more ENIs (and
+    // VPCs, one per subnet) than one tenant may have by default.
+    let r = c
+        .put(format!("{url}/v1/tenants/{}/quotas", t.id))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"vpcs_per_tenant": subnets.max(5), "enis_per_tenant": evnet_model::MAX_QUOTA}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("raising the bench tenant's quotas answered {}: {}", r.status(), r.text().await?);
+    }
     let mut create_bodies = vec![];
     for i in 0..subnets {
         let cidr = format!("10.{i}.0.0/16");

@@ -126,7 +126,9 @@ struct Built {
 
 async fn build(args: &DesiredArgs) -> anyhow::Result<Built> {
     let store: Arc<dyn evnet_store::Store> = Arc::new(evnet_store::MemStore::new());
-    let state = evnet_server::state(store, ADMIN_TOKEN, Default::default()).await?;
+    // A benchmark's own load must not be throttled.
+    let settings = evnet_server::state::Settings { rate_limit_rps: 0, ..Default::default() };
+    let state = evnet_server::state(store, ADMIN_TOKEN, settings).await?;
     let api = Api {
         app: evnet_server::app(state.clone()),
     };
@@ -137,6 +139,12 @@ async fn build(args: &DesiredArgs) -> anyhow::Result<Built> {
         .as_str()
         .context("a tenant token")?
         .to_string();
+    // Far more VPCs, ENIs and instances than one tenant may have by default.
+    let raised = json!({"vpcs_per_tenant": args.vpcs, "enis_per_tenant": args.enis, "instances_per_tenant": args.enis});
+    let (status, bytes) = api.call(Method::PUT, &format!("/v1/tenants/{}/quotas", id_of(&tenant)?), ADMIN_TOKEN, Some(raised)).await?;
+    if status != StatusCode::OK {
+        bail!("raising the bench tenant's quotas answered {status}: {}", String::from_utf8_lossy(&bytes));
+    }
     let mut hosts = vec![];
     for i in 0..args.hosts {
         let underlay = std::net::Ipv4Addr::from(

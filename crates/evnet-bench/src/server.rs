@@ -90,6 +90,9 @@ impl ServerProcess {
             .arg(addr.to_string())
             .arg("--data-dir")
             .arg(dir.join("data"))
+            // Measure the server, not the rate limit.
+            .arg("--rate-limit-rps")
+            .arg("0")
             .args(extra)
             .env("EVNET_ADMIN_TOKEN", admin_token)
             .env("RUST_LOG", "warn")

@@ -84,11 +84,6 @@ pub type PatchVpc = PatchNameTags;
 pub type PatchSubnet = PatchNameTags;
 
 #[derive(Deserialize)]
-struct TokenAnswer {
-    token: String,
-}
-
-#[derive(Deserialize)]
 struct IdOnly {
     id: String,
 }
@@ -541,22 +536,52 @@ impl Client {
         self.call(Method::POST, url, Some(&serde_json::json!({}))).await
     }
 
-    /// `POST /v1/agent-tokens`: a new token agents authenticate with.
-    pub async fn create_agent_token(&self) -> Result<String> {
-        let url = self.url(&["v1", "agent-tokens"], &[])?;
-        let answer: TokenAnswer = self
-            .call(Method::POST, url, Some(&serde_json::json!({})))
-            .await?;
-        Ok(answer.token)
+    /// `GET /v1/tenants/{id}/quotas`.
+    pub async fn get_quotas(&self, tenant_id: &str) -> Result<Quotas> {
+        let url = self.url(&["v1", "tenants", tenant_id, "quotas"], &[])?;
+        self.call::<(), Quotas>(Method::GET, url, None).await
+    }
+
+    /// `PUT /v1/tenants/{id}/quotas` (admin): the quotas given change.
+    pub async fn set_quotas(&self, tenant_id: &str, body: &SetQuotas) -> Result<Quotas> {
+        let url = self.url(&["v1", "tenants", tenant_id, "quotas"], &[])?;
+        self.call(Method::PUT, url, Some(body)).await
+    }
+
+    /// `GET /v1/audit` (admin): one page of the audit log, oldest first.
+    pub async fn audit(&self, since: Option<&str>, limit: Option<usize>, page_token: Option<&str>) -> Result<AuditPage> {
+        let mut q = vec![];
+        if let Some(s) = since {
+            q.push(("since", s.to_string()));
+        }
+        if let Some(l) = limit {
+            q.push(("limit", l.to_string()));
+        }
+        if let Some(p) = page_token {
+            q.push(("page_token", p.to_string()));
+        }
+        let url = self.url(&["v1", "audit"], &q)?;
+        self.call::<(), AuditPage>(Method::GET, url, None).await
+    }
+
+    /// `POST /v1/bootstrap-tokens`: a single-use token an agent exchanges,
+    /// when it registers its host, for that host's own credential.
+    pub async fn create_bootstrap_token(&self, body: &CreateBootstrapToken) -> Result<BootstrapToken> {
+        let url = self.url(&["v1", "bootstrap-tokens"], &[])?;
+        self.call(Method::POST, url, Some(body)).await
     }
 
     // -----------------------------------------------------------------
     // Hosts (agents and admin).
 
-    /// `POST /v1/hosts`: registers a host, or returns the host already
-    /// registered under that name.
-    pub async fn register_host(&self, body: &RegisterHost) -> Result<Host> {
+    /// `POST /v1/hosts` with a bootstrap token (or the admin's): registers
+    /// a new host and answers its credential, shown only this once.
+    pub async fn register_host(&self, body: &RegisterHost) -> Result<RegisteredHost> {
         self.create_of("hosts", body).await
+    }
+    /// `PATCH /v1/hosts/{id}` (admin): underlay address, NIC, labels.
+    pub async fn patch_host(&self, id: &str, body: &PatchHost) -> Result<Host> {
+        self.patch_of("hosts", id, body).await
     }
     pub async fn list_hosts(&self, filter: &HostFilter) -> Result<Vec<Host>> {
         self.all_of("hosts", filter).await

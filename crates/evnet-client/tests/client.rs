@@ -450,25 +450,27 @@ async fn host_agent_routes() {
         ..Default::default()
     };
     let (base, mock) = serve(vec![
-        Reply::Json(201, json!({"token": "agent-tok"})),
-        Reply::Json(201, serde_json::to_value(&host).unwrap()),
+        Reply::Json(201, json!({"token": "boot-tok", "expires_at_ms": 1_700_000_000_000u64})),
+        Reply::Json(201, serde_json::to_value(&RegisteredHost { host: host.clone(), credential: "host-cred".into() }).unwrap()),
         Reply::Json(200, serde_json::to_value(&host).unwrap()),
         Reply::Json(200, serde_json::to_value(&desired).unwrap()),
         Reply::Json(200, serde_json::to_value(&desired).unwrap()),
     ])
     .await;
     let admin = Client::new(&base, "admin").unwrap();
-    let token = admin.create_agent_token().await.unwrap();
-    assert_eq!(token, "agent-tok");
+    let boot = admin.create_bootstrap_token(&CreateBootstrapToken::default()).await.unwrap();
+    assert_eq!((boot.token.as_str(), boot.expires_at_ms), ("boot-tok", 1_700_000_000_000));
 
-    let agent = admin.with_token(&token);
+    let bootstrap = admin.with_token(&boot.token);
     let reg = RegisterHost {
         name: "host-1".into(),
         underlay_ip: "198.18.0.1".parse().unwrap(),
         nic_mbps: 1000,
         labels: Default::default(),
     };
-    assert_eq!(agent.register_host(&reg).await.unwrap(), host);
+    let registered = bootstrap.register_host(&reg).await.unwrap();
+    assert_eq!((&registered.host, registered.credential.as_str()), (&host, "host-cred"));
+    let agent = admin.with_token(&registered.credential);
     let hb = Heartbeat {
         applied_generation: 41,
         running_instances: vec!["i-1".into()],
@@ -487,7 +489,7 @@ async fn host_agent_routes() {
     let seen = mock.seen();
     assert_eq!(
         (seen[0].method.as_str(), seen[0].path.as_str()),
-        ("POST", "/v1/agent-tokens")
+        ("POST", "/v1/bootstrap-tokens")
     );
     assert_eq!(seen[0].auth.as_deref(), Some("Bearer admin"));
     assert_eq!(seen[0].json(), json!({}));
@@ -495,7 +497,8 @@ async fn host_agent_routes() {
         (seen[1].method.as_str(), seen[1].path.as_str()),
         ("POST", "/v1/hosts")
     );
-    assert_eq!(seen[1].auth.as_deref(), Some("Bearer agent-tok"));
+    assert_eq!(seen[1].auth.as_deref(), Some("Bearer boot-tok"));
+    assert_eq!(seen[2].auth.as_deref(), Some("Bearer host-cred"));
     assert_eq!(seen[1].json(), serde_json::to_value(&reg).unwrap());
     assert_eq!(seen[2].path, "/v1/hosts/host-0000000000000001/heartbeat");
     assert_eq!(seen[2].json(), serde_json::to_value(&hb).unwrap());

@@ -1,6 +1,7 @@
 //! evnet's public resource model.
 //!
 //! This crate holds what the API speaks and what every other crate agrees on:
+//! credentials, quotas and audit records ([`access`]),
 //! resource ids ([`ids`]), the resources themselves ([`resources`]), the
 //! validation rules with their stable error codes ([`error`], [`validate`]),
 //! CIDR math and IPAM ([`ipam`]), bandwidth units ([`bandwidth`]) and the
@@ -11,6 +12,7 @@
 //! It is pure: no IO, no clock, no randomness. Callers pass in ids, times and
 //! the set of addresses already in use.
 
+pub mod access;
 pub mod bandwidth;
 pub mod desired;
 pub mod error;
@@ -22,6 +24,7 @@ pub mod rule;
 pub mod trace;
 pub mod validate;
 
+pub use access::*;
 pub use bandwidth::BandwidthSpec;
 pub use error::{ErrorKind, ModelError};
 pub use ids::Kind;

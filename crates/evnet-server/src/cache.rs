@@ -24,6 +24,11 @@ use crate::keys;
 #[serde(tag = "role", rename_all = "snake_case")]
 pub enum TokenRecord {
     Tenant { tenant_id: String },
+    /// Single use: registering a host deletes it.
+    Bootstrap { expires_at_ms: u64 },
+    /// A host's credential.
+    Host { host_id: String },
+    /// The shared agent tokens of earlier versions, refused.
     Agent,
 }
 
@@ -72,7 +77,18 @@ pub struct Snapshot {
     pub vnis: BTreeMap<u32, String>,
     pub hostnames: HashMap<String, (String, Revision)>,
     pub ledgers: HashMap<String, (HostLedger, Revision)>,
-    pub tokens: HashMap<String, TokenRecord>,
+    /// Token SHA-256 → what it may do, and its key's revision.
+    pub tokens: HashMap<String, (TokenRecord, Revision)>,
+    /// Tenant id → the quotas the admin set (defaults elsewhere).
+    pub quotas: HashMap<String, Quotas>,
+    /// (tenant, quota) → slot number → the resource holding it: one key
+    /// per counted resource, created with "must not exist", so a quota
+    /// holds under concurrent creates without one key they all rewrite.
+    pub quota_slots: HashMap<(String, String), BTreeMap<u32, String>>,
+    /// Resource id → its slot key.
+    pub slot_of: HashMap<String, String>,
+    /// (tenant, kind) → how many of that kind the tenant has.
+    pub tenant_counts: HashMap<(String, Option<Kind>), usize>,
     pub idem: HashMap<String, IdemRecord>,
     /// Access key id → its record (from `/accesskeys/` keys).
     pub access_keys: BTreeMap<String, AccessKeyRecord>,
@@ -93,10 +109,16 @@ impl Snapshot {
                     if put {
                         if let Some(mut v) = decode::<$ty>(kv) {
                             v.revision = kv.mod_revision;
-                            $map.insert(id, Entry { value: Arc::new(v), mod_revision: kv.mod_revision });
+                            let tenant = v.tenant.clone();
+                            if $map.insert(id, Entry { value: Arc::new(v), mod_revision: kv.mod_revision }).is_none() {
+                                *self.tenant_counts.entry((tenant, kind_of(collection))).or_default() += 1;
+                            }
                         }
-                    } else {
-                        $map.remove(&id);
+                    } else if let Some(old) = $map.remove(&id) {
+                        let k = (old.value.tenant.clone(), kind_of(collection));
+                        if let Some(n) = self.tenant_counts.get_mut(&k) {
+                            *n = n.saturating_sub(1);
+                        }
                     }
                 }};
             }
@@ -157,7 +179,7 @@ impl Snapshot {
         } else if let Some(sha) = key.strip_prefix("/tokens/") {
             if put {
                 if let Some(t) = decode::<TokenRecord>(kv) {
-                    self.tokens.insert(sha.to_string(), t);
+                    self.tokens.insert(sha.to_string(), (t, kv.mod_revision));
                 }
             } else {
                 self.tokens.remove(sha);
@@ -175,6 +197,27 @@ impl Snapshot {
                 self.cluster.insert(key.to_string(), kv.value.clone());
             } else {
                 self.cluster.remove(key);
+            }
+        } else if let Some(tenant) = key.strip_prefix("/quota/") {
+            if put {
+                if let Some(q) = decode::<Quotas>(kv) {
+                    self.quotas.insert(tenant.to_string(), q);
+                }
+            } else {
+                self.quotas.remove(tenant);
+            }
+        } else if let Some(rest) = key.strip_prefix("/slot/") {
+            let mut parts = rest.splitn(3, '/');
+            let (Some(tenant), Some(quota), Some(n)) = (parts.next(), parts.next(), parts.next().and_then(|n| n.parse::<u32>().ok())) else {
+                return;
+            };
+            let slots = self.quota_slots.entry((tenant.to_string(), quota.to_string())).or_default();
+            if put {
+                let id = String::from_utf8_lossy(&kv.value).into_owned();
+                self.slot_of.insert(id.clone(), key.to_string());
+                slots.insert(n, id);
+            } else if let Some(id) = slots.remove(&n) {
+                self.slot_of.remove(&id);
             }
         } else if key.starts_with("/idem/") {
             if put {
@@ -197,6 +240,11 @@ impl Snapshot {
             .map(|e| e.value.bandwidth.guaranteed_mbps)
             .sum();
         (sum, self.ledgers.get(host_id).map(|l| l.1).unwrap_or(0))
+    }
+
+    /// How many resources of `kind` tenant `tenant` has.
+    pub fn tenant_count(&self, tenant: &str, kind: Kind) -> usize {
+        self.tenant_counts.get(&(tenant.to_string(), Some(kind))).copied().unwrap_or(0)
     }
 
     pub fn instance_count(&self, host_id: &str) -> u32 {
@@ -344,4 +392,8 @@ impl Cache {
     pub fn subscribe(&self) -> watch::Receiver<Revision> {
         self.revision_tx.subscribe()
     }
+}
+
+fn kind_of(collection: &str) -> Option<Kind> {
+    Kind::ALL.into_iter().find(|k| k.collection() == collection)
 }

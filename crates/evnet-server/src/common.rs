@@ -210,6 +210,9 @@ pub fn paginate<T: Owned + Clone, F: Fn(&T) -> bool>(
     q: &ListQuery,
     keep: F,
 ) -> ApiResult<Page<T>> {
+    if let Caller::Host(_) | Caller::Bootstrap(_) = caller {
+        caller.require_person("list tenants' resources")?;
+    }
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::new(
@@ -226,7 +229,7 @@ pub fn paginate<T: Owned + Clone, F: Fn(&T) -> bool>(
     let mut next = None;
     for (_, e) in map.range((start, std::ops::Bound::Unbounded)) {
         let v = &e.value;
-        if !caller.sees(v.tenant()) && !matches!(caller, Caller::Agent) {
+        if !caller.sees(v.tenant()) {
             continue;
         }
         if q.name.as_deref().is_some_and(|n| n != v.name()) || !keep(v) {

@@ -8,7 +8,9 @@
 //! | `/vni/{vni}` | the VPC id holding that VNI |
 //! | `/hostname/{name}` | the host id registered under that name |
 //! | `/hostbw/{host_id}` | the host's guarantee ledger, written by every change to it |
-//! | `/tokens/{sha256}` | a token's role and tenant |
+//! | `/tokens/{sha256}` | a token's role: tenant, host (its credential) or bootstrap (single use) |
+//! | `/quota/{tenant_id}` | the tenant's quotas, when the admin set them |
+//! | `/slot/{tenant_id}/{quota}/{n}` | the id of the resource counted in slot `n` of a per-tenant quota |
 //! | `/idem/{tenant}/{collection}/{client_token}` | an idempotent create's resource id and request hash |
 //! | `/accesskeys/{access_key_id}` | an EC2 access key's tenant and sealed secret |
 
@@ -50,4 +52,12 @@ pub const ACCESS_KEY_PREFIX: &str = "/accesskeys/";
 
 pub fn access_key(access_key_id: &str) -> String {
     format!("{ACCESS_KEY_PREFIX}{access_key_id}")
+}
+
+pub fn quota(tenant: &str) -> String {
+    format!("/quota/{tenant}")
+}
+
+pub fn slot(tenant: &str, quota: &str, n: u32) -> String {
+    format!("/slot/{tenant}/{quota}/{n}")
 }

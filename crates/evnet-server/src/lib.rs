@@ -15,6 +15,7 @@
 //! liveness) run on the replica that holds their lease-based leadership.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bandwidth;
 pub mod cache;
@@ -24,9 +25,13 @@ pub mod desired;
 pub mod ec2;
 pub mod error;
 pub mod extract;
+pub mod frontdoor;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
+pub mod quota;
+pub mod ratelimit;
+pub mod serve;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -51,9 +56,10 @@ pub fn app(state: AppState) -> Router {
         .route("/tenants/{id}", get(infra::get_tenant).delete(infra::delete_tenant))
         .route("/tenants/{id}/access-keys", post(access_keys::create).get(access_keys::list))
         .route("/tenants/{id}/access-keys/{key}", axum::routing::delete(access_keys::delete))
-        .route("/agent-tokens", post(infra::create_agent_token))
+        .route("/tenants/{id}/quotas", get(infra::get_quotas).put(infra::put_quotas))
+        .route("/bootstrap-tokens", post(infra::create_bootstrap_token))
         .route("/hosts", post(infra::register_host).get(infra::list_hosts))
-        .route("/hosts/{id}", get(infra::get_host).delete(infra::delete_host))
+        .route("/hosts/{id}", get(infra::get_host).patch(infra::patch_host).delete(infra::delete_host))
         .route("/hosts/{id}/heartbeat", post(infra::heartbeat))
         .route("/hosts/{id}/desired", get(infra::desired))
         .route("/hosts/{id}/bandwidth", post(stats::report))
@@ -62,6 +68,7 @@ pub fn app(state: AppState) -> Router {
         .route("/trace", post(trace::trace))
         .route("/cluster", get(cluster_api::status))
         .route("/cluster/self", get(cluster_api::this_server))
+        .route("/audit", get(infra::audit))
         .route("/vpcs", post(network::create_vpc).get(network::list_vpcs))
         .route("/vpcs/{id}", get(network::get_vpc).patch(network::patch_vpc).delete(network::delete_vpc))
         .route("/subnets", post(network::create_subnet).get(network::list_subnets))
@@ -94,7 +101,7 @@ pub fn app(state: AppState) -> Router {
             error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "no_such_route", "no such route; see /openapi.json")
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), cluster_api::require_store))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), frontdoor::frontdoor))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -109,14 +116,22 @@ pub async fn state(store: Arc<dyn Store>, admin_token: &str, settings: Settings)
 /// Like [`state`], for a server that is one of several ([`cluster::Cluster`]).
 pub async fn state_in(store: Arc<dyn Store>, admin_token: &str, settings: Settings, cluster: Arc<cluster::Cluster>) -> anyhow::Result<AppState> {
     let cache = cache::Cache::start(store.clone()).await?;
+    let audit = match &settings.audit_log {
+        Some(p) => Some(Arc::new(audit::AuditLog::open(p).map_err(|e| anyhow::anyhow!("cannot open the audit log {}: {e}", p.display()))?)),
+        None => None,
+    };
     Ok(AppState {
         cluster,
+        limiter: Arc::new(ratelimit::Limiter::new(settings.rate_limit_rps, settings.rate_limit_burst)),
+        metrics_token_sha: settings.metrics_token.as_ref().map(|t| auth::sha256_hex(&t.0).into()),
+        audit,
         store,
         cache,
         admin_token_sha: auth::sha256_hex(admin_token).into(),
         access_key_sealing: Arc::new(ec2::credentials::sealing_key(admin_token)),
         settings: Arc::new(settings),
         ip_reservations: Default::default(),
+        slot_reservations: Default::default(),
         desired: Default::default(),
         metrics: Default::default(),
         bandwidth: Default::default(),
@@ -132,13 +147,16 @@ pub fn admin_token(data_dir: &Path, from_env: Option<String>) -> anyhow::Result<
     }
     let path = data_dir.join("admin-token");
     if let Ok(t) = std::fs::read_to_string(&path)
-        && !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
-        }
+        && !t.trim().is_empty()
+    {
+        private_file(&path)?;
+        return Ok(t.trim().to_string());
+    }
     let token = auth::new_token();
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    private_file(&path)?;
     f.write_all(token.as_bytes())?;
     f.sync_all()?;
     Ok(token)
@@ -154,6 +172,31 @@ pub enum StoreConfig {
     Etcd(evnet_store::EtcdOptions),
 }
 
+/// Sets `path` to mode 0600 if it exists.
+fn private_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::anyhow!("cannot set {} to mode 0600: {e}", path.display())),
+        _ => Ok(()),
+    }
+}
+
+/// The files of a data directory that hold secrets or the store.
+pub const PRIVATE_FILES: &[&str] = &["admin-token", "evnet.redb", "audit.log"];
+
+/// Makes the data directory (mode 0700) and tightens what is in it already:
+/// the directory to 0700, its store, admin token and audit log to 0600.
+pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| anyhow::anyhow!("cannot set {} to mode 0700: {e}", dir.display()))?;
+    for f in PRIVATE_FILES {
+        private_file(&dir.join(f))?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -166,31 +209,59 @@ pub struct ServerConfig {
     pub advertise_url: Option<String>,
     /// TTL of the leadership lease on etcd.
     pub leader_ttl: std::time::Duration,
+    pub timeouts: serve::Timeouts,
+}
+
+/// Prepares the data directory and opens the store in it: the admin token
+/// and the store.
+pub fn open_data_dir(data_dir: &Path, admin_token_env: Option<String>) -> anyhow::Result<(String, Arc<dyn Store>)> {
+    prepare_data_dir(data_dir)?;
+    let token = admin_token(data_dir, admin_token_env)?;
+    Ok((token, open_embedded(data_dir)?))
+}
+
+/// Opens the embedded store file of a prepared data directory (mode 0600).
+fn open_embedded(data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    let path = data_dir.join("evnet.redb");
+    let store: Arc<dyn Store> = Arc::new(evnet_store::EmbeddedStore::open(&path)?);
+    // redb creates the file with the process's umask: tighten it.
+    private_file(&path)?;
+    Ok(store)
 }
 
 /// Runs the server until `shutdown` resolves, then finishes the requests in
 /// flight.
 pub async fn run(config: ServerConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    prepare_data_dir(&config.data_dir)?;
     let token = admin_token(&config.data_dir, config.admin_token.clone())?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let url = config.advertise_url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
     let (store, cluster): (Arc<dyn Store>, _) = match &config.store {
-        StoreConfig::Embedded => {
-            (Arc::new(evnet_store::EmbeddedStore::open(config.data_dir.join("evnet.redb"))?), cluster::Cluster::solo(&url))
-        }
+        StoreConfig::Embedded => (open_embedded(&config.data_dir)?, cluster::Cluster::solo(&url)),
         StoreConfig::Etcd(opts) => {
             let etcd = evnet_store::EtcdStore::connect(opts.clone()).await?;
             (Arc::new(etcd.clone()), cluster::Cluster::etcd(etcd, &url, config.leader_ttl))
         }
     };
     let cluster = Arc::new(cluster);
-    let st = state_in(store, &token, config.settings.clone(), cluster.clone()).await?;
+    let mut settings = config.settings.clone();
+    if settings.audit_log.is_none() {
+        settings.audit_log = Some(config.data_dir.join("audit.log"));
+    }
+    let st = state_in(store, &token, settings, cluster.clone()).await?;
     let campaign = tokio::spawn(cluster.clone().run());
     tokio::spawn(infra::watch_host_liveness(st.clone()));
     tokio::spawn(bandwidth::run(st.clone()));
+    let limiter = st.limiter.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limiter.shrink();
+        }
+    });
     tracing::info!(addr = %listener.local_addr()?, server = %cluster.me.id, store = cluster.store_kind().0, data_dir = %config.data_dir.display(), "evnet server listening");
-    axum::serve(listener, app(st)).with_graceful_shutdown(shutdown).await?;
+    serve::serve(listener, app(st), config.timeouts, shutdown).await?;
     campaign.abort();
     cluster.resign().await;
     tracing::info!("evnet server stopped");

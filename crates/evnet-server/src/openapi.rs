@@ -34,17 +34,21 @@ const OPS: &[Op] = &[
     op("post", "/v1/tenants/{id}/access-keys", "Create an access key for the EC2 Query API (the admin, or the tenant for itself); answers its secret once", Some("CreateAccessKey"), Some("AccessKeyWithSecret"), 201, false),
     op("get", "/v1/tenants/{id}/access-keys", "List a tenant's access keys (without secrets)", None, Some("AccessKey"), 200, true),
     op("delete", "/v1/tenants/{id}/access-keys/{key}", "Delete (revoke) an access key", None, None, 204, false),
-    op("post", "/v1/agent-tokens", "Issue a token for agents (admin)", None, None, 201, false),
-    op("post", "/v1/hosts", "Register a host (agent); 200 when the name exists", Some("RegisterHost"), Some("Host"), 201, false),
+    op("get", "/v1/tenants/{id}/quotas", "A tenant's quotas (defaults where none was set)", None, Some("Quotas"), 200, false),
+    op("put", "/v1/tenants/{id}/quotas", "Set some of a tenant's quotas; those left out keep their values (admin)", Some("SetQuotas"), Some("Quotas"), 200, false),
+    op("post", "/v1/bootstrap-tokens", "Issue a single-use bootstrap token an agent exchanges for its host's credential (admin)", Some("CreateBootstrapToken"), Some("BootstrapToken"), 201, false),
+    op("post", "/v1/hosts", "Register a new host with a bootstrap token (consumed) or the admin's; answers the host's credential once; 409 host_exists when the name is taken", Some("RegisterHost"), Some("RegisteredHost"), 201, false),
     op("get", "/v1/hosts", "List hosts", None, Some("Host"), 200, true),
-    op("get", "/v1/hosts/{id}", "Get a host", None, Some("Host"), 200, false),
+    op("get", "/v1/hosts/{id}", "Get a host (a host credential: its own only)", None, Some("Host"), 200, false),
+    op("patch", "/v1/hosts/{id}", "Change a host's underlay address, NIC capacity or labels (admin)", Some("PatchHost"), Some("Host"), 200, false),
     op("delete", "/v1/hosts/{id}", "Delete a host without instances (admin)", None, None, 204, false),
-    op("post", "/v1/hosts/{id}/heartbeat", "Report liveness and the applied generation (agent)", Some("Heartbeat"), Some("Host"), 200, false),
-    op("get", "/v1/hosts/{id}/desired", "The host's desired state; with ?since=G a long poll until the generation passes G (agent)", None, Some("HostDesired"), 200, false),
-    op("post", "/v1/hosts/{id}/bandwidth", "Report the host's ENIs' measured rate, demand and allocation (agent); answers the controller's caps", Some("HostBandwidthReport"), Some("HostBandwidthCaps"), 200, false),
+    op("post", "/v1/hosts/{id}/heartbeat", "Report liveness and the applied generation, at most the current desired one (the host's credential)", Some("Heartbeat"), Some("Host"), 200, false),
+    op("get", "/v1/hosts/{id}/desired", "The host's desired state; with ?since=G a long poll until the generation passes G (the host's credential)", None, Some("HostDesired"), 200, false),
+    op("post", "/v1/hosts/{id}/bandwidth", "Report the host's ENIs' measured rate, demand and allocation (the host's credential); answers the controller's caps", Some("HostBandwidthReport"), Some("HostBandwidthCaps"), 200, false),
     op("post", "/v1/trace", "What the data plane does with one packet from one of the caller's ENIs: anti-spoofing, egress groups, route, ingress groups (what `evnet trace` shows)", Some("TraceRequest"), Some("Trace"), 200, false),
     op("get", "/v1/cluster", "The servers on the store, which one leads each loop, the store, its revision and each server's lag (admin)", None, Some("ClusterStatus"), 200, false),
     op("get", "/v1/cluster/self", "This server alone: its cache revision and the loops it leads (admin)", None, Some("ServerSelf"), 200, false),
+    op("get", "/v1/audit", "The audit log (admin): every change with its time, caller, source address, route, resource and status; ?since=RFC3339, ?limit=, ?page_token=", None, Some("AuditPage"), 200, false),
     op("get", "/v1/bandwidth-stats", "Rates, demand and allocations of the caller's attached ENIs and their hosts (what `evnet top` shows)", None, Some("BandwidthStats"), 200, false),
     op("post", "/v1/vpcs", "Create a VPC (with its main route table and default group)", Some("CreateVpc"), Some("Vpc"), 201, false),
     op("get", "/v1/vpcs", "List VPCs", None, Some("Vpc"), 200, true),
@@ -105,7 +109,8 @@ fn schemas() -> Map<String, Value> {
         CreateSubnet, PatchNameTags, Instance, CreateInstance, Eni, CreateEni, PatchEni, AttachEni, SecondaryIps, SecurityGroup,
         CreateSecurityGroup, PatchSecurityGroup, RouteTable, CreateRouteTable, PatchRouteTable, Peering,
         CreatePeering, BandwidthPool, CreateBandwidthPool, PatchBandwidthPool, ErrorBody, HostBandwidthReport,
-        HostBandwidthCaps, EniStats, BandwidthStats, TraceRequest, Trace, ClusterStatus, ServerSelf
+        HostBandwidthCaps, EniStats, BandwidthStats, TraceRequest, Trace, ClusterStatus, ServerSelf, CreateBootstrapToken, BootstrapToken,
+        RegisteredHost, PatchHost, Quotas, SetQuotas, AuditPage
     );
     let mut defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     defs.sort_keys();

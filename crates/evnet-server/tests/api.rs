@@ -49,13 +49,15 @@ impl T {
         v["token"].as_str().unwrap().to_string()
     }
 
-    async fn agent_token(&self) -> String {
-        self.ok("POST", "/v1/agent-tokens", ADMIN, json!({})).await["token"].as_str().unwrap().to_string()
+    async fn bootstrap_token(&self) -> String {
+        self.ok("POST", "/v1/bootstrap-tokens", ADMIN, json!({})).await["token"].as_str().unwrap().to_string()
     }
 
-    async fn host(&self, agent: &str, name: &str, ip: &str, nic: u64) -> String {
-        let v = self.ok("POST", "/v1/hosts", agent, json!({"name": name, "underlay_ip": ip, "nic_mbps": nic})).await;
-        v["id"].as_str().unwrap().to_string()
+    /// Registers a host with a fresh bootstrap token: its id and credential.
+    async fn host(&self, name: &str, ip: &str, nic: u64) -> (String, String) {
+        let boot = self.bootstrap_token().await;
+        let v = self.ok("POST", "/v1/hosts", &boot, json!({"name": name, "underlay_ip": ip, "nic_mbps": nic})).await;
+        (v["id"].as_str().unwrap().to_string(), v["credential"].as_str().unwrap().to_string())
     }
 
     /// A VPC and one subnet in it; returns (vpc, subnet).
@@ -214,12 +216,9 @@ async fn concurrent_creates_never_share_an_address() {
 #[tokio::test]
 async fn scheduling_admission_attach_detach_and_move() {
     let t = T::new().await;
-    let agent = t.agent_token().await;
-    let h1 = t.host(&agent, "host-1", "198.18.0.1", 1000).await;
-    let h2 = t.host(&agent, "host-2", "198.18.0.2", 1000).await;
-    // Re-registering the same name answers the same host.
-    let (s, v) = t.call("POST", "/v1/hosts", Some(&agent), Some(json!({"name": "host-1", "underlay_ip": "198.18.0.1", "nic_mbps": 1000}))).await;
-    assert_eq!((s, v["id"].as_str().unwrap()), (StatusCode::OK, h1.as_str()));
+    let (h1, c1) = t.host("host-1", "198.18.0.1", 1000).await;
+    let (h2, c2) = t.host("host-2", "198.18.0.2", 1000).await;
+    let credential = |h: &str| if h == h1 { c1.clone() } else { c2.clone() };
     let a = t.tenant("a").await;
     let (_, subnet) = t.network(&a, "10.0.0.0/16", "10.0.1.0/24").await;
     let eni = |g: u64| json!({"subnet_id": subnet, "bandwidth": {"guaranteed_mbps": g}});
@@ -260,14 +259,14 @@ async fn scheduling_admission_attach_detach_and_move() {
     let (s, _) = t.get(&format!("/v1/hosts/{h1}/desired"), &a).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "tenants do not read desired state");
     let i2_host = i2["host_id"].as_str().unwrap();
-    let (_, d2) = t.get(&format!("/v1/hosts/{i2_host}/desired"), &agent).await;
+    let (_, d2) = t.get(&format!("/v1/hosts/{i2_host}/desired"), &credential(i2_host)).await;
     let enis = &d2["instances"].as_array().unwrap().iter().find(|i| i["instance_id"] == i2_id).unwrap()["enis"];
     assert_eq!(enis[0]["eni_id"], e1.as_str());
     assert_eq!(enis[0]["bandwidth"]["guaranteed_bps"], 500_000_000u64);
     assert_eq!(enis[0]["bandwidth"]["limit_bps"], 800_000_000u64);
     // e2 on i1 (other host) makes both hosts see each other's ENI.
     t.ok("POST", &format!("/v1/enis/{e2}/attach"), &a, json!({"instance_id": i1_id})).await;
-    let (_, d1) = t.get(&format!("/v1/hosts/{i1_host}/desired"), &agent).await;
+    let (_, d1) = t.get(&format!("/v1/hosts/{i1_host}/desired"), &credential(i1_host)).await;
     let remote = &d1["vpcs"][0]["remote_enis"];
     assert_eq!(remote[0]["eni_id"], e1.as_str());
     assert_eq!(remote[0]["underlay_ip"], if i2_host == h2 { "198.18.0.2" } else { "198.18.0.1" });
@@ -284,9 +283,8 @@ async fn no_host_and_pack_placement() {
     let a = t.tenant("a").await;
     let (s, v) = t.call("POST", "/v1/instances", Some(&a), Some(json!({}))).await;
     assert_eq!((s.as_u16(), code(&v)), (409, "no_host_available"));
-    let agent = t.agent_token().await;
-    t.host(&agent, "h1", "198.18.0.1", 1000).await;
-    t.host(&agent, "h2", "198.18.0.2", 1000).await;
+    t.host("h1", "198.18.0.1", 1000).await;
+    t.host("h2", "198.18.0.2", 1000).await;
     let first = t.ok("POST", "/v1/instances", &a, json!({"placement": "pack"})).await;
     let second = t.ok("POST", "/v1/instances", &a, json!({"placement": "pack"})).await;
     assert_eq!(first["host_id"], second["host_id"], "pack fills one host first");
@@ -389,8 +387,7 @@ async fn security_groups_route_tables_peerings_pools() {
 #[tokio::test]
 async fn desired_state_long_poll_wakes_on_change() {
     let t = T::new().await;
-    let agent = t.agent_token().await;
-    let h = t.host(&agent, "h1", "198.18.0.1", 1000).await;
+    let (h, agent) = t.host("h1", "198.18.0.1", 1000).await;
     let (_, d0) = t.get(&format!("/v1/hosts/{h}/desired"), &agent).await;
     let g0 = d0["generation"].as_u64().unwrap();
     // Nothing changes for this host: the poll times out with the same generation.
@@ -441,9 +438,8 @@ async fn metrics_are_served() {
 #[tokio::test]
 async fn trace_explains_a_packet_and_only_for_the_callers_enis() {
     let t = T::new().await;
-    let agent = t.agent_token().await;
-    t.host(&agent, "host-1", "198.18.0.1", 1000).await;
-    t.host(&agent, "host-2", "198.18.0.2", 1000).await;
+    t.host("host-1", "198.18.0.1", 1000).await;
+    t.host("host-2", "198.18.0.2", 1000).await;
     let a = t.tenant("a").await;
     let b = t.tenant("b").await;
     let (vpc, subnet) = t.network(&a, "10.0.0.0/16", "10.0.1.0/24").await;

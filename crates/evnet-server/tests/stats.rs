@@ -48,9 +48,13 @@ fn report(eni: &str, rate: u64, demand: u64, alloc: u64) -> Value {
 #[tokio::test]
 async fn reports_feed_stats_overview_and_pool_caps() {
     let t = T::new().await;
-    let agent = t.ok("POST", "/v1/agent-tokens", ADMIN, json!({})).await["token"].as_str().unwrap().to_string();
-    let h1 = t.id("POST", "/v1/hosts", &agent, json!({"name": "h1", "underlay_ip": "198.18.0.1", "nic_mbps": 1000})).await;
-    let h2 = t.id("POST", "/v1/hosts", &agent, json!({"name": "h2", "underlay_ip": "198.18.0.2", "nic_mbps": 1000})).await;
+    let mut hosts = vec![];
+    for (name, ip) in [("h1", "198.18.0.1"), ("h2", "198.18.0.2")] {
+        let boot = t.ok("POST", "/v1/bootstrap-tokens", ADMIN, json!({})).await["token"].as_str().unwrap().to_string();
+        let h = t.ok("POST", "/v1/hosts", &boot, json!({"name": name, "underlay_ip": ip, "nic_mbps": 1000})).await;
+        hosts.push((h["id"].as_str().unwrap().to_string(), h["credential"].as_str().unwrap().to_string()));
+    }
+    let [(h1, agent), (h2, agent2)] = [hosts[0].clone(), hosts[1].clone()];
     let a = t.ok("POST", "/v1/tenants", ADMIN, json!({"name": "a"})).await["token"].as_str().unwrap().to_string();
     let b = t.ok("POST", "/v1/tenants", ADMIN, json!({"name": "b"})).await["token"].as_str().unwrap().to_string();
     let vpc = t.id("POST", "/v1/vpcs", &a, json!({"cidr_block": "10.0.0.0/16"})).await;
@@ -70,7 +74,7 @@ async fn reports_feed_stats_overview_and_pool_caps() {
     // Agents report; tenants may not, unknown hosts are 404.
     let caps = t.ok("POST", &format!("/v1/hosts/{h1}/bandwidth"), &agent, json!({"enis": [report(&e1, 90 * M, 200 * M, 100 * M)]})).await;
     assert_eq!(caps, json!({"enis": []}), "no pool: no caps");
-    t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent, json!({"enis": [report(&e2, 10 * M, 20 * M, 30 * M)]})).await;
+    t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent2, json!({"enis": [report(&e2, 10 * M, 20 * M, 30 * M)]})).await;
     let (s, _) = t.call("POST", &format!("/v1/hosts/{h1}/bandwidth"), &a, Some(json!({"enis": []}))).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = t.call("POST", "/v1/hosts/host-00000000deadbeef/bandwidth", &agent, Some(json!({"enis": []}))).await;
@@ -101,10 +105,10 @@ async fn reports_feed_stats_overview_and_pool_caps() {
     // host's next report is answered with caps that share the pool.
     t.ok("POST", "/v1/bandwidth-pools", &a, json!({"scope": "tenant", "limit_mbps": 100, "members": [e1, e2]})).await;
     t.ok("POST", &format!("/v1/hosts/{h1}/bandwidth"), &agent, json!({"enis": [report(&e1, 90 * M, 1000 * M, 100 * M)]})).await;
-    t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent, json!({"enis": [report(&e2, 90 * M, 1000 * M, 100 * M)]})).await;
+    t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent2, json!({"enis": [report(&e2, 90 * M, 1000 * M, 100 * M)]})).await;
     evnet_server::bandwidth::round(&t.st, evnet_server::common::now_ms());
     let c1 = t.ok("POST", &format!("/v1/hosts/{h1}/bandwidth"), &agent, json!({"enis": [report(&e1, 50 * M, 1000 * M, 50 * M)]})).await;
-    let c2 = t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent, json!({"enis": [report(&e2, 50 * M, 1000 * M, 50 * M)]})).await;
+    let c2 = t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent2, json!({"enis": [report(&e2, 50 * M, 1000 * M, 50 * M)]})).await;
     assert_eq!(c1, json!({"enis": [{"eni_id": e1, "tx_cap_bps": 50 * M, "rx_cap_bps": 50 * M}]}));
     assert_eq!(c2, json!({"enis": [{"eni_id": e2, "tx_cap_bps": 50 * M, "rx_cap_bps": 50 * M}]}));
 }

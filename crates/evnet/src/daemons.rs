@@ -57,6 +57,24 @@ pub struct ServerArgs {
     /// A host whose agent is silent for this long is marked `lost`.
     #[arg(long, default_value_t = 15_000)]
     pub host_lost_after_ms: u64,
+    /// Requests a second each tenant and each host credential may send
+    /// (token bucket; over it: 429 with Retry-After). 0: no limit. The
+    /// admin is not limited.
+    #[arg(long, default_value_t = evnet_server::state::DEFAULT_RATE_LIMIT_RPS)]
+    pub rate_limit_rps: u32,
+    /// Requests a caller may send at once above that rate.
+    #[arg(long, default_value_t = evnet_server::state::DEFAULT_RATE_LIMIT_BURST)]
+    pub rate_limit_burst: u32,
+    /// A connection that takes longer than this to send a request's head is closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed.
+    #[arg(long, default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// When set, `/metrics` needs `Authorization: Bearer TOKEN`. Prefer the
+    /// environment variable: a flag shows in `ps`.
+    #[arg(long, env = "EVNET_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 pub fn init_logging() {
@@ -112,23 +130,40 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         admin_token,
-        settings: Settings { headroom_percent: args.headroom_percent, host_lost_after_ms: args.host_lost_after_ms },
         store,
         advertise_url: args.advertise_url,
         leader_ttl: Duration::from_millis(args.leader_ttl_ms),
+        settings: Settings {
+            headroom_percent: args.headroom_percent,
+            host_lost_after_ms: args.host_lost_after_ms,
+            rate_limit_rps: args.rate_limit_rps,
+            rate_limit_burst: args.rate_limit_burst,
+            metrics_token: args.metrics_token.filter(|t| !t.is_empty()).map(evnet_server::state::Secret),
+            audit_log: None,
+        },
+        timeouts: evnet_server::serve::Timeouts {
+            header_read: Duration::from_millis(args.header_read_timeout_ms.max(1)),
+            idle: Duration::from_millis(args.idle_timeout_ms.max(1)),
+        },
     };
     evnet_server::run(config, shutdown_signal()).await
 }
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  evnet agent --server http://10.0.0.1:7300 --token $AGENT_TOKEN --underlay-ip 198.18.0.1 --nic-mbps 10000\n  evnet agent --server http://127.0.0.1:7300 --host-netns lab-h1 --underlay-ip 198.18.0.1 --nic-mbps 1000 --name host-1")]
+#[command(after_help = "Examples:\n  EVNET_BOOTSTRAP_TOKEN=$(evnet host create-token) evnet agent --server http://10.0.0.1:7300 --underlay-ip 198.18.0.1 --nic-mbps 10000\n  evnet agent --server http://127.0.0.1:7300 --host-netns lab-h1 --underlay-ip 198.18.0.1 --nic-mbps 1000 --name host-1")]
 pub struct AgentArgs {
     /// The evnet server's URL; several, comma-separated, fail over.
     #[arg(long, env = "EVNET_URL")]
     pub server: String,
-    /// An agent token (`evnet`'s admin issues them: POST /v1/agent-tokens).
-    #[arg(long, env = "EVNET_AGENT_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// A single-use bootstrap token (the admin issues them: `evnet host
+    /// create-token`), needed only while the host has no credential. Prefer
+    /// the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "EVNET_BOOTSTRAP_TOKEN", hide_env_values = true, default_value = "")]
+    pub bootstrap_token: String,
+    /// Where the host's credential is kept (mode 0600): written when the
+    /// host registers, used by every later start.
+    #[arg(long, default_value = "/var/lib/evnet-agent/host-credential")]
+    pub credential_file: PathBuf,
     /// This host's address on the underlay network (VXLAN endpoint).
     #[arg(long)]
     pub underlay_ip: Ipv4Addr,
@@ -177,7 +212,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             anyhow::bail!("host namespace `{ns}` does not exist (ip netns list shows what does)");
         }
     }
-    let mut config = evnet_agent::AgentConfig::new(&args.server, &args.token, &name, args.underlay_ip, args.nic_mbps);
+    let mut config = evnet_agent::AgentConfig::new(&args.server, &args.bootstrap_token, &name, args.underlay_ip, args.nic_mbps);
+    config.credential_file = Some(args.credential_file.clone());
     config.host_netns = args.host_netns.clone();
     config.resync = Duration::from_millis(args.resync_ms.max(100));
     config.dry_run = args.dry_run;

@@ -9,6 +9,10 @@
 //! `DIR/lab.json` records everything the lab made (processes, namespaces,
 //! files) as it makes it, so `evnet lab down` removes exactly that, also
 //! after a failed `up`.
+//!
+//! DIR is mode 0700 and every file in it that holds a token (`lab.json`,
+//! `env`, each host's `host-N.credential`) 0600. Tokens reach the server
+//! and the agents through their environment, never their command lines.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -97,8 +101,6 @@ pub struct LabState {
     pub url: String,
     pub admin_token: String,
     pub tenant_token: String,
-    #[serde(default)]
-    pub agent_token: String,
     #[serde(default)]
     pub nic_mbps: u64,
     pub server_pid: Option<u32>,
@@ -192,8 +194,27 @@ fn sh(args: &[&str]) -> anyhow::Result<()> {
 fn save(dir: &Path, st: &LabState) -> anyhow::Result<()> {
     let path = dir.join("lab.json");
     let tmp = dir.join("lab.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
+    write_private(&tmp, &serde_json::to_vec_pretty(st)?)?;
     std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
+/// Writes a file only its owner reads (0600), also when it exists already
+/// with a wider mode.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// Makes `dir` (and its parents) and sets it to 0700.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(())
 }
 
@@ -239,7 +260,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<LabState> {
     if dir.join("lab.json").exists() {
         bail!("a lab is already up in {} (evnet lab down --dir {} first)", dir.display(), dir.display());
     }
-    std::fs::create_dir_all(dir)?;
+    private_dir(dir)?;
     let dir = std::fs::canonicalize(dir)?;
     let lab_id = format!("{:04x}", rand::random::<u16>());
     let admin_token = format!("{:032x}", rand::random::<u128>());
@@ -325,11 +346,10 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
     }
     let admin = Client::new(&st.url, st.admin_token.clone())?;
     wait_until(Duration::from_secs(20), "the server to answer", || async { admin.health().await.is_ok() }).await?;
-    let agent_token = admin.create_agent_token().await?;
-    st.agent_token = agent_token.clone();
     st.nic_mbps = args.nic_mbps;
     for i in 0..st.hosts.len() {
-        let pid = spawn_agent(dir, st, &st.hosts[i])?;
+        st.files.push(credential_file(dir, &st.hosts[i]));
+        let pid = spawn_agent(dir, st, &st.hosts[i]).await?;
         st.hosts[i].agent_pid = Some(pid);
         st.files.push(agent_log(dir, &st.hosts[i]));
     }
@@ -346,14 +366,10 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
     let tenant = admin.create_tenant(&CreateTenant { name: format!("lab-{}", st.lab_id), tags: Default::default() }).await?;
     st.tenant_token = tenant.token.clone();
     let env = dir.join("env");
-    std::fs::write(
+    write_private(
         &env,
-        format!("export EVNET_URL={}\nexport EVNET_TOKEN={}\nexport EVNET_ADMIN_TOKEN={}\n", st.url, st.tenant_token, st.admin_token),
+        format!("export EVNET_URL={}\nexport EVNET_TOKEN={}\nexport EVNET_ADMIN_TOKEN={}\n", st.url, st.tenant_token, st.admin_token).as_bytes(),
     )?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600))?;
-    }
     st.files.push(env);
     save(dir, st)?;
     Ok(())
@@ -452,8 +468,23 @@ fn agent_log(dir: &Path, h: &LabHost) -> PathBuf {
     dir.join(format!("agent-{}.log", h.name))
 }
 
-fn spawn_agent(dir: &Path, st: &LabState, h: &LabHost) -> anyhow::Result<u32> {
+/// Where host `h`'s agent keeps its credential.
+pub fn credential_file(dir: &Path, h: &LabHost) -> PathBuf {
+    dir.join(format!("{}.credential", h.name))
+}
+
+/// Starts `h`'s agent. While the host has no credential yet, the agent gets
+/// a fresh bootstrap token in its environment; after that it uses the
+/// credential file.
+async fn spawn_agent(dir: &Path, st: &LabState, h: &LabHost) -> anyhow::Result<u32> {
     let log = agent_log(dir, h);
+    let cred = credential_file(dir, h);
+    let bootstrap = if cred.exists() {
+        String::new()
+    } else {
+        let admin = Client::new(&st.url, st.admin_token.clone())?;
+        admin.create_bootstrap_token(&CreateBootstrapToken { ttl_seconds: Some(600) }).await?.token
+    };
     // Append, so a restarted agent's log follows its predecessor's.
     let previous = std::fs::read(&log).unwrap_or_default();
     let pid = spawn(
@@ -471,8 +502,10 @@ fn spawn_agent(dir: &Path, st: &LabState, h: &LabHost) -> anyhow::Result<u32> {
             st.nic_mbps.to_string(),
             "--resync-ms".into(),
             "1000".into(),
+            "--credential-file".into(),
+            cred.display().to_string(),
         ],
-        &[("EVNET_AGENT_TOKEN", &st.agent_token)],
+        &[("EVNET_BOOTSTRAP_TOKEN", &bootstrap)],
         &log,
     )?;
     if !previous.is_empty() {
@@ -501,7 +534,7 @@ async fn restart_agent(dir: &Path, host: &str, kill: bool) -> anyhow::Result<()>
             stop(pid, &h.netns)?;
         }
     }
-    let pid = spawn_agent(&dir, &st, &h)?;
+    let pid = spawn_agent(&dir, &st, &h).await?;
     st.hosts[i].agent_pid = Some(pid);
     let prev = dir.join(format!("agent-{}.previous.log", h.name));
     if prev.exists() && !st.files.contains(&prev) {

@@ -258,6 +258,19 @@ fn a_tenant_builds_a_network_with_the_cli() {
         hosts.contains("host-1") && hosts.contains("198.18.0.1"),
         "{hosts}"
     );
+    // Only the admin moves a host's underlay address; a bootstrap token
+    // registers a new host once and answers its credential.
+    let moved = cli
+        .run(Some(ADMIN), &["host", "update", "host-1", "--underlay-ip", "198.18.0.21", "-o", "json"])
+        .json();
+    assert_eq!(moved["underlay_ip"], "198.18.0.21");
+    let boot = cli.run(Some(ADMIN), &["host", "create-token", "-o", "json"]).json();
+    let boot = boot["token"].as_str().unwrap().to_string();
+    let reg = &["host", "register", "--name", "host-2", "--underlay-ip", "198.18.0.2", "--nic", "1G", "-o", "json"];
+    let h2 = cli.run(Some(&boot), reg).json();
+    assert_eq!(h2["credential"].as_str().map(str::len), Some(64), "{h2}");
+    let again = cli.run(Some(&boot), reg);
+    assert!(again.code != 0 && again.stderr.contains("(unauthorized)"), "a used bootstrap token registers nothing: {}", again.stderr);
 
     let inst = cli
         .run(

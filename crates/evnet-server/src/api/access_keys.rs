@@ -25,7 +25,7 @@ fn check_caller(caller: &Caller, tenant_id: &str) -> ApiResult<()> {
         Caller::Admin => Ok(()),
         Caller::Tenant(t) if t == tenant_id => Ok(()),
         Caller::Tenant(_) => Err(ModelError::not_found("tenant", tenant_id).into()),
-        Caller::Agent => Err(ApiError::forbidden("manage access keys")),
+        Caller::Host(_) | Caller::Bootstrap(_) => Err(ApiError::forbidden("manage access keys")),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::common::*;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Q};
 use crate::keys;
+use crate::quota;
 use crate::state::AppState;
 
 pub fn host_load(snap: &Snapshot, h: &Host) -> HostLoad {
@@ -64,6 +65,7 @@ pub async fn create_instance(
     if let Some(dup) = req.eni_ids.iter().find(|e| !seen.insert(*e)) {
         return Err(ModelError::invalid("invalid_request", format!("ENI {dup} is listed twice")).into());
     }
+    let mut slot = quota::Slot::new(&st, &tenant, "instances_per_tenant");
     let (_, id) = commit(&st, |snap| {
         if let Some(existing) = idem.replay(snap)? {
             return Ok(Plan::Done(existing));
@@ -113,6 +115,7 @@ pub async fn create_instance(
             txn.ops.push(put(keys::resource(Kind::Eni, &eni.id), &eni));
         }
         charge_host(snap, &st, &host_id, need as i64, &mut txn)?;
+        slot.claim(snap, snap.tenant_count(&tenant, Kind::Instance), &id, &mut txn)?;
         idem.add_to(&mut txn, &id);
         Ok(Plan::Write(txn, id.clone()))
     })
@@ -171,6 +174,7 @@ pub async fn delete_instance(State(st): State<AppState>, caller: Caller, Path(id
         if snap.hosts.contains_key(&e.value.host_id) {
             charge_host(snap, &st, &e.value.host_id, -freed, &mut txn)?;
         }
+        quota::free(snap, &id, &mut txn);
         Ok(Plan::Write(txn, ()))
     })
     .await?;
@@ -296,6 +300,7 @@ pub async fn create_eni(State(st): State<AppState>, caller: Caller, Body(req): B
     let name = name_or(&id, &req.name)?;
     let now = now_rfc3339();
     let mut resv = Reservation { st: &st, subnet: req.subnet_id.clone(), ips: vec![] };
+    let mut slot = quota::Slot::new(&st, &tenant, "enis_per_tenant");
     let (_, id) = commit(&st, |snap| {
         resv.release();
         if let Some(existing) = idem.replay(snap)? {
@@ -351,6 +356,7 @@ pub async fn create_eni(State(st): State<AppState>, caller: Caller, Body(req): B
             txn.compares.push(cmp(keys::ipam(&req.subnet_id, *ip), 0));
             txn.ops.push(put_raw(keys::ipam(&req.subnet_id, *ip), &id));
         }
+        slot.claim(snap, snap.tenant_count(&tenant, Kind::Eni), &id, &mut txn)?;
         idem.add_to(&mut txn, &id);
         Ok(Plan::Write(txn, id.clone()))
     })
@@ -536,6 +542,7 @@ pub async fn delete_eni(State(st): State<AppState>, caller: Caller, Path(id): Pa
             txn.compares.push(cmp(keys::resource(Kind::BandwidthPool, &pool.id), p.mod_revision));
             txn.ops.push(put(keys::resource(Kind::BandwidthPool, &pool.id), &pool));
         }
+        quota::free(snap, &id, &mut txn);
         Ok(Plan::Write(txn, ()))
     })
     .await?;

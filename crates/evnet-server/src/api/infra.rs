@@ -1,4 +1,5 @@
-//! Tenants, agent tokens and hosts (registration, heartbeat, desired state).
+//! Tenants, bootstrap tokens and hosts (registration with a bootstrap
+//! token, the admin's changes, heartbeat, desired state).
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use evnet_model::desired::HostDesired;
 use evnet_model::validate::{check_name, check_tags};
 use evnet_model::*;
 use evnet_store::Txn;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::auth::{new_token, sha256_hex, Caller};
 use crate::cache::TokenRecord;
@@ -81,7 +82,7 @@ pub async fn delete_tenant(State(st): State<AppState>, caller: Caller, Path(id):
             .into());
         }
         let mut ops = vec![del(keys::resource(Kind::Tenant, &id))];
-        for (sha, rec) in &snap.tokens {
+        for (sha, (rec, _)) in &snap.tokens {
             if *rec == (TokenRecord::Tenant { tenant_id: id.clone() }) {
                 ops.push(del(keys::token(sha)));
             }
@@ -91,127 +92,205 @@ pub async fn delete_tenant(State(st): State<AppState>, caller: Caller, Path(id):
                 ops.push(del(keys::access_key(akid)));
             }
         }
+        ops.push(del(keys::quota(&id)));
         Ok(Plan::Write(Txn { compares: vec![cmp(keys::resource(Kind::Tenant, &id), t.mod_revision)], ops }, ()))
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AgentToken {
-    pub token: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateAgentToken {}
-
-pub async fn create_agent_token(
+pub async fn create_bootstrap_token(
     State(st): State<AppState>,
     caller: Caller,
-    Body(_): Body<CreateAgentToken>,
-) -> ApiResult<(StatusCode, Json<AgentToken>)> {
-    caller.require_admin("issue agent tokens")?;
+    Body(req): Body<CreateBootstrapToken>,
+) -> ApiResult<(StatusCode, Json<BootstrapToken>)> {
+    caller.require_admin("issue bootstrap tokens")?;
+    let ttl = req.ttl_seconds.unwrap_or(DEFAULT_BOOTSTRAP_TTL_SECONDS);
+    if ttl == 0 || ttl > MAX_BOOTSTRAP_TTL_SECONDS {
+        return Err(ModelError::invalid("invalid_ttl", format!("ttl_seconds must be between 1 and {MAX_BOOTSTRAP_TTL_SECONDS}")).into());
+    }
     let token = new_token();
+    let expires_at_ms = now_ms() + ttl * 1000;
     let key = keys::token(&sha256_hex(&token));
-    commit(&st, |_| Ok(Plan::Write(Txn { compares: vec![cmp(key.clone(), 0)], ops: vec![put(key.clone(), &TokenRecord::Agent)] }, ())))
-        .await?;
-    Ok(created(AgentToken { token }))
+    let record = TokenRecord::Bootstrap { expires_at_ms };
+    commit(&st, |_| Ok(Plan::Write(Txn { compares: vec![cmp(key.clone(), 0)], ops: vec![put(key.clone(), &record)] }, ()))).await?;
+    Ok(created(BootstrapToken { token, expires_at_ms }))
 }
 
+/// `POST /v1/hosts`: with a bootstrap token (which it consumes) or the
+/// admin's, registers a new host and answers its credential, once. A name
+/// that is registered already is refused: its agent keeps the credential
+/// it holds, and only the admin changes a host (`PATCH /v1/hosts/{id}`).
 pub async fn register_host(
     State(st): State<AppState>,
     caller: Caller,
     Body(req): Body<RegisterHost>,
-) -> ApiResult<(StatusCode, Json<Host>)> {
-    caller.require_infra("register hosts")?;
-    check_name(&req.name)?;
-    if req.nic_mbps == 0 || req.nic_mbps > bandwidth::MAX_MBPS {
-        return Err(ModelError::invalid(
-            "invalid_bandwidth",
-            format!("nic_mbps must be between 1 and {}", bandwidth::MAX_MBPS),
-        )
-        .into());
-    }
-    let fresh_id = new_id(Kind::Host);
-    let (_, (id, is_new)) = commit(&st, |snap| {
-        let now = now_ms();
-        match snap.hostnames.get(&req.name) {
-            Some((id, _)) => {
-                let e = snap.hosts.get(id).ok_or_else(ApiError::conflict_retry)?;
-                let mut h = arc_clone(&e.value);
-                if h.nic_mbps != req.nic_mbps {
-                    let (used, _) = snap.host_guaranteed(id);
-                    let probe = placement::HostLoad {
-                        host_id: id.clone(),
-                        host_name: h.name.clone(),
-                        ready: true,
-                        nic_mbps: req.nic_mbps,
-                        guaranteed_mbps: 0,
-                        instance_count: 0,
-                    };
-                    probe.admit(used, st.settings.headroom_percent)?;
-                }
-                if snap.hosts.values().any(|o| o.value.id != *id && o.value.underlay_ip == req.underlay_ip) {
-                    return Err(underlay_taken(req.underlay_ip));
-                }
-                h.underlay_ip = req.underlay_ip;
-                h.nic_mbps = req.nic_mbps;
-                h.labels = req.labels.clone();
-                h.status = HostStatus::Ready;
-                h.last_heartbeat_ms = now;
-                let txn = Txn {
-                    compares: vec![cmp(keys::resource(Kind::Host, id), e.mod_revision)],
-                    ops: vec![put(keys::resource(Kind::Host, id), &h)],
-                };
-                Ok(Plan::Write(txn, (id.clone(), false)))
-            }
-            None => {
-                if snap.hosts.values().any(|o| o.value.underlay_ip == req.underlay_ip) {
-                    return Err(underlay_taken(req.underlay_ip));
-                }
-                let h = Host {
-                    id: fresh_id.clone(),
-                    name: req.name.clone(),
-                    tags: Default::default(),
-                    tenant: SYSTEM_TENANT.into(),
-                    created_at: now_rfc3339(),
-                    revision: 0,
-                    underlay_ip: req.underlay_ip,
-                    nic_mbps: req.nic_mbps,
-                    labels: req.labels.clone(),
-                    status: HostStatus::Ready,
-                    last_heartbeat_ms: now,
-                    applied_generation: 0,
-                    failures: vec![],
-                };
-                let txn = Txn {
-                    compares: vec![cmp(keys::hostname(&req.name), 0)],
-                    ops: vec![put(keys::resource(Kind::Host, &fresh_id), &h), put_raw(keys::hostname(&req.name), &fresh_id)],
-                };
-                Ok(Plan::Write(txn, (fresh_id.clone(), true)))
-            }
+) -> ApiResult<(StatusCode, Json<RegisteredHost>)> {
+    let bootstrap = match &caller {
+        Caller::Admin => None,
+        Caller::Bootstrap(sha) => Some(sha.clone()),
+        _ => {
+            return Err(ApiError::forbidden(
+                "register hosts: registration takes a bootstrap token, which the admin issues (POST /v1/bootstrap-tokens)",
+            ))
         }
+    };
+    check_name(&req.name)?;
+    check_nic(req.nic_mbps)?;
+    check_underlay_ip(req.underlay_ip)?;
+    let credential = new_token();
+    let credential_key = keys::token(&sha256_hex(&credential));
+    let id = new_id(Kind::Host);
+    commit(&st, |snap| {
+        if let Some((existing, _)) = snap.hostnames.get(&req.name) {
+            return Err(ModelError::conflict(
+                "host_exists",
+                format!(
+                    "a host named {:?} is registered already ({existing}); its agent keeps using the credential it was given. \
+                     To register it anew, the admin deletes it first (DELETE /v1/hosts/{existing}); the admin changes its \
+                     underlay address or NIC with PATCH /v1/hosts/{existing}",
+                    req.name
+                ),
+            )
+            .into());
+        }
+        if snap.hosts.values().any(|o| o.value.underlay_ip == req.underlay_ip) {
+            return Err(underlay_taken(req.underlay_ip));
+        }
+        let h = Host {
+            id: id.clone(),
+            name: req.name.clone(),
+            tags: Default::default(),
+            tenant: SYSTEM_TENANT.into(),
+            created_at: now_rfc3339(),
+            revision: 0,
+            underlay_ip: req.underlay_ip,
+            nic_mbps: req.nic_mbps,
+            labels: req.labels.clone(),
+            status: HostStatus::Ready,
+            last_heartbeat_ms: now_ms(),
+            applied_generation: 0,
+            failures: vec![],
+        };
+        let mut txn = Txn {
+            compares: vec![cmp(keys::hostname(&req.name), 0), cmp(credential_key.clone(), 0)],
+            ops: vec![
+                put(keys::resource(Kind::Host, &id), &h),
+                put_raw(keys::hostname(&req.name), &id),
+                put(credential_key.clone(), &TokenRecord::Host { host_id: id.clone() }),
+            ],
+        };
+        if let Some(sha) = &bootstrap {
+            // Single use: the token's key is deleted in the same transaction,
+            // compared at the revision it was read at.
+            let Some((TokenRecord::Bootstrap { .. }, rev)) = snap.tokens.get(sha) else {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_used",
+                    "this bootstrap token has been used already; the admin issues a new one (POST /v1/bootstrap-tokens)",
+                ));
+            };
+            txn.compares.push(cmp(keys::token(sha), *rev));
+            txn.ops.push(del(keys::token(sha)));
+        }
+        Ok(Plan::Write(txn, ()))
     })
     .await?;
     let host = read_back(&st.cache.read().hosts, &id)?;
-    Ok((if is_new { StatusCode::CREATED } else { StatusCode::OK }, Json(host)))
+    Ok(created(RegisteredHost { host, credential }))
+}
+
+fn check_nic(nic_mbps: u64) -> ApiResult<()> {
+    if nic_mbps == 0 || nic_mbps > bandwidth::MAX_MBPS {
+        return Err(ModelError::invalid("invalid_bandwidth", format!("nic_mbps must be between 1 and {}", bandwidth::MAX_MBPS)).into());
+    }
+    Ok(())
 }
 
 fn underlay_taken(ip: std::net::Ipv4Addr) -> ApiError {
     ModelError::conflict("underlay_ip_taken", format!("another host already uses underlay address {ip}")).into()
 }
 
+/// `PATCH /v1/hosts/{id}` (admin only): the underlay address (unique among
+/// hosts), the NIC's capacity (admitted against the guarantees already on
+/// the host) and labels.
+pub async fn patch_host(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<PatchHost>,
+) -> ApiResult<Json<Host>> {
+    caller.require_admin("change hosts: a host's underlay address and NIC change only through the admin")?;
+    if let Some(ip) = req.underlay_ip {
+        check_underlay_ip(ip)?;
+    }
+    if let Some(n) = req.nic_mbps {
+        check_nic(n)?;
+    }
+    if let Some(l) = &req.labels {
+        check_tags(l)?;
+    }
+    commit(&st, |snap| {
+        let e = visible(&snap.hosts, Kind::Host, &id, &Caller::Admin)?;
+        check_revision(req.revision, e.mod_revision, &id)?;
+        let mut h = arc_clone(&e.value);
+        let mut txn = Txn { compares: vec![cmp(keys::resource(Kind::Host, &id), e.mod_revision)], ops: vec![] };
+        if let Some(ip) = req.underlay_ip {
+            if snap.hosts.values().any(|o| o.value.id != id && o.value.underlay_ip == ip) {
+                return Err(underlay_taken(ip));
+            }
+            h.underlay_ip = ip;
+        }
+        if let Some(n) = req.nic_mbps
+            && n != h.nic_mbps
+        {
+            let (used, ledger_rev) = snap.host_guaranteed(&id);
+            let probe = placement::HostLoad {
+                host_id: id.clone(),
+                host_name: h.name.clone(),
+                ready: true,
+                nic_mbps: n,
+                guaranteed_mbps: 0,
+                instance_count: 0,
+            };
+            probe.admit(used, st.settings.headroom_percent)?;
+            // The guarantees on the host must not change under this check.
+            txn.compares.push(cmp(keys::hostbw(&id), ledger_rev));
+            h.nic_mbps = n;
+        }
+        if let Some(l) = &req.labels {
+            h.labels = l.clone();
+        }
+        txn.ops.push(put(keys::resource(Kind::Host, &id), &h));
+        Ok(Plan::Write(txn, ()))
+    })
+    .await?;
+    Ok(Json(read_back(&st.cache.read().hosts, &id)?))
+}
+
 pub async fn list_hosts(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<Host>>> {
+    if let Caller::Bootstrap(_) = caller {
+        return Err(ApiError::forbidden("list hosts: a bootstrap token only registers a host"));
+    }
     let snap = st.cache.read();
-    // Hosts are shared infrastructure: every caller may read them.
+    // Hosts are shared infrastructure: tenants and the admin read them all;
+    // a host's credential reads only its own.
     Ok(Json(paginate(&snap.hosts, &Caller::Admin, &q, |h| {
-        let _ = &caller;
+        if let Caller::Host(own) = &caller
+            && *own != h.id
+        {
+            return false;
+        }
         q.status.as_deref().is_none_or(|s| serde_json::to_value(h.status).ok().and_then(|v| v.as_str().map(|x| x == s)).unwrap_or(false))
     })?))
 }
 
-pub async fn get_host(State(st): State<AppState>, _caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Host>> {
+pub async fn get_host(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Host>> {
+    match &caller {
+        Caller::Host(_) => caller.require_host(&id, "read hosts")?,
+        Caller::Bootstrap(_) => return Err(ApiError::forbidden("read hosts: a bootstrap token only registers a host")),
+        Caller::Admin | Caller::Tenant(_) => {}
+    }
     let snap = st.cache.read();
     Ok(Json(arc_clone(&visible(&snap.hosts, Kind::Host, &id, &Caller::Admin)?.value)))
 }
@@ -227,10 +306,16 @@ pub async fn delete_host(State(st): State<AppState>, caller: Caller, Path(id): P
             )
             .into());
         }
-        let txn = Txn {
+        let mut txn = Txn {
             compares: vec![cmp(keys::resource(Kind::Host, &id), h.mod_revision)],
             ops: vec![del(keys::resource(Kind::Host, &id)), del(keys::hostname(&h.value.name)), del(keys::hostbw(&id))],
         };
+        // Its credentials die with it.
+        for (sha, (rec, _)) in &snap.tokens {
+            if matches!(rec, TokenRecord::Host { host_id } if *host_id == id) {
+                txn.ops.push(del(keys::token(sha)));
+            }
+        }
         Ok(Plan::Write(txn, ()))
     })
     .await?;
@@ -243,8 +328,9 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     Body(req): Body<Heartbeat>,
 ) -> ApiResult<Json<Host>> {
-    caller.require_infra("send heartbeats")?;
+    caller.require_host(&id, "send heartbeats")?;
     req.validate()?;
+    check_generation(&st, &id, req.applied_generation).await?;
     commit(&st, |snap| {
         let e = visible(&snap.hosts, Kind::Host, &id, &Caller::Admin)?;
         let mut h = arc_clone(&e.value);
@@ -271,6 +357,30 @@ pub async fn heartbeat(
     Ok(Json(read_back(&st.cache.read().hosts, &id)?))
 }
 
+/// A heartbeat may report only a generation the host was given: at most its
+/// current desired generation. A generation from a server whose cache is
+/// ahead of this one's (replicas share the store) is waited for, briefly.
+async fn check_generation(st: &AppState, id: &str, applied: u64) -> ApiResult<()> {
+    let current = |st: &AppState| st.desired.current(st, id).map(|d| d.generation).unwrap_or(0);
+    if applied <= current(st) {
+        return Ok(());
+    }
+    if applied > st.cache.revision() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), st.cache.wait_for(applied)).await;
+    }
+    let now = current(st);
+    if applied <= now {
+        return Ok(());
+    }
+    Err(ModelError::invalid(
+        "generation_not_issued",
+        format!(
+            "applied_generation {applied} is beyond host {id}'s current desired generation {now}; report only a generation read from GET /v1/hosts/{id}/desired"
+        ),
+    )
+    .into())
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredQuery {
@@ -286,7 +396,7 @@ pub async fn desired(
     Path(id): Path<String>,
     Q(q): Q<DesiredQuery>,
 ) -> ApiResult<Json<HostDesired>> {
-    caller.require_infra("read a host's desired state")?;
+    caller.require_host(&id, "read a host's desired state")?;
     if !st.cache.read().hosts.contains_key(&id) {
         return Err(ModelError::not_found("host", &id).into());
     }
@@ -306,7 +416,8 @@ pub async fn desired(
     }
 }
 
-/// Marks hosts whose heartbeats stopped as `lost`, forever, every second.
+/// Marks hosts whose heartbeats stopped as `lost`, and removes expired
+/// bootstrap tokens, forever, every second.
 pub async fn watch_host_liveness(st: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -323,6 +434,21 @@ pub async fn watch_host_liveness(st: AppState) {
             .filter(|h| h.value.status == HostStatus::Ready && now.saturating_sub(h.value.last_heartbeat_ms) > st.settings.host_lost_after_ms)
             .map(|h| (h.value.id.clone(), h.mod_revision, arc_clone(&h.value)))
             .collect();
+        // Bootstrap tokens that expired unused are removed.
+        let expired: Vec<(String, u64)> = st
+            .cache
+            .read()
+            .tokens
+            .iter()
+            .filter(|(_, (r, _))| matches!(r, TokenRecord::Bootstrap { expires_at_ms } if *expires_at_ms < now))
+            .map(|(sha, (_, rev))| (sha.clone(), *rev))
+            .collect();
+        for (sha, rev) in expired {
+            let txn = Txn { compares: vec![cmp(keys::token(&sha), rev)], ops: vec![del(keys::token(&sha))] };
+            if let Err(e) = st.store.txn(txn).await {
+                tracing::error!(error = %e, "could not remove an expired bootstrap token");
+            }
+        }
         for (id, rev, mut h) in stale {
             tracing::warn!(host = %h.name, "no heartbeat for {} ms: marking host lost", now - h.last_heartbeat_ms);
             h.status = HostStatus::Lost;
@@ -332,4 +458,67 @@ pub async fn watch_host_liveness(st: AppState) {
             }
         }
     }
+}
+
+/// `GET /v1/tenants/{id}/quotas`: the admin, or the tenant itself.
+pub async fn get_quotas(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Quotas>> {
+    let snap = st.cache.read();
+    visible(&snap.tenants, Kind::Tenant, &id, &caller)?;
+    Ok(Json(crate::quota::of(&snap, &id)))
+}
+
+/// `PUT /v1/tenants/{id}/quotas` (admin): the quotas given change, the
+/// others keep their values.
+pub async fn put_quotas(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<SetQuotas>,
+) -> ApiResult<Json<Quotas>> {
+    caller.require_admin("set quotas")?;
+    let (_, q) = commit(&st, |snap| {
+        let t = visible(&snap.tenants, Kind::Tenant, &id, &caller)?;
+        let q = crate::quota::of(snap, &id).with(&req)?;
+        // The tenant must still exist when its quotas are written.
+        let txn = Txn { compares: vec![cmp(keys::resource(Kind::Tenant, &id), t.mod_revision)], ops: vec![put(keys::quota(&id), &q)] };
+        Ok(Plan::Write(txn, q))
+    })
+    .await?;
+    Ok(Json(q))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// RFC 3339: records at or after this time.
+    pub since: Option<String>,
+    pub limit: Option<usize>,
+    pub page_token: Option<String>,
+}
+
+/// `GET /v1/audit` (admin): the audit log, oldest first.
+pub async fn audit(State(st): State<AppState>, caller: Caller, Q(q): Q<AuditQuery>) -> ApiResult<Json<AuditPage>> {
+    caller.require_admin("read the audit log")?;
+    let Some(log) = &st.audit else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_audit_log", "this server keeps no audit log (it runs without a data directory)"));
+    };
+    let since = match &q.since {
+        Some(s) => Some(time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("since={s:?} is not an RFC 3339 time (2026-01-31T12:00:00Z)"))
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_limit", format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let after = match &q.page_token {
+        Some(t) => t.parse::<u64>().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "page_token is the next_page_token of an earlier answer"))?,
+        None => 0,
+    };
+    let page = log.read(since, after, limit).map_err(|e| {
+        tracing::error!(error = %e, "cannot read the audit log");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", format!("cannot read the audit log: {e}; retry later"))
+    })?;
+    Ok(Json(page))
 }

@@ -14,6 +14,7 @@ use crate::common::*;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Q};
 use crate::keys;
+use crate::quota;
 use crate::state::AppState;
 
 pub const MAX_VNI: u32 = (1 << 24) - 1;
@@ -41,6 +42,7 @@ pub async fn create_vpc(State(st): State<AppState>, caller: Caller, Body(req): B
     let rtb_id = new_id(Kind::RouteTable);
     let sg_id = new_id(Kind::SecurityGroup);
     let now = now_rfc3339();
+    let mut slot = quota::Slot::new(&st, &tenant, "vpcs_per_tenant");
     let (_, id) = commit(&st, |snap| {
         if let Some(existing) = idem.replay(snap)? {
             return Ok(Plan::Done(existing));
@@ -97,6 +99,7 @@ pub async fn create_vpc(State(st): State<AppState>, caller: Caller, Body(req): B
                 put_raw(keys::vni(vni), &id),
             ],
         };
+        slot.claim(snap, snap.tenant_count(&tenant, Kind::Vpc), &id, &mut txn)?;
         idem.add_to(&mut txn, &id);
         Ok(Plan::Write(txn, id.clone()))
     })
@@ -159,7 +162,7 @@ pub async fn delete_vpc(State(st): State<AppState>, caller: Caller, Path(id): Pa
             )
             .into());
         }
-        let txn = Txn {
+        let mut txn = Txn {
             compares: vec![cmp(keys::resource(Kind::Vpc, &id), e.mod_revision)],
             ops: vec![
                 del(keys::resource(Kind::Vpc, &id)),
@@ -168,6 +171,7 @@ pub async fn delete_vpc(State(st): State<AppState>, caller: Caller, Path(id): Pa
                 del(keys::vni(v.vni)),
             ],
         };
+        quota::free(snap, &id, &mut txn);
         Ok(Plan::Write(txn, ()))
     })
     .await?;
@@ -200,6 +204,7 @@ pub async fn create_subnet(
         }
         let vpc = visible(&snap.vpcs, Kind::Vpc, &req.vpc_id, &caller)?;
         let siblings: Vec<_> = snap.subnets.values().filter(|s| s.value.vpc_id == req.vpc_id).map(|s| s.value.cidr_block).collect();
+        quota::check(snap, &tenant, "subnets_per_vpc", siblings.len(), &format!("VPC {}", req.vpc_id))?;
         check_subnet_cidr(cidr, vpc.value.cidr_block, &siblings)?;
         let subnet = Subnet {
             id: id.clone(),
@@ -355,6 +360,9 @@ pub async fn create_sg(
         }
         check_group_refs(snap, &req.vpc_id, &req.ingress, &id)?;
         check_group_refs(snap, &req.vpc_id, &egress, &id)?;
+        let groups = snap.security_groups.values().filter(|g| g.value.vpc_id == req.vpc_id).count();
+        quota::check(snap, &tenant, "security_groups_per_vpc", groups, &format!("VPC {}", req.vpc_id))?;
+        check_rule_quotas(snap, &tenant, &req.ingress, &egress, "the new group")?;
         let sg = SecurityGroup {
             id: id.clone(),
             name: req.name.clone(),
@@ -375,6 +383,11 @@ pub async fn create_sg(
     })
     .await?;
     Ok(created(read_back(&st.cache.read().security_groups, &id)?))
+}
+
+fn check_rule_quotas(snap: &Snapshot, tenant: &str, ingress: &[SgRule], egress: &[SgRule], scope: &str) -> ApiResult<()> {
+    quota::check_size(snap, tenant, "ingress_rules_per_security_group", ingress.len(), scope)?;
+    quota::check_size(snap, tenant, "egress_rules_per_security_group", egress.len(), scope)
 }
 
 pub async fn list_sgs(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<SecurityGroup>>> {
@@ -418,6 +431,9 @@ pub async fn patch_sg(
         }
         if let Some(t) = &req.tags {
             g.tags = t.clone();
+        }
+        if req.ingress.is_some() || req.egress.is_some() {
+            check_rule_quotas(snap, &g.tenant, &g.ingress, &g.egress, &format!("group {id}"))?;
         }
         let k = keys::resource(Kind::SecurityGroup, &id);
         Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &g)] }, ()))
@@ -525,6 +541,8 @@ pub async fn create_rtb(
         check_routes(&routes, cidr)?;
         check_route_targets(snap, &req.vpc_id, &routes)?;
         check_associations(snap, &req.vpc_id, &id, &req.subnet_ids)?;
+        let tables = snap.route_tables.values().filter(|r| r.value.vpc_id == req.vpc_id).count();
+        quota::check(snap, &tenant, "route_tables_per_vpc", tables, &format!("VPC {}", req.vpc_id))?;
         let rtb = RouteTable {
             id: id.clone(),
             name: name.clone(),
@@ -647,6 +665,10 @@ pub async fn create_peering(
         let pair = |p: &Peering| (p.vpc_a == req.vpc_a && p.vpc_b == req.vpc_b) || (p.vpc_a == req.vpc_b && p.vpc_b == req.vpc_a);
         if let Some(p) = snap.peerings.values().find(|p| pair(&p.value)) {
             return Err(ModelError::conflict("peering_exists", format!("these VPCs are peered already by {}", p.value.id)).into());
+        }
+        for vpc in [&req.vpc_a, &req.vpc_b] {
+            let n = snap.peerings.values().filter(|p| p.value.vpc_a == *vpc || p.value.vpc_b == *vpc).count();
+            quota::check(snap, &tenant, "peerings_per_vpc", n, &format!("VPC {vpc}"))?;
         }
         let p = Peering {
             id: id.clone(),

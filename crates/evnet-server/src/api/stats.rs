@@ -83,7 +83,7 @@ pub async fn report(
     Path(id): Path<String>,
     Body(req): Body<HostBandwidthReport>,
 ) -> ApiResult<Json<HostBandwidthCaps>> {
-    caller.require_infra("report bandwidth")?;
+    caller.require_host(&id, "report bandwidth")?;
     visible(&st.cache.read().hosts, Kind::Host, &id, &Caller::Admin)?;
     // A forwarded report is never forwarded again (caches that disagree on
     // the leader for a moment must not bounce it between them).
@@ -120,6 +120,7 @@ pub async fn eni_stats(State(st): State<AppState>, caller: Caller, Path(id): Pat
 /// `GET /v1/bandwidth-stats`: the caller's attached ENIs and, per host they
 /// are on, the totals over those ENIs (the admin sees everything).
 pub async fn overview(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<BandwidthStats>> {
+    caller.require_person("read bandwidth figures")?;
     let snap = st.cache.read();
     let mut out = BandwidthStats::default();
     let mut hosts: BTreeMap<String, HostStats> = BTreeMap::new();

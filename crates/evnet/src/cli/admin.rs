@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use evnet_client::{Client, NameFilter};
 use evnet_model::ids::Kind;
-use evnet_model::{CreateTenant, RegisterHost};
+use evnet_model::{CreateBootstrapToken, CreateTenant, PatchHost, Quotas, RegisterHost, SetQuotas, QUOTAS};
 
 use super::render::{self, print_deleted, print_list, print_one};
 use super::{OutputFormat, parse_rate, parse_tag, resolve, tags_of};
@@ -44,6 +44,9 @@ pub enum TenantCommand {
     /// A tenant's access keys for the EC2 Query API (AWS Signature Version 4).
     #[command(subcommand)]
     AccessKey(AccessKeyCommand),
+    /// A tenant's quotas: show them, or set some (admin).
+    #[command(subcommand)]
+    Quota(QuotaCommand),
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -70,6 +73,127 @@ pub enum AccessKeyCommand {
         /// The access key id.
         access_key_id: String,
     },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum QuotaCommand {
+    /// Show a tenant's quotas (defaults where none was set).
+    #[command(after_help = "Examples:\n  evnet tenant quota show acme\n  evnet tenant quota show acme -o json")]
+    Show {
+        /// The tenant, by id or name.
+        tenant: String,
+    },
+    /// Set some of a tenant's quotas; the others keep their values (admin).
+    #[command(after_help = "Examples:\n  evnet tenant quota set acme --vpcs-per-tenant 20 --enis-per-tenant 20000")]
+    Set {
+        /// The tenant, by id or name.
+        tenant: String,
+        #[command(flatten)]
+        values: QuotaValues,
+    },
+}
+
+/// One flag per quota.
+#[derive(clap::Args, Debug, Default)]
+pub struct QuotaValues {
+    #[arg(long)]
+    pub vpcs_per_tenant: Option<u32>,
+    #[arg(long)]
+    pub subnets_per_vpc: Option<u32>,
+    #[arg(long)]
+    pub security_groups_per_vpc: Option<u32>,
+    #[arg(long)]
+    pub ingress_rules_per_security_group: Option<u32>,
+    #[arg(long)]
+    pub egress_rules_per_security_group: Option<u32>,
+    #[arg(long)]
+    pub route_tables_per_vpc: Option<u32>,
+    #[arg(long)]
+    pub peerings_per_vpc: Option<u32>,
+    #[arg(long)]
+    pub enis_per_tenant: Option<u32>,
+    #[arg(long)]
+    pub instances_per_tenant: Option<u32>,
+    #[arg(long)]
+    pub elastic_ips_per_tenant: Option<u32>,
+}
+
+impl From<QuotaValues> for SetQuotas {
+    fn from(v: QuotaValues) -> Self {
+        SetQuotas {
+            vpcs_per_tenant: v.vpcs_per_tenant,
+            subnets_per_vpc: v.subnets_per_vpc,
+            security_groups_per_vpc: v.security_groups_per_vpc,
+            ingress_rules_per_security_group: v.ingress_rules_per_security_group,
+            egress_rules_per_security_group: v.egress_rules_per_security_group,
+            route_tables_per_vpc: v.route_tables_per_vpc,
+            peerings_per_vpc: v.peerings_per_vpc,
+            enis_per_tenant: v.enis_per_tenant,
+            instances_per_tenant: v.instances_per_tenant,
+            elastic_ips_per_tenant: v.elastic_ips_per_tenant,
+        }
+    }
+}
+
+fn print_quotas(out: OutputFormat, q: &Quotas) -> anyhow::Result<()> {
+    match out {
+        OutputFormat::Json => println!("{}", render::to_json(q)?),
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = QUOTAS
+                .iter()
+                .map(|i| vec![i.name.to_string(), q.get(i.name).unwrap_or_default().to_string(), i.default.to_string(), i.counts.to_string()])
+                .collect();
+            print!("{}", render::table(&["QUOTA", "VALUE", "DEFAULT", "COUNTS"], &rows));
+        }
+    }
+    Ok(())
+}
+
+/// `evnet audit`: the admin reads the audit log.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  evnet audit --since 2026-01-31T12:00:00Z\n  evnet audit --limit 1000 -o json | jq '.items[] | select(.status >= 400)'")]
+pub struct AuditArgs {
+    /// Only records at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// At most this many records (1–1000); 0 or absent: all of them.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+pub(crate) async fn run_audit(args: AuditArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    let want = args.limit.filter(|l| *l > 0);
+    let mut items = vec![];
+    let mut token: Option<String> = None;
+    loop {
+        let page = client.audit(args.since.as_deref(), Some(want.map_or(1000, |w| (w - items.len()).min(1000))), token.as_deref()).await?;
+        items.extend(page.items);
+        match page.next_page_token {
+            Some(t) if want.is_none_or(|w| items.len() < w) => token = Some(t),
+            _ => break,
+        }
+    }
+    match out {
+        OutputFormat::Json => println!("{}", render::to_json(&serde_json::json!({ "items": items }))?),
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.time.clone(),
+                        r.caller.clone(),
+                        r.source.clone(),
+                        r.method.clone(),
+                        r.route.clone(),
+                        r.resource_id.clone().unwrap_or_default(),
+                        r.status.to_string(),
+                    ]
+                })
+                .collect();
+            print!("{}", render::table(&["TIME", "CALLER", "SOURCE", "METHOD", "ROUTE", "RESOURCE", "STATUS"], &rows));
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -110,11 +234,33 @@ pub enum HostCommand {
         #[arg(long = "label", value_parser = parse_tag)]
         labels: Vec<(String, String)>,
     },
-    /// Issue a token for agents to authenticate with (admin).
+    /// Change a host's underlay address, NIC capacity or labels (admin; the
+    /// only way a registered host's underlay address changes).
     #[command(
-        after_help = "Examples:\n  evnet host create-token\n  AGENT_TOKEN=$(evnet host create-token)"
+        after_help = "Examples:\n  evnet host update host-2 --underlay-ip 198.18.0.22\n  evnet host update host-2 --nic 25G --label rack=r2"
     )]
-    CreateToken,
+    Update {
+        /// The host, by id or name.
+        host: String,
+        #[arg(long)]
+        underlay_ip: Option<Ipv4Addr>,
+        /// NIC capacity in each direction (1G, 10G, 25G).
+        #[arg(long, value_parser = parse_rate)]
+        nic: Option<u64>,
+        /// A label, key=value (repeatable; replaces all labels).
+        #[arg(long = "label", value_parser = parse_tag)]
+        labels: Vec<(String, String)>,
+    },
+    /// Issue a single-use bootstrap token (admin): an agent exchanges it,
+    /// when it registers its host, for the host's own credential.
+    #[command(
+        after_help = "Examples:\n  evnet host create-token\n  EVNET_BOOTSTRAP_TOKEN=$(evnet host create-token --ttl 3600) evnet agent --underlay-ip 198.18.0.9"
+    )]
+    CreateToken {
+        /// Seconds the token may wait to be used (default: one day).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
 }
 
 pub(crate) async fn run_tenant(
@@ -151,6 +297,14 @@ pub(crate) async fn run_tenant(
             client.delete_tenant(&id).await?;
             print_deleted(out, "tenant", &id);
             Ok(())
+        }
+        TenantCommand::Quota(QuotaCommand::Show { tenant }) => {
+            let id = resolve::id(client, Kind::Tenant, &tenant).await?;
+            print_quotas(out, &client.get_quotas(&id).await?)
+        }
+        TenantCommand::Quota(QuotaCommand::Set { tenant, values }) => {
+            let id = resolve::id(client, Kind::Tenant, &tenant).await?;
+            print_quotas(out, &client.set_quotas(&id, &values.into()).await?)
         }
         TenantCommand::AccessKey(cmd) => run_access_key(cmd, client, out).await,
     }
@@ -216,14 +370,28 @@ pub(crate) async fn run_host(
             };
             print_one(out, &client.register_host(&body).await?)
         }
-        HostCommand::CreateToken => {
-            let token = client.create_agent_token().await?;
+        HostCommand::Update {
+            host,
+            underlay_ip,
+            nic,
+            labels,
+        } => {
+            let id = resolve::id(client, Kind::Host, &host).await?;
+            let body = PatchHost {
+                underlay_ip,
+                nic_mbps: nic,
+                labels: if labels.is_empty() { None } else { Some(labels.into_iter().collect()) },
+                revision: None,
+            };
+            print_one(out, &client.patch_host(&id, &body).await?)
+        }
+        HostCommand::CreateToken { ttl } => {
+            let t = client
+                .create_bootstrap_token(&CreateBootstrapToken { ttl_seconds: ttl })
+                .await?;
             match out {
-                OutputFormat::Table => println!("{token}"),
-                OutputFormat::Json => println!(
-                    "{}",
-                    render::to_json(&serde_json::json!({ "token": token }))?
-                ),
+                OutputFormat::Table => println!("{}", t.token),
+                OutputFormat::Json => println!("{}", render::to_json(&t)?),
             }
             Ok(())
         }

@@ -119,6 +119,8 @@ pub enum ResourceCommand {
     /// instance: anti-spoofing, egress groups, route, ingress groups.
     #[command(after_help = trace::EXAMPLES)]
     Trace(trace::TraceArgs),
+    /// The audit log: every change, who asked for it, from where, and how it ended (admin).
+    Audit(admin::AuditArgs),
 }
 
 /// Runs one resource command against the server `opts` names.
@@ -140,6 +142,7 @@ pub async fn run(cmd: ResourceCommand, opts: &GlobalOpts) -> anyhow::Result<()> 
         ResourceCommand::Top(args) => top::run(args, &client, out).await,
         ResourceCommand::Trace(args) => trace::run(args, &client, out).await,
         ResourceCommand::Cluster(c) => cluster::run(c, &client, out).await,
+        ResourceCommand::Audit(args) => admin::run_audit(args, &client, out).await,
     }
 }
 

@@ -323,6 +323,18 @@ impl Render for AccessKeyWithSecret {
     }
 }
 
+impl Render for RegisteredHost {
+    const HEADERS: &'static [&'static str] = Host::HEADERS;
+    fn row(&self) -> Vec<String> {
+        self.host.row()
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = self.host.fields();
+        f.push(("credential", self.credential.clone()));
+        f
+    }
+}
+
 impl Render for Host {
     const HEADERS: &'static [&'static str] =
         &["ID", "NAME", "UNDERLAY", "NIC", "STATUS", "APPLIED"];

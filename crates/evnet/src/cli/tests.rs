@@ -561,7 +561,11 @@ fn admin_verbs() {
     ));
     assert!(matches!(
         parse_ok(&["host", "create-token"]).cmd,
-        ResourceCommand::Host(admin::HostCommand::CreateToken)
+        ResourceCommand::Host(admin::HostCommand::CreateToken { ttl: None })
+    ));
+    assert!(matches!(
+        parse_ok(&["host", "update", "host-2", "--underlay-ip", "198.18.0.22"]).cmd,
+        ResourceCommand::Host(admin::HostCommand::Update { underlay_ip: Some(ip), nic: None, .. }) if ip == std::net::Ipv4Addr::new(198, 18, 0, 22)
     ));
 }
 

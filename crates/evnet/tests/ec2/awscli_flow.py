@@ -36,8 +36,7 @@ def aws(*args, expect_ok=True):
 
 
 # A host for the instance (registered the way an agent does).
-agent = ok("POST", "/v1/agent-tokens", ADMIN, {})["token"]
-host = ok("POST", "/v1/hosts", agent, {"name": "cli-host-" + os.urandom(3).hex(), "underlay_ip": f"198.18.210.{os.urandom(1)[0]}", "nic_mbps": 10000})
+host = ok("POST", "/v1/hosts", ok("POST", "/v1/bootstrap-tokens", ADMIN, {})["token"], {"name": "cli-host-" + os.urandom(3).hex(), "underlay_ip": f"198.18.210.{os.urandom(1)[0]}", "nic_mbps": 10000})
 
 vpc = aws("create-vpc", "--cidr-block", "10.40.0.0/16", "--tag-specifications", "ResourceType=vpc,Tags=[{Key=Name,Value=cli}]")["Vpc"]
 vpc_id = vpc["VpcId"]

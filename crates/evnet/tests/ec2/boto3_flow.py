@@ -25,9 +25,11 @@ other = client(B)
 
 # --- Hosts: registered and kept alive the way agents do, reporting the
 # instances placed on them as running. --------------------------------------
-agent = ok("POST", "/v1/agent-tokens", ADMIN, {})["token"]
+# Each host registers with a single-use bootstrap token and then speaks
+# with the credential it was given.
 hosts = [
-    ok("POST", "/v1/hosts", agent, {"name": f"ec2-h{i}-{SUFFIX}", "underlay_ip": f"198.18.{200 + i}.{int(SUFFIX[:2], 16)}", "nic_mbps": 10000})
+    ok("POST", "/v1/hosts", ok("POST", "/v1/bootstrap-tokens", ADMIN, {})["token"],
+       {"name": f"ec2-h{i}-{SUFFIX}", "underlay_ip": f"198.18.{200 + i}.{int(SUFFIX[:2], 16)}", "nic_mbps": 10000})
     for i in range(2)
 ]
 stop = threading.Event()
@@ -37,7 +39,7 @@ def heartbeat_once():
     for h in hosts:
         _, page = rest("GET", f"/v1/instances?host_id={h['id']}&limit=1000", ADMIN)
         running = [i["id"] for i in (page or {}).get("items", [])]
-        rest("POST", f"/v1/hosts/{h['id']}/heartbeat", agent, {"applied_generation": 0, "running_instances": running})
+        rest("POST", f"/v1/hosts/{h['id']}/heartbeat", h["credential"], {"applied_generation": 0, "running_instances": running})
 
 
 def heartbeats():

@@ -1,0 +1,203 @@
+//! Host credentials through the router: a bootstrap token is exchanged
+//! once for a credential bound to one host, which reads and reports only
+//! for that host; only the admin changes a registered host.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evnet_server::state::Settings;
+use evnet_store::MemStore;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-secret";
+
+struct T {
+    app: axum::Router,
+}
+
+impl T {
+    async fn new() -> T {
+        let st = evnet_server::state(Arc::new(MemStore::new()), ADMIN, Settings::default()).await.unwrap();
+        T { app: evnet_server::app(st) }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, bytes) = common::send(&self.app, method, path, Some(token), body).await;
+        (status.as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: &str, path: &str, token: &str, body: Value) -> Value {
+        let (s, v) = self.call(method, path, token, Some(body)).await;
+        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
+        v
+    }
+
+    async fn bootstrap(&self) -> String {
+        self.ok("POST", "/v1/bootstrap-tokens", ADMIN, json!({})).await["token"].as_str().unwrap().to_string()
+    }
+
+    async fn register(&self, token: &str, name: &str, ip: &str) -> (u16, Value) {
+        self.call("POST", "/v1/hosts", token, Some(json!({"name": name, "underlay_ip": ip, "nic_mbps": 1000}))).await
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<no code>")
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or_else(|| panic!("no {k} in {v}")).to_string()
+}
+
+#[tokio::test]
+async fn a_bootstrap_token_is_exchanged_once_for_a_host_bound_credential() {
+    let t = T::new().await;
+    let boot = t.bootstrap().await;
+    let (st, h1) = t.register(&boot, "host-1", "198.18.0.1").await;
+    assert_eq!(st, 201, "{h1}");
+    let (id1, c1) = (s(&h1, "id"), s(&h1, "credential"));
+    assert_ne!(c1, boot);
+    // Used up: the same token registers nothing more.
+    let (st, v) = t.register(&boot, "host-2", "198.18.0.2").await;
+    assert_eq!((st, code(&v)), (401, "unauthorized"), "{v}");
+    let (_, hosts) = t.call("GET", "/v1/hosts", ADMIN, None).await;
+    assert_eq!(hosts["items"].as_array().unwrap().len(), 1);
+
+    // A name that exists is refused with a clear 409; the host keeps its
+    // address and credential, and the token is not spent.
+    let boot2 = t.bootstrap().await;
+    let (st, v) = t.register(&boot2, "host-1", "198.18.0.66").await;
+    assert_eq!((st, code(&v)), (409, "host_exists"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("PATCH /v1/hosts/"), "{v}");
+    let (_, h) = t.call("GET", &format!("/v1/hosts/{id1}"), &c1, None).await;
+    assert_eq!(h["underlay_ip"], "198.18.0.1");
+    let (st, h2) = t.register(&boot2, "host-2", "198.18.0.2").await;
+    assert_eq!(st, 201, "{h2}");
+    let (id2, c2) = (s(&h2, "id"), s(&h2, "credential"));
+
+    // Other callers cannot register: tenants, host credentials.
+    let tenant = s(&t.ok("POST", "/v1/tenants", ADMIN, json!({"name": "a"})).await, "token");
+    for tok in [&tenant, &c1] {
+        let (st, v) = t.register(tok, "host-9", "198.18.0.9").await;
+        assert_eq!((st, code(&v)), (403, "forbidden"), "{v}");
+    }
+    // A bootstrap token does nothing else.
+    let boot3 = t.bootstrap().await;
+    for path in ["/v1/hosts", "/v1/vpcs", &format!("/v1/hosts/{id1}")] {
+        let (st, v) = t.call("GET", path, &boot3, None).await;
+        assert_eq!((st, code(&v)), (403, "forbidden"), "{path}: {v}");
+    }
+    // Concurrent registrations with one token: exactly one wins.
+    let (a, b) = tokio::join!(t.register(&boot3, "host-3", "198.18.0.3"), t.register(&boot3, "host-4", "198.18.0.4"));
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [201, 401], "{a:?} {b:?}");
+
+    // Deleting a host revokes its credential.
+    t.call("DELETE", &format!("/v1/hosts/{id2}"), ADMIN, None).await;
+    let (st, _) = t.call("GET", &format!("/v1/hosts/{id2}"), &c2, None).await;
+    assert_eq!(st, 401);
+}
+
+#[tokio::test]
+async fn a_host_credential_reads_and_reports_only_for_its_own_host() {
+    let t = T::new().await;
+    let (_, h1) = t.register(&t.bootstrap().await, "host-1", "198.18.0.1").await;
+    let (_, h2) = t.register(&t.bootstrap().await, "host-2", "198.18.0.2").await;
+    let (id1, c1, id2) = (s(&h1, "id"), s(&h1, "credential"), s(&h2, "id"));
+    let tenant = s(&t.ok("POST", "/v1/tenants", ADMIN, json!({"name": "a"})).await, "token");
+    let vpc = s(&t.ok("POST", "/v1/vpcs", &tenant, json!({"cidr_block": "10.0.0.0/16"})).await, "id");
+
+    // Its own host: yes.
+    for path in [format!("/v1/hosts/{id1}"), format!("/v1/hosts/{id1}/desired")] {
+        let (st, v) = t.call("GET", &path, &c1, None).await;
+        assert_eq!(st, 200, "{path}: {v}");
+    }
+    let (_, list) = t.call("GET", "/v1/hosts", &c1, None).await;
+    let ids: Vec<&str> = list["items"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [id1.as_str()], "a host lists only itself");
+    // Another host: as if it did not exist.
+    for (method, path, body) in [
+        ("GET", format!("/v1/hosts/{id2}"), None),
+        ("GET", format!("/v1/hosts/{id2}/desired"), None),
+        ("POST", format!("/v1/hosts/{id2}/heartbeat"), Some(json!({"applied_generation": 0}))),
+        ("POST", format!("/v1/hosts/{id2}/bandwidth"), Some(json!({"enis": []}))),
+    ] {
+        let (st, v) = t.call(method, &path, &c1, body).await;
+        assert_eq!((st, code(&v)), (404, "not_found"), "{method} {path}: {v}");
+    }
+    // Tenants' resources: not listed, not read, not created.
+    for path in ["/v1/vpcs", "/v1/enis", "/v1/tenants", "/v1/bandwidth-stats"] {
+        let (st, v) = t.call("GET", path, &c1, None).await;
+        assert_eq!((st, code(&v)), (403, "forbidden"), "{path}: {v}");
+    }
+    let (st, _) = t.call("GET", &format!("/v1/vpcs/{vpc}"), &c1, None).await;
+    assert_eq!(st, 404);
+    let (st, _) = t.call("POST", "/v1/vpcs", &c1, Some(json!({"cidr_block": "10.1.0.0/16"}))).await;
+    assert_eq!(st, 403);
+    // Its own underlay address changes only through the admin.
+    let (st, v) = t.call("PATCH", &format!("/v1/hosts/{id1}"), &c1, Some(json!({"underlay_ip": "198.18.0.99"}))).await;
+    assert_eq!((st, code(&v)), (403, "forbidden"), "{v}");
+}
+
+#[tokio::test]
+async fn only_the_admin_changes_a_host_and_heartbeats_claim_only_issued_generations() {
+    let t = T::new().await;
+    let (_, h1) = t.register(&t.bootstrap().await, "host-1", "198.18.0.1").await;
+    let (_, h2) = t.register(&t.bootstrap().await, "host-2", "198.18.0.2").await;
+    let (id1, c1, id2) = (s(&h1, "id"), s(&h1, "credential"), s(&h2, "id"));
+    let patch = |body: Value| {
+        let (t, id1) = (&t, id1.clone());
+        async move { t.call("PATCH", &format!("/v1/hosts/{id1}"), ADMIN, Some(body)).await }
+    };
+    for (body, want) in [
+        (json!({"underlay_ip": "198.18.0.2"}), (409, "underlay_ip_taken")),
+        (json!({"underlay_ip": "127.0.0.1"}), (422, "invalid_underlay_ip")),
+        (json!({"nic_mbps": 0}), (422, "invalid_bandwidth")),
+        (json!({"revision": 1}), (409, "revision_mismatch")),
+        (json!({"color": "red"}), (400, "invalid_body")),
+    ] {
+        let (st, v) = patch(body.clone()).await;
+        assert_eq!((st, code(&v)), want, "{body}: {v}");
+    }
+    let (st, v) = patch(json!({"underlay_ip": "198.18.0.11", "nic_mbps": 10_000, "labels": {"rack": "r1"}})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((v["underlay_ip"].as_str(), v["nic_mbps"].as_u64(), v["labels"]["rack"].as_str()), (Some("198.18.0.11"), Some(10_000), Some("r1")));
+    let (_, other) = t.call("GET", &format!("/v1/hosts/{id2}"), ADMIN, None).await;
+    assert_eq!(other["underlay_ip"], "198.18.0.2");
+
+    // Heartbeats: up to the current desired generation, not beyond.
+    let g = t.call("GET", &format!("/v1/hosts/{id1}/desired"), &c1, None).await.1["generation"].as_u64().unwrap();
+    let (st, v) = t.call("POST", &format!("/v1/hosts/{id1}/heartbeat"), &c1, Some(json!({"applied_generation": g + 1000}))).await;
+    assert_eq!((st, code(&v)), (422, "generation_not_issued"), "{v}");
+    let (_, h) = t.call("GET", &format!("/v1/hosts/{id1}"), ADMIN, None).await;
+    assert_eq!(h["applied_generation"], 0, "a refused heartbeat changes nothing");
+    let hb = t.ok("POST", &format!("/v1/hosts/{id1}/heartbeat"), &c1, json!({"applied_generation": g})).await;
+    assert_eq!(hb["applied_generation"].as_u64(), Some(g));
+}
+
+#[tokio::test]
+async fn bootstrap_tokens_expire() {
+    let t = T::new().await;
+    let (st, v) = t.call("POST", "/v1/bootstrap-tokens", ADMIN, Some(json!({"ttl_seconds": 0}))).await;
+    assert_eq!((st, code(&v)), (422, "invalid_ttl"));
+    let (st, v) = t.call("POST", "/v1/bootstrap-tokens", "not-the-admin", Some(json!({}))).await;
+    assert_eq!(st, 401, "{v}");
+    let v = t.ok("POST", "/v1/bootstrap-tokens", ADMIN, json!({"ttl_seconds": 1})).await;
+    let boot = s(&v, "token");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (st, v) = t.call("GET", "/v1/hosts", &boot, None).await;
+        if st == 401 {
+            assert_eq!(code(&v), "token_expired");
+            break;
+        }
+        assert_eq!(st, 403, "{v}");
+        assert!(tokio::time::Instant::now() < deadline, "the token never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, v) = t.register(&boot, "host-1", "198.18.0.1").await;
+    assert_eq!((st, code(&v)), (401, "token_expired"), "{v}");
+}
