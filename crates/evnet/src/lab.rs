@@ -359,6 +359,10 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
         admin.list_hosts(&Default::default()).await.map(|hs| hs.iter().filter(|h| h.status == HostStatus::Ready).count() == want).unwrap_or(false)
     })
     .await?;
+    // Registered hosts whose agents have not yet written their credential
+    // would register nothing on a restart: wait for the files too.
+    let creds: Vec<PathBuf> = st.hosts.iter().map(|h| credential_file(dir, h)).collect();
+    wait_until(Duration::from_secs(10), "every agent to keep its credential", || async { creds.iter().all(|c| c.exists()) }).await?;
     let hosts = admin.list_hosts(&Default::default()).await?;
     for h in st.hosts.iter_mut() {
         h.host_id = hosts.iter().find(|x| x.name == h.name).map(|x| x.id.clone());

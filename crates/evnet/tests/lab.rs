@@ -210,6 +210,29 @@ async fn lab_end_to_end() {
     let admin = Client::new(&url, st["admin_token"].as_str().unwrap()).unwrap();
     let env = std::fs::read_to_string(dir.join("env")).unwrap();
     assert!(env.contains("EVNET_URL=") && env.contains("EVNET_TOKEN=") && env.contains("EVNET_ADMIN_TOKEN="));
+    // The lab's secrets: a 0700 directory, 0600 files, and no token on a
+    // command line that `ps` shows.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for f in ["lab.json", "env", "host-1.credential", "host-2.credential", "host-3.credential"] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+        assert_eq!(mode(&dir.join("server")), 0o700);
+        let secrets: Vec<String> = [st["admin_token"].as_str().unwrap().to_string(), st["tenant_token"].as_str().unwrap().to_string()]
+            .into_iter()
+            .chain((1..=3).map(|i| {
+                let c: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("host-{i}.credential"))).unwrap()).unwrap();
+                c["credential"].as_str().unwrap().to_string()
+            }))
+            .collect();
+        let pids = std::iter::once(st["server_pid"].as_u64().unwrap()).chain(st["hosts"].as_array().unwrap().iter().map(|h| h["agent_pid"].as_u64().unwrap()));
+        for pid in pids {
+            let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
+            assert!(secrets.iter().all(|s| !cmdline.contains(s.as_str())), "a token on the command line of {pid}: {cmdline}");
+        }
+    }
     let hosts = admin.list_hosts(&Default::default()).await.unwrap();
     let host = |n: &str| hosts.iter().find(|h| h.name == n).unwrap_or_else(|| panic!("no {n}")).id.clone();
     let (h1, h2, h3) = (host("host-1"), host("host-2"), host("host-3"));
@@ -419,6 +442,8 @@ async fn lab_end_to_end() {
     assert!(ping(&ns(&a1), a3.eni.private_ip));
     let log = std::fs::read_to_string(dir.join("agent-host-1.log")).unwrap_or_default();
     assert!(!log.contains("reconcile failed"), "restarted agent failed:\n{log}");
+    assert!(log.contains("using the kept host credential"), "the restarted agent registered again instead of using its credential:\n{log}");
+    assert_eq!(admin.list_hosts(&Default::default()).await.unwrap().len(), 3);
 
     // An owned object deleted by hand comes back within one reconcile period.
     let vpc_ns: String = netns_set().into_iter().find(|n| n.starts_with("evv-") && n.ends_with(&format!("-{:x}", va.vni)) && Command::new("ip").args(["-n", n, "link", "show", "dev", &evnet_plan::naming::eni_veth(&a1.eni.id)]).output().unwrap().status.success()).expect("a1's VPC namespace");
