@@ -255,6 +255,8 @@ async fn etcd_member_loss_then_total_outage_then_recovery() {
         servers.wait_healthy().await;
         let admin = Client::new(&servers.urls.join(","), ADMIN).unwrap();
         let tenant = admin.create_tenant(&CreateTenant { name: "t".into(), tags: Default::default() }).await.unwrap();
+        // The test makes more VPCs than the default quota allows.
+        admin.set_quotas(&tenant.tenant.id, &SetQuotas { vpcs_per_tenant: Some(100), ..Default::default() }).await.unwrap();
         let t = Client::new(&servers.urls[0], tenant.token.clone()).unwrap().with_request_timeout(Duration::from_secs(20));
         let vpc = |t: Client| async move { t.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), ..Default::default() }).await };
         vpc(t.clone()).await.unwrap();
