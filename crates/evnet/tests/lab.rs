@@ -719,21 +719,32 @@ async fn lab_chaos_agent_kills_and_underlay_cut() {
     for round in 0..5 {
         let (tx, rx) = udp_flow(&x1.inst.netns, &x2.inst.netns, x2.eni.private_ip, 9400 + round, Duration::from_millis(1), Duration::from_millis(1500));
         std::thread::sleep(Duration::from_millis(400));
+        // The log is appended to: the new agent's lines start here.
+        let before = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
         evnet(&["lab", "restart-agent", "--dir", &d, "--host", "host-1", "--kill"]);
+        let new_lines = || {
+            let all = std::fs::read(&log).unwrap_or_default();
+            String::from_utf8_lossy(&all[before.min(all.len())..]).into_owned()
+        };
         let sent = tx.join().unwrap();
         let got: BTreeSet<u32> = rx.join().unwrap().into_iter().map(|(s, _)| s).collect();
         assert_eq!(got.len() as u32, sent, "round {round}: lost {} of {sent} packets across kill -9 and restart", sent - got.len() as u32);
         // The new agent's first pass found nothing to do.
         let start = Instant::now();
         let first = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = new_lines();
             if let Some(l) = text.lines().find(|l| l.contains("first pass done")) {
                 break l.to_string();
             }
             assert!(start.elapsed() < Duration::from_secs(15), "round {round}: the restarted agent never finished a pass:\n{text}");
             std::thread::sleep(Duration::from_millis(50));
         };
-        assert!(first.contains("ops=0"), "round {round}: the restarted agent had work to do: {first}");
+        if !first.contains("ops=0") {
+            // What it did, when the agents log at debug (RUST_LOG=evnet_agent=debug).
+            let text = new_lines();
+            let ops: Vec<&str> = text.lines().filter(|l| l.contains(" op=")).collect();
+            panic!("round {round}: the restarted agent had work to do: {first}\n{}", ops.join("\n"));
+        }
         eprintln!("round {round}: {sent} packets sent, 0 lost; restarted agent adopted the state with 0 ops");
     }
 
