@@ -17,6 +17,10 @@
 //!   of three on a 3-member etcd under writers; p50/p99 of the time to the
 //!   next accepted write and to the bandwidth loop running again. See
 //!   [`failover`].
+//! - `evnet-bench fanout [--hosts 250,500,1000]`: ≥ 1,000 simulated agents
+//!   long-polling their hosts' desired state, 10,000 ENIs; p50/p99 from an
+//!   ENI created, moved or a rule added to every affected agent holding
+//!   it, and the server's CPU and memory per fleet size. See [`fanout`].
 //!
 //! Results and the exact commands live in `docs/bench/control-plane.md`.
 
@@ -25,6 +29,7 @@ mod cluster;
 mod creates;
 mod desired;
 mod failover;
+mod fanout;
 mod rawhttp;
 mod server;
 mod stats;
@@ -53,6 +58,9 @@ enum Command {
     /// kill -9 of the leading server on etcd, ≥ 10 times: time to the next
     /// accepted write and to the bandwidth loop running on a new leader.
     Failover(failover::FailoverArgs),
+    /// Many simulated agents long-polling their desired state: the time
+    /// from an API change to every affected agent holding it.
+    Fanout(fanout::FanoutArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Command::Desired(d) => runtime.block_on(desired::run(d)),
         Command::Creates(c) => runtime.block_on(creates::run(c)),
         Command::Failover(f) => runtime.block_on(failover::run(f)),
+        Command::Fanout(f) => runtime.block_on(fanout::run(f)),
     }
 }
 

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::fanout::{FanoutIndex, Obj};
 use crate::keys;
 
 /// What a token may do.
@@ -94,16 +95,21 @@ pub struct Snapshot {
     pub access_keys: BTreeMap<String, AccessKeyRecord>,
     /// The `/cluster/` keys: server registrations and loop leaders.
     pub cluster: BTreeMap<String, Vec<u8>>,
+    /// Which hosts' desired state each object feeds, and which hosts the
+    /// events applied lately touched.
+    pub fanout: FanoutIndex,
 }
 
 impl Snapshot {
-    fn apply(&mut self, ev: &WatchEvent) {
+    pub(crate) fn apply(&mut self, ev: &WatchEvent) {
         let kv = &ev.kv;
         let put = ev.kind == EventKind::Put;
         let key = kv.key.as_str();
         if let Some(rest) = key.strip_prefix(keys::RESOURCE_PREFIX) {
             let Some((collection, id)) = rest.split_once('/') else { return };
             let id = id.to_string();
+            let obj_id = id.clone();
+            let old = self.fanout_obj(collection, &obj_id);
             macro_rules! upd {
                 ($map:expr, $ty:ty) => {{
                     if put {
@@ -145,6 +151,10 @@ impl Snapshot {
                 "peerings" => upd!(self.peerings, Peering),
                 "bandwidth-pools" => upd!(self.bandwidth_pools, BandwidthPool),
                 _ => {}
+            }
+            let new = self.fanout_obj(collection, &obj_id);
+            if old.is_some() || new.is_some() {
+                self.fanout.change(old, new);
             }
         } else if let Some(rest) = key.strip_prefix("/ipam/") {
             let Some((subnet, ip)) = rest.split_once('/') else { return };
@@ -230,6 +240,22 @@ impl Snapshot {
         }
     }
 
+    /// The object `collection/id` as the fan-out index sees it (`None` for
+    /// collections no desired state reads).
+    fn fanout_obj(&self, collection: &str, id: &str) -> Option<Obj> {
+        Some(match collection {
+            "hosts" => Obj::Host(self.hosts.get(id)?.value.clone()),
+            "instances" => Obj::Instance(self.instances.get(id)?.value.clone()),
+            "enis" => Obj::Eni(self.enis.get(id)?.value.clone()),
+            "vpcs" => Obj::Vpc(self.vpcs.get(id)?.value.clone()),
+            "subnets" => Obj::Subnet(self.subnets.get(id)?.value.clone()),
+            "security-groups" => Obj::SecurityGroup(self.security_groups.get(id)?.value.clone()),
+            "route-tables" => Obj::RouteTable(self.route_tables.get(id)?.value.clone()),
+            "peerings" => Obj::Peering(self.peerings.get(id)?.value.clone()),
+            _ => return None,
+        })
+    }
+
     /// Sum of the guarantees of the ENIs attached on `host_id`, and the
     /// revision of the host's ledger key (0: never written).
     pub fn host_guaranteed(&self, host_id: &str) -> (u64, Revision) {
@@ -282,6 +308,9 @@ fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Option<T> {
 pub struct Cache {
     inner: RwLock<Snapshot>,
     revision_tx: watch::Sender<Revision>,
+    /// Per host: a channel that announces the revisions at which the
+    /// host's desired state may have changed (what its long polls wait on).
+    host_tx: std::sync::Mutex<HashMap<String, watch::Sender<Revision>>>,
     /// False while the watch is broken and a relist has not yet succeeded:
     /// the snapshot may then be behind the store by any amount.
     connected: AtomicBool,
@@ -291,7 +320,12 @@ impl Cache {
     /// Lists the store and starts following it.
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Cache>, StoreError> {
         let (revision_tx, _) = watch::channel(0);
-        let cache = Arc::new(Cache { inner: RwLock::new(Snapshot::default()), revision_tx, connected: AtomicBool::new(false) });
+        let cache = Arc::new(Cache {
+            inner: RwLock::new(Snapshot::default()),
+            revision_tx,
+            host_tx: Default::default(),
+            connected: AtomicBool::new(false),
+        });
         let rev = cache.relist(store.as_ref()).await?;
         let follower = cache.clone();
         tokio::spawn(async move { follower.follow(store, rev).await });
@@ -306,8 +340,10 @@ impl Cache {
         for kv in subnets.into_iter().chain(rest) {
             snap.apply(&WatchEvent { kind: EventKind::Put, kv });
         }
+        snap.fanout.listed(resp.revision);
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = snap;
         self.revision_tx.send_replace(resp.revision);
+        self.wake(None, resp.revision);
         self.connected.store(true, Ordering::Release);
         Ok(resp.revision)
     }
@@ -337,15 +373,17 @@ impl Cache {
             while let Some(item) = stream.recv().await {
                 match item {
                     Ok(batch) => {
-                        {
+                        let touched = {
                             let mut snap = self.inner.write().unwrap_or_else(|e| e.into_inner());
                             for ev in &batch.events {
                                 snap.apply(ev);
                             }
                             snap.revision = batch.revision;
-                        }
+                            snap.fanout.finish(batch.revision)
+                        };
                         rev = batch.revision;
                         self.revision_tx.send_replace(rev);
+                        self.wake(Some(touched), rev);
                     }
                     Err(e) => {
                         self.connected.store(false, Ordering::Release);
@@ -391,6 +429,38 @@ impl Cache {
     /// A receiver that changes whenever the cache advances.
     pub fn subscribe(&self) -> watch::Receiver<Revision> {
         self.revision_tx.subscribe()
+    }
+
+    /// A receiver that changes when `host_id`'s desired state may have
+    /// changed (see [`crate::fanout`]), and not for writes elsewhere.
+    pub fn watch_host(&self, host_id: &str) -> watch::Receiver<Revision> {
+        let mut g = self.host_tx.lock().unwrap_or_else(|e| e.into_inner());
+        g.entry(host_id.to_string()).or_insert_with(|| watch::channel(self.revision()).0).subscribe()
+    }
+
+    /// Wakes the long polls of `hosts` (every host: `None`) at `rev`, and
+    /// forgets channels nobody waits on.
+    fn wake(&self, hosts: Option<Vec<String>>, rev: Revision) {
+        let mut g = self.host_tx.lock().unwrap_or_else(|e| e.into_inner());
+        match hosts {
+            None => {
+                g.retain(|_, tx| tx.receiver_count() > 0);
+                for tx in g.values() {
+                    tx.send_replace(rev);
+                }
+            }
+            Some(hosts) => {
+                for h in hosts {
+                    if let Some(tx) = g.get(&h) {
+                        if tx.receiver_count() == 0 {
+                            g.remove(&h);
+                        } else {
+                            tx.send_replace(rev);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

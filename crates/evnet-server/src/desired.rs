@@ -1,8 +1,9 @@
 //! Per-host desired state: what one agent must build, computed from the
 //! cache. A host's generation is the store revision at which its desired
-//! state last changed, so writes elsewhere do not wake its agent.
+//! state last changed, so writes elsewhere do not wake its agent (the
+//! cache's [`crate::fanout`] index says which hosts a change touches).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use evnet_model::desired::*;
@@ -11,29 +12,28 @@ use evnet_model::*;
 use crate::cache::Snapshot;
 use crate::state::AppState;
 
-/// Computes one host's desired state (generation left at 0).
+/// Computes one host's desired state (generation left at 0), reading only
+/// what feeds it through the snapshot's [`crate::fanout::FanoutIndex`]: the
+/// host's instances and ENIs, its VPCs' subnets, attached ENIs, route
+/// tables and peerings, and its groups' members. Its cost grows with what
+/// the host shows, not with the fleet.
 pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
+    let idx = &snap.fanout;
+    let ids = |m: &'_ HashMap<String, BTreeSet<String>>, k: &str| -> Vec<String> { m.get(k).map(|s| s.iter().cloned().collect()).unwrap_or_default() };
     let host = &snap.hosts.get(host_id)?.value;
-    let mut instances: Vec<InstanceDesired> = snap
-        .instances
-        .values()
+    let mut instances: Vec<InstanceDesired> = ids(&idx.instances_by_host, host_id)
+        .iter()
+        .filter_map(|id| snap.instances.get(id))
         .filter(|i| i.value.host_id == host_id)
         .map(|i| InstanceDesired { instance_id: i.value.id.clone(), netns: i.value.netns.clone(), enis: vec![] })
         .collect();
     let index: HashMap<String, usize> = instances.iter().enumerate().map(|(n, i)| (i.instance_id.clone(), n)).collect();
     let mut local_vpcs = BTreeSet::new();
     let mut local_groups = BTreeSet::new();
-    // One pass over ENIs: local ones go to their instance; attached ones are
-    // indexed by VPC for the remote lists; members are indexed by group.
-    let mut attached_by_vpc: BTreeMap<&str, Vec<&Eni>> = BTreeMap::new();
-    let mut members: HashMap<&str, Vec<std::net::Ipv4Addr>> = HashMap::new();
-    for e in snap.enis.values() {
+    // The ENIs attached here (in id order) go to their instances.
+    for e in ids(&idx.enis_by_host, host_id).iter().filter_map(|id| snap.enis.get(id)) {
         let eni = &*e.value;
-        for g in &eni.security_group_ids {
-            members.entry(g.as_str()).or_default().extend(eni.all_ips());
-        }
         let Some(a) = &eni.attachment else { continue };
-        attached_by_vpc.entry(eni.vpc_id.as_str()).or_default().push(eni);
         if a.host_id != host_id {
             continue;
         }
@@ -68,18 +68,21 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
     let mut vpcs = vec![];
     for vpc_id in &local_vpcs {
         let Some(v) = snap.vpcs.get(vpc_id) else { continue };
-        let mut subnets: Vec<SubnetDesired> = snap
-            .subnets
-            .values()
+        let mut subnets: Vec<SubnetDesired> = ids(&idx.subnets_by_vpc, vpc_id)
+            .iter()
+            .filter_map(|id| snap.subnets.get(id))
             .filter(|s| s.value.vpc_id == *vpc_id)
             .map(|s| SubnetDesired { subnet_id: s.value.id.clone(), cidr_block: s.value.cidr_block, gateway_ip: s.value.gateway_ip })
             .collect();
         subnets.sort_by(|a, b| a.subnet_id.cmp(&b.subnet_id));
-        let mut remote_enis: Vec<RemoteEni> = attached_by_vpc
-            .get(vpc_id.as_str())
-            .into_iter()
-            .flatten()
-            .filter_map(|eni| {
+        let mut remote_enis: Vec<RemoteEni> = ids(&idx.attached_by_vpc, vpc_id)
+            .iter()
+            .filter_map(|id| snap.enis.get(id))
+            .filter_map(|e| {
+                let eni = &*e.value;
+                if eni.vpc_id != *vpc_id {
+                    return None;
+                }
                 let a = eni.attachment.as_ref()?;
                 if a.host_id == host_id {
                     return None;
@@ -97,11 +100,12 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
             .collect();
         remote_enis.sort_by(|a, b| a.eni_id.cmp(&b.eni_id));
         let mut peer_routes = vec![];
-        for p in snap.peerings.values().filter(|p| {
+        let tables: Vec<_> = ids(&idx.route_tables_by_vpc, vpc_id).iter().filter_map(|id| snap.route_tables.get(id)).filter(|r| r.value.vpc_id == *vpc_id).collect();
+        for p in ids(&idx.peerings_by_vpc, vpc_id).iter().filter_map(|id| snap.peerings.get(id)).filter(|p| {
             p.value.status == PeeringStatus::Active && (p.value.vpc_a == *vpc_id || p.value.vpc_b == *vpc_id)
         }) {
             let peer = if p.value.vpc_a == *vpc_id { &p.value.vpc_b } else { &p.value.vpc_a };
-            for r in snap.route_tables.values().filter(|r| r.value.vpc_id == *vpc_id) {
+            for r in &tables {
                 for route in r.value.routes.iter().filter(|x| x.target == p.value.id) {
                     peer_routes.push(PeerRoute { peering_id: p.value.id.clone(), destination_cidr: route.destination_cidr, peer_vpc_id: peer.clone() });
                 }
@@ -128,7 +132,13 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
         .iter()
         .filter_map(|g| {
             let sg = &snap.security_groups.get(g)?.value;
-            let mut ips = members.get(g.as_str()).cloned().unwrap_or_default();
+            // The group's members: every ENI in it, attached or not.
+            let mut ips: Vec<std::net::Ipv4Addr> = ids(&idx.enis_by_group, g)
+                .iter()
+                .filter_map(|id| snap.enis.get(id))
+                .filter(|e| e.value.security_group_ids.contains(g))
+                .flat_map(|e| e.value.all_ips().collect::<Vec<_>>())
+                .collect();
             ips.sort();
             ips.dedup();
             Some(SecurityGroupDesired { group_id: g.clone(), ingress: resolve(&sg.ingress), egress: resolve(&sg.egress), member_ips: ips })
@@ -147,7 +157,9 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
 }
 
 /// Remembers each host's last desired state, the revision it was computed
-/// at, and the revision it last changed at (its generation).
+/// at, and its generation: the revision of the change that last altered it
+/// ([`crate::fanout::FanoutIndex::changed_at`]), so servers that followed
+/// the same store agree on it.
 #[derive(Default)]
 pub struct DesiredTracker {
     last: Mutex<HashMap<String, (u64, HostDesired)>>,
@@ -155,15 +167,18 @@ pub struct DesiredTracker {
 
 impl DesiredTracker {
     pub fn current(&self, st: &AppState, host_id: &str) -> Option<HostDesired> {
-        let now = st.cache.revision();
-        if let Some((at, prev)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).get(host_id)
-            && *at >= now {
+        // Recomputed only when a change touched this host since the last
+        // computation; writes elsewhere (heartbeats, other VPCs) cost nothing.
+        let (mut d, revision, changed) = {
+            let snap = st.cache.read();
+            let changed = snap.fanout.changed_at(host_id);
+            if let Some((at, prev)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).get(host_id)
+                && *at >= changed
+                && snap.hosts.contains_key(host_id)
+            {
                 return Some(prev.clone());
             }
-        // Computed outside the tracker's lock, so hosts do not wait for each other.
-        let (mut d, revision) = {
-            let snap = st.cache.read();
-            (compute(&snap, host_id)?, snap.revision)
+            (compute(&snap, host_id)?, snap.revision, changed)
         };
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         match last.get_mut(host_id) {
@@ -172,17 +187,320 @@ impl DesiredTracker {
             Some((at, prev)) => {
                 d.generation = prev.generation;
                 if *prev != d {
-                    d.generation = revision.max(1);
+                    d.generation = changed.max(prev.generation + 1).max(1);
                     *prev = d.clone();
                 }
                 *at = revision;
                 Some(d)
             }
             None => {
-                d.generation = revision.max(1);
+                d.generation = changed.max(1);
                 last.insert(host_id.to_string(), (revision, d.clone()));
                 Some(d)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use evnet_store::{EventKind, KeyValue, WatchEvent};
+    use serde_json::{json, Value};
+
+    /// The desired state as computed before the index: a scan of every
+    /// object in the snapshot. The indexed [`compute`] must agree with it.
+    fn compute_by_scan(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
+        let host = &snap.hosts.get(host_id)?.value;
+        let mut instances: Vec<InstanceDesired> = snap
+            .instances
+            .values()
+            .filter(|i| i.value.host_id == host_id)
+            .map(|i| InstanceDesired { instance_id: i.value.id.clone(), netns: i.value.netns.clone(), enis: vec![] })
+            .collect();
+        let index: HashMap<String, usize> = instances.iter().enumerate().map(|(n, i)| (i.instance_id.clone(), n)).collect();
+        let mut local_vpcs = BTreeSet::new();
+        let mut local_groups = BTreeSet::new();
+        // One pass over ENIs: local ones go to their instance; attached ones are
+        // indexed by VPC for the remote lists; members are indexed by group.
+        let mut attached_by_vpc: std::collections::BTreeMap<&str, Vec<&Eni>> = std::collections::BTreeMap::new();
+        let mut members: HashMap<&str, Vec<std::net::Ipv4Addr>> = HashMap::new();
+        for e in snap.enis.values() {
+            let eni = &*e.value;
+            for g in &eni.security_group_ids {
+                members.entry(g.as_str()).or_default().extend(eni.all_ips());
+            }
+            let Some(a) = &eni.attachment else { continue };
+            attached_by_vpc.entry(eni.vpc_id.as_str()).or_default().push(eni);
+            if a.host_id != host_id {
+                continue;
+            }
+            let Some(&slot) = index.get(&a.instance_id) else { continue };
+            let Some(subnet) = snap.subnets.get(&eni.subnet_id) else { continue };
+            local_vpcs.insert(eni.vpc_id.clone());
+            local_groups.extend(eni.security_group_ids.iter().cloned());
+            let b = &eni.bandwidth;
+            instances[slot].enis.push(EniDesired {
+                eni_id: eni.id.clone(),
+                vpc_id: eni.vpc_id.clone(),
+                subnet_id: eni.subnet_id.clone(),
+                subnet_cidr: subnet.value.cidr_block,
+                gateway_ip: subnet.value.gateway_ip,
+                mac: eni.mac.clone(),
+                private_ip: eni.private_ip,
+                secondary_ips: eni.secondary_ips.clone(),
+                device_index: a.device_index,
+                source_dest_check: eni.source_dest_check,
+                security_group_ids: eni.security_group_ids.clone(),
+                bandwidth: EniBandwidth {
+                    guaranteed_bps: b.guaranteed_bps(),
+                    limit_bps: b.limit_bps(host.nic_mbps),
+                    weight: b.weight,
+                    burst_bytes: b.burst_kbytes.saturating_mul(1024),
+                },
+            });
+        }
+        for i in &mut instances {
+            i.enis.sort_by_key(|e| e.device_index);
+        }
+        let mut vpcs = vec![];
+        for vpc_id in &local_vpcs {
+            let Some(v) = snap.vpcs.get(vpc_id) else { continue };
+            let mut subnets: Vec<SubnetDesired> = snap
+                .subnets
+                .values()
+                .filter(|s| s.value.vpc_id == *vpc_id)
+                .map(|s| SubnetDesired { subnet_id: s.value.id.clone(), cidr_block: s.value.cidr_block, gateway_ip: s.value.gateway_ip })
+                .collect();
+            subnets.sort_by(|a, b| a.subnet_id.cmp(&b.subnet_id));
+            let mut remote_enis: Vec<RemoteEni> = attached_by_vpc
+                .get(vpc_id.as_str())
+                .into_iter()
+                .flatten()
+                .filter_map(|eni| {
+                    let a = eni.attachment.as_ref()?;
+                    if a.host_id == host_id {
+                        return None;
+                    }
+                    let h = snap.hosts.get(&a.host_id)?;
+                    Some(RemoteEni {
+                        eni_id: eni.id.clone(),
+                        mac: eni.mac.clone(),
+                        ips: eni.all_ips().collect(),
+                        host_id: a.host_id.clone(),
+                        underlay_ip: h.value.underlay_ip,
+                        source_dest_check: eni.source_dest_check,
+                    })
+                })
+                .collect();
+            remote_enis.sort_by(|a, b| a.eni_id.cmp(&b.eni_id));
+            let mut peer_routes = vec![];
+            for p in snap.peerings.values().filter(|p| {
+                p.value.status == PeeringStatus::Active && (p.value.vpc_a == *vpc_id || p.value.vpc_b == *vpc_id)
+            }) {
+                let peer = if p.value.vpc_a == *vpc_id { &p.value.vpc_b } else { &p.value.vpc_a };
+                for r in snap.route_tables.values().filter(|r| r.value.vpc_id == *vpc_id) {
+                    for route in r.value.routes.iter().filter(|x| x.target == p.value.id) {
+                        peer_routes.push(PeerRoute { peering_id: p.value.id.clone(), destination_cidr: route.destination_cidr, peer_vpc_id: peer.clone() });
+                    }
+                }
+            }
+            peer_routes.sort_by(|a, b| (&a.peering_id, a.destination_cidr).cmp(&(&b.peering_id, b.destination_cidr)));
+            peer_routes.dedup();
+            vpcs.push(VpcDesired { vpc_id: vpc_id.clone(), vni: v.value.vni, cidr_block: v.value.cidr_block, subnets, remote_enis, peer_routes });
+        }
+        // Groups used here, plus the groups their rules reference.
+        let mut groups = local_groups.clone();
+        for g in &local_groups {
+            if let Some(sg) = snap.security_groups.get(g) {
+                groups.extend(sg.value.ingress.iter().chain(&sg.value.egress).filter_map(|r| r.source_group_id.clone()));
+            }
+        }
+        let resolve = |rules: &[SgRule]| -> Vec<RuleDesired> {
+            rules
+                .iter()
+                .map(|r| RuleDesired { protocol: r.protocol, from_port: r.from_port, to_port: r.to_port, cidr: r.cidr, group_id: r.source_group_id.clone() })
+                .collect()
+        };
+        let security_groups = groups
+            .iter()
+            .filter_map(|g| {
+                let sg = &snap.security_groups.get(g)?.value;
+                let mut ips = members.get(g.as_str()).cloned().unwrap_or_default();
+                ips.sort();
+                ips.dedup();
+                Some(SecurityGroupDesired { group_id: g.clone(), ingress: resolve(&sg.ingress), egress: resolve(&sg.egress), member_ips: ips })
+            })
+            .collect();
+        Some(HostDesired {
+            host_id: host_id.to_string(),
+            host_name: host.name.clone(),
+            underlay_ip: Some(host.underlay_ip),
+            nic_mbps: host.nic_mbps,
+            generation: 0,
+            vpcs,
+            instances,
+            security_groups,
+        })
+    }
+
+
+    struct World {
+        snap: Snapshot,
+        rev: u64,
+        hosts: Vec<String>,
+    }
+
+    fn common(id: &str) -> Value {
+        json!({"id": id, "name": id, "tenant": "t1", "created_at": "2026-01-01T00:00:00Z"})
+    }
+
+    fn with(mut base: Value, extra: Value) -> Value {
+        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        base
+    }
+
+    impl World {
+        fn all(&self) -> BTreeMap<String, Option<HostDesired>> {
+            self.hosts.iter().map(|h| (h.clone(), compute(&self.snap, h))).collect()
+        }
+
+        /// Applies one event; checks the indexed computation against the
+        /// scan for every host, and that every host whose state changed was
+        /// touched. Answers the touched hosts.
+        fn step(&mut self, kind: EventKind, collection: &str, id: &str, value: Value) -> BTreeSet<String> {
+            let before = self.all();
+            self.rev += 1;
+            let key = format!("/r/{collection}/{id}");
+            let kv = KeyValue {
+                key,
+                value: if kind == EventKind::Put { serde_json::to_vec(&value).unwrap() } else { vec![] },
+                create_revision: self.rev,
+                mod_revision: self.rev,
+                version: 1,
+            };
+            self.snap.apply(&WatchEvent { kind, kv });
+            self.snap.revision = self.rev;
+            let touched: BTreeSet<String> = self.snap.fanout.finish(self.rev).into_iter().collect();
+            let after = self.all();
+            for h in &self.hosts {
+                assert_eq!(after[h], compute_by_scan(&self.snap, h), "indexed and scanned desired states of {h} differ after {collection}/{id}");
+                if before[h] != after[h] {
+                    assert!(touched.contains(h), "{collection}/{id} changed {h}'s desired state but did not touch it (touched: {touched:?})");
+                    assert_eq!(self.snap.fanout.changed_at(h), self.rev);
+                }
+            }
+            touched
+        }
+
+        fn put(&mut self, collection: &str, id: &str, v: Value) -> BTreeSet<String> {
+            self.step(EventKind::Put, collection, id, v)
+        }
+
+        fn del(&mut self, collection: &str, id: &str) -> BTreeSet<String> {
+            self.step(EventKind::Delete, collection, id, Value::Null)
+        }
+    }
+
+    fn host(id: &str, ip: &str, hb: u64) -> Value {
+        with(common(id), json!({"underlay_ip": ip, "nic_mbps": 1000, "status": "ready", "last_heartbeat_ms": hb}))
+    }
+    fn vpc(id: &str, cidr: &str, vni: u32, sg: &str) -> Value {
+        with(common(id), json!({"cidr_block": cidr, "vni": vni, "main_route_table_id": format!("rtb-{id}"), "default_security_group_id": sg}))
+    }
+    fn subnet(id: &str, vpc: &str, cidr: &str, gw: &str) -> Value {
+        with(common(id), json!({"vpc_id": vpc, "cidr_block": cidr, "gateway_ip": gw}))
+    }
+    fn group(id: &str, vpc: &str, rules: Value) -> Value {
+        with(common(id), json!({"vpc_id": vpc, "ingress": rules}))
+    }
+    fn instance(id: &str, host: &str) -> Value {
+        with(common(id), json!({"host_id": host, "state": "running", "netns": format!("ns-{id}")}))
+    }
+    fn eni(id: &str, vpc: &str, subnet: &str, ip: &str, groups: &[&str], at: Option<(&str, &str, u32)>) -> Value {
+        let attachment = at.map(|(i, h, d)| json!({"instance_id": i, "host_id": h, "device_index": d}));
+        with(
+            common(id),
+            json!({"subnet_id": subnet, "vpc_id": vpc, "mac": "02:00:00:00:00:01", "private_ip": ip, "security_group_ids": groups,
+                   "source_dest_check": true, "bandwidth": {}, "attachment": attachment, "status": if at.is_some() { "in-use" } else { "available" }}),
+        )
+    }
+
+    fn set(hosts: &[&str]) -> BTreeSet<String> {
+        hosts.iter().map(|h| h.to_string()).collect()
+    }
+
+    #[test]
+    fn changes_touch_exactly_the_hosts_they_feed() {
+        let mut w = World { snap: Snapshot::default(), rev: 0, hosts: ["h1", "h2", "h3", "h4", "h5"].map(String::from).to_vec() };
+        for (i, h) in ["h1", "h2", "h3", "h4", "h5"].iter().enumerate() {
+            assert_eq!(w.put("hosts", h, host(h, &format!("198.18.0.{}", i + 1), 0)), set(&[h]), "a new host touches itself");
+        }
+        let rule_self = |g: &str| json!([{"protocol": "all", "source_group_id": g}]);
+        w.put("vpcs", "v1", vpc("v1", "10.1.0.0/16", 1, "g1"));
+        w.put("vpcs", "v2", vpc("v2", "10.2.0.0/16", 2, "g2"));
+        w.put("security-groups", "g1", group("g1", "v1", rule_self("g1")));
+        w.put("security-groups", "g2", group("g2", "v2", rule_self("g2")));
+        // g3's rules name g2: hosts using g3 show g2's members.
+        w.put("security-groups", "g3", group("g3", "v1", json!([{"protocol": "tcp", "from_port": 22, "to_port": 22, "source_group_id": "g2"}])));
+        w.put("subnets", "s1", subnet("s1", "v1", "10.1.1.0/24", "10.1.1.1"));
+        w.put("subnets", "s2", subnet("s2", "v2", "10.2.1.0/24", "10.2.1.1"));
+        for (i, h) in [("i1", "h1"), ("i2", "h2"), ("i3", "h3"), ("i4", "h4"), ("i5", "h5")] {
+            assert_eq!(w.put("instances", i, instance(i, h)), set(&[h]));
+        }
+        assert_eq!(w.put("enis", "e1", eni("e1", "v1", "s1", "10.1.1.10", &["g1"], Some(("i1", "h1", 0)))), set(&["h1"]));
+        // A second ENI of v1 elsewhere: its host and e1's (the remote list).
+        assert_eq!(w.put("enis", "e2", eni("e2", "v1", "s1", "10.1.1.11", &["g1", "g3"], Some(("i2", "h2", 0)))), set(&["h1", "h2"]));
+        assert_eq!(w.put("enis", "e3", eni("e3", "v2", "s2", "10.2.1.10", &["g2"], Some(("i3", "h3", 0)))), set(&["h3", "h2"]), "g2's members show on h2 through g3");
+        // An unattached ENI changes only its groups' members.
+        assert_eq!(w.put("enis", "e4", eni("e4", "v2", "s2", "10.2.1.11", &["g2"], None)), set(&["h3", "h2"]));
+        assert_eq!(w.put("enis", "e5", eni("e5", "v2", "s2", "10.2.1.12", &["g2"], Some(("i5", "h5", 0)))), set(&["h3", "h5", "h2"]));
+
+        // A heartbeat touches nobody; h4 (nothing attached) is never touched by v1/v2 changes.
+        assert_eq!(w.put("hosts", "h1", host("h1", "198.18.0.1", 12345)), set(&[]));
+        assert!(!w.put("enis", "e3", eni("e3", "v2", "s2", "10.2.1.10", &["g2"], Some(("i3", "h3", 1)))).contains("h4"));
+        // A new address: the host and the hosts of its VPCs.
+        assert_eq!(w.put("hosts", "h3", host("h3", "198.18.0.33", 1)), set(&["h3", "h5"]));
+        // A rule on g2: hosts with members of g2, and hosts using g3 (which names g2).
+        assert_eq!(w.put("security-groups", "g2", group("g2", "v2", json!([{"protocol": "all", "source_group_id": "g2"}, {"protocol": "udp", "from_port": 53, "to_port": 53, "cidr": "10.0.0.0/8"}]))), set(&["h3", "h5", "h2"]));
+        // g1 now also names g2: its hosts (h1, h2) show g2's members.
+        w.put("security-groups", "g1", group("g1", "v1", json!([{"protocol": "all", "source_group_id": "g1"}, {"protocol": "icmp", "source_group_id": "g2"}])));
+        assert!(w.put("enis", "e4", eni("e4", "v2", "s2", "10.2.1.11", &["g2"], None)).is_superset(&set(&["h1", "h2"])));
+        // Attach e4 on h4 (v2): h4 and v2's hosts; then move it to h1.
+        w.put("enis", "e4", eni("e4", "v2", "s2", "10.2.1.11", &["g2"], Some(("i4", "h4", 0))));
+        let moved = w.put("enis", "e4", eni("e4", "v2", "s2", "10.2.1.11", &["g2"], Some(("i1", "h1", 1))));
+        assert!(moved.is_superset(&set(&["h4", "h1", "h3", "h5"])), "{moved:?}");
+        // Subnets, route tables, peerings: the VPCs' hosts.
+        w.put("subnets", "s1b", subnet("s1b", "v1", "10.1.2.0/24", "10.1.2.1"));
+        w.put("peerings", "p1", with(common("p1"), json!({"vpc_a": "v1", "vpc_b": "v2", "status": "active"})));
+        let routed = w.put("route-tables", "rtb-v1", with(common("rtb-v1"), json!({"vpc_id": "v1", "main": true, "routes": [{"destination_cidr": "10.2.0.0/16", "target": "p1"}]})));
+        assert_eq!(routed, set(&["h1", "h2"]));
+        w.put("vpcs", "v2", vpc("v2", "10.2.0.0/16", 22, "g2"));
+        // Deletes.
+        w.del("peerings", "p1");
+        w.del("enis", "e2");
+        w.del("instances", "i2");
+        w.del("security-groups", "g3");
+        w.del("route-tables", "rtb-v1");
+        w.del("subnets", "s1b");
+        w.del("enis", "e1");
+        w.del("hosts", "h2");
+        w.put("enis", "e5", eni("e5", "v2", "s2", "10.2.1.12", &[], Some(("i5", "h5", 0))));
+        w.del("enis", "e4");
+        w.del("vpcs", "v1");
+        // The index holds nothing of what is gone.
+        assert!(!w.snap.fanout.enis_by_host.contains_key("h2"));
+        assert!(!w.snap.fanout.attached_by_vpc.contains_key("v1"));
+        assert_eq!(w.snap.fanout.enis_by_group.get("g2").map(|s| s.len()), Some(1));
+    }
+
+    #[test]
+    fn a_full_list_marks_every_host_changed() {
+        let mut idx = crate::fanout::FanoutIndex::default();
+        idx.listed(40);
+        assert_eq!(idx.changed_at("any"), 40);
+        assert!(idx.finish(41).is_empty());
+        assert_eq!(idx.changed_at("any"), 40);
     }
 }

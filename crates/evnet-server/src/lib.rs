@@ -25,6 +25,7 @@ pub mod desired;
 pub mod ec2;
 pub mod error;
 pub mod extract;
+pub mod fanout;
 pub mod frontdoor;
 pub mod keys;
 pub mod metrics;

@@ -402,7 +402,8 @@ pub async fn desired(
     }
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(300_000));
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut rx = st.cache.subscribe();
+    // Woken only by changes that touch this host (crate::fanout).
+    let mut rx = st.cache.watch_host(&id);
     loop {
         let d = st.desired.current(&st, &id).ok_or_else(|| ApiError::from(ModelError::not_found("host", &id)))?;
         match q.since {

@@ -1,0 +1,298 @@
+//! Which hosts' desired state each object feeds, kept with the cache.
+//!
+//! [`FanoutIndex`] lives in the cache's [`Snapshot`](crate::cache::Snapshot)
+//! and is updated by every event the cache applies. It serves two ends:
+//!
+//! - **whom a change wakes.** For each event it records the hosts whose
+//!   desired state the object fed before or feeds after the change, and
+//!   when the batch is done the cache wakes only those hosts' long polls
+//!   and marks them changed at the batch's revision
+//!   ([`FanoutIndex::changed_at`]). A heartbeat (which changes nothing a
+//!   desired state holds) wakes nobody; an ENI wakes its host and the hosts
+//!   of its VPC; a rule wakes the hosts using its group.
+//! - **what one host's state is made of.** [`crate::desired::compute`]
+//!   reads one host's instances, ENIs, VPCs and groups through the index
+//!   instead of scanning every object of the fleet.
+//!
+//! So the cost of a change grows with the hosts it touches, not with the
+//! fleet. The rules here mirror what `compute` reads; a test checks, over
+//! changes of every kind, that every host whose computed state changed was
+//! among those the index woke.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use evnet_model::*;
+use evnet_store::Revision;
+
+/// An object that feeds desired states, before or after a change.
+#[derive(Debug, Clone)]
+pub enum Obj {
+    Host(Arc<Host>),
+    Instance(Arc<Instance>),
+    Eni(Arc<Eni>),
+    Vpc(Arc<Vpc>),
+    Subnet(Arc<Subnet>),
+    SecurityGroup(Arc<SecurityGroup>),
+    RouteTable(Arc<RouteTable>),
+    Peering(Arc<Peering>),
+}
+
+type Ids = BTreeSet<String>;
+type Counts = HashMap<String, usize>;
+
+/// Secondary indexes of the snapshot by host, VPC and group, and the hosts
+/// touched by the events applied since the last [`FanoutIndex::finish`].
+#[derive(Debug, Default)]
+pub struct FanoutIndex {
+    /// Host → the ENIs attached there.
+    pub(crate) enis_by_host: HashMap<String, Ids>,
+    /// VPC → its attached ENIs (any host).
+    pub(crate) attached_by_vpc: HashMap<String, Ids>,
+    /// VPC → host → how many of the VPC's ENIs are attached there.
+    vpc_hosts: HashMap<String, Counts>,
+    /// Host → VPC → the same counts, the other way round.
+    host_vpcs: HashMap<String, Counts>,
+    /// Group → every ENI (attached or not) in it: its members.
+    pub(crate) enis_by_group: HashMap<String, Ids>,
+    /// Group → host → how many attached ENIs there are in the group.
+    group_hosts: HashMap<String, Counts>,
+    /// Group → the groups whose rules name it as their source.
+    referrers: HashMap<String, Ids>,
+    pub(crate) instances_by_host: HashMap<String, Ids>,
+    pub(crate) subnets_by_vpc: HashMap<String, Ids>,
+    pub(crate) route_tables_by_vpc: HashMap<String, Ids>,
+    pub(crate) peerings_by_vpc: HashMap<String, Ids>,
+    pending: HashSet<String>,
+    changed_at: HashMap<String, Revision>,
+    listed_at: Revision,
+}
+
+fn add(map: &mut HashMap<String, Ids>, key: &str, id: &str) {
+    map.entry(key.to_string()).or_default().insert(id.to_string());
+}
+
+fn remove(map: &mut HashMap<String, Ids>, key: &str, id: &str) {
+    if let Some(s) = map.get_mut(key) {
+        s.remove(id);
+        if s.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+fn count(map: &mut HashMap<String, Counts>, a: &str, b: &str, up: bool) {
+    if up {
+        *map.entry(a.to_string()).or_default().entry(b.to_string()).or_default() += 1;
+    } else if let Some(m) = map.get_mut(a) {
+        if let Some(n) = m.get_mut(b) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(b);
+            }
+        }
+        if m.is_empty() {
+            map.remove(a);
+        }
+    }
+}
+
+fn rule_sources(sg: &SecurityGroup) -> impl Iterator<Item = &str> {
+    sg.ingress.iter().chain(&sg.egress).filter_map(|r| r.source_group_id.as_deref())
+}
+
+impl FanoutIndex {
+    /// The revision at which `host`'s desired state last may have changed:
+    /// the last batch that touched it, or the cache's last full list.
+    pub fn changed_at(&self, host: &str) -> Revision {
+        self.changed_at.get(host).copied().unwrap_or(self.listed_at).max(self.listed_at)
+    }
+
+    /// After a full list at `revision`: every host counts as changed then.
+    pub fn listed(&mut self, revision: Revision) {
+        self.listed_at = revision;
+        self.changed_at.clear();
+        self.pending.clear();
+    }
+
+    /// Ends a batch of events at `revision`: the hosts it touched, now
+    /// marked changed at `revision`.
+    pub fn finish(&mut self, revision: Revision) -> Vec<String> {
+        let touched: Vec<String> = self.pending.drain().collect();
+        for h in &touched {
+            self.changed_at.insert(h.clone(), revision);
+        }
+        touched
+    }
+
+    /// The hosts whose desired state shows VPC `vpc`.
+    pub fn hosts_of_vpc(&self, vpc: &str) -> impl Iterator<Item = &String> {
+        self.vpc_hosts.get(vpc).into_iter().flat_map(|m| m.keys())
+    }
+
+    /// The hosts whose desired state shows group `g`: those with a member
+    /// attached, and those with a member of a group whose rules name `g`.
+    pub fn hosts_of_group(&self, g: &str) -> impl Iterator<Item = &String> {
+        let direct = self.group_hosts.get(g).into_iter().flat_map(|m| m.keys());
+        let via = self
+            .referrers
+            .get(g)
+            .into_iter()
+            .flatten()
+            .flat_map(|r| self.group_hosts.get(r).into_iter().flat_map(|m| m.keys()));
+        direct.chain(via)
+    }
+
+    fn touch_vpc(&mut self, vpc: &str) {
+        let hosts: Vec<String> = self.hosts_of_vpc(vpc).cloned().collect();
+        self.pending.extend(hosts);
+    }
+
+    fn touch_group(&mut self, g: &str) {
+        let hosts: Vec<String> = self.hosts_of_group(g).cloned().collect();
+        self.pending.extend(hosts);
+    }
+
+    fn touch_eni(&mut self, e: &Eni) {
+        if let Some(a) = &e.attachment {
+            self.pending.insert(a.host_id.clone());
+            self.touch_vpc(&e.vpc_id);
+        }
+        for g in &e.security_group_ids {
+            self.touch_group(g);
+        }
+    }
+
+    fn index_eni(&mut self, e: &Eni, up: bool) {
+        let set = if up { add } else { remove };
+        for g in &e.security_group_ids {
+            set(&mut self.enis_by_group, g, &e.id);
+        }
+        if let Some(a) = &e.attachment {
+            set(&mut self.enis_by_host, &a.host_id, &e.id);
+            set(&mut self.attached_by_vpc, &e.vpc_id, &e.id);
+            count(&mut self.vpc_hosts, &e.vpc_id, &a.host_id, up);
+            count(&mut self.host_vpcs, &a.host_id, &e.vpc_id, up);
+            for g in &e.security_group_ids {
+                count(&mut self.group_hosts, g, &a.host_id, up);
+            }
+        }
+    }
+
+    fn index_group(&mut self, sg: &SecurityGroup, up: bool) {
+        let set = if up { add } else { remove };
+        for src in rule_sources(sg).map(str::to_string).collect::<Vec<_>>() {
+            set(&mut self.referrers, &src, &sg.id);
+        }
+    }
+
+    /// Records one object changing from `old` to `new` (either absent for
+    /// a create or a delete; both the same kind otherwise).
+    pub fn change(&mut self, old: Option<Obj>, new: Option<Obj>) {
+        if let (None, Some(Obj::Host(h))) | (Some(Obj::Host(h)), _) = (&old, &new) {
+            let new_host = match &new {
+                Some(Obj::Host(n)) => Some(n),
+                _ => None,
+            };
+            let old_host = match &old {
+                Some(Obj::Host(o)) => Some(o),
+                _ => None,
+            };
+            self.host_changed(&h.id, old_host.map(|o| &**o), new_host.map(|n| &**n));
+            return;
+        }
+        if let Some(o) = &old {
+            self.unindex(o);
+        }
+        if let Some(n) = &new {
+            self.reindex(n);
+        }
+    }
+
+    /// A host's own record: it shows its name, address and NIC speed; the
+    /// hosts of its VPCs show its address beside its ENIs. A heartbeat
+    /// (liveness, the generation applied) changes nothing any of them shows.
+    fn host_changed(&mut self, id: &str, old: Option<&Host>, new: Option<&Host>) {
+        let (address, own) = match (old, new) {
+            (Some(o), Some(n)) => (o.underlay_ip != n.underlay_ip, o.name != n.name || o.nic_mbps != n.nic_mbps),
+            _ => (true, true),
+        };
+        if address || own {
+            self.pending.insert(id.to_string());
+        }
+        if address {
+            let vpcs: Vec<String> = self.host_vpcs.get(id).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+            for v in vpcs {
+                self.touch_vpc(&v);
+            }
+        }
+    }
+
+    /// Touches what `o` fed and takes it out of the indexes.
+    fn unindex(&mut self, o: &Obj) {
+        match o {
+            Obj::Eni(e) => {
+                self.touch_eni(e);
+                self.index_eni(e, false);
+            }
+            Obj::Instance(i) => {
+                self.pending.insert(i.host_id.clone());
+                remove(&mut self.instances_by_host, &i.host_id, &i.id);
+            }
+            Obj::Host(_) => {}
+            Obj::Vpc(v) => self.touch_vpc(&v.id),
+            Obj::Subnet(s) => {
+                self.touch_vpc(&s.vpc_id);
+                remove(&mut self.subnets_by_vpc, &s.vpc_id, &s.id);
+            }
+            Obj::SecurityGroup(g) => {
+                self.touch_group(&g.id);
+                self.index_group(g, false);
+            }
+            Obj::RouteTable(r) => {
+                self.touch_vpc(&r.vpc_id);
+                remove(&mut self.route_tables_by_vpc, &r.vpc_id, &r.id);
+            }
+            Obj::Peering(p) => {
+                self.touch_vpc(&p.vpc_a);
+                self.touch_vpc(&p.vpc_b);
+                remove(&mut self.peerings_by_vpc, &p.vpc_a, &p.id);
+                remove(&mut self.peerings_by_vpc, &p.vpc_b, &p.id);
+            }
+        }
+    }
+
+    /// Puts `n` into the indexes and touches what it feeds.
+    fn reindex(&mut self, n: &Obj) {
+        match n {
+            Obj::Eni(e) => {
+                self.index_eni(e, true);
+                self.touch_eni(e);
+            }
+            Obj::Instance(i) => {
+                add(&mut self.instances_by_host, &i.host_id, &i.id);
+                self.pending.insert(i.host_id.clone());
+            }
+            Obj::Host(_) => {}
+            Obj::Vpc(v) => self.touch_vpc(&v.id),
+            Obj::Subnet(s) => {
+                add(&mut self.subnets_by_vpc, &s.vpc_id, &s.id);
+                self.touch_vpc(&s.vpc_id);
+            }
+            Obj::SecurityGroup(g) => {
+                self.index_group(g, true);
+                self.touch_group(&g.id);
+            }
+            Obj::RouteTable(r) => {
+                add(&mut self.route_tables_by_vpc, &r.vpc_id, &r.id);
+                self.touch_vpc(&r.vpc_id);
+            }
+            Obj::Peering(p) => {
+                add(&mut self.peerings_by_vpc, &p.vpc_a, &p.id);
+                add(&mut self.peerings_by_vpc, &p.vpc_b, &p.id);
+                self.touch_vpc(&p.vpc_a);
+                self.touch_vpc(&p.vpc_b);
+            }
+        }
+    }
+}
