@@ -136,6 +136,27 @@ fn cpu_of(pids: &[u32]) -> Duration {
     pids.iter().filter_map(|p| process_cpu(&p.to_string())).sum()
 }
 
+/// Calls `f` again (20 times at most) while the server answers 409
+/// `concurrent_modification`: the fleet is built by concurrent writers that
+/// contend for the same subnets, and the server gives up after a few retries
+/// of its own, as documented for that code.
+async fn retrying<T, F, Fut>(mut f: F) -> Result<T, evnet_client::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, evnet_client::ClientError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Err(evnet_client::ClientError::Api { code, .. }) if code == "concurrent_modification" && attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `n` jobs with at most `width` in flight; the first error stops it.
 async fn bounded<T, F, Fut>(n: usize, width: usize, f: F) -> anyhow::Result<Vec<T>>
 where
@@ -273,14 +294,13 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
         bounded(hosts, width, move |i| {
             let reg = reg.clone();
             async move {
-                let h = reg
-                    .register_host(&RegisterHost {
-                        name: format!("sim-{i:05}"),
-                        underlay_ip: std::net::Ipv4Addr::new(198, 18 + (i >> 16) as u8, (i >> 8) as u8, i as u8),
-                        nic_mbps: 10_000,
-                        labels: Default::default(),
-                    })
-                    .await?;
+                let body = RegisterHost {
+                    name: format!("sim-{i:05}"),
+                    underlay_ip: std::net::Ipv4Addr::new(198, 18 + (i >> 16) as u8, (i >> 8) as u8, i as u8),
+                    nic_mbps: 10_000,
+                    labels: Default::default(),
+                };
+                let h = retrying(|| reg.register_host(&body)).await?;
                 Ok(h.id)
             }
         })
@@ -312,11 +332,11 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
                 let sn = &nets[h / vh].1;
                 let mut enis = vec![];
                 for _ in 0..per {
-                    enis.push(t.create_eni(&CreateEni { subnet_id: sn.id.clone(), ..Default::default() }).await?.id);
+                    let body = CreateEni { subnet_id: sn.id.clone(), ..Default::default() };
+                    enis.push(retrying(|| t.create_eni(&body)).await?.id);
                 }
-                let inst = t
-                    .create_instance(&CreateInstance { name: Some(format!("i-{h}")), host_id: Some(host_ids[h].clone()), eni_ids: enis, ..Default::default() })
-                    .await?;
+                let body = CreateInstance { name: Some(format!("i-{h}")), host_id: Some(host_ids[h].clone()), eni_ids: enis, ..Default::default() };
+                let inst = retrying(|| t.create_instance(&body)).await?;
                 Ok(inst.id)
             }
         })
