@@ -5,8 +5,9 @@
 //! `evnet server` (embedded store; `--store etcd`: a 3-member etcd and
 //! `--servers` servers, agents spread over them):
 //!
-//! - the hosts register through `evnet_client` with an agent token
-//!   (`register_host`), as the agent does;
+//! - the hosts register through `evnet_client` as the agent does (a
+//!   bootstrap token each, exchanged by `register_host` for the host's own
+//!   credential, which its simulated agent then uses);
 //! - one tenant; hosts are grouped `--vpc-hosts` at a time, each group one
 //!   VPC (a /24 subnet); each host runs one instance with `--enis-per-host`
 //!   ENIs of its VPC (10 × 1,000 = 10,000 ENIs at the largest size);
@@ -283,17 +284,27 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
     let urls = servers.urls();
     let pids = servers.pids();
     let admin = Client::new(&urls[0], ADMIN_TOKEN)?;
-    let agent_token = admin.create_agent_token().await?;
     let tenant = admin.create_tenant(&CreateTenant { name: "fanout".into(), tags: Default::default() }).await?;
+    // Room for the whole fleet in one tenant.
+    let big = Some(100_000);
+    admin
+        .set_quotas(
+            &tenant.tenant.id,
+            &SetQuotas { vpcs_per_tenant: big, enis_per_tenant: big, instances_per_tenant: big, ingress_rules_per_security_group: Some(1_000), ..Default::default() },
+        )
+        .await?;
     let t = Client::new(&urls[0], tenant.token.clone())?;
     let width = args.setup_clients;
 
-    // Hosts, through the agent's registration call.
-    let host_ids: Vec<String> = {
-        let reg = Client::new(&urls[0], agent_token.clone())?;
+    // Hosts, registered as the agent does: a bootstrap token from the admin
+    // for each, exchanged once for the host's own credential.
+    let registered: Vec<(String, String)> = {
+        let (admin, url) = (admin.clone(), urls[0].clone());
         bounded(hosts, width, move |i| {
-            let reg = reg.clone();
+            let (admin, url) = (admin.clone(), url.clone());
             async move {
+                let boot = admin.create_bootstrap_token(&CreateBootstrapToken::default()).await?;
+                let reg = Client::new(&url, boot.token)?;
                 let body = RegisterHost {
                     name: format!("sim-{i:05}"),
                     underlay_ip: std::net::Ipv4Addr::new(198, 18 + (i >> 16) as u8, (i >> 8) as u8, i as u8),
@@ -301,11 +312,12 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
                     labels: Default::default(),
                 };
                 let h = retrying(|| reg.register_host(&body)).await?;
-                Ok(h.id)
+                Ok((h.host.id, h.credential))
             }
         })
         .await?
     };
+    let host_ids: Vec<String> = registered.iter().map(|r| r.0.clone()).collect();
     // VPCs, each one /24 subnet.
     let vpcs = hosts / args.vpc_hosts;
     let nets: Vec<(Vpc, Subnet)> = {
@@ -350,7 +362,7 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
     let mut tasks = vec![];
     for (i, host_id) in host_ids.iter().enumerate() {
         let list: Vec<String> = (0..urls.len()).map(|k| urls[(i + k) % urls.len()].clone()).collect();
-        let c = Client::new(&list.join(","), agent_token.clone())?;
+        let c = Client::new(&list.join(","), registered[i].1.clone())?;
         let first = c.desired_state(host_id, None, None).await?;
         let (tx, rx) = watch::channel((Instant::now(), Arc::new(first)));
         let answers = Arc::new(AtomicU64::new(0));
