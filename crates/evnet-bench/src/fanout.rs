@@ -318,6 +318,30 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
         .await?
     };
     let host_ids: Vec<String> = registered.iter().map(|r| r.0.clone()).collect();
+    // Each host heartbeats from its registration on, as its agent would,
+    // reporting the generation its simulated agent holds (so no host is
+    // marked lost while the fleet is built).
+    let stop = Arc::new(AtomicBool::new(false));
+    let generations: Vec<Arc<AtomicU64>> = (0..hosts).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut beats = vec![];
+    if args.heartbeat_s > 0.0 {
+        let hb = args.heartbeat_s;
+        for (i, (host_id, credential)) in registered.iter().enumerate() {
+            let c = Client::new(&urls[i % urls.len()], credential.clone())?;
+            let (host_id, stop, generation) = (host_id.clone(), stop.clone(), generations[i].clone());
+            beats.push(tokio::spawn(async move {
+                // Spread the fleet's heartbeats over the period.
+                let offset = Duration::from_secs_f64(hb * (i as f64 * 0.618_034).fract());
+                tokio::time::sleep(offset).await;
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(hb));
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let applied_generation = generation.load(Ordering::Relaxed);
+                    let _ = c.heartbeat(&host_id, &Heartbeat { applied_generation, ..Default::default() }).await;
+                }
+            }));
+        }
+    }
     // VPCs, each one /24 subnet.
     let vpcs = hosts / args.vpc_hosts;
     let nets: Vec<(Vpc, Subnet)> = {
@@ -357,7 +381,6 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
     let setup = started.elapsed();
 
     // The simulated agents.
-    let stop = Arc::new(AtomicBool::new(false));
     let mut agents = vec![];
     let mut tasks = vec![];
     for (i, host_id) in host_ids.iter().enumerate() {
@@ -367,25 +390,9 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
         let (tx, rx) = watch::channel((Instant::now(), Arc::new(first)));
         let answers = Arc::new(AtomicU64::new(0));
         agents.push(Agent { host_id: host_id.clone(), rx, answers: answers.clone() });
-        let (stop, host_id, hb) = (stop.clone(), host_id.clone(), args.heartbeat_s);
+        let (stop, host_id, generation) = (stop.clone(), host_id.clone(), generations[i].clone());
+        generation.store(tx.borrow().1.generation, Ordering::Relaxed);
         tasks.push(tokio::spawn(async move {
-            let tx = Arc::new(tx);
-            let beat = if hb > 0.0 {
-                let (c, host_id, stop, tx) = (c.clone(), host_id.clone(), stop.clone(), tx.clone());
-                Some(tokio::spawn(async move {
-                    // Spread the fleet's heartbeats over the period.
-                    let offset = Duration::from_secs_f64(hb * (i as f64 * 0.618_034).fract());
-                    tokio::time::sleep(offset).await;
-                    let mut tick = tokio::time::interval(Duration::from_secs_f64(hb));
-                    while !stop.load(Ordering::Relaxed) {
-                        tick.tick().await;
-                        let generation = tx.borrow().1.generation;
-                        let _ = c.heartbeat(&host_id, &Heartbeat { applied_generation: generation, ..Default::default() }).await;
-                    }
-                }))
-            } else {
-                None
-            };
             while !stop.load(Ordering::Relaxed) {
                 let since = tx.borrow().1.generation;
                 match c.desired_state(&host_id, Some(since), Some(Duration::from_secs(5))).await {
@@ -393,14 +400,12 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
                         let now = Instant::now();
                         answers.fetch_add(1, Ordering::Relaxed);
                         if d.generation > since {
+                            generation.store(d.generation, Ordering::Relaxed);
                             tx.send_replace((now, Arc::new(d)));
                         }
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
-            }
-            if let Some(b) = beat {
-                b.abort();
             }
         }));
     }
@@ -507,6 +512,9 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
         mem
     );
     stop.store(true, Ordering::Relaxed);
+    for b in beats {
+        b.abort();
+    }
     for task in tasks {
         // Each agent's long poll ends within its 5 s timeout.
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
