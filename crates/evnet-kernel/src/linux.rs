@@ -449,11 +449,14 @@ impl LinuxKernel {
                     h.link().add(msg).execute().await.map_err(ne)
                 })
             }
-            Op::CreateVxlan { ns, name, vni, local, port, mac, mtu } => {
-                let (name, vni, local, port, mac, mtu) = (name.clone(), *vni, *local, *port, mac.clone(), *mtu);
+            Op::CreateVxlan { ns, name, vni, local, port, mac, mtu, external } => {
+                let (name, vni, local, port, mac, mtu, external) = (name.clone(), *vni, *local, *port, mac.clone(), *mtu, *external);
                 self.run(ns, move |h| async move {
+                    let vni = if external { 0 } else { vni };
                     let mut b = LinkVxlan::new(&name, vni).port(port).learning(false).mtu(mtu);
-                    if let Some(l) = local {
+                    if external {
+                        b = b.collect_metadata(true);
+                    } else if let Some(l) = local {
                         b = b.local(l);
                     }
                     if let Some(m) = naming::mac_bytes(&mac) {
@@ -626,6 +629,10 @@ impl LinuxKernel {
                 let script = spec.script();
                 self.run(ns, move |_h| async move { nft_script(&script) })
             }
+            Op::RemoveFirewall { ns } => {
+                let script = evnet_plan::op::removal_script();
+                self.run(ns, move |_h| async move { nft_script(&script) })
+            }
             Op::SyncFirewallSet { ns, set, elements } => {
                 let (set, elements) = (set.clone(), elements.clone());
                 self.run(ns, move |_h| async move {
@@ -743,7 +750,7 @@ impl LinuxKernel {
                 };
                 st.links.insert(
                     l.name.clone(),
-                    Link { kind: l.kind.clone(), mac: l.mac.clone(), mtu: l.mtu, up: l.up, peer, vxlan: l.vxlan.clone() },
+                    Link { kind: l.kind.clone(), mac: l.mac.clone(), mtu: l.mtu, up: l.up, peer, vxlan: l.vxlan.clone(), ifindex: l.index },
                 );
             }
             match ns {
@@ -946,13 +953,14 @@ impl RawLink {
                             LinkInfo::Kind(InfoKind::Ifb) => l.kind = LinkKind::Ifb,
                             LinkInfo::Kind(k) => l.kind = LinkKind::Other(k.to_string()),
                             LinkInfo::Data(InfoData::Vxlan(v)) => {
-                                let mut info = VxlanInfo { vni: 0, local: None, port: 4789, learning: true };
+                                let mut info = VxlanInfo { vni: 0, local: None, port: 4789, learning: true, external: false };
                                 for x in v {
                                     match x {
                                         InfoVxlan::Id(id) => info.vni = *id,
                                         InfoVxlan::Local(ip) => info.local = Some(*ip),
                                         InfoVxlan::Port(p) => info.port = *p,
                                         InfoVxlan::Learning(b) => info.learning = *b,
+                                        InfoVxlan::CollectMetadata(b) => info.external = *b,
                                         _ => {}
                                     }
                                 }

@@ -59,6 +59,14 @@ struct MLink {
     vxlan: Option<VxlanInfo>,
     /// A VXLAN's socket namespace.
     sock_ns: Option<Ns>,
+    /// Its index, never reused (a moved link keeps it).
+    ifindex: u32,
+}
+
+/// The next link index (2 and up: 1 is every namespace's loopback).
+fn next_ifindex() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(2);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +106,7 @@ impl MNs {
         let mut ns = MNs::default();
         ns.links.insert(
             "lo".into(),
-            MLink { kind: LinkKind::Loopback, mac: None, mtu: 65536, up: false, peer: None, vxlan: None, sock_ns: None },
+            MLink { kind: LinkKind::Loopback, mac: None, mtu: 65536, up: false, peer: None, vxlan: None, sock_ns: None, ifindex: 1 },
         );
         ns.sysctls.insert(sysctl_ip_forward(), "0".into());
         ns
@@ -137,6 +145,7 @@ impl MNs {
                             up: l.up,
                             peer: l.peer.clone().filter(|p| visible(&p.ns)),
                             vxlan: l.vxlan.clone(),
+                            ifindex: l.ifindex,
                         },
                     )
                 })
@@ -271,6 +280,7 @@ impl World {
                     peer: Some(peer),
                     vxlan: None,
                     sock_ns: None,
+                    ifindex: next_ifindex(),
                 };
                 let a = mk(None, there.clone());
                 let b = mk(peer_mac, here.clone());
@@ -281,10 +291,12 @@ impl World {
                 n.links.insert(peer_name.clone(), b);
                 new_dev_sysctls(n, peer_name);
             }
-            Op::CreateVxlan { ns, name, vni, local, port, mac, mtu } => {
+            Op::CreateVxlan { ns, name, vni, local, port, mac, mtu, external } => {
                 check_ifname(name)?;
                 check_mtu(*mtu)?;
-                let mac = check_mac(mac)?;
+                // A collect_md device without a MAC gets a random one.
+                let mac = if *external && mac.is_empty() { random_like_mac(&LinkRef::new(ns.clone(), name)) } else { check_mac(mac)? };
+                let (vni, local) = if *external { (&0, &None) } else { (vni, local) };
                 if *vni >= 1 << 24 {
                     return Err(err(format!("vni {vni}"), Errno::Invalid));
                 }
@@ -293,7 +305,7 @@ impl World {
                 }
                 for n in self.all_ns() {
                     for (lname, l) in &self.ns(&n)?.links {
-                        if l.sock_ns.as_ref() == Some(ns) && l.vxlan.as_ref().is_some_and(|v| v.vni == *vni && v.port == *port) {
+                        if l.sock_ns.as_ref() == Some(ns) && l.vxlan.as_ref().is_some_and(|v| v.vni == *vni && v.port == *port && v.external == *external) {
                             return Err(err(format!("vni {vni} already used by {n}/{lname}"), Errno::Exists));
                         }
                     }
@@ -307,8 +319,9 @@ impl World {
                         mtu: *mtu,
                         up: false,
                         peer: None,
-                        vxlan: Some(VxlanInfo { vni: *vni, local: *local, port: *port, learning: false }),
+                        vxlan: Some(VxlanInfo { vni: *vni, local: *local, port: *port, learning: false, external: *external }),
                         sock_ns: Some(ns.clone()),
+                        ifindex: next_ifindex(),
                     },
                 );
                 new_dev_sysctls(n, name);
@@ -471,6 +484,12 @@ impl World {
                 }
                 n.firewall = Some(MFirewall { fingerprint: spec.fingerprint.clone(), sets: spec.sets.clone() });
             }
+            Op::RemoveFirewall { ns } => {
+                if self.refuse_firewall.contains(ns) {
+                    return Err(err(format!("nft table in {ns}: held by another owner"), Errno::Other(libc::EPERM)));
+                }
+                self.ns_mut(ns)?.firewall = None;
+            }
             Op::SyncFirewallSet { ns, set, elements } => {
                 let n = self.ns_mut(ns)?;
                 let fw = n.firewall.as_mut().ok_or_else(|| err(format!("nft table in {ns}"), Errno::NotFound))?;
@@ -486,7 +505,7 @@ impl World {
                 let mac = random_like_mac(&LinkRef::new(ns.clone(), name));
                 n.links.insert(
                     name.clone(),
-                    MLink { kind: LinkKind::Ifb, mac: Some(mac), mtu: 1500, up: false, peer: None, vxlan: None, sock_ns: None },
+                    MLink { kind: LinkKind::Ifb, mac: Some(mac), mtu: 1500, up: false, peer: None, vxlan: None, sock_ns: None, ifindex: next_ifindex() },
                 );
                 new_dev_sysctls(n, name);
             }

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use common::*;
 use evnet_kernel::{Errno, Kernel, ModelKernel, apply_all};
 use evnet_plan::naming;
-use evnet_plan::{LinkRef, Ns, Observed, Op, PlanConfig, plan};
+use evnet_plan::{DataplaneMode, LinkKind, LinkRef, Ns, Observed, Op, PlanConfig, plan};
 use proptest::prelude::*;
 
 fn two_host_cloud() -> Cloud {
@@ -200,10 +200,10 @@ fn the_model_enforces_kernel_rules() {
     assert!(!obs.namespaces["evb"].links.contains_key("eth0"));
     assert!(obs.namespaces["evb"].routes.is_empty() && obs.namespaces["evb"].addresses.is_empty());
     // Moving into a missing namespace fails; lo cannot be deleted.
-    let vx = Op::CreateVxlan { ns: Ns::Host, name: "evx1".into(), vni: 1, local: None, port: 4789, mac: "02:00:00:00:00:02".into(), mtu: 1450 };
+    let vx = Op::CreateVxlan { ns: Ns::Host, name: "evx1".into(), vni: 1, local: None, port: 4789, mac: "02:00:00:00:00:02".into(), mtu: 1450, external: false };
     k.apply(&vx).unwrap();
     assert_eq!(
-        k.apply(&Op::CreateVxlan { ns: Ns::Host, name: "evx1b".into(), vni: 1, local: None, port: 4789, mac: "02:00:00:00:00:03".into(), mtu: 1450 })
+        k.apply(&Op::CreateVxlan { ns: Ns::Host, name: "evx1b".into(), vni: 1, local: None, port: 4789, mac: "02:00:00:00:00:03".into(), mtu: 1450, external: false })
             .unwrap_err()
             .errno(),
         Some(Errno::Exists),
@@ -370,8 +370,8 @@ fn add_foreign(k: &ModelKernel) {
 fn foreign_view(k: &ModelKernel, host: &str) -> (Observed, Vec<String>) {
     let mut all = k.snapshot_all();
     all.namespaces.retain(|n, _| !naming::owned_netns(n, host));
-    all.host.links.retain(|n, _| !n.starts_with("evx"));
-    all.host.sysctls.retain(|k, _| !k.contains(".evx"));
+    all.host.links.retain(|n, _| !naming::is_owned_host_link(n));
+    all.host.sysctls.retain(|k, _| !k.contains(".evx") && !k.contains(".eve"));
     // evnet's own underlay filter in the host namespace.
     all.host.firewall = None;
     let names = all.namespaces.keys().cloned().collect();
@@ -387,14 +387,19 @@ proptest! {
         start in arb_cloud(),
         start_kind in 0u8..3,
         drift in proptest::collection::vec(arb_drift(), 0..6),
+        start_bpf in any::<bool>(),
+        target_bpf in any::<bool>(),
     ) {
+        // Either data plane's layout, from a start in either (a host
+        // switching data planes converges too).
+        let mode = |bpf| PlanConfig { dataplane: if bpf { DataplaneMode::Bpf } else { DataplaneMode::Nft }, ..PlanConfig::default() };
         let k = ModelKernel::new();
         add_foreign(&k);
         let host = target.hosts[0].id.clone();
-        let cfg = PlanConfig::default();
+        let cfg = mode(target_bpf);
         if start_kind >= 1 {
             let d0 = start.desired(0);
-            let ops = plan(&d0, &k.observe().unwrap(), &cfg);
+            let ops = plan(&d0, &k.observe().unwrap(), &mode(start_bpf));
             apply_all(&k, &ops).map_err(|e| TestCaseError::fail(format!("start: {e}")))?;
         }
         if start_kind == 2 {
@@ -597,4 +602,48 @@ fn a_failed_instance_namespace_stops_only_that_instance() {
     let obs = k.observe().unwrap();
     assert!(obs.namespaces[&vpc].links.contains_key(&naming::eni_veth(&d.instances[1].enis[0].eni_id)));
     assert!(obs.namespaces[&vpc].firewall.is_some());
+}
+
+#[test]
+fn the_bpf_layout_puts_enis_in_the_host_namespace_and_switches_from_nft() {
+    let cloud = two_host_cloud();
+    let d = cloud.desired(0);
+    let k = ModelKernel::new();
+    add_foreign(&k);
+    // Start on the nftables layout, then switch.
+    converge(&k, &d);
+    let before = foreign_view(&k, &d.host_id);
+    let cfg = PlanConfig { dataplane: DataplaneMode::Bpf, ..PlanConfig::default() };
+    let ops = plan(&d, &k.observe().unwrap(), &cfg);
+    apply_all(&k, &ops).unwrap_or_else(|e| panic!("{e}\nplan:\n{}", render(&ops)));
+    let o = k.observe().unwrap();
+    assert!(plan(&d, &o, &cfg).is_empty(), "re-plan not empty");
+    // No VPC namespace is left, no firewall in the instance namespaces.
+    assert!(!o.namespaces.keys().any(|n| n.starts_with(naming::VPC_NETNS_PREFIX) && naming::owned_netns(n, &d.host_id)));
+    // The nftables layout's underlay filter is gone (the overlay program
+    // checks the underlay now).
+    assert!(o.host.firewall.is_none());
+    let vx = &o.host.links[naming::FAST_PATH_VXLAN];
+    assert_eq!(vx.kind, LinkKind::Vxlan);
+    assert!(vx.vxlan.as_ref().unwrap().external && vx.up && vx.ifindex > 1);
+    for inst in &d.instances {
+        for e in &inst.enis {
+            let dev = naming::eni_veth(&e.eni_id);
+            let l = &o.host.links[&dev];
+            assert!(l.up && l.ifindex > 1, "{dev}");
+            let eth = naming::instance_ifname(e.device_index);
+            assert_eq!(l.peer, Some(LinkRef::new(Ns::named(&inst.netns), &eth)));
+            let i = &o.namespaces[&inst.netns];
+            assert_eq!(i.links[&eth].mac.as_deref(), Some(e.mac.as_str()));
+            assert!(i.addresses.iter().any(|a| a.dev == eth && a.addr.addr() == e.private_ip));
+            assert!(i.routes.iter().any(|r| r.via == Some(e.gateway_ip)));
+        }
+    }
+    // The host's own underlay link and address are untouched.
+    assert_eq!(foreign_view(&k, &d.host_id), before);
+    // And back: the nftables layout rebuilds and the host-side veths go.
+    converge(&k, &d);
+    let o = k.observe().unwrap();
+    assert!(!o.host.links.keys().any(|n| naming::is_owned_host_link(n)));
+    assert_eq!(foreign_view(&k, &d.host_id), before);
 }

@@ -27,4 +27,4 @@ pub mod plan;
 
 pub use observed::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Route, Shaper, VxlanInfo};
 pub use op::{FirewallSpec, Op};
-pub use plan::{EniRates, PlanConfig, plan, plan_with_rates};
+pub use plan::{DataplaneMode, EniRates, PlanConfig, plan, plan_with_rates};

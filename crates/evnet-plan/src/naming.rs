@@ -72,6 +72,15 @@ pub fn is_evnet_netns(name: &str) -> bool {
 }
 
 /// The VPC's VXLAN device (`evx<vni hex>`, at most 9 bytes).
+/// The host's one collect_md VXLAN device on the tc-BPF data plane.
+pub const FAST_PATH_VXLAN: &str = "evx0";
+
+/// Whether a host-namespace link is evnet's: a VXLAN (`evx…`) or an ENI's
+/// host-side veth (`eve…`). Nothing else in the host namespace is touched.
+pub fn is_owned_host_link(name: &str) -> bool {
+    name.starts_with("evx") || is_eni_veth(name)
+}
+
 pub fn vxlan_name(vni: u32) -> String {
     format!("evx{vni:x}")
 }

@@ -71,6 +71,10 @@ pub struct VxlanInfo {
     pub local: Option<Ipv4Addr>,
     pub port: u16,
     pub learning: bool,
+    /// collect_md (`external`): the tunnel's VNI and remote come with each
+    /// packet's metadata (the tc-BPF data plane's one device per host).
+    #[serde(default)]
+    pub external: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +89,10 @@ pub struct Link {
     /// observes; `None` when unknown.
     pub peer: Option<LinkRef>,
     pub vxlan: Option<VxlanInfo>,
+    /// The kernel's index of the device in its namespace (0 when unknown,
+    /// e.g. in a plan's simulation of what it creates).
+    #[serde(default)]
+    pub ifindex: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -42,6 +42,13 @@ impl FirewallSpec {
     }
 }
 
+/// The `nft -f` script deleting evnet's tables in every family (each
+/// `add` first, so a missing table is not an error).
+pub fn removal_script() -> String {
+    let t = crate::naming::NFT_TABLE;
+    format!("add table netdev {t}\ndelete table netdev {t}\nadd table arp {t}\ndelete table arp {t}\nadd table inet {t}\ndelete table inet {t}\n")
+}
+
 /// `add element inet evnet NAME { … }` (empty when there are none).
 pub fn set_elements_line(name: &str, elems: &BTreeSet<Ipv4Addr>) -> String {
     if elems.is_empty() {
@@ -61,8 +68,20 @@ pub enum Op {
     /// A veth pair, `name` in `ns` and `peer_name` in `peer_ns`, both down,
     /// both with `mtu`; the peer gets `peer_mac`.
     CreateVeth { ns: Ns, name: String, peer_ns: Ns, peer_name: String, peer_mac: Option<String>, mtu: u32 },
-    /// A VXLAN device (down) whose UDP socket lives in `ns`.
-    CreateVxlan { ns: Ns, name: String, vni: u32, local: Option<Ipv4Addr>, port: u16, mac: String, mtu: u32 },
+    /// A VXLAN device (down) whose UDP socket lives in `ns`; `external`:
+    /// collect_md (VNI and remote per packet; `vni`, `local` and an empty
+    /// `mac` are then ignored).
+    CreateVxlan {
+        ns: Ns,
+        name: String,
+        vni: u32,
+        local: Option<Ipv4Addr>,
+        port: u16,
+        mac: String,
+        mtu: u32,
+        #[serde(default)]
+        external: bool,
+    },
     /// Moves a link to another namespace (it arrives down, without addresses).
     MoveLink { ns: Ns, name: String, to: Ns },
     SetLink { ns: Ns, name: String, mac: Option<String>, mtu: Option<u32>, up: Option<bool> },
@@ -79,6 +98,9 @@ pub enum Op {
     DelFdb { ns: Ns, entry: FdbEntry },
     /// Replaces both evnet tables in `ns` in one transaction.
     ReplaceFirewall { ns: Ns, spec: FirewallSpec },
+    /// Deletes evnet's nftables tables in `ns` (all families) in one
+    /// transaction: a host that moved to the tc-BPF data plane.
+    RemoveFirewall { ns: Ns },
     /// Replaces one named set's elements in one transaction, leaving the
     /// rules alone.
     SyncFirewallSet { ns: Ns, set: String, elements: BTreeSet<Ipv4Addr> },
@@ -116,6 +138,7 @@ impl Op {
             | Op::AddFdb { ns, .. }
             | Op::DelFdb { ns, .. }
             | Op::ReplaceFirewall { ns, .. }
+            | Op::RemoveFirewall { ns }
             | Op::SyncFirewallSet { ns, .. }
             | Op::CreateIfb { ns, .. }
             | Op::EnsureShaper { ns, .. }
@@ -148,7 +171,10 @@ impl fmt::Display for Op {
                 }
                 Ok(())
             }
-            Op::CreateVxlan { ns, name, vni, local, port, mac, mtu } => {
+            Op::CreateVxlan { ns, name, port, mtu, external: true, .. } => {
+                write!(f, "[{ns}] link add {name} mtu {mtu} type vxlan external dstport {port} nolearning")
+            }
+            Op::CreateVxlan { ns, name, vni, local, port, mac, mtu, external: false } => {
                 write!(f, "[{ns}] link add {name} address {mac} mtu {mtu} type vxlan id {vni}")?;
                 if let Some(l) = local {
                     write!(f, " local {l}")?;
@@ -187,6 +213,7 @@ impl fmt::Display for Op {
             Op::ReplaceFirewall { ns, spec } => {
                 write!(f, "[{ns}] nft replace tables {} ({} sets)", spec.fingerprint, spec.sets.len())
             }
+            Op::RemoveFirewall { ns } => write!(f, "[{ns}] nft delete tables {}", crate::naming::NFT_TABLE),
             Op::SyncFirewallSet { ns, set, elements } => {
                 write!(f, "[{ns}] nft set {set} = {} elements", elements.len())
             }

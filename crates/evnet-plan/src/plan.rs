@@ -24,6 +24,34 @@ pub struct PlanConfig {
     /// connection tracking (0: no limit).
     #[serde(default = "default_conntrack_limit")]
     pub conntrack_limit_per_eni: u32,
+    /// Which data plane the host runs.
+    #[serde(default)]
+    pub dataplane: DataplaneMode,
+}
+
+/// The data plane a host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataplaneMode {
+    /// A routing namespace per VPC, nftables, IFB shapers.
+    #[default]
+    Nft,
+    /// The tc-BPF fast path: each ENI's host-side veth in the host
+    /// namespace, one collect_md VXLAN device `evx0`; the programs and maps
+    /// (`evnet-bpf`) do routing, anti-spoofing and groups. This planner
+    /// makes the links and the instance side; the agent drives the maps.
+    Bpf,
+}
+
+impl std::str::FromStr for DataplaneMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "nft" => Ok(DataplaneMode::Nft),
+            "bpf" => Ok(DataplaneMode::Bpf),
+            _ => Err(format!("unknown data plane {s:?}: use nft or bpf")),
+        }
+    }
 }
 
 /// Connections an ENI may have tracked at once unless configured otherwise.
@@ -35,7 +63,7 @@ fn default_conntrack_limit() -> u32 {
 
 impl Default for PlanConfig {
     fn default() -> Self {
-        PlanConfig { mtu: 1450, vxlan_port: 4789, conntrack_limit_per_eni: DEFAULT_CONNTRACK_LIMIT_PER_ENI }
+        PlanConfig { mtu: 1450, vxlan_port: 4789, conntrack_limit_per_eni: DEFAULT_CONNTRACK_LIMIT_PER_ENI, dataplane: DataplaneMode::Nft }
     }
 }
 
@@ -117,31 +145,36 @@ struct TNs {
     redirects: BTreeMap<String, String>,
 }
 
+/// The target's key for the host namespace (no named namespace is empty).
+const HOST: &str = "";
+
+fn ns_of(name: &str) -> Ns {
+    if name == HOST { Ns::Host } else { Ns::named(name) }
+}
+
+fn obs_ns<'a>(observed: &'a Observed, name: &str) -> Option<&'a NsState> {
+    if name == HOST { Some(&observed.host) } else { observed.namespaces.get(name) }
+}
+
+/// Whether the plan manages `dev` in the target namespace `name`: in the
+/// host namespace only evnet's links, in evnet's namespaces everything.
+fn managed(name: &str, dev: &str) -> bool {
+    name != HOST || naming::is_owned_host_link(dev)
+}
+
 fn host32(ip: Ipv4Addr) -> Ipv4Net {
     Ipv4Net::new(ip, 32).expect("/32 is valid")
 }
 
 /// The desired kernel state, namespace by namespace.
 fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>) -> BTreeMap<String, TNs> {
+    if cfg.dataplane == DataplaneMode::Bpf {
+        return target_bpf(d, cfg);
+    }
     let host = d.host_id.as_str();
     let mut out: BTreeMap<String, TNs> = BTreeMap::new();
     let lo = TLink { kind: TKind::Loopback, mac: None, mtu: None, up: true };
-
-    // Local ENIs per VPC, in instance then device order, without duplicates.
-    let vpc_ids: BTreeSet<&str> = d.vpcs.iter().map(|v| v.vpc_id.as_str()).collect();
-    let mut seen_enis = BTreeSet::new();
-    let mut local: BTreeMap<&str, Vec<(&EniDesired, String)>> = BTreeMap::new();
-    for inst in &d.instances {
-        let mut seen_idx = BTreeSet::new();
-        let tn = out.entry(inst.netns.clone()).or_default();
-        tn.links.insert("lo".into(), lo.clone());
-        for e in &inst.enis {
-            if !vpc_ids.contains(e.vpc_id.as_str()) || !seen_enis.insert(e.eni_id.as_str()) || !seen_idx.insert(e.device_index) {
-                continue;
-            }
-            local.entry(e.vpc_id.as_str()).or_default().push((e, inst.netns.clone()));
-        }
-    }
+    let local = local_enis(d, &mut out);
 
     for vpc in &d.vpcs {
         let ns = naming::vpc_netns(host, vpc.vni);
@@ -191,25 +224,7 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
             }
             // The instance side.
             let itn = out.get_mut(inst_ns).expect("instance namespace inserted above");
-            itn.links.insert(
-                eth.clone(),
-                TLink {
-                    kind: TKind::Veth { peer: LinkRef::new(Ns::named(&ns), &dev), creator: false, peer_mac: None },
-                    mac: mac.clone(),
-                    mtu: Some(cfg.mtu),
-                    up: true,
-                },
-            );
-            let plen = e.subnet_cidr.prefix_len();
-            for ip in &ips {
-                if let Ok(net) = Ipv4Net::new(*ip, plen) {
-                    itn.addresses.insert(Address { dev: eth.clone(), addr: net });
-                }
-            }
-            if e.device_index == 0 && e.subnet_cidr.contains(&e.gateway_ip) {
-                let dst = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0/0 is valid");
-                itn.routes.insert(dst, Route { dst, dev: eth.clone(), via: Some(e.gateway_ip) });
-            }
+            instance_side(itn, e, LinkRef::new(Ns::named(&ns), &dev), cfg);
             fw_enis.push((*e, dev));
         }
         let mut fw_opts = nft::FirewallOptions { overlay: None, conntrack_limit: cfg.conntrack_limit_per_eni };
@@ -220,7 +235,7 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
                 vx.clone(),
                 TLink {
                     kind: TKind::Vxlan {
-                        info: VxlanInfo { vni: vpc.vni, local: Some(ul), port: cfg.vxlan_port, learning: false },
+                        info: VxlanInfo { vni: vpc.vni, local: Some(ul), port: cfg.vxlan_port, learning: false, external: false },
                         mac: naming::vtep_mac(host),
                     },
                     mac: Some(naming::vtep_mac(host)),
@@ -254,6 +269,97 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
         out.insert(ns, tn);
     }
     other_vpc_routes(d, &local, &mut out);
+    out
+}
+
+/// An ENI's instance side: `eth<idx>` (the veth's end whose other end is
+/// `peer`) with the ENI's MAC and addresses, and for device 0 the default
+/// route through the subnet's gateway.
+fn instance_side(itn: &mut TNs, e: &EniDesired, peer: LinkRef, cfg: &PlanConfig) {
+    let eth = naming::instance_ifname(e.device_index);
+    itn.links.insert(
+        eth.clone(),
+        TLink {
+            kind: TKind::Veth { peer, creator: false, peer_mac: None },
+            mac: naming::normalize_mac(&e.mac),
+            mtu: Some(cfg.mtu),
+            up: true,
+        },
+    );
+    let plen = e.subnet_cidr.prefix_len();
+    for ip in std::iter::once(e.private_ip).chain(e.secondary_ips.iter().copied()) {
+        if let Ok(net) = Ipv4Net::new(ip, plen) {
+            itn.addresses.insert(Address { dev: eth.clone(), addr: net });
+        }
+    }
+    if e.device_index == 0 && e.subnet_cidr.contains(&e.gateway_ip) {
+        let dst = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0/0 is valid");
+        itn.routes.insert(dst, Route { dst, dev: eth, via: Some(e.gateway_ip) });
+    }
+}
+
+/// The local ENIs per VPC, in instance then device order, without
+/// duplicates (an ENI listed twice, two ENIs on one device index), and an
+/// entry with `lo` up for every instance namespace.
+fn local_enis<'a>(d: &'a HostDesired, out: &mut BTreeMap<String, TNs>) -> BTreeMap<&'a str, Vec<(&'a EniDesired, String)>> {
+    let lo = TLink { kind: TKind::Loopback, mac: None, mtu: None, up: true };
+    let vpc_ids: BTreeSet<&str> = d.vpcs.iter().map(|v| v.vpc_id.as_str()).collect();
+    let mut seen_enis = BTreeSet::new();
+    let mut local: BTreeMap<&str, Vec<(&EniDesired, String)>> = BTreeMap::new();
+    for inst in &d.instances {
+        let mut seen_idx = BTreeSet::new();
+        let tn = out.entry(inst.netns.clone()).or_default();
+        tn.links.insert("lo".into(), lo.clone());
+        for e in &inst.enis {
+            if !vpc_ids.contains(e.vpc_id.as_str()) || !seen_enis.insert(e.eni_id.as_str()) || !seen_idx.insert(e.device_index) {
+                continue;
+            }
+            local.entry(e.vpc_id.as_str()).or_default().push((e, inst.netns.clone()));
+        }
+    }
+    local
+}
+
+/// The tc-BPF data plane's links: per local ENI a veth whose host-side end
+/// `eve…` is in the host namespace (where its program runs) and whose other
+/// end is the instance's `eth<idx>`; the host's collect_md VXLAN device
+/// `evx0`; no VPC namespaces. Routing, ARP, anti-spoofing and groups are
+/// the programs' (their maps are the agent's BPF module).
+fn target_bpf(d: &HostDesired, cfg: &PlanConfig) -> BTreeMap<String, TNs> {
+    let mut out: BTreeMap<String, TNs> = BTreeMap::new();
+    let local = local_enis(d, &mut out);
+    let mut host = TNs::default();
+    if d.underlay_ip.is_some() {
+        host.links.insert(
+            naming::FAST_PATH_VXLAN.into(),
+            TLink {
+                kind: TKind::Vxlan {
+                    info: VxlanInfo { vni: 0, local: None, port: cfg.vxlan_port, learning: false, external: true },
+                    mac: String::new(),
+                },
+                mac: None,
+                mtu: Some(cfg.mtu),
+                up: true,
+            },
+        );
+    }
+    for (e, inst_ns) in local.values().flatten() {
+        let dev = naming::eni_veth(&e.eni_id);
+        let eth = naming::instance_ifname(e.device_index);
+        host.links.insert(
+            dev.clone(),
+            TLink {
+                kind: TKind::Veth { peer: LinkRef::new(Ns::named(inst_ns), &eth), creator: true, peer_mac: naming::normalize_mac(&e.mac) },
+                mac: None,
+                mtu: Some(cfg.mtu),
+                up: true,
+            },
+        );
+        let itn = out.get_mut(inst_ns).expect("instance namespace inserted above");
+        instance_side(itn, e, LinkRef::new(Ns::Host, &dev), cfg);
+    }
+    other_vpc_routes(d, &local, &mut out);
+    out.insert(HOST.into(), host);
     out
 }
 
@@ -369,12 +475,15 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
     let undesired: Vec<&String> = owned.iter().copied().filter(|n| !tgt.contains_key(*n)).collect();
 
     // Links to delete, then their cascade (a veth's peer dies with it).
+    let host_target = tgt.get(HOST);
     let mut candidates: Vec<LinkRef> = observed
         .host
         .links
-        .keys()
-        .filter(|n| n.starts_with("evx"))
-        .map(|n| LinkRef::new(Ns::Host, n))
+        .iter()
+        .filter(|(n, l)| {
+            naming::is_owned_host_link(n) && !host_target.and_then(|t| t.links.get(*n)).is_some_and(|tl| compatible(l, tl))
+        })
+        .map(|(n, _)| LinkRef::new(Ns::Host, n))
         .collect();
     for name in &owned {
         let st = &observed.namespaces[*name];
@@ -403,7 +512,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
         link_deletes.push(Op::DeleteLink { ns: c.ns.clone(), name: c.name.clone() });
         gone.insert(c);
     }
-    let alive = |ns: &str, dev: &str| !gone.contains(&LinkRef::new(Ns::named(ns), dev));
+    let alive = |ns: &str, dev: &str| managed(ns, dev) && !gone.contains(&LinkRef::new(ns_of(ns), dev));
 
     // Deletions of stale items on surviving links in desired namespaces.
     let mut del_fdb = Vec::new();
@@ -412,8 +521,8 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
     let mut del_addr = Vec::new();
     let mut addrs_left: BTreeMap<&str, BTreeSet<Address>> = BTreeMap::new();
     for (name, t) in &tgt {
-        let Some(st) = observed.namespaces.get(name) else { continue };
-        let ns = Ns::named(name);
+        let Some(st) = obs_ns(observed, name) else { continue };
+        let ns = ns_of(name);
         for e in &st.fdb {
             if alive(name, &e.dev) && t.fdb.get(&(e.dev.clone(), e.mac.clone())) != Some(e) {
                 del_fdb.push(Op::DelFdb { ns: ns.clone(), entry: e.clone() });
@@ -453,7 +562,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
 
     // Creation, top-down.
     for name in tgt.keys() {
-        if !observed.namespaces.contains_key(name) {
+        if name != HOST && !observed.namespaces.contains_key(name) {
             ops.push(Op::CreateNetns { name: name.clone() });
         }
     }
@@ -462,25 +571,25 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
     let mut present: BTreeMap<LinkRef, Link> = BTreeMap::new();
     let mut created: BTreeSet<LinkRef> = BTreeSet::new();
     for name in tgt.keys() {
-        let st = observed.namespaces.get(name);
+        let st = obs_ns(observed, name);
         let st = st.unwrap_or(&empty);
         for (lname, l) in &st.links {
-            let r = LinkRef::new(Ns::named(name), lname);
+            let r = LinkRef::new(ns_of(name), lname);
             if !gone.contains(&r) {
                 present.insert(r, l.clone());
             }
         }
-        if !st.links.contains_key("lo") {
+        if name != HOST && !st.links.contains_key("lo") {
             // A new namespace has a loopback, down.
             present.insert(
-                LinkRef::new(Ns::named(name), "lo"),
-                Link { kind: LinkKind::Loopback, mac: None, mtu: 65536, up: false, peer: None, vxlan: None },
+                LinkRef::new(ns_of(name), "lo"),
+                Link { kind: LinkKind::Loopback, mac: None, mtu: 65536, up: false, peer: None, vxlan: None, ifindex: 0 },
             );
         }
     }
     let mut link_ops = Vec::new();
     for (name, t) in &tgt {
-        let ns = Ns::named(name);
+        let ns = ns_of(name);
         for (lname, tl) in &t.links {
             let r = LinkRef::new(ns.clone(), lname);
             if present.contains_key(&r) {
@@ -493,7 +602,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
                     link_ops.push(Op::CreateIfb { ns: ns.clone(), name: lname.clone() });
                     present.insert(
                         r.clone(),
-                        Link { kind: LinkKind::Ifb, mac: None, mtu: 1500, up: false, peer: None, vxlan: None },
+                        Link { kind: LinkKind::Ifb, mac: None, mtu: 1500, up: false, peer: None, vxlan: None, ifindex: 0 },
                     );
                     created.insert(r.clone());
                 }
@@ -514,6 +623,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
                         up: false,
                         peer: Some(p),
                         vxlan: None,
+                        ifindex: 0,
                     };
                     present.insert(r.clone(), mk(None, peer.clone()));
                     present.insert(peer.clone(), mk(peer_mac.clone(), r.clone()));
@@ -530,17 +640,21 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
                         port: info.port,
                         mac: mac.clone(),
                         mtu,
+                        external: info.external,
                     });
-                    link_ops.push(Op::MoveLink { ns: Ns::Host, name: lname.clone(), to: ns.clone() });
+                    if ns != Ns::Host {
+                        link_ops.push(Op::MoveLink { ns: Ns::Host, name: lname.clone(), to: ns.clone() });
+                    }
                     present.insert(
                         r.clone(),
                         Link {
                             kind: LinkKind::Vxlan,
-                            mac: Some(mac.clone()),
+                            mac: (!mac.is_empty()).then(|| mac.clone()),
                             mtu,
                             up: false,
                             peer: None,
                             vxlan: Some(info.clone()),
+                            ifindex: 0,
                         },
                     );
                     created.insert(r.clone());
@@ -550,7 +664,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
     }
     ops.extend(link_ops);
     for (name, t) in &tgt {
-        let ns = Ns::named(name);
+        let ns = ns_of(name);
         for (lname, tl) in &t.links {
             let Some(cur) = present.get(&LinkRef::new(ns.clone(), lname)) else { continue };
             let mac = tl.mac.clone().filter(|m| cur.mac.as_ref() != Some(m));
@@ -562,16 +676,16 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
         }
     }
     let fresh = |name: &str, dev: &str| {
-        let r = LinkRef::new(Ns::named(name), dev);
+        let r = LinkRef::new(ns_of(name), dev);
         created.contains(&r) || gone.contains(&r)
     };
     for (name, t) in &tgt {
-        let st = observed.namespaces.get(name);
+        let st = obs_ns(observed, name);
         for (k, v) in &t.sysctls {
             let dev = k.strip_prefix("net.ipv4.conf.").or_else(|| k.strip_prefix("net.ipv4.neigh.")).and_then(|r| r.split('.').next());
             let stale = dev.is_some_and(|d| fresh(name, d));
             if stale || st.and_then(|s| s.sysctls.get(k)) != Some(v) {
-                ops.push(Op::SetSysctl { ns: Ns::named(name), key: k.clone(), value: v.clone() });
+                ops.push(Op::SetSysctl { ns: ns_of(name), key: k.clone(), value: v.clone() });
             }
         }
     }
@@ -580,44 +694,47 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
         let left = addrs_left.get(name.as_str()).unwrap_or(&nothing);
         for a in &t.addresses {
             if !left.contains(a) {
-                ops.push(Op::AddAddress { ns: Ns::named(name), dev: a.dev.clone(), addr: a.addr });
+                ops.push(Op::AddAddress { ns: ns_of(name), dev: a.dev.clone(), addr: a.addr });
             }
         }
     }
     for (name, t) in &tgt {
         let left = addrs_left.get(name.as_str()).unwrap_or(&nothing);
-        let st = observed.namespaces.get(name).unwrap_or(&empty);
+        let st = obs_ns(observed, name).unwrap_or(&empty);
         for r in t.routes.values() {
             let kept = st.routes.contains(r) && !fresh(name, &r.dev) && route_survives(r, left);
             if !kept {
-                ops.push(Op::AddRoute { ns: Ns::named(name), route: r.clone() });
+                ops.push(Op::AddRoute { ns: ns_of(name), route: r.clone() });
             }
         }
     }
     for (name, t) in &tgt {
-        let st = observed.namespaces.get(name).unwrap_or(&empty);
+        let st = obs_ns(observed, name).unwrap_or(&empty);
         for n in t.neighbours.values() {
             if !st.neighbours.contains(n) || fresh(name, &n.dev) {
-                ops.push(Op::AddNeighbour { ns: Ns::named(name), neighbour: n.clone() });
+                ops.push(Op::AddNeighbour { ns: ns_of(name), neighbour: n.clone() });
             }
         }
         for e in t.fdb.values() {
             if !st.fdb.contains(e) || fresh(name, &e.dev) {
-                ops.push(Op::AddFdb { ns: Ns::named(name), entry: e.clone() });
+                ops.push(Op::AddFdb { ns: ns_of(name), entry: e.clone() });
             }
         }
     }
     // The host namespace's underlay filter (no sets: it changes only when a
     // host joins or leaves one of this host's VPCs).
     let ul = underlay_filter(desired, cfg);
-    if observed.host.firewall.as_ref().and_then(|f| f.fingerprint.as_deref()) != Some(ul.fingerprint.as_str()) {
+    if cfg.dataplane == DataplaneMode::Bpf && observed.host.firewall.is_some() {
+        ops.push(Op::RemoveFirewall { ns: Ns::Host });
+    }
+    if cfg.dataplane == DataplaneMode::Nft && observed.host.firewall.as_ref().and_then(|f| f.fingerprint.as_deref()) != Some(ul.fingerprint.as_str()) {
         ops.push(Op::ReplaceFirewall { ns: Ns::Host, spec: ul });
     }
     for (name, t) in &tgt {
         let Some(spec) = &t.firewall else { continue };
-        let ns = Ns::named(name);
+        let ns = ns_of(name);
         let links_changed = gone.iter().chain(created.iter()).any(|r| r.ns == ns);
-        let cur = observed.namespaces.get(name).and_then(|s| s.firewall.as_ref());
+        let cur = obs_ns(observed, name).and_then(|s| s.firewall.as_ref());
         match cur {
             Some(fw) if !links_changed && fw.fingerprint.as_deref() == Some(spec.fingerprint.as_str()) => {
                 for (set, elems) in &spec.sets {
@@ -630,8 +747,8 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
         }
     }
     for (name, t) in &tgt {
-        let ns = Ns::named(name);
-        let st = observed.namespaces.get(name).unwrap_or(&empty);
+        let ns = ns_of(name);
+        let st = obs_ns(observed, name).unwrap_or(&empty);
         for (dev, ts) in &t.shapers {
             let cur = st.shapers.get(dev).filter(|_| !fresh(name, dev));
             let want = ts.resolve(cur);
