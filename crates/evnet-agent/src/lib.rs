@@ -17,10 +17,16 @@
 //! * the **heartbeat** reports liveness, the generation applied, the
 //!   instances running and the objects that failed.
 //!
+//! With `--dataplane bpf` (`PlanConfig::dataplane`), the pass plans the
+//! tc-BPF layout's links and then drives the pinned programs and maps
+//! ([`fastpath`]); the per-ENI bandwidth loop (IFB shapers) does not run in
+//! that mode.
+//!
 //! The agent never writes the store: everything goes through the API.
 
 pub mod bandwidth;
 pub mod credential;
+pub mod fastpath;
 pub mod metrics;
 
 use std::collections::BTreeSet;
@@ -34,7 +40,7 @@ use evnet_client::Client;
 use evnet_kernel::{apply_isolated, Kernel};
 use evnet_model::desired::HostDesired;
 use evnet_model::{FailedObjectKind, Heartbeat, ReconcileFailure, RegisterHost};
-use evnet_plan::{plan, Op, PlanConfig};
+use evnet_plan::{plan, DataplaneMode, Op, PlanConfig};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -121,14 +127,39 @@ pub async fn run_with(
     }
     let (host_id, client) = register(&config).await?;
     let kernel = make_kernel(&host_id);
+    let fast: Option<Arc<dyn fastpath::FastPath>> = match config.plan.dataplane {
+        DataplaneMode::Nft => None,
+        DataplaneMode::Bpf => {
+            let tag = evnet_plan::naming::host_tag(&host_id);
+            let opts = evnet_bpf::Options {
+                netns: config.host_netns.as_ref().map(|n| std::path::PathBuf::from(format!("/run/netns/{n}"))),
+                ..Default::default()
+            };
+            let dp = tokio::task::spawn_blocking(move || evnet_bpf::Dataplane::load_or_adopt(&tag, &opts))
+                .await
+                .context("loading the fast path")?
+                .context("loading or adopting the tc-BPF fast path (needs root and BPF)")?;
+            let r = dp.report();
+            tracing::info!(adopted = r.adopted, version = %r.version, created_maps = ?r.created_maps, "fast path ready");
+            Some(Arc::new(dp))
+        }
+    };
 
     let (desired_tx, desired_rx) = watch::channel::<Option<Arc<HostDesired>>>(None);
     let (applied_tx, applied_rx) = watch::channel(Applied::default());
     let watcher = tokio::spawn(watch_desired(client.clone(), host_id.clone(), desired_tx));
     let bw = Arc::new(bandwidth::Shared::default());
-    let bw_loop = tokio::spawn(bandwidth::run_loop(config.bandwidth.clone(), kernel.clone(), desired_rx.clone(), bw.clone(), config.dry_run));
+    let bw_loop = tokio::spawn({
+        let (cfg, k, rx, bw, dry) = (config.bandwidth.clone(), kernel.clone(), desired_rx.clone(), bw.clone(), config.dry_run);
+        let on = fast.is_none();
+        async move {
+            if on {
+                bandwidth::run_loop(cfg, k, rx, bw, dry).await
+            }
+        }
+    });
     let bw_report = tokio::spawn(bandwidth::report_loop(client.clone(), host_id.clone(), config.bandwidth.report_every, bw));
-    let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, desired_rx, applied_tx, metrics.clone()));
+    let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, fast, desired_rx, applied_tx, metrics.clone()));
     let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), host_id.clone(), config.heartbeat, applied_rx));
     shutdown.await;
     tracing::info!("agent stopping; kernel state is left in place");
@@ -186,6 +217,7 @@ async fn watch_desired(client: Client, host_id: String, tx: watch::Sender<Option
 async fn reconcile_loop(
     config: AgentConfig,
     kernel: Arc<dyn Kernel>,
+    fast: Option<Arc<dyn fastpath::FastPath>>,
     mut desired_rx: watch::Receiver<Option<Arc<HostDesired>>>,
     applied_tx: watch::Sender<Applied>,
     metrics: Arc<metrics::AgentMetrics>,
@@ -225,7 +257,9 @@ async fn reconcile_loop(
         let full = fresh.is_none();
         let started = Instant::now();
         let cfg = config.plan.clone();
-        let result = tokio::task::spawn_blocking(move || reconcile_with(k.as_ref(), &d, &cfg, dry_run, fresh.as_ref())).await;
+        let fp = fast.clone();
+        let result =
+            tokio::task::spawn_blocking(move || reconcile_pass(k.as_ref(), fp.as_deref(), &d, &cfg, dry_run, fresh.as_ref())).await;
         metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         if full {
             next_full = tokio::time::Instant::now() + config.resync.max(started.elapsed() * 10);
@@ -359,6 +393,28 @@ pub fn reconcile_with(
     dry_run: bool,
     fresh: Option<&BTreeSet<String>>,
 ) -> anyhow::Result<Pass> {
+    reconcile_pass(kernel, None, desired, cfg, dry_run, fresh)
+}
+
+/// Whether an op brings an ENI's host-side device up (held back on the
+/// tc-BPF data plane until its program is attached).
+fn brings_eni_device_up(op: &Op) -> bool {
+    matches!(op, Op::SetLink { ns: evnet_plan::Ns::Host, name, up: Some(true), .. } if evnet_plan::naming::is_eni_veth(name))
+}
+
+/// [`reconcile_with`], and with `fast` (the tc-BPF data plane) the fast
+/// path's module after the links: see [`fastpath`].
+pub fn reconcile_pass(
+    kernel: &dyn Kernel,
+    fast: Option<&dyn fastpath::FastPath>,
+    desired: &HostDesired,
+    cfg: &PlanConfig,
+    dry_run: bool,
+    fresh: Option<&BTreeSet<String>>,
+) -> anyhow::Result<Pass> {
+    if let Some(fp) = fast {
+        return reconcile_bpf(kernel, fp, desired, cfg, dry_run, fresh);
+    }
     let t0 = Instant::now();
     let mut observed = match fresh {
         Some(f) => kernel.observe_partial(f),
@@ -396,6 +452,70 @@ pub fn reconcile_with(
     let report = apply_isolated(kernel, &ops);
     let failures = report.failures.iter().map(|f| failure_of(desired, f)).collect();
     Ok(Pass { ops: report.applied, observe, apply: t1.elapsed(), touched, failures })
+}
+
+fn reconcile_bpf(
+    kernel: &dyn Kernel,
+    fp: &dyn fastpath::FastPath,
+    desired: &HostDesired,
+    cfg: &PlanConfig,
+    dry_run: bool,
+    fresh: Option<&BTreeSet<String>>,
+) -> anyhow::Result<Pass> {
+    let t0 = Instant::now();
+    let observed = match fresh {
+        Some(f) => kernel.observe_partial(f),
+        None => kernel.observe(),
+    }
+    .context("observing the kernel")?;
+    let (held, ops): (Vec<Op>, Vec<Op>) = plan(desired, &observed, cfg).into_iter().partition(brings_eni_device_up);
+    let mut observe = t0.elapsed();
+    if dry_run {
+        for op in ops.iter().chain(&held) {
+            tracing::info!(%op, "would apply (dry run)");
+        }
+        fastpath::sync(fp, desired, &observed.host, &fastpath_settings(), true);
+        return Ok(Pass { observe, ..Default::default() });
+    }
+    let t1 = Instant::now();
+    let mut touched = touched_namespaces(&ops, &observed);
+    let mut pass = Pass::default();
+    let host = if ops.is_empty() {
+        observed.host
+    } else {
+        for op in &ops {
+            tracing::debug!(%op, "op");
+        }
+        let report = apply_isolated(kernel, &ops);
+        pass.ops += report.applied;
+        pass.failures.extend(report.failures.iter().map(|f| failure_of(desired, f)));
+        // The devices just made have ifindexes now.
+        let t = Instant::now();
+        let host = kernel.observe_partial(&BTreeSet::new()).context("observing the host namespace")?.host;
+        observe += t.elapsed();
+        host
+    };
+    let synced = fastpath::sync(fp, desired, &host, &fastpath_settings(), false);
+    pass.ops += synced.ops;
+    let fast_failed = !synced.failures.is_empty();
+    pass.failures.extend(synced.failures);
+    if !held.is_empty() && !fast_failed {
+        touched.extend(touched_namespaces(&held, &evnet_plan::Observed::default()));
+        let report = apply_isolated(kernel, &held);
+        pass.ops += report.applied;
+        pass.failures.extend(report.failures.iter().map(|f| failure_of(desired, f)));
+    }
+    pass.observe = observe;
+    // Includes re-reading the host namespace after the links.
+    pass.apply = t1.elapsed();
+    pass.touched = touched;
+    Ok(pass)
+}
+
+/// The fast path's settings that are not in the desired state (the
+/// distributed gateway's MAC, idle timeouts): the defaults.
+fn fastpath_settings() -> evnet_bpf::target::Settings {
+    evnet_bpf::target::Settings::default()
 }
 
 /// The named namespaces `ops` change: where each acts, a new veth's peer,

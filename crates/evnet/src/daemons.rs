@@ -191,6 +191,28 @@ pub struct AgentArgs {
     /// namespace); further new ones are refused. 0: no limit.
     #[arg(long, default_value_t = evnet_plan::plan::DEFAULT_CONNTRACK_LIMIT_PER_ENI)]
     pub conntrack_limit_per_eni: u32,
+    /// The data plane to build: `nft` (a routing namespace per VPC,
+    /// nftables, IFB shapers) or `bpf` (the tc-BPF fast path: ENI devices
+    /// in the host namespace, one collect_md VXLAN, programs and maps
+    /// pinned under /sys/fs/bpf/evnet/<host tag>/; needs root and BPF).
+    #[arg(long, value_enum, default_value_t = DataplaneArg::Nft)]
+    pub dataplane: DataplaneArg,
+}
+
+/// `--dataplane`'s values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataplaneArg {
+    Nft,
+    Bpf,
+}
+
+impl From<DataplaneArg> for evnet_plan::DataplaneMode {
+    fn from(a: DataplaneArg) -> Self {
+        match a {
+            DataplaneArg::Nft => evnet_plan::DataplaneMode::Nft,
+            DataplaneArg::Bpf => evnet_plan::DataplaneMode::Bpf,
+        }
+    }
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -219,6 +241,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.dry_run = args.dry_run;
     config.metrics_listen = args.metrics_listen;
     config.plan.conntrack_limit_per_eni = args.conntrack_limit_per_eni;
+    config.plan.dataplane = args.dataplane.into();
     let host_netns = args.host_netns.clone();
     evnet_agent::run_with(
         config,

@@ -93,6 +93,9 @@ pub struct UpArgs {
     /// `embedded`: one server with a file store. `etcd`: a 3-member etcd cluster on loopback that the servers share.
     #[arg(long, default_value = "embedded", value_parser = ["embedded", "etcd"])]
     pub store: String,
+    /// The data plane every agent builds (`evnet agent --dataplane`).
+    #[arg(long, value_enum, default_value_t = crate::daemons::DataplaneArg::Nft)]
+    pub dataplane: crate::daemons::DataplaneArg,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -114,6 +117,9 @@ pub struct LabState {
     pub underlay_netns: Option<String>,
     pub hosts: Vec<LabHost>,
     pub files: Vec<PathBuf>,
+    /// `nft` or `bpf`: what the agents run (older labs: nft).
+    #[serde(default)]
+    pub dataplane: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,7 +163,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::RestartServer { k, dir } => restart_server(&dir, k).await,
         LabCommand::Demo { dir, hosts, down: tear_down } => {
             if !dir.join("lab.json").exists() {
-                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, port: 0, servers: 1, store: "embedded".into() }).await?;
+                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, port: 0, servers: 1, store: "embedded".into(), dataplane: crate::daemons::DataplaneArg::Nft }).await?;
             }
             let result = crate::lab::demo(&dir).await;
             if tear_down {
@@ -276,6 +282,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<LabState> {
         url: format!("http://127.0.0.1:{port}"),
         admin_token: admin_token.clone(),
         store: args.store.clone(),
+        dataplane: if args.dataplane == crate::daemons::DataplaneArg::Bpf { "bpf" } else { "nft" }.to_string(),
         ..Default::default()
     };
     save(&dir, &st)?;
@@ -508,6 +515,8 @@ async fn spawn_agent(dir: &Path, st: &LabState, h: &LabHost) -> anyhow::Result<u
             "1000".into(),
             "--credential-file".into(),
             cred.display().to_string(),
+            "--dataplane".into(),
+            if st.dataplane.is_empty() { "nft".into() } else { st.dataplane.clone() },
         ],
         &[("EVNET_BOOTSTRAP_TOKEN", &bootstrap)],
         &log,
@@ -673,6 +682,13 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     for ns in doomed.iter().filter(|n| present.contains(n)) {
         if let Err(e) = sh(&["ip", "netns", "delete", ns]) {
             errors.push(e.to_string());
+        }
+    }
+    // The fast path's pins of these hosts (agents on `--dataplane bpf`).
+    for t in &tags {
+        let pins = Path::new("/sys/fs/bpf/evnet").join(t);
+        if pins.exists() && let Err(e) = std::fs::remove_dir_all(&pins) {
+            errors.push(format!("{}: {e}", pins.display()));
         }
     }
     for f in &st.files {

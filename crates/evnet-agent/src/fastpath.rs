@@ -1,0 +1,266 @@
+//! The tc-BPF fast path as one module of the agent's reconcile pass (the
+//! `--dataplane bpf` mode): its target from the desired state and the
+//! ifindexes the kernel gave the ENIs' host-side devices and the host's
+//! `evx0`, its observation (the pinned maps and which program each device
+//! runs), the diff and the apply, all of it `evnet_bpf::target`'s.
+//!
+//! The pass in this mode: the links (`evnet_plan::plan` with
+//! `DataplaneMode::Bpf`) are applied first, except that a host-side ENI
+//! device is brought up only after its program is attached; then the host
+//! namespace is re-read for the ifindexes, the maps are diffed and updated,
+//! then the held devices come up. So no ENI device is ever up without its
+//! program (the host namespace would otherwise see the instance's packets).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use evnet_bpf::target::{self, Devices, EniDevice, Op, Settings, State};
+use evnet_bpf::{BpfError, Dataplane};
+use evnet_model::desired::HostDesired;
+use evnet_model::{FailedObjectKind, ReconcileFailure};
+use evnet_plan::{LinkKind, NsState, naming};
+
+/// The maps and attachments of a host's fast path, as the pass sees them.
+pub trait FastPath: Send + Sync {
+    /// What is held now; `devices`: the ifindexes whose attachment matters.
+    fn observe(&self, devices: &BTreeSet<u32>) -> Result<State, BpfError>;
+    fn apply(&self, op: &Op) -> Result<(), BpfError>;
+}
+
+impl FastPath for Dataplane {
+    fn observe(&self, devices: &BTreeSet<u32>) -> Result<State, BpfError> {
+        target::observe(self, devices.iter().copied())
+    }
+    fn apply(&self, op: &Op) -> Result<(), BpfError> {
+        target::apply(self, op)
+    }
+}
+
+/// An in-memory fast path ([`State::apply`] on a copy of the maps), for
+/// tests of the pass without root. Attachments to devices the caller does
+/// not ask about are not reported, as with the kernel.
+#[derive(Debug, Default)]
+pub struct ModelFastPath {
+    pub state: Mutex<State>,
+}
+
+impl FastPath for ModelFastPath {
+    fn observe(&self, devices: &BTreeSet<u32>) -> Result<State, BpfError> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s.attached.retain(|d, _| devices.contains(d));
+        Ok(s)
+    }
+    fn apply(&self, op: &Op) -> Result<(), BpfError> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).apply(op);
+        Ok(())
+    }
+}
+
+/// The devices the target refers to, from the host namespace as observed:
+/// `evx0`'s ifindex and each local ENI's host-side veth (ENIs whose device
+/// does not exist yet are left out, so their entries wait for it).
+pub fn devices(desired: &HostDesired, host: &NsState) -> Devices {
+    let mut d = Devices {
+        vxlan_ifindex: host.links.get(naming::FAST_PATH_VXLAN).filter(|l| l.kind == LinkKind::Vxlan).map_or(0, |l| l.ifindex),
+        ..Default::default()
+    };
+    for e in desired.instances.iter().flat_map(|i| &i.enis) {
+        if let Some(l) = host.links.get(&naming::eni_veth(&e.eni_id)).filter(|l| l.kind == LinkKind::Veth && l.ifindex > 0) {
+            d.enis.insert(e.eni_id.clone(), EniDevice { ifindex: l.ifindex, htb_minor: None, rx_shaper: false });
+        }
+    }
+    d
+}
+
+/// The ifindexes whose attachment the observation reads: the target's and
+/// every evnet device of the host namespace (a stale attachment on one is
+/// then seen and removed).
+fn watched(t: &State, host: &NsState) -> BTreeSet<u32> {
+    let mut out: BTreeSet<u32> = t.attached.keys().copied().collect();
+    out.extend(host.links.iter().filter(|(n, l)| naming::is_owned_host_link(n) && l.ifindex > 0).map(|(_, l)| l.ifindex));
+    out.remove(&0);
+    out
+}
+
+/// What one fast-path sync did.
+#[derive(Debug, Default)]
+pub struct Synced {
+    pub ops: usize,
+    pub failures: Vec<ReconcileFailure>,
+}
+
+/// The ifindex an op concerns, if it is one device's.
+fn op_ifindex(op: &Op) -> Option<u32> {
+    match op {
+        Op::SetRules { ifindex, .. }
+        | Op::DelRules { ifindex, .. }
+        | Op::SetEni { ifindex, .. }
+        | Op::DelEni { ifindex }
+        | Op::Attach { ifindex, .. }
+        | Op::Detach { ifindex } => Some(*ifindex),
+        _ => None,
+    }
+}
+
+/// Diffs the fast path against its target and applies the ops in order.
+/// A failed op is reported against the instance whose ENI device it
+/// concerns (its later ops are skipped), or the host; the others apply.
+/// With `dry_run`, only counts and logs.
+pub fn sync(fp: &dyn FastPath, desired: &HostDesired, host: &NsState, settings: &Settings, dry_run: bool) -> Synced {
+    let host_failure = |error: String| ReconcileFailure { kind: FailedObjectKind::Host, object: desired.host_id.clone(), error };
+    let devs = devices(desired, host);
+    if devs.vxlan_ifindex == 0 {
+        // Nothing to attach the overlay program to yet (no underlay
+        // address, or the link failed): the link pass reports why.
+        return Synced::default();
+    }
+    let t = match target::target(desired, &devs, settings) {
+        Ok(t) => t,
+        Err(e) => return Synced { ops: 0, failures: vec![host_failure(format!("fast path target: {e}"))] },
+    };
+    let observed = match fp.observe(&watched(&t, host)) {
+        Ok(o) => o,
+        Err(e) => return Synced { ops: 0, failures: vec![host_failure(format!("reading the fast path: {e}"))] },
+    };
+    let ops = target::diff(&t, &observed);
+    if dry_run {
+        for op in &ops {
+            tracing::info!(?op, "would apply to the fast path (dry run)");
+        }
+        return Synced::default();
+    }
+    let instance_of: BTreeMap<u32, &str> = desired
+        .instances
+        .iter()
+        .flat_map(|i| i.enis.iter().map(move |e| (e, i.instance_id.as_str())))
+        .filter_map(|(e, i)| devs.enis.get(&e.eni_id).map(|d| (d.ifindex, i)))
+        .collect();
+    let mut out = Synced::default();
+    let mut failed_devices: BTreeSet<u32> = BTreeSet::new();
+    for op in &ops {
+        let dev = op_ifindex(op);
+        if dev.is_some_and(|d| failed_devices.contains(&d)) {
+            continue;
+        }
+        tracing::debug!(?op, "fast path op");
+        match fp.apply(op) {
+            Ok(()) => out.ops += 1,
+            Err(e) => {
+                let error = format!("{op:?}: {e}");
+                match dev.and_then(|d| instance_of.get(&d).map(|i| (d, *i))) {
+                    Some((d, inst)) => {
+                        failed_devices.insert(d);
+                        out.failures.push(ReconcileFailure { kind: FailedObjectKind::Instance, object: inst.to_string(), error });
+                    }
+                    None => out.failures.push(host_failure(error)),
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evnet_model::desired::*;
+    use evnet_plan::{Link, LinkRef, Ns};
+    use std::net::Ipv4Addr;
+
+    fn desired() -> HostDesired {
+        let eni = |id: &str, ip: u8| EniDesired {
+            eni_id: id.into(),
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-1".into(),
+            subnet_cidr: "10.0.0.0/24".parse().unwrap(),
+            gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
+            mac: format!("02:00:00:00:00:{ip:02x}"),
+            private_ip: Ipv4Addr::new(10, 0, 0, ip),
+            secondary_ips: vec![],
+            device_index: 0,
+            source_dest_check: true,
+            security_group_ids: vec![],
+            bandwidth: EniBandwidth::default(),
+        };
+        HostDesired {
+            host_id: "host-00000001".into(),
+            underlay_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            vpcs: vec![VpcDesired {
+                vpc_id: "vpc-1".into(),
+                vni: 7,
+                cidr_block: "10.0.0.0/16".parse().unwrap(),
+                subnets: vec![SubnetDesired { subnet_id: "subnet-1".into(), cidr_block: "10.0.0.0/24".parse().unwrap(), gateway_ip: Ipv4Addr::new(10, 0, 0, 1) }],
+                remote_enis: vec![RemoteEni {
+                    eni_id: "eni-r".into(),
+                    mac: "02:00:00:00:00:30".into(),
+                    ips: vec![Ipv4Addr::new(10, 0, 0, 30)],
+                    host_id: "host-00000002".into(),
+                    underlay_ip: Ipv4Addr::new(198, 18, 0, 2),
+                    source_dest_check: true,
+                }],
+                peer_routes: vec![],
+            }],
+            instances: vec![
+                InstanceDesired { instance_id: "i-1".into(), netns: "evi-1".into(), enis: vec![eni("eni-a", 10)] },
+                InstanceDesired { instance_id: "i-2".into(), netns: "evi-2".into(), enis: vec![eni("eni-b", 11)] },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn link(kind: LinkKind, ifindex: u32) -> Link {
+        Link { kind, mac: None, mtu: 1450, up: true, peer: None, vxlan: None, ifindex }
+    }
+
+    fn host(with_b: bool) -> NsState {
+        let mut h = NsState::default();
+        h.links.insert("ul0".into(), link(LinkKind::Veth, 2));
+        h.links.insert(naming::FAST_PATH_VXLAN.into(), link(LinkKind::Vxlan, 3));
+        let mut a = link(LinkKind::Veth, 10);
+        a.peer = Some(LinkRef::new(Ns::named("evi-1"), "eth0"));
+        h.links.insert(naming::eni_veth("eni-a"), a);
+        if with_b {
+            h.links.insert(naming::eni_veth("eni-b"), link(LinkKind::Veth, 11));
+        }
+        h
+    }
+
+    #[test]
+    fn devices_come_from_the_observed_host_namespace() {
+        let d = devices(&desired(), &host(false));
+        assert_eq!(d.vxlan_ifindex, 3);
+        assert_eq!(d.enis.len(), 1);
+        assert_eq!(d.enis["eni-a"].ifindex, 10);
+        assert_eq!(devices(&desired(), &NsState::default()).vxlan_ifindex, 0);
+    }
+
+    #[test]
+    fn sync_converges_follows_new_devices_and_cleans_up() {
+        let fp = ModelFastPath::default();
+        let d = desired();
+        let s = Settings::default();
+        // eni-b's device does not exist yet: only eni-a is entered.
+        let first = sync(&fp, &d, &host(false), &s, false);
+        assert!(first.failures.is_empty() && first.ops > 0);
+        assert_eq!(sync(&fp, &d, &host(false), &s, false).ops, 0, "converged");
+        {
+            let st = fp.state.lock().unwrap();
+            assert!(st.enis.contains_key(&10) && !st.enis.contains_key(&11));
+            assert_eq!(st.attached.get(&3), Some(&target::Program::Overlay));
+        }
+        // Its device appears: its entries follow.
+        assert!(sync(&fp, &d, &host(true), &s, false).ops > 0);
+        assert!(fp.state.lock().unwrap().enis.contains_key(&11));
+        assert_eq!(sync(&fp, &d, &host(true), &s, false).ops, 0);
+        // The instance goes: its entries go, and a dry run changes nothing.
+        let mut d2 = d.clone();
+        d2.instances.pop();
+        let before = fp.state.lock().unwrap().clone();
+        assert_eq!(sync(&fp, &d2, &host(true), &s, true).ops, 0);
+        assert_eq!(*fp.state.lock().unwrap(), before);
+        assert!(sync(&fp, &d2, &host(true), &s, false).ops > 0);
+        let st = fp.state.lock().unwrap().clone();
+        assert!(!st.enis.contains_key(&11) && !st.attached.contains_key(&11));
+        assert!(!st.routes.contains_key(&(7, Ipv4Addr::new(10, 0, 0, 11))));
+    }
+}
