@@ -22,13 +22,18 @@ pub const DEFAULT_BURST_KBYTES: u32 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BandwidthSpec {
+    /// At most `limit_mbps` when that is given.
     #[serde(default)]
+    #[schemars(range(max = MAX_MBPS))]
     pub guaranteed_mbps: u64,
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_MBPS))]
     pub limit_mbps: Option<u64>,
     #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = MAX_WEIGHT))]
     pub weight: u32,
     #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = MAX_BURST_KBYTES))]
     pub burst_kbytes: u32,
 }
 

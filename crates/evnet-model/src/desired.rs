@@ -168,6 +168,7 @@ pub struct DirectionStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EniBandwidthReport {
+    #[schemars(with = "crate::schema::EniId")]
     pub eni_id: String,
     pub tx: DirectionStats,
     pub rx: DirectionStats,

@@ -85,6 +85,12 @@ impl Kind {
         format!("{}-{:016x}", self.prefix(), random)
     }
 
+    /// A regex that matches exactly the well-formed ids of this kind (what
+    /// [`Kind::of_id`] accepts): the prefix, a dash, 16 lowercase hex digits.
+    pub fn id_pattern(self) -> String {
+        format!("^{}-[0-9a-f]{{16}}$", self.prefix())
+    }
+
     /// The kind an id belongs to, if it is well formed.
     pub fn of_id(id: &str) -> Option<Kind> {
         let (prefix, hex) = id.rsplit_once('-')?;

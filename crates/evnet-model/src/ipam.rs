@@ -47,14 +47,20 @@ pub fn check_vpc_cidr(net: Ipv4Net) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Checks a subnet's CIDR block against its VPC and its siblings.
-pub fn check_subnet_cidr(net: Ipv4Net, vpc: Ipv4Net, siblings: &[Ipv4Net]) -> Result<(), ModelError> {
+/// Checks a subnet's block on its own: /28 or larger.
+pub fn check_subnet_prefix(net: Ipv4Net) -> Result<(), ModelError> {
     if net.prefix_len() > MAX_PREFIX {
         return Err(ModelError::invalid(
             "invalid_cidr",
-            format!("a subnet's CIDR block must be /28 or larger, got /{}", net.prefix_len()),
+            format!("a subnet's CIDR block must be /{MAX_PREFIX} or larger, got /{}", net.prefix_len()),
         ));
     }
+    Ok(())
+}
+
+/// Checks a subnet's CIDR block against its VPC and its siblings.
+pub fn check_subnet_cidr(net: Ipv4Net, vpc: Ipv4Net, siblings: &[Ipv4Net]) -> Result<(), ModelError> {
+    check_subnet_prefix(net)?;
     if !vpc.contains(&net) {
         return Err(ModelError::invalid(
             "subnet_not_in_vpc",

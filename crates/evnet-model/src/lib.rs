@@ -7,7 +7,8 @@
 //! CIDR math and IPAM ([`ipam`]), bandwidth units ([`bandwidth`]) and the
 //! per-host desired state an agent reconciles ([`desired`]), the one typed
 //! form of a security-group rule every enforcer reads ([`rule`]), and what
-//! the data plane does with one packet ([`trace`]).
+//! the data plane does with one packet ([`trace`]); the JSON schemas of
+//! constrained values, built from the validation's own limits ([`schema`]).
 //!
 //! It is pure: no IO, no clock, no randomness. Callers pass in ids, times and
 //! the set of addresses already in use.
@@ -21,6 +22,7 @@ pub mod ipam;
 pub mod placement;
 pub mod resources;
 pub mod rule;
+pub mod schema;
 pub mod trace;
 pub mod validate;
 

@@ -11,7 +11,11 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::bandwidth::BandwidthSpec;
+use crate::bandwidth::{BandwidthSpec, MAX_MBPS};
+use crate::schema;
+use crate::validate::{
+    MAX_DEVICE_INDEX, MAX_ENIS_PER_INSTANCE, MAX_ROUTES, MAX_RULES, MAX_SECONDARY_IPS, MAX_SECURITY_GROUPS_PER_ENI,
+};
 
 pub type Tags = BTreeMap<String, String>;
 
@@ -20,6 +24,7 @@ pub const SYSTEM_TENANT: &str = "system";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tenant {
+    #[schemars(with = "schema::TenantId")]
     pub id: String,
     pub name: String,
     #[serde(default)]
@@ -39,6 +44,7 @@ pub enum HostStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Host {
+    #[schemars(with = "schema::HostId")]
     pub id: String,
     pub name: String,
     #[serde(default)]
@@ -67,6 +73,7 @@ pub struct Host {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Vpc {
+    #[schemars(with = "schema::VpcId")]
     pub id: String,
     pub name: String,
     #[serde(default)]
@@ -87,6 +94,7 @@ pub struct Vpc {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Subnet {
+    #[schemars(with = "schema::SubnetId")]
     pub id: String,
     pub name: String,
     #[serde(default)]
@@ -133,6 +141,7 @@ pub enum InstanceState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Instance {
+    #[schemars(with = "schema::InstanceId")]
     pub id: String,
     pub name: String,
     #[serde(default)]
@@ -163,6 +172,7 @@ pub struct Attachment {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Eni {
+    #[schemars(with = "schema::EniId")]
     pub id: String,
     pub name: String,
     #[serde(default)]
@@ -173,6 +183,7 @@ pub struct Eni {
     pub revision: u64,
     pub subnet_id: String,
     pub vpc_id: String,
+    #[schemars(with = "schema::Mac")]
     pub mac: String,
     pub private_ip: Ipv4Addr,
     #[serde(default)]
@@ -204,7 +215,9 @@ pub enum Protocol {
 
 /// One security-group rule: traffic of `protocol` on ports
 /// `from_port..=to_port` (TCP and UDP only) from or to `cidr` or the members
-/// of `source_group_id`. Exactly one of the two peers is given.
+/// of `source_group_id`. Exactly one of the two peers is given; ports are
+/// given only for `tcp` and `udp`, `to_port` only with `from_port`, and
+/// `from_port` ≤ `to_port` ([`crate::validate::check_sg_rule`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SgRule {
@@ -214,14 +227,17 @@ pub struct SgRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
+    #[schemars(with = "Option<schema::Cidr>")]
     pub cidr: Option<Ipv4Net>,
+    /// A group of the same VPC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<schema::SecurityGroupId>")]
     pub source_group_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SecurityGroup {
+    #[schemars(with = "schema::SecurityGroupId")]
     pub id: String,
     pub name: String,
     #[serde(default)]
@@ -247,13 +263,15 @@ pub struct SecurityGroup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    #[schemars(with = "String")]
+    #[schemars(with = "schema::RouteDestination")]
     pub destination_cidr: Ipv4Net,
+    #[schemars(with = "schema::RouteTarget")]
     pub target: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RouteTable {
+    #[schemars(with = "schema::RouteTableId")]
     pub id: String,
     pub name: String,
     #[serde(default)]
@@ -273,6 +291,7 @@ pub struct RouteTable {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Peering {
+    #[schemars(with = "schema::PeeringId")]
     pub id: String,
     pub name: String,
     #[serde(default)]
@@ -311,6 +330,7 @@ pub enum PoolScope {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BandwidthPool {
+    #[schemars(with = "schema::BandwidthPoolId")]
     pub id: String,
     pub name: String,
     #[serde(default)]
@@ -328,13 +348,16 @@ pub struct BandwidthPool {
 }
 
 // ---------------------------------------------------------------------------
-// Request bodies.
+// Request bodies. Their `#[schemars]` attributes state in `/openapi.json`
+// what the handlers' validation enforces, from the same constants.
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    #[schemars(with = "schema::Name")]
     pub name: String,
     #[serde(default)]
+    #[schemars(with = "schema::Tags")]
     pub tags: Tags,
 }
 
@@ -369,13 +392,18 @@ pub struct AccessKeyWithSecret {
 #[serde(deny_unknown_fields)]
 pub struct CreateAccessKey {}
 
+/// `POST /v1/hosts`: registers a host, or updates the host of that name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterHost {
+    #[schemars(with = "schema::Name")]
     pub name: String,
     pub underlay_ip: Ipv4Addr,
+    /// Capacity of the host's NIC in each direction.
+    #[schemars(range(min = 1, max = MAX_MBPS))]
     pub nic_mbps: u64,
     #[serde(default)]
+    #[schemars(with = "schema::Labels")]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -387,6 +415,7 @@ pub struct Heartbeat {
     pub applied_generation: u64,
     /// Instances whose namespaces exist on the host.
     #[serde(default)]
+    #[schemars(with = "Vec<schema::InstanceId>")]
     pub running_instances: Vec<String>,
     /// What the agent's last pass could not build, per object (empty when
     /// everything applied). A failure in one VPC or instance does not stop
@@ -465,12 +494,16 @@ pub struct ReconcileFailure {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVpc {
+    #[schemars(with = "schema::VpcCidr")]
     pub cidr_block: String,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     #[serde(default)]
+    #[schemars(with = "schema::Tags")]
     pub tags: Tags,
     #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
     pub client_token: Option<String>,
 }
 
@@ -481,8 +514,10 @@ pub struct CreateVpc {
 #[serde(deny_unknown_fields)]
 pub struct PatchNameTags {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<schema::Tags>")]
     pub tags: Option<Tags>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
@@ -491,13 +526,18 @@ pub struct PatchNameTags {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubnet {
+    #[schemars(with = "schema::VpcId")]
     pub vpc_id: String,
+    #[schemars(with = "schema::SubnetCidr")]
     pub cidr_block: String,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     #[serde(default)]
+    #[schemars(with = "schema::Tags")]
     pub tags: Tags,
     #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
     pub client_token: Option<String>,
 }
 
@@ -505,47 +545,62 @@ pub struct CreateSubnet {
 #[serde(deny_unknown_fields)]
 pub struct CreateInstance {
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     /// The host to run on; the scheduler chooses when absent.
     #[serde(default)]
+    #[schemars(with = "Option<schema::HostId>")]
     pub host_id: Option<String>,
     #[serde(default)]
     pub placement: PlacementStrategy,
     /// ENIs to attach at creation, in device order; their guarantees count
     /// when the scheduler chooses a host.
     #[serde(default)]
+    #[schemars(with = "Vec<schema::EniId>", length(max = MAX_ENIS_PER_INSTANCE), extend("uniqueItems" = true))]
     pub eni_ids: Vec<String>,
     #[serde(default)]
+    #[schemars(with = "schema::Tags")]
     pub tags: Tags,
     #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
     pub client_token: Option<String>,
 }
 
+/// `POST /v1/enis`. The primary and the secondary addresses are distinct,
+/// and `secondary_ips` plus `secondary_ip_count` are at most
+/// [`MAX_SECONDARY_IPS`] together.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEni {
+    #[schemars(with = "schema::SubnetId")]
     pub subnet_id: String,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     /// A specific primary address; the next free one when absent.
     #[serde(default)]
     pub private_ip: Option<Ipv4Addr>,
     /// Specific secondary addresses.
     #[serde(default)]
+    #[schemars(length(max = MAX_SECONDARY_IPS), extend("uniqueItems" = true))]
     pub secondary_ips: Vec<Ipv4Addr>,
     /// How many more secondary addresses to take from the pool.
     #[serde(default)]
+    #[schemars(range(max = MAX_SECONDARY_IPS))]
     pub secondary_ip_count: u32,
     /// Groups of the same VPC; the VPC's default group when empty.
     #[serde(default)]
+    #[schemars(with = "Vec<schema::SecurityGroupId>", length(max = MAX_SECURITY_GROUPS_PER_ENI))]
     pub security_group_ids: Vec<String>,
     #[serde(default)]
     pub source_dest_check: Option<bool>,
     #[serde(default)]
     pub bandwidth: Option<BandwidthSpec>,
     #[serde(default)]
+    #[schemars(with = "schema::Tags")]
     pub tags: Tags,
     #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
     pub client_token: Option<String>,
 }
 
@@ -555,10 +610,13 @@ pub struct CreateEni {
 #[serde(deny_unknown_fields)]
 pub struct PatchEni {
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Tags>")]
     pub tags: Option<Tags>,
     #[serde(default)]
+    #[schemars(with = "Option<Vec<schema::SecurityGroupId>>", length(min = 1, max = MAX_SECURITY_GROUPS_PER_ENI))]
     pub security_group_ids: Option<Vec<String>>,
     #[serde(default)]
     pub source_dest_check: Option<bool>,
@@ -582,27 +640,36 @@ pub struct SecondaryIps {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachEni {
+    #[schemars(with = "schema::InstanceId")]
     pub instance_id: String,
     /// The device slot; the lowest free one when absent.
     #[serde(default)]
+    #[schemars(range(max = MAX_DEVICE_INDEX))]
     pub device_index: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSecurityGroup {
+    #[schemars(with = "schema::VpcId")]
     pub vpc_id: String,
+    #[schemars(with = "schema::Name")]
     pub name: String,
     #[serde(default)]
+    #[schemars(with = "schema::Description")]
     pub description: String,
     #[serde(default)]
+    #[schemars(length(max = MAX_RULES))]
     pub ingress: Vec<SgRule>,
     /// Allow-all when absent, as in AWS.
     #[serde(default)]
+    #[schemars(length(max = MAX_RULES))]
     pub egress: Option<Vec<SgRule>>,
     #[serde(default)]
+    #[schemars(with = "schema::Tags")]
     pub tags: Tags,
     #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
     pub client_token: Option<String>,
 }
 
@@ -610,77 +677,109 @@ pub struct CreateSecurityGroup {
 #[serde(deny_unknown_fields)]
 pub struct PatchSecurityGroup {
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Description>")]
     pub description: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = MAX_RULES))]
     pub ingress: Option<Vec<SgRule>>,
     #[serde(default)]
+    #[schemars(length(max = MAX_RULES))]
     pub egress: Option<Vec<SgRule>>,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Tags>")]
     pub tags: Option<Tags>,
     #[serde(default)]
     pub revision: Option<u64>,
 }
 
+/// `POST /v1/route-tables`. The VPC's local route is added when `routes`
+/// holds none.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRouteTable {
+    #[schemars(with = "schema::VpcId")]
     pub vpc_id: String,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = MAX_ROUTES + 1))]
     pub routes: Vec<Route>,
     #[serde(default)]
+    #[schemars(with = "Vec<schema::SubnetId>")]
     pub subnet_ids: Vec<String>,
     #[serde(default)]
+    #[schemars(with = "schema::Tags")]
     pub tags: Tags,
     #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
     pub client_token: Option<String>,
 }
 
+/// `PATCH /v1/route-tables/{id}`. New `routes` keep the VPC's local route.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchRouteTable {
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = MAX_ROUTES + 1))]
     pub routes: Option<Vec<Route>>,
     #[serde(default)]
+    #[schemars(with = "Option<Vec<schema::SubnetId>>")]
     pub subnet_ids: Option<Vec<String>>,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Tags>")]
     pub tags: Option<Tags>,
     #[serde(default)]
     pub revision: Option<u64>,
 }
 
+/// `POST /v1/peerings`: two different VPCs with disjoint blocks.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePeering {
+    #[schemars(with = "schema::VpcId")]
     pub vpc_a: String,
+    #[schemars(with = "schema::VpcId")]
     pub vpc_b: String,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     #[serde(default)]
+    #[schemars(with = "schema::Tags")]
     pub tags: Tags,
     #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
     pub client_token: Option<String>,
 }
 
+/// `POST /v1/bandwidth-pools`: a `vpc`-scoped pool names its VPC, a
+/// `tenant`-scoped one names none.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBandwidthPool {
     pub scope: PoolScope,
     #[serde(default)]
+    #[schemars(with = "Option<schema::VpcId>")]
     pub vpc_id: Option<String>,
+    #[schemars(range(min = 1, max = MAX_MBPS))]
     pub limit_mbps: u64,
     #[serde(default)]
+    #[schemars(with = "Vec<schema::EniId>", extend("uniqueItems" = true))]
     pub members: Vec<String>,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     #[serde(default)]
+    #[schemars(with = "schema::Tags")]
     pub tags: Tags,
     #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
     pub client_token: Option<String>,
 }
 
@@ -688,12 +787,16 @@ pub struct CreateBandwidthPool {
 #[serde(deny_unknown_fields)]
 pub struct PatchBandwidthPool {
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_MBPS))]
     pub limit_mbps: Option<u64>,
     #[serde(default)]
+    #[schemars(with = "Option<Vec<schema::EniId>>", extend("uniqueItems" = true))]
     pub members: Option<Vec<String>>,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
     pub name: Option<String>,
     #[serde(default)]
+    #[schemars(with = "Option<schema::Tags>")]
     pub tags: Option<Tags>,
     #[serde(default)]
     pub revision: Option<u64>,

@@ -29,7 +29,9 @@ use crate::rule::Rule;
 
 /// The packet to trace: from an ENI (by id) to an address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TraceRequest {
+    #[schemars(with = "crate::schema::EniId")]
     pub source_eni_id: String,
     pub destination_ip: Ipv4Addr,
     /// `tcp`, `udp` or `icmp` (`all` is not a packet's protocol).
@@ -128,13 +130,20 @@ impl std::fmt::Display for TraceError {
     }
 }
 
+impl TraceRequest {
+    /// Whether the request describes a packet at all, on its own.
+    pub fn check_packet(&self) -> Result<(), TraceError> {
+        match self.protocol {
+            Protocol::All => Err(TraceError::NotAPacketProtocol),
+            Protocol::Tcp | Protocol::Udp if self.port.is_none() => Err(TraceError::PortRequired),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Traces `req` from `source` through `world`.
 pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result<Trace, TraceError> {
-    match req.protocol {
-        Protocol::All => return Err(TraceError::NotAPacketProtocol),
-        Protocol::Tcp | Protocol::Udp if req.port.is_none() => return Err(TraceError::PortRequired),
-        _ => {}
-    }
+    req.check_packet()?;
     let mut t = Trace { verdict: TraceVerdict::Dropped, steps: vec![], destination_eni_id: None, destination_host_id: None };
     let src_ip = req.source_ip.unwrap_or(source.private_ip);
     let dst = req.destination_ip;

@@ -1,5 +1,7 @@
 //! Validation of names, tags, security-group rules and routes, and
-//! derivation of values from ids (MAC addresses).
+//! derivation of values from ids (MAC addresses). The limits here are also
+//! what [`crate::schema`] writes into `/openapi.json`; lengths count
+//! characters, as JSON Schema's `maxLength` does.
 
 use ipnet::Ipv4Net;
 
@@ -12,9 +14,16 @@ pub const MAX_TAGS: usize = 50;
 pub const MAX_TAG_KEY_LEN: usize = 128;
 pub const MAX_TAG_VALUE_LEN: usize = 256;
 pub const MAX_RULES: usize = 200;
+/// Routes per table besides the local route (so a table's `routes` list
+/// holds at most one more).
 pub const MAX_ROUTES: usize = 200;
 pub const MAX_SECONDARY_IPS: usize = 32;
 pub const MAX_SECURITY_GROUPS_PER_ENI: usize = 16;
+pub const MAX_CLIENT_TOKEN_LEN: usize = 64;
+pub const MAX_DESCRIPTION_LEN: usize = 255;
+/// ENIs per instance; device indexes run from 0 to this minus one.
+pub const MAX_ENIS_PER_INSTANCE: usize = 64;
+pub const MAX_DEVICE_INDEX: u32 = MAX_ENIS_PER_INSTANCE as u32 - 1;
 
 /// Names: 1–128 printable characters, no control characters.
 pub fn check_name(name: &str) -> Result<(), ModelError> {
@@ -28,18 +37,51 @@ pub fn check_name(name: &str) -> Result<(), ModelError> {
 }
 
 pub fn check_tags(tags: &Tags) -> Result<(), ModelError> {
-    if tags.len() > MAX_TAGS {
-        return Err(ModelError::invalid("invalid_tags", format!("at most {MAX_TAGS} tags, got {}", tags.len())));
+    check_string_map(tags, "tags", "invalid_tags")
+}
+
+/// A host's labels: the same limits as tags.
+pub fn check_labels(labels: &Tags) -> Result<(), ModelError> {
+    check_string_map(labels, "labels", "invalid_labels")
+}
+
+fn check_string_map(map: &Tags, what: &str, code: &'static str) -> Result<(), ModelError> {
+    if map.len() > MAX_TAGS {
+        return Err(ModelError::invalid(code, format!("at most {MAX_TAGS} {what}, got {}", map.len())));
     }
-    for (k, v) in tags {
-        if k.is_empty() || k.len() > MAX_TAG_KEY_LEN || v.len() > MAX_TAG_VALUE_LEN {
+    for (k, v) in map {
+        let key_len = k.chars().count();
+        if key_len == 0 || key_len > MAX_TAG_KEY_LEN || v.chars().count() > MAX_TAG_VALUE_LEN {
             return Err(ModelError::invalid(
-                "invalid_tags",
+                code,
                 format!(
-                    "tag keys are 1 to {MAX_TAG_KEY_LEN} bytes and values at most {MAX_TAG_VALUE_LEN}; `{k}` is not"
+                    "{what} keys are 1 to {MAX_TAG_KEY_LEN} characters and values at most {MAX_TAG_VALUE_LEN}; `{k}` is not"
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A security group's description: at most [`MAX_DESCRIPTION_LEN`] characters.
+pub fn check_description(text: &str) -> Result<(), ModelError> {
+    if text.chars().count() > MAX_DESCRIPTION_LEN {
+        return Err(ModelError::invalid(
+            "invalid_description",
+            format!("a description is at most {MAX_DESCRIPTION_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A create's idempotency token: 1 to [`MAX_CLIENT_TOKEN_LEN`] characters.
+pub fn check_client_token(token: &str) -> Result<(), ModelError> {
+    let n = token.chars().count();
+    if n == 0 || n > MAX_CLIENT_TOKEN_LEN {
+        return Err(ModelError::invalid(
+            "invalid_client_token",
+            format!("client_token must be 1 to {MAX_CLIENT_TOKEN_LEN} characters"),
+        ));
     }
     Ok(())
 }
@@ -101,26 +143,33 @@ pub fn check_route(route: &Route) -> Result<(), ModelError> {
     }
 }
 
-/// Checks a table's routes: no duplicate destinations, and `local` only for
-/// the VPC's own block.
-pub fn check_routes(routes: &[Route], vpc_cidr: Ipv4Net) -> Result<(), ModelError> {
-    if routes.len() > MAX_ROUTES {
-        return Err(ModelError::invalid("invalid_route", format!("at most {MAX_ROUTES} routes per table")));
+/// Checks a list of routes on its own: how many, each route, no duplicate
+/// destinations.
+pub fn check_route_list(routes: &[Route]) -> Result<(), ModelError> {
+    if routes.iter().filter(|r| r.target != "local").count() > MAX_ROUTES {
+        return Err(ModelError::invalid("invalid_route", format!("at most {MAX_ROUTES} routes per table besides the local one")));
     }
     for (i, r) in routes.iter().enumerate() {
         check_route(r)?;
-        if r.target == "local" && r.destination_cidr != vpc_cidr {
-            return Err(ModelError::invalid(
-                "invalid_route",
-                format!("only the VPC's block {vpc_cidr} may route to `local`"),
-            ));
-        }
         if routes[..i].iter().any(|o| o.destination_cidr == r.destination_cidr) {
             return Err(ModelError::invalid(
                 "invalid_route",
                 format!("destination {} appears twice", r.destination_cidr),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Checks a table's routes: [`check_route_list`], and `local` only for the
+/// VPC's own block.
+pub fn check_routes(routes: &[Route], vpc_cidr: Ipv4Net) -> Result<(), ModelError> {
+    check_route_list(routes)?;
+    if let Some(r) = routes.iter().find(|r| r.target == "local" && r.destination_cidr != vpc_cidr) {
+        return Err(ModelError::invalid(
+            "invalid_route",
+            format!("only the VPC's block {vpc_cidr} may route to `local`, not {}", r.destination_cidr),
+        ));
     }
     Ok(())
 }

@@ -113,14 +113,16 @@ pub fn visible<'a, T: Owned>(
 
 /// Resources that belong to a tenant.
 pub trait Owned {
+    const KIND: Kind;
     fn tenant(&self) -> &str;
     fn id(&self) -> &str;
     fn name(&self) -> &str;
 }
 
 macro_rules! owned {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $k:expr),*) => {$(
         impl Owned for $t {
+            const KIND: Kind = $k;
             fn tenant(&self) -> &str { &self.tenant }
             fn id(&self) -> &str { &self.id }
             fn name(&self) -> &str { &self.name }
@@ -128,16 +130,16 @@ macro_rules! owned {
     )*};
 }
 owned!(
-    evnet_model::Tenant,
-    evnet_model::Host,
-    evnet_model::Vpc,
-    evnet_model::Subnet,
-    evnet_model::Instance,
-    evnet_model::Eni,
-    evnet_model::SecurityGroup,
-    evnet_model::RouteTable,
-    evnet_model::Peering,
-    evnet_model::BandwidthPool
+    evnet_model::Tenant => Kind::Tenant,
+    evnet_model::Host => Kind::Host,
+    evnet_model::Vpc => Kind::Vpc,
+    evnet_model::Subnet => Kind::Subnet,
+    evnet_model::Instance => Kind::Instance,
+    evnet_model::Eni => Kind::Eni,
+    evnet_model::SecurityGroup => Kind::SecurityGroup,
+    evnet_model::RouteTable => Kind::RouteTable,
+    evnet_model::Peering => Kind::Peering,
+    evnet_model::BandwidthPool => Kind::BandwidthPool
 );
 
 /// Idempotent creates: with a client token, a retry of the same request
@@ -150,14 +152,9 @@ pub struct Idempotency {
 
 impl Idempotency {
     pub fn new<B: Serialize>(tenant: &str, kind: Kind, client_token: Option<&str>, body: &B) -> ApiResult<Self> {
-        if let Some(t) = client_token
-            && (t.is_empty() || t.len() > 64) {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_client_token",
-                    "client_token must be 1 to 64 characters",
-                ));
-            }
+        if let Some(t) = client_token {
+            evnet_model::validate::check_client_token(t)?;
+        }
         let request_sha256 = hex::encode(Sha256::digest(json(body)));
         Ok(Self { key: client_token.map(|t| keys::idem(tenant, kind, t)), request_sha256 })
     }
@@ -202,6 +199,129 @@ pub struct ListQuery {
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
+/// A list's filter parameter (besides `limit` and `page_token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    Name,
+    /// The owning tenant (useful to the admin).
+    Tenant,
+    /// An id of this kind.
+    Id(&'static str, Kind),
+    /// A status, one of this enum's values.
+    Status(StatusKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusKind {
+    Host,
+    Eni,
+}
+
+impl Filter {
+    pub fn param(self) -> &'static str {
+        match self {
+            Filter::Name => "name",
+            Filter::Tenant => "tenant",
+            Filter::Id(p, _) => p,
+            Filter::Status(_) => "status",
+        }
+    }
+
+    fn check(self, value: &str) -> ApiResult<()> {
+        let bad = |what: String| Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("`{}` {what}", self.param())));
+        match self {
+            Filter::Name => match evnet_model::validate::check_name(value) {
+                Ok(()) => Ok(()),
+                Err(e) => bad(format!("is not a valid name: {}", e.message)),
+            },
+            Filter::Tenant => check_id_param("tenant", Kind::Tenant, value),
+            Filter::Id(p, kind) => check_id_param(p, kind, value),
+            Filter::Status(s) => {
+                let v = serde_json::Value::String(value.to_string());
+                let ok = match s {
+                    StatusKind::Host => serde_json::from_value::<evnet_model::HostStatus>(v).is_ok(),
+                    StatusKind::Eni => serde_json::from_value::<evnet_model::EniStatus>(v).is_ok(),
+                };
+                if ok { Ok(()) } else { bad(format!("`{value}` is not a status; see /openapi.json for the values")) }
+            }
+        }
+    }
+}
+
+fn check_id_param(param: &str, kind: Kind, value: &str) -> ApiResult<()> {
+    if Kind::of_id(value) == Some(kind) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        format!("`{param}` must be the id of a {} (like {}), got {value:?}", kind.noun(), kind.make_id(0x1a2b3c4d5e6f7a8b)),
+    ))
+}
+
+/// The filters each collection's list takes. The list handlers refuse any
+/// other (400 `invalid_query`), and `/openapi.json` lists these.
+pub fn list_filters(kind: Kind) -> &'static [Filter] {
+    use Filter::*;
+    const VPC: Filter = Id("vpc_id", Kind::Vpc);
+    match kind {
+        Kind::Tenant => &[Name],
+        Kind::Host => &[Name, Status(StatusKind::Host)],
+        Kind::Vpc => &[Name, Tenant],
+        Kind::Subnet | Kind::SecurityGroup | Kind::RouteTable | Kind::Peering | Kind::BandwidthPool => &[Name, Tenant, VPC],
+        Kind::Instance => &[Name, Tenant, Id("host_id", Kind::Host)],
+        Kind::Eni => &[
+            Name,
+            Tenant,
+            Id("subnet_id", Kind::Subnet),
+            VPC,
+            Id("instance_id", Kind::Instance),
+            Id("host_id", Kind::Host),
+            Status(StatusKind::Eni),
+        ],
+    }
+}
+
+impl ListQuery {
+    /// Checks the parameters against what a list of `kind` takes.
+    pub fn check(&self, kind: Kind) -> ApiResult<()> {
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_limit",
+                format!("limit must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        if let Some(t) = &self.page_token {
+            check_id_param("page_token", kind, t)?;
+        }
+        let given = [
+            ("name", &self.name),
+            ("tenant", &self.tenant),
+            ("vpc_id", &self.vpc_id),
+            ("subnet_id", &self.subnet_id),
+            ("instance_id", &self.instance_id),
+            ("host_id", &self.host_id),
+            ("status", &self.status),
+        ];
+        let filters = list_filters(kind);
+        for (param, value) in given {
+            let Some(value) = value else { continue };
+            let Some(f) = filters.iter().find(|f| f.param() == param) else {
+                let takes: Vec<&str> = filters.iter().map(|f| f.param()).collect();
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("`{param}` does not filter {}; they filter by {}", kind.collection(), takes.join(", ")),
+                ));
+            };
+            f.check(value)?;
+        }
+        Ok(())
+    }
+}
+
 /// One page of the resources in `map` that the caller sees and `keep` accepts,
 /// in id order after `page_token`.
 pub fn paginate<T: Owned + Clone, F: Fn(&T) -> bool>(
@@ -213,14 +333,8 @@ pub fn paginate<T: Owned + Clone, F: Fn(&T) -> bool>(
     if let Caller::Host(_) | Caller::Bootstrap(_) = caller {
         caller.require_person("list tenants' resources")?;
     }
+    q.check(T::KIND)?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
     let start = match &q.page_token {
         Some(t) => std::ops::Bound::Excluded(t.clone()),
         None => std::ops::Bound::Unbounded,

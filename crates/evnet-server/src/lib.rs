@@ -90,7 +90,8 @@ pub fn app(state: AppState) -> Router {
         .route("/enis/{id}/assign-ips", post(compute::assign_ips))
         .route("/enis/{id}/unassign-ips", post(compute::unassign_ips))
         .route("/bandwidth-pools", post(compute::create_pool).get(compute::list_pools))
-        .route("/bandwidth-pools/{id}", get(compute::get_pool).patch(compute::patch_pool).delete(compute::delete_pool));
+        .route("/bandwidth-pools/{id}", get(compute::get_pool).patch(compute::patch_pool).delete(compute::delete_pool))
+        .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/v1", v1)
         .route("/ec2", get(ec2::handle).post(ec2::handle))
@@ -101,10 +102,19 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async {
             error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "no_such_route", "no such route; see /openapi.json")
         })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), cluster_api::require_store))
         .layer(axum::middleware::from_fn_with_state(state.clone(), frontdoor::frontdoor))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> error::ApiError {
+    error::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("this path does not take {method}; see /openapi.json for the operations it does"),
+    )
 }
 
 /// Builds the shared state over a store: starts the cache and returns once

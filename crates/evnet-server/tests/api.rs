@@ -480,3 +480,213 @@ async fn trace_explains_a_packet_and_only_for_the_callers_enis() {
     let (s, _) = t.call("POST", "/v1/trace", Some(&a), Some(json!({"source_eni_id": e1_id, "destination_ip": "not-an-ip", "protocol": "icmp"}))).await;
     assert_eq!(s.as_u16(), 400);
 }
+
+#[tokio::test]
+async fn bodies_the_document_does_not_require_may_be_left_out() {
+    let t = T::new().await;
+    let raw = |method: &str, path: String, tok: String, ct: Option<&'static str>, body: &'static str| {
+        let method = method.to_uppercase();
+        let app = t.app.clone();
+        async move {
+            let (s, b) = common::send_raw(&app, &method, &path, Some(&tok), ct, body.as_bytes().to_vec()).await;
+            (s.as_u16(), serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null))
+        }
+    };
+    // Issuing an agent token takes no body.
+    let (s, v) = raw("POST", "/v1/agent-tokens".into(), ADMIN.into(), None, "").await;
+    assert_eq!(s, 201, "{v}");
+    let agent = v["token"].as_str().unwrap().to_string();
+    t.host(&agent, "host-1", "198.18.0.1", 1000).await;
+    let a = t.tenant("a").await;
+    let (vpc, subnet) = t.network(&a, "10.0.0.0/16", "10.0.1.0/24").await;
+    let eni = t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet})).await["id"].as_str().unwrap().to_string();
+    t.ok("POST", "/v1/instances", &a, json!({"eni_ids": [eni]})).await;
+    // Detach with no body and no content type.
+    let (s, v) = raw("POST", format!("/v1/enis/{eni}/detach"), a.clone(), None, "").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("available")), "{v}");
+    // An empty body under a JSON content type is no body too.
+    let (s, v) = raw("PATCH", format!("/v1/vpcs/{vpc}"), a.clone(), Some("application/json"), "").await;
+    assert_eq!(s, 200, "{v}");
+    // A required body left out names what is missing.
+    let (s, v) = raw("POST", "/v1/vpcs".into(), a.clone(), None, "").await;
+    assert_eq!((s, code(&v)), (400, "invalid_body"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("cidr_block"), "{v}");
+    // A body that is there must be JSON.
+    let (s, v) = raw("POST", format!("/v1/enis/{eni}/detach"), a.clone(), Some("text/plain"), "{}").await;
+    assert_eq!((s, code(&v)), (415, "unsupported_media_type"));
+    let (s, v) = raw("POST", "/v1/vpcs".into(), a.clone(), None, r#"{"cidr_block": "10.1.0.0/16"}"#).await;
+    assert_eq!((s, code(&v)), (415, "unsupported_media_type"));
+    let (s, v) = raw("POST", "/v1/vpcs".into(), a.clone(), Some("application/json"), "{nope").await;
+    assert_eq!((s, code(&v)), (400, "invalid_body"));
+    let (s, _) = raw("POST", "/v1/vpcs".into(), a.clone(), Some("application/merge-patch+json; charset=utf-8"), r#"{"cidr_block": "10.1.0.0/16"}"#).await;
+    assert_eq!(s, 201);
+
+    // The document says which bodies may be left out; each such operation
+    // takes a request without one, and each other one refuses it cleanly.
+    let doc = evnet_server::openapi::document();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(rb) = op.get("requestBody") else { continue };
+            let path = path.replace("{id}", &eni);
+            let tok = if path.starts_with("/v1/hosts") || path.starts_with("/v1/tenants") || path.starts_with("/v1/agent") { ADMIN.to_string() } else { a.clone() };
+            let (s, v) = raw(method, path.clone(), tok, None, "").await;
+            if rb["required"] == true {
+                assert_eq!((s, code(&v)), (400, "invalid_body"), "{method} {path}: {v}");
+            } else {
+                assert!(s != 400 && s != 415 && s < 500, "{method} {path} without a body: {s} {v}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_error_format() {
+    let t = T::new().await;
+    let a = t.tenant("a").await;
+    let (s, v) = t.call("PUT", "/v1/vpcs", Some(&a), Some(json!({}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (405, "method_not_allowed"));
+    let (s, v) = t.call("POST", "/v1/vpcs/vpc-1a2b3c4d5e6f7a8b", Some(&a), None).await;
+    assert_eq!((s.as_u16(), code(&v)), (405, "method_not_allowed"));
+    let (s, v) = t.call("GET", "/v1/nothing-here", Some(&a), None).await;
+    assert_eq!((s.as_u16(), code(&v)), (404, "no_such_route"));
+    // Lists refuse filters they do not take and malformed ones.
+    let (s, v) = t.get("/v1/instances?vpc_id=vpc-1a2b3c4d5e6f7a8b", &a).await;
+    assert_eq!((s.as_u16(), code(&v)), (400, "invalid_query"), "{v}");
+    let (s, v) = t.get("/v1/enis?vpc_id=banana", &a).await;
+    assert_eq!((s.as_u16(), code(&v)), (400, "invalid_query"), "{v}");
+    let (s, v) = t.get("/v1/enis?status=broken", &a).await;
+    assert_eq!((s.as_u16(), code(&v)), (400, "invalid_query"), "{v}");
+    let (s, _) = t.get("/v1/enis?status=in-use&vpc_id=vpc-1a2b3c4d5e6f7a8b", &a).await;
+    assert_eq!(s.as_u16(), 200);
+}
+
+#[tokio::test]
+async fn integers_may_be_written_as_integral_floats() {
+    let t = T::new().await;
+    let a = t.tenant("a").await;
+    let (_, subnet) = t.network(&a, "10.0.0.0/16", "10.0.1.0/24").await;
+    let body = json!({"subnet_id": subnet, "secondary_ip_count": 2.0, "bandwidth": {"guaranteed_mbps": 596.0, "weight": 2e0, "burst_kbytes": 64.0}});
+    let e = t.ok("POST", "/v1/enis", &a, body).await;
+    assert_eq!((e["bandwidth"]["guaranteed_mbps"].as_u64(), e["bandwidth"]["weight"].as_u64()), (Some(596), Some(2)));
+    assert_eq!(e["secondary_ips"].as_array().unwrap().len(), 2);
+    let (s, v) = t.call("POST", "/v1/enis", Some(&a), Some(json!({"subnet_id": subnet, "bandwidth": {"weight": 596.5}}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (400, "invalid_body"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("bandwidth.weight"), "{v}");
+    // Query parameters too, and only where an integer is expected.
+    let (s, v) = t.get("/v1/enis?limit=1.0", &a).await;
+    assert_eq!((s.as_u16(), v["items"].as_array().map(Vec::len)), (200, Some(1)), "{v}");
+    let (s, v) = t.get("/v1/enis?limit=1.5", &a).await;
+    assert_eq!((s.as_u16(), code(&v)), (400, "invalid_query"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("limit"), "{v}");
+    let (s, v) = t.get("/v1/enis?name=1.0&limit=2.0", &a).await;
+    assert_eq!((s.as_u16(), v["items"].as_array().map(Vec::len)), (200, Some(0)), "the name filter stays `1.0`: {v}");
+}
+
+/// Every string and integer a request may carry has its bounds in the
+/// document, every object says what else it takes, every operation lists
+/// its error responses with the shared error schema and their codes, and a
+/// body is required exactly when its schema requires a field.
+#[test]
+fn the_document_states_every_bound_and_error() {
+    let doc = evnet_server::openapi::document();
+    let schemas = &doc["components"]["schemas"];
+    let resolve = |s: &Value| -> Value {
+        let mut s = s.clone();
+        while let Some(r) = s.get("$ref").and_then(Value::as_str).map(str::to_string) {
+            s = schemas[r.rsplit('/').next().unwrap()].clone();
+        }
+        s
+    };
+    fn walk(s: &Value, at: &str, resolve: &dyn Fn(&Value) -> Value, problems: &mut Vec<String>) {
+        let s = resolve(s);
+        for key in ["anyOf", "oneOf", "allOf"] {
+            for (i, b) in s.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
+                walk(b, &format!("{at}<{key}{i}>"), resolve, problems);
+            }
+        }
+        if s.get("const").is_some() || s.get("enum").is_some() {
+            return;
+        }
+        let types: Vec<String> = match &s["type"] {
+            Value::String(t) => vec![t.clone()],
+            Value::Array(a) => a.iter().filter_map(|t| t.as_str().map(String::from)).collect(),
+            _ => vec![],
+        };
+        for t in types {
+            match t.as_str() {
+                "string" if s.get("maxLength").is_none() && s.get("pattern").is_none() && s.get("format").is_none() => {
+                    problems.push(format!("{at}: a string without maxLength, pattern or format"))
+                }
+                "integer" if s.get("minimum").is_none() || s.get("maximum").is_none() => {
+                    problems.push(format!("{at}: an integer without minimum and maximum"))
+                }
+                "object" => {
+                    match s.get("additionalProperties") {
+                        Some(Value::Bool(false)) => {}
+                        Some(extra @ Value::Object(_)) => {
+                            if s.get("maxProperties").is_none() {
+                                problems.push(format!("{at}: a map without maxProperties"));
+                            }
+                            walk(extra, &format!("{at}/*"), resolve, problems);
+                            if let Some(names) = s.get("propertyNames") {
+                                let mut key = names.clone();
+                                key["type"] = json!("string");
+                                walk(&key, &format!("{at}/<key>"), resolve, problems);
+                            } else {
+                                problems.push(format!("{at}: a map without propertyNames"));
+                            }
+                        }
+                        _ => problems.push(format!("{at}: an object that does not say what else it takes")),
+                    }
+                    for (k, p) in s.get("properties").and_then(Value::as_object).into_iter().flatten() {
+                        walk(p, &format!("{at}/{k}"), resolve, problems);
+                    }
+                }
+                "array" => walk(&s["items"], &format!("{at}[]"), resolve, problems),
+                _ => {}
+            }
+        }
+    }
+    let mut problems = vec![];
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let here = format!("{method} {path}");
+            let responses = op["responses"].as_object().unwrap();
+            assert!(responses.contains_key("401"), "{here} does not list 401");
+            for (status, r) in responses {
+                let status: u16 = status.parse().unwrap_or_else(|_| panic!("{here}: response {status} is not a status"));
+                if status < 400 {
+                    continue;
+                }
+                let schema = &r["content"]["application/json"]["schema"];
+                assert_eq!(schema["allOf"][0]["$ref"], "#/components/schemas/ErrorBody", "{here} {status}");
+                let codes = schema["allOf"][1]["properties"]["error"]["properties"]["code"]["enum"].as_array().unwrap();
+                assert!(!codes.is_empty(), "{here} {status} lists no code");
+                for c in codes {
+                    assert_eq!(evnet_server::openapi::status_of(c.as_str().unwrap()), Some(status), "{here}: {c}");
+                }
+            }
+            for p in op["parameters"].as_array().unwrap() {
+                if p["in"] == "path" {
+                    assert_eq!(p["required"], true, "{here}");
+                }
+                walk(&p["schema"], &format!("{here} ?{}", p["name"].as_str().unwrap()), &resolve, &mut problems);
+            }
+            if let Some(rb) = op.get("requestBody") {
+                for code in ["invalid_body", "unsupported_media_type", "payload_too_large"] {
+                    let status = evnet_server::openapi::status_of(code).unwrap().to_string();
+                    let listed = &responses[&status]["content"]["application/json"]["schema"]["allOf"][1]["properties"]["error"]["properties"]["code"]["enum"];
+                    assert!(listed.as_array().unwrap().contains(&json!(code)), "{here} does not list {code}");
+                }
+                let schema = &rb["content"]["application/json"]["schema"];
+                let requires = resolve(schema).get("required").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+                assert_eq!(rb["required"], requires, "{here}: requestBody.required");
+                walk(schema, &format!("{here} body"), &resolve, &mut problems);
+            }
+        }
+    }
+    assert!(operations >= 55, "{operations} operations");
+    assert!(problems.is_empty(), "{} unbounded values in requests:\n{}", problems.len(), problems.join("\n"));
+}

@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use evnet_model::placement::{choose_host, HostLoad};
-use evnet_model::validate::{check_tags, mac_for_eni, MAX_SECONDARY_IPS, MAX_SECURITY_GROUPS_PER_ENI};
+use evnet_model::validate::{
+    check_tags, mac_for_eni, MAX_DEVICE_INDEX, MAX_ENIS_PER_INSTANCE, MAX_SECONDARY_IPS, MAX_SECURITY_GROUPS_PER_ENI,
+};
 use evnet_model::*;
 use evnet_store::Txn;
 use serde::Deserialize;
@@ -61,6 +63,9 @@ pub async fn create_instance(
     let id = new_id(Kind::Instance);
     let name = name_or(&id, &req.name)?;
     let now = now_rfc3339();
+    if req.eni_ids.len() > MAX_ENIS_PER_INSTANCE {
+        return Err(ModelError::invalid("invalid_request", format!("an instance has at most {MAX_ENIS_PER_INSTANCE} ENIs")).into());
+    }
     let mut seen = HashSet::new();
     if let Some(dup) = req.eni_ids.iter().find(|e| !seen.insert(*e)) {
         return Err(ModelError::invalid("invalid_request", format!("ENI {dup} is listed twice")).into());
@@ -187,10 +192,16 @@ fn eni_in_use(eni: &str, instance: &str) -> ApiError {
     ModelError::conflict("eni_in_use", format!("ENI {eni} is attached to instance {instance}; detach it first")).into()
 }
 
-fn check_groups(snap: &Snapshot, caller: &Caller, vpc_id: &str, groups: &[String]) -> ApiResult<Vec<(String, u64)>> {
+/// How many groups an ENI names, checked before anything is looked up.
+fn check_group_count(groups: &[String]) -> ApiResult<()> {
     if groups.len() > MAX_SECURITY_GROUPS_PER_ENI {
         return Err(ModelError::invalid("invalid_security_groups", format!("at most {MAX_SECURITY_GROUPS_PER_ENI} groups per ENI")).into());
     }
+    Ok(())
+}
+
+fn check_groups(snap: &Snapshot, caller: &Caller, vpc_id: &str, groups: &[String]) -> ApiResult<Vec<(String, u64)>> {
+    check_group_count(groups)?;
     let mut out = vec![];
     let mut seen = HashSet::new();
     for g in groups {
@@ -283,6 +294,7 @@ fn pick_addresses(st: &AppState, subnet_id: &str, pool: &ipam::IpPool, explicit:
 pub async fn create_eni(State(st): State<AppState>, caller: Caller, Body(req): Body<CreateEni>) -> ApiResult<(StatusCode, Json<Eni>)> {
     let tenant = caller.tenant_for_create()?.to_string();
     check_tags(&req.tags)?;
+    check_group_count(&req.security_group_ids)?;
     let bandwidth = req.bandwidth.unwrap_or_default();
     bandwidth.validate()?;
     let extra = req.secondary_ips.len() + req.secondary_ip_count as usize;
@@ -387,6 +399,12 @@ pub async fn patch_eni(State(st): State<AppState>, caller: Caller, Path(id): Pat
     if let Some(b) = &req.bandwidth {
         b.validate()?;
     }
+    if let Some(groups) = &req.security_group_ids {
+        if groups.is_empty() {
+            return Err(ModelError::invalid("invalid_security_groups", "an ENI needs at least one security group").into());
+        }
+        check_group_count(groups)?;
+    }
     commit(&st, |snap| {
         let e = visible(&snap.enis, Kind::Eni, &id, &caller)?;
         check_revision(req.revision, e.mod_revision, &id)?;
@@ -403,9 +421,6 @@ pub async fn patch_eni(State(st): State<AppState>, caller: Caller, Path(id): Pat
             eni.source_dest_check = s;
         }
         if let Some(groups) = &req.security_group_ids {
-            if groups.is_empty() {
-                return Err(ModelError::invalid("invalid_security_groups", "an ENI needs at least one security group").into());
-            }
             for (g, rev) in check_groups(snap, &caller, &eni.vpc_id, groups)? {
                 txn.compares.push(cmp(keys::resource(Kind::SecurityGroup, &g), rev));
             }
@@ -550,6 +565,10 @@ pub async fn delete_eni(State(st): State<AppState>, caller: Caller, Path(id): Pa
 }
 
 pub async fn attach_eni(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, Body(req): Body<AttachEni>) -> ApiResult<Json<Eni>> {
+    if let Some(d) = req.device_index
+        && d > MAX_DEVICE_INDEX {
+            return Err(ModelError::invalid("invalid_device_index", format!("device_index must be between 0 and {MAX_DEVICE_INDEX}")).into());
+        }
     commit(&st, |snap| {
         let e = visible(&snap.enis, Kind::Eni, &id, &caller)?;
         let inst = visible(&snap.instances, Kind::Instance, &req.instance_id, &caller)?;
@@ -564,9 +583,10 @@ pub async fn attach_eni(State(st): State<AppState>, caller: Caller, Path(id): Pa
             Some(d) if used.contains(&d) => {
                 return Err(ModelError::conflict("device_index_in_use", format!("instance {} already has an ENI at device index {d}", req.instance_id)).into())
             }
-            Some(d) if d > 63 => return Err(ModelError::invalid("invalid_device_index", "device_index must be between 0 and 63").into()),
             Some(d) => d,
-            None => (0..64).find(|d| !used.contains(d)).ok_or_else(|| ApiError::from(ModelError::conflict("too_many_enis", "the instance has 64 ENIs already")))?,
+            None => (0..=MAX_DEVICE_INDEX).find(|d| !used.contains(d)).ok_or_else(|| {
+                ApiError::from(ModelError::conflict("too_many_enis", format!("the instance has {MAX_ENIS_PER_INSTANCE} ENIs already")))
+            })?,
         };
         let host_id = inst.value.host_id.clone();
         let mut eni = arc_clone(&e.value);
@@ -585,7 +605,8 @@ pub async fn attach_eni(State(st): State<AppState>, caller: Caller, Path(id): Pa
     Ok(Json(read_back(&st.cache.read().enis, &id)?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `POST /v1/enis/{id}/detach` takes no fields; the body may be left out.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DetachEni {}
 
@@ -611,12 +632,18 @@ pub async fn detach_eni(State(st): State<AppState>, caller: Caller, Path(id): Pa
 
 // --- Bandwidth pools --------------------------------------------------------
 
-fn check_pool_members(snap: &Snapshot, caller: &Caller, scope: PoolScope, vpc_id: Option<&str>, pool_id: &str, members: &[String], txn: &mut Txn) -> ApiResult<()> {
+/// No member twice, checked before anything is looked up.
+fn check_member_list(members: &[String]) -> ApiResult<()> {
     let mut seen = HashSet::new();
+    match members.iter().find(|m| !seen.insert(*m)) {
+        Some(m) => Err(ModelError::invalid("invalid_members", format!("ENI {m} is listed twice")).into()),
+        None => Ok(()),
+    }
+}
+
+fn check_pool_members(snap: &Snapshot, caller: &Caller, scope: PoolScope, vpc_id: Option<&str>, pool_id: &str, members: &[String], txn: &mut Txn) -> ApiResult<()> {
+    check_member_list(members)?;
     for m in members {
-        if !seen.insert(m) {
-            return Err(ModelError::invalid("invalid_members", format!("ENI {m} is listed twice")).into());
-        }
         let e = visible(&snap.enis, Kind::Eni, m, caller)?;
         if scope == PoolScope::Vpc && Some(e.value.vpc_id.as_str()) != vpc_id {
             return Err(ModelError::invalid("invalid_members", format!("ENI {m} is not in the pool's VPC")).into());
@@ -646,6 +673,7 @@ pub async fn create_pool(
     let tenant = caller.tenant_for_create()?.to_string();
     check_tags(&req.tags)?;
     check_pool_limit(req.limit_mbps)?;
+    check_member_list(&req.members)?;
     match (req.scope, &req.vpc_id) {
         (PoolScope::Vpc, None) => return Err(ModelError::invalid("invalid_scope", "a vpc-scoped pool needs vpc_id").into()),
         (PoolScope::Tenant, Some(_)) => return Err(ModelError::invalid("invalid_scope", "a tenant-scoped pool takes no vpc_id").into()),
@@ -699,6 +727,9 @@ pub async fn patch_pool(
 ) -> ApiResult<Json<BandwidthPool>> {
     if let Some(l) = req.limit_mbps {
         check_pool_limit(l)?;
+    }
+    if let Some(m) = &req.members {
+        check_member_list(m)?;
     }
     check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
     commit(&st, |snap| {

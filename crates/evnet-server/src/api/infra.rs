@@ -136,6 +136,7 @@ pub async fn register_host(
         }
     };
     check_name(&req.name)?;
+    evnet_model::validate::check_labels(&req.labels)?;
     check_nic(req.nic_mbps)?;
     check_underlay_ip(req.underlay_ip)?;
     let credential = new_token();

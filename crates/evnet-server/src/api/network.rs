@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use evnet_model::ipam::{check_subnet_cidr, check_vpc_cidr, gateway, parse_cidr};
-use evnet_model::validate::{check_name, check_routes, check_sg_rules, check_tags};
+use evnet_model::validate::{check_description, check_name, check_route_list, check_routes, check_sg_rules, check_tags};
 use evnet_model::*;
 use evnet_store::Txn;
 
@@ -193,6 +193,7 @@ pub async fn create_subnet(
 ) -> ApiResult<(StatusCode, Json<Subnet>)> {
     let tenant = caller.tenant_for_create()?.to_string();
     let cidr = parse_cidr(&req.cidr_block)?;
+    evnet_model::ipam::check_subnet_prefix(cidr)?;
     check_tags(&req.tags)?;
     let idem = Idempotency::new(&tenant, Kind::Subnet, req.client_token.as_deref(), &req)?;
     let id = new_id(Kind::Subnet);
@@ -344,6 +345,7 @@ pub async fn create_sg(
     let tenant = caller.tenant_for_create()?.to_string();
     check_name(&req.name)?;
     check_tags(&req.tags)?;
+    check_description(&req.description)?;
     check_sg_rules(&req.ingress)?;
     let egress = req.egress.clone().unwrap_or_else(|| vec![allow_all()]);
     check_sg_rules(&egress)?;
@@ -405,6 +407,9 @@ pub async fn patch_sg(
     Body(req): Body<PatchSecurityGroup>,
 ) -> ApiResult<Json<SecurityGroup>> {
     check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
+    if let Some(d) = &req.description {
+        check_description(d)?;
+    }
     if let Some(r) = &req.ingress {
         check_sg_rules(r)?;
     }
@@ -524,6 +529,7 @@ pub async fn create_rtb(
 ) -> ApiResult<(StatusCode, Json<RouteTable>)> {
     let tenant = caller.tenant_for_create()?.to_string();
     check_tags(&req.tags)?;
+    check_route_list(&req.routes)?;
     let idem = Idempotency::new(&tenant, Kind::RouteTable, req.client_token.as_deref(), &req)?;
     let id = new_id(Kind::RouteTable);
     let name = name_or(&id, &req.name)?;
@@ -579,6 +585,9 @@ pub async fn patch_rtb(
     Body(req): Body<PatchRouteTable>,
 ) -> ApiResult<Json<RouteTable>> {
     check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
+    if let Some(routes) = &req.routes {
+        check_route_list(routes)?;
+    }
     commit(&st, |snap| {
         let e = visible(&snap.route_tables, Kind::RouteTable, &id, &caller)?;
         check_revision(req.revision, e.mod_revision, &id)?;

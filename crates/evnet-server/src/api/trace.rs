@@ -9,12 +9,14 @@ use evnet_model::*;
 
 use crate::auth::Caller;
 use crate::common::*;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
 use crate::state::AppState;
 
 /// `POST /v1/trace`.
 pub async fn trace(State(st): State<AppState>, caller: Caller, Body(req): Body<TraceRequest>) -> ApiResult<Json<Trace>> {
+    let invalid = |e: evnet_model::trace::TraceError| ApiError::from(ModelError::invalid("invalid_trace", e.to_string()));
+    req.check_packet().map_err(invalid)?;
     let snap = st.cache.read();
     let source = &visible(&snap.enis, Kind::Eni, &req.source_eni_id, &caller)?.value;
     let vpc = &visible(&snap.vpcs, Kind::Vpc, &source.vpc_id, &caller)?.value;
@@ -31,6 +33,6 @@ pub async fn trace(State(st): State<AppState>, caller: Caller, Body(req): Body<T
         hosts,
         enis,
     };
-    let t = run_trace(&req, source, &world).map_err(|e| ModelError::invalid("invalid_trace", e.to_string()))?;
+    let t = run_trace(&req, source, &world).map_err(invalid)?;
     Ok(Json(t))
 }
