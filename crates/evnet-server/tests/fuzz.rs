@@ -307,8 +307,9 @@ fn harvest(v: &Value, known: &Known) {
 /// Who an operation is meant for.
 fn natural_caller(method: &str, path: &str) -> Who {
     match (method, path) {
-        (_, p) if p.starts_with("/v1/tenants") || p.starts_with("/v1/agent-tokens") => Who::Admin,
-        ("delete", p) if p.starts_with("/v1/hosts") => Who::Admin,
+        (_, p) if ["/v1/tenants", "/v1/bootstrap-tokens", "/v1/cluster", "/v1/audit"].iter().any(|a| p.starts_with(a)) => Who::Admin,
+        ("get", p) if p.ends_with("/quotas") => Who::TenantA,
+        ("post", "/v1/hosts") | ("patch", "/v1/hosts/{id}") | ("delete", "/v1/hosts/{id}") => Who::Admin,
         ("get", "/v1/hosts") | ("get", "/v1/hosts/{id}") => Who::TenantA,
         (_, p) if p.starts_with("/v1/hosts") => Who::Agent,
         _ => Who::TenantA,
@@ -356,17 +357,22 @@ impl World {
 
     /// A server with two tenants' worth of resources.
     async fn seeded(known: &Known) -> World {
-        let st = evnet_server::state(Arc::new(MemStore::new()), ADMIN, Settings::default()).await.unwrap();
+        // No rate limit: the run sends far more than a tenant's rate, and a
+        // 429 would hide what the request itself gets.
+        let settings = Settings { rate_limit_rps: 0, ..Settings::default() };
+        let st = evnet_server::state(Arc::new(MemStore::new()), ADMIN, settings).await.unwrap();
         let mut w = World { app: evnet_server::app(st), tokens: BTreeMap::new() };
         let id = |v: &Value| v["id"].as_str().unwrap().to_string();
         for (k, name) in [("a", "fuzz-a"), ("b", "fuzz-b")] {
             let t = w.must(Who::Admin, "POST", "/v1/tenants", json!({"name": name}), known).await;
             w.tokens.insert(k, t["token"].as_str().unwrap().to_string());
         }
-        let agent = w.must(Who::Admin, "POST", "/v1/agent-tokens", json!({}), known).await;
-        w.tokens.insert("agent", agent["token"].as_str().unwrap().to_string());
+        // Two hosts, registered as the admin; the agent is host-1's credential.
         for (i, ip) in ["198.18.0.1", "198.18.0.2"].iter().enumerate() {
-            w.must(Who::Agent, "POST", "/v1/hosts", json!({"name": format!("host-{}", i + 1), "underlay_ip": ip, "nic_mbps": 10000}), known).await;
+            let h = w.must(Who::Admin, "POST", "/v1/hosts", json!({"name": format!("host-{}", i + 1), "underlay_ip": ip, "nic_mbps": 10000}), known).await;
+            if i == 0 {
+                w.tokens.insert("agent", h["credential"].as_str().unwrap().to_string());
+            }
         }
         let a = Who::TenantA;
         let vpc = id(&w.must(a, "POST", "/v1/vpcs", json!({"cidr_block": "10.0.0.0/16", "name": "main"}), known).await);
