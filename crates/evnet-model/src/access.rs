@@ -51,8 +51,10 @@ pub struct PatchHost {
     #[serde(default)]
     pub underlay_ip: Option<Ipv4Addr>,
     #[serde(default)]
+    #[schemars(range(min = 1, max = crate::bandwidth::MAX_MBPS))]
     pub nic_mbps: Option<u64>,
     #[serde(default)]
+    #[schemars(with = "Option<crate::schema::Labels>")]
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub revision: Option<u64>,

@@ -392,7 +392,8 @@ pub struct AccessKeyWithSecret {
 #[serde(deny_unknown_fields)]
 pub struct CreateAccessKey {}
 
-/// `POST /v1/hosts`: registers a host, or updates the host of that name.
+/// `POST /v1/hosts`: registers a new host (a name that is taken answers 409
+/// `host_exists`; the admin changes a host with `PATCH /v1/hosts/{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterHost {

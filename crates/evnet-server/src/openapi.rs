@@ -149,7 +149,9 @@ impl Op {
 
     /// Every code this operation may answer.
     pub fn all_errors(&self) -> Vec<&'static str> {
-        let mut out = vec!["unauthorized", "rate_limited", "store_unavailable"];
+        // Any token may be of the wrong kind (a host credential on a tenant's
+        // resource, a tenant on an admin operation): `forbidden` everywhere.
+        let mut out = vec!["unauthorized", "forbidden", "rate_limited", "store_unavailable"];
         if self.request.is_some() {
             out.extend(["invalid_body", "unsupported_media_type", "payload_too_large"]);
         }
@@ -259,7 +261,7 @@ pub const OPS: &[Op] = &[
         .errors(&["not_found", "invalid_request", "eni_in_use", "host_not_ready", "no_host_available", "insufficient_bandwidth"]),
     op("get", "/v1/instances", "List instances (?host_id=)", None, Some("Instance"), 200, true),
     op("get", "/v1/instances/{id}", "Get an instance", None, Some("Instance"), 200, false),
-    op("patch", "/v1/instances/{id}", "Rename or retag an instance", Some("PatchNameTags"), Some("Instance"), 200, false),
+    op("patch", "/v1/instances/{id}", "Rename or retag an instance", Some("PatchNameTags"), Some("Instance"), 200, false).errors(NAME_TAGS),
     op("delete", "/v1/instances/{id}", "Delete an instance; its ENIs are detached", None, None, 204, false),
     op("post", "/v1/enis", "Create an ENI with addresses from its subnet", Some("CreateEni"), Some("Eni"), 201, false).create().errors(&[
         "not_found",
@@ -290,7 +292,7 @@ pub const OPS: &[Op] = &[
         .errors(&["eni_in_use", "device_index_in_use", "invalid_device_index", "too_many_enis", "insufficient_bandwidth"]),
     op("post", "/v1/enis/{id}/detach", "Detach an ENI; it keeps its MAC, addresses and groups", Some("DetachEni"), Some("Eni"), 200, false).errors(&["eni_not_attached"]),
     op("post", "/v1/enis/{id}/assign-ips", "Give an ENI secondary addresses, named or counted, from its subnet", Some("SecondaryIps"), Some("Eni"), 200, false)
-        .errors(&["invalid_secondary_ips", "subnet_deleting", "ip_in_use", "subnet_full", "ip_not_in_subnet", "ip_reserved"]),
+        .errors(&["invalid_secondary_ips", "subnet_deleting", "ip_in_use", "subnet_exhausted", "ip_not_in_subnet", "ip_reserved"]),
     op("post", "/v1/enis/{id}/unassign-ips", "Take secondary addresses off an ENI and free them", Some("SecondaryIps"), Some("Eni"), 200, false)
         .errors(&["invalid_secondary_ips"]),
     op("post", "/v1/bandwidth-pools", "Create an aggregate bandwidth cap over ENIs", Some("CreateBandwidthPool"), Some("BandwidthPool"), 201, false)
@@ -364,7 +366,19 @@ fn parameters(o: &Op) -> Vec<Value> {
         let schema = o.kind().map(id_schema).unwrap_or_else(|| json!({"type": "string"}));
         params.push(json!({"name": "id", "in": "path", "required": true, "schema": schema}));
     }
-    if let (true, Some(kind)) = (o.list, o.kind()) {
+    if o.path.contains("{key}") {
+        params.push(json!({"name": "key", "in": "path", "required": true, "description": "an access key id",
+            "schema": {"type": "string", "pattern": "^AKIA[A-Z2-7]{16}$"}}));
+    }
+    if o.path == "/v1/audit" {
+        params.push(json!({"name": "since", "in": "query", "description": "only records at or after this time", "schema": {"type": "string", "format": "date-time",
+            "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])$"}}));
+        params.push(json!({"name": "limit", "in": "query", "description": "records per page (default 100, at most 1000)", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}));
+        params.push(json!({"name": "page_token", "in": "query", "description": "the `next_page_token` of the page before", "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"}}));
+    }
+    // Paged lists of a collection of resources (not the access keys under
+    // a tenant: at most a few, one page, no query).
+    if let (true, Some(kind), false) = (o.list, o.kind(), o.path.ends_with("/access-keys")) {
         params.push(json!({"name": "limit", "in": "query", "description": format!("items per page (default {})", crate::common::DEFAULT_PAGE),
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}}));
         params.push(json!({"name": "page_token", "in": "query", "description": "the `next_page_token` of the page before",
@@ -409,18 +423,6 @@ pub fn document() -> Value {
     let mut paths = Map::new();
     for o in OPS {
         let entry = paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
-        let mut params = vec![];
-        if o.path.contains("{id}") {
-            params.push(json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}));
-        }
-        if o.path.contains("{key}") {
-            params.push(json!({"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}));
-        }
-        if o.list {
-            params.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}));
-            params.push(json!({"name": "page_token", "in": "query", "schema": {"type": "string"}}));
-            params.push(json!({"name": "name", "in": "query", "schema": {"type": "string"}}));
-        }
         let mut responses = Map::new();
         let ok = match (o.response, o.list) {
             (Some(r), true) => json!({"description": "a page", "content": {"application/json": {"schema": {

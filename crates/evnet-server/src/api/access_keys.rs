@@ -13,7 +13,7 @@ use crate::cache::AccessKeyRecord;
 use crate::common::*;
 use crate::ec2::credentials;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Body;
+use crate::extract::{Body, Q};
 use crate::keys;
 use crate::state::AppState;
 
@@ -69,7 +69,18 @@ pub async fn create(
     Ok(created(AccessKeyWithSecret { key: view(&access_key_id, &record), secret_access_key: secret }))
 }
 
-pub async fn list(State(st): State<AppState>, caller: Caller, Path(tenant_id): Path<String>) -> ApiResult<Json<Page<AccessKey>>> {
+/// The access-key list takes no query parameters: a tenant has at most
+/// [`MAX_ACCESS_KEYS_PER_TENANT`] keys, all on one page.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(tenant_id): Path<String>,
+    Q(_): Q<NoQuery>,
+) -> ApiResult<Json<Page<AccessKey>>> {
     check_caller(&caller, &tenant_id)?;
     let snap = st.cache.read();
     visible(&snap.tenants, Kind::Tenant, &tenant_id, &caller)?;

@@ -229,7 +229,7 @@ pub async fn patch_host(
         check_nic(n)?;
     }
     if let Some(l) = &req.labels {
-        check_tags(l)?;
+        evnet_model::validate::check_labels(l)?;
     }
     commit(&st, |snap| {
         let e = visible(&snap.hosts, Kind::Host, &id, &Caller::Admin)?;
@@ -329,8 +329,8 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     Body(req): Body<Heartbeat>,
 ) -> ApiResult<Json<Host>> {
-    caller.require_host(&id, "send heartbeats")?;
     req.validate()?;
+    caller.require_host(&id, "send heartbeats")?;
     check_generation(&st, &id, req.applied_generation).await?;
     commit(&st, |snap| {
         let e = visible(&snap.hosts, Kind::Host, &id, &Caller::Admin)?;
@@ -478,6 +478,8 @@ pub async fn put_quotas(
     Body(req): Body<SetQuotas>,
 ) -> ApiResult<Json<Quotas>> {
     caller.require_admin("set quotas")?;
+    // The values' bounds first, so a bad body answers 422 whatever the id.
+    Quotas::default().with(&req)?;
     let (_, q) = commit(&st, |snap| {
         let t = visible(&snap.tenants, Kind::Tenant, &id, &caller)?;
         let q = crate::quota::of(snap, &id).with(&req)?;
@@ -501,9 +503,6 @@ pub struct AuditQuery {
 /// `GET /v1/audit` (admin): the audit log, oldest first.
 pub async fn audit(State(st): State<AppState>, caller: Caller, Q(q): Q<AuditQuery>) -> ApiResult<Json<AuditPage>> {
     caller.require_admin("read the audit log")?;
-    let Some(log) = &st.audit else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_audit_log", "this server keeps no audit log (it runs without a data directory)"));
-    };
     let since = match &q.since {
         Some(s) => Some(time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("since={s:?} is not an RFC 3339 time (2026-01-31T12:00:00Z)"))
@@ -517,6 +516,9 @@ pub async fn audit(State(st): State<AppState>, caller: Caller, Q(q): Q<AuditQuer
     let after = match &q.page_token {
         Some(t) => t.parse::<u64>().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "page_token is the next_page_token of an earlier answer"))?,
         None => 0,
+    };
+    let Some(log) = &st.audit else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_audit_log", "this server keeps no audit log (it runs without a data directory)"));
     };
     let page = log.read(since, after, limit).map_err(|e| {
         tracing::error!(error = %e, "cannot read the audit log");
