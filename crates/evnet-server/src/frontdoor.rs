@@ -40,6 +40,14 @@ pub async fn frontdoor(State(st): State<AppState>, mut req: Request, next: Next)
         }
     };
     let status = resp.status().as_u16();
+    // An EC2 request names its tenant only once its signature is checked:
+    // the handler says who it was and which action.
+    let ec2 = resp.extensions().get::<crate::ec2::Ec2Call>().cloned();
+    let audited = match &ec2 {
+        Some(call) => st.audit.is_some() && call.changes(),
+        None => audited,
+    };
+    let caller = ec2.as_ref().map(|c| c.caller.clone()).or(caller);
     let route_label = route.clone().unwrap_or_else(|| "unmatched".into());
     let m = method_label(&method).to_string();
     st.metrics.requests.get_or_create(&RequestLabels { method: m.clone(), route: route_label.clone(), status }).inc();
@@ -55,7 +63,10 @@ pub async fn frontdoor(State(st): State<AppState>, mut req: Request, next: Next)
             caller: caller.as_ref().map(Caller::label).unwrap_or_else(|| "anonymous".into()),
             source,
             method: method_label(&method).to_string(),
-            route: route_label,
+            route: match &ec2 {
+                Some(call) => format!("{route_label}?Action={}", call.action),
+                None => route_label,
+            },
             resource_id,
             status,
         });

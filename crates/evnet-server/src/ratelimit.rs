@@ -34,6 +34,11 @@ impl Limiter {
         Self { buckets, clock: DefaultClock::default(), rps }
     }
 
+    /// Requests a second each caller may send (0: no limit).
+    pub fn rps(&self) -> u32 {
+        self.rps
+    }
+
     /// Counts one request of `caller`; the wait before the next would pass
     /// when over the limit.
     pub fn check(&self, caller: &Caller) -> Result<(), Duration> {

@@ -79,20 +79,49 @@ fn request_id() -> String {
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
+/// Who made an EC2 request and which action it was, once its signature
+/// checked out: put in the response's extensions for the front door, which
+/// rate-limits nothing here (the request carries no bearer token) but audits
+/// a changing action under the tenant's name.
+#[derive(Debug, Clone)]
+pub struct Ec2Call {
+    pub caller: Caller,
+    pub action: String,
+}
+
+impl Ec2Call {
+    /// Whether the action changes anything (everything but Describe*).
+    pub fn changes(&self) -> bool {
+        !self.action.starts_with("Describe")
+    }
+}
+
 /// `GET|POST /ec2`.
 pub async fn handle(State(st): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let rid = request_id();
     let xml_type = [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")];
-    match run(st, &method, &uri, &headers, &body).await {
+    let mut call = None;
+    let mut resp = match run(st, &method, &uri, &headers, &body, &mut call).await {
         Ok((action, nodes)) => (StatusCode::OK, xml_type, xml::response(&action, &rid, &nodes)).into_response(),
         Err(e) => {
             tracing::debug!(code = %e.code, message = %e.message, "EC2 request refused");
             (e.status, xml_type, xml::error(&e.code, &e.message, &rid)).into_response()
         }
+    };
+    if let Some(c) = call {
+        resp.extensions_mut().insert(c);
     }
+    resp
 }
 
-async fn run(st: AppState, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Ec2Result<(String, Vec<Node>)> {
+async fn run(
+    st: AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    call: &mut Option<Ec2Call>,
+) -> Ec2Result<(String, Vec<Node>)> {
     let query = uri.query().unwrap_or("");
     let mut p = Params::default();
     p.parse_into(query.as_bytes());
@@ -125,12 +154,24 @@ async fn run(st: AppState, method: &Method, uri: &Uri, headers: &HeaderMap, body
     };
     sigv4::verify(&req, &claim, &secret, time::OffsetDateTime::now_utc())?;
     let action = p.req("Action").map_err(|_| Ec2Error::missing("Action"))?.to_string();
+    let caller = Caller::Tenant(tenant.clone());
+    *call = Some(Ec2Call { caller: caller.clone(), action: action.clone() });
+    // The tenant's rate limit, the same bucket its REST calls draw on.
+    if let Err(wait) = st.limiter.check(&caller) {
+        st.metrics.rate_limited.inc();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Err(Ec2Error::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RequestLimitExceeded",
+            format!("Request limit exceeded: more than {} requests a second for this account; retry after {} s", st.limiter.rps(), secs.max(1)),
+        ));
+    }
     match p.get("Version") {
         Some(VERSION) => {}
         Some(v) => return Err(Ec2Error::invalid_value(format!("Version {v} is not supported; this endpoint speaks {VERSION}"))),
         None => return Err(Ec2Error::missing("Version")),
     }
-    let ctx = Ctx { st, caller: Caller::Tenant(tenant.clone()), tenant, region: claim.region.clone(), p };
+    let ctx = Ctx { st, caller, tenant, region: claim.region.clone(), p };
     let nodes = dispatch(&action, &ctx).await?;
     Ok((action, nodes))
 }
