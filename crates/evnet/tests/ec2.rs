@@ -3,10 +3,12 @@
 //! virtual environment (`.venv/`, made by scripts/setup.sh with pinned
 //! boto3 and awscli from PyPI). The boto3 script runs a tenant's whole flow
 //! and checks every answer against botocore's EC2 service model; the CLI
-//! script runs the common `aws ec2` commands with JSON output.
+//! script runs the common `aws ec2` commands with JSON output. The lab
+//! script runs instances on a real lab (root: namespaces, agents, VXLAN)
+//! and pings between them, before and after an ENI moves.
 //!
-//! Without the virtual environment the tests skip, except under `CI=true`,
-//! where they fail.
+//! Without the virtual environment (or root, for the lab) the tests skip,
+//! except under `CI=true`, where they fail.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -53,11 +55,16 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let data = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_evnet"))
             .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--host-lost-after-ms", "600000", "--data-dir"])
             .arg(data.path())
+            .args(extra)
             .env("EVNET_ADMIN_TOKEN", ADMIN)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -96,9 +103,13 @@ impl Drop for Server {
 }
 
 fn run_script(py: &Path, server: &Server, script: &str, env: &[(&str, String)]) {
+    run_script_at(py, &server.url, ADMIN, script, env);
+}
+
+fn run_script_at(py: &Path, url: &str, admin: &str, script: &str, env: &[(&str, String)]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ec2");
     let mut cmd = Command::new(py);
-    cmd.arg(dir.join(script)).current_dir(&dir).env("EVNET_URL", &server.url).env("EVNET_ADMIN_TOKEN", ADMIN).env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd.arg(dir.join(script)).current_dir(&dir).env("EVNET_URL", url).env("EVNET_ADMIN_TOKEN", admin).env("PYTHONDONTWRITEBYTECODE", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -150,4 +161,50 @@ fn aws_cli_runs_the_common_commands_with_a_key_from_evnet_tenant_access_key_crea
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed = evnet(&server, ADMIN, &["tenant", "access-key", "list", "cli-ec2", "-o", "json"]);
     assert_eq!(listed, serde_json::json!({"items": []}));
+}
+
+#[test]
+fn ec2_requests_draw_on_the_tenants_rate_limit_and_changes_are_audited() {
+    let Some(py) = python() else { return };
+    let server = Server::start_with(&["--rate-limit-rps", "2", "--rate-limit-burst", "5"]);
+    run_script(&py, &server, "limits_flow.py", &[]);
+}
+
+/// Whether the lab can run here: root, or a failure under `CI=true`.
+fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("the EC2 lab test needs root (CI=true): run it as root");
+    }
+    eprintln!("skipping the EC2 lab test: not root");
+    false
+}
+
+/// `evnet lab down` when the test ends, however it ends.
+struct LabGuard(PathBuf);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_evnet")).args(["lab", "down", "--dir"]).arg(&self.0).output();
+    }
+}
+
+#[test]
+fn boto3_runs_instances_on_a_lab_and_moves_an_eni_between_hosts() {
+    let Some(py) = python() else { return };
+    if !require_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let up = Command::new(env!("CARGO_BIN_EXE_evnet")).args(["lab", "up", "--hosts", "2", "--dir"]).arg(&dir).output().unwrap();
+    let _lab = LabGuard(dir.clone());
+    assert!(up.status.success(), "lab up: {}", String::from_utf8_lossy(&up.stderr));
+    let st: Value = serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap();
+    let url = st["url"].as_str().unwrap();
+    let admin = st["admin_token"].as_str().unwrap();
+    run_script_at(&py, url, admin, "lab_flow.py", &[]);
 }
