@@ -35,8 +35,10 @@ def ping(instance_id, ip):
 
 
 def macs_in(instance_id):
-    out = subprocess.run(["ip", "netns", "exec", netns_of(instance_id), "ip", "-o", "link", "show"],
-                         check=True, capture_output=True, text=True).stdout
+    # Empty until the agent has made the instance's namespace.
+    r = subprocess.run(["ip", "netns", "exec", netns_of(instance_id), "ip", "-o", "link", "show"],
+                       capture_output=True, text=True)
+    out = r.stdout if r.returncode == 0 else ""
     return {line.split("link/ether ")[1].split()[0] for line in out.splitlines() if "link/ether " in line}
 
 
