@@ -41,26 +41,7 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
         let Some(subnet) = snap.subnets.get(&eni.subnet_id) else { continue };
         local_vpcs.insert(eni.vpc_id.clone());
         local_groups.extend(eni.security_group_ids.iter().cloned());
-        let b = &eni.bandwidth;
-        instances[slot].enis.push(EniDesired {
-            eni_id: eni.id.clone(),
-            vpc_id: eni.vpc_id.clone(),
-            subnet_id: eni.subnet_id.clone(),
-            subnet_cidr: subnet.value.cidr_block,
-            gateway_ip: subnet.value.gateway_ip,
-            mac: eni.mac.clone(),
-            private_ip: eni.private_ip,
-            secondary_ips: eni.secondary_ips.clone(),
-            device_index: a.device_index,
-            source_dest_check: eni.source_dest_check,
-            security_group_ids: eni.security_group_ids.clone(),
-            bandwidth: EniBandwidth {
-                guaranteed_bps: b.guaranteed_bps(),
-                limit_bps: b.limit_bps(host.nic_mbps),
-                weight: b.weight,
-                burst_bytes: b.burst_kbytes.saturating_mul(1024),
-            },
-        });
+        instances[slot].enis.push(eni_desired(eni, a, &subnet.value, host.nic_mbps));
     }
     for i in &mut instances {
         i.enis.sort_by_key(|e| e.device_index);
@@ -202,6 +183,30 @@ impl DesiredTracker {
     }
 }
 
+/// What an agent is told of one ENI attached on its host.
+fn eni_desired(eni: &Eni, a: &Attachment, subnet: &Subnet, nic_mbps: u64) -> EniDesired {
+    let b = &eni.bandwidth;
+    EniDesired {
+        eni_id: eni.id.clone(),
+        vpc_id: eni.vpc_id.clone(),
+        subnet_id: eni.subnet_id.clone(),
+        subnet_cidr: subnet.cidr_block,
+        gateway_ip: subnet.gateway_ip,
+        mac: eni.mac.clone(),
+        private_ip: eni.private_ip,
+        secondary_ips: eni.secondary_ips.clone(),
+        device_index: a.device_index,
+        source_dest_check: eni.source_dest_check,
+        security_group_ids: eni.security_group_ids.clone(),
+        bandwidth: EniBandwidth {
+            guaranteed_bps: b.guaranteed_bps(),
+            limit_bps: b.limit_bps(nic_mbps),
+            weight: b.weight,
+            burst_bytes: b.burst_kbytes.saturating_mul(1024),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,26 +245,7 @@ mod tests {
             let Some(subnet) = snap.subnets.get(&eni.subnet_id) else { continue };
             local_vpcs.insert(eni.vpc_id.clone());
             local_groups.extend(eni.security_group_ids.iter().cloned());
-            let b = &eni.bandwidth;
-            instances[slot].enis.push(EniDesired {
-                eni_id: eni.id.clone(),
-                vpc_id: eni.vpc_id.clone(),
-                subnet_id: eni.subnet_id.clone(),
-                subnet_cidr: subnet.value.cidr_block,
-                gateway_ip: subnet.value.gateway_ip,
-                mac: eni.mac.clone(),
-                private_ip: eni.private_ip,
-                secondary_ips: eni.secondary_ips.clone(),
-                device_index: a.device_index,
-                source_dest_check: eni.source_dest_check,
-                security_group_ids: eni.security_group_ids.clone(),
-                bandwidth: EniBandwidth {
-                    guaranteed_bps: b.guaranteed_bps(),
-                    limit_bps: b.limit_bps(host.nic_mbps),
-                    weight: b.weight,
-                    burst_bytes: b.burst_kbytes.saturating_mul(1024),
-                },
-            });
+            instances[slot].enis.push(eni_desired(eni, a, &subnet.value, host.nic_mbps));
         }
         for i in &mut instances {
             i.enis.sort_by_key(|e| e.device_index);
