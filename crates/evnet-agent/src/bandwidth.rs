@@ -35,7 +35,7 @@ use evnet_alloc::{Allocator, Eni, Flow, Link, Problem};
 use evnet_kernel::{Kernel, Op, ShaperStats};
 use evnet_model::desired::{DirectionStats, EniBandwidthReport, EniCaps, HostBandwidthCaps, HostBandwidthReport, HostDesired};
 use evnet_plan::plan::{DEFAULT_BURST_BYTES, eni_shaper_devices};
-use evnet_plan::{Ns, Shaper, naming};
+use evnet_plan::{EniRates, Ns, Shaper, naming};
 use tokio::sync::watch;
 
 /// Knobs of the local loop.
@@ -421,12 +421,165 @@ impl Controller {
 pub struct Shared {
     pub report: Mutex<HostBandwidthReport>,
     pub caps: Mutex<BTreeMap<String, EniCaps>>,
+    /// Woken when the caps change (the tc-BPF data plane's reconciler
+    /// then moves the classes' ceilings).
+    pub caps_changed: tokio::sync::Notify,
 }
 
 impl Shared {
     /// Replaces the caps with the controller's answer.
     pub fn set_caps(&self, caps: HostBandwidthCaps) {
-        *self.caps.lock().expect("caps lock") = caps.enis.into_iter().map(|c| (c.eni_id.clone(), c)).collect();
+        let new: BTreeMap<String, EniCaps> = caps.enis.into_iter().map(|c| (c.eni_id.clone(), c)).collect();
+        let changed = {
+            let mut cur = self.caps.lock().expect("caps lock");
+            let changed = *cur != new;
+            *cur = new;
+            changed
+        };
+        if changed {
+            self.caps_changed.notify_one();
+        }
+    }
+}
+
+/// The controller's caps as the tc-BPF data plane's plan takes them
+/// (`evnet_plan::EniRates` as ceilings, `u64::MAX` for none): only ENIs
+/// with a cap.
+pub fn fast_path_ceilings(caps: &BTreeMap<String, EniCaps>) -> BTreeMap<String, EniRates> {
+    caps.values()
+        .filter(|c| c.tx_cap_bps.is_some() || c.rx_cap_bps.is_some())
+        .map(|c| (c.eni_id.clone(), EniRates { tx_bps: c.tx_cap_bps.unwrap_or(u64::MAX), rx_bps: c.rx_cap_bps.unwrap_or(u64::MAX) }))
+        .collect()
+}
+
+/// Counter state of one ENI direction between two samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sample {
+    at_ms: u64,
+    bytes: u64,
+    drops: u64,
+}
+
+/// The tc-BPF data plane's bandwidth meter: nothing is re-allocated
+/// locally (each ENI's HTB class holds its guarantee and borrows idle
+/// capacity at once); from the counters of the host's tree and receive
+/// shapers it measures each ENI's rate and estimates its demand per
+/// direction, for the controller. Pure: counters and time in, report out.
+///
+/// * sending: its class in the tree (the same minors as the plan's,
+///   `evnet_plan::htb::assign_minors` on the observed classes); held back
+///   (drops or a queue during the period) means its demand is its limit,
+///   otherwise the measured rate plus a quarter and the floor; allocated
+///   is the class's ceil;
+/// * receiving: its receive shaper when it has one (the same rule, the
+///   shaper's rate as allocated), else its host-side device's transmitted
+///   bytes (no queue to tell a held-back ENI: the measured rate plus the
+///   margin; allocated is its limit).
+#[derive(Debug, Default)]
+pub struct FastPathMeter {
+    cfg: BandwidthConfig,
+    last: BTreeMap<(String, bool), Sample>,
+}
+
+impl FastPathMeter {
+    pub fn new(cfg: BandwidthConfig) -> FastPathMeter {
+        FastPathMeter { cfg, last: BTreeMap::new() }
+    }
+
+    /// One sample at `now_ms`: the report of every local ENI seen twice.
+    pub fn step(
+        &mut self,
+        now_ms: u64,
+        desired: &HostDesired,
+        stats: &evnet_kernel::HostShapingStats,
+        ceilings: &BTreeMap<String, EniRates>,
+    ) -> Vec<EniBandwidthReport> {
+        let nic_bps = desired.nic_mbps.saturating_mul(1_000_000);
+        let caps = evnet_plan::plan::send_caps(ceilings);
+        let mut want: BTreeMap<String, evnet_plan::HtbClass> = BTreeMap::new();
+        let mut bw: BTreeMap<String, evnet_model::desired::EniBandwidth> = BTreeMap::new();
+        for e in desired.instances.iter().flat_map(|i| &i.enis) {
+            want.entry(e.eni_id.clone()).or_insert_with(|| evnet_plan::htb::eni_class(&e.bandwidth, nic_bps, caps.get(&e.eni_id).copied()));
+            bw.entry(e.eni_id.clone()).or_insert(e.bandwidth);
+        }
+        let observed = evnet_plan::HtbTree {
+            parent: evnet_plan::HtbClass { rate_bps: 0, ceil_bps: 0, burst_bytes: 0, quantum: 0 },
+            default_class: evnet_plan::HtbClass { rate_bps: 0, ceil_bps: 0, burst_bytes: 0, quantum: 0 },
+            classes: stats.classes.iter().map(|c| (c.minor, c.class)).collect(),
+        };
+        let minors = evnet_plan::htb::assign_minors(&want, Some(&observed));
+        let classes: BTreeMap<u16, &evnet_kernel::ClassStats> = stats.classes.iter().map(|c| (c.minor, c)).collect();
+        let shapers: BTreeMap<&str, &ShaperStats> = stats.shapers.iter().map(|s| (s.dev.as_str(), s)).collect();
+        self.last.retain(|(id, _), _| want.contains_key(id));
+        let floor = self.cfg.floor_bps;
+        let mut out = Vec::new();
+        for (id, b) in &bw {
+            let limit = if b.limit_bps == 0 { nic_bps } else { b.limit_bps };
+            let dev = naming::eni_veth(id);
+            // (bytes, drops, queued, allocated) per direction.
+            let tx = minors.get(id).and_then(|m| classes.get(m)).map(|c| (c.bytes, c.drops, c.backlog_bytes > 0, c.class.ceil_bps));
+            let rx = match shapers.get(dev.as_str()) {
+                Some(s) => Some((s.bytes, s.drops, s.backlog_bytes > 0, s.shaper.rate_bps)),
+                None => stats.device_bytes.get(&dev).map(|(t, _)| (*t, 0, false, limit)),
+            };
+            let mut dirs = [DirectionStats::default(); 2];
+            let mut seen = true;
+            for (k, (is_tx, c)) in [(true, tx), (false, rx)].into_iter().enumerate() {
+                let Some((bytes, drops, queued, allocated)) = c else {
+                    continue;
+                };
+                let prev = self.last.insert((id.clone(), is_tx), Sample { at_ms: now_ms, bytes, drops });
+                let Some(p) = prev.filter(|p| now_ms > p.at_ms && bytes >= p.bytes) else {
+                    seen = false;
+                    continue;
+                };
+                let rate = (bytes - p.bytes).saturating_mul(8_000) / (now_ms - p.at_ms);
+                let held = drops > p.drops || queued;
+                let demand = if held { limit } else { rate.saturating_add(rate / 4).saturating_add(floor).min(limit.max(floor.min(limit))) };
+                dirs[k] = DirectionStats { rate_bps: rate, demand_bps: demand, allocated_bps: allocated };
+            }
+            if seen {
+                out.push(EniBandwidthReport { eni_id: id.clone(), tx: dirs[0], rx: dirs[1] });
+            }
+        }
+        out
+    }
+}
+
+/// The tc-BPF data plane's loop: every `report_every`, read the host's
+/// shaping counters and publish the report ([`FastPathMeter`]); the
+/// controller's answers to it (caps) go to the reconciler through
+/// [`Shared::caps_changed`]. It applies nothing itself: the plan is the
+/// one writer of the tree.
+pub async fn run_fast_path_loop(
+    cfg: BandwidthConfig,
+    kernel: Arc<dyn Kernel>,
+    mut desired_rx: watch::Receiver<Option<Arc<HostDesired>>>,
+    shared: Arc<Shared>,
+) {
+    let mut meter = FastPathMeter::new(cfg.clone());
+    let mut tick = tokio::time::interval(cfg.report_every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let origin = Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(desired) = desired_rx.borrow_and_update().clone() else { continue };
+        let k = kernel.clone();
+        let stats = match tokio::task::spawn_blocking(move || k.host_shaping_stats()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the host's shaping counters");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "shaping counter task panicked");
+                continue;
+            }
+        };
+        let ceilings = fast_path_ceilings(&shared.caps.lock().expect("caps lock"));
+        let now_ms = origin.elapsed().as_millis() as u64;
+        let report = meter.step(now_ms, &desired, &stats, &ceilings);
+        *shared.report.lock().expect("report lock") = HostBandwidthReport { enis: report };
     }
 }
 
@@ -575,6 +728,86 @@ mod tests {
         assert!(is_backlogged(&c, 50 * M, 100 * M, 3));
         assert!(!is_backlogged(&c, 50 * M, 100 * M, 0));
         assert!(!is_backlogged(&c, 50 * M, 0, 3), "no rate known yet");
+    }
+
+    fn fast_path_host() -> HostDesired {
+        use evnet_model::desired::{EniBandwidth, EniDesired, InstanceDesired};
+        let eni = |id: &str, g: u64, l: u64| EniDesired {
+            eni_id: id.into(),
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-1".into(),
+            subnet_cidr: "10.0.0.0/24".parse().unwrap(),
+            gateway_ip: "10.0.0.1".parse().unwrap(),
+            mac: "02:00:00:00:00:01".into(),
+            private_ip: "10.0.0.10".parse().unwrap(),
+            secondary_ips: vec![],
+            device_index: 0,
+            source_dest_check: true,
+            security_group_ids: vec![],
+            bandwidth: EniBandwidth { guaranteed_bps: g, limit_bps: l, weight: 1, burst_bytes: 0 },
+        };
+        HostDesired {
+            host_id: "host-1".into(),
+            nic_mbps: 500,
+            instances: vec![
+                InstanceDesired { instance_id: "i-a".into(), netns: "evi-a".into(), enis: vec![eni("eni-a", 300 * M, 500 * M)] },
+                InstanceDesired { instance_id: "i-b".into(), netns: "evi-b".into(), enis: vec![eni("eni-b", 100 * M, 200 * M)] },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_fast_path_meter_reports_rates_and_demand_from_the_tree() {
+        use evnet_kernel::{ClassStats, HostShapingStats};
+        let d = fast_path_host();
+        let classes: BTreeMap<String, evnet_plan::HtbClass> = d
+            .instances
+            .iter()
+            .flat_map(|i| &i.enis)
+            .map(|e| (e.eni_id.clone(), evnet_plan::htb::eni_class(&e.bandwidth, 500 * M, None)))
+            .collect();
+        let minors = evnet_plan::htb::assign_minors(&classes, None);
+        let stats = |a_bytes: u64, a_drops: u64, b_bytes: u64, b_rx: u64| HostShapingStats {
+            classes: vec![
+                ClassStats { minor: minors["eni-a"], class: classes["eni-a"], bytes: a_bytes, packets: 0, drops: a_drops, overlimits: 0, backlog_bytes: 0 },
+                ClassStats { minor: minors["eni-b"], class: classes["eni-b"], bytes: b_bytes, packets: 0, drops: 0, overlimits: 0, backlog_bytes: 0 },
+            ],
+            shapers: vec![],
+            device_bytes: [(naming::eni_veth("eni-a"), (0, 0)), (naming::eni_veth("eni-b"), (b_rx, 0))].into_iter().collect(),
+        };
+        let mut m = FastPathMeter::new(BandwidthConfig::default());
+        let none = BTreeMap::new();
+        assert!(m.step(0, &d, &stats(0, 0, 0, 0), &none).is_empty(), "one sample gives no rate");
+        // One second later: a sent 350 Mbit and dropped (held back by its
+        // class); b sent 100 Mbit and received 40 Mbit.
+        let r = m.step(1000, &d, &stats(350 * M / 8, 4, 100 * M / 8, 40 * M / 8), &none);
+        let by: BTreeMap<&str, &EniBandwidthReport> = r.iter().map(|e| (e.eni_id.as_str(), e)).collect();
+        assert_eq!(by["eni-a"].tx, DirectionStats { rate_bps: 350 * M, demand_bps: 500 * M, allocated_bps: 500 * M });
+        assert_eq!(by["eni-b"].tx, DirectionStats { rate_bps: 100 * M, demand_bps: 127 * M, allocated_bps: 200 * M });
+        assert_eq!(by["eni-b"].rx, DirectionStats { rate_bps: 40 * M, demand_bps: 52 * M, allocated_bps: 200 * M });
+        // The controller's cap lowers what is allocated to a (its class's ceil).
+        let caps: BTreeMap<String, EniCaps> =
+            [("eni-a".to_string(), EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(250 * M), rx_cap_bps: None })].into();
+        let ceilings = fast_path_ceilings(&caps);
+        assert_eq!(ceilings["eni-a"], EniRates { tx_bps: 250 * M, rx_bps: u64::MAX });
+        let capped = evnet_plan::htb::eni_class(&d.instances[0].enis[0].bandwidth, 500 * M, Some(250 * M));
+        assert_eq!((capped.rate_bps, capped.ceil_bps), (250 * M, 250 * M), "the guarantee never above the ceiling");
+    }
+
+    #[test]
+    fn new_caps_wake_the_reconciler_only_when_they_change() {
+        let s = Shared::default();
+        let caps = HostBandwidthCaps { enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M), rx_cap_bps: None }] };
+        s.set_caps(caps.clone());
+        let woke = |s: &Shared| {
+            let n = s.caps_changed.notified();
+            tokio::pin!(n);
+            n.as_mut().enable()
+        };
+        assert!(woke(&s));
+        s.set_caps(caps);
+        assert!(!woke(&s), "the same caps again");
     }
 
     #[test]

@@ -58,15 +58,36 @@ impl FastPath for ModelFastPath {
 
 /// The devices the target refers to, from the host namespace as observed:
 /// `evx0`'s ifindex and each local ENI's host-side veth (ENIs whose device
-/// does not exist yet are left out, so their entries wait for it).
-pub fn devices(desired: &HostDesired, host: &NsState) -> Devices {
+/// does not exist yet are left out, so their entries wait for it), with
+/// the minor of its class in the host's send-shaping tree when that class
+/// exists (`evnet_plan::htb`: the same assignment the plan made, read back
+/// from the tree on the underlay device) and whether its device shapes
+/// what it receives (then the program delivers onto the device).
+/// `caps`: the controller's caps on what each ENI sends, as the plan got
+/// them (they are part of a class's parameters, which settle clashes).
+pub fn devices(desired: &HostDesired, host: &NsState, caps: &BTreeMap<String, u64>) -> Devices {
     let mut d = Devices {
         vxlan_ifindex: host.links.get(naming::FAST_PATH_VXLAN).filter(|l| l.kind == LinkKind::Vxlan).map_or(0, |l| l.ifindex),
         ..Default::default()
     };
+    let tree = evnet_plan::htb::target(desired, host, caps);
+    let observed_tree = tree.as_ref().and_then(|t| host.htb_trees.get(&t.dev));
+    let minor_of: BTreeMap<&str, u16> = tree
+        .as_ref()
+        .map(|t| {
+            t.owners
+                .iter()
+                .filter(|(m, _)| observed_tree.is_some_and(|o| o.classes.contains_key(m)))
+                .map(|(m, id)| (id.as_str(), *m))
+                .collect()
+        })
+        .unwrap_or_default();
+    let nic_bps = desired.nic_mbps.saturating_mul(1_000_000);
     for e in desired.instances.iter().flat_map(|i| &i.enis) {
-        if let Some(l) = host.links.get(&naming::eni_veth(&e.eni_id)).filter(|l| l.kind == LinkKind::Veth && l.ifindex > 0) {
-            d.enis.insert(e.eni_id.clone(), EniDevice { ifindex: l.ifindex, htb_minor: None, rx_shaper: false });
+        let dev = naming::eni_veth(&e.eni_id);
+        if let Some(l) = host.links.get(&dev).filter(|l| l.kind == LinkKind::Veth && l.ifindex > 0) {
+            let rx_shaper = evnet_plan::htb::receive_shaped(&e.bandwidth, nic_bps) && host.shapers.contains_key(&dev);
+            d.enis.insert(e.eni_id.clone(), EniDevice { ifindex: l.ifindex, htb_minor: minor_of.get(e.eni_id.as_str()).copied(), rx_shaper });
         }
     }
     d
@@ -106,9 +127,9 @@ fn op_ifindex(op: &Op) -> Option<u32> {
 /// A failed op is reported against the instance whose ENI device it
 /// concerns (its later ops are skipped), or the host; the others apply.
 /// With `dry_run`, only counts and logs.
-pub fn sync(fp: &dyn FastPath, desired: &HostDesired, host: &NsState, settings: &Settings, dry_run: bool) -> Synced {
+pub fn sync(fp: &dyn FastPath, desired: &HostDesired, host: &NsState, caps: &BTreeMap<String, u64>, settings: &Settings, dry_run: bool) -> Synced {
     let host_failure = |error: String| ReconcileFailure { kind: FailedObjectKind::Host, object: desired.host_id.clone(), error };
-    let devs = devices(desired, host);
+    let devs = devices(desired, host, caps);
     if devs.vxlan_ifindex == 0 {
         // Nothing to attach the overlay program to yet (no underlay
         // address, or the link failed): the link pass reports why.
@@ -227,11 +248,44 @@ mod tests {
 
     #[test]
     fn devices_come_from_the_observed_host_namespace() {
-        let d = devices(&desired(), &host(false));
+        let d = devices(&desired(), &host(false), &BTreeMap::new());
         assert_eq!(d.vxlan_ifindex, 3);
         assert_eq!(d.enis.len(), 1);
         assert_eq!(d.enis["eni-a"].ifindex, 10);
-        assert_eq!(devices(&desired(), &NsState::default()).vxlan_ifindex, 0);
+        assert_eq!(devices(&desired(), &NsState::default(), &BTreeMap::new()).vxlan_ifindex, 0);
+    }
+
+    #[test]
+    fn an_enis_class_and_receive_shaper_reach_its_entry_once_they_exist() {
+        use evnet_plan::Address;
+        let mut d = desired();
+        d.nic_mbps = 1000;
+        // eni-a: limited below the NIC (receive shaper); eni-b: not.
+        d.instances[0].enis[0].bandwidth = EniBandwidth { guaranteed_bps: 100_000_000, limit_bps: 200_000_000, weight: 1, burst_bytes: 0 };
+        d.instances[1].enis[0].bandwidth = EniBandwidth { guaranteed_bps: 0, limit_bps: 1_000_000_000, weight: 1, burst_bytes: 0 };
+        let mut h = host(true);
+        h.addresses.insert(Address { dev: "ul0".into(), addr: "198.18.0.1/24".parse().unwrap() });
+        let none = BTreeMap::new();
+        // No tree and no shaper yet: no class, delivered straight in.
+        let devs = devices(&d, &h, &none);
+        assert_eq!(devs.enis["eni-a"].htb_minor, None);
+        assert!(!devs.enis["eni-a"].rx_shaper);
+        // The plan's tree and shapers exist: the entries follow them.
+        let t = evnet_plan::htb::target(&d, &h, &none).expect("a tree on ul0");
+        assert_eq!(t.dev, "ul0");
+        h.htb_trees.insert("ul0".into(), t.tree.clone());
+        h.shapers.insert(naming::eni_veth("eni-a"), evnet_plan::Shaper::flat(200_000_000, 65536));
+        let devs = devices(&d, &h, &none);
+        let minor = |id: &str| t.owners.iter().find(|(_, o)| o.as_str() == id).map(|(m, _)| *m);
+        assert_eq!(devs.enis["eni-a"].htb_minor, minor("eni-a"));
+        assert_eq!(devs.enis["eni-b"].htb_minor, minor("eni-b"));
+        assert!(devs.enis["eni-a"].htb_minor.is_some() && devs.enis["eni-a"].htb_minor != devs.enis["eni-b"].htb_minor);
+        assert!(devs.enis["eni-a"].rx_shaper && !devs.enis["eni-b"].rx_shaper);
+        let fp = ModelFastPath::default();
+        assert!(sync(&fp, &d, &h, &none, &Settings::default(), false).failures.is_empty());
+        let st = fp.state.lock().unwrap();
+        assert_eq!(st.enis[&10].priority, evnet_bpf::maps::htb_priority(minor("eni-a").unwrap()));
+        assert!(st.enis[&10].rx_shaper);
     }
 
     #[test]
@@ -239,26 +293,27 @@ mod tests {
         let fp = ModelFastPath::default();
         let d = desired();
         let s = Settings::default();
+        let none = BTreeMap::new();
         // eni-b's device does not exist yet: only eni-a is entered.
-        let first = sync(&fp, &d, &host(false), &s, false);
+        let first = sync(&fp, &d, &host(false), &none, &s, false);
         assert!(first.failures.is_empty() && first.ops > 0);
-        assert_eq!(sync(&fp, &d, &host(false), &s, false).ops, 0, "converged");
+        assert_eq!(sync(&fp, &d, &host(false), &none, &s, false).ops, 0, "converged");
         {
             let st = fp.state.lock().unwrap();
             assert!(st.enis.contains_key(&10) && !st.enis.contains_key(&11));
             assert_eq!(st.attached.get(&3), Some(&target::Program::Overlay));
         }
         // Its device appears: its entries follow.
-        assert!(sync(&fp, &d, &host(true), &s, false).ops > 0);
+        assert!(sync(&fp, &d, &host(true), &none, &s, false).ops > 0);
         assert!(fp.state.lock().unwrap().enis.contains_key(&11));
-        assert_eq!(sync(&fp, &d, &host(true), &s, false).ops, 0);
+        assert_eq!(sync(&fp, &d, &host(true), &none, &s, false).ops, 0);
         // The instance goes: its entries go, and a dry run changes nothing.
         let mut d2 = d.clone();
         d2.instances.pop();
         let before = fp.state.lock().unwrap().clone();
-        assert_eq!(sync(&fp, &d2, &host(true), &s, true).ops, 0);
+        assert_eq!(sync(&fp, &d2, &host(true), &none, &s, true).ops, 0);
         assert_eq!(*fp.state.lock().unwrap(), before);
-        assert!(sync(&fp, &d2, &host(true), &s, false).ops > 0);
+        assert!(sync(&fp, &d2, &host(true), &none, &s, false).ops > 0);
         let st = fp.state.lock().unwrap().clone();
         assert!(!st.enis.contains_key(&11) && !st.attached.contains_key(&11));
         assert!(!st.routes.contains_key(&(7, Ipv4Addr::new(10, 0, 0, 11))));

@@ -18,9 +18,13 @@
 //!   instances running and the objects that failed.
 //!
 //! With `--dataplane bpf` (`PlanConfig::dataplane`), the pass plans the
-//! tc-BPF layout's links and then drives the pinned programs and maps
-//! ([`fastpath`]); the per-ENI bandwidth loop (IFB shapers) does not run in
-//! that mode.
+//! tc-BPF layout's links and the host's send-shaping tree (one HTB class
+//! per ENI on the underlay device, `evnet_plan::htb`) and then drives the
+//! pinned programs and maps ([`fastpath`]). The bandwidth loop does not
+//! re-allocate rates in that mode (HTB lends idle capacity at once): it
+//! reads the classes' counters for the reports, and the controller's caps
+//! it gets back lower the classes' ceilings through the next pass
+//! ([`bandwidth::run_fast_path_loop`]).
 //!
 //! The agent never writes the store: everything goes through the API.
 
@@ -29,7 +33,7 @@ pub mod credential;
 pub mod fastpath;
 pub mod metrics;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,7 +44,7 @@ use evnet_client::Client;
 use evnet_kernel::{apply_isolated, Kernel};
 use evnet_model::desired::HostDesired;
 use evnet_model::{FailedObjectKind, Heartbeat, ReconcileFailure, RegisterHost};
-use evnet_plan::{plan, DataplaneMode, Op, PlanConfig};
+use evnet_plan::{plan, plan_with_rates, DataplaneMode, EniRates, Op, PlanConfig};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -151,15 +155,17 @@ pub async fn run_with(
     let bw = Arc::new(bandwidth::Shared::default());
     let bw_loop = tokio::spawn({
         let (cfg, k, rx, bw, dry) = (config.bandwidth.clone(), kernel.clone(), desired_rx.clone(), bw.clone(), config.dry_run);
-        let on = fast.is_none();
+        let fast_path = fast.is_some();
         async move {
-            if on {
+            if fast_path {
+                bandwidth::run_fast_path_loop(cfg, k, rx, bw).await
+            } else {
                 bandwidth::run_loop(cfg, k, rx, bw, dry).await
             }
         }
     });
-    let bw_report = tokio::spawn(bandwidth::report_loop(client.clone(), host_id.clone(), config.bandwidth.report_every, bw));
-    let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, fast, desired_rx, applied_tx, metrics.clone()));
+    let bw_report = tokio::spawn(bandwidth::report_loop(client.clone(), host_id.clone(), config.bandwidth.report_every, bw.clone()));
+    let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, fast, bw, desired_rx, applied_tx, metrics.clone()));
     let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), host_id.clone(), config.heartbeat, applied_rx));
     shutdown.await;
     tracing::info!("agent stopping; kernel state is left in place");
@@ -218,6 +224,7 @@ async fn reconcile_loop(
     config: AgentConfig,
     kernel: Arc<dyn Kernel>,
     fast: Option<Arc<dyn fastpath::FastPath>>,
+    bw: Arc<bandwidth::Shared>,
     mut desired_rx: watch::Receiver<Option<Arc<HostDesired>>>,
     applied_tx: watch::Sender<Applied>,
     metrics: Arc<metrics::AgentMetrics>,
@@ -242,6 +249,9 @@ async fn reconcile_loop(
         if !verify_next {
             tokio::select! {
                 r = desired_rx.changed() => { if r.is_err() { return } changed = true; },
+                // New caps from the controller: the tree's ceilings follow
+                // (tc-BPF data plane only; a partial pass).
+                _ = bw.caps_changed.notified(), if fast.is_some() => { changed = true; },
                 _ = tokio::time::sleep_until(next_full) => {},
             }
         }
@@ -258,8 +268,11 @@ async fn reconcile_loop(
         let started = Instant::now();
         let cfg = config.plan.clone();
         let fp = fast.clone();
-        let result =
-            tokio::task::spawn_blocking(move || reconcile_pass(k.as_ref(), fp.as_deref(), &d, &cfg, dry_run, fresh.as_ref())).await;
+        let ceilings = bandwidth::fast_path_ceilings(&bw.caps.lock().unwrap_or_else(|e| e.into_inner()));
+        let result = tokio::task::spawn_blocking(move || {
+            reconcile_pass(k.as_ref(), fp.as_deref(), &d, &cfg, &ceilings, dry_run, fresh.as_ref())
+        })
+        .await;
         metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         if full {
             next_full = tokio::time::Instant::now() + config.resync.max(started.elapsed() * 10);
@@ -393,7 +406,7 @@ pub fn reconcile_with(
     dry_run: bool,
     fresh: Option<&BTreeSet<String>>,
 ) -> anyhow::Result<Pass> {
-    reconcile_pass(kernel, None, desired, cfg, dry_run, fresh)
+    reconcile_pass(kernel, None, desired, cfg, &BTreeMap::new(), dry_run, fresh)
 }
 
 /// Whether an op brings an ENI's host-side device up (held back on the
@@ -403,17 +416,20 @@ fn brings_eni_device_up(op: &Op) -> bool {
 }
 
 /// [`reconcile_with`], and with `fast` (the tc-BPF data plane) the fast
-/// path's module after the links: see [`fastpath`].
+/// path's module after the links: see [`fastpath`]. `ceilings`: on the
+/// tc-BPF data plane, the controller's caps per ENI
+/// ([`bandwidth::fast_path_ceilings`]; ignored on the nftables layout).
 pub fn reconcile_pass(
     kernel: &dyn Kernel,
     fast: Option<&dyn fastpath::FastPath>,
     desired: &HostDesired,
     cfg: &PlanConfig,
+    ceilings: &BTreeMap<String, EniRates>,
     dry_run: bool,
     fresh: Option<&BTreeSet<String>>,
 ) -> anyhow::Result<Pass> {
     if let Some(fp) = fast {
-        return reconcile_bpf(kernel, fp, desired, cfg, dry_run, fresh);
+        return reconcile_bpf(kernel, fp, desired, cfg, ceilings, dry_run, fresh);
     }
     let t0 = Instant::now();
     let mut observed = match fresh {
@@ -459,6 +475,7 @@ fn reconcile_bpf(
     fp: &dyn fastpath::FastPath,
     desired: &HostDesired,
     cfg: &PlanConfig,
+    ceilings: &BTreeMap<String, EniRates>,
     dry_run: bool,
     fresh: Option<&BTreeSet<String>>,
 ) -> anyhow::Result<Pass> {
@@ -468,13 +485,14 @@ fn reconcile_bpf(
         None => kernel.observe(),
     }
     .context("observing the kernel")?;
-    let (held, ops): (Vec<Op>, Vec<Op>) = plan(desired, &observed, cfg).into_iter().partition(brings_eni_device_up);
+    let (held, ops): (Vec<Op>, Vec<Op>) = plan_with_rates(desired, &observed, cfg, ceilings).into_iter().partition(brings_eni_device_up);
+    let caps = evnet_plan::plan::send_caps(ceilings);
     let mut observe = t0.elapsed();
     if dry_run {
         for op in ops.iter().chain(&held) {
             tracing::info!(%op, "would apply (dry run)");
         }
-        fastpath::sync(fp, desired, &observed.host, &fastpath_settings(), true);
+        fastpath::sync(fp, desired, &observed.host, &caps, &fastpath_settings(), true);
         return Ok(Pass { observe, ..Default::default() });
     }
     let t1 = Instant::now();
@@ -495,7 +513,7 @@ fn reconcile_bpf(
         observe += t.elapsed();
         host
     };
-    let synced = fastpath::sync(fp, desired, &host, &fastpath_settings(), false);
+    let synced = fastpath::sync(fp, desired, &host, &caps, &fastpath_settings(), false);
     pass.ops += synced.ops;
     let fast_failed = !synced.failures.is_empty();
     pass.failures.extend(synced.failures);

@@ -11,8 +11,8 @@
 //!   for creating and deleting named namespaces, `/proc/sys` for sysctls,
 //!   `nft -f` to load evnet's nftables tables and nftables netlink dumps
 //!   and batches (module `nftables`) to read them and rewrite set members,
-//!   and netlink for the shapers (HTB, `clsact` redirects: built, changed
-//!   and read; module `tc`).
+//!   and netlink for the shapers (HTB, `clsact` redirects, the host's
+//!   send-shaping tree: built, changed and read; module `tc`).
 //!
 //! Both are synchronous: the agent calls them from `spawn_blocking`.
 //! [`apply_all`] applies a plan in order and stops at the first failure;
@@ -53,6 +53,33 @@ pub struct ShaperStats {
     pub backlog_bytes: u64,
 }
 
+/// Counters of one ENI class of the host's send-shaping tree
+/// ([`evnet_plan::htb`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassStats {
+    pub minor: u16,
+    /// The class's current parameters.
+    pub class: evnet_plan::HtbClass,
+    pub bytes: u64,
+    pub packets: u64,
+    pub drops: u64,
+    pub overlimits: u64,
+    pub backlog_bytes: u64,
+}
+
+/// What the host namespace's shapers have counted (the tc-BPF data plane):
+/// the tree's ENI classes on the underlay device, and the flat receive
+/// shapers on ENIs' host-side devices (their `ns` is empty).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostShapingStats {
+    pub classes: Vec<ClassStats>,
+    pub shapers: Vec<ShaperStats>,
+    /// The byte counters of evnet's host-namespace devices, by name:
+    /// (transmitted, received). On an ENI's host-side device, transmitted
+    /// is what the ENI receives, whether or not a shaper counts it.
+    pub device_bytes: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
 /// A kernel the agent reconciles: it reports what exists and applies ops.
 pub trait Kernel: Send + Sync {
     /// What exists now: the host namespace and every namespace whose name
@@ -71,6 +98,10 @@ pub trait Kernel: Send + Sync {
     /// namespaces are skipped). Much cheaper than [`Kernel::observe`]: the
     /// bandwidth loop calls it every ~100 ms.
     fn shaper_stats(&self, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError>;
+    /// The host namespace's shaping counters: evnet's send-shaping tree
+    /// (on whichever device holds it), the flat shapers on its devices and
+    /// evnet's devices' byte counters.
+    fn host_shaping_stats(&self) -> Result<HostShapingStats, KernelError>;
 }
 
 impl<K: Kernel + ?Sized> Kernel for &K {
@@ -86,6 +117,9 @@ impl<K: Kernel + ?Sized> Kernel for &K {
     fn shaper_stats(&self, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError> {
         (**self).shaper_stats(namespaces)
     }
+    fn host_shaping_stats(&self) -> Result<HostShapingStats, KernelError> {
+        (**self).host_shaping_stats()
+    }
 }
 
 impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
@@ -100,6 +134,9 @@ impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
     }
     fn shaper_stats(&self, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError> {
         (**self).shaper_stats(namespaces)
+    }
+    fn host_shaping_stats(&self) -> Result<HostShapingStats, KernelError> {
+        (**self).host_shaping_stats()
     }
 }
 
@@ -173,6 +210,10 @@ fn links_used(op: &Op) -> Vec<LinkRef> {
         Op::ReplaceFirewall { ns, spec } => spec.devices.iter().map(|d| l(ns, d)).collect(),
         Op::EnsureShaper { ns, dev, .. } | Op::SetRate { ns, dev, .. } => vec![l(ns, dev)],
         Op::EnsureRedirect { ns, dev, to } => vec![l(ns, dev), l(ns, to)],
+        Op::EnsureHtbTree { ns, dev, .. }
+        | Op::AddHtbClass { ns, dev, .. }
+        | Op::ChangeHtbClass { ns, dev, .. }
+        | Op::DelHtbClass { ns, dev, .. } => vec![l(ns, dev)],
         _ => vec![],
     }
 }

@@ -37,7 +37,7 @@ use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPa
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use crate::{Kernel, ShaperStats};
+use crate::{ClassStats, HostShapingStats, Kernel, ShaperStats};
 use crate::error::{Errno, KernelError};
 
 const NETNS_DIR: &str = "/run/netns";
@@ -251,6 +251,9 @@ impl LinuxKernel {
                 let Some(name) = devs.get(&idx) else { continue };
                 if let Some(s) = t.shaper {
                     raw.state.shapers.insert(name.clone(), s);
+                }
+                if let Some(tree) = t.tree {
+                    raw.state.htb_trees.insert(name.clone(), tree);
                 }
                 if let Some(to) = t.redirect_to.and_then(|i| devs.get(&i)) {
                     raw.state.redirects.insert(name.clone(), to.clone());
@@ -663,6 +666,35 @@ impl LinuxKernel {
                 self.remember_shaper(ns, idx, shaper);
                 Ok(())
             }
+            Op::EnsureHtbTree { ns, dev, parent, default_class } => {
+                let (nsc, dev, p, d) = (ns.clone(), dev.clone(), *parent, *default_class);
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &dev).await?;
+                    crate::tc::build_tree(&h, idx, &p, &d).await
+                })
+            }
+            Op::AddHtbClass { ns, dev, minor, class } | Op::ChangeHtbClass { ns, dev, minor, class } => {
+                let add = matches!(op, Op::AddHtbClass { .. });
+                let (nsc, dev, m, c) = (ns.clone(), dev.clone(), *minor, *class);
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &dev).await?;
+                    if add { crate::tc::add_tree_class(&h, idx, m, &c).await } else { crate::tc::change_tree_class(&h, idx, m, &c).await }
+                })
+            }
+            Op::DelHtbClass { ns, dev, minor } => {
+                let (nsc, dev, m) = (ns.clone(), dev.clone(), *minor);
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &dev).await?;
+                    crate::tc::del_tree_class(&h, idx, m).await
+                })
+            }
+            Op::RemoveHtbTree { ns, dev } => {
+                let (nsc, dev) = (ns.clone(), dev.clone());
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &dev).await?;
+                    crate::tc::delete_qdisc(&h, idx, false).await
+                })
+            }
             Op::EnsureRedirect { ns, dev, to } => {
                 let (nsc, dev, to) = (ns.clone(), dev.clone(), to.clone());
                 self.run(ns, move |h| async move {
@@ -775,6 +807,50 @@ impl Kernel for LinuxKernel {
 
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         self.apply_inner(op)
+    }
+
+    fn host_shaping_stats(&self) -> Result<HostShapingStats, KernelError> {
+        self.run(&Ns::Host, move |h| async move {
+            let label = Ns::Host.to_string();
+            let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: label.clone(), message: e.to_string() };
+            let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl)?;
+            let devs: BTreeMap<u32, String> =
+                links.iter().map(RawLink::from_msg).filter(|l| l.kind != LinkKind::Loopback).map(|l| (l.index, l.name)).collect();
+            let mut out = HostShapingStats::default();
+            for m in &links {
+                let name = m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.as_str()),
+                    _ => None,
+                });
+                let Some(name) = name.filter(|n| naming::is_owned_host_link(n)) else { continue };
+                let stats = m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Stats64(s) => Some((s.tx_bytes, s.rx_bytes)),
+                    _ => None,
+                });
+                if let Some(s) = stats {
+                    out.device_bytes.insert(name.to_string(), s);
+                }
+            }
+            if let Some(idx) = crate::tc::tree_device(&h, &label).await? {
+                for (minor, c) in crate::tc::read_tree_counters(&h, &label, idx).await? {
+                    out.classes.push(ClassStats {
+                        minor,
+                        class: c.class,
+                        bytes: c.bytes,
+                        packets: c.packets,
+                        drops: c.drops,
+                        overlimits: c.overlimits,
+                        backlog_bytes: c.backlog,
+                    });
+                }
+            }
+            for (idx, (bytes, packets, drops, overlimits, backlog_bytes)) in crate::tc::read_htb_counters(&h, &label).await? {
+                let Some(dev) = devs.get(&idx) else { continue };
+                let Some(shaper) = crate::tc::read_class(&h, &label, idx).await? else { continue };
+                out.shapers.push(ShaperStats { ns: String::new(), dev: dev.clone(), shaper, bytes, packets, drops, overlimits, backlog_bytes });
+            }
+            Ok(out)
+        })
     }
 
     fn shaper_stats(&self, namespaces: &[String]) -> Result<Vec<ShaperStats>, KernelError> {

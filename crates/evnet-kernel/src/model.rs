@@ -28,6 +28,12 @@
 //!   redirect needs both devices (ENOENT); a device's shaper and redirect
 //!   die with it, and a redirect whose target is deleted is no longer
 //!   observed (the kernel's mirred action loses its device);
+//! * the host's send-shaping tree (HTB `1:` default `1:ffff`, parent
+//!   `1:1`, ENI classes under it) needs its device (ENOENT) and replaces
+//!   the device's flat shaper (one root qdisc per device, and the other
+//!   way round); a class needs the tree (ENOENT), an unused minor (EEXIST) in
+//!   the ENI range (EINVAL) and a quantum (EINVAL); changing or deleting one
+//!   needs it (ENOENT); the tree dies with its device;
 //! * shapers carry traffic counters that tests drive with
 //!   [`ModelKernel::transmit`]; [`Kernel::shaper_stats`] reads them;
 //! * a namespace can be made to refuse firewall loads
@@ -42,12 +48,13 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use evnet_plan::naming::{self, is_valid_ifname, normalize_mac};
+use evnet_plan::{HtbTree, HtbClass, htb};
 use evnet_plan::plan::{sysctl_ip_forward, sysctl_proxy_arp, sysctl_proxy_delay};
 use evnet_plan::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, Route, Shaper, VxlanInfo};
 use ipnet::Ipv4Net;
 
 use crate::error::{Errno, KernelError};
-use crate::{Kernel, ShaperStats};
+use crate::{ClassStats, HostShapingStats, Kernel, ShaperStats};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MLink {
@@ -87,6 +94,10 @@ struct MNs {
     shapers: BTreeMap<String, MShaper>,
     /// Device → redirect target (`None` once the target is gone).
     redirects: BTreeMap<String, Option<String>>,
+    /// evnet's send-shaping trees by device, with each ENI class's bytes.
+    trees: BTreeMap<String, (HtbTree, BTreeMap<u16, u64>)>,
+    /// Devices' (transmitted, received) bytes that tests drove.
+    device_bytes: BTreeMap<String, (u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +133,8 @@ impl MNs {
         let neigh = format!("net.ipv4.neigh.{dev}.");
         self.sysctls.retain(|k, _| !k.starts_with(&conf) && !k.starts_with(&neigh));
         self.shapers.remove(dev);
+        self.trees.remove(dev);
+        self.device_bytes.remove(dev);
         self.redirects.remove(dev);
         for to in self.redirects.values_mut() {
             if to.as_deref() == Some(dev) {
@@ -158,6 +171,7 @@ impl MNs {
             firewall: self.firewall.as_ref().map(|f| FirewallState { fingerprint: Some(f.fingerprint.clone()), sets: f.sets.clone() }),
             shapers: self.shapers.iter().map(|(d, s)| (d.clone(), s.shaper)).collect(),
             redirects: self.redirects.iter().filter_map(|(d, t)| Some((d.clone(), t.clone()?))).collect(),
+            htb_trees: self.trees.iter().map(|(d, (t, _))| (d.clone(), t.clone())).collect(),
         }
     }
 }
@@ -516,6 +530,8 @@ impl World {
                     return Err(err(format!("link {ns}/{dev}"), Errno::NotFound));
                 }
                 let generation = n.shapers.get(dev).map_or(1, |s| s.generation + 1);
+                // One root qdisc per device: the shaper replaces a tree.
+                n.trees.remove(dev);
                 n.shapers.insert(
                     dev.clone(),
                     MShaper { shaper: *shaper, bytes: 0, packets: 0, drops: 0, overlimits: 0, generation },
@@ -526,6 +542,56 @@ impl World {
                 let n = self.ns_mut(ns)?;
                 let s = n.shapers.get_mut(dev).ok_or_else(|| err(format!("htb class 1:1 on {ns}/{dev}"), Errno::NotFound))?;
                 s.shaper = *shaper;
+            }
+            Op::EnsureHtbTree { ns, dev, parent, default_class } => {
+                check_class(parent)?;
+                check_class(default_class)?;
+                let n = self.ns_mut(ns)?;
+                if !n.links.contains_key(dev) {
+                    return Err(err(format!("link {ns}/{dev}"), Errno::NotFound));
+                }
+                n.shapers.remove(dev);
+                n.trees.insert(dev.clone(), (HtbTree { parent: *parent, default_class: *default_class, classes: BTreeMap::new() }, BTreeMap::new()));
+            }
+            Op::AddHtbClass { ns, dev, minor, class } => {
+                check_class(class)?;
+                if !(htb::FIRST_ENI_MINOR..=htb::LAST_ENI_MINOR).contains(minor) {
+                    return Err(err(format!("htb class 1:{minor:x} on {ns}/{dev}"), Errno::Invalid));
+                }
+                let n = self.ns_mut(ns)?;
+                let (t, bytes) = n.trees.get_mut(dev).ok_or_else(|| err(format!("htb tree on {ns}/{dev}"), Errno::NotFound))?;
+                if t.classes.contains_key(minor) {
+                    return Err(err(format!("htb class 1:{minor:x} on {ns}/{dev}"), Errno::Exists));
+                }
+                t.classes.insert(*minor, *class);
+                bytes.insert(*minor, 0);
+            }
+            Op::ChangeHtbClass { ns, dev, minor, class } => {
+                check_class(class)?;
+                let n = self.ns_mut(ns)?;
+                let (t, _) = n.trees.get_mut(dev).ok_or_else(|| err(format!("htb tree on {ns}/{dev}"), Errno::NotFound))?;
+                let slot = match *minor {
+                    htb::PARENT_MINOR => Some(&mut t.parent),
+                    htb::DEFAULT_MINOR => Some(&mut t.default_class),
+                    m => t.classes.get_mut(&m),
+                };
+                *slot.ok_or_else(|| err(format!("htb class 1:{minor:x} on {ns}/{dev}"), Errno::NotFound))? = *class;
+            }
+            Op::DelHtbClass { ns, dev, minor } => {
+                let n = self.ns_mut(ns)?;
+                let (t, bytes) = n.trees.get_mut(dev).ok_or_else(|| err(format!("htb tree on {ns}/{dev}"), Errno::NotFound))?;
+                // The parent and default classes are the tree's own (EBUSY
+                // in the kernel while ENI classes hang off the parent).
+                if t.classes.remove(minor).is_none() {
+                    return Err(err(format!("htb class 1:{minor:x} on {ns}/{dev}"), Errno::NotFound));
+                }
+                bytes.remove(minor);
+            }
+            Op::RemoveHtbTree { ns, dev } => {
+                let n = self.ns_mut(ns)?;
+                if n.trees.remove(dev).is_none() {
+                    return Err(err(format!("htb tree on {ns}/{dev}"), Errno::NotFound));
+                }
             }
             Op::EnsureRedirect { ns, dev, to } => {
                 let n = self.ns_mut(ns)?;
@@ -539,6 +605,13 @@ impl World {
         }
         Ok(())
     }
+}
+
+fn check_class(c: &HtbClass) -> Result<(), KernelError> {
+    if c.quantum == 0 {
+        return Err(err(format!("htb quantum {}", c.quantum), Errno::Invalid));
+    }
+    check_shaper(&Shaper { rate_bps: c.rate_bps, ceil_bps: c.ceil_bps, burst_bytes: c.burst_bytes })
 }
 
 fn check_shaper(s: &Shaper) -> Result<(), KernelError> {
@@ -599,6 +672,27 @@ impl ModelKernel {
         Ok(())
     }
 
+    /// Counts `bytes` through class `1:minor` of the tree on the host
+    /// namespace's `dev`: the model's traffic.
+    pub fn transmit_class(&self, dev: &str, minor: u16, bytes: u64) -> Result<(), KernelError> {
+        let mut w = self.world.lock().expect("model lock");
+        let (_, counters) = w.host.trees.get_mut(dev).ok_or_else(|| err(format!("htb tree on @host/{dev}"), Errno::NotFound))?;
+        *counters.get_mut(&minor).ok_or_else(|| err(format!("htb class 1:{minor:x} on @host/{dev}"), Errno::NotFound))? += bytes;
+        Ok(())
+    }
+
+    /// Counts bytes a host-namespace device transmitted and received.
+    pub fn count_device(&self, dev: &str, tx: u64, rx: u64) -> Result<(), KernelError> {
+        let mut w = self.world.lock().expect("model lock");
+        if !w.host.links.contains_key(dev) {
+            return Err(err(format!("link @host/{dev}"), Errno::NotFound));
+        }
+        let c = w.host.device_bytes.entry(dev.to_string()).or_default();
+        c.0 += tx;
+        c.1 += rx;
+        Ok(())
+    }
+
     /// Makes every later firewall load in `ns` fail (`refuse: false` lifts
     /// it), as a namespace holding a table that evnet's load collides with.
     pub fn refuse_firewall_in(&self, ns: &Ns, refuse: bool) {
@@ -636,6 +730,33 @@ impl Kernel for ModelKernel {
                     backlog_bytes: 0,
                 });
             }
+        }
+        Ok(out)
+    }
+
+    fn host_shaping_stats(&self) -> Result<HostShapingStats, KernelError> {
+        let w = self.world.lock().expect("model lock");
+        let mut out = HostShapingStats::default();
+        if let Some((t, bytes)) = w.host.trees.values().next() {
+            for (m, c) in &t.classes {
+                let b = bytes.get(m).copied().unwrap_or(0);
+                out.classes.push(ClassStats { minor: *m, class: *c, bytes: b, packets: 0, drops: 0, overlimits: 0, backlog_bytes: 0 });
+            }
+        }
+        for (dev, b) in &w.host.device_bytes {
+            out.device_bytes.insert(dev.clone(), *b);
+        }
+        for (dev, s) in &w.host.shapers {
+            out.shapers.push(ShaperStats {
+                ns: String::new(),
+                dev: dev.clone(),
+                shaper: s.shaper,
+                bytes: s.bytes,
+                packets: s.packets,
+                drops: s.drops,
+                overlimits: s.overlimits,
+                backlog_bytes: 0,
+            });
         }
         Ok(out)
     }

@@ -10,7 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use evnet_plan::Shaper;
+use evnet_plan::{HtbClass, HtbTree, Shaper};
+use evnet_plan::htb::{DEFAULT_MINOR, LEAF_LIMIT_PACKETS as TREE_LEAF_LIMIT_PACKETS, PARENT_MINOR};
 use futures::TryStreamExt;
 use netlink_packet_route::tc::{
     TcActionAttribute, TcActionMirrorOption, TcActionOption, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirrorActionType,
@@ -49,6 +50,53 @@ pub async fn change_class(h: &Handle, index: u32, s: &Shaper) -> Result<(), Kern
     class_request(h, index, s, 0).await
 }
 
+/// The class of a flat shaper, as the tree's classes are described.
+fn flat_class(s: &Shaper) -> HtbClass {
+    HtbClass { rate_bps: s.rate_bps, ceil_bps: s.ceil_bps, burst_bytes: s.burst_bytes, quantum: HTB_QUANTUM }
+}
+
+/// The parent of class `1:minor` in evnet's tree: the root for `1:1`,
+/// `1:1` for the others.
+fn tree_parent(minor: u16) -> TcHandle {
+    if minor == PARENT_MINOR { TcHandle { major: 1, minor: 0 } } else { TcHandle { major: 1, minor: PARENT_MINOR } }
+}
+
+/// Builds evnet's send-shaping tree on device `index` (its old root qdisc,
+/// if any, goes first): `tc qdisc add dev D root handle 1: htb default
+/// ffff; tc class add dev D parent 1: classid 1:1 htb …; tc class add dev D
+/// parent 1:1 classid 1:ffff htb …`, over netlink.
+pub async fn build_tree(h: &Handle, index: u32, parent: &HtbClass, default_class: &HtbClass) -> Result<(), KernelError> {
+    build_root(h, index, u32::from(DEFAULT_MINOR)).await?;
+    tree_class_request(h, index, PARENT_MINOR, parent, CREATE_EXCL).await?;
+    tree_class_request(h, index, DEFAULT_MINOR, default_class, CREATE_EXCL).await
+}
+
+/// Adds class `1:minor` under `1:1` of the tree on device `index`, with a
+/// pfifo of [`TREE_LEAF_LIMIT_PACKETS`] (handle `minor:`) under it.
+pub async fn add_tree_class(h: &Handle, index: u32, minor: u16, c: &HtbClass) -> Result<(), KernelError> {
+    use rtnetlink::packet_core::DefaultNla;
+    tree_class_request(h, index, minor, c, CREATE_EXCL).await?;
+    let mut leaf = TcMessage::with_index(index as i32);
+    leaf.header.handle = TcHandle { major: minor, minor: 0 };
+    leaf.header.parent = TcHandle { major: 1, minor };
+    leaf.attributes =
+        vec![TcAttribute::Kind("pfifo".into()), TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, TREE_LEAF_LIMIT_PACKETS.to_ne_bytes().to_vec()))];
+    tc_request(h, TcRequest::NewQdisc(leaf), CREATE_EXCL, &format!("pfifo under 1:{minor:x} on ifindex {index}")).await
+}
+
+/// Changes class `1:minor` of the tree on device `index` in place.
+pub async fn change_tree_class(h: &Handle, index: u32, minor: u16, c: &HtbClass) -> Result<(), KernelError> {
+    tree_class_request(h, index, minor, c, 0).await
+}
+
+/// Deletes class `1:minor` (its leaf queue goes with it).
+pub async fn del_tree_class(h: &Handle, index: u32, minor: u16) -> Result<(), KernelError> {
+    let mut m = TcMessage::with_index(index as i32);
+    m.header.handle = TcHandle { major: 1, minor };
+    m.header.parent = tree_parent(minor);
+    tc_request(h, TcRequest::DelClass(m), 0, &format!("htb class 1:{minor:x} on ifindex {index}")).await
+}
+
 /// Builds evnet's shaper on device `index` (whose old root qdisc, if any,
 /// goes first): HTB root `1:` with default class `1:1` at `s`, and a pfifo
 /// of [`LEAF_LIMIT_PACKETS`] under it — what `tc qdisc add dev D root
@@ -57,14 +105,7 @@ pub async fn change_class(h: &Handle, index: u32, s: &Shaper) -> Result<(), Kern
 /// ~6–9 ms; a new ENI needs two shapers).
 pub async fn build_shaper(h: &Handle, index: u32, s: &Shaper) -> Result<(), KernelError> {
     use rtnetlink::packet_core::DefaultNla;
-    delete_qdisc(h, index, false).await?;
-    let mut q = TcMessage::with_index(index as i32);
-    q.header.handle = TcHandle { major: 1, minor: 0 };
-    q.header.parent = TcHandle::ROOT;
-    // struct tc_htb_glob: version 3, rate2quantum 10, defcls 1, debug 0, direct_pkts 0.
-    let glob: Vec<u8> = [3u32, 10, 1, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
-    q.attributes = vec![TcAttribute::Kind("htb".into()), TcAttribute::Options(vec![TcOption::Other(DefaultNla::new(TCA_HTB_INIT, glob))])];
-    tc_request(h, TcRequest::NewQdisc(q), CREATE_EXCL, &format!("htb root on ifindex {index}")).await?;
+    build_root(h, index, 1).await?;
     class_request(h, index, s, CREATE_EXCL).await?;
     let mut leaf = TcMessage::with_index(index as i32);
     leaf.header.handle = TcHandle { major: 10, minor: 0 };
@@ -72,6 +113,20 @@ pub async fn build_shaper(h: &Handle, index: u32, s: &Shaper) -> Result<(), Kern
     // pfifo's TCA_OPTIONS is a bare struct tc_fifo_qopt { u32 limit }.
     leaf.attributes = vec![TcAttribute::Kind("pfifo".into()), TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, LEAF_LIMIT_PACKETS.to_ne_bytes().to_vec()))];
     tc_request(h, TcRequest::NewQdisc(leaf), CREATE_EXCL, &format!("pfifo under 1:1 on ifindex {index}")).await
+}
+
+/// Replaces device `index`'s root qdisc by HTB `1:` with default class
+/// `1:defcls`.
+async fn build_root(h: &Handle, index: u32, defcls: u32) -> Result<(), KernelError> {
+    use rtnetlink::packet_core::DefaultNla;
+    delete_qdisc(h, index, false).await?;
+    let mut q = TcMessage::with_index(index as i32);
+    q.header.handle = TcHandle { major: 1, minor: 0 };
+    q.header.parent = TcHandle::ROOT;
+    // struct tc_htb_glob: version 3, rate2quantum 10, defcls, debug 0, direct_pkts 0.
+    let glob: Vec<u8> = [3u32, 10, defcls, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    q.attributes = vec![TcAttribute::Kind("htb".into()), TcAttribute::Options(vec![TcOption::Other(DefaultNla::new(TCA_HTB_INIT, glob))])];
+    tc_request(h, TcRequest::NewQdisc(q), CREATE_EXCL, &format!("htb root on ifindex {index}")).await
 }
 
 /// Builds `clsact` on device `index` (the old one, if any, goes first) with
@@ -111,6 +166,7 @@ const CREATE_EXCL: u16 = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
 enum TcRequest {
     NewQdisc(TcMessage),
     NewClass(TcMessage),
+    DelClass(TcMessage),
 }
 
 /// Sends one tc request with `flags` (besides request and ack) and waits
@@ -122,6 +178,7 @@ async fn tc_request(h: &Handle, req: TcRequest, flags: u16, what: &str) -> Resul
     let msg = match req {
         TcRequest::NewQdisc(m) => RouteNetlinkMessage::NewQueueDiscipline(m),
         TcRequest::NewClass(m) => RouteNetlinkMessage::NewTrafficClass(m),
+        TcRequest::DelClass(m) => RouteNetlinkMessage::DelTrafficClass(m),
     };
     let mut req = NetlinkMessage::from(msg);
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
@@ -139,10 +196,16 @@ async fn tc_request(h: &Handle, req: TcRequest, flags: u16, what: &str) -> Resul
 /// Adds (`flags` = [`CREATE_EXCL`]) or changes (0) HTB class `1:1` of
 /// device `index`.
 async fn class_request(h: &Handle, index: u32, s: &Shaper, flags: u16) -> Result<(), KernelError> {
+    tree_class_request(h, index, PARENT_MINOR, &flat_class(s), flags).await
+}
+
+/// Adds (`flags` = [`CREATE_EXCL`]) or changes (0) HTB class `1:minor` of
+/// device `index` (parent: [`tree_parent`]).
+async fn tree_class_request(h: &Handle, index: u32, minor: u16, s: &HtbClass, flags: u16) -> Result<(), KernelError> {
     use rtnetlink::packet_core::DefaultNla;
     let mut m = TcMessage::with_index(index as i32);
-    m.header.handle = TcHandle { major: 1, minor: 1 };
-    m.header.parent = TcHandle { major: 1, minor: 0 };
+    m.header.handle = TcHandle { major: 1, minor };
+    m.header.parent = tree_parent(minor);
     let mut opts = vec![TcOption::Other(DefaultNla::new(TCA_HTB_PARMS, htb_parms(s)))];
     let (rate, ceil) = (s.rate_bps / 8, s.ceil_bps / 8);
     if rate > u64::from(u32::MAX) {
@@ -152,11 +215,11 @@ async fn class_request(h: &Handle, index: u32, s: &Shaper, flags: u16) -> Result
         opts.push(TcOption::Other(DefaultNla::new(TCA_HTB_CEIL64, ceil.to_ne_bytes().to_vec())));
     }
     m.attributes = vec![TcAttribute::Kind("htb".into()), TcAttribute::Options(opts)];
-    tc_request(h, TcRequest::NewClass(m), flags, &format!("htb class 1:1 on ifindex {index}")).await
+    tc_request(h, TcRequest::NewClass(m), flags, &format!("htb class 1:{minor:x} on ifindex {index}")).await
 }
 
-/// `struct tc_htb_opt` for class 1:1 with `s`'s rates and burst.
-fn htb_parms(s: &Shaper) -> Vec<u8> {
+/// `struct tc_htb_opt` for a class with `s`'s rates, burst and quantum.
+fn htb_parms(s: &HtbClass) -> Vec<u8> {
     /// `TC_LINKLAYER_ETHERNET`.
     const LINKLAYER_ETHERNET: u8 = 1;
     let ratespec = |bytes_per_s: u64| {
@@ -177,7 +240,7 @@ fn htb_parms(s: &Shaper) -> Vec<u8> {
     let (rate, ceil) = ((s.rate_bps / 8).max(1), (s.ceil_bps / 8).max(1));
     let mut p = ratespec(rate);
     p.extend(ratespec(ceil));
-    for v in [buffer(rate), buffer(ceil), HTB_QUANTUM, 0, 0] {
+    for v in [buffer(rate), buffer(ceil), s.quantum, 0, 0] {
         p.extend_from_slice(&v.to_ne_bytes());
     }
     p
@@ -272,6 +335,11 @@ fn htb_options(m: &TcMessage) -> BTreeMap<u16, Vec<u8>> {
 
 /// Decodes an HTB class's `tc_htb_opt` (+ 64-bit rates) into a shaper.
 fn decode_class(m: &TcMessage) -> Option<Shaper> {
+    decode_tree_class(m).map(|c| Shaper { rate_bps: c.rate_bps, ceil_bps: c.ceil_bps, burst_bytes: c.burst_bytes })
+}
+
+/// Decodes an HTB class's `tc_htb_opt` (+ 64-bit rates), quantum included.
+fn decode_tree_class(m: &TcMessage) -> Option<HtbClass> {
     let opts = htb_options(m);
     let p = opts.get(&TCA_HTB_PARMS)?;
     // struct tc_ratespec is 12 bytes with `rate` (bytes/s) at offset 8;
@@ -286,8 +354,9 @@ fn decode_class(m: &TcMessage) -> Option<Shaper> {
         ceil = c;
     }
     // buffer = time to send `burst` at `rate`, in psched ticks.
+    let quantum = u32_at(p, 32)?;
     let burst = u128::from(buffer) * PSCHED_TICK_NS * u128::from(rate) / 1_000_000_000;
-    Some(Shaper { rate_bps: rate * 8, ceil_bps: ceil * 8, burst_bytes: u32::try_from(burst).unwrap_or(u32::MAX) })
+    Some(HtbClass { rate_bps: rate * 8, ceil_bps: ceil * 8, burst_bytes: u32::try_from(burst).unwrap_or(u32::MAX), quantum })
 }
 
 /// Basic and queue counters from `TCA_STATS2`.
@@ -340,16 +409,89 @@ pub async fn read_class(h: &Handle, ns: &str, index: u32) -> Result<Option<Shape
 
 /// Root qdisc `1:` of kind HTB with default class 1.
 fn is_evnet_htb_root(q: &TcMessage) -> bool {
+    is_htb_root_with_default(q, 1)
+}
+
+/// Root qdisc `1:` of kind HTB with default class `defcls`.
+fn is_htb_root_with_default(q: &TcMessage, defcls: u32) -> bool {
     kind(q) == Some("htb")
         && q.header.parent == TcHandle::ROOT
         && q.header.handle == (TcHandle { major: 1, minor: 0 })
-        && htb_options(q).get(&TCA_HTB_INIT).and_then(|b| u32_at(b, 8)) == Some(1)
+        && htb_options(q).get(&TCA_HTB_INIT).and_then(|b| u32_at(b, 8)) == Some(defcls)
+}
+
+/// Counters of one class of evnet's tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeClassCounters {
+    pub class: HtbClass,
+    pub bytes: u64,
+    pub packets: u64,
+    pub drops: u64,
+    pub overlimits: u64,
+    pub backlog: u64,
+}
+
+/// The classes of the tree on device `index` (root `1:` default `1:ffff`,
+/// parent `1:1`, ENI classes under `1:1`) with their counters, from one
+/// class dump; `None` when its classes are not such a tree (the caller
+/// checks the root qdisc).
+async fn read_tree_classes(h: &Handle, ns: &str, index: u32) -> Result<Option<(TreeClassCounters, TreeClassCounters, BTreeMap<u16, TreeClassCounters>)>, KernelError> {
+    let classes: Vec<TcMessage> = h.traffic_class(index as i32).get().execute().try_collect().await.map_err(nl(ns))?;
+    let (mut parent, mut default_class, mut enis) = (None, None, BTreeMap::new());
+    let under_parent = TcHandle { major: 1, minor: PARENT_MINOR };
+    for c in &classes {
+        if kind(c) != Some("htb") || c.header.handle.major != 1 {
+            continue;
+        }
+        let Some(class) = decode_tree_class(c) else { continue };
+        let (bytes, packets, drops, overlimits, backlog) = counters(c);
+        let cc = TreeClassCounters { class, bytes, packets, drops, overlimits, backlog };
+        let minor = c.header.handle.minor;
+        if minor == PARENT_MINOR && c.header.parent == TcHandle::ROOT {
+            parent = Some(cc);
+        } else if c.header.parent == under_parent {
+            if minor == DEFAULT_MINOR {
+                default_class = Some(cc);
+            } else {
+                enis.insert(minor, cc);
+            }
+        }
+    }
+    Ok(match (parent, default_class) {
+        (Some(p), Some(d)) => Some((p, d, enis)),
+        _ => None,
+    })
+}
+
+/// evnet's tree on device `index`, if it holds one.
+pub async fn read_tree(h: &Handle, ns: &str, index: u32) -> Result<Option<HtbTree>, KernelError> {
+    Ok(read_tree_classes(h, ns, index).await?.map(|(p, d, e)| HtbTree {
+        parent: p.class,
+        default_class: d.class,
+        classes: e.into_iter().map(|(m, c)| (m, c.class)).collect(),
+    }))
+}
+
+/// The device of the current namespace whose root qdisc is evnet's tree's
+/// (the first, if several), from one qdisc dump.
+pub async fn tree_device(h: &Handle, ns: &str) -> Result<Option<u32>, KernelError> {
+    let qdiscs: Vec<TcMessage> = h.qdisc().get().execute().try_collect().await.map_err(nl(ns))?;
+    Ok(qdiscs.iter().filter(|q| is_htb_root_with_default(q, u32::from(DEFAULT_MINOR))).map(|q| q.header.index as u32).min())
+}
+
+/// The ENI classes of evnet's tree on device `index` with their counters
+/// (empty when its classes are not such a tree): what the bandwidth loop
+/// reports.
+pub async fn read_tree_counters(h: &Handle, ns: &str, index: u32) -> Result<BTreeMap<u16, TreeClassCounters>, KernelError> {
+    Ok(read_tree_classes(h, ns, index).await?.map(|(_, _, e)| e).unwrap_or_default())
 }
 
 /// What tc holds on one device, as far as evnet cares.
 #[derive(Debug, Default)]
 pub struct DevTc {
     pub shaper: Option<Shaper>,
+    /// evnet's send-shaping tree.
+    pub tree: Option<HtbTree>,
     /// The ifindex the one mirred redirect on the clsact ingress points to.
     pub redirect_to: Option<u32>,
 }
@@ -366,6 +508,7 @@ pub async fn read_devices(h: &Handle, ns: &str, devices: &BTreeMap<u32, String>)
     let qdiscs: Vec<TcMessage> = h.qdisc().get().execute().try_collect().await.map_err(nl(ns))?;
     let mut htb_root = Vec::new();
     let mut clsact = Vec::new();
+    let mut trees = Vec::new();
     for q in &qdiscs {
         let idx = q.header.index as u32;
         if !devices.contains_key(&idx) {
@@ -373,6 +516,8 @@ pub async fn read_devices(h: &Handle, ns: &str, devices: &BTreeMap<u32, String>)
         }
         if is_evnet_htb_root(q) {
             htb_root.push(idx);
+        } else if is_htb_root_with_default(q, u32::from(DEFAULT_MINOR)) {
+            trees.push(idx);
         } else if kind(q) == Some("clsact") {
             clsact.push(idx);
         }
@@ -380,6 +525,11 @@ pub async fn read_devices(h: &Handle, ns: &str, devices: &BTreeMap<u32, String>)
     for idx in htb_root {
         if let Some(s) = read_class(h, ns, idx).await? {
             out.entry(idx).or_default().shaper = Some(s);
+        }
+    }
+    for idx in trees {
+        if let Some(t) = read_tree(h, ns, idx).await? {
+            out.entry(idx).or_default().tree = Some(t);
         }
     }
     for idx in clsact {
@@ -430,7 +580,7 @@ mod tests {
             Shaper { rate_bps: 40_000_000_000, ceil_bps: 40_000_000_000, burst_bytes: 1 << 20 },
         ] {
             let mut m = TcMessage::with_index(3);
-            let mut opts = vec![TcOption::Other(DefaultNla::new(TCA_HTB_PARMS, htb_parms(&s)))];
+            let mut opts = vec![TcOption::Other(DefaultNla::new(TCA_HTB_PARMS, htb_parms(&flat_class(&s))))];
             if s.rate_bps / 8 > u64::from(u32::MAX) {
                 opts.push(TcOption::Other(DefaultNla::new(TCA_HTB_RATE64, (s.rate_bps / 8).to_ne_bytes().to_vec())));
                 opts.push(TcOption::Other(DefaultNla::new(TCA_HTB_CEIL64, (s.ceil_bps / 8).to_ne_bytes().to_vec())));
@@ -441,7 +591,9 @@ mod tests {
             // The buffer is whole psched ticks: the burst comes back within a tick's worth.
             let tick_bytes = (s.rate_bps / 8) as f64 * 64e-9;
             assert!((f64::from(back.burst_bytes) - f64::from(s.burst_bytes)).abs() <= tick_bytes + 1.0, "{s:?} → {back:?}");
-            assert_eq!(htb_parms(&s).len(), 44, "struct tc_htb_opt");
+            assert_eq!(htb_parms(&flat_class(&s)).len(), 44, "struct tc_htb_opt");
+            let q = decode_tree_class(&m).expect("decodes").quantum;
+            assert_eq!(q, HTB_QUANTUM);
         }
     }
 }

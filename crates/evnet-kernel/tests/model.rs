@@ -371,6 +371,9 @@ fn foreign_view(k: &ModelKernel, host: &str) -> (Observed, Vec<String>) {
     let mut all = k.snapshot_all();
     all.namespaces.retain(|n, _| !naming::owned_netns(n, host));
     all.host.links.retain(|n, _| !naming::is_owned_host_link(n));
+    all.host.shapers.retain(|n, _| !naming::is_owned_host_link(n));
+    // evnet's send-shaping tree on the underlay device.
+    all.host.htb_trees.clear();
     all.host.sysctls.retain(|k, _| !k.contains(".evx") && !k.contains(".eve"));
     // evnet's own underlay filter in the host namespace.
     all.host.firewall = None;
@@ -646,4 +649,133 @@ fn the_bpf_layout_puts_enis_in_the_host_namespace_and_switches_from_nft() {
     let o = k.observe().unwrap();
     assert!(!o.host.links.keys().any(|n| naming::is_owned_host_link(n)));
     assert_eq!(foreign_view(&k, &d.host_id), before);
+}
+
+
+/// The class minors of the host's tree by ENI, as observed (matched by
+/// their parameters' rate, which the test makes distinct).
+fn tree_of(k: &ModelKernel) -> evnet_plan::HtbTree {
+    k.observe().unwrap().host.htb_trees.get("ul0").cloned().expect("a tree on the underlay device")
+}
+
+#[test]
+fn the_bpf_hosts_tree_is_planned_resized_in_place_removed_and_adopted() {
+    use evnet_model::desired::{EniBandwidth, InstanceDesired};
+    use evnet_plan::htb;
+    use evnet_plan::{EniRates, plan_with_rates};
+    const M: u64 = 1_000_000;
+    let cloud = two_host_cloud();
+    let mut d = cloud.desired(0);
+    d.nic_mbps = 1000;
+    d.instances[0].enis[0].bandwidth = EniBandwidth { guaranteed_bps: 300 * M, limit_bps: 1000 * M, weight: 1, burst_bytes: 65536 };
+    d.instances[1].enis[0].bandwidth = EniBandwidth { guaranteed_bps: 100 * M, limit_bps: 400 * M, weight: 3, burst_bytes: 65536 };
+    let (a, b) = (d.instances[0].enis[0].eni_id.clone(), d.instances[1].enis[0].eni_id.clone());
+    let k = ModelKernel::new();
+    add_foreign(&k);
+    let before = foreign_view(&k, &d.host_id);
+    let cfg = PlanConfig { dataplane: DataplaneMode::Bpf, ..PlanConfig::default() };
+    let converge_bpf = |d: &evnet_model::desired::HostDesired| {
+        let ops = plan(d, &k.observe().unwrap(), &cfg);
+        apply_all(&k, &ops).unwrap_or_else(|e| panic!("{e}\nplan:\n{}", render(&ops)));
+        let again = plan(d, &k.observe().unwrap(), &cfg);
+        assert!(again.is_empty(), "re-plan not empty:\n{}", render(&again));
+        ops
+    };
+    let ops = converge_bpf(&d);
+    let tree = tree_of(&k);
+    assert_eq!((tree.parent.rate_bps, tree.parent.ceil_bps), (1000 * M, 1000 * M));
+    assert_eq!(tree.default_class.ceil_bps, 1000 * M);
+    assert_eq!(tree.classes.len(), 2, "{tree:?}");
+    let minor_of = |t: &evnet_plan::HtbTree, rate: u64| t.classes.iter().find(|(_, c)| c.rate_bps == rate).map(|(m, _)| *m).expect("class");
+    let (ma, mb) = (minor_of(&tree, 300 * M), minor_of(&tree, 100 * M));
+    assert_eq!(tree.classes[&ma].ceil_bps, 1000 * M);
+    assert_eq!(tree.classes[&mb].ceil_bps, 400 * M);
+    assert_eq!(tree.classes[&mb].quantum, 3 * tree.classes[&ma].quantum, "quantum by weight");
+    // The tree is built last, after the links, and only on the underlay device.
+    assert!(matches!(ops.iter().position(|o| matches!(o, Op::EnsureHtbTree { dev, .. } if dev == "ul0")), Some(i) if i > 0));
+    // What b receives is shaped on its host-side device (its limit is below
+    // the NIC); a's is not.
+    let host = k.observe().unwrap().host;
+    assert_eq!(host.shapers.get(&naming::eni_veth(&b)).map(|s| s.rate_bps), Some(400 * M));
+    assert!(!host.shapers.contains_key(&naming::eni_veth(&a)));
+    // The plan's minors are the ones the fast path reads back.
+    let t = htb::target(&d, &host, &Default::default()).unwrap();
+    assert_eq!(t.owners[&ma], a);
+    assert_eq!(t.owners[&mb], b);
+    assert_eq!(foreign_view(&k, &d.host_id), before, "only evnet's objects changed");
+
+    // A restart adopts: the same desired state on the same kernel is 0 ops.
+    assert!(plan(&d, &k.observe().unwrap(), &cfg).is_empty());
+
+    // A live change of guarantee and weight: one class changed in place.
+    d.instances[1].enis[0].bandwidth = EniBandwidth { guaranteed_bps: 150 * M, limit_bps: 400 * M, weight: 1, burst_bytes: 65536 };
+    let ops = plan(&d, &k.observe().unwrap(), &cfg);
+    assert!(matches!(ops.as_slice(), [Op::ChangeHtbClass { minor, class, .. }] if *minor == mb && class.rate_bps == 150 * M), "{}", render(&ops));
+    converge_bpf(&d);
+    assert_eq!(minor_of(&tree_of(&k), 150 * M), mb);
+
+    // A new ENI: one class more, the others keep their minors.
+    let mut extra = d.instances[1].clone();
+    extra.instance_id = hex_id("i", 9);
+    extra.netns = naming::instance_netns(&d.host_id, &extra.instance_id);
+    extra.enis[0].eni_id = hex_id("eni", 9);
+    extra.enis[0].mac = "0a:00:00:00:00:09".into();
+    extra.enis[0].private_ip = Ipv4Addr::new(10, 0, 0, 19);
+    extra.enis[0].bandwidth = EniBandwidth { guaranteed_bps: 50 * M, limit_bps: 1000 * M, weight: 1, burst_bytes: 65536 };
+    d.instances.push(InstanceDesired { ..extra });
+    let ops = converge_bpf(&d);
+    assert_eq!(ops.iter().filter(|o| matches!(o, Op::AddHtbClass { .. })).count(), 1, "{}", render(&ops));
+    assert!(!ops.iter().any(|o| matches!(o, Op::EnsureHtbTree { .. } | Op::ChangeHtbClass { .. } | Op::DelHtbClass { .. })), "{}", render(&ops));
+    let tree = tree_of(&k);
+    assert_eq!((minor_of(&tree, 300 * M), minor_of(&tree, 150 * M)), (ma, mb));
+
+    // The controller caps what b sends: its class's ceil, in place.
+    let caps = [(b.clone(), EniRates { tx_bps: 200 * M, rx_bps: u64::MAX })].into_iter().collect();
+    let ops = plan_with_rates(&d, &k.observe().unwrap(), &cfg, &caps);
+    assert!(matches!(ops.as_slice(), [Op::ChangeHtbClass { minor, class, .. }] if *minor == mb && class.ceil_bps == 200 * M), "{}", render(&ops));
+    apply_all(&k, &ops).unwrap();
+    assert!(plan_with_rates(&d, &k.observe().unwrap(), &cfg, &caps).is_empty());
+    // Lifted: back to the limit.
+    assert_eq!(plan(&d, &k.observe().unwrap(), &cfg).len(), 1);
+    converge_bpf(&d);
+
+    // An ENI leaves: its class goes, the others stay.
+    d.instances.remove(0);
+    let ops = converge_bpf(&d);
+    assert!(ops.contains(&Op::DelHtbClass { ns: Ns::Host, dev: "ul0".into(), minor: ma }), "{}", render(&ops));
+    let tree = tree_of(&k);
+    assert_eq!(tree.classes.len(), 2);
+    assert_eq!(minor_of(&tree, 150 * M), mb);
+
+    // Back on the nftables layout, the tree goes from the underlay device.
+    let ops = converge(&k, &d);
+    assert!(ops.contains(&Op::RemoveHtbTree { ns: Ns::Host, dev: "ul0".into() }), "{}", render(&ops));
+    assert!(k.observe().unwrap().host.htb_trees.is_empty());
+    assert_eq!(foreign_view(&k, &d.host_id), before);
+}
+
+#[test]
+fn the_model_enforces_the_trees_rules() {
+    use evnet_plan::HtbClass;
+    let k = ModelKernel::new();
+    add_foreign(&k);
+    let c = HtbClass { rate_bps: 8_000_000, ceil_bps: 80_000_000, burst_bytes: 65536, quantum: 60000 };
+    let dev = "ul0".to_string();
+    let errno = |op: Op| k.apply(&op).unwrap_err().errno();
+    assert_eq!(errno(Op::AddHtbClass { ns: Ns::Host, dev: dev.clone(), minor: 0x10, class: c }), Some(Errno::NotFound), "no tree yet");
+    assert_eq!(errno(Op::EnsureHtbTree { ns: Ns::Host, dev: "nope".into(), parent: c, default_class: c }), Some(Errno::NotFound));
+    k.apply(&Op::EnsureHtbTree { ns: Ns::Host, dev: dev.clone(), parent: c, default_class: c }).unwrap();
+    k.apply(&Op::AddHtbClass { ns: Ns::Host, dev: dev.clone(), minor: 0x10, class: c }).unwrap();
+    assert_eq!(errno(Op::AddHtbClass { ns: Ns::Host, dev: dev.clone(), minor: 0x10, class: c }), Some(Errno::Exists));
+    assert_eq!(errno(Op::AddHtbClass { ns: Ns::Host, dev: dev.clone(), minor: 1, class: c }), Some(Errno::Invalid));
+    assert_eq!(errno(Op::AddHtbClass { ns: Ns::Host, dev: dev.clone(), minor: 0x11, class: HtbClass { quantum: 0, ..c } }), Some(Errno::Invalid));
+    assert_eq!(errno(Op::ChangeHtbClass { ns: Ns::Host, dev: dev.clone(), minor: 0x12, class: c }), Some(Errno::NotFound));
+    k.apply(&Op::ChangeHtbClass { ns: Ns::Host, dev: dev.clone(), minor: 1, class: HtbClass { rate_bps: 16_000_000, ..c } }).unwrap();
+    assert_eq!(tree_of(&k).parent.rate_bps, 16_000_000);
+    k.apply(&Op::DelHtbClass { ns: Ns::Host, dev: dev.clone(), minor: 0x10 }).unwrap();
+    assert_eq!(errno(Op::DelHtbClass { ns: Ns::Host, dev: dev.clone(), minor: 0x10 }), Some(Errno::NotFound));
+    // A flat shaper on the device replaces the tree (one root qdisc).
+    k.apply(&Op::EnsureShaper { ns: Ns::Host, dev: dev.clone(), shaper: evnet_plan::Shaper::flat(8_000_000, 65536) }).unwrap();
+    assert!(k.observe().unwrap().host.htb_trees.is_empty());
+    assert_eq!(errno(Op::RemoveHtbTree { ns: Ns::Host, dev }), Some(Errno::NotFound));
 }

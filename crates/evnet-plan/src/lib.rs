@@ -11,6 +11,8 @@
 //!   kind/MAC/MTU/state/peer, addresses, routes, neighbours, FDB entries,
 //!   sysctls, evnet's nftables fingerprint and sets).
 //! * [`op`]: the serialisable, printable operations.
+//! * [`htb`]: the host's send-shaping tree on the tc-BPF data plane (one
+//!   HTB class per ENI on the underlay device), target, diff and minors.
 //! * [`nft`]: anti-spoofing and security groups rendered as nftables.
 //! * [`plan`](plan::plan): the diff, in a deterministic order.
 //!
@@ -19,12 +21,14 @@
 //! proxy ARP, the subnet gateways on every host) is described in
 //! `docs/dataplane.md`.
 
+pub mod htb;
 pub mod naming;
 pub mod nft;
 pub mod observed;
 pub mod op;
 pub mod plan;
 
+pub use htb::{HtbClass, HtbTree};
 pub use observed::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Route, Shaper, VxlanInfo};
 pub use op::{FirewallSpec, Op};
 pub use plan::{DataplaneMode, EniRates, PlanConfig, plan, plan_with_rates};

@@ -206,6 +206,11 @@ pub struct NsState {
     /// the target's name.
     #[serde(default)]
     pub redirects: BTreeMap<String, String>,
+    /// evnet's send-shaping trees (root HTB `1:` with default class
+    /// `1:ffff` and parent `1:1`), by device: in the host namespace, on
+    /// its underlay device (see [`crate::htb`]).
+    #[serde(default)]
+    pub htb_trees: BTreeMap<String, crate::htb::HtbTree>,
 }
 
 /// The snapshot `plan()` compares with the desired state: the host

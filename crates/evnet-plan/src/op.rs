@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::htb::HtbClass;
 use crate::observed::{FdbEntry, Neighbour, Ns, Route, Shaper};
 
 /// evnet's complete nftables state for one namespace: the rendered tables
@@ -116,6 +117,22 @@ pub enum Op {
     /// (Re)builds `clsact` on `dev` with one filter on its ingress matching
     /// everything and redirecting it to the egress of `to`.
     EnsureRedirect { ns: Ns, dev: String, to: String },
+    /// (Re)builds evnet's send-shaping tree on `dev` (the host's underlay
+    /// device; see [`crate::htb`]): whatever root qdisc it had is replaced
+    /// by HTB `1:` (default class `1:ffff`) with the parent class `1:1` and
+    /// the default class. Only for a missing tree: it resets the queue.
+    EnsureHtbTree { ns: Ns, dev: String, parent: HtbClass, default_class: HtbClass },
+    /// Adds class `1:minor` under `1:1` of the tree on `dev`, with its
+    /// short leaf queue.
+    AddHtbClass { ns: Ns, dev: String, minor: u16, class: HtbClass },
+    /// Changes class `1:minor` of the tree on `dev` in place (`1:1`, the
+    /// default class or an ENI's): no queue reset.
+    ChangeHtbClass { ns: Ns, dev: String, minor: u16, class: HtbClass },
+    /// Deletes class `1:minor` (and its leaf queue) of the tree on `dev`.
+    DelHtbClass { ns: Ns, dev: String, minor: u16 },
+    /// Deletes evnet's tree from `dev` (its root qdisc goes back to the
+    /// device's default).
+    RemoveHtbTree { ns: Ns, dev: String },
 }
 
 impl Op {
@@ -143,7 +160,12 @@ impl Op {
             | Op::CreateIfb { ns, .. }
             | Op::EnsureShaper { ns, .. }
             | Op::SetRate { ns, .. }
-            | Op::EnsureRedirect { ns, .. } => ns.clone(),
+            | Op::EnsureRedirect { ns, .. }
+            | Op::EnsureHtbTree { ns, .. }
+            | Op::AddHtbClass { ns, .. }
+            | Op::ChangeHtbClass { ns, .. }
+            | Op::DelHtbClass { ns, .. }
+            | Op::RemoveHtbTree { ns, .. } => ns.clone(),
         }
     }
 }
@@ -153,6 +175,10 @@ fn route_str(r: &Route) -> String {
         Some(via) => format!("{} via {via} dev {}", r.dst, r.dev),
         None => format!("{} dev {} scope link", r.dst, r.dev),
     }
+}
+
+fn class_str(c: &HtbClass) -> String {
+    format!("rate {}bit ceil {}bit burst {}b quantum {}", c.rate_bps, c.ceil_bps, c.burst_bytes, c.quantum)
 }
 
 fn shaper_str(s: &Shaper) -> String {
@@ -225,6 +251,20 @@ impl fmt::Display for Op {
             Op::EnsureRedirect { ns, dev, to } => {
                 write!(f, "[{ns}] tc filter {dev} ingress match-all mirred egress redirect dev {to}")
             }
+            Op::EnsureHtbTree { ns, dev, parent, default_class } => write!(
+                f,
+                "[{ns}] tc tree {dev} htb 1: default ffff, 1:1 {}, 1:ffff {}",
+                class_str(parent),
+                class_str(default_class)
+            ),
+            Op::AddHtbClass { ns, dev, minor, class } => {
+                write!(f, "[{ns}] tc class add {dev} parent 1:1 classid 1:{minor:x} htb {}", class_str(class))
+            }
+            Op::ChangeHtbClass { ns, dev, minor, class } => {
+                write!(f, "[{ns}] tc class change {dev} classid 1:{minor:x} htb {}", class_str(class))
+            }
+            Op::DelHtbClass { ns, dev, minor } => write!(f, "[{ns}] tc class del {dev} classid 1:{minor:x}"),
+            Op::RemoveHtbTree { ns, dev } => write!(f, "[{ns}] tc qdisc del {dev} root (evnet tree)"),
         }
     }
 }

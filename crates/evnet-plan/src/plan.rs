@@ -74,6 +74,11 @@ pub const DEFAULT_BURST_BYTES: u32 = 64 * 1024;
 /// Rates the bandwidth controller allocated to one ENI, in bit/s: what it
 /// may send (`tx_bps`, the IFB's class) and receive (`rx_bps`, the VPC-side
 /// veth's class). Always clamped to the ENI's limit.
+///
+/// On the tc-BPF data plane they are ceilings instead (the controller's
+/// caps; `u64::MAX` for none): `tx_bps` caps the `ceil` of the ENI's class
+/// in the host's tree, `rx_bps` the rate of its receive shaper. Nothing is
+/// re-allocated locally there: HTB lends idle capacity at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct EniRates {
     pub tx_bps: u64,
@@ -169,7 +174,7 @@ fn host32(ip: Ipv4Addr) -> Ipv4Net {
 /// The desired kernel state, namespace by namespace.
 fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>) -> BTreeMap<String, TNs> {
     if cfg.dataplane == DataplaneMode::Bpf {
-        return target_bpf(d, cfg);
+        return target_bpf(d, cfg, rates);
     }
     let host = d.host_id.as_str();
     let mut out: BTreeMap<String, TNs> = BTreeMap::new();
@@ -325,7 +330,14 @@ fn local_enis<'a>(d: &'a HostDesired, out: &mut BTreeMap<String, TNs>) -> BTreeM
 /// end is the instance's `eth<idx>`; the host's collect_md VXLAN device
 /// `evx0`; no VPC namespaces. Routing, ARP, anti-spoofing and groups are
 /// the programs' (their maps are the agent's BPF module).
-fn target_bpf(d: &HostDesired, cfg: &PlanConfig) -> BTreeMap<String, TNs> {
+///
+/// An ENI whose limit is below the NIC ([`crate::htb::receive_shaped`])
+/// also gets a flat shaper on its host-side device at its limit (or the
+/// controller's cap on what it receives, `rates[eni].rx_bps`, if lower):
+/// the program then delivers onto that device instead of straight into the
+/// instance, so the queue shapes what it receives. What it sends is shaped
+/// by the host's tree ([`crate::htb`]), planned after the links.
+fn target_bpf(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>) -> BTreeMap<String, TNs> {
     let mut out: BTreeMap<String, TNs> = BTreeMap::new();
     let local = local_enis(d, &mut out);
     let mut host = TNs::default();
@@ -355,6 +367,12 @@ fn target_bpf(d: &HostDesired, cfg: &PlanConfig) -> BTreeMap<String, TNs> {
                 up: true,
             },
         );
+        let bw = &e.bandwidth;
+        if crate::htb::receive_shaped(bw, d.nic_mbps.saturating_mul(1_000_000)) {
+            let burst = if bw.burst_bytes == 0 { DEFAULT_BURST_BYTES } else { bw.burst_bytes };
+            let cap = rates.get(&e.eni_id).map_or(u64::MAX, |r| r.rx_bps);
+            host.shapers.insert(dev.clone(), TShaper { limit_bps: bw.limit_bps, rate_bps: Some(bw.limit_bps.min(cap)), burst_bytes: burst });
+        }
         let itn = out.get_mut(inst_ns).expect("instance namespace inserted above");
         instance_side(itn, e, LinkRef::new(Ns::Host, &dev), cfg);
     }
@@ -766,7 +784,21 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
             }
         }
     }
+    // The host's send-shaping tree (tc-BPF data plane), on the underlay
+    // device; removed from it on the nftables layout.
+    let underlay_dev = desired.underlay_ip.and_then(|ip| crate::htb::underlay_device(&observed.host, ip));
+    let tree = match cfg.dataplane {
+        DataplaneMode::Bpf => crate::htb::target(desired, &observed.host, &send_caps(rates)),
+        DataplaneMode::Nft => None,
+    };
+    ops.extend(crate::htb::diff(tree.as_ref(), &observed.host, underlay_dev));
     ops
+}
+
+/// On the tc-BPF data plane, the controller's caps on what each ENI sends
+/// (`rates[eni].tx_bps`), which lower its class's ceil.
+pub fn send_caps(rates: &BTreeMap<String, EniRates>) -> BTreeMap<String, u64> {
+    rates.iter().map(|(id, r)| (id.clone(), r.tx_bps)).collect()
 }
 
 /// The shapers an ENI's bandwidth calls for, as `(rx device, tx device)`:
