@@ -41,6 +41,9 @@ use tokio::sync::watch;
 /// Knobs of the local loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BandwidthConfig {
+    /// Whether the loop runs at all (off: shapers keep what the plan gives
+    /// them; on the tc-BPF data plane, no reports and so no caps).
+    pub enabled: bool,
     /// How often the loop runs (≤ 100 ms).
     pub period: Duration,
     /// How often the agent reports to the server and fetches caps.
@@ -65,6 +68,7 @@ pub struct BandwidthConfig {
 impl Default for BandwidthConfig {
     fn default() -> Self {
         BandwidthConfig {
+            enabled: true,
             period: Duration::from_millis(100),
             report_every: Duration::from_secs(1),
             backlog_percent: 95,

@@ -157,7 +157,9 @@ pub async fn run_with(
         let (cfg, k, rx, bw, dry) = (config.bandwidth.clone(), kernel.clone(), desired_rx.clone(), bw.clone(), config.dry_run);
         let fast_path = fast.is_some();
         async move {
-            if fast_path {
+            if !cfg.enabled {
+                tracing::info!("the bandwidth loop is off");
+            } else if fast_path {
                 bandwidth::run_fast_path_loop(cfg, k, rx, bw).await
             } else {
                 bandwidth::run_loop(cfg, k, rx, bw, dry).await
