@@ -59,7 +59,10 @@ pub struct Host {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub status: HostStatus,
-    /// Unix milliseconds of the last heartbeat.
+    /// Unix milliseconds of the last heartbeat that was stored. A heartbeat
+    /// that changes nothing else is stored only when this is older than a
+    /// third of the time after which the host is marked lost (5 s by
+    /// default), so it may lag the latest heartbeat by that much.
     #[serde(default)]
     pub last_heartbeat_ms: u64,
     /// The desired-state generation the agent reports it has applied.

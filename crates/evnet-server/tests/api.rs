@@ -410,6 +410,28 @@ async fn desired_state_long_poll_wakes_on_change() {
 }
 
 #[tokio::test]
+async fn a_heartbeat_that_changes_nothing_is_not_written() {
+    let t = T::new().await;
+    let (h, agent) = t.host("h1", "198.18.0.1", 1000).await;
+    let path = format!("/v1/hosts/{h}/heartbeat");
+    let g = t.get(&format!("/v1/hosts/{h}/desired"), &agent).await.1["generation"].as_u64().unwrap();
+    let first = t.ok("POST", &path, &agent, json!({"applied_generation": g})).await;
+    let stored = first["last_heartbeat_ms"].as_u64().unwrap();
+    // Once the clock has moved on, the same report again is not stored.
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    while now_ms() <= stored + 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let same = t.ok("POST", &path, &agent, json!({"applied_generation": g})).await;
+    assert_eq!(same["last_heartbeat_ms"].as_u64().unwrap(), stored, "an unchanged heartbeat within the refresh interval is not written");
+    // A report that changes something is.
+    let failure = json!({"kind": "instance", "object": "i-0123456789abcdef0", "error": "boom"});
+    let changed = t.ok("POST", &path, &agent, json!({"applied_generation": g, "failures": [failure]})).await;
+    assert!(changed["last_heartbeat_ms"].as_u64().unwrap() > stored);
+    assert_eq!(changed["failures"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn openapi_in_repo_matches_served() {
     let t = T::new().await;
     let (s, served) = t.call("GET", "/openapi.json", None, None).await;

@@ -332,10 +332,12 @@ pub async fn heartbeat(
     req.validate()?;
     caller.require_host(&id, "send heartbeats")?;
     check_generation(&st, &id, req.applied_generation).await?;
+    let refresh_ms = heartbeat_refresh_ms(&st);
     commit(&st, |snap| {
         let e = visible(&snap.hosts, Kind::Host, &id, &Caller::Admin)?;
+        let now = now_ms();
         let mut h = arc_clone(&e.value);
-        h.last_heartbeat_ms = now_ms();
+        h.last_heartbeat_ms = now;
         h.status = HostStatus::Ready;
         h.applied_generation = h.applied_generation.max(req.applied_generation);
         h.failures = req.failures.clone();
@@ -352,10 +354,29 @@ pub async fn heartbeat(
                     txn.ops.push(put(keys::resource(Kind::Instance, iid), &i));
                 }
         }
+        // A heartbeat that changes nothing but the time is written only when
+        // the stored time is older than the refresh interval: a fleet's
+        // heartbeats would otherwise be most of the store's writes.
+        let old = &e.value;
+        let unchanged = txn.ops.len() == 1
+            && old.status == HostStatus::Ready
+            && old.applied_generation == h.applied_generation
+            && old.failures == h.failures
+            && now.saturating_sub(old.last_heartbeat_ms) < refresh_ms;
+        if unchanged {
+            return Ok(Plan::Done(()));
+        }
         Ok(Plan::Write(txn, ()))
     })
     .await?;
     Ok(Json(read_back(&st.cache.read().hosts, &id)?))
+}
+
+/// How old a host's stored heartbeat time may grow before a heartbeat that
+/// changes nothing else rewrites it: a third of the time after which the
+/// host is marked lost, so two missed refreshes still leave it ready.
+fn heartbeat_refresh_ms(st: &AppState) -> u64 {
+    st.settings.host_lost_after_ms / 3
 }
 
 /// A heartbeat may report only a generation the host was given: at most its
