@@ -34,7 +34,10 @@
 //! shows whether a change costs in proportion to the fleet or to the hosts
 //! it touches. Also printed: how many agents got an answer during each
 //! change (the affected ones, ideally), and the servers' CPU and memory
-//! (`/proc/PID/stat`, `/proc/PID/status`). Bounded: each change waits at
+//! (`/proc/PID/stat`, `/proc/PID/status`). CPU per change is the servers'
+//! CPU during the rounds of changes less the idle load (heartbeats only)
+//! measured in a 1 s window after each round, so drift in the heartbeat
+//! load between the start and the end does not count as changes. Bounded: each change waits at
 //! most 30 s; every agent stops when the size is done.
 
 use std::collections::BTreeMap;
@@ -55,6 +58,8 @@ use crate::stats::{process_cpu, quantile};
 
 const ADMIN_TOKEN: &str = "evnet-bench-admin-token";
 const CHANGE_LIMIT: Duration = Duration::from_secs(30);
+/// The idle window after each round of changes, whose CPU is the baseline.
+const IDLE_WINDOW: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FanoutStore {
@@ -272,6 +277,26 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         println!("{line}");
         println!("         (setup of {} hosts and {} ENIs took {:.1} s)", f.hosts, f.enis, f.setup.as_secs_f64());
     }
+    if let (Some(a), Some(b)) = (all.first(), all.last())
+        && all.len() > 1
+        && a.cpu_per_change_ms > 0.0
+    {
+        let p99 = |f: &SizeFigures| {
+            let mut lat: Vec<Duration> = f.by_kind.values().flatten().map(|x| x.0).collect();
+            lat.sort();
+            quantile(&lat, 0.99).unwrap_or_default().as_secs_f64() * 1e3
+        };
+        println!(
+            "growth from {} to {} hosts ({:.1}× the fleet, {} hosts touched per change at both): CPU per change {:.2}×, p99 over all changes {:.1} → {:.1} ms",
+            a.hosts,
+            b.hosts,
+            b.hosts as f64 / a.hosts as f64,
+            args.vpc_hosts,
+            b.cpu_per_change_ms / a.cpu_per_change_ms,
+            p99(a),
+            p99(b)
+        );
+    }
     Ok(())
 }
 
@@ -420,16 +445,15 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
     let enis = hosts * args.enis_per_host;
     println!("\n{hosts} hosts, {enis} ENIs, {vpcs} VPCs: fleet up in {:.1} s; every agent holds its ENIs", setup.as_secs_f64());
 
-    // Idle: heartbeats only.
-    let (c0, w0) = (cpu_of(&pids), Instant::now());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle_cpu_share = (cpu_of(&pids).saturating_sub(c0)).as_secs_f64() / w0.elapsed().as_secs_f64();
-
     let mut by_kind: BTreeMap<&'static str, Vec<(Duration, u64)>> = BTreeMap::new();
     let total_answers = |agents: &[Agent]| agents.iter().map(|a| a.answers.load(Ordering::Relaxed)).sum::<u64>();
-    let cpu_start = cpu_of(&pids);
-    let wall_start = Instant::now();
+    // The servers' CPU is read around each round of changes and around an
+    // idle window (heartbeats only) after it, so the idle load subtracted
+    // from the rounds' CPU is measured over the same stretch of time.
+    let (mut change_cpu, mut change_wall) = (Duration::ZERO, Duration::ZERO);
+    let (mut idle_cpu, mut idle_wall) = (Duration::ZERO, Duration::ZERO);
     for round in 0..args.changes {
+        let (cpu_round, wall_round) = (cpu_of(&pids), Instant::now());
         let v = (round * 7919) % vpcs;
         let (vpc, sn) = &nets[v];
         let members: Vec<usize> = (v * args.vpc_hosts..(v + 1) * args.vpc_hosts).collect();
@@ -485,12 +509,18 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
         .await
         .with_context(|| format!("round {round}: rule"))?;
         by_kind.entry("rule").or_default().push((lat, total_answers(&agents) - before));
+        let (cpu_idle, wall_idle) = (cpu_of(&pids), Instant::now());
+        change_cpu += cpu_idle.saturating_sub(cpu_round);
+        change_wall += wall_idle - wall_round;
+        tokio::time::sleep(IDLE_WINDOW).await;
+        idle_cpu += cpu_of(&pids).saturating_sub(cpu_idle);
+        idle_wall += wall_idle.elapsed();
     }
     let changes = (args.changes * 3) as f64;
-    let wall = wall_start.elapsed().as_secs_f64();
-    // CPU per change, net of the idle (heartbeat) load over the same time.
-    let cpu = cpu_of(&pids).saturating_sub(cpu_start).as_secs_f64();
-    let cpu_per_change_ms = (cpu - idle_cpu_share * wall).max(0.0) / changes * 1e3;
+    // CPU per change, net of the idle (heartbeat) load measured between the
+    // rounds.
+    let idle_cpu_share = idle_cpu.as_secs_f64() / idle_wall.as_secs_f64();
+    let cpu_per_change_ms = (change_cpu.as_secs_f64() - idle_cpu_share * change_wall.as_secs_f64()).max(0.0) / changes * 1e3;
     let mem: Vec<(f64, f64)> = pids.iter().map(|p| memory_mib(*p)).collect();
     for kind in ["create", "move", "rule"] {
         let v = &by_kind[kind];
