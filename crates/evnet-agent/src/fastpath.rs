@@ -82,11 +82,12 @@ pub fn devices(desired: &HostDesired, host: &NsState, caps: &BTreeMap<String, u6
                 .collect()
         })
         .unwrap_or_default();
-    let nic_bps = desired.nic_mbps.saturating_mul(1_000_000);
     for e in desired.instances.iter().flat_map(|i| &i.enis) {
         let dev = naming::eni_veth(&e.eni_id);
         if let Some(l) = host.links.get(&dev).filter(|l| l.kind == LinkKind::Veth && l.ifindex > 0) {
-            let rx_shaper = evnet_plan::htb::receive_shaped(&e.bandwidth, nic_bps) && host.shapers.contains_key(&dev);
+            // The plan decides which devices shape (`evnet_plan::htb::receive_rate`,
+            // with the controller's caps); the entry follows the kernel.
+            let rx_shaper = host.shapers.contains_key(&dev);
             d.enis.insert(e.eni_id.clone(), EniDevice { ifindex: l.ifindex, htb_minor: minor_of.get(e.eni_id.as_str()).copied(), rx_shaper });
         }
     }

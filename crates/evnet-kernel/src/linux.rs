@@ -688,7 +688,7 @@ impl LinuxKernel {
                     crate::tc::del_tree_class(&h, idx, m).await
                 })
             }
-            Op::RemoveHtbTree { ns, dev } => {
+            Op::RemoveHtbTree { ns, dev } | Op::RemoveShaper { ns, dev } => {
                 let (nsc, dev) = (ns.clone(), dev.clone());
                 self.run(ns, move |h| async move {
                     let idx = Self::link_index(&h, &nsc, &dev).await?;

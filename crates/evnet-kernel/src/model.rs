@@ -593,6 +593,12 @@ impl World {
                     return Err(err(format!("htb tree on {ns}/{dev}"), Errno::NotFound));
                 }
             }
+            Op::RemoveShaper { ns, dev } => {
+                let n = self.ns_mut(ns)?;
+                if n.shapers.remove(dev).is_none() {
+                    return Err(err(format!("htb shaper on {ns}/{dev}"), Errno::NotFound));
+                }
+            }
             Op::EnsureRedirect { ns, dev, to } => {
                 let n = self.ns_mut(ns)?;
                 for d in [dev, to] {

@@ -738,6 +738,15 @@ fn the_bpf_hosts_tree_is_planned_resized_in_place_removed_and_adopted() {
     // Lifted: back to the limit.
     assert_eq!(plan(&d, &k.observe().unwrap(), &cfg).len(), 1);
     converge_bpf(&d);
+    // A cap on what a receives (its limit is the NIC's): a receive shaper
+    // at the cap on its host-side device; lifted, the shaper goes.
+    let caps = [(a.clone(), EniRates { tx_bps: u64::MAX, rx_bps: 600 * M })].into_iter().collect();
+    let ops = plan_with_rates(&d, &k.observe().unwrap(), &cfg, &caps);
+    assert!(matches!(ops.as_slice(), [Op::EnsureShaper { dev, shaper, .. }] if *dev == naming::eni_veth(&a) && shaper.rate_bps == 600 * M), "{}", render(&ops));
+    apply_all(&k, &ops).unwrap();
+    assert!(plan_with_rates(&d, &k.observe().unwrap(), &cfg, &caps).is_empty());
+    let ops = converge_bpf(&d);
+    assert_eq!(ops, vec![Op::RemoveShaper { ns: Ns::Host, dev: naming::eni_veth(&a) }]);
 
     // An ENI leaves: its class goes, the others stay.
     d.instances.remove(0);

@@ -111,11 +111,20 @@ pub fn underlay_device(host: &NsState, underlay_ip: Ipv4Addr) -> Option<&str> {
     host.addresses.iter().find(|a| a.addr.addr() == underlay_ip).map(|a| a.dev.as_str())
 }
 
-/// Whether what an ENI receives is shaped on its host-side device: when its
-/// limit is below the NIC (at the NIC's capacity a shaper would cost the
-/// fast delivery into the instance, `bpf_redirect_peer`, for nothing).
-pub fn receive_shaped(b: &evnet_model::desired::EniBandwidth, nic_bps: u64) -> bool {
-    b.limit_bps > 0 && (nic_bps == 0 || b.limit_bps < nic_bps)
+/// The rate of the shaper on an ENI's host-side device (what it receives),
+/// if it has one: when its limit is below the NIC, or the controller caps
+/// what it receives (`cap_bps`) below its limit, the lower of the two. At
+/// the NIC's capacity a shaper would cost the fast delivery into the
+/// instance (`bpf_redirect_peer`) for nothing.
+pub fn receive_rate(b: &evnet_model::desired::EniBandwidth, nic_bps: u64, cap_bps: u64) -> Option<u64> {
+    let limit = match (b.limit_bps, nic_bps) {
+        (0, 0) => u64::MAX,
+        (0, n) => n,
+        (l, 0) => l,
+        (l, n) => l.min(n),
+    };
+    let limited = b.limit_bps > 0 && (nic_bps == 0 || b.limit_bps < nic_bps);
+    (limited || cap_bps < limit).then(|| limit.min(cap_bps))
 }
 
 /// The class an ENI's bandwidth calls for, under a NIC of `nic_bps`, with

@@ -133,6 +133,9 @@ pub enum Op {
     /// Deletes evnet's tree from `dev` (its root qdisc goes back to the
     /// device's default).
     RemoveHtbTree { ns: Ns, dev: String },
+    /// Deletes evnet's flat shaper from `dev` (a host-side ENI device that
+    /// no longer shapes what its ENI receives).
+    RemoveShaper { ns: Ns, dev: String },
 }
 
 impl Op {
@@ -165,7 +168,8 @@ impl Op {
             | Op::AddHtbClass { ns, .. }
             | Op::ChangeHtbClass { ns, .. }
             | Op::DelHtbClass { ns, .. }
-            | Op::RemoveHtbTree { ns, .. } => ns.clone(),
+            | Op::RemoveHtbTree { ns, .. }
+            | Op::RemoveShaper { ns, .. } => ns.clone(),
         }
     }
 }
@@ -265,6 +269,7 @@ impl fmt::Display for Op {
             }
             Op::DelHtbClass { ns, dev, minor } => write!(f, "[{ns}] tc class del {dev} classid 1:{minor:x}"),
             Op::RemoveHtbTree { ns, dev } => write!(f, "[{ns}] tc qdisc del {dev} root (evnet tree)"),
+            Op::RemoveShaper { ns, dev } => write!(f, "[{ns}] tc qdisc del {dev} root (evnet shaper)"),
         }
     }
 }

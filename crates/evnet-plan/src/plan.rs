@@ -331,9 +331,9 @@ fn local_enis<'a>(d: &'a HostDesired, out: &mut BTreeMap<String, TNs>) -> BTreeM
 /// `evx0`; no VPC namespaces. Routing, ARP, anti-spoofing and groups are
 /// the programs' (their maps are the agent's BPF module).
 ///
-/// An ENI whose limit is below the NIC ([`crate::htb::receive_shaped`])
-/// also gets a flat shaper on its host-side device at its limit (or the
-/// controller's cap on what it receives, `rates[eni].rx_bps`, if lower):
+/// An ENI whose limit is below the NIC, or whose receiving the controller
+/// caps below its limit (`rates[eni].rx_bps`), also gets a flat shaper on
+/// its host-side device at the lower of the two ([`crate::htb::receive_rate`]):
 /// the program then delivers onto that device instead of straight into the
 /// instance, so the queue shapes what it receives. What it sends is shaped
 /// by the host's tree ([`crate::htb`]), planned after the links.
@@ -368,10 +368,10 @@ fn target_bpf(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRat
             },
         );
         let bw = &e.bandwidth;
-        if crate::htb::receive_shaped(bw, d.nic_mbps.saturating_mul(1_000_000)) {
+        let cap = rates.get(&e.eni_id).map_or(u64::MAX, |r| r.rx_bps);
+        if let Some(rate) = crate::htb::receive_rate(bw, d.nic_mbps.saturating_mul(1_000_000), cap) {
             let burst = if bw.burst_bytes == 0 { DEFAULT_BURST_BYTES } else { bw.burst_bytes };
-            let cap = rates.get(&e.eni_id).map_or(u64::MAX, |r| r.rx_bps);
-            host.shapers.insert(dev.clone(), TShaper { limit_bps: bw.limit_bps, rate_bps: Some(bw.limit_bps.min(cap)), burst_bytes: burst });
+            host.shapers.insert(dev.clone(), TShaper { limit_bps: rate, rate_bps: Some(rate), burst_bytes: burst });
         }
         let itn = out.get_mut(inst_ns).expect("instance namespace inserted above");
         instance_side(itn, e, LinkRef::new(Ns::Host, &dev), cfg);
@@ -781,6 +781,17 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
         for (dev, to) in &t.redirects {
             if st.redirects.get(dev) != Some(to) || fresh(name, dev) || fresh(name, to) {
                 ops.push(Op::EnsureRedirect { ns: ns.clone(), dev: dev.clone(), to: to.clone() });
+            }
+        }
+    }
+    // On the tc-BPF layout, a host-side ENI device that no longer shapes
+    // what its ENI receives loses its shaper (the program delivers past
+    // it, but it must not linger).
+    if cfg.dataplane == DataplaneMode::Bpf {
+        let want = tgt.get(HOST).map(|t| &t.shapers);
+        for dev in observed.host.shapers.keys() {
+            if naming::is_eni_veth(dev) && !gone.contains(&LinkRef::new(Ns::Host, dev)) && !want.is_some_and(|w| w.contains_key(dev)) {
+                ops.push(Op::RemoveShaper { ns: Ns::Host, dev: dev.clone() });
             }
         }
     }
