@@ -11,9 +11,16 @@
 //!   guarantee: it receives ≥ 400 while a third sender floods another ENI on
 //!   the receiver's host.
 //!
+//! The first also on the tc-BPF data plane, through the real agent
+//! (`bpf_lab`), with no bandwidth loop: the host's HTB tree holds the
+//! guarantees and lends idle capacity by itself.
+//!
 //! Fails (never skips) without root when CI=true.
 
 mod bandwidth_lab;
+mod bpf_lab;
+#[allow(dead_code)]
+mod common;
 
 use std::collections::BTreeMap;
 
@@ -89,4 +96,32 @@ fn a_receivers_guarantee_holds_against_remote_senders_and_a_local_flood() {
     eprintln!("receiver R {:.1} Mbit/s (two remote senders), X {:.1} Mbit/s (flood)", r / 1e6, x / 1e6);
     assert!(r / GOODPUT_PER_WIRE >= 400e6 * 0.97, "R below its 400 Mbit/s guarantee: {:.1}", r / GOODPUT_PER_WIRE / 1e6);
     assert!((r + x) / GOODPUT_PER_WIRE <= 1000e6 * 1.03, "host 0's NIC rx exceeded: {:.1}", (r + x) / GOODPUT_PER_WIRE / 1e6);
+}
+
+#[test]
+fn on_the_fast_path_guarantees_hold_and_idle_capacity_is_reused() {
+    if !require_root() {
+        return;
+    }
+    // As above, on `--dataplane bpf` with the loops off.
+    let mut lab = bpf_lab::BpfLab::new(2, 500, &[(0, 300), (0, 100), (1, 300), (1, 100)], false);
+    lab.server(2, 5311);
+    lab.server(3, 5312);
+    let long = lab.client(1, 3, 5312, 6.0, 0.25);
+    let short = lab.client(0, 2, 5311, 3.0, 0.25);
+    let a = bpf_lab::collect(short);
+    let b = bpf_lab::collect(long);
+    let (ia, ib) = (intervals(&a), intervals(&b));
+    let ga = mean_between(&ia, 1.0, 3.0);
+    let gb = mean_between(&ib, 1.0, 3.0);
+    let wire = |g: f64| g / bpf_lab::GOODPUT_PER_WIRE;
+    eprintln!("bpf, both backlogged: ENI 0 {:.1} Mbit/s, ENI 1 {:.1} Mbit/s on the wire", wire(ga) / 1e6, wire(gb) / 1e6);
+    assert!(wire(ga) >= 300e6 * 0.97, "ENI 0 below its 300 Mbit/s guarantee: {:.1}", wire(ga) / 1e6);
+    assert!(wire(gb) >= 100e6 * 0.97, "ENI 1 below its 100 Mbit/s guarantee: {:.1}", wire(gb) / 1e6);
+    assert!(wire(ga + gb) >= 0.9 * 500e6, "together {:.1} Mbit/s of 500", wire(ga + gb) / 1e6);
+    let alone = mean_between(&ib, 4.0, 6.0);
+    let first_full = ib.iter().find(|(s, _, bps)| *s >= 3.0 && wire(*bps) >= 0.9 * 500e6).map(|x| x.0);
+    eprintln!("bpf, ENI 1 alone: {:.1} Mbit/s; first interval at ≥ 90% of the NIC starts at {first_full:?} s", wire(alone) / 1e6);
+    assert!(wire(alone) >= 0.9 * 500e6, "ENI 1 alone got {:.1} Mbit/s", wire(alone) / 1e6);
+    assert!(first_full.is_some_and(|t| t <= 4.0), "ENI 1 took more than 1 s to rise: {first_full:?}");
 }
