@@ -375,8 +375,10 @@ async fn one_size(args: &FanoutArgs, hosts: usize, evnet: &Path, dir: &Path) -> 
             let t = t.clone();
             async move {
                 let cidr = format!("10.{}.{}.0/24", v >> 8, v & 255);
-                let vpc = t.create_vpc(&CreateVpc { cidr_block: cidr.clone(), ..Default::default() }).await?;
-                let sn = t.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: cidr, ..Default::default() }).await?;
+                let body = CreateVpc { cidr_block: cidr.clone(), ..Default::default() };
+                let vpc = retrying(|| t.create_vpc(&body)).await?;
+                let body = CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: cidr.clone(), ..Default::default() };
+                let sn = retrying(|| t.create_subnet(&body)).await?;
                 Ok((vpc, sn))
             }
         })
