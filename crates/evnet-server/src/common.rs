@@ -68,7 +68,15 @@ pub async fn commit<R, F>(state: &AppState, mut build: F) -> ApiResult<(Revision
 where
     F: FnMut(&Snapshot) -> ApiResult<Plan<R>>,
 {
-    for _ in 0..32 {
+    for attempt in 0..32u32 {
+        if attempt >= 2 {
+            // Writers on several servers pick the same free address or slot
+            // from their own caches; a random pause after repeated
+            // conflicts lets one of them win instead of all retrying in
+            // step (a few ms: about one etcd commit).
+            let cap_ms = 1u64 << attempt.min(6);
+            tokio::time::sleep(std::time::Duration::from_micros(rand::random_range(0..cap_ms * 1000))).await;
+        }
         let plan = {
             let snap = state.cache.read();
             build(&snap)?

@@ -7,9 +7,10 @@
 //! every create of a tenant rewrite one key; instead each counted resource
 //! holds one of the quota's numbered slots, a key created with "must not
 //! exist" (as addresses are), and a create needs a free slot below the
-//! quota. Concurrent creates pick different slots from an in-process
-//! reservation set, so they do not conflict; the store's compare on the slot
-//! key is what makes the count exact.
+//! quota. Concurrent creates on one server pick different slots from an
+//! in-process reservation set, so they do not conflict; servers sharing a
+//! store start their search at random points; the store's compare on the
+//! slot key is what makes the count exact.
 
 use std::collections::HashSet;
 
@@ -78,11 +79,15 @@ impl<'a> Slot<'a> {
         let taken = snap.quota_slots.get(&key);
         let mut all = self.st.slot_reservations.lock().unwrap_or_else(|e| e.into_inner());
         let reserved: &mut HashSet<u32> = all.entry(key).or_default();
-        // Slots are mostly dense from 0: look from the number taken upwards
-        // first (past the few that in-flight creates hold), then below it.
+        // Slots are mostly dense from 0: look above the number taken first
+        // (past the few that in-flight creates hold), then below it. The
+        // look starts at a random point of the free range (at most 64 in),
+        // so that servers sharing one store, whose reservation sets are
+        // their own, seldom pick the same slot.
         let used = taken.map_or(0, |t| t.len()).min(q as usize) as u32;
         let is_free = |n: &u32| !reserved.contains(n) && !taken.is_some_and(|t| t.contains_key(n));
-        let free = (used..q).find(is_free).or_else(|| (0..used).find(is_free));
+        let start = used + rand::random_range(0..(q - used).clamp(1, 64));
+        let free = (start..q).find(is_free).or_else(|| (used..start).find(is_free)).or_else(|| (0..used).find(is_free));
         let Some(n) = free else {
             return Err(quota_exceeded(self.quota, q, &scope).into());
         };
