@@ -1,14 +1,17 @@
 //! Data-plane benchmarks on a lab (root): provisioning latency, TCP
 //! throughput through evnet against a bare VXLAN overlay and a raw veth
-//! measured in the same run, and reconcile time and agent memory at 1,000
-//! ENIs. Everything runs in network namespaces this command creates and
+//! measured in the same run, reconcile time and agent memory at 1,000
+//! ENIs, and an idle agent's CPU. `provision`, `reconcile` and `idle` take
+//! `--dataplane nft|bpf` (default: what `evnet lab up` defaults to).
+//! Everything runs in network namespaces this command creates and
 //! removes; traffic never leaves them.
 //!
 //! ```text
-//! cargo build --release -p evnet
-//! sudo target/release/evnet-lab-bench provision --enis 200
+//! cargo build --release -p evnet --bins
+//! sudo target/release/evnet-lab-bench provision --enis 200 --dataplane bpf
 //! sudo target/release/evnet-lab-bench throughput --rounds 3
-//! sudo target/release/evnet-lab-bench reconcile --enis 1000
+//! sudo target/release/evnet-lab-bench reconcile --enis 1000 --dataplane bpf
+//! sudo target/release/evnet-lab-bench idle --enis 100 --seconds 30 --dataplane bpf
 //! ```
 
 use std::fs::File;
@@ -36,6 +39,11 @@ enum Bench {
         /// the lab goes down (to see what each reconcile pass cost).
         #[arg(long)]
         logs: Option<PathBuf>,
+        #[command(flatten)]
+        dp: DataplaneOpt,
+        /// Print every sample (ms) after the summary.
+        #[arg(long)]
+        raw: bool,
     },
     /// TCP throughput: evnet vs bare VXLAN vs raw veth, alternated per round.
     Throughput {
@@ -44,11 +52,55 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         seconds: u32,
     },
-    /// Reconcile time after an agent restart with N ENIs on one host, and the agent's memory.
+    /// First build of N ENIs on one host, adoption after `kill -9` of the agent, and the agent's memory.
     Reconcile {
         #[arg(long, default_value_t = 1000)]
         enis: usize,
+        /// How many times the agent is killed and restarted.
+        #[arg(long, default_value_t = 3)]
+        restarts: usize,
+        #[command(flatten)]
+        dp: DataplaneOpt,
+        #[arg(long)]
+        logs: Option<PathBuf>,
     },
+    /// An idle agent's CPU and memory with N ENIs on its host, once converged.
+    Idle {
+        #[arg(long, default_value_t = 100)]
+        enis: usize,
+        /// The measuring window (at least 20 s).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(20..=600))]
+        seconds: u64,
+        /// The length of one CPU sample within the window.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=10_000))]
+        sample_ms: u64,
+        #[command(flatten)]
+        dp: DataplaneOpt,
+        #[arg(long)]
+        logs: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct DataplaneOpt {
+    /// The data plane the lab's agents build (default: `evnet lab up`'s).
+    #[arg(long, value_enum)]
+    dataplane: Option<Dataplane>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Dataplane {
+    Nft,
+    Bpf,
+}
+
+impl Dataplane {
+    fn arg(self) -> &'static str {
+        match self {
+            Dataplane::Nft => "nft",
+            Dataplane::Bpf => "bpf",
+        }
+    }
 }
 
 fn evnet_bin() -> PathBuf {
@@ -75,13 +127,26 @@ struct Lab {
 }
 
 impl Lab {
-    fn up(hosts: u32, nic_mbps: u64) -> anyhow::Result<Lab> {
+    fn up(hosts: u32, nic_mbps: u64, dp: Option<Dataplane>) -> anyhow::Result<Lab> {
         let dir = std::env::temp_dir().join(format!("evnet-bench-{:08x}", rand::random::<u32>()));
-        run(Command::new(evnet_bin()).args(["lab", "up", "--hosts", &hosts.to_string(), "--nic-mbps", &nic_mbps.to_string(), "--dir"]).arg(&dir))?;
+        let mut cmd = Command::new(evnet_bin());
+        cmd.args(["lab", "up", "--hosts", &hosts.to_string(), "--nic-mbps", &nic_mbps.to_string()]);
+        if let Some(dp) = dp {
+            cmd.args(["--dataplane", dp.arg()]);
+        }
+        run(cmd.arg("--dir").arg(&dir))?;
         let state: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("lab.json"))?)?;
         let url = state["url"].as_str().context("url")?.to_string();
         let admin = Client::new(&url, state["admin_token"].as_str().context("admin token")?)?;
         Ok(Lab { dir, url, admin, state })
+    }
+
+    /// The data plane the lab's agents run, as the lab recorded it.
+    fn dataplane(&self) -> String {
+        match self.state["dataplane"].as_str() {
+            Some(s) if !s.is_empty() => s.to_string(),
+            _ => "nft".to_string(),
+        }
     }
 
     fn tenant_client(&self) -> anyhow::Result<Client> {
@@ -212,8 +277,8 @@ fn median(v: &mut [f64]) -> f64 {
     pct(v, 0.5)
 }
 
-async fn provision(enis: usize, hosts: u32, logs: Option<PathBuf>) -> anyhow::Result<()> {
-    let lab = Lab::up(hosts, 1000)?;
+async fn provision(enis: usize, hosts: u32, logs: Option<PathBuf>, dp: Option<Dataplane>, raw: bool) -> anyhow::Result<()> {
+    let lab = Lab::up(hosts, 1000, dp)?;
     let c = lab.tenant_client()?;
     let host_ids = lab.host_ids().await?;
     let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), ..Default::default() }).await?;
@@ -237,15 +302,33 @@ async fn provision(enis: usize, hosts: u32, logs: Option<PathBuf>) -> anyhow::Re
             None => bail!("ENI {} ({ip}) never answered", eni.id),
         }
     }
+    let in_order = samples.clone();
     samples.sort_by(|a, b| a.total_cmp(b));
     create_ms.sort_by(|a, b| a.total_cmp(b));
-    println!("provisioning latency over {enis} ENIs on {hosts} hosts (create ENI + create instance with it → first ping reply from another instance):");
+    println!(
+        "provisioning latency over {enis} ENIs on {hosts} hosts, data plane {} (create ENI + create instance with it → first ping reply from an instance on host-1; one in {hosts} on host-1 itself):",
+        lab.dataplane()
+    );
     println!("  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms", pct(&samples, 0.5), pct(&samples, 0.99), samples[samples.len() - 1]);
+    println!(
+        "  across hosts only: p50 {:.1} ms   p99 {:.1} ms",
+        pct(&sorted(in_order.iter().enumerate().filter(|(i, _)| i % host_ids.len() != 0).map(|(_, v)| *v)), 0.5),
+        pct(&sorted(in_order.iter().enumerate().filter(|(i, _)| i % host_ids.len() != 0).map(|(_, v)| *v)), 0.99)
+    );
     println!("  of which the two API calls: p50 {:.1} ms   p99 {:.1} ms", pct(&create_ms, 0.5), pct(&create_ms, 0.99));
+    if raw {
+        println!("  samples in order (ms): {}", in_order.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" "));
+    }
     if let Some(dir) = logs {
         lab.copy_logs(&dir)?;
     }
     Ok(())
+}
+
+fn sorted(v: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = v.collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
 }
 
 fn iperf(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr, seconds: u32) -> anyhow::Result<f64> {
@@ -338,7 +421,7 @@ impl Drop for Baselines {
 async fn throughput(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     // NICs faster than a veth carries (~20 Gbit/s here), so the ENI shapers
     // do not bind, and below HTB's 32-bit rate range (~34 Gbit/s).
-    let lab = Lab::up(2, 30_000)?;
+    let lab = Lab::up(2, 30_000, None)?;
     let c = lab.tenant_client()?;
     let hosts = lab.host_ids().await?;
     let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), ..Default::default() }).await?;
@@ -387,8 +470,8 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
     s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn reconcile(enis: usize) -> anyhow::Result<()> {
-    let lab = Lab::up(1, 100_000)?;
+/// `enis` ENIs on host-1, ten per instance; returns how long the API calls took.
+async fn fill_host(lab: &Lab, enis: usize) -> anyhow::Result<(Duration, usize)> {
     let c = lab.tenant_client()?;
     let host = lab.host_ids().await?[0].clone();
     let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), ..Default::default() }).await?;
@@ -402,37 +485,169 @@ async fn reconcile(enis: usize) -> anyhow::Result<()> {
         }
         c.create_instance(&CreateInstance { host_id: Some(host.clone()), eni_ids: ids, ..Default::default() }).await?;
     }
-    let api = t_api.elapsed();
+    Ok((t_api.elapsed(), enis.div_ceil(per_instance)))
+}
+
+/// The value of `key=` in a log line (digits only).
+fn log_field(line: &str, key: &str) -> Option<u64> {
+    line.split(&format!(" {key}=")).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Waits until host-1's agent log, past byte `from`, has a line containing `what`.
+async fn wait_log_line(lab: &Lab, from: usize, what: &str, limit: Duration) -> anyhow::Result<String> {
+    let log = lab.dir.join("agent-host-1.log");
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read(&log).unwrap_or_default();
+        if let Some(line) = String::from_utf8_lossy(text.get(from..).unwrap_or_default()).lines().find(|l| l.contains(what)) {
+            return Ok(line.to_string());
+        }
+        if start.elapsed() > limit {
+            bail!("host-1's agent logged no `{what}` within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn log_len(lab: &Lab) -> usize {
+    std::fs::metadata(lab.dir.join("agent-host-1.log")).map_or(0, |m| m.len() as usize)
+}
+
+async fn reconcile(enis: usize, restarts: usize, dp: Option<Dataplane>, logs: Option<PathBuf>) -> anyhow::Result<()> {
+    let lab = Lab::up(1, 100_000, dp)?;
+    let (api, instances) = fill_host(&lab, enis).await?;
     let t_build = Instant::now();
     lab.synced(Duration::from_secs(600)).await?;
     let build = t_build.elapsed();
     let pid = lab.agent_pid(0)?;
     let (rss, hwm) = (status_kib(pid, "VmRSS:").unwrap_or(0), status_kib(pid, "VmHWM:").unwrap_or(0));
-    // Restart the agent (kill -9) and time until the new agent logs its first
-    // completed pass (it then has observed everything and adopted it).
-    let log = lab.dir.join("agent-host-1.log");
-    let t_restart = Instant::now();
-    run(Command::new(evnet_bin()).args(["lab", "restart-agent", "--host", "host-1", "--kill", "--dir"]).arg(&lab.dir))?;
-    let first_pass = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains("first pass done")) {
-            break line.to_string();
-        }
-        if t_restart.elapsed() > Duration::from_secs(600) {
-            bail!("the restarted agent never finished a pass");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let restart = t_restart.elapsed();
-    let pid2 = lab.agent_pid(0)?;
-    println!("{enis} ENIs on one host ({} instances):", enis.div_ceil(per_instance));
+    println!("{enis} ENIs on one host ({instances} instances), data plane {}:", lab.dataplane());
     println!("  API calls to create them: {:.2} s", api.as_secs_f64());
-    println!("  first build by the agent (after the last API call): {:.2} s", build.as_secs_f64());
-    println!("  agent memory after the build: VmRSS {} KiB, VmHWM {} KiB ({:.1} KiB per ENI)", rss, hwm, hwm as f64 / enis as f64);
-    println!("  agent kill -9 → restarted agent's first pass done: {:.2} s (incl. process start and registration)", restart.as_secs_f64());
-    let field = |k: &str| first_pass.split(&format!("{k}=")).nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).unwrap_or("?").to_string();
-    println!("  that pass: ops {} (0 = adopted without change), observe {} ms, apply {} ms", field("ops"), field("observe_ms"), field("apply_ms"));
-    println!("  restarted agent memory: VmRSS {} KiB", status_kib(pid2, "VmRSS:").unwrap_or(0));
+    println!("  first build by the agent (after the last API call until the host reports it applied): {:.3} s", build.as_secs_f64());
+    println!("  agent memory after the build: VmRSS {} KiB, VmHWM {} KiB ({:.1} KiB per ENI)", rss, hwm, hwm as f64 / enis.max(1) as f64);
+    // Restart the agent (kill -9) and time until the new agent logs its first
+    // completed pass (it has then observed everything and adopted it).
+    let (mut totals, mut rows) = (vec![], vec![]);
+    for r in 0..restarts {
+        let from = log_len(&lab);
+        let t_restart = Instant::now();
+        run(Command::new(evnet_bin()).args(["lab", "restart-agent", "--host", "host-1", "--kill", "--dir"]).arg(&lab.dir))?;
+        let first_pass = wait_log_line(&lab, from, "first pass done", Duration::from_secs(600)).await?;
+        let restart = t_restart.elapsed();
+        let f = |k: &str| log_field(&first_pass, k).map_or("?".to_string(), |v| v.to_string());
+        let pid2 = lab.agent_pid(0)?;
+        // The restarted agent's memory right after its first pass.
+        let (rss2, hwm2) = (status_kib(pid2, "VmRSS:").unwrap_or(0), status_kib(pid2, "VmHWM:").unwrap_or(0));
+        println!(
+            "  restart {}: kill -9 → restarted agent's first pass done {:.3} s (incl. process start and registration); that pass: ops {}, observe {} ms, apply {} ms, pass {} ms; VmRSS {} KiB, VmHWM {} KiB",
+            r + 1,
+            restart.as_secs_f64(),
+            f("ops"),
+            f("observe_ms"),
+            f("apply_ms"),
+            f("total_ms"),
+            rss2,
+            hwm2
+        );
+        totals.push(restart.as_secs_f64() * 1e3);
+        rows.push(first_pass);
+    }
+    if !totals.is_empty() {
+        let raw = totals.clone();
+        totals.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "  restart → first pass done over {restarts}: p50 {:.1} ms, max {:.1} ms (raw: {})",
+            pct(&totals, 0.5),
+            totals[totals.len() - 1],
+            raw.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" ")
+        );
+        let nonzero = rows.iter().filter(|l| log_field(l, "ops") != Some(0)).count();
+        println!("  first passes with ops ≠ 0: {nonzero} of {restarts}");
+    }
+    if let Some(dir) = logs {
+        lab.copy_logs(&dir)?;
+    }
+    Ok(())
+}
+
+/// utime + stime of process `pid` (all its threads, live and exited), in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &s[s.rfind(')').context("stat format")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat; `rest` starts at field 3.
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+async fn idle(enis: usize, seconds: u64, sample_ms: u64, dp: Option<Dataplane>, logs: Option<PathBuf>) -> anyhow::Result<()> {
+    let lab = Lab::up(1, 100_000, dp)?;
+    let (_, instances) = fill_host(&lab, enis).await?;
+    lab.synced(Duration::from_secs(600)).await?;
+    // Converged: the pass that applied the last ops and its check are done
+    // once the agent has logged no `reconciled` for a while (bounded).
+    let log = lab.dir.join("agent-host-1.log");
+    let count = || std::fs::read_to_string(&log).unwrap_or_default().matches("reconciled").count();
+    let start = Instant::now();
+    let (mut seen, mut since) = (count(), Instant::now());
+    while since.elapsed() < Duration::from_secs(3) {
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the agent kept applying ops for 2 minutes after the host reported the generation applied");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = count();
+        if n != seen {
+            (seen, since) = (n, Instant::now());
+        }
+    }
+    let pid = lab.agent_pid(0)?;
+    // SAFETY: no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let from = log_len(&lab);
+    let t0 = Instant::now();
+    let c0 = cpu_ticks(pid)?;
+    let (mut last_t, mut last_c) = (t0, c0);
+    let mut per_sample = vec![];
+    let mut rss = vec![];
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep_until((last_t + Duration::from_millis(sample_ms)).into()).await;
+        let (t, c) = (Instant::now(), cpu_ticks(pid)?);
+        per_sample.push((c - last_c) as f64 / hz / (t - last_t).as_secs_f64() * 100.0);
+        rss.push(status_kib(pid, "VmRSS:").unwrap_or(0));
+        (last_t, last_c) = (t, c);
+    }
+    let window = last_t - t0;
+    let total = (last_c - c0) as f64 / hz;
+    let applied = String::from_utf8_lossy(std::fs::read(&log).unwrap_or_default().get(from..).unwrap_or_default()).matches("reconciled").count();
+    let raw = per_sample.clone();
+    per_sample.sort_by(|a, b| a.total_cmp(b));
+    println!("idle agent, {enis} ENIs on one host ({instances} instances), data plane {}, converged:", lab.dataplane());
+    println!(
+        "  CPU over {:.1} s: {:.2} s = {:.2}% of a core (utime+stime from /proc/{pid}/stat, {} ticks/s)",
+        window.as_secs_f64(),
+        total,
+        total / window.as_secs_f64() * 100.0,
+        hz
+    );
+    println!(
+        "  per {sample_ms} ms sample: p50 {:.1}%  p99 {:.1}%  max {:.1}% (resolution {:.1}%)",
+        pct(&per_sample, 0.5),
+        pct(&per_sample, 0.99),
+        per_sample.last().copied().unwrap_or(f64::NAN),
+        100.0 / hz / (sample_ms as f64 / 1e3)
+    );
+    println!("  samples (%): {}", raw.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" "));
+    println!(
+        "  memory: VmRSS {} KiB at the end (min {} max {} over the window), VmHWM {} KiB",
+        rss.last().copied().unwrap_or(0),
+        rss.iter().min().copied().unwrap_or(0),
+        rss.iter().max().copied().unwrap_or(0),
+        status_kib(pid, "VmHWM:").unwrap_or(0)
+    );
+    println!("  passes that applied ops during the window: {applied}");
+    if let Some(dir) = logs {
+        lab.copy_logs(&dir)?;
+    }
     Ok(())
 }
 
@@ -445,9 +660,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match bench {
-            Bench::Provision { enis, hosts, logs } => provision(enis, hosts, logs).await,
+            Bench::Provision { enis, hosts, logs, dp, raw } => provision(enis, hosts, logs, dp.dataplane, raw).await,
             Bench::Throughput { rounds, seconds } => throughput(rounds, seconds).await,
-            Bench::Reconcile { enis } => reconcile(enis).await,
+            Bench::Reconcile { enis, restarts, dp, logs } => reconcile(enis, restarts, dp.dataplane, logs).await,
+            Bench::Idle { enis, seconds, sample_ms, dp, logs } => idle(enis, seconds, sample_ms, dp.dataplane, logs).await,
         }
     })
 }
