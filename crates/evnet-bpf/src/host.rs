@@ -530,39 +530,58 @@ impl Dataplane {
 
     /// Which evnet program a device's tc ingress runs, if any.
     pub fn attached(&self, ifindex: u32) -> Result<Option<Attached>, BpfError> {
+        Ok(self.attached_many(&[ifindex])?.pop().and_then(|(_, a)| a))
+    }
+
+    /// [`Dataplane::attached`] for several devices, in their order, all
+    /// queried from one thread inside the namespace (a thread per device
+    /// cost a host with 1,000 ENIs a thousand thread starts per pass).
+    pub fn attached_many(&self, ifindexes: &[u32]) -> Result<Vec<(u32, Option<Attached>)>, BpfError> {
         let fd = self.eni_prog.as_fd();
-        let id = in_netns(self.netns.as_deref(), || {
-            let mut hook = TcHookBuilder::new(fd)
-                .ifindex(ifindex as i32)
-                .handle(TC_HANDLE)
-                .priority(TC_PRIORITY)
-                .hook(TC_INGRESS);
-            match hook.query() {
-                Ok(id) => Ok(Some(id)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
-                    ) =>
-                {
-                    Ok(None)
-                }
-                Err(source) => Err(BpfError::Tc {
-                    ifindex,
-                    op: "query",
-                    source,
-                }),
-            }
+        let ids = in_netns(self.netns.as_deref(), || {
+            ifindexes
+                .iter()
+                .map(|&ifindex| {
+                    let mut hook = TcHookBuilder::new(fd)
+                        .ifindex(ifindex as i32)
+                        .handle(TC_HANDLE)
+                        .priority(TC_PRIORITY)
+                        .hook(TC_INGRESS);
+                    match hook.query() {
+                        Ok(id) => Ok((ifindex, Some(id))),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
+                            ) =>
+                        {
+                            Ok((ifindex, None))
+                        }
+                        Err(source) => Err(BpfError::Tc {
+                            ifindex,
+                            op: "query",
+                            source,
+                        }),
+                    }
+                })
+                .collect::<Result<Vec<_>, BpfError>>()
         })??;
-        Ok(id.map(|id| {
-            if id == self.eni_prog.id() {
-                Attached::Eni
-            } else if id == self.overlay_prog.id() {
-                Attached::Overlay
-            } else {
-                Attached::Other { prog_id: id }
-            }
-        }))
+        let (eni, overlay) = (self.eni_prog.id(), self.overlay_prog.id());
+        Ok(ids
+            .into_iter()
+            .map(|(ifindex, id)| {
+                let a = id.map(|id| {
+                    if id == eni {
+                        Attached::Eni
+                    } else if id == overlay {
+                        Attached::Overlay
+                    } else {
+                        Attached::Other { prog_id: id }
+                    }
+                });
+                (ifindex, a)
+            })
+            .collect())
     }
 
     /// Sets the host's settings.

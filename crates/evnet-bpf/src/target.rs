@@ -429,8 +429,9 @@ pub fn observe(dp: &Dataplane, devices: impl IntoIterator<Item = u32>) -> Result
         members: c.members.into_iter().collect(),
         attached: BTreeMap::new(),
     };
-    for d in devices {
-        match dp.attached(d)? {
+    let devices: Vec<u32> = devices.into_iter().collect();
+    for (d, a) in dp.attached_many(&devices)? {
+        match a {
             Some(Attached::Eni) => {
                 s.attached.insert(d, Program::Eni);
             }

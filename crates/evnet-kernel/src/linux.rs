@@ -134,6 +134,7 @@ impl LinuxKernel {
 
     fn observe_ns(&self, ns: &Ns, worker: &NsWorker) -> Result<RawNs, KernelError> {
         let label = ns.to_string();
+        let host = *ns == Ns::Host;
         worker.run(&self.ns_fd_path(ns), ns, move |h| async move {
             let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: label.clone(), message: e.to_string() };
             let mut raw = RawNs::default();
@@ -227,8 +228,10 @@ impl LinuxKernel {
             }
             // Per-device sysctls evnet sets only on ENI veths (proxy ARP):
             // reading them for every device walked /proc/sys for nothing.
+            // Not in the host namespace: the ENI veths there (the tc-BPF
+            // layout) get none, the programs answer ARP.
             for l in &raw.links {
-                if !naming::is_eni_veth(&l.name) {
+                if host || !naming::is_eni_veth(&l.name) {
                     continue;
                 }
                 for key in [evnet_plan::plan::sysctl_proxy_arp(&l.name), evnet_plan::plan::sysctl_proxy_delay(&l.name)] {
@@ -247,7 +250,11 @@ impl LinuxKernel {
             raw.state.firewall = read_firewall()?;
             let devs: BTreeMap<u32, String> =
                 raw.links.iter().filter(|l| l.kind != LinkKind::Loopback).map(|l| (l.index, l.name.clone())).collect();
-            for (idx, t) in crate::tc::read_devices(&h, &label, &devs).await? {
+            // evnet's redirects (to an ENI's IFB) are in VPC namespaces
+            // only: in the host namespace, where the tc-BPF layout's ENI
+            // devices each carry a clsact qdisc for their program, reading
+            // every device's filters cost a dump per ENI.
+            for (idx, t) in crate::tc::read_devices(&h, &label, &devs, !host).await? {
                 let Some(name) = devs.get(&idx) else { continue };
                 if let Some(s) = t.shaper {
                     raw.state.shapers.insert(name.clone(), s);

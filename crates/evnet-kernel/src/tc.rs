@@ -500,10 +500,10 @@ fn nl(ns: &str) -> impl Fn(rtnetlink::Error) -> KernelError + '_ {
     move |e| KernelError::Netlink { ns: ns.to_string(), message: e.to_string() }
 }
 
-/// Reads evnet's shapers and redirects on the devices of the current
-/// namespace (`devices`: ifindex → name; only those are looked at), for
-/// observation.
-pub async fn read_devices(h: &Handle, ns: &str, devices: &BTreeMap<u32, String>) -> Result<BTreeMap<u32, DevTc>, KernelError> {
+/// Reads evnet's shapers and, with `redirects`, redirects on the devices
+/// of the current namespace (`devices`: ifindex → name; only those are
+/// looked at), for observation.
+pub async fn read_devices(h: &Handle, ns: &str, devices: &BTreeMap<u32, String>, redirects: bool) -> Result<BTreeMap<u32, DevTc>, KernelError> {
     let mut out: BTreeMap<u32, DevTc> = BTreeMap::new();
     let qdiscs: Vec<TcMessage> = h.qdisc().get().execute().try_collect().await.map_err(nl(ns))?;
     let mut htb_root = Vec::new();
@@ -518,7 +518,7 @@ pub async fn read_devices(h: &Handle, ns: &str, devices: &BTreeMap<u32, String>)
             htb_root.push(idx);
         } else if is_htb_root_with_default(q, u32::from(DEFAULT_MINOR)) {
             trees.push(idx);
-        } else if kind(q) == Some("clsact") {
+        } else if redirects && kind(q) == Some("clsact") {
             clsact.push(idx);
         }
     }
