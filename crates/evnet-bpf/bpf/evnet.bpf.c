@@ -404,8 +404,12 @@ static __always_inline int deliver_local(struct __sk_buff *skb, const struct con
 	return bpf_redirect_peer(rt->ifindex, 0);
 }
 
-/* ARP from an instance: answered here for the gateways and the VPC's ENIs,
- * with the gateway's MAC (the VPC is routed); everything else dropped. */
+/* ARP from an instance: answered here with the gateway's MAC for any
+ * address but the asker's own (the VPC is routed: whatever an instance asks
+ * for is reached through the gateway, as the nft layout's proxy ARP does).
+ * Packets to an address with no route are dropped by the route lookup; an
+ * address whose route arrives later is then reachable at once, without
+ * waiting for the instance to ask again (retrans_time_ms, 1 s). */
 static __always_inline int handle_arp(struct __sk_buff *skb, const struct config *cfg, const struct eni *e)
 {
 	void *data = (void *)(long)skb->data;
@@ -429,8 +433,6 @@ static __always_inline int handle_arp(struct __sk_buff *skb, const struct config
 		return drop(R_DROP_SPOOF_IP);
 	if (ah->ar_op != bpf_htons(ARPOP_REQUEST) || tpa == spa)
 		return drop(R_DROP_ARP);
-	if (!route_of(e->vni, tpa))
-		return drop(R_DROP_NO_ROUTE);
 	/* Turn the request into the reply, in place, and send it back. */
 	ah->ar_op = bpf_htons(ARPOP_REPLY);
 	mac_copy(body + 10, e->mac);           /* tha = the asker */

@@ -345,8 +345,9 @@ fn verdicts(mode: FlowState) {
         Reason::DropNotIpv4,
     );
 
-    // ARP for the gateway and for a peer: answered with the gateway's MAC.
-    for target in ["10.0.0.1", "10.0.0.20", "10.0.0.30"] {
+    // ARP for the gateway, for a peer and for an address with no route
+    // (yet): answered with the gateway's MAC.
+    for target in ["10.0.0.1", "10.0.0.20", "10.0.0.30", "10.0.0.99"] {
         let o = dp
             .test_eni(
                 h.a,
@@ -360,15 +361,15 @@ fn verdicts(mode: FlowState) {
             Some((GW_MAC, ip(target), A_MAC, ip("10.0.0.10")))
         );
     }
-    // … but not for an unknown address, nor from a spoofed sender.
+    // … not for the asker's own address, nor from a spoofed sender.
     expect(
         &dp.test_eni(
             h.a,
-            &packet::arp_request(A_MAC, ip("10.0.0.10"), ip("10.0.0.99")),
+            &packet::arp_request(A_MAC, ip("10.0.0.10"), ip("10.0.0.10")),
         )
         .unwrap(),
         Verdict::Drop,
-        Reason::DropNoRoute,
+        Reason::DropArp,
     );
     expect(
         &dp.test_eni(
