@@ -65,6 +65,13 @@ pub struct AgentConfig {
     /// How long after a full pass the next one comes when nothing changes
     /// (repairs drift); at least ten times what the last one took.
     pub resync: Duration,
+    /// With the fast path (`--dataplane bpf`) and a kernel that announces
+    /// the host namespace's changes ([`Kernel::host_changes`]): how often a
+    /// timer pass reads everything — the instance namespaces, the maps and
+    /// the attachments, which announce nothing — at least ten times what
+    /// the last such pass took. In between, a timer pass (every `resync`)
+    /// runs only when the host namespace changed, and then re-reads it.
+    pub full_resync: Duration,
     pub heartbeat: Duration,
     /// Log plans without applying them.
     pub dry_run: bool,
@@ -86,6 +93,7 @@ impl AgentConfig {
             nic_mbps,
             host_netns: None,
             resync: Duration::from_secs(2),
+            full_resync: Duration::from_secs(30),
             heartbeat: Duration::from_secs(2),
             dry_run: false,
             metrics_listen: None,
@@ -236,6 +244,14 @@ async fn reconcile_loop(
     // took, whichever is later, so it never takes more than a tenth of the
     // agent's time however many ENIs the host has.
     let mut next_full = tokio::time::Instant::now() + config.resync;
+    // On the fast path, when the kernel announces the host namespace's
+    // changes, the timer ticks every `resync` but a tick passes only when
+    // the host namespace changed since the last pass began; everything is
+    // read every `full_resync` (see `AgentConfig::full_resync`).
+    let watched = fast.is_some() && kernel.host_changes().is_some();
+    let full_every = if watched { config.full_resync.max(config.resync) } else { config.resync };
+    let mut next_tick = tokio::time::Instant::now() + config.resync;
+    let mut seen_changes: Option<u64> = None;
     let mut backoff = Backoff::new();
     // After a pass that applied ops, the next pass runs at once: it checks
     // that the plan converged (and repairs if not) without holding up the
@@ -249,12 +265,13 @@ async fn reconcile_loop(
     loop {
         let mut changed = false;
         if !verify_next {
+            let wake = if watched { next_tick.min(next_full) } else { next_full };
             tokio::select! {
                 r = desired_rx.changed() => { if r.is_err() { return } changed = true; },
                 // New caps from the controller: the tree's ceilings follow
                 // (tc-BPF data plane only; a partial pass).
                 _ = bw.caps_changed.notified(), if fast.is_some() => { changed = true; },
-                _ = tokio::time::sleep_until(next_full) => {},
+                _ = tokio::time::sleep_until(wake) => {},
             }
         }
         let verifying = std::mem::take(&mut verify_next);
@@ -265,8 +282,22 @@ async fn reconcile_loop(
         // A change of desired state, and the check right after an apply,
         // read only what may have changed (what the last pass touched,
         // the host, namespaces not seen before); the timer reads everything.
-        let fresh = if changed || verifying { dirty.take() } else { None };
+        let mut fresh = if changed || verifying { dirty.take() } else { None };
+        if watched && !changed && !verifying && tokio::time::Instant::now() < next_full {
+            // A tick between full passes: only if the host namespace changed.
+            next_tick = tokio::time::Instant::now() + config.resync;
+            let now = kernel.host_changes();
+            if now.is_some() && now == seen_changes {
+                continue;
+            }
+            fresh = dirty.take();
+        }
         let full = fresh.is_none();
+        if watched {
+            // Read before the pass observes: what it changes, and changes
+            // made meanwhile, move the count past this.
+            seen_changes = kernel.host_changes();
+        }
         let started = Instant::now();
         let cfg = config.plan.clone();
         let fp = fast.clone();
@@ -277,8 +308,9 @@ async fn reconcile_loop(
         .await;
         metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         if full {
-            next_full = tokio::time::Instant::now() + config.resync.max(started.elapsed() * 10);
+            next_full = tokio::time::Instant::now() + full_every.max(started.elapsed() * 10);
         }
+        next_tick = tokio::time::Instant::now() + config.resync;
         match result {
             Ok(Ok(pass)) => {
                 dirty = Some(pass.touched.clone());
@@ -482,12 +514,24 @@ fn reconcile_bpf(
     fresh: Option<&BTreeSet<String>>,
 ) -> anyhow::Result<Pass> {
     let t0 = Instant::now();
-    let observed = match fresh {
+    let mut observed = match fresh {
         Some(f) => kernel.observe_partial(f),
         None => kernel.observe(),
     }
     .context("observing the kernel")?;
-    let (held, ops): (Vec<Op>, Vec<Op>) = plan_with_rates(desired, &observed, cfg, ceilings).into_iter().partition(brings_eni_device_up);
+    let mut planned = plan_with_rates(desired, &observed, cfg, ceilings);
+    if let Some(f) = fresh {
+        // As on the nft path: plan on fresh state wherever the plan acts
+        // (an instance namespace read some passes ago may have changed).
+        let mut touched = touched_namespaces(&planned, &observed);
+        touched.retain(|n| observed.namespaces.contains_key(n));
+        if !touched.is_subset(f) {
+            let all: BTreeSet<String> = f.union(&touched).cloned().collect();
+            observed = kernel.observe_partial(&all).context("observing the kernel")?;
+            planned = plan_with_rates(desired, &observed, cfg, ceilings);
+        }
+    }
+    let (held, ops): (Vec<Op>, Vec<Op>) = planned.into_iter().partition(brings_eni_device_up);
     let caps = evnet_plan::plan::send_caps(ceilings);
     let mut observe = t0.elapsed();
     if dry_run {

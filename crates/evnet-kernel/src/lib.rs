@@ -94,6 +94,14 @@ pub trait Kernel: Send + Sync {
         let _ = fresh;
         self.observe()
     }
+    /// A count that moves whenever the kernel announces a change of the
+    /// host namespace's links, addresses, routes or tc objects (evnet's own
+    /// changes included); `None` when changes are not announced, so only
+    /// an observation can tell. A reconcile loop may skip a timer pass over
+    /// the host namespace while the count stands still.
+    fn host_changes(&self) -> Option<u64> {
+        None
+    }
     /// The counters of evnet's shapers in the given namespaces (missing
     /// namespaces are skipped). Much cheaper than [`Kernel::observe`]: the
     /// bandwidth loop calls it every ~100 ms.
@@ -110,6 +118,9 @@ impl<K: Kernel + ?Sized> Kernel for &K {
     }
     fn observe_partial(&self, fresh: &std::collections::BTreeSet<String>) -> Result<Observed, KernelError> {
         (**self).observe_partial(fresh)
+    }
+    fn host_changes(&self) -> Option<u64> {
+        (**self).host_changes()
     }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)
@@ -128,6 +139,9 @@ impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
     }
     fn observe_partial(&self, fresh: &std::collections::BTreeSet<String>) -> Result<Observed, KernelError> {
         (**self).observe_partial(fresh)
+    }
+    fn host_changes(&self) -> Option<u64> {
+        (**self).host_changes()
     }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)

@@ -65,6 +65,17 @@ pub struct LinuxKernel {
     /// [`SHAPER_REREAD`] (a link dump of a VPC namespace with a few hundred
     /// devices cost more than everything else the loop does).
     device_names: Shared<BTreeMap<String, DeviceNames>>,
+    /// The host namespace's change announcements ([`Kernel::host_changes`]),
+    /// once asked for: `None` inside when they cannot be received.
+    host_watch: std::sync::Arc<std::sync::OnceLock<Option<std::sync::Arc<HostWatch>>>>,
+}
+
+/// What the thread listening to the host namespace's announcements shares
+/// with the kernel: how many it received, and whether it still listens.
+#[derive(Debug, Default)]
+struct HostWatch {
+    changes: std::sync::atomic::AtomicU64,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// A namespace and the candidate peer namespaces (with their paths) whose
@@ -94,7 +105,80 @@ impl LinuxKernel {
             last_raw: Default::default(),
             shapers_known: Default::default(),
             device_names: Default::default(),
+            host_watch: Default::default(),
         }
+    }
+
+    /// Starts the thread that listens, inside the host namespace, to the
+    /// kernel's announcements of link, address, route and tc changes
+    /// (rtnetlink multicast groups) and counts them. It stops once no
+    /// clone of this kernel is left (it looks every second). A lost
+    /// announcement (the socket's buffer overran) counts as a change.
+    fn start_host_watch(&self) -> Option<std::sync::Arc<HostWatch>> {
+        use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+        use std::sync::atomic::Ordering;
+        let path = self.ns_path(&Ns::Host);
+        let (tx, rx) = std::sync::mpsc::channel::<Option<Socket>>();
+        std::thread::Builder::new()
+            .name("evnet-host-watch".into())
+            .spawn(move || {
+                let socket = (|| -> std::io::Result<Socket> {
+                    if let Some(p) = &path {
+                        enter_netns(p)?;
+                    }
+                    // The socket stays in the namespace it was made in.
+                    let mut s = Socket::new(NETLINK_ROUTE)?;
+                    s.bind(&SocketAddr::new(0, 0))?;
+                    for g in [libc::RTNLGRP_LINK, libc::RTNLGRP_IPV4_IFADDR, libc::RTNLGRP_IPV4_ROUTE, libc::RTNLGRP_TC] {
+                        s.add_membership(g)?;
+                    }
+                    Ok(s)
+                })();
+                let _ = tx.send(socket.ok());
+            })
+            .ok()?;
+        let socket = rx.recv().ok()??;
+        // A receive timeout, so the thread notices when it is alone.
+        let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
+        // SAFETY: setsockopt on a socket we own, with a valid timeval.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return None;
+        }
+        let watch = std::sync::Arc::new(HostWatch::default());
+        let w = std::sync::Arc::downgrade(&watch);
+        std::thread::Builder::new()
+            .name("evnet-host-watch".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let r = socket.recv(&mut &mut buf[..], 0);
+                    let Some(w) = w.upgrade() else { return };
+                    match r {
+                        Ok(_) => {
+                            w.changes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                            w.changes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            w.stopped.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            })
+            .ok()?;
+        Some(watch)
     }
 
     /// Observes only the namespaces `naming::owned_netns` gives to
@@ -810,6 +894,12 @@ impl Kernel for LinuxKernel {
 
     fn observe_partial(&self, fresh: &BTreeSet<String>) -> Result<Observed, KernelError> {
         self.observe_with(Some(fresh))
+    }
+
+    fn host_changes(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let w = self.host_watch.get_or_init(|| self.start_host_watch()).as_ref()?;
+        (!w.stopped.load(Ordering::Relaxed)).then(|| w.changes.load(Ordering::Relaxed))
     }
 
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
