@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use evnet_client::Client;
-use evnet_model::{CreateEni, CreateSubnet, CreateTenant, CreateVpc};
+use evnet_model::{CreateEni, CreateSubnet, CreateTenant, CreateVpc, SetQuotas};
 
 use crate::cluster::EtcdServers;
 use crate::server::find_evnet;
@@ -145,6 +145,10 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let admin = Client::new(&urls[0], ADMIN_TOKEN)?;
     let tenant = admin
         .create_tenant(&CreateTenant { name: "failover".into(), tags: Default::default() })
+        .await?;
+    // Room for every create of the run (the default is 5,000 ENIs a tenant).
+    admin
+        .set_quotas(&tenant.tenant.id, &SetQuotas { enis_per_tenant: Some(100_000), ..Default::default() })
         .await?;
     let t = Client::new(&urls[0], tenant.token.clone())?;
     let vpc = t
