@@ -364,6 +364,26 @@ fn collapse(ops: Vec<TxnOp>) -> Vec<TxnOp> {
     ops.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, op)| op).collect()
 }
 
+/// Keys per page of a range read.
+const RANGE_PAGE: i64 = 500;
+
+/// The largest answer the client accepts from etcd (a page of large values).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The first key after every key starting with `prefix` (etcd's range end
+/// for a prefix): its last byte below 0xff incremented, the rest dropped.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(b) = end.pop() {
+        if b < 0xff {
+            end.push(b + 1);
+            return end;
+        }
+    }
+    // Only 0xff bytes (or nothing): every key from the prefix on.
+    vec![0]
+}
+
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
@@ -372,19 +392,40 @@ impl Store for EtcdStore {
         Ok(resp.kvs().first().and_then(|kv| self.kv(kv)))
     }
 
+    /// Read in pages of [`RANGE_PAGE`] keys, every page at the first one's
+    /// revision (one consistent snapshot): a whole store in one answer
+    /// outgrows a gRPC message (4 MiB by default) at a few thousand ENIs.
     async fn range(&self, prefix: &str) -> Result<RangeResponse, StoreError> {
-        let k = self.key(prefix);
-        let resp = self
-            .bounded("range", || {
-                let mut c = self.client.kv_client();
-                let k = k.clone();
-                async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        let revision = resp.header().map_or(0, |h| to_store_rev(h.revision()));
-        let mut kvs: Vec<KeyValue> = resp.kvs().iter().filter_map(|kv| self.kv(kv)).collect();
-        kvs.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(RangeResponse { kvs, revision })
+        let start = self.key(prefix).into_bytes();
+        let end = prefix_end(&start);
+        let mut from = start;
+        let mut revision: Option<i64> = None;
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(RANGE_PAGE);
+            if let Some(r) = revision {
+                opts = opts.with_revision(r);
+            }
+            let resp = self
+                .bounded("range", || {
+                    let mut c = self.client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
+                    let (k, o) = (from.clone(), opts.clone());
+                    async move { c.get(k, Some(o)).await }
+                })
+                .await?;
+            let rev = *revision.get_or_insert(resp.header().map_or(0, |h| h.revision()));
+            kvs.extend(resp.kvs().iter().filter_map(|kv| self.kv(kv)));
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => {
+                    kvs.sort_by(|a, b| a.key.cmp(&b.key));
+                    return Ok(RangeResponse { kvs, revision: to_store_rev(rev) });
+                }
+            }
+        }
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {

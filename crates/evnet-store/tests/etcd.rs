@@ -128,3 +128,23 @@ async fn etcd_down_is_unavailable_within_the_timeout_and_recovers() {
     }
     assert_eq!(store.get("a").await.unwrap().unwrap().value, b"3");
 }
+
+/// A range larger than one gRPC answer may be (4 MiB by default) is read in
+/// pages at one revision: 1,300 keys of 4 KiB (5.2 MB) come back whole, in
+/// order, and nothing outside the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_larger_than_one_answer_is_read_whole() {
+    let Some(bin) = require_etcd() else { return };
+    let s = fresh(&bin).await;
+    let value = vec![b'x'; 4096];
+    for batch in 0..13 {
+        let ops = (0..100).map(|i| TxnOp::Put { key: format!("/big/{:05}", batch * 100 + i), value: value.clone() }).collect();
+        assert!(s.txn(Txn { compares: vec![], ops }).await.unwrap().succeeded);
+    }
+    s.txn(Txn { compares: vec![], ops: vec![TxnOp::Put { key: "/bigger".into(), value: b"outside the prefix".to_vec() }] }).await.unwrap();
+    let r = s.range("/big/").await.expect("a 5 MB range is read");
+    assert_eq!(r.kvs.len(), 1300);
+    assert!(r.kvs.windows(2).all(|w| w[0].key < w[1].key));
+    assert!(r.kvs.iter().all(|kv| kv.key.starts_with("/big/") && kv.value.len() == 4096));
+    assert_eq!(r.revision, s.current_revision().await.unwrap());
+}
