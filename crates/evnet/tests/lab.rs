@@ -842,7 +842,10 @@ async fn chaos(dataplane: &str) {
     let up_at = Instant::now();
     let sent = tx.join().unwrap();
     let got = rx.join().unwrap();
-    let during = got.iter().filter(|(_, at)| *at > down_at + Duration::from_millis(50) && *at < up_at).count();
+    // Packets already queued when the link went down may still arrive on a
+    // loaded machine; none sent later may: the cut lasts 2 s, and after the
+    // first half second nothing is delivered until it ends.
+    let during = got.iter().filter(|(_, at)| *at > down_at + Duration::from_millis(500) && *at < up_at).count();
     assert_eq!(during, 0, "packets crossed a cut underlay");
     let resumed = got.iter().filter(|(_, at)| *at >= up_at).map(|(_, at)| *at - up_at).min().expect("traffic never resumed after the underlay came back");
     eprintln!("underlay cut for {} ms: {} of {sent} packets delivered; traffic resumed {} ms after the link came back", cut.as_millis(), got.len(), resumed.as_millis());
