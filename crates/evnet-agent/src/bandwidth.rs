@@ -568,22 +568,32 @@ pub async fn run_fast_path_loop(
     loop {
         tick.tick().await;
         let Some(desired) = desired_rx.borrow_and_update().clone() else { continue };
-        let k = kernel.clone();
-        let stats = match tokio::task::spawn_blocking(move || k.host_shaping_stats()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read the host's shaping counters");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "shaping counter task panicked");
-                continue;
-            }
-        };
+        let Some(stats) = read_counters(&kernel, "the host's shaping counters", |k| k.host_shaping_stats()).await else { continue };
         let ceilings = fast_path_ceilings(&shared.caps.lock().expect("caps lock"));
         let now_ms = origin.elapsed().as_millis() as u64;
         let report = meter.step(now_ms, &desired, &stats, &ceilings);
         *shared.report.lock().expect("report lock") = HostBandwidthReport { enis: report };
+    }
+}
+
+/// Reads `what` from the kernel off the async threads; `None` (logged) when
+/// the kernel refuses or the read panics, so the loop tries again next tick.
+async fn read_counters<T: Send + 'static>(
+    kernel: &Arc<dyn Kernel>,
+    what: &'static str,
+    read: impl FnOnce(&dyn Kernel) -> Result<T, evnet_kernel::KernelError> + Send + 'static,
+) -> Option<T> {
+    let k = kernel.clone();
+    match tokio::task::spawn_blocking(move || read(k.as_ref())).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read {what}");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading {what} panicked");
+            None
+        }
     }
 }
 
@@ -607,18 +617,7 @@ pub async fn run_loop(
         if namespaces.is_empty() {
             continue;
         }
-        let k = kernel.clone();
-        let stats = match tokio::task::spawn_blocking(move || k.shaper_stats(&namespaces)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read shaper counters");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "shaper counter task panicked");
-                continue;
-            }
-        };
+        let Some(stats) = read_counters(&kernel, "shaper counters", move |k| k.shaper_stats(&namespaces)).await else { continue };
         let now_ms = origin.elapsed().as_millis() as u64;
         let caps = shared.caps.lock().expect("caps lock").clone();
         let step = ctl.step(now_ms, &desired, &stats, &caps);

@@ -112,6 +112,22 @@ struct MShaper {
     generation: u64,
 }
 
+impl MShaper {
+    /// Its counters as the kernel reports them (`ns`: "" in the host).
+    fn stats(&self, ns: &str, dev: &str) -> ShaperStats {
+        ShaperStats {
+            ns: ns.to_string(),
+            dev: dev.to_string(),
+            shaper: self.shaper,
+            bytes: self.bytes,
+            packets: self.packets,
+            drops: self.drops,
+            overlimits: self.overlimits,
+            backlog_bytes: 0,
+        }
+    }
+}
+
 impl MNs {
     fn fresh() -> MNs {
         let mut ns = MNs::default();
@@ -725,16 +741,7 @@ impl Kernel for ModelKernel {
         for name in namespaces {
             let Some(n) = w.namespaces.get(name) else { continue };
             for (dev, s) in &n.shapers {
-                out.push(ShaperStats {
-                    ns: name.clone(),
-                    dev: dev.clone(),
-                    shaper: s.shaper,
-                    bytes: s.bytes,
-                    packets: s.packets,
-                    drops: s.drops,
-                    overlimits: s.overlimits,
-                    backlog_bytes: 0,
-                });
+                out.push(s.stats(name, dev));
             }
         }
         Ok(out)
@@ -753,16 +760,7 @@ impl Kernel for ModelKernel {
             out.device_bytes.insert(dev.clone(), *b);
         }
         for (dev, s) in &w.host.shapers {
-            out.shapers.push(ShaperStats {
-                ns: String::new(),
-                dev: dev.clone(),
-                shaper: s.shaper,
-                bytes: s.bytes,
-                packets: s.packets,
-                drops: s.drops,
-                overlimits: s.overlimits,
-                backlog_bytes: 0,
-            });
+            out.shapers.push(s.stats("", dev));
         }
         Ok(out)
     }
