@@ -61,8 +61,9 @@ impl FastPath for ModelFastPath {
 /// does not exist yet are left out, so their entries wait for it), with
 /// the minor of its class in the host's send-shaping tree when that class
 /// exists (`evnet_plan::htb`: the same assignment the plan made, read back
-/// from the tree on the underlay device) and whether its device shapes
-/// what it receives (then the program delivers onto the device).
+/// from the tree on the underlay device), whether its device shapes
+/// what it receives (then the program delivers onto the device) and
+/// whether it is up (its addresses are routed to it only then).
 /// `caps`: the controller's caps on what each ENI sends, as the plan got
 /// them (they are part of a class's parameters, which settle clashes).
 pub fn devices(desired: &HostDesired, host: &NsState, caps: &BTreeMap<String, u64>) -> Devices {
@@ -88,7 +89,7 @@ pub fn devices(desired: &HostDesired, host: &NsState, caps: &BTreeMap<String, u6
             // The plan decides which devices shape (`evnet_plan::htb::receive_rate`,
             // with the controller's caps); the entry follows the kernel.
             let rx_shaper = host.shapers.contains_key(&dev);
-            d.enis.insert(e.eni_id.clone(), EniDevice { ifindex: l.ifindex, htb_minor: minor_of.get(e.eni_id.as_str()).copied(), rx_shaper });
+            d.enis.insert(e.eni_id.clone(), EniDevice { ifindex: l.ifindex, htb_minor: minor_of.get(e.eni_id.as_str()).copied(), rx_shaper, up: l.up });
         }
     }
     d
@@ -287,6 +288,25 @@ mod tests {
         let st = fp.state.lock().unwrap();
         assert_eq!(st.enis[&10].priority, evnet_bpf::maps::htb_priority(minor("eni-a").unwrap()));
         assert!(st.enis[&10].rx_shaper);
+    }
+
+    #[test]
+    fn an_enis_addresses_are_routed_to_it_once_its_device_is_up() {
+        let fp = ModelFastPath::default();
+        let (d, s, none) = (desired(), Settings::default(), BTreeMap::new());
+        let mut h = host(true);
+        h.links.get_mut(&naming::eni_veth("eni-b")).unwrap().up = false;
+        assert!(sync(&fp, &d, &h, &none, &s, false).failures.is_empty());
+        {
+            // Its entry, rules and program are in; its address is not routed yet.
+            let st = fp.state.lock().unwrap();
+            assert!(st.enis.contains_key(&11) && st.attached.get(&11) == Some(&target::Program::Eni));
+            assert!(!st.routes.contains_key(&(7, Ipv4Addr::new(10, 0, 0, 11))));
+            assert!(st.routes.contains_key(&(7, Ipv4Addr::new(10, 0, 0, 10))));
+        }
+        h.links.get_mut(&naming::eni_veth("eni-b")).unwrap().up = true;
+        assert!(sync(&fp, &d, &h, &none, &s, false).ops > 0);
+        assert!(matches!(fp.state.lock().unwrap().routes.get(&(7, Ipv4Addr::new(10, 0, 0, 11))), Some(evnet_bpf::Route::Local { ifindex: 11, .. })));
     }
 
     #[test]

@@ -568,6 +568,16 @@ fn reconcile_bpf(
         let report = apply_isolated(kernel, &held);
         pass.ops += report.applied;
         pass.failures.extend(report.failures.iter().map(|f| failure_of(desired, f)));
+        if report.applied > 0 {
+            // The devices that came up get their addresses' routes now, in
+            // this pass (`evnet_bpf::target::EniDevice::up`).
+            let t = Instant::now();
+            let host = kernel.observe_partial(&BTreeSet::new()).context("observing the host namespace")?.host;
+            observe += t.elapsed();
+            let synced = fastpath::sync(fp, desired, &host, &caps, &fastpath_settings(), false);
+            pass.ops += synced.ops;
+            pass.failures.extend(synced.failures);
+        }
     }
     pass.observe = observe;
     // Includes re-reading the host namespace after the links.

@@ -44,6 +44,13 @@ pub struct EniDevice {
     pub htb_minor: Option<u16>,
     /// Whether its host-side device shapes what it receives.
     pub rx_shaper: bool,
+    /// Whether its host-side device is up. The ENI's addresses are routed
+    /// to it only then: a packet delivered into the instance while its
+    /// device is still down gets a reply whose ARP request is lost on the
+    /// down link and asked again only a second later (the kernel's
+    /// `retrans_time_ms`), where a sender kept out until then retries at
+    /// once.
+    pub up: bool,
 }
 
 /// The devices the target refers to.
@@ -368,8 +375,12 @@ pub fn target(
                 ct_zone: zones.get(&vni).copied().unwrap_or(0),
             },
         );
-        // A local address wins over a stale remote one.
-        for ip in std::iter::once(e.private_ip).chain(e.secondary_ips.iter().copied()) {
+        // A local address wins over a stale remote one; routed here once
+        // the device is up (see [`EniDevice::up`]).
+        for ip in std::iter::once(e.private_ip)
+            .chain(e.secondary_ips.iter().copied())
+            .filter(|_| dev.up)
+        {
             t.routes.insert(
                 (vni, ip),
                 Route::Local {
@@ -692,6 +703,7 @@ mod tests {
                 ifindex: 10,
                 htb_minor: Some(0x10),
                 rx_shaper: false,
+                up: true,
             },
         );
         d.enis.insert(
@@ -700,6 +712,7 @@ mod tests {
                 ifindex: 11,
                 htb_minor: None,
                 rx_shaper: true,
+                up: true,
             },
         );
         d

@@ -125,6 +125,7 @@ fn plan_apply_plan_is_empty_and_a_restart_adopts() {
             ifindex: ifindex(&ns, "eve-a"),
             htb_minor: Some(0x10),
             rx_shaper: false,
+            up: true,
         },
     );
     devices.enis.insert(
@@ -133,6 +134,7 @@ fn plan_apply_plan_is_empty_and_a_restart_adopts() {
             ifindex: ifindex(&ns, "eve-b"),
             htb_minor: Some(0x11),
             rx_shaper: false,
+            up: true,
         },
     );
     let all_devices: Vec<u32> = std::iter::once(devices.vxlan_ifindex)

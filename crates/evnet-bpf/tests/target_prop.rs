@@ -114,6 +114,7 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
                     ifindex: 10 + i,
                     htb_minor: r.random_bool(0.5).then_some(0x10 + i as u16),
                     rx_shaper: r.random_bool(0.3),
+                    up: r.random_bool(0.9),
                 },
             );
         }
@@ -196,14 +197,14 @@ proptest! {
         }
         prop_assert_eq!(&s, &want);
         prop_assert!(target::diff(&want, &s).is_empty());
-        // Every local ENI's ingress and egress rules are in; every route of
-        // a local ENI points at its device.
+        // Every local ENI's ingress and egress rules are in; its addresses
+        // are routed to its device exactly when the device is up.
         for e in d2.instances.iter().flat_map(|i| &i.enis) {
             if let Some(dev) = dev2.enis.get(&e.eni_id) {
                 prop_assert!(want.rules.contains_key(&(dev.ifindex, evnet_bpf::Direction::Ingress)));
                 let vni = d2.vpcs.iter().find(|v| v.vpc_id == e.vpc_id).unwrap().vni;
                 let local = matches!(want.routes.get(&(vni, e.private_ip)), Some(evnet_bpf::Route::Local { .. }));
-                prop_assert!(local, "{} has no local route", e.eni_id);
+                prop_assert_eq!(local, dev.up, "{}: local route {} with its device up {}", e.eni_id, local, dev.up);
             }
         }
     }
