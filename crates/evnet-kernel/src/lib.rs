@@ -21,6 +21,7 @@
 
 use std::collections::BTreeSet;
 
+mod conn;
 mod error;
 pub mod linux;
 pub mod model;
@@ -102,6 +103,11 @@ pub trait Kernel: Send + Sync {
     fn host_changes(&self) -> Option<u64> {
         None
     }
+    /// The ops of a batch are done: let go of what was held for them
+    /// ([`LinuxKernel`]: the netlink connections of instance namespaces,
+    /// which would keep a namespace deleted by hand alive). [`apply_all`]
+    /// and [`apply_isolated`] call it at their end.
+    fn finish_batch(&self) {}
     /// The counters of evnet's shapers in the given namespaces (missing
     /// namespaces are skipped). Much cheaper than [`Kernel::observe`]: the
     /// bandwidth loop calls it every ~100 ms.
@@ -121,6 +127,9 @@ impl<K: Kernel + ?Sized> Kernel for &K {
     }
     fn host_changes(&self) -> Option<u64> {
         (**self).host_changes()
+    }
+    fn finish_batch(&self) {
+        (**self).finish_batch()
     }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)
@@ -143,6 +152,9 @@ impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
     fn host_changes(&self) -> Option<u64> {
         (**self).host_changes()
     }
+    fn finish_batch(&self) {
+        (**self).finish_batch()
+    }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)
     }
@@ -158,10 +170,11 @@ impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
 /// failed. The next reconcile re-observes and re-plans, so there is no
 /// rollback.
 pub fn apply_all<K: Kernel + ?Sized>(kernel: &K, ops: &[Op]) -> Result<(), ApplyError> {
-    for (index, op) in ops.iter().enumerate() {
-        kernel.apply(op).map_err(|error| ApplyError { index, op: Box::new(op.clone()), error: Box::new(error) })?;
-    }
-    Ok(())
+    let r = ops.iter().enumerate().try_for_each(|(index, op)| {
+        kernel.apply(op).map_err(|error| ApplyError { index, op: Box::new(op.clone()), error: Box::new(error) })
+    });
+    kernel.finish_batch();
+    r
 }
 
 /// A namespace whose ops failed in one [`apply_isolated`] pass: the first op
@@ -271,5 +284,6 @@ pub fn apply_isolated<K: Kernel + ?Sized>(kernel: &K, ops: &[Op]) -> ApplyReport
             }
         }
     }
+    kernel.finish_batch();
     report
 }

@@ -65,6 +65,9 @@ pub struct LinuxKernel {
     /// [`SHAPER_REREAD`] (a link dump of a VPC namespace with a few hundred
     /// devices cost more than everything else the loop does).
     device_names: Shared<BTreeMap<String, DeviceNames>>,
+    /// The rtnetlink connections ops are applied through, one per
+    /// namespace (module `conn`).
+    conns: std::sync::Arc<crate::conn::Connections>,
     /// The host namespace's change announcements ([`Kernel::host_changes`]),
     /// once asked for: `None` inside when they cannot be received.
     host_watch: std::sync::Arc<std::sync::OnceLock<Option<std::sync::Arc<HostWatch>>>>,
@@ -105,6 +108,7 @@ impl LinuxKernel {
             last_raw: Default::default(),
             shapers_known: Default::default(),
             device_names: Default::default(),
+            conns: Default::default(),
             host_watch: Default::default(),
         }
     }
@@ -200,19 +204,27 @@ impl LinuxKernel {
         self.ns_path(ns).unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"))
     }
 
-    /// Runs `f` on a fresh thread inside `ns`, with an rtnetlink handle
-    /// opened there.
+    /// Runs `f` with the rtnetlink connection of `ns` (module `conn`).
     fn run<T, F, Fut>(&self, ns: &Ns, f: F) -> Result<T, KernelError>
     where
-        T: Send,
-        F: FnOnce(Handle) -> Fut + Send,
-        Fut: Future<Output = Result<T, KernelError>>,
+        T: Send + 'static,
+        F: FnOnce(Handle) -> Fut,
+        Fut: Future<Output = Result<T, KernelError>> + Send + 'static,
     {
+        self.conns.run(&self.ns_fd_path(ns), ns, *ns == Ns::Host, f)
+    }
+
+    /// Runs `f` on a thread inside `ns`, for what acts on the calling
+    /// thread's namespace (sysctls under `/proc/sys/net`, nftables).
+    fn run_inside<T: Send>(&self, ns: &Ns, f: impl FnOnce() -> Result<T, KernelError> + Send) -> Result<T, KernelError> {
         let path = self.ns_fd_path(ns);
         std::thread::scope(|s| {
-            s.spawn(move || NsWorker::new()?.run(&path, ns, f))
-                .join()
-                .unwrap_or_else(|_| Err(KernelError::Netlink { ns: ns.to_string(), message: "worker thread panicked".into() }))
+            s.spawn(move || {
+                enter_netns(&path).map_err(|source| KernelError::Namespace { ns: ns.to_string(), source })?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(KernelError::Netlink { ns: ns.to_string(), message: "worker thread panicked".into() }))
         })
     }
 
@@ -516,7 +528,10 @@ impl LinuxKernel {
         match op {
             Op::CreateNetns { name } => run_cmd(Command::new("ip").args(["netns", "add", name])),
             Op::DeleteNetns { name } => {
-                if !PathBuf::from(NETNS_DIR).join(name).exists() {
+                let path = PathBuf::from(NETNS_DIR).join(name);
+                // A socket of ours there would keep it, and its devices, alive.
+                self.conns.close(&path);
+                if !path.exists() {
                     return Ok(());
                 }
                 run_cmd(Command::new("ip").args(["netns", "del", name]))
@@ -600,7 +615,7 @@ impl LinuxKernel {
             }
             Op::SetSysctl { ns, key, value } => {
                 let (key, value) = (key.clone(), value.clone());
-                self.run(ns, move |_h| async move {
+                self.run_inside(ns, move || {
                     let path = sysctl_path(&key);
                     std::fs::write(&path, value.as_bytes()).map_err(|e| match e.raw_os_error() {
                         Some(code) => KernelError::rejected(format!("sysctl {key}"), Errno::from_raw(code)),
@@ -721,15 +736,15 @@ impl LinuxKernel {
             }
             Op::ReplaceFirewall { ns, spec } => {
                 let script = spec.script();
-                self.run(ns, move |_h| async move { nft_script(&script) })
+                self.run_inside(ns, move || nft_script(&script))
             }
             Op::RemoveFirewall { ns } => {
                 let script = evnet_plan::op::removal_script();
-                self.run(ns, move |_h| async move { nft_script(&script) })
+                self.run_inside(ns, move || nft_script(&script))
             }
             Op::SyncFirewallSet { ns, set, elements } => {
                 let (set, elements) = (set.clone(), elements.clone());
-                self.run(ns, move |_h| async move {
+                self.run_inside(ns, move || {
                     crate::nftables::replace_set_elements(libc::NFPROTO_INET as u8, NFT_TABLE, &set, &elements)
                         .map_err(|e| KernelError::Command { command: format!("nftables: replace the elements of set {set}"), stderr: e.to_string() })
                 })
@@ -894,6 +909,10 @@ impl Kernel for LinuxKernel {
 
     fn observe_partial(&self, fresh: &BTreeSet<String>) -> Result<Observed, KernelError> {
         self.observe_with(Some(fresh))
+    }
+
+    fn finish_batch(&self) {
+        self.conns.release();
     }
 
     fn host_changes(&self) -> Option<u64> {
@@ -1201,7 +1220,7 @@ fn ignore_not_found(r: Result<(), KernelError>) -> Result<(), KernelError> {
     }
 }
 
-fn enter_netns(path: &PathBuf) -> std::io::Result<()> {
+pub(crate) fn enter_netns(path: &PathBuf) -> std::io::Result<()> {
     let f = File::open(path)?;
     // SAFETY: setns on a valid fd we own; it only changes this thread.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };

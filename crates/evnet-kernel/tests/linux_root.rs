@@ -386,3 +386,47 @@ fn conntrack_limit_per_eni() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The kernel applies ops through one netlink connection per namespace
+/// (a socket holds its namespace): after a batch, a namespace deleted by
+/// hand goes, devices and all, and one deleted and made again under the
+/// same name between two ops gets the later op, not the old namespace.
+#[test]
+fn the_kernels_connections_do_not_keep_a_deleted_namespace_alive() {
+    use evnet_plan::{Ns, Op};
+    if !root_or_skip("linux_root") {
+        return;
+    }
+    let r: u32 = rand::random::<u32>() & 0xffff;
+    let (host, inst) = (format!("xc{r:04x}h"), format!("xc{r:04x}i"));
+    let _guard = Cleanup { host_ns: vec![host.clone(), inst.clone()], host_ids: vec![] };
+    must(&["ip", "netns", "add", &host]);
+    let k = LinuxKernel::new(Some(host.clone()));
+    let (dev, peer) = (format!("evt{r:04x}"), "eth0".to_string());
+    let build = vec![
+        Op::CreateNetns { name: inst.clone() },
+        Op::CreateVeth { ns: Ns::Host, name: dev.clone(), peer_ns: Ns::named(&inst), peer_name: peer.clone(), peer_mac: None, mtu: 1450 },
+        Op::SetLink { ns: Ns::named(&inst), name: peer.clone(), mac: None, mtu: None, up: Some(true) },
+        Op::SetLink { ns: Ns::Host, name: dev.clone(), mac: None, mtu: None, up: Some(true) },
+    ];
+    evnet_kernel::apply_all(&k, &build).expect("build");
+    let host_has_dev = || sh(&["ip", "-n", &host, "link", "show", &dev]);
+    assert!(host_has_dev());
+    // Deleted by hand: its veth pair goes with it (nothing of ours holds it).
+    must(&["ip", "netns", "del", &inst]);
+    let start = std::time::Instant::now();
+    while host_has_dev() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "the deleted namespace's veth is still in the host namespace after 5 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Built again; then, within one batch, the namespace is replaced by
+    // hand between two ops: the second op acts on the new one.
+    evnet_kernel::apply_all(&k, &build).expect("build again");
+    k.apply(&Op::SetLink { ns: Ns::named(&inst), name: "lo".into(), mac: None, mtu: None, up: Some(true) }).expect("lo up");
+    must(&["ip", "netns", "del", &inst]);
+    must(&["ip", "netns", "add", &inst]);
+    k.apply(&Op::SetLink { ns: Ns::named(&inst), name: "lo".into(), mac: None, mtu: None, up: Some(true) }).expect("lo up in the new namespace");
+    let lo = Command::new("ip").args(["-n", &inst, "-o", "link", "show", "lo"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&lo.stdout).contains(",UP"), "lo is up in the namespace made again: {}", String::from_utf8_lossy(&lo.stdout));
+    k.finish_batch();
+}
