@@ -7,8 +7,8 @@
 //!   without root;
 //! * [`LinuxKernel`]: the real thing, scoped to one host namespace, over
 //!   rtnetlink (links, addresses, routes, neighbours, FDB) with a netlink
-//!   socket opened inside each namespace on a dedicated thread, `ip netns`
-//!   for creating and deleting named namespaces, `/proc/sys` for sysctls,
+//!   connection per namespace (module `conn`), named namespaces made and
+//!   removed as `ip netns` does (module `netns`), `/proc/sys` for sysctls,
 //!   `nft -f` to load evnet's nftables tables and nftables netlink dumps
 //!   and batches (module `nftables`) to read them and rewrite set members,
 //!   and netlink for the shapers (HTB, `clsact` redirects, the host's
@@ -25,6 +25,7 @@ mod conn;
 mod error;
 pub mod linux;
 pub mod model;
+mod netns;
 mod nftables;
 mod tc;
 

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use evnet_plan::naming::{self, NFT_TABLE};
@@ -526,15 +526,12 @@ impl LinuxKernel {
         let w = what.clone();
         let ne = move |e: rtnetlink::Error| nl_err(&w, e);
         match op {
-            Op::CreateNetns { name } => run_cmd(Command::new("ip").args(["netns", "add", name])),
+            Op::CreateNetns { name } => crate::netns::create(Path::new(NETNS_DIR), name).map_err(|e| io_rejected(&what, e)),
             Op::DeleteNetns { name } => {
                 let path = PathBuf::from(NETNS_DIR).join(name);
                 // A socket of ours there would keep it, and its devices, alive.
                 self.conns.close(&path);
-                if !path.exists() {
-                    return Ok(());
-                }
-                run_cmd(Command::new("ip").args(["netns", "del", name]))
+                crate::netns::delete(&path).map_err(|e| io_rejected(&what, e))
             }
             Op::CreateVeth { ns, name, peer_ns, peer_name, peer_mac, mtu } => {
                 let peer_fd = File::open(self.ns_fd_path(peer_ns))
@@ -1262,12 +1259,11 @@ fn read_sysctl(key: &str) -> Option<String> {
     std::fs::read_to_string(sysctl_path(key)).ok().map(|s| s.trim().to_string())
 }
 
-fn run_cmd(cmd: &mut Command) -> Result<(), KernelError> {
-    let out = cmd.stdin(Stdio::null()).output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(KernelError::Command { command: format!("{cmd:?}"), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+/// An error of a system call as the kernel's refusal of `what`.
+fn io_rejected(what: &str, e: std::io::Error) -> KernelError {
+    match e.raw_os_error() {
+        Some(code) => KernelError::rejected(what.to_string(), Errno::from_raw(code)),
+        None => KernelError::Io(e),
     }
 }
 

@@ -430,3 +430,29 @@ fn the_kernels_connections_do_not_keep_a_deleted_namespace_alive() {
     assert!(String::from_utf8_lossy(&lo.stdout).contains(",UP"), "lo is up in the namespace made again: {}", String::from_utf8_lossy(&lo.stdout));
     k.finish_batch();
 }
+
+/// Named namespaces are made and removed as `ip netns` does: `ip netns
+/// exec` enters one the kernel made, a second make of the name is refused
+/// (EEXIST) and changes nothing, the delete removes it and deleting it
+/// again is not an error.
+#[test]
+fn named_namespaces_are_made_and_removed_as_ip_netns_does() {
+    use evnet_kernel::Errno;
+    use evnet_plan::Op;
+    if !root_or_skip("linux_root") {
+        return;
+    }
+    let name = format!("xn{:04x}", rand::random::<u16>());
+    let _guard = Cleanup { host_ns: vec![name.clone()], host_ids: vec![] };
+    let k = LinuxKernel::new(None);
+    k.apply(&Op::CreateNetns { name: name.clone() }).expect("create");
+    must(&["ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+    let e = k.apply(&Op::CreateNetns { name: name.clone() }).expect_err("the name is taken");
+    assert_eq!(e.errno(), Some(Errno::Exists), "{e}");
+    let lo = Command::new("ip").args(["-n", &name, "-o", "link", "show", "lo"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&lo.stdout).contains(",UP"), "the refused make left the namespace as it was");
+    k.apply(&Op::DeleteNetns { name: name.clone() }).expect("delete");
+    assert!(!std::path::Path::new("/run/netns").join(&name).exists());
+    assert!(!sh(&["ip", "netns", "exec", &name, "true"]));
+    k.apply(&Op::DeleteNetns { name: name.clone() }).expect("deleting a missing namespace");
+}
