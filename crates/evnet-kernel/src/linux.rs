@@ -1,18 +1,20 @@
 //! `LinuxKernel`: evnet's data plane on the running kernel.
 //!
 //! Scoped to one host namespace (`None`: the process's own; in the lab,
-//! `--host-netns NAME`). Every netlink conversation happens on a dedicated
-//! thread that first `setns`es into the namespace concerned (setns changes
-//! only the calling thread) and then opens its rtnetlink socket, driven by a
-//! current-thread tokio runtime on that thread. Child processes (`nft`)
-//! started from that thread inherit its namespace, and `/proc/sys/net` read
-//! from it shows that namespace's sysctls.
+//! `--host-netns NAME`). A netlink socket acts on the namespace it was
+//! created in: ops go through one rtnetlink connection per namespace, made
+//! by a thread that entered it and driven by one runtime thread (module
+//! `conn`); observation reads namespaces on a few worker threads that
+//! `setns` into each in turn (setns changes only the calling thread), and
+//! what acts on the calling thread's namespace (`/proc/sys/net`, `nft`
+//! started as a child) runs on a thread inside it.
 //!
 //! Mechanisms: rtnetlink for links (veth with the peer created directly in
 //! the instance's namespace, VXLAN, moves by namespace fd), addresses,
-//! routes, neighbours and VXLAN FDB entries; `ip netns add/del` for named
-//! namespaces (it takes care of the /run/netns bind mounts); `/proc/sys`
-//! for sysctls; `nft -f` (one transaction) and `nft list` for nftables.
+//! routes, neighbours and VXLAN FDB entries; link dumps over a socket of
+//! their own, each message kept as it arrives; named namespaces as `ip
+//! netns` makes them (module `netns`); `/proc/sys` for sysctls; `nft -f`
+//! (one transaction) and nftables netlink for nftables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -234,10 +236,8 @@ impl LinuxKernel {
         worker.run(&self.ns_fd_path(ns), ns, move |h| async move {
             let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: label.clone(), message: e.to_string() };
             let mut raw = RawNs::default();
-            let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl)?;
-            for m in links {
-                raw.links.push(RawLink::from_msg(&m));
-            }
+            // This thread is inside the namespace (the worker entered it).
+            raw.links = dump_links(ns, |m| Some(RawLink::from_msg(m)))?;
             let names: BTreeMap<u32, String> = raw.links.iter().map(|l| (l.index, l.name.clone())).collect();
             let addrs: Vec<AddressMessage> = h.address().get().execute().try_collect().await.map_err(nl)?;
             for a in addrs {
@@ -923,26 +923,31 @@ impl Kernel for LinuxKernel {
     }
 
     fn host_shaping_stats(&self) -> Result<HostShapingStats, KernelError> {
+        // The links from a thread inside the host namespace, each kept as
+        // its name and, for evnet's devices, its byte counters.
+        let links = self.run_inside(&Ns::Host, || {
+            dump_links(&Ns::Host, |m| {
+                let l = RawLink::from_msg(m);
+                let stats = naming::is_owned_host_link(&l.name)
+                    .then(|| {
+                        m.attributes.iter().find_map(|a| match a {
+                            LinkAttribute::Stats64(s) => Some((s.tx_bytes, s.rx_bytes)),
+                            _ => None,
+                        })
+                    })
+                    .flatten();
+                (l.kind != LinkKind::Loopback).then_some((l.index, l.name, stats))
+            })
+        })?;
         self.run(&Ns::Host, move |h| async move {
             let label = Ns::Host.to_string();
-            let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: label.clone(), message: e.to_string() };
-            let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl)?;
-            let devs: BTreeMap<u32, String> =
-                links.iter().map(RawLink::from_msg).filter(|l| l.kind != LinkKind::Loopback).map(|l| (l.index, l.name)).collect();
             let mut out = HostShapingStats::default();
-            for m in &links {
-                let name = m.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n.as_str()),
-                    _ => None,
-                });
-                let Some(name) = name.filter(|n| naming::is_owned_host_link(n)) else { continue };
-                let stats = m.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::Stats64(s) => Some((s.tx_bytes, s.rx_bytes)),
-                    _ => None,
-                });
+            let mut devs: BTreeMap<u32, String> = BTreeMap::new();
+            for (index, name, stats) in links {
                 if let Some(s) = stats {
-                    out.device_bytes.insert(name.to_string(), s);
+                    out.device_bytes.insert(name.clone(), s);
                 }
+                devs.insert(index, name);
             }
             if let Some(idx) = crate::tc::tree_device(&h, &label).await? {
                 for (minor, c) in crate::tc::read_tree_counters(&h, &label, idx).await? {
@@ -995,13 +1000,12 @@ impl LinuxKernel {
                 d.get(&label).filter(|(_, at)| at.elapsed() < SHAPER_REREAD).map(|(m, _)| m.clone())
             };
             let l = label.clone();
+            let here = ns.clone();
             let r = worker.run(&self.ns_fd_path(&ns), &ns, move |h| async move {
-                let nl = |e: rtnetlink::Error| KernelError::Netlink { ns: l.clone(), message: e.to_string() };
+                // This thread is inside the namespace (the worker entered it).
                 let read_devs = || async {
-                    let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl)?;
-                    Ok::<_, KernelError>(
-                        links.iter().map(RawLink::from_msg).filter(|l| l.kind != LinkKind::Loopback).map(|l| (l.index, l.name)).collect(),
-                    )
+                    let devs = dump_links(&here, |m| Some(RawLink::from_msg(m)).filter(|l| l.kind != LinkKind::Loopback).map(|l| (l.index, l.name)))?;
+                    Ok::<BTreeMap<u32, String>, KernelError>(devs.into_iter().collect())
                 };
                 let mut counters = crate::tc::read_htb_counters(&h, &l).await?;
                 let (devs, fresh_devs): (BTreeMap<u32, String>, bool) = match cached_devs {
@@ -1222,6 +1226,47 @@ pub(crate) fn enter_netns(path: &PathBuf) -> std::io::Result<()> {
     // SAFETY: setns on a valid fd we own; it only changes this thread.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Dumps the links of the calling thread's namespace over a socket of its
+/// own, turning each message into what `keep` makes of it as it arrives.
+/// (rtnetlink's connection decodes a whole dump before its reader sees the
+/// first message: about 16 KiB per parsed link, 16 MiB for a host with
+/// 1,000 ENIs, where this holds one receive buffer and one message.)
+fn dump_links<T>(ns: &Ns, mut keep: impl FnMut(&LinkMessage) -> Option<T>) -> Result<Vec<T>, KernelError> {
+    use rtnetlink::packet_core::NLM_F_DUMP;
+    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+    let fail = |what: &str, e: &dyn std::fmt::Display| KernelError::Netlink { ns: ns.to_string(), message: format!("link dump: {what}: {e}") };
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetLink(LinkMessage::default()));
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut out = vec![0u8; req.buffer_len()];
+    req.serialize(&mut out);
+    socket.send(&out, 0)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut kept = Vec::new();
+    loop {
+        let n = socket.recv(&mut &mut buf[..], 0)?;
+        let mut at = 0;
+        while at < n {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..n]).map_err(|e| fail("decoding", &e))?;
+            let len = msg.header.length as usize;
+            if len == 0 {
+                return Err(fail("decoding", &"a message of length 0"));
+            }
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => kept.extend(keep(&m)),
+                NetlinkPayload::Done(_) => return Ok(kept),
+                NetlinkPayload::Error(e) => return Err(fail("the kernel refused it", &e)),
+                _ => {}
+            }
+            at += (len + 3) & !3;
+        }
+    }
 }
 
 async fn get_nsid(h: &Handle, path: &PathBuf) -> Result<Option<i32>, KernelError> {
