@@ -1,6 +1,14 @@
 //! Bandwidth benchmark on a namespace lab (root): prints figures, asserts
 //! nothing. `cargo run --release -p evnet-agent --example evnet-bw-bench
-//! [-- --rounds N]`.
+//! [-- --rounds N] [--dataplane bpf [--loops on|off|both]]`.
+//!
+//! With `--dataplane bpf`, part 2 only, on the tc-BPF data plane through the
+//! real agent (`bpf_lab`): the same ENIs (A 300, B 100 on a 500 Mbit/s
+//! NIC), shaped by their classes in the host's HTB tree (rate = guarantee,
+//! ceil = limit), the bandwidth loops on (as deployed) and/or off; wire
+//! rates from the classes' byte counters (the outer packets, as the tree
+//! counts them against the NIC). There is no static baseline to alternate
+//! with: the tree's borrowing is the mechanism.
 //!
 //! Lab: host 1 (NIC 500 Mbit/s) with ENIs A (guarantee 300) and B
 //! (guarantee 100) sending TCP (iperf3) to two sinks on host 2.
@@ -24,6 +32,11 @@
 
 #[path = "../tests/bandwidth_lab/mod.rs"]
 mod bandwidth_lab;
+#[path = "../tests/bpf_lab/mod.rs"]
+mod bpf_lab;
+#[allow(dead_code)]
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -181,6 +194,93 @@ fn load_run_traced(elastic: bool, onoff: bool, port: u16, trace: bool) -> Figure
     Figures { utilization: util / n.max(1) as f64, satisfied: ok as f64 / checks.max(1) as f64, samples: n }
 }
 
+/// One load run on the tc-BPF data plane; `onoff`: A alternates 1 s on /
+/// 1 s off; `loops`: the agents' bandwidth loops run.
+fn load_run_bpf(onoff: bool, loops: bool, port: u16) -> Figures {
+    let mut lab = bpf_lab::BpfLab::new(2, NIC, &[(0, 300), (0, 100), (1, 300), (1, 100)], loops);
+    // Host 1's two classes: A's has the higher rate (its guarantee).
+    let bytes = |lab: &bpf_lab::BpfLab| {
+        let mut cs = lab.classes(0);
+        assert_eq!(cs.len(), 2, "host 1's tree: {cs:?}");
+        cs.sort_by_key(|c| std::cmp::Reverse(c.class.rate_bps));
+        (cs[0].bytes, cs[1].bytes)
+    };
+    let mut children: Vec<std::process::Child> = vec![];
+    lab.server(3, port);
+    children.push(lab.client(1, 3, port, 30.0, 1.0));
+    let b_start = Instant::now();
+    let mut a: Option<(std::process::Child, Instant)> = None;
+    let mut next_port = port + 1;
+    let mut last: Option<(Instant, u64, u64)> = None;
+    let (mut util, mut ok, mut checks, mut n) = (0.0, 0usize, 0usize, 0usize);
+    let start = Instant::now();
+    let total = Duration::from_secs(if onoff { 6 } else { 5 });
+    while start.elapsed() < total {
+        let t = start.elapsed().as_secs_f64();
+        let want_a = !onoff || (t as u64).is_multiple_of(2);
+        match (a.is_some(), want_a) {
+            (false, true) => {
+                lab.server(2, next_port);
+                a = Some((lab.client(0, 2, next_port, 30.0, 1.0), Instant::now()));
+                next_port += 1;
+            }
+            (true, false) => {
+                let (mut c, _) = a.take().expect("running");
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let (ba_now, bb_now) = bytes(&lab);
+        let now = Instant::now();
+        if let Some((t0, ba, bb)) = last
+            && start.elapsed() >= Duration::from_secs(1)
+        {
+            let dt = now.duration_since(t0).as_secs_f64();
+            let ra = ba_now.saturating_sub(ba) as f64 * 8.0 / dt;
+            let rb = bb_now.saturating_sub(bb) as f64 * 8.0 / dt;
+            util += (ra + rb) / (NIC * M) as f64;
+            n += 1;
+            if let Some((_, since)) = &a
+                && since.elapsed() >= Duration::from_millis(300)
+            {
+                checks += 1;
+                ok += usize::from(ra >= 0.95 * 300e6);
+            }
+            if b_start.elapsed() >= Duration::from_millis(300) {
+                checks += 1;
+                ok += usize::from(rb >= 0.95 * 100e6);
+            }
+        }
+        last = Some((now, ba_now, bb_now));
+    }
+    for mut c in children.into_iter().chain(a.map(|(c, _)| c)) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Figures { utilization: util / n.max(1) as f64, satisfied: ok as f64 / checks.max(1) as f64, samples: n }
+}
+
+fn bpf_main(rounds: usize, loops: &[bool]) {
+    println!("lab (tc-BPF data plane, real agents): host 1 NIC {NIC} Mbit/s, A guarantee 300, B guarantee 100, TCP (iperf3) to host 2; wire rates from the HTB classes every 100 ms");
+    for (name, onoff) in [("backlogged", false), ("on/off", true)] {
+        for &l in loops {
+            let mut port = 7000 + if onoff { 500 } else { 0 } + if l { 250 } else { 0 };
+            let mut per = vec![];
+            for r in 0..rounds {
+                let f = load_run_bpf(onoff, l, port);
+                port += 20;
+                println!("{name}, loops {}: round {r}: utilization {:.3} satisfaction {:.3} ({} samples)", if l { "on" } else { "off" }, f.utilization, f.satisfied, f.samples);
+                per.push(f);
+            }
+            let mut u: Vec<f64> = per.iter().map(|f| f.utilization).collect();
+            let mut s: Vec<f64> = per.iter().map(|f| f.satisfied).collect();
+            println!("{name}, loops {}: median utilization {:.3}, median guarantee satisfaction {:.3}", if l { "on" } else { "off" }, median(&mut u), median(&mut s));
+        }
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     percentile(v, 0.5)
 }
@@ -192,10 +292,19 @@ fn main() {
     }
     let mut rounds = 20;
     let mut reaction_too = true;
+    let (mut bpf, mut loops) = (false, vec![true]);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds),
+            "--dataplane" => bpf = args.next().as_deref() == Some("bpf"),
+            "--loops" => {
+                loops = match args.next().as_deref() {
+                    Some("off") => vec![false],
+                    Some("both") => vec![true, false],
+                    _ => vec![true],
+                }
+            }
             "--skip-reaction" => reaction_too = false,
             // One elastic run with the shapers' rates and wire rates every 100 ms.
             "--trace" => {
@@ -206,6 +315,10 @@ fn main() {
             }
             _ => {}
         }
+    }
+    if bpf {
+        bpf_main(rounds.min(5), &loops);
+        return;
     }
     println!("lab: host 1 NIC {NIC} Mbit/s, A guarantee 300, B guarantee 100, TCP (iperf3) to host 2; agent loop period 100 ms");
     if reaction_too {

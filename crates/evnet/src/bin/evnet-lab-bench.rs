@@ -59,6 +59,12 @@ enum Bench {
         /// How many times the agent is killed and restarted.
         #[arg(long, default_value_t = 3)]
         restarts: usize,
+        /// How many times, after the restarts, the agent is killed, the
+        /// host's instance and VPC namespaces are deleted (their devices go
+        /// with them) and the agent is started again: a build of everything
+        /// in its first pass, with all the desired state there from the start.
+        #[arg(long, default_value_t = 1)]
+        rebuilds: usize,
         #[command(flatten)]
         dp: DataplaneOpt,
         #[arg(long)]
@@ -513,7 +519,7 @@ fn log_len(lab: &Lab) -> usize {
     std::fs::metadata(lab.dir.join("agent-host-1.log")).map_or(0, |m| m.len() as usize)
 }
 
-async fn reconcile(enis: usize, restarts: usize, dp: Option<Dataplane>, logs: Option<PathBuf>) -> anyhow::Result<()> {
+async fn reconcile(enis: usize, restarts: usize, rebuilds: usize, dp: Option<Dataplane>, logs: Option<PathBuf>) -> anyhow::Result<()> {
     let lab = Lab::up(1, 100_000, dp)?;
     let (api, instances) = fill_host(&lab, enis).await?;
     let t_build = Instant::now();
@@ -563,6 +569,47 @@ async fn reconcile(enis: usize, restarts: usize, dp: Option<Dataplane>, logs: Op
         );
         let nonzero = rows.iter().filter(|l| log_field(l, "ops") != Some(0)).count();
         println!("  first passes with ops ≠ 0: {nonzero} of {restarts}");
+    }
+    let host_id = lab.host_ids().await?.remove(0);
+    for r in 0..rebuilds {
+        let pid = lab.agent_pid(0)?;
+        // SAFETY: kill(2) on the PID of the agent this lab started (lab.json).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let start = Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if start.elapsed() > Duration::from_secs(5) {
+                bail!("the agent (pid {pid}) did not end within 5 s of SIGKILL");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let owned: Vec<String> = std::fs::read_dir("/run/netns")?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| evnet_plan::naming::owned_netns(n, &host_id))
+            .collect();
+        for n in &owned {
+            run(Command::new("ip").args(["netns", "del", n]))?;
+        }
+        let from = log_len(&lab);
+        let t0 = Instant::now();
+        run(Command::new(evnet_bin()).args(["lab", "restart-agent", "--host", "host-1", "--dir"]).arg(&lab.dir))?;
+        let first_pass = wait_log_line(&lab, from, "first pass done", Duration::from_secs(600)).await?;
+        let to_pass = t0.elapsed();
+        lab.synced(Duration::from_secs(600)).await?;
+        let to_synced = t0.elapsed();
+        let pid2 = lab.agent_pid(0)?;
+        let f = |k: &str| log_field(&first_pass, k).map_or("?".to_string(), |v| v.to_string());
+        println!(
+            "  rebuild {}: {} namespaces deleted with the agent down; agent start → first pass done {:.3} s (ops {}, observe {} ms, apply {} ms), → host reports the generation applied {:.3} s; VmHWM {} KiB",
+            r + 1,
+            owned.len(),
+            to_pass.as_secs_f64(),
+            f("ops"),
+            f("observe_ms"),
+            f("apply_ms"),
+            to_synced.as_secs_f64(),
+            status_kib(pid2, "VmHWM:").unwrap_or(0)
+        );
     }
     if let Some(dir) = logs {
         lab.copy_logs(&dir)?;
@@ -662,7 +709,7 @@ fn main() -> anyhow::Result<()> {
         match bench {
             Bench::Provision { enis, hosts, logs, dp, raw } => provision(enis, hosts, logs, dp.dataplane, raw).await,
             Bench::Throughput { rounds, seconds } => throughput(rounds, seconds).await,
-            Bench::Reconcile { enis, restarts, dp, logs } => reconcile(enis, restarts, dp.dataplane, logs).await,
+            Bench::Reconcile { enis, restarts, rebuilds, dp, logs } => reconcile(enis, restarts, rebuilds, dp.dataplane, logs).await,
             Bench::Idle { enis, seconds, sample_ms, dp, logs } => idle(enis, seconds, sample_ms, dp.dataplane, logs).await,
         }
     })
