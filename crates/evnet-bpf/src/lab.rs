@@ -332,9 +332,13 @@ impl Lab {
                 "default", "ffff",
             ])?;
             let nic = format!("{nic_bps}bit");
+            // As evnet's plan sizes them (`evnet_plan::htb::burst_for`):
+            // 64 KiB, or 1 ms at the ceiling where that is more.
+            let burst = |ceil_bps: u64| (ceil_bps / 8 / 1000).max(65536).to_string();
+            let nb = burst(nic_bps);
             run(&[
                 "tc", "-n", &ns, "class", "add", "dev", "ul0", "parent", "1:", "classid", "1:1",
-                "htb", "rate", &nic, "ceil", &nic, "burst", "64k", "cburst", "64k", "quantum",
+                "htb", "rate", &nic, "ceil", &nic, "burst", &nb, "cburst", &nb, "quantum",
                 "60000",
             ])?;
             // Unclassified traffic (the underlay's own ARP) goes to 1:ffff.
@@ -356,9 +360,10 @@ impl Lab {
                     format!("{}bit", spec.ceil_bps),
                     (131_072 * spec.weight.max(1)).to_string(),
                 );
+                let cb = burst(spec.ceil_bps);
                 run(&[
                     "tc", "-n", &ns, "class", "add", "dev", "ul0", "parent", "1:1", "classid",
-                    &class, "htb", "rate", &rate, "ceil", &ceil, "burst", "64k", "cburst", "64k",
+                    &class, "htb", "rate", &rate, "ceil", &ceil, "burst", &cb, "cburst", &cb,
                     "quantum", &quantum,
                 ])?;
                 run(&[
@@ -462,11 +467,31 @@ pub fn iperf(
     seconds: u32,
     streams: u32,
 ) -> Result<f64, LabError> {
+    iperf_pinned(client_ns, server_ns, server_ip, port, seconds, streams, None)
+}
+
+/// [`iperf`] with the client and the server pinned to the given CPUs
+/// (`iperf3 -A`), so that paths compared with each other run with the
+/// same placement.
+pub fn iperf_pinned(
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    port: u16,
+    seconds: u32,
+    streams: u32,
+    cpus: Option<(usize, usize)>,
+) -> Result<f64, LabError> {
     let port = port.to_string();
+    let (client_cpu, server_cpu) = match cpus {
+        Some((c, s)) => (vec!["-A".to_string(), c.to_string()], vec!["-A".to_string(), s.to_string()]),
+        None => (vec![], vec![]),
+    };
     let mut server = Command::new("ip")
         .args([
             "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", &port,
         ])
+        .args(&server_cpu)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
@@ -491,6 +516,7 @@ pub fn iperf(
                 &streams.to_string(),
                 "-J",
             ])
+            .args(&client_cpu)
             .output()?;
         // iperf3 -J exits 0 even when it could not connect: its "error" says so.
         let v: Option<serde_json::Value> = serde_json::from_slice(&o.stdout).ok();

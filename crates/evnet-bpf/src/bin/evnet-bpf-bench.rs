@@ -62,9 +62,20 @@ struct Args {
     /// Leave the underlay devices without the HTB tree (to see what it costs).
     #[arg(long)]
     no_shaper: bool,
+    /// Pin every run's iperf3 client and server to these CPUs
+    /// (`CLIENT,SERVER`, e.g. `0,1`): every path then runs with the same
+    /// placement, where the scheduler's choice otherwise differs run to run.
+    #[arg(long, value_parser = parse_pin)]
+    pin: Option<(usize, usize)>,
     /// Print the figures as JSON too.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_pin(s: &str) -> Result<(usize, usize), String> {
+    let (c, v) = s.split_once(',').ok_or("expected CLIENT,SERVER, e.g. 0,1")?;
+    let cpu = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("not a CPU number: {x:?}"));
+    Ok((cpu(c)?, cpu(v)?))
 }
 
 fn sh(args: &[&str]) -> anyhow::Result<String> {
@@ -78,6 +89,9 @@ fn sh(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
+/// `--pin`: the CPUs of every run's iperf3 client and server.
+static PIN: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+
 /// One iperf3 run on a port the benchmark's groups admit.
 fn iperf(
     client_ns: &str,
@@ -86,13 +100,14 @@ fn iperf(
     seconds: u32,
     streams: u32,
 ) -> anyhow::Result<f64> {
-    Ok(lab::iperf(
+    Ok(lab::iperf_pinned(
         client_ns,
         server_ns,
         server_ip,
         5201 + rand::random::<u16>() % 99,
         seconds,
         streams,
+        PIN.get().copied().flatten(),
     )?)
 }
 
@@ -208,6 +223,7 @@ fn median(v: &[f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    PIN.set(args.pin).expect("set once");
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark creates network namespaces and loads BPF programs: run as root");
