@@ -22,26 +22,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rtnetlink::Handle;
-use tokio::task::AbortHandle;
 
 use crate::error::KernelError;
 use crate::linux::enter_netns;
 use evnet_plan::Ns;
 
 /// One namespace's connection: which namespace it was made in (the nsfs
-/// inode behind the path then), its handle and its task.
+/// inode behind the path then) and its handle. Dropping it does not cut
+/// the connection: its task (which owns the socket) ends, closing the
+/// socket, once the last handle is gone, so an op another thread has in
+/// flight on it (the bandwidth loop's beside a reconcile pass) completes.
 struct Conn {
     inode: (u64, u64),
     handle: Handle,
-    task: AbortHandle,
     lasting: bool,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // The connection task owns the socket: ending it closes the socket.
-        self.task.abort();
-    }
 }
 
 /// The connections of one kernel (shared by its clones).
@@ -135,9 +129,11 @@ impl Connections {
             s.spawn(|| -> Result<Conn, KernelError> {
                 enter_netns(&path).map_err(|source| KernelError::Namespace { ns: ns.to_string(), source })?;
                 let _entered = rt.enter();
+                // The third part, the unsolicited messages, is dropped:
+                // with it and every handle gone the connection ends.
                 let (conn, handle, _) = rtnetlink::new_connection()?;
-                let task = rt.spawn(conn).abort_handle();
-                Ok(Conn { inode, handle, task, lasting })
+                rt.spawn(conn);
+                Ok(Conn { inode, handle, lasting })
             })
             .join()
             .unwrap_or_else(|_| Err(KernelError::Netlink { ns: ns.to_string(), message: "connecting thread panicked".into() }))

@@ -429,6 +429,24 @@ fn the_kernels_connections_do_not_keep_a_deleted_namespace_alive() {
     let lo = Command::new("ip").args(["-n", &inst, "-o", "link", "show", "lo"]).output().unwrap();
     assert!(String::from_utf8_lossy(&lo.stdout).contains(",UP"), "lo is up in the namespace made again: {}", String::from_utf8_lossy(&lo.stdout));
     k.finish_batch();
+    // One thread's batch ending (the bandwidth loop's) while another's ops
+    // are in flight in the same namespace (a reconcile pass) fails none.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                k.finish_batch();
+            }
+        });
+        for i in 0..300 {
+            let r = k.apply(&Op::SetLink { ns: Ns::named(&inst), name: "lo".into(), mac: None, mtu: None, up: Some(i % 2 == 0) });
+            if let Err(e) = r {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                panic!("op {i} failed while another thread ended its batch: {e}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
 }
 
 /// Named namespaces are made and removed as `ip netns` does: `ip netns
