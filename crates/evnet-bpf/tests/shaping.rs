@@ -48,10 +48,11 @@ fn shares(weights: (u32, u32)) -> (f64, f64) {
         .into_iter()
         .map(|(c, s, ip)| {
             let (cn, sn) = (lab.instances[c].ns.clone(), lab.instances[s].ns.clone());
-            std::thread::spawn(move || iperf(&cn, &sn, Ipv4Addr::new(10, 7, 0, ip), 5201, 6, 1))
+            std::thread::spawn(move || iperf(&cn, &sn, Ipv4Addr::new(10, 7, 0, ip), 5201, 8, 1))
         })
         .collect();
-    // The window: from 2 s to 5 s after both started (iperf3 runs 6 s).
+    // The window: from 2 s to 7 s after both started (iperf3 runs 8 s; a
+    // 3 s window swung by more than the bounds on a busy 2-core machine).
     let start = Instant::now();
     let at = |t: u64| {
         let left = Duration::from_secs(t).saturating_sub(start.elapsed());
@@ -63,7 +64,7 @@ fn shares(weights: (u32, u32)) -> (f64, f64) {
         )
     };
     let (a0, b0, t0) = at(2);
-    let (a1, b1, t1) = at(5);
+    let (a1, b1, t1) = at(7);
     for r in runs {
         r.join().unwrap().expect("iperf3");
     }

@@ -177,13 +177,15 @@ fn limits_hold_and_change_live() {
     }
     assert!(failures.is_empty(), "limits not held: {failures:?}");
 
-    // Live resize: 400 → 100 Mbit/s on A's sending side, 2 s into a 5 s flow.
+    // Live resize: 400 → 100 Mbit/s on A's sending side, 3 s into a 6 s
+    // flow (about 3 s of intervals on either side of the change: on a
+    // busy 2-core machine a shorter window swings by more than the bounds).
     lab.set_rates(&flat(&a, 400_000_000, &b, 1_000_000_000));
     let (_, evq) = evnet_plan::plan::eni_shaper_devices(&a);
     lab.server(1, port);
-    let resize_at = Duration::from_secs(2);
+    let resize_at = Duration::from_secs(3);
     let client = std::thread::scope(|s| {
-        let h = s.spawn(|| lab.client(0, 1, port, 5, 0.25));
+        let h = s.spawn(|| lab.client(0, 1, port, 6, 0.25));
         std::thread::sleep(resize_at + Duration::from_secs(1)); // iperf3 -O 1: reports start after 1 s
         let before = lab.kernel.shaper_stats(std::slice::from_ref(&lab.vpc_ns)).unwrap();
         let ops = lab.set_rates(&flat(&a, 100_000_000, &b, 1_000_000_000));
