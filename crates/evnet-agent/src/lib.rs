@@ -544,39 +544,43 @@ fn reconcile_bpf(
     let t1 = Instant::now();
     let mut touched = touched_namespaces(&ops, &observed);
     let mut pass = Pass::default();
+    // The host namespace read again: the devices just made have ifindexes,
+    // the held ones are up.
+    let reread_host = |observe: &mut std::time::Duration| -> anyhow::Result<evnet_plan::NsState> {
+        let t = Instant::now();
+        let host = kernel.observe_partial(&BTreeSet::new()).context("observing the host namespace")?.host;
+        *observe += t.elapsed();
+        Ok(host)
+    };
+    let apply = |ops: &[Op], pass: &mut Pass| -> usize {
+        let report = apply_isolated(kernel, ops);
+        pass.ops += report.applied;
+        pass.failures.extend(report.failures.iter().map(|f| failure_of(desired, f)));
+        report.applied
+    };
+    // True when every fast-path op applied.
+    let sync = |host: &evnet_plan::NsState, pass: &mut Pass| -> bool {
+        let synced = fastpath::sync(fp, desired, host, &caps, &fastpath_settings(), false);
+        pass.ops += synced.ops;
+        let ok = synced.failures.is_empty();
+        pass.failures.extend(synced.failures);
+        ok
+    };
     let host = if ops.is_empty() {
         observed.host
     } else {
         for op in &ops {
             tracing::debug!(%op, "op");
         }
-        let report = apply_isolated(kernel, &ops);
-        pass.ops += report.applied;
-        pass.failures.extend(report.failures.iter().map(|f| failure_of(desired, f)));
-        // The devices just made have ifindexes now.
-        let t = Instant::now();
-        let host = kernel.observe_partial(&BTreeSet::new()).context("observing the host namespace")?.host;
-        observe += t.elapsed();
-        host
+        apply(&ops, &mut pass);
+        reread_host(&mut observe)?
     };
-    let synced = fastpath::sync(fp, desired, &host, &caps, &fastpath_settings(), false);
-    pass.ops += synced.ops;
-    let fast_failed = !synced.failures.is_empty();
-    pass.failures.extend(synced.failures);
-    if !held.is_empty() && !fast_failed {
+    if sync(&host, &mut pass) && !held.is_empty() {
         touched.extend(touched_namespaces(&held, &evnet_plan::Observed::default()));
-        let report = apply_isolated(kernel, &held);
-        pass.ops += report.applied;
-        pass.failures.extend(report.failures.iter().map(|f| failure_of(desired, f)));
-        if report.applied > 0 {
+        if apply(&held, &mut pass) > 0 {
             // The devices that came up get their addresses' routes now, in
             // this pass (`evnet_bpf::target::EniDevice::up`).
-            let t = Instant::now();
-            let host = kernel.observe_partial(&BTreeSet::new()).context("observing the host namespace")?.host;
-            observe += t.elapsed();
-            let synced = fastpath::sync(fp, desired, &host, &caps, &fastpath_settings(), false);
-            pass.ops += synced.ops;
-            pass.failures.extend(synced.failures);
+            sync(&reread_host(&mut observe)?, &mut pass);
         }
     }
     pass.observe = observe;
