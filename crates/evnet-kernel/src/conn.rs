@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use rtnetlink::Handle;
 
 use crate::error::KernelError;
-use crate::linux::enter_netns;
+use crate::linux::inside;
 use evnet_plan::Ns;
 
 /// One namespace's connection: which namespace it was made in (the nsfs
@@ -124,19 +124,13 @@ impl Connections {
     /// that thread, and the socket stays in the namespace it was made in.
     fn connect(&self, path: &Path, ns: &Ns, inode: (u64, u64), lasting: bool) -> Result<Conn, KernelError> {
         let rt = self.rt()?.handle().clone();
-        let path = path.to_path_buf();
-        std::thread::scope(|s| {
-            s.spawn(|| -> Result<Conn, KernelError> {
-                enter_netns(&path).map_err(|source| KernelError::Namespace { ns: ns.to_string(), source })?;
-                let _entered = rt.enter();
-                // The third part, the unsolicited messages, is dropped:
-                // with it and every handle gone the connection ends.
-                let (conn, handle, _) = rtnetlink::new_connection()?;
-                rt.spawn(conn);
-                Ok(Conn { inode, handle, lasting })
-            })
-            .join()
-            .unwrap_or_else(|_| Err(KernelError::Netlink { ns: ns.to_string(), message: "connecting thread panicked".into() }))
+        inside(&path.to_path_buf(), ns, || {
+            let _entered = rt.enter();
+            // The third part, the unsolicited messages, is dropped:
+            // with it and every handle gone the connection ends.
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            rt.spawn(conn);
+            Ok(Conn { inode, handle, lasting })
         })
     }
 

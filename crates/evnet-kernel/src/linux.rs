@@ -219,15 +219,7 @@ impl LinuxKernel {
     /// Runs `f` on a thread inside `ns`, for what acts on the calling
     /// thread's namespace (sysctls under `/proc/sys/net`, nftables).
     fn run_inside<T: Send>(&self, ns: &Ns, f: impl FnOnce() -> Result<T, KernelError> + Send) -> Result<T, KernelError> {
-        let path = self.ns_fd_path(ns);
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                enter_netns(&path).map_err(|source| KernelError::Namespace { ns: ns.to_string(), source })?;
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(KernelError::Netlink { ns: ns.to_string(), message: "worker thread panicked".into() }))
-        })
+        inside(&self.ns_fd_path(ns), ns, f)
     }
 
     fn observe_ns(&self, ns: &Ns, worker: &NsWorker) -> Result<RawNs, KernelError> {
@@ -1221,7 +1213,20 @@ fn ignore_not_found(r: Result<(), KernelError>) -> Result<(), KernelError> {
     }
 }
 
-pub(crate) fn enter_netns(path: &PathBuf) -> std::io::Result<()> {
+/// Runs `f` on a short thread that first enters the namespace `ns` at
+/// `path` (setns changes only that thread).
+pub(crate) fn inside<T: Send>(path: &PathBuf, ns: &Ns, f: impl FnOnce() -> Result<T, KernelError> + Send) -> Result<T, KernelError> {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            enter_netns(path).map_err(|source| KernelError::Namespace { ns: ns.to_string(), source })?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(KernelError::Netlink { ns: ns.to_string(), message: "worker thread panicked".into() }))
+    })
+}
+
+fn enter_netns(path: &PathBuf) -> std::io::Result<()> {
     let f = File::open(path)?;
     // SAFETY: setns on a valid fd we own; it only changes this thread.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
