@@ -113,6 +113,38 @@ struct Figures {
     samples: usize,
 }
 
+/// What the 100 ms samples of one load run add up to.
+#[derive(Default)]
+struct Tally {
+    util: f64,
+    ok: usize,
+    checks: usize,
+    n: usize,
+}
+
+impl Tally {
+    /// One sample: the bytes A and B sent in `dt`; since when A and B
+    /// send (A: `None` while it is off). A sender counts towards
+    /// satisfaction once it has sent for 300 ms. Returns the two rates.
+    fn sample(&mut self, dt: Duration, (da, db): (u64, u64), a_since: Option<Instant>, b_since: Instant) -> (f64, f64) {
+        let dt = dt.as_secs_f64();
+        let (ra, rb) = (da as f64 * 8.0 / dt, db as f64 * 8.0 / dt);
+        self.util += (ra + rb) / (NIC * M) as f64;
+        self.n += 1;
+        for (since, rate, guarantee) in [(a_since, ra, 300e6), (Some(b_since), rb, 100e6)] {
+            if since.is_some_and(|s| s.elapsed() >= Duration::from_millis(300)) {
+                self.checks += 1;
+                self.ok += usize::from(rate >= 0.95 * guarantee);
+            }
+        }
+        (ra, rb)
+    }
+
+    fn figures(&self) -> Figures {
+        Figures { utilization: self.util / self.n.max(1) as f64, satisfied: self.ok as f64 / self.checks.max(1) as f64, samples: self.n }
+    }
+}
+
 /// One load run; `onoff`: A alternates 1 s on / 1 s off.
 fn load_run(elastic: bool, onoff: bool, port: u16) -> Figures {
     load_run_traced(elastic, onoff, port, false)
@@ -131,7 +163,7 @@ fn load_run_traced(elastic: bool, onoff: bool, port: u16, trace: bool) -> Figure
     let mut a: Option<(usize, Instant)> = None;
     let mut next_port = port + 1;
     let mut last: Option<(Instant, u64, u64)> = None;
-    let (mut util, mut ok, mut checks, mut n) = (0.0, 0usize, 0usize, 0usize);
+    let mut tally = Tally::default();
     let start = Instant::now();
     let total = Duration::from_secs(if onoff { 6 } else { 5 });
     while start.elapsed() < total {
@@ -157,10 +189,7 @@ fn load_run_traced(elastic: bool, onoff: bool, port: u16, trace: bool) -> Figure
         if let Some((t0, ba, bb)) = last
             && start.elapsed() >= Duration::from_secs(1)
         {
-            let dt = now.duration_since(t0).as_secs_f64();
-            let ra = sa.bytes.saturating_sub(ba) as f64 * 8.0 / dt;
-            let rb = sb.bytes.saturating_sub(bb) as f64 * 8.0 / dt;
-            util += (ra + rb) / (NIC * M) as f64;
+            let (ra, rb) = tally.sample(now.duration_since(t0), (sa.bytes.saturating_sub(ba), sb.bytes.saturating_sub(bb)), a.map(|(_, since)| since), b_start);
             if trace {
                 println!(
                     "t={:.1}s A rate {:.0} wire {:.0} drops {} | B rate {:.0} wire {:.0} drops {}",
@@ -173,17 +202,6 @@ fn load_run_traced(elastic: bool, onoff: bool, port: u16, trace: bool) -> Figure
                     sb.drops
                 );
             }
-            n += 1;
-            if let Some((_, since)) = a
-                && since.elapsed() >= Duration::from_millis(300)
-            {
-                checks += 1;
-                ok += usize::from(ra >= 0.95 * 300e6);
-            }
-            if b_start.elapsed() >= Duration::from_millis(300) {
-                checks += 1;
-                ok += usize::from(rb >= 0.95 * 100e6);
-            }
         }
         last = Some((now, sa.bytes, sb.bytes));
     }
@@ -191,7 +209,7 @@ fn load_run_traced(elastic: bool, onoff: bool, port: u16, trace: bool) -> Figure
         lab.stop(idx);
     }
     lab.stop(b);
-    Figures { utilization: util / n.max(1) as f64, satisfied: ok as f64 / checks.max(1) as f64, samples: n }
+    tally.figures()
 }
 
 /// One load run on the tc-BPF data plane; `onoff`: A alternates 1 s on /
@@ -212,7 +230,7 @@ fn load_run_bpf(onoff: bool, loops: bool, port: u16) -> Figures {
     let mut a: Option<(std::process::Child, Instant)> = None;
     let mut next_port = port + 1;
     let mut last: Option<(Instant, u64, u64)> = None;
-    let (mut util, mut ok, mut checks, mut n) = (0.0, 0usize, 0usize, 0usize);
+    let mut tally = Tally::default();
     let start = Instant::now();
     let total = Duration::from_secs(if onoff { 6 } else { 5 });
     while start.elapsed() < total {
@@ -237,21 +255,7 @@ fn load_run_bpf(onoff: bool, loops: bool, port: u16) -> Figures {
         if let Some((t0, ba, bb)) = last
             && start.elapsed() >= Duration::from_secs(1)
         {
-            let dt = now.duration_since(t0).as_secs_f64();
-            let ra = ba_now.saturating_sub(ba) as f64 * 8.0 / dt;
-            let rb = bb_now.saturating_sub(bb) as f64 * 8.0 / dt;
-            util += (ra + rb) / (NIC * M) as f64;
-            n += 1;
-            if let Some((_, since)) = &a
-                && since.elapsed() >= Duration::from_millis(300)
-            {
-                checks += 1;
-                ok += usize::from(ra >= 0.95 * 300e6);
-            }
-            if b_start.elapsed() >= Duration::from_millis(300) {
-                checks += 1;
-                ok += usize::from(rb >= 0.95 * 100e6);
-            }
+            tally.sample(now.duration_since(t0), (ba_now.saturating_sub(ba), bb_now.saturating_sub(bb)), a.as_ref().map(|(_, since)| *since), b_start);
         }
         last = Some((now, ba_now, bb_now));
     }
@@ -259,7 +263,7 @@ fn load_run_bpf(onoff: bool, loops: bool, port: u16) -> Figures {
         let _ = c.kill();
         let _ = c.wait();
     }
-    Figures { utilization: util / n.max(1) as f64, satisfied: ok as f64 / checks.max(1) as f64, samples: n }
+    tally.figures()
 }
 
 fn bpf_main(rounds: usize, loops: &[bool]) {
