@@ -94,14 +94,37 @@ pub fn new_token() -> String {
     hex::encode(bytes)
 }
 
+/// Longest a request waits for this server's cache to catch up with a token
+/// another server has just issued.
+const TOKEN_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Who the request's bearer token belongs to.
-pub fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+///
+/// A token this server's cache does not know may have been issued a moment
+/// ago through another server whose write the cache's watch has not brought
+/// yet: before refusing it, the server reads the token from the store and,
+/// when it is there, waits (at most [`TOKEN_CATCH_UP`]) for its cache to
+/// reach that write. So a tenant created through one server can use its
+/// token on any other at once. Only tokens of the shape the server issues
+/// (64 hex digits) are looked up, so garbage costs no store read.
+pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).ok_or_else(ApiError::unauthorized)?;
     let sha = sha256_hex(token);
     if constant_time_eq(sha.as_bytes(), state.admin_token_sha.as_bytes()) {
         return Ok(Caller::Admin);
     }
+    let known = state.cache.read().tokens.contains_key(&sha);
+    if !known && token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Ok(Some(kv)) = state.store.get(&crate::keys::token(&sha)).await {
+            let _ = tokio::time::timeout(TOKEN_CATCH_UP, state.cache.wait_for(kv.mod_revision)).await;
+        }
+    }
+    resolve_known(state, sha)
+}
+
+/// The caller a token's hash names in this server's cache.
+fn resolve_known(state: &AppState, sha: String) -> Result<Caller, ApiError> {
     match state.cache.read().tokens.get(&sha).map(|(r, _)| r) {
         Some(TokenRecord::Tenant { tenant_id }) => Ok(Caller::Tenant(tenant_id.clone())),
         Some(TokenRecord::Host { host_id }) => Ok(Caller::Host(host_id.clone())),
@@ -134,7 +157,7 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(c) = parts.extensions.get::<Caller>() {
             return Ok(c.clone());
         }
-        resolve(state, &parts.headers)
+        resolve(state, &parts.headers).await
     }
 }
 

@@ -24,7 +24,7 @@ pub async fn frontdoor(State(st): State<AppState>, mut req: Request, next: Next)
     let start = Instant::now();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
-    let caller = auth::resolve(&st, req.headers()).ok();
+    let caller = auth::resolve(&st, req.headers()).await.ok();
     let audited = st.audit.is_some() && audit::records(&method, route.as_deref());
     let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_else(|| "-".into());
     let path = req.uri().path().to_string();

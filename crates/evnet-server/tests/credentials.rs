@@ -201,3 +201,62 @@ async fn bootstrap_tokens_expire() {
     let (st, v) = t.register(&boot, "host-1", "198.18.0.1").await;
     assert_eq!((st, code(&v)), (401, "token_expired"), "{v}");
 }
+
+/// A store whose watches deliver each batch `lag` late, like a server whose
+/// etcd watch trails the write another server just made.
+struct LaggingWatches {
+    inner: Arc<MemStore>,
+    lag: Duration,
+}
+
+#[async_trait::async_trait]
+impl evnet_store::Store for LaggingWatches {
+    async fn get(&self, key: &str) -> Result<Option<evnet_store::KeyValue>, evnet_store::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, prefix: &str) -> Result<evnet_store::RangeResponse, evnet_store::StoreError> {
+        self.inner.range(prefix).await
+    }
+    async fn txn(&self, txn: evnet_store::Txn) -> Result<evnet_store::TxnResponse, evnet_store::StoreError> {
+        self.inner.txn(txn).await
+    }
+    async fn watch(&self, prefix: &str, start: evnet_store::Revision) -> Result<evnet_store::WatchStream, evnet_store::StoreError> {
+        let mut from = self.inner.watch(prefix, start).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let lag = self.lag;
+        tokio::spawn(async move {
+            while let Some(batch) = from.recv().await {
+                tokio::time::sleep(lag).await;
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+    async fn current_revision(&self) -> Result<evnet_store::Revision, evnet_store::StoreError> {
+        self.inner.current_revision().await
+    }
+    async fn compact(&self, revision: evnet_store::Revision) -> Result<(), evnet_store::StoreError> {
+        self.inner.compact(revision).await
+    }
+}
+
+/// Read-your-writes across servers: a tenant created through one server
+/// uses its token on another at once, even while the second server's cache
+/// trails the store; a token nobody issued is still refused.
+#[tokio::test]
+async fn a_token_issued_through_one_server_works_at_once_on_another() {
+    let store = Arc::new(MemStore::new());
+    let one = T { app: evnet_server::app(evnet_server::state(store.clone(), ADMIN, Settings::default()).await.unwrap()) };
+    let lagging = Arc::new(LaggingWatches { inner: store, lag: Duration::from_millis(400) });
+    let two = T { app: evnet_server::app(evnet_server::state(lagging, ADMIN, Settings::default()).await.unwrap()) };
+    for round in 0..3 {
+        let tenant = one.ok("POST", "/v1/tenants", ADMIN, json!({"name": format!("t{round}")})).await;
+        let token = s(&tenant, "token");
+        let (st, v) = two.call("GET", "/v1/vpcs", &token, None).await;
+        assert_eq!(st, 200, "round {round}: the second server refused a token the first had just issued: {v}");
+    }
+    let (st, v) = two.call("GET", "/v1/vpcs", &"0".repeat(64), None).await;
+    assert_eq!((st, code(&v)), (401, "unauthorized"), "{v}");
+}

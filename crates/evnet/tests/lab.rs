@@ -838,8 +838,11 @@ async fn chaos(dataplane: &str) {
     assert!(Command::new("ip").args(["-n", &ul, "link", "set", "ul2", "down"]).status().unwrap().success());
     let down_at = Instant::now();
     std::thread::sleep(cut);
-    assert!(Command::new("ip").args(["-n", &ul, "link", "set", "ul2", "up"]).status().unwrap().success());
+    // The window ends when the command that restores the link starts: the
+    // link is up before that command returns, and packets sent in between
+    // are rightly delivered.
     let up_at = Instant::now();
+    assert!(Command::new("ip").args(["-n", &ul, "link", "set", "ul2", "up"]).status().unwrap().success());
     let sent = tx.join().unwrap();
     let got = rx.join().unwrap();
     // Packets already queued when the link went down may still arrive on a
