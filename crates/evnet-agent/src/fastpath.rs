@@ -160,13 +160,21 @@ pub fn sync(fp: &dyn FastPath, desired: &HostDesired, host: &NsState, caps: &BTr
         .collect();
     let mut out = Synced::default();
     let mut failed_devices: BTreeSet<u32> = BTreeSet::new();
+    let mut by_kind: BTreeMap<String, (usize, std::time::Duration)> = BTreeMap::new();
     for op in &ops {
         let dev = op_ifindex(op);
         if dev.is_some_and(|d| failed_devices.contains(&d)) {
             continue;
         }
         tracing::debug!(?op, "fast path op");
-        match fp.apply(op) {
+        let started = std::time::Instant::now();
+        let result = fp.apply(op);
+        let name = format!("{op:?}");
+        let kind = name.split([' ', '{', '(']).next().unwrap_or_default().to_string();
+        let spent = by_kind.entry(kind).or_default();
+        spent.0 += 1;
+        spent.1 += started.elapsed();
+        match result {
             Ok(()) => out.ops += 1,
             Err(e) => {
                 let error = format!("{op:?}: {e}");
@@ -179,6 +187,10 @@ pub fn sync(fp: &dyn FastPath, desired: &HostDesired, host: &NsState, caps: &BTr
                 }
             }
         }
+    }
+    if !by_kind.is_empty() {
+        let timings: Vec<String> = by_kind.iter().map(|(k, (n, d))| format!("{k}×{n} {:.1}ms", d.as_secs_f64() * 1e3)).collect();
+        tracing::debug!(applied = out.ops, timings = %timings.join(", "), "fast path ops applied");
     }
     out
 }

@@ -500,6 +500,7 @@ pub fn reconcile_pass(
     let touched = touched_namespaces(&ops, &observed);
     let t1 = Instant::now();
     let report = apply_isolated(kernel, &ops);
+    tracing::debug!(applied = report.applied, timings = %report.timings(), "kernel ops applied");
     let failures = report.failures.iter().map(|f| failure_of(desired, f)).collect();
     Ok(Pass { ops: report.applied, observe, apply: t1.elapsed(), touched, failures })
 }
@@ -554,6 +555,7 @@ fn reconcile_bpf(
     };
     let apply = |ops: &[Op], pass: &mut Pass| -> usize {
         let report = apply_isolated(kernel, ops);
+        tracing::debug!(applied = report.applied, timings = %report.timings(), "kernel ops applied");
         pass.ops += report.applied;
         pass.failures.extend(report.failures.iter().map(|f| failure_of(desired, f)));
         report.applied

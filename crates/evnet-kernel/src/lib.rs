@@ -198,6 +198,21 @@ pub struct ApplyReport {
     /// they need was not made.
     pub skipped: usize,
     pub failures: Vec<ObjectFailure>,
+    /// Per kind of op tried ([`Op::kind`]): how many, and the time they took.
+    pub by_kind: std::collections::BTreeMap<&'static str, (usize, std::time::Duration)>,
+}
+
+impl ApplyReport {
+    /// `kind×count total/mean` per kind, slowest total first: where an
+    /// apply's time went, for the agent's debug log.
+    pub fn timings(&self) -> String {
+        let mut v: Vec<_> = self.by_kind.iter().collect();
+        v.sort_by(|a, b| b.1.1.cmp(&a.1.1));
+        v.iter()
+            .map(|(k, (n, d))| format!("{k}×{n} {:.1}ms/{:.0}µs", d.as_secs_f64() * 1e3, d.as_secs_f64() * 1e6 / (*n).max(1) as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The namespace an op's failure is blamed on (see [`ObjectFailure::object`]).
@@ -275,7 +290,12 @@ pub fn apply_isolated<K: Kernel + ?Sized>(kernel: &K, ops: &[Op]) -> ApplyReport
             report.skipped += 1;
             continue;
         }
-        match kernel.apply(op) {
+        let started = std::time::Instant::now();
+        let result = kernel.apply(op);
+        let spent = report.by_kind.entry(op.kind()).or_default();
+        spent.0 += 1;
+        spent.1 += started.elapsed();
+        match result {
             Ok(()) => report.applied += 1,
             Err(error) => {
                 missing.extend(links_made(op));

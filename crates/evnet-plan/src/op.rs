@@ -139,6 +139,42 @@ pub enum Op {
 }
 
 impl Op {
+    /// The op's kind, as its `op` tag in JSON (`create_veth`, `add_route`, …):
+    /// what per-kind counts and timings are keyed by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::CreateNetns { .. } => "create_netns",
+            Op::DeleteNetns { .. } => "delete_netns",
+            Op::CreateVeth { .. } => "create_veth",
+            Op::CreateVxlan { .. } => "create_vxlan",
+            Op::MoveLink { .. } => "move_link",
+            Op::SetLink { .. } => "set_link",
+            Op::DeleteLink { .. } => "delete_link",
+            Op::SetSysctl { .. } => "set_sysctl",
+            Op::AddAddress { .. } => "add_address",
+            Op::DelAddress { .. } => "del_address",
+            Op::AddRoute { .. } => "add_route",
+            Op::DelRoute { .. } => "del_route",
+            Op::AddNeighbour { .. } => "add_neighbour",
+            Op::DelNeighbour { .. } => "del_neighbour",
+            Op::AddFdb { .. } => "add_fdb",
+            Op::DelFdb { .. } => "del_fdb",
+            Op::ReplaceFirewall { .. } => "replace_firewall",
+            Op::RemoveFirewall { .. } => "remove_firewall",
+            Op::SyncFirewallSet { .. } => "sync_firewall_set",
+            Op::CreateIfb { .. } => "create_ifb",
+            Op::EnsureShaper { .. } => "ensure_shaper",
+            Op::SetRate { .. } => "set_rate",
+            Op::EnsureRedirect { .. } => "ensure_redirect",
+            Op::EnsureHtbTree { .. } => "ensure_htb_tree",
+            Op::AddHtbClass { .. } => "add_htb_class",
+            Op::ChangeHtbClass { .. } => "change_htb_class",
+            Op::DelHtbClass { .. } => "del_htb_class",
+            Op::RemoveHtbTree { .. } => "remove_htb_tree",
+            Op::RemoveShaper { .. } => "remove_shaper",
+        }
+    }
+
     /// The namespace the op acts in.
     pub fn ns(&self) -> Ns {
         match self {

@@ -113,6 +113,11 @@ fn ops_serialise_and_print() {
     assert_eq!(json, r#"{"op":"add_route","ns":{"named":"evv-00000001-101"},"route":{"dst":"10.0.0.12/32","dev":"evx101","via":null}}"#);
     let back: evnet_plan::Op = serde_json::from_str(&json).unwrap();
     assert_eq!(back, op);
+    assert_eq!(op.kind(), "add_route", "an op's kind is its JSON tag");
+    let shaper = evnet_plan::Op::SetRate { ns: evnet_plan::Ns::Host, dev: "evq1".into(), shaper: evnet_plan::Shaper::flat(1_000_000, 65536) };
+    assert_eq!(serde_json::to_value(&shaper).unwrap()["op"], shaper.kind());
+    let sysctl = evnet_plan::Op::SetSysctl { ns: evnet_plan::Ns::Host, key: "net.ipv4.ip_forward".into(), value: "1".into() };
+    assert_eq!(serde_json::to_value(&sysctl).unwrap()["op"], sysctl.kind());
 }
 
 #[test]
