@@ -138,6 +138,9 @@ pub struct MapContents {
 pub struct Dataplane {
     dir: PathBuf,
     netns: Option<PathBuf>,
+    /// The thread that makes tc requests inside `netns` (started at the
+    /// first one).
+    tc_thread: std::sync::OnceLock<NetnsThread>,
     eni_prog: ProgramHandle,
     overlay_prog: ProgramHandle,
     maps: Maps,
@@ -248,6 +251,80 @@ pub(crate) fn in_netns<T: Send>(
     })
 }
 
+/// A job for a [`NetnsThread`].
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread that stays inside one network namespace and runs what it is
+/// sent there, one job at a time. The tc requests of a host whose devices
+/// are in another namespace than the agent's go through it: a thread per
+/// request (setns changes only the calling thread) cost each of a
+/// 1,000-ENI host's attachments a thread start and a setns. Ends when it is
+/// dropped (the channel closes).
+#[derive(Debug)]
+struct NetnsThread {
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+impl NetnsThread {
+    fn start(path: &Path) -> Result<NetnsThread, BpfError> {
+        let file = std::fs::File::open(path).map_err(|source| BpfError::Namespace {
+            path: path.into(),
+            source,
+        })?;
+        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("evnet-bpf-tc".into())
+            .spawn(move || {
+                // SAFETY: setns on a valid fd; it affects this thread only.
+                let entered = if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                };
+                drop(file);
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if ok {
+                    for job in inbox {
+                        job();
+                    }
+                }
+            })
+            .map_err(|source| BpfError::Namespace {
+                path: path.into(),
+                source,
+            })?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(NetnsThread {
+                jobs: std::sync::Mutex::new(jobs),
+            }),
+            Ok(Err(source)) => Err(BpfError::Namespace {
+                path: path.into(),
+                source,
+            }),
+            Err(_) => Err(BpfError::Namespace {
+                path: path.into(),
+                source: std::io::Error::other("the namespace thread ended at its start"),
+            }),
+        }
+    }
+
+    /// Runs `f` on the thread and waits for its result.
+    fn run<T: Send + 'static>(&self, path: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T, BpfError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        let gone = || BpfError::Namespace {
+            path: path.into(),
+            source: std::io::Error::other("the namespace thread is gone"),
+        };
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job).map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())
+    }
+}
+
 fn version(opts: &Options) -> String {
     let mut h = Sha256::new();
     h.update(OBJECT);
@@ -337,6 +414,7 @@ impl Dataplane {
             maps,
             dir,
             netns: opts.netns.clone(),
+            tc_thread: std::sync::OnceLock::new(),
             report,
         })
     }
@@ -459,10 +537,35 @@ impl Dataplane {
         (self.eni_prog.id(), self.overlay_prog.id())
     }
 
+    /// Runs `f` inside the host's namespace: on the calling thread when
+    /// that is the caller's, else on the host's [`NetnsThread`].
+    fn in_host_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, BpfError> {
+        let Some(path) = self.netns.as_deref() else { return Ok(f()) };
+        let thread = match self.tc_thread.get() {
+            Some(t) => t,
+            None => {
+                let t = NetnsThread::start(path)?;
+                // A racing caller may have set one first: either will do.
+                let _ = self.tc_thread.set(t);
+                self.tc_thread.get().expect("set above")
+            }
+        };
+        thread.run(path, f)
+    }
+
+    /// The program's fd, duplicated for a job on another thread.
+    fn owned_fd(prog: &ProgramHandle, ifindex: u32) -> Result<std::os::fd::OwnedFd, BpfError> {
+        prog.as_fd().try_clone_to_owned().map_err(|e| BpfError::Tc {
+            ifindex,
+            op: "dup the program fd",
+            source: libbpf_rs::Error::from(e),
+        })
+    }
+
     fn attach(&self, ifindex: u32, prog: &ProgramHandle) -> Result<(), BpfError> {
-        let fd = prog.as_fd();
-        in_netns(self.netns.as_deref(), || {
-            let mut hook = TcHookBuilder::new(fd)
+        let fd = Self::owned_fd(prog, ifindex)?;
+        self.in_host_netns(move || {
+            let mut hook = TcHookBuilder::new(fd.as_fd())
                 .ifindex(ifindex as i32)
                 .replace(true)
                 .handle(TC_HANDLE)
@@ -502,9 +605,9 @@ impl Dataplane {
     /// Removes evnet's filter from a device's tc ingress (the clsact qdisc
     /// stays: others may use it). A device without it is not an error.
     pub fn detach(&self, ifindex: u32) -> Result<(), BpfError> {
-        let fd = self.eni_prog.as_fd();
-        in_netns(self.netns.as_deref(), || {
-            let mut hook = TcHookBuilder::new(fd)
+        let fd = Self::owned_fd(&self.eni_prog, ifindex)?;
+        self.in_host_netns(move || {
+            let mut hook = TcHookBuilder::new(fd.as_fd())
                 .ifindex(ifindex as i32)
                 .handle(TC_HANDLE)
                 .priority(TC_PRIORITY)
@@ -537,12 +640,13 @@ impl Dataplane {
     /// queried from one thread inside the namespace (a thread per device
     /// cost a host with 1,000 ENIs a thousand thread starts per pass).
     pub fn attached_many(&self, ifindexes: &[u32]) -> Result<Vec<(u32, Option<Attached>)>, BpfError> {
-        let fd = self.eni_prog.as_fd();
-        let ids = in_netns(self.netns.as_deref(), || {
+        let fd = Self::owned_fd(&self.eni_prog, 0)?;
+        let ifindexes = ifindexes.to_vec();
+        let ids = self.in_host_netns(move || {
             ifindexes
                 .iter()
                 .map(|&ifindex| {
-                    let mut hook = TcHookBuilder::new(fd)
+                    let mut hook = TcHookBuilder::new(fd.as_fd())
                         .ifindex(ifindex as i32)
                         .handle(TC_HANDLE)
                         .priority(TC_PRIORITY)
