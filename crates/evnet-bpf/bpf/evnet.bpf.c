@@ -172,12 +172,19 @@ static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
 	__builtin_memcpy(dst, src, 6);
 }
 
-/* Makes the headers we read linear (a no-op when they already are). */
+/* Makes the headers we read linear: Ethernet, IPv4 with its options and the
+ * first 8 bytes of L4 (ports, or ICMP's header). A no-op when they already
+ * are, as in a packet from a local TCP stack, whose linear part ends with
+ * the TCP header: pulling more would copy payload into it and, the packet
+ * being a clone TCP keeps for retransmission, first copy its head. */
 static __always_inline void pull_headers(struct __sk_buff *skb)
 {
-	__u32 want = sizeof(struct ethhdr) + 60 + 8;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	__u32 want = sizeof(struct ethhdr) + sizeof(struct iphdr) + 8;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) <= data_end && ip->ihl > 5)
+		want = sizeof(struct ethhdr) + 60 + 8;
 	if (data + want > data_end) {
 		if (skb->len < want)
 			want = skb->len;
@@ -266,7 +273,9 @@ static __always_inline int flow_known(const struct config *cfg, __u32 vni, const
 	struct flow *f = bpf_map_lookup_elem(&flows, &k);
 	if (!f)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
+	/* The coarse clock (a tick's resolution, no clock-source read): the
+	 * timeouts are seconds. */
+	__u64 now = bpf_ktime_get_coarse_ns();
 	if (now - f->seen_ns > timeout_ns(cfg, p->proto))
 		return 0;
 	/* Refresh at most once a second: a write per packet would bounce the
@@ -280,7 +289,7 @@ static __always_inline void flow_admit(__u32 vni, const struct pkt *p)
 {
 	struct flow_key k;
 	flow_key_of(vni, p, &k);
-	struct flow f = {.seen_ns = bpf_ktime_get_ns()};
+	struct flow f = {.seen_ns = bpf_ktime_get_coarse_ns()};
 	bpf_map_update_elem(&flows, &k, &f, BPF_ANY);
 	count(R_FLOW_NEW);
 }
@@ -388,16 +397,27 @@ static __always_inline struct config *config_of(void)
 	return c;
 }
 
+/* Writes a frame's destination and source MACs through the helper.
+ *
+ * The programs write packets only through helpers, never through direct
+ * packet access: a tc program with one direct write anywhere gets a
+ * prologue from the verifier that makes every packet writable on entry,
+ * and a packet from a local TCP stack is a clone (TCP keeps the data for
+ * retransmission), so each would have its head copied before the program
+ * even looks at it. The helper copies only when this packet must change. */
+static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
+{
+	__u8 macs[12];
+	mac_copy(macs, dst);
+	mac_copy(macs + 6, src);
+	return bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0);
+}
+
 /* Delivers to a local ENI: its MAC as destination, the gateway's as source. */
 static __always_inline int deliver_local(struct __sk_buff *skb, const struct config *cfg, const struct route *rt, const struct eni *dst_eni, __u32 reason)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
+	if (set_macs(skb, rt->mac, cfg->gw_mac) < 0)
 		return drop(R_DROP_MALFORMED);
-	mac_copy(eth->h_dest, rt->mac);
-	mac_copy(eth->h_source, cfg->gw_mac);
 	count(reason);
 	if (dst_eni->flags & EF_RX_SHAPER)
 		return bpf_redirect(rt->ifindex, 0);
@@ -434,13 +454,17 @@ static __always_inline int handle_arp(struct __sk_buff *skb, const struct config
 	if (ah->ar_op != bpf_htons(ARPOP_REQUEST) || tpa == spa)
 		return drop(R_DROP_ARP);
 	/* Turn the request into the reply, in place, and send it back. */
-	ah->ar_op = bpf_htons(ARPOP_REPLY);
-	mac_copy(body + 10, e->mac);           /* tha = the asker */
-	__builtin_memcpy(body + 16, &spa, 4);  /* tpa */
-	mac_copy(body, cfg->gw_mac);           /* sha = the gateway */
-	__builtin_memcpy(body + 6, &tpa, 4);   /* spa = what was asked */
-	mac_copy(eth->h_dest, e->mac);
-	mac_copy(eth->h_source, cfg->gw_mac);
+	__be16 op = bpf_htons(ARPOP_REPLY);
+	__u8 reply[20];
+	mac_copy(reply, cfg->gw_mac);           /* sha = the gateway */
+	__builtin_memcpy(reply + 6, &tpa, 4);   /* spa = what was asked */
+	mac_copy(reply + 10, e->mac);           /* tha = the asker */
+	__builtin_memcpy(reply + 16, &spa, 4);  /* tpa */
+	__u32 at = sizeof(struct ethhdr) + sizeof(struct arphdr);
+	if (bpf_skb_store_bytes(skb, at - sizeof(op), &op, sizeof(op), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, at, reply, sizeof(reply), 0) < 0 ||
+	    set_macs(skb, e->mac, cfg->gw_mac) < 0)
+		return drop(R_DROP_MALFORMED);
 	count(R_ARP_REPLY);
 	return bpf_redirect(skb->ifindex, 0);
 }
@@ -453,16 +477,18 @@ static __always_inline int gateway_ping(struct __sk_buff *skb, const struct conf
 		return drop(R_DROP_TO_GATEWAY);
 	__u8 mac[6];
 	mac_copy(mac, eth->h_source);
-	mac_copy(eth->h_dest, mac);
-	mac_copy(eth->h_source, cfg->gw_mac);
-	__be32 s = ip->saddr;
-	ip->saddr = ip->daddr;
-	ip->daddr = s; /* a swap leaves the IP checksum as it was */
-	ic->type = ICMP_ECHOREPLY;
+	/* Source and destination swapped: a swap leaves the IP checksum as it was. */
+	__be32 addrs[2] = {ip->daddr, ip->saddr};
+	__u32 ip_at = sizeof(struct ethhdr);
+	__u32 ic_at = ip_at + ip->ihl * 4;
 	/* RFC 1624: the type/code word went from 0x0800 to 0x0000. */
 	__u32 sum = (__u32)bpf_ntohs(ic->checksum) + 0x0800;
 	sum = (sum & 0xffff) + (sum >> 16);
-	ic->checksum = bpf_htons((__u16)sum);
+	struct { __u8 type; __u8 code; __be16 checksum; } head = {ICMP_ECHOREPLY, 0, bpf_htons((__u16)sum)};
+	if (bpf_skb_store_bytes(skb, ip_at + __builtin_offsetof(struct iphdr, saddr), addrs, sizeof(addrs), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ic_at, &head, sizeof(head), 0) < 0 ||
+	    set_macs(skb, mac, cfg->gw_mac) < 0)
+		return drop(R_DROP_MALFORMED);
 	count(R_ICMP_GW_REPLY);
 	return bpf_redirect(skb->ifindex, 0);
 }
@@ -532,13 +558,9 @@ int evnet_eni(struct __sk_buff *skb)
 			return drop(R_DROP_EGRESS_DENIED);
 		admit(skb, cfg, vni, e->ct_zone, &p);
 	}
-	/* The helpers above may have moved the packet: re-read the pointers. */
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return drop(R_DROP_MALFORMED);
-	mac_copy(eth->h_dest, rt->mac);
+	/* The frame's MACs stay as the instance sent them: the receiving host's
+	 * overlay program sets both (deliver_local), on a packet whose head the
+	 * encapsulation has made its own. */
 	struct bpf_tunnel_key tk = {};
 	tk.tunnel_id = vni;
 	tk.remote_ipv4 = bpf_ntohl(rt->underlay);
