@@ -231,24 +231,36 @@ pub(crate) fn in_netns<T: Send>(
     f: impl FnOnce() -> T + Send,
 ) -> Result<T, BpfError> {
     let Some(path) = netns else { return Ok(f()) };
-    let file = std::fs::File::open(path).map_err(|source| BpfError::Namespace {
-        path: path.into(),
-        source,
-    })?;
+    let file = open_netns(path)?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns on a valid fd; it affects this (scoped) thread only.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(BpfError::Namespace {
-                    path: path.into(),
-                    source: std::io::Error::last_os_error(),
-                });
-            }
+            enter_netns(&file, path)?;
             Ok(f())
         })
         .join()
         .expect("namespace thread panicked")
     })
+}
+
+/// Opens the namespace file at `path` (for [`enter_netns`]).
+fn open_netns(path: &Path) -> Result<std::fs::File, BpfError> {
+    std::fs::File::open(path).map_err(|source| BpfError::Namespace {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Moves the calling thread into the network namespace `file` (opened
+/// from `path`); setns changes only this thread.
+fn enter_netns(file: &std::fs::File, path: &Path) -> Result<(), BpfError> {
+    // SAFETY: setns on a valid fd; it affects the calling thread only.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(BpfError::Namespace {
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 /// A job for a [`NetnsThread`].
@@ -267,21 +279,14 @@ struct NetnsThread {
 
 impl NetnsThread {
     fn start(path: &Path) -> Result<NetnsThread, BpfError> {
-        let file = std::fs::File::open(path).map_err(|source| BpfError::Namespace {
-            path: path.into(),
-            source,
-        })?;
+        let file = open_netns(path)?;
+        let owned_path = path.to_path_buf();
         let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("evnet-bpf-tc".into())
             .spawn(move || {
-                // SAFETY: setns on a valid fd; it affects this thread only.
-                let entered = if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(())
-                };
+                let entered = enter_netns(&file, &owned_path);
                 drop(file);
                 let ok = entered.is_ok();
                 let _ = ready_tx.send(entered);
@@ -296,12 +301,8 @@ impl NetnsThread {
                 source,
             })?;
         match ready.recv() {
-            Ok(Ok(())) => Ok(NetnsThread {
+            Ok(entered) => entered.map(|()| NetnsThread {
                 jobs: std::sync::Mutex::new(jobs),
-            }),
-            Ok(Err(source)) => Err(BpfError::Namespace {
-                path: path.into(),
-                source,
             }),
             Err(_) => Err(BpfError::Namespace {
                 path: path.into(),
