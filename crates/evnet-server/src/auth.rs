@@ -96,7 +96,7 @@ pub fn new_token() -> String {
 
 /// Longest a request waits for this server's cache to catch up with a token
 /// another server has just issued.
-const TOKEN_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const TOKEN_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Who the request's bearer token belongs to.
 ///

@@ -139,6 +139,17 @@ async fn run(
     if claim.presigned_expires.is_some() && !body.is_empty() {
         return Err(Ec2Error::bad("AuthFailure", "a presigned request carries its parameters in the query string; its body is not signed"));
     }
+    // An access key created a moment ago through another server may not be
+    // in this server's cache yet: read it from the store and wait (bounded)
+    // for the cache to reach that write before refusing the request, as for
+    // bearer tokens (`auth::resolve`). Only ids of the shape the server issues
+    // are looked up, so garbage costs no store read.
+    let known = st.cache.read().access_keys.contains_key(&claim.access_key_id);
+    if !known && credentials::is_access_key_id(&claim.access_key_id) {
+        if let Ok(Some(kv)) = st.store.get(&crate::keys::access_key(&claim.access_key_id)).await {
+            let _ = tokio::time::timeout(crate::auth::TOKEN_CATCH_UP, st.cache.wait_for(kv.mod_revision)).await;
+        }
+    }
     let (tenant, secret) = {
         let snap = st.cache.read();
         let rec = snap.access_keys.get(&claim.access_key_id).ok_or_else(|| sigv4::unknown_key(&claim.access_key_id))?;
