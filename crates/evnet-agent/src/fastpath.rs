@@ -236,8 +236,8 @@ mod tests {
                 peer_routes: vec![],
             }],
             instances: vec![
-                InstanceDesired { instance_id: "i-1".into(), netns: "evi-1".into(), enis: vec![eni("eni-a", 10)] },
-                InstanceDesired { instance_id: "i-2".into(), netns: "evi-2".into(), enis: vec![eni("eni-b", 11)] },
+                InstanceDesired { kind: Default::default(), instance_id: "i-1".into(), netns: "evi-1".into(), enis: vec![eni("eni-a", 10)] },
+                InstanceDesired { kind: Default::default(), instance_id: "i-2".into(), netns: "evi-2".into(), enis: vec![eni("eni-b", 11)] },
             ],
             ..Default::default()
         }

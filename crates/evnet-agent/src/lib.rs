@@ -363,7 +363,12 @@ async fn reconcile_loop(
                     pass.failures.iter().filter(|f| f.kind == FailedObjectKind::Instance).map(|f| f.object.as_str()).collect();
                 applied_tx.send_replace(Applied {
                     generation: desired.generation,
-                    running_instances: desired.instances.iter().map(|i| i.instance_id.clone()).filter(|i| !failed.contains(i.as_str())).collect(),
+                    running_instances: desired
+                        .instances
+                        .iter()
+                        .filter(|i| instance_present(i) && !failed.contains(i.instance_id.as_str()))
+                        .map(|i| i.instance_id.clone())
+                        .collect(),
                     failures: pass.failures,
                 });
             }
@@ -443,6 +448,18 @@ pub fn reconcile_with(
     reconcile_pass(kernel, None, desired, cfg, &BTreeMap::new(), dry_run, fresh)
 }
 
+/// The namespaces container runtimes made for this host's `container`
+/// instances (paths), which the kernel observes besides evnet's own.
+fn runtime_namespaces(desired: &HostDesired) -> BTreeSet<String> {
+    desired.instances.iter().filter(|i| i.kind == evnet_model::InstanceKind::Container).map(|i| i.netns.clone()).collect()
+}
+
+/// Whether an instance runs here: evnet's own namespaces are made by the
+/// pass; a runtime's runs while its namespace is there.
+fn instance_present(i: &evnet_model::desired::InstanceDesired) -> bool {
+    i.kind != evnet_model::InstanceKind::Container || std::path::Path::new(&i.netns).exists()
+}
+
 /// Whether an op brings an ENI's host-side device up (held back on the
 /// tc-BPF data plane until its program is attached).
 fn brings_eni_device_up(op: &Op) -> bool {
@@ -462,6 +479,7 @@ pub fn reconcile_pass(
     dry_run: bool,
     fresh: Option<&BTreeSet<String>>,
 ) -> anyhow::Result<Pass> {
+    kernel.observe_foreign(&runtime_namespaces(desired));
     if let Some(fp) = fast {
         return reconcile_bpf(kernel, fp, desired, cfg, ceilings, dry_run, fresh);
     }

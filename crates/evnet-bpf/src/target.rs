@@ -664,7 +664,7 @@ mod tests {
                 ],
                 peer_routes: vec![],
             }],
-            instances: vec![InstanceDesired {
+            instances: vec![InstanceDesired { kind: Default::default(),
                 instance_id: "i-1".into(),
                 netns: "evi-1".into(),
                 enis: vec![

@@ -59,7 +59,7 @@ fn desired() -> HostDesired {
             }],
             peer_routes: vec![],
         }],
-        instances: vec![InstanceDesired {
+        instances: vec![InstanceDesired { kind: Default::default(),
             instance_id: "i-1".into(),
             netns: "evi-x".into(),
             enis: vec![

@@ -141,7 +141,7 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
             bandwidth: EniBandwidth::default(),
         });
     }
-    d.instances.push(InstanceDesired {
+    d.instances.push(InstanceDesired { kind: Default::default(),
         instance_id: "i-1".into(),
         netns: "evi-1".into(),
         enis,

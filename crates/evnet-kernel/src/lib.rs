@@ -109,6 +109,12 @@ pub trait Kernel: Send + Sync {
     /// which would keep a namespace deleted by hand alive). [`apply_all`]
     /// and [`apply_isolated`] call it at their end.
     fn finish_batch(&self) {}
+    /// From now on also observe these namespaces given by path (container
+    /// runtimes' namespaces that `container` instances name), whenever
+    /// they exist; the set replaces the last one given.
+    fn observe_foreign(&self, paths: &std::collections::BTreeSet<String>) {
+        let _ = paths;
+    }
     /// The counters of evnet's shapers in the given namespaces (missing
     /// namespaces are skipped). Much cheaper than [`Kernel::observe`]: the
     /// bandwidth loop calls it every ~100 ms.
@@ -131,6 +137,9 @@ impl<K: Kernel + ?Sized> Kernel for &K {
     }
     fn finish_batch(&self) {
         (**self).finish_batch()
+    }
+    fn observe_foreign(&self, paths: &std::collections::BTreeSet<String>) {
+        (**self).observe_foreign(paths)
     }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)
@@ -155,6 +164,9 @@ impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
     }
     fn finish_batch(&self) {
         (**self).finish_batch()
+    }
+    fn observe_foreign(&self, paths: &std::collections::BTreeSet<String>) {
+        (**self).observe_foreign(paths)
     }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)

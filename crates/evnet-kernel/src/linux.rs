@@ -70,6 +70,9 @@ pub struct LinuxKernel {
     /// The rtnetlink connections ops are applied through, one per
     /// namespace (module `conn`).
     conns: std::sync::Arc<crate::conn::Connections>,
+    /// Namespaces given by path that observations read too
+    /// ([`Kernel::observe_foreign`]).
+    foreign: Shared<BTreeSet<String>>,
     /// The host namespace's change announcements ([`Kernel::host_changes`]),
     /// once asked for: `None` inside when they cannot be received.
     host_watch: std::sync::Arc<std::sync::OnceLock<Option<std::sync::Arc<HostWatch>>>>,
@@ -111,6 +114,7 @@ impl LinuxKernel {
             shapers_known: Default::default(),
             device_names: Default::default(),
             conns: Default::default(),
+            foreign: Default::default(),
             host_watch: Default::default(),
         }
     }
@@ -197,6 +201,8 @@ impl LinuxKernel {
     fn ns_path(&self, ns: &Ns) -> Option<PathBuf> {
         match ns {
             Ns::Host => self.host_netns.as_ref().map(|n| PathBuf::from(NETNS_DIR).join(n)),
+            // A runtime's namespace is named by its path.
+            Ns::Named(n) if naming::is_foreign_netns(n) => Some(PathBuf::from(n)),
             Ns::Named(n) => Some(PathBuf::from(NETNS_DIR).join(n)),
         }
     }
@@ -825,6 +831,10 @@ impl LinuxKernel {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
+        // Runtimes' namespaces, while their files are there (a
+        // `/proc/PID/ns/net` only while the process lives).
+        let foreign: Vec<String> = self.foreign.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        names.extend(foreign.into_iter().filter(|p| std::path::Path::new(p).exists()));
         names.sort();
         let all: Vec<(Ns, PathBuf)> = std::iter::once(Ns::Host)
             .chain(names.iter().map(|n| Ns::Named(n.clone())))
@@ -894,6 +904,10 @@ impl LinuxKernel {
 impl Kernel for LinuxKernel {
     fn observe(&self) -> Result<Observed, KernelError> {
         self.observe_with(None)
+    }
+
+    fn observe_foreign(&self, paths: &BTreeSet<String>) {
+        *self.foreign.lock().unwrap_or_else(|e| e.into_inner()) = paths.clone();
     }
 
     fn observe_partial(&self, fresh: &BTreeSet<String>) -> Result<Observed, KernelError> {

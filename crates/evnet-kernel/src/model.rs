@@ -198,6 +198,9 @@ struct World {
     namespaces: BTreeMap<String, MNs>,
     /// Namespaces whose firewall loads fail (EPERM).
     refuse_firewall: BTreeSet<Ns>,
+    /// Namespaces given by path that `observe` reports too
+    /// ([`Kernel::observe_foreign`]).
+    foreign: BTreeSet<String>,
 }
 
 fn err(what: impl Into<String>, errno: Errno) -> KernelError {
@@ -666,7 +669,40 @@ impl ModelKernel {
     pub fn new() -> ModelKernel {
         let mut host = MNs::fresh();
         host.links.get_mut("lo").expect("fresh has lo").up = true;
-        ModelKernel { world: Mutex::new(World { host, namespaces: BTreeMap::new(), refuse_firewall: BTreeSet::new() }) }
+        ModelKernel { world: Mutex::new(World { host, namespaces: BTreeMap::new(), refuse_firewall: BTreeSet::new(), foreign: BTreeSet::new() }) }
+    }
+
+    /// A namespace a container runtime made at `path` (holding `lo`, up,
+    /// and whatever else the runtime put there, here `extra` links of its
+    /// own, down), as evnet finds it for a `container` instance.
+    pub fn add_runtime_netns(&self, path: &str, extra: &[&str]) {
+        let mut w = self.world.lock().expect("model lock");
+        let mut ns = MNs::fresh();
+        ns.links.get_mut("lo").expect("fresh has lo").up = true;
+        for name in extra {
+            let l = MLink {
+                kind: LinkKind::Other("dummy".into()),
+                mac: Some("02:00:00:00:00:99".into()),
+                mtu: 1500,
+                up: false,
+                peer: None,
+                vxlan: None,
+                sock_ns: None,
+                ifindex: next_ifindex(),
+            };
+            ns.links.insert(name.to_string(), l);
+        }
+        w.namespaces.insert(path.to_string(), ns);
+    }
+
+    /// Removes a runtime's namespace, as when its container is gone (its
+    /// devices go with it; a veth's peer dies too).
+    pub fn remove_runtime_netns(&self, path: &str) {
+        let mut w = self.world.lock().expect("model lock");
+        let mut next = w.clone();
+        if next.apply(&Op::DeleteNetns { name: path.to_string() }).is_ok() {
+            *w = next;
+        }
     }
 
     /// Everything in the model, every namespace included (not only evnet's):
@@ -765,18 +801,23 @@ impl Kernel for ModelKernel {
         Ok(out)
     }
 
+    fn observe_foreign(&self, paths: &BTreeSet<String>) {
+        self.world.lock().expect("model lock").foreign = paths.clone();
+    }
+
     fn observe(&self) -> Result<Observed, KernelError> {
         let w = self.world.lock().expect("model lock");
+        let seen = |n: &str| naming::is_evnet_netns(n) || w.foreign.contains(n);
         let visible = |ns: &Ns| match ns {
             Ns::Host => true,
-            Ns::Named(n) => naming::is_evnet_netns(n),
+            Ns::Named(n) => seen(n),
         };
         Ok(Observed {
             host: w.host.to_state(&visible),
             namespaces: w
                 .namespaces
                 .iter()
-                .filter(|(n, _)| naming::is_evnet_netns(n))
+                .filter(|(n, _)| seen(n))
                 .map(|(n, s)| (n.clone(), s.to_state(&visible)))
                 .collect(),
         })

@@ -788,3 +788,65 @@ fn the_model_enforces_the_trees_rules() {
     assert!(k.observe().unwrap().host.htb_trees.is_empty());
     assert_eq!(errno(Op::RemoveHtbTree { ns: Ns::Host, dev }), Some(Errno::NotFound));
 }
+
+/// A `container` instance: its namespace is a runtime's, named by path.
+/// evnet builds the ENI's veth into it once it exists, never makes or
+/// deletes it, leaves the runtime's own devices alone, and takes back only
+/// its veth when the ENI goes.
+#[test]
+fn a_runtimes_namespace_gets_its_enis_and_keeps_everything_else() {
+    for dataplane in [DataplaneMode::Nft, DataplaneMode::Bpf] {
+        let cfg = PlanConfig { dataplane, ..PlanConfig::default() };
+        let converge = |k: &ModelKernel, d: &evnet_model::desired::HostDesired| -> Vec<Op> {
+            k.observe_foreign(&d.instances.iter().filter(|i| naming::is_foreign_netns(&i.netns)).map(|i| i.netns.clone()).collect());
+            let ops = plan(d, &k.observe().unwrap(), &cfg);
+            apply_all(k, &ops).unwrap_or_else(|e| panic!("{e}\nplan:\n{}", render(&ops)));
+            let again = plan(d, &k.observe().unwrap(), &cfg);
+            assert!(again.is_empty(), "{dataplane:?}: re-plan not empty:\n{}", render(&again));
+            ops
+        };
+        let path = "/run/netns/podman-c0ffee";
+        let mut d = two_host_cloud().desired(0);
+        d.instances[1].kind = evnet_model::InstanceKind::Container;
+        d.instances[1].netns = path.to_string();
+        let eth = naming::instance_ifname(d.instances[1].enis[0].device_index);
+        let k = ModelKernel::new();
+
+        // Before the runtime made it: nothing for it, and nothing made in its place.
+        let ops = converge(&k, &d);
+        assert!(!ops.iter().any(|o| o.to_string().contains(path)), "{dataplane:?}:\n{}", render(&ops));
+        assert!(!k.snapshot_all().namespaces.contains_key(path));
+
+        // The runtime makes it, with a device of its own: the ENI goes in beside it.
+        k.add_runtime_netns(path, &["eth9"]);
+        let ops = converge(&k, &d);
+        assert!(ops.iter().any(|o| matches!(o, Op::CreateVeth { peer_ns, peer_name, .. } if *peer_ns == Ns::named(path) && *peer_name == eth)), "{dataplane:?}:\n{}", render(&ops));
+        assert!(!ops.iter().any(|o| matches!(o, Op::CreateNetns { name } | Op::DeleteNetns { name } if name == path)), "{dataplane:?}:\n{}", render(&ops));
+        let inside = &k.snapshot_all().namespaces[path];
+        assert!(inside.links.contains_key(&eth) && inside.links.contains_key("eth9"), "{dataplane:?}: {inside:?}");
+        assert!(inside.addresses.iter().any(|a| a.dev == eth && a.addr.addr() == d.instances[1].enis[0].private_ip), "{dataplane:?}: {inside:?}");
+
+        // The ENI leaves: only its veth goes; the namespace and the runtime's device stay.
+        let eni = d.instances[1].enis.pop().unwrap();
+        let ops = converge(&k, &d);
+        assert!(!ops.iter().any(|o| matches!(o, Op::DeleteNetns { .. })), "{dataplane:?}:\n{}", render(&ops));
+        let inside = &k.snapshot_all().namespaces[path];
+        assert!(!inside.links.contains_key(&eth) && inside.links.contains_key("eth9") && inside.links["lo"].up, "{dataplane:?}: {inside:?}");
+
+        // Back, then the instance goes: the namespace is still the runtime's.
+        d.instances[1].enis.push(eni);
+        converge(&k, &d);
+        let inst = d.instances.remove(1);
+        converge(&k, &d);
+        assert!(k.snapshot_all().namespaces[path].links.contains_key("eth9"), "{dataplane:?}");
+        assert!(!k.snapshot_all().namespaces[path].links.contains_key(&eth), "{dataplane:?}");
+
+        // The container goes first, taking the ENI's device with it: the
+        // plan rebuilds nothing for it and touches nothing else.
+        d.instances.insert(1, inst);
+        converge(&k, &d);
+        k.remove_runtime_netns(path);
+        let ops = converge(&k, &d);
+        assert!(!ops.iter().any(|o| o.to_string().contains(path) || matches!(o, Op::CreateNetns { .. })), "{dataplane:?}:\n{}", render(&ops));
+    }
+}

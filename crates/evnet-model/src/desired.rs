@@ -81,6 +81,10 @@ pub struct PeerRoute {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InstanceDesired {
     pub instance_id: String,
+    /// `container`: `netns` is the runtime's, a path; the agent never makes
+    /// or deletes it and touches only the devices it put there.
+    #[serde(default)]
+    pub kind: crate::resources::InstanceKind,
     pub netns: String,
     /// Attached ENIs, sorted by device index.
     pub enis: Vec<EniDesired>,

@@ -136,10 +136,25 @@ pub enum PlacementStrategy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
-    /// Placed; its host has not yet reported it running.
+    /// Placed; its host has not yet reported it running (a `container`:
+    /// also while its namespace is not there).
     Pending,
     /// Its namespace exists on its host.
     Running,
+}
+
+/// What an instance is, and who owns its network namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceKind {
+    /// evnet makes the namespace (named after the host and the instance)
+    /// and removes it with the instance.
+    #[default]
+    Netns,
+    /// A container runtime owns the namespace, given as a path: evnet
+    /// builds the ENIs' devices inside it, removes only those, and never
+    /// deletes the namespace.
+    Container,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -155,7 +170,11 @@ pub struct Instance {
     pub revision: u64,
     pub host_id: String,
     pub state: InstanceState,
-    /// The instance's network namespace, unique on the machine.
+    #[serde(default)]
+    pub kind: InstanceKind,
+    /// The instance's network namespace, unique on the machine: a name
+    /// under `/run/netns` evnet gives it (`netns`), or the path the runtime
+    /// gave (`container`).
     pub netns: String,
 }
 
@@ -557,6 +576,14 @@ pub struct CreateInstance {
     pub host_id: Option<String>,
     #[serde(default)]
     pub placement: PlacementStrategy,
+    /// `netns` (the default: evnet makes the namespace) or `container` (a
+    /// runtime made it: `netns` and `host_id` are then required).
+    #[serde(default)]
+    pub kind: InstanceKind,
+    /// A `container` instance's namespace, as its runtime gave it.
+    #[serde(default)]
+    #[schemars(with = "Option<schema::NetnsPath>")]
+    pub netns: Option<String>,
     /// ENIs to attach at creation, in device order; their guarantees count
     /// when the scheduler chooses a host.
     #[serde(default)]

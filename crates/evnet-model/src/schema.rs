@@ -111,6 +111,18 @@ schema_type!(
 );
 
 schema_type!(
+    /// The network namespace a container runtime made for a `container`
+    /// instance ([`crate::validate::check_container_netns`]).
+    NetnsPath,
+    json_schema!({
+        "type": "string",
+        "maxLength": 80,
+        "pattern": "^((/var)?/run/netns/[A-Za-z0-9_][A-Za-z0-9._-]{0,63}|/proc/[1-9][0-9]{0,9}/ns/net)$",
+        "description": "`/run/netns/NAME` (or `/var/run/netns/NAME`) or `/proc/PID/ns/net`: a namespace the runtime owns; evnet builds the ENIs in it and never deletes it",
+    })
+);
+
+schema_type!(
     /// A VPC's block ([`crate::ipam::parse_cidr`], [`crate::ipam::check_vpc_cidr`]).
     VpcCidr,
     json_schema!({

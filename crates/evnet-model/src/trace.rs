@@ -470,6 +470,7 @@ mod tests {
                     revision: 1,
                     host_id: a.host_id.clone(),
                     state: InstanceState::Running,
+                    kind: Default::default(),
                     netns: String::new(),
                 })
                 .collect();

@@ -36,6 +36,29 @@ pub fn check_name(name: &str) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// A `container` instance's namespace ([`crate::schema::NetnsPath`]): a
+/// file under `/run/netns` (or `/var/run/netns`) or `/proc/PID/ns/net`, and
+/// not a name evnet gives its own namespaces (`ev…`), which it deletes.
+pub fn check_container_netns(path: &str) -> Result<(), ModelError> {
+    let bad = |why: &str| ModelError::invalid("invalid_netns", format!("netns {path:?} {why}"));
+    if let Some(name) = path.strip_prefix("/run/netns/").or_else(|| path.strip_prefix("/var/run/netns/")) {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) || name.starts_with(['.', '-']) {
+            return Err(bad("must name a file directly under /run/netns: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -"));
+        }
+        if name.starts_with("ev") {
+            return Err(bad("is a name evnet keeps for the namespaces it makes (ev…); give the container's namespace another name"));
+        }
+        return Ok(());
+    }
+    if let Some(pid) = path.strip_prefix("/proc/").and_then(|r| r.strip_suffix("/ns/net")) {
+        if !pid.is_empty() && pid.len() <= 10 && pid.bytes().all(|b| b.is_ascii_digit()) && !pid.starts_with('0') {
+            return Ok(());
+        }
+    }
+    Err(bad("is not /run/netns/NAME, /var/run/netns/NAME or /proc/PID/ns/net"))
+}
+
 pub fn check_tags(tags: &Tags) -> Result<(), ModelError> {
     check_string_map(tags, "tags", "invalid_tags")
 }
@@ -214,6 +237,19 @@ mod tests {
         assert!(check_routes(&[local.clone(), local], vpc).is_err());
         let bad_target = Route { destination_cidr: "0.0.0.0/0".parse().unwrap(), target: "igw-1".into() };
         assert!(check_route(&bad_target).is_err());
+    }
+
+    #[test]
+    fn container_namespaces() {
+        for ok in ["/run/netns/netns-3f2a", "/var/run/netns/cni-1", "/proc/4242/ns/net", "/run/netns/_x.y"] {
+            assert!(check_container_netns(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "netns-1", "/run/netns/", "/run/netns/..", "/run/netns/a/b", "/run/netns/evi-1", "/proc/0/ns/net",
+            "/proc/self/ns/net", "/proc/12/ns/mnt", "/etc/passwd", "/run/netns/-x",
+        ] {
+            assert_eq!(check_container_netns(bad).unwrap_err().code, "invalid_netns", "{bad}");
+        }
     }
 
     #[test]

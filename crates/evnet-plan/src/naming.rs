@@ -67,6 +67,13 @@ pub fn owned_netns(name: &str, host_id: &str) -> bool {
 
 /// Whether a namespace name looks like evnet's (any host's); the kernel
 /// layer observes these.
+/// Whether a desired namespace is another program's, given by path (a
+/// `container` instance's): evnet never makes or deletes it and manages in
+/// it only the devices it put there.
+pub fn is_foreign_netns(name: &str) -> bool {
+    name.starts_with('/')
+}
+
 pub fn is_evnet_netns(name: &str) -> bool {
     name.starts_with(LINK_PREFIX)
 }

@@ -314,7 +314,10 @@ fn local_enis<'a>(d: &'a HostDesired, out: &mut BTreeMap<String, TNs>) -> BTreeM
     for inst in &d.instances {
         let mut seen_idx = BTreeSet::new();
         let tn = out.entry(inst.netns.clone()).or_default();
-        tn.links.insert("lo".into(), lo.clone());
+        // A runtime's namespace keeps its loopback as the runtime set it.
+        if !naming::is_foreign_netns(&inst.netns) {
+            tn.links.insert("lo".into(), lo.clone());
+        }
         for e in &inst.enis {
             if !vpc_ids.contains(e.vpc_id.as_str()) || !seen_enis.insert(e.eni_id.as_str()) || !seen_idx.insert(e.device_index) {
                 continue;
@@ -483,6 +486,20 @@ pub fn plan(desired: &HostDesired, observed: &Observed, cfg: &PlanConfig) -> Vec
 /// those ENIs' shapers are set to exactly these rates (capped at the limit),
 /// changed in place when the shaper exists.
 pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>) -> Vec<Op> {
+    // A runtime's namespace that is not there (not made yet, or gone with
+    // its container) gets nothing: evnet never makes it.
+    let gone_foreign = |i: &evnet_model::desired::InstanceDesired| {
+        naming::is_foreign_netns(&i.netns) && !observed.namespaces.contains_key(&i.netns)
+    };
+    let present_only;
+    let desired = if desired.instances.iter().any(gone_foreign) {
+        let mut d = desired.clone();
+        d.instances.retain(|i| !gone_foreign(i));
+        present_only = d;
+        &present_only
+    } else {
+        desired
+    };
     let tgt = target(desired, cfg, rates);
     let host = desired.host_id.as_str();
     let empty = NsState::default();
@@ -506,8 +523,19 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
     for name in &owned {
         let st = &observed.namespaces[*name];
         let t = tgt.get(*name);
+        let foreign = naming::is_foreign_netns(name);
         for (lname, l) in &st.links {
             if lname == "lo" && l.kind == LinkKind::Loopback {
+                continue;
+            }
+            // In a runtime's namespace only the ends of evnet's veths are
+            // evnet's (their other end in the host namespace, or in a VPC
+            // namespace on the nftables layout).
+            let evnet_peer = |p: &LinkRef| match &p.ns {
+                Ns::Host => naming::is_owned_host_link(&p.name),
+                Ns::Named(n) => naming::is_evnet_netns(n),
+            };
+            if foreign && !l.peer.as_ref().is_some_and(evnet_peer) {
                 continue;
             }
             let keep = t.and_then(|t| t.links.get(lname)).is_some_and(|tl| compatible(l, tl));
@@ -530,7 +558,11 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
         link_deletes.push(Op::DeleteLink { ns: c.ns.clone(), name: c.name.clone() });
         gone.insert(c);
     }
-    let alive = |ns: &str, dev: &str| managed(ns, dev) && !gone.contains(&LinkRef::new(ns_of(ns), dev));
+    let alive = |ns: &str, dev: &str| {
+        managed(ns, dev)
+            && (!naming::is_foreign_netns(ns) || tgt.get(ns).is_some_and(|t| t.links.contains_key(dev)))
+            && !gone.contains(&LinkRef::new(ns_of(ns), dev))
+    };
 
     // Deletions of stale items on surviving links in desired namespaces.
     let mut del_fdb = Vec::new();
@@ -597,7 +629,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
                 present.insert(r, l.clone());
             }
         }
-        if name != HOST && !st.links.contains_key("lo") {
+        if name != HOST && !naming::is_foreign_netns(name) && !st.links.contains_key("lo") {
             // A new namespace has a loopback, down.
             present.insert(
                 LinkRef::new(ns_of(name), "lo"),

@@ -76,6 +76,8 @@ pub const ERRORS: &[(&str, u16, &str)] = &[
     ("invalid_peering", 422, "a VPC cannot peer with itself"),
     ("peering_cidr_overlap", 422, "peered VPCs need disjoint blocks"),
     ("invalid_request", 422, "an ENI is listed twice, or more ENIs than an instance takes"),
+    ("invalid_netns", 422, "a `container` instance without `netns` or `host_id`, a `netns` outside `/run/netns/NAME` and `/proc/PID/ns/net` or named as evnet names its own, or `netns` given for kind `netns`"),
+    ("netns_in_use", 409, "another instance on the host holds this namespace"),
     ("invalid_secondary_ips", 422, "more secondary addresses than an ENI takes, or an address asked for twice"),
     ("invalid_security_groups", 422, "more groups than an ENI takes, none, or a group of another VPC"),
     ("ip_not_in_subnet", 422, "the address is not inside the subnet"),
@@ -258,7 +260,7 @@ pub const OPS: &[Op] = &[
     op("delete", "/v1/peerings/{id}", "Delete a peering no route uses", None, None, 204, false).errors(&["dependency_violation"]),
     op("post", "/v1/instances", "Create an instance; the scheduler places it when host_id is absent", Some("CreateInstance"), Some("Instance"), 201, false)
         .create()
-        .errors(&["not_found", "invalid_request", "eni_in_use", "host_not_ready", "no_host_available", "insufficient_bandwidth"]),
+        .errors(&["not_found", "invalid_request", "invalid_netns", "netns_in_use", "eni_in_use", "host_not_ready", "no_host_available", "insufficient_bandwidth"]),
     op("get", "/v1/instances", "List instances (?host_id=)", None, Some("Instance"), 200, true),
     op("get", "/v1/instances/{id}", "Get an instance", None, Some("Instance"), 200, false),
     op("patch", "/v1/instances/{id}", "Rename or retag an instance", Some("PatchNameTags"), Some("Instance"), 200, false).errors(NAME_TAGS),
@@ -374,7 +376,7 @@ fn parameters(o: &Op) -> Vec<Value> {
         params.push(json!({"name": "since", "in": "query", "description": "only records at or after this time", "schema": {"type": "string", "format": "date-time",
             "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])$"}}));
         params.push(json!({"name": "limit", "in": "query", "description": "records per page (default 100, at most 1000)", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}));
-        params.push(json!({"name": "page_token", "in": "query", "description": "the `next_page_token` of the page before", "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"}}));
+        params.push(json!({"name": "page_token", "in": "query", "description": "the `next_page_token` of the page before", "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}}));
     }
     // Paged lists of a collection of resources (not the access keys under
     // a tenant: at most a few, one page, no query).

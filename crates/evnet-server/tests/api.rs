@@ -712,3 +712,47 @@ fn the_document_states_every_bound_and_error() {
     assert!(operations >= 55, "{operations} operations");
     assert!(problems.is_empty(), "{} unbounded values in requests:\n{}", problems.len(), problems.join("\n"));
 }
+
+/// `container` instances: the runtime's namespace by path, on the host the
+/// runtime runs on; bad or missing paths and a namespace another instance
+/// holds are refused with stable codes and change nothing; the host's
+/// desired state names the kind and the path.
+#[tokio::test]
+async fn container_instances_take_the_runtimes_namespace() {
+    let t = T::new().await;
+    let (h, agent) = t.host("h1", "198.18.0.1", 1000).await;
+    let a = t.tenant("a").await;
+    let (_, subnet) = t.network(&a, "10.0.0.0/16", "10.0.0.0/24").await;
+    let e = t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet})).await;
+    let path = "/run/netns/netns-2f6c1a";
+    let i = t.ok("POST", "/v1/instances", &a, json!({"kind": "container", "netns": path, "host_id": h, "eni_ids": [e["id"]]})).await;
+    assert_eq!((i["kind"].as_str(), i["netns"].as_str(), i["host_id"].as_str()), (Some("container"), Some(path), Some(h.as_str())));
+    let (_, d) = t.get(&format!("/v1/hosts/{h}/desired"), &agent).await;
+    let inst = d["instances"].as_array().unwrap().iter().find(|x| x["instance_id"] == i["id"]).unwrap().clone();
+    assert_eq!((inst["kind"].as_str(), inst["netns"].as_str()), (Some("container"), Some(path)), "{inst}");
+    assert_eq!(inst["enis"][0]["eni_id"], e["id"]);
+    // An ordinary instance says its kind too.
+    let plain = t.ok("POST", "/v1/instances", &a, json!({"host_id": h})).await;
+    assert_eq!(plain["kind"], "netns");
+
+    let (_, before) = t.get("/v1/instances", &a).await;
+    for (body, status, want) in [
+        (json!({"kind": "container", "netns": path, "host_id": h}), 409, "netns_in_use"),
+        (json!({"kind": "container", "host_id": h}), 422, "invalid_netns"),
+        (json!({"kind": "container", "netns": "/run/netns/other"}), 422, "invalid_netns"),
+        (json!({"kind": "container", "netns": "/run/netns/evi-1234", "host_id": h}), 422, "invalid_netns"),
+        (json!({"kind": "container", "netns": "/etc/passwd", "host_id": h}), 422, "invalid_netns"),
+        (json!({"kind": "container", "netns": "/run/netns/../x", "host_id": h}), 422, "invalid_netns"),
+        (json!({"netns": "/run/netns/mine", "host_id": h}), 422, "invalid_netns"),
+        (json!({"kind": "vm", "host_id": h}), 400, "invalid_body"),
+    ] {
+        let (s, v) = t.call("POST", "/v1/instances", Some(&a), Some(body.clone())).await;
+        assert_eq!((s.as_u16(), code(&v)), (status, want), "{body}: {v}");
+    }
+    let (_, after) = t.get("/v1/instances", &a).await;
+    assert_eq!(before["items"].as_array().unwrap().len(), after["items"].as_array().unwrap().len(), "a refused create changed nothing");
+    // Once the first is gone, the namespace can be taken again.
+    let (s, _) = t.call("DELETE", &format!("/v1/instances/{}", i["id"].as_str().unwrap()), Some(&a), None).await;
+    assert_eq!(s.as_u16(), 204);
+    t.ok("POST", "/v1/instances", &a, json!({"kind": "container", "netns": path, "host_id": h})).await;
+}

@@ -865,3 +865,153 @@ async fn chaos(dataplane: &str) {
     assert!(ping(&x2.inst.netns, x1.eni.private_ip));
     drop(lab);
 }
+
+/// A ping from inside the namespace at `path` (a runtime's, by path).
+fn ping_from_path(path: &str, ip: Ipv4Addr) -> bool {
+    Command::new("nsenter")
+        .args([&format!("--net={path}"), "ping", "-c", "1", "-W", "1", &ip.to_string()])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The links inside the namespace at `path`.
+fn links_in(path: &str) -> BTreeSet<String> {
+    let out = Command::new("nsenter").args([&format!("--net={path}"), "ip", "-o", "link", "show"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string())).collect()
+}
+
+/// `container` instances on the tc-BPF data plane: namespaces made by
+/// someone else (here the test, as a container runtime would: one under
+/// `/run/netns`, one held only by a process, `/proc/PID/ns/net`) get their
+/// ENIs from the agent, reach an evnet instance on another host and are
+/// reached from it; the agent leaves the runtime's own devices alone, takes
+/// back only its veth when the ENI is detached, never deletes the
+/// namespace, and builds nothing once the namespace is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_container_instances_bpf() {
+    if !require_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let lab = Lab { dir: dir.clone() };
+    evnet(&["lab", "up", "--hosts", "2", "--dir", &dir.display().to_string(), "--dataplane", "bpf"]);
+    let st = lab_state(&dir);
+    let url = st["url"].as_str().unwrap().to_string();
+    let admin = Client::new(&url, st["admin_token"].as_str().unwrap()).unwrap();
+    let hosts = admin.list_hosts(&Default::default()).await.unwrap();
+    let host = |n: &str| hosts.iter().find(|h| h.name == n).unwrap().id.clone();
+    let (h1, h2) = (host("host-1"), host("host-2"));
+    let ta = admin.create_tenant(&CreateTenant { name: "a".into(), tags: Default::default() }).await.unwrap();
+    let a = Client::new(&url, ta.token).unwrap();
+    let va = a.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), ..Default::default() }).await.unwrap();
+    let sub = a.create_subnet(&CreateSubnet { vpc_id: va.id.clone(), cidr_block: "10.0.1.0/24".into(), ..Default::default() }).await.unwrap();
+    let a1 = vm(&a, &sub, &h1, "a1").await;
+
+    // The runtime's namespaces: a named one with devices of its own (a
+    // veth pair; this kernel has no dummy devices), and
+    // one only a process holds (ended by its PID at the end).
+    let named = format!("ctr-{}", std::process::id());
+    let named_path = format!("/run/netns/{named}");
+    struct Cleanup {
+        named: String,
+        holder: Option<std::process::Child>,
+    }
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.named]).status();
+            if let Some(c) = &mut self.holder {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut cleanup = Cleanup { named: named.clone(), holder: None };
+    assert!(Command::new("ip").args(["netns", "add", &named]).status().unwrap().success());
+    assert!(Command::new("ip").args(["-n", &named, "link", "add", "rt0", "type", "veth", "peer", "name", "rt1"]).status().unwrap().success());
+    let holder = Command::new("unshare").args(["--net", "sleep", "300"]).spawn().unwrap();
+    let pid_path = format!("/proc/{}/ns/net", holder.id());
+    cleanup.holder = Some(holder);
+    // unshare has switched namespaces once its net namespace differs from ours.
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_link(&pid_path).map(|l| l == ours).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "unshare never entered its namespace");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let container = |path: String| {
+        let a = a.clone();
+        let (sub, h2) = (sub.id.clone(), h2.clone());
+        async move {
+            let eni = a.create_eni(&CreateEni { subnet_id: sub, ..Default::default() }).await.unwrap();
+            let inst = a
+                .create_instance(&CreateInstance {
+                    kind: InstanceKind::Container,
+                    netns: Some(path),
+                    host_id: Some(h2),
+                    eni_ids: vec![eni.id.clone()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            Vm { inst, eni }
+        }
+    };
+    let c1 = container(named_path.clone()).await;
+    let c2 = container(pid_path.clone()).await;
+    assert_eq!(c1.inst.kind, InstanceKind::Container);
+    wait_synced(&admin).await;
+    for (c, path) in [(&c1, &named_path), (&c2, &pid_path)] {
+        assert!(ping_from_path(path, a1.eni.private_ip), "{path} reaches the instance on the other host");
+        assert!(ping(&a1.inst.netns, c.eni.private_ip), "the instance reaches {path}");
+        assert!(links_in(path).contains("eth0"), "{path}: {:?}", links_in(path));
+    }
+    assert!(links_in(&named_path).contains("rt0"), "the runtime's device stays");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.get_instance(&c1.inst.id).await.unwrap().state != InstanceState::Running {
+        assert!(Instant::now() < deadline, "the container instance never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Detached: its veth goes, nothing else does.
+    a.detach_eni(&c1.eni.id).await.unwrap();
+    wait_synced(&admin).await;
+    let left = links_in(&named_path);
+    assert!(!left.contains("eth0") && left.contains("rt0") && left.contains("lo"), "{left:?}");
+    assert!(netns_set().contains(&named), "the runtime's namespace stays");
+    // The instance deleted: the namespace is still the runtime's.
+    a.delete_instance(&c1.inst.id).await.unwrap();
+    wait_synced(&admin).await;
+    assert!(netns_set().contains(&named), "the runtime's namespace stays after the instance goes");
+
+    // The process holding the other namespace ends: the ENI's device goes
+    // with the namespace, the agent makes nothing in its place, and the
+    // instance on the other host is unaffected.
+    drop(cleanup);
+    let dev = evnet_plan::naming::eni_veth(&c2.eni.id);
+    let h2_ns = st["hosts"].as_array().unwrap().iter().find(|h| h["name"] == "host-2").unwrap()["netns"].as_str().unwrap().to_string();
+    let has_dev = || {
+        let out = Command::new("ip").args(["-n", &h2_ns, "-o", "link", "show"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!(" {dev}@")) || String::from_utf8_lossy(&out.stdout).contains(&format!(" {dev}:"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while has_dev() {
+        assert!(Instant::now() < deadline, "{dev} outlived its namespace");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Several passes later, still nothing.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert!(!has_dev(), "the agent rebuilt {dev} for a namespace that is gone");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.get_instance(&c2.inst.id).await.unwrap().state == InstanceState::Running {
+        assert!(Instant::now() < deadline, "the instance whose namespace is gone still shows running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(lab);
+}

@@ -70,10 +70,35 @@ pub async fn create_instance(
     if let Some(dup) = req.eni_ids.iter().find(|e| !seen.insert(*e)) {
         return Err(ModelError::invalid("invalid_request", format!("ENI {dup} is listed twice")).into());
     }
+    let netns_given = match (req.kind, &req.netns) {
+        (InstanceKind::Netns, None) => None,
+        (InstanceKind::Netns, Some(_)) => {
+            return Err(ModelError::invalid("invalid_netns", "a `netns` instance's namespace is evnet's to name; give `netns` only with kind `container`").into());
+        }
+        (InstanceKind::Container, None) => {
+            return Err(ModelError::invalid("invalid_netns", "a `container` instance needs `netns`, the path of the namespace its runtime made").into());
+        }
+        (InstanceKind::Container, Some(p)) => {
+            evnet_model::validate::check_container_netns(p)?;
+            if req.host_id.is_none() {
+                return Err(ModelError::invalid("invalid_netns", "a `container` instance needs `host_id`, the host whose runtime made its namespace").into());
+            }
+            Some(p.clone())
+        }
+    };
     let mut slot = quota::Slot::new(&st, &tenant, "instances_per_tenant");
     let (_, id) = commit(&st, |snap| {
         if let Some(existing) = idem.replay(snap)? {
             return Ok(Plan::Done(existing));
+        }
+        if let (Some(p), Some(h)) = (&netns_given, &req.host_id) {
+            if let Some(other) = snap.instances.values().find(|i| i.value.host_id == *h && i.value.netns == *p) {
+                return Err(ModelError::conflict(
+                    "netns_in_use",
+                    format!("instance {} already holds namespace {p} on host {h}; delete it first or attach more ENIs to it", other.value.id),
+                )
+                .into());
+            }
         }
         let mut enis = vec![];
         for eid in &req.eni_ids {
@@ -108,8 +133,9 @@ pub async fn create_instance(
             revision: 0,
             host_id: host_id.clone(),
             state: InstanceState::Pending,
+            kind: req.kind,
             // Named after its host too, so the host's agent knows it as its own.
-            netns: evnet_plan::naming::instance_netns(&host_id, &id),
+            netns: netns_given.clone().unwrap_or_else(|| evnet_plan::naming::instance_netns(&host_id, &id)),
         };
         let mut txn = Txn { compares: vec![], ops: vec![put(keys::resource(Kind::Instance, &id), &inst)] };
         for (i, e) in enis.iter().enumerate() {

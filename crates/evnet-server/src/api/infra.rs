@@ -354,6 +354,21 @@ pub async fn heartbeat(
                     txn.ops.push(put(keys::resource(Kind::Instance, iid), &i));
                 }
         }
+        // A container whose namespace is gone (its runtime removed it) is
+        // no longer running; it runs again when the agent finds it back.
+        let running: std::collections::HashSet<&str> = req.running_instances.iter().map(String::as_str).collect();
+        for ie in snap.instances.values() {
+            if ie.value.host_id == id
+                && ie.value.kind == InstanceKind::Container
+                && ie.value.state == InstanceState::Running
+                && !running.contains(ie.value.id.as_str())
+            {
+                let mut i = arc_clone(&ie.value);
+                i.state = InstanceState::Pending;
+                txn.compares.push(cmp(keys::resource(Kind::Instance, &i.id), ie.mod_revision));
+                txn.ops.push(put(keys::resource(Kind::Instance, &i.id), &i));
+            }
+        }
         // A heartbeat that changes nothing but the time is written only when
         // the stored time is older than the refresh interval: a fleet's
         // heartbeats would otherwise be most of the store's writes.

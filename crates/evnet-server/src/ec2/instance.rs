@@ -190,6 +190,8 @@ pub async fn run_instances(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
         name: name_from_tags(&inst_tags),
         host_id,
         placement,
+        kind: InstanceKind::Netns,
+        netns: None,
         eni_ids: vec![],
         tags: inst_tags,
         client_token: if max == 1 { token } else { None },

@@ -2,7 +2,7 @@
 
 use evnet_client::{Client, InstanceFilter};
 use evnet_model::ids::Kind;
-use evnet_model::{CreateInstance, PlacementStrategy};
+use evnet_model::{CreateInstance, InstanceKind, PlacementStrategy};
 
 use super::render::{print_deleted, print_list, print_one};
 use super::{OutputFormat, parse_tag, resolve, tags_of};
@@ -28,11 +28,17 @@ impl From<Placement> for PlacementStrategy {
 pub enum InstanceCommand {
     /// Create an instance on a host, or let the scheduler place it by count and bandwidth.
     #[command(
-        after_help = "Examples:\n  evnet instance create --name web-1 --eni web-1-eth0\n  evnet instance create --name db --host host-2 --eni eni-1a2b3c4d5e6f7a8b\n  evnet instance create --name batch --placement pack"
+        after_help = "Examples:\n  evnet instance create --name web-1 --eni web-1-eth0\n  evnet instance create --name db --host host-2 --eni eni-1a2b3c4d5e6f7a8b\n  evnet instance create --name batch --placement pack\n  evnet instance create --name app --host host-1 --container-netns /run/netns/netns-2f6c1a --eni app-eth0"
     )]
     Create {
         #[arg(long)]
         name: Option<String>,
+        /// A container's namespace that its runtime made (`/run/netns/NAME`
+        /// or `/proc/PID/ns/net`): the instance is of kind `container`, and
+        /// evnet builds its ENIs in that namespace without ever deleting it.
+        /// Needs --host.
+        #[arg(long, requires = "host")]
+        container_netns: Option<String>,
         /// The host to run on (id or name); the scheduler chooses when absent.
         #[arg(long)]
         host: Option<String>,
@@ -76,6 +82,7 @@ pub(crate) async fn run(
     match cmd {
         InstanceCommand::Create {
             name,
+            container_netns,
             host,
             placement,
             enis,
@@ -89,6 +96,8 @@ pub(crate) async fn run(
                 placement: placement.into(),
                 eni_ids,
                 tags: tags_of(tags),
+                kind: if container_netns.is_some() { InstanceKind::Container } else { InstanceKind::Netns },
+                netns: container_netns,
                 ..Default::default()
             };
             print_one(out, &client.create_instance(&body).await?)

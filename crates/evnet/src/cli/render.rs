@@ -455,6 +455,7 @@ impl Render for Instance {
         f.extend([
             ("host_id", self.host_id.clone()),
             ("state", enum_str(&self.state)),
+            ("kind", enum_str(&self.kind)),
             ("netns", self.netns.clone()),
         ]);
         f
