@@ -29,6 +29,7 @@
 //! The agent never writes the store: everything goes through the API.
 
 pub mod bandwidth;
+mod cni;
 pub mod credential;
 pub mod fastpath;
 pub mod metrics;
@@ -80,6 +81,9 @@ pub struct AgentConfig {
     pub bandwidth: bandwidth::BandwidthConfig,
     /// The data plane's knobs (MTU, VXLAN port, per-ENI connection limit).
     pub plan: PlanConfig,
+    /// Where `evnet-cni` reaches this agent (a unix socket, mode 0600);
+    /// None: no CNI service.
+    pub cni_socket: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -99,6 +103,7 @@ impl AgentConfig {
             metrics_listen: None,
             bandwidth: bandwidth::BandwidthConfig::default(),
             plan: PlanConfig::default(),
+            cni_socket: None,
         }
     }
 }
@@ -175,6 +180,18 @@ pub async fn run_with(
         }
     });
     let bw_report = tokio::spawn(bandwidth::report_loop(client.clone(), host_id.clone(), config.bandwidth.report_every, bw.clone()));
+    let cni = match &config.cni_socket {
+        Some(path) => {
+            let svc = cni::CniService { server: config.server.clone(), host_id: host_id.clone(), kernel: kernel.clone(), applied: applied_rx.clone() };
+            let path = path.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = cni::serve(path, svc).await {
+                    tracing::error!(error = %format!("{e:#}"), "the CNI socket failed; CNI requests cannot reach this agent");
+                }
+            }))
+        }
+        None => None,
+    };
     let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, fast, bw, desired_rx, applied_tx, metrics.clone()));
     let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), host_id.clone(), config.heartbeat, applied_rx));
     shutdown.await;
@@ -184,6 +201,9 @@ pub async fn run_with(
     heartbeats.abort();
     bw_loop.abort();
     bw_report.abort();
+    if let Some(c) = cni {
+        c.abort();
+    }
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 use evnet_model::EniStatus;
 
 /// The query parameters a filter sends, in a fixed order.
-pub trait ListFilter {
+pub trait ListFilter: Sync {
     fn query(&self) -> Vec<(&'static str, String)>;
 }
 

@@ -109,6 +109,13 @@ pub trait Kernel: Send + Sync {
     /// which would keep a namespace deleted by hand alive). [`apply_all`]
     /// and [`apply_isolated`] call it at their end.
     fn finish_batch(&self) {}
+    /// One namespace as it is now (links without their peers, addresses,
+    /// routes), read on its own without touching what observations keep;
+    /// `None` when it does not exist. The default observes everything.
+    fn observe_namespace(&self, name: &str) -> Result<Option<evnet_plan::NsState>, KernelError> {
+        let mut o = self.observe()?;
+        Ok(o.namespaces.remove(name))
+    }
     /// From now on also observe these namespaces given by path (container
     /// runtimes' namespaces that `container` instances name), whenever
     /// they exist; the set replaces the last one given.
@@ -141,6 +148,9 @@ impl<K: Kernel + ?Sized> Kernel for &K {
     fn observe_foreign(&self, paths: &std::collections::BTreeSet<String>) {
         (**self).observe_foreign(paths)
     }
+    fn observe_namespace(&self, name: &str) -> Result<Option<evnet_plan::NsState>, KernelError> {
+        (**self).observe_namespace(name)
+    }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)
     }
@@ -167,6 +177,9 @@ impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
     }
     fn observe_foreign(&self, paths: &std::collections::BTreeSet<String>) {
         (**self).observe_foreign(paths)
+    }
+    fn observe_namespace(&self, name: &str) -> Result<Option<evnet_plan::NsState>, KernelError> {
+        (**self).observe_namespace(name)
     }
     fn apply(&self, op: &Op) -> Result<(), KernelError> {
         (**self).apply(op)

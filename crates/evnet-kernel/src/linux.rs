@@ -906,6 +906,21 @@ impl Kernel for LinuxKernel {
         self.observe_with(None)
     }
 
+    fn observe_namespace(&self, name: &str) -> Result<Option<NsState>, KernelError> {
+        let ns = Ns::Named(name.to_string());
+        let path = self.ns_fd_path(&ns);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let mut raws = self.observe_many(&[(ns.clone(), path)])?;
+        let Some(raw) = raws.remove(&ns) else { return Ok(None) };
+        let mut st = raw.state;
+        for l in raw.links {
+            st.links.insert(l.name.clone(), Link { kind: l.kind, mac: l.mac, mtu: l.mtu, up: l.up, peer: None, vxlan: l.vxlan, ifindex: l.index });
+        }
+        Ok(Some(st))
+    }
+
     fn observe_foreign(&self, paths: &BTreeSet<String>) {
         *self.foreign.lock().unwrap_or_else(|e| e.into_inner()) = paths.clone();
     }

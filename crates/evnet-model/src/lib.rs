@@ -15,6 +15,7 @@
 
 pub mod access;
 pub mod bandwidth;
+pub mod cni;
 pub mod desired;
 pub mod error;
 pub mod ids;

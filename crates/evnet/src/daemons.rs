@@ -197,6 +197,14 @@ pub struct AgentArgs {
     /// pinned under /sys/fs/bpf/evnet/<host tag>/; needs root and BPF).
     #[arg(long, value_enum, default_value_t = DataplaneArg::Nft)]
     pub dataplane: DataplaneArg,
+    /// Serve the CNI plugin (`evnet-cni`) on this unix socket (mode 0600);
+    /// a container runtime's network configuration names it as
+    /// `agent_socket`.
+    #[arg(long, default_value = evnet_model::cni::DEFAULT_AGENT_SOCKET)]
+    pub cni_socket: PathBuf,
+    /// Serve no CNI socket.
+    #[arg(long)]
+    pub no_cni: bool,
 }
 
 /// `--dataplane`'s values.
@@ -242,6 +250,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.metrics_listen = args.metrics_listen;
     config.plan.conntrack_limit_per_eni = args.conntrack_limit_per_eni;
     config.plan.dataplane = args.dataplane.into();
+    config.cni_socket = (!args.no_cni).then(|| args.cni_socket.clone());
     let host_netns = args.host_netns.clone();
     evnet_agent::run_with(
         config,

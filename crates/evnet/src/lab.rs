@@ -370,6 +370,9 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
     // would register nothing on a restart: wait for the files too.
     let creds: Vec<PathBuf> = st.hosts.iter().map(|h| credential_file(dir, h)).collect();
     wait_until(Duration::from_secs(10), "every agent to keep its credential", || async { creds.iter().all(|c| c.exists()) }).await?;
+    // And to serve `evnet-cni` (after loading its data plane).
+    let sockets: Vec<PathBuf> = st.hosts.iter().map(|h| cni_socket(dir, h)).collect();
+    wait_until(Duration::from_secs(30), "every agent to serve its CNI socket", || async { sockets.iter().all(|s| s.exists()) }).await?;
     let hosts = admin.list_hosts(&Default::default()).await?;
     for h in st.hosts.iter_mut() {
         h.host_id = hosts.iter().find(|x| x.name == h.name).map(|x| x.id.clone());
@@ -487,6 +490,12 @@ pub fn credential_file(dir: &Path, h: &LabHost) -> PathBuf {
 /// Starts `h`'s agent. While the host has no credential yet, the agent gets
 /// a fresh bootstrap token in its environment; after that it uses the
 /// credential file.
+/// Where a lab host's agent serves `evnet-cni` (a network configuration
+/// for that host names it as `agent_socket`).
+pub fn cni_socket(dir: &Path, h: &LabHost) -> PathBuf {
+    dir.join(format!("{}.cni.sock", h.name))
+}
+
 async fn spawn_agent(dir: &Path, st: &LabState, h: &LabHost) -> anyhow::Result<u32> {
     let log = agent_log(dir, h);
     let cred = credential_file(dir, h);
@@ -515,6 +524,8 @@ async fn spawn_agent(dir: &Path, st: &LabState, h: &LabHost) -> anyhow::Result<u
             "1000".into(),
             "--credential-file".into(),
             cred.display().to_string(),
+            "--cni-socket".into(),
+            cni_socket(dir, h).display().to_string(),
             "--dataplane".into(),
             if st.dataplane.is_empty() { "nft".into() } else { st.dataplane.clone() },
         ],
