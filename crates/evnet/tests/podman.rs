@@ -1,0 +1,284 @@
+//! podman on evnet, as root, on a lab of two hosts (tc-BPF data plane):
+//! podman (Debian's, with runc and its CNI backend, as the project's setup
+//! installs it) runs containers from an image built from a local busybox
+//! rootfs — nothing is pulled — on networks whose conflists name
+//! `evnet-cni`. Containers of one tenant on two hosts reach each other and
+//! an evnet instance; another tenant's container with the same CIDR
+//! reaches neither; a container's limit holds (iperf3) and changes live
+//! with `evnet eni set-bandwidth`; `podman rm -f` frees the address; 20
+//! containers run and removed in a row leave no link, ENI or instance.
+//!
+//! Fails (never skips) without root when CI=true.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use evnet_client::Client;
+use evnet_model::*;
+use serde_json::{json, Value};
+
+fn require_root() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("the podman tests need root (CI=true): run them as root");
+    }
+    eprintln!("skipping the podman tests: not root (they run in CI as root)");
+    false
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/setup.sh installs it)"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd} {args:?} failed:\n{text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// podman with this test's own storage, configuration and networks.
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new(dir: &Path) -> Podman {
+        let p = Podman { dir: dir.to_path_buf() };
+        for d in ["cni", "net", "root", "runroot", "rootfs/bin"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_evnet-cni"), dir.join("cni/evnet-cni")).unwrap();
+        // crun does not run here, nor do the default rlimits (KERNEL-NOTES).
+        let conf = format!(
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n[engine]\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\n\
+             [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\nnetwork_config_dir = \"{}\"\n",
+            dir.join("cni").display(),
+            dir.join("net").display()
+        );
+        std::fs::write(dir.join("containers.conf"), conf).unwrap();
+        // The image: busybox from Debian's busybox-static.
+        let rootfs = dir.join("rootfs");
+        std::fs::copy("/usr/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static (scripts/setup.sh installs it)");
+        for applet in ["sh", "ping", "ip", "sleep", "cat"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let tar = dir.join("rootfs.tar");
+        run("tar", &["-C", &rootfs.display().to_string(), "-cf", &tar.display().to_string(), "."]);
+        p.ok(&["import", &tar.display().to_string(), "localhost/evnet-busybox"]);
+        p
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("podman")
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .args(["--root", &self.dir.join("root").display().to_string(), "--runroot", &self.dir.join("runroot").display().to_string()])
+            .args(args)
+            .output()
+            .expect("podman (scripts/setup.sh installs it)")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(out.status.success(), "podman {args:?} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A network `name` whose containers get ENIs through `socket`'s agent.
+    fn network(&self, name: &str, socket: &Path, token_file: &Path, subnet: &str, bandwidth: Value) {
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": name,
+            "plugins": [{"type": "evnet-cni", "agent_socket": socket, "token_file": token_file, "subnet_id": subnet, "bandwidth": bandwidth,
+                         "capabilities": {"bandwidth": true}}]
+        });
+        std::fs::write(self.dir.join("net").join(format!("{name}.conflist")), conf.to_string()).unwrap();
+    }
+
+    /// Runs a container that sleeps on `network`: its id.
+    fn start(&self, network: &str) -> String {
+        self.ok(&["run", "-d", "--network", network, "localhost/evnet-busybox", "sleep", "600"])
+    }
+
+    fn inspect(&self, id: &str) -> Value {
+        let v: Value = serde_json::from_str(&self.ok(&["inspect", id])).unwrap();
+        v[0].clone()
+    }
+
+    fn ip(&self, id: &str) -> Ipv4Addr {
+        let v = self.inspect(id);
+        let nets = v["NetworkSettings"]["Networks"].as_object().unwrap();
+        nets.values().next().unwrap()["IPAddress"].as_str().unwrap().parse().unwrap()
+    }
+
+    fn netns(&self, id: &str) -> String {
+        self.inspect(id)["NetworkSettings"]["SandboxKey"].as_str().unwrap().to_string()
+    }
+
+    fn pings(&self, id: &str, ip: Ipv4Addr) -> bool {
+        self.cmd(&["exec", id, "ping", "-c", "1", "-W", "1", &ip.to_string()]).status.success()
+    }
+
+    fn rm(&self, id: &str) {
+        self.ok(&["rm", "-f", "-t", "0", id]);
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["rm", "-a", "-f", "-t", "0"]);
+        let _ = self.cmd(&["system", "reset", "-f"]);
+    }
+}
+
+struct Lab {
+    dir: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.dir.join("lab.json").exists() {
+            let _ = Command::new(env!("CARGO_BIN_EXE_evnet")).args(["lab", "down", "--dir", &self.dir.display().to_string()]).status();
+        }
+    }
+}
+
+/// Mbit/s an iperf3 client in namespace file `from` reaches towards a
+/// server in named namespace `server_ns` at `ip`, over `secs` seconds.
+fn iperf_mbps(from: &str, server_ns: &str, ip: Ipv4Addr, secs: u32) -> f64 {
+    let mut server = Command::new("ip").args(["netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", "5301"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    let v = loop {
+        let out = Command::new("timeout")
+            .args([&(secs + 10).to_string(), "nsenter", &format!("--net={from}"), "iperf3", "-c", &ip.to_string(), "-p", "5301", "-t", &secs.to_string(), "-J"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if v.get("end").is_some() && v.get("error").is_none() {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "iperf3 never connected: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e6
+}
+
+fn host_links(ns: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["-n", ns, "-o", "link", "show"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string())).filter(|n| n.starts_with("eve")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_containers_on_evnet() {
+    if !require_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let lab = Lab { dir: dir.clone() };
+    run(env!("CARGO_BIN_EXE_evnet"), &["lab", "up", "--hosts", "2", "--dir", &dir.display().to_string(), "--dataplane", "bpf"]);
+    let st: Value = serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap();
+    let url = st["url"].as_str().unwrap().to_string();
+    let admin = Client::new(&url, st["admin_token"].as_str().unwrap()).unwrap();
+    let hosts = admin.list_hosts(&Default::default()).await.unwrap();
+    let host = |n: &str| hosts.iter().find(|h| h.name == n).unwrap().id.clone();
+    let host_ns = |n: &str| st["hosts"].as_array().unwrap().iter().find(|h| h["name"] == n).unwrap()["netns"].as_str().unwrap().to_string();
+    let h2 = host("host-2");
+    let tenant = |name: &str| {
+        let (admin, url, tmp) = (admin.clone(), url.clone(), tmp.path().to_path_buf());
+        let name = name.to_string();
+        async move {
+            let t = admin.create_tenant(&CreateTenant { name: name.clone(), tags: Default::default() }).await.unwrap();
+            let token_file = tmp.join(format!("{name}.token"));
+            std::fs::write(&token_file, &t.token).unwrap();
+            let c = Client::new(&url, t.token).unwrap();
+            let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), ..Default::default() }).await.unwrap();
+            let sub = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.0.1.0/24".into(), ..Default::default() }).await.unwrap();
+            (c, token_file, sub)
+        }
+    };
+    let (a, a_token, a_sub) = tenant("a").await;
+    let (_b, b_token, b_sub) = tenant("b").await;
+    // An evnet instance of A's on host-2.
+    // (At an address B's containers do not get: both subnets hand out the same ones.)
+    let e1 = a.create_eni(&CreateEni { subnet_id: a_sub.id.clone(), private_ip: Some(Ipv4Addr::new(10, 0, 1, 50)), ..Default::default() }).await.unwrap();
+    let i1 = a.create_instance(&CreateInstance { host_id: Some(h2.clone()), eni_ids: vec![e1.id.clone()], ..Default::default() }).await.unwrap();
+
+    let pm = Podman::new(&tmp.path().join("podman"));
+    let sock = |h: &str| dir.join(format!("{h}.cni.sock"));
+    pm.network("a-h1", &sock("host-1"), &a_token, &a_sub.id, json!({}));
+    pm.network("a-h2", &sock("host-2"), &a_token, &a_sub.id, json!({}));
+    pm.network("a-h1-limited", &sock("host-1"), &a_token, &a_sub.id, json!({"limit_mbps": 60}));
+    pm.network("b-h1", &sock("host-1"), &b_token, &b_sub.id, json!({}));
+
+    // One tenant's containers on two hosts, and its instance.
+    let c1 = pm.start("a-h1");
+    let c2 = pm.start("a-h2");
+    let (ip1, ip2) = (pm.ip(&c1), pm.ip(&c2));
+    assert!(pm.pings(&c1, ip2), "a container reaches the tenant's container on the other host");
+    assert!(pm.pings(&c2, ip1), "and back");
+    assert!(pm.pings(&c1, e1.private_ip), "a container reaches the tenant's evnet instance");
+    // Another tenant, the same CIDR: it reaches neither.
+    let cb = pm.start("b-h1");
+    assert_ne!(pm.ip(&cb), ip2);
+    assert!(!pm.pings(&cb, ip2), "B's container reached A's container");
+    assert!(!pm.pings(&cb, e1.private_ip), "B's container reached A's instance");
+    assert!(pm.pings(&cb, b_sub.gateway_ip), "B's container is on B's network");
+
+    // The limit holds, and changes live while the container runs.
+    let cl = pm.start("a-h1-limited");
+    let ns = pm.netns(&cl);
+    let eni_of = |ip: Ipv4Addr| {
+        let a = a.clone();
+        async move { a.list_enis(&Default::default()).await.unwrap().into_iter().find(|e| e.private_ip == ip).unwrap() }
+    };
+    let el = eni_of(pm.ip(&cl)).await;
+    assert_eq!(el.bandwidth.limit_mbps, Some(60));
+    let before = iperf_mbps(&ns, &i1.netns, e1.private_ip, 3);
+    assert!(before <= 60.0 * 1.1 && before >= 60.0 * 0.5, "limited to 60 Mbit/s, measured {before:.1}");
+    let env = [("EVNET_URL", url.as_str()), ("EVNET_TOKEN", std::fs::read_to_string(&a_token).unwrap().leak() as &str)];
+    let out = Command::new(env!("CARGO_BIN_EXE_evnet")).envs(env).args(["eni", "set-bandwidth", &el.id, "--limit", "20M"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let host = admin.get_host(&host("host-1")).await.unwrap();
+        let want = admin.desired_state(&host.id, None, None).await.unwrap().generation;
+        if host.applied_generation >= want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host-1 never applied the change");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = iperf_mbps(&ns, &i1.netns, e1.private_ip, 3);
+    assert!(after <= 20.0 * 1.1 && after >= 20.0 * 0.5, "limited to 20 Mbit/s live, measured {after:.1} (before {before:.1})");
+    assert_eq!(pm.inspect(&cl)["State"]["Running"], true, "the container kept running");
+    eprintln!("limit 60 → {before:.1} Mbit/s; set to 20 → {after:.1} Mbit/s");
+
+    // podman rm -f frees the address.
+    pm.rm(&c2);
+    let gone = a.list_enis(&Default::default()).await.unwrap();
+    assert!(gone.iter().all(|e| e.private_ip != ip2), "the removed container's ENI is still there: {gone:?}");
+    for id in [&c1, &cb, &cl] {
+        pm.rm(id);
+    }
+
+    // 20 containers in a row on one host leave nothing behind.
+    let (enis0, insts0) = (a.list_enis(&Default::default()).await.unwrap().len(), a.list_instances(&Default::default()).await.unwrap().len());
+    let links0 = host_links(&host_ns("host-1"));
+    for n in 0..20 {
+        let c = pm.start("a-h1");
+        assert!(pm.pings(&c, a_sub.gateway_ip), "container {n} is on the network");
+        pm.rm(&c);
+    }
+    assert_eq!(a.list_enis(&Default::default()).await.unwrap().len(), enis0, "ENIs left behind");
+    assert_eq!(a.list_instances(&Default::default()).await.unwrap().len(), insts0, "instances left behind");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host_links(&host_ns("host-1")) != links0 {
+        assert!(Instant::now() < deadline, "links left behind: {:?} (before {links0:?})", host_links(&host_ns("host-1")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(pm);
+    drop(lab);
+}
