@@ -114,6 +114,8 @@ struct Applied {
     generation: u64,
     running_instances: Vec<String>,
     failures: Vec<ReconcileFailure>,
+    /// `container` instances whose namespace is gone.
+    vanished_instances: Vec<String>,
 }
 
 /// Runs the agent until `shutdown` resolves. The kernel objects stay as
@@ -389,6 +391,7 @@ async fn reconcile_loop(
                         .filter(|i| instance_present(i) && !failed.contains(i.instance_id.as_str()))
                         .map(|i| i.instance_id.clone())
                         .collect(),
+                    vanished_instances: desired.instances.iter().filter(|i| !instance_present(i)).map(|i| i.instance_id.clone()).collect(),
                     failures: pass.failures,
                 });
             }
@@ -675,7 +678,7 @@ async fn heartbeat_loop(client: Client, host_id: String, every: Duration, mut ap
             _ = tick.tick() => {},
         }
         let a = applied_rx.borrow_and_update().clone();
-        let hb = Heartbeat { applied_generation: a.generation, running_instances: a.running_instances, failures: a.failures };
+        let hb = Heartbeat { applied_generation: a.generation, running_instances: a.running_instances, failures: a.failures, vanished_instances: a.vanished_instances };
         if let Err(e) = client.heartbeat(&host_id, &hb).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }

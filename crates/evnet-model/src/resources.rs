@@ -446,6 +446,12 @@ pub struct Heartbeat {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1024))]
     pub failures: Vec<ReconcileFailure>,
+    /// `container` instances whose namespace is gone from the host (their
+    /// runtime removed it): one that was running is deleted, and the ENIs
+    /// its CNI ADD made with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<schema::InstanceId>", length(max = 1024))]
+    pub vanished_instances: Vec<String>,
 }
 
 /// Most failures one heartbeat may carry, and the longest error text.
@@ -457,6 +463,12 @@ impl Heartbeat {
     /// naming its object, with an error of at most [`MAX_FAILURE_ERROR_LEN`]
     /// bytes.
     pub fn validate(&self) -> Result<(), crate::ModelError> {
+        if self.vanished_instances.len() > MAX_REPORTED_FAILURES {
+            return Err(crate::ModelError::invalid(
+                "too_many_failures",
+                format!("a heartbeat reports at most {MAX_REPORTED_FAILURES} vanished instances, not {}", self.vanished_instances.len()),
+            ));
+        }
         if self.failures.len() > MAX_REPORTED_FAILURES {
             return Err(crate::ModelError::invalid(
                 "too_many_failures",

@@ -269,6 +269,21 @@ async fn evnet_cni_as_a_runtime_drives_it() {
     assert!(left.iter().all(|i| i.kind != InstanceKind::Container), "GC left {left:?}");
     assert_eq!(eni_count(&a).await, enis0 + 1, "only the kept ENI is new");
 
+    // A container removed without a DEL (its namespace deleted): its
+    // instance and the ENI ADD made go, freeing the address.
+    let ns_d = netns(&mut lab, "d");
+    let (ok, r) = call("ADD", "ctr-d", &ns_d, "eth0", "", &conf);
+    assert!(ok, "ADD: {r}");
+    let ip_d: Ipv4Addr = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
+    let name_d = ns_d.trim_start_matches("/run/netns/").to_string();
+    assert!(Command::new("ip").args(["netns", "del", &name_d]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.list_enis(&Default::default()).await.unwrap().iter().any(|e| e.private_ip == ip_d) {
+        assert!(Instant::now() < deadline, "the ENI of a container whose namespace is gone is still there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.list_instances(&Default::default()).await.unwrap().iter().all(|i| i.kind != InstanceKind::Container));
+
     // STATUS: the agent and its server are there (1.1 only).
     let (ok, v) = plugin(&[("CNI_COMMAND", "STATUS")], &conf.to_string());
     assert!(ok, "STATUS: {v}");

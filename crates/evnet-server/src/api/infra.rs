@@ -269,6 +269,45 @@ pub async fn patch_host(
     Ok(Json(read_back(&st.cache.read().hosts, &id)?))
 }
 
+/// `container` instances of host `host_id` that ran and whose namespace the
+/// host reports gone (the runtime removed the container without a CNI
+/// DEL): each is deleted as its tenant would delete it, detaching its ENIs,
+/// and the ENIs its CNI ADD made are deleted too, freeing their addresses.
+/// Only running container instances of that very host are touched, so a
+/// host's report reaches nothing it does not hold.
+async fn reap_vanished_containers(st: &AppState, host_id: &str, vanished: &[String]) {
+    for iid in vanished {
+        let (inst, made) = {
+            let snap = st.cache.read();
+            let Some(ie) = snap.instances.get(iid) else { continue };
+            let i = &ie.value;
+            if i.host_id != host_id || i.kind != InstanceKind::Container || i.state != InstanceState::Running {
+                continue;
+            }
+            let made: Vec<String> = snap
+                .enis_of_instance(iid)
+                .into_iter()
+                .filter(|e| e.tags.get(evnet_model::cni::TAG_CREATED_BY_CNI).map(String::as_str) == Some("true"))
+                .map(|e| e.id.clone())
+                .collect();
+            (i.clone(), made)
+        };
+        let caller = Caller::Tenant(inst.tenant.clone());
+        match crate::api::compute::delete_instance(State(st.clone()), caller.clone(), Path(inst.id.clone())).await {
+            Ok(_) => tracing::info!(instance = %inst.id, host = %host_id, netns = %inst.netns, "deleted a container instance whose namespace is gone"),
+            Err(e) => {
+                tracing::warn!(instance = %inst.id, error = ?e, "could not delete a container instance whose namespace is gone");
+                continue;
+            }
+        }
+        for eni in made {
+            if let Err(e) = crate::api::compute::delete_eni(State(st.clone()), caller.clone(), Path(eni.clone())).await {
+                tracing::warn!(eni = %eni, error = ?e, "could not delete the ENI of a vanished container");
+            }
+        }
+    }
+}
+
 pub async fn list_hosts(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<Host>>> {
     if let Caller::Bootstrap(_) = caller {
         return Err(ApiError::forbidden("list hosts: a bootstrap token only registers a host"));
@@ -354,21 +393,6 @@ pub async fn heartbeat(
                     txn.ops.push(put(keys::resource(Kind::Instance, iid), &i));
                 }
         }
-        // A container whose namespace is gone (its runtime removed it) is
-        // no longer running; it runs again when the agent finds it back.
-        let running: std::collections::HashSet<&str> = req.running_instances.iter().map(String::as_str).collect();
-        for ie in snap.instances.values() {
-            if ie.value.host_id == id
-                && ie.value.kind == InstanceKind::Container
-                && ie.value.state == InstanceState::Running
-                && !running.contains(ie.value.id.as_str())
-            {
-                let mut i = arc_clone(&ie.value);
-                i.state = InstanceState::Pending;
-                txn.compares.push(cmp(keys::resource(Kind::Instance, &i.id), ie.mod_revision));
-                txn.ops.push(put(keys::resource(Kind::Instance, &i.id), &i));
-            }
-        }
         // A heartbeat that changes nothing but the time is written only when
         // the stored time is older than the refresh interval: a fleet's
         // heartbeats would otherwise be most of the store's writes.
@@ -384,6 +408,7 @@ pub async fn heartbeat(
         Ok(Plan::Write(txn, ()))
     })
     .await?;
+    reap_vanished_containers(&st, &id, &req.vanished_instances).await;
     Ok(Json(read_back(&st.cache.read().hosts, &id)?))
 }
 
