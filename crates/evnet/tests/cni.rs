@@ -255,6 +255,25 @@ async fn evnet_cni_as_a_runtime_drives_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(Path::new(&ns_a).exists() && Path::new(&ns_b).exists(), "DEL never deletes the runtime's namespace");
+    // The kept ENI follows its workload to another host: a container on
+    // host-1 gets it with its MAC and address.
+    let ns_e = netns(&mut lab, "e");
+    let conf_h1 = with(json!({"agent_socket": dir.join("host-1.cni.sock"), "subnet_id": null}));
+    let (ok, r) = call("ADD", "ctr-e", &ns_e, "eth0", &format!("EVNET_ENI_ID={}", kept.id), &conf_h1);
+    assert!(ok, "ADD on host-1 with EVNET_ENI_ID: {r}");
+    assert_eq!(r["ips"][0]["address"], "10.0.1.77/24");
+    assert_eq!(r["interfaces"][0]["mac"].as_str(), evnet_plan::naming::normalize_mac(&kept.mac).as_deref());
+    assert_eq!(a.get_eni(&kept.id).await.unwrap().attachment.map(|x| x.host_id), Some(h1.clone()));
+    assert!(ping_from(&ns_e, e1.private_ip), "the moved address works on its new host");
+    let (ok, v) = call("DEL", "ctr-e", &ns_e, "eth0", "", &conf_h1);
+    assert!(ok, "DEL: {v}");
+    // The ips capability: the address asked for.
+    let (ok, r) = call("ADD", "ctr-f", &ns_e, "eth0", "", &with(json!({"runtimeConfig": {"ips": ["10.0.1.88/24"]}})));
+    assert!(ok, "ADD with an address asked for: {r}");
+    assert_eq!(r["ips"][0]["address"], "10.0.1.88/24");
+    let (ok, v) = call("DEL", "ctr-f", &ns_e, "eth0", "", &conf);
+    assert!(ok, "DEL: {v}");
+
     // DEL of a container evnet never saw, and without a netns: success.
     let (ok, v) = call("DEL", "ctr-never", "", "eth0", "", &conf);
     assert!(ok, "DEL of nothing: {v}");
