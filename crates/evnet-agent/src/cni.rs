@@ -254,7 +254,7 @@ impl CniService {
     /// The ENI an ADD attaches: the one `EVNET_ENI_ID` names (it must be
     /// free), or a new one in the configuration's subnet. `true`: made here.
     async fn eni_for(&self, c: &Client, req: &AgentRequest) -> CniResult<(Eni, bool)> {
-        if let Some(id) = req.args.get("EVNET_ENI_ID") {
+        if let Some(id) = req.args.get(cni::keys::ENI_ID) {
             let e = c.get_eni(id).await.map_err(|e| api(&format!("reading ENI {id} (EVNET_ENI_ID)"), e))?;
             if let Some(a) = &e.attachment {
                 return Err(CniError::new(
@@ -264,7 +264,7 @@ impl CniService {
             }
             return Ok((e, false));
         }
-        let Some(subnet_id) = req.conf.subnet_id.clone() else {
+        let Some(subnet_id) = req.args.get(cni::keys::SUBNET_ID).cloned().or_else(|| req.conf.subnet_id.clone()) else {
             return Err(CniError::new(code::INVALID_CONFIG, "the network configuration needs subnet_id (or CNI_ARGS EVNET_ENI_ID=eni-… to attach an existing ENI)"));
         };
         let private_ip = requested_ip(req)?;
@@ -276,7 +276,10 @@ impl CniService {
         let body = CreateEni {
             subnet_id,
             private_ip,
-            security_group_ids: req.conf.security_group_ids.clone(),
+            security_group_ids: match req.args.get(cni::keys::SECURITY_GROUPS) {
+                Some(list) => list.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_string).collect(),
+                None => req.conf.security_group_ids.clone(),
+            },
             bandwidth,
             tags,
             ..Default::default()
@@ -434,7 +437,7 @@ impl CniService {
 /// The address a runtime asks for: `runtimeConfig.ips` (capability `ips`)
 /// or `CNI_ARGS` `IP=`.
 fn requested_ip(req: &AgentRequest) -> CniResult<Option<Ipv4Addr>> {
-    let asked = req.conf.runtime_config.ips.first().cloned().or_else(|| req.args.get("IP").cloned());
+    let asked = req.conf.runtime_config.ips.first().cloned().or_else(|| req.args.get(cni::keys::IP).cloned());
     let Some(s) = asked else { return Ok(None) };
     let addr = s.split('/').next().unwrap_or("");
     addr.parse::<Ipv4Addr>()
@@ -446,7 +449,22 @@ fn requested_ip(req: &AgentRequest) -> CniResult<Option<Ipv4Addr>> {
 /// `bandwidth` capability's rates as its limit. evnet's limits hold in both
 /// directions alike, so the two rates must agree.
 fn bandwidth_of(req: &AgentRequest) -> CniResult<Option<BandwidthSpec>> {
-    let conf = req.conf.bandwidth.unwrap_or_default();
+    let mut conf = req.conf.bandwidth.unwrap_or_default();
+    let number = |key: &str| -> CniResult<Option<u64>> {
+        req.args
+            .get(key)
+            .map(|v| v.parse::<u64>().map_err(|_| CniError::new(code::INVALID_CONFIG, format!("{key}={v:?} is not a whole number"))))
+            .transpose()
+    };
+    if let Some(g) = number(cni::keys::GUARANTEED_MBPS)? {
+        conf.guaranteed_mbps = g;
+    }
+    if let Some(l) = number(cni::keys::LIMIT_MBPS)? {
+        conf.limit_mbps = Some(l);
+    }
+    if let Some(w) = number(cni::keys::WEIGHT)? {
+        conf.weight = Some(u32::try_from(w).unwrap_or(u32::MAX));
+    }
     let mut limit = conf.limit_mbps;
     if let Some(cap) = req.conf.runtime_config.bandwidth {
         let rate = match (cap.ingress_rate, cap.egress_rate) {

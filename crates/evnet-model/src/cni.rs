@@ -145,9 +145,35 @@ pub struct NetConf {
     pub runtime_config: RuntimeConfig,
     #[serde(default)]
     pub dns: Option<Dns>,
+    /// `args.cni`: the same keys `CNI_ARGS` may carry (a runtime's, or the
+    /// configuration's); `CNI_ARGS` wins where both name one.
+    #[serde(default)]
+    pub args: Option<ConfArgs>,
     /// GC's list of attachments still in use (`cni.dev/valid-attachments`).
     #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// The configuration's `args` (conventionally written by the runtime).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConfArgs {
+    /// Keys to values; non-string values are taken as their JSON text.
+    #[serde(default)]
+    pub cni: BTreeMap<String, serde_json::Value>,
+}
+
+/// The evnet keys `CNI_ARGS` (or `args.cni`) may carry.
+pub mod keys {
+    /// Attach this ENI instead of making one (it must be detached).
+    pub const ENI_ID: &str = "EVNET_ENI_ID";
+    /// The address to ask for (also `IP`, the usual CNI key).
+    pub const IP: &str = "IP";
+    pub const SUBNET_ID: &str = "EVNET_SUBNET_ID";
+    pub const GUARANTEED_MBPS: &str = "EVNET_GUARANTEED_MBPS";
+    pub const LIMIT_MBPS: &str = "EVNET_LIMIT_MBPS";
+    pub const WEIGHT: &str = "EVNET_WEIGHT";
+    /// Comma-separated group ids.
+    pub const SECURITY_GROUPS: &str = "EVNET_SECURITY_GROUP_IDS";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -172,6 +172,8 @@ async fn evnet_cni_as_a_runtime_drives_it() {
         ("a MAC of the runtime's", "c1", &ns_a, "eth0", with(json!({"runtimeConfig": {"mac": "02:11:22:33:44:55"}})), 2),
         ("an address outside the subnet", "c1", &ns_a, "eth0", with(json!({"runtimeConfig": {"ips": ["10.9.9.9/24"]}})), 100),
         ("an agent that is not there", "c1", &ns_a, "eth0", with(json!({"agent_socket": tmp.path().join("none.sock")})), 11),
+        ("a guarantee the host cannot admit", "c1", &ns_a, "eth0", with(json!({"bandwidth": {"guaranteed_mbps": 990}})), 100),
+        ("a guarantee that is not a number", "c1", &ns_a, "eth0", with(json!({"args": {"cni": {"EVNET_GUARANTEED_MBPS": "lots"}}})), 7),
     ];
     let (enis0, insts0) = (eni_count(&a).await, instance_count(&a).await);
     for (what, id, ns, ifname, c, want) in &bad {
@@ -268,9 +270,11 @@ async fn evnet_cni_as_a_runtime_drives_it() {
     let (ok, v) = call("DEL", "ctr-e", &ns_e, "eth0", "", &conf_h1);
     assert!(ok, "DEL: {v}");
     // The ips capability: the address asked for.
-    let (ok, r) = call("ADD", "ctr-f", &ns_e, "eth0", "", &with(json!({"runtimeConfig": {"ips": ["10.0.1.88/24"]}})));
+    let (ok, r) = call("ADD", "ctr-f", &ns_e, "eth0", "EVNET_LIMIT_MBPS=300", &with(json!({"runtimeConfig": {"ips": ["10.0.1.88/24"]}, "args": {"cni": {"EVNET_GUARANTEED_MBPS": "25", "EVNET_LIMIT_MBPS": "100"}}})));
     assert!(ok, "ADD with an address asked for: {r}");
     assert_eq!(r["ips"][0]["address"], "10.0.1.88/24");
+    let ef = a.list_enis(&Default::default()).await.unwrap().into_iter().find(|e| e.private_ip == Ipv4Addr::new(10, 0, 1, 88)).unwrap();
+    assert_eq!((ef.bandwidth.guaranteed_mbps, ef.bandwidth.limit_mbps), (25, Some(300)), "args.cni keys, CNI_ARGS winning");
     let (ok, v) = call("DEL", "ctr-f", &ns_e, "eth0", "", &conf);
     assert!(ok, "DEL: {v}");
 

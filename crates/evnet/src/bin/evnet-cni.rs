@@ -91,7 +91,13 @@ fn run(env: &BTreeMap<String, String>, stdin: &[u8]) -> Result<serde_json::Value
             return Err(fail(code::UNKNOWN_CONTAINER, format!("CNI_NETNS {netns} does not exist")));
         }
     }
-    let args = cni::parse_cni_args(var("CNI_ARGS")).map_err(|e| fail(code::INVALID_ENVIRONMENT, e))?;
+    let mut args: BTreeMap<String, String> = conf
+        .args
+        .iter()
+        .flat_map(|a| &a.cni)
+        .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+        .collect();
+    args.extend(cni::parse_cni_args(var("CNI_ARGS")).map_err(|e| fail(code::INVALID_ENVIRONMENT, e))?);
     let token = match &conf.token_file {
         Some(f) => std::fs::read_to_string(f).map_err(|e| fail(code::INVALID_CONFIG, format!("token_file {f}: {e}")))?.trim().to_string(),
         None => String::new(),
