@@ -11,7 +11,7 @@
 //! Fails (never skips) without root when CI=true.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -38,98 +38,8 @@ fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// podman with this test's own storage, configuration and networks.
-struct Podman {
-    dir: PathBuf,
-}
-
-impl Podman {
-    fn new(dir: &Path) -> Podman {
-        let p = Podman { dir: dir.to_path_buf() };
-        for d in ["cni", "net", "root", "runroot", "rootfs/bin"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_evnet-cni"), dir.join("cni/evnet-cni")).unwrap();
-        // crun does not run here, nor do the default rlimits (KERNEL-NOTES).
-        let conf = format!(
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n[engine]\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\n\
-             [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\nnetwork_config_dir = \"{}\"\n",
-            dir.join("cni").display(),
-            dir.join("net").display()
-        );
-        std::fs::write(dir.join("containers.conf"), conf).unwrap();
-        // The image: busybox from Debian's busybox-static.
-        let rootfs = dir.join("rootfs");
-        std::fs::copy("/usr/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static (scripts/setup.sh installs it)");
-        for applet in ["sh", "ping", "ip", "sleep", "cat"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-        let tar = dir.join("rootfs.tar");
-        run("tar", &["-C", &rootfs.display().to_string(), "-cf", &tar.display().to_string(), "."]);
-        p.ok(&["import", &tar.display().to_string(), "localhost/evnet-busybox"]);
-        p
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new("podman")
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
-            .args(["--root", &self.dir.join("root").display().to_string(), "--runroot", &self.dir.join("runroot").display().to_string()])
-            .args(args)
-            .output()
-            .expect("podman (scripts/setup.sh installs it)")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args);
-        assert!(out.status.success(), "podman {args:?} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// A network `name` whose containers get ENIs through `socket`'s agent.
-    fn network(&self, name: &str, socket: &Path, token_file: &Path, subnet: &str, bandwidth: Value) {
-        let conf = json!({
-            "cniVersion": "1.0.0", "name": name,
-            "plugins": [{"type": "evnet-cni", "agent_socket": socket, "token_file": token_file, "subnet_id": subnet, "bandwidth": bandwidth,
-                         "capabilities": {"bandwidth": true}}]
-        });
-        std::fs::write(self.dir.join("net").join(format!("{name}.conflist")), conf.to_string()).unwrap();
-    }
-
-    /// Runs a container that sleeps on `network`: its id.
-    fn start(&self, network: &str) -> String {
-        self.ok(&["run", "-d", "--network", network, "localhost/evnet-busybox", "sleep", "600"])
-    }
-
-    fn inspect(&self, id: &str) -> Value {
-        let v: Value = serde_json::from_str(&self.ok(&["inspect", id])).unwrap();
-        v[0].clone()
-    }
-
-    fn ip(&self, id: &str) -> Ipv4Addr {
-        let v = self.inspect(id);
-        let nets = v["NetworkSettings"]["Networks"].as_object().unwrap();
-        nets.values().next().unwrap()["IPAddress"].as_str().unwrap().parse().unwrap()
-    }
-
-    fn netns(&self, id: &str) -> String {
-        self.inspect(id)["NetworkSettings"]["SandboxKey"].as_str().unwrap().to_string()
-    }
-
-    fn pings(&self, id: &str, ip: Ipv4Addr) -> bool {
-        self.cmd(&["exec", id, "ping", "-c", "1", "-W", "1", &ip.to_string()]).status.success()
-    }
-
-    fn rm(&self, id: &str) {
-        self.ok(&["rm", "-f", "-t", "0", id]);
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["rm", "-a", "-f", "-t", "0"]);
-        let _ = self.cmd(&["system", "reset", "-f"]);
-    }
-}
+#[path = "../src/podman_rig.rs"]
+mod podman_rig;
 
 struct Lab {
     dir: PathBuf,
@@ -200,41 +110,55 @@ async fn podman_containers_on_evnet() {
         }
     };
     let (a, a_token, a_sub) = tenant("a").await;
-    let (_b, b_token, b_sub) = tenant("b").await;
+    let (b, b_token, b_sub) = tenant("b").await;
     // An evnet instance of A's on host-2.
     // (At an address B's containers do not get: both subnets hand out the same ones.)
     let e1 = a.create_eni(&CreateEni { subnet_id: a_sub.id.clone(), private_ip: Some(Ipv4Addr::new(10, 0, 1, 50)), ..Default::default() }).await.unwrap();
     let i1 = a.create_instance(&CreateInstance { host_id: Some(h2.clone()), eni_ids: vec![e1.id.clone()], ..Default::default() }).await.unwrap();
 
-    let pm = Podman::new(&tmp.path().join("podman"));
+    let pm = podman_rig::Podman::new(&tmp.path().join("podman"), std::path::Path::new(env!("CARGO_BIN_EXE_evnet-cni"))).unwrap();
     let sock = |h: &str| dir.join(format!("{h}.cni.sock"));
-    pm.network("a-h1", &sock("host-1"), &a_token, &a_sub.id, json!({}));
-    pm.network("a-h2", &sock("host-2"), &a_token, &a_sub.id, json!({}));
-    pm.network("a-h1-limited", &sock("host-1"), &a_token, &a_sub.id, json!({"limit_mbps": 60}));
-    pm.network("b-h1", &sock("host-1"), &b_token, &b_sub.id, json!({}));
+    pm.network("a-h1", &sock("host-1"), &a_token, &a_sub.id, json!({})).unwrap();
+    pm.network("a-h2", &sock("host-2"), &a_token, &a_sub.id, json!({})).unwrap();
+    pm.network("a-h1-limited", &sock("host-1"), &a_token, &a_sub.id, json!({"limit_mbps": 60})).unwrap();
+    pm.network("b-h1", &sock("host-1"), &b_token, &b_sub.id, json!({})).unwrap();
 
     // One tenant's containers on two hosts, and its instance.
-    let c1 = pm.start("a-h1");
-    let c2 = pm.start("a-h2");
-    let (ip1, ip2) = (pm.ip(&c1), pm.ip(&c2));
+    let c1 = pm.start("a-h1").unwrap();
+    let c2 = pm.start("a-h2").unwrap();
+    let (ip1, ip2) = (pm.ip(&c1).unwrap(), pm.ip(&c2).unwrap());
     assert!(pm.pings(&c1, ip2), "a container reaches the tenant's container on the other host");
     assert!(pm.pings(&c2, ip1), "and back");
     assert!(pm.pings(&c1, e1.private_ip), "a container reaches the tenant's evnet instance");
     // Another tenant, the same CIDR: it reaches neither.
-    let cb = pm.start("b-h1");
-    assert_ne!(pm.ip(&cb), ip2);
+    let cb = pm.start("b-h1").unwrap();
+    assert_ne!(pm.ip(&cb).unwrap(), ip2);
     assert!(!pm.pings(&cb, ip2), "B's container reached A's container");
     assert!(!pm.pings(&cb, e1.private_ip), "B's container reached A's instance");
     assert!(pm.pings(&cb, b_sub.gateway_ip), "B's container is on B's network");
+    // `evnet trace` explains the containers' packets as any ENI's.
+    {
+        use evnet_model::trace::{TraceRequest, TraceVerdict};
+        let eni_at = |c: &Client, ip: Ipv4Addr| {
+            let c = c.clone();
+            async move { c.list_enis(&Default::default()).await.unwrap().into_iter().find(|e| e.private_ip == ip).unwrap() }
+        };
+        let trace = |c: &Client, from: String, to: Ipv4Addr| {
+            let c = c.clone();
+            async move { c.trace(&TraceRequest { source_eni_id: from, destination_ip: to, protocol: Protocol::Icmp, port: None, source_ip: None }).await.unwrap().verdict }
+        };
+        assert_eq!(trace(&a, eni_at(&a, ip1).await.id, e1.private_ip).await, TraceVerdict::Delivered);
+        assert_eq!(trace(&b, eni_at(&b, pm.ip(&cb).unwrap()).await.id, ip2).await, TraceVerdict::Dropped);
+    }
 
     // The limit holds, and changes live while the container runs.
-    let cl = pm.start("a-h1-limited");
-    let ns = pm.netns(&cl);
+    let cl = pm.start("a-h1-limited").unwrap();
+    let ns = pm.netns(&cl).unwrap();
     let eni_of = |ip: Ipv4Addr| {
         let a = a.clone();
         async move { a.list_enis(&Default::default()).await.unwrap().into_iter().find(|e| e.private_ip == ip).unwrap() }
     };
-    let el = eni_of(pm.ip(&cl)).await;
+    let el = eni_of(pm.ip(&cl).unwrap()).await;
     assert_eq!(el.bandwidth.limit_mbps, Some(60));
     let before = iperf_mbps(&ns, &i1.netns, e1.private_ip, 3);
     assert!(before <= 60.0 * 1.1 && before >= 60.0 * 0.5, "limited to 60 Mbit/s, measured {before:.1}");
@@ -253,24 +177,24 @@ async fn podman_containers_on_evnet() {
     }
     let after = iperf_mbps(&ns, &i1.netns, e1.private_ip, 3);
     assert!(after <= 20.0 * 1.1 && after >= 20.0 * 0.5, "limited to 20 Mbit/s live, measured {after:.1} (before {before:.1})");
-    assert_eq!(pm.inspect(&cl)["State"]["Running"], true, "the container kept running");
+    assert_eq!(pm.inspect(&cl).unwrap()["State"]["Running"], true, "the container kept running");
     eprintln!("limit 60 → {before:.1} Mbit/s; set to 20 → {after:.1} Mbit/s");
 
     // podman rm -f frees the address.
-    pm.rm(&c2);
+    pm.rm(&c2).unwrap();
     let gone = a.list_enis(&Default::default()).await.unwrap();
     assert!(gone.iter().all(|e| e.private_ip != ip2), "the removed container's ENI is still there: {gone:?}");
     for id in [&c1, &cb, &cl] {
-        pm.rm(id);
+        pm.rm(id).unwrap();
     }
 
     // 20 containers in a row on one host leave nothing behind.
     let (enis0, insts0) = (a.list_enis(&Default::default()).await.unwrap().len(), a.list_instances(&Default::default()).await.unwrap().len());
     let links0 = host_links(&host_ns("host-1"));
     for n in 0..20 {
-        let c = pm.start("a-h1");
+        let c = pm.start("a-h1").unwrap();
         assert!(pm.pings(&c, a_sub.gateway_ip), "container {n} is on the network");
-        pm.rm(&c);
+        pm.rm(&c).unwrap();
     }
     assert_eq!(a.list_enis(&Default::default()).await.unwrap().len(), enis0, "ENIs left behind");
     assert_eq!(a.list_instances(&Default::default()).await.unwrap().len(), insts0, "instances left behind");
