@@ -475,6 +475,7 @@ async fn host_agent_routes() {
         applied_generation: 41,
         running_instances: vec!["i-1".into()],
         failures: vec![],
+        vanished_instances: vec![],
     };
     agent.heartbeat(&host.id, &hb).await.unwrap();
     assert_eq!(
