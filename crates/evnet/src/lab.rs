@@ -359,6 +359,7 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
         let pid = spawn_agent(dir, st, &st.hosts[i]).await?;
         st.hosts[i].agent_pid = Some(pid);
         st.files.push(agent_log(dir, &st.hosts[i]));
+        st.files.push(cni_socket(dir, &st.hosts[i]));
     }
     save(dir, st)?;
     let want = st.hosts.len();

@@ -300,6 +300,7 @@ async fn evnet_cni_as_a_runtime_drives_it() {
     let ip_d: Ipv4Addr = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
     let name_d = ns_d.trim_start_matches("/run/netns/").to_string();
     assert!(Command::new("ip").args(["netns", "del", &name_d]).status().unwrap().success());
+    lab.namespaces.retain(|n| *n != name_d);
     let deadline = Instant::now() + Duration::from_secs(15);
     while a.list_enis(&Default::default()).await.unwrap().iter().any(|e| e.private_ip == ip_d) {
         assert!(Instant::now() < deadline, "the ENI of a container whose namespace is gone is still there");
