@@ -278,6 +278,22 @@ async fn evnet_cni_as_a_runtime_drives_it() {
     let (ok, v) = call("DEL", "ctr-f", &ns_e, "eth0", "", &conf);
     assert!(ok, "DEL: {v}");
 
+    // The configuration's security groups hold for the container: in a
+    // group with no ingress rules it is refused the ping that the VPC's
+    // default group let through to ctr-a above.
+    let closed = a
+        .create_security_group(&CreateSecurityGroup { vpc_id: vpc.id.clone(), name: "closed".into(), description: String::new(), ingress: vec![], egress: None, tags: Default::default(), client_token: None })
+        .await
+        .unwrap();
+    let (ok, r) = call("ADD", "ctr-g", &ns_e, "eth0", "", &with(json!({"security_group_ids": [closed.id]})));
+    assert!(ok, "ADD with a group: {r}");
+    let ip_g: Ipv4Addr = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
+    assert!(ping_from(&ns_e, sub.gateway_ip), "the container is on the network");
+    let ping_in = Command::new("ip").args(["netns", "exec", &i1_ns, "ping", "-c", "1", "-W", "1", &ip_g.to_string()]).output().unwrap();
+    assert!(!ping_in.status.success(), "a ping in passed a group with no ingress rules");
+    let (ok, v) = call("DEL", "ctr-g", &ns_e, "eth0", "", &conf);
+    assert!(ok, "DEL: {v}");
+
     // DEL of a container evnet never saw, and without a netns: success.
     let (ok, v) = call("DEL", "ctr-never", "", "eth0", "", &conf);
     assert!(ok, "DEL of nothing: {v}");
