@@ -11,7 +11,7 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,27 +19,13 @@ use evnet_client::Client;
 use evnet_model::*;
 use serde_json::{json, Value};
 
-fn require_root() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("the CNI tests need root (CI=true): run them as root");
-    }
-    eprintln!("skipping the CNI tests: not root (they run in CI as root)");
-    false
-}
+mod common;
+use common::{evnet, lab_state, links_in, ping_from_path as ping_from};
 
-fn evnet(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_evnet")).args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "evnet {args:?} failed:\n{text}");
-    text
-}
-
+/// The lab, and the namespaces the test made as a runtime would (removed
+/// first, then the lab goes down).
 struct Lab {
-    dir: PathBuf,
+    _lab: common::Lab,
     namespaces: Vec<String>,
 }
 
@@ -48,11 +34,9 @@ impl Drop for Lab {
         for n in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
-        if self.dir.join("lab.json").exists() {
-            let _ = Command::new(env!("CARGO_BIN_EXE_evnet")).args(["lab", "down", "--dir", &self.dir.display().to_string()]).status();
-        }
     }
 }
+
 
 /// One run of the plugin: exit status and what it printed on stdout (JSON,
 /// or `Null` when it printed nothing).
@@ -82,15 +66,6 @@ fn err_code(v: &Value) -> u64 {
     v["code"].as_u64().unwrap_or_else(|| panic!("not a CNI error object: {v}"))
 }
 
-fn ping_from(path: &str, ip: Ipv4Addr) -> bool {
-    Command::new("nsenter").args([&format!("--net={path}"), "ping", "-c", "1", "-W", "1", &ip.to_string()]).output().unwrap().status.success()
-}
-
-fn links_in(path: &str) -> Vec<String> {
-    let out = Command::new("nsenter").args([&format!("--net={path}"), "ip", "-o", "link", "show"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string())).collect()
-}
-
 async fn eni_count(c: &Client) -> usize {
     c.list_enis(&Default::default()).await.unwrap().len()
 }
@@ -101,14 +76,14 @@ async fn instance_count(c: &Client) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evnet_cni_as_a_runtime_drives_it() {
-    if !require_root() {
+    if !common::require_root("the CNI tests") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let mut lab = Lab { dir: dir.clone(), namespaces: vec![] };
+    let mut lab = Lab { _lab: common::Lab { dir: dir.clone() }, namespaces: vec![] };
     evnet(&["lab", "up", "--hosts", "2", "--dir", &dir.display().to_string(), "--dataplane", "bpf"]);
-    let st: Value = serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap();
+    let st = lab_state(&dir);
     let url = st["url"].as_str().unwrap().to_string();
     let admin = Client::new(&url, st["admin_token"].as_str().unwrap()).unwrap();
     let hosts = admin.list_hosts(&Default::default()).await.unwrap();
@@ -252,7 +227,7 @@ async fn evnet_cni_as_a_runtime_drives_it() {
     let kept_now = a.get_eni(&kept.id).await.unwrap();
     assert!(kept_now.attachment.is_none(), "the given ENI is detached and kept: {kept_now:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while links_in(&ns_a).contains(&"eth0".to_string()) || links_in(&ns_b).contains(&"eth0".to_string()) {
+    while links_in(&ns_a).contains("eth0") || links_in(&ns_b).contains("eth0") {
         assert!(Instant::now() < deadline, "eth0 stayed after DEL");
         std::thread::sleep(Duration::from_millis(50));
     }

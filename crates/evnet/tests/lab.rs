@@ -10,35 +10,15 @@ use std::fs::File;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use evnet_client::Client;
 use evnet_model::*;
 
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn require_root() -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("the lab tests need root (CI=true): run them as root");
-    }
-    eprintln!("skipping the lab tests: not root (they run in CI as root)");
-    false
-}
-
-fn evnet(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_evnet")).args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "evnet {args:?} failed:\n{text}");
-    text
-}
+mod common;
+use common::{Lab, evnet, lab_state, links_in, netns_set, ping, ping_from_path, root_links};
 
 /// Runs `f` on a thread inside network namespace `ns`.
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
@@ -50,19 +30,6 @@ fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) ->
         assert_eq!(rc, 0, "setns {path}");
         f()
     })
-}
-
-fn ping(ns: &str, ip: Ipv4Addr) -> bool {
-    Command::new("ip").args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", &ip.to_string()]).output().unwrap().status.success()
-}
-
-fn netns_set() -> BTreeSet<String> {
-    std::fs::read_dir("/run/netns").map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
-}
-
-fn root_links() -> BTreeSet<String> {
-    let out = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_string())).collect()
 }
 
 /// A TCP connect from `from` to `to`: true when it connected within 1 s.
@@ -156,22 +123,6 @@ fn neigh_mac(ns: &str, ip: Ipv4Addr) -> Option<String> {
     v.as_array()?.iter().find_map(|n| n["lladdr"].as_str().map(str::to_string))
 }
 
-struct Lab {
-    dir: PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if self.dir.join("lab.json").exists() {
-            let _ = Command::new(env!("CARGO_BIN_EXE_evnet")).args(["lab", "down", "--dir", &self.dir.display().to_string()]).status();
-        }
-    }
-}
-
-fn lab_state(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap()
-}
-
 async fn wait_synced(admin: &Client) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for h in admin.list_hosts(&Default::default()).await.unwrap() {
@@ -210,7 +161,7 @@ async fn lab_end_to_end_bpf() {
 /// `kill -9` of an agent under a flow, a hand-deleted ENI device coming
 /// back and `lab down` leaving nothing, on `dataplane` (`nft` or `bpf`).
 async fn end_to_end(dataplane: &str) {
-    if !require_root() {
+    if !common::require_root("the lab tests") {
         return;
     }
     let ns_before = netns_set();
@@ -557,7 +508,7 @@ impl Drop for Holder {
 /// firewall built; when the holder goes, the failure clears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_underlay_trust_and_blast_radius() {
-    if require_root() {
+    if common::require_root("the lab tests") {
         underlay_trust_and_blast_radius("nft").await;
     }
 }
@@ -568,7 +519,7 @@ async fn lab_underlay_trust_and_blast_radius() {
 /// data plane does not have.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_underlay_trust_bpf() {
-    if require_root() {
+    if common::require_root("the lab tests") {
         underlay_trust_and_blast_radius("bpf").await;
     }
 }
@@ -733,7 +684,7 @@ fn udp_flow(from: &str, at: &str, to: Ipv4Addr, port: u16, gap: Duration, durati
 /// are as before, and the agents report no failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_chaos_agent_kills_and_underlay_cut() {
-    if require_root() {
+    if common::require_root("the lab tests") {
         chaos("nft").await;
     }
 }
@@ -743,7 +694,7 @@ async fn lab_chaos_agent_kills_and_underlay_cut() {
 /// are as before after the underlay cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_chaos_bpf() {
-    if require_root() {
+    if common::require_root("the lab tests") {
         chaos("bpf").await;
     }
 }
@@ -866,22 +817,6 @@ async fn chaos(dataplane: &str) {
     drop(lab);
 }
 
-/// A ping from inside the namespace at `path` (a runtime's, by path).
-fn ping_from_path(path: &str, ip: Ipv4Addr) -> bool {
-    Command::new("nsenter")
-        .args([&format!("--net={path}"), "ping", "-c", "1", "-W", "1", &ip.to_string()])
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
-/// The links inside the namespace at `path`.
-fn links_in(path: &str) -> BTreeSet<String> {
-    let out = Command::new("nsenter").args([&format!("--net={path}"), "ip", "-o", "link", "show"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string())).collect()
-}
-
 /// `container` instances on the tc-BPF data plane: namespaces made by
 /// someone else (here the test, as a container runtime would: one under
 /// `/run/netns`, one held only by a process, `/proc/PID/ns/net`) get their
@@ -892,7 +827,7 @@ fn links_in(path: &str) -> BTreeSet<String> {
 /// of a namespace that vanished is deleted (its ENI detached).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_container_instances_bpf() {
-    if !require_root() {
+    if !common::require_root("the lab tests") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -12,63 +12,17 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use evnet_client::Client;
 use evnet_model::*;
 
-fn require_root() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("the lab tests need root (CI=true): run them as root");
-    }
-    eprintln!("skipping the lab failover drill: not root (it runs in CI as root)");
-    false
-}
-
-fn evnet(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_evnet")).args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "evnet {args:?} failed:\n{text}");
-    text
-}
-
-fn ping(ns: &str, ip: Ipv4Addr) -> bool {
-    Command::new("ip").args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", &ip.to_string()]).output().unwrap().status.success()
-}
-
-fn netns_set() -> BTreeSet<String> {
-    std::fs::read_dir("/run/netns").map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
-}
-
-fn root_links() -> BTreeSet<String> {
-    let out = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_string())).collect()
-}
+mod common;
+use common::{Lab, evnet, lab_state, netns_set, ping, root_links};
 
 fn alive(pid: u64) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     !stat.is_empty() && !stat.rsplit(')').next().unwrap().trim_start().starts_with('Z')
-}
-
-/// Takes the lab down if the test stops early.
-struct Lab(std::path::PathBuf);
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if self.0.join("lab.json").exists() {
-            let _ = Command::new(env!("CARGO_BIN_EXE_evnet")).args(["lab", "down", "--dir", &self.0.display().to_string()]).status();
-        }
-    }
-}
-
-fn lab_state(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap()
 }
 
 async fn poll<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
@@ -109,7 +63,7 @@ async fn until_pingable(ns: &str, ip: Ipv4Addr, limit: Duration, what: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_failover_drill_on_etcd() {
-    if !require_root() {
+    if !common::require_root("the lab failover drill tests") {
         return;
     }
     if evnet_store::etcd_process::require_etcd().is_none() {
@@ -120,7 +74,7 @@ async fn lab_failover_drill_on_etcd() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
     let d = dir.display().to_string();
-    let lab = Lab(dir.clone());
+    let lab = Lab { dir: dir.clone() };
     evnet(&["lab", "up", "--servers", "3", "--store", "etcd", "--hosts", "2", "--dir", &d]);
     let st = lab_state(&dir);
     assert_eq!(st["store"], "etcd");

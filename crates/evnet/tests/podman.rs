@@ -11,25 +11,12 @@
 //! Fails (never skips) without root when CI=true.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use evnet_client::Client;
 use evnet_model::*;
 use serde_json::{json, Value};
-
-fn require_root() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("the podman tests need root (CI=true): run them as root");
-    }
-    eprintln!("skipping the podman tests: not root (they run in CI as root)");
-    false
-}
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/setup.sh installs it)"));
@@ -38,20 +25,10 @@ fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+mod common;
+
 #[path = "../src/podman_rig.rs"]
 mod podman_rig;
-
-struct Lab {
-    dir: PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if self.dir.join("lab.json").exists() {
-            let _ = Command::new(env!("CARGO_BIN_EXE_evnet")).args(["lab", "down", "--dir", &self.dir.display().to_string()]).status();
-        }
-    }
-}
 
 /// Mbit/s an iperf3 client in namespace file `from` reaches towards a
 /// server in named namespace `server_ns` at `ip`, over `secs` seconds.
@@ -82,14 +59,14 @@ fn host_links(ns: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_containers_on_evnet() {
-    if !require_root() {
+    if !common::require_root("the podman tests") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let lab = Lab { dir: dir.clone() };
+    let lab = common::Lab { dir: dir.clone() };
     run(env!("CARGO_BIN_EXE_evnet"), &["lab", "up", "--hosts", "2", "--dir", &dir.display().to_string(), "--dataplane", "bpf"]);
-    let st: Value = serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap();
+    let st = common::lab_state(&dir);
     let url = st["url"].as_str().unwrap().to_string();
     let admin = Client::new(&url, st["admin_token"].as_str().unwrap()).unwrap();
     let hosts = admin.list_hosts(&Default::default()).await.unwrap();

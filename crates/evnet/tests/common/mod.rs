@@ -1,0 +1,77 @@
+//! What the root tests on a lab share: the root check that fails under
+//! CI, running `evnet`, the guard that takes a lab down, and looking into
+//! namespaces (by name, or by path as a container runtime gives them).
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Whether the test can run: root. Without root it fails under `CI=true`
+/// and is skipped elsewhere; `what` names the tests in the messages.
+pub fn require_root(what: &str) -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} need root (CI=true): run them as root");
+    }
+    eprintln!("skipping {what}: not root (they run in CI as root)");
+    false
+}
+
+/// Runs `evnet ARGS`, which must succeed: what it printed.
+pub fn evnet(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_evnet")).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "evnet {args:?} failed:\n{text}");
+    text
+}
+
+/// Takes the lab in `dir` down when dropped, if it is still up (a test
+/// that stops early leaves nothing behind).
+pub struct Lab {
+    pub dir: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.dir.join("lab.json").exists() {
+            let _ = Command::new(env!("CARGO_BIN_EXE_evnet")).args(["lab", "down", "--dir", &self.dir.display().to_string()]).status();
+        }
+    }
+}
+
+/// The lab's `lab.json`.
+pub fn lab_state(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap()
+}
+
+/// One ping from named namespace `ns`.
+pub fn ping(ns: &str, ip: Ipv4Addr) -> bool {
+    Command::new("ip").args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", &ip.to_string()]).output().unwrap().status.success()
+}
+
+/// One ping from inside the namespace at `path` (a runtime's, by path).
+pub fn ping_from_path(path: &str, ip: Ipv4Addr) -> bool {
+    Command::new("nsenter").args([&format!("--net={path}"), "ping", "-c", "1", "-W", "1", &ip.to_string()]).output().unwrap().status.success()
+}
+
+/// The links inside the namespace at `path`.
+pub fn links_in(path: &str) -> BTreeSet<String> {
+    let out = Command::new("nsenter").args([&format!("--net={path}"), "ip", "-o", "link", "show"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string())).collect()
+}
+
+/// The named namespaces on the machine.
+pub fn netns_set() -> BTreeSet<String> {
+    std::fs::read_dir("/run/netns").map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+}
+
+/// The links of the machine's own namespace.
+pub fn root_links() -> BTreeSet<String> {
+    let out = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_string())).collect()
+}
