@@ -148,13 +148,18 @@ impl CniService {
         Ok(found.into_iter().find(|i| i.tags.get(cni::TAG_CONTAINER_ID).map(String::as_str) == Some(container_id)))
     }
 
-    /// The ENI attached to `inst` at `index`.
-    async fn eni_at(&self, c: &Client, inst: &Instance, index: u32) -> CniResult<Option<Eni>> {
+    /// The ENIs attached to `inst`.
+    async fn enis_of(&self, c: &Client, inst: &Instance) -> CniResult<Vec<Eni>> {
         let enis = c
             .list_enis(&evnet_client::EniFilter { instance_id: Some(inst.id.clone()), ..Default::default() })
             .await
             .map_err(|e| api("listing the container's ENIs", e))?;
-        Ok(enis.into_iter().find(|e| e.attachment.as_ref().is_some_and(|a| a.instance_id == inst.id && a.device_index == index)))
+        Ok(enis.into_iter().filter(|e| e.attachment.as_ref().is_some_and(|a| a.instance_id == inst.id)).collect())
+    }
+
+    /// The ENI attached to `inst` at `index`.
+    async fn eni_at(&self, c: &Client, inst: &Instance, index: u32) -> CniResult<Option<Eni>> {
+        Ok(self.enis_of(c, inst).await?.into_iter().find(|e| e.attachment.as_ref().is_some_and(|a| a.device_index == index)))
     }
 
     fn ifname_index(req: &AgentRequest) -> CniResult<u32> {
@@ -349,12 +354,8 @@ impl CniService {
         };
         let c = self.client(req)?;
         let Some(inst) = self.instance_of(&c, &req.container_id).await? else { return Ok(()) };
-        let enis = c
-            .list_enis(&evnet_client::EniFilter { instance_id: Some(inst.id.clone()), ..Default::default() })
-            .await
-            .map_err(|e| api("listing the container's ENIs", e))?;
-        let mine: Vec<&Eni> = enis.iter().filter(|e| e.attachment.as_ref().is_some_and(|a| a.instance_id == inst.id)).collect();
-        let this = mine.iter().find(|e| e.attachment.as_ref().is_some_and(|a| a.device_index == index)).copied();
+        let mine = self.enis_of(&c, &inst).await?;
+        let this = mine.iter().find(|e| e.attachment.as_ref().is_some_and(|a| a.device_index == index));
         let gone = |e: &ClientError| e.is_not_found();
         if mine.iter().all(|e| Some(e.id.as_str()) == this.map(|t| t.id.as_str())) {
             // Its last interface: the instance goes (detaching the ENI).
@@ -371,7 +372,7 @@ impl CniService {
             }
         }
         if let Some(e) = this {
-            if e.tags.get(cni::TAG_CREATED_BY_CNI).map(String::as_str) == Some("true") {
+            if cni::created_by_cni(&e.tags) {
                 if let Err(err) = c.delete_eni(&e.id).await {
                     if !gone(&err) {
                         return Err(api("deleting the ENI", err));
@@ -417,11 +418,7 @@ impl CniService {
             .map_err(|e| api("listing this host's instances", e))?;
         for inst in all.iter().filter(|i| i.kind == InstanceKind::Container) {
             let Some(cid) = inst.tags.get(cni::TAG_CONTAINER_ID) else { continue };
-            let enis = c
-                .list_enis(&evnet_client::EniFilter { instance_id: Some(inst.id.clone()), ..Default::default() })
-                .await
-                .map_err(|e| api("listing the container's ENIs", e))?;
-            for e in &enis {
+            for e in &self.enis_of(&c, inst).await? {
                 let Some(a) = &e.attachment else { continue };
                 let ifname = evnet_plan::naming::instance_ifname(a.device_index);
                 if !valid.contains(&(cid.clone(), ifname.clone())) {

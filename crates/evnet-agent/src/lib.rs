@@ -383,15 +383,15 @@ async fn reconcile_loop(
                 }
                 let failed: BTreeSet<&str> =
                     pass.failures.iter().filter(|f| f.kind == FailedObjectKind::Instance).map(|f| f.object.as_str()).collect();
+                let (present, vanished): (Vec<_>, Vec<_>) = desired.instances.iter().partition(|i| instance_present(i));
                 applied_tx.send_replace(Applied {
                     generation: desired.generation,
-                    running_instances: desired
-                        .instances
-                        .iter()
-                        .filter(|i| instance_present(i) && !failed.contains(i.instance_id.as_str()))
+                    running_instances: present
+                        .into_iter()
+                        .filter(|i| !failed.contains(i.instance_id.as_str()))
                         .map(|i| i.instance_id.clone())
                         .collect(),
-                    vanished_instances: desired.instances.iter().filter(|i| !instance_present(i)).map(|i| i.instance_id.clone()).collect(),
+                    vanished_instances: vanished.into_iter().map(|i| i.instance_id.clone()).collect(),
                     failures: pass.failures,
                 });
             }

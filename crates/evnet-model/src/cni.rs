@@ -28,6 +28,12 @@ pub const TAG_CREATED_BY_CNI: &str = "evnet.cni/created";
 /// On an ENI: the container interface it is (`CNI_IFNAME`).
 pub const TAG_IFNAME: &str = "evnet.cni/ifname";
 
+/// Whether a CNI ADD made the ENI with these tags ([`TAG_CREATED_BY_CNI`]),
+/// so that the container's end deletes it too.
+pub fn created_by_cni(tags: &crate::Tags) -> bool {
+    tags.get(TAG_CREATED_BY_CNI).map(String::as_str) == Some("true")
+}
+
 /// The CNI error codes (specification, "Error codes").
 pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;

@@ -287,7 +287,7 @@ async fn reap_vanished_containers(st: &AppState, host_id: &str, vanished: &[Stri
             let made: Vec<String> = snap
                 .enis_of_instance(iid)
                 .into_iter()
-                .filter(|e| e.tags.get(evnet_model::cni::TAG_CREATED_BY_CNI).map(String::as_str) == Some("true"))
+                .filter(|e| evnet_model::cni::created_by_cni(&e.tags))
                 .map(|e| e.id.clone())
                 .collect();
             (i.clone(), made)
