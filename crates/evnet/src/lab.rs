@@ -81,9 +81,17 @@ pub struct UpArgs {
     /// Where the lab keeps its state, logs and `env` file.
     #[arg(long)]
     pub dir: PathBuf,
-    /// NIC capacity of each host in each direction, in Mbit/s.
-    #[arg(long, default_value_t = 1000)]
+    /// NIC capacity of each host in each direction, in Mbit/s: what the
+    /// hosts register, and (with `--nic-shaping underlay`) what their
+    /// underlay links carry.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=400_000))]
     pub nic_mbps: u64,
+    /// `underlay`: each host's link to the underlay bridge carries at most
+    /// `--nic-mbps` in each direction, so a host's receive side congests as
+    /// a real ToR downlink does. `none`: the links run at memory speed and
+    /// `--nic-mbps` is only what the allocator and shapers are told.
+    #[arg(long, value_enum, default_value_t = NicShaping::Underlay)]
+    pub nic_shaping: NicShaping,
     /// Server port on 127.0.0.1 (0: any free port); further servers take any free port.
     #[arg(long, default_value_t = 0)]
     pub port: u16,
@@ -98,6 +106,17 @@ pub struct UpArgs {
     pub dataplane: crate::daemons::DataplaneArg,
 }
 
+/// Whether a lab's hosts' NICs are as slow as they say ([`UpArgs::nic_shaping`]).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NicShaping {
+    /// Shaped on the underlay: `--nic-mbps` in each direction.
+    Underlay,
+    /// Not shaped (labs made before shaping existed were not).
+    #[default]
+    None,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct LabState {
     pub lab_id: String,
@@ -106,6 +125,9 @@ pub struct LabState {
     pub tenant_token: String,
     #[serde(default)]
     pub nic_mbps: u64,
+    /// Whether the underlay links carry at most `nic_mbps` each way.
+    #[serde(default)]
+    pub nic_shaping: NicShaping,
     pub server_pid: Option<u32>,
     #[serde(default)]
     pub store: String,
@@ -152,7 +174,11 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::Up(args) => {
             let st = up(&args).await?;
             let store = if st.etcd.is_empty() { "embedded store".to_string() } else { format!("etcd {}", st.etcd.iter().map(|e| e.client_url.as_str()).collect::<Vec<_>>().join(",")) };
-            println!("lab is up: {} hosts, {} server(s) {} on the {store}", st.hosts.len(), st.servers.len().max(1), st.url);
+            let nic = match st.nic_shaping {
+                NicShaping::Underlay => format!("NICs of {} Mbit/s each way", st.nic_mbps),
+                NicShaping::None => format!("NICs registered at {} Mbit/s, not shaped", st.nic_mbps),
+            };
+            println!("lab is up: {} hosts ({nic}), {} server(s) {} on the {store}", st.hosts.len(), st.servers.len().max(1), st.url);
             println!("use it:   . {}/env && evnet vpc list", args.dir.display());
             println!("stop it:  evnet lab down --dir {}", args.dir.display());
             Ok(())
@@ -163,7 +189,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::RestartServer { k, dir } => restart_server(&dir, k).await,
         LabCommand::Demo { dir, hosts, down: tear_down } => {
             if !dir.join("lab.json").exists() {
-                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, port: 0, servers: 1, store: "embedded".into(), dataplane: crate::daemons::DataplaneArg::Nft }).await?;
+                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, nic_shaping: NicShaping::Underlay, port: 0, servers: 1, store: "embedded".into(), dataplane: crate::daemons::DataplaneArg::Nft }).await?;
             }
             let result = crate::lab::demo(&dir).await;
             if tear_down {
@@ -316,7 +342,13 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
         sh(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/15"), "dev", "ul0"])?;
         sh(&["ip", "-n", &ns, "link", "set", "ul0", "up"])?;
+        if args.nic_shaping == NicShaping::Underlay {
+            shape_nic(&ul, i, args.nic_mbps)?;
+        }
     }
+    st.nic_mbps = args.nic_mbps;
+    st.nic_shaping = args.nic_shaping;
+    save(dir, st)?;
     if args.store == "etcd" {
         start_etcd(dir, st)?;
     }
@@ -353,7 +385,6 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
     }
     let admin = Client::new(&st.url, st.admin_token.clone())?;
     wait_until(Duration::from_secs(20), "the server to answer", || async { admin.health().await.is_ok() }).await?;
-    st.nic_mbps = args.nic_mbps;
     for i in 0..st.hosts.len() {
         st.files.push(credential_file(dir, &st.hosts[i]));
         let pid = spawn_agent(dir, st, &st.hosts[i]).await?;
@@ -388,6 +419,35 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
     st.files.push(env);
     save(dir, st)?;
     Ok(())
+}
+
+/// Makes host `i`'s link to the underlay bridge a NIC of `mbps` in each
+/// direction, in the underlay namespace `ul`, so nothing a host's agent
+/// does to its own `ul0` (the fast path's send tree lives there) can lift
+/// the limit:
+/// - what the host receives leaves the bridge through port `ul<i>`: a TBF
+///   at its root;
+/// - what the host sends enters the bridge through `ul<i>`: its ingress
+///   redirects everything to IFB `ul<i>-tx`, where a TBF queues it before
+///   the bridge forwards it.
+///
+/// The bucket holds 2 ms at the rate and never less than 128 KiB (GSO
+/// packets of up to 64 KiB pass whole); the queue holds 20 ms.
+fn shape_nic(ul: &str, i: u32, mbps: u64) -> anyhow::Result<()> {
+    let port = format!("ul{i}");
+    let ifb = format!("ul{i}-tx");
+    let rate = format!("{mbps}mbit");
+    let burst = (mbps * 1_000_000 / 8 / 500).max(128 * 1024).to_string();
+    let tbf = |dev: &str| sh(&["tc", "-n", ul, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate, "burst", &burst, "latency", "20ms"]);
+    tbf(&port)?;
+    sh(&["ip", "-n", ul, "link", "add", &ifb, "type", "ifb"])?;
+    sh(&["ip", "-n", ul, "link", "set", &ifb, "up"])?;
+    tbf(&ifb)?;
+    sh(&["tc", "-n", ul, "qdisc", "add", "dev", &port, "handle", "ffff:", "ingress"])?;
+    sh(&[
+        "tc", "-n", ul, "filter", "add", "dev", &port, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0", "0", "action", "mirred",
+        "egress", "redirect", "dev", &ifb,
+    ])
 }
 
 fn server_log(dir: &Path, k: usize) -> PathBuf {

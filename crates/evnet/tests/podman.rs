@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use evnet_client::Client;
 use evnet_model::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/setup.sh installs it)"));
@@ -29,28 +29,6 @@ mod common;
 
 #[path = "../src/podman_rig.rs"]
 mod podman_rig;
-
-/// Mbit/s an iperf3 client in namespace file `from` reaches towards a
-/// server in named namespace `server_ns` at `ip`, over `secs` seconds.
-fn iperf_mbps(from: &str, server_ns: &str, ip: Ipv4Addr, secs: u32) -> f64 {
-    let mut server = Command::new("ip").args(["netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", "5301"]).stdout(std::process::Stdio::null()).spawn().unwrap();
-    let start = Instant::now();
-    let v = loop {
-        let out = Command::new("timeout")
-            .args([&(secs + 10).to_string(), "nsenter", &format!("--net={from}"), "iperf3", "-c", &ip.to_string(), "-p", "5301", "-t", &secs.to_string(), "-J"])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if v.get("end").is_some() && v.get("error").is_none() {
-            break v;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "iperf3 never connected: {v}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = server.kill();
-    let _ = server.wait();
-    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e6
-}
 
 fn host_links(ns: &str) -> Vec<String> {
     let out = Command::new("ip").args(["-n", ns, "-o", "link", "show"]).output().unwrap();
@@ -137,7 +115,7 @@ async fn podman_containers_on_evnet() {
     };
     let el = eni_of(pm.ip(&cl).unwrap()).await;
     assert_eq!(el.bandwidth.limit_mbps, Some(60));
-    let before = iperf_mbps(&ns, &i1.netns, e1.private_ip, 3);
+    let before = common::iperf_mbps(&ns, &i1.netns, e1.private_ip, 5301, 3);
     assert!(before <= 60.0 * 1.1 && before >= 60.0 * 0.5, "limited to 60 Mbit/s, measured {before:.1}");
     let env = [("EVNET_URL", url.as_str()), ("EVNET_TOKEN", std::fs::read_to_string(&a_token).unwrap().leak() as &str)];
     let out = Command::new(env!("CARGO_BIN_EXE_evnet")).envs(env).args(["eni", "set-bandwidth", &el.id, "--limit", "20M"]).output().unwrap();
@@ -152,7 +130,7 @@ async fn podman_containers_on_evnet() {
         assert!(Instant::now() < deadline, "host-1 never applied the change");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let after = iperf_mbps(&ns, &i1.netns, e1.private_ip, 3);
+    let after = common::iperf_mbps(&ns, &i1.netns, e1.private_ip, 5301, 3);
     assert!(after <= 20.0 * 1.1 && after >= 20.0 * 0.5, "limited to 20 Mbit/s live, measured {after:.1} (before {before:.1})");
     assert_eq!(pm.inspect(&cl).unwrap()["State"]["Running"], true, "the container kept running");
     eprintln!("limit 60 → {before:.1} Mbit/s; set to 20 → {after:.1} Mbit/s");

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Whether the test can run: root. Without root it fails under `CI=true`
 /// and is skipped elsewhere; `what` names the tests in the messages.
@@ -74,4 +75,34 @@ pub fn netns_set() -> BTreeSet<String> {
 pub fn root_links() -> BTreeSet<String> {
     let out = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_string())).collect()
+}
+
+/// Mbit/s an iperf3 client in the namespace at path `from` reaches towards
+/// a server in named namespace `server_ns` at `ip:port`, over `secs`
+/// seconds (the client retries while the server is not yet listening, for
+/// at most 5 s).
+pub fn iperf_mbps(from: &str, server_ns: &str, ip: Ipv4Addr, port: u16, secs: u32) -> f64 {
+    let port = port.to_string();
+    let mut server =
+        Command::new("ip").args(["netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", &port]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    let v = loop {
+        let out = Command::new("timeout")
+            .args([&(secs + 10).to_string(), "nsenter", &format!("--net={from}"), "iperf3", "-c", &ip.to_string(), "-p", &port, "-t", &secs.to_string(), "-J"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if v.get("end").is_some() && v.get("error").is_none() {
+            break v;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = server.kill();
+            let _ = server.wait();
+            panic!("iperf3 never connected to {ip}:{port}: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e6
 }
