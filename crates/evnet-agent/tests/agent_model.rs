@@ -67,8 +67,17 @@ async fn agent_converges_repairs_and_adopts() {
     };
     let h1 = hosts.iter().find(|h| h.name == "host-1").unwrap().id.clone();
     let h2 = hosts.iter().find(|h| h.name == "host-2").unwrap().id.clone();
-    // Each agent keeps its own host's credential, readable by its owner only.
-    let kept = evnet_agent::credential::load(&cred1).unwrap().expect("host-1's credential file");
+    // Each agent keeps its own host's credential, readable by its owner
+    // only; it writes the file just after its registration answers, so the
+    // host can be listed a moment before the file is there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        if let Some(c) = evnet_agent::credential::load(&cred1).unwrap() {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "host-1 never wrote its credential file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(kept.host_id, h1);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&cred1).unwrap().permissions().mode() & 0o777, 0o600);
