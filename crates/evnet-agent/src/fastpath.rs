@@ -224,7 +224,7 @@ mod tests {
                 vpc_id: "vpc-1".into(),
                 vni: 7,
                 cidr_block: "10.0.0.0/16".parse().unwrap(),
-                subnets: vec![SubnetDesired { subnet_id: "subnet-1".into(), cidr_block: "10.0.0.0/24".parse().unwrap(), gateway_ip: Ipv4Addr::new(10, 0, 0, 1) }],
+                subnets: vec![SubnetDesired { subnet_id: "subnet-1".into(), cidr_block: "10.0.0.0/24".parse().unwrap(), gateway_ip: Ipv4Addr::new(10, 0, 0, 1), route_table_id: String::new() }],
                 remote_enis: vec![RemoteEni {
                     eni_id: "eni-r".into(),
                     mac: "02:00:00:00:00:30".into(),
@@ -234,6 +234,7 @@ mod tests {
                     source_dest_check: true,
                 }],
                 peer_routes: vec![],
+                route_tables: vec![],
             }],
             instances: vec![
                 InstanceDesired { kind: Default::default(), instance_id: "i-1".into(), netns: "evi-1".into(), enis: vec![eni("eni-a", 10)] },

@@ -48,12 +48,14 @@ fn host(nic_mbps: u64, enis: &[(u64, u64)]) -> HostDesired {
             vpc_id: "vpc-0000000000000001".into(),
             vni: 0x101,
             cidr_block: net,
-            subnets: vec![SubnetDesired { subnet_id: "subnet-0000000000000001".into(), cidr_block: net, gateway_ip: Ipv4Addr::new(10, 0, 0, 1) }],
+            subnets: vec![SubnetDesired { subnet_id: "subnet-0000000000000001".into(), cidr_block: net, gateway_ip: Ipv4Addr::new(10, 0, 0, 1), route_table_id: String::new() }],
             remote_enis: vec![],
             peer_routes: vec![],
+            route_tables: vec![],
         }],
         instances,
         security_groups: vec![],
+        peer_vpcs: vec![],
     }
 }
 

@@ -77,6 +77,14 @@ struct {
 } routes SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__type(key, struct hop_key);
+	__type(value, struct hop);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} hops SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct trust_key);
@@ -196,6 +204,15 @@ static __always_inline struct route *route_of(__u32 vni, __be32 ip)
 {
 	struct route_key k = {.vni = vni, .ip = ip};
 	return bpf_map_lookup_elem(&routes, &k);
+}
+
+/* Where the route table `table` sends `ip` (its routes other than local). */
+static __always_inline struct hop *hop_of(__u32 table, __be32 ip)
+{
+	if (!table)
+		return 0;
+	struct hop_key k = {.prefixlen = 64, .table = table, .ip = ip};
+	return bpf_map_lookup_elem(&hops, &k);
 }
 
 /* What the groups and the flow table need from a packet. */
@@ -526,9 +543,22 @@ int evnet_eni(struct __sk_buff *skb)
 		if (!own || own->kind != RT_LOCAL || own->ifindex != ifindex)
 			return drop(R_DROP_SPOOF_IP);
 	}
+	/* The VPC's own addresses first (the local route), then its subnet's
+	 * route table: a peering looks the address up among the peer's ENIs
+	 * and goes no further (peering is not transitive). */
+	__u32 dst_vni = vni;
 	struct route *rt = route_of(vni, ip->daddr);
-	if (!rt)
-		return drop(R_DROP_NO_ROUTE);
+	if (!rt) {
+		struct hop *h = hop_of(e->table, ip->daddr);
+		if (!h)
+			return drop(R_DROP_NO_ROUTE);
+		if (h->kind != HOP_PEERING)
+			return drop(R_DROP_BLACKHOLE);
+		dst_vni = h->vni;
+		rt = route_of(dst_vni, ip->daddr);
+		if (!rt || rt->kind == RT_GATEWAY)
+			return drop(R_DROP_NO_ROUTE);
+	}
 	if (rt->kind == RT_GATEWAY)
 		return gateway_ping(skb, cfg, eth, ip, data_end);
 
@@ -540,15 +570,27 @@ int evnet_eni(struct __sk_buff *skb)
 	if (rt->kind == RT_LOCAL) {
 		__u32 dif = rt->ifindex;
 		struct eni *d = bpf_map_lookup_elem(&enis, &dif);
-		if (!d || d->vni != vni)
+		if (!d || d->vni != dst_vni)
 			return drop(R_DROP_NO_ROUTE);
+		if (dst_vni != vni) {
+			/* The receiver's table must send the sender's block back
+			 * across a peering to the sender's VPC. */
+			struct hop *back = hop_of(d->table, ip->saddr);
+			if (!back || back->kind != HOP_PEERING || back->vni != vni)
+				return drop(R_DROP_NO_ROUTE);
+		}
 		if (!known(skb, cfg, vni, e->ct_zone, &p)) {
 			if (!rules_allow(ifindex, DIR_EGRESS, &p))
 				return drop(R_DROP_EGRESS_DENIED);
 			if (!rules_allow(dif, DIR_INGRESS, &p))
 				return drop(R_DROP_INGRESS_DENIED);
 			admit(skb, cfg, vni, e->ct_zone, &p);
+			/* The reply is looked up in the receiver's VPC. */
+			if (dst_vni != vni)
+				admit(skb, cfg, dst_vni, d->ct_zone, &p);
 		}
+		if (dst_vni != vni)
+			count(R_PASS_PEERING);
 		return deliver_local(skb, cfg, rt, d, R_PASS_LOCAL);
 	}
 	if (rt->kind != RT_REMOTE)
@@ -561,14 +603,17 @@ int evnet_eni(struct __sk_buff *skb)
 	/* The frame's MACs stay as the instance sent them: the receiving host's
 	 * overlay program sets both (deliver_local), on a packet whose head the
 	 * encapsulation has made its own. */
+	/* Across a peering the packet travels in the receiver's VNI. */
 	struct bpf_tunnel_key tk = {};
-	tk.tunnel_id = vni;
+	tk.tunnel_id = dst_vni;
 	tk.remote_ipv4 = bpf_ntohl(rt->underlay);
 	tk.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX) < 0)
 		return drop(R_DROP_MALFORMED);
 	if (e->priority)
 		skb->priority = e->priority;
+	if (dst_vni != vni)
+		count(R_PASS_PEERING);
 	count(R_PASS_REMOTE);
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
@@ -600,9 +645,13 @@ int evnet_overlay(struct __sk_buff *skb)
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end || ip->ihl < 5 || ip->version != 4)
 		return drop(R_DROP_MALFORMED);
+	/* The inner source must be an ENI of the sending host (any address
+	 * from a host with an appliance of the VPC), or, an address unknown in
+	 * the VPC, one of a peer VPC's ENIs on the sending host, checked once
+	 * the receiver is known. */
 	struct route *src = route_of(vni, ip->saddr);
-	if (!src || src->kind != RT_REMOTE || src->underlay != tkey.underlay) {
-		if (!(trust_flags & TRUST_ANY_SOURCE) || (src && src->kind != RT_REMOTE))
+	if (src && (src->kind != RT_REMOTE || src->underlay != tkey.underlay)) {
+		if (!(trust_flags & TRUST_ANY_SOURCE) || src->kind != RT_REMOTE)
 			return drop(R_DROP_UNTRUSTED_SOURCE);
 	}
 	struct route *rt = route_of(vni, ip->daddr);
@@ -612,6 +661,19 @@ int evnet_overlay(struct __sk_buff *skb)
 	struct eni *d = bpf_map_lookup_elem(&enis, &dif);
 	if (!d || d->vni != vni)
 		return drop(R_DROP_NO_ROUTE);
+	if (!src) {
+		/* A peer's packet passes where the receiver's table sends the
+		 * source's block back across a peering to the VPC it came from. */
+		struct hop *h = hop_of(d->table, ip->saddr);
+		if (h && h->kind == HOP_PEERING) {
+			struct route *ps = route_of(h->vni, ip->saddr);
+			if (!ps || ps->kind != RT_REMOTE || ps->underlay != tkey.underlay)
+				return drop(R_DROP_UNTRUSTED_SOURCE);
+			count(R_PASS_PEERING);
+		} else if (!(trust_flags & TRUST_ANY_SOURCE)) {
+			return drop(R_DROP_UNTRUSTED_SOURCE);
+		}
+	}
 
 	struct pkt p;
 	void *l4 = (void *)ip + ip->ihl * 4;

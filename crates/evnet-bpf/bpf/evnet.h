@@ -20,6 +20,7 @@ struct eni {
 	__u8 mac[6];
 	__u16 ct_zone;   /* conntrack zone of its VPC on this host (kernel-conntrack mode) */
 	__u32 priority;  /* skb->priority for its HTB class on the underlay device; 0 = none */
+	__u32 table;     /* its subnet's route table: the `hops` it looks up; 0 = none */
 };
 
 /* route.kind */
@@ -38,6 +39,23 @@ struct route {
 	__be32 underlay; /* RT_REMOTE: the host's VTEP address */
 	__u8 mac[6];     /* the ENI's MAC (RT_LOCAL, RT_REMOTE) */
 	__u16 pad;
+};
+
+/* hop.kind */
+#define HOP_PEERING 1u   /* into the peer VPC `vni`, looked up in its routes */
+#define HOP_BLACKHOLE 2u /* the route's target is gone: drop */
+
+/* A route table's route other than `local`: (table, block) -> hop, the
+ * longest prefix wins (an LPM trie; prefixlen counts the table's 32 bits). */
+struct hop_key {
+	__u32 prefixlen;
+	__u32 table;
+	__be32 ip;
+};
+
+struct hop {
+	__u32 kind;
+	__u32 vni;
 };
 
 /* trust.flags */
@@ -142,6 +160,8 @@ enum reason {
 	R_DROP_UNTRUSTED_SOURCE,
 	R_DROP_ARP,
 	R_CT_INSERT_FAILED,
+	R_DROP_BLACKHOLE,
+	R_PASS_PEERING,
 	R_MAX = 24,
 };
 

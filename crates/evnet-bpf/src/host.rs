@@ -4,7 +4,7 @@
 //! Pin layout:
 //!
 //! ```text
-//! /sys/fs/bpf/evnet/<host tag>/maps/{enis,routes,trust,rules,members,flows,config,stats}
+//! /sys/fs/bpf/evnet/<host tag>/maps/{enis,routes,hops,trust,rules,members,flows,config,stats}
 //! /sys/fs/bpf/evnet/<host tag>/prog-<version>/{evnet_eni,evnet_overlay}
 //! ```
 //!
@@ -27,7 +27,7 @@ use libbpf_rs::{
 use sha2::{Digest, Sha256};
 
 use crate::error::BpfError;
-use crate::maps::{self, Direction, EniEntry, HostConfig, MAP_NAMES, Reason, Route, Rule, Trust};
+use crate::maps::{self, Direction, EniEntry, Hop, HostConfig, MAP_NAMES, Reason, Route, Rule, Trust};
 
 /// The compiled programs (`bpf/evnet.bpf.c`).
 pub(crate) static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/evnet.bpf.o"));
@@ -107,6 +107,7 @@ pub enum Attached {
 struct Maps {
     enis: MapHandle,
     routes: MapHandle,
+    hops: MapHandle,
     trust: MapHandle,
     rules: MapHandle,
     members: MapHandle,
@@ -123,6 +124,8 @@ pub struct MapContents {
     pub enis: Vec<(u32, EniEntry)>,
     /// By (VNI, address).
     pub routes: Vec<((u32, Ipv4Addr), Route)>,
+    /// By (route table key, network, prefix length).
+    pub hops: Vec<((u32, Ipv4Addr, u8), Hop)>,
     /// By (VNI, remote underlay).
     pub trust: Vec<((u32, Ipv4Addr), Trust)>,
     /// By (ifindex, direction).
@@ -383,6 +386,7 @@ impl Dataplane {
         let maps = Maps {
             enis: open_map(&dir, "enis")?,
             routes: open_map(&dir, "routes")?,
+            hops: open_map(&dir, "hops")?,
             trust: open_map(&dir, "trust")?,
             rules: open_map(&dir, "rules")?,
             members: open_map(&dir, "members")?,
@@ -393,6 +397,7 @@ impl Dataplane {
         for (m, key, value) in [
             (&maps.enis, 4, EniEntry::SIZE),
             (&maps.routes, Route::KEY_SIZE, Route::SIZE),
+            (&maps.hops, Hop::KEY_SIZE, Hop::SIZE),
             (&maps.trust, 8, 4),
             (&maps.rules, 8, maps::RULES_SIZE),
             (&maps.members, 8, 1),
@@ -722,6 +727,15 @@ impl Dataplane {
         delete(&self.maps.routes, "routes", &Route::key(vni, ip))
     }
 
+    /// Adds or changes where route table `table` sends `net/prefix`.
+    pub fn set_hop(&self, table: u32, net: Ipv4Addr, prefix: u8, h: &Hop) -> Result<(), BpfError> {
+        update(&self.maps.hops, "hops", &Hop::key(table, net, prefix), &h.encode())
+    }
+
+    pub fn remove_hop(&self, table: u32, net: Ipv4Addr, prefix: u8) -> Result<(), BpfError> {
+        delete(&self.maps.hops, "hops", &Hop::key(table, net, prefix))
+    }
+
     /// Trusts `underlay` as a host holding `vni`.
     pub fn set_trust(&self, vni: u32, underlay: Ipv4Addr, t: &Trust) -> Result<(), BpfError> {
         update(
@@ -839,6 +853,14 @@ impl Dataplane {
                 c.routes.push((key, v));
             }
         }
+        for k in self.maps.hops.keys() {
+            if let (Some(key), Some(v)) = (
+                Hop::decode_key(&k),
+                lookup(&self.maps.hops, "hops", &k)?.and_then(|b| Hop::decode(&b)),
+            ) {
+                c.hops.push((key, v));
+            }
+        }
         for k in self.maps.trust.keys() {
             if let (Some(key), Some(v)) = (
                 Route::decode_key(&k),
@@ -868,6 +890,7 @@ impl Dataplane {
         c.flows = self.maps.flows.keys().count();
         c.enis.sort_by_key(|e| e.0);
         c.routes.sort_by_key(|r| r.0);
+        c.hops.sort_by_key(|h| h.0);
         c.trust.sort_by_key(|t| t.0);
         c.rules.sort_by_key(|r| r.0);
         c.members.sort();

@@ -261,6 +261,7 @@ impl Lab {
             rx_shaper: false,
             priority: 0,
             ct_zone: (vni & 0xffff) as u16,
+            table: 0,
         };
         let inst = LabInstance {
             entry,

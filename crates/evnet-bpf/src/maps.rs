@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 
 /// The maps, by the name they have in the object and under `maps/` in the
 /// host's pin directory.
-pub const MAP_NAMES: [&str; 8] = [
-    "enis", "routes", "trust", "rules", "members", "flows", "config", "stats",
+pub const MAP_NAMES: [&str; 9] = [
+    "enis", "routes", "hops", "trust", "rules", "members", "flows", "config", "stats",
 ];
 
 /// The most rules one ENI has in one direction (all its groups merged).
@@ -38,13 +38,15 @@ pub struct EniEntry {
     pub priority: u32,
     /// The conntrack zone of its VPC on this host (kernel-conntrack mode).
     pub ct_zone: u16,
+    /// The key of its subnet's route table in `hops` ([`Hop`]); 0: none.
+    pub table: u32,
 }
 
 const EF_SRC_DST_CHECK_OFF: u32 = 1;
 const EF_RX_SHAPER: u32 = 2;
 
 impl EniEntry {
-    pub(crate) const SIZE: usize = 20;
+    pub(crate) const SIZE: usize = 24;
 
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(Self::SIZE);
@@ -58,6 +60,7 @@ impl EniEntry {
         v.extend(self.mac);
         v.extend(self.ct_zone.to_ne_bytes());
         v.extend(self.priority.to_ne_bytes());
+        v.extend(self.table.to_ne_bytes());
         v
     }
 
@@ -73,6 +76,7 @@ impl EniEntry {
             mac: b[8..14].try_into().ok()?,
             ct_zone: u16::from_ne_bytes([b[14], b[15]]),
             priority: u32_at(b, 16),
+            table: u32_at(b, 20),
         })
     }
 }
@@ -133,6 +137,61 @@ impl Route {
                 mac,
             }),
             3 => Some(Route::Gateway),
+            _ => None,
+        }
+    }
+}
+
+/// Where a route table sends a block (its routes other than `local`):
+/// `hops[(table, network/prefix)]`, an LPM trie, so the longest prefix wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Across a peering into the VPC of this VNI: the address is looked up
+    /// among that VPC's ENIs, and only there.
+    Peering { vni: u32 },
+    /// A route whose target is gone: dropped.
+    Blackhole,
+}
+
+impl Hop {
+    pub(crate) const SIZE: usize = 8;
+    pub(crate) const KEY_SIZE: usize = 12;
+
+    /// The trie's key: the prefix length counts the table's 32 bits.
+    pub(crate) fn key(table: u32, net: Ipv4Addr, prefix: u8) -> Vec<u8> {
+        let prefix = prefix.min(32);
+        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+        let mut k = (32 + u32::from(prefix)).to_ne_bytes().to_vec();
+        k.extend(table.to_ne_bytes());
+        k.extend((u32::from(net) & mask).to_be_bytes());
+        k
+    }
+
+    pub(crate) fn decode_key(k: &[u8]) -> Option<(u32, Ipv4Addr, u8)> {
+        if k.len() != Self::KEY_SIZE {
+            return None;
+        }
+        let prefix = u32_at(k, 0).checked_sub(32).filter(|p| *p <= 32)?;
+        Some((u32_at(k, 4), Ipv4Addr::new(k[8], k[9], k[10], k[11]), prefix as u8))
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let (kind, vni) = match *self {
+            Hop::Peering { vni } => (1u32, vni),
+            Hop::Blackhole => (2, 0),
+        };
+        let mut v = kind.to_ne_bytes().to_vec();
+        v.extend(vni.to_ne_bytes());
+        v
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Option<Hop> {
+        if b.len() != Self::SIZE {
+            return None;
+        }
+        match u32_at(b, 0) {
+            1 => Some(Hop::Peering { vni: u32_at(b, 4) }),
+            2 => Some(Hop::Blackhole),
             _ => None,
         }
     }
@@ -381,10 +440,12 @@ pub enum Reason {
     DropUntrustedSource,
     DropArp,
     ConntrackInsertFailed,
+    DropBlackhole,
+    PassPeering,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 24] = [
         Reason::PassLocal,
         Reason::PassRemote,
         Reason::PassOverlay,
@@ -407,6 +468,8 @@ impl Reason {
         Reason::DropUntrustedSource,
         Reason::DropArp,
         Reason::ConntrackInsertFailed,
+        Reason::DropBlackhole,
+        Reason::PassPeering,
     ];
 
     /// Its index in `stats`.
@@ -439,6 +502,8 @@ impl Reason {
             Reason::DropUntrustedSource => "drop_untrusted_source",
             Reason::DropArp => "drop_arp",
             Reason::ConntrackInsertFailed => "conntrack_insert_failed",
+            Reason::DropBlackhole => "drop_blackhole",
+            Reason::PassPeering => "pass_peering",
         }
     }
 }
@@ -470,6 +535,7 @@ mod tests {
             rx_shaper: false,
             priority: htb_priority(7),
             ct_zone: 3,
+            table: 0xdead_beef,
         };
         assert_eq!(e.encode().len(), EniEntry::SIZE);
         assert_eq!(EniEntry::decode(&e.encode()), Some(e));
@@ -513,6 +579,12 @@ mod tests {
             other_timeout_s: 120,
         };
         assert_eq!(HostConfig::decode(&c.encode()), Some(c));
+        for h in [Hop::Peering { vni: 77 }, Hop::Blackhole] {
+            assert_eq!(Hop::decode(&h.encode()), Some(h));
+        }
+        let k = Hop::key(9, Ipv4Addr::new(10, 2, 3, 4), 16);
+        assert_eq!(Hop::decode_key(&k), Some((9, Ipv4Addr::new(10, 2, 0, 0), 16)));
+        assert_eq!(Hop::decode_key(&Hop::key(9, Ipv4Addr::new(1, 2, 3, 4), 0)), Some((9, Ipv4Addr::UNSPECIFIED, 0)));
     }
 
     #[test]

@@ -18,13 +18,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use evnet_model::Protocol;
-use evnet_model::desired::{HostDesired, RuleDesired};
+use evnet_model::desired::{HostDesired, RouteTargetDesired, RuleDesired};
 use evnet_model::rule::{Rule as ModelRule, RulePeer};
 
 use crate::error::BpfError;
 use crate::host::{Attached, Dataplane};
 use crate::maps::{
-    Direction, EniEntry, HostConfig, MAX_RULES, Peer, Proto, Route, Rule, Trust, htb_priority,
+    Direction, EniEntry, Hop, HostConfig, MAX_RULES, Peer, Proto, Route, Rule, Trust, htb_priority,
     parse_mac,
 };
 
@@ -86,6 +86,8 @@ pub struct State {
     pub config: Option<HostConfig>,
     pub enis: BTreeMap<u32, EniEntry>,
     pub routes: BTreeMap<(u32, Ipv4Addr), Route>,
+    /// By (route table key, network, prefix length).
+    pub hops: BTreeMap<(u32, Ipv4Addr, u8), Hop>,
     pub trust: BTreeMap<(u32, Ipv4Addr), Trust>,
     pub rules: BTreeMap<(u32, Direction), Vec<Rule>>,
     pub members: BTreeSet<(u32, Ipv4Addr)>,
@@ -120,6 +122,12 @@ impl State {
             }
             Op::DelRoute { vni, ip } => {
                 s.routes.remove(&(vni, ip));
+            }
+            Op::SetHop { table, net, prefix, hop } => {
+                s.hops.insert((table, net, prefix), hop);
+            }
+            Op::DelHop { table, net, prefix } => {
+                s.hops.remove(&(table, net, prefix));
             }
             Op::SetTrust {
                 vni,
@@ -176,6 +184,17 @@ pub enum Op {
     DelRoute {
         vni: u32,
         ip: Ipv4Addr,
+    },
+    SetHop {
+        table: u32,
+        net: Ipv4Addr,
+        prefix: u8,
+        hop: Hop,
+    },
+    DelHop {
+        table: u32,
+        net: Ipv4Addr,
+        prefix: u8,
     },
     SetTrust {
         vni: u32,
@@ -234,6 +253,22 @@ fn fnv32(s: &str) -> u32 {
 pub fn group_keys<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, u32> {
     let ids: BTreeSet<&str> = ids.into_iter().collect();
     let mut used = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let mut k = fnv32(id);
+        while !used.insert(k) {
+            k = k.wrapping_add(1);
+        }
+        out.insert(id.to_string(), k);
+    }
+    out
+}
+
+/// Keys for the host's route tables in `hops`: as [`group_keys`], never 0
+/// (an ENI without a table).
+pub fn table_keys<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, u32> {
+    let ids: BTreeSet<&str> = ids.into_iter().collect();
+    let mut used = BTreeSet::from([0]);
     let mut out = BTreeMap::new();
     for id in ids {
         let mut k = fnv32(id);
@@ -332,6 +367,73 @@ pub fn target(
         }
     }
 
+    // Route tables: their routes other than local, by table key; and the
+    // table each subnet uses.
+    let tables = table_keys(
+        desired
+            .vpcs
+            .iter()
+            .flat_map(|v| &v.route_tables)
+            .map(|t| t.route_table_id.as_str()),
+    );
+    let mut subnet_table: BTreeMap<&str, u32> = BTreeMap::new();
+    // Where each VPC the host sees (its own and peers) has ENIs on other
+    // hosts, by VNI: peers' hosts are trusted to send into a VPC peered
+    // with theirs.
+    let mut hosts_of_vni: BTreeMap<u32, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for v in &desired.vpcs {
+        for s in &v.subnets {
+            if let Some(k) = tables.get(&s.route_table_id) {
+                subnet_table.insert(s.subnet_id.as_str(), *k);
+            }
+        }
+        for rt in &v.route_tables {
+            let key = tables[&rt.route_table_id];
+            for r in &rt.routes {
+                let hop = match r.target {
+                    RouteTargetDesired::Peering { peer_vni, .. } => Hop::Peering { vni: peer_vni },
+                    RouteTargetDesired::Blackhole { .. } => Hop::Blackhole,
+                };
+                t.hops.insert((key, r.destination_cidr.network(), r.destination_cidr.prefix_len()), hop);
+            }
+        }
+        hosts_of_vni
+            .entry(v.vni)
+            .or_default()
+            .extend(v.remote_enis.iter().filter(|r| r.host_id != desired.host_id).map(|r| r.underlay_ip));
+    }
+    for p in &desired.peer_vpcs {
+        for r in p.enis.iter().filter(|r| r.host_id != desired.host_id) {
+            let mac = parse_mac(&r.mac).ok_or_else(|| TargetError::BadMac {
+                eni: r.eni_id.clone(),
+                mac: r.mac.clone(),
+            })?;
+            for ip in &r.ips {
+                t.routes.entry((p.vni, *ip)).or_insert(Route::Remote {
+                    underlay: r.underlay_ip,
+                    mac,
+                });
+            }
+            hosts_of_vni.entry(p.vni).or_default().insert(r.underlay_ip);
+        }
+    }
+    for v in &desired.vpcs {
+        let peers: BTreeSet<u32> = v
+            .route_tables
+            .iter()
+            .flat_map(|rt| &rt.routes)
+            .filter_map(|r| match r.target {
+                RouteTargetDesired::Peering { peer_vni, .. } => Some(peer_vni),
+                RouteTargetDesired::Blackhole { .. } => None,
+            })
+            .collect();
+        for underlay in peers.iter().filter_map(|pv| hosts_of_vni.get(pv)).flatten() {
+            t.trust
+                .entry((v.vni, *underlay))
+                .or_insert(Trust { any_source: false });
+        }
+    }
+
     for v in &desired.vpcs {
         for s in &v.subnets {
             t.routes.insert((v.vni, s.gateway_ip), Route::Gateway);
@@ -373,6 +475,7 @@ pub fn target(
                 rx_shaper: dev.rx_shaper,
                 priority: dev.htb_minor.map(htb_priority).unwrap_or(0),
                 ct_zone: zones.get(&vni).copied().unwrap_or(0),
+                table: subnet_table.get(e.subnet_id.as_str()).copied().unwrap_or(0),
             },
         );
         // A local address wins over a stale remote one; routed here once
@@ -435,6 +538,7 @@ pub fn observe(dp: &Dataplane, devices: impl IntoIterator<Item = u32>) -> Result
         config: c.config,
         enis: c.enis.into_iter().collect(),
         routes: c.routes.into_iter().collect(),
+        hops: c.hops.into_iter().collect(),
         trust: c.trust.into_iter().collect(),
         rules: c.rules.into_iter().collect(),
         members: c.members.into_iter().collect(),
@@ -499,6 +603,21 @@ pub fn diff(target: &State, observed: &State) -> Vec<Op> {
         },
         |k| Op::DelRoute { vni: k.0, ip: k.1 },
     );
+    let (hop_set, hop_del) = diff_map(
+        &target.hops,
+        &observed.hops,
+        |k, v| Op::SetHop {
+            table: k.0,
+            net: k.1,
+            prefix: k.2,
+            hop: *v,
+        },
+        |k| Op::DelHop {
+            table: k.0,
+            net: k.1,
+            prefix: k.2,
+        },
+    );
     let (trust_set, trust_del) = diff_map(
         &target.trust,
         &observed.trust,
@@ -547,6 +666,7 @@ pub fn diff(target: &State, observed: &State) -> Vec<Op> {
     ops.extend(eni_del);
     ops.extend(trust_del);
     ops.extend(route_del);
+    ops.extend(hop_del);
     ops.extend(rules_del);
     ops.extend(member_del);
     if let Some(c) = target.config.filter(|c| observed.config != Some(*c)) {
@@ -555,6 +675,7 @@ pub fn diff(target: &State, observed: &State) -> Vec<Op> {
     ops.extend(member_add);
     ops.extend(rules_set);
     ops.extend(route_set);
+    ops.extend(hop_set);
     ops.extend(trust_set);
     ops.extend(eni_set);
     ops.extend(attach);
@@ -575,6 +696,13 @@ pub fn apply(dp: &Dataplane, op: &Op) -> Result<(), BpfError> {
         Op::DelRules { ifindex, dir } => dp.remove_rules(*ifindex, *dir),
         Op::SetRoute { vni, ip, route } => dp.set_route(*vni, *ip, route),
         Op::DelRoute { vni, ip } => dp.remove_route(*vni, *ip),
+        Op::SetHop {
+            table,
+            net,
+            prefix,
+            hop,
+        } => dp.set_hop(*table, *net, *prefix, hop),
+        Op::DelHop { table, net, prefix } => dp.remove_hop(*table, *net, *prefix),
         Op::SetTrust {
             vni,
             underlay,
@@ -642,6 +770,7 @@ mod tests {
                     subnet_id: "subnet-1".into(),
                     cidr_block: "10.0.0.0/24".parse().unwrap(),
                     gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
+                    route_table_id: String::new(),
                 }],
                 remote_enis: vec![
                     RemoteEni {
@@ -663,6 +792,7 @@ mod tests {
                     },
                 ],
                 peer_routes: vec![],
+                route_tables: vec![],
             }],
             instances: vec![InstanceDesired { kind: Default::default(),
                 instance_id: "i-1".into(),
@@ -730,7 +860,8 @@ mod tests {
                 any_source: false,
                 rx_shaper: false,
                 priority: htb_priority(0x10),
-                ct_zone: 0x0101
+                ct_zone: 0x0101,
+                table: 0,
             }
         );
         assert!(t.enis[&11].any_source && t.enis[&11].rx_shaper);
@@ -799,6 +930,63 @@ mod tests {
             .into_iter()
             .collect()
         );
+    }
+
+    #[test]
+    fn peering_routes_become_hops_with_the_peers_enis_and_hosts() {
+        let mut d = desired();
+        let v = &mut d.vpcs[0];
+        v.subnets[0].route_table_id = "rtb-a".into();
+        v.route_tables = vec![RouteTableDesired {
+            route_table_id: "rtb-a".into(),
+            routes: vec![
+                RouteDesired {
+                    destination_cidr: "10.9.0.0/16".parse().unwrap(),
+                    target: RouteTargetDesired::Peering {
+                        peering_id: "pcx-1".into(),
+                        peer_vpc_id: "vpc-b".into(),
+                        peer_vni: 0x999,
+                    },
+                },
+                RouteDesired {
+                    destination_cidr: "10.8.0.0/16".parse().unwrap(),
+                    target: RouteTargetDesired::Blackhole { target: "pcx-gone".into() },
+                },
+            ],
+        }];
+        d.peer_vpcs = vec![PeerVpcDesired {
+            vpc_id: "vpc-b".into(),
+            vni: 0x999,
+            cidr_block: "10.9.0.0/16".parse().unwrap(),
+            enis: vec![RemoteEni {
+                eni_id: "eni-b".into(),
+                mac: "02:00:00:00:09:01".into(),
+                ips: vec![Ipv4Addr::new(10, 9, 0, 5)],
+                host_id: "host-7".into(),
+                underlay_ip: Ipv4Addr::new(198, 18, 0, 7),
+                source_dest_check: true,
+            }],
+        }];
+        let t = target(&d, &devices(), &Settings::default()).unwrap();
+        let table = table_keys(["rtb-a"])["rtb-a"];
+        assert_ne!(table, 0);
+        assert_eq!(t.enis[&10].table, table, "the ENI looks up its subnet's table");
+        assert_eq!(t.hops[&(table, Ipv4Addr::new(10, 9, 0, 0), 16)], Hop::Peering { vni: 0x999 });
+        assert_eq!(t.hops[&(table, Ipv4Addr::new(10, 8, 0, 0), 16)], Hop::Blackhole);
+        assert_eq!(
+            t.routes[&(0x999, Ipv4Addr::new(10, 9, 0, 5))],
+            Route::Remote { underlay: Ipv4Addr::new(198, 18, 0, 7), mac: [2, 0, 0, 0, 9, 1] },
+            "the peer's ENIs are routed in the peer's VNI"
+        );
+        assert!(
+            t.trust.contains_key(&(0x10101, Ipv4Addr::new(198, 18, 0, 7))),
+            "the peer's host may send into this VPC (its sources are checked against the peer's ENIs)"
+        );
+        // Without the route the peer's host is not trusted for this VPC.
+        d.vpcs[0].route_tables[0].routes.remove(0);
+        let t = target(&d, &devices(), &Settings::default()).unwrap();
+        assert!(!t.trust.contains_key(&(0x10101, Ipv4Addr::new(198, 18, 0, 7))));
+        assert!(!t.hops.contains_key(&(table, Ipv4Addr::new(10, 9, 0, 0), 16)));
     }
 
     #[test]

@@ -48,6 +48,7 @@ fn desired() -> HostDesired {
                 subnet_id: "subnet-1".into(),
                 cidr_block: "10.0.0.0/24".parse().unwrap(),
                 gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
+                route_table_id: String::new(),
             }],
             remote_enis: vec![RemoteEni {
                 eni_id: "eni-r".into(),
@@ -58,6 +59,7 @@ fn desired() -> HostDesired {
                 source_dest_check: true,
             }],
             peer_routes: vec![],
+            route_tables: vec![],
         }],
         instances: vec![InstanceDesired { kind: Default::default(),
             instance_id: "i-1".into(),

@@ -36,6 +36,7 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
                 subnet_id: format!("subnet-{v}{s}"),
                 cidr_block: format!("10.0.{s}.0/24").parse().unwrap(),
                 gateway_ip: Ipv4Addr::new(10, 0, s, 1),
+                route_table_id: format!("rtb-{v}"),
             })
             .collect();
         let remote_enis = (0..r.random_range(0..=3))
@@ -55,6 +56,36 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
             subnets,
             remote_enis,
             peer_routes: vec![],
+            route_tables: vec![RouteTableDesired {
+                route_table_id: format!("rtb-{v}"),
+                routes: (0..r.random_range(0..=2u8))
+                    .map(|k| RouteDesired {
+                        destination_cidr: format!("172.{}.0.0/{}", 16 + k, [16, 24][r.random_range(0..2)]).parse().unwrap(),
+                        target: if r.random_bool(0.7) {
+                            RouteTargetDesired::Peering { peering_id: format!("pcx-{k}"), peer_vpc_id: format!("vpc-p{k}"), peer_vni: 0x900 + u32::from(k) }
+                        } else {
+                            RouteTargetDesired::Blackhole { target: format!("pcx-{k}") }
+                        },
+                    })
+                    .collect(),
+            }],
+        });
+    }
+    for k in 0..r.random_range(0..=2u8) {
+        d.peer_vpcs.push(PeerVpcDesired {
+            vpc_id: format!("vpc-p{k}"),
+            vni: 0x900 + u32::from(k),
+            cidr_block: format!("172.{}.0.0/16", 16 + k).parse().unwrap(),
+            enis: (0..r.random_range(0..=2u8))
+                .map(|i| RemoteEni {
+                    eni_id: format!("eni-p{k}{i}"),
+                    mac: format!("02:00:00:00:f{k}:{i:02x}"),
+                    ips: vec![Ipv4Addr::new(172, 16 + k, 0, 10 + i)],
+                    host_id: format!("host-{}", r.random_range(2..5)),
+                    underlay_ip: Ipv4Addr::new(198, 18, 0, r.random_range(2..5)),
+                    source_dest_check: true,
+                })
+                .collect(),
         });
     }
     let groups = ["sg-a", "sg-b", "sg-c"];
@@ -157,6 +188,7 @@ fn key(op: &Op) -> String {
             format!("r{ifindex}/{dir:?}")
         }
         Op::SetRoute { vni, ip, .. } | Op::DelRoute { vni, ip } => format!("rt{vni}/{ip}"),
+        Op::SetHop { table, net, prefix, .. } | Op::DelHop { table, net, prefix } => format!("h{table}/{net}/{prefix}"),
         Op::SetTrust { vni, underlay, .. } | Op::DelTrust { vni, underlay } => {
             format!("t{vni}/{underlay}")
         }
@@ -171,6 +203,7 @@ fn is_delete(op: &Op) -> bool {
         Op::DelMember { .. }
             | Op::DelRules { .. }
             | Op::DelRoute { .. }
+            | Op::DelHop { .. }
             | Op::DelTrust { .. }
             | Op::DelEni { .. }
             | Op::Detach { .. }

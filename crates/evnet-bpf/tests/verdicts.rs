@@ -102,6 +102,7 @@ fn host(mode: FlowState) -> Host {
         rx_shaper: false,
         priority: prio,
         ct_zone: (vni & 0xffff) as u16,
+        table: 0,
     };
     dp.set_eni(a, &eni(VNI1, A_MAC, maps::htb_priority(5)))
         .unwrap();

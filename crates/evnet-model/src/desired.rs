@@ -28,6 +28,23 @@ pub struct HostDesired {
     /// Groups used by ENIs on this host, with referenced groups' members
     /// resolved to addresses; sorted by id.
     pub security_groups: Vec<SecurityGroupDesired>,
+    /// VPCs peered (actively) with a VPC of this host that have no ENI
+    /// here themselves: where their ENIs are, so packets across the
+    /// peering reach them and their replies are checked. Sorted by id.
+    #[serde(default)]
+    pub peer_vpcs: Vec<PeerVpcDesired>,
+}
+
+/// A VPC peered with one of the host's VPCs, seen from the host: its VNI
+/// and every attached ENI (on other hosts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PeerVpcDesired {
+    pub vpc_id: String,
+    pub vni: u32,
+    #[schemars(with = "String")]
+    pub cidr_block: Ipv4Net,
+    /// Sorted by id.
+    pub enis: Vec<RemoteEni>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -43,6 +60,38 @@ pub struct VpcDesired {
     /// Routes to other VPCs' blocks through peerings both sides accept.
     #[serde(default)]
     pub peer_routes: Vec<PeerRoute>,
+    /// The VPC's route tables, sorted by id; each subnet names the one it
+    /// uses.
+    #[serde(default)]
+    pub route_tables: Vec<RouteTableDesired>,
+}
+
+/// A route table as the data plane applies it: its routes other than
+/// `local` (the VPC's block, always routed inside it), targets resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RouteTableDesired {
+    pub route_table_id: String,
+    /// Sorted by destination.
+    pub routes: Vec<RouteDesired>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RouteDesired {
+    #[schemars(with = "String")]
+    pub destination_cidr: Ipv4Net,
+    pub target: RouteTargetDesired,
+}
+
+/// Where a route sends its packets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RouteTargetDesired {
+    /// Into the peer VPC of an active peering: the packet is looked up
+    /// among the peer's ENIs (never further: peering is not transitive).
+    Peering { peering_id: String, peer_vpc_id: String, peer_vni: u32 },
+    /// A target that is gone or not usable (a peering not active, an
+    /// unknown id): the packets are dropped, as AWS does.
+    Blackhole { target: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -51,6 +100,10 @@ pub struct SubnetDesired {
     #[schemars(with = "String")]
     pub cidr_block: Ipv4Net,
     pub gateway_ip: Ipv4Addr,
+    /// The route table it uses: the one it is associated with, else its
+    /// VPC's main table.
+    #[serde(default)]
+    pub route_table_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

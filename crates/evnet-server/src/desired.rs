@@ -49,11 +49,13 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
     let mut vpcs = vec![];
     for vpc_id in &local_vpcs {
         let Some(v) = snap.vpcs.get(vpc_id) else { continue };
+        let tables: Vec<&RouteTable> =
+            ids(&idx.route_tables_by_vpc, vpc_id).iter().filter_map(|id| snap.route_tables.get(id)).map(|r| &*r.value).filter(|r| r.vpc_id == *vpc_id).collect();
         let mut subnets: Vec<SubnetDesired> = ids(&idx.subnets_by_vpc, vpc_id)
             .iter()
             .filter_map(|id| snap.subnets.get(id))
             .filter(|s| s.value.vpc_id == *vpc_id)
-            .map(|s| SubnetDesired { subnet_id: s.value.id.clone(), cidr_block: s.value.cidr_block, gateway_ip: s.value.gateway_ip })
+            .map(|s| subnet_desired(&s.value, &v.value, &tables))
             .collect();
         subnets.sort_by(|a, b| a.subnet_id.cmp(&b.subnet_id));
         let mut remote_enis: Vec<RemoteEni> = ids(&idx.attached_by_vpc, vpc_id)
@@ -81,21 +83,35 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
             .collect();
         remote_enis.sort_by(|a, b| a.eni_id.cmp(&b.eni_id));
         let mut peer_routes = vec![];
-        let tables: Vec<_> = ids(&idx.route_tables_by_vpc, vpc_id).iter().filter_map(|id| snap.route_tables.get(id)).filter(|r| r.value.vpc_id == *vpc_id).collect();
         for p in ids(&idx.peerings_by_vpc, vpc_id).iter().filter_map(|id| snap.peerings.get(id)).filter(|p| {
             p.value.status == PeeringStatus::Active && (p.value.vpc_a == *vpc_id || p.value.vpc_b == *vpc_id)
         }) {
             let peer = if p.value.vpc_a == *vpc_id { &p.value.vpc_b } else { &p.value.vpc_a };
             for r in &tables {
-                for route in r.value.routes.iter().filter(|x| x.target == p.value.id) {
+                for route in r.routes.iter().filter(|x| x.target == p.value.id) {
                     peer_routes.push(PeerRoute { peering_id: p.value.id.clone(), destination_cidr: route.destination_cidr, peer_vpc_id: peer.clone() });
                 }
             }
         }
         peer_routes.sort_by(|a, b| (&a.peering_id, a.destination_cidr).cmp(&(&b.peering_id, b.destination_cidr)));
         peer_routes.dedup();
-        vpcs.push(VpcDesired { vpc_id: vpc_id.clone(), vni: v.value.vni, cidr_block: v.value.cidr_block, subnets, remote_enis, peer_routes });
+        let route_tables = route_tables_desired(snap, vpc_id, tables);
+        vpcs.push(VpcDesired { vpc_id: vpc_id.clone(), vni: v.value.vni, cidr_block: v.value.cidr_block, subnets, remote_enis, peer_routes, route_tables });
     }
+    // VPCs actively peered with a local one and without ENIs here: where
+    // their ENIs are.
+    let peer_ids: BTreeSet<String> = local_vpcs
+        .iter()
+        .flat_map(|v| ids(&idx.peerings_by_vpc, v).into_iter().filter_map(|p| snap.peerings.get(&p)).filter_map(|p| active_peer_of(&p.value, v)))
+        .filter(|p| !local_vpcs.contains(p))
+        .collect();
+    let peer_vpcs = peer_ids
+        .iter()
+        .filter_map(|p| {
+            let enis = ids(&idx.attached_by_vpc, p).iter().filter_map(|id| snap.enis.get(id)).map(|e| &*e.value).filter(|e| e.vpc_id == *p).collect();
+            peer_vpc_desired(snap, p, enis)
+        })
+        .collect();
     // Groups used here, plus the groups their rules reference.
     let mut groups = local_groups.clone();
     for g in &local_groups {
@@ -134,6 +150,79 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
         vpcs,
         instances,
         security_groups,
+        peer_vpcs,
+    })
+}
+
+/// The VPC at the other end of `p` from `vpc`, if `p` is active.
+fn active_peer_of(p: &Peering, vpc: &str) -> Option<String> {
+    if p.status != PeeringStatus::Active {
+        return None;
+    }
+    if p.vpc_a == vpc {
+        Some(p.vpc_b.clone())
+    } else if p.vpc_b == vpc {
+        Some(p.vpc_a.clone())
+    } else {
+        None
+    }
+}
+
+/// A subnet, with the route table it uses: the one it is associated
+/// with, else the VPC's main table.
+fn subnet_desired(s: &Subnet, vpc: &Vpc, tables: &[&RouteTable]) -> SubnetDesired {
+    let route_table_id =
+        tables.iter().find(|t| t.subnet_ids.contains(&s.id)).map(|t| t.id.clone()).unwrap_or_else(|| vpc.main_route_table_id.clone());
+    SubnetDesired { subnet_id: s.id.clone(), cidr_block: s.cidr_block, gateway_ip: s.gateway_ip, route_table_id }
+}
+
+/// A VPC's route tables as its data plane applies them: every route but
+/// `local`, a peering target resolved to the peer VPC when the peering is
+/// active and joins this VPC, else a blackhole. Routes to ENIs (appliances)
+/// are not forwarded by the data plane and are left out.
+fn route_tables_desired(snap: &Snapshot, vpc_id: &str, mut tables: Vec<&RouteTable>) -> Vec<RouteTableDesired> {
+    tables.sort_by(|a, b| a.id.cmp(&b.id));
+    tables
+        .iter()
+        .map(|t| {
+            let mut routes: Vec<RouteDesired> = t
+                .routes
+                .iter()
+                .filter(|r| r.target.starts_with("pcx-") || snap.peerings.contains_key(&r.target))
+                .map(|r| {
+                    let peer = snap.peerings.get(&r.target).and_then(|p| active_peer_of(&p.value, vpc_id));
+                    let target = match peer.and_then(|p| snap.vpcs.get(&p).map(|v| (p, v.value.vni))) {
+                        Some((peer_vpc_id, peer_vni)) => RouteTargetDesired::Peering { peering_id: r.target.clone(), peer_vpc_id, peer_vni },
+                        None => RouteTargetDesired::Blackhole { target: r.target.clone() },
+                    };
+                    RouteDesired { destination_cidr: r.destination_cidr, target }
+                })
+                .collect();
+            routes.sort_by_key(|r| r.destination_cidr);
+            RouteTableDesired { route_table_id: t.id.clone(), routes }
+        })
+        .collect()
+}
+
+/// A peer VPC seen from a host without ENIs of it: where its ENIs are.
+fn peer_vpc_desired(snap: &Snapshot, vpc_id: &str, enis: Vec<&Eni>) -> Option<PeerVpcDesired> {
+    let v = &snap.vpcs.get(vpc_id)?.value;
+    let mut enis: Vec<RemoteEni> = enis.into_iter().filter_map(|e| remote_eni(snap, e)).collect();
+    enis.sort_by(|a, b| a.eni_id.cmp(&b.eni_id));
+    Some(PeerVpcDesired { vpc_id: vpc_id.to_string(), vni: v.vni, cidr_block: v.cidr_block, enis })
+}
+
+/// An attached ENI as the hosts it is not on see it.
+fn remote_eni(snap: &Snapshot, eni: &Eni) -> Option<RemoteEni> {
+    let a = eni.attachment.as_ref()?;
+    let h = snap.hosts.get(&a.host_id)?;
+    Some(RemoteEni {
+        eni_id: eni.id.clone(),
+        mac: eni.mac.clone(),
+        ips: eni.all_ips().collect(),
+        host_id: a.host_id.clone(),
+        underlay_ip: h.value.underlay_ip,
+        source_dest_check: eni.source_dest_check,
     })
 }
 
@@ -253,12 +342,9 @@ mod tests {
         let mut vpcs = vec![];
         for vpc_id in &local_vpcs {
             let Some(v) = snap.vpcs.get(vpc_id) else { continue };
-            let mut subnets: Vec<SubnetDesired> = snap
-                .subnets
-                .values()
-                .filter(|s| s.value.vpc_id == *vpc_id)
-                .map(|s| SubnetDesired { subnet_id: s.value.id.clone(), cidr_block: s.value.cidr_block, gateway_ip: s.value.gateway_ip })
-                .collect();
+            let tables: Vec<&RouteTable> = snap.route_tables.values().map(|r| &*r.value).filter(|r| r.vpc_id == *vpc_id).collect();
+            let mut subnets: Vec<SubnetDesired> =
+                snap.subnets.values().filter(|s| s.value.vpc_id == *vpc_id).map(|s| subnet_desired(&s.value, &v.value, &tables)).collect();
             subnets.sort_by(|a, b| a.subnet_id.cmp(&b.subnet_id));
             let mut remote_enis: Vec<RemoteEni> = attached_by_vpc
                 .get(vpc_id.as_str())
@@ -294,8 +380,19 @@ mod tests {
             }
             peer_routes.sort_by(|a, b| (&a.peering_id, a.destination_cidr).cmp(&(&b.peering_id, b.destination_cidr)));
             peer_routes.dedup();
-            vpcs.push(VpcDesired { vpc_id: vpc_id.clone(), vni: v.value.vni, cidr_block: v.value.cidr_block, subnets, remote_enis, peer_routes });
+            let route_tables = route_tables_desired(snap, vpc_id, tables);
+            vpcs.push(VpcDesired { vpc_id: vpc_id.clone(), vni: v.value.vni, cidr_block: v.value.cidr_block, subnets, remote_enis, peer_routes, route_tables });
         }
+        let peer_ids: BTreeSet<String> = snap
+            .peerings
+            .values()
+            .flat_map(|p| local_vpcs.iter().filter_map(|v| active_peer_of(&p.value, v)).collect::<Vec<_>>())
+            .filter(|p| !local_vpcs.contains(p))
+            .collect();
+        let peer_vpcs = peer_ids
+            .iter()
+            .filter_map(|p| peer_vpc_desired(snap, p, attached_by_vpc.get(p.as_str()).cloned().unwrap_or_default()))
+            .collect();
         // Groups used here, plus the groups their rules reference.
         let mut groups = local_groups.clone();
         for g in &local_groups {
@@ -328,6 +425,7 @@ mod tests {
             vpcs,
             instances,
             security_groups,
+            peer_vpcs,
         })
     }
 
@@ -463,6 +561,18 @@ mod tests {
         let routed = w.put("route-tables", "rtb-v1", with(common("rtb-v1"), json!({"vpc_id": "v1", "main": true, "routes": [{"destination_cidr": "10.2.0.0/16", "target": "p1"}]})));
         assert_eq!(routed, set(&["h1", "h2"]));
         w.put("vpcs", "v2", vpc("v2", "10.2.0.0/16", 22, "g2"));
+        // A VPC peered with v1: its ENIs show on v1's hosts, once active.
+        w.put("vpcs", "v3", vpc("v3", "10.3.0.0/16", 3, "g1"));
+        w.put("subnets", "s3", subnet("s3", "v3", "10.3.1.0/24", "10.3.1.1"));
+        w.put("peerings", "pcx-13", with(common("pcx-13"), json!({"vpc_a": "v1", "vpc_b": "v3", "status": "pending-acceptance"})));
+        assert!(w.put("enis", "e6", eni("e6", "v3", "s3", "10.3.1.10", &[], Some(("i4", "h4", 1)))).is_superset(&set(&["h4", "h1", "h2"])));
+        w.put("peerings", "pcx-13", with(common("pcx-13"), json!({"vpc_a": "v1", "vpc_b": "v3", "status": "active"})));
+        assert!(compute(&w.snap, "h1").unwrap().peer_vpcs.iter().any(|p| p.vpc_id == "v3" && p.enis.len() == 1));
+        w.put("route-tables", "rtb-v3", with(common("rtb-v3"), json!({"vpc_id": "v3", "main": true, "routes": [{"destination_cidr": "10.1.0.0/16", "target": "pcx-13"}]})));
+        w.put("enis", "e6", eni("e6", "v3", "s3", "10.3.1.11", &[], Some(("i4", "h4", 1))));
+        w.put("hosts", "h4", host("h4", "198.18.0.44", 1));
+        w.put("vpcs", "v3", vpc("v3", "10.3.0.0/16", 33, "g1"));
+        w.del("peerings", "pcx-13");
         // Deletes.
         w.del("peerings", "p1");
         w.del("enis", "e2");

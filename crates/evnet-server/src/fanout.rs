@@ -63,6 +63,9 @@ pub struct FanoutIndex {
     pub(crate) subnets_by_vpc: HashMap<String, Ids>,
     pub(crate) route_tables_by_vpc: HashMap<String, Ids>,
     pub(crate) peerings_by_vpc: HashMap<String, Ids>,
+    /// VPC → the VPCs it has peerings with (any status) → how many: a
+    /// VPC's hosts show its peers' ENIs.
+    peers_of_vpc: HashMap<String, Counts>,
     pending: HashSet<String>,
     changed_at: HashMap<String, Revision>,
     listed_at: Revision,
@@ -143,8 +146,18 @@ impl FanoutIndex {
         direct.chain(via)
     }
 
-    fn touch_vpc(&mut self, vpc: &str) {
+    /// Touches the hosts of `vpc` alone (for what only they show: its
+    /// subnets and route tables).
+    fn touch_own_vpc(&mut self, vpc: &str) {
         let hosts: Vec<String> = self.hosts_of_vpc(vpc).cloned().collect();
+        self.pending.extend(hosts);
+    }
+
+    /// Touches the hosts showing `vpc`: its own, and those of the VPCs
+    /// peered with it (they show its ENIs and VNI).
+    fn touch_vpc(&mut self, vpc: &str) {
+        let peers = self.peers_of_vpc.get(vpc).into_iter().flat_map(|m| m.keys());
+        let hosts: Vec<String> = std::iter::once(vpc).chain(peers.map(String::as_str)).flat_map(|v| self.hosts_of_vpc(v)).cloned().collect();
         self.pending.extend(hosts);
     }
 
@@ -242,7 +255,7 @@ impl FanoutIndex {
             Obj::Host(_) => {}
             Obj::Vpc(v) => self.touch_vpc(&v.id),
             Obj::Subnet(s) => {
-                self.touch_vpc(&s.vpc_id);
+                self.touch_own_vpc(&s.vpc_id);
                 remove(&mut self.subnets_by_vpc, &s.vpc_id, &s.id);
             }
             Obj::SecurityGroup(g) => {
@@ -250,7 +263,7 @@ impl FanoutIndex {
                 self.index_group(g, false);
             }
             Obj::RouteTable(r) => {
-                self.touch_vpc(&r.vpc_id);
+                self.touch_own_vpc(&r.vpc_id);
                 remove(&mut self.route_tables_by_vpc, &r.vpc_id, &r.id);
             }
             Obj::Peering(p) => {
@@ -258,6 +271,8 @@ impl FanoutIndex {
                 self.touch_vpc(&p.vpc_b);
                 remove(&mut self.peerings_by_vpc, &p.vpc_a, &p.id);
                 remove(&mut self.peerings_by_vpc, &p.vpc_b, &p.id);
+                count(&mut self.peers_of_vpc, &p.vpc_a, &p.vpc_b, false);
+                count(&mut self.peers_of_vpc, &p.vpc_b, &p.vpc_a, false);
             }
         }
     }
@@ -277,7 +292,7 @@ impl FanoutIndex {
             Obj::Vpc(v) => self.touch_vpc(&v.id),
             Obj::Subnet(s) => {
                 add(&mut self.subnets_by_vpc, &s.vpc_id, &s.id);
-                self.touch_vpc(&s.vpc_id);
+                self.touch_own_vpc(&s.vpc_id);
             }
             Obj::SecurityGroup(g) => {
                 self.index_group(g, true);
@@ -285,11 +300,13 @@ impl FanoutIndex {
             }
             Obj::RouteTable(r) => {
                 add(&mut self.route_tables_by_vpc, &r.vpc_id, &r.id);
-                self.touch_vpc(&r.vpc_id);
+                self.touch_own_vpc(&r.vpc_id);
             }
             Obj::Peering(p) => {
                 add(&mut self.peerings_by_vpc, &p.vpc_a, &p.id);
                 add(&mut self.peerings_by_vpc, &p.vpc_b, &p.id);
+                count(&mut self.peers_of_vpc, &p.vpc_a, &p.vpc_b, true);
+                count(&mut self.peers_of_vpc, &p.vpc_b, &p.vpc_a, true);
                 self.touch_vpc(&p.vpc_a);
                 self.touch_vpc(&p.vpc_b);
             }

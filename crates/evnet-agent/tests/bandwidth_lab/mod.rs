@@ -192,12 +192,14 @@ impl Lab {
                     vpc_id: vpc_id.clone(),
                     vni,
                     cidr_block: net,
-                    subnets: vec![SubnetDesired { subnet_id: subnet_id.clone(), cidr_block: net, gateway_ip: Ipv4Addr::new(10, 0, 0, 1) }],
+                    subnets: vec![SubnetDesired { subnet_id: subnet_id.clone(), cidr_block: net, gateway_ip: Ipv4Addr::new(10, 0, 0, 1), route_table_id: String::new() }],
                     remote_enis,
                     peer_routes: vec![],
+                    route_tables: vec![],
                 }],
                 instances,
                 security_groups: vec![group.clone()],
+                peer_vpcs: vec![],
             };
             let k = LinuxKernel::new(Some(lab.host_ns[h].clone()));
             let ops = plan(&d, &k.observe().unwrap(), &PlanConfig::default());

@@ -153,10 +153,12 @@ impl Cloud {
                             subnet_id: format!("subnet-{:016x}", vi * 16 + si),
                             cidr_block: *sn,
                             gateway_ip: gateway(*sn),
+                            route_table_id: String::new(),
                         })
                         .collect(),
                     remote_enis,
                     peer_routes: vec![],
+                    route_tables: vec![],
                 }
             })
             .collect();
@@ -172,6 +174,7 @@ impl Cloud {
             vpcs,
             instances,
             security_groups: groups,
+            peer_vpcs: vec![],
         }
     }
 }

@@ -663,7 +663,8 @@ pub async fn create_peering(
             return Ok(Plan::Done(existing));
         }
         let a = visible(&snap.vpcs, Kind::Vpc, &req.vpc_a, &caller)?;
-        let b = visible(&snap.vpcs, Kind::Vpc, &req.vpc_b, &caller)?;
+        // The accepter's VPC may be another tenant's (its owner accepts).
+        let b = snap.vpcs.get(&req.vpc_b).ok_or_else(|| ModelError::not_found(Kind::Vpc.noun(), &req.vpc_b))?;
         if ipam::overlaps(a.value.cidr_block, b.value.cidr_block) {
             return Err(ModelError::invalid(
                 "peering_cidr_overlap",
@@ -707,7 +708,12 @@ pub async fn list_peerings(State(st): State<AppState>, caller: Caller, Q(q): Q<L
 }
 
 pub async fn get_peering(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Peering>> {
-    Ok(Json(arc_clone(&visible(&st.cache.read().peerings, Kind::Peering, &id, &caller)?.value)))
+    let snap = st.cache.read();
+    // The requester's tenant and the accepter's both see a peering.
+    match snap.peerings.get(&id) {
+        Some(e) if caller.sees(&e.value.tenant) || snap.vpcs.get(&e.value.vpc_b).is_some_and(|v| caller.sees(&v.value.tenant)) => Ok(Json(arc_clone(&e.value))),
+        _ => Err(ModelError::not_found("peering", &id).into()),
+    }
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
