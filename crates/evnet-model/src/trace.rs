@@ -12,9 +12,15 @@
 //!   destination in the rule's CIDR or among the members of its group);
 //! * route: the whole VPC block is routed (a distributed router on every
 //!   host); an address no ENI holds goes nowhere (no flooding, no learning);
-//!   an address outside the VPC has no route (peering routes are not
-//!   forwarded by the data plane yet); a subnet's gateway answers on the
-//!   sender's host;
+//!   a subnet's gateway answers on the sender's host;
+//! * across a peering (the tc-BPF data plane): an address outside the VPC
+//!   follows the longest route of the sender's subnet's table that goes to a
+//!   peering; an inactive or unknown peering is a blackhole; the peering
+//!   leads into the peer VPC's block and no further (not transitive), and
+//!   the receiver's table must route the source back across the same
+//!   peering; routes to other targets (ENIs, gateways) are not forwarded;
+//!   a peer VPC of another tenant is described without naming its
+//!   resources;
 //! * ingress: a rule of one of the receiver's groups must match the source
 //!   (an ENI without groups receives nothing new);
 //! * groups are stateful: replies of an allowed flow pass both ways.
@@ -24,7 +30,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{Eni, Host, Instance, Protocol, SecurityGroup, SgRule, Subnet, Vpc};
+use crate::resources::{Eni, Host, Instance, Peering, PeeringStatus, Protocol, Route, RouteTable, SecurityGroup, SgRule, Subnet, Vpc};
 use crate::rule::Rule;
 
 /// The packet to trace: from an ENI (by id) to an address.
@@ -100,12 +106,20 @@ pub struct Trace {
     pub destination_host_id: Option<String>,
 }
 
-/// What a trace reads: the source ENI's VPC and everything in it.
+/// What a trace reads: the source ENI's VPC, the VPCs it is actively
+/// peered with, and everything in them.
 pub struct TraceWorld<'a> {
     pub vpc: &'a Vpc,
+    /// Subnets of the VPC and of its peers.
     pub subnets: Vec<&'a Subnet>,
-    /// Every ENI of the VPC.
+    /// Every ENI of the VPC and of its peers.
     pub enis: Vec<&'a Eni>,
+    /// Route tables of the VPC and of its peers.
+    pub route_tables: Vec<&'a RouteTable>,
+    /// Peerings the VPC takes part in, whatever their status.
+    pub peerings: Vec<&'a Peering>,
+    /// The VPCs at the other end of its active peerings.
+    pub peer_vpcs: Vec<&'a Vpc>,
     /// Groups by id (those the ENIs use and those their rules name).
     pub groups: BTreeMap<&'a str, &'a SecurityGroup>,
     pub instances: BTreeMap<&'a str, &'a Instance>,
@@ -174,19 +188,13 @@ pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result
         return Ok(t);
     }
 
-    // Route inside the VPC.
+    // Route: inside the VPC, or across a peering.
+    let src_host = source.attachment.as_ref().map(|a| a.host_id.as_str());
     if !world.vpc.cidr_block.contains(&dst) {
-        t.steps.push(TraceStep {
-            stage: TraceStage::Route,
-            pass: false,
-            detail: format!(
-                "{dst} is outside {} ({}): no route (the data plane routes inside the VPC only; peering routes are not forwarded yet)",
-                world.vpc.id, world.vpc.cidr_block
-            ),
-        });
-        return Ok(t);
+        let Some(hop) = peering_hop(&mut t, world, source, dst) else { return Ok(t) };
+        return Ok(deliver(t, world, req, src_host, dst, src_ip, &what, Some(hop)));
     }
-    if let Some(s) = world.subnets.iter().find(|s| s.gateway_ip == dst) {
+    if let Some(s) = world.subnets.iter().find(|s| s.vpc_id == world.vpc.id && s.gateway_ip == dst) {
         t.steps.push(TraceStep {
             stage: TraceStage::Route,
             pass: true,
@@ -195,57 +203,175 @@ pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result
         t.verdict = TraceVerdict::AnsweredByGateway;
         return Ok(t);
     }
-    let Some(dest) = world.enis.iter().find(|e| e.all_ips().any(|ip| ip == dst)) else {
-        t.steps.push(TraceStep {
-            stage: TraceStage::Route,
-            pass: false,
-            detail: format!("no ENI of {} holds {dst}: the VXLAN neither floods nor learns, so the packet goes nowhere", world.vpc.id),
-        });
-        return Ok(t);
+    Ok(deliver(t, world, req, src_host, dst, src_ip, &what, None))
+}
+
+/// How a packet crosses into a peer VPC: the peer and the words for it.
+struct PeeringHop<'a> {
+    vpc: &'a Vpc,
+    peering: &'a Peering,
+    /// The route that sent it there, as people read it.
+    route: String,
+    /// The peer belongs to another tenant: name none of its resources.
+    foreign: bool,
+}
+
+/// The route table a subnet of `vpc` uses: the one it is associated with,
+/// else the VPC's main table.
+fn table_of<'a>(world: &TraceWorld<'a>, vpc: &Vpc, subnet_id: &str) -> Option<&'a RouteTable> {
+    let of_vpc = || world.route_tables.iter().copied().filter(|t| t.vpc_id == vpc.id);
+    of_vpc().find(|t| t.subnet_ids.iter().any(|s| s == subnet_id)).or_else(|| of_vpc().find(|t| t.id == vpc.main_route_table_id || t.main))
+}
+
+/// Whether the data plane installs `r` as a hop: a route to a peering
+/// (active or not) — the same test the server's desired state applies.
+fn is_peering_route(r: &Route, world: &TraceWorld<'_>) -> bool {
+    r.target.starts_with("pcx-") || world.peerings.iter().any(|p| p.id == r.target)
+}
+
+/// The longest route of `table` to a peering that covers `ip`.
+fn longest_peering_route<'a>(table: &'a RouteTable, ip: Ipv4Addr, world: &TraceWorld<'_>) -> Option<&'a Route> {
+    table.routes.iter().filter(|r| r.destination_cidr.contains(&ip) && is_peering_route(r, world)).max_by_key(|r| r.destination_cidr.prefix_len())
+}
+
+/// The sender's table sends `dst` across an active peering into the peer's
+/// block, or the packet stops (the reason pushed as a failed route step).
+fn peering_hop<'a>(t: &mut Trace, world: &TraceWorld<'a>, source: &Eni, dst: Ipv4Addr) -> Option<PeeringHop<'a>> {
+    let mut stop = |detail: String| t.steps.push(TraceStep { stage: TraceStage::Route, pass: false, detail });
+    let outside = format!("{dst} is outside {} ({})", world.vpc.id, world.vpc.cidr_block);
+    let Some(table) = table_of(world, world.vpc, &source.subnet_id) else {
+        stop(format!("{outside} and {}'s subnet {} has no route table: no route", source.id, source.subnet_id));
+        return None;
     };
-    t.destination_eni_id = Some(dest.id.clone());
+    let Some(route) = longest_peering_route(table, dst, world) else {
+        let other = table.routes.iter().filter(|r| r.target != "local" && r.destination_cidr.contains(&dst)).max_by_key(|r| r.destination_cidr.prefix_len());
+        stop(match other {
+            Some(r) => format!(
+                "{outside}; {} sends {} to {}, a target the data plane does not forward yet (it forwards routes to peerings): dropped",
+                table.id, r.destination_cidr, r.target
+            ),
+            None => format!("{outside} and {} has no route for it: dropped", table.id),
+        });
+        return None;
+    };
+    let text = format!("{} → {} in {}", route.destination_cidr, route.target, table.id);
+    let peering = world.peerings.iter().copied().find(|p| p.id == route.target);
+    let peer_id = peering.filter(|p| p.status == PeeringStatus::Active).and_then(|p| {
+        if p.vpc_a == world.vpc.id {
+            Some(p.vpc_b.as_str())
+        } else if p.vpc_b == world.vpc.id {
+            Some(p.vpc_a.as_str())
+        } else {
+            None
+        }
+    });
+    let (Some(peering), Some(peer_id)) = (peering, peer_id) else {
+        let why = match peering {
+            None => format!("{} is no peering of {}", route.target, world.vpc.id),
+            Some(_) => format!("{} is not active (pending acceptance)", route.target),
+        };
+        stop(format!("{outside}; the route {text} is a blackhole: {why}: dropped"));
+        return None;
+    };
+    let Some(peer) = world.peer_vpcs.iter().copied().find(|v| v.id == peer_id) else {
+        stop(format!("{outside}; the route {text} leads to {peer_id}, which is gone: dropped"));
+        return None;
+    };
+    if !peer.cidr_block.contains(&dst) {
+        stop(format!(
+            "{outside}; the route {text} leads into {} ({}), and {dst} is not in it: a peering goes no further than the peer VPC (not transitive): dropped",
+            peer.id, peer.cidr_block
+        ));
+        return None;
+    }
+    Some(PeeringHop { vpc: peer, peering, route: text, foreign: peer.tenant != world.vpc.tenant })
+}
+
+/// Finds the ENI that holds `dst` (in the source's VPC, or in the peer the
+/// hop leads to), checks the return route of a peering, then the
+/// receiver's ingress groups.
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    mut t: Trace,
+    world: &TraceWorld<'_>,
+    req: &TraceRequest,
+    src_host: Option<&str>,
+    dst: Ipv4Addr,
+    src_ip: Ipv4Addr,
+    what: &str,
+    hop: Option<PeeringHop<'_>>,
+) -> Trace {
+    let vpc = hop.as_ref().map_or(world.vpc, |h| h.vpc);
+    let foreign = hop.as_ref().is_some_and(|h| h.foreign);
+    let across = hop.as_ref().map_or_else(String::new, |h| format!("across {} ({}), ", h.peering.id, h.route));
+    let stop = |t: &mut Trace, detail: String| t.steps.push(TraceStep { stage: TraceStage::Route, pass: false, detail });
+    let Some(dest) = world.enis.iter().find(|e| e.vpc_id == vpc.id && e.all_ips().any(|ip| ip == dst)) else {
+        stop(&mut t, format!("{across}no ENI of {} holds {dst}: the VXLAN neither floods nor learns, so the packet goes nowhere", vpc.id));
+        return t;
+    };
+    let dest_name = if foreign { format!("an ENI of {} (another tenant's)", vpc.id) } else { dest.id.clone() };
+    if !foreign {
+        t.destination_eni_id = Some(dest.id.clone());
+    }
     let Some(att) = &dest.attachment else {
-        t.steps.push(TraceStep {
-            stage: TraceStage::Route,
-            pass: false,
-            detail: format!("{dst} is {}, which is not attached to an instance: nothing receives it", dest.id),
-        });
-        return Ok(t);
+        stop(&mut t, format!("{across}{dst} is {dest_name}, which is not attached to an instance: nothing receives it"));
+        return t;
     };
-    let src_host = source.attachment.as_ref().map(|a| a.host_id.as_str());
+    if let Some(h) = &hop {
+        // The receiver's table must send the source back across the same peering.
+        let back = table_of(world, vpc, &dest.subnet_id).and_then(|tb| longest_peering_route(tb, src_ip, world).map(|r| (tb, r)));
+        let ok = back.is_some_and(|(_, r)| r.target == h.peering.id);
+        if !ok {
+            let now = match back {
+                Some((_, r)) if foreign => format!("its table sends {src_ip} to {} instead", r.target),
+                Some((tb, r)) => format!("its table {} sends {src_ip} to {} instead", tb.id, r.target),
+                None => "its table has no route for it".to_string(),
+            };
+            stop(
+                &mut t,
+                format!("{across}{dst} is {dest_name}, but {} does not route {src_ip} back across {} ({now}): both sides' tables must route, dropped on receipt", vpc.id, h.peering.id),
+            );
+            return t;
+        }
+    }
     let host_name = |id: &str| world.hosts.get(id).map_or_else(|| id.to_string(), |h| h.name.clone());
     let path = match src_host {
         Some(h) if h == att.host_id => format!("on the same host ({})", host_name(h)),
+        Some(h) if foreign => format!("from {} over VXLAN {}", host_name(h), vpc.vni),
         Some(h) => {
             let ul = |id: &str| world.hosts.get(id).map_or_else(|| "?".to_string(), |h| h.underlay_ip.to_string());
-            format!(
-                "from {} to {} over VXLAN {} ({} → {})",
-                host_name(h),
-                host_name(&att.host_id),
-                world.vpc.vni,
-                ul(h),
-                ul(&att.host_id)
-            )
+            format!("from {} to {} over VXLAN {} ({} → {})", host_name(h), host_name(&att.host_id), vpc.vni, ul(h), ul(&att.host_id))
         }
-        None => format!("to {} (the sender is not attached: it sends nothing until it is)", host_name(&att.host_id)),
+        None => format!("to {} (the sender is not attached: it sends nothing until it is)", if foreign { "its host".to_string() } else { host_name(&att.host_id) }),
     };
-    let inst = world.instances.get(att.instance_id.as_str()).map_or(att.instance_id.as_str(), |i| i.name.as_str());
-    t.steps.push(TraceStep {
-        stage: TraceStage::Route,
-        pass: src_host.is_some(),
-        detail: format!("{dst} is {} (eth{} of instance {inst}); routed {path}", dest.id, att.device_index),
-    });
+    let whose = if foreign {
+        String::new()
+    } else {
+        let inst = world.instances.get(att.instance_id.as_str()).map_or(att.instance_id.as_str(), |i| i.name.as_str());
+        format!(" (eth{} of instance {inst})", att.device_index)
+    };
+    let back = if hop.is_some() { format!("; {} routes {src_ip} back the same way", vpc.id) } else { String::new() };
+    t.steps.push(TraceStep { stage: TraceStage::Route, pass: src_host.is_some(), detail: format!("{across}{dst} is {dest_name}{whose}; routed {path}{back}") });
     if src_host.is_none() {
-        return Ok(t);
+        return t;
     }
 
     // Ingress groups of the receiver.
     let v = group_verdict(&dest.security_group_ids, world, req, src_ip, true);
-    if push(&mut t, group_step(TraceStage::Ingress, v, &dest.id, &what)) {
+    let step = if foreign {
+        let pass = matches!(v, GroupVerdict::Allowed(_));
+        let detail = if pass { "the receiver's groups (another tenant's) admit it" } else { "the receiver's groups (another tenant's) refuse it" };
+        TraceStep { stage: TraceStage::Ingress, pass, detail: format!("{what}: {detail}") }
+    } else {
+        group_step(TraceStage::Ingress, v, &dest.id, what)
+    };
+    if push(&mut t, step) {
         t.verdict = TraceVerdict::Delivered;
-        t.destination_host_id = Some(att.host_id.clone());
+        if !foreign {
+            t.destination_host_id = Some(att.host_id.clone());
+        }
     }
-    Ok(t)
+    t
 }
 
 /// Appends `step`; whether the packet goes on.
@@ -387,6 +513,26 @@ mod tests {
         enis: Vec<Eni>,
         groups: Vec<SecurityGroup>,
         hosts: Vec<Host>,
+        /// vpc-2 (10.9.0.0/16, tenant u), peered with vpc-1 by pcx-1.
+        peer: Vpc,
+        peer_subnet: Subnet,
+        tables: Vec<RouteTable>,
+        peerings: Vec<Peering>,
+    }
+
+    fn table(id: &str, vpc: &str, routes: &[(&str, &str)]) -> RouteTable {
+        RouteTable {
+            id: id.into(),
+            name: id.into(),
+            tags: Default::default(),
+            tenant: String::new(),
+            created_at: String::new(),
+            revision: 1,
+            vpc_id: vpc.into(),
+            main: true,
+            routes: routes.iter().map(|(c, t)| Route { destination_cidr: c.parse().unwrap(), target: t.to_string() }).collect(),
+            subnet_ids: vec![],
+        }
     }
 
     impl Fixture {
@@ -441,7 +587,36 @@ mod tests {
                 vec![rule(Protocol::Tcp, Some((80, 80)), Some("10.0.0.0/16"), None), rule(Protocol::Icmp, None, None, Some("sg-default"))],
                 vec![rule(Protocol::Tcp, Some((5432, 5432)), Some("10.0.2.0/24"), None)],
             );
+            let peer = Vpc {
+                id: "vpc-2".into(),
+                tenant: "u".into(),
+                cidr_block: "10.9.0.0/16".parse().unwrap(),
+                vni: 9,
+                main_route_table_id: "rtb-2".into(),
+                default_security_group_id: "sg-p".into(),
+                ..vpc.clone()
+            };
+            let peer_subnet = Subnet { id: "subnet-2".into(), vpc_id: "vpc-2".into(), cidr_block: "10.9.1.0/24".parse().unwrap(), gateway_ip: Ipv4Addr::new(10, 9, 1, 1), ..subnet.clone() };
+            let mut p = eni("eni-p", [10, 9, 1, 4], &["sg-p"], Some("host-2"));
+            p.vpc_id = "vpc-2".into();
+            p.subnet_id = "subnet-2".into();
+            let sg_p = SecurityGroup { vpc_id: "vpc-2".into(), ..group("sg-p", vec![rule(Protocol::Icmp, None, Some("10.0.0.0/16"), None)], vec![]) };
+            let peering = Peering {
+                id: "pcx-1".into(),
+                name: String::new(),
+                tags: Default::default(),
+                tenant: "t".into(),
+                created_at: String::new(),
+                revision: 1,
+                vpc_a: "vpc-1".into(),
+                vpc_b: "vpc-2".into(),
+                status: PeeringStatus::Active,
+            };
             Fixture {
+                peer,
+                peer_subnet,
+                tables: vec![table("rtb-1", "vpc-1", &[("10.9.0.0/16", "pcx-1")]), table("rtb-2", "vpc-2", &[("10.0.0.0/16", "pcx-1")])],
+                peerings: vec![peering],
                 vpc,
                 subnet,
                 enis: vec![
@@ -450,8 +625,9 @@ mod tests {
                     eni("eni-web", [10, 0, 1, 6], &["sg-web"], Some("host-1")),
                     eni("eni-idle", [10, 0, 1, 7], &["sg-default"], None),
                     eni("eni-bare", [10, 0, 1, 8], &[], Some("host-2")),
+                    p,
                 ],
-                groups: vec![default, web],
+                groups: vec![default, web, sg_p],
                 hosts: vec![host("host-1", 1), host("host-2", 2)],
             }
         }
@@ -476,8 +652,11 @@ mod tests {
                 .collect();
             let world = TraceWorld {
                 vpc: &self.vpc,
-                subnets: vec![&self.subnet],
+                subnets: vec![&self.subnet, &self.peer_subnet],
                 enis: self.enis.iter().collect(),
+                route_tables: self.tables.iter().collect(),
+                peerings: self.peerings.iter().collect(),
+                peer_vpcs: if self.peerings[0].status == PeeringStatus::Active { vec![&self.peer] } else { vec![] },
                 groups: self.groups.iter().map(|g| (g.id.as_str(), g)).collect(),
                 instances: instances.iter().map(|i| (i.id.as_str(), i)).collect(),
                 hosts: self.hosts.iter().map(|h| (h.id.as_str(), h)).collect(),
@@ -566,6 +745,43 @@ mod tests {
     }
 
     #[test]
+    fn a_peering_forwards_where_both_tables_route_and_no_further() {
+        let mut f = Fixture::new();
+        let t = f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None);
+        assert_eq!(t.verdict, TraceVerdict::Delivered, "{t:?}");
+        let route = &t.steps[2].detail;
+        assert!(route.contains("across pcx-1 (10.9.0.0/16 → pcx-1 in rtb-1)") && route.contains("VXLAN 9"), "{route}");
+        // vpc-2 is another tenant's: its ENI, groups and hosts go unnamed.
+        assert!(!route.contains("eni-p") && t.destination_eni_id.is_none() && t.destination_host_id.is_none(), "{t:?}");
+        assert!(t.steps[3].detail.contains("admit"), "{:?}", t.steps[3]);
+        // The receiver's groups admit ICMP only.
+        let t = f.run("eni-a", [10, 9, 1, 4], Protocol::Tcp, Some(22), None);
+        assert_eq!(stages(&t).last(), Some(&(TraceStage::Ingress, false)));
+        // Not transitive: a route to 10.8/16 across pcx-1 leads nowhere.
+        f.tables[0].routes.push(Route { destination_cidr: "10.8.0.0/16".parse().unwrap(), target: "pcx-1".into() });
+        let t = f.run("eni-a", [10, 8, 0, 1], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("not transitive"), "{t:?}");
+        // A longer route to an ENI does not win: the data plane installs peering routes only.
+        f.tables[0].routes.push(Route { destination_cidr: "10.9.1.0/24".parse().unwrap(), target: "eni-b".into() });
+        assert_eq!(f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None).verdict, TraceVerdict::Delivered);
+        // Only one side routes: dropped on receipt.
+        f.tables[1].routes.clear();
+        let t = f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("both sides' tables must route"), "{t:?}");
+        // Pending: a blackhole.
+        f.tables[1].routes.push(Route { destination_cidr: "10.0.0.0/16".parse().unwrap(), target: "pcx-1".into() });
+        f.peerings[0].status = PeeringStatus::PendingAcceptance;
+        let t = f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("blackhole"), "{t:?}");
+        // No route at all, or one to a target not forwarded.
+        let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("no route"), "{t:?}");
+        f.tables[0].routes.push(Route { destination_cidr: "0.0.0.0/0".parse().unwrap(), target: "igw-1".into() });
+        let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("does not forward yet"), "{t:?}");
+    }
+
+    #[test]
     fn a_rule_with_an_empty_port_range_matches_nothing() {
         let mut f = Fixture::new();
         f.groups[1].ingress = vec![rule(Protocol::Tcp, Some((90, 80)), Some("0.0.0.0/0"), None)];
@@ -579,6 +795,9 @@ mod tests {
             vpc: &f.vpc,
             subnets: vec![],
             enis: vec![],
+            route_tables: vec![],
+            peerings: vec![],
+            peer_vpcs: vec![],
             groups: BTreeMap::new(),
             instances: BTreeMap::new(),
             hosts: BTreeMap::new(),

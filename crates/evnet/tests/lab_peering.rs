@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use evnet_client::Client;
+use evnet_model::trace::{TraceRequest, TraceVerdict};
 use evnet_model::*;
 
 mod common;
@@ -28,14 +29,22 @@ async fn net(c: &Client, cidr: &str, subnet: &str) -> Net {
     Net { vpc, subnet }
 }
 
-/// An instance with one ENI in `n` on `host`: its namespace and address.
-async fn instance(c: &Client, n: &Net, name: &str, host: &str) -> (String, Ipv4Addr) {
+/// An instance with one ENI in `n` on `host`: its namespace, address and ENI.
+async fn instance(c: &Client, n: &Net, name: &str, host: &str) -> (String, Ipv4Addr, String) {
     let eni = c.create_eni(&CreateEni { subnet_id: n.subnet.id.clone(), ..Default::default() }).await.unwrap();
     let inst = c
         .create_instance(&CreateInstance { name: Some(name.into()), host_id: Some(host.into()), eni_ids: vec![eni.id.clone()], ..Default::default() })
         .await
         .unwrap();
-    (inst.netns, eni.private_ip)
+    (inst.netns, eni.private_ip, eni.id)
+}
+
+/// `evnet trace` of a ping from `eni` to `to`: the verdict and the last
+/// step's words.
+async fn trace(c: &Client, eni: &str, to: Ipv4Addr) -> (TraceVerdict, String) {
+    let req = TraceRequest { source_eni_id: eni.into(), destination_ip: to, protocol: Protocol::Icmp, port: None, source_ip: None };
+    let t = c.trace(&req).await.unwrap();
+    (t.verdict, t.steps.last().map(|s| s.detail.clone()).unwrap_or_default())
 }
 
 /// Sets the routes of `vpc`'s main table to local plus `extra`.
@@ -94,10 +103,10 @@ async fn peering_forwards_where_both_tables_route_and_goes_no_further() {
     let a = net(&ta, "10.1.0.0/16", "10.1.1.0/24").await;
     let b = net(&tb, "10.2.0.0/16", "10.2.1.0/24").await;
     let c = net(&ta, "10.3.0.0/16", "10.3.1.0/24").await;
-    let (a1, a1_ip) = instance(&ta, &a, "a1", &host("host-1")).await;
-    let (b1, b1_ip) = instance(&tb, &b, "b1", &host("host-2")).await;
-    let (_b2, b2_ip) = instance(&tb, &b, "b2", &host("host-1")).await;
-    let (c1, _) = instance(&ta, &c, "c1", &host("host-3")).await;
+    let (a1, a1_ip, a1_eni) = instance(&ta, &a, "a1", &host("host-1")).await;
+    let (b1, b1_ip, b1_eni) = instance(&tb, &b, "b1", &host("host-2")).await;
+    let (_b2, b2_ip, _) = instance(&tb, &b, "b2", &host("host-1")).await;
+    let (c1, _, c1_eni) = instance(&ta, &c, "c1", &host("host-3")).await;
     // B's groups admit pings from A's block; A's admit C's (not B's).
     allow_icmp_from(&tb, &b.vpc, "10.1.0.0/16").await;
     allow_icmp_from(&ta, &a.vpc, "10.3.0.0/16").await;
@@ -112,19 +121,33 @@ async fn peering_forwards_where_both_tables_route_and_goes_no_further() {
     assert_eq!(pab.status, PeeringStatus::PendingAcceptance);
     let refused = ta.accept_peering(&pab.id).await.unwrap_err();
     assert!(refused.to_string().contains("forbidden"), "only B's owner accepts: {refused}");
+    let (v, why) = trace(&ta, &a1_eni, b1_ip).await;
+    assert!(v == TraceVerdict::Dropped && why.contains("no route"), "without a route: {why}");
     routes(&ta, &a.vpc, &[("10.2.0.0/16", &pab.id)]).await;
     assert!(never_reaches(&a1, b1_ip, 2), "a pending peering forwards nothing");
+    let (v, why) = trace(&ta, &a1_eni, b1_ip).await;
+    assert!(v == TraceVerdict::Dropped && why.contains("blackhole"), "a route to a pending peering is a blackhole: {why}");
     assert_eq!(tb.accept_peering(&pab.id).await.unwrap().status, PeeringStatus::Active);
     assert_eq!(tb.get_peering(&pab.id).await.unwrap().status, PeeringStatus::Active, "the accepter sees the peering");
     // A's table routes B's block, B's does not route A's back: dropped.
     assert!(never_reaches(&a1, b1_ip, 3), "one side's route is not enough");
+    let (v, why) = trace(&ta, &a1_eni, b1_ip).await;
+    assert!(v == TraceVerdict::Dropped && why.contains("both sides' tables must route"), "trace agrees: {why}");
 
     routes(&tb, &b.vpc, &[("10.1.0.0/16", &pab.id)]).await;
     assert!(ping_becomes(&a1, b1_ip, true, 15), "a1 reaches b1 on another host across the peering");
     assert!(ping_becomes(&a1, b2_ip, true, 5), "a1 reaches b2 on its own host across the peering");
+    for to in [b1_ip, b2_ip] {
+        let (v, why) = trace(&ta, &a1_eni, to).await;
+        assert_eq!(v, TraceVerdict::Delivered, "trace agrees: {why}");
+    }
     // A's group admits only its members and C's block: b1's new pings are
     // refused, while the replies to a1's pings passed (stateful).
     assert!(never_reaches(&b1, a1_ip, 2), "A's groups still apply to B's packets");
+    let t = tb.trace(&TraceRequest { source_eni_id: b1_eni.clone(), destination_ip: a1_ip, protocol: Protocol::Icmp, port: None, source_ip: None }).await.unwrap();
+    assert_eq!(t.verdict, TraceVerdict::Dropped);
+    assert_eq!(t.steps.last().unwrap().stage, evnet_model::trace::TraceStage::Ingress, "trace agrees: {t:?}");
+    assert!(t.destination_eni_id.is_none(), "A is another tenant's: B's trace names none of its ENIs: {t:?}");
 
     // C peers with A: c1 reaches a1, and nothing of B through A.
     let pac = ta.create_peering(&CreatePeering { vpc_a: c.vpc.id.clone(), vpc_b: a.vpc.id.clone(), ..Default::default() }).await.unwrap();
@@ -134,12 +157,15 @@ async fn peering_forwards_where_both_tables_route_and_goes_no_further() {
     assert!(ping_becomes(&c1, a1_ip, true, 15), "c1 reaches a1 across their peering");
     allow_icmp_from(&tb, &b.vpc, "10.3.0.0/16").await;
     assert!(never_reaches(&c1, b1_ip, 3), "peering is not transitive: C reaches nothing of B through A");
+    let (v, why) = trace(&ta, &c1_eni, b1_ip).await;
+    assert!(v == TraceVerdict::Dropped && why.contains("not transitive"), "trace agrees: {why}");
     assert!(ping(&a1, b1_ip), "A still reaches B");
 
     // B takes its route away: A's pings stop within a reconcile period.
     routes(&tb, &b.vpc, &[]).await;
     assert!(ping_becomes(&a1, b1_ip, false, 10), "removing B's route stops the traffic");
     assert!(never_reaches(&a1, b1_ip, 2));
+    assert_eq!(trace(&ta, &a1_eni, b1_ip).await.0, TraceVerdict::Dropped, "trace agrees");
     // Deleting the peering needs the routes to it gone first.
     let busy = ta.delete_peering(&pab.id).await.unwrap_err();
     assert!(busy.to_string().contains("dependency_violation"), "{busy}");

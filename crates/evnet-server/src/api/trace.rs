@@ -20,18 +20,31 @@ pub async fn trace(State(st): State<AppState>, caller: Caller, Body(req): Body<T
     let snap = st.cache.read();
     let source = &visible(&snap.enis, Kind::Eni, &req.source_eni_id, &caller)?.value;
     let vpc = &visible(&snap.vpcs, Kind::Vpc, &source.vpc_id, &caller)?.value;
-    let enis: Vec<&Eni> = snap.enis.values().map(|e| &*e.value).filter(|e| e.vpc_id == vpc.id).collect();
-    // Only the instances and hosts the VPC's ENIs are attached to.
+    // The VPC and those at the other end of its active peerings.
+    let peerings: Vec<&Peering> = snap.peerings.values().map(|p| &*p.value).filter(|p| p.vpc_a == vpc.id || p.vpc_b == vpc.id).collect();
+    let peer_vpcs: Vec<&Vpc> = peerings
+        .iter()
+        .filter(|p| p.status == PeeringStatus::Active)
+        .map(|p| if p.vpc_a == vpc.id { &p.vpc_b } else { &p.vpc_a })
+        .filter_map(|id| snap.vpcs.get(id))
+        .map(|v| &*v.value)
+        .collect();
+    let in_world = |vpc_id: &str| vpc_id == vpc.id || peer_vpcs.iter().any(|v| v.id == vpc_id);
+    let enis: Vec<&Eni> = snap.enis.values().map(|e| &*e.value).filter(|e| in_world(&e.vpc_id)).collect();
+    // Only the instances and hosts those ENIs are attached to.
     let attachments = || enis.iter().filter_map(|e| e.attachment.as_ref());
     let instances = attachments().filter_map(|a| snap.instances.get(&a.instance_id)).map(|i| (i.value.id.as_str(), &*i.value)).collect();
     let hosts = attachments().filter_map(|a| snap.hosts.get(&a.host_id)).map(|h| (h.value.id.as_str(), &*h.value)).collect();
     let world = TraceWorld {
         vpc,
-        subnets: snap.subnets.values().map(|s| &*s.value).filter(|s| s.vpc_id == vpc.id).collect(),
-        groups: snap.security_groups.values().map(|g| &*g.value).filter(|g| g.vpc_id == vpc.id).map(|g| (g.id.as_str(), g)).collect(),
+        subnets: snap.subnets.values().map(|s| &*s.value).filter(|s| in_world(&s.vpc_id)).collect(),
+        groups: snap.security_groups.values().map(|g| &*g.value).filter(|g| in_world(&g.vpc_id)).map(|g| (g.id.as_str(), g)).collect(),
+        route_tables: snap.route_tables.values().map(|t| &*t.value).filter(|t| in_world(&t.vpc_id)).collect(),
         instances,
         hosts,
         enis,
+        peerings,
+        peer_vpcs: peer_vpcs.clone(),
     };
     let t = run_trace(&req, source, &world).map_err(invalid)?;
     Ok(Json(t))
