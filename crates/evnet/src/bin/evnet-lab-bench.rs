@@ -10,6 +10,7 @@
 //! cargo build --release -p evnet --bins
 //! sudo target/release/evnet-lab-bench provision --enis 200 --dataplane bpf
 //! sudo target/release/evnet-lab-bench throughput --rounds 3
+//! sudo target/release/evnet-lab-bench peering --rounds 5
 //! sudo target/release/evnet-lab-bench reconcile --enis 1000 --dataplane bpf
 //! sudo target/release/evnet-lab-bench idle --enis 100 --seconds 30 --dataplane bpf
 //! ```
@@ -48,6 +49,14 @@ enum Bench {
     /// TCP throughput: evnet vs bare VXLAN vs raw veth, alternated per round.
     Throughput {
         #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
+    /// TCP throughput across a peering against the same hosts' flow inside
+    /// one VPC, alternated per round (tc-BPF data plane).
+    Peering {
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
         #[arg(long, default_value_t = 3)]
         seconds: u32,
@@ -473,6 +482,51 @@ async fn throughput(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Two VPCs, A (10.1/16) and B (10.2/16), peered with routes both ways and
+/// B admitting TCP from A's block; a1 on host-1, a2 and b2 on host-2. Per
+/// round: a1 → a2 (inside A) then a1 → b2 (across the peering).
+async fn peering(rounds: usize, seconds: u32) -> anyhow::Result<()> {
+    let lab = Lab::up(2, 30_000, Some(Dataplane::Bpf))?;
+    let c = lab.tenant_client()?;
+    let hosts = lab.host_ids().await?;
+    let mut nets = vec![];
+    for (vpc_cidr, subnet_cidr) in [("10.1.0.0/16", "10.1.1.0/24"), ("10.2.0.0/16", "10.2.1.0/24")] {
+        let vpc = c.create_vpc(&CreateVpc { cidr_block: vpc_cidr.into(), ..Default::default() }).await?;
+        let subnet = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: subnet_cidr.into(), ..Default::default() }).await?;
+        nets.push((vpc, subnet));
+    }
+    let pcx = c.create_peering(&CreatePeering { vpc_a: nets[0].0.id.clone(), vpc_b: nets[1].0.id.clone(), ..Default::default() }).await?;
+    c.accept_peering(&pcx.id).await?;
+    for (i, (vpc, _)) in nets.iter().enumerate() {
+        let other = nets[1 - i].0.cidr_block;
+        let routes = vec![Route { destination_cidr: vpc.cidr_block, target: "local".into() }, Route { destination_cidr: other, target: pcx.id.clone() }];
+        c.patch_route_table(&vpc.main_route_table_id, &PatchRouteTable { routes: Some(routes), ..Default::default() }).await?;
+    }
+    let g = c.get_security_group(&nets[1].0.default_security_group_id).await?;
+    let mut ingress = g.ingress.clone();
+    ingress.push(SgRule { protocol: Protocol::Tcp, from_port: Some(1), to_port: Some(65535), cidr: Some(nets[0].0.cidr_block), source_group_id: None });
+    c.patch_security_group(&g.id, &PatchSecurityGroup { ingress: Some(ingress), ..Default::default() }).await?;
+    let mut inst = vec![];
+    for (net, host) in [(0, &hosts[0]), (0, &hosts[1]), (1, &hosts[1])] {
+        let e = c.create_eni(&CreateEni { subnet_id: nets[net].1.id.clone(), ..Default::default() }).await?;
+        let i = c.create_instance(&CreateInstance { host_id: Some(host.clone()), eni_ids: vec![e.id.clone()], ..Default::default() }).await?;
+        inst.push((i, e));
+    }
+    lab.synced(Duration::from_secs(20)).await?;
+    let (a1, a2, b2) = (&inst[0], &inst[1], &inst[2]);
+    let mut ratios = vec![];
+    println!("data plane: {}", lab.dataplane());
+    println!("round  in-VPC Gbit/s  peering Gbit/s  peering/in-VPC");
+    for r in 0..rounds {
+        let inside = iperf(&a1.0.netns, &a2.0.netns, a2.1.private_ip, seconds)?;
+        let across = iperf(&a1.0.netns, &b2.0.netns, b2.1.private_ip, seconds)?;
+        ratios.push(across / inside);
+        println!("{:>5}  {:>13.2}  {:>14.2}  {:>14.3}", r + 1, inside / 1e9, across / 1e9, across / inside);
+    }
+    println!("median of per-round ratios: peering/in-VPC {:.3}", median(&mut ratios));
+    Ok(())
+}
+
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
@@ -718,6 +772,7 @@ fn main() -> anyhow::Result<()> {
         match bench {
             Bench::Provision { enis, hosts, logs, dp, raw } => provision(enis, hosts, logs, dp.dataplane, raw).await,
             Bench::Throughput { rounds, seconds } => throughput(rounds, seconds).await,
+            Bench::Peering { rounds, seconds } => peering(rounds, seconds).await,
             Bench::Reconcile { enis, restarts, rebuilds, dp, logs } => reconcile(enis, restarts, rebuilds, dp.dataplane, logs).await,
             Bench::Idle { enis, seconds, sample_ms, dp, logs } => idle(enis, seconds, sample_ms, dp.dataplane, logs).await,
         }
