@@ -354,6 +354,7 @@ async fn security_groups_route_tables_peerings_pools() {
     let (s, v) = t.call("POST", "/v1/security-groups", Some(&a), Some(json!({"vpc_id": vpc, "name": "bad", "ingress": [{"protocol": "icmp", "from_port": 1, "cidr": "0.0.0.0/0"}]}))).await;
     assert_eq!((s.as_u16(), code(&v)), (422, "invalid_rule"));
     let e = t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet, "security_group_ids": [sg_id]})).await;
+    let eni = e["id"].as_str().unwrap();
     let (s, v) = t.call("DELETE", &format!("/v1/security-groups/{sg_id}"), Some(&a), None).await;
     assert_eq!((s.as_u16(), code(&v)), (409, "dependency_violation"));
     // Main route table keeps its local route.
@@ -370,10 +371,19 @@ async fn security_groups_route_tables_peerings_pools() {
     let pcx = p["id"].as_str().unwrap();
     let routes = json!({"routes": [{"destination_cidr": "10.0.0.0/16", "target": "local"}, {"destination_cidr": "10.1.0.0/16", "target": pcx}]});
     t.ok("PATCH", &format!("/v1/route-tables/{main}"), &a, routes).await;
-    let (s, v) = t.call("DELETE", &format!("/v1/peerings/{pcx}"), Some(&a), None).await;
-    assert_eq!((s.as_u16(), code(&v)), (409, "dependency_violation"));
+    // Deleting it leaves the route, a blackhole its table keeps through
+    // other changes; a new route to the gone peering is refused.
+    let (s, _) = t.call("DELETE", &format!("/v1/peerings/{pcx}"), Some(&a), None).await;
+    assert_eq!(s.as_u16(), 204);
+    let (_, v) = t.get(&format!("/v1/route-tables/{main}"), &a).await;
+    assert_eq!(v["routes"][1]["target"], pcx, "{v}");
+    let kept = json!({"routes": [{"destination_cidr": "10.0.0.0/16", "target": "local"}, {"destination_cidr": "10.1.0.0/16", "target": pcx}, {"destination_cidr": "10.1.0.0/24", "target": eni}]});
+    t.ok("PATCH", &format!("/v1/route-tables/{main}"), &a, kept).await;
+    let fresh = json!({"routes": [{"destination_cidr": "10.0.0.0/16", "target": "local"}, {"destination_cidr": "10.2.0.0/16", "target": pcx}]});
+    let (s, v) = t.call("PATCH", &format!("/v1/route-tables/{main}"), Some(&a), Some(fresh)).await;
+    assert_eq!((s.as_u16(), code(&v)), (422, "invalid_route"));
+    t.ok("PATCH", &format!("/v1/route-tables/{main}"), &a, json!({"routes": [{"destination_cidr": "10.0.0.0/16", "target": "local"}]})).await;
     // Pools.
-    let eni = e["id"].as_str().unwrap();
     let pool = t.ok("POST", "/v1/bandwidth-pools", &a, json!({"scope": "tenant", "limit_mbps": 1000, "members": [eni]})).await;
     let (s, v) = t.call("POST", "/v1/bandwidth-pools", Some(&a), Some(json!({"scope": "tenant", "limit_mbps": 1000, "members": [eni]}))).await;
     assert_eq!((s.as_u16(), code(&v)), (409, "eni_in_pool"));

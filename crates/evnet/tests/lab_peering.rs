@@ -3,8 +3,8 @@
 //! sides' route tables send the other's block to the peering, on one host
 //! and across hosts, with each side's groups applied (stateful replies
 //! pass); a third VPC peered with one of them reaches that one and nothing
-//! through it; removing a route stops the traffic; overlapping blocks are
-//! still refused.
+//! through it; removing a route or deleting the peering stops the traffic
+//! (its routes stay, as blackholes); overlapping blocks are still refused.
 //!
 //! Fails (never skips) without root when CI=true.
 
@@ -166,11 +166,15 @@ async fn peering_forwards_where_both_tables_route_and_goes_no_further() {
     assert!(ping_becomes(&a1, b1_ip, false, 10), "removing B's route stops the traffic");
     assert!(never_reaches(&a1, b1_ip, 2));
     assert_eq!(trace(&ta, &a1_eni, b1_ip).await.0, TraceVerdict::Dropped, "trace agrees");
-    // Deleting the peering needs the routes to it gone first.
-    let busy = ta.delete_peering(&pab.id).await.unwrap_err();
-    assert!(busy.to_string().contains("dependency_violation"), "{busy}");
-    routes(&ta, &a.vpc, &[("10.3.0.0/16", &pac.id)]).await;
+    // B routes back again; then A deletes the peering with both routes in
+    // place: the routes stay, as blackholes, and the traffic stops.
+    routes(&tb, &b.vpc, &[("10.1.0.0/16", &pab.id)]).await;
+    assert!(ping_becomes(&a1, b1_ip, true, 15), "B's route back restores the path");
     ta.delete_peering(&pab.id).await.unwrap();
+    assert!(ping_becomes(&a1, b1_ip, false, 10), "deleting the peering stops the traffic");
+    assert!(never_reaches(&a1, b1_ip, 2));
+    let (v, why) = trace(&ta, &a1_eni, b1_ip).await;
+    assert!(v == TraceVerdict::Dropped && why.contains("blackhole"), "a route to a deleted peering is a blackhole: {why}");
     assert!(ping(&c1, a1_ip), "the other peering keeps working");
     drop(lab);
 }

@@ -489,8 +489,11 @@ pub async fn delete_sg(State(st): State<AppState>, caller: Caller, Path(id): Pat
 
 // --- Route tables -----------------------------------------------------------
 
-fn check_route_targets(snap: &Snapshot, vpc_id: &str, routes: &[Route]) -> ApiResult<()> {
-    for r in routes {
+/// Every route's target must exist in the VPC, except a route the table
+/// holds already: one whose target went away stays, as a blackhole, until
+/// it is removed.
+fn check_route_targets(snap: &Snapshot, vpc_id: &str, routes: &[Route], kept: &[Route]) -> ApiResult<()> {
+    for r in routes.iter().filter(|r| !kept.contains(r)) {
         match Kind::of_id(&r.target) {
             Some(Kind::Eni)
                 if snap.enis.get(&r.target).is_none_or(|e| e.value.vpc_id != vpc_id) => {
@@ -545,7 +548,7 @@ pub async fn create_rtb(
             routes.insert(0, Route { destination_cidr: cidr, target: "local".into() });
         }
         check_routes(&routes, cidr)?;
-        check_route_targets(snap, &req.vpc_id, &routes)?;
+        check_route_targets(snap, &req.vpc_id, &routes, &[])?;
         check_associations(snap, &req.vpc_id, &id, &req.subnet_ids)?;
         let tables = snap.route_tables.values().filter(|r| r.value.vpc_id == req.vpc_id).count();
         quota::check(snap, &tenant, "route_tables_per_vpc", tables, &format!("VPC {}", req.vpc_id))?;
@@ -602,7 +605,7 @@ pub async fn patch_rtb(
                 .into());
             }
             check_routes(routes, cidr)?;
-            check_route_targets(snap, &r.vpc_id, routes)?;
+            check_route_targets(snap, &r.vpc_id, routes, &r.routes)?;
             r.routes = routes.clone();
         }
         if let Some(s) = &req.subnet_ids {
@@ -753,10 +756,9 @@ pub async fn accept_peering(
 
 pub async fn delete_peering(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     commit(&st, |snap| {
+        // Routes through it stay, as blackholes (as in AWS): the data plane
+        // drops what they match until their owners remove them.
         let e = visible(&snap.peerings, Kind::Peering, &id, &caller)?;
-        if let Some(r) = snap.route_tables.values().find(|r| r.value.routes.iter().any(|x| x.target == id)) {
-            return Err(ModelError::conflict("dependency_violation", format!("route table {} still routes through peering {id}", r.value.id)).into());
-        }
         let k = keys::resource(Kind::Peering, &id);
         let mut txn = Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![del(k)] };
         touch_vpc(snap, &e.value.vpc_a, &mut txn)?;

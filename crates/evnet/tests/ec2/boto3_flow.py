@@ -256,9 +256,15 @@ got = ec2.describe_vpc_peering_connections(Filters=[{"Name": "status-code", "Val
 assert [p["VpcPeeringConnectionId"] for p in got["VpcPeeringConnections"]] == [pcx_id], got
 main_id = main[0]["RouteTableId"]
 ec2.create_route(RouteTableId=main_id, DestinationCidrBlock="10.30.0.0/16", VpcPeeringConnectionId=pcx_id)
-expect_error("DependencyViolation", ec2.delete_vpc_peering_connection, VpcPeeringConnectionId=pcx_id)
-ec2.delete_route(RouteTableId=main_id, DestinationCidrBlock="10.30.0.0/16")
+def pcx_route_state():
+    rt = ec2.describe_route_tables(RouteTableIds=[main_id])["RouteTables"][0]
+    return [r["State"] for r in rt["Routes"] if r.get("VpcPeeringConnectionId") == pcx_id]
+assert pcx_route_state() == ["active"], pcx_route_state()
+# Deleting a peering leaves its routes, as blackholes (as in AWS).
 assert ec2.delete_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)["Return"] is True
+assert pcx_route_state() == ["blackhole"], pcx_route_state()
+ec2.delete_route(RouteTableId=main_id, DestinationCidrBlock="10.30.0.0/16")
+assert pcx_route_state() == [], pcx_route_state()
 
 # --- Paging ----------------------------------------------------------------------
 for n in range(7):
