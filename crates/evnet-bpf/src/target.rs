@@ -251,8 +251,13 @@ fn fnv32(s: &str) -> u32 {
 /// value on a clash (ids in sorted order, so the same set gives the same
 /// keys).
 pub fn group_keys<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, u32> {
+    hashed_keys(ids, BTreeSet::new())
+}
+
+/// A key per id: its hash, the next value not in `used` on a clash, in
+/// sorted id order.
+fn hashed_keys<'a>(ids: impl IntoIterator<Item = &'a str>, mut used: BTreeSet<u32>) -> BTreeMap<String, u32> {
     let ids: BTreeSet<&str> = ids.into_iter().collect();
-    let mut used = BTreeSet::new();
     let mut out = BTreeMap::new();
     for id in ids {
         let mut k = fnv32(id);
@@ -267,17 +272,7 @@ pub fn group_keys<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeMap<String
 /// Keys for the host's route tables in `hops`: as [`group_keys`], never 0
 /// (an ENI without a table).
 pub fn table_keys<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, u32> {
-    let ids: BTreeSet<&str> = ids.into_iter().collect();
-    let mut used = BTreeSet::from([0]);
-    let mut out = BTreeMap::new();
-    for id in ids {
-        let mut k = fnv32(id);
-        while !used.insert(k) {
-            k = k.wrapping_add(1);
-        }
-        out.insert(id.to_string(), k);
-    }
-    out
+    hashed_keys(ids, BTreeSet::from([0]))
 }
 
 /// Conntrack zones for the host's VPCs: the VNI's low 16 bits, the next

@@ -63,22 +63,10 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
             .filter_map(|id| snap.enis.get(id))
             .filter_map(|e| {
                 let eni = &*e.value;
-                if eni.vpc_id != *vpc_id {
+                if eni.vpc_id != *vpc_id || eni.attachment.as_ref()?.host_id == host_id {
                     return None;
                 }
-                let a = eni.attachment.as_ref()?;
-                if a.host_id == host_id {
-                    return None;
-                }
-                let h = snap.hosts.get(&a.host_id)?;
-                Some(RemoteEni {
-                    eni_id: eni.id.clone(),
-                    mac: eni.mac.clone(),
-                    ips: eni.all_ips().collect(),
-                    host_id: a.host_id.clone(),
-                    underlay_ip: h.value.underlay_ip,
-                    source_dest_check: eni.source_dest_check,
-                })
+                remote_eni(snap, eni)
             })
             .collect();
         remote_enis.sort_by(|a, b| a.eni_id.cmp(&b.eni_id));
