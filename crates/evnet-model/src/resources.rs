@@ -289,6 +289,31 @@ pub struct Route {
     pub destination_cidr: Ipv4Net,
     #[schemars(with = "schema::RouteTarget")]
     pub target: String,
+    /// Reported by the server in every answer, never stored: `blackhole`
+    /// when the route's target is gone or cannot forward (a deleted or
+    /// detached ENI, a deleted peering, a peering not yet accepted), else
+    /// `active`. Ignored on input, so a table read back can be sent back
+    /// as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<RouteState>,
+}
+
+impl Route {
+    pub fn new(destination_cidr: Ipv4Net, target: impl Into<String>) -> Self {
+        Route { destination_cidr, target: target.into(), state: None }
+    }
+
+    /// The route as it is stored: without the reported state.
+    pub fn stored(&self) -> Self {
+        Route { state: None, ..self.clone() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteState {
+    Active,
+    Blackhole,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

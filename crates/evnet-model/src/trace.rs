@@ -530,7 +530,7 @@ mod tests {
             revision: 1,
             vpc_id: vpc.into(),
             main: true,
-            routes: routes.iter().map(|(c, t)| Route { destination_cidr: c.parse().unwrap(), target: t.to_string() }).collect(),
+            routes: routes.iter().map(|(c, t)| Route::new(c.parse().unwrap(), *t)).collect(),
             subnet_ids: vec![],
         }
     }
@@ -758,25 +758,25 @@ mod tests {
         let t = f.run("eni-a", [10, 9, 1, 4], Protocol::Tcp, Some(22), None);
         assert_eq!(stages(&t).last(), Some(&(TraceStage::Ingress, false)));
         // Not transitive: a route to 10.8/16 across pcx-1 leads nowhere.
-        f.tables[0].routes.push(Route { destination_cidr: "10.8.0.0/16".parse().unwrap(), target: "pcx-1".into() });
+        f.tables[0].routes.push(Route::new("10.8.0.0/16".parse().unwrap(), "pcx-1"));
         let t = f.run("eni-a", [10, 8, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("not transitive"), "{t:?}");
         // A longer route to an ENI does not win: the data plane installs peering routes only.
-        f.tables[0].routes.push(Route { destination_cidr: "10.9.1.0/24".parse().unwrap(), target: "eni-b".into() });
+        f.tables[0].routes.push(Route::new("10.9.1.0/24".parse().unwrap(), "eni-b"));
         assert_eq!(f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None).verdict, TraceVerdict::Delivered);
         // Only one side routes: dropped on receipt.
         f.tables[1].routes.clear();
         let t = f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("both sides' tables must route"), "{t:?}");
         // Pending: a blackhole.
-        f.tables[1].routes.push(Route { destination_cidr: "10.0.0.0/16".parse().unwrap(), target: "pcx-1".into() });
+        f.tables[1].routes.push(Route::new("10.0.0.0/16".parse().unwrap(), "pcx-1"));
         f.peerings[0].status = PeeringStatus::PendingAcceptance;
         let t = f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("blackhole"), "{t:?}");
         // No route at all, or one to a target not forwarded.
         let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("no route"), "{t:?}");
-        f.tables[0].routes.push(Route { destination_cidr: "0.0.0.0/0".parse().unwrap(), target: "igw-1".into() });
+        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "igw-1"));
         let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("does not forward yet"), "{t:?}");
     }

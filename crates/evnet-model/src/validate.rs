@@ -230,12 +230,12 @@ mod tests {
     #[test]
     fn routes() {
         let vpc: Ipv4Net = "10.0.0.0/16".parse().unwrap();
-        let local = Route { destination_cidr: vpc, target: "local".into() };
+        let local = Route::new(vpc, "local");
         assert!(check_routes(std::slice::from_ref(&local), vpc).is_ok());
-        let wrong_local = Route { destination_cidr: "10.1.0.0/16".parse().unwrap(), target: "local".into() };
+        let wrong_local = Route::new("10.1.0.0/16".parse().unwrap(), "local");
         assert!(check_routes(&[wrong_local], vpc).is_err());
         assert!(check_routes(&[local.clone(), local], vpc).is_err());
-        let bad_target = Route { destination_cidr: "0.0.0.0/0".parse().unwrap(), target: "igw-1".into() };
+        let bad_target = Route::new("0.0.0.0/0".parse().unwrap(), "igw-1");
         assert!(check_route(&bad_target).is_err());
     }
 

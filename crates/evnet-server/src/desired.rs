@@ -143,7 +143,7 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
 }
 
 /// The VPC at the other end of `p` from `vpc`, if `p` is active.
-fn active_peer_of(p: &Peering, vpc: &str) -> Option<String> {
+pub(crate) fn active_peer_of(p: &Peering, vpc: &str) -> Option<String> {
     if p.status != PeeringStatus::Active {
         return None;
     }

@@ -370,13 +370,27 @@ async fn security_groups_route_tables_peerings_pools() {
     let p = t.ok("POST", "/v1/peerings", &a, json!({"vpc_a": vpc, "vpc_b": vpc2})).await;
     let pcx = p["id"].as_str().unwrap();
     let routes = json!({"routes": [{"destination_cidr": "10.0.0.0/16", "target": "local"}, {"destination_cidr": "10.1.0.0/16", "target": pcx}]});
-    t.ok("PATCH", &format!("/v1/route-tables/{main}"), &a, routes).await;
+    // Each route reports its state: a pending peering does not forward yet.
+    let v = t.ok("PATCH", &format!("/v1/route-tables/{main}"), &a, routes).await;
+    assert_eq!((v["routes"][0]["state"].as_str(), v["routes"][1]["state"].as_str()), (Some("active"), Some("blackhole")), "{v}");
+    t.ok("POST", &format!("/v1/peerings/{pcx}/accept"), &a, json!({})).await;
+    let (_, v) = t.get(&format!("/v1/route-tables/{main}"), &a).await;
+    assert_eq!(v["routes"][1]["state"], "active", "{v}");
+    // A table read back goes back as it is: the states are not stored.
+    let (_, l) = t.get(&format!("/v1/route-tables?vpc_id={vpc}"), &a).await;
+    assert_eq!(l["items"][0]["routes"], v["routes"], "{l}");
+    let back = t.ok("PATCH", &format!("/v1/route-tables/{main}"), &a, json!({"routes": v["routes"]})).await;
+    assert_eq!(back["routes"], v["routes"]);
+    // A route to an ENI that is not attached drops.
+    let (s, v) = t.call("POST", "/v1/route-tables", Some(&a), Some(json!({"vpc_id": vpc, "routes": [{"destination_cidr": "0.0.0.0/0", "target": eni}]}))).await;
+    assert_eq!((s.as_u16(), v["routes"][1]["state"].as_str()), (201, Some("blackhole")), "{v}");
+    t.call("DELETE", &format!("/v1/route-tables/{}", v["id"].as_str().unwrap()), Some(&a), None).await;
     // Deleting it leaves the route, a blackhole its table keeps through
     // other changes; a new route to the gone peering is refused.
     let (s, _) = t.call("DELETE", &format!("/v1/peerings/{pcx}"), Some(&a), None).await;
     assert_eq!(s.as_u16(), 204);
     let (_, v) = t.get(&format!("/v1/route-tables/{main}"), &a).await;
-    assert_eq!(v["routes"][1]["target"], pcx, "{v}");
+    assert_eq!((&v["routes"][1]["target"], v["routes"][1]["state"].as_str()), (&json!(pcx), Some("blackhole")), "{v}");
     let kept = json!({"routes": [{"destination_cidr": "10.0.0.0/16", "target": "local"}, {"destination_cidr": "10.1.0.0/16", "target": pcx}, {"destination_cidr": "10.1.0.0/24", "target": eni}]});
     t.ok("PATCH", &format!("/v1/route-tables/{main}"), &a, kept).await;
     let fresh = json!({"routes": [{"destination_cidr": "10.0.0.0/16", "target": "local"}, {"destination_cidr": "10.2.0.0/16", "target": pcx}]});

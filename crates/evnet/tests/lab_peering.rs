@@ -49,9 +49,15 @@ async fn trace(c: &Client, eni: &str, to: Ipv4Addr) -> (TraceVerdict, String) {
 
 /// Sets the routes of `vpc`'s main table to local plus `extra`.
 async fn routes(c: &Client, vpc: &Vpc, extra: &[(&str, &str)]) {
-    let mut rs = vec![Route { destination_cidr: vpc.cidr_block, target: "local".into() }];
-    rs.extend(extra.iter().map(|(d, t)| Route { destination_cidr: d.parse().unwrap(), target: t.to_string() }));
+    let mut rs = vec![Route::new(vpc.cidr_block, "local")];
+    rs.extend(extra.iter().map(|(d, t)| Route::new(d.parse().unwrap(), t.to_string())));
     c.patch_route_table(&vpc.main_route_table_id, &PatchRouteTable { routes: Some(rs), ..Default::default() }).await.unwrap();
+}
+
+/// The state `vpc`'s main table reports for its route to `destination`.
+async fn route_state(c: &Client, vpc: &Vpc, destination: &str) -> Option<RouteState> {
+    let t = c.get_route_table(&vpc.main_route_table_id).await.unwrap();
+    t.routes.iter().find(|r| r.destination_cidr.to_string() == destination).and_then(|r| r.state)
 }
 
 /// Adds an ingress rule for ICMP from `cidr` to `vpc`'s default group.
@@ -127,8 +133,10 @@ async fn peering_forwards_where_both_tables_route_and_goes_no_further() {
     assert!(never_reaches(&a1, b1_ip, 2), "a pending peering forwards nothing");
     let (v, why) = trace(&ta, &a1_eni, b1_ip).await;
     assert!(v == TraceVerdict::Dropped && why.contains("blackhole"), "a route to a pending peering is a blackhole: {why}");
+    assert_eq!(route_state(&ta, &a.vpc, "10.2.0.0/16").await, Some(RouteState::Blackhole), "the table says so too");
     assert_eq!(tb.accept_peering(&pab.id).await.unwrap().status, PeeringStatus::Active);
     assert_eq!(tb.get_peering(&pab.id).await.unwrap().status, PeeringStatus::Active, "the accepter sees the peering");
+    assert_eq!(route_state(&ta, &a.vpc, "10.2.0.0/16").await, Some(RouteState::Active));
     // A's table routes B's block, B's does not route A's back: dropped.
     assert!(never_reaches(&a1, b1_ip, 3), "one side's route is not enough");
     let (v, why) = trace(&ta, &a1_eni, b1_ip).await;
@@ -175,6 +183,7 @@ async fn peering_forwards_where_both_tables_route_and_goes_no_further() {
     assert!(never_reaches(&a1, b1_ip, 2));
     let (v, why) = trace(&ta, &a1_eni, b1_ip).await;
     assert!(v == TraceVerdict::Dropped && why.contains("blackhole"), "a route to a deleted peering is a blackhole: {why}");
+    assert_eq!(route_state(&ta, &a.vpc, "10.2.0.0/16").await, Some(RouteState::Blackhole), "the table says so too");
     assert!(ping(&c1, a1_ip), "the other peering keeps working");
     drop(lab);
 }

@@ -72,7 +72,7 @@ pub async fn create_vpc(State(st): State<AppState>, caller: Caller, Body(req): B
             revision: 0,
             vpc_id: id.clone(),
             main: true,
-            routes: vec![Route { destination_cidr: cidr, target: "local".into() }],
+            routes: vec![Route::new(cidr, "local")],
             subnet_ids: vec![],
         };
         // As in AWS: members of the default group reach each other; nothing
@@ -509,6 +509,31 @@ fn check_route_targets(snap: &Snapshot, vpc_id: &str, routes: &[Route], kept: &[
     Ok(())
 }
 
+/// What the data plane does with a route: `blackhole` when its target is
+/// gone or cannot forward (a deleted or detached ENI, a deleted peering, or
+/// one that is not active between this VPC and another), else `active`.
+pub(crate) fn route_state(snap: &Snapshot, vpc_id: &str, r: &Route) -> RouteState {
+    let forwards = match Kind::of_id(&r.target) {
+        Some(Kind::Eni) => snap.enis.get(&r.target).is_some_and(|e| e.value.attachment.is_some()),
+        Some(Kind::Peering) => snap.peerings.get(&r.target).is_some_and(|p| crate::desired::active_peer_of(&p.value, vpc_id).is_some()),
+        _ => true,
+    };
+    if forwards {
+        RouteState::Active
+    } else {
+        RouteState::Blackhole
+    }
+}
+
+/// A route table as answers show it: each route with its state.
+fn rtb_view(snap: &Snapshot, mut t: RouteTable) -> RouteTable {
+    let vpc_id = t.vpc_id.clone();
+    for r in &mut t.routes {
+        r.state = Some(route_state(snap, &vpc_id, r));
+    }
+    t
+}
+
 fn check_associations(snap: &Snapshot, vpc_id: &str, table_id: &str, subnet_ids: &[String]) -> ApiResult<()> {
     for s in subnet_ids {
         if snap.subnets.get(s).is_none_or(|x| x.value.vpc_id != vpc_id) {
@@ -543,9 +568,9 @@ pub async fn create_rtb(
         }
         let vpc = visible(&snap.vpcs, Kind::Vpc, &req.vpc_id, &caller)?;
         let cidr = vpc.value.cidr_block;
-        let mut routes = req.routes.clone();
+        let mut routes: Vec<Route> = req.routes.iter().map(Route::stored).collect();
         if !routes.iter().any(|r| r.target == "local") {
-            routes.insert(0, Route { destination_cidr: cidr, target: "local".into() });
+            routes.insert(0, Route::new(cidr, "local"));
         }
         check_routes(&routes, cidr)?;
         check_route_targets(snap, &req.vpc_id, &routes, &[])?;
@@ -570,15 +595,20 @@ pub async fn create_rtb(
         Ok(Plan::Write(txn, id.clone()))
     })
     .await?;
-    Ok(created(read_back(&st.cache.read().route_tables, &id)?))
+    let snap = st.cache.read();
+    Ok(created(rtb_view(&snap, read_back(&snap.route_tables, &id)?)))
 }
 
 pub async fn list_rtbs(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<RouteTable>>> {
-    Ok(Json(paginate(&st.cache.read().route_tables, &caller, &q, |s| q.vpc_id.as_deref().is_none_or(|v| v == s.vpc_id))?))
+    let snap = st.cache.read();
+    let mut page = paginate(&snap.route_tables, &caller, &q, |s| q.vpc_id.as_deref().is_none_or(|v| v == s.vpc_id))?;
+    page.items = page.items.into_iter().map(|t| rtb_view(&snap, t)).collect();
+    Ok(Json(page))
 }
 
 pub async fn get_rtb(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<RouteTable>> {
-    Ok(Json(arc_clone(&visible(&st.cache.read().route_tables, Kind::RouteTable, &id, &caller)?.value)))
+    let snap = st.cache.read();
+    Ok(Json(rtb_view(&snap, arc_clone(&visible(&snap.route_tables, Kind::RouteTable, &id, &caller)?.value))))
 }
 
 pub async fn patch_rtb(
@@ -597,6 +627,7 @@ pub async fn patch_rtb(
         let mut r = arc_clone(&e.value);
         let cidr = snap.vpcs.get(&r.vpc_id).map(|v| v.value.cidr_block).ok_or_else(ApiError::conflict_retry)?;
         if let Some(routes) = &req.routes {
+            let routes: Vec<Route> = routes.iter().map(Route::stored).collect();
             if !routes.iter().any(|x| x.target == "local" && x.destination_cidr == cidr) {
                 return Err(ModelError::invalid(
                     "cannot_remove_local_route",
@@ -604,9 +635,9 @@ pub async fn patch_rtb(
                 )
                 .into());
             }
-            check_routes(routes, cidr)?;
-            check_route_targets(snap, &r.vpc_id, routes, &r.routes)?;
-            r.routes = routes.clone();
+            check_routes(&routes, cidr)?;
+            check_route_targets(snap, &r.vpc_id, &routes, &r.routes)?;
+            r.routes = routes;
         }
         if let Some(s) = &req.subnet_ids {
             if r.main {
@@ -627,7 +658,8 @@ pub async fn patch_rtb(
         Ok(Plan::Write(txn, ()))
     })
     .await?;
-    Ok(Json(read_back(&st.cache.read().route_tables, &id)?))
+    let snap = st.cache.read();
+    Ok(Json(rtb_view(&snap, read_back(&snap.route_tables, &id)?)))
 }
 
 pub async fn delete_rtb(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {

@@ -205,16 +205,15 @@ pub fn security_group(g: &SecurityGroup) -> Vec<Node> {
     ])
 }
 
-/// Whether a route's target still exists.
-pub fn route_active(snap: &Snapshot, r: &Route) -> bool {
-    match Kind::of_id(&r.target) {
-        Some(Kind::Eni) => snap.enis.contains_key(&r.target),
-        Some(Kind::Peering) => snap.peerings.contains_key(&r.target),
-        _ => true,
+/// A route's state as `DescribeRouteTables` says it.
+pub fn route_state(snap: &Snapshot, vpc_id: &str, r: &Route) -> &'static str {
+    match crate::api::network::route_state(snap, vpc_id, r) {
+        RouteState::Active => "active",
+        RouteState::Blackhole => "blackhole",
     }
 }
 
-pub fn route(snap: &Snapshot, r: &Route) -> Vec<Node> {
+pub fn route(snap: &Snapshot, vpc_id: &str, r: &Route) -> Vec<Node> {
     let mut n = vec![leaf("destinationCidrBlock", r.destination_cidr)];
     match Kind::of_id(&r.target) {
         Some(Kind::Eni) => {
@@ -226,7 +225,7 @@ pub fn route(snap: &Snapshot, r: &Route) -> Vec<Node> {
         Some(Kind::Peering) => n.push(leaf("vpcPeeringConnectionId", &r.target)),
         _ => n.push(leaf("gatewayId", &r.target)),
     }
-    n.push(leaf("state", if route_active(snap, r) { "active" } else { "blackhole" }));
+    n.push(leaf("state", route_state(snap, vpc_id, r)));
     n.push(leaf("origin", if r.target == "local" { "CreateRouteTable" } else { "CreateRoute" }));
     n
 }
@@ -253,7 +252,7 @@ pub fn route_table(snap: &Snapshot, t: &RouteTable) -> Vec<Node> {
         Some(leaf("routeTableId", &t.id)),
         Some(leaf("vpcId", &t.vpc_id)),
         Some(leaf("ownerId", &t.tenant)),
-        Some(set("routeSet", t.routes.iter().map(|r| route(snap, r)))),
+        Some(set("routeSet", t.routes.iter().map(|r| route(snap, &t.vpc_id, r)))),
         Some(set("associationSet", assocs)),
         Some(set("propagatingVgwSet", Vec::<Vec<Node>>::new())),
         tag_set(&t.tags),

@@ -47,7 +47,7 @@ fn rtb_filter(snap: &crate::cache::Snapshot, t: &RouteTable, name: &str) -> Vec<
         "route.gateway-id" => t.routes.iter().filter(|r| r.target == "local").map(|r| r.target.clone()).collect(),
         "route.network-interface-id" => targets(Kind::Eni),
         "route.vpc-peering-connection-id" => targets(Kind::Peering),
-        "route.state" => t.routes.iter().map(|r| if render::route_active(snap, r) { "active".into() } else { "blackhole".into() }).collect(),
+        "route.state" => t.routes.iter().map(|r| render::route_state(snap, &t.vpc_id, r).into()).collect(),
         "route.origin" => t.routes.iter().map(|r| if r.target == "local" { "CreateRouteTable".into() } else { "CreateRoute".into() }).collect(),
         _ => tag_filter(&t.tags, name),
     }
@@ -176,7 +176,7 @@ pub async fn create_route(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
         if t.routes.iter().any(|r| r.destination_cidr == dest) {
             return Err(Ec2Error::bad("RouteAlreadyExists", format!("The route identified by {dest} already exists.")));
         }
-        t.routes.push(Route { destination_cidr: dest, target: target.clone() });
+        t.routes.push(Route::new(dest, target.clone()));
         Ok(())
     })
     .await?;

@@ -499,7 +499,7 @@ async fn peering(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     c.accept_peering(&pcx.id).await?;
     for (i, (vpc, _)) in nets.iter().enumerate() {
         let other = nets[1 - i].0.cidr_block;
-        let routes = vec![Route { destination_cidr: vpc.cidr_block, target: "local".into() }, Route { destination_cidr: other, target: pcx.id.clone() }];
+        let routes = vec![Route::new(vpc.cidr_block, "local"), Route::new(other, pcx.id.clone())];
         c.patch_route_table(&vpc.main_route_table_id, &PatchRouteTable { routes: Some(routes), ..Default::default() }).await?;
     }
     let g = c.get_security_group(&nets[1].0.default_security_group_id).await?;

@@ -612,11 +612,18 @@ impl Render for RouteTable {
     fn sections(&self) -> Vec<Section> {
         vec![Section {
             title: "routes",
-            headers: &["DESTINATION", "TARGET"],
+            headers: &["DESTINATION", "TARGET", "STATE"],
             rows: self
                 .routes
                 .iter()
-                .map(|r| vec![r.destination_cidr.to_string(), r.target.clone()])
+                .map(|r| {
+                    let state = match r.state {
+                        Some(RouteState::Active) => "active",
+                        Some(RouteState::Blackhole) => "blackhole",
+                        None => "-",
+                    };
+                    vec![r.destination_cidr.to_string(), r.target.clone(), state.to_string()]
+                })
                 .collect(),
         }]
     }

@@ -23,10 +23,7 @@ pub(crate) fn parse_route(text: &str) -> Result<Route, String> {
             "`{text}` has no target: local, an ENI id or a peering id"
         ));
     }
-    Ok(Route {
-        destination_cidr,
-        target: target.to_string(),
-    })
+    Ok(Route::new(destination_cidr, target.to_string()))
 }
 
 /// Adds or replaces the route to `route.destination_cidr`.
@@ -179,10 +176,7 @@ pub(crate) async fn run(
             let mut routes = current.routes;
             upsert_route(
                 &mut routes,
-                Route {
-                    destination_cidr: destination,
-                    target,
-                },
+                Route::new(destination, target),
             );
             let patch = PatchRouteTable {
                 routes: Some(routes),

@@ -423,10 +423,7 @@ fn route_tables_parse_routes() {
     };
     assert_eq!(
         routes[0],
-        Route {
-            destination_cidr: "0.0.0.0/0".parse().unwrap(),
-            target: "eni-1a2b3c4d5e6f7a8b".into()
-        }
+        Route::new("0.0.0.0/0".parse().unwrap(), "eni-1a2b3c4d5e6f7a8b")
     );
     assert_eq!(routes[1].target, "pcx-1a2b3c4d5e6f7a8b");
     assert_eq!(subnets, ["private"]);
@@ -434,23 +431,14 @@ fn route_tables_parse_routes() {
     assert!(route_table::parse_route("10.9.0.0/16=").is_err());
     assert!(route_table::parse_route("10.9.0/16=local").is_err());
 
-    let mut routes = vec![Route {
-        destination_cidr: "10.0.0.0/16".parse().unwrap(),
-        target: "local".into(),
-    }];
+    let mut routes = vec![Route::new("10.0.0.0/16".parse().unwrap(), "local")];
     route_table::upsert_route(
         &mut routes,
-        Route {
-            destination_cidr: "0.0.0.0/0".parse().unwrap(),
-            target: "eni-1".into(),
-        },
+        Route::new("0.0.0.0/0".parse().unwrap(), "eni-1"),
     );
     route_table::upsert_route(
         &mut routes,
-        Route {
-            destination_cidr: "0.0.0.0/0".parse().unwrap(),
-            target: "eni-2".into(),
-        },
+        Route::new("0.0.0.0/0".parse().unwrap(), "eni-2"),
     );
     assert_eq!(routes.len(), 2);
     assert_eq!(routes[1].target, "eni-2");
