@@ -338,6 +338,18 @@ pub fn paginate<T: Owned + Clone, F: Fn(&T) -> bool>(
     q: &ListQuery,
     keep: F,
 ) -> ApiResult<Page<T>> {
+    paginate_seen(map, caller, q, |v| caller.sees(v.tenant()), keep)
+}
+
+/// [`paginate`] for resources more than their owner sees (a peering: the
+/// accepter's owner too): `seen` says which the caller may list.
+pub fn paginate_seen<T: Owned + Clone>(
+    map: &std::collections::BTreeMap<String, Entry<T>>,
+    caller: &Caller,
+    q: &ListQuery,
+    seen: impl Fn(&T) -> bool,
+    keep: impl Fn(&T) -> bool,
+) -> ApiResult<Page<T>> {
     if let Caller::Host(_) | Caller::Bootstrap(_) = caller {
         caller.require_person("list tenants' resources")?;
     }
@@ -351,7 +363,7 @@ pub fn paginate<T: Owned + Clone, F: Fn(&T) -> bool>(
     let mut next = None;
     for (_, e) in map.range((start, std::ops::Bound::Unbounded)) {
         let v = &e.value;
-        if !caller.sees(v.tenant()) {
+        if !seen(v) {
             continue;
         }
         if q.name.as_deref().is_some_and(|n| n != v.name()) || !keep(v) {

@@ -257,7 +257,7 @@ pub const OPS: &[Op] = &[
     op("get", "/v1/peerings/{id}", "Get a peering", None, Some("Peering"), 200, false),
     op("post", "/v1/peerings/{id}/accept", "Accept a peering (the owner of vpc_b); it forwards only once accepted", None, Some("Peering"), 200, false)
         .errors(&["forbidden", "dependency_violation"]),
-    op("delete", "/v1/peerings/{id}", "Delete a peering; routes through it stay, as blackholes, until removed", None, None, 204, false),
+    op("delete", "/v1/peerings/{id}", "Delete a peering (either VPC's owner); routes through it stay, as blackholes, until removed", None, None, 204, false),
     op("post", "/v1/instances", "Create an instance; the scheduler places it when host_id is absent", Some("CreateInstance"), Some("Instance"), 201, false)
         .create()
         .errors(&["not_found", "invalid_request", "invalid_netns", "netns_in_use", "eni_in_use", "host_not_ready", "no_host_available", "insufficient_bandwidth"]),

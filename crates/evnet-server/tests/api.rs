@@ -409,6 +409,35 @@ async fn security_groups_route_tables_peerings_pools() {
 }
 
 #[tokio::test]
+async fn peering_across_tenants_is_seen_accepted_and_deleted_by_either_side() {
+    let t = T::new().await;
+    let (a, b, c) = (t.tenant("a").await, t.tenant("b").await, t.tenant("c").await);
+    let (va, _) = t.network(&a, "10.1.0.0/16", "10.1.0.0/24").await;
+    let (vb, _) = t.network(&b, "10.2.0.0/16", "10.2.0.0/24").await;
+    let p = t.ok("POST", "/v1/peerings", &a, json!({"vpc_a": va, "vpc_b": vb})).await;
+    let pcx = p["id"].as_str().unwrap();
+    // Both owners list and read it; a third tenant does not see it.
+    for who in [&a, &b] {
+        let (_, l) = t.get("/v1/peerings", who).await;
+        assert_eq!(l["items"].as_array().unwrap().iter().map(|x| x["id"].clone()).collect::<Vec<_>>(), [json!(pcx)], "{l}");
+        assert_eq!(t.get(&format!("/v1/peerings/{pcx}"), who).await.0.as_u16(), 200);
+    }
+    let (_, l) = t.get("/v1/peerings", &c).await;
+    assert_eq!(l["items"].as_array().unwrap().len(), 0, "{l}");
+    for (m, path) in [("GET", format!("/v1/peerings/{pcx}")), ("DELETE", format!("/v1/peerings/{pcx}"))] {
+        let (s, v) = t.call(m, &path, Some(&c), None).await;
+        assert_eq!((s.as_u16(), code(&v)), (404, "not_found"), "{m} by a stranger");
+    }
+    // Only the accepter's owner accepts; then the accepter deletes it.
+    let (s, v) = t.call("POST", &format!("/v1/peerings/{pcx}/accept"), Some(&a), Some(json!({}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (403, "forbidden"));
+    assert_eq!(t.ok("POST", &format!("/v1/peerings/{pcx}/accept"), &b, json!({})).await["status"], "active");
+    let (s, _) = t.call("DELETE", &format!("/v1/peerings/{pcx}"), Some(&b), None).await;
+    assert_eq!(s.as_u16(), 204);
+    assert_eq!(t.get(&format!("/v1/peerings/{pcx}"), &a).await.0.as_u16(), 404);
+}
+
+#[tokio::test]
 async fn desired_state_long_poll_wakes_on_change() {
     let t = T::new().await;
     let (h, agent) = t.host("h1", "198.18.0.1", 1000).await;

@@ -9,7 +9,7 @@ use evnet_model::*;
 use evnet_store::Txn;
 
 use crate::auth::Caller;
-use crate::cache::Snapshot;
+use crate::cache::{Entry, Snapshot};
 use crate::common::*;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Q};
@@ -737,18 +737,28 @@ pub async fn create_peering(
 }
 
 pub async fn list_peerings(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<Peering>>> {
-    Ok(Json(paginate(&st.cache.read().peerings, &caller, &q, |p| {
+    let snap = st.cache.read();
+    Ok(Json(paginate_seen(&snap.peerings, &caller, &q, |p| peering_seen_by(&snap, p, &caller), |p| {
         q.vpc_id.as_deref().is_none_or(|v| v == p.vpc_a || v == p.vpc_b)
     })?))
 }
 
+/// The requester's tenant and the accepter's both see a peering, and
+/// either may delete it (as in AWS); only the accepter's accepts it.
+pub(crate) fn peering_seen_by(snap: &Snapshot, p: &Peering, caller: &Caller) -> bool {
+    caller.sees(&p.tenant) || snap.vpcs.get(&p.vpc_b).is_some_and(|v| caller.sees(&v.value.tenant))
+}
+
+fn peering_visible<'a>(snap: &'a Snapshot, id: &str, caller: &Caller) -> ApiResult<&'a Entry<Peering>> {
+    match snap.peerings.get(id) {
+        Some(e) if peering_seen_by(snap, &e.value, caller) => Ok(e),
+        _ => Err(ModelError::not_found("peering", id).into()),
+    }
+}
+
 pub async fn get_peering(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Peering>> {
     let snap = st.cache.read();
-    // The requester's tenant and the accepter's both see a peering.
-    match snap.peerings.get(&id) {
-        Some(e) if caller.sees(&e.value.tenant) || snap.vpcs.get(&e.value.vpc_b).is_some_and(|v| caller.sees(&v.value.tenant)) => Ok(Json(arc_clone(&e.value))),
-        _ => Err(ModelError::not_found("peering", &id).into()),
-    }
+    Ok(Json(arc_clone(&peering_visible(&snap, &id, &caller)?.value)))
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -764,10 +774,7 @@ pub async fn accept_peering(
     Body(_): Body<AcceptPeering>,
 ) -> ApiResult<Json<Peering>> {
     commit(&st, |snap| {
-        let e = match snap.peerings.get(&id) {
-            Some(e) if snap.vpcs.get(&e.value.vpc_b).is_some_and(|v| caller.sees(&v.value.tenant)) || caller.sees(&e.value.tenant) => e,
-            _ => return Err(ModelError::not_found("peering", &id).into()),
-        };
+        let e = peering_visible(snap, &id, &caller)?;
         if e.value.status == PeeringStatus::Active {
             return Ok(Plan::Done(()));
         }
@@ -790,7 +797,7 @@ pub async fn delete_peering(State(st): State<AppState>, caller: Caller, Path(id)
     commit(&st, |snap| {
         // Routes through it stay, as blackholes (as in AWS): the data plane
         // drops what they match until their owners remove them.
-        let e = visible(&snap.peerings, Kind::Peering, &id, &caller)?;
+        let e = peering_visible(snap, &id, &caller)?;
         let k = keys::resource(Kind::Peering, &id);
         let mut txn = Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![del(k)] };
         touch_vpc(snap, &e.value.vpc_a, &mut txn)?;

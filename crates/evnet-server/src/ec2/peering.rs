@@ -69,7 +69,7 @@ pub async fn describe(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
     let filters = ctx.p.filters()?;
     let paging = ctx.p.paging()?;
     let snap = ctx.st.cache.read();
-    let all = snap.peerings.values().filter(|e| e.value.tenant == ctx.tenant).map(|e| (e.value.id.clone(), e.value.clone()));
+    let all = snap.peerings.values().filter(|e| network::peering_seen_by(&snap, &e.value, &ctx.caller)).map(|e| (e.value.id.clone(), e.value.clone()));
     let (items, next) = select(all, Kind::Peering, &ids, &filters, &paging, PEERING_FILTERS, &|p, n| peering_filter(&snap, p, n))?;
     let mut out = vec![set("vpcPeeringConnectionSet", items.iter().map(|p| render::peering(&snap, p, &ctx.region)))];
     out.extend(next.map(|t| leaf("nextToken", t)));
