@@ -250,15 +250,17 @@ pcx_id = pcx["VpcPeeringConnectionId"]
 assert pcx["Status"]["Code"] == "pending-acceptance", pcx
 assert pcx["RequesterVpcInfo"]["VpcId"] == vpc_id and pcx["AccepterVpcInfo"]["CidrBlock"] == "10.30.0.0/16", pcx
 assert ok("GET", f"/v1/peerings/{pcx_id}", A["token"])["status"] == "pending-acceptance"
-acc = ec2.accept_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)["VpcPeeringConnection"]
-assert acc["Status"]["Code"] == "active", acc
-got = ec2.describe_vpc_peering_connections(Filters=[{"Name": "status-code", "Values": ["active"]}, {"Name": "requester-vpc-info.vpc-id", "Values": [vpc_id]}])
-assert [p["VpcPeeringConnectionId"] for p in got["VpcPeeringConnections"]] == [pcx_id], got
 main_id = main[0]["RouteTableId"]
 ec2.create_route(RouteTableId=main_id, DestinationCidrBlock="10.30.0.0/16", VpcPeeringConnectionId=pcx_id)
 def pcx_route_state():
     rt = ec2.describe_route_tables(RouteTableIds=[main_id])["RouteTables"][0]
     return [r["State"] for r in rt["Routes"] if r.get("VpcPeeringConnectionId") == pcx_id]
+# A route to a peering not yet accepted forwards nothing.
+assert pcx_route_state() == ["blackhole"], pcx_route_state()
+acc = ec2.accept_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)["VpcPeeringConnection"]
+assert acc["Status"]["Code"] == "active", acc
+got = ec2.describe_vpc_peering_connections(Filters=[{"Name": "status-code", "Values": ["active"]}, {"Name": "requester-vpc-info.vpc-id", "Values": [vpc_id]}])
+assert [p["VpcPeeringConnectionId"] for p in got["VpcPeeringConnections"]] == [pcx_id], got
 assert pcx_route_state() == ["active"], pcx_route_state()
 # Deleting a peering leaves its routes, as blackholes (as in AWS).
 assert ec2.delete_vpc_peering_connection(VpcPeeringConnectionId=pcx_id)["Return"] is True
