@@ -11,6 +11,7 @@
 //! sudo target/release/evnet-lab-bench provision --enis 200 --dataplane bpf
 //! sudo target/release/evnet-lab-bench throughput --rounds 3
 //! sudo target/release/evnet-lab-bench peering --rounds 5
+//! sudo target/release/evnet-lab-bench route-change --changes 20
 //! sudo target/release/evnet-lab-bench reconcile --enis 1000 --dataplane bpf
 //! sudo target/release/evnet-lab-bench idle --enis 100 --seconds 30 --dataplane bpf
 //! ```
@@ -60,6 +61,12 @@ enum Bench {
         rounds: usize,
         #[arg(long, default_value_t = 3)]
         seconds: u32,
+    },
+    /// From a route-table change to traffic following it, p50/p99: a
+    /// peering route removed and added back while a ping runs every 2 ms.
+    RouteChange {
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=500))]
+        changes: u64,
     },
     /// First build of N ENIs on one host, adoption after `kill -9` of the agent, and the agent's memory.
     Reconcile {
@@ -226,48 +233,97 @@ fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) ->
     })
 }
 
-/// Pings `target` from inside the calling thread's namespace every 2 ms
-/// until a reply comes or `limit` passes; returns when the reply came.
-fn probe_until_reply(target: Ipv4Addr, limit: Duration) -> Option<Instant> {
-    // SAFETY: raw socket calls with valid buffers; the fd is closed at the end.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, libc::IPPROTO_ICMP);
+/// ICMP echo from inside the calling thread's namespace, one request at a
+/// time, each given 2 ms for its reply.
+struct Prober {
+    fd: i32,
+    addr: libc::sockaddr_in,
+    target: Ipv4Addr,
+    id: u16,
+    seq: u16,
+}
+
+impl Prober {
+    fn new(target: Ipv4Addr) -> Option<Prober> {
+        // SAFETY: plain socket call; the fd is closed on drop.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, libc::IPPROTO_ICMP) };
         if fd < 0 {
             return None;
         }
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        // SAFETY: sockaddr_in is plain data; all zeroes is valid.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         addr.sin_family = libc::AF_INET as u16;
         addr.sin_addr.s_addr = u32::from(target).to_be();
-        let id = rand::random::<u16>();
-        let start = Instant::now();
-        let mut seq = 0u16;
-        let mut found = None;
-        while start.elapsed() < limit && found.is_none() {
-            seq = seq.wrapping_add(1);
-            let mut pkt = [8u8, 0, 0, 0, (id >> 8) as u8, id as u8, (seq >> 8) as u8, seq as u8, 0, 0, 0, 0, 0, 0, 0, 0];
-            let c = icmp_checksum(&pkt);
-            pkt[2] = (c >> 8) as u8;
-            pkt[3] = c as u8;
-            libc::sendto(fd, pkt.as_ptr().cast(), pkt.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
-            let wait = Instant::now();
-            while wait.elapsed() < Duration::from_millis(2) {
-                let mut buf = [0u8; 256];
-                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-                if n >= 28 {
-                    let ihl = ((buf[0] & 0x0f) as usize) * 4;
-                    let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-                    if src == target && buf[ihl] == 0 && u16::from_be_bytes([buf[ihl + 4], buf[ihl + 5]]) == id {
-                        found = Some(Instant::now());
-                        break;
-                    }
-                } else {
-                    std::thread::sleep(Duration::from_micros(200));
+        Some(Prober { fd, addr, target, id: rand::random::<u16>(), seq: 0 })
+    }
+
+    /// Sends one echo request; returns when its reply came, if within 2 ms.
+    fn probe(&mut self) -> Option<Instant> {
+        self.seq = self.seq.wrapping_add(1);
+        let (id, seq) = (self.id, self.seq);
+        let mut pkt = [8u8, 0, 0, 0, (id >> 8) as u8, id as u8, (seq >> 8) as u8, seq as u8, 0, 0, 0, 0, 0, 0, 0, 0];
+        let c = icmp_checksum(&pkt);
+        pkt[2] = (c >> 8) as u8;
+        pkt[3] = c as u8;
+        // SAFETY: valid buffers and address for the socket's lifetime.
+        unsafe {
+            libc::sendto(self.fd, pkt.as_ptr().cast(), pkt.len(), 0, (&self.addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
+        }
+        let wait = Instant::now();
+        while wait.elapsed() < Duration::from_millis(2) {
+            let mut buf = [0u8; 256];
+            // SAFETY: buf outlives the call.
+            let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n >= 28 {
+                let ihl = ((buf[0] & 0x0f) as usize) * 4;
+                let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+                // Any reply of this prober counts: a late one still says
+                // the path carries traffic.
+                if src == self.target && buf[ihl] == 0 && u16::from_be_bytes([buf[ihl + 4], buf[ihl + 5]]) == id {
+                    return Some(Instant::now());
                 }
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
             }
         }
-        libc::close(fd);
-        found
+        None
     }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        // SAFETY: the fd is ours and closed once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Pings `target` every 2 ms until a reply comes or `limit` passes;
+/// returns when the reply came.
+fn probe_until_reply(target: Ipv4Addr, limit: Duration) -> Option<Instant> {
+    let mut p = Prober::new(target)?;
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(t) = p.probe() {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// Pings `target` every 2 ms until no reply came for `silence` (or `limit`
+/// passes); returns when the last reply came.
+fn probe_until_silent(target: Ipv4Addr, silence: Duration, limit: Duration) -> Option<Instant> {
+    let mut p = Prober::new(target)?;
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < limit {
+        if let Some(t) = p.probe() {
+            last = Some(t);
+        } else if last.unwrap_or(start).elapsed() >= silence {
+            return last;
+        }
+    }
+    None
 }
 
 fn icmp_checksum(data: &[u8]) -> u16 {
@@ -483,9 +539,20 @@ async fn throughput(rounds: usize, seconds: u32) -> anyhow::Result<()> {
 }
 
 /// Two VPCs, A (10.1/16) and B (10.2/16), peered with routes both ways and
-/// B admitting TCP from A's block; a1 on host-1, a2 and b2 on host-2. Per
-/// round: a1 → a2 (inside A) then a1 → b2 (across the peering).
-async fn peering(rounds: usize, seconds: u32) -> anyhow::Result<()> {
+/// B admitting TCP and ICMP from A's block; a1 on host-1, a2 and b2 on
+/// host-2.
+struct Peered {
+    lab: Lab,
+    c: Client,
+    vpc_a: Vpc,
+    vpc_b: Vpc,
+    pcx: Peering,
+    a1: (Instance, Eni),
+    a2: (Instance, Eni),
+    b2: (Instance, Eni),
+}
+
+async fn peered() -> anyhow::Result<Peered> {
     let lab = Lab::up(2, 30_000, Some(Dataplane::Bpf))?;
     let c = lab.tenant_client()?;
     let hosts = lab.host_ids().await?;
@@ -504,7 +571,9 @@ async fn peering(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     }
     let g = c.get_security_group(&nets[1].0.default_security_group_id).await?;
     let mut ingress = g.ingress.clone();
-    ingress.push(SgRule { protocol: Protocol::Tcp, from_port: Some(1), to_port: Some(65535), cidr: Some(nets[0].0.cidr_block), source_group_id: None });
+    for (protocol, from_port, to_port) in [(Protocol::Tcp, Some(1), Some(65535)), (Protocol::Icmp, None, None)] {
+        ingress.push(SgRule { protocol, from_port, to_port, cidr: Some(nets[0].0.cidr_block), source_group_id: None });
+    }
     c.patch_security_group(&g.id, &PatchSecurityGroup { ingress: Some(ingress), ..Default::default() }).await?;
     let mut inst = vec![];
     for (net, host) in [(0, &hosts[0]), (0, &hosts[1]), (1, &hosts[1])] {
@@ -513,9 +582,19 @@ async fn peering(rounds: usize, seconds: u32) -> anyhow::Result<()> {
         inst.push((i, e));
     }
     lab.synced(Duration::from_secs(20)).await?;
-    let (a1, a2, b2) = (&inst[0], &inst[1], &inst[2]);
+    let mut inst = inst.into_iter();
+    let (a1, a2, b2) = (inst.next().unwrap(), inst.next().unwrap(), inst.next().unwrap());
+    let mut nets = nets.into_iter().map(|(v, _)| v);
+    let (vpc_a, vpc_b) = (nets.next().unwrap(), nets.next().unwrap());
+    Ok(Peered { lab, c, vpc_a, vpc_b, pcx, a1, a2, b2 })
+}
+
+/// Per round: a1 → a2 (inside A) then a1 → b2 (across the peering).
+async fn peering(rounds: usize, seconds: u32) -> anyhow::Result<()> {
+    let p = peered().await?;
+    let (a1, a2, b2) = (&p.a1, &p.a2, &p.b2);
     let mut ratios = vec![];
-    println!("data plane: {}", lab.dataplane());
+    println!("data plane: {}", p.lab.dataplane());
     println!("round  in-VPC Gbit/s  peering Gbit/s  peering/in-VPC");
     for r in 0..rounds {
         let inside = iperf(&a1.0.netns, &a2.0.netns, a2.1.private_ip, seconds)?;
@@ -524,6 +603,59 @@ async fn peering(rounds: usize, seconds: u32) -> anyhow::Result<()> {
         println!("{:>5}  {:>13.2}  {:>14.2}  {:>14.3}", r + 1, inside / 1e9, across / 1e9, across / inside);
     }
     println!("median of per-round ratios: peering/in-VPC {:.3}", median(&mut ratios));
+    Ok(())
+}
+
+/// From a route-table change to traffic following it: A's route to B's
+/// block is removed and added back `changes` times while a1 pings b2 every
+/// 2 ms; each sample runs from just before the API call to the last reply
+/// (removal) or the first reply (addition).
+async fn route_change(changes: usize) -> anyhow::Result<()> {
+    let p = peered().await?;
+    let (ns, ip) = (p.a1.0.netns.clone(), p.b2.1.private_ip);
+    let table = p.vpc_a.main_route_table_id.clone();
+    let with = vec![Route::new(p.vpc_a.cidr_block, "local"), Route::new(p.vpc_b.cidr_block, p.pcx.id.clone())];
+    let without = vec![Route::new(p.vpc_a.cidr_block, "local")];
+    let limit = Duration::from_secs(10);
+    let ns2 = ns.clone();
+    if in_ns(&ns2, move || probe_until_reply(ip, limit)).join().expect("prober").is_none() {
+        bail!("a1 does not reach b2 across the peering before the first change");
+    }
+    let (mut removed, mut added) = (vec![], vec![]);
+    for k in 0..changes {
+        for (routes, samples) in [(&without, &mut removed), (&with, &mut added)] {
+            let adding = routes.len() == 2;
+            let ns2 = ns.clone();
+            let prober = in_ns(&ns2, move || {
+                if adding {
+                    probe_until_reply(ip, limit)
+                } else {
+                    probe_until_silent(ip, Duration::from_millis(300), limit)
+                }
+            });
+            // The silence prober must see the path carry before the change.
+            if !adding {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let t0 = Instant::now();
+            p.c.patch_route_table(&table, &PatchRouteTable { routes: Some(routes.clone()), ..Default::default() }).await?;
+            let acked = t0.elapsed();
+            let Some(at) = prober.join().expect("prober") else {
+                bail!("change {}: traffic did not {} within {limit:?}", k + 1, if adding { "start" } else { "stop" });
+            };
+            let ms = at.saturating_duration_since(t0).as_secs_f64() * 1e3;
+            if k == 0 {
+                println!("first {} acknowledged by the API in {:.1} ms", if adding { "addition" } else { "removal" }, acked.as_secs_f64() * 1e3);
+            }
+            samples.push(ms);
+        }
+    }
+    println!("data plane: {}; {changes} removals and {changes} additions of a peering route", p.lab.dataplane());
+    println!("change      p50 ms   p99 ms   max ms");
+    for (what, mut v) in [("removed", removed), ("added", added)] {
+        v.sort_by(|a, b| a.total_cmp(b));
+        println!("{what:<10} {:>7.1}  {:>7.1}  {:>7.1}", pct(&v, 0.5), pct(&v, 0.99), v.last().copied().unwrap_or(f64::NAN));
+    }
     Ok(())
 }
 
@@ -773,6 +905,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Provision { enis, hosts, logs, dp, raw } => provision(enis, hosts, logs, dp.dataplane, raw).await,
             Bench::Throughput { rounds, seconds } => throughput(rounds, seconds).await,
             Bench::Peering { rounds, seconds } => peering(rounds, seconds).await,
+            Bench::RouteChange { changes } => route_change(changes as usize).await,
             Bench::Reconcile { enis, restarts, rebuilds, dp, logs } => reconcile(enis, restarts, rebuilds, dp.dataplane, logs).await,
             Bench::Idle { enis, seconds, sample_ms, dp, logs } => idle(enis, seconds, sample_ms, dp.dataplane, logs).await,
         }
