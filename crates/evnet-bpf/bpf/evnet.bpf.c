@@ -11,8 +11,9 @@
  *               send): underlay trust, ingress groups, delivery.
  *
  * Maps are described in evnet.h. Flow state is an LRU hash keyed by the
- * canonical 5-tuple and the VNI, or (rodata `use_kernel_ct`) the kernel's
- * conntrack through its kfuncs, in a zone per VPC, for TCP and UDP.
+ * canonical 5-tuple and the ENI whose groups admitted it, or (rodata
+ * `use_kernel_ct`) the kernel's conntrack through its kfuncs, in a zone per
+ * VPC, for TCP and UDP.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -83,6 +84,14 @@ struct {
 	__type(value, struct hop);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } hops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct appliance_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} appliances SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -256,10 +265,10 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct iphdr *ip, 
 	return 0;
 }
 
-static __always_inline void flow_key_of(__u32 vni, const struct pkt *p, struct flow_key *k)
+static __always_inline void flow_key_of(__u32 owner, const struct pkt *p, struct flow_key *k)
 {
 	__builtin_memset(k, 0, sizeof(*k));
-	k->vni = vni;
+	k->owner = owner;
 	k->proto = p->proto;
 	__u64 s = ((__u64)bpf_ntohl(p->src) << 16) | bpf_ntohs(p->sport);
 	__u64 d = ((__u64)bpf_ntohl(p->dst) << 16) | bpf_ntohs(p->dport);
@@ -282,11 +291,12 @@ static __always_inline __u64 timeout_ns(const struct config *cfg, __u8 proto)
 	return (__u64)s * 1000000000ull;
 }
 
-/* Whether this packet belongs to a flow admitted before (either direction). */
-static __always_inline int flow_known(const struct config *cfg, __u32 vni, const struct pkt *p)
+/* Whether this packet belongs to a flow the ENI `owner` admitted before
+ * (either direction). */
+static __always_inline int flow_known(const struct config *cfg, __u32 owner, const struct pkt *p)
 {
 	struct flow_key k;
-	flow_key_of(vni, p, &k);
+	flow_key_of(owner, p, &k);
 	struct flow *f = bpf_map_lookup_elem(&flows, &k);
 	if (!f)
 		return 0;
@@ -302,10 +312,10 @@ static __always_inline int flow_known(const struct config *cfg, __u32 vni, const
 	return 1;
 }
 
-static __always_inline void flow_admit(__u32 vni, const struct pkt *p)
+static __always_inline void flow_admit(__u32 owner, const struct pkt *p)
 {
 	struct flow_key k;
-	flow_key_of(vni, p, &k);
+	flow_key_of(owner, p, &k);
 	struct flow f = {.seen_ns = bpf_ktime_get_coarse_ns()};
 	bpf_map_update_elem(&flows, &k, &f, BPF_ANY);
 	count(R_FLOW_NEW);
@@ -354,27 +364,35 @@ static __always_inline int use_ct(const struct pkt *p)
 	return use_kernel_ct && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP);
 }
 
-static __always_inline int known(struct __sk_buff *skb, const struct config *cfg, __u32 vni, __u16 zone, const struct pkt *p)
+/* Whether the ENI behind `owner` (its host-side ifindex) admitted this
+ * packet's flow before; in kernel-conntrack mode, whether the flow is in
+ * its VPC's zone. */
+static __always_inline int known(struct __sk_buff *skb, const struct config *cfg, __u32 owner, __u16 zone, const struct pkt *p)
 {
-	int k = use_ct(p) ? ct_known(skb, cfg, zone, p) : flow_known(cfg, vni, p);
+	int k = use_ct(p) ? ct_known(skb, cfg, zone, p) : flow_known(cfg, owner, p);
 	if (k)
 		count(R_FLOW_HIT);
 	return k;
 }
 
-static __always_inline void admit(struct __sk_buff *skb, const struct config *cfg, __u32 vni, __u16 zone, const struct pkt *p)
+static __always_inline void admit(struct __sk_buff *skb, const struct config *cfg, __u32 owner, __u16 zone, const struct pkt *p)
 {
 	if (use_ct(p)) {
 		if (ct_admit(skb, cfg, zone, p) < 0)
 			count(R_CT_INSERT_FAILED); /* counted only: the packet itself was allowed */
 	} else {
-		flow_admit(vni, p);
+		flow_admit(owner, p);
 	}
 }
 
-/* Whether the ENI's rules in `dir` admit the packet. */
-static __always_inline int rules_allow(__u32 ifindex, __u32 dir, const struct pkt *p)
+/* Whether the ENI's rules in `dir` admit the packet. A global function:
+ * the verifier checks it once, on its own, instead of once per path that
+ * calls it (its loop over 64 rules, inlined on every path of both
+ * programs, would exceed the verifier's budget). */
+__noinline int rules_allow(__u32 ifindex, __u32 dir, const struct pkt *p)
 {
+	if (!p)
+		return 0;
 	struct rules_key rk = {.ifindex = ifindex, .dir = dir};
 	struct rules *rs = bpf_map_lookup_elem(&rules, &rk);
 	if (!rs)
@@ -402,6 +420,27 @@ static __always_inline int rules_allow(__u32 ifindex, __u32 dir, const struct pk
 		}
 		return 1;
 	}
+	return 0;
+}
+
+/* A packet from the local ENI behind `sif` to the local ENI behind `dif`:
+ * the sender's egress groups and the receiver's ingress groups, each
+ * passing a flow it admitted before or its rules. Both are checked before
+ * either remembers the flow. 0, or the reason to drop. */
+static __always_inline __u32 local_groups(struct __sk_buff *skb, const struct config *cfg, __u32 sif, const struct eni *s, __u32 dif, const struct eni *d, const struct pkt *p)
+{
+	int s_known = known(skb, cfg, sif, s->ct_zone, p);
+	/* In kernel-conntrack mode one zone is one lookup. */
+	int same_zone = use_ct(p) && s->ct_zone == d->ct_zone;
+	int d_known = same_zone ? s_known : known(skb, cfg, dif, d->ct_zone, p);
+	if (!s_known && !rules_allow(sif, DIR_EGRESS, p))
+		return R_DROP_EGRESS_DENIED;
+	if (!d_known && !rules_allow(dif, DIR_INGRESS, p))
+		return R_DROP_INGRESS_DENIED;
+	if (!s_known)
+		admit(skb, cfg, sif, s->ct_zone, p);
+	if (!d_known && !same_zone)
+		admit(skb, cfg, dif, d->ct_zone, p);
 	return 0;
 }
 
@@ -543,24 +582,55 @@ int evnet_eni(struct __sk_buff *skb)
 		if (!own || own->kind != RT_LOCAL || own->ifindex != ifindex)
 			return drop(R_DROP_SPOOF_IP);
 	}
-	/* The VPC's own addresses first (the local route), then its subnet's
-	 * route table: a peering looks the address up among the peer's ENIs
-	 * and goes no further (peering is not transitive). */
+	/* The VPC's own addresses (the local route), and its subnet's route
+	 * table: a hop inside the VPC's block (to an appliance) is more
+	 * specific than the local route and comes first; other hops only for
+	 * addresses outside the VPC. A peering looks the address up among the
+	 * peer's ENIs and goes no further (peering is not transitive); an
+	 * appliance route sends the packet, addresses unchanged, to that ENI
+	 * wherever it runs. */
 	__u32 dst_vni = vni;
-	struct route *rt = route_of(vni, ip->daddr);
-	if (!rt) {
-		struct hop *h = hop_of(e->table, ip->daddr);
-		if (!h)
+	struct route *rt = 0;
+	struct hop *h = 0;
+	if (e->flags & EF_HOPS_IN_VPC) {
+		h = hop_of(e->table, ip->daddr);
+		if (h && !(h->flags & HOPF_IN_VPC))
+			h = 0;
+	}
+	if (!h) {
+		rt = route_of(vni, ip->daddr);
+		if (!rt) {
+			h = hop_of(e->table, ip->daddr);
+			if (!h)
+				return drop(R_DROP_NO_ROUTE);
+		}
+	}
+	int to_appliance = 0;
+	if (h) {
+		if (h->kind == HOP_PEERING) {
+			dst_vni = h->vni;
+			rt = route_of(dst_vni, ip->daddr);
+		} else if (h->kind == HOP_ENI) {
+			rt = route_of(vni, h->ip);
+			if (rt && rt->kind == RT_LOCAL && rt->ifindex == ifindex)
+				/* Never back to the appliance that sent it: its own
+				 * packets follow the local route. */
+				rt = route_of(vni, ip->daddr);
+			else
+				to_appliance = 1;
+		} else if (h->kind == HOP_LOCAL) {
 			return drop(R_DROP_NO_ROUTE);
-		if (h->kind != HOP_PEERING)
+		} else {
 			return drop(R_DROP_BLACKHOLE);
-		dst_vni = h->vni;
-		rt = route_of(dst_vni, ip->daddr);
-		if (!rt || rt->kind == RT_GATEWAY)
+		}
+		if (!rt || (rt->kind == RT_GATEWAY && dst_vni != vni))
 			return drop(R_DROP_NO_ROUTE);
 	}
-	if (rt->kind == RT_GATEWAY)
+	if (rt->kind == RT_GATEWAY) {
+		if (to_appliance)
+			return drop(R_DROP_NO_ROUTE);
 		return gateway_ping(skb, cfg, eth, ip, data_end);
+	}
 
 	struct pkt p;
 	void *l4 = (void *)ip + ip->ihl * 4;
@@ -572,6 +642,10 @@ int evnet_eni(struct __sk_buff *skb)
 		struct eni *d = bpf_map_lookup_elem(&enis, &dif);
 		if (!d || d->vni != dst_vni)
 			return drop(R_DROP_NO_ROUTE);
+		/* Only an ENI with source/dest check off takes packets that are
+		 * not addressed to it (as in AWS). */
+		if (to_appliance && !(d->flags & EF_SRC_DST_CHECK_OFF))
+			return drop(R_DROP_NOT_APPLIANCE);
 		if (dst_vni != vni) {
 			/* The receiver's table must send the sender's block back
 			 * across a peering to the sender's VPC. */
@@ -579,30 +653,32 @@ int evnet_eni(struct __sk_buff *skb)
 			if (!back || back->kind != HOP_PEERING || back->vni != vni)
 				return drop(R_DROP_NO_ROUTE);
 		}
-		if (!known(skb, cfg, vni, e->ct_zone, &p)) {
-			if (!rules_allow(ifindex, DIR_EGRESS, &p))
-				return drop(R_DROP_EGRESS_DENIED);
-			if (!rules_allow(dif, DIR_INGRESS, &p))
-				return drop(R_DROP_INGRESS_DENIED);
-			admit(skb, cfg, vni, e->ct_zone, &p);
-			/* The reply is looked up in the receiver's VPC. */
-			if (dst_vni != vni)
-				admit(skb, cfg, dst_vni, d->ct_zone, &p);
-		}
+		__u32 denied = local_groups(skb, cfg, ifindex, e, dif, d, &p);
+		if (denied)
+			return drop(denied);
 		if (dst_vni != vni)
 			count(R_PASS_PEERING);
+		if (to_appliance)
+			count(R_PASS_APPLIANCE);
 		return deliver_local(skb, cfg, rt, d, R_PASS_LOCAL);
 	}
 	if (rt->kind != RT_REMOTE)
 		return drop(R_DROP_NO_ROUTE);
-	if (!known(skb, cfg, vni, e->ct_zone, &p)) {
+	if (!known(skb, cfg, ifindex, e->ct_zone, &p)) {
 		if (!rules_allow(ifindex, DIR_EGRESS, &p))
 			return drop(R_DROP_EGRESS_DENIED);
-		admit(skb, cfg, vni, e->ct_zone, &p);
+		admit(skb, cfg, ifindex, e->ct_zone, &p);
 	}
-	/* The frame's MACs stay as the instance sent them: the receiving host's
-	 * overlay program sets both (deliver_local), on a packet whose head the
-	 * encapsulation has made its own. */
+	/* The frame's MACs stay as the instance sent them (the gateway's as
+	 * destination): the receiving host's overlay program sets both
+	 * (deliver_local), on a packet whose head the encapsulation has made
+	 * its own. A packet for an appliance carries the appliance's MAC
+	 * instead, which is how the receiving host knows where it goes. */
+	if (to_appliance) {
+		if (set_macs(skb, rt->mac, cfg->gw_mac) < 0)
+			return drop(R_DROP_MALFORMED);
+		count(R_PASS_APPLIANCE);
+	}
 	/* Across a peering the packet travels in the receiver's VNI. */
 	struct bpf_tunnel_key tk = {};
 	tk.tunnel_id = dst_vni;
@@ -646,17 +722,34 @@ int evnet_overlay(struct __sk_buff *skb)
 	if ((void *)(ip + 1) > data_end || ip->ihl < 5 || ip->version != 4)
 		return drop(R_DROP_MALFORMED);
 	/* The inner source must be an ENI of the sending host (any address
-	 * from a host with an appliance of the VPC), or, an address unknown in
-	 * the VPC, one of a peer VPC's ENIs on the sending host, checked once
-	 * the receiver is known. */
+	 * from a host with an appliance of the VPC: it forwards others'
+	 * packets), or, an address unknown in the VPC, one of a peer VPC's
+	 * ENIs on the sending host, checked once the receiver is known. */
 	struct route *src = route_of(vni, ip->saddr);
 	if (src && (src->kind != RT_REMOTE || src->underlay != tkey.underlay)) {
-		if (!(trust_flags & TRUST_ANY_SOURCE) || src->kind != RT_REMOTE)
+		if (!(trust_flags & TRUST_ANY_SOURCE))
 			return drop(R_DROP_UNTRUSTED_SOURCE);
 	}
-	struct route *rt = route_of(vni, ip->daddr);
-	if (!rt || rt->kind != RT_LOCAL)
-		return drop(R_DROP_NO_ROUTE);
+	/* Addressed to the gateway's MAC: delivered by its destination. To
+	 * another MAC: an appliance route's packet, for the local appliance
+	 * with that MAC. */
+	struct route *rt;
+	struct route to_appliance = {};
+	if (!mac_eq(eth->h_dest, cfg->gw_mac)) {
+		struct appliance_key ak = {.vni = vni};
+		mac_copy(ak.mac, eth->h_dest);
+		__u32 *aif = bpf_map_lookup_elem(&appliances, &ak);
+		if (!aif)
+			return drop(R_DROP_NOT_APPLIANCE);
+		to_appliance.kind = RT_LOCAL;
+		to_appliance.ifindex = *aif;
+		mac_copy(to_appliance.mac, ak.mac);
+		rt = &to_appliance;
+	} else {
+		rt = route_of(vni, ip->daddr);
+		if (!rt || rt->kind != RT_LOCAL)
+			return drop(R_DROP_NO_ROUTE);
+	}
 	__u32 dif = rt->ifindex;
 	struct eni *d = bpf_map_lookup_elem(&enis, &dif);
 	if (!d || d->vni != vni)
@@ -679,10 +772,12 @@ int evnet_overlay(struct __sk_buff *skb)
 	void *l4 = (void *)ip + ip->ihl * 4;
 	if (parse_l4(l4, data_end, ip, &p) < 0)
 		return drop(R_DROP_MALFORMED);
-	if (!known(skb, cfg, vni, d->ct_zone, &p)) {
+	if (!known(skb, cfg, dif, d->ct_zone, &p)) {
 		if (!rules_allow(dif, DIR_INGRESS, &p))
 			return drop(R_DROP_INGRESS_DENIED);
-		admit(skb, cfg, vni, d->ct_zone, &p);
+		admit(skb, cfg, dif, d->ct_zone, &p);
 	}
+	if (to_appliance.kind)
+		count(R_PASS_APPLIANCE);
 	return deliver_local(skb, cfg, rt, d, R_PASS_OVERLAY);
 }

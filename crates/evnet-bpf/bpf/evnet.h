@@ -12,6 +12,7 @@
 /* eni.flags */
 #define EF_SRC_DST_CHECK_OFF 1u /* any IPv4 source (an appliance) */
 #define EF_RX_SHAPER 2u         /* deliver onto its host-side device (shaped), not with redirect_peer */
+#define EF_HOPS_IN_VPC 4u       /* its table routes a block inside its VPC (more specific than local): hops first */
 
 /* A local ENI, keyed by the ifindex of its host-side device. */
 struct eni {
@@ -44,6 +45,11 @@ struct route {
 /* hop.kind */
 #define HOP_PEERING 1u   /* into the peer VPC `vni`, looked up in its routes */
 #define HOP_BLACKHOLE 2u /* the route's target is gone: drop */
+#define HOP_ENI 3u       /* to an ENI of the same VPC (an appliance) whose primary address is `ip` */
+#define HOP_LOCAL 4u     /* the VPC's own block: an address no ENI holds goes nowhere */
+
+/* hop.flags */
+#define HOPF_IN_VPC 1u /* the block lies inside the VPC's: it wins over the local route */
 
 /* A route table's route other than `local`: (table, block) -> hop, the
  * longest prefix wins (an LPM trie; prefixlen counts the table's 32 bits). */
@@ -55,7 +61,20 @@ struct hop_key {
 
 struct hop {
 	__u32 kind;
+	__u32 vni;   /* HOP_PEERING: the peer VPC's */
+	__be32 ip;   /* HOP_ENI: the appliance's primary address, looked up in `routes` */
+	__u32 flags;
+};
+
+/* A local ENI that takes traffic routed to it (source/dest check off),
+ * found by its MAC: a packet an appliance route sends to another host
+ * carries the appliance's MAC as its inner destination, and the receiving
+ * host delivers it there by this key instead of by its destination
+ * address. (vni, mac) -> host-side ifindex. */
+struct appliance_key {
 	__u32 vni;
+	__u8 mac[6];
+	__u16 pad;
 };
 
 /* trust.flags */
@@ -111,10 +130,14 @@ struct member_key {
 	__be32 ip;
 };
 
-/* A flow the groups admitted, keyed with its two ends in canonical order so
- * both directions find it with one lookup. */
+/* A flow an ENI's groups admitted, keyed by that ENI (the ifindex of its
+ * host-side device) and the flow's two ends in canonical order, so both
+ * directions find it with one lookup. Per ENI, as security groups track
+ * connections per interface: a flow one ENI's groups admitted never lets
+ * a packet past another ENI's (an appliance forwarding it, or the
+ * receiver of a peering). */
 struct flow_key {
-	__u32 vni;
+	__u32 owner;
 	__be32 a;
 	__be32 b;
 	__be16 a_port;
@@ -162,7 +185,9 @@ enum reason {
 	R_CT_INSERT_FAILED,
 	R_DROP_BLACKHOLE,
 	R_PASS_PEERING,
-	R_MAX = 24,
+	R_PASS_APPLIANCE,
+	R_DROP_NOT_APPLIANCE,
+	R_MAX = 26,
 };
 
 #endif

@@ -4,7 +4,7 @@
 //! Pin layout:
 //!
 //! ```text
-//! /sys/fs/bpf/evnet/<host tag>/maps/{enis,routes,hops,trust,rules,members,flows,config,stats}
+//! /sys/fs/bpf/evnet/<host tag>/maps/{enis,routes,hops,appliances,trust,rules,members,flows,config,stats}
 //! /sys/fs/bpf/evnet/<host tag>/prog-<version>/{evnet_eni,evnet_overlay}
 //! ```
 //!
@@ -27,7 +27,7 @@ use libbpf_rs::{
 use sha2::{Digest, Sha256};
 
 use crate::error::BpfError;
-use crate::maps::{self, Direction, EniEntry, Hop, HostConfig, MAP_NAMES, Reason, Route, Rule, Trust};
+use crate::maps::{self, Appliance, Direction, EniEntry, Hop, HostConfig, MAP_NAMES, Reason, Route, Rule, Trust};
 
 /// The compiled programs (`bpf/evnet.bpf.c`).
 pub(crate) static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/evnet.bpf.o"));
@@ -108,6 +108,7 @@ struct Maps {
     enis: MapHandle,
     routes: MapHandle,
     hops: MapHandle,
+    appliances: MapHandle,
     trust: MapHandle,
     rules: MapHandle,
     members: MapHandle,
@@ -126,6 +127,8 @@ pub struct MapContents {
     pub routes: Vec<((u32, Ipv4Addr), Route)>,
     /// By (route table key, network, prefix length).
     pub hops: Vec<((u32, Ipv4Addr, u8), Hop)>,
+    /// By (VNI, MAC): the appliance's host-side ifindex.
+    pub appliances: Vec<((u32, [u8; 6]), u32)>,
     /// By (VNI, remote underlay).
     pub trust: Vec<((u32, Ipv4Addr), Trust)>,
     /// By (ifindex, direction).
@@ -387,6 +390,7 @@ impl Dataplane {
             enis: open_map(&dir, "enis")?,
             routes: open_map(&dir, "routes")?,
             hops: open_map(&dir, "hops")?,
+            appliances: open_map(&dir, "appliances")?,
             trust: open_map(&dir, "trust")?,
             rules: open_map(&dir, "rules")?,
             members: open_map(&dir, "members")?,
@@ -398,6 +402,7 @@ impl Dataplane {
             (&maps.enis, 4, EniEntry::SIZE),
             (&maps.routes, Route::KEY_SIZE, Route::SIZE),
             (&maps.hops, Hop::KEY_SIZE, Hop::SIZE),
+            (&maps.appliances, Appliance::KEY_SIZE, 4),
             (&maps.trust, 8, 4),
             (&maps.rules, 8, maps::RULES_SIZE),
             (&maps.members, 8, 1),
@@ -736,6 +741,16 @@ impl Dataplane {
         delete(&self.maps.hops, "hops", &Hop::key(table, net, prefix))
     }
 
+    /// Delivers packets of `vni` addressed (inner destination MAC) to `mac`
+    /// onto the appliance ENI behind `ifindex`.
+    pub fn set_appliance(&self, vni: u32, mac: [u8; 6], ifindex: u32) -> Result<(), BpfError> {
+        update(&self.maps.appliances, "appliances", &Appliance::key(vni, mac), &ifindex.to_ne_bytes())
+    }
+
+    pub fn remove_appliance(&self, vni: u32, mac: [u8; 6]) -> Result<(), BpfError> {
+        delete(&self.maps.appliances, "appliances", &Appliance::key(vni, mac))
+    }
+
     /// Trusts `underlay` as a host holding `vni`.
     pub fn set_trust(&self, vni: u32, underlay: Ipv4Addr, t: &Trust) -> Result<(), BpfError> {
         update(
@@ -861,6 +876,14 @@ impl Dataplane {
                 c.hops.push((key, v));
             }
         }
+        for k in self.maps.appliances.keys() {
+            if let (Some(key), Some(v)) = (
+                Appliance::decode_key(&k),
+                lookup(&self.maps.appliances, "appliances", &k)?.filter(|b| b.len() == 4),
+            ) {
+                c.appliances.push((key, u32::from_ne_bytes(v[..4].try_into().expect("4 bytes"))));
+            }
+        }
         for k in self.maps.trust.keys() {
             if let (Some(key), Some(v)) = (
                 Route::decode_key(&k),
@@ -891,6 +914,7 @@ impl Dataplane {
         c.enis.sort_by_key(|e| e.0);
         c.routes.sort_by_key(|r| r.0);
         c.hops.sort_by_key(|h| h.0);
+        c.appliances.sort_by_key(|a| a.0);
         c.trust.sort_by_key(|t| t.0);
         c.rules.sort_by_key(|r| r.0);
         c.members.sort();

@@ -262,6 +262,7 @@ impl Lab {
             priority: 0,
             ct_zone: (vni & 0xffff) as u16,
             table: 0,
+            hops_in_vpc: false,
         };
         let inst = LabInstance {
             entry,

@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 
 /// The maps, by the name they have in the object and under `maps/` in the
 /// host's pin directory.
-pub const MAP_NAMES: [&str; 9] = [
-    "enis", "routes", "hops", "trust", "rules", "members", "flows", "config", "stats",
+pub const MAP_NAMES: [&str; 10] = [
+    "enis", "routes", "hops", "appliances", "trust", "rules", "members", "flows", "config", "stats",
 ];
 
 /// The most rules one ENI has in one direction (all its groups merged).
@@ -40,10 +40,15 @@ pub struct EniEntry {
     pub ct_zone: u16,
     /// The key of its subnet's route table in `hops` ([`Hop`]); 0: none.
     pub table: u32,
+    /// Its table routes a block inside its VPC's to an ENI (or a gone
+    /// target): such a hop is more specific than the local route, so the
+    /// program looks the table up before the VPC's addresses.
+    pub hops_in_vpc: bool,
 }
 
 const EF_SRC_DST_CHECK_OFF: u32 = 1;
 const EF_RX_SHAPER: u32 = 2;
+const EF_HOPS_IN_VPC: u32 = 4;
 
 impl EniEntry {
     pub(crate) const SIZE: usize = 24;
@@ -55,7 +60,8 @@ impl EniEntry {
             EF_SRC_DST_CHECK_OFF
         } else {
             0
-        } | if self.rx_shaper { EF_RX_SHAPER } else { 0 };
+        } | if self.rx_shaper { EF_RX_SHAPER } else { 0 }
+            | if self.hops_in_vpc { EF_HOPS_IN_VPC } else { 0 };
         v.extend(flags.to_ne_bytes());
         v.extend(self.mac);
         v.extend(self.ct_zone.to_ne_bytes());
@@ -73,6 +79,7 @@ impl EniEntry {
             vni: u32_at(b, 0),
             any_source: flags & EF_SRC_DST_CHECK_OFF != 0,
             rx_shaper: flags & EF_RX_SHAPER != 0,
+            hops_in_vpc: flags & EF_HOPS_IN_VPC != 0,
             mac: b[8..14].try_into().ok()?,
             ct_zone: u16::from_ne_bytes([b[14], b[15]]),
             priority: u32_at(b, 16),
@@ -149,12 +156,29 @@ pub enum Hop {
     /// Across a peering into the VPC of this VNI: the address is looked up
     /// among that VPC's ENIs, and only there.
     Peering { vni: u32 },
-    /// A route whose target is gone: dropped.
-    Blackhole,
+    /// To an ENI of the same VPC, an appliance (source/dest check off),
+    /// found by its primary address `ip` in `routes` wherever it runs; the
+    /// packet keeps its addresses. `in_vpc`: the block lies inside the
+    /// VPC's, so the hop wins over the local route (a more specific route,
+    /// as AWS allows for middleboxes).
+    Eni { ip: Ipv4Addr, in_vpc: bool },
+    /// A route whose target is gone: dropped (`in_vpc` as for [`Hop::Eni`]).
+    Blackhole { in_vpc: bool },
+    /// The VPC's own block, in a table with a route covering it: an
+    /// address of the VPC that no ENI holds is dropped here rather than
+    /// sent along that shorter route.
+    Local,
 }
 
+const HOPF_IN_VPC: u32 = 1;
+
 impl Hop {
-    pub(crate) const SIZE: usize = 8;
+    pub(crate) const SIZE: usize = 16;
+
+    /// Whether it wins over the VPC's local route.
+    pub fn in_vpc(&self) -> bool {
+        matches!(self, Hop::Eni { in_vpc: true, .. } | Hop::Blackhole { in_vpc: true })
+    }
     pub(crate) const KEY_SIZE: usize = 12;
 
     /// The trie's key: the prefix length counts the table's 32 bits.
@@ -176,12 +200,17 @@ impl Hop {
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let (kind, vni) = match *self {
-            Hop::Peering { vni } => (1u32, vni),
-            Hop::Blackhole => (2, 0),
+        let (kind, vni, ip) = match *self {
+            Hop::Peering { vni } => (1u32, vni, Ipv4Addr::UNSPECIFIED),
+            Hop::Blackhole { .. } => (2, 0, Ipv4Addr::UNSPECIFIED),
+            Hop::Eni { ip, .. } => (3, 0, ip),
+            Hop::Local => (4, 0, Ipv4Addr::UNSPECIFIED),
         };
+        let flags = if self.in_vpc() { HOPF_IN_VPC } else { 0 };
         let mut v = kind.to_ne_bytes().to_vec();
         v.extend(vni.to_ne_bytes());
+        v.extend(ip.octets());
+        v.extend(flags.to_ne_bytes());
         v
     }
 
@@ -189,11 +218,36 @@ impl Hop {
         if b.len() != Self::SIZE {
             return None;
         }
+        let in_vpc = u32_at(b, 12) & HOPF_IN_VPC != 0;
         match u32_at(b, 0) {
             1 => Some(Hop::Peering { vni: u32_at(b, 4) }),
-            2 => Some(Hop::Blackhole),
+            2 => Some(Hop::Blackhole { in_vpc }),
+            3 => Some(Hop::Eni { ip: Ipv4Addr::new(b[8], b[9], b[10], b[11]), in_vpc }),
+            4 => Some(Hop::Local),
             _ => None,
         }
+    }
+}
+
+/// A local appliance ENI (source/dest check off) by VNI and MAC:
+/// `appliances[(vni, mac)] = ifindex` of its host-side device. A packet an
+/// ENI route sends to another host carries the appliance's MAC as its
+/// inner destination; the receiving host delivers it by this entry, not by
+/// its destination address (which is not the appliance's).
+pub struct Appliance;
+
+impl Appliance {
+    pub(crate) const KEY_SIZE: usize = 12;
+
+    pub(crate) fn key(vni: u32, mac: [u8; 6]) -> Vec<u8> {
+        let mut k = vni.to_ne_bytes().to_vec();
+        k.extend(mac);
+        k.extend([0, 0]);
+        k
+    }
+
+    pub(crate) fn decode_key(k: &[u8]) -> Option<(u32, [u8; 6])> {
+        (k.len() == Self::KEY_SIZE).then(|| (u32_at(k, 0), k[4..10].try_into().expect("6 bytes")))
     }
 }
 
@@ -203,7 +257,7 @@ impl Hop {
 pub struct Trust {
     /// The host has an ENI of this VPC with `source_dest_check` off: inner
     /// sources that are not one of its ENIs' addresses are accepted from it
-    /// (never an address of an ENI on this host).
+    /// (an appliance forwards other ENIs' packets, this host's included).
     pub any_source: bool,
 }
 
@@ -442,10 +496,12 @@ pub enum Reason {
     ConntrackInsertFailed,
     DropBlackhole,
     PassPeering,
+    PassAppliance,
+    DropNotAppliance,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 26] = [
         Reason::PassLocal,
         Reason::PassRemote,
         Reason::PassOverlay,
@@ -470,6 +526,8 @@ impl Reason {
         Reason::ConntrackInsertFailed,
         Reason::DropBlackhole,
         Reason::PassPeering,
+        Reason::PassAppliance,
+        Reason::DropNotAppliance,
     ];
 
     /// Its index in `stats`.
@@ -504,6 +562,8 @@ impl Reason {
             Reason::ConntrackInsertFailed => "conntrack_insert_failed",
             Reason::DropBlackhole => "drop_blackhole",
             Reason::PassPeering => "pass_peering",
+            Reason::PassAppliance => "pass_appliance",
+            Reason::DropNotAppliance => "drop_not_appliance",
         }
     }
 }
@@ -536,6 +596,7 @@ mod tests {
             priority: htb_priority(7),
             ct_zone: 3,
             table: 0xdead_beef,
+            hops_in_vpc: true,
         };
         assert_eq!(e.encode().len(), EniEntry::SIZE);
         assert_eq!(EniEntry::decode(&e.encode()), Some(e));
@@ -579,12 +640,21 @@ mod tests {
             other_timeout_s: 120,
         };
         assert_eq!(HostConfig::decode(&c.encode()), Some(c));
-        for h in [Hop::Peering { vni: 77 }, Hop::Blackhole] {
+        for h in [
+            Hop::Peering { vni: 77 },
+            Hop::Blackhole { in_vpc: false },
+            Hop::Blackhole { in_vpc: true },
+            Hop::Eni { ip: Ipv4Addr::new(10, 0, 3, 9), in_vpc: true },
+            Hop::Eni { ip: Ipv4Addr::new(10, 0, 3, 9), in_vpc: false },
+            Hop::Local,
+        ] {
             assert_eq!(Hop::decode(&h.encode()), Some(h));
         }
         let k = Hop::key(9, Ipv4Addr::new(10, 2, 3, 4), 16);
         assert_eq!(Hop::decode_key(&k), Some((9, Ipv4Addr::new(10, 2, 0, 0), 16)));
         assert_eq!(Hop::decode_key(&Hop::key(9, Ipv4Addr::new(1, 2, 3, 4), 0)), Some((9, Ipv4Addr::UNSPECIFIED, 0)));
+        let mac = [2, 0, 0, 0, 0, 7];
+        assert_eq!(Appliance::decode_key(&Appliance::key(42, mac)), Some((42, mac)));
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct State {
     pub routes: BTreeMap<(u32, Ipv4Addr), Route>,
     /// By (route table key, network, prefix length).
     pub hops: BTreeMap<(u32, Ipv4Addr, u8), Hop>,
+    /// Local appliance ENIs by (VNI, MAC): their host-side ifindex.
+    pub appliances: BTreeMap<(u32, [u8; 6]), u32>,
     pub trust: BTreeMap<(u32, Ipv4Addr), Trust>,
     pub rules: BTreeMap<(u32, Direction), Vec<Rule>>,
     pub members: BTreeSet<(u32, Ipv4Addr)>,
@@ -128,6 +130,12 @@ impl State {
             }
             Op::DelHop { table, net, prefix } => {
                 s.hops.remove(&(table, net, prefix));
+            }
+            Op::SetAppliance { vni, mac, ifindex } => {
+                s.appliances.insert((vni, mac), ifindex);
+            }
+            Op::DelAppliance { vni, mac } => {
+                s.appliances.remove(&(vni, mac));
             }
             Op::SetTrust {
                 vni,
@@ -195,6 +203,15 @@ pub enum Op {
         table: u32,
         net: Ipv4Addr,
         prefix: u8,
+    },
+    SetAppliance {
+        vni: u32,
+        mac: [u8; 6],
+        ifindex: u32,
+    },
+    DelAppliance {
+        vni: u32,
+        mac: [u8; 6],
     },
     SetTrust {
         vni: u32,
@@ -372,6 +389,9 @@ pub fn target(
             .map(|t| t.route_table_id.as_str()),
     );
     let mut subnet_table: BTreeMap<&str, u32> = BTreeMap::new();
+    // Tables with a hop inside their VPC's block (more specific than the
+    // local route): their ENIs look the table up first.
+    let mut tables_in_vpc: BTreeSet<u32> = BTreeSet::new();
     // Where each VPC the host sees (its own and peers) has ENIs on other
     // hosts, by VNI: peers' hosts are trusted to send into a VPC peered
     // with theirs.
@@ -385,11 +405,30 @@ pub fn target(
         for rt in &v.route_tables {
             let key = tables[&rt.route_table_id];
             for r in &rt.routes {
+                // Only a route to an ENI may be more specific than the
+                // local route (as in AWS); it keeps that rank as a
+                // blackhole when its ENI is gone.
+                let to_eni = match &r.target {
+                    RouteTargetDesired::Eni { .. } => true,
+                    RouteTargetDesired::Blackhole { target } => target.starts_with("eni-"),
+                    RouteTargetDesired::Peering { .. } => false,
+                };
+                let in_vpc = to_eni && v.cidr_block.contains(&r.destination_cidr);
                 let hop = match r.target {
                     RouteTargetDesired::Peering { peer_vni, .. } => Hop::Peering { vni: peer_vni },
-                    RouteTargetDesired::Blackhole { .. } => Hop::Blackhole,
+                    RouteTargetDesired::Eni { ip, .. } => Hop::Eni { ip, in_vpc },
+                    RouteTargetDesired::Blackhole { .. } => Hop::Blackhole { in_vpc },
                 };
+                if hop.in_vpc() {
+                    tables_in_vpc.insert(key);
+                }
                 t.hops.insert((key, r.destination_cidr.network(), r.destination_cidr.prefix_len()), hop);
+            }
+            // A route covering the whole VPC (a default route) must not
+            // take the VPC's addresses that no ENI holds: the local route
+            // is longer, and drops them.
+            if rt.routes.iter().any(|r| r.destination_cidr.contains(&v.cidr_block)) {
+                t.hops.insert((key, v.cidr_block.network(), v.cidr_block.prefix_len()), Hop::Local);
             }
         }
         hosts_of_vni
@@ -419,7 +458,7 @@ pub fn target(
             .flat_map(|rt| &rt.routes)
             .filter_map(|r| match r.target {
                 RouteTargetDesired::Peering { peer_vni, .. } => Some(peer_vni),
-                RouteTargetDesired::Blackhole { .. } => None,
+                RouteTargetDesired::Eni { .. } | RouteTargetDesired::Blackhole { .. } => None,
             })
             .collect();
         for underlay in peers.iter().filter_map(|pv| hosts_of_vni.get(pv)).flatten() {
@@ -461,6 +500,7 @@ pub fn target(
             eni: e.eni_id.clone(),
             mac: e.mac.clone(),
         })?;
+        let table = subnet_table.get(e.subnet_id.as_str()).copied().unwrap_or(0);
         t.enis.insert(
             dev.ifindex,
             EniEntry {
@@ -470,9 +510,15 @@ pub fn target(
                 rx_shaper: dev.rx_shaper,
                 priority: dev.htb_minor.map(htb_priority).unwrap_or(0),
                 ct_zone: zones.get(&vni).copied().unwrap_or(0),
-                table: subnet_table.get(e.subnet_id.as_str()).copied().unwrap_or(0),
+                table,
+                hops_in_vpc: tables_in_vpc.contains(&table),
             },
         );
+        // An appliance takes packets routed to it from other hosts by its
+        // MAC, once its device is up (as its routes).
+        if !e.source_dest_check && dev.up {
+            t.appliances.insert((vni, mac), dev.ifindex);
+        }
         // A local address wins over a stale remote one; routed here once
         // the device is up (see [`EniDevice::up`]).
         for ip in std::iter::once(e.private_ip)
@@ -534,6 +580,7 @@ pub fn observe(dp: &Dataplane, devices: impl IntoIterator<Item = u32>) -> Result
         enis: c.enis.into_iter().collect(),
         routes: c.routes.into_iter().collect(),
         hops: c.hops.into_iter().collect(),
+        appliances: c.appliances.into_iter().collect(),
         trust: c.trust.into_iter().collect(),
         rules: c.rules.into_iter().collect(),
         members: c.members.into_iter().collect(),
@@ -613,6 +660,16 @@ pub fn diff(target: &State, observed: &State) -> Vec<Op> {
             prefix: k.2,
         },
     );
+    let (appliance_set, appliance_del) = diff_map(
+        &target.appliances,
+        &observed.appliances,
+        |k, v| Op::SetAppliance {
+            vni: k.0,
+            mac: k.1,
+            ifindex: *v,
+        },
+        |k| Op::DelAppliance { vni: k.0, mac: k.1 },
+    );
     let (trust_set, trust_del) = diff_map(
         &target.trust,
         &observed.trust,
@@ -659,6 +716,7 @@ pub fn diff(target: &State, observed: &State) -> Vec<Op> {
     let mut ops: Vec<Op> = vec![];
     ops.extend(detach);
     ops.extend(eni_del);
+    ops.extend(appliance_del);
     ops.extend(trust_del);
     ops.extend(route_del);
     ops.extend(hop_del);
@@ -673,6 +731,7 @@ pub fn diff(target: &State, observed: &State) -> Vec<Op> {
     ops.extend(hop_set);
     ops.extend(trust_set);
     ops.extend(eni_set);
+    ops.extend(appliance_set);
     ops.extend(attach);
     ops
 }
@@ -698,6 +757,8 @@ pub fn apply(dp: &Dataplane, op: &Op) -> Result<(), BpfError> {
             hop,
         } => dp.set_hop(*table, *net, *prefix, hop),
         Op::DelHop { table, net, prefix } => dp.remove_hop(*table, *net, *prefix),
+        Op::SetAppliance { vni, mac, ifindex } => dp.set_appliance(*vni, *mac, *ifindex),
+        Op::DelAppliance { vni, mac } => dp.remove_appliance(*vni, *mac),
         Op::SetTrust {
             vni,
             underlay,
@@ -857,6 +918,7 @@ mod tests {
                 priority: htb_priority(0x10),
                 ct_zone: 0x0101,
                 table: 0,
+                hops_in_vpc: false,
             }
         );
         assert!(t.enis[&11].any_source && t.enis[&11].rx_shaper);
@@ -928,6 +990,41 @@ mod tests {
     }
 
     #[test]
+    fn eni_routes_become_appliance_hops() {
+        let mut d = desired();
+        let v = &mut d.vpcs[0];
+        v.subnets[0].route_table_id = "rtb-a".into();
+        let route = |cidr: &str, target| RouteDesired { destination_cidr: cidr.parse().unwrap(), target };
+        v.route_tables = vec![RouteTableDesired {
+            route_table_id: "rtb-a".into(),
+            routes: vec![
+                route("0.0.0.0/0", RouteTargetDesired::Eni { eni_id: "eni-b".into(), ip: Ipv4Addr::new(10, 0, 0, 20) }),
+                route("10.0.5.0/24", RouteTargetDesired::Eni { eni_id: "eni-b".into(), ip: Ipv4Addr::new(10, 0, 0, 20) }),
+                route("10.0.6.0/24", RouteTargetDesired::Blackhole { target: "eni-0000000000000009".into() }),
+                // A peering route inside the block never beats the local route.
+                route("10.0.7.0/24", RouteTargetDesired::Blackhole { target: "pcx-0000000000000009".into() }),
+            ],
+        }];
+        let t = target(&d, &devices(), &Settings::default()).unwrap();
+        let table = t.enis[&10].table;
+        assert!(table != 0 && t.enis[&10].hops_in_vpc);
+        let hop = |net: [u8; 4], prefix| t.hops[&(table, Ipv4Addr::from(net), prefix)];
+        let app = Ipv4Addr::new(10, 0, 0, 20);
+        assert_eq!(hop([0, 0, 0, 0], 0), Hop::Eni { ip: app, in_vpc: false });
+        assert_eq!(hop([10, 0, 5, 0], 24), Hop::Eni { ip: app, in_vpc: true });
+        assert_eq!(hop([10, 0, 6, 0], 24), Hop::Blackhole { in_vpc: true });
+        assert_eq!(hop([10, 0, 7, 0], 24), Hop::Blackhole { in_vpc: false });
+        // The default route covers the VPC: its block is held as local.
+        assert_eq!(hop([10, 0, 0, 0], 16), Hop::Local);
+        // eni-b (check off, device up) takes packets by its MAC; eni-a does not.
+        assert_eq!(t.appliances, [((0x10101, [2, 0, 0, 0, 0, 0xb]), 11)].into_iter().collect());
+        // No route covering the block, no local entry.
+        d.vpcs[0].route_tables[0].routes.remove(0);
+        let t = target(&d, &devices(), &Settings::default()).unwrap();
+        assert!(!t.hops.values().any(|h| *h == Hop::Local));
+    }
+
+    #[test]
     fn peering_routes_become_hops_with_the_peers_enis_and_hosts() {
         let mut d = desired();
         let v = &mut d.vpcs[0];
@@ -967,7 +1064,7 @@ mod tests {
         assert_ne!(table, 0);
         assert_eq!(t.enis[&10].table, table, "the ENI looks up its subnet's table");
         assert_eq!(t.hops[&(table, Ipv4Addr::new(10, 9, 0, 0), 16)], Hop::Peering { vni: 0x999 });
-        assert_eq!(t.hops[&(table, Ipv4Addr::new(10, 8, 0, 0), 16)], Hop::Blackhole);
+        assert_eq!(t.hops[&(table, Ipv4Addr::new(10, 8, 0, 0), 16)], Hop::Blackhole { in_vpc: false });
         assert_eq!(
             t.routes[&(0x999, Ipv4Addr::new(10, 9, 0, 5))],
             Route::Remote { underlay: Ipv4Addr::new(198, 18, 0, 7), mac: [2, 0, 0, 0, 9, 1] },
@@ -1013,7 +1110,9 @@ mod tests {
         let ops = diff(&t2, &s);
         assert_eq!(ops[0], Op::Detach { ifindex: 11 });
         assert_eq!(ops[1], Op::DelEni { ifindex: 11 });
-        assert!(ops.len() <= 6, "{ops:?}");
+        // Its entry, its appliance entry (its check is off), its route, its two
+        // rule lists, the member.
+        assert!(ops.len() <= 7, "{ops:?}");
         for op in &ops {
             s.apply(op);
         }

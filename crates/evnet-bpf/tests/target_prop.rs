@@ -58,13 +58,20 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
             peer_routes: vec![],
             route_tables: vec![RouteTableDesired {
                 route_table_id: format!("rtb-{v}"),
-                routes: (0..r.random_range(0..=2u8))
-                    .map(|k| RouteDesired {
-                        destination_cidr: format!("172.{}.0.0/{}", 16 + k, [16, 24][r.random_range(0..2)]).parse().unwrap(),
-                        target: if r.random_bool(0.7) {
-                            RouteTargetDesired::Peering { peering_id: format!("pcx-{k}"), peer_vpc_id: format!("vpc-p{k}"), peer_vni: 0x900 + u32::from(k) }
-                        } else {
-                            RouteTargetDesired::Blackhole { target: format!("pcx-{k}") }
+                routes: (0..r.random_range(0..=3u8))
+                    .map(|k| match r.random_range(0..10) {
+                        // An appliance route, inside the VPC's block or not.
+                        0..=2 => RouteDesired {
+                            destination_cidr: [format!("10.0.{}.0/24", 5 + k), "0.0.0.0/0".to_string()][r.random_range(0..2)].parse().unwrap(),
+                            target: RouteTargetDesired::Eni { eni_id: format!("eni-a{k}"), ip: Ipv4Addr::new(10, 0, 0, 10 + k) },
+                        },
+                        n => RouteDesired {
+                            destination_cidr: format!("172.{}.0.0/{}", 16 + k, [16, 24][r.random_range(0..2)]).parse().unwrap(),
+                            target: if n < 8 {
+                                RouteTargetDesired::Peering { peering_id: format!("pcx-{k}"), peer_vpc_id: format!("vpc-p{k}"), peer_vni: 0x900 + u32::from(k) }
+                            } else {
+                                RouteTargetDesired::Blackhole { target: format!("pcx-{k}") }
+                            },
                         },
                     })
                     .collect(),
@@ -189,6 +196,7 @@ fn key(op: &Op) -> String {
         }
         Op::SetRoute { vni, ip, .. } | Op::DelRoute { vni, ip } => format!("rt{vni}/{ip}"),
         Op::SetHop { table, net, prefix, .. } | Op::DelHop { table, net, prefix } => format!("h{table}/{net}/{prefix}"),
+        Op::SetAppliance { vni, mac, .. } | Op::DelAppliance { vni, mac } => format!("ap{vni}/{mac:?}"),
         Op::SetTrust { vni, underlay, .. } | Op::DelTrust { vni, underlay } => {
             format!("t{vni}/{underlay}")
         }
@@ -204,6 +212,7 @@ fn is_delete(op: &Op) -> bool {
             | Op::DelRules { .. }
             | Op::DelRoute { .. }
             | Op::DelHop { .. }
+            | Op::DelAppliance { .. }
             | Op::DelTrust { .. }
             | Op::DelEni { .. }
             | Op::Detach { .. }

@@ -103,6 +103,7 @@ fn host(mode: FlowState) -> Host {
         priority: prio,
         ct_zone: (vni & 0xffff) as u16,
         table: 0,
+        hops_in_vpc: false,
     };
     dp.set_eni(a, &eni(VNI1, A_MAC, maps::htb_priority(5)))
         .unwrap();
@@ -491,7 +492,8 @@ fn verdicts(mode: FlowState) {
         Reason::DropUntrustedSource,
     );
     // A host with an appliance (source/dest check off) may send other sources,
-    // never a local ENI's.
+    // a local ENI's too (the appliance forwards that ENI's packets back to
+    // this host).
     dp.set_trust(VNI1, ip("198.18.0.3"), &Trust { any_source: true })
         .unwrap();
     expect(
@@ -501,9 +503,11 @@ fn verdicts(mode: FlowState) {
     );
     expect(
         &dp.test_overlay(VNI1, ip("198.18.0.3"), &as_local).unwrap(),
-        Verdict::Drop,
-        Reason::DropUntrustedSource,
+        Verdict::Redirect,
+        Reason::PassOverlay,
     );
+    dp.set_trust(VNI1, ip("198.18.0.3"), &Trust { any_source: false })
+        .unwrap();
 
     // Group membership is live: R leaves the clients group, its next new
     // connection is denied.
@@ -569,6 +573,118 @@ fn verdicts(mode: FlowState) {
             );
         }
     }
+}
+
+/// Routes to an appliance: D takes A's traffic routed to it (source/dest
+/// check off), forwards it under the flow its own groups admitted, is
+/// never sent its own packets back; a route inside the VPC's block wins
+/// over the local route, one outside does not; a remote appliance gets
+/// the packet with its MAC as inner destination, and the receiving host
+/// delivers by that MAC; an ENI with the check on takes nothing routed
+/// to it.
+fn appliance_verdicts(mode: FlowState) {
+    let h = host(mode);
+    let dp = &h.dp;
+    const T_A: u32 = 0xa1;
+    const T_D: u32 = 0xd1;
+    let entry = |mac, any_source, table, hops_in_vpc| EniEntry {
+        vni: VNI1,
+        mac,
+        any_source,
+        rx_shaper: false,
+        priority: 0,
+        ct_zone: (VNI1 & 0xffff) as u16,
+        table,
+        hops_in_vpc,
+    };
+    dp.set_eni(h.a, &entry(A_MAC, false, T_A, true)).unwrap();
+    dp.set_eni(h.d, &entry(D_MAC, true, T_D, false)).unwrap();
+    dp.set_rules(h.d, Direction::Egress, &[]).unwrap();
+    // A's table: R (10.0.0.30) through D, inside the VPC; everything
+    // outside the VPC through D too.
+    let through_d = Hop::Eni { ip: ip("10.0.0.20"), in_vpc: true };
+    dp.set_hop(T_A, ip("10.0.0.30"), 32, &through_d).unwrap();
+    dp.set_hop(T_A, ip("0.0.0.0"), 0, &Hop::Eni { ip: ip("10.0.0.20"), in_vpc: false }).unwrap();
+    // D's own table routes everything to D: its packets follow the local route.
+    dp.set_hop(T_D, ip("0.0.0.0"), 0, &Hop::Eni { ip: ip("10.0.0.20"), in_vpc: false }).unwrap();
+
+    // A to R goes to D, addresses unchanged, D's MAC as destination.
+    let syn = tcp(A_MAC, "10.0.0.10", "10.0.0.30", 41000, 80, 0x02);
+    let o = dp.test_eni(h.a, &syn).unwrap();
+    expect(&o, Verdict::Redirect, Reason::PassAppliance);
+    assert!(o.counted.contains(&Reason::PassLocal), "{:?}", o.counted);
+    assert_eq!(packet::macs(&o.packet), (D_MAC, GW_MAC));
+    assert_eq!(packet::ipv4_addrs(&o.packet), Some((ip("10.0.0.10"), ip("10.0.0.30"))));
+    // D forwards it (A's source): its groups admitted the flow on the way
+    // in, though D may send nothing new; out to R's host as any packet.
+    let fwd = tcp(D_MAC, "10.0.0.10", "10.0.0.30", 41000, 80, 0x02);
+    let o = dp.test_eni(h.d, &fwd).unwrap();
+    expect(&o, Verdict::Redirect, Reason::PassRemote);
+    assert!(!o.counted.contains(&Reason::PassAppliance), "{:?}", o.counted);
+    assert_eq!(packet::macs(&o.packet), (GW_MAC, D_MAC));
+    // A new flow D did not take in is D's own to send: denied.
+    expect(
+        &dp.test_eni(h.d, &tcp(D_MAC, "10.0.0.10", "10.0.0.30", 41001, 80, 0x02)).unwrap(),
+        Verdict::Drop,
+        Reason::DropEgressDenied,
+    );
+    // Outside the VPC: through D; inside, where no route is more
+    // specific, A reaches D itself directly.
+    let o = dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.10", "192.0.2.9", 41002, 80, 0x02)).unwrap();
+    expect(&o, Verdict::Redirect, Reason::PassAppliance);
+    let o = dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.10", "10.0.0.20", 41003, 80, 0x02)).unwrap();
+    expect(&o, Verdict::Redirect, Reason::PassLocal);
+    assert!(!o.counted.contains(&Reason::PassAppliance), "{:?}", o.counted);
+    // An address of the VPC no ENI holds: the default route does not take
+    // it once the table holds the VPC's own block (the local route).
+    let unheld = tcp(A_MAC, "10.0.0.10", "10.0.0.99", 41007, 80, 0x02);
+    expect(&dp.test_eni(h.a, &unheld).unwrap(), Verdict::Redirect, Reason::PassAppliance);
+    dp.set_hop(T_A, ip("10.0.0.0"), 24, &Hop::Local).unwrap();
+    expect(&dp.test_eni(h.a, &unheld).unwrap(), Verdict::Drop, Reason::DropNoRoute);
+    // A route inside the VPC to a gone target drops what the local route
+    // would deliver.
+    dp.set_hop(T_A, ip("10.0.0.20"), 32, &Hop::Blackhole { in_vpc: true }).unwrap();
+    expect(
+        &dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.10", "10.0.0.20", 41004, 80, 0x02)).unwrap(),
+        Verdict::Drop,
+        Reason::DropBlackhole,
+    );
+    dp.remove_hop(T_A, ip("10.0.0.20"), 32).unwrap();
+
+    // A remote appliance: A's route to D's address through R. The packet
+    // leaves for R's host with R's MAC as inner destination.
+    dp.set_hop(T_A, ip("10.0.0.20"), 32, &Hop::Eni { ip: ip("10.0.0.30"), in_vpc: true }).unwrap();
+    let o = dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.10", "10.0.0.20", 41005, 80, 0x02)).unwrap();
+    expect(&o, Verdict::Redirect, Reason::PassRemote);
+    assert!(o.counted.contains(&Reason::PassAppliance), "{:?}", o.counted);
+    assert_eq!(packet::macs(&o.packet), (R_MAC, GW_MAC));
+
+    // Received: addressed to D's MAC, for an address that is not D's, from
+    // R's host. Delivered to D only once D is a known appliance.
+    let to_d = packet::ipv4(D_MAC, R_MAC, ip("10.0.0.30"), ip("192.0.2.9"), L4::Tcp { sport: 42000, dport: 80, flags: 0x02 });
+    expect(&dp.test_overlay(VNI1, ip("198.18.0.2"), &to_d).unwrap(), Verdict::Drop, Reason::DropNotAppliance);
+    dp.set_appliance(VNI1, D_MAC, h.d).unwrap();
+    let o = dp.test_overlay(VNI1, ip("198.18.0.2"), &to_d).unwrap();
+    expect(&o, Verdict::Redirect, Reason::PassAppliance);
+    assert_eq!(packet::macs(&o.packet), (D_MAC, GW_MAC));
+    assert_eq!(dp.contents().unwrap().appliances, vec![((VNI1, D_MAC), h.d)]);
+    dp.remove_appliance(VNI1, D_MAC).unwrap();
+
+    // D with its check on takes nothing routed to it.
+    dp.set_eni(h.d, &entry(D_MAC, false, T_D, false)).unwrap();
+    expect(
+        &dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.10", "10.0.0.30", 41006, 80, 0x02)).unwrap(),
+        Verdict::Drop,
+        Reason::DropNotAppliance,
+    );
+}
+
+#[test]
+fn appliance_routes_with_the_flow_map() {
+    if !root_or_skip("appliance_routes_with_the_flow_map") {
+        return;
+    }
+    appliance_verdicts(FlowState::FlowMap);
 }
 
 #[test]

@@ -89,6 +89,10 @@ pub enum RouteTargetDesired {
     /// Into the peer VPC of an active peering: the packet is looked up
     /// among the peer's ENIs (never further: peering is not transitive).
     Peering { peering_id: String, peer_vpc_id: String, peer_vni: u32 },
+    /// To an attached ENI of the same VPC (an appliance, which takes the
+    /// packets only with its source/dest check off), found by its primary
+    /// address `ip` wherever it runs: the packet keeps its addresses.
+    Eni { eni_id: String, ip: Ipv4Addr },
     /// A target that is gone or not usable (a peering not active, an
     /// unknown id): the packets are dropped, as AWS does.
     Blackhole { target: String },

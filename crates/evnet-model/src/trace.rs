@@ -13,14 +13,21 @@
 //! * route: the whole VPC block is routed (a distributed router on every
 //!   host); an address no ENI holds goes nowhere (no flooding, no learning);
 //!   a subnet's gateway answers on the sender's host;
-//! * across a peering (the tc-BPF data plane): an address outside the VPC
-//!   follows the longest route of the sender's subnet's table that goes to a
-//!   peering; an inactive or unknown peering is a blackhole; the peering
-//!   leads into the peer VPC's block and no further (not transitive), and
-//!   the receiver's table must route the source back across the same
-//!   peering; routes to other targets (ENIs, gateways) are not forwarded;
-//!   a peer VPC of another tenant is described without naming its
-//!   resources;
+//! * the sender's subnet's route table (the tc-BPF data plane): an address
+//!   outside the VPC follows the table's longest route to a peering or an
+//!   ENI; inside the VPC only a route to an ENI more specific than the
+//!   local route does (as AWS allows for middleboxes);
+//! * across a peering: an inactive or unknown peering is a blackhole; the
+//!   peering leads into the peer VPC's block and no further (not
+//!   transitive), and the receiver's table must route the source back
+//!   across the same peering; a peer VPC of another tenant is described
+//!   without naming its resources;
+//! * to an appliance (a route to an ENI): the packet goes, addresses
+//!   unchanged, to that ENI wherever it runs, which takes it only with its
+//!   source/destination check off, through its ingress groups; what it
+//!   does next is the appliance's; a deleted or detached ENI is a
+//!   blackhole; an appliance's own packets follow the local route;
+//!   routes to other targets (gateways) are not forwarded;
 //! * ingress: a rule of one of the receiver's groups must match the source
 //!   (an ENI without groups receives nothing new);
 //! * groups are stateful: replies of an allowed flow pass both ways.
@@ -88,6 +95,9 @@ pub struct TraceStep {
 pub enum TraceVerdict {
     /// Reaches the destination ENI's instance.
     Delivered,
+    /// Reaches an appliance (an ENI a route sends it to) with its
+    /// addresses unchanged; the appliance decides what comes next.
+    DeliveredToAppliance,
     /// Answered by the VPC's router (a subnet gateway address).
     AnsweredByGateway,
     Dropped,
@@ -188,9 +198,16 @@ pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result
         return Ok(t);
     }
 
-    // Route: inside the VPC, or across a peering.
+    // Route: to an appliance, inside the VPC, or across a peering.
     let src_host = source.attachment.as_ref().map(|a| a.host_id.as_str());
-    if !world.vpc.cidr_block.contains(&dst) {
+    let inside = world.vpc.cidr_block.contains(&dst);
+    let table = table_of(world, world.vpc, &source.subnet_id);
+    if let Some((tb, r)) = table.and_then(|tb| longest_route(tb, dst, world, inside).map(|r| (tb, r))) {
+        if is_eni_route(r, world) && r.target != source.id {
+            return Ok(to_appliance(t, world, req, src_host, src_ip, &what, tb, r));
+        }
+    }
+    if !inside {
         let Some(hop) = peering_hop(&mut t, world, source, dst) else { return Ok(t) };
         return Ok(deliver(t, world, req, src_host, dst, src_ip, &what, Some(hop)));
     }
@@ -229,9 +246,36 @@ fn is_peering_route(r: &Route, world: &TraceWorld<'_>) -> bool {
     r.target.starts_with("pcx-") || world.peerings.iter().any(|p| p.id == r.target)
 }
 
-/// The longest route of `table` to a peering that covers `ip`.
-fn longest_peering_route<'a>(table: &'a RouteTable, ip: Ipv4Addr, world: &TraceWorld<'_>) -> Option<&'a Route> {
-    table.routes.iter().filter(|r| r.destination_cidr.contains(&ip) && is_peering_route(r, world)).max_by_key(|r| r.destination_cidr.prefix_len())
+/// Whether `r` sends to an ENI (an appliance) — the same test the
+/// server's desired state applies.
+fn is_eni_route(r: &Route, world: &TraceWorld<'_>) -> bool {
+    r.target.starts_with("eni-") || world.enis.iter().any(|e| e.id == r.target)
+}
+
+/// The longest route of `table` the data plane installs (to a peering or
+/// an ENI) that covers `ip`; `inside` the VPC's block, only a route to an
+/// ENI inside the block (more specific than the local route) counts.
+fn longest_route<'a>(table: &'a RouteTable, ip: Ipv4Addr, world: &TraceWorld<'_>, inside: bool) -> Option<&'a Route> {
+    let vpc = world.vpcs_block(&table.vpc_id);
+    table
+        .routes
+        .iter()
+        .filter(|r| r.destination_cidr.contains(&ip))
+        .filter(|r| {
+            if inside {
+                is_eni_route(r, world) && vpc.is_some_and(|b| b.contains(&r.destination_cidr))
+            } else {
+                is_peering_route(r, world) || is_eni_route(r, world)
+            }
+        })
+        .max_by_key(|r| r.destination_cidr.prefix_len())
+}
+
+impl TraceWorld<'_> {
+    /// The block of the source's VPC or of one of its peers.
+    fn vpcs_block(&self, vpc_id: &str) -> Option<ipnet::Ipv4Net> {
+        std::iter::once(self.vpc).chain(self.peer_vpcs.iter().copied()).find(|v| v.id == vpc_id).map(|v| v.cidr_block)
+    }
 }
 
 /// The sender's table sends `dst` across an active peering into the peer's
@@ -243,17 +287,25 @@ fn peering_hop<'a>(t: &mut Trace, world: &TraceWorld<'a>, source: &Eni, dst: Ipv
         stop(format!("{outside} and {}'s subnet {} has no route table: no route", source.id, source.subnet_id));
         return None;
     };
-    let Some(route) = longest_peering_route(table, dst, world) else {
+    let Some(route) = longest_route(table, dst, world, false) else {
         let other = table.routes.iter().filter(|r| r.target != "local" && r.destination_cidr.contains(&dst)).max_by_key(|r| r.destination_cidr.prefix_len());
         stop(match other {
             Some(r) => format!(
-                "{outside}; {} sends {} to {}, a target the data plane does not forward yet (it forwards routes to peerings): dropped",
+                "{outside}; {} sends {} to {}, a target the data plane does not forward yet (it forwards routes to peerings and ENIs): dropped",
                 table.id, r.destination_cidr, r.target
             ),
             None => format!("{outside} and {} has no route for it: dropped", table.id),
         });
         return None;
     };
+    if !is_peering_route(route, world) {
+        // Only a route to the sender itself is left here.
+        stop(format!(
+            "{outside}; {} sends {} to {} itself: an appliance's own packets follow the local route, which does not cover {dst}: dropped",
+            table.id, route.destination_cidr, route.target
+        ));
+        return None;
+    }
     let text = format!("{} → {} in {}", route.destination_cidr, route.target, table.id);
     let peering = world.peerings.iter().copied().find(|p| p.id == route.target);
     let peer_id = peering.filter(|p| p.status == PeeringStatus::Active).and_then(|p| {
@@ -319,7 +371,7 @@ fn deliver(
     };
     if let Some(h) = &hop {
         // The receiver's table must send the source back across the same peering.
-        let back = table_of(world, vpc, &dest.subnet_id).and_then(|tb| longest_peering_route(tb, src_ip, world).map(|r| (tb, r)));
+        let back = table_of(world, vpc, &dest.subnet_id).and_then(|tb| longest_route(tb, src_ip, world, false).map(|r| (tb, r)));
         let ok = back.is_some_and(|(_, r)| r.target == h.peering.id);
         if !ok {
             let now = match back {
@@ -334,22 +386,8 @@ fn deliver(
             return t;
         }
     }
-    let host_name = |id: &str| world.hosts.get(id).map_or_else(|| id.to_string(), |h| h.name.clone());
-    let path = match src_host {
-        Some(h) if h == att.host_id => format!("on the same host ({})", host_name(h)),
-        Some(h) if foreign => format!("from {} over VXLAN {}", host_name(h), vpc.vni),
-        Some(h) => {
-            let ul = |id: &str| world.hosts.get(id).map_or_else(|| "?".to_string(), |h| h.underlay_ip.to_string());
-            format!("from {} to {} over VXLAN {} ({} → {})", host_name(h), host_name(&att.host_id), vpc.vni, ul(h), ul(&att.host_id))
-        }
-        None => format!("to {} (the sender is not attached: it sends nothing until it is)", if foreign { "its host".to_string() } else { host_name(&att.host_id) }),
-    };
-    let whose = if foreign {
-        String::new()
-    } else {
-        let inst = world.instances.get(att.instance_id.as_str()).map_or(att.instance_id.as_str(), |i| i.name.as_str());
-        format!(" (eth{} of instance {inst})", att.device_index)
-    };
+    let path = path_text(world, src_host, &att.host_id, vpc.vni, foreign);
+    let whose = if foreign { String::new() } else { whose_text(world, att) };
     let back = if hop.is_some() { format!("; {} routes {src_ip} back the same way", vpc.id) } else { String::new() };
     t.steps.push(TraceStep { stage: TraceStage::Route, pass: src_host.is_some(), detail: format!("{across}{dst} is {dest_name}{whose}; routed {path}{back}") });
     if src_host.is_none() {
@@ -370,6 +408,72 @@ fn deliver(
         if !foreign {
             t.destination_host_id = Some(att.host_id.clone());
         }
+    }
+    t
+}
+
+/// How the packet travels from the sender's host to `to_host`.
+fn path_text(world: &TraceWorld<'_>, src_host: Option<&str>, to_host: &str, vni: u32, foreign: bool) -> String {
+    let host_name = |id: &str| world.hosts.get(id).map_or_else(|| id.to_string(), |h| h.name.clone());
+    match src_host {
+        Some(h) if h == to_host => format!("on the same host ({})", host_name(h)),
+        Some(h) if foreign => format!("from {} over VXLAN {vni}", host_name(h)),
+        Some(h) => {
+            let ul = |id: &str| world.hosts.get(id).map_or_else(|| "?".to_string(), |h| h.underlay_ip.to_string());
+            format!("from {} to {} over VXLAN {vni} ({} → {})", host_name(h), host_name(to_host), ul(h), ul(to_host))
+        }
+        None => format!("to {} (the sender is not attached: it sends nothing until it is)", if foreign { "its host".to_string() } else { host_name(to_host) }),
+    }
+}
+
+/// ` (ethN of instance NAME)` for an attached ENI.
+fn whose_text(world: &TraceWorld<'_>, att: &crate::resources::Attachment) -> String {
+    let inst = world.instances.get(att.instance_id.as_str()).map_or(att.instance_id.as_str(), |i| i.name.as_str());
+    format!(" (eth{} of instance {inst})", att.device_index)
+}
+
+/// A route of the sender's table sends the packet to an ENI of its VPC
+/// (an appliance): it must be attached and have its source/destination
+/// check off; its ingress groups decide; the appliance does the rest.
+#[allow(clippy::too_many_arguments)]
+fn to_appliance(mut t: Trace, world: &TraceWorld<'_>, req: &TraceRequest, src_host: Option<&str>, src_ip: Ipv4Addr, what: &str, table: &RouteTable, route: &Route) -> Trace {
+    let dst = req.destination_ip;
+    let text = format!("{} → {} in {}", route.destination_cidr, route.target, table.id);
+    let stop = |t: &mut Trace, detail: String| t.steps.push(TraceStep { stage: TraceStage::Route, pass: false, detail });
+    let Some(app) = world.enis.iter().copied().find(|e| e.id == route.target && e.vpc_id == world.vpc.id) else {
+        stop(&mut t, format!("the route {text} is a blackhole: {} is no ENI of {} (deleted?): dropped", route.target, world.vpc.id));
+        return t;
+    };
+    t.destination_eni_id = Some(app.id.clone());
+    let Some(att) = &app.attachment else {
+        stop(&mut t, format!("the route {text} is a blackhole: {} is not attached to an instance: dropped", app.id));
+        return t;
+    };
+    if app.source_dest_check {
+        stop(
+            &mut t,
+            format!("the route {text} sends {dst} to {}, whose source/destination check is on: it takes only packets addressed to it, dropped", app.id),
+        );
+        return t;
+    }
+    let path = path_text(world, src_host, &att.host_id, world.vpc.vni, false);
+    t.steps.push(TraceStep {
+        stage: TraceStage::Route,
+        pass: src_host.is_some(),
+        detail: format!("the route {text} sends {dst} to the appliance {}{}, addresses unchanged; routed {path}", app.id, whose_text(world, att)),
+    });
+    if src_host.is_none() {
+        return t;
+    }
+    let v = group_verdict(&app.security_group_ids, world, req, src_ip, true);
+    if push(&mut t, group_step(TraceStage::Ingress, v, &app.id, what)) {
+        t.verdict = TraceVerdict::DeliveredToAppliance;
+        t.destination_host_id = Some(att.host_id.clone());
+        t.steps.push(TraceStep {
+            stage: TraceStage::Route,
+            pass: true,
+            detail: format!("{} forwards it or not: what the appliance does next is its own (trace from it with --source-ip {src_ip})", app.id),
+        });
     }
     t
 }
@@ -761,8 +865,11 @@ mod tests {
         f.tables[0].routes.push(Route::new("10.8.0.0/16".parse().unwrap(), "pcx-1"));
         let t = f.run("eni-a", [10, 8, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("not transitive"), "{t:?}");
-        // A longer route to an ENI does not win: the data plane installs peering routes only.
+        // A longer route to an ENI wins: eni-b's check is on, so it takes nothing.
         f.tables[0].routes.push(Route::new("10.9.1.0/24".parse().unwrap(), "eni-b"));
+        let t = f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("source/destination check is on"), "{t:?}");
+        f.tables[0].routes.pop();
         assert_eq!(f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None).verdict, TraceVerdict::Delivered);
         // Only one side routes: dropped on receipt.
         f.tables[1].routes.clear();
@@ -779,6 +886,44 @@ mod tests {
         f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "igw-1"));
         let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("does not forward yet"), "{t:?}");
+    }
+
+    #[test]
+    fn routes_to_an_appliance_send_packets_there_unchanged() {
+        let mut f = Fixture::new();
+        // eni-b (host-2) is the appliance; rtb-1 sends 10.0.1.6/32 (eni-web)
+        // and everything outside the VPC through it.
+        f.enis[1].source_dest_check = false;
+        f.tables[0].routes.push(Route::new("10.0.1.6/32".parse().unwrap(), "eni-b"));
+        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "eni-b"));
+        let t = f.run("eni-a", [10, 0, 1, 6], Protocol::Tcp, Some(80), None);
+        assert_eq!(t.verdict, TraceVerdict::DeliveredToAppliance, "{t:?}");
+        assert_eq!((t.destination_eni_id.as_deref(), t.destination_host_id.as_deref()), (Some("eni-b"), Some("host-2")));
+        assert!(t.steps[2].detail.contains("10.0.1.6/32 → eni-b in rtb-1") && t.steps[2].detail.contains("host-1 to host-2"), "{:?}", t.steps[2]);
+        // Inside the VPC, only a more specific route: eni-bare is reached directly.
+        let t = f.run("eni-a", [10, 0, 1, 8], Protocol::Icmp, None, None);
+        assert_eq!(t.destination_eni_id.as_deref(), Some("eni-bare"), "{t:?}");
+        // Outside: the default route, ahead of no route at all.
+        assert_eq!(f.run("eni-a", [192, 0, 2, 9], Protocol::Icmp, None, None).verdict, TraceVerdict::DeliveredToAppliance);
+        // The peering's /16 is longer than the default route: the peer is reached across it.
+        assert_eq!(f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None).verdict, TraceVerdict::Delivered);
+        // The appliance's groups decide what it takes.
+        f.enis[1].security_group_ids = vec!["sg-web".into()];
+        let t = f.run("eni-a", [192, 0, 2, 9], Protocol::Tcp, Some(22), None);
+        assert_eq!(stages(&t).last(), Some(&(TraceStage::Ingress, false)), "{t:?}");
+        f.enis[1].security_group_ids = vec!["sg-default".into()];
+        // Its own packets follow the local route (outside the VPC: none).
+        let t = f.run("eni-b", [10, 0, 1, 6], Protocol::Tcp, Some(80), None);
+        assert_eq!(t.verdict, TraceVerdict::Delivered, "{t:?}");
+        let t = f.run("eni-b", [192, 0, 2, 9], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("own packets follow the local route"), "{t:?}");
+        // Detached, deleted, or with its check on: dropped.
+        f.enis[1].source_dest_check = true;
+        assert!(f.run("eni-a", [10, 0, 1, 6], Protocol::Icmp, None, None).steps.last().unwrap().detail.contains("check is on"));
+        f.enis[1].attachment = None;
+        assert!(f.run("eni-a", [10, 0, 1, 6], Protocol::Icmp, None, None).steps.last().unwrap().detail.contains("blackhole"));
+        f.enis.remove(1);
+        assert!(f.run("eni-a", [10, 0, 1, 6], Protocol::Icmp, None, None).steps.last().unwrap().detail.contains("blackhole"));
     }
 
     #[test]

@@ -166,8 +166,9 @@ fn subnet_desired(s: &Subnet, vpc: &Vpc, tables: &[&RouteTable]) -> SubnetDesire
 
 /// A VPC's route tables as its data plane applies them: every route but
 /// `local`, a peering target resolved to the peer VPC when the peering is
-/// active and joins this VPC, else a blackhole. Routes to ENIs (appliances)
-/// are not forwarded by the data plane and are left out.
+/// active and joins this VPC, an ENI target to its primary address while
+/// it is an attached ENI of this VPC; anything else a blackhole. Routes to
+/// other targets (gateways) are left out.
 fn route_tables_desired(snap: &Snapshot, vpc_id: &str, mut tables: Vec<&RouteTable>) -> Vec<RouteTableDesired> {
     tables.sort_by(|a, b| a.id.cmp(&b.id));
     tables
@@ -176,14 +177,25 @@ fn route_tables_desired(snap: &Snapshot, vpc_id: &str, mut tables: Vec<&RouteTab
             let mut routes: Vec<RouteDesired> = t
                 .routes
                 .iter()
-                .filter(|r| r.target.starts_with("pcx-") || snap.peerings.contains_key(&r.target))
-                .map(|r| {
-                    let peer = snap.peerings.get(&r.target).and_then(|p| active_peer_of(&p.value, vpc_id));
-                    let target = match peer.and_then(|p| snap.vpcs.get(&p).map(|v| (p, v.value.vni))) {
-                        Some((peer_vpc_id, peer_vni)) => RouteTargetDesired::Peering { peering_id: r.target.clone(), peer_vpc_id, peer_vni },
-                        None => RouteTargetDesired::Blackhole { target: r.target.clone() },
+                .filter_map(|r| {
+                    let blackhole = || RouteTargetDesired::Blackhole { target: r.target.clone() };
+                    let target = match Kind::of_id(&r.target) {
+                        Some(Kind::Peering) => {
+                            let peer = snap.peerings.get(&r.target).and_then(|p| active_peer_of(&p.value, vpc_id));
+                            match peer.and_then(|p| snap.vpcs.get(&p).map(|v| (p, v.value.vni))) {
+                                Some((peer_vpc_id, peer_vni)) => RouteTargetDesired::Peering { peering_id: r.target.clone(), peer_vpc_id, peer_vni },
+                                None => blackhole(),
+                            }
+                        }
+                        Some(Kind::Eni) => match snap.enis.get(&r.target).map(|e| &*e.value) {
+                            Some(e) if e.vpc_id == vpc_id && e.attachment.is_some() => {
+                                RouteTargetDesired::Eni { eni_id: e.id.clone(), ip: e.private_ip }
+                            }
+                            _ => blackhole(),
+                        },
+                        _ => return None,
                     };
-                    RouteDesired { destination_cidr: r.destination_cidr, target }
+                    Some(RouteDesired { destination_cidr: r.destination_cidr, target })
                 })
                 .collect();
             routes.sort_by_key(|r| r.destination_cidr);
