@@ -9,14 +9,13 @@
 //! Fails (never skips) without root when CI=true.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
 
 use evnet_client::Client;
 use evnet_model::trace::{TraceRequest, TraceVerdict};
 use evnet_model::*;
 
 mod common;
-use common::{Lab, evnet, lab_state, ping};
+use common::{Lab, evnet, lab_state, never_reaches, ping, ping_becomes};
 
 struct Net {
     vpc: Vpc,
@@ -66,26 +65,6 @@ async fn allow_icmp_from(c: &Client, vpc: &Vpc, cidr: &str) {
     let mut ingress = g.ingress.clone();
     ingress.push(SgRule { protocol: Protocol::Icmp, from_port: None, to_port: None, cidr: Some(cidr.parse().unwrap()), source_group_id: None });
     c.patch_security_group(&g.id, &PatchSecurityGroup { ingress: Some(ingress), ..Default::default() }).await.unwrap();
-}
-
-/// Waits (bounded) until a ping from `ns` to `ip` succeeds (`want`) or
-/// fails; false if it never did within `secs`.
-fn ping_becomes(ns: &str, ip: Ipv4Addr, want: bool, secs: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if ping(ns, ip) == want {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// None of `tries` pings (a second each at most) from `ns` reaches `ip`.
-fn never_reaches(ns: &str, ip: Ipv4Addr, tries: u32) -> bool {
-    (0..tries).all(|_| !ping(ns, ip))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,11 @@ fn render(req: &TraceRequest, t: &Trace) -> String {
             t.destination_eni_id.as_deref().unwrap_or("?"),
             t.destination_host_id.as_deref().unwrap_or("?")
         ),
+        TraceVerdict::DeliveredToAppliance => format!(
+            "delivered to the appliance {} on {}, addresses unchanged",
+            t.destination_eni_id.as_deref().unwrap_or("?"),
+            t.destination_host_id.as_deref().unwrap_or("?")
+        ),
         TraceVerdict::AnsweredByGateway => "answered by the VPC's router".to_string(),
         TraceVerdict::Dropped => "dropped".to_string(),
     };

@@ -55,6 +55,26 @@ pub fn ping(ns: &str, ip: Ipv4Addr) -> bool {
     Command::new("ip").args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", &ip.to_string()]).output().unwrap().status.success()
 }
 
+/// Waits (bounded) until a ping from `ns` to `ip` succeeds (`want`) or
+/// fails; false if it never did within `secs`.
+pub fn ping_becomes(ns: &str, ip: Ipv4Addr, want: bool, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if ping(ns, ip) == want {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// None of `tries` pings (a second each at most) from `ns` reaches `ip`.
+pub fn never_reaches(ns: &str, ip: Ipv4Addr, tries: u32) -> bool {
+    (0..tries).all(|_| !ping(ns, ip))
+}
+
 /// One ping from inside the namespace at `path` (a runtime's, by path).
 pub fn ping_from_path(path: &str, ip: Ipv4Addr) -> bool {
     Command::new("nsenter").args([&format!("--net={path}"), "ping", "-c", "1", "-W", "1", &ip.to_string()]).output().unwrap().status.success()
