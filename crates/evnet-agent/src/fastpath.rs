@@ -92,14 +92,23 @@ pub fn devices(desired: &HostDesired, host: &NsState, caps: &BTreeMap<String, u6
             d.enis.insert(e.eni_id.clone(), EniDevice { ifindex: l.ifindex, htb_minor: minor_of.get(e.eni_id.as_str()).copied(), rx_shaper, up: l.up });
         }
     }
+    // The devices to the external networks of the host's elastic IPs (the
+    // operator's, or the lab's: evnet only attaches its program to them).
+    for n in &desired.external_networks {
+        let found = host.links.get(&n.host_interface).filter(|l| l.ifindex > 0);
+        if let Some(mac) = found.and_then(|l| l.mac.as_deref()).and_then(evnet_bpf::maps::parse_mac) {
+            d.externals.insert(n.host_interface.clone(), (found.map_or(0, |l| l.ifindex), mac));
+        }
+    }
     d
 }
 
 /// The ifindexes whose attachment the observation reads: the target's and
 /// every evnet device of the host namespace (a stale attachment on one is
 /// then seen and removed).
-fn watched(t: &State, host: &NsState) -> BTreeSet<u32> {
+fn watched(t: &State, devs: &Devices, host: &NsState) -> BTreeSet<u32> {
     let mut out: BTreeSet<u32> = t.attached.keys().copied().collect();
+    out.extend(devs.externals.values().map(|(ifindex, _)| *ifindex));
     out.extend(host.links.iter().filter(|(n, l)| naming::is_owned_host_link(n) && l.ifindex > 0).map(|(_, l)| l.ifindex));
     out.remove(&0);
     out
@@ -141,7 +150,7 @@ pub fn sync(fp: &dyn FastPath, desired: &HostDesired, host: &NsState, caps: &BTr
         Ok(t) => t,
         Err(e) => return Synced { ops: 0, failures: vec![host_failure(format!("fast path target: {e}"))] },
     };
-    let observed = match fp.observe(&watched(&t, host)) {
+    let observed = match fp.observe(&watched(&t, &devs, host)) {
         Ok(o) => o,
         Err(e) => return Synced { ops: 0, failures: vec![host_failure(format!("reading the fast path: {e}"))] },
     };

@@ -56,6 +56,7 @@ fn host(nic_mbps: u64, enis: &[(u64, u64)]) -> HostDesired {
         instances,
         security_groups: vec![],
         peer_vpcs: vec![],
+        ..Default::default()
     }
 }
 

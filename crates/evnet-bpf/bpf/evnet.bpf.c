@@ -9,6 +9,10 @@
  *               host's VTEP through the host's collect_md VXLAN device.
  * evnet_overlay on the collect_md VXLAN device, tc ingress (what other hosts
  *               send): underlay trust, ingress groups, delivery.
+ * evnet_external on the host's device on an external network, tc ingress:
+ *               ARP for the local ENIs' elastic IPs answered, packets to
+ *               them translated (1:1 NAT) and delivered after the ENI's
+ *               ingress groups; everything else goes on to the host.
  *
  * Maps are described in evnet.h. Flow state is an LRU hash keyed by the
  * canonical 5-tuple and the ENI whose groups admitted it, or (rodata
@@ -92,6 +96,22 @@ struct {
 	__type(value, __u32);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } appliances SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct eip_key);
+	__type(value, struct eip);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} eips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __be32);
+	__type(value, struct eip_in);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} eips_in SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -549,6 +569,51 @@ static __always_inline int gateway_ping(struct __sk_buff *skb, const struct conf
 	return bpf_redirect(skb->ifindex, 0);
 }
 
+/* Rewrites the source (`src`) or destination address from `old` to `new`,
+ * with the IP checksum and the TCP or UDP one (whose pseudo-header holds
+ * the address; a UDP checksum of 0 stays 0). Non-first fragments carry no
+ * L4 header. Through helpers only (see set_macs). */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, __u8 proto, __u32 l4_off, int first, __be32 old, __be32 new, int src)
+{
+	__u32 ip_off = sizeof(struct ethhdr);
+	if (first && proto == IPPROTO_TCP) {
+		if (bpf_l4_csum_replace(skb, l4_off + __builtin_offsetof(struct tcphdr, check), old, new, BPF_F_PSEUDO_HDR | 4) < 0)
+			return -1;
+	} else if (first && proto == IPPROTO_UDP) {
+		if (bpf_l4_csum_replace(skb, l4_off + __builtin_offsetof(struct udphdr, check), old, new, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4) < 0)
+			return -1;
+	}
+	if (bpf_l3_csum_replace(skb, ip_off + __builtin_offsetof(struct iphdr, check), old, new, 4) < 0)
+		return -1;
+	__u32 at = ip_off + (src ? __builtin_offsetof(struct iphdr, saddr) : __builtin_offsetof(struct iphdr, daddr));
+	return bpf_skb_store_bytes(skb, at, &new, 4, 0);
+}
+
+/* To the internet through the VPC's internet gateway: only from an
+ * address with an elastic IP, after the sender's egress groups (on its
+ * private addresses); the source becomes the elastic IP and the packet
+ * leaves by the host's external device, addressed by the kernel's
+ * neighbour table to the external network's router. */
+static __always_inline int to_internet(struct __sk_buff *skb, const struct config *cfg, __u32 ifindex, const struct eni *e, const struct pkt *p, __u32 l4_off, int first)
+{
+	struct eip_key k = {.vni = e->vni, .private_ip = p->src};
+	struct eip *x = bpf_map_lookup_elem(&eips, &k);
+	if (!x)
+		return drop(R_DROP_NO_PUBLIC_IP);
+	__be32 public_ip = x->public_ip;
+	__u32 ext = x->ext_ifindex;
+	struct bpf_redir_neigh nh = {.nh_family = 2 /* AF_INET */, .ipv4_nh = x->gateway};
+	if (!known(skb, cfg, ifindex, e->ct_zone, p)) {
+		if (!rules_allow(ifindex, DIR_EGRESS, p))
+			return drop(R_DROP_EGRESS_DENIED);
+		admit(skb, cfg, ifindex, e->ct_zone, p);
+	}
+	if (nat_rewrite(skb, p->proto, l4_off, first, p->src, public_ip, 1) < 0)
+		return drop(R_DROP_MALFORMED);
+	count(R_NAT_OUT);
+	return bpf_redirect_neigh(ext, &nh, sizeof(nh), 0);
+}
+
 SEC("tc")
 int evnet_eni(struct __sk_buff *skb)
 {
@@ -620,6 +685,13 @@ int evnet_eni(struct __sk_buff *skb)
 				to_appliance = 1;
 		} else if (h->kind == HOP_LOCAL) {
 			return drop(R_DROP_NO_ROUTE);
+		} else if (h->kind == HOP_INTERNET) {
+			struct pkt ip_p;
+			__u32 l4_off = sizeof(struct ethhdr) + ip->ihl * 4;
+			if (parse_l4((void *)ip + ip->ihl * 4, data_end, ip, &ip_p) < 0)
+				return drop(R_DROP_MALFORMED);
+			int first = !(ip->frag_off & bpf_htons(0x1fff));
+			return to_internet(skb, cfg, ifindex, e, &ip_p, l4_off, first);
 		} else {
 			return drop(R_DROP_BLACKHOLE);
 		}
@@ -780,4 +852,89 @@ int evnet_overlay(struct __sk_buff *skb)
 	if (to_appliance.kind)
 		count(R_PASS_APPLIANCE);
 	return deliver_local(skb, cfg, rt, d, R_PASS_OVERLAY);
+}
+
+/* ARP on the external network for a local ENI's elastic IP: answered with
+ * the external device's MAC. Other ARP is the host's. */
+static __always_inline int external_arp(struct __sk_buff *skb, void *data_end, struct ethhdr *eth)
+{
+	struct arphdr *ah = (void *)(eth + 1);
+	__u8 *body = (void *)(ah + 1);
+	if ((void *)(body + 20) > data_end)
+		return TC_ACT_OK;
+	if (ah->ar_hrd != bpf_htons(ARPHRD_ETHER) || ah->ar_pro != bpf_htons(ETH_P_IP) || ah->ar_hln != 6 || ah->ar_pln != 4 || ah->ar_op != bpf_htons(ARPOP_REQUEST))
+		return TC_ACT_OK;
+	__be32 spa, tpa;
+	__u8 sha[6];
+	mac_copy(sha, body);
+	__builtin_memcpy(&spa, body + 6, 4);
+	__builtin_memcpy(&tpa, body + 16, 4);
+	struct eip_in *x = bpf_map_lookup_elem(&eips_in, &tpa);
+	if (!x)
+		return TC_ACT_OK;
+	__u8 mac[6];
+	mac_copy(mac, x->ext_mac);
+	__be16 op = bpf_htons(ARPOP_REPLY);
+	__u8 reply[20];
+	mac_copy(reply, mac);
+	__builtin_memcpy(reply + 6, &tpa, 4);
+	mac_copy(reply + 10, sha);
+	__builtin_memcpy(reply + 16, &spa, 4);
+	__u32 at = sizeof(struct ethhdr) + sizeof(struct arphdr);
+	if (bpf_skb_store_bytes(skb, at - sizeof(op), &op, sizeof(op), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, at, reply, sizeof(reply), 0) < 0 ||
+	    set_macs(skb, sha, mac) < 0)
+		return drop(R_DROP_MALFORMED);
+	count(R_ARP_EIP_REPLY);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+SEC("tc")
+int evnet_external(struct __sk_buff *skb)
+{
+	pull_headers(skb);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return external_arp(skb, data_end, eth);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->ihl < 5 || ip->version != 4)
+		return TC_ACT_OK;
+	__be32 public_ip = ip->daddr;
+	struct eip_in *x = bpf_map_lookup_elem(&eips_in, &public_ip);
+	if (!x)
+		return TC_ACT_OK; /* the host's own traffic */
+	__u32 vni = x->vni;
+	__be32 private_ip = x->private_ip;
+	struct config *cfg = config_of();
+	if (!cfg)
+		return drop(R_DROP_NO_CONFIG);
+	struct route *rt = route_of(vni, private_ip);
+	if (!rt || rt->kind != RT_LOCAL)
+		return drop(R_DROP_NO_ROUTE);
+	__u32 dif = rt->ifindex;
+	struct eni *d = bpf_map_lookup_elem(&enis, &dif);
+	if (!d || d->vni != vni)
+		return drop(R_DROP_NO_ROUTE);
+	struct pkt p;
+	__u32 l4_off = sizeof(struct ethhdr) + ip->ihl * 4;
+	if (parse_l4((void *)ip + ip->ihl * 4, data_end, ip, &p) < 0)
+		return drop(R_DROP_MALFORMED);
+	int first = !(ip->frag_off & bpf_htons(0x1fff));
+	/* The ENI's groups see its private address, as the flow its own
+	 * packets opened. */
+	p.dst = private_ip;
+	if (!known(skb, cfg, dif, d->ct_zone, &p)) {
+		if (!rules_allow(dif, DIR_INGRESS, &p))
+			return drop(R_DROP_INGRESS_DENIED);
+		admit(skb, cfg, dif, d->ct_zone, &p);
+	}
+	if (nat_rewrite(skb, p.proto, l4_off, first, public_ip, private_ip, 0) < 0)
+		return drop(R_DROP_MALFORMED);
+	return deliver_local(skb, cfg, rt, d, R_NAT_IN);
 }

@@ -47,6 +47,7 @@ struct route {
 #define HOP_BLACKHOLE 2u /* the route's target is gone: drop */
 #define HOP_ENI 3u       /* to an ENI of the same VPC (an appliance) whose primary address is `ip` */
 #define HOP_LOCAL 4u     /* the VPC's own block: an address no ENI holds goes nowhere */
+#define HOP_INTERNET 5u  /* to the VPC's internet gateway: out by the sender's elastic IP */
 
 /* hop.flags */
 #define HOPF_IN_VPC 1u /* the block lies inside the VPC's: it wins over the local route */
@@ -74,6 +75,31 @@ struct hop {
 struct appliance_key {
 	__u32 vni;
 	__u8 mac[6];
+	__u16 pad;
+};
+
+/* An elastic IP of a local ENI, by the ENI's VNI and private address:
+ * what leaves for the internet gets `public_ip` as its source and goes out
+ * of `ext_ifindex` to the external network's router. */
+struct eip_key {
+	__u32 vni;
+	__be32 private_ip;
+};
+
+struct eip {
+	__be32 public_ip;
+	__u32 ext_ifindex; /* the host's device on the external network */
+	__be32 gateway;    /* the external network's router: the next hop */
+	__u32 pad;
+};
+
+/* The same elastic IP by its public address (what arrives from outside):
+ * delivered to `private_ip` in `vni`; ARP for it is answered with the
+ * external device's MAC. */
+struct eip_in {
+	__u32 vni;
+	__be32 private_ip;
+	__u8 ext_mac[6];
 	__u16 pad;
 };
 
@@ -187,7 +213,11 @@ enum reason {
 	R_PASS_PEERING,
 	R_PASS_APPLIANCE,
 	R_DROP_NOT_APPLIANCE,
-	R_MAX = 26,
+	R_NAT_OUT,
+	R_NAT_IN,
+	R_DROP_NO_PUBLIC_IP,
+	R_ARP_EIP_REPLY,
+	R_MAX = 30,
 };
 
 #endif

@@ -4,8 +4,8 @@
 //! Pin layout:
 //!
 //! ```text
-//! /sys/fs/bpf/evnet/<host tag>/maps/{enis,routes,hops,appliances,trust,rules,members,flows,config,stats}
-//! /sys/fs/bpf/evnet/<host tag>/prog-<version>/{evnet_eni,evnet_overlay}
+//! /sys/fs/bpf/evnet/<host tag>/maps/{enis,routes,hops,appliances,eips,eips_in,trust,rules,members,flows,config,stats}
+//! /sys/fs/bpf/evnet/<host tag>/prog-<version>/{evnet_eni,evnet_overlay,evnet_external}
 //! ```
 //!
 //! `<version>` is a hash of the compiled object and the load options. A
@@ -27,7 +27,7 @@ use libbpf_rs::{
 use sha2::{Digest, Sha256};
 
 use crate::error::BpfError;
-use crate::maps::{self, Appliance, Direction, EniEntry, Hop, HostConfig, MAP_NAMES, Reason, Route, Rule, Trust};
+use crate::maps::{self, Appliance, Direction, Eip, EniEntry, Hop, HostConfig, MAP_NAMES, Reason, Route, Rule, Trust};
 
 /// The compiled programs (`bpf/evnet.bpf.c`).
 pub(crate) static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/evnet.bpf.o"));
@@ -97,10 +97,16 @@ pub enum Attached {
     Eni,
     /// The overlay program of this host's current version.
     Overlay,
+    /// The external network program of this host's current version.
+    External,
     /// An evnet filter with another program (an older version's, or
     /// another host's).
     Other { prog_id: u32 },
 }
+
+/// The VNI under which [`MapContents::eips`] lists an inbound elastic IP
+/// entry without its outbound half (no VNI is this large: they are 24 bits).
+pub const STRAY_EIP_VNI: u32 = u32::MAX;
 
 /// The pinned maps of one host.
 #[derive(Debug)]
@@ -109,6 +115,8 @@ struct Maps {
     routes: MapHandle,
     hops: MapHandle,
     appliances: MapHandle,
+    eips: MapHandle,
+    eips_in: MapHandle,
     trust: MapHandle,
     rules: MapHandle,
     members: MapHandle,
@@ -129,6 +137,11 @@ pub struct MapContents {
     pub hops: Vec<((u32, Ipv4Addr, u8), Hop)>,
     /// By (VNI, MAC): the appliance's host-side ifindex.
     pub appliances: Vec<((u32, [u8; 6]), u32)>,
+    /// By (VNI, private address): the ENI's elastic IP (both entries
+    /// present and agreeing). An inbound entry without its outbound half
+    /// is listed under ([`STRAY_EIP_VNI`], its public address), so that a
+    /// diff removes it.
+    pub eips: Vec<((u32, Ipv4Addr), Eip)>,
     /// By (VNI, remote underlay).
     pub trust: Vec<((u32, Ipv4Addr), Trust)>,
     /// By (ifindex, direction).
@@ -149,6 +162,7 @@ pub struct Dataplane {
     tc_thread: std::sync::OnceLock<NetnsThread>,
     eni_prog: ProgramHandle,
     overlay_prog: ProgramHandle,
+    external_prog: ProgramHandle,
     maps: Maps,
     report: LoadReport,
 }
@@ -365,7 +379,7 @@ impl Dataplane {
         let dir = host_dir(&opts.bpffs, host_tag);
         let version = version(opts);
         let prog_dir = dir.join(format!("prog-{version}"));
-        let all_pinned = ["evnet_eni", "evnet_overlay"]
+        let all_pinned = ["evnet_eni", "evnet_overlay", "evnet_external"]
             .iter()
             .all(|p| prog_dir.join(p).exists())
             && MAP_NAMES.iter().all(|m| dir.join("maps").join(m).exists());
@@ -391,6 +405,8 @@ impl Dataplane {
             routes: open_map(&dir, "routes")?,
             hops: open_map(&dir, "hops")?,
             appliances: open_map(&dir, "appliances")?,
+            eips: open_map(&dir, "eips")?,
+            eips_in: open_map(&dir, "eips_in")?,
             trust: open_map(&dir, "trust")?,
             rules: open_map(&dir, "rules")?,
             members: open_map(&dir, "members")?,
@@ -403,6 +419,8 @@ impl Dataplane {
             (&maps.routes, Route::KEY_SIZE, Route::SIZE),
             (&maps.hops, Hop::KEY_SIZE, Hop::SIZE),
             (&maps.appliances, Appliance::KEY_SIZE, 4),
+            (&maps.eips, 8, Eip::SIZE),
+            (&maps.eips_in, 4, Eip::IN_SIZE),
             (&maps.trust, 8, 4),
             (&maps.rules, 8, maps::RULES_SIZE),
             (&maps.members, 8, 1),
@@ -422,6 +440,7 @@ impl Dataplane {
         Ok(Dataplane {
             eni_prog: prog("evnet_eni")?,
             overlay_prog: prog("evnet_overlay")?,
+            external_prog: prog("evnet_external")?,
             maps,
             dir,
             netns: opts.netns.clone(),
@@ -613,6 +632,14 @@ impl Dataplane {
         self.attach(ifindex, &self.overlay_prog)
     }
 
+    /// Attaches the external program to tc ingress of the host's device on
+    /// an external network: it answers ARP for the local elastic IPs and
+    /// takes the packets addressed to them; everything else goes on to the
+    /// host's stack as before.
+    pub fn attach_external(&self, ifindex: u32) -> Result<(), BpfError> {
+        self.attach(ifindex, &self.external_prog)
+    }
+
     /// Removes evnet's filter from a device's tc ingress (the clsact qdisc
     /// stays: others may use it). A device without it is not an error.
     pub fn detach(&self, ifindex: u32) -> Result<(), BpfError> {
@@ -681,7 +708,7 @@ impl Dataplane {
                 })
                 .collect::<Result<Vec<_>, BpfError>>()
         })??;
-        let (eni, overlay) = (self.eni_prog.id(), self.overlay_prog.id());
+        let (eni, overlay, external) = (self.eni_prog.id(), self.overlay_prog.id(), self.external_prog.id());
         Ok(ids
             .into_iter()
             .map(|(ifindex, id)| {
@@ -690,6 +717,8 @@ impl Dataplane {
                         Attached::Eni
                     } else if id == overlay {
                         Attached::Overlay
+                    } else if id == external {
+                        Attached::External
                     } else {
                         Attached::Other { prog_id: id }
                     }
@@ -749,6 +778,19 @@ impl Dataplane {
 
     pub fn remove_appliance(&self, vni: u32, mac: [u8; 6]) -> Result<(), BpfError> {
         delete(&self.maps.appliances, "appliances", &Appliance::key(vni, mac))
+    }
+
+    /// Gives the local ENI `(vni, private)` the elastic IP `e`: its
+    /// inbound entry first, so a reply to the first packet out finds it.
+    pub fn set_eip(&self, vni: u32, private: Ipv4Addr, e: &Eip) -> Result<(), BpfError> {
+        update(&self.maps.eips_in, "eips_in", &e.public_ip.octets(), &e.encode_in(vni, private))?;
+        update(&self.maps.eips, "eips", &Route::key(vni, private), &e.encode())
+    }
+
+    /// Takes the elastic IP `public` from `(vni, private)`.
+    pub fn remove_eip(&self, vni: u32, private: Ipv4Addr, public: Ipv4Addr) -> Result<(), BpfError> {
+        delete(&self.maps.eips, "eips", &Route::key(vni, private))?;
+        delete(&self.maps.eips_in, "eips_in", &public.octets())
     }
 
     /// Trusts `underlay` as a host holding `vni`.
@@ -884,6 +926,25 @@ impl Dataplane {
                 c.appliances.push((key, u32::from_ne_bytes(v[..4].try_into().expect("4 bytes"))));
             }
         }
+        for k in self.maps.eips.keys() {
+            let Some(out) = lookup(&self.maps.eips, "eips", &k)? else { continue };
+            if out.len() != Eip::SIZE {
+                continue;
+            }
+            let inb = lookup(&self.maps.eips_in, "eips_in", &out[..4])?.unwrap_or_default();
+            if let (Some(key), Some((vni, private, e))) = (Route::decode_key(&k), Eip::decode(&out, &inb)) {
+                if (vni, private) == key {
+                    c.eips.push((key, e));
+                }
+            }
+        }
+        for k in self.maps.eips_in.keys() {
+            let public = Ipv4Addr::new(k[0], k[1], k[2], k[3]);
+            if k.len() == 4 && !c.eips.iter().any(|(_, e)| e.public_ip == public) {
+                let stray = Eip { public_ip: public, ext_ifindex: 0, ext_mac: [0; 6], gateway: Ipv4Addr::UNSPECIFIED };
+                c.eips.push(((STRAY_EIP_VNI, public), stray));
+            }
+        }
         for k in self.maps.trust.keys() {
             if let (Some(key), Some(v)) = (
                 Route::decode_key(&k),
@@ -915,6 +976,7 @@ impl Dataplane {
         c.routes.sort_by_key(|r| r.0);
         c.hops.sort_by_key(|h| h.0);
         c.appliances.sort_by_key(|a| a.0);
+        c.eips.sort_by_key(|e| e.0);
         c.trust.sort_by_key(|t| t.0);
         c.rules.sort_by_key(|r| r.0);
         c.members.sort();

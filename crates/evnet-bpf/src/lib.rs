@@ -55,8 +55,8 @@ mod testrun;
 
 pub use error::BpfError;
 pub use host::{
-    Attached, BPFFS, Dataplane, FlowState, LoadReport, MapContents, Options, ensure_bpffs,
+    Attached, BPFFS, Dataplane, FlowState, LoadReport, MapContents, Options, STRAY_EIP_VNI, ensure_bpffs,
     host_dir, remove_host,
 };
-pub use maps::{Direction, EniEntry, Hop, HostConfig, Peer, Proto, Reason, Route, Rule, Trust};
+pub use maps::{Direction, Eip, EniEntry, Hop, HostConfig, Peer, Proto, Reason, Route, Rule, Trust};
 pub use testrun::{Outcome, Verdict};

@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 
 /// The maps, by the name they have in the object and under `maps/` in the
 /// host's pin directory.
-pub const MAP_NAMES: [&str; 10] = [
-    "enis", "routes", "hops", "appliances", "trust", "rules", "members", "flows", "config", "stats",
+pub const MAP_NAMES: [&str; 12] = [
+    "enis", "routes", "hops", "appliances", "eips", "eips_in", "trust", "rules", "members", "flows", "config", "stats",
 ];
 
 /// The most rules one ENI has in one direction (all its groups merged).
@@ -164,6 +164,9 @@ pub enum Hop {
     Eni { ip: Ipv4Addr, in_vpc: bool },
     /// A route whose target is gone: dropped (`in_vpc` as for [`Hop::Eni`]).
     Blackhole { in_vpc: bool },
+    /// To the VPC's internet gateway: out by the sender's elastic IP (1:1
+    /// NAT on this host), dropped from an address without one.
+    Internet,
     /// The VPC's own block, in a table with a route covering it: an
     /// address of the VPC that no ENI holds is dropped here rather than
     /// sent along that shorter route.
@@ -205,6 +208,7 @@ impl Hop {
             Hop::Blackhole { .. } => (2, 0, Ipv4Addr::UNSPECIFIED),
             Hop::Eni { ip, .. } => (3, 0, ip),
             Hop::Local => (4, 0, Ipv4Addr::UNSPECIFIED),
+            Hop::Internet => (5, 0, Ipv4Addr::UNSPECIFIED),
         };
         let flags = if self.in_vpc() { HOPF_IN_VPC } else { 0 };
         let mut v = kind.to_ne_bytes().to_vec();
@@ -224,6 +228,7 @@ impl Hop {
             2 => Some(Hop::Blackhole { in_vpc }),
             3 => Some(Hop::Eni { ip: Ipv4Addr::new(b[8], b[9], b[10], b[11]), in_vpc }),
             4 => Some(Hop::Local),
+            5 => Some(Hop::Internet),
             _ => None,
         }
     }
@@ -248,6 +253,58 @@ impl Appliance {
 
     pub(crate) fn decode_key(k: &[u8]) -> Option<(u32, [u8; 6])> {
         (k.len() == Self::KEY_SIZE).then(|| (u32_at(k, 0), k[4..10].try_into().expect("6 bytes")))
+    }
+}
+
+/// An elastic IP of a local ENI: `eips[(vni, private)]` for what the ENI
+/// sends to the internet, `eips_in[public]` for what arrives for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eip {
+    pub public_ip: Ipv4Addr,
+    /// The host's device on the external network.
+    pub ext_ifindex: u32,
+    /// Its MAC: what ARP for the public address is answered with.
+    pub ext_mac: [u8; 6],
+    /// The external network's router: the next hop out.
+    pub gateway: Ipv4Addr,
+}
+
+impl Eip {
+    pub(crate) const SIZE: usize = 16;
+    pub(crate) const IN_SIZE: usize = 16;
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = self.public_ip.octets().to_vec();
+        v.extend(self.ext_ifindex.to_ne_bytes());
+        v.extend(self.gateway.octets());
+        v.extend([0; 4]);
+        v
+    }
+
+    /// The `eips_in` entry for the ENI `(vni, private)`.
+    pub(crate) fn encode_in(&self, vni: u32, private: Ipv4Addr) -> Vec<u8> {
+        let mut v = vni.to_ne_bytes().to_vec();
+        v.extend(private.octets());
+        v.extend(self.ext_mac);
+        v.extend([0, 0]);
+        v
+    }
+
+    /// From both entries: `(vni, private, eip)`.
+    pub(crate) fn decode(out: &[u8], inb: &[u8]) -> Option<(u32, Ipv4Addr, Eip)> {
+        if out.len() != Self::SIZE || inb.len() != Self::IN_SIZE {
+            return None;
+        }
+        Some((
+            u32_at(inb, 0),
+            Ipv4Addr::new(inb[4], inb[5], inb[6], inb[7]),
+            Eip {
+                public_ip: Ipv4Addr::new(out[0], out[1], out[2], out[3]),
+                ext_ifindex: u32_at(out, 4),
+                ext_mac: inb[8..14].try_into().ok()?,
+                gateway: Ipv4Addr::new(out[8], out[9], out[10], out[11]),
+            },
+        ))
     }
 }
 
@@ -498,10 +555,14 @@ pub enum Reason {
     PassPeering,
     PassAppliance,
     DropNotAppliance,
+    NatOut,
+    NatIn,
+    DropNoPublicIp,
+    ArpEipReply,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 30] = [
         Reason::PassLocal,
         Reason::PassRemote,
         Reason::PassOverlay,
@@ -528,6 +589,10 @@ impl Reason {
         Reason::PassPeering,
         Reason::PassAppliance,
         Reason::DropNotAppliance,
+        Reason::NatOut,
+        Reason::NatIn,
+        Reason::DropNoPublicIp,
+        Reason::ArpEipReply,
     ];
 
     /// Its index in `stats`.
@@ -564,6 +629,10 @@ impl Reason {
             Reason::PassPeering => "pass_peering",
             Reason::PassAppliance => "pass_appliance",
             Reason::DropNotAppliance => "drop_not_appliance",
+            Reason::NatOut => "nat_out",
+            Reason::NatIn => "nat_in",
+            Reason::DropNoPublicIp => "drop_no_public_ip",
+            Reason::ArpEipReply => "arp_eip_reply",
         }
     }
 }
@@ -647,6 +716,7 @@ mod tests {
             Hop::Eni { ip: Ipv4Addr::new(10, 0, 3, 9), in_vpc: true },
             Hop::Eni { ip: Ipv4Addr::new(10, 0, 3, 9), in_vpc: false },
             Hop::Local,
+            Hop::Internet,
         ] {
             assert_eq!(Hop::decode(&h.encode()), Some(h));
         }

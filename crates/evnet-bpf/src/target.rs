@@ -24,7 +24,7 @@ use evnet_model::rule::{Rule as ModelRule, RulePeer};
 use crate::error::BpfError;
 use crate::host::{Attached, Dataplane};
 use crate::maps::{
-    Direction, EniEntry, Hop, HostConfig, MAX_RULES, Peer, Proto, Route, Rule, Trust, htb_priority,
+    Direction, Eip, EniEntry, Hop, HostConfig, MAX_RULES, Peer, Proto, Route, Rule, Trust, htb_priority,
     parse_mac,
 };
 
@@ -33,6 +33,8 @@ use crate::maps::{
 pub enum Program {
     Eni,
     Overlay,
+    /// On a device to an external network (elastic IPs).
+    External,
 }
 
 /// What the kernel knows about one local ENI's device.
@@ -60,6 +62,9 @@ pub struct Devices {
     pub vxlan_ifindex: u32,
     /// By ENI id; ENIs without a device yet are left out of the target.
     pub enis: BTreeMap<String, EniDevice>,
+    /// The host's devices on external networks, by device name: ifindex
+    /// and MAC. A network whose device is missing gets no elastic IPs.
+    pub externals: BTreeMap<String, (u32, [u8; 6])>,
 }
 
 /// Settings that are not in the desired state.
@@ -90,6 +95,8 @@ pub struct State {
     pub hops: BTreeMap<(u32, Ipv4Addr, u8), Hop>,
     /// Local appliance ENIs by (VNI, MAC): their host-side ifindex.
     pub appliances: BTreeMap<(u32, [u8; 6]), u32>,
+    /// Elastic IPs of local ENIs by (VNI, private address).
+    pub eips: BTreeMap<(u32, Ipv4Addr), Eip>,
     pub trust: BTreeMap<(u32, Ipv4Addr), Trust>,
     pub rules: BTreeMap<(u32, Direction), Vec<Rule>>,
     pub members: BTreeSet<(u32, Ipv4Addr)>,
@@ -133,6 +140,12 @@ impl State {
             }
             Op::SetAppliance { vni, mac, ifindex } => {
                 s.appliances.insert((vni, mac), ifindex);
+            }
+            Op::SetEip { vni, private, eip } => {
+                s.eips.insert((vni, private), eip);
+            }
+            Op::DelEip { vni, private, .. } => {
+                s.eips.remove(&(vni, private));
             }
             Op::DelAppliance { vni, mac } => {
                 s.appliances.remove(&(vni, mac));
@@ -212,6 +225,17 @@ pub enum Op {
     DelAppliance {
         vni: u32,
         mac: [u8; 6],
+    },
+    SetEip {
+        vni: u32,
+        private: Ipv4Addr,
+        eip: Eip,
+    },
+    /// Both entries of an elastic IP (`public` names the inbound one).
+    DelEip {
+        vni: u32,
+        private: Ipv4Addr,
+        public: Ipv4Addr,
     },
     SetTrust {
         vni: u32,
@@ -411,13 +435,14 @@ pub fn target(
                 let to_eni = match &r.target {
                     RouteTargetDesired::Eni { .. } => true,
                     RouteTargetDesired::Blackhole { target } => target.starts_with("eni-"),
-                    RouteTargetDesired::Peering { .. } => false,
+                    RouteTargetDesired::Peering { .. } | RouteTargetDesired::InternetGateway { .. } => false,
                 };
                 let in_vpc = to_eni && v.cidr_block.contains(&r.destination_cidr);
                 let hop = match r.target {
                     RouteTargetDesired::Peering { peer_vni, .. } => Hop::Peering { vni: peer_vni },
                     RouteTargetDesired::Eni { ip, .. } => Hop::Eni { ip, in_vpc },
                     RouteTargetDesired::Blackhole { .. } => Hop::Blackhole { in_vpc },
+                    RouteTargetDesired::InternetGateway { .. } => Hop::Internet,
                 };
                 if hop.in_vpc() {
                     tables_in_vpc.insert(key);
@@ -458,7 +483,7 @@ pub fn target(
             .flat_map(|rt| &rt.routes)
             .filter_map(|r| match r.target {
                 RouteTargetDesired::Peering { peer_vni, .. } => Some(peer_vni),
-                RouteTargetDesired::Eni { .. } | RouteTargetDesired::Blackhole { .. } => None,
+                RouteTargetDesired::Eni { .. } | RouteTargetDesired::Blackhole { .. } | RouteTargetDesired::InternetGateway { .. } => None,
             })
             .collect();
         for underlay in peers.iter().filter_map(|pv| hosts_of_vni.get(pv)).flatten() {
@@ -566,6 +591,23 @@ pub fn target(
         }
         t.attached.insert(dev.ifindex, Program::Eni);
     }
+
+    // Elastic IPs of local ENIs whose device is up, on external networks
+    // the host reaches: translated here; their devices run the external
+    // program.
+    let networks: BTreeMap<&str, _> = desired.external_networks.iter().map(|n| (n.external_network_id.as_str(), n)).collect();
+    for x in &desired.elastic_ips {
+        let Some(e) = desired.instances.iter().flat_map(|i| &i.enis).find(|e| e.eni_id == x.eni_id) else { continue };
+        let (Some(dev), Some(&vni), Some(net)) = (devices.enis.get(&e.eni_id), vni_of.get(e.vpc_id.as_str()), networks.get(x.external_network_id.as_str())) else {
+            continue;
+        };
+        let Some(&(ext_ifindex, ext_mac)) = devices.externals.get(&net.host_interface) else { continue };
+        if !dev.up {
+            continue;
+        }
+        t.eips.insert((vni, x.private_ip), Eip { public_ip: x.public_ip, ext_ifindex, ext_mac, gateway: net.gateway_ip });
+        t.attached.insert(ext_ifindex, Program::External);
+    }
     Ok(t)
 }
 
@@ -581,6 +623,7 @@ pub fn observe(dp: &Dataplane, devices: impl IntoIterator<Item = u32>) -> Result
         routes: c.routes.into_iter().collect(),
         hops: c.hops.into_iter().collect(),
         appliances: c.appliances.into_iter().collect(),
+        eips: c.eips.into_iter().collect(),
         trust: c.trust.into_iter().collect(),
         rules: c.rules.into_iter().collect(),
         members: c.members.into_iter().collect(),
@@ -594,6 +637,9 @@ pub fn observe(dp: &Dataplane, devices: impl IntoIterator<Item = u32>) -> Result
             }
             Some(Attached::Overlay) => {
                 s.attached.insert(d, Program::Overlay);
+            }
+            Some(Attached::External) => {
+                s.attached.insert(d, Program::External);
             }
             _ => {}
         }
@@ -670,6 +716,14 @@ pub fn diff(target: &State, observed: &State) -> Vec<Op> {
         },
         |k| Op::DelAppliance { vni: k.0, mac: k.1 },
     );
+    // An elastic IP that moves to another public address loses its old
+    // inbound entry first: its key is the public address.
+    let eip_del = observed.eips.iter().filter(|(k, v)| target.eips.get(*k).is_none_or(|t| t.public_ip != v.public_ip)).map(|(k, v)| Op::DelEip {
+        vni: k.0,
+        private: k.1,
+        public: v.public_ip,
+    });
+    let eip_set = target.eips.iter().filter(|(k, v)| observed.eips.get(*k) != Some(*v)).map(|(k, v)| Op::SetEip { vni: k.0, private: k.1, eip: *v });
     let (trust_set, trust_del) = diff_map(
         &target.trust,
         &observed.trust,
@@ -717,6 +771,7 @@ pub fn diff(target: &State, observed: &State) -> Vec<Op> {
     ops.extend(detach);
     ops.extend(eni_del);
     ops.extend(appliance_del);
+    ops.extend(eip_del);
     ops.extend(trust_del);
     ops.extend(route_del);
     ops.extend(hop_del);
@@ -732,6 +787,7 @@ pub fn diff(target: &State, observed: &State) -> Vec<Op> {
     ops.extend(trust_set);
     ops.extend(eni_set);
     ops.extend(appliance_set);
+    ops.extend(eip_set);
     ops.extend(attach);
     ops
 }
@@ -759,6 +815,8 @@ pub fn apply(dp: &Dataplane, op: &Op) -> Result<(), BpfError> {
         Op::DelHop { table, net, prefix } => dp.remove_hop(*table, *net, *prefix),
         Op::SetAppliance { vni, mac, ifindex } => dp.set_appliance(*vni, *mac, *ifindex),
         Op::DelAppliance { vni, mac } => dp.remove_appliance(*vni, *mac),
+        Op::SetEip { vni, private, eip } => dp.set_eip(*vni, *private, eip),
+        Op::DelEip { vni, private, public } => dp.remove_eip(*vni, *private, *public),
         Op::SetTrust {
             vni,
             underlay,
@@ -775,6 +833,10 @@ pub fn apply(dp: &Dataplane, op: &Op) -> Result<(), BpfError> {
             ifindex,
             program: Program::Overlay,
         } => dp.attach_overlay(*ifindex),
+        Op::Attach {
+            ifindex,
+            program: Program::External,
+        } => dp.attach_external(*ifindex),
         Op::Detach { ifindex } => dp.detach(*ifindex),
     }
 }

@@ -9,10 +9,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::net::Ipv4Addr;
 
 use common::*;
 use evnet_bpf::lab::Lab;
@@ -20,58 +17,6 @@ use evnet_bpf::*;
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
-}
-
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
-    // SAFETY: setns on a valid fd; it changes only this thread.
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-}
-
-/// A TCP exchange from instance namespace `client` to `server_ip:port` in
-/// namespace `server`: whether "hello" came back within a second.
-fn tcp_works(client: &str, server: &str, server_ip: Ipv4Addr, port: u16) -> bool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server_ns = server.to_string();
-    let srv = std::thread::spawn(move || {
-        enter(&server_ns);
-        let l = TcpListener::bind((server_ip, port)).expect("bind");
-        l.set_nonblocking(true).unwrap();
-        tx.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).unwrap();
-                    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-                    let mut b = [0u8; 5];
-                    if s.read_exact(&mut b).is_ok() {
-                        let _ = s.write_all(&b);
-                    }
-                    return;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    rx.recv().unwrap();
-    let client_ns = client.to_string();
-    let ok = std::thread::spawn(move || {
-        enter(&client_ns);
-        let Ok(mut s) = TcpStream::connect_timeout(
-            &SocketAddr::from((server_ip, port)),
-            Duration::from_secs(1),
-        ) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut b = [0u8; 5];
-        s.write_all(b"hello").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"hello"
-    })
-    .join()
-    .unwrap();
-    srv.join().unwrap();
-    ok
 }
 
 /// Echo requests the namespace's stack has received (`Icmp: InEchos`).

@@ -184,6 +184,32 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
         netns: "evi-1".into(),
         enis,
     });
+    // Elastic IPs on one external network, whose device the host has or
+    // not; public addresses drawn from a few, so one moves between ENIs.
+    if r.random_bool(0.8) {
+        devices.externals.insert("ext0".into(), (90, [2, 0, 0, 0, 0, 0x90]));
+    }
+    d.external_networks.push(ExternalNetworkDesired {
+        external_network_id: "extnet-1".into(),
+        cidr_block: "203.0.113.0/24".parse().unwrap(),
+        gateway_ip: Ipv4Addr::new(203, 0, 113, 1),
+        host_interface: "ext0".into(),
+    });
+    let local: Vec<(String, Ipv4Addr)> = d.instances.iter().flat_map(|i| &i.enis).map(|e| (e.eni_id.clone(), e.private_ip)).collect();
+    for (eni_id, private_ip) in local {
+        if r.random_bool(0.5) {
+            d.elastic_ips.push(ElasticIpDesired {
+                allocation_id: format!("eipalloc-{eni_id}"),
+                public_ip: Ipv4Addr::new(203, 0, 113, 10 + r.random_range(0..4)),
+                external_network_id: "extnet-1".into(),
+                eni_id,
+                private_ip,
+            });
+        }
+    }
+    // A public address is associated once.
+    let mut seen = BTreeSet::new();
+    d.elastic_ips.retain(|x| seen.insert(x.public_ip));
     (d, devices)
 }
 
@@ -197,6 +223,9 @@ fn key(op: &Op) -> String {
         Op::SetRoute { vni, ip, .. } | Op::DelRoute { vni, ip } => format!("rt{vni}/{ip}"),
         Op::SetHop { table, net, prefix, .. } | Op::DelHop { table, net, prefix } => format!("h{table}/{net}/{prefix}"),
         Op::SetAppliance { vni, mac, .. } | Op::DelAppliance { vni, mac } => format!("ap{vni}/{mac:?}"),
+        // An address that moves to another public one is deleted, then set.
+        Op::SetEip { vni, private, .. } => format!("eip+{vni}/{private}"),
+        Op::DelEip { vni, private, .. } => format!("eip-{vni}/{private}"),
         Op::SetTrust { vni, underlay, .. } | Op::DelTrust { vni, underlay } => {
             format!("t{vni}/{underlay}")
         }
@@ -213,6 +242,7 @@ fn is_delete(op: &Op) -> bool {
             | Op::DelRoute { .. }
             | Op::DelHop { .. }
             | Op::DelAppliance { .. }
+            | Op::DelEip { .. }
             | Op::DelTrust { .. }
             | Op::DelEni { .. }
             | Op::Detach { .. }

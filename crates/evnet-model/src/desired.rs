@@ -33,6 +33,36 @@ pub struct HostDesired {
     /// peering reach them and their replies are checked. Sorted by id.
     #[serde(default)]
     pub peer_vpcs: Vec<PeerVpcDesired>,
+    /// External networks the host's elastic IPs are on: how the host
+    /// reaches each. Sorted by id.
+    #[serde(default)]
+    pub external_networks: Vec<ExternalNetworkDesired>,
+    /// Elastic IPs associated with ENIs attached here (1:1 NAT on this
+    /// host). Sorted by public address.
+    #[serde(default)]
+    pub elastic_ips: Vec<ElasticIpDesired>,
+}
+
+/// An external network as a host reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ExternalNetworkDesired {
+    pub external_network_id: String,
+    #[schemars(with = "String")]
+    pub cidr_block: Ipv4Net,
+    /// The network's router: the next hop of what leaves for it.
+    pub gateway_ip: Ipv4Addr,
+    /// The host's device on the network (the lab's `ext0`).
+    pub host_interface: String,
+}
+
+/// An elastic IP associated with a local ENI's address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ElasticIpDesired {
+    pub allocation_id: String,
+    pub public_ip: Ipv4Addr,
+    pub external_network_id: String,
+    pub eni_id: String,
+    pub private_ip: Ipv4Addr,
 }
 
 /// A VPC peered with one of the host's VPCs, seen from the host: its VNI
@@ -93,6 +123,10 @@ pub enum RouteTargetDesired {
     /// packets only with its source/dest check off), found by its primary
     /// address `ip` wherever it runs: the packet keeps its addresses.
     Eni { eni_id: String, ip: Ipv4Addr },
+    /// To the VPC's internet gateway: out by the sender's elastic IP,
+    /// translated on the sender's host; dropped from an address without
+    /// one.
+    InternetGateway { internet_gateway_id: String },
     /// A target that is gone or not usable (a peering not active, an
     /// unknown id): the packets are dropped, as AWS does.
     Blackhole { target: String },

@@ -139,6 +139,8 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
         instances,
         security_groups,
         peer_vpcs,
+        external_networks: vec![],
+        elastic_ips: vec![],
     })
 }
 
@@ -426,6 +428,8 @@ mod tests {
             instances,
             security_groups,
             peer_vpcs,
+            external_networks: vec![],
+            elastic_ips: vec![],
         })
     }
 

@@ -3,8 +3,11 @@
 //! servers on it) and N agents run as processes of this machine; each agent
 //! drives its own "host" network namespace and is given every server's URL;
 //! the hosts share an underlay bridge in a namespace of the lab's own, with
-//! addresses from 198.18.0.0/15. Nothing is added to the machine's own
-//! namespace; etcd and the servers listen on loopback ports of their own.
+//! addresses from 198.18.0.0/15. An external namespace stands for the
+//! internet: a bridge with a router's address from a documentation range
+//! (203.0.113.0/24), joined to every host by its `ext0` with an address of
+//! its own. Nothing is added to the machine's own namespace; etcd and the
+//! servers listen on loopback ports of their own.
 //!
 //! `DIR/lab.json` records everything the lab made (processes, namespaces,
 //! files) as it makes it, so `evnet lab down` removes exactly that, also
@@ -137,6 +140,10 @@ pub struct LabState {
     #[serde(default)]
     pub etcd: Vec<LabEtcd>,
     pub underlay_netns: Option<String>,
+    /// The namespace standing for the internet: a bridge every host is
+    /// joined to ([`EXTERNAL_CIDR`]).
+    #[serde(default)]
+    pub external_netns: Option<String>,
     pub hosts: Vec<LabHost>,
     pub files: Vec<PathBuf>,
     /// `nft` or `bpf`: what the agents run (older labs: nft).
@@ -322,6 +329,41 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<LabState> {
     Ok(st)
 }
 
+/// The lab's external network (a documentation range, RFC 5737): the
+/// addresses exist only in the lab's namespaces.
+pub const EXTERNAL_CIDR: &str = "203.0.113.0/24";
+/// The external network's router, in the external namespace.
+pub const EXTERNAL_GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The device each lab host reaches the external network by.
+pub const EXTERNAL_DEVICE: &str = "ext0";
+
+/// Host `i`'s own address on the external network (`.191` on).
+pub fn external_host_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, 190 + i as u8)
+}
+
+/// The elastic IP range the lab's external network hands out: between the
+/// gateway and the hosts' own addresses.
+pub const EXTERNAL_POOL: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 189));
+
+/// The external namespace `ext`: a bridge with the router's address, and
+/// each host joined to it by [`EXTERNAL_DEVICE`] with an address of its own.
+fn build_external(ext: &str, hosts: &[LabHost]) -> anyhow::Result<()> {
+    sh(&["ip", "-n", ext, "link", "set", "lo", "up"])?;
+    sh(&["ip", "-n", ext, "link", "add", "br0", "type", "bridge"])?;
+    sh(&["ip", "-n", ext, "addr", "add", &format!("{EXTERNAL_GATEWAY}/24"), "dev", "br0"])?;
+    sh(&["ip", "-n", ext, "link", "set", "br0", "up"])?;
+    for (n, h) in hosts.iter().enumerate() {
+        let i = n as u32 + 1;
+        let port = format!("ex{i}");
+        sh(&["ip", "-n", ext, "link", "add", &port, "type", "veth", "peer", "name", EXTERNAL_DEVICE, "netns", &h.netns])?;
+        sh(&["ip", "-n", ext, "link", "set", &port, "master", "br0", "up"])?;
+        sh(&["ip", "-n", &h.netns, "addr", "add", &format!("{}/24", external_host_ip(i)), "dev", EXTERNAL_DEVICE])?;
+        sh(&["ip", "-n", &h.netns, "link", "set", EXTERNAL_DEVICE, "up"])?;
+    }
+    Ok(())
+}
+
 async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<()> {
     let ul = format!("evl-{}-ul", st.lab_id);
     sh(&["ip", "netns", "add", &ul])?;
@@ -346,6 +388,11 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
             shape_nic(&ul, i, args.nic_mbps)?;
         }
     }
+    let ext = format!("evl-{}-ext", st.lab_id);
+    sh(&["ip", "netns", "add", &ext])?;
+    st.external_netns = Some(ext.clone());
+    save(dir, st)?;
+    build_external(&ext, &st.hosts)?;
     st.nic_mbps = args.nic_mbps;
     st.nic_shaping = args.nic_shaping;
     save(dir, st)?;
@@ -750,6 +797,7 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
         .collect();
     doomed.extend(st.hosts.iter().map(|h| h.netns.clone()));
     doomed.extend(st.underlay_netns.clone());
+    doomed.extend(st.external_netns.clone());
     let present = netns_list();
     for ns in doomed.iter().filter(|n| present.contains(n)) {
         if let Err(e) = sh(&["ip", "netns", "delete", ns]) {

@@ -200,6 +200,7 @@ impl Lab {
                 instances,
                 security_groups: vec![group.clone()],
                 peer_vpcs: vec![],
+                ..Default::default()
             };
             let k = LinuxKernel::new(Some(lab.host_ns[h].clone()));
             let ops = plan(&d, &k.observe().unwrap(), &PlanConfig::default());

@@ -85,3 +85,63 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// Moves the calling thread into named namespace `ns`.
+pub fn enter(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
+    // SAFETY: setns on a valid fd; it changes only this thread.
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+}
+
+/// A TCP exchange from instance namespace `client` to `server_ip:port` in
+/// namespace `server`: whether "hello" came back within a second.
+pub fn tcp_works(client: &str, server: &str, server_ip: std::net::Ipv4Addr, port: u16) -> bool {
+    tcp_works_via(client, server, server_ip, server_ip, port)
+}
+
+/// [`tcp_works`] where the client connects to `to` and the server listens
+/// on `listen` (an address translated on the way, an elastic IP).
+pub fn tcp_works_via(client: &str, server: &str, to: std::net::Ipv4Addr, listen: std::net::Ipv4Addr, port: u16) -> bool {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server_ns = server.to_string();
+    let srv = std::thread::spawn(move || {
+        enter(&server_ns);
+        let l = TcpListener::bind((listen, port)).expect("bind");
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                    let mut b = [0u8; 5];
+                    if s.read_exact(&mut b).is_ok() {
+                        let _ = s.write_all(&b);
+                    }
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv().unwrap();
+    let client_ns = client.to_string();
+    let ok = std::thread::spawn(move || {
+        enter(&client_ns);
+        let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::from((to, port)), Duration::from_secs(1)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut b = [0u8; 5];
+        s.write_all(b"hello").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"hello"
+    })
+    .join()
+    .unwrap();
+    srv.join().unwrap();
+    ok
+}

@@ -175,6 +175,7 @@ impl Cloud {
             instances,
             security_groups: groups,
             peer_vpcs: vec![],
+            ..Default::default()
         }
     }
 }
