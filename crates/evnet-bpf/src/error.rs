@@ -45,6 +45,13 @@ pub enum BpfError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Sending a gratuitous ARP on a device failed.
+    #[error("announcing {ip} on ifindex {ifindex}: {source}")]
+    Announce {
+        ifindex: u32,
+        ip: std::net::Ipv4Addr,
+        source: std::io::Error,
+    },
     /// More rules than a map entry holds.
     #[error("{count} rules for ifindex {ifindex}: at most {max} per direction")]
     TooManyRules {

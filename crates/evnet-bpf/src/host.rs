@@ -787,6 +787,17 @@ impl Dataplane {
         update(&self.maps.eips, "eips", &Route::key(vni, private), &e.encode())
     }
 
+    /// Announces that `ip` is now at `mac` on the device `ifindex`: one
+    /// gratuitous ARP request (sender and target `ip`, broadcast), which
+    /// makes the network's neighbours update an entry that still names
+    /// the host the address was on before. Sent on a packet socket inside
+    /// the host's namespace; no program sees it (tc ingress only).
+    pub fn announce(&self, ifindex: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), BpfError> {
+        let frame = gratuitous_arp(ip, mac);
+        self.in_host_netns(move || send_frame(ifindex, &frame))?
+            .map_err(|source| BpfError::Announce { ifindex, ip, source })
+    }
+
     /// Takes the elastic IP `public` from `(vni, private)`.
     pub fn remove_eip(&self, vni: u32, private: Ipv4Addr, public: Ipv4Addr) -> Result<(), BpfError> {
         delete(&self.maps.eips, "eips", &Route::key(vni, private))?;
@@ -1022,6 +1033,55 @@ fn update(m: &MapHandle, map: &'static str, k: &[u8], v: &[u8]) -> Result<(), Bp
             op: "update",
             source,
         })
+}
+
+/// A gratuitous ARP request for `ip` at `mac`.
+fn gratuitous_arp(ip: Ipv4Addr, mac: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend(mac);
+    f.extend(0x0806u16.to_be_bytes());
+    f.extend([0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet, IPv4, lengths, request
+    f.extend(mac);
+    f.extend(ip.octets());
+    f.extend([0; 6]);
+    f.extend(ip.octets());
+    f
+}
+
+/// Sends one Ethernet frame out of `ifindex` in the calling thread's
+/// namespace, on a packet socket of its own (no crate wraps AF_PACKET
+/// sends more simply than these three calls).
+fn send_frame(ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed sockaddr_ll is valid; the fields set are plain data.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_ifindex = ifindex as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&frame[..6]);
+    use std::os::fd::AsRawFd;
+    // SAFETY: the buffer and address outlive the call; lengths are theirs.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn delete(m: &MapHandle, map: &'static str, k: &[u8]) -> Result<(), BpfError> {

@@ -815,7 +815,12 @@ pub fn apply(dp: &Dataplane, op: &Op) -> Result<(), BpfError> {
         Op::DelHop { table, net, prefix } => dp.remove_hop(*table, *net, *prefix),
         Op::SetAppliance { vni, mac, ifindex } => dp.set_appliance(*vni, *mac, *ifindex),
         Op::DelAppliance { vni, mac } => dp.remove_appliance(*vni, *mac),
-        Op::SetEip { vni, private, eip } => dp.set_eip(*vni, *private, eip),
+        Op::SetEip { vni, private, eip } => {
+            dp.set_eip(*vni, *private, eip)?;
+            // Where the address was on another host, the network's
+            // neighbours still send to that host's device.
+            dp.announce(eip.ext_ifindex, eip.public_ip, eip.ext_mac)
+        }
         Op::DelEip { vni, private, public } => dp.remove_eip(*vni, *private, *public),
         Op::SetTrust {
             vni,

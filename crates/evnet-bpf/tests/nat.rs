@@ -6,8 +6,9 @@
 //! elastic IP, and is reached from it at the elastic IP (ping and TCP,
 //! translated both ways on the host, ARP for the elastic IP answered by
 //! the program); an instance without one reaches nothing outside; the
-//! instance's ingress groups decide what comes in; removing the elastic
-//! IP stops both ways. Fails (never skips) without root or BPF when
+//! instance's ingress groups decide what comes in; moved to an ENI on the
+//! other host, the elastic IP is announced there (a gratuitous ARP) and
+//! the router follows at once. Fails (never skips) without root or BPF when
 //! CI=true.
 
 mod common;
@@ -26,12 +27,6 @@ fn ping(ns: &str, to: Ipv4Addr) -> bool {
     ok(&["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", &to.to_string()])
 }
 
-/// Who the external router has talked to: its neighbour table names the
-/// addresses it answered (the sources it saw).
-fn router_neighbours(ns: &str) -> String {
-    must(&["ip", "-n", ns, "neigh", "show", "dev", "eth0"])
-}
-
 #[test]
 fn elastic_ips_translate_on_the_host_both_ways() {
     if !root_or_skip("elastic_ips_translate_on_the_host_both_ways") {
@@ -40,13 +35,20 @@ fn elastic_ips_translate_on_the_host_both_ways() {
     let mut lab = Lab::new(FlowState::FlowMap).expect("lab");
     let mut cleanup = Cleanup::default();
     let ext = cleanup.netns(&format!("evbx-{}", tag()));
-    let host = lab.hosts[0].ns.clone();
-    must(&["ip", "-n", &host, "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext]);
-    must(&["ip", "-n", &host, "addr", "add", "203.0.113.254/24", "dev", "ext0"]);
-    must(&["ip", "-n", &host, "link", "set", "ext0", "up"]);
-    must(&["ip", "-n", &ext, "addr", "add", "203.0.113.1/24", "dev", "eth0"]);
-    must(&["ip", "-n", &ext, "link", "set", "eth0", "up"]);
+    // The internet: a bridge with the router's address; each host joined
+    // to it by its ext0.
     must(&["ip", "-n", &ext, "link", "set", "lo", "up"]);
+    must(&["ip", "-n", &ext, "link", "add", "br0", "type", "bridge"]);
+    must(&["ip", "-n", &ext, "addr", "add", "203.0.113.1/24", "dev", "br0"]);
+    must(&["ip", "-n", &ext, "link", "set", "br0", "up"]);
+    for (i, h) in lab.hosts.iter().enumerate() {
+        let port = format!("ex{i}");
+        must(&["ip", "-n", &h.ns, "link", "add", "ext0", "type", "veth", "peer", "name", &port, "netns", &ext]);
+        must(&["ip", "-n", &ext, "link", "set", &port, "master", "br0", "up"]);
+        must(&["ip", "-n", &h.ns, "addr", "add", &format!("203.0.113.{}/24", 250 + i), "dev", "ext0"]);
+        must(&["ip", "-n", &h.ns, "link", "set", "ext0", "up"]);
+    }
+    let host = lab.hosts[0].ns.clone();
     let router = ip("203.0.113.1");
     let public = ip("203.0.113.10");
 
@@ -57,13 +59,16 @@ fn elastic_ips_translate_on_the_host_both_ways() {
     let a = lab.add_instance(0, vni, ip("10.0.0.10"), &[Rule::allow_all()], &[tcp_80, icmp]).unwrap();
     // 1: the same subnet, no elastic IP.
     let b = lab.add_instance(0, vni, ip("10.0.0.20"), &[Rule::allow_all()], &[icmp]).unwrap();
+    // 2: on the other host, where the elastic IP moves last.
+    let c = lab.add_instance(1, vni, ip("10.0.0.30"), &[Rule::allow_all()], &[icmp]).unwrap();
     let dp = &lab.hosts[0].dp;
     // Their table: the VPC's block local, everything else to the internet gateway.
     let table = 0x7ab;
-    dp.set_hop(table, ip("0.0.0.0"), 0, &Hop::Internet).unwrap();
-    dp.set_hop(table, ip("10.0.0.0"), 16, &Hop::Local).unwrap();
-    for i in [a, b] {
+    for i in [a, b, c] {
         let inst = &lab.instances[i];
+        let dp = &lab.hosts[inst.host].dp;
+        dp.set_hop(table, ip("0.0.0.0"), 0, &Hop::Internet).unwrap();
+        dp.set_hop(table, ip("10.0.0.0"), 16, &Hop::Local).unwrap();
         dp.set_eni(inst.ifindex, &EniEntry { table, ..inst.entry }).unwrap();
     }
     let (a_ns, b_ns) = (lab.instances[a].ns.clone(), lab.instances[b].ns.clone());
@@ -82,7 +87,7 @@ fn elastic_ips_translate_on_the_host_both_ways() {
     // The first exchange waits for two ARP resolutions (the host's for the
     // router, the router's for the elastic IP): a few tries, bounded.
     assert!((0..3).any(|_| ping(&a_ns, router)), "the instance reaches the external router by its elastic IP: {:?}", dp.stats());
-    let seen = router_neighbours(&ext);
+    let seen = must(&["ip", "-n", &ext, "neigh", "show", "dev", "br0"]);
     assert!(seen.contains("203.0.113.10") && !seen.contains("10.0.0.10"), "{seen}");
     // In: the router reaches the instance at its elastic IP, ping and TCP.
     assert!(ping(&ext, public), "the elastic IP answers from outside");
@@ -91,16 +96,36 @@ fn elastic_ips_translate_on_the_host_both_ways() {
     assert!(!tcp_works_via(&ext, &a_ns, public, ip("10.0.0.10"), 22), "the instance's ingress groups refuse port 22");
     // The other instance still has no way out.
     assert!(!ping(&b_ns, router), "no elastic IP, no internet");
-    let c = dp.contents().unwrap();
-    assert_eq!(c.eips.len(), 1, "{:?}", c.eips);
+    let held = dp.contents().unwrap().eips;
+    assert_eq!(held.len(), 1, "{held:?}");
 
-    // Taken away: both ways stop, and the host answers ARP for it no more.
+    // Moved to an ENI on the other host (as when its ENI moves): the new
+    // host announces it, and the router, whose entry still names the
+    // first host's device, follows at once (its entries otherwise stay
+    // reachable for 15-45 s).
+    let c_ns = lab.instances[c].ns.clone();
+    assert!(seen_at(&ext, public).is_some_and(|m| m == ext_mac), "the router knows the first host's device");
     dp.remove_eip(vni, ip("10.0.0.10"), public).unwrap();
-    must(&["ip", "-n", &ext, "neigh", "flush", "dev", "eth0"]);
-    assert!(!ping(&ext, public));
-    assert!(!ping(&a_ns, router));
     assert!(dp.contents().unwrap().eips.is_empty());
+    let host_b = lab.hosts[1].ns.clone();
+    let (b_if, b_mac) = (ifindex(&host_b, "ext0"), parse_mac_of(&host_b, "ext0"));
+    let moved = Eip { public_ip: public, ext_ifindex: b_if, ext_mac: b_mac, gateway: router };
+    let dp_b = &lab.hosts[1].dp;
+    dp_b.set_eip(vni, ip("10.0.0.30"), &moved).unwrap();
+    dp_b.attach_external(b_if).unwrap();
+    assert!(!ping(&a_ns, router), "the first instance lost its way out");
+    dp_b.announce(b_if, public, b_mac).unwrap();
+    assert_eq!(seen_at(&ext, public), Some(b_mac), "the announcement moved the router's entry");
+    assert!(ping(&ext, public), "the elastic IP answers from its new host at once");
+    assert!(ping(&c_ns, router), "and its new instance goes out by it");
     drop(lab);
+}
+
+/// The MAC the router's neighbour table has for `ip`, if any.
+fn seen_at(ns: &str, ip: Ipv4Addr) -> Option<[u8; 6]> {
+    let out = must(&["ip", "-n", ns, "neigh", "show", &ip.to_string()]);
+    let at = out.split_whitespace().skip_while(|w| *w != "lladdr").nth(1)?;
+    evnet_bpf::maps::parse_mac(at)
 }
 
 /// The MAC of `dev` in namespace `ns`.
