@@ -73,11 +73,12 @@ pub async fn delete_tenant(State(st): State<AppState>, caller: Caller, Path(id):
         let owns = snap.vpcs.values().any(|v| v.value.tenant == id)
             || snap.enis.values().any(|v| v.value.tenant == id)
             || snap.instances.values().any(|v| v.value.tenant == id)
-            || snap.bandwidth_pools.values().any(|v| v.value.tenant == id);
+            || snap.bandwidth_pools.values().any(|v| v.value.tenant == id)
+            || snap.elastic_ips.values().any(|v| v.value.tenant == id);
         if owns {
             return Err(ModelError::conflict(
                 "dependency_violation",
-                format!("tenant {id} still owns resources; delete its instances, ENIs, pools and VPCs first"),
+                format!("tenant {id} still owns resources; delete its instances, ENIs, pools and VPCs and release its elastic IPs first"),
             )
             .into());
         }

@@ -48,7 +48,10 @@ pub fn not_found_code(kind: Kind) -> &'static str {
         Kind::Peering => "InvalidVpcPeeringConnectionID.NotFound",
         Kind::Instance => "InvalidInstanceID.NotFound",
         Kind::Host => "InvalidHost.NotFound",
-        Kind::Tenant | Kind::BandwidthPool => "InvalidID",
+        Kind::InternetGateway => "InvalidInternetGatewayID.NotFound",
+        Kind::ElasticIp => "InvalidAllocationID.NotFound",
+        Kind::NatGateway => "NatGatewayNotFound",
+        Kind::Tenant | Kind::BandwidthPool | Kind::ExternalNetwork => "InvalidID",
     }
 }
 
