@@ -836,6 +836,72 @@ impl Client {
     }
 
     // -----------------------------------------------------------------
+    // External networks (the admin's; every tenant reads them), internet
+    // gateways, elastic IPs and NAT gateways.
+
+    pub async fn create_external_network(&self, body: &CreateExternalNetwork) -> Result<ExternalNetwork> {
+        self.create_of("external-networks", body).await
+    }
+    pub async fn list_external_networks(&self, filter: &ExternalNetworkFilter) -> Result<Vec<ExternalNetwork>> {
+        self.all_of("external-networks", filter).await
+    }
+    pub async fn get_external_network(&self, id: &str) -> Result<ExternalNetwork> {
+        self.get_of("external-networks", id).await
+    }
+    pub async fn delete_external_network(&self, id: &str) -> Result<()> {
+        self.delete_of("external-networks", id).await
+    }
+
+    pub async fn create_internet_gateway(&self, body: &CreateInternetGateway) -> Result<InternetGateway> {
+        self.create_of("internet-gateways", body).await
+    }
+    pub async fn list_internet_gateways(&self, filter: &InternetGatewayFilter) -> Result<Vec<InternetGateway>> {
+        self.all_of("internet-gateways", filter).await
+    }
+    pub async fn get_internet_gateway(&self, id: &str) -> Result<InternetGateway> {
+        self.get_of("internet-gateways", id).await
+    }
+    pub async fn delete_internet_gateway(&self, id: &str) -> Result<()> {
+        self.delete_of("internet-gateways", id).await
+    }
+
+    /// `POST /v1/elastic-ips`: allocates an address.
+    pub async fn allocate_elastic_ip(&self, body: &AllocateElasticIp) -> Result<ElasticIp> {
+        self.create_of("elastic-ips", body).await
+    }
+    pub async fn list_elastic_ips(&self, filter: &ElasticIpFilter) -> Result<Vec<ElasticIp>> {
+        self.all_of("elastic-ips", filter).await
+    }
+    pub async fn get_elastic_ip(&self, id: &str) -> Result<ElasticIp> {
+        self.get_of("elastic-ips", id).await
+    }
+    /// `POST /v1/elastic-ips/{id}/associate`.
+    pub async fn associate_elastic_ip(&self, id: &str, body: &AssociateElasticIp) -> Result<ElasticIp> {
+        self.action_of("elastic-ips", id, "associate", body).await
+    }
+    /// `POST /v1/elastic-ips/{id}/disassociate`.
+    pub async fn disassociate_elastic_ip(&self, id: &str) -> Result<ElasticIp> {
+        self.action_of("elastic-ips", id, "disassociate", &serde_json::json!({})).await
+    }
+    /// `DELETE /v1/elastic-ips/{id}`: releases the address.
+    pub async fn release_elastic_ip(&self, id: &str) -> Result<()> {
+        self.delete_of("elastic-ips", id).await
+    }
+
+    pub async fn create_nat_gateway(&self, body: &CreateNatGateway) -> Result<NatGateway> {
+        self.create_of("nat-gateways", body).await
+    }
+    pub async fn list_nat_gateways(&self, filter: &NatGatewayFilter) -> Result<Vec<NatGateway>> {
+        self.all_of("nat-gateways", filter).await
+    }
+    pub async fn get_nat_gateway(&self, id: &str) -> Result<NatGateway> {
+        self.get_of("nat-gateways", id).await
+    }
+    pub async fn delete_nat_gateway(&self, id: &str) -> Result<()> {
+        self.delete_of("nat-gateways", id).await
+    }
+
+    // -----------------------------------------------------------------
     // Bandwidth pools.
 
     pub async fn create_bandwidth_pool(&self, body: &CreateBandwidthPool) -> Result<BandwidthPool> {
