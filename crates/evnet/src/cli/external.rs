@@ -6,7 +6,8 @@ use std::net::Ipv4Addr;
 use evnet_client::{Client, InternetGatewayFilter, NameFilter, NatGatewayFilter};
 use evnet_model::ids::Kind;
 use evnet_model::{
-    AddressRange, AllocateElasticIp, AssociateElasticIp, CreateExternalNetwork, CreateInternetGateway, CreateNatGateway,
+    AddressRange, AllocateElasticIp, AssociateElasticIp, CreateExternalNetwork,
+    CreateInternetGateway, CreateNatGateway,
 };
 
 use super::render::{print_deleted, print_list, print_one};
@@ -14,7 +15,9 @@ use super::{OutputFormat, parse_tag, resolve, tags_of};
 
 /// `START-END`, as in `203.0.113.10-203.0.113.99`.
 pub(crate) fn parse_pool(text: &str) -> Result<AddressRange, String> {
-    let bad = || format!("`{text}` is not a range: write it as START-END, like 203.0.113.10-203.0.113.99");
+    let bad = || {
+        format!("`{text}` is not a range: write it as START-END, like 203.0.113.10-203.0.113.99")
+    };
     let (start, end) = text.split_once('-').ok_or_else(bad)?;
     let start: Ipv4Addr = start.trim().parse().map_err(|_| bad())?;
     let end: Ipv4Addr = end.trim().parse().map_err(|_| bad())?;
@@ -56,7 +59,10 @@ pub enum ExternalNetworkCommand {
         name: Option<String>,
     },
     /// Show one external network (by id or name).
-    #[command(visible_alias = "show", after_help = "Examples:\n  evnet external-network get internet")]
+    #[command(
+        visible_alias = "show",
+        after_help = "Examples:\n  evnet external-network get internet"
+    )]
     Get {
         /// The external network, by id or name.
         network: String,
@@ -97,7 +103,10 @@ pub enum IgwCommand {
         name: Option<String>,
     },
     /// Show one internet gateway (by id or name).
-    #[command(visible_alias = "show", after_help = "Examples:\n  evnet igw get prod-igw")]
+    #[command(
+        visible_alias = "show",
+        after_help = "Examples:\n  evnet igw get prod-igw"
+    )]
     Get {
         /// The internet gateway, by id or name.
         igw: String,
@@ -113,7 +122,9 @@ pub enum IgwCommand {
 #[derive(clap::Subcommand, Debug)]
 pub enum EipCommand {
     /// Allocate an elastic IP from an external network.
-    #[command(after_help = "Examples:\n  evnet eip allocate --name web\n  evnet eip allocate --external-network internet -o json")]
+    #[command(
+        after_help = "Examples:\n  evnet eip allocate --name web\n  evnet eip allocate --external-network internet -o json"
+    )]
     Allocate {
         /// The external network (id or name); needed only when there are several.
         #[arg(long)]
@@ -159,7 +170,10 @@ pub enum EipCommand {
         name: Option<String>,
     },
     /// Show one elastic IP (by id, name or address).
-    #[command(visible_alias = "show", after_help = "Examples:\n  evnet eip get 203.0.113.7")]
+    #[command(
+        visible_alias = "show",
+        after_help = "Examples:\n  evnet eip get 203.0.113.7"
+    )]
     Get {
         /// The elastic IP, by id, name or address.
         eip: String,
@@ -197,7 +211,10 @@ pub enum NatgwCommand {
         name: Option<String>,
     },
     /// Show one NAT gateway (by id or name).
-    #[command(visible_alias = "show", after_help = "Examples:\n  evnet natgw get prod-nat")]
+    #[command(
+        visible_alias = "show",
+        after_help = "Examples:\n  evnet natgw get prod-nat"
+    )]
     Get {
         /// The NAT gateway, by id or name.
         natgw: String,
@@ -214,15 +231,32 @@ pub enum NatgwCommand {
 async fn eip_id(client: &Client, text: &str) -> anyhow::Result<String> {
     let text = text.trim();
     if let Ok(address) = text.parse::<Ipv4Addr>() {
-        let ids = client.list_elastic_ips(&NameFilter::default()).await?.into_iter().filter(|e| e.address == address).map(|e| e.id).collect();
+        let ids = client
+            .list_elastic_ips(&NameFilter::default())
+            .await?
+            .into_iter()
+            .filter(|e| e.address == address)
+            .map(|e| e.id)
+            .collect();
         return resolve::pick(Kind::ElasticIp, text, ids);
     }
     resolve::id(client, Kind::ElasticIp, text).await
 }
 
-pub(crate) async fn run_external_network(cmd: ExternalNetworkCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run_external_network(
+    cmd: ExternalNetworkCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
-        ExternalNetworkCommand::Create { cidr, gateway, pool, host_interface, name, tags } => {
+        ExternalNetworkCommand::Create {
+            cidr,
+            gateway,
+            pool,
+            host_interface,
+            name,
+            tags,
+        } => {
             let body = CreateExternalNetwork {
                 cidr,
                 gateway_ip: gateway,
@@ -234,7 +268,10 @@ pub(crate) async fn run_external_network(cmd: ExternalNetworkCommand, client: &C
             };
             print_one(out, &client.create_external_network(&body).await?)
         }
-        ExternalNetworkCommand::List { name } => print_list(out, &client.list_external_networks(&NameFilter { name }).await?),
+        ExternalNetworkCommand::List { name } => print_list(
+            out,
+            &client.list_external_networks(&NameFilter { name }).await?,
+        ),
         ExternalNetworkCommand::Get { network } => {
             let id = resolve::id(client, Kind::ExternalNetwork, &network).await?;
             print_one(out, &client.get_external_network(&id).await?)
@@ -248,12 +285,26 @@ pub(crate) async fn run_external_network(cmd: ExternalNetworkCommand, client: &C
     }
 }
 
-pub(crate) async fn run_igw(cmd: IgwCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run_igw(
+    cmd: IgwCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
-        IgwCommand::Create { vpc, external_network, name, tags } => {
+        IgwCommand::Create {
+            vpc,
+            external_network,
+            name,
+            tags,
+        } => {
             let body = CreateInternetGateway {
                 vpc_id: resolve::id(client, Kind::Vpc, &vpc).await?,
-                external_network_id: resolve::opt_id(client, Kind::ExternalNetwork, external_network.as_deref()).await?,
+                external_network_id: resolve::opt_id(
+                    client,
+                    Kind::ExternalNetwork,
+                    external_network.as_deref(),
+                )
+                .await?,
                 name,
                 tags: tags_of(tags),
                 ..Default::default()
@@ -262,7 +313,12 @@ pub(crate) async fn run_igw(cmd: IgwCommand, client: &Client, out: OutputFormat)
         }
         IgwCommand::List { vpc, name } => {
             let vpc_id = resolve::opt_id(client, Kind::Vpc, vpc.as_deref()).await?;
-            print_list(out, &client.list_internet_gateways(&InternetGatewayFilter { name, vpc_id }).await?)
+            print_list(
+                out,
+                &client
+                    .list_internet_gateways(&InternetGatewayFilter { name, vpc_id })
+                    .await?,
+            )
         }
         IgwCommand::Get { igw } => {
             let id = resolve::id(client, Kind::InternetGateway, &igw).await?;
@@ -277,20 +333,42 @@ pub(crate) async fn run_igw(cmd: IgwCommand, client: &Client, out: OutputFormat)
     }
 }
 
-pub(crate) async fn run_eip(cmd: EipCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run_eip(
+    cmd: EipCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
-        EipCommand::Allocate { external_network, name, tags } => {
+        EipCommand::Allocate {
+            external_network,
+            name,
+            tags,
+        } => {
             let body = AllocateElasticIp {
-                external_network_id: resolve::opt_id(client, Kind::ExternalNetwork, external_network.as_deref()).await?,
+                external_network_id: resolve::opt_id(
+                    client,
+                    Kind::ExternalNetwork,
+                    external_network.as_deref(),
+                )
+                .await?,
                 name,
                 tags: tags_of(tags),
                 ..Default::default()
             };
             print_one(out, &client.allocate_elastic_ip(&body).await?)
         }
-        EipCommand::Associate { eip, eni, private_ip, allow_reassociation } => {
+        EipCommand::Associate {
+            eip,
+            eni,
+            private_ip,
+            allow_reassociation,
+        } => {
             let id = eip_id(client, &eip).await?;
-            let body = AssociateElasticIp { eni_id: resolve::id(client, Kind::Eni, &eni).await?, private_ip, allow_reassociation };
+            let body = AssociateElasticIp {
+                eni_id: resolve::id(client, Kind::Eni, &eni).await?,
+                private_ip,
+                allow_reassociation,
+            };
             print_one(out, &client.associate_elastic_ip(&id, &body).await?)
         }
         EipCommand::Disassociate { eip } => {
@@ -303,7 +381,9 @@ pub(crate) async fn run_eip(cmd: EipCommand, client: &Client, out: OutputFormat)
             print_deleted(out, "elastic IP", &id);
             Ok(())
         }
-        EipCommand::List { name } => print_list(out, &client.list_elastic_ips(&NameFilter { name }).await?),
+        EipCommand::List { name } => {
+            print_list(out, &client.list_elastic_ips(&NameFilter { name }).await?)
+        }
         EipCommand::Get { eip } => {
             let id = eip_id(client, &eip).await?;
             print_one(out, &client.get_elastic_ip(&id).await?)
@@ -311,9 +391,18 @@ pub(crate) async fn run_eip(cmd: EipCommand, client: &Client, out: OutputFormat)
     }
 }
 
-pub(crate) async fn run_natgw(cmd: NatgwCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run_natgw(
+    cmd: NatgwCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     match cmd {
-        NatgwCommand::Create { subnet, eip, name, tags } => {
+        NatgwCommand::Create {
+            subnet,
+            eip,
+            name,
+            tags,
+        } => {
             let body = CreateNatGateway {
                 subnet_id: resolve::id(client, Kind::Subnet, &subnet).await?,
                 elastic_ip_id: eip_id(client, &eip).await?,
@@ -326,7 +415,16 @@ pub(crate) async fn run_natgw(cmd: NatgwCommand, client: &Client, out: OutputFor
         NatgwCommand::List { vpc, subnet, name } => {
             let vpc_id = resolve::opt_id(client, Kind::Vpc, vpc.as_deref()).await?;
             let subnet_id = resolve::opt_id(client, Kind::Subnet, subnet.as_deref()).await?;
-            print_list(out, &client.list_nat_gateways(&NatGatewayFilter { name, vpc_id, subnet_id }).await?)
+            print_list(
+                out,
+                &client
+                    .list_nat_gateways(&NatGatewayFilter {
+                        name,
+                        vpc_id,
+                        subnet_id,
+                    })
+                    .await?,
+            )
         }
         NatgwCommand::Get { natgw } => {
             let id = resolve::id(client, Kind::NatGateway, &natgw).await?;
