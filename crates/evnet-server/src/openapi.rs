@@ -215,7 +215,7 @@ pub const OPS: &[Op] = &[
     op("get", "/v1/hosts/{id}", "Get a host (a host credential: its own only)", None, Some("Host"), 200, false).errors(&["forbidden"]),
     op("patch", "/v1/hosts/{id}", "Change a host's underlay address, NIC capacity or labels (admin)", Some("PatchHost"), Some("Host"), 200, false)
         .errors(&["forbidden", "invalid_labels", "invalid_bandwidth", "invalid_underlay_ip", "underlay_ip_taken", "insufficient_bandwidth", "revision_mismatch"]),
-    op("delete", "/v1/hosts/{id}", "Delete a host without instances (admin)", None, None, 204, false).errors(&["forbidden", "dependency_violation"]),
+    op("delete", "/v1/hosts/{id}", "Delete a host without instances or NAT gateways (admin)", None, None, 204, false).errors(&["forbidden", "dependency_violation"]),
     op("post", "/v1/hosts/{id}/heartbeat", "Report liveness and the applied generation, at most the current desired one (the host's credential)", Some("Heartbeat"), Some("Host"), 200, false)
         .errors(&["forbidden", "generation_not_issued", "too_many_failures", "invalid_failure"]),
     op("get", "/v1/hosts/{id}/desired", "The host's desired state; with ?since=G a long poll until the generation passes G (the host's credential)", None, Some("HostDesired"), 200, false)

@@ -177,6 +177,8 @@ async fn gateways_elastic_ips_and_routes_through_their_lives() {
     assert_eq!((s, c.as_str()), (409, "eip_associated"));
     let nat = t.ok("POST", "/v1/nat-gateways", &a, nat_body).await;
     let nat_id = id(&nat);
+    // Its host stays while it runs there.
+    assert_eq!(t.fails("DELETE", &format!("/v1/hosts/{host}"), ADMIN, None).await, (409, "dependency_violation".into()));
     assert_eq!(
         (&nat["host_id"], &nat["state"], &nat["vpc_id"], &nat["elastic_ip_id"]),
         (&json!(host), &json!("available"), &json!(vpc), &json!(eip_id)),
@@ -264,7 +266,7 @@ async fn another_tenants_ids_answer_404() {
         assert_eq!(t.call("GET", list, &b, None).await.1["items"], json!([]), "{list}");
     }
     let (_, l) = t.call("GET", "/v1/elastic-ips", &b, None).await;
-    assert_eq!(l["items"].as_array().unwrap().iter().map(id).collect::<Vec<_>>(), [b_eip.clone()]);
+    assert_eq!(l["items"].as_array().unwrap().iter().map(id).collect::<Vec<_>>(), vec![b_eip]);
     // The admin sees every tenant's; B's addresses differ from A's.
     let (_, l) = t.call("GET", "/v1/elastic-ips", ADMIN, None).await;
     let addrs: HashSet<String> = l["items"].as_array().unwrap().iter().map(|e| e["address"].as_str().unwrap().to_string()).collect();

@@ -501,15 +501,11 @@ pub async fn release_eip(State(st): State<AppState>, caller: Caller, Path(id): P
 /// Where a new NAT gateway runs: the ready host with the fewest NAT
 /// gateways, then the fewest instances (ties by id, so the choice is
 /// deterministic).
-fn nat_host(snap: &Snapshot) -> Option<String> {
-    snap.hosts
-        .values()
-        .filter(|h| h.value.status == HostStatus::Ready)
-        .min_by_key(|h| {
-            let nats = snap.nat_gateways.values().filter(|n| n.value.host_id == h.value.id).count();
-            (nats, snap.instance_count(&h.value.id), h.value.id.clone())
-        })
-        .map(|h| h.value.id.clone())
+fn nat_host(snap: &Snapshot) -> Option<&Entry<Host>> {
+    snap.hosts.values().filter(|h| h.value.status == HostStatus::Ready).min_by_key(|h| {
+        let nats = snap.nat_gateways.values().filter(|n| n.value.host_id == h.value.id).count();
+        (nats, snap.instance_count(&h.value.id), h.value.id.clone())
+    })
 }
 
 pub async fn create_natgw(
@@ -540,7 +536,7 @@ pub async fn create_natgw(
             return Err(eip_in_use(&e.value, a));
         }
         let igw = gateway_for(snap, &vpc_id, &e.value)?;
-        let host_id = nat_host(snap).ok_or_else(|| {
+        let host = nat_host(snap).ok_or_else(|| {
             ApiError::from(ModelError::conflict("no_host_available", "no host is ready to run the NAT gateway; bring a host up and retry"))
         })?;
         let pool = snap.ipam.get(&req.subnet_id).ok_or_else(ApiError::conflict_retry)?;
@@ -558,7 +554,7 @@ pub async fn create_natgw(
             private_ip,
             elastic_ip_id: req.elastic_ip_id.clone(),
             state: NatGatewayState::Available,
-            host_id,
+            host_id: host.value.id.clone(),
         };
         let mut eip = arc_clone(&e.value);
         eip.association = Some(EipAssociation { eni_id: None, nat_gateway_id: Some(id.clone()), private_ip });
@@ -569,6 +565,8 @@ pub async fn create_natgw(
                 cmp(ek.clone(), e.mod_revision),
                 cmp(keys::resource(Kind::InternetGateway, &igw.value.id), igw.mod_revision),
                 cmp(keys::ipam(&req.subnet_id, private_ip), 0),
+                // A racing delete of the host fails, or sees the gateway.
+                cmp(keys::resource(Kind::Host, &host.value.id), host.mod_revision),
             ],
             ops: vec![
                 put(keys::resource(Kind::NatGateway, &id), &nat),

@@ -347,6 +347,15 @@ pub async fn delete_host(State(st): State<AppState>, caller: Caller, Path(id): P
             )
             .into());
         }
+        // A NAT gateway's create compares its host's key, so this sees
+        // every one placed here before it.
+        if let Some(n) = snap.nat_gateways.values().find(|n| n.value.host_id == id) {
+            return Err(ModelError::conflict(
+                "dependency_violation",
+                format!("host {id} runs NAT gateway {} (of tenant {}); it must be deleted first", n.value.id, n.value.tenant),
+            )
+            .into());
+        }
         let mut txn = Txn {
             compares: vec![cmp(keys::resource(Kind::Host, &id), h.mod_revision)],
             ops: vec![del(keys::resource(Kind::Host, &id)), del(keys::hostname(&h.value.name)), del(keys::hostbw(&id))],
