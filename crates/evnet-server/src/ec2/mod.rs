@@ -49,7 +49,8 @@ pub struct Ctx {
     pub p: Params,
 }
 
-/// Actions of resources evnet does not have yet.
+/// Actions this endpoint does not serve: resources evnet does not have, or
+/// (addresses, internet and NAT gateways) has in the REST API only.
 const UNSUPPORTED: &[&str] = &[
     "AllocateAddress",
     "AssociateAddress",
@@ -197,7 +198,7 @@ macro_rules! actions {
                 $f($ctx).await
             })*
             a if UNSUPPORTED.contains(&a) => Err(Ec2Error::unsupported(format!(
-                "The action {a} is not supported by this endpoint: evnet has no such resource yet (see docs/ec2.md)"
+                "The action {a} is not supported by this endpoint (docs/ec2.md says which actions it serves and why)"
             ))),
             a => Err(Ec2Error::bad("InvalidAction", format!("The action {a} is not valid for this web service."))),
         }
