@@ -16,6 +16,7 @@ pub mod params;
 pub mod sigv4;
 pub mod xml;
 
+mod address;
 mod instance;
 mod network;
 mod peering;
@@ -50,13 +51,8 @@ pub struct Ctx {
 }
 
 /// Actions this endpoint does not serve: resources evnet does not have, or
-/// (addresses, internet and NAT gateways) has in the REST API only.
+/// (internet and NAT gateways) has in the REST API only.
 const UNSUPPORTED: &[&str] = &[
-    "AllocateAddress",
-    "AssociateAddress",
-    "DisassociateAddress",
-    "ReleaseAddress",
-    "DescribeAddresses",
     "CreateInternetGateway",
     "AttachInternetGateway",
     "DetachInternetGateway",
@@ -220,6 +216,7 @@ pub const ACTIONS: &[&str] = &[
     "CreateRoute", "ReplaceRoute", "DeleteRoute", "AssociateRouteTable", "DisassociateRouteTable",
     "CreateVpcPeeringConnection", "AcceptVpcPeeringConnection", "DescribeVpcPeeringConnections", "DeleteVpcPeeringConnection",
     "RunInstances", "DescribeInstances", "TerminateInstances",
+    "AllocateAddress", "AssociateAddress", "DisassociateAddress", "ReleaseAddress", "DescribeAddresses",
 ];
 
 fn dry_run() -> Ec2Error {
@@ -267,6 +264,11 @@ async fn dispatch(action: &str, ctx: &Ctx) -> Ec2Result<Vec<Node>> {
         "AcceptVpcPeeringConnection" => peering::accept,
         "DescribeVpcPeeringConnections" => peering::describe,
         "DeleteVpcPeeringConnection" => peering::delete,
+        "AllocateAddress" => address::allocate,
+        "AssociateAddress" => address::associate,
+        "DisassociateAddress" => address::disassociate,
+        "ReleaseAddress" => address::release,
+        "DescribeAddresses" => address::describe,
         "RunInstances" => instance::run_instances,
         "DescribeInstances" => instance::describe_instances,
         "TerminateInstances" => instance::terminate_instances,
