@@ -397,3 +397,41 @@ async fn creates_are_idempotent_with_a_client_token() {
     let (s, v) = t.call("POST", "/v1/elastic-ips", &a, Some(json!({"client_token": "ip-1", "name": "other"}))).await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("idempotency_mismatch")));
 }
+
+/// An association racing the delete of its ENI, through two servers on one
+/// store: whichever wins, no elastic IP is left associated with an ENI that
+/// is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_association_never_outlives_its_eni() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let (t1, t2) = (T::on(store.clone()).await, T::on(store).await);
+    let (_, a) = t1.tenant("a").await;
+    t1.ok("POST", "/v1/external-networks", ADMIN, json!({"cidr": "203.0.113.0/24"})).await;
+    let (vpc, subnet) = t1.network(&a, "10.0.0.0/16", "10.0.1.0/24").await;
+    t1.ok("POST", "/v1/internet-gateways", &a, json!({"vpc_id": vpc})).await;
+    let eip = id(&t1.ok("POST", "/v1/elastic-ips", &a, json!({})).await);
+    let mut outcomes = HashSet::new();
+    for _ in 0..100 {
+        // Made through the deleting server, so its delete finds it.
+        let eni = id(&t2.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet})).await);
+        let (ta, tb, tok, tok2, eip2, eni2) = (t1.clone(), t2.clone(), a.clone(), a.clone(), eip.clone(), eni.clone());
+        let assoc = tokio::spawn(async move {
+            ta.call("POST", &format!("/v1/elastic-ips/{eip2}/associate"), &tok, Some(json!({"eni_id": eni2, "allow_reassociation": true})))
+                .await
+                .0
+        });
+        let delete = tokio::spawn(async move { tb.call("DELETE", &format!("/v1/enis/{eni}"), &tok2, None).await.0 });
+        let (s_assoc, s_delete) = (assoc.await.unwrap(), delete.await.unwrap());
+        assert_eq!(s_delete, 204);
+        outcomes.insert(s_assoc);
+        // The deleting server has seen its own delete and every write before
+        // it; an association after it cannot have succeeded.
+        let v = t2.call("GET", &format!("/v1/elastic-ips/{eip}"), &a, None).await.1;
+        if let Some(e) = v["association"]["eni_id"].as_str() {
+            panic!("elastic IP associated with {e}, which was deleted: {v}");
+        }
+    }
+    // Associated, then disassociated by the delete; or refused because the
+    // ENI was gone (or not yet seen by the associating server).
+    assert!(outcomes.iter().all(|s| *s == 200 || *s == 404), "{outcomes:?}");
+}
