@@ -299,6 +299,21 @@ mod tests {
         assert_eq!(pool.allocate().unwrap(), Ipv4Addr::new(10, 0, 0, 5));
     }
 
+    #[test]
+    fn a_range_pool_hands_out_its_range_only() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let mut pool = IpPool::with_range(net("203.0.113.0/24"), ip("203.0.113.10"), ip("203.0.113.12"));
+        assert_eq!((pool.capacity(), pool.range()), (3, (ip("203.0.113.10"), ip("203.0.113.12"))));
+        pool.allocate_specific(ip("203.0.113.11")).unwrap();
+        assert_eq!(pool.allocate_specific(ip("203.0.113.13")).unwrap_err().code, "ip_reserved");
+        assert_eq!(pool.allocate_specific(ip("198.51.100.1")).unwrap_err().code, "ip_not_in_subnet");
+        assert_eq!(pool.free_iter().collect::<Vec<_>>(), [ip("203.0.113.12"), ip("203.0.113.10")]);
+        assert_eq!(pool.allocate().unwrap(), ip("203.0.113.12"));
+        assert_eq!(pool.allocate().unwrap(), ip("203.0.113.10"));
+        assert!(pool.allocate().is_err() && pool.free_count() == 0 && pool.peek_free().is_none());
+        assert!(pool.free(ip("203.0.113.11")) && pool.free_count() == 1);
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Alloc,
