@@ -435,3 +435,41 @@ async fn an_association_never_outlives_its_eni() {
     // ENI was gone (or not yet seen by the associating server).
     assert!(outcomes.iter().all(|s| *s == 200 || *s == 404), "{outcomes:?}");
 }
+
+#[tokio::test]
+async fn changes_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let settings = Settings { audit_log: Some(path.clone()), rate_limit_rps: 0, ..Settings::default() };
+    let t = T { app: evnet_server::app(evnet_server::state(Arc::new(MemStore::new()), ADMIN, settings).await.unwrap()) };
+    let (tid, a) = t.tenant("a").await;
+    let net = id(&t.ok("POST", "/v1/external-networks", ADMIN, json!({"cidr": "203.0.113.0/24"})).await);
+    let eip = id(&t.ok("POST", "/v1/elastic-ips", &a, json!({})).await);
+    t.call("GET", &format!("/v1/elastic-ips/{eip}"), &a, None).await;
+    t.fails("POST", &format!("/v1/elastic-ips/{eip}/associate"), &a, Some(json!({"eni_id": "eni-00000000000000aa"}))).await;
+    t.call("DELETE", &format!("/v1/elastic-ips/{eip}"), &a, None).await;
+    let got: Vec<(String, String, Option<String>, u64)> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .skip(1) // the tenant's create
+        .map(|r| {
+            (
+                r["caller"].as_str().unwrap().into(),
+                r["route"].as_str().unwrap().into(),
+                r["resource_id"].as_str().map(str::to_string),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let tc = format!("tenant:{tid}");
+    assert_eq!(
+        got,
+        vec![
+            ("admin".to_string(), "/v1/external-networks".to_string(), Some(net), 201),
+            (tc.clone(), "/v1/elastic-ips".into(), Some(eip.clone()), 201),
+            (tc.clone(), "/v1/elastic-ips/{id}/associate".into(), Some(eip.clone()), 404),
+            (tc, "/v1/elastic-ips/{id}".into(), Some(eip), 204),
+        ]
+    );
+}
