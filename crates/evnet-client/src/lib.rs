@@ -899,6 +899,14 @@ impl Client {
     pub async fn get_internet_gateway(&self, id: &str) -> Result<InternetGateway> {
         self.get_of("internet-gateways", id).await
     }
+    /// `PATCH /v1/internet-gateways/{id}`: a new name and/or tags.
+    pub async fn patch_internet_gateway(
+        &self,
+        id: &str,
+        body: &PatchNameTags,
+    ) -> Result<InternetGateway> {
+        self.patch_of("internet-gateways", id, body).await
+    }
     pub async fn delete_internet_gateway(&self, id: &str) -> Result<()> {
         self.delete_of("internet-gateways", id).await
     }
@@ -912,6 +920,10 @@ impl Client {
     }
     pub async fn get_elastic_ip(&self, id: &str) -> Result<ElasticIp> {
         self.get_of("elastic-ips", id).await
+    }
+    /// `PATCH /v1/elastic-ips/{id}`: a new name and/or tags.
+    pub async fn patch_elastic_ip(&self, id: &str, body: &PatchNameTags) -> Result<ElasticIp> {
+        self.patch_of("elastic-ips", id, body).await
     }
     /// `POST /v1/elastic-ips/{id}/associate`.
     pub async fn associate_elastic_ip(
@@ -939,6 +951,10 @@ impl Client {
     }
     pub async fn get_nat_gateway(&self, id: &str) -> Result<NatGateway> {
         self.get_of("nat-gateways", id).await
+    }
+    /// `PATCH /v1/nat-gateways/{id}`: a new name and/or tags.
+    pub async fn patch_nat_gateway(&self, id: &str, body: &PatchNameTags) -> Result<NatGateway> {
+        self.patch_of("nat-gateways", id, body).await
     }
     pub async fn delete_nat_gateway(&self, id: &str) -> Result<()> {
         self.delete_of("nat-gateways", id).await

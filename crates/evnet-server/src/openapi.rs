@@ -280,12 +280,14 @@ pub const OPS: &[Op] = &[
         .errors(&["not_found", "internet_gateway_exists", "external_network_required", "external_network_deleting"]),
     op("get", "/v1/internet-gateways", "List internet gateways (?vpc_id=)", None, Some("InternetGateway"), 200, true),
     op("get", "/v1/internet-gateways/{id}", "Get an internet gateway", None, Some("InternetGateway"), 200, false),
+    op("patch", "/v1/internet-gateways/{id}", "Rename or retag an internet gateway", Some("PatchNameTags"), Some("InternetGateway"), 200, false).errors(NAME_TAGS),
     op("delete", "/v1/internet-gateways/{id}", "Delete an internet gateway; routes to it stay, as blackholes, until removed", None, None, 204, false),
     op("post", "/v1/elastic-ips", "Allocate an elastic IP from an external network's pool (the only network when not named)", Some("AllocateElasticIp"), Some("ElasticIp"), 201, false)
         .create()
         .errors(&["not_found", "external_network_required", "external_network_deleting", "external_network_exhausted"]),
     op("get", "/v1/elastic-ips", "List elastic IPs", None, Some("ElasticIp"), 200, true),
     op("get", "/v1/elastic-ips/{id}", "Get an elastic IP", None, Some("ElasticIp"), 200, false),
+    op("patch", "/v1/elastic-ips/{id}", "Rename or retag an elastic IP", Some("PatchNameTags"), Some("ElasticIp"), 200, false).errors(NAME_TAGS),
     op("post", "/v1/elastic-ips/{id}/associate", "Associate an elastic IP with an address of an ENI (1:1 NAT on the ENI's host); the ENI's VPC needs an internet gateway to the address's network", Some("AssociateElasticIp"), Some("ElasticIp"), 200, false)
         .errors(&["ip_not_on_eni", "eip_associated", "private_ip_has_elastic_ip", "no_internet_gateway", "external_network_mismatch"]),
     op("post", "/v1/elastic-ips/{id}/disassociate", "Disassociate an elastic IP from its ENI (not from a NAT gateway)", Some("DisassociateElasticIp"), Some("ElasticIp"), 200, false)
@@ -296,6 +298,7 @@ pub const OPS: &[Op] = &[
         .errors(&["not_found", "subnet_deleting", "subnet_exhausted", "eip_associated", "no_internet_gateway", "external_network_mismatch", "no_host_available"]),
     op("get", "/v1/nat-gateways", "List NAT gateways (?vpc_id=, ?subnet_id=)", None, Some("NatGateway"), 200, true),
     op("get", "/v1/nat-gateways/{id}", "Get a NAT gateway", None, Some("NatGateway"), 200, false),
+    op("patch", "/v1/nat-gateways/{id}", "Rename or retag a NAT gateway", Some("PatchNameTags"), Some("NatGateway"), 200, false).errors(NAME_TAGS),
     op("delete", "/v1/nat-gateways/{id}", "Delete a NAT gateway: frees its subnet address and its elastic IP's association; routes to it stay, as blackholes", None, None, 204, false),
     op("post", "/v1/instances", "Create an instance; the scheduler places it when host_id is absent", Some("CreateInstance"), Some("Instance"), 201, false)
         .create()

@@ -133,6 +133,12 @@ async fn gateways_elastic_ips_and_routes_through_their_lives() {
     let eni2 = id(&t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet})).await);
     let eip = t.ok("POST", "/v1/elastic-ips", &a, json!({"name": "web"})).await;
     let eip_id = id(&eip);
+    // Renamed and retagged, at a revision when one is given.
+    let path = format!("/v1/elastic-ips/{eip_id}");
+    let stale = eip["revision"].as_u64().unwrap() + 1000;
+    assert_eq!(t.fails("PATCH", &path, &a, Some(json!({"name": "x", "revision": stale}))).await, (409, "revision_mismatch".into()));
+    let v = t.ok("PATCH", &path, &a, json!({"name": "front", "tags": {"team": "web"}, "revision": eip["revision"]})).await;
+    assert_eq!((&v["name"], &v["tags"], &v["address"]), (&json!("front"), &json!({"team": "web"}), &eip["address"]), "{v}");
     assert!(eip_id.starts_with("eipalloc-") && eip["association"].is_null() && eip["external_network_id"] == json!(net), "{eip}");
     let assoc = format!("/v1/elastic-ips/{eip_id}/associate");
     // Associating needs the VPC's internet gateway, as in AWS.
@@ -255,6 +261,9 @@ async fn another_tenants_ids_answer_404() {
         ("POST", format!("/v1/elastic-ips/{eip}/associate"), Some(json!({"eni_id": eni}))),
         ("POST", format!("/v1/elastic-ips/{eip}/disassociate"), None),
         ("POST", format!("/v1/elastic-ips/{b_eip}/associate"), Some(json!({"eni_id": eni}))),
+        ("PATCH", format!("/v1/internet-gateways/{igw}"), Some(json!({"name": "mine"}))),
+        ("PATCH", format!("/v1/elastic-ips/{eip}"), Some(json!({"name": "mine"}))),
+        ("PATCH", format!("/v1/nat-gateways/{nat}"), Some(json!({"name": "mine"}))),
         ("GET", format!("/v1/nat-gateways/{nat}"), None),
         ("DELETE", format!("/v1/nat-gateways/{nat}"), None),
         ("POST", "/v1/internet-gateways".into(), Some(json!({"vpc_id": vpc}))),

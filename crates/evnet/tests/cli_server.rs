@@ -514,6 +514,10 @@ fn leaving_the_vpc_with_the_cli() {
     let field = |name: &str| out.lines().find(|l| l.starts_with(&format!("{name}:"))).map(|l| l.split_whitespace().last().unwrap_or("").to_string());
     assert_eq!(field("associated_with").as_deref(), eni["id"].as_str(), "{out}");
     assert_eq!(field("private_ip").as_deref(), eni["private_ip"].as_str(), "{out}");
+    let out = cli.run(t, &["eip", "update", "203.0.113.2", "--tag", "team=web", "-o", "json"]).json();
+    assert_eq!((&out["name"], &out["tags"]["team"]), (&serde_json::json!("web-ip"), &serde_json::json!("web")), "{out}");
+    let nothing = cli.run(t, &["eip", "update", "web-ip"]);
+    assert!(nothing.code != 0 && nothing.stderr.contains("nothing to change"), "{}", nothing.stderr);
     let out = cli.run(t, &["eip", "list"]).ok();
     assert!(out.lines().next().unwrap().contains("ASSOCIATED_WITH") && out.contains("203.0.113.2"), "{out}");
     assert!(cli.run(t, &["eip", "release", "web-ip"]).stderr.contains("(eip_associated)"));

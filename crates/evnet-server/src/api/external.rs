@@ -38,6 +38,48 @@ pub(crate) fn eip_on<'a>(snap: &'a Snapshot, eni_id: &str, ip: Ipv4Addr) -> Opti
         .find(|e| e.association.as_ref().is_some_and(|a| a.eni_id.as_deref() == Some(eni_id) && a.private_ip == ip))
 }
 
+/// The resources of this module a tenant renames and retags.
+trait NameTags: Owned + Clone + serde::Serialize {
+    fn set(&mut self, name: Option<&String>, tags: Option<&Tags>);
+}
+
+macro_rules! name_tags {
+    ($($t:ty),*) => {$(
+        impl NameTags for $t {
+            fn set(&mut self, name: Option<&String>, tags: Option<&Tags>) {
+                if let Some(n) = name {
+                    self.name = n.clone();
+                }
+                if let Some(t) = tags {
+                    self.tags = t.clone();
+                }
+            }
+        }
+    )*};
+}
+name_tags!(InternetGateway, ElasticIp, NatGateway);
+
+/// `PATCH` of a name and tags: the change applies at `revision` when given.
+async fn patch_name_tags<T: NameTags>(
+    st: &AppState,
+    caller: &Caller,
+    id: &str,
+    req: &PatchNameTags,
+    map: fn(&Snapshot) -> &std::collections::BTreeMap<String, Entry<T>>,
+) -> ApiResult<T> {
+    check_name_and_tags(req.name.as_deref(), req.tags.as_ref())?;
+    commit(st, |snap| {
+        let e = visible(map(snap), T::KIND, id, caller)?;
+        check_revision(req.revision, e.mod_revision, id)?;
+        let mut v = arc_clone(&e.value);
+        v.set(req.name.as_ref(), req.tags.as_ref());
+        let k = keys::resource(T::KIND, id);
+        Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &v)] }, ()))
+    })
+    .await?;
+    read_back(map(&st.cache.read()), id)
+}
+
 // --- External networks ------------------------------------------------------
 
 fn external_view(snap: &Snapshot, n: &ExternalNetwork) -> ExternalNetwork {
@@ -281,6 +323,15 @@ pub async fn get_igw(State(st): State<AppState>, caller: Caller, Path(id): Path<
     Ok(Json(arc_clone(&visible(&st.cache.read().internet_gateways, Kind::InternetGateway, &id, &caller)?.value)))
 }
 
+pub async fn patch_igw(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<PatchNameTags>,
+) -> ApiResult<Json<InternetGateway>> {
+    Ok(Json(patch_name_tags(&st, &caller, &id, &req, |s| &s.internet_gateways).await?))
+}
+
 /// Routes to the gateway stay, as blackholes, until removed (as routes to
 /// a deleted peering do). The VPC's elastic IPs and NAT gateways stay
 /// associated and reach the outside again once the VPC has a gateway.
@@ -364,6 +415,15 @@ pub async fn list_eips(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQ
 
 pub async fn get_eip(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<ElasticIp>> {
     Ok(Json(arc_clone(&visible(&st.cache.read().elastic_ips, Kind::ElasticIp, &id, &caller)?.value)))
+}
+
+pub async fn patch_eip(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<PatchNameTags>,
+) -> ApiResult<Json<ElasticIp>> {
+    Ok(Json(patch_name_tags(&st, &caller, &id, &req, |s| &s.elastic_ips).await?))
 }
 
 /// Rewrites an ENI unchanged with a compare, so its revision moves.
@@ -592,6 +652,15 @@ pub async fn list_natgws(State(st): State<AppState>, caller: Caller, Q(q): Q<Lis
 
 pub async fn get_natgw(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<NatGateway>> {
     Ok(Json(arc_clone(&visible(&st.cache.read().nat_gateways, Kind::NatGateway, &id, &caller)?.value)))
+}
+
+pub async fn patch_natgw(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<PatchNameTags>,
+) -> ApiResult<Json<NatGateway>> {
+    Ok(Json(patch_name_tags(&st, &caller, &id, &req, |s| &s.nat_gateways).await?))
 }
 
 /// Frees the gateway's address in its subnet and its elastic IP's

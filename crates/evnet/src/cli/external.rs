@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use evnet_client::{Client, InternetGatewayFilter, NameFilter, NatGatewayFilter};
+use evnet_client::{Client, InternetGatewayFilter, NameFilter, NatGatewayFilter, PatchNameTags};
 use evnet_model::ids::Kind;
 use evnet_model::{
     AddressRange, AllocateElasticIp, AssociateElasticIp, CreateExternalNetwork,
@@ -111,6 +111,17 @@ pub enum IgwCommand {
         /// The internet gateway, by id or name.
         igw: String,
     },
+    /// Rename an internet gateway or replace its tags.
+    #[command(after_help = "Examples:\n  evnet igw update prod-igw --name edge")]
+    Update {
+        /// The internet gateway, by id or name.
+        igw: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The new tags, key=value (repeatable); replaces all tags.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
     /// Delete an internet gateway; routes to it stay, as blackholes, until removed.
     #[command(after_help = "Examples:\n  evnet igw delete prod-igw")]
     Delete {
@@ -156,6 +167,17 @@ pub enum EipCommand {
     Disassociate {
         /// The elastic IP, by id, name or address.
         eip: String,
+    },
+    /// Rename an elastic IP or replace its tags.
+    #[command(after_help = "Examples:\n  evnet eip update 203.0.113.7 --name web --tag team=web")]
+    Update {
+        /// The elastic IP, by id, name or address.
+        eip: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The new tags, key=value (repeatable); replaces all tags.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
     },
     /// Give an elastic IP back to its network (it must not be associated).
     #[command(after_help = "Examples:\n  evnet eip release web")]
@@ -219,12 +241,35 @@ pub enum NatgwCommand {
         /// The NAT gateway, by id or name.
         natgw: String,
     },
+    /// Rename a NAT gateway or replace its tags.
+    #[command(after_help = "Examples:\n  evnet natgw update prod-nat --tag env=prod")]
+    Update {
+        /// The NAT gateway, by id or name.
+        natgw: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The new tags, key=value (repeatable); replaces all tags.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
     /// Delete a NAT gateway; its elastic IP stays with the tenant, routes to it stay as blackholes.
     #[command(after_help = "Examples:\n  evnet natgw delete prod-nat")]
     Delete {
         /// The NAT gateway, by id or name.
         natgw: String,
     },
+}
+
+/// The body of an `update`: refused before any request when it changes nothing.
+fn name_tags(name: Option<String>, tags: Vec<(String, String)>) -> anyhow::Result<PatchNameTags> {
+    if name.is_none() && tags.is_empty() {
+        anyhow::bail!("nothing to change: give --name and/or --tag");
+    }
+    Ok(PatchNameTags {
+        name,
+        tags: (!tags.is_empty()).then(|| tags_of(tags)),
+        revision: None,
+    })
 }
 
 /// An elastic IP by id, by its address, or by name.
@@ -324,6 +369,15 @@ pub(crate) async fn run_igw(
             let id = resolve::id(client, Kind::InternetGateway, &igw).await?;
             print_one(out, &client.get_internet_gateway(&id).await?)
         }
+        IgwCommand::Update { igw, name, tags } => {
+            let id = resolve::id(client, Kind::InternetGateway, &igw).await?;
+            print_one(
+                out,
+                &client
+                    .patch_internet_gateway(&id, &name_tags(name, tags)?)
+                    .await?,
+            )
+        }
         IgwCommand::Delete { igw } => {
             let id = resolve::id(client, Kind::InternetGateway, &igw).await?;
             client.delete_internet_gateway(&id).await?;
@@ -374,6 +428,15 @@ pub(crate) async fn run_eip(
         EipCommand::Disassociate { eip } => {
             let id = eip_id(client, &eip).await?;
             print_one(out, &client.disassociate_elastic_ip(&id).await?)
+        }
+        EipCommand::Update { eip, name, tags } => {
+            let id = eip_id(client, &eip).await?;
+            print_one(
+                out,
+                &client
+                    .patch_elastic_ip(&id, &name_tags(name, tags)?)
+                    .await?,
+            )
         }
         EipCommand::Release { eip } => {
             let id = eip_id(client, &eip).await?;
@@ -429,6 +492,15 @@ pub(crate) async fn run_natgw(
         NatgwCommand::Get { natgw } => {
             let id = resolve::id(client, Kind::NatGateway, &natgw).await?;
             print_one(out, &client.get_nat_gateway(&id).await?)
+        }
+        NatgwCommand::Update { natgw, name, tags } => {
+            let id = resolve::id(client, Kind::NatGateway, &natgw).await?;
+            print_one(
+                out,
+                &client
+                    .patch_nat_gateway(&id, &name_tags(name, tags)?)
+                    .await?,
+            )
         }
         NatgwCommand::Delete { natgw } => {
             let id = resolve::id(client, Kind::NatGateway, &natgw).await?;
