@@ -59,12 +59,15 @@ impl ListFilter for NameFilter {
     }
 }
 
-/// Filters for tenants, hosts, VPCs, peerings and bandwidth pools.
+/// Filters for tenants, hosts, VPCs, peerings, bandwidth pools, external
+/// networks and elastic IPs.
 pub type TenantFilter = NameFilter;
 pub type HostFilter = NameFilter;
 pub type VpcFilter = NameFilter;
 pub type PeeringFilter = NameFilter;
 pub type BandwidthPoolFilter = NameFilter;
+pub type ExternalNetworkFilter = NameFilter;
+pub type ElasticIpFilter = NameFilter;
 
 /// A filter by `name` and the owning VPC.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,10 +94,29 @@ impl ListFilter for VpcScopedFilter {
     }
 }
 
-/// Filters for subnets, security groups and route tables.
+/// Filters for subnets, security groups, route tables and internet gateways.
 pub type SubnetFilter = VpcScopedFilter;
 pub type SecurityGroupFilter = VpcScopedFilter;
 pub type RouteTableFilter = VpcScopedFilter;
+pub type InternetGatewayFilter = VpcScopedFilter;
+
+/// A filter for NAT gateways: by `name`, VPC and subnet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatGatewayFilter {
+    pub name: Option<String>,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+}
+
+impl ListFilter for NatGatewayFilter {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        push(&mut q, "name", &self.name);
+        push(&mut q, "vpc_id", &self.vpc_id);
+        push(&mut q, "subnet_id", &self.subnet_id);
+        q
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceFilter {

@@ -41,8 +41,8 @@ mod error;
 mod filter;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use evnet_model::desired::HostDesired;
@@ -149,7 +149,8 @@ impl Client {
         if bases.is_empty() {
             return Err(ClientError::InvalidUrl {
                 url: base_url.to_string(),
-                reason: "expected a URL like http://127.0.0.1:7300 (or several, comma-separated)".into(),
+                reason: "expected a URL like http://127.0.0.1:7300 (or several, comma-separated)"
+                    .into(),
             });
         }
         let http = reqwest::Client::builder()
@@ -201,7 +202,10 @@ impl Client {
         for from in self.bases.iter() {
             let prefix = from.as_str().trim_end_matches('/');
             if let Some(rest) = s.strip_prefix(prefix)
-                && let Ok(moved) = Url::parse(&format!("{}{rest}", self.bases[to].as_str().trim_end_matches('/')))
+                && let Ok(moved) = Url::parse(&format!(
+                    "{}{rest}",
+                    self.bases[to].as_str().trim_end_matches('/')
+                ))
             {
                 return moved;
             }
@@ -246,7 +250,11 @@ impl Client {
         let mut attempt = 0;
         loop {
             let i = (first + attempt) % n;
-            let target = if n == 1 { url.clone() } else { self.on_base(&url, i) };
+            let target = if n == 1 {
+                url.clone()
+            } else {
+                self.on_base(&url, i)
+            };
             match self.send_once(method.clone(), target, body, timeout).await {
                 Ok(answer) => {
                     if i != first {
@@ -514,7 +522,8 @@ impl Client {
     /// Query API, with its secret (shown only this once).
     pub async fn create_access_key(&self, tenant_id: &str) -> Result<AccessKeyWithSecret> {
         let url = self.url(&["v1", "tenants", tenant_id, "access-keys"], &[])?;
-        self.call(Method::POST, url, Some(&CreateAccessKey {})).await
+        self.call(Method::POST, url, Some(&CreateAccessKey {}))
+            .await
     }
 
     /// `GET /v1/tenants/{id}/access-keys`: the tenant's keys, without secrets.
@@ -526,14 +535,20 @@ impl Client {
 
     /// `DELETE /v1/tenants/{id}/access-keys/{key}`: revokes a key.
     pub async fn delete_access_key(&self, tenant_id: &str, access_key_id: &str) -> Result<()> {
-        let url = self.url(&["v1", "tenants", tenant_id, "access-keys", access_key_id], &[])?;
-        self.send::<()>(Method::DELETE, url, None, self.timeout).await.map(|_| ())
+        let url = self.url(
+            &["v1", "tenants", tenant_id, "access-keys", access_key_id],
+            &[],
+        )?;
+        self.send::<()>(Method::DELETE, url, None, self.timeout)
+            .await
+            .map(|_| ())
     }
 
     /// `POST /v1/peerings/{id}/accept`: the accepter's owner accepts.
     pub async fn accept_peering(&self, id: &str) -> Result<Peering> {
         let url = self.url(&["v1", "peerings", id, "accept"], &[])?;
-        self.call(Method::POST, url, Some(&serde_json::json!({}))).await
+        self.call(Method::POST, url, Some(&serde_json::json!({})))
+            .await
     }
 
     /// `GET /v1/tenants/{id}/quotas`.
@@ -549,7 +564,12 @@ impl Client {
     }
 
     /// `GET /v1/audit` (admin): one page of the audit log, oldest first.
-    pub async fn audit(&self, since: Option<&str>, limit: Option<usize>, page_token: Option<&str>) -> Result<AuditPage> {
+    pub async fn audit(
+        &self,
+        since: Option<&str>,
+        limit: Option<usize>,
+        page_token: Option<&str>,
+    ) -> Result<AuditPage> {
         let mut q = vec![];
         if let Some(s) = since {
             q.push(("since", s.to_string()));
@@ -566,7 +586,10 @@ impl Client {
 
     /// `POST /v1/bootstrap-tokens`: a single-use token an agent exchanges,
     /// when it registers its host, for that host's own credential.
-    pub async fn create_bootstrap_token(&self, body: &CreateBootstrapToken) -> Result<BootstrapToken> {
+    pub async fn create_bootstrap_token(
+        &self,
+        body: &CreateBootstrapToken,
+    ) -> Result<BootstrapToken> {
         let url = self.url(&["v1", "bootstrap-tokens"], &[])?;
         self.call(Method::POST, url, Some(body)).await
     }
@@ -748,7 +771,10 @@ impl Client {
 
     /// `POST /v1/trace`: what the data plane does with one packet from one
     /// of the caller's ENIs.
-    pub async fn trace(&self, body: &evnet_model::trace::TraceRequest) -> Result<evnet_model::trace::Trace> {
+    pub async fn trace(
+        &self,
+        body: &evnet_model::trace::TraceRequest,
+    ) -> Result<evnet_model::trace::Trace> {
         let url = self.url(&["v1", "trace"], &[])?;
         self.call(Method::POST, url, Some(body)).await
     }
@@ -833,6 +859,105 @@ impl Client {
     }
     pub async fn delete_peering(&self, id: &str) -> Result<()> {
         self.delete_of("peerings", id).await
+    }
+
+    // -----------------------------------------------------------------
+    // External networks (the admin's; every tenant reads them), internet
+    // gateways, elastic IPs and NAT gateways.
+
+    pub async fn create_external_network(
+        &self,
+        body: &CreateExternalNetwork,
+    ) -> Result<ExternalNetwork> {
+        self.create_of("external-networks", body).await
+    }
+    pub async fn list_external_networks(
+        &self,
+        filter: &ExternalNetworkFilter,
+    ) -> Result<Vec<ExternalNetwork>> {
+        self.all_of("external-networks", filter).await
+    }
+    pub async fn get_external_network(&self, id: &str) -> Result<ExternalNetwork> {
+        self.get_of("external-networks", id).await
+    }
+    pub async fn delete_external_network(&self, id: &str) -> Result<()> {
+        self.delete_of("external-networks", id).await
+    }
+
+    pub async fn create_internet_gateway(
+        &self,
+        body: &CreateInternetGateway,
+    ) -> Result<InternetGateway> {
+        self.create_of("internet-gateways", body).await
+    }
+    pub async fn list_internet_gateways(
+        &self,
+        filter: &InternetGatewayFilter,
+    ) -> Result<Vec<InternetGateway>> {
+        self.all_of("internet-gateways", filter).await
+    }
+    pub async fn get_internet_gateway(&self, id: &str) -> Result<InternetGateway> {
+        self.get_of("internet-gateways", id).await
+    }
+    /// `PATCH /v1/internet-gateways/{id}`: a new name and/or tags.
+    pub async fn patch_internet_gateway(
+        &self,
+        id: &str,
+        body: &PatchNameTags,
+    ) -> Result<InternetGateway> {
+        self.patch_of("internet-gateways", id, body).await
+    }
+    pub async fn delete_internet_gateway(&self, id: &str) -> Result<()> {
+        self.delete_of("internet-gateways", id).await
+    }
+
+    /// `POST /v1/elastic-ips`: allocates an address.
+    pub async fn allocate_elastic_ip(&self, body: &AllocateElasticIp) -> Result<ElasticIp> {
+        self.create_of("elastic-ips", body).await
+    }
+    pub async fn list_elastic_ips(&self, filter: &ElasticIpFilter) -> Result<Vec<ElasticIp>> {
+        self.all_of("elastic-ips", filter).await
+    }
+    pub async fn get_elastic_ip(&self, id: &str) -> Result<ElasticIp> {
+        self.get_of("elastic-ips", id).await
+    }
+    /// `PATCH /v1/elastic-ips/{id}`: a new name and/or tags.
+    pub async fn patch_elastic_ip(&self, id: &str, body: &PatchNameTags) -> Result<ElasticIp> {
+        self.patch_of("elastic-ips", id, body).await
+    }
+    /// `POST /v1/elastic-ips/{id}/associate`.
+    pub async fn associate_elastic_ip(
+        &self,
+        id: &str,
+        body: &AssociateElasticIp,
+    ) -> Result<ElasticIp> {
+        self.action_of("elastic-ips", id, "associate", body).await
+    }
+    /// `POST /v1/elastic-ips/{id}/disassociate`.
+    pub async fn disassociate_elastic_ip(&self, id: &str) -> Result<ElasticIp> {
+        self.action_of("elastic-ips", id, "disassociate", &serde_json::json!({}))
+            .await
+    }
+    /// `DELETE /v1/elastic-ips/{id}`: releases the address.
+    pub async fn release_elastic_ip(&self, id: &str) -> Result<()> {
+        self.delete_of("elastic-ips", id).await
+    }
+
+    pub async fn create_nat_gateway(&self, body: &CreateNatGateway) -> Result<NatGateway> {
+        self.create_of("nat-gateways", body).await
+    }
+    pub async fn list_nat_gateways(&self, filter: &NatGatewayFilter) -> Result<Vec<NatGateway>> {
+        self.all_of("nat-gateways", filter).await
+    }
+    pub async fn get_nat_gateway(&self, id: &str) -> Result<NatGateway> {
+        self.get_of("nat-gateways", id).await
+    }
+    /// `PATCH /v1/nat-gateways/{id}`: a new name and/or tags.
+    pub async fn patch_nat_gateway(&self, id: &str, body: &PatchNameTags) -> Result<NatGateway> {
+        self.patch_of("nat-gateways", id, body).await
+    }
+    pub async fn delete_nat_gateway(&self, id: &str) -> Result<()> {
+        self.delete_of("nat-gateways", id).await
     }
 
     // -----------------------------------------------------------------

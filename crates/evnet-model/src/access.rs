@@ -81,8 +81,7 @@ pub struct QuotaInfo {
     pub default: u32,
 }
 
-/// Every quota, in the order `Quotas` lists them. `elastic_ips_per_tenant`
-/// is kept for the elastic addresses to come; nothing counts against it yet.
+/// Every quota, in the order `Quotas` lists them.
 pub const QUOTAS: &[QuotaInfo] = &[
     QuotaInfo { name: "vpcs_per_tenant", counts: "VPCs of the tenant", default: 5 },
     QuotaInfo { name: "subnets_per_vpc", counts: "subnets in one VPC", default: 200 },
@@ -94,6 +93,8 @@ pub const QUOTAS: &[QuotaInfo] = &[
     QuotaInfo { name: "enis_per_tenant", counts: "ENIs of the tenant", default: 5_000 },
     QuotaInfo { name: "instances_per_tenant", counts: "instances of the tenant", default: 1_000 },
     QuotaInfo { name: "elastic_ips_per_tenant", counts: "elastic IP addresses of the tenant", default: 5 },
+    QuotaInfo { name: "internet_gateways_per_tenant", counts: "internet gateways of the tenant", default: 5 },
+    QuotaInfo { name: "nat_gateways_per_tenant", counts: "NAT gateways of the tenant", default: 5 },
 ];
 
 /// The largest value a quota may be set to.
@@ -102,8 +103,10 @@ pub const MAX_QUOTA: u32 = 1_000_000;
 macro_rules! quotas {
     ($($field:ident),*) => {
         /// A tenant's quotas: `GET /v1/tenants/{id}/quotas` answers all of
-        /// them (defaults where the admin set nothing).
+        /// them (defaults where the admin set nothing). A stored record
+        /// written before a quota existed reads that quota's default.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+        #[serde(default)]
         pub struct Quotas {
             $( pub $field: u32, )*
         }
@@ -175,7 +178,9 @@ quotas!(
     peerings_per_vpc,
     enis_per_tenant,
     instances_per_tenant,
-    elastic_ips_per_tenant
+    elastic_ips_per_tenant,
+    internet_gateways_per_tenant,
+    nat_gateways_per_tenant
 );
 
 /// The refusal of a create that would go over a quota: names the quota, its
@@ -236,6 +241,8 @@ mod tests {
         assert_eq!((q2.vpcs_per_tenant, q2.subnets_per_vpc), (7, 200));
         let e = q.with(&SetQuotas { enis_per_tenant: Some(MAX_QUOTA + 1), ..Default::default() }).unwrap_err();
         assert_eq!(e.code, "invalid_quota");
+        let old: Quotas = serde_json::from_str(r#"{"vpcs_per_tenant": 9}"#).unwrap();
+        assert_eq!((old.vpcs_per_tenant, old.nat_gateways_per_tenant), (9, 5));
         let m = quota_exceeded("vpcs_per_tenant", 5, "tenant t-1").message;
         assert!(m.contains("vpcs_per_tenant is 5") && m.contains("--vpcs-per-tenant"), "{m}");
     }

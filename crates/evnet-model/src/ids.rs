@@ -16,10 +16,15 @@ pub enum Kind {
     RouteTable,
     Peering,
     BandwidthPool,
+    /// A provider network outside every VPC (the admin's).
+    ExternalNetwork,
+    InternetGateway,
+    ElasticIp,
+    NatGateway,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Tenant,
         Kind::Host,
         Kind::Vpc,
@@ -30,6 +35,10 @@ impl Kind {
         Kind::RouteTable,
         Kind::Peering,
         Kind::BandwidthPool,
+        Kind::ExternalNetwork,
+        Kind::InternetGateway,
+        Kind::ElasticIp,
+        Kind::NatGateway,
     ];
 
     /// The id prefix, without the dash.
@@ -45,6 +54,10 @@ impl Kind {
             Kind::RouteTable => "rtb",
             Kind::Peering => "pcx",
             Kind::BandwidthPool => "bwp",
+            Kind::ExternalNetwork => "extnet",
+            Kind::InternetGateway => "igw",
+            Kind::ElasticIp => "eipalloc",
+            Kind::NatGateway => "nat",
         }
     }
 
@@ -61,6 +74,10 @@ impl Kind {
             Kind::RouteTable => "route-tables",
             Kind::Peering => "peerings",
             Kind::BandwidthPool => "bandwidth-pools",
+            Kind::ExternalNetwork => "external-networks",
+            Kind::InternetGateway => "internet-gateways",
+            Kind::ElasticIp => "elastic-ips",
+            Kind::NatGateway => "nat-gateways",
         }
     }
 
@@ -77,6 +94,10 @@ impl Kind {
             Kind::RouteTable => "route table",
             Kind::Peering => "peering",
             Kind::BandwidthPool => "bandwidth pool",
+            Kind::ExternalNetwork => "external network",
+            Kind::InternetGateway => "internet gateway",
+            Kind::ElasticIp => "elastic IP",
+            Kind::NatGateway => "NAT gateway",
         }
     }
 

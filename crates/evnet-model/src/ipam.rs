@@ -119,10 +119,14 @@ pub fn check_assignable(net: Ipv4Net, ip: Ipv4Addr) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// The addresses in use in one subnet, with exact free counts.
+/// The addresses in use in one subnet (or one external network's
+/// allocation pool, [`IpPool::with_range`]), with exact free counts.
 #[derive(Debug, Clone)]
 pub struct IpPool {
     net: Ipv4Net,
+    /// The first and last address the pool hands out.
+    first: u32,
+    last: u32,
     used: BTreeSet<u32>,
     /// Where the next search for a free address starts, so addresses are not
     /// reused right after they are freed.
@@ -130,9 +134,27 @@ pub struct IpPool {
 }
 
 impl IpPool {
+    /// A subnet's pool: its addresses but the reserved ones.
     pub fn new(net: Ipv4Net) -> Self {
-        let (first, _) = usable_range(net);
-        Self { net, used: BTreeSet::new(), cursor: first }
+        let (first, last) = usable_range(net);
+        Self { net, first, last, used: BTreeSet::new(), cursor: first }
+    }
+
+    /// A pool of the addresses `first..=last` of `net` (an external
+    /// network's allocation pool, which the caller has checked lies in it).
+    pub fn with_range(net: Ipv4Net, first: Ipv4Addr, last: Ipv4Addr) -> Self {
+        let (first, last) = (u32::from(first), u32::from(last));
+        Self { net, first, last, used: BTreeSet::new(), cursor: first }
+    }
+
+    /// The first and last address the pool hands out.
+    pub fn range(&self) -> (Ipv4Addr, Ipv4Addr) {
+        (Ipv4Addr::from(self.first), Ipv4Addr::from(self.last))
+    }
+
+    /// Whether the pool hands out `ip`.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&u32::from(ip))
     }
 
     pub fn net(&self) -> Ipv4Net {
@@ -140,7 +162,7 @@ impl IpPool {
     }
 
     pub fn capacity(&self) -> u32 {
-        capacity(self.net)
+        self.last + 1 - self.first
     }
 
     pub fn used_count(&self) -> u32 {
@@ -165,7 +187,7 @@ impl IpPool {
 
     /// The address [`IpPool::allocate`] would take, without taking it.
     pub fn peek_free(&self) -> Option<Ipv4Addr> {
-        let (first, last) = usable_range(self.net);
+        let (first, last) = (self.first, self.last);
         if self.used_count() >= self.capacity() {
             return None;
         }
@@ -186,7 +208,10 @@ impl IpPool {
 
     /// Takes a specific address.
     pub fn allocate_specific(&mut self, ip: Ipv4Addr) -> Result<(), ModelError> {
-        check_assignable(self.net, ip)?;
+        if !self.contains(ip) {
+            check_assignable(self.net, ip)?;
+            return Err(ModelError::invalid("ip_reserved", format!("{ip} is not in the pool {}-{}", Ipv4Addr::from(self.first), Ipv4Addr::from(self.last))));
+        }
         if !self.used.insert(u32::from(ip)) {
             return Err(ModelError::conflict("ip_in_use", format!("{ip} is already in use in subnet {}", self.net)));
         }
@@ -197,7 +222,7 @@ impl IpPool {
     /// Free addresses in the order [`IpPool::allocate`] would hand them out:
     /// from the cursor to the end, then from the start.
     pub fn free_iter(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        let (first, last) = usable_range(self.net);
+        let (first, last) = (self.first, self.last);
         let start = if self.cursor > last || self.cursor < first { first } else { self.cursor };
         (start..=last).chain(first..start).filter(|n| !self.used.contains(n)).map(Ipv4Addr::from)
     }
@@ -272,6 +297,21 @@ mod tests {
         pool.allocate_specific(Ipv4Addr::new(10, 0, 0, 4)).unwrap();
         assert_eq!(pool.allocate_specific(Ipv4Addr::new(10, 0, 0, 4)).unwrap_err().code, "ip_in_use");
         assert_eq!(pool.allocate().unwrap(), Ipv4Addr::new(10, 0, 0, 5));
+    }
+
+    #[test]
+    fn a_range_pool_hands_out_its_range_only() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let mut pool = IpPool::with_range(net("203.0.113.0/24"), ip("203.0.113.10"), ip("203.0.113.12"));
+        assert_eq!((pool.capacity(), pool.range()), (3, (ip("203.0.113.10"), ip("203.0.113.12"))));
+        pool.allocate_specific(ip("203.0.113.11")).unwrap();
+        assert_eq!(pool.allocate_specific(ip("203.0.113.13")).unwrap_err().code, "ip_reserved");
+        assert_eq!(pool.allocate_specific(ip("198.51.100.1")).unwrap_err().code, "ip_not_in_subnet");
+        assert_eq!(pool.free_iter().collect::<Vec<_>>(), [ip("203.0.113.12"), ip("203.0.113.10")]);
+        assert_eq!(pool.allocate().unwrap(), ip("203.0.113.12"));
+        assert_eq!(pool.allocate().unwrap(), ip("203.0.113.10"));
+        assert!(pool.allocate().is_err() && pool.free_count() == 0 && pool.peek_free().is_none());
+        assert!(pool.free(ip("203.0.113.11")) && pool.free_count() == 1);
     }
 
     #[derive(Debug, Clone)]

@@ -5,7 +5,8 @@
 //! resource ids ([`ids`]), the resources themselves ([`resources`]), the
 //! validation rules with their stable error codes ([`error`], [`validate`]),
 //! CIDR math and IPAM ([`ipam`]), bandwidth units ([`bandwidth`]) and the
-//! per-host desired state an agent reconciles ([`desired`]), the one typed
+//! per-host desired state an agent reconciles ([`desired`]), the rules of
+//! external networks and their elastic addresses ([`external`]), the one typed
 //! form of a security-group rule every enforcer reads ([`rule`]), and what
 //! the data plane does with one packet ([`trace`]); the JSON schemas of
 //! constrained values, built from the validation's own limits ([`schema`]).
@@ -18,6 +19,7 @@ pub mod bandwidth;
 pub mod cni;
 pub mod desired;
 pub mod error;
+pub mod external;
 pub mod ids;
 pub mod ipam;
 pub mod placement;

@@ -281,7 +281,8 @@ pub struct SecurityGroup {
 }
 
 /// A route: packets to `destination_cidr` go to `target`, which is `local`
-/// (inside the VPC), an ENI id (an appliance) or a peering id.
+/// (inside the VPC), an ENI id (an appliance), a peering id, the VPC's
+/// internet gateway (`igw-…`) or a NAT gateway in the VPC (`nat-…`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
@@ -291,7 +292,8 @@ pub struct Route {
     pub target: String,
     /// Reported by the server in every answer, never stored: `blackhole`
     /// when the route's target is gone or cannot forward (a deleted or
-    /// detached ENI, a deleted peering, a peering not yet accepted), else
+    /// detached ENI, a deleted peering, a peering not yet accepted, a
+    /// deleted internet or NAT gateway), else
     /// `active`. Ignored on input, so a table read back can be sent back
     /// as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -392,6 +394,144 @@ pub struct BandwidthPool {
     /// Aggregate cap in each direction over all members.
     pub limit_mbps: u64,
     pub members: Vec<String>,
+}
+
+/// A range of addresses, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressRange {
+    pub start: Ipv4Addr,
+    /// At or after `start`.
+    pub end: Ipv4Addr,
+}
+
+/// A provider network outside every VPC (the internet, or in the lab a
+/// namespace standing for it), which the admin defines and every tenant
+/// reads. Elastic IPs are drawn from it; internet gateways lead to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ExternalNetwork {
+    #[schemars(with = "schema::ExternalNetworkId")]
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    /// Always `system`: the network is shared infrastructure.
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    /// The provider block.
+    #[schemars(with = "String")]
+    pub cidr: Ipv4Net,
+    /// The provider's router in the block, where traffic to the outside
+    /// goes next.
+    pub gateway_ip: Ipv4Addr,
+    /// The addresses elastic IPs are drawn from.
+    pub allocation_pool: AddressRange,
+    /// The device on every host through which the host reaches this
+    /// network (its uplink, or in the lab the link into the `external`
+    /// namespace); the data plane sends elastic and NAT traffic out of it.
+    pub host_interface: String,
+    /// Computed when read: addresses of the pool not allocated.
+    #[serde(default)]
+    pub available_ip_count: u32,
+    /// Set while a delete checks that nothing uses the network; no elastic
+    /// IP may be allocated from it meanwhile.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleting: bool,
+}
+
+/// A VPC's way to an external network: routes to it (`igw-…`) carry the
+/// traffic of ENIs with an elastic IP, and NAT gateways of the VPC need it.
+/// At most one per VPC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct InternetGateway {
+    #[schemars(with = "schema::InternetGatewayId")]
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub vpc_id: String,
+    pub external_network_id: String,
+}
+
+/// What an elastic IP maps to: an ENI's private address (1:1 NAT, on the
+/// host the ENI is attached to), or the private address of a NAT gateway
+/// (the source of what the gateway sends out). Exactly one of `eni_id` and
+/// `nat_gateway_id` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EipAssociation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<schema::EniId>")]
+    pub eni_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<schema::NatGatewayId>")]
+    pub nat_gateway_id: Option<String>,
+    /// The ENI's address (its primary or a secondary), or the NAT
+    /// gateway's.
+    pub private_ip: Ipv4Addr,
+}
+
+/// An address of an external network held by a tenant until released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ElasticIp {
+    #[schemars(with = "schema::ElasticIpId")]
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub external_network_id: String,
+    /// Unique across every external network for as long as it is held.
+    pub address: Ipv4Addr,
+    /// `null` while not associated.
+    #[serde(default)]
+    pub association: Option<EipAssociation>,
+}
+
+/// Where a NAT gateway is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NatGatewayState {
+    /// Placed on `host_id`, a host that was ready when it was placed.
+    Available,
+}
+
+/// Outbound-only access for the ENIs of the subnets whose route tables
+/// send traffic to it (`nat-…`): their packets leave with the source
+/// rewritten to the gateway's elastic IP; nothing from outside starts a
+/// connection through it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NatGateway {
+    #[schemars(with = "schema::NatGatewayId")]
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub tenant: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revision: u64,
+    pub vpc_id: String,
+    /// The subnet it sits in; it holds an address of it.
+    pub subnet_id: String,
+    /// Its own address in the subnet (what its elastic IP is associated with).
+    pub private_ip: Ipv4Addr,
+    pub elastic_ip_id: String,
+    pub state: NatGatewayState,
+    /// The host the gateway runs on, which the server chooses among ready
+    /// hosts. It is the server's to rewrite: the gateway moves to another
+    /// host when its host is lost, so readers follow this field rather than
+    /// remember it.
+    #[schemars(with = "schema::HostId")]
+    pub host_id: String,
 }
 
 // ---------------------------------------------------------------------------
@@ -868,6 +1008,122 @@ pub struct PatchBandwidthPool {
     pub tags: Option<Tags>,
     #[serde(default)]
     pub revision: Option<u64>,
+}
+
+/// `POST /v1/external-networks` (admin). `gateway_ip` defaults to the
+/// network address + 1 and `allocation_pool` to the block without its
+/// network, gateway and broadcast addresses; a gateway inside the block
+/// needs a pool given with it. The pool lies in the block, without the
+/// network, broadcast and gateway addresses, `start` ≤ `end`
+/// ([`crate::external::gateway_and_pool`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateExternalNetwork {
+    #[schemars(with = "schema::ExternalCidr")]
+    pub cidr: String,
+    #[serde(default)]
+    pub gateway_ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub allocation_pool: Option<AddressRange>,
+    /// The device every host reaches the network through; default `evext0`.
+    #[serde(default)]
+    #[schemars(with = "Option<schema::InterfaceName>")]
+    pub host_interface: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
+    pub name: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "schema::Tags")]
+    pub tags: Tags,
+    #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
+    pub client_token: Option<String>,
+}
+
+/// `POST /v1/internet-gateways`: one per VPC. `external_network_id` may be
+/// left out when exactly one external network exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInternetGateway {
+    #[schemars(with = "schema::VpcId")]
+    pub vpc_id: String,
+    #[serde(default)]
+    #[schemars(with = "Option<schema::ExternalNetworkId>")]
+    pub external_network_id: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
+    pub name: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "schema::Tags")]
+    pub tags: Tags,
+    #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
+    pub client_token: Option<String>,
+}
+
+/// `POST /v1/elastic-ips`: allocates the next free address of the
+/// external network's pool. `external_network_id` may be left out when
+/// exactly one external network exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllocateElasticIp {
+    #[serde(default)]
+    #[schemars(with = "Option<schema::ExternalNetworkId>")]
+    pub external_network_id: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
+    pub name: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "schema::Tags")]
+    pub tags: Tags,
+    #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
+    pub client_token: Option<String>,
+}
+
+/// `POST /v1/elastic-ips/{id}/associate`: maps the elastic IP to one of
+/// the ENI's addresses (its primary when `private_ip` is left out). The
+/// ENI's VPC needs an internet gateway to the elastic IP's external
+/// network. An elastic IP associated elsewhere moves only with
+/// `allow_reassociation` (never away from a NAT gateway); a private address
+/// has at most one elastic IP.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssociateElasticIp {
+    #[schemars(with = "schema::EniId")]
+    pub eni_id: String,
+    #[serde(default)]
+    pub private_ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub allow_reassociation: bool,
+}
+
+/// `POST /v1/elastic-ips/{id}/disassociate` takes no fields; the body may
+/// be left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisassociateElasticIp {}
+
+/// `POST /v1/nat-gateways`: a gateway in `subnet_id` whose traffic leaves
+/// from `elastic_ip_id`, an elastic IP of the caller that is not
+/// associated and comes from the external network of the VPC's internet
+/// gateway (which the VPC must have).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNatGateway {
+    #[schemars(with = "schema::SubnetId")]
+    pub subnet_id: String,
+    #[schemars(with = "schema::ElasticIpId")]
+    pub elastic_ip_id: String,
+    #[serde(default)]
+    #[schemars(with = "Option<schema::Name>")]
+    pub name: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "schema::Tags")]
+    pub tags: Tags,
+    #[serde(default)]
+    #[schemars(with = "Option<schema::ClientToken>")]
+    pub client_token: Option<String>,
 }
 
 /// One page of a list: the items and, when more follow, the token that

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
+use crate::external::{EXTERNAL_MAX_PREFIX, EXTERNAL_MIN_PREFIX, MAX_INTERFACE_NAME_LEN};
 use crate::ids::Kind;
 use crate::ipam::{MAX_PREFIX, VPC_MIN_PREFIX};
 use crate::validate::{
@@ -146,6 +147,30 @@ schema_type!(
 );
 
 schema_type!(
+    /// An external network's provider block ([`crate::external::check_external_network`]).
+    ExternalCidr,
+    json_schema!({
+        "type": "string",
+        "format": FORMAT_IPV4_NETWORK,
+        "pattern": cidr_pattern(EXTERNAL_MIN_PREFIX, EXTERNAL_MAX_PREFIX),
+        "description": format!("an IPv4 block /{EXTERNAL_MIN_PREFIX} to /{EXTERNAL_MAX_PREFIX} written by its network address, overlapping no other external network"),
+    })
+);
+
+schema_type!(
+    /// The host-side device that leads to an external network
+    /// ([`crate::external::check_host_interface`]).
+    InterfaceName,
+    json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_INTERFACE_NAME_LEN,
+        "pattern": format!("^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{}}}$", MAX_INTERFACE_NAME_LEN - 1),
+        "description": format!("a Linux network device name: 1 to {MAX_INTERFACE_NAME_LEN} letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"),
+    })
+);
+
+schema_type!(
     /// A route's destination ([`crate::validate::check_route`]).
     RouteDestination,
     json_schema!({
@@ -168,11 +193,13 @@ schema_type!(
     json_schema!({
         "type": "string",
         "pattern": format!(
-            "^(local|{}|{})$",
+            "^(local|{}|{}|{}|{})$",
             Kind::Eni.id_pattern().trim_matches(['^', '$']),
-            Kind::Peering.id_pattern().trim_matches(['^', '$'])
+            Kind::Peering.id_pattern().trim_matches(['^', '$']),
+            Kind::InternetGateway.id_pattern().trim_matches(['^', '$']),
+            Kind::NatGateway.id_pattern().trim_matches(['^', '$'])
         ),
-        "description": "`local` (inside the VPC), an ENI of the VPC (an appliance) or a peering of the VPC",
+        "description": "`local` (inside the VPC), an ENI of the VPC (an appliance), a peering of the VPC, the VPC's internet gateway or a NAT gateway in the VPC",
     })
 );
 
@@ -206,6 +233,10 @@ id_schemas!(
     RouteTableId => Kind::RouteTable,
     PeeringId => Kind::Peering,
     BandwidthPoolId => Kind::BandwidthPool,
+    ExternalNetworkId => Kind::ExternalNetwork,
+    InternetGatewayId => Kind::InternetGateway,
+    ElasticIpId => Kind::ElasticIp,
+    NatGatewayId => Kind::NatGateway,
 );
 
 /// The schema of the id of `kind`, as [`id_schemas!`] writes it.

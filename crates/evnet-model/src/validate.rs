@@ -158,10 +158,13 @@ pub fn check_route(route: &Route) -> Result<(), ModelError> {
         return Ok(());
     }
     match Kind::of_id(&route.target) {
-        Some(Kind::Eni) | Some(Kind::Peering) => Ok(()),
+        Some(Kind::Eni | Kind::Peering | Kind::InternetGateway | Kind::NatGateway) => Ok(()),
         _ => Err(ModelError::invalid(
             "invalid_route",
-            format!("route target `{}` must be `local`, an ENI id or a peering id", route.target),
+            format!(
+                "route target `{}` must be `local`, an ENI id, a peering id, an internet gateway id (igw-…) or a NAT gateway id (nat-…)",
+                route.target
+            ),
         )),
     }
 }

@@ -73,8 +73,17 @@ pub struct Snapshot {
     pub route_tables: BTreeMap<String, Entry<RouteTable>>,
     pub peerings: BTreeMap<String, Entry<Peering>>,
     pub bandwidth_pools: BTreeMap<String, Entry<BandwidthPool>>,
+    pub external_networks: BTreeMap<String, Entry<ExternalNetwork>>,
+    pub internet_gateways: BTreeMap<String, Entry<InternetGateway>>,
+    pub elastic_ips: BTreeMap<String, Entry<ElasticIp>>,
+    pub nat_gateways: BTreeMap<String, Entry<NatGateway>>,
     /// Subnet id → the addresses in use (from `/ipam/` keys).
     pub ipam: HashMap<String, IpPool>,
+    /// External network id → its allocation pool with the addresses held
+    /// (from `/eip/` keys).
+    pub eip_pools: HashMap<String, IpPool>,
+    /// Elastic address → the elastic IP id holding it (the `/eip/` keys).
+    pub eip_keys: BTreeMap<Ipv4Addr, String>,
     pub vnis: BTreeMap<u32, String>,
     pub hostnames: HashMap<String, (String, Revision)>,
     pub ledgers: HashMap<String, (HostLedger, Revision)>,
@@ -150,6 +159,28 @@ impl Snapshot {
                 "route-tables" => upd!(self.route_tables, RouteTable),
                 "peerings" => upd!(self.peerings, Peering),
                 "bandwidth-pools" => upd!(self.bandwidth_pools, BandwidthPool),
+                "external-networks" => {
+                    if put {
+                        if let Some(mut v) = decode::<ExternalNetwork>(kv) {
+                            v.revision = kv.mod_revision;
+                            // The block and pool never change: a rewrite keeps the pool.
+                            if !self.eip_pools.contains_key(&id) {
+                                let mut pool = IpPool::with_range(v.cidr, v.allocation_pool.start, v.allocation_pool.end);
+                                for (ip, _) in self.eip_keys.range(v.allocation_pool.start..=v.allocation_pool.end) {
+                                    let _ = pool.allocate_specific(*ip);
+                                }
+                                self.eip_pools.insert(id.clone(), pool);
+                            }
+                            self.external_networks.insert(id, Entry { value: Arc::new(v), mod_revision: kv.mod_revision });
+                        }
+                    } else {
+                        self.external_networks.remove(&id);
+                        self.eip_pools.remove(&id);
+                    }
+                }
+                "internet-gateways" => upd!(self.internet_gateways, InternetGateway),
+                "elastic-ips" => upd!(self.elastic_ips, ElasticIp),
+                "nat-gateways" => upd!(self.nat_gateways, NatGateway),
                 _ => {}
             }
             let new = self.fanout_obj(collection, &obj_id);
@@ -164,6 +195,22 @@ impl Snapshot {
                 let _ = pool.allocate_specific(ip);
             } else {
                 pool.free(ip);
+            }
+        } else if let Some(ip) = key.strip_prefix(keys::EIP_PREFIX) {
+            let Ok(ip) = ip.parse::<Ipv4Addr>() else { return };
+            // Every pool holding the address marks it: the key takes it
+            // everywhere.
+            for pool in self.eip_pools.values_mut().filter(|p| p.contains(ip)) {
+                if put {
+                    let _ = pool.allocate_specific(ip);
+                } else {
+                    pool.free(ip);
+                }
+            }
+            if put {
+                self.eip_keys.insert(ip, String::from_utf8_lossy(&kv.value).into_owned());
+            } else {
+                self.eip_keys.remove(&ip);
             }
         } else if let Some(rest) = key.strip_prefix("/vni/") {
             if let Ok(v) = rest.parse::<u32>() {

@@ -147,7 +147,11 @@ owned!(
     evnet_model::SecurityGroup => Kind::SecurityGroup,
     evnet_model::RouteTable => Kind::RouteTable,
     evnet_model::Peering => Kind::Peering,
-    evnet_model::BandwidthPool => Kind::BandwidthPool
+    evnet_model::BandwidthPool => Kind::BandwidthPool,
+    evnet_model::ExternalNetwork => Kind::ExternalNetwork,
+    evnet_model::InternetGateway => Kind::InternetGateway,
+    evnet_model::ElasticIp => Kind::ElasticIp,
+    evnet_model::NatGateway => Kind::NatGateway
 );
 
 /// Idempotent creates: with a client token, a retry of the same request
@@ -273,7 +277,10 @@ pub fn list_filters(kind: Kind) -> &'static [Filter] {
     use Filter::*;
     const VPC: Filter = Id("vpc_id", Kind::Vpc);
     match kind {
-        Kind::Tenant => &[Name],
+        Kind::Tenant | Kind::ExternalNetwork => &[Name],
+        Kind::ElasticIp => &[Name, Tenant],
+        Kind::InternetGateway => &[Name, Tenant, VPC],
+        Kind::NatGateway => &[Name, Tenant, VPC, Id("subnet_id", Kind::Subnet)],
         Kind::Host => &[Name, Status(StatusKind::Host)],
         Kind::Vpc => &[Name, Tenant],
         Kind::Subnet | Kind::SecurityGroup | Kind::RouteTable | Kind::Peering | Kind::BandwidthPool => &[Name, Tenant, VPC],

@@ -4,7 +4,8 @@
 //! | key | value |
 //! |---|---|
 //! | `/r/{collection}/{id}` | a resource (its `revision` is the key's mod revision) |
-//! | `/ipam/{subnet_id}/{ip}` | the ENI id holding that address |
+//! | `/ipam/{subnet_id}/{ip}` | the ENI (or NAT gateway) id holding that address |
+//! | `/eip/{address}` | the elastic IP id holding that external address (one key per address across every external network) |
 //! | `/vni/{vni}` | the VPC id holding that VNI |
 //! | `/hostname/{name}` | the host id registered under that name |
 //! | `/hostbw/{host_id}` | the host's guarantee ledger, written by every change to it |
@@ -26,6 +27,12 @@ pub fn resource(kind: Kind, id: &str) -> String {
 
 pub fn ipam(subnet_id: &str, ip: Ipv4Addr) -> String {
     format!("/ipam/{subnet_id}/{ip}")
+}
+
+pub const EIP_PREFIX: &str = "/eip/";
+
+pub fn eip(address: Ipv4Addr) -> String {
+    format!("{EIP_PREFIX}{address}")
 }
 
 pub fn vni(vni: u32) -> String {

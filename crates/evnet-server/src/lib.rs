@@ -44,7 +44,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use evnet_store::Store;
 
-use crate::api::{access_keys, cluster as cluster_api, compute, infra, network, stats, trace};
+use crate::api::{access_keys, cluster as cluster_api, compute, external, infra, network, stats, trace};
 use crate::state::{AppState, Settings};
 
 /// Largest request body accepted.
@@ -81,6 +81,16 @@ pub fn app(state: AppState) -> Router {
         .route("/peerings", post(network::create_peering).get(network::list_peerings))
         .route("/peerings/{id}", get(network::get_peering).delete(network::delete_peering))
         .route("/peerings/{id}/accept", post(network::accept_peering))
+        .route("/external-networks", post(external::create_external_network).get(external::list_external_networks))
+        .route("/external-networks/{id}", get(external::get_external_network).delete(external::delete_external_network))
+        .route("/internet-gateways", post(external::create_igw).get(external::list_igws))
+        .route("/internet-gateways/{id}", get(external::get_igw).patch(external::patch_igw).delete(external::delete_igw))
+        .route("/elastic-ips", post(external::allocate_eip).get(external::list_eips))
+        .route("/elastic-ips/{id}", get(external::get_eip).patch(external::patch_eip).delete(external::release_eip))
+        .route("/elastic-ips/{id}/associate", post(external::associate_eip))
+        .route("/elastic-ips/{id}/disassociate", post(external::disassociate_eip))
+        .route("/nat-gateways", post(external::create_natgw).get(external::list_natgws))
+        .route("/nat-gateways/{id}", get(external::get_natgw).patch(external::patch_natgw).delete(external::delete_natgw))
         .route("/instances", post(compute::create_instance).get(compute::list_instances))
         .route("/instances/{id}", get(compute::get_instance).patch(compute::patch_instance).delete(compute::delete_instance))
         .route("/enis", post(compute::create_eni).get(compute::list_enis))

@@ -58,8 +58,19 @@ pub const ERRORS: &[(&str, u16, &str)] = &[
     ("too_many_enis", 409, "the instance has every device index taken"),
     ("eni_not_attached", 409, "the ENI is not attached"),
     ("eni_in_pool", 409, "the ENI is a member of another bandwidth pool"),
+    ("external_network_overlap", 409, "the block overlaps another external network"),
+    ("external_network_deleting", 409, "the external network is being deleted"),
+    ("external_network_exhausted", 409, "every address of the external network's allocation pool is allocated"),
+    ("internet_gateway_exists", 409, "the VPC has an internet gateway already"),
+    ("no_internet_gateway", 409, "the VPC has no internet gateway (an elastic IP or a NAT gateway in it needs one)"),
+    ("external_network_mismatch", 409, "the elastic IP is from another external network than the VPC's internet gateway leads to"),
+    ("eip_associated", 409, "the elastic IP is associated (with an ENI: disassociate it, or pass `allow_reassociation`; with a NAT gateway: until the gateway is deleted)"),
+    ("private_ip_has_elastic_ip", 409, "the private address has another elastic IP associated"),
     ("payload_too_large", 413, "the body is larger than 1 MiB"),
     ("unsupported_media_type", 415, "a non-empty body without a JSON content type"),
+    ("invalid_external_network", 422, "the gateway is not a host address of the block, the allocation pool is not a range of the block without its network, broadcast and gateway addresses, a gateway inside the block comes without a pool, or the host interface is not a device name"),
+    ("external_network_required", 422, "`external_network_id` was left out and there is not exactly one external network"),
+    ("ip_not_on_eni", 422, "the private address is not one of the ENI's"),
     ("invalid_name", 422, "the name breaks the `Name` schema"),
     ("invalid_tags", 422, "the tags break the `Tags` schema"),
     ("invalid_labels", 422, "the labels break the `Labels` schema"),
@@ -70,7 +81,7 @@ pub const ERRORS: &[(&str, u16, &str)] = &[
     ("invalid_cidr", 422, "the block is not an IPv4 CIDR block written by its network address, or its prefix is out of range"),
     ("subnet_not_in_vpc", 422, "the subnet's block is not inside the VPC's"),
     ("invalid_rule", 422, "a rule breaks the `SgRule` rules (one peer; ports only for tcp/udp, in order), or names a group of another VPC"),
-    ("invalid_route", 422, "a route breaks the `Route` rules (no host bits; `local` only for the VPC's block; a destination once), or targets an ENI or peering that is not the VPC's"),
+    ("invalid_route", 422, "a route breaks the `Route` rules (no host bits; `local` only for the VPC's block; a destination once), or targets an ENI, peering, internet gateway or NAT gateway that is not the VPC's"),
     ("invalid_association", 422, "a subnet is not of the table's VPC, or the table is the main one"),
     ("cannot_remove_local_route", 422, "new routes must keep the VPC's local route"),
     ("invalid_peering", 422, "a VPC cannot peer with itself"),
@@ -204,7 +215,7 @@ pub const OPS: &[Op] = &[
     op("get", "/v1/hosts/{id}", "Get a host (a host credential: its own only)", None, Some("Host"), 200, false).errors(&["forbidden"]),
     op("patch", "/v1/hosts/{id}", "Change a host's underlay address, NIC capacity or labels (admin)", Some("PatchHost"), Some("Host"), 200, false)
         .errors(&["forbidden", "invalid_labels", "invalid_bandwidth", "invalid_underlay_ip", "underlay_ip_taken", "insufficient_bandwidth", "revision_mismatch"]),
-    op("delete", "/v1/hosts/{id}", "Delete a host without instances (admin)", None, None, 204, false).errors(&["forbidden", "dependency_violation"]),
+    op("delete", "/v1/hosts/{id}", "Delete a host without instances or NAT gateways (admin)", None, None, 204, false).errors(&["forbidden", "dependency_violation"]),
     op("post", "/v1/hosts/{id}/heartbeat", "Report liveness and the applied generation, at most the current desired one (the host's credential)", Some("Heartbeat"), Some("Host"), 200, false)
         .errors(&["forbidden", "generation_not_issued", "too_many_failures", "invalid_failure"]),
     op("get", "/v1/hosts/{id}/desired", "The host's desired state; with ?since=G a long poll until the generation passes G (the host's credential)", None, Some("HostDesired"), 200, false)
@@ -258,6 +269,37 @@ pub const OPS: &[Op] = &[
     op("post", "/v1/peerings/{id}/accept", "Accept a peering (the owner of vpc_b); it forwards only once accepted", None, Some("Peering"), 200, false)
         .errors(&["forbidden", "dependency_violation"]),
     op("delete", "/v1/peerings/{id}", "Delete a peering (either VPC's owner); routes through it stay, as blackholes, until removed", None, None, 204, false),
+    op("post", "/v1/external-networks", "Define an external network (admin): a provider block, its gateway, the pool elastic IPs come from and the device hosts reach it through", Some("CreateExternalNetwork"), Some("ExternalNetwork"), 201, false)
+        .errors(&["forbidden", "invalid_name", "invalid_tags", "invalid_client_token", "idempotency_mismatch", "invalid_cidr", "invalid_external_network", "external_network_overlap"]),
+    op("get", "/v1/external-networks", "List external networks (every tenant reads them)", None, Some("ExternalNetwork"), 200, true),
+    op("get", "/v1/external-networks/{id}", "Get an external network", None, Some("ExternalNetwork"), 200, false),
+    op("delete", "/v1/external-networks/{id}", "Delete an external network no elastic IP or internet gateway uses (admin)", None, None, 204, false)
+        .errors(&["forbidden", "dependency_violation"]),
+    op("post", "/v1/internet-gateways", "Create a VPC's internet gateway (one per VPC) to an external network (the only one when not named)", Some("CreateInternetGateway"), Some("InternetGateway"), 201, false)
+        .create()
+        .errors(&["not_found", "internet_gateway_exists", "external_network_required", "external_network_deleting"]),
+    op("get", "/v1/internet-gateways", "List internet gateways (?vpc_id=)", None, Some("InternetGateway"), 200, true),
+    op("get", "/v1/internet-gateways/{id}", "Get an internet gateway", None, Some("InternetGateway"), 200, false),
+    op("patch", "/v1/internet-gateways/{id}", "Rename or retag an internet gateway", Some("PatchNameTags"), Some("InternetGateway"), 200, false).errors(NAME_TAGS),
+    op("delete", "/v1/internet-gateways/{id}", "Delete an internet gateway; routes to it stay, as blackholes, until removed", None, None, 204, false),
+    op("post", "/v1/elastic-ips", "Allocate an elastic IP from an external network's pool (the only network when not named)", Some("AllocateElasticIp"), Some("ElasticIp"), 201, false)
+        .create()
+        .errors(&["not_found", "external_network_required", "external_network_deleting", "external_network_exhausted"]),
+    op("get", "/v1/elastic-ips", "List elastic IPs", None, Some("ElasticIp"), 200, true),
+    op("get", "/v1/elastic-ips/{id}", "Get an elastic IP", None, Some("ElasticIp"), 200, false),
+    op("patch", "/v1/elastic-ips/{id}", "Rename or retag an elastic IP", Some("PatchNameTags"), Some("ElasticIp"), 200, false).errors(NAME_TAGS),
+    op("post", "/v1/elastic-ips/{id}/associate", "Associate an elastic IP with an address of an ENI (1:1 NAT on the ENI's host); the ENI's VPC needs an internet gateway to the address's network", Some("AssociateElasticIp"), Some("ElasticIp"), 200, false)
+        .errors(&["ip_not_on_eni", "eip_associated", "private_ip_has_elastic_ip", "no_internet_gateway", "external_network_mismatch"]),
+    op("post", "/v1/elastic-ips/{id}/disassociate", "Disassociate an elastic IP from its ENI (not from a NAT gateway)", Some("DisassociateElasticIp"), Some("ElasticIp"), 200, false)
+        .errors(&["dependency_violation"]),
+    op("delete", "/v1/elastic-ips/{id}", "Release an elastic IP that is not associated", None, None, 204, false).errors(&["eip_associated"]),
+    op("post", "/v1/nat-gateways", "Create a NAT gateway in a subnet with an unassociated elastic IP; the server places it on a ready host", Some("CreateNatGateway"), Some("NatGateway"), 201, false)
+        .create()
+        .errors(&["not_found", "subnet_deleting", "subnet_exhausted", "eip_associated", "no_internet_gateway", "external_network_mismatch", "no_host_available"]),
+    op("get", "/v1/nat-gateways", "List NAT gateways (?vpc_id=, ?subnet_id=)", None, Some("NatGateway"), 200, true),
+    op("get", "/v1/nat-gateways/{id}", "Get a NAT gateway", None, Some("NatGateway"), 200, false),
+    op("patch", "/v1/nat-gateways/{id}", "Rename or retag a NAT gateway", Some("PatchNameTags"), Some("NatGateway"), 200, false).errors(NAME_TAGS),
+    op("delete", "/v1/nat-gateways/{id}", "Delete a NAT gateway: frees its subnet address and its elastic IP's association; routes to it stay, as blackholes", None, None, 204, false),
     op("post", "/v1/instances", "Create an instance; the scheduler places it when host_id is absent", Some("CreateInstance"), Some("Instance"), 201, false)
         .create()
         .errors(&["not_found", "invalid_request", "invalid_netns", "netns_in_use", "eni_in_use", "host_not_ready", "no_host_available", "insufficient_bandwidth"]),
@@ -322,7 +364,9 @@ fn schemas() -> Map<String, Value> {
         CreateSecurityGroup, PatchSecurityGroup, RouteTable, CreateRouteTable, PatchRouteTable, Peering,
         CreatePeering, BandwidthPool, CreateBandwidthPool, PatchBandwidthPool, ErrorBody, HostBandwidthReport,
         HostBandwidthCaps, EniStats, BandwidthStats, TraceRequest, Trace, ClusterStatus, ServerSelf, CreateBootstrapToken, BootstrapToken,
-        RegisteredHost, PatchHost, Quotas, SetQuotas, AuditPage, DetachEni, evnet_model::schema::Name
+        RegisteredHost, PatchHost, Quotas, SetQuotas, AuditPage, DetachEni, ExternalNetwork, CreateExternalNetwork, InternetGateway,
+        CreateInternetGateway, ElasticIp, AllocateElasticIp, AssociateElasticIp, DisassociateElasticIp, NatGateway, CreateNatGateway,
+        evnet_model::schema::Name
     );
     let mut defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     for v in defs.values_mut() {

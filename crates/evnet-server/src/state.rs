@@ -65,9 +65,10 @@ pub struct AppState {
     /// Seals and opens EC2 access-key secrets ([`crate::ec2::credentials`]).
     pub access_key_sealing: Arc<[u8; 32]>,
     pub settings: Arc<Settings>,
-    /// Addresses handed to in-flight ENI creates, per subnet, so concurrent
-    /// creates on this server try different addresses. The store's compare
-    /// on the address key is what guarantees uniqueness.
+    /// Addresses handed to in-flight creates, per subnet (ENIs, NAT
+    /// gateways) or external network (elastic IPs), so concurrent creates
+    /// on this server try different addresses. The store's compare on the
+    /// address key is what guarantees uniqueness.
     pub ip_reservations: Arc<Mutex<HashMap<String, HashSet<Ipv4Addr>>>>,
     /// Quota slots handed to in-flight creates, per (tenant, quota); see
     /// [`crate::quota`].

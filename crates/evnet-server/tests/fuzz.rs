@@ -10,7 +10,8 @@
 //! generator cannot silently ignore a constraint). Strings that match a
 //! pattern are sometimes taken from what earlier answers held, so ids often
 //! name real resources of the seeded state (a tenant with VPCs, subnets,
-//! groups, ENIs, an instance, a pool, a route table, a peering; hosts).
+//! groups, ENIs, an instance, a pool, a route table, a peering, an internet
+//! gateway, elastic IPs and a NAT gateway; hosts and an external network).
 //!
 //! Two passes, each from a fresh state:
 //! * valid requests: never a 5xx; never a 400/413/415 nor a code that only
@@ -314,6 +315,7 @@ fn natural_caller(method: &str, path: &str) -> Who {
         (_, p) if ["/v1/tenants", "/v1/bootstrap-tokens", "/v1/cluster", "/v1/audit"].iter().any(|a| p.starts_with(a)) => Who::Admin,
         ("get", p) if p.ends_with("/quotas") => Who::TenantA,
         ("post", "/v1/hosts") | ("patch", "/v1/hosts/{id}") | ("delete", "/v1/hosts/{id}") => Who::Admin,
+        ("post", "/v1/external-networks") | ("delete", "/v1/external-networks/{id}") => Who::Admin,
         ("get", "/v1/hosts") | ("get", "/v1/hosts/{id}") => Who::TenantA,
         (_, p) if p.starts_with("/v1/hosts") => Who::Agent,
         _ => Who::TenantA,
@@ -394,6 +396,17 @@ impl World {
         w.must(a, "POST", "/v1/bandwidth-pools", json!({"scope": "tenant", "limit_mbps": 500, "members": [enis[1]]}), known).await;
         w.must(a, "POST", "/v1/route-tables", json!({"vpc_id": vpc, "routes": [{"destination_cidr": "192.168.0.0/16", "target": enis[2]}]}), known).await;
         w.must(a, "POST", "/v1/peerings", json!({"vpc_a": vpc, "vpc_b": vpc2}), known).await;
+        // Traffic leaving the VPC: an external network, the VPC's gateway
+        // with a default route to it, an associated elastic IP and a NAT
+        // gateway holding another.
+        w.must(Who::Admin, "POST", "/v1/external-networks", json!({"cidr": "203.0.113.0/24"}), known).await;
+        let igw = id(&w.must(a, "POST", "/v1/internet-gateways", json!({"vpc_id": vpc}), known).await);
+        w.must(a, "POST", "/v1/route-tables", json!({"vpc_id": vpc, "routes": [{"destination_cidr": "0.0.0.0/0", "target": igw}]}), known).await;
+        let eip = id(&w.must(a, "POST", "/v1/elastic-ips", json!({}), known).await);
+        w.must(a, "POST", &format!("/v1/elastic-ips/{eip}/associate"), json!({"eni_id": enis[0]}), known).await;
+        let eip2 = id(&w.must(a, "POST", "/v1/elastic-ips", json!({}), known).await);
+        w.must(a, "POST", "/v1/nat-gateways", json!({"subnet_id": subnet, "elastic_ip_id": eip2}), known).await;
+        w.must(a, "POST", "/v1/elastic-ips", json!({}), known).await;
         let bvpc = id(&w.must(Who::TenantB, "POST", "/v1/vpcs", json!({"cidr_block": "10.0.0.0/16"}), known).await);
         w.must(Who::TenantB, "POST", "/v1/subnets", json!({"vpc_id": bvpc, "cidr_block": "10.0.1.0/24"}), known).await;
         w

@@ -478,3 +478,75 @@ fn routes_peerings_and_pools() {
         missing.stderr
     );
 }
+
+#[test]
+fn leaving_the_vpc_with_the_cli() {
+    let cli = Cli { url: start_server() };
+    let token = cli.run(Some(ADMIN), &["tenant", "create", "gamma", "-o", "json"]).json()["token"].as_str().unwrap().to_string();
+    let t = Some(token.as_str());
+
+    // Only the admin defines external networks; every tenant reads them.
+    let refused = cli.run(t, &["external-network", "create", "--cidr", "203.0.113.0/29"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("(forbidden)"), "{}", refused.stderr);
+    let bad = cli.run(Some(ADMIN), &["external-network", "create", "--cidr", "203.0.113.0/29", "--pool", "203.0.113.9"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("START-END"), "{}", bad.stderr);
+    cli.run(Some(ADMIN), &["external-network", "create", "--cidr", "203.0.113.0/29", "--name", "internet"]).ok();
+    let out = cli.run(t, &["external-network", "list"]).ok();
+    assert!(out.contains("HOST_INTERFACE") && out.contains("203.0.113.2-203.0.113.6") && out.contains("evext0"), "{out}");
+    cli.run(Some(ADMIN), &["host", "register", "--name", "host-1", "--underlay-ip", "198.18.0.1", "--nic", "10G"]).ok();
+
+    cli.run(t, &["vpc", "create", "--cidr", "10.0.0.0/16", "--name", "prod"]).ok();
+    cli.run(t, &["subnet", "create", "--vpc", "prod", "--cidr", "10.0.1.0/24", "--name", "public"]).ok();
+    let eni = cli.run(t, &["eni", "create", "--subnet", "public", "--name", "web", "-o", "json"]).json();
+    let eip = cli.run(t, &["eip", "allocate", "--name", "web-ip", "-o", "json"]).json();
+    assert_eq!(eip["address"], "203.0.113.2", "{eip}");
+
+    // Associating without the VPC's gateway says what to do.
+    let no_igw = cli.run(t, &["eip", "associate", "web-ip", "--eni", "web"]);
+    assert_ne!(no_igw.code, 0);
+    assert!(no_igw.stderr.contains("evnet igw create --vpc") && no_igw.stderr.contains("(no_internet_gateway)"), "{}", no_igw.stderr);
+    let igw = cli.run(t, &["igw", "create", "--vpc", "prod", "--name", "prod-igw", "-o", "json"]).json();
+    let igw_id = igw["id"].as_str().unwrap();
+    // The elastic IP by its address; the table shows what it maps to.
+    let out = cli.run(t, &["eip", "associate", "203.0.113.2", "--eni", "web"]).ok();
+    let field = |name: &str| out.lines().find(|l| l.starts_with(&format!("{name}:"))).map(|l| l.split_whitespace().last().unwrap_or("").to_string());
+    assert_eq!(field("associated_with").as_deref(), eni["id"].as_str(), "{out}");
+    assert_eq!(field("private_ip").as_deref(), eni["private_ip"].as_str(), "{out}");
+    let out = cli.run(t, &["eip", "update", "203.0.113.2", "--tag", "team=web", "-o", "json"]).json();
+    assert_eq!((&out["name"], &out["tags"]["team"]), (&serde_json::json!("web-ip"), &serde_json::json!("web")), "{out}");
+    let nothing = cli.run(t, &["eip", "update", "web-ip"]);
+    assert!(nothing.code != 0 && nothing.stderr.contains("nothing to change"), "{}", nothing.stderr);
+    let out = cli.run(t, &["eip", "list"]).ok();
+    assert!(out.lines().next().unwrap().contains("ASSOCIATED_WITH") && out.contains("203.0.113.2"), "{out}");
+    assert!(cli.run(t, &["eip", "release", "web-ip"]).stderr.contains("(eip_associated)"));
+
+    // A NAT gateway with a second elastic IP, on the only ready host.
+    cli.run(t, &["eip", "allocate", "--name", "nat-ip"]).ok();
+    let nat = cli.run(t, &["natgw", "create", "--subnet", "public", "--eip", "nat-ip", "--name", "prod-nat", "-o", "json"]).json();
+    assert_eq!((nat["state"].as_str(), nat["host_id"].as_str().map(|h| h.starts_with("host-"))), (Some("available"), Some(true)), "{nat}");
+    let out = cli.run(t, &["natgw", "show", "prod-nat"]).ok();
+    assert!(out.contains("host_id:") && out.contains("elastic_ip_id:"), "{out}");
+
+    // Routes to both gateways; deleting one leaves its route a blackhole.
+    let nat_id = nat["id"].as_str().unwrap();
+    let rtb = cli
+        .run(t, &["route-table", "create", "--vpc", "prod", "--name", "out", "--route", &format!("0.0.0.0/0={igw_id}"), "--route", &format!("192.0.2.0/24={nat_id}"), "-o", "json"])
+        .json();
+    assert_eq!(rtb["routes"][1]["state"], "active", "{rtb}");
+    let out = cli.run(t, &["natgw", "delete", "prod-nat"]).ok();
+    assert!(out.contains(&format!("deleted NAT gateway {nat_id}")), "{out}");
+    let out = cli.run(t, &["route-table", "get", "out"]).ok();
+    assert!(out.lines().any(|l| l.contains(nat_id) && l.contains("blackhole")), "{out}");
+    let out = cli.run(t, &["eip", "get", "nat-ip", "-o", "json"]).json();
+    assert!(out["association"].is_null(), "{out}");
+
+    // Take it all down.
+    cli.run(t, &["eip", "disassociate", "web-ip"]).ok();
+    cli.run(t, &["eip", "release", "web-ip"]).ok();
+    cli.run(t, &["eip", "release", "nat-ip"]).ok();
+    cli.run(t, &["igw", "delete", "prod-igw"]).ok();
+    assert_eq!(cli.run(t, &["igw", "list", "-o", "json"]).json()["items"], serde_json::json!([]));
+    cli.run(Some(ADMIN), &["external-network", "delete", "internet"]).ok();
+}

@@ -246,14 +246,16 @@ fn check_groups(snap: &Snapshot, caller: &Caller, vpc_id: &str, groups: &[String
 }
 
 /// Addresses picked for in-flight creates, released when the create ends.
-struct Reservation<'a> {
-    st: &'a AppState,
-    subnet: String,
-    ips: Vec<Ipv4Addr>,
+/// `subnet` names the pool: a subnet's id, or an external network's for
+/// elastic IPs.
+pub(crate) struct Reservation<'a> {
+    pub(crate) st: &'a AppState,
+    pub(crate) subnet: String,
+    pub(crate) ips: Vec<Ipv4Addr>,
 }
 
 impl Reservation<'_> {
-    fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         if self.ips.is_empty() {
             return;
         }
@@ -276,7 +278,7 @@ impl Drop for Reservation<'_> {
 /// (each must be free), then `auto` more from the pool; all of them are
 /// reserved for the caller's transaction. The store's compare on each
 /// address key is what makes them unique.
-fn pick_addresses(st: &AppState, subnet_id: &str, pool: &ipam::IpPool, explicit: &[Ipv4Addr], auto: usize) -> ApiResult<Vec<Ipv4Addr>> {
+pub(crate) fn pick_addresses(st: &AppState, subnet_id: &str, pool: &ipam::IpPool, explicit: &[Ipv4Addr], auto: usize) -> ApiResult<Vec<Ipv4Addr>> {
     let mut chosen = vec![];
     let mut all = st.ip_reservations.lock().unwrap_or_else(|e| e.into_inner());
     let reserved = all.entry(subnet_id.to_string()).or_default();
@@ -287,19 +289,7 @@ fn pick_addresses(st: &AppState, subnet_id: &str, pool: &ipam::IpPool, explicit:
         }
         chosen.push(*ip);
     }
-    let mut picked = 0;
-    if auto > 0 {
-        for ip in pool.free_iter() {
-            if picked == auto {
-                break;
-            }
-            if !reserved.contains(&ip) && !chosen.contains(&ip) {
-                chosen.push(ip);
-                picked += 1;
-            }
-        }
-    }
-    if picked < auto {
+    if take_free(pool, reserved, &mut chosen, auto) < auto {
         return Err(ModelError::conflict(
             "subnet_exhausted",
             format!(
@@ -315,6 +305,35 @@ fn pick_addresses(st: &AppState, subnet_id: &str, pool: &ipam::IpPool, explicit:
         reserved.insert(*ip);
     }
     Ok(chosen)
+}
+
+/// Adds up to `n` free addresses of `pool` that are neither reserved nor
+/// chosen already to `chosen`, in the pool's order; how many it added.
+fn take_free(pool: &ipam::IpPool, reserved: &HashSet<Ipv4Addr>, chosen: &mut Vec<Ipv4Addr>, n: usize) -> usize {
+    let mut picked = 0;
+    for ip in pool.free_iter() {
+        if picked == n {
+            break;
+        }
+        if !reserved.contains(&ip) && !chosen.contains(&ip) {
+            chosen.push(ip);
+            picked += 1;
+        }
+    }
+    picked
+}
+
+/// Reserves one free address of `pool` (an external network's, keyed by
+/// its id) for the caller's transaction, as [`pick_addresses`] does for a
+/// subnet; `None` when every address is held or reserved.
+pub(crate) fn reserve_one(st: &AppState, pool_key: &str, pool: &ipam::IpPool) -> Option<Ipv4Addr> {
+    let mut all = st.ip_reservations.lock().unwrap_or_else(|e| e.into_inner());
+    let reserved = all.entry(pool_key.to_string()).or_default();
+    let mut chosen = vec![];
+    take_free(pool, reserved, &mut chosen, 1);
+    let ip = chosen.pop()?;
+    reserved.insert(ip);
+    Some(ip)
 }
 
 pub async fn create_eni(State(st): State<AppState>, caller: Caller, Body(req): Body<CreateEni>) -> ApiResult<(StatusCode, Json<Eni>)> {
@@ -539,6 +558,14 @@ pub async fn unassign_ips_op(st: &AppState, caller: &Caller, id: &str, ips: &[Ip
             if !eni.secondary_ips.contains(ip) {
                 return Err(ModelError::invalid("invalid_secondary_ips", format!("{ip} is not a secondary address of {id}")).into());
             }
+            // An association rewrites the ENI, so this compare sees it.
+            if let Some(eip) = crate::api::external::eip_on(snap, id, *ip) {
+                return Err(ModelError::conflict(
+                    "dependency_violation",
+                    format!("elastic IP {} is associated with {ip} of ENI {id}; disassociate it first", eip.id),
+                )
+                .into());
+            }
         }
         eni.secondary_ips.retain(|x| !ips.contains(x));
         let k = keys::resource(Kind::Eni, id);
@@ -576,6 +603,15 @@ pub async fn delete_eni(State(st): State<AppState>, caller: Caller, Path(id): Pa
         let mut txn = Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![del(k)] };
         for ip in e.value.all_ips() {
             txn.ops.push(del(keys::ipam(&e.value.subnet_id, ip)));
+        }
+        // As in AWS, the ENI's elastic IPs stay with the tenant,
+        // disassociated. An association rewrites the ENI, so the compare
+        // above sees every one made before this.
+        for eip in snap.elastic_ips.values().filter(|x| x.value.association.as_ref().is_some_and(|a| a.eni_id.as_deref() == Some(id.as_str()))) {
+            let mut v = arc_clone(&eip.value);
+            v.association = None;
+            txn.compares.push(cmp(keys::resource(Kind::ElasticIp, &v.id), eip.mod_revision));
+            txn.ops.push(put(keys::resource(Kind::ElasticIp, &v.id), &v));
         }
         for p in snap.bandwidth_pools.values().filter(|p| p.value.members.contains(&id)) {
             let mut pool = arc_clone(&p.value);

@@ -73,11 +73,12 @@ pub async fn delete_tenant(State(st): State<AppState>, caller: Caller, Path(id):
         let owns = snap.vpcs.values().any(|v| v.value.tenant == id)
             || snap.enis.values().any(|v| v.value.tenant == id)
             || snap.instances.values().any(|v| v.value.tenant == id)
-            || snap.bandwidth_pools.values().any(|v| v.value.tenant == id);
+            || snap.bandwidth_pools.values().any(|v| v.value.tenant == id)
+            || snap.elastic_ips.values().any(|v| v.value.tenant == id);
         if owns {
             return Err(ModelError::conflict(
                 "dependency_violation",
-                format!("tenant {id} still owns resources; delete its instances, ENIs, pools and VPCs first"),
+                format!("tenant {id} still owns resources; delete its instances, ENIs, pools and VPCs and release its elastic IPs first"),
             )
             .into());
         }
@@ -343,6 +344,15 @@ pub async fn delete_host(State(st): State<AppState>, caller: Caller, Path(id): P
             return Err(ModelError::conflict(
                 "dependency_violation",
                 format!("host {id} still runs instances; delete or move them first"),
+            )
+            .into());
+        }
+        // A NAT gateway's create compares its host's key, so this sees
+        // every one placed here before it.
+        if let Some(n) = snap.nat_gateways.values().find(|n| n.value.host_id == id) {
+            return Err(ModelError::conflict(
+                "dependency_violation",
+                format!("host {id} runs NAT gateway {} (of tenant {}); it must be deleted first", n.value.id, n.value.tenant),
             )
             .into());
         }

@@ -3,6 +3,7 @@
 pub mod access_keys;
 pub mod cluster;
 pub mod compute;
+pub mod external;
 pub mod infra;
 pub mod network;
 pub mod stats;

@@ -22,7 +22,7 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// Rewrites a VPC unchanged so its revision moves: creates and deletes of
 /// its children do this, so they serialize with each other and with the
 /// VPC's delete.
-fn touch_vpc(snap: &Snapshot, vpc_id: &str, txn: &mut Txn) -> ApiResult<()> {
+pub(crate) fn touch_vpc(snap: &Snapshot, vpc_id: &str, txn: &mut Txn) -> ApiResult<()> {
     let v = snap.vpcs.get(vpc_id).ok_or_else(|| ApiError::from(ModelError::not_found("VPC", vpc_id)))?;
     txn.compares.push(cmp(keys::resource(Kind::Vpc, vpc_id), v.mod_revision));
     txn.ops.push(put(keys::resource(Kind::Vpc, vpc_id), &*v.value));
@@ -153,6 +153,8 @@ pub async fn delete_vpc(State(st): State<AppState>, caller: Caller, Path(id): Pa
             snap.route_tables.values().any(|s| s.value.vpc_id == id && !s.value.main).then_some("route tables"),
             snap.peerings.values().any(|p| p.value.vpc_a == id || p.value.vpc_b == id).then_some("peerings"),
             snap.bandwidth_pools.values().any(|p| p.value.vpc_id.as_deref() == Some(&id)).then_some("bandwidth pools"),
+            snap.internet_gateways.values().any(|g| g.value.vpc_id == id).then_some("an internet gateway"),
+            snap.nat_gateways.values().any(|g| g.value.vpc_id == id).then_some("NAT gateways"),
         ];
         let blockers: Vec<&str> = blockers.into_iter().flatten().collect();
         if !blockers.is_empty() {
@@ -287,8 +289,9 @@ pub async fn delete_subnet(State(st): State<AppState>, caller: Caller, Path(id):
     let result = commit(&st, |snap| {
         let e = visible(&snap.subnets, Kind::Subnet, &id, &caller)?;
         let k = keys::resource(Kind::Subnet, &id);
+        // NAT gateways hold an address of their subnet too.
         let in_use = snap.ipam.get(&id).map(|p| p.used_count()).unwrap_or(0);
-        if in_use > 0 || snap.enis.values().any(|x| x.value.subnet_id == id) {
+        if in_use > 0 || snap.enis.values().any(|x| x.value.subnet_id == id) || snap.nat_gateways.values().any(|x| x.value.subnet_id == id) {
             let mut s = arc_clone(&e.value);
             s.deleting = false;
             return Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &s)] }, Some(in_use)));
@@ -308,7 +311,7 @@ pub async fn delete_subnet(State(st): State<AppState>, caller: Caller, Path(id):
         None => Ok(StatusCode::NO_CONTENT),
         Some(n) => Err(ModelError::conflict(
             "dependency_violation",
-            format!("subnet {id} still has ENIs ({n} addresses in use); delete them first"),
+            format!("subnet {id} still has ENIs or NAT gateways ({n} addresses in use); delete them first"),
         )
         .into()),
     }
@@ -503,6 +506,12 @@ fn check_route_targets(snap: &Snapshot, vpc_id: &str, routes: &[Route], kept: &[
                 if !snap.peerings.get(&r.target).is_some_and(|p| p.value.vpc_a == vpc_id || p.value.vpc_b == vpc_id) => {
                     return Err(ModelError::invalid("invalid_route", format!("route target {} is not a peering of VPC {vpc_id}", r.target)).into());
                 }
+            Some(Kind::InternetGateway) if snap.internet_gateways.get(&r.target).is_none_or(|g| g.value.vpc_id != vpc_id) => {
+                return Err(ModelError::invalid("invalid_route", format!("route target {} is not the internet gateway of VPC {vpc_id}", r.target)).into());
+            }
+            Some(Kind::NatGateway) if snap.nat_gateways.get(&r.target).is_none_or(|g| g.value.vpc_id != vpc_id) => {
+                return Err(ModelError::invalid("invalid_route", format!("route target {} is not a NAT gateway in VPC {vpc_id}", r.target)).into());
+            }
             _ => {}
         }
     }
@@ -511,11 +520,14 @@ fn check_route_targets(snap: &Snapshot, vpc_id: &str, routes: &[Route], kept: &[
 
 /// What the data plane does with a route: `blackhole` when its target is
 /// gone or cannot forward (a deleted or detached ENI, a deleted peering, or
-/// one that is not active between this VPC and another), else `active`.
+/// one that is not active between this VPC and another, a deleted internet
+/// or NAT gateway), else `active`.
 pub(crate) fn route_state(snap: &Snapshot, vpc_id: &str, r: &Route) -> RouteState {
     let forwards = match Kind::of_id(&r.target) {
         Some(Kind::Eni) => snap.enis.get(&r.target).is_some_and(|e| e.value.attachment.is_some()),
         Some(Kind::Peering) => snap.peerings.get(&r.target).is_some_and(|p| crate::desired::active_peer_of(&p.value, vpc_id).is_some()),
+        Some(Kind::InternetGateway) => snap.internet_gateways.contains_key(&r.target),
+        Some(Kind::NatGateway) => snap.nat_gateways.contains_key(&r.target),
         _ => true,
     };
     if forwards {

@@ -48,7 +48,10 @@ pub fn not_found_code(kind: Kind) -> &'static str {
         Kind::Peering => "InvalidVpcPeeringConnectionID.NotFound",
         Kind::Instance => "InvalidInstanceID.NotFound",
         Kind::Host => "InvalidHost.NotFound",
-        Kind::Tenant | Kind::BandwidthPool => "InvalidID",
+        Kind::InternetGateway => "InvalidInternetGatewayID.NotFound",
+        Kind::ElasticIp => "InvalidAllocationID.NotFound",
+        Kind::NatGateway => "NatGatewayNotFound",
+        Kind::Tenant | Kind::BandwidthPool | Kind::ExternalNetwork => "InvalidID",
     }
 }
 
@@ -75,7 +78,9 @@ impl From<ApiError> for Ec2Error {
             "eni_not_attached" => "IncorrectState",
             "device_index_in_use" => "InvalidParameterValue",
             "subnet_exhausted" => "InsufficientFreeAddressesInSubnet",
-            "ip_in_use" => "InvalidIPAddress.InUse",
+            "ip_in_use" | "eip_associated" => "InvalidIPAddress.InUse",
+            "no_internet_gateway" => "Gateway.NotAttached",
+            "external_network_exhausted" => "InsufficientAddressCapacity",
             "ip_not_in_subnet" | "ip_reserved" => "InvalidParameterValue",
             "name_taken" => "InvalidGroup.Duplicate",
             "peering_exists" => "VpcPeeringConnectionAlreadyExists",
@@ -121,6 +126,10 @@ mod tests {
         assert_eq!(e.code, "InvalidNetworkInterfaceID.NotFound");
         let e: Ec2Error = ApiError::from(evnet_model::ModelError::invalid("subnet_overlap", "x")).into();
         assert_eq!((e.code.as_str(), e.status), ("InvalidSubnet.Conflict", StatusCode::BAD_REQUEST));
+        let e: Ec2Error = ApiError::from(evnet_model::ModelError::conflict("no_internet_gateway", "x")).into();
+        assert_eq!(e.code, "Gateway.NotAttached");
+        let e: Ec2Error = ApiError::from(evnet_model::ModelError::not_found("elastic IP", "eipalloc-00000000000000ab")).into();
+        assert_eq!(e.code, "InvalidAllocationID.NotFound");
         let e: Ec2Error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "something", "slow down").into();
         assert_eq!((e.code.as_str(), e.status), ("RequestLimitExceeded", StatusCode::TOO_MANY_REQUESTS));
     }

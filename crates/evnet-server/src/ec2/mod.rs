@@ -16,6 +16,7 @@ pub mod params;
 pub mod sigv4;
 pub mod xml;
 
+mod address;
 mod instance;
 mod network;
 mod peering;
@@ -49,13 +50,9 @@ pub struct Ctx {
     pub p: Params,
 }
 
-/// Actions of resources evnet does not have yet.
+/// Actions this endpoint does not serve: resources evnet does not have, or
+/// (internet and NAT gateways) has in the REST API only.
 const UNSUPPORTED: &[&str] = &[
-    "AllocateAddress",
-    "AssociateAddress",
-    "DisassociateAddress",
-    "ReleaseAddress",
-    "DescribeAddresses",
     "CreateInternetGateway",
     "AttachInternetGateway",
     "DetachInternetGateway",
@@ -197,7 +194,7 @@ macro_rules! actions {
                 $f($ctx).await
             })*
             a if UNSUPPORTED.contains(&a) => Err(Ec2Error::unsupported(format!(
-                "The action {a} is not supported by this endpoint: evnet has no such resource yet (see docs/ec2.md)"
+                "The action {a} is not supported by this endpoint (docs/ec2.md says which actions it serves and why)"
             ))),
             a => Err(Ec2Error::bad("InvalidAction", format!("The action {a} is not valid for this web service."))),
         }
@@ -219,6 +216,7 @@ pub const ACTIONS: &[&str] = &[
     "CreateRoute", "ReplaceRoute", "DeleteRoute", "AssociateRouteTable", "DisassociateRouteTable",
     "CreateVpcPeeringConnection", "AcceptVpcPeeringConnection", "DescribeVpcPeeringConnections", "DeleteVpcPeeringConnection",
     "RunInstances", "DescribeInstances", "TerminateInstances",
+    "AllocateAddress", "AssociateAddress", "DisassociateAddress", "ReleaseAddress", "DescribeAddresses",
 ];
 
 fn dry_run() -> Ec2Error {
@@ -266,6 +264,11 @@ async fn dispatch(action: &str, ctx: &Ctx) -> Ec2Result<Vec<Node>> {
         "AcceptVpcPeeringConnection" => peering::accept,
         "DescribeVpcPeeringConnections" => peering::describe,
         "DeleteVpcPeeringConnection" => peering::delete,
+        "AllocateAddress" => address::allocate,
+        "AssociateAddress" => address::associate,
+        "DisassociateAddress" => address::disassociate,
+        "ReleaseAddress" => address::release,
+        "DescribeAddresses" => address::describe,
         "RunInstances" => instance::run_instances,
         "DescribeInstances" => instance::describe_instances,
         "TerminateInstances" => instance::terminate_instances,

@@ -105,7 +105,7 @@ fn target(ctx: &Ctx) -> Ec2Result<String> {
             if k == "GatewayId" && v == "local" {
                 return Ok("local".into());
             }
-            return Err(Ec2Error::unsupported(format!("{k} ({v}): evnet has no gateways yet; routes go to local, a network interface or a peering")));
+            return Err(Ec2Error::unsupported(format!("{k} ({v}): this endpoint routes to local, a network interface or a peering; routes to gateways are made through the REST API")));
         }
     }
     if ctx.p.bool("LocalTarget")? == Some(true) {
@@ -221,7 +221,7 @@ pub async fn delete_route(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
 pub async fn associate_route_table(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
     let id = ctx.p.id("RouteTableId", Kind::RouteTable)?;
     if let Some(g) = ctx.p.get("GatewayId") {
-        return Err(Ec2Error::unsupported(format!("GatewayId ({g}): evnet has no gateways yet")));
+        return Err(Ec2Error::unsupported(format!("GatewayId ({g}): this endpoint does not route to gateways; the REST API does")));
     }
     let subnet = ctx.p.id("SubnetId", Kind::Subnet)?;
     {

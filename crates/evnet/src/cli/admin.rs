@@ -116,6 +116,10 @@ pub struct QuotaValues {
     pub instances_per_tenant: Option<u32>,
     #[arg(long)]
     pub elastic_ips_per_tenant: Option<u32>,
+    #[arg(long)]
+    pub internet_gateways_per_tenant: Option<u32>,
+    #[arg(long)]
+    pub nat_gateways_per_tenant: Option<u32>,
 }
 
 impl From<QuotaValues> for SetQuotas {
@@ -131,6 +135,8 @@ impl From<QuotaValues> for SetQuotas {
             enis_per_tenant: v.enis_per_tenant,
             instances_per_tenant: v.instances_per_tenant,
             elastic_ips_per_tenant: v.elastic_ips_per_tenant,
+            internet_gateways_per_tenant: v.internet_gateways_per_tenant,
+            nat_gateways_per_tenant: v.nat_gateways_per_tenant,
         }
     }
 }

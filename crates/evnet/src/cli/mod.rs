@@ -12,6 +12,7 @@ mod admin;
 mod cluster;
 mod eni;
 mod exec;
+mod external;
 mod instance;
 mod network;
 mod pool;
@@ -106,6 +107,18 @@ pub enum ResourceCommand {
     /// Aggregate bandwidth caps over several ENIs.
     #[command(subcommand)]
     BandwidthPool(pool::PoolCommand),
+    /// External networks: where traffic leaving a VPC goes (the admin defines them).
+    #[command(subcommand)]
+    ExternalNetwork(external::ExternalNetworkCommand),
+    /// Internet gateways: a VPC's way to an external network.
+    #[command(subcommand, name = "igw", visible_alias = "internet-gateway")]
+    Igw(external::IgwCommand),
+    /// Elastic IPs: external addresses a tenant holds and maps to ENIs.
+    #[command(subcommand, name = "eip", visible_alias = "elastic-ip")]
+    Eip(external::EipCommand),
+    /// NAT gateways: outbound-only access for a VPC's other subnets.
+    #[command(subcommand, name = "natgw", visible_alias = "nat-gateway")]
+    Natgw(external::NatgwCommand),
     /// Run a command inside an instance's network namespace (root).
     #[command(after_help = exec::EXAMPLES)]
     Exec(ExecArgs),
@@ -138,6 +151,10 @@ pub async fn run(cmd: ResourceCommand, opts: &GlobalOpts) -> anyhow::Result<()> 
         ResourceCommand::RouteTable(c) => route_table::run(c, &client, out).await,
         ResourceCommand::Peering(c) => network::run_peering(c, &client, out).await,
         ResourceCommand::BandwidthPool(c) => pool::run(c, &client, out).await,
+        ResourceCommand::ExternalNetwork(c) => external::run_external_network(c, &client, out).await,
+        ResourceCommand::Igw(c) => external::run_igw(c, &client, out).await,
+        ResourceCommand::Eip(c) => external::run_eip(c, &client, out).await,
+        ResourceCommand::Natgw(c) => external::run_natgw(c, &client, out).await,
         ResourceCommand::Exec(args) => exec::run(args, &client).await,
         ResourceCommand::Top(args) => top::run(args, &client, out).await,
         ResourceCommand::Trace(args) => trace::run(args, &client, out).await,

@@ -684,3 +684,97 @@ impl Render for BandwidthPool {
         f
     }
 }
+
+impl Render for ExternalNetwork {
+    const HEADERS: &'static [&'static str] = &["ID", "NAME", "CIDR", "GATEWAY", "POOL", "FREE", "HOST_INTERFACE"];
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            self.cidr.to_string(),
+            self.gateway_ip.to_string(),
+            format!("{}-{}", self.allocation_pool.start, self.allocation_pool.end),
+            self.available_ip_count.to_string(),
+            self.host_interface.clone(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        f.extend([
+            ("cidr", self.cidr.to_string()),
+            ("gateway_ip", self.gateway_ip.to_string()),
+            ("allocation_pool", format!("{}-{}", self.allocation_pool.start, self.allocation_pool.end)),
+            ("available_ip_count", self.available_ip_count.to_string()),
+            ("host_interface", self.host_interface.clone()),
+        ]);
+        f
+    }
+}
+
+impl Render for InternetGateway {
+    const HEADERS: &'static [&'static str] = &["ID", "NAME", "VPC", "EXTERNAL_NETWORK"];
+    fn row(&self) -> Vec<String> {
+        vec![self.id.clone(), self.name.clone(), self.vpc_id.clone(), self.external_network_id.clone()]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        f.extend([("vpc_id", self.vpc_id.clone()), ("external_network_id", self.external_network_id.clone())]);
+        f
+    }
+}
+
+/// What an elastic IP is associated with: the ENI or NAT gateway (empty
+/// when none).
+fn associated_with(a: &Option<EipAssociation>) -> String {
+    a.as_ref().and_then(|a| a.eni_id.clone().or_else(|| a.nat_gateway_id.clone())).unwrap_or_default()
+}
+
+impl Render for ElasticIp {
+    const HEADERS: &'static [&'static str] = &["ID", "NAME", "ADDRESS", "ASSOCIATED_WITH", "PRIVATE_IP"];
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            self.address.to_string(),
+            associated_with(&self.association),
+            self.association.as_ref().map(|a| a.private_ip.to_string()).unwrap_or_default(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        f.extend([
+            ("external_network_id", self.external_network_id.clone()),
+            ("address", self.address.to_string()),
+            ("associated_with", associated_with(&self.association)),
+            ("private_ip", self.association.as_ref().map(|a| a.private_ip.to_string()).unwrap_or_default()),
+        ]);
+        f
+    }
+}
+
+impl Render for NatGateway {
+    const HEADERS: &'static [&'static str] = &["ID", "NAME", "SUBNET", "PRIVATE_IP", "ELASTIC_IP", "STATE", "HOST"];
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            self.subnet_id.clone(),
+            self.private_ip.to_string(),
+            self.elastic_ip_id.clone(),
+            enum_str(&self.state),
+            self.host_id.clone(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = common(&self.id, &self.name, &self.tags, &self.tenant, &self.created_at, self.revision);
+        f.extend([
+            ("vpc_id", self.vpc_id.clone()),
+            ("subnet_id", self.subnet_id.clone()),
+            ("private_ip", self.private_ip.to_string()),
+            ("elastic_ip_id", self.elastic_ip_id.clone()),
+            ("state", enum_str(&self.state)),
+            ("host_id", self.host_id.clone()),
+        ]);
+        f
+    }
+}

@@ -20,7 +20,7 @@ pub(crate) fn parse_route(text: &str) -> Result<Route, String> {
     let target = target.trim();
     if target.is_empty() {
         return Err(format!(
-            "`{text}` has no target: local, an ENI id or a peering id"
+            "`{text}` has no target: local, an ENI id, a peering id, an internet gateway id (igw-…) or a NAT gateway id (nat-…)"
         ));
     }
     Ok(Route::new(destination_cidr, target.to_string()))
@@ -49,7 +49,7 @@ pub enum RouteTableCommand {
         vpc: String,
         #[arg(long)]
         name: Option<String>,
-        /// A route, CIDR=TARGET where TARGET is local, an ENI id or a peering id (repeatable).
+        /// A route, CIDR=TARGET where TARGET is local, an ENI id, a peering id, the VPC's internet gateway (igw-…) or a NAT gateway (nat-…) id (repeatable).
         #[arg(long = "route", value_parser = parse_route)]
         routes: Vec<Route>,
         /// A subnet to associate (id or name, repeatable).
@@ -81,14 +81,14 @@ pub enum RouteTableCommand {
     },
     /// Add a route, or replace the one to the same destination.
     #[command(
-        after_help = "Examples:\n  evnet route-table add-route via-nat --destination 0.0.0.0/0 --target eni-1a2b3c4d5e6f7a8b\n  evnet route-table add-route rtb-1a2b3c4d5e6f7a8b --destination 10.9.0.0/16 --target pcx-0a0b0c0d0e0f0a0b"
+        after_help = "Examples:\n  evnet route-table add-route via-nat --destination 0.0.0.0/0 --target eni-1a2b3c4d5e6f7a8b\n  evnet route-table add-route rtb-1a2b3c4d5e6f7a8b --destination 10.9.0.0/16 --target pcx-0a0b0c0d0e0f0a0b\n  evnet route-table add-route public --destination 0.0.0.0/0 --target igw-0a0b0c0d0e0f0a0b"
     )]
     AddRoute {
         /// The route table, by id or name.
         table: String,
         #[arg(long)]
         destination: Ipv4Net,
-        /// local, an ENI id or a peering id.
+        /// local, an ENI id, a peering id, the VPC's internet gateway (igw-…) or a NAT gateway (nat-…) id.
         #[arg(long)]
         target: String,
     },

@@ -1124,3 +1124,135 @@ async fn nothing_to_change_is_refused_before_any_request() {
     }
     assert!(script.seen.lock().unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// The way out of a VPC.
+
+#[test]
+fn external_verbs_parse() {
+    let cli = parse_ok(&[
+        "external-network",
+        "create",
+        "--cidr",
+        "203.0.113.0/24",
+        "--gateway",
+        "203.0.113.254",
+        "--pool",
+        "203.0.113.10 - 203.0.113.99",
+    ]);
+    let ResourceCommand::ExternalNetwork(super::external::ExternalNetworkCommand::Create {
+        gateway,
+        pool,
+        host_interface,
+        ..
+    }) = cli.cmd
+    else {
+        panic!()
+    };
+    assert_eq!(gateway, Some("203.0.113.254".parse().unwrap()));
+    assert_eq!(
+        pool,
+        Some(AddressRange {
+            start: "203.0.113.10".parse().unwrap(),
+            end: "203.0.113.99".parse().unwrap()
+        })
+    );
+    assert_eq!(host_interface, None);
+    for bad in ["203.0.113.10", "203.0.113.99-203.0.113.10", "a-b"] {
+        assert!(super::external::parse_pool(bad).is_err(), "{bad}");
+    }
+    let cli = parse_ok(&[
+        "eip",
+        "associate",
+        "203.0.113.7",
+        "--eni",
+        "web",
+        "--private-ip",
+        "10.0.1.9",
+        "--allow-reassociation",
+    ]);
+    let ResourceCommand::Eip(super::external::EipCommand::Associate {
+        eip,
+        eni,
+        private_ip,
+        allow_reassociation,
+    }) = cli.cmd
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (eip.as_str(), eni.as_str(), private_ip, allow_reassociation),
+        (
+            "203.0.113.7",
+            "web",
+            Some("10.0.1.9".parse().unwrap()),
+            true
+        )
+    );
+    assert!(
+        parse(&["eip", "associate", "web"]).is_err(),
+        "--eni is required"
+    );
+    assert!(
+        parse(&["natgw", "create", "--subnet", "public"]).is_err(),
+        "--eip is required"
+    );
+    // The long names and `show` work as well.
+    assert!(matches!(
+        parse_ok(&["elastic-ip", "show", "web"]).cmd,
+        ResourceCommand::Eip(super::external::EipCommand::Get { .. })
+    ));
+    assert!(matches!(
+        parse_ok(&["internet-gateway", "list", "--vpc", "prod"]).cmd,
+        ResourceCommand::Igw(super::external::IgwCommand::List { .. })
+    ));
+    assert!(matches!(
+        parse_ok(&["nat-gateway", "delete", "n"]).cmd,
+        ResourceCommand::Natgw(super::external::NatgwCommand::Delete { .. })
+    ));
+    // Route tables take gateway targets.
+    let r = route_table::parse_route("0.0.0.0/0=igw-1a2b3c4d5e6f7a8b").unwrap();
+    assert_eq!(r.target, "igw-1a2b3c4d5e6f7a8b");
+}
+
+#[test]
+fn elastic_ip_and_nat_gateway_tables() {
+    let eip = |id: &str, address: &str, association: Value| -> ElasticIp {
+        serde_json::from_value(json!({"id": id, "name": "", "tenant": "tenant-1", "created_at": "2026-12-07T10:00:00Z",
+            "external_network_id": "extnet-0000000000000001", "address": address, "association": association}))
+        .unwrap()
+    };
+    let eips = [
+        eip(
+            "eipalloc-0000000000000001",
+            "203.0.113.2",
+            json!({"eni_id": "eni-0000000000000009", "private_ip": "10.0.1.4"}),
+        ),
+        eip(
+            "eipalloc-0000000000000002",
+            "203.0.113.3",
+            json!({"nat_gateway_id": "nat-0000000000000003", "private_ip": "10.0.1.5"}),
+        ),
+        eip("eipalloc-0000000000000003", "203.0.113.4", Value::Null),
+    ];
+    assert_eq!(
+        render::render_list(&eips),
+        "\
+ID                          NAME   ADDRESS       ASSOCIATED_WITH        PRIVATE_IP
+eipalloc-0000000000000001   -      203.0.113.2   eni-0000000000000009   10.0.1.4
+eipalloc-0000000000000002   -      203.0.113.3   nat-0000000000000003   10.0.1.5
+eipalloc-0000000000000003   -      203.0.113.4   -                      -
+"
+    );
+    let nat: NatGateway = serde_json::from_value(json!({"id": "nat-0000000000000003", "name": "out", "tenant": "tenant-1",
+        "created_at": "2026-12-07T10:00:00Z", "vpc_id": "vpc-0000000000000001", "subnet_id": "subnet-0000000000000001",
+        "private_ip": "10.0.1.5", "elastic_ip_id": "eipalloc-0000000000000002", "state": "available", "host_id": "host-0000000000000001"}))
+    .unwrap();
+    assert_eq!(
+        render::render_list(&[nat]),
+        "\
+ID                     NAME   SUBNET                    PRIVATE_IP   ELASTIC_IP                  STATE       HOST
+nat-0000000000000003   out    subnet-0000000000000001   10.0.1.5     eipalloc-0000000000000002   available   host-0000000000000001
+"
+    );
+}

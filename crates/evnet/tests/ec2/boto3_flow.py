@@ -281,6 +281,46 @@ expect_error("InvalidParameterValue", ec2.describe_subnets, MaxResults=5, NextTo
 enis_all = [x["NetworkInterfaceId"] for p in ec2.get_paginator("describe_network_interfaces").paginate(PaginationConfig={"PageSize": 5}) for x in p["NetworkInterfaces"]]
 assert len(enis_all) == len(set(enis_all)) == 6, enis_all
 
+# --- Elastic IPs: the admin's external network and the VPC's internet
+# gateway come from the REST API (this endpoint serves no gateways) ---------
+expect_error("InvalidParameterValue", ec2.allocate_address, Domain="vpc")  # no external network yet
+net = ok("POST", "/v1/external-networks", ADMIN, {"cidr": "203.0.113.0/29"})
+ok("PUT", f"/v1/tenants/{A['id']}/quotas", ADMIN, {"elastic_ips_per_tenant": 2})
+a1 = ec2.allocate_address(Domain="vpc", TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": [{"Key": "Name", "Value": "front-ip"}]}])
+assert a1["PublicIp"] == "203.0.113.2" and a1["AllocationId"].startswith("eipalloc-") and a1["PublicIpv4Pool"] == net["id"] and a1["Domain"] == "vpc", a1
+a2 = ec2.allocate_address(PublicIpv4Pool=net["id"])
+expect_error("AddressLimitExceeded", ec2.allocate_address, Domain="vpc")
+expect_error("UnsupportedOperation", ec2.allocate_address, Domain="standard")
+e1id = e1["NetworkInterfaceId"]
+expect_error("Gateway.NotAttached", ec2.associate_address, AllocationId=a1["AllocationId"], NetworkInterfaceId=e1id)
+igw = ok("POST", "/v1/internet-gateways", A["token"], {"vpc_id": vpc_id})
+# An instance stands for its interface at device index 0 (e1 on i1).
+assoc = ec2.associate_address(AllocationId=a1["AllocationId"], InstanceId=i1["InstanceId"])["AssociationId"]
+assert assoc == "eipassoc-" + a1["AllocationId"].split("-")[1], assoc
+got = ec2.describe_addresses(AllocationIds=[a1["AllocationId"]])["Addresses"]
+assert len(got) == 1 and got[0]["NetworkInterfaceId"] == e1id and got[0]["InstanceId"] == i1["InstanceId"], got
+assert got[0]["PrivateIpAddress"] == e1["PrivateIpAddress"] and got[0]["AssociationId"] == assoc and tags(got[0]) == {"Name": "front-ip"}, got
+assert [x["AllocationId"] for x in ec2.describe_addresses(Filters=[{"Name": "network-interface-id", "Values": [e1id]}])["Addresses"]] == [a1["AllocationId"]]
+assert [x["AllocationId"] for x in ec2.describe_addresses(PublicIps=[a2["PublicIp"]])["Addresses"]] == [a2["AllocationId"]]
+assert ok("GET", f"/v1/elastic-ips/{a1['AllocationId']}", A["token"])["association"] == {"eni_id": e1id, "private_ip": e1["PrivateIpAddress"]}
+# One address per private address; moving one needs AllowReassociation.
+expect_error("InvalidParameterValue", ec2.associate_address, AllocationId=a2["AllocationId"], NetworkInterfaceId=e1id)
+expect_error("Resource.AlreadyAssociated", ec2.associate_address, AllocationId=a1["AllocationId"], NetworkInterfaceId=e3["NetworkInterfaceId"])
+ec2.associate_address(AllocationId=a1["AllocationId"], NetworkInterfaceId=e3["NetworkInterfaceId"], AllowReassociation=True)
+assert ec2.describe_addresses(AllocationIds=[a1["AllocationId"]])["Addresses"][0]["NetworkInterfaceId"] == e3["NetworkInterfaceId"]
+expect_error("InvalidIPAddress.InUse", ec2.release_address, AllocationId=a1["AllocationId"])
+# Another tenant sees none of them.
+assert other.describe_addresses()["Addresses"] == []
+expect_error("InvalidAllocationID.NotFound", other.release_address, AllocationId=a1["AllocationId"])
+expect_error("InvalidAssociationID.NotFound", other.disassociate_address, AssociationId=assoc)
+ec2.disassociate_address(AssociationId=assoc)
+assert "AssociationId" not in ec2.describe_addresses(AllocationIds=[a1["AllocationId"]])["Addresses"][0]
+expect_error("InvalidAssociationID.NotFound", ec2.disassociate_address, AssociationId=assoc)
+ec2.release_address(AllocationId=a1["AllocationId"])
+ec2.release_address(PublicIp=a2["PublicIp"])
+assert ec2.describe_addresses()["Addresses"] == []
+ok("DELETE", f"/v1/internet-gateways/{igw['id']}", A["token"])
+
 # --- Errors ---------------------------------------------------------------------
 expect_error("InvalidVpcID.NotFound", ec2.describe_vpcs, VpcIds=["vpc-00000000000000aa"])
 expect_error("InvalidVpcID.NotFound", ec2.describe_vpcs, VpcIds=["not-a-vpc"])
@@ -289,7 +329,6 @@ expect_error("DependencyViolation", ec2.delete_subnet, SubnetId=s1["SubnetId"])
 expect_error("DryRunOperation", ec2.create_vpc, CidrBlock="10.50.0.0/16", DryRun=True)
 expect_error("DryRunOperation", ec2.describe_vpcs, DryRun=True)
 assert not [v for v in ec2.describe_vpcs()["Vpcs"] if v["CidrBlock"] == "10.50.0.0/16"]
-expect_error("UnsupportedOperation", ec2.allocate_address, Domain="vpc")
 expect_error("UnsupportedOperation", ec2.create_internet_gateway)
 expect_error("UnsupportedOperation", ec2.create_nat_gateway, SubnetId=s1["SubnetId"])
 expect_error("InvalidAction", ec2.describe_images)
