@@ -1272,9 +1272,10 @@ fn parse_rule(m: &RuleMessage) -> Option<PolicyRule> {
             | RuleAttribute::IpProtocol(_)
             | RuleAttribute::SourcePortRange(_)
             | RuleAttribute::DestinationPortRange(_)
-            | RuleAttribute::SuppressPrefixLen(_)
             | RuleAttribute::SuppressIfGroup(_)
             | RuleAttribute::L3MDev(_) => return None,
+            // The kernel reports "none" as all ones.
+            RuleAttribute::SuppressPrefixLen(n) if *n != u32::MAX => return None,
             _ => {}
         }
     }

@@ -474,3 +474,51 @@ fn named_namespaces_are_made_and_removed_as_ip_netns_does() {
     assert!(!sh(&["ip", "netns", "exec", &name, "true"]));
     k.apply(&Op::DeleteNetns { name: name.clone() }).expect("deleting a missing namespace");
 }
+
+/// evnet's policy rules and per-ENI tables round-trip over netlink: a rule
+/// and a table route applied are observed as planned, rules and tables of
+/// others (another protocol, a priority or table outside evnet's range)
+/// are not, nor any rule in the host namespace; a rule deleted twice is
+/// gone the first time and no error the second.
+#[test]
+fn policy_rules_round_trip_over_netlink() {
+    use evnet_plan::{Ns, Op, PolicyRule, Route};
+    if !root_or_skip("linux_root") {
+        return;
+    }
+    let r: u32 = rand::random::<u32>() & 0xffff;
+    let host = format!("xp{r:04x}h");
+    let host_id = format!("host-{r:08x}{:08x}", rand::random::<u32>());
+    let inst = naming::instance_netns(&host_id, &hex_id("i", u64::from(r)));
+    let _guard = Cleanup { host_ns: vec![host.clone(), inst.clone()], host_ids: vec![] };
+    must(&["ip", "netns", "add", &host]);
+    must(&["ip", "netns", "add", &inst]);
+    must(&["ip", "-n", &inst, "link", "set", "lo", "up"]);
+    let k = LinuxKernel::new(Some(host.clone())).scoped_to_host(&host_id);
+    let ns = Ns::named(&inst);
+    let rule = PolicyRule { priority: 10_001, from: "10.0.1.20/32".parse().unwrap(), table: 10_001 };
+    let route = Route { dst: "10.0.1.0/24".parse().unwrap(), dev: "lo".into(), via: None, table: 10_001 };
+    evnet_kernel::apply_all(&k, &[Op::AddRoute { ns: ns.clone(), route: route.clone() }, Op::AddRule { ns: ns.clone(), rule: rule.clone() }])
+        .expect("apply");
+    // Others': another protocol in evnet's range, `static` outside it, a
+    // table that is not evnet's, and a rule of evnet's shape in the host
+    // namespace (an EC2 host's own guest agent makes those).
+    must(&["ip", "-n", &inst, "rule", "add", "from", "10.0.1.0/24", "lookup", "10002", "priority", "10002"]);
+    must(&["ip", "-n", &inst, "rule", "add", "from", "10.0.1.0/24", "lookup", "100", "priority", "100", "proto", "static"]);
+    must(&["ip", "-n", &inst, "route", "add", "10.0.2.0/24", "dev", "lo", "table", "500", "proto", "static"]);
+    must(&["ip", "-n", &host, "rule", "add", "from", "10.9.9.9", "lookup", "10000", "priority", "10000", "proto", "static"]);
+    let obs = k.observe().expect("observe");
+    let st = &obs.namespaces[&inst];
+    assert_eq!(st.rules.iter().cloned().collect::<Vec<_>>(), vec![rule.clone()], "{st:?}");
+    assert!(st.routes.contains(&route), "{st:?}");
+    assert!(st.routes.iter().all(|r| r.table != 500), "{st:?}");
+    assert!(obs.host.rules.is_empty(), "{:?}", obs.host.rules);
+
+    k.apply(&Op::DelRule { ns: ns.clone(), rule: rule.clone() }).expect("delete");
+    k.apply(&Op::DelRule { ns: ns.clone(), rule }).expect("deleting a missing rule is no error");
+    k.finish_batch();
+    assert!(k.observe().expect("observe").namespaces[&inst].rules.is_empty());
+    let left = Command::new("ip").args(["-n", &inst, "rule", "show"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(left.contains("lookup 10002") && left.contains("lookup 100 "), "others' rules stay: {left}");
+}
