@@ -472,7 +472,7 @@ pub struct InstanceEni {
 /// main table: an ENI in another VPC whose block holds the destination
 /// ([`crate::desired::routed_vpc_blocks`]), else eth0. `None` when that
 /// leaves nothing (no eth0).
-pub fn leaving_eni<'a>(enis: &'a [InstanceEni], destination: Ipv4Addr, source_ip: Option<Ipv4Addr>) -> Option<&'a InstanceEni> {
+pub fn leaving_eni(enis: &[InstanceEni], destination: Ipv4Addr, source_ip: Option<Ipv4Addr>) -> Option<&InstanceEni> {
     let mut enis: Vec<&InstanceEni> = enis.iter().collect();
     enis.sort_by_key(|e| e.device_index);
     if let Some(src) = source_ip

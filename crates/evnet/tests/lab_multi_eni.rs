@@ -1,5 +1,6 @@
 //! Several ENIs of one instance in one VPC, on a lab with the tc-BPF data
-//! plane, as root: an instance with eth0 and eth1 in two subnets of a VPC
+//! plane and then one with the nftables layout (both build the same
+//! instance side), as root: an instance with eth0 and eth1 in two subnets of a VPC
 //! and eth2 in eth0's subnet answers pings and TCP from an instance on
 //! another host on every address, and a packet it sends from a further
 //! ENI's address leaves by that ENI (each ENI's own table and rules,
@@ -61,10 +62,18 @@ async fn an_instance_with_two_enis_in_one_vpc_answers_on_both_addresses() {
     if !common::require_root("the lab multi-ENI test") {
         return;
     }
+    // One lab after the other: two at once would share the machine's two cores.
+    for dataplane in ["bpf", "nft"] {
+        answers_on_every_address(dataplane).await;
+    }
+}
+
+async fn answers_on_every_address(dataplane: &str) {
+    eprintln!("data plane {dataplane}:");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
     let lab = Lab { dir: dir.clone() };
-    evnet(&["lab", "up", "--hosts", "2", "--dataplane", "bpf", "--dir", &dir.display().to_string()]);
+    evnet(&["lab", "up", "--hosts", "2", "--dataplane", dataplane, "--dir", &dir.display().to_string()]);
     let st = lab_state(&dir);
     let url = st["url"].as_str().unwrap().to_string();
     let token = st["tenant_token"].as_str().unwrap().to_string();
@@ -102,22 +111,22 @@ async fn an_instance_with_two_enis_in_one_vpc_answers_on_both_addresses() {
     for (dev, ip) in [("eth0", ip0), ("eth1", ip1), ("eth2", ip2)] {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ip_in(&m, &["-o", "addr", "show", "dev", dev]).contains(&format!("inet {ip}/")) {
-            assert!(Instant::now() < deadline, "{dev} never got {ip}: {devs}");
+            assert!(Instant::now() < deadline, "{dataplane}: {dev} never got {ip}: {devs}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     // The peer, on another host, reaches every address of the instance:
     // the replies leave by the ENI the request came in on.
-    assert!(ping_within(&p, ip0, None, 20), "peer → eth0 ({ip0})");
-    assert!(ping_within(&p, ip1, None, 5), "peer → eth1 ({ip1}, another subnet): the reply must leave by eth1");
-    assert!(ping_within(&p, ip2, None, 5), "peer → eth2 ({ip2}, eth0's subnet): the reply must leave by eth2");
+    assert!(ping_within(&p, ip0, None, 20), "{dataplane}: peer → eth0 ({ip0})");
+    assert!(ping_within(&p, ip1, None, 5), "{dataplane}: peer → eth1 ({ip1}, another subnet): the reply must leave by eth1");
+    assert!(ping_within(&p, ip2, None, 5), "{dataplane}: peer → eth2 ({ip2}, eth0's subnet): the reply must leave by eth2");
     // TCP (iperf3 serving in the instance) on each address.
     let peer_path = format!("/run/netns/{p}");
     for (n, ip) in [ip0, ip1, ip2].into_iter().enumerate() {
         let mbps = iperf_mbps(&peer_path, &m, ip, 5301 + n as u16, 1);
-        assert!(mbps > 1.0, "TCP from the peer to {ip}: {mbps} Mbit/s");
-        eprintln!("TCP peer → multi {ip}: {mbps:.0} Mbit/s");
+        assert!(mbps > 1.0, "{dataplane}: TCP from the peer to {ip}: {mbps} Mbit/s");
+        eprintln!("  TCP peer → multi {ip}: {mbps:.0} Mbit/s");
     }
 
     // Sent from a further ENI's address: it leaves by that ENI, through
@@ -127,8 +136,8 @@ async fn an_instance_with_two_enis_in_one_vpc_answers_on_both_addresses() {
         let route = ip_in(&m, &["route", "get", &peer_ip.to_string(), "from", &ip.to_string()]);
         assert!(route.contains(&format!("dev {dev} table {table}")), "from {ip}: {route}");
         let before = tx_packets(&m, dev);
-        assert!(ping_from(&m, peer_ip, Some(ip)), "{dev}'s address reaches the peer");
-        assert!(tx_packets(&m, dev) > before, "the ping from {ip} left by {dev}");
+        assert!(ping_from(&m, peer_ip, Some(ip)), "{dataplane}: {dev}'s address reaches the peer");
+        assert!(tx_packets(&m, dev) > before, "{dataplane}: the ping from {ip} left by {dev}");
     }
     let unbound = ip_in(&m, &["route", "get", &peer_ip.to_string()]);
     assert!(unbound.contains("dev eth0") && !unbound.contains("table"), "{unbound}");
@@ -157,6 +166,6 @@ async fn an_instance_with_two_enis_in_one_vpc_answers_on_both_addresses() {
         assert!(Instant::now() < deadline, "eth1's rules and table are still there: {}", ip_in(&m, &["rule", "show"]));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ping_within(&p, ip2, None, 5), "eth2 still answers");
+    assert!(ping_within(&p, ip2, None, 5), "{dataplane}: eth2 still answers");
     drop(lab);
 }
