@@ -190,7 +190,21 @@ fn the_model_enforces_kernel_rules() {
     assert_eq!(k.apply(&Op::AddRoute { ns: ns("evb"), route: r.clone() }).unwrap_err().errno(), Some(Errno::Unreachable));
     k.apply(&Op::AddAddress { ns: ns("evb"), dev: "eth0".into(), addr: "10.0.0.5/24".parse().unwrap() }).unwrap();
     k.apply(&Op::AddRoute { ns: ns("evb"), route: r.clone() }).unwrap();
-    assert_eq!(k.apply(&Op::AddRoute { ns: ns("evb"), route: r }).unwrap_err().errno(), Some(Errno::Exists));
+    assert_eq!(k.apply(&Op::AddRoute { ns: ns("evb"), route: r.clone() }).unwrap_err().errno(), Some(Errno::Exists));
+    // The same destination in another table is another route.
+    k.apply(&Op::AddRoute { ns: ns("evb"), route: evnet_plan::Route { table: 10_000, ..r } }).unwrap();
+    // A rule may name a table that holds nothing; twice is EEXIST, host
+    // bits EINVAL, deleting a missing one ENOENT.
+    let rule = evnet_plan::PolicyRule { priority: 10_001, from: "10.0.0.5/32".parse().unwrap(), table: 10_001 };
+    k.apply(&Op::AddRule { ns: ns("evb"), rule: rule.clone() }).unwrap();
+    assert_eq!(k.apply(&Op::AddRule { ns: ns("evb"), rule: rule.clone() }).unwrap_err().errno(), Some(Errno::Exists));
+    let bits = evnet_plan::PolicyRule { from: "10.0.0.5/24".parse().unwrap(), ..rule.clone() };
+    assert_eq!(k.apply(&Op::AddRule { ns: ns("evb"), rule: bits.clone() }).unwrap_err().errno(), Some(Errno::Invalid));
+    assert_eq!(k.apply(&Op::DelRule { ns: ns("evb"), rule: bits }).unwrap_err().errno(), Some(Errno::NotFound));
+    assert_eq!(k.apply(&Op::AddRule { ns: ns("nope"), rule: rule.clone() }).unwrap_err().errno(), Some(Errno::NotFound));
+    // Rules are never read in the host namespace.
+    k.apply(&Op::AddRule { ns: Ns::Host, rule: rule.clone() }).unwrap();
+    assert!(k.observe().unwrap().host.rules.is_empty());
     // FDB only on VXLANs.
     let fdb = evnet_plan::FdbEntry { dev: "x".into(), mac: "02:00:00:00:00:01".into(), dst: Ipv4Addr::new(198, 18, 0, 2) };
     assert_eq!(k.apply(&Op::AddFdb { ns: ns("eva"), entry: fdb }).unwrap_err().errno(), Some(Errno::NotSupported));
@@ -199,6 +213,7 @@ fn the_model_enforces_kernel_rules() {
     let obs = k.observe().unwrap();
     assert!(!obs.namespaces["evb"].links.contains_key("eth0"));
     assert!(obs.namespaces["evb"].routes.is_empty() && obs.namespaces["evb"].addresses.is_empty());
+    assert_eq!(obs.namespaces["evb"].rules.iter().collect::<Vec<_>>(), vec![&rule], "a rule outlives the device and addresses it served");
     // Moving into a missing namespace fails; lo cannot be deleted.
     let vx = Op::CreateVxlan { ns: Ns::Host, name: "evx1".into(), vni: 1, local: None, port: 4789, mac: "02:00:00:00:00:02".into(), mtu: 1450, external: false };
     k.apply(&vx).unwrap();
@@ -225,8 +240,18 @@ fn the_model_enforces_kernel_rules() {
 
 fn arb_cloud() -> impl Strategy<Value = Cloud> {
     let eni = (0usize..3, 0usize..2, proptest::option::of((0usize..3, 0u64..3, 0u32..3)), any::<bool>(), 0u8..4, 0u8..3);
-    (1usize..4, proptest::collection::vec(eni, 0..8), proptest::collection::vec((0usize..3, 0u64..3), 0..4), proptest::collection::vec(0u8..30, 0..4))
-        .prop_map(|(nvpc, enis, extra_inst, g2_members)| {
+    // An instance of host 0 with 2–3 ENIs in one VPC (each in either
+    // subnet, so sometimes two in one subnet), in most clouds: random
+    // attachments alone rarely give one.
+    let multi = proptest::option::weighted(0.75, (0usize..3, proptest::collection::vec((0usize..2, 0u32..3, any::<bool>()), 2..4)));
+    (
+        1usize..4,
+        proptest::collection::vec(eni, 0..8),
+        proptest::collection::vec((0usize..3, 0u64..3), 0..4),
+        proptest::collection::vec(0u8..30, 0..4),
+        multi,
+    )
+        .prop_map(|(nvpc, enis, extra_inst, g2_members, multi)| {
             let hosts = (0..3)
                 .map(|i| HostSpec { id: hex_id("host", 0xa0 + i as u64), underlay: Ipv4Addr::new(198, 18, 0, 1 + i as u8) })
                 .collect();
@@ -267,6 +292,32 @@ fn arb_cloud() -> impl Strategy<Value = Cloud> {
                     },
                     attach,
                 });
+            }
+            if let Some((vpc, enis)) = multi {
+                // Device indexes in a shuffled order (the third field picks
+                // which end the next one takes), so start and target clouds
+                // often place one ENI at another index.
+                let iid = hex_id("i", 3);
+                instances.push((0, iid.clone()));
+                let mut idxs: Vec<u32> = (0..enis.len() as u32).collect();
+                for (k, (subnet, rot, secondary)) in enis.into_iter().enumerate() {
+                    let by = rot as usize % idxs.len();
+                    idxs.rotate_left(by);
+                    let idx = idxs.remove(0);
+                    let n = out.len();
+                    let base = 10 + 4 * n as u8;
+                    out.push(EniSpec {
+                        id: hex_id("eni", 0x100 + k as u64),
+                        vpc: vpc % nvpc,
+                        subnet,
+                        ip: Ipv4Addr::new(10, 0, subnet as u8, base),
+                        secondary: if secondary { vec![Ipv4Addr::new(10, 0, subnet as u8, base + 1)] } else { vec![] },
+                        mac: format!("0a:00:00:00:02:{k:02x}"),
+                        sdc: true,
+                        groups: vec![g1.clone()],
+                        attach: Some((0, iid.clone(), idx)),
+                    });
+                }
             }
             for (h, i) in extra_inst {
                 instances.push((h, hex_id("i", (h as u64) * 16 + i)));
