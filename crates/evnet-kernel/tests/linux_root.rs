@@ -502,7 +502,7 @@ fn policy_rules_round_trip_over_netlink() {
         .expect("apply");
     // Others': another protocol in evnet's range, `static` outside it, a
     // table that is not evnet's, and a rule of evnet's shape in the host
-    // namespace (an EC2 host's own guest agent makes those).
+    // namespace (a host that is a cloud instance may have its guest agent's).
     must(&["ip", "-n", &inst, "rule", "add", "from", "10.0.1.0/24", "lookup", "10002", "priority", "10002"]);
     must(&["ip", "-n", &inst, "rule", "add", "from", "10.0.1.0/24", "lookup", "100", "priority", "100", "proto", "static"]);
     must(&["ip", "-n", &inst, "route", "add", "10.0.2.0/24", "dev", "lo", "table", "500", "proto", "static"]);

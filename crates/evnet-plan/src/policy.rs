@@ -27,9 +27,10 @@
 //! ([`is_evnet_rule`]); tables `10000..=10000 + MAX_DEVICE_INDEX` are
 //! evnet's ([`is_evnet_table`]). Rules and non-main tables are observed and
 //! managed only in instance namespaces, never in the host namespace (a host
-//! on EC2 has rules of the same shape from its own guest agent). In a
-//! runtime's namespace (a `container` instance) the mark is what tells
-//! evnet's rules from the runtime's: a rule without it is never touched.
+//! that is itself a cloud instance may have its guest agent's rules of the
+//! same shape). In a runtime's namespace (a `container` instance) the mark
+//! is what tells evnet's rules from the runtime's: a rule without it is
+//! never touched.
 
 use std::net::Ipv4Addr;
 
