@@ -498,8 +498,8 @@ fn policy_rules_round_trip_over_netlink() {
     let ns = Ns::named(&inst);
     let rule = PolicyRule { priority: 10_001, from: "10.0.1.20/32".parse().unwrap(), table: 10_001 };
     let route = Route { dst: "10.0.1.0/24".parse().unwrap(), dev: "lo".into(), via: None, table: 10_001 };
-    evnet_kernel::apply_all(&k, &[Op::AddRoute { ns: ns.clone(), route: route.clone() }, Op::AddRule { ns: ns.clone(), rule: rule.clone() }])
-        .expect("apply");
+    let ops = [Op::AddRoute { ns: ns.clone(), route: route.clone() }, Op::AddRule { ns: ns.clone(), rule: rule.clone() }];
+    evnet_kernel::apply_all(&k, &ops).expect("apply");
     // Others': another protocol in evnet's range, `static` outside it, a
     // table that is not evnet's, and a rule of evnet's shape in the host
     // namespace (a host that is a cloud instance may have its guest agent's).

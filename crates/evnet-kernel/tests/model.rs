@@ -1023,7 +1023,8 @@ fn each_eni_of_an_instance_in_one_vpc_routes_from_its_own_table() {
         converge(&k, &cloud.desired(0));
         let st = k.observe().unwrap().namespaces[&ins].clone();
         assert!(st.rules.iter().filter(|r| r.priority != 10_000).all(|r| r.table == 10_002), "{dataplane:?}: {:?}", st.rules);
-        assert!(st.routes.iter().any(|r| r.table == 10_002 && r.dev == "eth2" && r.via == Some(Ipv4Addr::new(10, 0, 1, 1))), "{dataplane:?}");
+        let gw = Some(Ipv4Addr::new(10, 0, 1, 1));
+        assert!(st.routes.iter().any(|r| r.table == 10_002 && r.dev == "eth2" && r.via == gw), "{dataplane:?}");
         assert!(st.routes.iter().all(|r| r.table != 10_001), "{dataplane:?}");
         assert!(k.snapshot_all().namespaces[&ins].rules.contains(&theirs), "{dataplane:?}");
     }

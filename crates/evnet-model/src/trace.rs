@@ -857,7 +857,9 @@ mod tests {
             e("eni-0", 0, "vpc-a", "10.0.0.0/16", &[[10, 0, 1, 10]]),
             e("eni-1", 1, "vpc-a", "10.0.0.0/16", &[[10, 0, 2, 20], [10, 0, 2, 21]]),
         ];
-        let from = |dst: [u8; 4], src: Option<[u8; 4]>| leaving_eni(&enis, Ipv4Addr::from(dst), src.map(Ipv4Addr::from)).map(|e| e.eni_id.as_str());
+        let from = |dst: [u8; 4], src: Option<[u8; 4]>| {
+            leaving_eni(&enis, Ipv4Addr::from(dst), src.map(Ipv4Addr::from)).map(|e| e.eni_id.as_str())
+        };
         // Unbound: the main table (eth0, or the other VPC's block by eth2).
         assert_eq!(from([10, 0, 1, 99], None), Some("eni-0"));
         assert_eq!(from([10, 0, 2, 99], None), Some("eni-0"), "eth1's own subnet is not in the main table's choice");
@@ -871,6 +873,9 @@ mod tests {
         assert_eq!(from([10, 9, 3, 3], Some([10, 0, 1, 77])), Some("eni-2"));
         // No eth0: only a packet from an ENI's address leaves.
         assert_eq!(leaving_eni(&enis[2..], Ipv4Addr::new(10, 0, 1, 99), None), None);
-        assert_eq!(leaving_eni(&enis[2..], Ipv4Addr::new(10, 0, 1, 99), Some(Ipv4Addr::new(10, 0, 2, 20))).map(|e| e.eni_id.as_str()), Some("eni-1"));
+        assert_eq!(
+            leaving_eni(&enis[2..], Ipv4Addr::new(10, 0, 1, 99), Some(Ipv4Addr::new(10, 0, 2, 20))).map(|e| e.eni_id.as_str()),
+            Some("eni-1")
+        );
     }
 }

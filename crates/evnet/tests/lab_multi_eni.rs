@@ -102,16 +102,25 @@ async fn answers_on_every_address(dataplane: &str) {
         .unwrap();
     let pe = c.create_eni(&eni(&s1)).await.unwrap();
     let peer = c
-        .create_instance(&CreateInstance { name: Some("peer".into()), host_id: Some(host("host-2")), eni_ids: vec![pe.id.clone()], ..Default::default() })
+        .create_instance(&CreateInstance {
+            name: Some("peer".into()),
+            host_id: Some(host("host-2")),
+            eni_ids: vec![pe.id.clone()],
+            ..Default::default()
+        })
         .await
         .unwrap();
     let (m, p) = (multi.netns.clone(), peer.netns.clone());
     let (ip0, ip1, ip2, peer_ip) = (e0.private_ip, e1.private_ip, e2.private_ip, pe.private_ip);
-    let devs = ip_in(&m, &["-o", "addr", "show"]);
+    // Wait for the agent: the namespace may not even exist yet.
+    let has = |dev: &str, ip: Ipv4Addr| {
+        let out = Command::new("ip").args(["-n", &m, "-o", "addr", "show", "dev", dev]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {ip}/"))
+    };
     for (dev, ip) in [("eth0", ip0), ("eth1", ip1), ("eth2", ip2)] {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !ip_in(&m, &["-o", "addr", "show", "dev", dev]).contains(&format!("inet {ip}/")) {
-            assert!(Instant::now() < deadline, "{dataplane}: {dev} never got {ip}: {devs}");
+        while !has(dev, ip) {
+            assert!(Instant::now() < deadline, "{dataplane}: {dev} never got {ip}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -148,9 +157,9 @@ async fn answers_on_every_address(dataplane: &str) {
 
     // `evnet trace` from the instance picks the ENI of the source address.
     let trace = |src: Ipv4Addr| {
-        let out = evnet(&[
-            "trace", "--url", &url, "--token", &token, "multi", &peer_ip.to_string(), "--protocol", "icmp", "--source-ip", &src.to_string(), "-o", "json",
-        ]);
+        let (dst, src) = (peer_ip.to_string(), src.to_string());
+        let out =
+            evnet(&["trace", "--url", &url, "--token", &token, "multi", &dst, "--protocol", "icmp", "--source-ip", &src, "-o", "json"]);
         serde_json::from_str::<serde_json::Value>(&out).unwrap()
     };
     let t = trace(ip1);
