@@ -102,7 +102,21 @@ fn two_hosts_two_vpcs_same_cidr() {
             attach: Some((host, hex_id("i", u64::from(r) << 8 | inst), 0)),
         });
     }
-    cloud.groups.push(default_group(&g, cloud.enis.iter().map(|e| e.ip).collect()));
+    // Instance 1 gets a second ENI in its VPC (device 1, one subnet with
+    // eth0, a secondary address too): its own table and rules.
+    cloud.enis.push(EniSpec {
+        id: hex_id("eni", u64::from(r) << 8 | 6),
+        vpc: 0,
+        subnet: 0,
+        ip: Ipv4Addr::new(10, 0, 0, 20),
+        secondary: vec![Ipv4Addr::new(10, 0, 0, 21)],
+        mac: format!("0a:00:00:00:{:02x}:06", r & 0xff),
+        sdc: true,
+        groups: vec![g.clone()],
+        attach: Some((0, hex_id("i", u64::from(r) << 8 | 1), 1)),
+    });
+    let members = cloud.enis.iter().flat_map(|e| std::iter::once(e.ip).chain(e.secondary.iter().copied())).collect();
+    cloud.groups.push(default_group(&g, members));
 
     let ka = LinuxKernel::new(Some(ha.clone()));
     let kb = LinuxKernel::new(Some(hb.clone()));
@@ -122,6 +136,10 @@ fn two_hosts_two_vpcs_same_cidr() {
     assert!(ping(&i5, ip(10), None), "VPC 2: 10.0.0.10 is its own ENI on the other host");
     assert!(!ping(&i5, ip(11), None), "VPC 2 must not reach VPC 1's 10.0.0.11");
     assert!(!ping(&i4, ip(12), None), "VPC 2 must not reach VPC 1's 10.0.0.12");
+    // Instance 1's eth1 answers across hosts, and sends from its addresses
+    // by itself (without its rules they left by eth0 and were dropped).
+    assert!(ping(&i3, ip(20), None), "across hosts to a further ENI in one subnet with eth0");
+    assert!(ping(&i1, ip(12), Some(ip(21))), "from eth1's secondary address across hosts");
 
     // Anti-spoofing: a changed MAC, then a foreign source address.
     must(&["ip", "-n", &i2, "link", "set", "eth0", "address", "0a:00:00:00:ee:ee"]);
