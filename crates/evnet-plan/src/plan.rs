@@ -616,7 +616,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
         // Never in the host namespace (its rules are not evnet's to read);
         // elsewhere only rules with evnet's mark.
         if name != HOST {
-            for r in st.rules.iter().filter(|r| policy::is_evnet_rule(r) && !t.rules.contains(*r)) {
+            for r in policy::stale(&t.rules, &st.rules) {
                 del_rule.push(Op::DelRule { ns: ns.clone(), rule: r.clone() });
             }
         }
@@ -783,7 +783,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
     // Rules outlive devices and addresses: only a missing one is added.
     for (name, t) in &tgt {
         let st = obs_ns(observed, name).unwrap_or(&empty);
-        for r in t.rules.iter().filter(|r| !st.rules.contains(*r)) {
+        for r in policy::missing(&t.rules, &st.rules) {
             ops.push(Op::AddRule { ns: ns_of(name), rule: r.clone() });
         }
     }

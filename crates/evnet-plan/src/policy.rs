@@ -32,6 +32,7 @@
 //! is what tells evnet's rules from the runtime's: a rule without it is
 //! never touched.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use evnet_model::desired::EniDesired;
@@ -87,6 +88,18 @@ pub fn eni_policy(e: &EniDesired) -> (Vec<Route>, Vec<PolicyRule>) {
     (routes, rules)
 }
 
+/// The rules of `have` (observed) to delete: evnet's, not wanted. Rules
+/// without evnet's mark are never among them.
+pub fn stale<'a>(want: &'a BTreeSet<PolicyRule>, have: &'a BTreeSet<PolicyRule>) -> impl Iterator<Item = &'a PolicyRule> {
+    have.iter().filter(|r| is_evnet_rule(r) && !want.contains(*r))
+}
+
+/// The rules of `want` to add. A rule outlives the device and addresses
+/// it serves, so one that exists is kept whatever else the plan changes.
+pub fn missing<'a>(want: &'a BTreeSet<PolicyRule>, have: &'a BTreeSet<PolicyRule>) -> impl Iterator<Item = &'a PolicyRule> {
+    want.iter().filter(|r| !have.contains(*r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +115,46 @@ mod tests {
         assert!(!is_evnet_rule(&r(32_766, 254)));
         assert!(is_evnet_table(10_000) && is_evnet_table(10_063));
         assert!(!is_evnet_table(254) && !is_evnet_table(10_064));
+    }
+
+    fn eni(device_index: u32, gateway: [u8; 4]) -> EniDesired {
+        EniDesired {
+            eni_id: "eni-1".into(),
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-1".into(),
+            subnet_cidr: "10.0.2.0/24".parse().unwrap(),
+            gateway_ip: Ipv4Addr::from(gateway),
+            mac: "0a:00:00:00:00:01".into(),
+            private_ip: Ipv4Addr::new(10, 0, 2, 20),
+            secondary_ips: vec![Ipv4Addr::new(10, 0, 2, 21)],
+            device_index,
+            source_dest_check: true,
+            security_group_ids: vec![],
+            bandwidth: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_eni_gets_its_subnet_a_default_route_and_a_rule_per_address() {
+        let (routes, rules) = eni_policy(&eni(1, [10, 0, 2, 1]));
+        let text: Vec<String> = routes.iter().map(|r| format!("{} {} {:?} {}", r.dst, r.dev, r.via, r.table)).collect();
+        assert_eq!(text, ["10.0.2.0/24 eth1 None 10001", "0.0.0.0/0 eth1 Some(10.0.2.1) 10001"]);
+        let text: Vec<String> = rules.iter().map(|r| format!("{} {} {}", r.from, r.table, r.priority)).collect();
+        assert_eq!(text, ["10.0.2.20/32 10001 10001", "10.0.2.21/32 10001 10001"]);
+        assert!(rules.iter().all(is_evnet_rule));
+        // A gateway outside the subnet: the subnet's route only.
+        let (routes, _) = eni_policy(&eni(0, [10, 9, 9, 1]));
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].table, 10_000);
+    }
+
+    #[test]
+    fn only_evnets_rules_are_stale() {
+        let r = |priority, from: &str, table| PolicyRule { priority, from: from.parse().unwrap(), table };
+        let want: BTreeSet<_> = [r(10_001, "10.0.2.20/32", 10_001)].into();
+        let have: BTreeSet<_> = [r(10_001, "10.0.2.20/32", 10_001), r(10_002, "10.0.3.5/32", 10_002), r(100, "10.0.0.0/8", 100)].into();
+        assert_eq!(stale(&want, &have).collect::<Vec<_>>(), [&r(10_002, "10.0.3.5/32", 10_002)]);
+        assert_eq!(missing(&want, &have).count(), 0);
+        assert_eq!(missing(&want, &BTreeSet::new()).collect::<Vec<_>>(), [&r(10_001, "10.0.2.20/32", 10_001)]);
     }
 }
