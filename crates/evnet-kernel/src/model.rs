@@ -4,8 +4,8 @@
 //! * interface names are 1–15 bytes without `/`, `:` or whitespace; MACs are
 //!   six octets; MTUs are 68–65535 (EINVAL otherwise);
 //! * creating what exists is EEXIST, touching what does not is ENOENT —
-//!   links, addresses, routes, neighbours, FDB
-//!   entries, sysctls, namespaces, nftables tables and sets;
+//!   links, addresses, routes, policy rules, neighbours, FDB entries,
+//!   sysctls, namespaces, nftables tables and sets;
 //! * a new namespace has only `lo`, down, and `ip_forward=0`; a new device
 //!   has `proxy_arp=0` and `proxy_delay=80`;
 //! * deleting a veth end deletes its peer; deleting a link takes its
