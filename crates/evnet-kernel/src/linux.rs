@@ -26,7 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use evnet_plan::naming::{self, NFT_TABLE};
-use evnet_plan::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, Route, Shaper, VxlanInfo};
+use evnet_plan::{
+    Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, MAIN_TABLE, Neighbour, Ns, NsState, Observed, Op, PolicyRule, Route, Shaper,
+    VxlanInfo, policy,
+};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
@@ -35,15 +38,15 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAt
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::{ClassStats, HostShapingStats, Kernel, ShaperStats};
 use crate::error::{Errno, KernelError};
 
 const NETNS_DIR: &str = "/run/netns";
-const MAIN_TABLE: u32 = 254;
 
 /// The real kernel, scoped to one host namespace.
 #[derive(Debug, Clone)]
@@ -261,9 +264,15 @@ impl LinuxKernel {
             let routes: Vec<RouteMessage> =
                 h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect().await.map_err(nl)?;
             for r in routes {
-                if let Some(route) = parse_route(&r, &names) {
+                if let Some(route) = parse_route(&r, &names, host) {
                     raw.state.routes.insert(route);
                 }
+            }
+            // Policy rules only outside the host namespace, whose rules are
+            // the machine's (module `evnet_plan::policy`).
+            if !host {
+                let rules: Vec<RuleMessage> = h.rule().get(IpVersion::V4).execute().try_collect().await.map_err(nl)?;
+                raw.state.rules.extend(rules.iter().filter_map(parse_rule));
             }
             let neigh: Vec<NeighbourMessage> = h.neighbours().get().execute().try_collect().await.map_err(nl)?;
             for n in neigh {
@@ -653,7 +662,7 @@ impl LinuxKernel {
                     let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
                         .destination_prefix(route.dst.addr(), route.dst.prefix_len())
                         .output_interface(idx)
-                        .table_id(MAIN_TABLE)
+                        .table_id(route.table)
                         .protocol(RouteProtocol::Static)
                         .kind(RouteType::Unicast);
                     b = match route.via {
@@ -666,6 +675,18 @@ impl LinuxKernel {
                         ignore_not_found(h.route().del(b.build()).execute().await.map_err(ne))
                     }
                 })
+            }
+            Op::AddRule { ns, rule } => {
+                let m = rule_message(rule);
+                self.run(ns, move |h| async move {
+                    let mut req = h.rule().add();
+                    *req.message_mut() = m;
+                    req.execute().await.map_err(ne)
+                })
+            }
+            Op::DelRule { ns, rule } => {
+                let m = rule_message(rule);
+                self.run(ns, move |h| async move { ignore_not_found(h.rule().del(m).execute().await.map_err(ne)) })
             }
             Op::AddNeighbour { ns, neighbour } => {
                 let (nsc, n) = (ns.clone(), neighbour.clone());
@@ -1198,7 +1219,9 @@ impl RawLink {
     }
 }
 
-fn parse_route(r: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Route> {
+/// A main-table route of evnet's (unicast, protocol `static`), or, outside
+/// the host namespace, one in a per-ENI table.
+fn parse_route(r: &RouteMessage, names: &BTreeMap<u32, String>, host: bool) -> Option<Route> {
     let h = &r.header;
     if h.address_family != AddressFamily::Inet || h.protocol != RouteProtocol::Static || h.kind != RouteType::Unicast {
         return None;
@@ -1214,10 +1237,69 @@ fn parse_route(r: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Route>
             _ => {}
         }
     }
-    if table != MAIN_TABLE {
+    if table != MAIN_TABLE && (host || !policy::is_evnet_table(table)) {
         return None;
     }
-    Some(Route { dst: Ipv4Net::new(dst, h.destination_prefix_length).ok()?, dev: dev?, via })
+    Some(Route { dst: Ipv4Net::new(dst, h.destination_prefix_length).ok()?, dev: dev?, via, table })
+}
+
+/// One of evnet's policy rules: IPv4, protocol `static`, a table lookup
+/// selected by the source alone, with evnet's mark
+/// ([`policy::is_evnet_rule`]). Anything else is someone else's.
+fn parse_rule(m: &RuleMessage) -> Option<PolicyRule> {
+    let h = &m.header;
+    if h.family != AddressFamily::Inet
+        || h.action != RuleAction::ToTable
+        || h.dst_len != 0
+        || h.tos != 0
+        || h.flags.contains(RuleFlags::Invert)
+    {
+        return None;
+    }
+    let (mut table, mut priority, mut from, mut proto) = (u32::from(h.table), 0, None, None);
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Table(t) => table = *t,
+            RuleAttribute::Priority(p) => priority = *p,
+            RuleAttribute::Source(IpAddr::V4(v)) => from = Some(*v),
+            RuleAttribute::Protocol(p) => proto = Some(*p),
+            // Another selector: not a rule evnet makes.
+            RuleAttribute::Iifname(_)
+            | RuleAttribute::Oifname(_)
+            | RuleAttribute::FwMark(_)
+            | RuleAttribute::FwMask(_)
+            | RuleAttribute::UidRange(_)
+            | RuleAttribute::IpProtocol(_)
+            | RuleAttribute::SourcePortRange(_)
+            | RuleAttribute::DestinationPortRange(_)
+            | RuleAttribute::SuppressIfGroup(_)
+            | RuleAttribute::L3MDev(_) => return None,
+            // The kernel reports "none" as all ones.
+            RuleAttribute::SuppressPrefixLen(n) if *n != u32::MAX => return None,
+            _ => {}
+        }
+    }
+    if proto != Some(RouteProtocol::Static) {
+        return None;
+    }
+    let rule = PolicyRule { priority, from: Ipv4Net::new(from?, h.src_len).ok()?, table };
+    policy::is_evnet_rule(&rule).then_some(rule)
+}
+
+/// The netlink message of one of evnet's rules, for adding or deleting it.
+fn rule_message(r: &PolicyRule) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.action = RuleAction::ToTable;
+    m.header.src_len = r.from.prefix_len();
+    // A table above 255 goes in its attribute; the header's is then
+    // RT_TABLE_UNSPEC, as `ip rule` sends it.
+    m.header.table = u8::try_from(r.table).unwrap_or(0);
+    m.attributes.push(RuleAttribute::Table(r.table));
+    m.attributes.push(RuleAttribute::Priority(r.priority));
+    m.attributes.push(RuleAttribute::Source(IpAddr::V4(r.from.addr())));
+    m.attributes.push(RuleAttribute::Protocol(RouteProtocol::Static));
+    m
 }
 
 fn mac_str(b: &[u8]) -> Option<String> {

@@ -4,8 +4,8 @@
 //! * interface names are 1–15 bytes without `/`, `:` or whitespace; MACs are
 //!   six octets; MTUs are 68–65535 (EINVAL otherwise);
 //! * creating what exists is EEXIST, touching what does not is ENOENT —
-//!   links, addresses, routes (keyed by destination), neighbours, FDB
-//!   entries, sysctls, namespaces, nftables tables and sets;
+//!   links, addresses, routes, policy rules, neighbours, FDB entries,
+//!   sysctls, namespaces, nftables tables and sets;
 //! * a new namespace has only `lo`, down, and `ip_forward=0`; a new device
 //!   has `proxy_arp=0` and `proxy_delay=80`;
 //! * deleting a veth end deletes its peer; deleting a link takes its
@@ -18,7 +18,15 @@
 //! * setting a link down removes its routes and neighbours;
 //! * a route needs its device to exist and be up (ENETDOWN) and its gateway
 //!   to be covered by an address on the device (ENETUNREACH); deleting the
-//!   last address covering a gateway removes routes through it;
+//!   last address covering a gateway removes routes through it; routes are
+//!   keyed by table and destination, and all of a device's go with it;
+//! * policy rules are keyed by everything they hold (priority, source,
+//!   table, protocol): adding one twice is EEXIST, deleting a missing one
+//!   ENOENT, a source with host bits EINVAL; a rule may name a table that is
+//!   empty or missing, and outlives devices and addresses (it goes with its
+//!   namespace); `observe` reports, as `LinuxKernel` does, only rules of
+//!   protocol `static` with evnet's mark and none in the host namespace
+//!   ([`ModelKernel::add_rule_of_others`] makes someone else's);
 //! * FDB entries exist only on VXLAN devices (EOPNOTSUPP); two VXLANs with
 //!   one VNI and port cannot share a socket namespace (EEXIST);
 //! * a netdev chain needs its device when the table is loaded;
@@ -50,7 +58,10 @@ use std::sync::Mutex;
 use evnet_plan::naming::{self, is_valid_ifname, normalize_mac};
 use evnet_plan::{HtbTree, HtbClass, htb};
 use evnet_plan::plan::{sysctl_ip_forward, sysctl_proxy_arp, sysctl_proxy_delay};
-use evnet_plan::{Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, Route, Shaper, VxlanInfo};
+use evnet_plan::{
+    Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, PolicyRule, Route, Shaper, VxlanInfo,
+    policy,
+};
 use ipnet::Ipv4Net;
 
 use crate::error::{Errno, KernelError};
@@ -86,7 +97,10 @@ struct MFirewall {
 struct MNs {
     links: BTreeMap<String, MLink>,
     addresses: BTreeSet<Address>,
-    routes: BTreeMap<Ipv4Net, Route>,
+    /// By (table, destination).
+    routes: BTreeMap<(u32, Ipv4Net), Route>,
+    /// Policy rules, each with whether its protocol is `static`.
+    rules: BTreeSet<(PolicyRule, bool)>,
     neighbours: BTreeMap<(String, Ipv4Addr), Neighbour>,
     fdb: BTreeMap<(String, String), FdbEntry>,
     sysctls: BTreeMap<String, String>,
@@ -181,6 +195,7 @@ impl MNs {
                 .collect(),
             addresses: self.addresses.clone(),
             routes: self.routes.values().cloned().collect(),
+            rules: self.rules.iter().map(|(r, _)| r.clone()).collect(),
             neighbours: self.neighbours.values().cloned().collect(),
             fdb: self.fdb.values().cloned().collect(),
             sysctls: self.sysctls.clone(),
@@ -454,17 +469,34 @@ impl World {
                 {
                     return Err(err(format!("gateway {v} on {ns}/{}", route.dev), Errno::Unreachable));
                 }
-                if n.routes.contains_key(&route.dst) {
-                    return Err(err(format!("route {} in {ns}", route.dst), Errno::Exists));
+                let key = (route.table, route.dst);
+                if n.routes.contains_key(&key) {
+                    return Err(err(format!("route {} table {} in {ns}", route.dst, route.table), Errno::Exists));
                 }
-                n.routes.insert(route.dst, route.clone());
+                n.routes.insert(key, route.clone());
             }
             Op::DelRoute { ns, route } => {
                 let n = self.ns_mut(ns)?;
-                if n.routes.get(&route.dst) != Some(route) {
-                    return Err(err(format!("route {} in {ns}", route.dst), Errno::NotFound));
+                let key = (route.table, route.dst);
+                if n.routes.get(&key) != Some(route) {
+                    return Err(err(format!("route {} table {} in {ns}", route.dst, route.table), Errno::NotFound));
                 }
-                n.routes.remove(&route.dst);
+                n.routes.remove(&key);
+            }
+            Op::AddRule { ns, rule } => {
+                if rule.from.trunc() != rule.from {
+                    return Err(err(format!("rule from {} has host bits", rule.from), Errno::Invalid));
+                }
+                let n = self.ns_mut(ns)?;
+                if !n.rules.insert((rule.clone(), true)) {
+                    return Err(err(format!("rule from {} priority {} in {ns}", rule.from, rule.priority), Errno::Exists));
+                }
+            }
+            Op::DelRule { ns, rule } => {
+                let n = self.ns_mut(ns)?;
+                if !n.rules.remove(&(rule.clone(), true)) {
+                    return Err(err(format!("rule from {} priority {} in {ns}", rule.from, rule.priority), Errno::NotFound));
+                }
             }
             Op::AddNeighbour { ns, neighbour } => {
                 check_mac(&neighbour.mac)?;
@@ -695,6 +727,15 @@ impl ModelKernel {
         w.namespaces.insert(path.to_string(), ns);
     }
 
+    /// Adds a rule someone else made in `ns` (`is_static`: with protocol
+    /// `static`, as evnet's are), which evnet must leave alone.
+    pub fn add_rule_of_others(&self, ns: &Ns, rule: PolicyRule, is_static: bool) {
+        let mut w = self.world.lock().expect("model lock");
+        if let Ok(n) = w.ns_mut(ns) {
+            n.rules.insert((rule, is_static));
+        }
+    }
+
     /// Removes a runtime's namespace, as when its container is gone (its
     /// devices go with it; a veth's peer dies too).
     pub fn remove_runtime_netns(&self, path: &str) {
@@ -812,14 +853,19 @@ impl Kernel for ModelKernel {
             Ns::Host => true,
             Ns::Named(n) => seen(n),
         };
+        // Rules as `LinuxKernel` reads them: evnet's, never the host's.
+        let observed = |s: &MNs, host: bool| {
+            let mut st = s.to_state(&visible);
+            st.rules = if host {
+                BTreeSet::new()
+            } else {
+                s.rules.iter().filter(|(r, stat)| *stat && policy::is_evnet_rule(r)).map(|(r, _)| r.clone()).collect()
+            };
+            st
+        };
         Ok(Observed {
-            host: w.host.to_state(&visible),
-            namespaces: w
-                .namespaces
-                .iter()
-                .filter(|(n, _)| seen(n))
-                .map(|(n, s)| (n.clone(), s.to_state(&visible)))
-                .collect(),
+            host: observed(&w.host, true),
+            namespaces: w.namespaces.iter().filter(|(n, _)| seen(n)).map(|(n, s)| (n.clone(), observed(s, false))).collect(),
         })
     }
 

@@ -102,7 +102,21 @@ fn two_hosts_two_vpcs_same_cidr() {
             attach: Some((host, hex_id("i", u64::from(r) << 8 | inst), 0)),
         });
     }
-    cloud.groups.push(default_group(&g, cloud.enis.iter().map(|e| e.ip).collect()));
+    // Instance 1 gets a second ENI in its VPC (device 1, one subnet with
+    // eth0, a secondary address too): its own table and rules.
+    cloud.enis.push(EniSpec {
+        id: hex_id("eni", u64::from(r) << 8 | 6),
+        vpc: 0,
+        subnet: 0,
+        ip: Ipv4Addr::new(10, 0, 0, 20),
+        secondary: vec![Ipv4Addr::new(10, 0, 0, 21)],
+        mac: format!("0a:00:00:00:{:02x}:06", r & 0xff),
+        sdc: true,
+        groups: vec![g.clone()],
+        attach: Some((0, hex_id("i", u64::from(r) << 8 | 1), 1)),
+    });
+    let members = cloud.enis.iter().flat_map(|e| std::iter::once(e.ip).chain(e.secondary.iter().copied())).collect();
+    cloud.groups.push(default_group(&g, members));
 
     let ka = LinuxKernel::new(Some(ha.clone()));
     let kb = LinuxKernel::new(Some(hb.clone()));
@@ -122,6 +136,10 @@ fn two_hosts_two_vpcs_same_cidr() {
     assert!(ping(&i5, ip(10), None), "VPC 2: 10.0.0.10 is its own ENI on the other host");
     assert!(!ping(&i5, ip(11), None), "VPC 2 must not reach VPC 1's 10.0.0.11");
     assert!(!ping(&i4, ip(12), None), "VPC 2 must not reach VPC 1's 10.0.0.12");
+    // Instance 1's eth1 answers across hosts, and sends from its addresses
+    // by itself (without its rules they left by eth0 and were dropped).
+    assert!(ping(&i3, ip(20), None), "across hosts to a further ENI in one subnet with eth0");
+    assert!(ping(&i1, ip(12), Some(ip(21))), "from eth1's secondary address across hosts");
 
     // Anti-spoofing: a changed MAC, then a foreign source address.
     must(&["ip", "-n", &i2, "link", "set", "eth0", "address", "0a:00:00:00:ee:ee"]);
@@ -473,4 +491,52 @@ fn named_namespaces_are_made_and_removed_as_ip_netns_does() {
     assert!(!std::path::Path::new("/run/netns").join(&name).exists());
     assert!(!sh(&["ip", "netns", "exec", &name, "true"]));
     k.apply(&Op::DeleteNetns { name: name.clone() }).expect("deleting a missing namespace");
+}
+
+/// evnet's policy rules and per-ENI tables round-trip over netlink: a rule
+/// and a table route applied are observed as planned, rules and tables of
+/// others (another protocol, a priority or table outside evnet's range)
+/// are not, nor any rule in the host namespace; a rule deleted twice is
+/// gone the first time and no error the second.
+#[test]
+fn policy_rules_round_trip_over_netlink() {
+    use evnet_plan::{Ns, Op, PolicyRule, Route};
+    if !root_or_skip("linux_root") {
+        return;
+    }
+    let r: u32 = rand::random::<u32>() & 0xffff;
+    let host = format!("xp{r:04x}h");
+    let host_id = format!("host-{r:08x}{:08x}", rand::random::<u32>());
+    let inst = naming::instance_netns(&host_id, &hex_id("i", u64::from(r)));
+    let _guard = Cleanup { host_ns: vec![host.clone(), inst.clone()], host_ids: vec![] };
+    must(&["ip", "netns", "add", &host]);
+    must(&["ip", "netns", "add", &inst]);
+    must(&["ip", "-n", &inst, "link", "set", "lo", "up"]);
+    let k = LinuxKernel::new(Some(host.clone())).scoped_to_host(&host_id);
+    let ns = Ns::named(&inst);
+    let rule = PolicyRule { priority: 10_001, from: "10.0.1.20/32".parse().unwrap(), table: 10_001 };
+    let route = Route { dst: "10.0.1.0/24".parse().unwrap(), dev: "lo".into(), via: None, table: 10_001 };
+    let ops = [Op::AddRoute { ns: ns.clone(), route: route.clone() }, Op::AddRule { ns: ns.clone(), rule: rule.clone() }];
+    evnet_kernel::apply_all(&k, &ops).expect("apply");
+    // Others': another protocol in evnet's range, `static` outside it, a
+    // table that is not evnet's, and a rule of evnet's shape in the host
+    // namespace (a host that is a cloud instance may have its guest agent's).
+    must(&["ip", "-n", &inst, "rule", "add", "from", "10.0.1.0/24", "lookup", "10002", "priority", "10002"]);
+    must(&["ip", "-n", &inst, "rule", "add", "from", "10.0.1.0/24", "lookup", "100", "priority", "100", "proto", "static"]);
+    must(&["ip", "-n", &inst, "route", "add", "10.0.2.0/24", "dev", "lo", "table", "500", "proto", "static"]);
+    must(&["ip", "-n", &host, "rule", "add", "from", "10.9.9.9", "lookup", "10000", "priority", "10000", "proto", "static"]);
+    let obs = k.observe().expect("observe");
+    let st = &obs.namespaces[&inst];
+    assert_eq!(st.rules.iter().cloned().collect::<Vec<_>>(), vec![rule.clone()], "{st:?}");
+    assert!(st.routes.contains(&route), "{st:?}");
+    assert!(st.routes.iter().all(|r| r.table != 500), "{st:?}");
+    assert!(obs.host.rules.is_empty(), "{:?}", obs.host.rules);
+
+    k.apply(&Op::DelRule { ns: ns.clone(), rule: rule.clone() }).expect("delete");
+    k.apply(&Op::DelRule { ns: ns.clone(), rule }).expect("deleting a missing rule is no error");
+    k.finish_batch();
+    assert!(k.observe().expect("observe").namespaces[&inst].rules.is_empty());
+    let left = Command::new("ip").args(["-n", &inst, "rule", "show"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(left.contains("lookup 10002") && left.contains("lookup 100 "), "others' rules stay: {left}");
 }

@@ -184,13 +184,27 @@ fn the_model_enforces_kernel_rules() {
     k.apply(&veth("x")).unwrap();
     assert_eq!(k.apply(&veth("y")).unwrap_err().errno(), Some(Errno::Exists), "peer name taken");
     // A route needs its device up, a gateway an address covering it.
-    let r = evnet_plan::Route { dst: "0.0.0.0/0".parse().unwrap(), dev: "eth0".into(), via: Some(Ipv4Addr::new(10, 0, 0, 1)) };
+    let r = evnet_plan::Route::main("0.0.0.0/0".parse().unwrap(), "eth0", Some(Ipv4Addr::new(10, 0, 0, 1)));
     assert_eq!(k.apply(&Op::AddRoute { ns: ns("evb"), route: r.clone() }).unwrap_err().errno(), Some(Errno::NetDown));
     k.apply(&Op::SetLink { ns: ns("evb"), name: "eth0".into(), mac: None, mtu: None, up: Some(true) }).unwrap();
     assert_eq!(k.apply(&Op::AddRoute { ns: ns("evb"), route: r.clone() }).unwrap_err().errno(), Some(Errno::Unreachable));
     k.apply(&Op::AddAddress { ns: ns("evb"), dev: "eth0".into(), addr: "10.0.0.5/24".parse().unwrap() }).unwrap();
     k.apply(&Op::AddRoute { ns: ns("evb"), route: r.clone() }).unwrap();
-    assert_eq!(k.apply(&Op::AddRoute { ns: ns("evb"), route: r }).unwrap_err().errno(), Some(Errno::Exists));
+    assert_eq!(k.apply(&Op::AddRoute { ns: ns("evb"), route: r.clone() }).unwrap_err().errno(), Some(Errno::Exists));
+    // The same destination in another table is another route.
+    k.apply(&Op::AddRoute { ns: ns("evb"), route: evnet_plan::Route { table: 10_000, ..r } }).unwrap();
+    // A rule may name a table that holds nothing; twice is EEXIST, host
+    // bits EINVAL, deleting a missing one ENOENT.
+    let rule = evnet_plan::PolicyRule { priority: 10_001, from: "10.0.0.5/32".parse().unwrap(), table: 10_001 };
+    k.apply(&Op::AddRule { ns: ns("evb"), rule: rule.clone() }).unwrap();
+    assert_eq!(k.apply(&Op::AddRule { ns: ns("evb"), rule: rule.clone() }).unwrap_err().errno(), Some(Errno::Exists));
+    let bits = evnet_plan::PolicyRule { from: "10.0.0.5/24".parse().unwrap(), ..rule.clone() };
+    assert_eq!(k.apply(&Op::AddRule { ns: ns("evb"), rule: bits.clone() }).unwrap_err().errno(), Some(Errno::Invalid));
+    assert_eq!(k.apply(&Op::DelRule { ns: ns("evb"), rule: bits }).unwrap_err().errno(), Some(Errno::NotFound));
+    assert_eq!(k.apply(&Op::AddRule { ns: ns("nope"), rule: rule.clone() }).unwrap_err().errno(), Some(Errno::NotFound));
+    // Rules are never read in the host namespace.
+    k.apply(&Op::AddRule { ns: Ns::Host, rule: rule.clone() }).unwrap();
+    assert!(k.observe().unwrap().host.rules.is_empty());
     // FDB only on VXLANs.
     let fdb = evnet_plan::FdbEntry { dev: "x".into(), mac: "02:00:00:00:00:01".into(), dst: Ipv4Addr::new(198, 18, 0, 2) };
     assert_eq!(k.apply(&Op::AddFdb { ns: ns("eva"), entry: fdb }).unwrap_err().errno(), Some(Errno::NotSupported));
@@ -199,6 +213,7 @@ fn the_model_enforces_kernel_rules() {
     let obs = k.observe().unwrap();
     assert!(!obs.namespaces["evb"].links.contains_key("eth0"));
     assert!(obs.namespaces["evb"].routes.is_empty() && obs.namespaces["evb"].addresses.is_empty());
+    assert_eq!(obs.namespaces["evb"].rules.iter().collect::<Vec<_>>(), vec![&rule], "a rule outlives the device and addresses it served");
     // Moving into a missing namespace fails; lo cannot be deleted.
     let vx = Op::CreateVxlan { ns: Ns::Host, name: "evx1".into(), vni: 1, local: None, port: 4789, mac: "02:00:00:00:00:02".into(), mtu: 1450, external: false };
     k.apply(&vx).unwrap();
@@ -225,8 +240,18 @@ fn the_model_enforces_kernel_rules() {
 
 fn arb_cloud() -> impl Strategy<Value = Cloud> {
     let eni = (0usize..3, 0usize..2, proptest::option::of((0usize..3, 0u64..3, 0u32..3)), any::<bool>(), 0u8..4, 0u8..3);
-    (1usize..4, proptest::collection::vec(eni, 0..8), proptest::collection::vec((0usize..3, 0u64..3), 0..4), proptest::collection::vec(0u8..30, 0..4))
-        .prop_map(|(nvpc, enis, extra_inst, g2_members)| {
+    // An instance of host 0 with 2–3 ENIs in one VPC (each in either
+    // subnet, so sometimes two in one subnet), in most clouds: random
+    // attachments alone rarely give one.
+    let multi = proptest::option::weighted(0.75, (0usize..3, proptest::collection::vec((0usize..2, 0u32..3, any::<bool>()), 2..4)));
+    (
+        1usize..4,
+        proptest::collection::vec(eni, 0..8),
+        proptest::collection::vec((0usize..3, 0u64..3), 0..4),
+        proptest::collection::vec(0u8..30, 0..4),
+        multi,
+    )
+        .prop_map(|(nvpc, enis, extra_inst, g2_members, multi)| {
             let hosts = (0..3)
                 .map(|i| HostSpec { id: hex_id("host", 0xa0 + i as u64), underlay: Ipv4Addr::new(198, 18, 0, 1 + i as u8) })
                 .collect();
@@ -268,6 +293,32 @@ fn arb_cloud() -> impl Strategy<Value = Cloud> {
                     attach,
                 });
             }
+            if let Some((vpc, enis)) = multi {
+                // Device indexes in a shuffled order (the third field picks
+                // which end the next one takes), so start and target clouds
+                // often place one ENI at another index.
+                let iid = hex_id("i", 3);
+                instances.push((0, iid.clone()));
+                let mut idxs: Vec<u32> = (0..enis.len() as u32).collect();
+                for (k, (subnet, rot, secondary)) in enis.into_iter().enumerate() {
+                    let by = rot as usize % idxs.len();
+                    idxs.rotate_left(by);
+                    let idx = idxs.remove(0);
+                    let n = out.len();
+                    let base = 10 + 4 * n as u8;
+                    out.push(EniSpec {
+                        id: hex_id("eni", 0x100 + k as u64),
+                        vpc: vpc % nvpc,
+                        subnet,
+                        ip: Ipv4Addr::new(10, 0, subnet as u8, base),
+                        secondary: if secondary { vec![Ipv4Addr::new(10, 0, subnet as u8, base + 1)] } else { vec![] },
+                        mac: format!("0a:00:00:00:02:{k:02x}"),
+                        sdc: true,
+                        groups: vec![g1.clone()],
+                        attach: Some((0, iid.clone(), idx)),
+                    });
+                }
+            }
             for (h, i) in extra_inst {
                 instances.push((h, hex_id("i", (h as u64) * 16 + i)));
             }
@@ -292,6 +343,7 @@ enum Drift {
     DeleteLink(usize),
     DeleteNetns(usize),
     DeleteRoute(usize),
+    DeleteRule(usize),
     DeleteAddress(usize),
     LinkDown(usize),
 }
@@ -301,6 +353,7 @@ fn arb_drift() -> impl Strategy<Value = Drift> {
         (0usize..64).prop_map(Drift::DeleteLink),
         (0usize..64).prop_map(Drift::DeleteNetns),
         (0usize..64).prop_map(Drift::DeleteRoute),
+        (0usize..64).prop_map(Drift::DeleteRule),
         (0usize..64).prop_map(Drift::DeleteAddress),
         (0usize..64).prop_map(Drift::LinkDown),
     ]
@@ -337,6 +390,14 @@ fn apply_drift(k: &ModelKernel, host: &str, drift: &[Drift]) {
                 }
                 let (n, r) = all[i % all.len()].clone();
                 Op::DelRoute { ns: Ns::Named(n), route: r }
+            }
+            Drift::DeleteRule(i) => {
+                let all: Vec<_> = owned.iter().flat_map(|(n, s)| s.rules.iter().map(|r| ((*n).clone(), r.clone()))).collect();
+                if all.is_empty() {
+                    continue;
+                }
+                let (n, r) = all[i % all.len()].clone();
+                Op::DelRule { ns: Ns::Named(n), rule: r }
             }
             Drift::DeleteAddress(i) => {
                 let all: Vec<_> = owned.iter().flat_map(|(n, s)| s.addresses.iter().map(|a| ((*n).clone(), a.clone()))).collect();
@@ -527,15 +588,21 @@ fn an_eni_in_another_vpc_routes_that_vpcs_block() {
     let k = ModelKernel::new();
     converge(&k, &cloud.desired(0));
     let ins = naming::instance_netns(&cloud.hosts[0].id, &hex_id("i", 1));
-    let routes = |k: &ModelKernel| -> Vec<evnet_plan::Route> { k.observe().unwrap().namespaces[&ins].routes.iter().cloned().collect() };
+    let all_routes = |k: &ModelKernel| -> Vec<evnet_plan::Route> { k.observe().unwrap().namespaces[&ins].routes.iter().cloned().collect() };
+    let routes = |k: &ModelKernel| -> Vec<evnet_plan::Route> { all_routes(k).into_iter().filter(|r| r.table == evnet_plan::MAIN_TABLE).collect() };
     let r = routes(&k);
     assert!(r.iter().any(|r| r.dst.to_string() == "0.0.0.0/0" && r.dev == "eth0" && r.via == Some(Ipv4Addr::new(10, 0, 1, 1))), "{r:?}");
     assert!(r.iter().any(|r| r.dst.to_string() == "10.1.0.0/16" && r.dev == "eth1" && r.via == Some(Ipv4Addr::new(10, 1, 5, 1))), "{r:?}");
-    assert!(r.iter().all(|r| r.dev != "eth2"), "eth2's VPC overlaps eth0's: no route through it: {r:?}");
-    // Detach eth1: its route goes with it.
+    assert!(r.iter().all(|r| r.dev != "eth2"), "eth2's VPC overlaps eth0's: no main-table route through it: {r:?}");
+    // Its own address still leaves by it, through its own table.
+    let own = all_routes(&k);
+    assert!(own.iter().any(|r| r.table == 10_002 && r.dst.to_string() == "0.0.0.0/0" && r.dev == "eth2"), "{own:?}");
+    // Detach eth1: its routes go with it, and its rules.
     cloud.enis[1].attach = None;
     converge(&k, &cloud.desired(0));
-    assert!(routes(&k).iter().all(|r| r.dev != "eth1"), "{:?}", routes(&k));
+    assert!(all_routes(&k).iter().all(|r| r.dev != "eth1"), "{:?}", all_routes(&k));
+    let rules = &k.observe().unwrap().namespaces[&ins].rules;
+    assert!(rules.iter().all(|r| r.table != 10_001), "{rules:?}");
 }
 
 /// A VPC namespace whose firewall cannot load fails alone: every other
@@ -825,6 +892,18 @@ fn a_runtimes_namespace_gets_its_enis_and_keeps_everything_else() {
         let inside = &k.snapshot_all().namespaces[path];
         assert!(inside.links.contains_key(&eth) && inside.links.contains_key("eth9"), "{dataplane:?}: {inside:?}");
         assert!(inside.addresses.iter().any(|a| a.dev == eth && a.addr.addr() == d.instances[1].enis[0].private_ip), "{dataplane:?}: {inside:?}");
+        let own_rule = evnet_plan::PolicyRule { priority: 10_000, from: ipnet::Ipv4Net::new(d.instances[1].enis[0].private_ip, 32).unwrap(), table: 10_000 };
+        assert!(inside.rules.contains(&own_rule), "{dataplane:?}: {inside:?}");
+        // The runtime's own rules: one of another protocol in evnet's range, one
+        // `static` outside it. Neither is evnet's to touch.
+        let theirs = [
+            (evnet_plan::PolicyRule { priority: 10_001, from: "10.0.0.0/24".parse().unwrap(), table: 10_001 }, false),
+            (evnet_plan::PolicyRule { priority: 100, from: "10.0.0.0/24".parse().unwrap(), table: 100 }, true),
+        ];
+        for (r, is_static) in &theirs {
+            k.add_rule_of_others(&Ns::named(path), r.clone(), *is_static);
+        }
+        assert!(converge(&k, &d).is_empty(), "{dataplane:?}");
 
         // The ENI leaves: only its veth goes; the namespace and the runtime's device stay.
         let eni = d.instances[1].enis.pop().unwrap();
@@ -832,6 +911,8 @@ fn a_runtimes_namespace_gets_its_enis_and_keeps_everything_else() {
         assert!(!ops.iter().any(|o| matches!(o, Op::DeleteNetns { .. })), "{dataplane:?}:\n{}", render(&ops));
         let inside = &k.snapshot_all().namespaces[path];
         assert!(!inside.links.contains_key(&eth) && inside.links.contains_key("eth9") && inside.links["lo"].up, "{dataplane:?}: {inside:?}");
+        assert!(!inside.rules.contains(&own_rule), "{dataplane:?}: evnet's rule goes with its ENI: {inside:?}");
+        assert!(theirs.iter().all(|(r, _)| inside.rules.contains(r)), "{dataplane:?}: the runtime's rules stay: {inside:?}");
 
         // Back, then the instance goes: the namespace is still the runtime's.
         d.instances[1].enis.push(eni);
@@ -839,6 +920,7 @@ fn a_runtimes_namespace_gets_its_enis_and_keeps_everything_else() {
         let inst = d.instances.remove(1);
         converge(&k, &d);
         assert!(k.snapshot_all().namespaces[path].links.contains_key("eth9"), "{dataplane:?}");
+        assert!(theirs.iter().all(|(r, _)| k.snapshot_all().namespaces[path].rules.contains(r)), "{dataplane:?}");
         assert!(!k.snapshot_all().namespaces[path].links.contains_key(&eth), "{dataplane:?}");
 
         // The container goes first, taking the ENI's device with it: the
@@ -848,5 +930,102 @@ fn a_runtimes_namespace_gets_its_enis_and_keeps_everything_else() {
         k.remove_runtime_netns(path);
         let ops = converge(&k, &d);
         assert!(!ops.iter().any(|o| o.to_string().contains(path) || matches!(o, Op::CreateNetns { .. })), "{dataplane:?}:\n{}", render(&ops));
+    }
+}
+
+/// Two ENIs of one instance in one VPC (two subnets): each gets a table of
+/// its own (its subnet, a default route through its gateway on its own
+/// device) and a rule per address, on either layout; the main table keeps
+/// eth0's default route only. Drift of a rule or a table route is repaired
+/// alone, a stale rule of evnet's is deleted, others' rules are kept, and
+/// the rules follow the ENI to another device index.
+#[test]
+fn each_eni_of_an_instance_in_one_vpc_routes_from_its_own_table() {
+    for dataplane in [DataplaneMode::Nft, DataplaneMode::Bpf] {
+        let cfg = PlanConfig { dataplane, ..PlanConfig::default() };
+        let converge = |k: &ModelKernel, d: &evnet_model::desired::HostDesired| -> Vec<Op> {
+            let ops = plan(d, &k.observe().unwrap(), &cfg);
+            apply_all(k, &ops).unwrap_or_else(|e| panic!("{e}\nplan:\n{}", render(&ops)));
+            let again = plan(d, &k.observe().unwrap(), &cfg);
+            assert!(again.is_empty(), "{dataplane:?}: re-plan not empty:\n{}", render(&again));
+            ops
+        };
+        let host = HostSpec { id: hex_id("host", 0xa1), underlay: Ipv4Addr::new(198, 18, 0, 1) };
+        let vpc = VpcSpec {
+            id: hex_id("vpc", 1),
+            vni: 0x101,
+            cidr: "10.0.0.0/16".parse().unwrap(),
+            subnets: vec!["10.0.0.0/24".parse().unwrap(), "10.0.1.0/24".parse().unwrap()],
+        };
+        let g = hex_id("sg", 7);
+        let eni = |n: u64, subnet: usize, ip: [u8; 4], secondary: Vec<Ipv4Addr>, idx: u32| EniSpec {
+            id: hex_id("eni", n),
+            vpc: 0,
+            subnet,
+            ip: Ipv4Addr::from(ip),
+            secondary,
+            mac: format!("0a:00:00:00:00:{n:02x}"),
+            sdc: true,
+            groups: vec![g.clone()],
+            attach: Some((0, hex_id("i", 1), idx)),
+        };
+        let mut cloud = Cloud {
+            hosts: vec![host],
+            vpcs: vec![vpc],
+            enis: vec![eni(1, 0, [10, 0, 0, 10], vec![], 0), eni(2, 1, [10, 0, 1, 20], vec![Ipv4Addr::new(10, 0, 1, 21)], 1)],
+            instances: vec![(0, hex_id("i", 1))],
+            groups: vec![],
+        };
+        cloud.groups = vec![default_group(&g, cloud.enis.iter().map(|e| e.ip).collect())];
+        let k = ModelKernel::new();
+        let text = render(&converge(&k, &cloud.desired(0)));
+        let ins = naming::instance_netns(&cloud.hosts[0].id, &hex_id("i", 1));
+        for line in [
+            "route add 10.0.0.0/24 dev eth0 scope link table 10000",
+            "route add 0.0.0.0/0 via 10.0.0.1 dev eth0 table 10000",
+            "route add 10.0.1.0/24 dev eth1 scope link table 10001",
+            "route add 0.0.0.0/0 via 10.0.1.1 dev eth1 table 10001",
+            "rule add from 10.0.0.10/32 lookup 10000 priority 10000",
+            "rule add from 10.0.1.20/32 lookup 10001 priority 10001",
+            "rule add from 10.0.1.21/32 lookup 10001 priority 10001",
+        ] {
+            assert!(text.contains(&format!("[{ins}] {line}\n")), "{dataplane:?}: no `{line}` in\n{text}");
+        }
+        let st = k.observe().unwrap().namespaces[&ins].clone();
+        let main: Vec<String> =
+            st.routes.iter().filter(|r| r.table == evnet_plan::MAIN_TABLE).map(|r| format!("{} {} {:?}", r.dst, r.dev, r.via)).collect();
+        assert_eq!(main, ["0.0.0.0/0 eth0 Some(10.0.0.1)"], "{dataplane:?}: the main table keeps eth0's default route only");
+        assert_eq!(st.rules.len(), 3, "{dataplane:?}: {:?}", st.rules);
+
+        // Drift: a rule and a table route deleted by hand come back, alone.
+        let rule = st.rules.iter().find(|r| r.table == 10_001).unwrap().clone();
+        let route = st.routes.iter().find(|r| r.table == 10_001 && r.via.is_some()).unwrap().clone();
+        k.apply(&Op::DelRule { ns: Ns::named(&ins), rule: rule.clone() }).unwrap();
+        k.apply(&Op::DelRoute { ns: Ns::named(&ins), route: route.clone() }).unwrap();
+        let ops = converge(&k, &cloud.desired(0));
+        assert_eq!(
+            ops,
+            vec![Op::AddRoute { ns: Ns::named(&ins), route }, Op::AddRule { ns: Ns::named(&ins), rule }],
+            "{dataplane:?}:\n{}",
+            render(&ops)
+        );
+
+        // A stale rule of evnet's goes; rules without its mark stay.
+        let stale = evnet_plan::PolicyRule { priority: 10_005, from: "10.0.0.99/32".parse().unwrap(), table: 10_005 };
+        k.apply(&Op::AddRule { ns: Ns::named(&ins), rule: stale.clone() }).unwrap();
+        let theirs = evnet_plan::PolicyRule { priority: 10_002, from: "10.0.0.99/32".parse().unwrap(), table: 10_003 };
+        k.add_rule_of_others(&Ns::named(&ins), theirs.clone(), true);
+        let ops = converge(&k, &cloud.desired(0));
+        assert_eq!(ops, vec![Op::DelRule { ns: Ns::named(&ins), rule: stale }], "{dataplane:?}:\n{}", render(&ops));
+
+        // eth1's ENI moves to device index 2: its table and rules follow.
+        cloud.enis[1].attach = Some((0, hex_id("i", 1), 2));
+        converge(&k, &cloud.desired(0));
+        let st = k.observe().unwrap().namespaces[&ins].clone();
+        assert!(st.rules.iter().filter(|r| r.priority != 10_000).all(|r| r.table == 10_002), "{dataplane:?}: {:?}", st.rules);
+        let gw = Some(Ipv4Addr::new(10, 0, 1, 1));
+        assert!(st.routes.iter().any(|r| r.table == 10_002 && r.dev == "eth2" && r.via == gw), "{dataplane:?}");
+        assert!(st.routes.iter().all(|r| r.table != 10_001), "{dataplane:?}");
+        assert!(k.snapshot_all().namespaces[&ins].rules.contains(&theirs), "{dataplane:?}");
     }
 }

@@ -558,6 +558,40 @@ fn packet_text(req: &TraceRequest, src: Ipv4Addr) -> String {
     }
 }
 
+/// One of an instance's ENIs, as routing inside the instance sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceEni {
+    pub eni_id: String,
+    pub device_index: u32,
+    pub vpc_id: String,
+    pub vpc_block: ipnet::Ipv4Net,
+    /// Its primary and secondary addresses.
+    pub ips: Vec<Ipv4Addr>,
+}
+
+/// The ENI a packet from an instance to `destination` leaves by, as the
+/// planner sets the instance's routing up (`evnet_plan::policy`): a packet
+/// whose source is one of an ENI's addresses leaves by that ENI (its
+/// rule sends it to the ENI's own table); any other packet follows the
+/// main table: an ENI in another VPC whose block holds the destination
+/// ([`crate::desired::routed_vpc_blocks`]), else eth0. `None` when that
+/// leaves nothing (no eth0).
+pub fn leaving_eni(enis: &[InstanceEni], destination: Ipv4Addr, source_ip: Option<Ipv4Addr>) -> Option<&InstanceEni> {
+    let mut enis: Vec<&InstanceEni> = enis.iter().collect();
+    enis.sort_by_key(|e| e.device_index);
+    if let Some(src) = source_ip
+        && let Some(e) = enis.iter().find(|e| e.ips.contains(&src))
+    {
+        return Some(e);
+    }
+    let primary = enis.iter().find(|e| e.device_index == 0)?;
+    let others = enis.iter().filter(|e| e.device_index > 0 && e.vpc_id != primary.vpc_id).map(|e| (*e, e.vpc_block));
+    match crate::desired::routed_vpc_blocks(primary.vpc_block, others).into_iter().find(|(_, b)| b.contains(&destination)) {
+        Some((e, _)) => Some(e),
+        None => Some(primary),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -951,5 +985,42 @@ mod tests {
         assert_eq!(trace(&req(Protocol::All, None), &f.enis[0], &world), Err(TraceError::NotAPacketProtocol));
         assert_eq!(trace(&req(Protocol::Udp, None), &f.enis[0], &world), Err(TraceError::PortRequired));
         assert!(trace(&req(Protocol::Icmp, None), &f.enis[0], &world).is_ok());
+    }
+
+    #[test]
+    fn a_packet_from_an_enis_address_leaves_by_that_eni() {
+        let e = |id: &str, idx, vpc: &str, block: &str, ips: &[[u8; 4]]| InstanceEni {
+            eni_id: id.into(),
+            device_index: idx,
+            vpc_id: vpc.into(),
+            vpc_block: block.parse().unwrap(),
+            ips: ips.iter().map(|ip| Ipv4Addr::from(*ip)).collect(),
+        };
+        // eth0 and eth1 in one VPC, eth2 in another.
+        let enis = [
+            e("eni-2", 2, "vpc-b", "10.9.0.0/16", &[[10, 9, 1, 5]]),
+            e("eni-0", 0, "vpc-a", "10.0.0.0/16", &[[10, 0, 1, 10]]),
+            e("eni-1", 1, "vpc-a", "10.0.0.0/16", &[[10, 0, 2, 20], [10, 0, 2, 21]]),
+        ];
+        let from = |dst: [u8; 4], src: Option<[u8; 4]>| {
+            leaving_eni(&enis, Ipv4Addr::from(dst), src.map(Ipv4Addr::from)).map(|e| e.eni_id.as_str())
+        };
+        // Unbound: the main table (eth0, or the other VPC's block by eth2).
+        assert_eq!(from([10, 0, 1, 99], None), Some("eni-0"));
+        assert_eq!(from([10, 0, 2, 99], None), Some("eni-0"), "eth1's own subnet is not in the main table's choice");
+        assert_eq!(from([10, 9, 3, 3], None), Some("eni-2"));
+        // From a further ENI's address, any address of it: by that ENI.
+        assert_eq!(from([10, 0, 1, 99], Some([10, 0, 2, 21])), Some("eni-1"));
+        assert_eq!(from([10, 9, 3, 3], Some([10, 0, 2, 20])), Some("eni-1"), "its table's default route, not the main table's block");
+        // From eth0's address towards the other VPC's block: by eth0 too.
+        assert_eq!(from([10, 9, 3, 3], Some([10, 0, 1, 10])), Some("eni-0"));
+        // A source no ENI holds: the main table (anti-spoofing then decides).
+        assert_eq!(from([10, 9, 3, 3], Some([10, 0, 1, 77])), Some("eni-2"));
+        // No eth0: only a packet from an ENI's address leaves.
+        assert_eq!(leaving_eni(&enis[2..], Ipv4Addr::new(10, 0, 1, 99), None), None);
+        assert_eq!(
+            leaving_eni(&enis[2..], Ipv4Addr::new(10, 0, 1, 99), Some(Ipv4Addr::new(10, 0, 2, 20))).map(|e| e.eni_id.as_str()),
+            Some("eni-1")
+        );
     }
 }

@@ -102,13 +102,47 @@ pub struct Address {
     pub addr: Ipv4Net,
 }
 
-/// A unicast IPv4 route in the main table that evnet manages (protocol
-/// `static`); routes the kernel adds itself are not observed.
+/// The kernel's main routing table (`RT_TABLE_MAIN`).
+pub const MAIN_TABLE: u32 = 254;
+
+fn main_table() -> u32 {
+    MAIN_TABLE
+}
+
+fn is_main_table(t: &u32) -> bool {
+    *t == MAIN_TABLE
+}
+
+/// A unicast IPv4 route that evnet manages (protocol `static`), in the main
+/// table or in one of an instance's per-ENI tables ([`crate::policy`]);
+/// routes the kernel adds itself are not observed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Route {
     pub dst: Ipv4Net,
     pub dev: String,
     pub via: Option<Ipv4Addr>,
+    /// The routing table; left out of JSON when it is the main table, so
+    /// main-table routes read and print as they always have.
+    #[serde(default = "main_table", skip_serializing_if = "is_main_table")]
+    pub table: u32,
+}
+
+impl Route {
+    /// A route in the main table.
+    pub fn main(dst: Ipv4Net, dev: impl Into<String>, via: Option<Ipv4Addr>) -> Route {
+        Route { dst, dev: dev.into(), via, table: MAIN_TABLE }
+    }
+}
+
+/// An IPv4 policy rule evnet manages: `from <from> lookup <table>
+/// priority <priority>`, protocol `static`, no other selector. Only rules
+/// that carry evnet's mark ([`crate::policy::is_evnet_rule`]) are
+/// observed, and only in namespaces other than the host's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PolicyRule {
+    pub priority: u32,
+    pub from: Ipv4Net,
+    pub table: u32,
 }
 
 /// A permanent IPv4 neighbour entry.
@@ -190,6 +224,9 @@ pub struct NsState {
     pub links: BTreeMap<String, Link>,
     pub addresses: BTreeSet<Address>,
     pub routes: BTreeSet<Route>,
+    /// evnet's policy rules (instance namespaces only).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub rules: BTreeSet<PolicyRule>,
     pub neighbours: BTreeSet<Neighbour>,
     pub fdb: BTreeSet<FdbEntry>,
     /// Sysctls that matter, by dotted key (`net.ipv4.ip_forward`,

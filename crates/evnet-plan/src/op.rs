@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::htb::HtbClass;
-use crate::observed::{FdbEntry, Neighbour, Ns, Route, Shaper};
+use crate::observed::{FdbEntry, MAIN_TABLE, Neighbour, Ns, PolicyRule, Route, Shaper};
 
 /// evnet's complete nftables state for one namespace: the rendered tables
 /// (without set elements) and the named sets' elements. Applied as one
@@ -93,6 +93,10 @@ pub enum Op {
     DelAddress { ns: Ns, dev: String, addr: Ipv4Net },
     AddRoute { ns: Ns, route: Route },
     DelRoute { ns: Ns, route: Route },
+    /// A policy rule (protocol `static`); the kernel allows one whose table
+    /// is empty or missing.
+    AddRule { ns: Ns, rule: PolicyRule },
+    DelRule { ns: Ns, rule: PolicyRule },
     AddNeighbour { ns: Ns, neighbour: Neighbour },
     DelNeighbour { ns: Ns, neighbour: Neighbour },
     AddFdb { ns: Ns, entry: FdbEntry },
@@ -155,6 +159,8 @@ impl Op {
             Op::DelAddress { .. } => "del_address",
             Op::AddRoute { .. } => "add_route",
             Op::DelRoute { .. } => "del_route",
+            Op::AddRule { .. } => "add_rule",
+            Op::DelRule { .. } => "del_rule",
             Op::AddNeighbour { .. } => "add_neighbour",
             Op::DelNeighbour { .. } => "del_neighbour",
             Op::AddFdb { .. } => "add_fdb",
@@ -189,6 +195,8 @@ impl Op {
             | Op::DelAddress { ns, .. }
             | Op::AddRoute { ns, .. }
             | Op::DelRoute { ns, .. }
+            | Op::AddRule { ns, .. }
+            | Op::DelRule { ns, .. }
             | Op::AddNeighbour { ns, .. }
             | Op::DelNeighbour { ns, .. }
             | Op::AddFdb { ns, .. }
@@ -211,10 +219,15 @@ impl Op {
 }
 
 fn route_str(r: &Route) -> String {
+    let table = if r.table == MAIN_TABLE { String::new() } else { format!(" table {}", r.table) };
     match r.via {
-        Some(via) => format!("{} via {via} dev {}", r.dst, r.dev),
-        None => format!("{} dev {} scope link", r.dst, r.dev),
+        Some(via) => format!("{} via {via} dev {}{table}", r.dst, r.dev),
+        None => format!("{} dev {} scope link{table}", r.dst, r.dev),
     }
+}
+
+fn rule_str(r: &PolicyRule) -> String {
+    format!("from {} lookup {} priority {}", r.from, r.table, r.priority)
 }
 
 fn class_str(c: &HtbClass) -> String {
@@ -268,6 +281,8 @@ impl fmt::Display for Op {
             Op::DelAddress { ns, dev, addr } => write!(f, "[{ns}] addr del {addr} dev {dev}"),
             Op::AddRoute { ns, route } => write!(f, "[{ns}] route add {}", route_str(route)),
             Op::DelRoute { ns, route } => write!(f, "[{ns}] route del {}", route_str(route)),
+            Op::AddRule { ns, rule } => write!(f, "[{ns}] rule add {}", rule_str(rule)),
+            Op::DelRule { ns, rule } => write!(f, "[{ns}] rule del {}", rule_str(rule)),
             Op::AddNeighbour { ns, neighbour: n } => {
                 write!(f, "[{ns}] neigh add {} lladdr {} dev {} nud permanent", n.ip, n.mac, n.dev)
             }

@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::naming;
 use crate::nft;
-use crate::observed::{Address, FdbEntry, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Route, Shaper, VxlanInfo};
+use crate::observed::{
+    Address, FdbEntry, Link, LinkKind, LinkRef, MAIN_TABLE, Neighbour, Ns, NsState, Observed, PolicyRule, Route, Shaper, VxlanInfo,
+};
 use crate::op::{FirewallSpec, Op};
+use crate::policy;
 
 /// Knobs of the data plane that are not part of the desired state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,7 +144,9 @@ struct TLink {
 struct TNs {
     links: BTreeMap<String, TLink>,
     addresses: BTreeSet<Address>,
-    routes: BTreeMap<Ipv4Net, Route>,
+    /// By (table, destination).
+    routes: BTreeMap<(u32, Ipv4Net), Route>,
+    rules: BTreeSet<PolicyRule>,
     neighbours: BTreeMap<(String, Ipv4Addr), Neighbour>,
     fdb: BTreeMap<(String, String), FdbEntry>,
     sysctls: BTreeMap<String, String>,
@@ -224,7 +229,7 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
             let ips: Vec<Ipv4Addr> = std::iter::once(e.private_ip).chain(e.secondary_ips.iter().copied()).collect();
             for ip in &ips {
                 if local_ips.insert(*ip) {
-                    tn.routes.insert(host32(*ip), Route { dst: host32(*ip), dev: dev.clone(), via: None });
+                    tn.routes.insert((MAIN_TABLE, host32(*ip)), Route::main(host32(*ip), dev.clone(), None));
                 }
             }
             // The instance side.
@@ -252,7 +257,7 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
             // instance's ARP for any VPC address at once (as a cloud's VPC
             // router does). Addresses with no /32 below go nowhere: the VXLAN
             // has no flood entry and does not learn.
-            tn.routes.insert(vpc.cidr_block, Route { dst: vpc.cidr_block, dev: vx.clone(), via: None });
+            tn.routes.insert((MAIN_TABLE, vpc.cidr_block), Route::main(vpc.cidr_block, vx.clone(), None));
             for r in &vpc.remote_enis {
                 if r.host_id == host {
                     continue;
@@ -262,10 +267,10 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
                     .entry((vx.clone(), mac.clone()))
                     .or_insert_with(|| FdbEntry { dev: vx.clone(), mac: mac.clone(), dst: r.underlay_ip });
                 for ip in &r.ips {
-                    if local_ips.contains(ip) || tn.routes.contains_key(&host32(*ip)) {
+                    if local_ips.contains(ip) || tn.routes.contains_key(&(MAIN_TABLE, host32(*ip))) {
                         continue;
                     }
-                    tn.routes.insert(host32(*ip), Route { dst: host32(*ip), dev: vx.clone(), via: None });
+                    tn.routes.insert((MAIN_TABLE, host32(*ip)), Route::main(host32(*ip), vx.clone(), None));
                     tn.neighbours.insert((vx.clone(), *ip), Neighbour { dev: vx.clone(), ip: *ip, mac: mac.clone() });
                 }
             }
@@ -278,8 +283,9 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
 }
 
 /// An ENI's instance side: `eth<idx>` (the veth's end whose other end is
-/// `peer`) with the ENI's MAC and addresses, and for device 0 the default
-/// route through the subnet's gateway.
+/// `peer`) with the ENI's MAC and addresses, for device 0 the main table's
+/// default route through the subnet's gateway, and for every device its
+/// own table and rules ([`policy`]), so it answers and sends from itself.
 fn instance_side(itn: &mut TNs, e: &EniDesired, peer: LinkRef, cfg: &PlanConfig) {
     let eth = naming::instance_ifname(e.device_index);
     itn.links.insert(
@@ -299,8 +305,13 @@ fn instance_side(itn: &mut TNs, e: &EniDesired, peer: LinkRef, cfg: &PlanConfig)
     }
     if e.device_index == 0 && e.subnet_cidr.contains(&e.gateway_ip) {
         let dst = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0/0 is valid");
-        itn.routes.insert(dst, Route { dst, dev: eth, via: Some(e.gateway_ip) });
+        itn.routes.insert((MAIN_TABLE, dst), Route::main(dst, eth, Some(e.gateway_ip)));
     }
+    let (routes, rules) = policy::eni_policy(e);
+    for r in routes {
+        itn.routes.insert((r.table, r.dst), r);
+    }
+    itn.rules.extend(rules);
 }
 
 /// The local ENIs per VPC, in instance then device order, without
@@ -442,7 +453,7 @@ fn other_vpc_routes(d: &HostDesired, local: &BTreeMap<&str, Vec<(&EniDesired, St
         });
         for (e, cidr) in evnet_model::desired::routed_vpc_blocks(primary_cidr, candidates) {
             let dev = naming::instance_ifname(e.device_index);
-            itn.routes.insert(cidr, Route { dst: cidr, dev, via: Some(e.gateway_ip) });
+            itn.routes.insert((MAIN_TABLE, cidr), Route::main(cidr, dev, Some(e.gateway_ip)));
         }
     }
 }
@@ -469,10 +480,12 @@ fn route_survives(r: &Route, addrs_left: &BTreeSet<Address>) -> bool {
 ///
 /// Only evnet's objects are touched: namespaces that are desired or that
 /// [`naming::owned_netns`] assigns to this host (everything inside them but
-/// `lo` is evnet's), and `evx*` links stranded in the host namespace.
-/// Order: deletions bottom-up (neighbours/FDB, routes, addresses, links,
-/// namespaces), then creations top-down (namespaces, links, moves, link
-/// settings, sysctls, addresses, routes, neighbours/FDB, firewall).
+/// `lo` is evnet's, but in a runtime's namespace only evnet's devices and
+/// policy rules with evnet's mark), and `evx*` links stranded in the host
+/// namespace. Order: deletions bottom-up (neighbours/FDB, policy rules,
+/// routes, addresses, links, namespaces), then creations top-down
+/// (namespaces, links, moves, link settings, sysctls, addresses, routes,
+/// policy rules, neighbours/FDB, firewall).
 ///
 /// Shapers: an ENI with a limit gets HTB on its VPC-side veth (what it
 /// receives) and on its IFB (what it sends, redirected from the veth's
@@ -567,6 +580,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
     // Deletions of stale items on surviving links in desired namespaces.
     let mut del_fdb = Vec::new();
     let mut del_neigh = Vec::new();
+    let mut del_rule = Vec::new();
     let mut del_route = Vec::new();
     let mut del_addr = Vec::new();
     let mut addrs_left: BTreeMap<&str, BTreeSet<Address>> = BTreeMap::new();
@@ -595,14 +609,22 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
             }
         }
         for r in &st.routes {
-            if alive(name, &r.dev) && route_survives(r, &left) && t.routes.get(&r.dst) != Some(r) {
+            if alive(name, &r.dev) && route_survives(r, &left) && t.routes.get(&(r.table, r.dst)) != Some(r) {
                 del_route.push(Op::DelRoute { ns: ns.clone(), route: r.clone() });
+            }
+        }
+        // Never in the host namespace (its rules are not evnet's to read);
+        // elsewhere only rules with evnet's mark.
+        if name != HOST {
+            for r in policy::stale(&t.rules, &st.rules) {
+                del_rule.push(Op::DelRule { ns: ns.clone(), rule: r.clone() });
             }
         }
         addrs_left.insert(name.as_str(), left);
     }
     ops.extend(del_fdb);
     ops.extend(del_neigh);
+    ops.extend(del_rule);
     ops.extend(del_route);
     ops.extend(del_addr);
     ops.extend(link_deletes);
@@ -756,6 +778,13 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
             if !kept {
                 ops.push(Op::AddRoute { ns: ns_of(name), route: r.clone() });
             }
+        }
+    }
+    // Rules outlive devices and addresses: only a missing one is added.
+    for (name, t) in &tgt {
+        let st = obs_ns(observed, name).unwrap_or(&empty);
+        for r in policy::missing(&t.rules, &st.rules) {
+            ops.push(Op::AddRule { ns: ns_of(name), rule: r.clone() });
         }
     }
     for (name, t) in &tgt {

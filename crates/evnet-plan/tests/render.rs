@@ -106,7 +106,7 @@ table inet evnet {{
 fn ops_serialise_and_print() {
     let op = evnet_plan::Op::AddRoute {
         ns: evnet_plan::Ns::named("evv-00000001-101"),
-        route: evnet_plan::Route { dst: "10.0.0.12/32".parse().unwrap(), dev: "evx101".into(), via: None },
+        route: evnet_plan::Route::main("10.0.0.12/32".parse().unwrap(), "evx101", None),
     };
     assert_eq!(op.to_string(), "[evv-00000001-101] route add 10.0.0.12/32 dev evx101 scope link");
     let json = serde_json::to_string(&op).unwrap();
@@ -118,6 +118,34 @@ fn ops_serialise_and_print() {
     assert_eq!(serde_json::to_value(&shaper).unwrap()["op"], shaper.kind());
     let sysctl = evnet_plan::Op::SetSysctl { ns: evnet_plan::Ns::Host, key: "net.ipv4.ip_forward".into(), value: "1".into() };
     assert_eq!(serde_json::to_value(&sysctl).unwrap()["op"], sysctl.kind());
+}
+
+#[test]
+fn policy_routing_ops_serialise_and_print() {
+    let ns = evnet_plan::Ns::named("evi-00000001-0000000000000001");
+    let route =
+        evnet_plan::Route { dst: "0.0.0.0/0".parse().unwrap(), dev: "eth1".into(), via: Some(Ipv4Addr::new(10, 0, 1, 1)), table: 10_001 };
+    let op = evnet_plan::Op::AddRoute { ns: ns.clone(), route };
+    assert_eq!(op.to_string(), "[evi-00000001-0000000000000001] route add 0.0.0.0/0 via 10.0.1.1 dev eth1 table 10001");
+    let json = serde_json::to_string(&op).unwrap();
+    assert!(json.ends_with(r#""via":"10.0.1.1","table":10001}}"#), "{json}");
+    assert_eq!(serde_json::from_str::<evnet_plan::Op>(&json).unwrap(), op);
+    let rule = evnet_plan::PolicyRule { priority: 10_001, from: "10.0.1.20/32".parse().unwrap(), table: 10_001 };
+    let op = evnet_plan::Op::AddRule { ns: ns.clone(), rule: rule.clone() };
+    assert_eq!(op.to_string(), "[evi-00000001-0000000000000001] rule add from 10.0.1.20/32 lookup 10001 priority 10001");
+    let json = serde_json::to_string(&op).unwrap();
+    assert_eq!(
+        json,
+        r#"{"op":"add_rule","ns":{"named":"evi-00000001-0000000000000001"},"rule":{"priority":10001,"from":"10.0.1.20/32","table":10001}}"#
+    );
+    assert_eq!(serde_json::from_str::<evnet_plan::Op>(&json).unwrap(), op);
+    assert_eq!(op.kind(), "add_rule");
+    let del = evnet_plan::Op::DelRule { ns, rule };
+    assert_eq!(del.kind(), "del_rule");
+    assert_eq!(del.to_string(), "[evi-00000001-0000000000000001] rule del from 10.0.1.20/32 lookup 10001 priority 10001");
+    // A main-table route from before tables were recorded reads as one.
+    let old: evnet_plan::Route = serde_json::from_str(r#"{"dst":"10.0.0.0/16","dev":"eth1","via":"10.0.1.1"}"#).unwrap();
+    assert_eq!(old.table, evnet_plan::MAIN_TABLE);
 }
 
 #[test]

@@ -3,13 +3,13 @@
 //! inside the VPC, the receiver's ingress groups, each with its verdict and
 //! the rule or fact that decided it, the way `ovn-trace` explains OVN.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use evnet_client::{Client, EniFilter};
 use evnet_model::Protocol;
-use evnet_model::desired::routed_vpc_blocks;
 use evnet_model::ids::Kind;
-use evnet_model::trace::{Trace, TraceRequest, TraceVerdict};
+use evnet_model::trace::{InstanceEni, Trace, TraceRequest, TraceVerdict, leaving_eni};
 
 use super::OutputFormat;
 use super::render::{table, to_json};
@@ -21,14 +21,15 @@ pub(crate) const EXAMPLES: &str = "Examples:
   evnet trace web-1 10.0.1.5 --port 22 -o json
 
 FROM is an ENI or an instance, by id or name (for an instance, the ENI its
-routes would send the packet through: eth0, or an ENI in another VPC whose
-block holds the destination). Nothing is sent:
+routing sends the packet through: the ENI whose address --source-ip is,
+else eth0, or an ENI in another VPC whose block holds the destination).
+Nothing is sent:
 the answer is computed from the resources, with the data plane's rules.";
 
 /// The packet to explain.
 #[derive(clap::Args, Debug)]
 pub struct TraceArgs {
-    /// The sender: an ENI, or an instance (the ENI its routes pick), by id or name.
+    /// The sender: an ENI, or an instance (the ENI its routing picks), by id or name.
     pub from: String,
     /// The destination address.
     pub destination: Ipv4Addr,
@@ -57,7 +58,7 @@ pub(crate) async fn run(args: TraceArgs, client: &Client, out: OutputFormat) -> 
     if matches!(args.protocol, Protocol::Tcp | Protocol::Udp) && args.port.is_none() {
         anyhow::bail!("a tcp or udp packet needs a destination port: add --port N (or --protocol icmp)");
     }
-    let source_eni_id = source_eni(client, &args.from, args.destination).await?;
+    let source_eni_id = source_eni(client, &args.from, args.destination, args.source_ip).await?;
     let req = TraceRequest {
         source_eni_id,
         destination_ip: args.destination,
@@ -73,11 +74,12 @@ pub(crate) async fn run(args: TraceArgs, client: &Client, out: OutputFormat) -> 
     Ok(())
 }
 
-/// The ENI `text` names; for an instance, the ENI its routes send a packet
-/// to `destination` through: an ENI in another VPC whose block holds the
-/// destination (the planner routes that block through it unless it overlaps
-/// the primary VPC's or an earlier ENI's), else eth0.
-async fn source_eni(client: &Client, text: &str, destination: Ipv4Addr) -> anyhow::Result<String> {
+/// The ENI `text` names; for an instance, the ENI its routing sends a
+/// packet from `source_ip` to `destination` through
+/// ([`evnet_model::trace::leaving_eni`]): the ENI holding the source
+/// address, else an ENI in another VPC whose block holds the destination,
+/// else eth0.
+async fn source_eni(client: &Client, text: &str, destination: Ipv4Addr, source_ip: Option<Ipv4Addr>) -> anyhow::Result<String> {
     let text = text.trim();
     let instance = match Kind::of_id(text) {
         Some(Kind::Eni) => return Ok(text.to_string()),
@@ -93,20 +95,26 @@ async fn source_eni(client: &Client, text: &str, destination: Ipv4Addr) -> anyho
             }
         }
     };
-    let mut enis = client.list_enis(&EniFilter { instance_id: Some(instance.clone()), ..Default::default() }).await?;
-    enis.sort_by_key(|e| e.attachment.as_ref().map_or(u32::MAX, |a| a.device_index));
-    let Some(primary) = enis.first().filter(|e| e.attachment.as_ref().is_some_and(|a| a.device_index == 0)).cloned() else {
-        anyhow::bail!("instance {instance} has no eth0: trace from one of its ENIs instead");
-    };
-    let primary_block = client.get_vpc(&primary.vpc_id).await?.cidr_block;
-    let mut secondaries = Vec::new();
-    for e in enis.iter().skip(1).filter(|e| e.vpc_id != primary.vpc_id) {
-        secondaries.push((e.id.clone(), client.get_vpc(&e.vpc_id).await?.cidr_block));
+    let enis = client.list_enis(&EniFilter { instance_id: Some(instance.clone()), ..Default::default() }).await?;
+    let mut blocks: BTreeMap<String, ipnet::Ipv4Net> = BTreeMap::new();
+    let mut seen = Vec::new();
+    for e in &enis {
+        let Some(att) = &e.attachment else { continue };
+        if !blocks.contains_key(&e.vpc_id) {
+            blocks.insert(e.vpc_id.clone(), client.get_vpc(&e.vpc_id).await?.cidr_block);
+        }
+        seen.push(InstanceEni {
+            eni_id: e.id.clone(),
+            device_index: att.device_index,
+            vpc_id: e.vpc_id.clone(),
+            vpc_block: blocks[&e.vpc_id],
+            ips: e.all_ips().collect(),
+        });
     }
-    if let Some((id, _)) = routed_vpc_blocks(primary_block, secondaries).into_iter().find(|(_, b)| b.contains(&destination)) {
-        return Ok(id);
+    match leaving_eni(&seen, destination, source_ip) {
+        Some(e) => Ok(e.eni_id.clone()),
+        None => anyhow::bail!("instance {instance} has no eth0: trace from one of its ENIs instead"),
     }
-    Ok(primary.id)
 }
 
 fn render(req: &TraceRequest, t: &Trace) -> String {
