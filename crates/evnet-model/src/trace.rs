@@ -37,7 +37,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{Eni, Host, Instance, Peering, PeeringStatus, Protocol, Route, RouteTable, SecurityGroup, SgRule, Subnet, Vpc};
+use crate::resources::{
+    ElasticIp, Eni, Host, Instance, InternetGateway, Peering, PeeringStatus, Protocol, Route, RouteTable, SecurityGroup, SgRule, Subnet, Vpc,
+};
 use crate::rule::Rule;
 
 /// The packet to trace: from an ENI (by id) to an address.
@@ -98,6 +100,9 @@ pub enum TraceVerdict {
     /// Reaches an appliance (an ENI a route sends it to) with its
     /// addresses unchanged; the appliance decides what comes next.
     DeliveredToAppliance,
+    /// Leaves the VPC by its internet gateway, its source translated to
+    /// the sender's elastic IP.
+    ToExternalNetwork,
     /// Answered by the VPC's router (a subnet gateway address).
     AnsweredByGateway,
     Dropped,
@@ -134,6 +139,10 @@ pub struct TraceWorld<'a> {
     pub groups: BTreeMap<&'a str, &'a SecurityGroup>,
     pub instances: BTreeMap<&'a str, &'a Instance>,
     pub hosts: BTreeMap<&'a str, &'a Host>,
+    /// The VPC's internet gateway, if it has one.
+    pub internet_gateways: Vec<&'a InternetGateway>,
+    /// Elastic IPs associated with the VPC's ENIs.
+    pub elastic_ips: Vec<&'a ElasticIp>,
 }
 
 /// Why a request cannot be traced (the caller's mistake).
@@ -206,6 +215,9 @@ pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result
         if is_eni_route(r, world) && r.target != source.id {
             return Ok(to_appliance(t, world, req, src_host, src_ip, &what, tb, r));
         }
+        if is_igw_route(r) {
+            return Ok(to_internet(t, world, source, src_host, src_ip, dst, tb, r));
+        }
     }
     if !inside {
         let Some(hop) = peering_hop(&mut t, world, source, dst) else { return Ok(t) };
@@ -252,8 +264,13 @@ fn is_eni_route(r: &Route, world: &TraceWorld<'_>) -> bool {
     r.target.starts_with("eni-") || world.enis.iter().any(|e| e.id == r.target)
 }
 
-/// The longest route of `table` the data plane installs (to a peering or
-/// an ENI) that covers `ip`; `inside` the VPC's block, only a route to an
+/// Whether `r` sends to an internet gateway.
+fn is_igw_route(r: &Route) -> bool {
+    r.target.starts_with("igw-")
+}
+
+/// The longest route of `table` the data plane installs (to a peering, an
+/// ENI or an internet gateway) that covers `ip`; `inside` the VPC's block, only a route to an
 /// ENI inside the block (more specific than the local route) counts.
 fn longest_route<'a>(table: &'a RouteTable, ip: Ipv4Addr, world: &TraceWorld<'_>, inside: bool) -> Option<&'a Route> {
     let vpc = world.vpcs_block(&table.vpc_id);
@@ -265,7 +282,7 @@ fn longest_route<'a>(table: &'a RouteTable, ip: Ipv4Addr, world: &TraceWorld<'_>
             if inside {
                 is_eni_route(r, world) && vpc.is_some_and(|b| b.contains(&r.destination_cidr))
             } else {
-                is_peering_route(r, world) || is_eni_route(r, world)
+                is_peering_route(r, world) || is_eni_route(r, world) || is_igw_route(r)
             }
         })
         .max_by_key(|r| r.destination_cidr.prefix_len())
@@ -291,7 +308,7 @@ fn peering_hop<'a>(t: &mut Trace, world: &TraceWorld<'a>, source: &Eni, dst: Ipv
         let other = table.routes.iter().filter(|r| r.target != "local" && r.destination_cidr.contains(&dst)).max_by_key(|r| r.destination_cidr.prefix_len());
         stop(match other {
             Some(r) => format!(
-                "{outside}; {} sends {} to {}, a target the data plane does not forward yet (it forwards routes to peerings and ENIs): dropped",
+                "{outside}; {} sends {} to {}, a target the data plane does not forward yet (it forwards routes to peerings, ENIs and internet gateways): dropped",
                 table.id, r.destination_cidr, r.target
             ),
             None => format!("{outside} and {} has no route for it: dropped", table.id),
@@ -478,6 +495,37 @@ fn to_appliance(mut t: Trace, world: &TraceWorld<'_>, req: &TraceRequest, src_ho
     t
 }
 
+/// A route of the sender's table sends the packet to its VPC's internet
+/// gateway: it leaves with its source translated to the elastic IP of its
+/// source address, on the sender's host; without one it is dropped.
+#[allow(clippy::too_many_arguments)]
+fn to_internet(mut t: Trace, world: &TraceWorld<'_>, source: &Eni, src_host: Option<&str>, src_ip: Ipv4Addr, dst: Ipv4Addr, table: &RouteTable, route: &Route) -> Trace {
+    let text = format!("{} → {} in {}", route.destination_cidr, route.target, table.id);
+    let stop = |t: &mut Trace, detail: String| t.steps.push(TraceStep { stage: TraceStage::Route, pass: false, detail });
+    if !world.internet_gateways.iter().any(|g| g.id == route.target && g.vpc_id == world.vpc.id) {
+        stop(&mut t, format!("the route {text} is a blackhole: {} is not {}'s internet gateway (deleted?): dropped", route.target, world.vpc.id));
+        return t;
+    }
+    let eip = world.elastic_ips.iter().find(|x| x.association.as_ref().is_some_and(|a| a.eni_id.as_deref() == Some(source.id.as_str()) && a.private_ip == src_ip));
+    let Some(eip) = eip else {
+        stop(&mut t, format!("the route {text} leads out by the internet gateway, but {src_ip} has no elastic IP (evnet eip associate): dropped on the sender's host"));
+        return t;
+    };
+    let host = src_host.and_then(|h| world.hosts.get(h)).map_or("the sender's host".to_string(), |h| h.name.clone());
+    t.steps.push(TraceStep {
+        stage: TraceStage::Route,
+        pass: src_host.is_some(),
+        detail: format!(
+            "the route {text} leads out by the internet gateway: on {host} the source {src_ip} becomes its elastic IP {} ({}), and the packet leaves for {dst} on {}",
+            eip.address, eip.id, eip.external_network_id
+        ),
+    });
+    if src_host.is_some() {
+        t.verdict = TraceVerdict::ToExternalNetwork;
+    }
+    t
+}
+
 /// Appends `step`; whether the packet goes on.
 fn push(t: &mut Trace, step: TraceStep) -> bool {
     let pass = step.pass;
@@ -656,6 +704,8 @@ mod tests {
         peer_subnet: Subnet,
         tables: Vec<RouteTable>,
         peerings: Vec<Peering>,
+        igws: Vec<InternetGateway>,
+        eips: Vec<ElasticIp>,
     }
 
     fn table(id: &str, vpc: &str, routes: &[(&str, &str)]) -> RouteTable {
@@ -766,6 +816,8 @@ mod tests {
                     p,
                 ],
                 groups: vec![default, web, sg_p],
+                igws: vec![],
+                eips: vec![],
                 hosts: vec![host("host-1", 1), host("host-2", 2)],
             }
         }
@@ -798,6 +850,8 @@ mod tests {
                 groups: self.groups.iter().map(|g| (g.id.as_str(), g)).collect(),
                 instances: instances.iter().map(|i| (i.id.as_str(), i)).collect(),
                 hosts: self.hosts.iter().map(|h| (h.id.as_str(), h)).collect(),
+                internet_gateways: self.igws.iter().collect(),
+                elastic_ips: self.eips.iter().collect(),
             };
             let source = self.enis.iter().find(|e| e.id == from).unwrap();
             let req = TraceRequest {
@@ -917,7 +971,7 @@ mod tests {
         // No route at all, or one to a target not forwarded.
         let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("no route"), "{t:?}");
-        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "igw-1"));
+        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "nat-1"));
         let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("does not forward yet"), "{t:?}");
     }
@@ -961,6 +1015,46 @@ mod tests {
     }
 
     #[test]
+    fn a_route_to_the_internet_gateway_leaves_by_an_elastic_ip() {
+        use crate::resources::EipAssociation;
+        let mut f = Fixture::new();
+        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "igw-1"));
+        // No such gateway: a blackhole.
+        let t = f.run("eni-a", [192, 0, 2, 9], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("blackhole"), "{t:?}");
+        f.igws.push(InternetGateway {
+            id: "igw-1".into(),
+            name: String::new(),
+            tags: Default::default(),
+            tenant: "t".into(),
+            created_at: String::new(),
+            revision: 1,
+            vpc_id: "vpc-1".into(),
+            external_network_id: "extnet-1".into(),
+        });
+        // No elastic IP for the source: dropped.
+        let t = f.run("eni-a", [192, 0, 2, 9], Protocol::Icmp, None, None);
+        assert!(t.verdict == TraceVerdict::Dropped && t.steps.last().unwrap().detail.contains("no elastic IP"), "{t:?}");
+        f.eips.push(ElasticIp {
+            id: "eipalloc-1".into(),
+            name: String::new(),
+            tags: Default::default(),
+            tenant: "t".into(),
+            created_at: String::new(),
+            revision: 1,
+            external_network_id: "extnet-1".into(),
+            address: Ipv4Addr::new(203, 0, 113, 10),
+            association: Some(EipAssociation { eni_id: Some("eni-a".into()), nat_gateway_id: None, private_ip: Ipv4Addr::new(10, 0, 1, 4) }),
+        });
+        let t = f.run("eni-a", [192, 0, 2, 9], Protocol::Icmp, None, None);
+        assert_eq!(t.verdict, TraceVerdict::ToExternalNetwork, "{t:?}");
+        assert!(t.steps.last().unwrap().detail.contains("becomes its elastic IP 203.0.113.10"), "{t:?}");
+        // The peering's longer route still wins for the peer's block; another ENI has no elastic IP.
+        assert_eq!(f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None).verdict, TraceVerdict::Delivered);
+        assert_eq!(f.run("eni-b", [192, 0, 2, 9], Protocol::Icmp, None, None).verdict, TraceVerdict::Dropped);
+    }
+
+    #[test]
     fn a_rule_with_an_empty_port_range_matches_nothing() {
         let mut f = Fixture::new();
         f.groups[1].ingress = vec![rule(Protocol::Tcp, Some((90, 80)), Some("0.0.0.0/0"), None)];
@@ -980,6 +1074,8 @@ mod tests {
             groups: BTreeMap::new(),
             instances: BTreeMap::new(),
             hosts: BTreeMap::new(),
+            internet_gateways: vec![],
+            elastic_ips: vec![],
         };
         let req = |protocol, port| TraceRequest { source_eni_id: "eni-a".into(), destination_ip: Ipv4Addr::LOCALHOST, protocol, port, source_ip: None };
         assert_eq!(trace(&req(Protocol::All, None), &f.enis[0], &world), Err(TraceError::NotAPacketProtocol));
