@@ -309,6 +309,11 @@ expect_error("Resource.AlreadyAssociated", ec2.associate_address, AllocationId=a
 ec2.associate_address(AllocationId=a1["AllocationId"], NetworkInterfaceId=e3["NetworkInterfaceId"], AllowReassociation=True)
 assert ec2.describe_addresses(AllocationIds=[a1["AllocationId"]])["Addresses"][0]["NetworkInterfaceId"] == e3["NetworkInterfaceId"]
 expect_error("InvalidIPAddress.InUse", ec2.release_address, AllocationId=a1["AllocationId"])
+ec2.create_tags(Resources=[a1["AllocationId"]], Tags=[{"Key": "team", "Value": "web"}])
+rows = ec2.describe_tags(Filters=[{"Name": "resource-type", "Values": ["elastic-ip"]}])["Tags"]
+assert sorted((r["ResourceId"], r["Key"], r["Value"]) for r in rows) == [(a1["AllocationId"], "Name", "front-ip"), (a1["AllocationId"], "team", "web")], rows
+assert ok("GET", f"/v1/elastic-ips/{a1['AllocationId']}", A["token"])["name"] == "front-ip"
+
 # Another tenant sees none of them.
 assert other.describe_addresses()["Addresses"] == []
 expect_error("InvalidAllocationID.NotFound", other.release_address, AllocationId=a1["AllocationId"])
