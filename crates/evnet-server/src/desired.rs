@@ -226,7 +226,8 @@ fn route_tables_desired(snap: &Snapshot, vpc_id: &str, mut tables: Vec<&RouteTab
                             }
                         }
                         Some(Kind::Eni) => match snap.enis.get(&r.target).map(|e| &*e.value) {
-                            Some(e) if e.vpc_id == vpc_id && e.attachment.is_some() => {
+                            // Only an ENI with its check off takes packets not addressed to it.
+                            Some(e) if e.vpc_id == vpc_id && e.attachment.is_some() && !e.source_dest_check => {
                                 RouteTargetDesired::Eni { eni_id: e.id.clone(), ip: e.private_ip }
                             }
                             _ => blackhole(),

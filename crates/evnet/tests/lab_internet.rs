@@ -17,7 +17,7 @@ use evnet_model::trace::{TraceRequest, TraceVerdict};
 use evnet_model::*;
 
 mod common;
-use common::{Lab, evnet, lab_state, never_reaches, ping_becomes};
+use common::{TestLab, never_reaches, ping_becomes};
 
 const ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
@@ -64,17 +64,10 @@ async fn elastic_ips_reach_and_are_reached_from_outside_and_follow_their_eni() {
     if !common::require_root("the lab internet test") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("lab");
-    let _lab = Lab { dir: dir.clone() };
-    evnet(&["lab", "up", "--hosts", "3", "--dataplane", "bpf", "--nic-shaping", "none", "--dir", &dir.display().to_string()]);
-    let st = lab_state(&dir);
-    let ext = st["external_netns"].as_str().unwrap().to_string();
-    let url = st["url"].as_str().unwrap().to_string();
-    let admin = Client::new(&url, st["admin_token"].as_str().unwrap()).unwrap();
-    let hosts = admin.list_hosts(&Default::default()).await.unwrap();
-    let host = |name: &str| hosts.iter().find(|h| h.name == name).unwrap().id.clone();
-    let c = Client::new(&url, st["tenant_token"].as_str().unwrap()).unwrap();
+    let lab = TestLab::bpf(3).await;
+    let ext = lab.state["external_netns"].as_str().unwrap().to_string();
+    let host = |name: &str| lab.host(name);
+    let c = &lab.tenant;
 
     let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.6.0.0/16".into(), ..Default::default() }).await.unwrap();
     let subnet = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.6.1.0/24".into(), ..Default::default() }).await.unwrap();
@@ -97,7 +90,7 @@ async fn elastic_ips_reach_and_are_reached_from_outside_and_follow_their_eni() {
     let mut routes = main.routes.clone();
     routes.push(Route::new("0.0.0.0/0".parse().unwrap(), igw.id.clone()));
     c.patch_route_table(&main.id, &PatchRouteTable { routes: Some(routes), ..Default::default() }).await.unwrap();
-    let t = trace_out(&c, &web_eni.id).await;
+    let t = trace_out(c, &web_eni.id).await;
     assert!(t.verdict == TraceVerdict::Dropped && t.steps.last().unwrap().detail.contains("no elastic IP"), "{t:?}");
     assert!(never_reaches(&web, ROUTER, 2), "no elastic IP, no way out");
     let eip = c.allocate_elastic_ip(&AllocateElasticIp::default()).await.unwrap();
@@ -111,7 +104,7 @@ async fn elastic_ips_reach_and_are_reached_from_outside_and_follow_their_eni() {
     assert!(tcp_connects(&ext, &web, 8080, public), "TCP 8080, which web's groups open, from outside");
     assert!(!tcp_connects(&ext, &web, 8081, public), "TCP 8081, which they do not");
     assert!(never_reaches(&other, ROUTER, 2), "an instance without an elastic IP reaches nothing outside");
-    let t = trace_out(&c, &web_eni.id).await;
+    let t = trace_out(c, &web_eni.id).await;
     assert_eq!(t.verdict, TraceVerdict::ToExternalNetwork, "{t:?}");
     assert!(t.steps.last().unwrap().detail.contains(&public.to_string()), "{t:?}");
 
@@ -128,5 +121,5 @@ async fn elastic_ips_reach_and_are_reached_from_outside_and_follow_their_eni() {
     assert!(flush.success());
     assert!(never_reaches(&ext, public, 2), "nobody answers for a disassociated address");
 
-    evnet(&["lab", "down", "--dir", &dir.display().to_string()]);
+    lab.down();
 }
