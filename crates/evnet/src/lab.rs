@@ -46,6 +46,10 @@ pub enum LabCommand {
         /// Tear the lab down at the end.
         #[arg(long)]
         down: bool,
+        /// The data plane of a lab the demo brings up (`bpf` also shows
+        /// the way out: an internet gateway and an elastic IP).
+        #[arg(long, value_enum, default_value_t = crate::daemons::DataplaneArg::Bpf)]
+        dataplane: crate::daemons::DataplaneArg,
     },
     /// `kill -9` one server (1-based, as `evnet cluster status` lists them by start): a failover drill.
     #[command(after_help = "Example:\n  sudo evnet lab kill-server 1 --dir /tmp/evnet-lab && evnet cluster status")]
@@ -197,9 +201,9 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::RestartAgent { dir, host, kill } => restart_agent(&dir, &host, kill).await,
         LabCommand::KillServer { k, dir } => kill_server(&dir, k),
         LabCommand::RestartServer { k, dir } => restart_server(&dir, k).await,
-        LabCommand::Demo { dir, hosts, down: tear_down } => {
+        LabCommand::Demo { dir, hosts, down: tear_down, dataplane } => {
             if !dir.join("lab.json").exists() {
-                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, nic_shaping: NicShaping::Underlay, port: 0, servers: 1, store: "embedded".into(), dataplane: crate::daemons::DataplaneArg::Nft }).await?;
+                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, nic_shaping: NicShaping::Underlay, port: 0, servers: 1, store: "embedded".into(), dataplane }).await?;
             }
             let result = crate::lab::demo(&dir).await;
             if tear_down {
@@ -1019,6 +1023,40 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         }
     }
     println!("   pings answered during the move: {answered} of 150 (one every 20 ms)");
+
+    // The way out (the tc-BPF data plane): red's VPC gets an internet
+    // gateway and a default route to it, red-1 an elastic IP.
+    if let (Some(ext), true) = (st.external_netns.as_deref(), st.dataplane == "bpf") {
+        println!("== the way out: an internet gateway for red's VPC, an elastic IP for red-1");
+        let red_vpc = red.get_subnet(&tenants[0].2.id).await?.vpc_id;
+        let vpc = red.get_vpc(&red_vpc).await?;
+        let igw = red.create_internet_gateway(&CreateInternetGateway { vpc_id: vpc.id.clone(), ..Default::default() }).await?;
+        let main = red.get_route_table(&vpc.main_route_table_id).await?;
+        let mut routes = main.routes.clone();
+        routes.push(Route::new("0.0.0.0/0".parse().expect("a block"), igw.id.clone()));
+        red.patch_route_table(&main.id, &PatchRouteTable { routes: Some(routes), ..Default::default() }).await?;
+        let eip = red.allocate_elastic_ip(&AllocateElasticIp::default()).await?;
+        red.associate_elastic_ip(&eip.id, &AssociateElasticIp { eni_id: red1.2.id.clone(), ..Default::default() }).await?;
+        // Pings from outside: the default group admits only its members.
+        let g = red.get_security_group(&vpc.default_security_group_id).await?;
+        let mut ingress = g.ingress.clone();
+        ingress.push(SgRule { protocol: Protocol::Icmp, from_port: None, to_port: None, cidr: Some("0.0.0.0/0".parse().expect("a block")), source_group_id: None });
+        red.patch_security_group(&g.id, &PatchSecurityGroup { ingress: Some(ingress), ..Default::default() }).await?;
+        println!("   {} on red-1's {} through {}", eip.address, red1.2.private_ip, igw.id);
+        let t0 = Instant::now();
+        let out = wait_until(Duration::from_secs(15), "red-1 to reach the external router", || async { ping_once(&red1.1.netns, EXTERNAL_GATEWAY) }).await.is_ok();
+        let took = t0.elapsed();
+        let checks = [
+            (format!("red-1 → {EXTERNAL_GATEWAY} (the external router), from {}", eip.address), out, true),
+            (format!("the external namespace → {} (red-1's elastic IP)", eip.address), ping_once(ext, eip.address), true),
+            (format!("red-3 (red-2's ENI, no elastic IP) → {EXTERNAL_GATEWAY}"), ping_once(&red3.netns, EXTERNAL_GATEWAY), false),
+        ];
+        for (what, got, want) in checks {
+            let verdict = if got == want { "ok" } else { failures += 1; "FAILED" };
+            println!("   {what:<62} {} [{verdict}]", if got { "reachable" } else { "unreachable" });
+        }
+        println!("   red-1 reached the outside {} ms after the calls returned", took.as_millis());
+    }
     if failures > 0 {
         bail!("{failures} demo check(s) failed; see the agent logs in {}", dir.display());
     }
