@@ -107,6 +107,11 @@ pub struct UpArgs {
     /// The data plane every agent builds (`evnet agent --dataplane`).
     #[arg(long, value_enum, default_value_t = crate::daemons::DataplaneArg::Nft)]
     pub dataplane: crate::daemons::DataplaneArg,
+    /// How long a host's agent may be silent before the servers mark the
+    /// host lost (`evnet server --host-lost-after-ms`; default the
+    /// server's). Tests of what follows a lost host shorten it.
+    #[arg(long)]
+    pub host_lost_after_ms: Option<u64>,
 }
 
 /// Whether a lab's hosts' NICs are as slow as they say ([`UpArgs::nic_shaping`]).
@@ -196,7 +201,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::RestartServer { k, dir } => restart_server(&dir, k).await,
         LabCommand::Demo { dir, hosts, down: tear_down } => {
             if !dir.join("lab.json").exists() {
-                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, nic_shaping: NicShaping::Underlay, port: 0, servers: 1, store: "embedded".into(), dataplane: crate::daemons::DataplaneArg::Nft }).await?;
+                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, nic_shaping: NicShaping::Underlay, port: 0, servers: 1, store: "embedded".into(), dataplane: crate::daemons::DataplaneArg::Nft, host_lost_after_ms: None }).await?;
             }
             let result = crate::lab::demo(&dir).await;
             if tear_down {
@@ -414,6 +419,9 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
         if !st.etcd.is_empty() {
             let endpoints: Vec<&str> = st.etcd.iter().map(|e| e.client_url.as_str()).collect();
             argv.extend(["--store".into(), "etcd".into(), "--etcd-endpoints".into(), endpoints.join(","), "--advertise-url".into(), url.clone()]);
+        }
+        if let Some(ms) = args.host_lost_after_ms {
+            argv.extend(["--host-lost-after-ms".into(), ms.to_string()]);
         }
         st.servers.push(LabServer { url: url.clone(), data_dir: data, args: argv, pid: None });
         let pid = spawn_server(dir, st, k)?;
