@@ -799,9 +799,10 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     }
     // Namespaces the agents made for these hosts, then the hosts' and the underlay's.
     let tags: Vec<String> = st.hosts.iter().filter_map(|h| h.host_id.as_deref()).map(evnet_plan::naming::host_tag).collect();
+    // (Any namespace evnet names after a host: VPCs', instances' and NAT gateways'.)
     let mut doomed: Vec<String> = netns_list()
         .into_iter()
-        .filter(|n| tags.iter().any(|t| n.starts_with(&format!("evv-{t}-")) || n.starts_with(&format!("evi-{t}-"))))
+        .filter(|n| st.hosts.iter().filter_map(|h| h.host_id.as_deref()).any(|id| evnet_plan::naming::owned_netns(n, id)))
         .collect();
     doomed.extend(st.hosts.iter().map(|h| h.netns.clone()));
     doomed.extend(st.underlay_netns.clone());
