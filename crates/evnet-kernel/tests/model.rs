@@ -1080,7 +1080,7 @@ fn a_nat_gateway_is_built_in_order_changed_and_removed() {
     let ns = naming::nat_netns(&d.host_id, &g.nat_gateway_id);
     let outer = naming::nat_outer(&g.nat_gateway_id);
     let ops = plan(&d, &k.observe().unwrap(), &cfg);
-    let at = |f: &dyn Fn(&Op) -> bool| ops.iter().position(|o| f(o)).unwrap_or_else(|| panic!("missing op in:\n{}", render(&ops)));
+    let at = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap_or_else(|| panic!("missing op in:\n{}", render(&ops)));
     let made = at(&|o| matches!(o, Op::CreateMacvlan { ns: n, name, parent } if *n == Ns::named(&ns) && *name == outer && parent == "ul0"));
     let notify = at(&|o| matches!(o, Op::SetSysctl { key, value, .. } if *key == format!("net.ipv4.conf.{outer}.arp_notify") && value == "1"));
     let addr = at(&|o| matches!(o, Op::AddAddress { dev, addr, .. } if *dev == outer && addr.to_string() == "203.0.113.10/24"));
