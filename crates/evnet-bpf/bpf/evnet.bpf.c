@@ -802,22 +802,24 @@ int evnet_overlay(struct __sk_buff *skb)
 		if (!(trust_flags & TRUST_ANY_SOURCE))
 			return drop(R_DROP_UNTRUSTED_SOURCE);
 	}
-	/* Addressed to the gateway's MAC: delivered by its destination. To
-	 * another MAC: an appliance route's packet, for the local appliance
-	 * with that MAC. */
-	struct route *rt;
+	/* Addressed to a local appliance's MAC: an appliance route's packet,
+	 * delivered there whatever its destination address. Otherwise (the
+	 * gateway's MAC, as instances send; a VTEP's, as the nftables layout's
+	 * hosts do) delivered by its destination address. */
+	struct route *rt = 0;
 	struct route to_appliance = {};
 	if (!mac_eq(eth->h_dest, cfg->gw_mac)) {
 		struct appliance_key ak = {.vni = vni};
 		mac_copy(ak.mac, eth->h_dest);
 		__u32 *aif = bpf_map_lookup_elem(&appliances, &ak);
-		if (!aif)
-			return drop(R_DROP_NOT_APPLIANCE);
-		to_appliance.kind = RT_LOCAL;
-		to_appliance.ifindex = *aif;
-		mac_copy(to_appliance.mac, ak.mac);
-		rt = &to_appliance;
-	} else {
+		if (aif) {
+			to_appliance.kind = RT_LOCAL;
+			to_appliance.ifindex = *aif;
+			mac_copy(to_appliance.mac, ak.mac);
+			rt = &to_appliance;
+		}
+	}
+	if (!rt) {
 		rt = route_of(vni, ip->daddr);
 		if (!rt || rt->kind != RT_LOCAL)
 			return drop(R_DROP_NO_ROUTE);

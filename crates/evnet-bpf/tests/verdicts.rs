@@ -660,9 +660,10 @@ fn appliance_verdicts(mode: FlowState) {
     assert_eq!(packet::macs(&o.packet), (R_MAC, GW_MAC));
 
     // Received: addressed to D's MAC, for an address that is not D's, from
-    // R's host. Delivered to D only once D is a known appliance.
+    // R's host. Delivered to D only once D is a known appliance (before,
+    // by its destination, which no ENI here holds).
     let to_d = packet::ipv4(D_MAC, R_MAC, ip("10.0.0.30"), ip("192.0.2.9"), L4::Tcp { sport: 42000, dport: 80, flags: 0x02 });
-    expect(&dp.test_overlay(VNI1, ip("198.18.0.2"), &to_d).unwrap(), Verdict::Drop, Reason::DropNotAppliance);
+    expect(&dp.test_overlay(VNI1, ip("198.18.0.2"), &to_d).unwrap(), Verdict::Drop, Reason::DropNoRoute);
     dp.set_appliance(VNI1, D_MAC, h.d).unwrap();
     let o = dp.test_overlay(VNI1, ip("198.18.0.2"), &to_d).unwrap();
     expect(&o, Verdict::Redirect, Reason::PassAppliance);

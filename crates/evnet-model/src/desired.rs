@@ -157,8 +157,9 @@ pub enum RouteTargetDesired {
     /// Into the peer VPC of an active peering: the packet is looked up
     /// among the peer's ENIs (never further: peering is not transitive).
     Peering { peering_id: String, peer_vpc_id: String, peer_vni: u32 },
-    /// To an attached ENI of the same VPC (an appliance, which takes the
-    /// packets only with its source/dest check off), found by its primary
+    /// To an attached ENI of the same VPC with its source/dest check off
+    /// (an appliance; with the check on, the route is a blackhole: the ENI
+    /// would take only packets addressed to it), found by its primary
     /// address `ip` wherever it runs: the packet keeps its addresses.
     Eni { eni_id: String, ip: Ipv4Addr },
     /// To the VPC's internet gateway: out by the sender's elastic IP,

@@ -30,7 +30,8 @@
 //! * to a NAT gateway: the same, to the gateway's host; it sends the packet
 //!   to the external network with its source translated to its elastic IP
 //!   (outbound only); a deleted gateway is a blackhole;
-//!   routes to other targets (internet gateways) are not forwarded;
+//! * to the internet gateway: out with the source's elastic IP, translated
+//!   on the sender's host; without one, dropped;
 //! * ingress: a rule of one of the receiver's groups must match the source
 //!   (an ENI without groups receives nothing new);
 //! * groups are stateful: replies of an allowed flow pass both ways.
@@ -40,7 +41,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{Eni, Host, Instance, NatGateway, Peering, PeeringStatus, Protocol, Route, RouteTable, SecurityGroup, SgRule, Subnet, Vpc};
+use crate::resources::{
+    ElasticIp, Eni, Host, Instance, InternetGateway, NatGateway, Peering, PeeringStatus, Protocol, Route, RouteTable, SecurityGroup, SgRule, Subnet, Vpc,
+};
 use crate::rule::Rule;
 
 /// The packet to trace: from an ENI (by id) to an address.
@@ -101,6 +104,10 @@ pub enum TraceVerdict {
     /// Reaches an appliance (an ENI a route sends it to) with its
     /// addresses unchanged; the appliance decides what comes next.
     DeliveredToAppliance,
+    /// Leaves the VPC for an external network, its source translated: by
+    /// the internet gateway to the sender's elastic IP, or through a NAT
+    /// gateway to the gateway's.
+    ToExternalNetwork,
     /// Answered by the VPC's router (a subnet gateway address).
     AnsweredByGateway,
     Dropped,
@@ -140,6 +147,10 @@ pub struct TraceWorld<'a> {
     /// The VPC's NAT gateways, each with its elastic IP's address (if the
     /// elastic IP is still there); their hosts are among `hosts`.
     pub nat_gateways: Vec<(&'a NatGateway, Option<Ipv4Addr>)>,
+    /// The VPC's internet gateway, if it has one.
+    pub internet_gateways: Vec<&'a InternetGateway>,
+    /// Elastic IPs associated with the VPC's ENIs.
+    pub elastic_ips: Vec<&'a ElasticIp>,
 }
 
 /// Why a request cannot be traced (the caller's mistake).
@@ -215,6 +226,9 @@ pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result
         if is_eni_route(r, world) && r.target != source.id {
             return Ok(to_appliance(t, world, req, src_host, src_ip, &what, tb, r));
         }
+        if is_igw_route(r) {
+            return Ok(to_internet(t, world, source, src_host, src_ip, dst, tb, r));
+        }
     }
     if !inside {
         let Some(hop) = peering_hop(&mut t, world, source, dst) else { return Ok(t) };
@@ -261,14 +275,19 @@ fn is_eni_route(r: &Route, world: &TraceWorld<'_>) -> bool {
     r.target.starts_with("eni-") || world.enis.iter().any(|e| e.id == r.target)
 }
 
+/// Whether `r` sends to an internet gateway.
+fn is_igw_route(r: &Route) -> bool {
+    r.target.starts_with("igw-")
+}
+
 /// Whether `r` sends to a NAT gateway (which the data plane treats as an
 /// appliance of the VPC).
 fn is_nat_route(r: &Route) -> bool {
     r.target.starts_with("nat-")
 }
 
-/// The longest route of `table` the data plane installs (to a peering or
-/// an ENI) that covers `ip`; `inside` the VPC's block, only a route to an
+/// The longest route of `table` the data plane installs (to a peering, an
+/// ENI, an internet or a NAT gateway) that covers `ip`; `inside` the VPC's block, only a route to an
 /// ENI inside the block (more specific than the local route) counts.
 fn longest_route<'a>(table: &'a RouteTable, ip: Ipv4Addr, world: &TraceWorld<'_>, inside: bool) -> Option<&'a Route> {
     let vpc = world.vpcs_block(&table.vpc_id);
@@ -280,7 +299,7 @@ fn longest_route<'a>(table: &'a RouteTable, ip: Ipv4Addr, world: &TraceWorld<'_>
             if inside {
                 (is_eni_route(r, world) || is_nat_route(r)) && vpc.is_some_and(|b| b.contains(&r.destination_cidr))
             } else {
-                is_peering_route(r, world) || is_eni_route(r, world) || is_nat_route(r)
+                is_peering_route(r, world) || is_eni_route(r, world) || is_igw_route(r) || is_nat_route(r)
             }
         })
         .max_by_key(|r| r.destination_cidr.prefix_len())
@@ -306,7 +325,7 @@ fn peering_hop<'a>(t: &mut Trace, world: &TraceWorld<'a>, source: &Eni, dst: Ipv
         let other = table.routes.iter().filter(|r| r.target != "local" && r.destination_cidr.contains(&dst)).max_by_key(|r| r.destination_cidr.prefix_len());
         stop(match other {
             Some(r) => format!(
-                "{outside}; {} sends {} to {}, a target the data plane does not forward yet (it forwards routes to peerings and ENIs): dropped",
+                "{outside}; {} sends {} to {}, a target the data plane does not forward yet (it forwards routes to peerings, ENIs, internet and NAT gateways): dropped",
                 table.id, r.destination_cidr, r.target
             ),
             None => format!("{outside} and {} has no route for it: dropped", table.id),
@@ -524,7 +543,7 @@ fn to_nat_gateway(mut t: Trace, world: &TraceWorld<'_>, src_host: Option<&str>, 
     if src_host.is_none() {
         return t;
     }
-    t.verdict = TraceVerdict::DeliveredToAppliance;
+    t.verdict = TraceVerdict::ToExternalNetwork;
     t.destination_host_id = Some(nat.host_id.clone());
     t.steps.push(TraceStep {
         stage: TraceStage::Route,
@@ -534,6 +553,37 @@ fn to_nat_gateway(mut t: Trace, world: &TraceWorld<'_>, src_host: Option<&str>, 
             nat.id
         ),
     });
+    t
+}
+
+/// A route of the sender's table sends the packet to its VPC's internet
+/// gateway: it leaves with its source translated to the elastic IP of its
+/// source address, on the sender's host; without one it is dropped.
+#[allow(clippy::too_many_arguments)]
+fn to_internet(mut t: Trace, world: &TraceWorld<'_>, source: &Eni, src_host: Option<&str>, src_ip: Ipv4Addr, dst: Ipv4Addr, table: &RouteTable, route: &Route) -> Trace {
+    let text = format!("{} → {} in {}", route.destination_cidr, route.target, table.id);
+    let stop = |t: &mut Trace, detail: String| t.steps.push(TraceStep { stage: TraceStage::Route, pass: false, detail });
+    if !world.internet_gateways.iter().any(|g| g.id == route.target && g.vpc_id == world.vpc.id) {
+        stop(&mut t, format!("the route {text} is a blackhole: {} is not {}'s internet gateway (deleted?): dropped", route.target, world.vpc.id));
+        return t;
+    }
+    let eip = world.elastic_ips.iter().find(|x| x.association.as_ref().is_some_and(|a| a.eni_id.as_deref() == Some(source.id.as_str()) && a.private_ip == src_ip));
+    let Some(eip) = eip else {
+        stop(&mut t, format!("the route {text} leads out by the internet gateway, but {src_ip} has no elastic IP (evnet eip associate): dropped on the sender's host"));
+        return t;
+    };
+    let host = src_host.and_then(|h| world.hosts.get(h)).map_or("the sender's host".to_string(), |h| h.name.clone());
+    t.steps.push(TraceStep {
+        stage: TraceStage::Route,
+        pass: src_host.is_some(),
+        detail: format!(
+            "the route {text} leads out by the internet gateway: on {host} the source {src_ip} becomes its elastic IP {} ({}), and the packet leaves for {dst} on {}",
+            eip.address, eip.id, eip.external_network_id
+        ),
+    });
+    if src_host.is_some() {
+        t.verdict = TraceVerdict::ToExternalNetwork;
+    }
     t
 }
 
@@ -716,6 +766,8 @@ mod tests {
         tables: Vec<RouteTable>,
         peerings: Vec<Peering>,
         nats: Vec<NatGateway>,
+        igws: Vec<InternetGateway>,
+        eips: Vec<ElasticIp>,
     }
 
     fn table(id: &str, vpc: &str, routes: &[(&str, &str)]) -> RouteTable {
@@ -827,6 +879,8 @@ mod tests {
                     p,
                 ],
                 groups: vec![default, web, sg_p],
+                igws: vec![],
+                eips: vec![],
                 hosts: vec![host("host-1", 1), host("host-2", 2)],
             }
         }
@@ -860,6 +914,8 @@ mod tests {
                 instances: instances.iter().map(|i| (i.id.as_str(), i)).collect(),
                 hosts: self.hosts.iter().map(|h| (h.id.as_str(), h)).collect(),
                 nat_gateways: self.nats.iter().map(|n| (n, Some(Ipv4Addr::new(203, 0, 113, 10)))).collect(),
+                internet_gateways: self.igws.iter().collect(),
+                elastic_ips: self.eips.iter().collect(),
             };
             let source = self.enis.iter().find(|e| e.id == from).unwrap();
             let req = TraceRequest {
@@ -979,7 +1035,7 @@ mod tests {
         // No route at all, or one to a target not forwarded.
         let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("no route"), "{t:?}");
-        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "igw-1"));
+        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "vgw-1"));
         let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("does not forward yet"), "{t:?}");
     }
@@ -1023,6 +1079,47 @@ mod tests {
     }
 
     #[test]
+    fn a_route_to_the_internet_gateway_leaves_by_an_elastic_ip() {
+        use crate::resources::EipAssociation;
+        let mut f = Fixture::new();
+        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "igw-1"));
+        // No such gateway: a blackhole.
+        let t = f.run("eni-a", [192, 0, 2, 9], Protocol::Icmp, None, None);
+        assert!(t.steps.last().unwrap().detail.contains("blackhole"), "{t:?}");
+        f.igws.push(InternetGateway {
+            id: "igw-1".into(),
+            name: String::new(),
+            tags: Default::default(),
+            tenant: "t".into(),
+            created_at: String::new(),
+            revision: 1,
+            vpc_id: "vpc-1".into(),
+            external_network_id: "extnet-1".into(),
+        });
+        // No elastic IP for the source: dropped.
+        let t = f.run("eni-a", [192, 0, 2, 9], Protocol::Icmp, None, None);
+        assert!(t.verdict == TraceVerdict::Dropped && t.steps.last().unwrap().detail.contains("no elastic IP"), "{t:?}");
+        f.eips.push(ElasticIp {
+            id: "eipalloc-1".into(),
+            name: String::new(),
+            tags: Default::default(),
+            tenant: "t".into(),
+            created_at: String::new(),
+            revision: 1,
+            external_network_id: "extnet-1".into(),
+            address: Ipv4Addr::new(203, 0, 113, 10),
+            association: Some(EipAssociation { eni_id: Some("eni-a".into()), nat_gateway_id: None, private_ip: Ipv4Addr::new(10, 0, 1, 4) }),
+        });
+        let t = f.run("eni-a", [192, 0, 2, 9], Protocol::Icmp, None, None);
+        assert_eq!(t.verdict, TraceVerdict::ToExternalNetwork, "{t:?}");
+        assert!(t.steps.last().unwrap().detail.contains("becomes its elastic IP 203.0.113.10"), "{t:?}");
+        // The peering's longer route still wins for the peer's block; another ENI has no elastic IP.
+        assert_eq!(f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None).verdict, TraceVerdict::Delivered);
+        assert_eq!(f.run("eni-b", [192, 0, 2, 9], Protocol::Icmp, None, None).verdict, TraceVerdict::Dropped);
+    }
+
+
+    #[test]
     fn a_route_to_a_nat_gateway_leaves_translated_to_its_elastic_ip() {
         let mut f = Fixture::new();
         f.nats.push(NatGateway {
@@ -1041,7 +1138,7 @@ mod tests {
         });
         f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "nat-1"));
         let t = f.run("eni-a", [192, 0, 2, 9], Protocol::Tcp, Some(443), None);
-        assert_eq!(t.verdict, TraceVerdict::DeliveredToAppliance, "{t:?}");
+        assert_eq!(t.verdict, TraceVerdict::ToExternalNetwork, "{t:?}");
         assert_eq!(t.destination_host_id.as_deref(), Some("host-2"));
         let last = &t.steps.last().unwrap().detail;
         assert!(last.contains("translated to 203.0.113.10") && last.contains("outbound only"), "{last}");
@@ -1053,6 +1150,7 @@ mod tests {
         f.nats.clear();
         assert!(f.run("eni-a", [192, 0, 2, 9], Protocol::Icmp, None, None).steps.last().unwrap().detail.contains("blackhole"));
     }
+
 
     #[test]
     fn a_rule_with_an_empty_port_range_matches_nothing() {
@@ -1075,6 +1173,8 @@ mod tests {
             instances: BTreeMap::new(),
             hosts: BTreeMap::new(),
             nat_gateways: vec![],
+            internet_gateways: vec![],
+            elastic_ips: vec![],
         };
         let req = |protocol, port| TraceRequest { source_eni_id: "eni-a".into(), destination_ip: Ipv4Addr::LOCALHOST, protocol, port, source_ip: None };
         assert_eq!(trace(&req(Protocol::All, None), &f.enis[0], &world), Err(TraceError::NotAPacketProtocol));

@@ -299,8 +299,9 @@ impl Snapshot {
             "security-groups" => Obj::SecurityGroup(self.security_groups.get(id)?.value.clone()),
             "route-tables" => Obj::RouteTable(self.route_tables.get(id)?.value.clone()),
             "peerings" => Obj::Peering(self.peerings.get(id)?.value.clone()),
-            "nat-gateways" => Obj::NatGateway(self.nat_gateways.get(id)?.value.clone()),
             "elastic-ips" => Obj::ElasticIp(self.elastic_ips.get(id)?.value.clone()),
+            "internet-gateways" => Obj::InternetGateway(self.internet_gateways.get(id)?.value.clone()),
+            "nat-gateways" => Obj::NatGateway(self.nat_gateways.get(id)?.value.clone()),
             _ => return None,
         })
     }

@@ -46,6 +46,12 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
     for i in &mut instances {
         i.enis.sort_by_key(|e| e.device_index);
     }
+    let mut elastic_ips: Vec<ElasticIpDesired> = instances
+        .iter()
+        .flat_map(|i| &i.enis)
+        .flat_map(|e| elastic_ips_of(snap, &e.eni_id, ids(&idx.eips_by_eni, &e.eni_id).into_iter()))
+        .collect();
+    elastic_ips.sort_by_key(|x| x.public_ip);
     let nat_gateways = nat_gateways_desired(snap, host_id, ids(&idx.nats_by_host, host_id).iter().filter_map(|id| snap.nat_gateways.get(id)).map(|n| &*n.value));
     local_vpcs.extend(nat_gateways.iter().map(|n| n.vpc_id.clone()));
     let mut vpcs = vec![];
@@ -142,8 +148,8 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
         instances,
         security_groups,
         peer_vpcs,
-        external_networks: vec![],
-        elastic_ips: vec![],
+        external_networks: external_networks_desired(snap, &elastic_ips),
+        elastic_ips,
         nat_gateways,
     })
 }
@@ -200,6 +206,36 @@ fn nat_remote_enis<'a>(snap: &Snapshot, vpc_id: &str, host_id: &str, nats: impl 
         .collect()
 }
 
+/// The elastic IPs associated with `eni`, an ENI attached here.
+fn elastic_ips_of(snap: &Snapshot, eni: &str, eips: impl Iterator<Item = String>) -> Vec<ElasticIpDesired> {
+    eips.filter_map(|id| snap.elastic_ips.get(&id))
+        .filter_map(|x| {
+            let a = x.value.association.as_ref()?;
+            (a.eni_id.as_deref() == Some(eni)).then(|| ElasticIpDesired {
+                allocation_id: x.value.id.clone(),
+                public_ip: x.value.address,
+                external_network_id: x.value.external_network_id.clone(),
+                eni_id: eni.to_string(),
+                private_ip: a.private_ip,
+            })
+        })
+        .collect()
+}
+
+/// The external networks `eips` are on, as the host reaches them.
+fn external_networks_desired(snap: &Snapshot, eips: &[ElasticIpDesired]) -> Vec<ExternalNetworkDesired> {
+    let ids: BTreeSet<&str> = eips.iter().map(|x| x.external_network_id.as_str()).collect();
+    ids.into_iter()
+        .filter_map(|id| snap.external_networks.get(id))
+        .map(|n| ExternalNetworkDesired {
+            external_network_id: n.value.id.clone(),
+            cidr_block: n.value.cidr,
+            gateway_ip: n.value.gateway_ip,
+            host_interface: n.value.host_interface.clone(),
+        })
+        .collect()
+}
+
 /// The VPC at the other end of `p` from `vpc`, if `p` is active.
 pub(crate) fn active_peer_of(p: &Peering, vpc: &str) -> Option<String> {
     if p.status != PeeringStatus::Active {
@@ -225,9 +261,9 @@ fn subnet_desired(s: &Subnet, vpc: &Vpc, tables: &[&RouteTable]) -> SubnetDesire
 /// A VPC's route tables as its data plane applies them: every route but
 /// `local`, a peering target resolved to the peer VPC when the peering is
 /// active and joins this VPC, an ENI target to its primary address while
-/// it is an attached ENI of this VPC, a NAT gateway target to its address
-/// (an appliance); anything else a blackhole. Routes to other targets
-/// (internet gateways) are left out.
+/// it is an attached ENI of this VPC, an internet gateway target while it
+/// is the VPC's, a NAT gateway target to its address (an appliance);
+/// anything else a blackhole.
 fn route_tables_desired(snap: &Snapshot, vpc_id: &str, mut tables: Vec<&RouteTable>) -> Vec<RouteTableDesired> {
     tables.sort_by(|a, b| a.id.cmp(&b.id));
     tables
@@ -247,9 +283,14 @@ fn route_tables_desired(snap: &Snapshot, vpc_id: &str, mut tables: Vec<&RouteTab
                             }
                         }
                         Some(Kind::Eni) => match snap.enis.get(&r.target).map(|e| &*e.value) {
-                            Some(e) if e.vpc_id == vpc_id && e.attachment.is_some() => {
+                            // Only an ENI with its check off takes packets not addressed to it.
+                            Some(e) if e.vpc_id == vpc_id && e.attachment.is_some() && !e.source_dest_check => {
                                 RouteTargetDesired::Eni { eni_id: e.id.clone(), ip: e.private_ip }
                             }
+                            _ => blackhole(),
+                        },
+                        Some(Kind::InternetGateway) => match snap.internet_gateways.get(&r.target) {
+                            Some(g) if g.value.vpc_id == vpc_id => RouteTargetDesired::InternetGateway { internet_gateway_id: g.value.id.clone() },
                             _ => blackhole(),
                         },
                         // A NAT gateway is an appliance of its VPC: routed
@@ -406,6 +447,10 @@ mod tests {
         for i in &mut instances {
             i.enis.sort_by_key(|e| e.device_index);
         }
+        let local: BTreeSet<&str> = instances.iter().flat_map(|i| &i.enis).map(|e| e.eni_id.as_str()).collect();
+        let mut elastic_ips: Vec<ElasticIpDesired> =
+            local.iter().flat_map(|eni| elastic_ips_of(snap, eni, snap.elastic_ips.keys().cloned())).collect();
+        elastic_ips.sort_by_key(|x| x.public_ip);
         let nat_gateways = nat_gateways_desired(snap, host_id, snap.nat_gateways.values().map(|n| &*n.value));
         local_vpcs.extend(nat_gateways.iter().map(|n| n.vpc_id.clone()));
         let mut vpcs = vec![];
@@ -496,8 +541,8 @@ mod tests {
             instances,
             security_groups,
             peer_vpcs,
-            external_networks: vec![],
-            elastic_ips: vec![],
+            external_networks: external_networks_desired(snap, &elastic_ips),
+            elastic_ips,
             nat_gateways,
         })
     }
@@ -646,6 +691,28 @@ mod tests {
         w.put("hosts", "h4", host("h4", "198.18.0.44", 1));
         w.put("vpcs", "v3", vpc("v3", "10.3.0.0/16", 33, "g1"));
         w.del("peerings", "pcx-13");
+        // The way out of v2: its internet gateway touches v2's hosts; an
+        // elastic IP, the host of its ENI, which it follows when it moves.
+        let x1 = json!({"cidr": "203.0.113.0/24", "gateway_ip": "203.0.113.1", "allocation_pool": {"start": "203.0.113.10", "end": "203.0.113.20"}, "host_interface": "ext0"});
+        w.put("external-networks", "extnet-00000000000000x1", with(common("extnet-00000000000000x1"), x1));
+        let igw = "igw-00000000000000a1";
+        assert_eq!(w.put("internet-gateways", igw, with(common(igw), json!({"vpc_id": "v2", "external_network_id": "extnet-00000000000000x1"}))), set(&["h1", "h3", "h5"]));
+        w.put("route-tables", "rtb-v2", with(common("rtb-v2"), json!({"vpc_id": "v2", "main": true, "routes": [{"destination_cidr": "0.0.0.0/0", "target": igw}]})));
+        let out = compute(&w.snap, "h3").unwrap().vpcs.into_iter().find(|v| v.vpc_id == "v2").unwrap().route_tables;
+        assert_eq!(out[0].routes[0].target, RouteTargetDesired::InternetGateway { internet_gateway_id: igw.into() });
+        let eip = |eni: &str, ip: &str| {
+            with(common("eipalloc-000000000000001"), json!({"external_network_id": "extnet-00000000000000x1", "address": "203.0.113.10", "association": {"eni_id": eni, "nat_gateway_id": null, "private_ip": ip}}))
+        };
+        assert_eq!(w.put("elastic-ips", "eipalloc-000000000000001", eip("e3", "10.2.1.10")), set(&["h3"]));
+        assert_eq!(compute(&w.snap, "h3").unwrap().elastic_ips.len(), 1);
+        assert_eq!(compute(&w.snap, "h3").unwrap().external_networks[0].host_interface, "ext0");
+        assert!(w.put("enis", "e3", eni("e3", "v2", "s2", "10.2.1.10", &["g2"], Some(("i4", "h4", 2)))).is_superset(&set(&["h3", "h4"])));
+        assert_eq!(compute(&w.snap, "h4").unwrap().elastic_ips[0].public_ip.to_string(), "203.0.113.10");
+        assert!(compute(&w.snap, "h3").unwrap().elastic_ips.is_empty());
+        assert_eq!(w.put("elastic-ips", "eipalloc-000000000000001", eip("e5", "10.2.1.12")), set(&["h4", "h5"]));
+        w.del("elastic-ips", "eipalloc-000000000000001");
+        w.del("internet-gateways", igw);
+        assert!(matches!(compute(&w.snap, "h5").unwrap().vpcs.into_iter().find(|v| v.vpc_id == "v2").unwrap().route_tables[0].routes[0].target, RouteTargetDesired::Blackhole { .. }));
         // Deletes.
         w.del("peerings", "p1");
         w.del("enis", "e2");

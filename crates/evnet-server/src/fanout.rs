@@ -38,9 +38,12 @@ pub enum Obj {
     SecurityGroup(Arc<SecurityGroup>),
     RouteTable(Arc<RouteTable>),
     Peering(Arc<Peering>),
-    NatGateway(Arc<NatGateway>),
-    /// Fed into a NAT gateway's state (its public address).
+    /// Shown by the host of the ENI it is associated with; fed into the
+    /// state of the NAT gateway holding it (its public address).
     ElasticIp(Arc<ElasticIp>),
+    /// Decides whether routes to it forward, on its VPC's hosts.
+    InternetGateway(Arc<InternetGateway>),
+    NatGateway(Arc<NatGateway>),
 }
 
 type Ids = BTreeSet<String>;
@@ -68,6 +71,10 @@ pub struct FanoutIndex {
     pub(crate) subnets_by_vpc: HashMap<String, Ids>,
     pub(crate) route_tables_by_vpc: HashMap<String, Ids>,
     pub(crate) peerings_by_vpc: HashMap<String, Ids>,
+    /// ENI → the elastic IPs associated with it.
+    pub(crate) eips_by_eni: HashMap<String, Ids>,
+    /// ENI → the host it is attached to.
+    host_of_eni: HashMap<String, String>,
     /// VPC → the VPCs it has peerings with (any status) → how many: a
     /// VPC's hosts show its peers' ENIs.
     peers_of_vpc: HashMap<String, Counts>,
@@ -172,6 +179,13 @@ impl FanoutIndex {
         self.pending.extend(hosts);
     }
 
+    /// Touches the host `eni` is attached to, if it is.
+    fn touch_host_of_eni(&mut self, eni: &str) {
+        if let Some(h) = self.host_of_eni.get(eni) {
+            self.pending.insert(h.clone());
+        }
+    }
+
     fn touch_group(&mut self, g: &str) {
         let hosts: Vec<String> = self.hosts_of_group(g).cloned().collect();
         self.pending.extend(hosts);
@@ -219,6 +233,11 @@ impl FanoutIndex {
             set(&mut self.enis_by_group, g, &e.id);
         }
         if let Some(a) = &e.attachment {
+            if up {
+                self.host_of_eni.insert(e.id.clone(), a.host_id.clone());
+            } else {
+                self.host_of_eni.remove(&e.id);
+            }
             set(&mut self.enis_by_host, &a.host_id, &e.id);
             set(&mut self.attached_by_vpc, &e.vpc_id, &e.id);
             count(&mut self.vpc_hosts, &e.vpc_id, &a.host_id, up);
@@ -303,6 +322,14 @@ impl FanoutIndex {
                 self.touch_own_vpc(&r.vpc_id);
                 remove(&mut self.route_tables_by_vpc, &r.vpc_id, &r.id);
             }
+            Obj::ElasticIp(x) => {
+                if let Some(eni) = x.association.as_ref().and_then(|a| a.eni_id.as_deref()) {
+                    self.touch_host_of_eni(eni);
+                    remove(&mut self.eips_by_eni, eni, &x.id);
+                }
+                self.touch_eip(x);
+            }
+            Obj::InternetGateway(g) => self.touch_own_vpc(&g.vpc_id),
             Obj::Peering(p) => {
                 self.touch_vpc(&p.vpc_a);
                 self.touch_vpc(&p.vpc_b);
@@ -315,7 +342,6 @@ impl FanoutIndex {
                 self.touch_nat(&n.host_id, &n.vpc_id);
                 self.index_nat(n, false);
             }
-            Obj::ElasticIp(e) => self.touch_eip(e),
         }
     }
 
@@ -344,6 +370,14 @@ impl FanoutIndex {
                 add(&mut self.route_tables_by_vpc, &r.vpc_id, &r.id);
                 self.touch_own_vpc(&r.vpc_id);
             }
+            Obj::ElasticIp(x) => {
+                if let Some(eni) = x.association.as_ref().and_then(|a| a.eni_id.as_deref()) {
+                    add(&mut self.eips_by_eni, eni, &x.id);
+                    self.touch_host_of_eni(eni);
+                }
+                self.touch_eip(x);
+            }
+            Obj::InternetGateway(g) => self.touch_own_vpc(&g.vpc_id),
             Obj::Peering(p) => {
                 add(&mut self.peerings_by_vpc, &p.vpc_a, &p.id);
                 add(&mut self.peerings_by_vpc, &p.vpc_b, &p.id);
@@ -356,7 +390,6 @@ impl FanoutIndex {
                 self.index_nat(n, true);
                 self.touch_nat(&n.host_id, &n.vpc_id);
             }
-            Obj::ElasticIp(e) => self.touch_eip(e),
         }
     }
 }

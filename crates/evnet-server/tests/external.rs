@@ -482,3 +482,56 @@ async fn changes_are_audited() {
         ]
     );
 }
+
+/// Racing creates through four servers on one store: one internet gateway
+/// per VPC, and an elastic IP held by one NAT gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_gateway_per_vpc_and_one_nat_gateway_per_address_under_races() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let mut servers = vec![];
+    for _ in 0..4 {
+        servers.push(T::on(store.clone()).await);
+    }
+    let t1 = servers[0].clone();
+    let (tid, a) = t1.tenant("a").await;
+    t1.ok("PUT", &format!("/v1/tenants/{tid}/quotas"), ADMIN, json!({"internet_gateways_per_tenant": 100, "nat_gateways_per_tenant": 100}))
+        .await;
+    t1.host("host-1", "198.18.0.1").await;
+    t1.ok("POST", "/v1/external-networks", ADMIN, json!({"cidr": "203.0.113.0/24"})).await;
+    let (vpc, subnet) = t1.network(&a, "10.0.0.0/16", "10.0.1.0/24").await;
+    let race = |path: &'static str, body: Value| {
+        let start = Arc::new(tokio::sync::Barrier::new(16));
+        let mut tasks = vec![];
+        for i in 0..16 {
+            let (t, tok, body, start) = (servers[i % 4].clone(), a.clone(), body.clone(), start.clone());
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                t.call("POST", path, &tok, Some(body)).await
+            }));
+        }
+        tasks
+    };
+    let mut won = vec![];
+    for task in race("/v1/internet-gateways", json!({"vpc_id": vpc})) {
+        let (s, v) = task.await.unwrap();
+        match s {
+            201 => won.push(id(&v)),
+            _ => assert!(matches!(v["error"]["code"].as_str(), Some("internet_gateway_exists" | "not_found")), "{s} {v}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    let eip = id(&t1.ok("POST", "/v1/elastic-ips", &a, json!({})).await);
+    let mut nats = vec![];
+    for task in race("/v1/nat-gateways", json!({"subnet_id": subnet, "elastic_ip_id": eip})) {
+        let (s, v) = task.await.unwrap();
+        match s {
+            201 => nats.push(id(&v)),
+            _ => assert!(matches!(v["error"]["code"].as_str(), Some("eip_associated" | "not_found" | "no_internet_gateway")), "{s} {v}"),
+        }
+    }
+    assert_eq!(nats.len(), 1, "{nats:?}");
+    let (_, l) = t1.call("GET", "/v1/nat-gateways", &a, None).await;
+    assert_eq!(l["items"].as_array().unwrap().len(), 1, "{l}");
+    let v = t1.call("GET", &format!("/v1/elastic-ips/{eip}"), &a, None).await.1;
+    assert_eq!(v["association"]["nat_gateway_id"], json!(nats[0]), "{v}");
+}

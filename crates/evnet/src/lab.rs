@@ -149,6 +149,9 @@ pub struct LabState {
     /// joined to ([`EXTERNAL_CIDR`]).
     #[serde(default)]
     pub external_netns: Option<String>,
+    /// The external network the lab defines for it (`internet`).
+    #[serde(default)]
+    pub external_network_id: Option<String>,
     pub hosts: Vec<LabHost>,
     pub files: Vec<PathBuf>,
     /// `nft` or `bpf`: what the agents run (older labs: nft).
@@ -342,7 +345,8 @@ pub const EXTERNAL_GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The device each lab host reaches the external network by.
 pub const EXTERNAL_DEVICE: &str = "ext0";
 
-/// Host `i`'s own address on the external network (`.191` on).
+/// Host `i`'s own address on the external network (`.191` on; outside
+/// [`EXTERNAL_POOL`]).
 pub fn external_host_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::new(203, 0, 113, 190 + i as u8)
 }
@@ -464,6 +468,18 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
     for h in st.hosts.iter_mut() {
         h.host_id = hosts.iter().find(|x| x.name == h.name).map(|x| x.id.clone());
     }
+    // The external namespace as an external network, which elastic IPs,
+    // internet and NAT gateways use.
+    let internet = CreateExternalNetwork {
+        cidr: EXTERNAL_CIDR.into(),
+        gateway_ip: Some(EXTERNAL_GATEWAY),
+        allocation_pool: Some(AddressRange { start: EXTERNAL_POOL.0, end: EXTERNAL_POOL.1 }),
+        host_interface: Some(EXTERNAL_DEVICE.into()),
+        name: Some("internet".into()),
+        tags: Default::default(),
+        client_token: None,
+    };
+    st.external_network_id = Some(admin.create_external_network(&internet).await?.id);
     let tenant = admin.create_tenant(&CreateTenant { name: format!("lab-{}", st.lab_id), tags: Default::default() }).await?;
     st.tenant_token = tenant.token.clone();
     let env = dir.join("env");

@@ -18,7 +18,7 @@ use evnet_model::trace::{TraceRequest, TraceVerdict};
 use evnet_model::*;
 
 mod common;
-use common::{Lab, evnet, lab_state, never_reaches, ping_becomes};
+use common::{TestLab, never_reaches, ping_becomes};
 
 /// Runs `sh -c CMD` in named namespace `ns`; it must succeed: its output.
 fn in_ns(ns: &str, cmd: &str) -> String {
@@ -28,8 +28,15 @@ fn in_ns(ns: &str, cmd: &str) -> String {
 }
 
 /// Makes the instance in `ns` a router: forwarding on, no ICMP redirects
-/// (it sends packets back out the device they came in by).
+/// (it sends packets back out the device they came in by). Waits (bounded)
+/// for the agent to have made the namespace.
 fn forward(ns: &str, on: bool) {
+    let path = std::path::Path::new("/run/netns").join(ns);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "the agent never made {ns}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let v = u8::from(on);
     in_ns(ns, &format!("sysctl -qw net.ipv4.ip_forward={v} net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0"));
 }
@@ -59,16 +66,9 @@ async fn an_appliance_sees_and_forwards_what_routes_send_it_wherever_it_runs() {
     if !common::require_root("the lab appliance test") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("lab");
-    let _lab = Lab { dir: dir.clone() };
-    evnet(&["lab", "up", "--hosts", "3", "--dataplane", "bpf", "--nic-shaping", "none", "--dir", &dir.display().to_string()]);
-    let st = lab_state(&dir);
-    let url = st["url"].as_str().unwrap().to_string();
-    let admin = Client::new(&url, st["admin_token"].as_str().unwrap()).unwrap();
-    let hosts = admin.list_hosts(&Default::default()).await.unwrap();
-    let host = |name: &str| hosts.iter().find(|h| h.name == name).unwrap().id.clone();
-    let c = Client::new(&url, st["tenant_token"].as_str().unwrap()).unwrap();
+    let lab = TestLab::bpf(3).await;
+    let host = |name: &str| lab.host(name);
+    let c = &lab.tenant;
 
     let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.4.0.0/16".into(), ..Default::default() }).await.unwrap();
     let subnet = |cidr: &str| CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: cidr.into(), ..Default::default() };
@@ -79,9 +79,9 @@ async fn an_appliance_sees_and_forwards_what_routes_send_it_wherever_it_runs() {
     let fw_eni = c.create_eni(&eni(&dmz, Some(false))).await.unwrap();
     let client_eni = c.create_eni(&eni(&clients, None)).await.unwrap();
     let server_eni = c.create_eni(&eni(&servers, None)).await.unwrap();
-    let fw = instance(&c, "fw", &host("host-3"), &fw_eni.id).await;
-    let client = instance(&c, "client", &host("host-1"), &client_eni.id).await;
-    let _server = instance(&c, "server", &host("host-2"), &server_eni.id).await;
+    let fw = instance(c, "fw", &host("host-3"), &fw_eni.id).await;
+    let client = instance(c, "client", &host("host-1"), &client_eni.id).await;
+    let _server = instance(c, "server", &host("host-2"), &server_eni.id).await;
     let server_ip = server_eni.private_ip;
     forward(&fw, true);
 
@@ -100,7 +100,7 @@ async fn an_appliance_sees_and_forwards_what_routes_send_it_wherever_it_runs() {
     };
     let to_servers = c.create_route_table(&table(&clients, &servers)).await.unwrap();
     c.create_route_table(&table(&servers, &clients)).await.unwrap();
-    let t = trace(&c, &client_eni.id, server_ip).await;
+    let t = trace(c, &client_eni.id, server_ip).await;
     assert_eq!(t.verdict, TraceVerdict::DeliveredToAppliance, "{t:?}");
     assert_eq!(t.destination_eni_id.as_deref(), Some(fw_eni.id.as_str()));
     assert!(t.steps.iter().any(|s| s.detail.contains("host-1 to host-3")), "{t:?}");
@@ -122,25 +122,25 @@ async fn an_appliance_sees_and_forwards_what_routes_send_it_wherever_it_runs() {
     let state = rt.routes.iter().find(|r| r.target == fw_eni.id).and_then(|r| r.state);
     assert_eq!(state, Some(RouteState::Blackhole), "a route to a detached ENI is a blackhole");
     assert!(ping_becomes(&client, server_ip, false, 10), "nothing passes while the firewall is detached");
-    let t = trace(&c, &client_eni.id, server_ip).await;
+    let t = trace(c, &client_eni.id, server_ip).await;
     assert!(t.verdict == TraceVerdict::Dropped && t.steps.last().unwrap().detail.contains("blackhole"), "{t:?}");
-    let fw2 = instance(&c, "fw2", &host("host-1"), &fw_eni.id).await;
+    let fw2 = instance(c, "fw2", &host("host-1"), &fw_eni.id).await;
     forward(&fw2, true);
     let before = forwarded(&fw2);
     assert!(ping_becomes(&client, server_ip, true, 15), "the route follows the firewall to host-1");
     assert!(forwarded(&fw2) >= before + 2, "the moved firewall forwards it");
     let moved = c.get_eni(&fw_eni.id).await.unwrap();
     assert_eq!((moved.mac, moved.private_ip), (fw_eni.mac.clone(), fw_eni.private_ip));
-    let t = trace(&c, &client_eni.id, server_ip).await;
+    let t = trace(c, &client_eni.id, server_ip).await;
     assert!(t.verdict == TraceVerdict::DeliveredToAppliance && t.steps.iter().any(|s| s.detail.contains("on the same host (host-1)")), "{t:?}");
 
     // With its check on, an ENI takes only packets addressed to it.
     c.patch_eni(&fw_eni.id, &PatchEni { source_dest_check: Some(true), ..Default::default() }).await.unwrap();
     assert!(ping_becomes(&client, server_ip, false, 10), "the check on: routed packets are dropped");
-    let t = trace(&c, &client_eni.id, server_ip).await;
+    let t = trace(c, &client_eni.id, server_ip).await;
     assert!(t.steps.last().unwrap().detail.contains("check is on"), "{t:?}");
     c.patch_eni(&fw_eni.id, &PatchEni { source_dest_check: Some(false), ..Default::default() }).await.unwrap();
     assert!(ping_becomes(&client, server_ip, true, 10), "and back off");
 
-    evnet(&["lab", "down", "--dir", &dir.display().to_string()]);
+    lab.down();
 }

@@ -41,7 +41,16 @@ pub async fn trace(State(st): State<AppState>, caller: Caller, Body(req): Body<T
         .filter_map(|h| snap.hosts.get(h))
         .map(|h| (h.value.id.as_str(), &*h.value))
         .collect();
+    let source_id = source.id.as_str();
     let world = TraceWorld {
+        internet_gateways: snap.internet_gateways.values().map(|g| &*g.value).filter(|g| g.vpc_id == vpc.id).collect(),
+        // The source's own: a trace describes only its sender's way out.
+        elastic_ips: snap
+            .elastic_ips
+            .values()
+            .map(|x| &*x.value)
+            .filter(|x| x.association.as_ref().is_some_and(|a| a.eni_id.as_deref() == Some(source_id)))
+            .collect(),
         vpc,
         subnets: snap.subnets.values().map(|s| &*s.value).filter(|s| in_world(&s.vpc_id)).collect(),
         groups: snap.security_groups.values().map(|g| &*g.value).filter(|g| in_world(&g.vpc_id)).map(|g| (g.id.as_str(), g)).collect(),

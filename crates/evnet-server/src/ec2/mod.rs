@@ -17,6 +17,7 @@ pub mod sigv4;
 pub mod xml;
 
 mod address;
+mod gateway;
 mod instance;
 mod network;
 mod peering;
@@ -51,19 +52,16 @@ pub struct Ctx {
 }
 
 /// Actions this endpoint does not serve: resources evnet does not have, or
-/// (internet and NAT gateways) has in the REST API only.
+/// internet gateways made, attached and deleted apart from their VPC (evnet
+/// makes one with its VPC, through the REST API).
 const UNSUPPORTED: &[&str] = &[
     "CreateInternetGateway",
     "AttachInternetGateway",
     "DetachInternetGateway",
     "DeleteInternetGateway",
-    "DescribeInternetGateways",
     "CreateEgressOnlyInternetGateway",
     "DeleteEgressOnlyInternetGateway",
     "DescribeEgressOnlyInternetGateways",
-    "CreateNatGateway",
-    "DeleteNatGateway",
-    "DescribeNatGateways",
     "RejectVpcPeeringConnection",
     "StartInstances",
     "StopInstances",
@@ -217,6 +215,7 @@ pub const ACTIONS: &[&str] = &[
     "CreateVpcPeeringConnection", "AcceptVpcPeeringConnection", "DescribeVpcPeeringConnections", "DeleteVpcPeeringConnection",
     "RunInstances", "DescribeInstances", "TerminateInstances",
     "AllocateAddress", "AssociateAddress", "DisassociateAddress", "ReleaseAddress", "DescribeAddresses",
+    "DescribeInternetGateways", "CreateNatGateway", "DescribeNatGateways", "DeleteNatGateway",
 ];
 
 fn dry_run() -> Ec2Error {
@@ -269,6 +268,10 @@ async fn dispatch(action: &str, ctx: &Ctx) -> Ec2Result<Vec<Node>> {
         "DisassociateAddress" => address::disassociate,
         "ReleaseAddress" => address::release,
         "DescribeAddresses" => address::describe,
+        "DescribeInternetGateways" => gateway::describe_internet_gateways,
+        "CreateNatGateway" => gateway::create_nat_gateway,
+        "DescribeNatGateways" => gateway::describe_nat_gateways,
+        "DeleteNatGateway" => gateway::delete_nat_gateway,
         "RunInstances" => instance::run_instances,
         "DescribeInstances" => instance::describe_instances,
         "TerminateInstances" => instance::terminate_instances,

@@ -52,7 +52,7 @@ pub fn tag_set(tags: &Tags) -> Option<Node> {
     (!tags.is_empty()).then(|| set("tagSet", tags.iter().map(|(k, v)| vec![leaf("key", k), leaf("value", v)])))
 }
 
-fn flat(nodes: Vec<Option<Node>>) -> Vec<Node> {
+pub fn flat(nodes: Vec<Option<Node>>) -> Vec<Node> {
     nodes.into_iter().flatten().collect()
 }
 
@@ -223,6 +223,7 @@ pub fn route(snap: &Snapshot, vpc_id: &str, r: &Route) -> Vec<Node> {
             }
         }
         Some(Kind::Peering) => n.push(leaf("vpcPeeringConnectionId", &r.target)),
+        Some(Kind::NatGateway) => n.push(leaf("natGatewayId", &r.target)),
         _ => n.push(leaf("gatewayId", &r.target)),
     }
     n.push(leaf("state", route_state(snap, vpc_id, r)));

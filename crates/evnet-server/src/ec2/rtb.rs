@@ -105,7 +105,29 @@ fn target(ctx: &Ctx) -> Ec2Result<String> {
             if k == "GatewayId" && v == "local" {
                 return Ok("local".into());
             }
-            return Err(Ec2Error::unsupported(format!("{k} ({v}): this endpoint routes to local, a network interface or a peering; routes to gateways are made through the REST API")));
+            // Internet and NAT gateways the tenant made (through the REST
+            // API or the CLI); other gateways evnet does not have.
+            let snap = ctx.st.cache.read();
+            let mine = |t: Option<&str>| t.is_some_and(|t| t == ctx.tenant);
+            return match k {
+                "GatewayId" if v.starts_with("igw-") => {
+                    if Kind::of_id(v) == Some(Kind::InternetGateway) && mine(snap.internet_gateways.get(v).map(|g| g.value.tenant.as_str())) {
+                        Ok(v.to_string())
+                    } else {
+                        Err(Ec2Error::not_found(Kind::InternetGateway, v))
+                    }
+                }
+                "NatGatewayId" => {
+                    if Kind::of_id(v) == Some(Kind::NatGateway) && mine(snap.nat_gateways.get(v).map(|g| g.value.tenant.as_str())) {
+                        Ok(v.to_string())
+                    } else {
+                        Err(Ec2Error::not_found(Kind::NatGateway, v))
+                    }
+                }
+                _ => Err(Ec2Error::unsupported(format!(
+                    "{k} ({v}): routes go to local, a network interface, a peering, an internet gateway (igw-) or a NAT gateway (nat-)"
+                ))),
+            };
         }
     }
     if ctx.p.bool("LocalTarget")? == Some(true) {
@@ -221,7 +243,7 @@ pub async fn delete_route(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
 pub async fn associate_route_table(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
     let id = ctx.p.id("RouteTableId", Kind::RouteTable)?;
     if let Some(g) = ctx.p.get("GatewayId") {
-        return Err(Ec2Error::unsupported(format!("GatewayId ({g}): this endpoint does not route to gateways; the REST API does")));
+        return Err(Ec2Error::unsupported(format!("GatewayId ({g}): evnet associates route tables with subnets only")));
     }
     let subnet = ctx.p.id("SubnetId", Kind::Subnet)?;
     {

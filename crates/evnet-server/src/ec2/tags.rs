@@ -73,6 +73,9 @@ pub fn resource_type(kind: Kind) -> Option<&'static str> {
         Kind::RouteTable => "route-table",
         Kind::Instance => "instance",
         Kind::Peering => "vpc-peering-connection",
+        Kind::ElasticIp => "elastic-ip",
+        Kind::InternetGateway => "internet-gateway",
+        Kind::NatGateway => "natgateway",
         _ => return None,
     })
 }
@@ -80,7 +83,7 @@ pub fn resource_type(kind: Kind) -> Option<&'static str> {
 /// A resource's tags as it stands, with its revision (and an ENI's bandwidth).
 fn current(ctx: &Ctx, id: &str) -> Ec2Result<(Kind, Tags, u64, Option<BandwidthSpec>)> {
     let kind = Kind::of_id(id).filter(|k| resource_type(*k).is_some()).ok_or_else(|| {
-        Ec2Error::invalid_value(format!("Invalid id: \"{id}\" (expecting a vpc-, subnet-, eni-, sg-, rtb-, pcx- or i- id)"))
+        Ec2Error::invalid_value(format!("Invalid id: \"{id}\" (expecting a vpc-, subnet-, eni-, sg-, rtb-, pcx-, eipalloc-, igw-, nat- or i- id)"))
     })?;
     let snap = ctx.st.cache.read();
     macro_rules! look {
@@ -98,6 +101,9 @@ fn current(ctx: &Ctx, id: &str) -> Ec2Result<(Kind, Tags, u64, Option<BandwidthS
         Kind::RouteTable => { let (t, r) = look!(snap.route_tables); (t, r, None) }
         Kind::Instance => { let (t, r) = look!(snap.instances); (t, r, None) }
         Kind::Peering => { let (t, r) = look!(snap.peerings); (t, r, None) }
+        Kind::ElasticIp => { let (t, r) = look!(snap.elastic_ips); (t, r, None) }
+        Kind::InternetGateway => { let (t, r) = look!(snap.internet_gateways); (t, r, None) }
+        Kind::NatGateway => { let (t, r) = look!(snap.nat_gateways); (t, r, None) }
         Kind::Eni => {
             let (t, r) = look!(snap.enis);
             (t, r, snap.enis.get(id).map(|e| e.value.bandwidth))
@@ -118,6 +124,9 @@ async fn write(ctx: &Ctx, kind: Kind, id: &str, tags: Tags, revision: u64, bandw
         Kind::Vpc => network::patch_vpc(st(), c(), path(), Body(nt)).await.map(|_| ()),
         Kind::Subnet => network::patch_subnet(st(), c(), path(), Body(nt)).await.map(|_| ()),
         Kind::Instance => compute::patch_instance(st(), c(), path(), Body(nt)).await.map(|_| ()),
+        Kind::ElasticIp => crate::api::external::patch_eip(st(), c(), path(), Body(nt)).await.map(|_| ()),
+        Kind::InternetGateway => crate::api::external::patch_igw(st(), c(), path(), Body(nt)).await.map(|_| ()),
+        Kind::NatGateway => crate::api::external::patch_natgw(st(), c(), path(), Body(nt)).await.map(|_| ()),
         Kind::SecurityGroup => {
             // A group's name is its GroupName, which EC2 does not change through tags.
             let req = PatchSecurityGroup { tags: Some(tags), revision: Some(revision), ..Default::default() };
@@ -258,6 +267,9 @@ pub async fn describe_tags(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
     rows!(snap.route_tables, Kind::RouteTable, |v: &RouteTable| v.tags.clone());
     rows!(snap.instances, Kind::Instance, |v: &Instance| v.tags.clone());
     rows!(snap.peerings, Kind::Peering, |v: &Peering| v.tags.clone());
+    rows!(snap.elastic_ips, Kind::ElasticIp, |v: &ElasticIp| v.tags.clone());
+    rows!(snap.internet_gateways, Kind::InternetGateway, |v: &InternetGateway| v.tags.clone());
+    rows!(snap.nat_gateways, Kind::NatGateway, |v: &NatGateway| v.tags.clone());
     rows.sort();
     rows.retain(|(id, rt, k, v)| {
         filters.iter().all(|f| {

@@ -624,16 +624,8 @@ async fn nat(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     let lab = Lab::up(2, 30_000, Some(Dataplane::Bpf))?;
     let c = lab.tenant_client()?;
     let hosts = lab.host_ids().await?;
-    let net = lab
-        .admin
-        .create_external_network(&CreateExternalNetwork {
-            cidr: "203.0.113.0/24".into(),
-            gateway_ip: Some(Ipv4Addr::new(203, 0, 113, 1)),
-            allocation_pool: Some(AddressRange { start: Ipv4Addr::new(203, 0, 113, 10), end: Ipv4Addr::new(203, 0, 113, 189) }),
-            host_interface: Some("ext0".into()),
-            ..Default::default()
-        })
-        .await?;
+    // The external network `evnet lab up` defines (its external namespace).
+    let net = lab.admin.get_external_network(lab.state["external_network_id"].as_str().context("the lab's external network")?).await?;
     let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.1.0.0/16".into(), ..Default::default() }).await?;
     c.create_internet_gateway(&CreateInternetGateway { vpc_id: vpc.id.clone(), external_network_id: Some(net.id.clone()), ..Default::default() }).await?;
     let public = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.1.1.0/24".into(), ..Default::default() }).await?;

@@ -134,6 +134,7 @@ fn render(req: &TraceRequest, t: &Trace) -> String {
             t.destination_eni_id.as_deref().unwrap_or("?"),
             t.destination_host_id.as_deref().unwrap_or("?")
         ),
+        TraceVerdict::ToExternalNetwork => "leaves the VPC by its internet gateway, from its elastic IP".to_string(),
         TraceVerdict::DeliveredToAppliance => format!(
             "delivered to the appliance {} on {}, addresses unchanged",
             t.destination_eni_id.as_deref().unwrap_or("?"),

@@ -126,3 +126,43 @@ pub fn iperf_mbps(from: &str, server_ns: &str, ip: Ipv4Addr, port: u16, secs: u3
     let _ = server.wait();
     v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e6
 }
+
+/// A lab brought up for one test in a directory of its own, taken down
+/// when dropped (the guard before the directory).
+pub struct TestLab {
+    pub guard: Lab,
+    pub state: serde_json::Value,
+    pub admin: evnet_client::Client,
+    /// The lab tenant's.
+    pub tenant: evnet_client::Client,
+    /// Host ids by name (`host-1` …).
+    pub hosts: std::collections::BTreeMap<String, String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestLab {
+    /// `evnet lab up --hosts N --dataplane bpf --nic-shaping none`: the
+    /// fast path, NICs unshaped (for tests of paths, not of rates).
+    pub async fn bpf(hosts: u32) -> TestLab {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("lab");
+        let guard = Lab { dir: dir.clone() };
+        evnet(&["lab", "up", "--hosts", &hosts.to_string(), "--dataplane", "bpf", "--nic-shaping", "none", "--dir", &dir.display().to_string()]);
+        let state = lab_state(&dir);
+        let url = state["url"].as_str().unwrap().to_string();
+        let admin = evnet_client::Client::new(&url, state["admin_token"].as_str().unwrap()).unwrap();
+        let tenant = evnet_client::Client::new(&url, state["tenant_token"].as_str().unwrap()).unwrap();
+        let hosts = admin.list_hosts(&Default::default()).await.unwrap().into_iter().map(|h| (h.name, h.id)).collect();
+        TestLab { guard, state, admin, tenant, hosts, _tmp: tmp }
+    }
+
+    /// The id of host `name`.
+    pub fn host(&self, name: &str) -> String {
+        self.hosts[name].clone()
+    }
+
+    /// `evnet lab down`, which must succeed (leaving nothing behind).
+    pub fn down(&self) {
+        evnet(&["lab", "down", "--dir", &self.guard.dir.display().to_string()]);
+    }
+}

@@ -222,7 +222,8 @@ rtb_id = rtb["RouteTableId"]
 assert rtb["Routes"][0]["GatewayId"] == "local" and rtb["Routes"][0]["DestinationCidrBlock"] == "10.20.0.0/16", rtb
 ec2.create_route(RouteTableId=rtb_id, DestinationCidrBlock="0.0.0.0/0", NetworkInterfaceId=e2["NetworkInterfaceId"])
 expect_error("RouteAlreadyExists", ec2.create_route, RouteTableId=rtb_id, DestinationCidrBlock="0.0.0.0/0", NetworkInterfaceId=e3id)
-expect_error("UnsupportedOperation", ec2.create_route, RouteTableId=rtb_id, DestinationCidrBlock="8.8.8.0/24", GatewayId="igw-0123456789abcdef0")
+expect_error("InvalidInternetGatewayID.NotFound", ec2.create_route, RouteTableId=rtb_id, DestinationCidrBlock="8.8.8.0/24", GatewayId="igw-0123456789abcdef0")
+expect_error("UnsupportedOperation", ec2.create_route, RouteTableId=rtb_id, DestinationCidrBlock="8.8.8.0/24", TransitGatewayId="tgw-0123456789abcdef0")
 ec2.replace_route(RouteTableId=rtb_id, DestinationCidrBlock="0.0.0.0/0", NetworkInterfaceId=e3id)
 assoc = ec2.associate_route_table(RouteTableId=rtb_id, SubnetId=s2["SubnetId"])
 assert assoc["AssociationState"]["State"] == "associated", assoc
@@ -309,6 +310,11 @@ expect_error("Resource.AlreadyAssociated", ec2.associate_address, AllocationId=a
 ec2.associate_address(AllocationId=a1["AllocationId"], NetworkInterfaceId=e3["NetworkInterfaceId"], AllowReassociation=True)
 assert ec2.describe_addresses(AllocationIds=[a1["AllocationId"]])["Addresses"][0]["NetworkInterfaceId"] == e3["NetworkInterfaceId"]
 expect_error("InvalidIPAddress.InUse", ec2.release_address, AllocationId=a1["AllocationId"])
+ec2.create_tags(Resources=[a1["AllocationId"]], Tags=[{"Key": "team", "Value": "web"}])
+rows = ec2.describe_tags(Filters=[{"Name": "resource-type", "Values": ["elastic-ip"]}])["Tags"]
+assert sorted((r["ResourceId"], r["Key"], r["Value"]) for r in rows) == [(a1["AllocationId"], "Name", "front-ip"), (a1["AllocationId"], "team", "web")], rows
+assert ok("GET", f"/v1/elastic-ips/{a1['AllocationId']}", A["token"])["name"] == "front-ip"
+
 # Another tenant sees none of them.
 assert other.describe_addresses()["Addresses"] == []
 expect_error("InvalidAllocationID.NotFound", other.release_address, AllocationId=a1["AllocationId"])
@@ -316,10 +322,44 @@ expect_error("InvalidAssociationID.NotFound", other.disassociate_address, Associ
 ec2.disassociate_address(AssociationId=assoc)
 assert "AssociationId" not in ec2.describe_addresses(AllocationIds=[a1["AllocationId"]])["Addresses"][0]
 expect_error("InvalidAssociationID.NotFound", ec2.disassociate_address, AssociationId=assoc)
+# The gateway as EC2 describes it: attached to its VPC.
+gw = ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc_id]}])["InternetGateways"]
+assert [(g["InternetGatewayId"], g["Attachments"]) for g in gw] == [(igw["id"], [{"VpcId": vpc_id, "State": "attached"}])], gw
+assert other.describe_internet_gateways()["InternetGateways"] == []
+# A NAT gateway with the second address, running on a host the server picks.
+nat = ec2.create_nat_gateway(SubnetId=s1["SubnetId"], AllocationId=a2["AllocationId"], ClientToken="nat-1",
+                             TagSpecifications=[{"ResourceType": "natgateway", "Tags": [{"Key": "Name", "Value": "out"}]}])["NatGateway"]
+nat_id = nat["NatGatewayId"]
+addr = nat["NatGatewayAddresses"][0]
+assert nat["State"] == "available" and nat["VpcId"] == vpc_id and addr["PublicIp"] == a2["PublicIp"] and addr["AllocationId"] == a2["AllocationId"], nat
+assert ok("GET", f"/v1/nat-gateways/{nat_id}", A["token"])["host_id"] in (h0, h1)
+assert ec2.create_nat_gateway(SubnetId=s1["SubnetId"], AllocationId=a2["AllocationId"], ClientToken="nat-1",
+                              TagSpecifications=[{"ResourceType": "natgateway", "Tags": [{"Key": "Name", "Value": "out"}]}])["NatGateway"]["NatGatewayId"] == nat_id
+expect_error("Resource.AlreadyAssociated", ec2.create_nat_gateway, SubnetId=s1["SubnetId"], AllocationId=a2["AllocationId"])
+expect_error("InvalidIPAddress.InUse", ec2.release_address, AllocationId=a2["AllocationId"])
+assert [n["NatGatewayId"] for n in ec2.describe_nat_gateways(Filter=[{"Name": "vpc-id", "Values": [vpc_id]}])["NatGateways"]] == [nat_id]
+assert other.describe_nat_gateways()["NatGateways"] == []
+expect_error("NatGatewayNotFound", other.delete_nat_gateway, NatGatewayId=nat_id)
+# Routes to the gateways: active while they exist, blackholes once gone.
+routes = lambda: {x["DestinationCidrBlock"]: x for x in ec2.describe_route_tables(RouteTableIds=[main_id])["RouteTables"][0]["Routes"]}
+ec2.create_route(RouteTableId=main_id, DestinationCidrBlock="198.51.100.0/24", GatewayId=igw["id"])
+ec2.create_route(RouteTableId=main_id, DestinationCidrBlock="192.0.2.0/24", NatGatewayId=nat_id)
+r = routes()
+assert r["198.51.100.0/24"]["GatewayId"] == igw["id"] and r["198.51.100.0/24"]["State"] == "active", r
+assert r["192.0.2.0/24"]["NatGatewayId"] == nat_id and r["192.0.2.0/24"]["State"] == "active", r
+b_vpc = other.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
+b_main = other.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [b_vpc]}])["RouteTables"][0]["RouteTableId"]
+expect_error("InvalidInternetGatewayID.NotFound", other.create_route, RouteTableId=b_main, DestinationCidrBlock="198.51.100.0/24", GatewayId=igw["id"])
+other.delete_vpc(VpcId=b_vpc)
+assert ec2.delete_nat_gateway(NatGatewayId=nat_id)["NatGatewayId"] == nat_id
+ok("DELETE", f"/v1/internet-gateways/{igw['id']}", A["token"])
+r = routes()
+assert r["198.51.100.0/24"]["State"] == "blackhole" and r["192.0.2.0/24"]["State"] == "blackhole", r
+ec2.delete_route(RouteTableId=main_id, DestinationCidrBlock="198.51.100.0/24")
+ec2.delete_route(RouteTableId=main_id, DestinationCidrBlock="192.0.2.0/24")
 ec2.release_address(AllocationId=a1["AllocationId"])
 ec2.release_address(PublicIp=a2["PublicIp"])
 assert ec2.describe_addresses()["Addresses"] == []
-ok("DELETE", f"/v1/internet-gateways/{igw['id']}", A["token"])
 
 # --- Errors ---------------------------------------------------------------------
 expect_error("InvalidVpcID.NotFound", ec2.describe_vpcs, VpcIds=["vpc-00000000000000aa"])
@@ -330,7 +370,7 @@ expect_error("DryRunOperation", ec2.create_vpc, CidrBlock="10.50.0.0/16", DryRun
 expect_error("DryRunOperation", ec2.describe_vpcs, DryRun=True)
 assert not [v for v in ec2.describe_vpcs()["Vpcs"] if v["CidrBlock"] == "10.50.0.0/16"]
 expect_error("UnsupportedOperation", ec2.create_internet_gateway)
-expect_error("UnsupportedOperation", ec2.create_nat_gateway, SubnetId=s1["SubnetId"])
+expect_error("MissingParameter", ec2.create_nat_gateway, SubnetId=s1["SubnetId"])
 expect_error("InvalidAction", ec2.describe_images)
 
 
