@@ -27,6 +27,30 @@ use common::{Lab, evnet, lab_state, ping_becomes};
 /// than waiting.
 const LOST_AFTER_MS: u64 = 3000;
 
+/// A process this test started, stopped (and reaped) when dropped, even
+/// on a failed assertion.
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An iperf3 server in `ns` on `port` (bound to `bind` if given), run by
+/// `ip netns exec` (which execs it: the child is iperf3 itself).
+fn iperf_server(ns: &str, bind: Option<Ipv4Addr>, port: u16) -> Bg {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "iperf3", "-s", "-p", &port.to_string()]);
+    if let Some(b) = bind {
+        cmd.args(["-B", &b.to_string()]);
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    Bg(child)
+}
+
 /// Runs `sh -c CMD` in namespace `ns`: whether it succeeded, and its output.
 fn in_ns(ns: &str, cmd: &str) -> (bool, String) {
     let out = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().unwrap();
@@ -129,30 +153,16 @@ async fn a_nat_gateway_takes_a_private_subnet_out_and_survives_its_host() {
     // In: nothing, even when the outside routes the private block at the gateway.
     let (ok, out) = in_ns(&ext, &format!("ip route add {} via {}", vpc.cidr_block, eip.address));
     assert!(ok, "{out}");
-    let server = Command::new("ip")
-        .args(["netns", "exec", &app, "timeout", "20", "iperf3", "-s", "-p", "5302"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let server = iperf_server(&app, None, 5302);
     assert!(connects(&app, eni.private_ip, 5302), "the instance's own listener answers");
     assert!(!connects(&ext, eni.private_ip, 5302), "a connection from outside is refused");
     assert!(!connects(&ext, eip.address, 5302), "the elastic IP takes no connection either");
     assert!(!in_ns(&ext, &format!("ping -c 2 -W 1 {}", eni.private_ip)).0, "nor a ping");
     let _ = in_ns(&ext, &format!("ip route del {}", vpc.cidr_block));
-    let mut server = server;
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 
     // The gateway's host dies: its agent killed, its links down.
-    let listener = Command::new("ip")
-        .args(["netns", "exec", &ext, "timeout", "90", "iperf3", "-s", "-B", &router.to_string(), "-p", "5303"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let listener = iperf_server(&ext, Some(router), 5303);
     assert!(connects(&app, router, 5303));
     let dead = hosts.iter().find(|h| h.id == nat.host_id).unwrap();
     let lab_host = st["hosts"].as_array().unwrap().iter().find(|h| h["name"] == dead.name.as_str()).unwrap();
@@ -179,9 +189,7 @@ async fn a_nat_gateway_takes_a_private_subnet_out_and_survives_its_host() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut listener = listener;
-    let _ = listener.kill();
-    let _ = listener.wait();
+    drop(listener);
     let moved = c.get_nat_gateway(&nat.id).await.unwrap();
     println!(
         "NAT gateway failover: host dead at 0 ms, gateway moved to {} after {:?}, new connections back after {:?} (lost timeout {LOST_AFTER_MS} ms)",
