@@ -331,6 +331,47 @@ mod tests {
         assert!(matches!(fp.state.lock().unwrap().routes.get(&(7, Ipv4Addr::new(10, 0, 0, 11))), Some(evnet_bpf::Route::Local { ifindex: 11, .. })));
     }
 
+    /// A NAT gateway written into the desired state (as the pass does) is
+    /// driven as an appliance ENI: its entry may send from any source, its
+    /// MAC is in `appliances`, its rules admit everything both ways, its
+    /// address is routed to its device.
+    #[test]
+    fn a_nat_gateways_inner_leg_is_an_appliance_that_takes_everything() {
+        use evnet_bpf::maps::Direction;
+        let mut d = desired();
+        d.nat_gateways.push(evnet_model::desired::NatGatewayDesired {
+            nat_gateway_id: "nat-00000000000000a1".into(),
+            vpc_id: "vpc-1".into(),
+            vni: 7,
+            vpc_cidr: "10.0.0.0/16".parse().unwrap(),
+            subnet_id: "subnet-1".into(),
+            subnet_cidr: "10.0.0.0/24".parse().unwrap(),
+            subnet_gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
+            private_ip: Ipv4Addr::new(10, 0, 0, 5),
+            mac: "06:00:00:00:00:a1".into(),
+            elastic_ip_id: "eipalloc-1".into(),
+            public_ip: Ipv4Addr::new(203, 0, 113, 10),
+            external_network_id: "extnet-1".into(),
+            external_cidr: "203.0.113.0/24".parse().unwrap(),
+            external_gateway_ip: Ipv4Addr::new(203, 0, 113, 1),
+            host_interface: "ext0".into(),
+        });
+        let d = evnet_plan::natgw::lower(&d).into_owned();
+        let mut h = host(true);
+        h.links.insert(naming::eni_veth("nat-00000000000000a1"), link(LinkKind::Veth, 12));
+        let fp = ModelFastPath::default();
+        assert!(sync(&fp, &d, &h, &BTreeMap::new(), &Settings::default(), false).failures.is_empty());
+        let st = fp.state.lock().unwrap();
+        assert!(st.enis[&12].any_source);
+        assert_eq!(st.appliances.get(&(7, [6, 0, 0, 0, 0, 0xa1])), Some(&12));
+        assert!(matches!(st.routes.get(&(7, Ipv4Addr::new(10, 0, 0, 5))), Some(evnet_bpf::Route::Local { ifindex: 12, .. })));
+        assert_eq!(st.attached.get(&12), Some(&target::Program::Eni));
+        for dir in [Direction::Egress, Direction::Ingress] {
+            let rules = &st.rules[&(12, dir)];
+            assert_eq!(rules, &vec![evnet_bpf::maps::Rule::allow_all()], "{dir:?}");
+        }
+    }
+
     #[test]
     fn sync_converges_follows_new_devices_and_cleans_up() {
         let fp = ModelFastPath::default();

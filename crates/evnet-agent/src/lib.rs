@@ -555,6 +555,11 @@ fn reconcile_bpf(
     dry_run: bool,
     fresh: Option<&BTreeSet<String>>,
 ) -> anyhow::Result<Pass> {
+    // The host's NAT gateways, written in as instances with one ENI each
+    // (`evnet_plan::natgw`): the links, the maps and the shaping tree then
+    // build their inner legs as ENIs.
+    let lowered = evnet_plan::natgw::lower(desired);
+    let desired = &*lowered;
     let t0 = Instant::now();
     let mut observed = match fresh {
         Some(f) => kernel.observe_partial(f),

@@ -34,14 +34,14 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::{Handle, IpVersion, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::{ClassStats, HostShapingStats, Kernel, ShaperStats};
 use crate::error::{Errno, KernelError};
@@ -334,6 +334,13 @@ impl LinuxKernel {
             // Not in the host namespace: the ENI veths there (the tc-BPF
             // layout) get none, the programs answer ARP.
             for l in &raw.links {
+                if !host && l.kind == LinkKind::Other(evnet_plan::plan::MACVLAN_KIND.into()) {
+                    // A NAT gateway's outer leg announces itself.
+                    let key = evnet_plan::plan::sysctl_arp_notify(&l.name);
+                    if let Some(v) = read_sysctl(&key) {
+                        raw.state.sysctls.insert(key, v);
+                    }
+                }
                 if host || !naming::is_eni_veth(&l.name) {
                     continue;
                 }
@@ -576,6 +583,18 @@ impl LinuxKernel {
                         b = b.address(m.to_vec());
                     }
                     h.link().add(b.build()).execute().await.map_err(ne)
+                })
+            }
+            Op::CreateMacvlan { ns, name, parent } => {
+                // Made in the host namespace on its parent and created
+                // straight into `ns` (IFLA_NET_NS_FD): never seen there.
+                let target = File::open(self.ns_fd_path(ns)).map_err(|source| KernelError::Namespace { ns: ns.to_string(), source })?;
+                let fd = target.as_raw_fd();
+                let (name, parent) = (name.clone(), parent.clone());
+                self.run(&Ns::Host, move |h| async move {
+                    let idx = Self::link_index(&h, &Ns::Host, &parent).await?;
+                    let msg = LinkMacVlan::new(&name, idx, MacVlanMode::Bridge).setns_by_fd(fd).build();
+                    h.link().add(msg).execute().await.map_err(ne)
                 })
             }
             Op::MoveLink { ns, name, to } => {

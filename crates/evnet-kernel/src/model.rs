@@ -7,7 +7,10 @@
 //!   links, addresses, routes, policy rules, neighbours, FDB entries,
 //!   sysctls, namespaces, nftables tables and sets;
 //! * a new namespace has only `lo`, down, and `ip_forward=0`; a new device
-//!   has `proxy_arp=0` and `proxy_delay=80`;
+//!   has `proxy_arp=0`, `proxy_delay=80` and `arp_notify=0`;
+//! * a macvlan needs its parent in the host namespace (ENOENT) and is made
+//!   straight into its namespace, down, with the parent's MTU (its dying
+//!   with its parent is not modelled);
 //! * deleting a veth end deletes its peer; deleting a link takes its
 //!   addresses, routes, neighbours, FDB entries and per-device sysctls;
 //!   `lo` cannot be deleted or moved;
@@ -57,7 +60,7 @@ use std::sync::Mutex;
 
 use evnet_plan::naming::{self, is_valid_ifname, normalize_mac};
 use evnet_plan::{HtbTree, HtbClass, htb};
-use evnet_plan::plan::{sysctl_ip_forward, sysctl_proxy_arp, sysctl_proxy_delay};
+use evnet_plan::plan::{MACVLAN_KIND, sysctl_arp_notify, sysctl_ip_forward, sysctl_proxy_arp, sysctl_proxy_delay};
 use evnet_plan::{
     Address, FdbEntry, FirewallState, Link, LinkKind, LinkRef, Neighbour, Ns, NsState, Observed, Op, PolicyRule, Route, Shaper, VxlanInfo,
     policy,
@@ -237,6 +240,7 @@ fn check_mac(mac: &str) -> Result<String, KernelError> {
 fn new_dev_sysctls(ns: &mut MNs, dev: &str) {
     ns.sysctls.insert(sysctl_proxy_arp(dev), "0".into());
     ns.sysctls.insert(sysctl_proxy_delay(dev), "80".into());
+    ns.sysctls.insert(sysctl_arp_notify(dev), "0".into());
 }
 
 impl World {
@@ -369,6 +373,32 @@ impl World {
                         peer: None,
                         vxlan: Some(VxlanInfo { vni: *vni, local: *local, port: *port, learning: false, external: *external }),
                         sock_ns: Some(ns.clone()),
+                        ifindex: next_ifindex(),
+                    },
+                );
+                new_dev_sysctls(n, name);
+            }
+            Op::CreateMacvlan { ns, name, parent } => {
+                check_ifname(name)?;
+                let p = self.host.links.get(parent).ok_or_else(|| err(format!("link {}/{parent}", Ns::Host), Errno::NotFound))?;
+                if p.kind == LinkKind::Loopback {
+                    return Err(err(format!("macvlan on {parent}"), Errno::Invalid));
+                }
+                let mtu = p.mtu;
+                if self.ns(ns)?.links.contains_key(name) {
+                    return Err(err(format!("link {ns}/{name}"), Errno::Exists));
+                }
+                let n = self.ns_mut(ns)?;
+                n.links.insert(
+                    name.clone(),
+                    MLink {
+                        kind: LinkKind::Other(MACVLAN_KIND.into()),
+                        mac: Some(random_like_mac(&LinkRef::new(ns.clone(), name))),
+                        mtu,
+                        up: false,
+                        peer: None,
+                        vxlan: None,
+                        sock_ns: None,
                         ifindex: next_ifindex(),
                     },
                 );

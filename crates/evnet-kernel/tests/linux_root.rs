@@ -540,3 +540,93 @@ fn policy_rules_round_trip_over_netlink() {
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(left.contains("lookup 10002") && left.contains("lookup 100 "), "others' rules stay: {left}");
 }
+
+/// A NAT gateway's objects through `LinuxKernel` (tc-BPF layout, the maps
+/// not involved): plan, apply, re-plan empty; the outer macvlan on the
+/// host's external device holds the elastic IP with `arp_notify`, the
+/// namespace forwards and loads the SNAT table, and reaches the external
+/// router; a gateway that leaves takes its namespace with it and leaves the
+/// external device alone.
+#[test]
+fn a_nat_gateway_is_built_and_removed_over_netlink() {
+    use evnet_plan::{DataplaneMode, PlanConfig, plan};
+    if !root_or_skip("linux_root") {
+        return;
+    }
+    let r: u32 = rand::random::<u32>() & 0xffff;
+    let host = format!("xn{r:04x}h");
+    let ext = format!("xn{r:04x}x");
+    let host_id = format!("host-{r:08x}{:08x}", rand::random::<u32>());
+    let _guard = Cleanup { host_ns: vec![host.clone(), ext.clone()], host_ids: vec![host_id.clone()] };
+    must(&["ip", "netns", "add", &host]);
+    must(&["ip", "netns", "add", &ext]);
+    must(&["ip", "-n", &host, "link", "add", "ext0", "type", "veth", "peer", "name", "ex1", "netns", &ext]);
+    must(&["ip", "-n", &ext, "addr", "add", "203.0.113.1/24", "dev", "ex1"]);
+    for (ns, dev) in [(&host, "ext0"), (&ext, "ex1"), (&host, "lo"), (&ext, "lo")] {
+        must(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+    let net: ipnet::Ipv4Net = "10.0.0.0/24".parse().unwrap();
+    let g = hex_id("sg", u64::from(r));
+    let iid = hex_id("i", u64::from(r));
+    let cloud = Cloud {
+        hosts: vec![HostSpec { id: host_id.clone(), underlay: Ipv4Addr::new(198, 18, (r % 250) as u8 + 1, 1) }],
+        vpcs: vec![VpcSpec { id: hex_id("vpc", 1), vni: 0x3000 + r, cidr: "10.0.0.0/16".parse().unwrap(), subnets: vec![net] }],
+        enis: vec![EniSpec {
+            id: hex_id("eni", u64::from(r)),
+            vpc: 0,
+            subnet: 0,
+            ip: Ipv4Addr::new(10, 0, 0, 10),
+            secondary: vec![],
+            mac: "0a:00:00:00:00:01".into(),
+            sdc: true,
+            groups: vec![g.clone()],
+            attach: Some((0, iid.clone(), 0)),
+        }],
+        instances: vec![(0, iid)],
+        groups: vec![default_group(&g, vec![Ipv4Addr::new(10, 0, 0, 10)])],
+    };
+    let base = cloud.desired(0);
+    let v = &base.vpcs[0];
+    let nat_id = hex_id("nat", u64::from(r) << 20 | 0x5);
+    let mut d = base.clone();
+    d.nat_gateways.push(evnet_model::desired::NatGatewayDesired {
+        nat_gateway_id: nat_id.clone(),
+        vpc_id: v.vpc_id.clone(),
+        vni: v.vni,
+        vpc_cidr: v.cidr_block,
+        subnet_id: "subnet-1".into(),
+        subnet_cidr: net,
+        subnet_gateway_ip: gateway(net),
+        private_ip: Ipv4Addr::new(10, 0, 0, 5),
+        mac: evnet_model::validate::mac_for_nat_gateway(&nat_id),
+        elastic_ip_id: "eipalloc-1".into(),
+        public_ip: "203.0.113.10".parse().unwrap(),
+        external_network_id: "extnet-1".into(),
+        external_cidr: "203.0.113.0/24".parse().unwrap(),
+        external_gateway_ip: "203.0.113.1".parse().unwrap(),
+        host_interface: "ext0".into(),
+    });
+    let k = LinuxKernel::new(Some(host.clone()));
+    let cfg = PlanConfig { dataplane: DataplaneMode::Bpf, ..PlanConfig::default() };
+    let ops = plan(&d, &k.observe().unwrap(), &cfg);
+    evnet_kernel::apply_all(&k, &ops).unwrap_or_else(|e| panic!("{e}\n{}", ops.iter().map(|o| format!("{o}\n")).collect::<String>()));
+    let again = plan(&d, &k.observe().unwrap(), &cfg);
+    assert!(again.is_empty(), "re-plan not empty: {again:?}");
+    let ns = naming::nat_netns(&host_id, &nat_id);
+    let outer = naming::nat_outer(&nat_id);
+    let show = |ns: &str, args: &[&str]| {
+        let o = Command::new("ip").args(["netns", "exec", ns]).args(args).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(show(&ns, &["ip", "-d", "addr", "show", &outer]).contains("macvlan mode bridge"));
+    assert!(show(&ns, &["ip", "addr", "show", &outer]).contains("203.0.113.10/24"));
+    assert_eq!(show(&ns, &["sysctl", "-n", &format!("net.ipv4.conf.{outer}.arp_notify"), "net.ipv4.ip_forward"]), "1\n1\n");
+    assert!(show(&ns, &["nft", "list", "table", "inet", "evnet"]).contains("snat ip to 203.0.113.10"));
+    assert!(ping(&ns, "203.0.113.1".parse().unwrap(), None), "the gateway reaches the external router by its outer leg");
+    // Gone: its namespace goes, ext0 stays.
+    let ops = plan(&base, &k.observe().unwrap(), &cfg);
+    evnet_kernel::apply_all(&k, &ops).unwrap_or_else(|e| panic!("{e}"));
+    let o = k.observe().unwrap();
+    assert!(!o.namespaces.contains_key(&ns) && o.host.links.contains_key("ext0"));
+    assert!(plan(&base, &o, &cfg).is_empty());
+}

@@ -442,6 +442,38 @@ fn foreign_view(k: &ModelKernel, host: &str) -> (Observed, Vec<String>) {
     (all, names)
 }
 
+/// `d` with `n` NAT gateways placed on its host, in its first VPC (none
+/// when it has no VPC), on the host's `ul0`; `salt` varies their addresses
+/// between a start and a target.
+fn with_nats(mut d: evnet_model::desired::HostDesired, n: usize, salt: u8) -> evnet_model::desired::HostDesired {
+    let Some(v) = d.vpcs.first().cloned() else { return d };
+    for k in 0..n {
+        d.nat_gateways.push(nat_gateway(&v, k as u64, salt));
+    }
+    d
+}
+
+fn nat_gateway(v: &evnet_model::desired::VpcDesired, k: u64, salt: u8) -> evnet_model::desired::NatGatewayDesired {
+    let id = hex_id("nat", 0x50 + k);
+    evnet_model::desired::NatGatewayDesired {
+        nat_gateway_id: id.clone(),
+        vpc_id: v.vpc_id.clone(),
+        vni: v.vni,
+        vpc_cidr: v.cidr_block,
+        subnet_id: "subnet-nat".into(),
+        subnet_cidr: "10.0.1.0/24".parse().unwrap(),
+        subnet_gateway_ip: "10.0.1.1".parse().unwrap(),
+        private_ip: Ipv4Addr::new(10, 0, 1, 200 + k as u8),
+        mac: evnet_model::validate::mac_for_nat_gateway(&id),
+        elastic_ip_id: "eipalloc-1".into(),
+        public_ip: Ipv4Addr::new(203, 0, 113, 10 + k as u8 + salt),
+        external_network_id: "extnet-1".into(),
+        external_cidr: "203.0.113.0/24".parse().unwrap(),
+        external_gateway_ip: "203.0.113.1".parse().unwrap(),
+        host_interface: "ul0".into(),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 192, .. ProptestConfig::default() })]
 
@@ -453,6 +485,7 @@ proptest! {
         drift in proptest::collection::vec(arb_drift(), 0..6),
         start_bpf in any::<bool>(),
         target_bpf in any::<bool>(),
+        nats in (0usize..3, 0usize..3, 0u8..2),
     ) {
         // Either data plane's layout, from a start in either (a host
         // switching data planes converges too).
@@ -462,7 +495,7 @@ proptest! {
         let host = target.hosts[0].id.clone();
         let cfg = mode(target_bpf);
         if start_kind >= 1 {
-            let d0 = start.desired(0);
+            let d0 = with_nats(start.desired(0), nats.0, 0);
             let ops = plan(&d0, &k.observe().unwrap(), &mode(start_bpf));
             apply_all(&k, &ops).map_err(|e| TestCaseError::fail(format!("start: {e}")))?;
         }
@@ -470,7 +503,7 @@ proptest! {
             apply_drift(&k, &host, &drift);
         }
         let before = foreign_view(&k, &host);
-        let d = target.desired(0);
+        let d = with_nats(target.desired(0), nats.1, nats.2);
         let ops = plan(&d, &k.observe().unwrap(), &cfg);
         if let Err(e) = apply_all(&k, &ops) {
             return Err(TestCaseError::fail(format!("{e}\nplan:\n{}", render(&ops))));
@@ -1028,4 +1061,58 @@ fn each_eni_of_an_instance_in_one_vpc_routes_from_its_own_table() {
         assert!(st.routes.iter().all(|r| r.table != 10_001), "{dataplane:?}");
         assert!(k.snapshot_all().namespaces[&ins].rules.contains(&theirs), "{dataplane:?}");
     }
+}
+
+/// A NAT gateway on the tc-BPF layout: its namespace with the inner leg
+/// driven as an ENI from the host namespace, the outer leg (a macvlan on
+/// the external device) up only after `arp_notify` and its address, the
+/// routes, forwarding and the firewall; a moved address changes it in
+/// place; gone, its namespace goes and the host device stays.
+#[test]
+fn a_nat_gateway_is_built_in_order_changed_and_removed() {
+    let cloud = two_host_cloud();
+    let k = ModelKernel::new();
+    add_foreign(&k);
+    let cfg = PlanConfig { dataplane: DataplaneMode::Bpf, ..PlanConfig::default() };
+    let base = cloud.desired(0);
+    let d = with_nats(base.clone(), 1, 0);
+    let g = &d.nat_gateways[0];
+    let ns = naming::nat_netns(&d.host_id, &g.nat_gateway_id);
+    let outer = naming::nat_outer(&g.nat_gateway_id);
+    let ops = plan(&d, &k.observe().unwrap(), &cfg);
+    let at = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap_or_else(|| panic!("missing op in:\n{}", render(&ops)));
+    let made = at(&|o| matches!(o, Op::CreateMacvlan { ns: n, name, parent } if *n == Ns::named(&ns) && *name == outer && parent == "ul0"));
+    let notify = at(&|o| matches!(o, Op::SetSysctl { key, value, .. } if *key == format!("net.ipv4.conf.{outer}.arp_notify") && value == "1"));
+    let addr = at(&|o| matches!(o, Op::AddAddress { dev, addr, .. } if *dev == outer && addr.to_string() == "203.0.113.10/24"));
+    let up = at(&|o| matches!(o, Op::SetLink { name, up: Some(true), .. } if *name == outer));
+    let default = at(&|o| matches!(o, Op::AddRoute { ns: n, route } if *n == Ns::named(&ns) && route.dst.prefix_len() == 0 && route.dev == outer));
+    assert!(made < notify && notify < up && addr < up && up < default, "{}", render(&ops));
+    at(&|o| matches!(o, Op::CreateVeth { ns: Ns::Host, peer_ns, peer_name, peer_mac, .. } if *peer_ns == Ns::named(&ns) && peer_name == "eth0" && peer_mac.as_deref() == Some(g.mac.as_str())));
+    at(&|o| matches!(o, Op::AddRoute { ns: n, route } if *n == Ns::named(&ns) && route.dst == g.vpc_cidr && route.via == Some(g.subnet_gateway_ip)));
+    at(&|o| matches!(o, Op::SetSysctl { ns: n, key, value } if *n == Ns::named(&ns) && key == "net.ipv4.ip_forward" && value == "1"));
+    at(&|o| matches!(o, Op::ReplaceFirewall { ns: n, spec } if *n == Ns::named(&ns) && spec.tables.contains("snat ip to 203.0.113.10")));
+    apply_all(&k, &ops).unwrap_or_else(|e| panic!("{e}\nplan:\n{}", render(&ops)));
+    let o = k.observe().unwrap();
+    assert!(plan(&d, &o, &cfg).is_empty(), "re-plan not empty");
+    assert!(o.host.links.contains_key(&naming::eni_veth(&g.nat_gateway_id)), "the inner leg's host side is an ENI device");
+    // A new elastic IP: the address, the route and the firewall change; no link is made.
+    let moved = with_nats(base.clone(), 1, 1);
+    let ops = plan(&moved, &o, &cfg);
+    assert!(!ops.iter().any(|o| matches!(o, Op::CreateMacvlan { .. } | Op::CreateVeth { .. } | Op::CreateNetns { .. })), "{}", render(&ops));
+    assert!(ops.iter().any(|o| matches!(o, Op::ReplaceFirewall { spec, .. } if spec.tables.contains("snat ip to 203.0.113.11"))));
+    apply_all(&k, &ops).unwrap();
+    assert!(plan(&moved, &k.observe().unwrap(), &cfg).is_empty());
+    // Gone (moved to another host): its namespace and its host device go.
+    let ops = plan(&base, &k.observe().unwrap(), &cfg);
+    assert!(ops.contains(&Op::DeleteNetns { name: ns.clone() }), "{}", render(&ops));
+    apply_all(&k, &ops).unwrap();
+    let o = k.observe().unwrap();
+    assert!(!o.namespaces.contains_key(&ns) && !o.host.links.contains_key(&naming::eni_veth(&g.nat_gateway_id)));
+    assert!(o.host.links.contains_key("ul0"));
+    // On the nftables layout a gateway is not built.
+    let nft = plan(&d, &o, &PlanConfig::default());
+    assert!(!nft.iter().any(|o| o.ns() == Ns::named(&ns)), "{}", render(&nft));
+    // Without its parent device, the outer leg cannot be made (ENOENT).
+    let e = k.apply(&Op::CreateMacvlan { ns: Ns::Host, name: "evo1".into(), parent: "nope0".into() }).unwrap_err();
+    assert_eq!(e.errno(), Some(Errno::NotFound));
 }

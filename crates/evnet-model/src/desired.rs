@@ -41,6 +41,44 @@ pub struct HostDesired {
     /// host). Sorted by public address.
     #[serde(default)]
     pub elastic_ips: Vec<ElasticIpDesired>,
+    /// NAT gateways placed on this host, sorted by id. The gateway's VPC is
+    /// among `vpcs` (the host holds the gateway's end of it); every other
+    /// host of the VPC sees the gateway as a [`RemoteEni`] with its
+    /// source/dest check off, here.
+    #[serde(default)]
+    pub nat_gateways: Vec<NatGatewayDesired>,
+}
+
+/// A NAT gateway as its host builds it: an appliance on its VPC (reached
+/// like an ENI by `private_ip` and `mac`) with a leg on the external
+/// network holding `public_ip`, translating what it forwards out to that
+/// address and letting back in only replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NatGatewayDesired {
+    pub nat_gateway_id: String,
+    pub vpc_id: String,
+    pub vni: u32,
+    #[schemars(with = "String")]
+    pub vpc_cidr: Ipv4Net,
+    pub subnet_id: String,
+    #[schemars(with = "String")]
+    pub subnet_cidr: Ipv4Net,
+    /// The subnet's gateway: the next hop back into the VPC.
+    pub subnet_gateway_ip: Ipv4Addr,
+    pub private_ip: Ipv4Addr,
+    /// Derived from the id (`validate::mac_for_nat_gateway`), so every host
+    /// addresses the gateway alike wherever it runs.
+    pub mac: String,
+    pub elastic_ip_id: String,
+    pub public_ip: Ipv4Addr,
+    pub external_network_id: String,
+    #[schemars(with = "String")]
+    pub external_cidr: Ipv4Net,
+    /// The external network's router: the gateway's default route.
+    pub external_gateway_ip: Ipv4Addr,
+    /// The host's device on the external network; the gateway's outer leg
+    /// is a macvlan on it.
+    pub host_interface: String,
 }
 
 /// An external network as a host reaches it.

@@ -27,7 +27,11 @@
 //!   source/destination check off, through its ingress groups; what it
 //!   does next is the appliance's; a deleted or detached ENI is a
 //!   blackhole; an appliance's own packets follow the local route;
-//!   routes to other targets (gateways) are not forwarded;
+//! * to a NAT gateway: the same, to the gateway's host; it sends the packet
+//!   to the external network with its source translated to its elastic IP
+//!   (outbound only); a deleted gateway is a blackhole;
+//! * to the internet gateway: out with the source's elastic IP, translated
+//!   on the sender's host; without one, dropped;
 //! * ingress: a rule of one of the receiver's groups must match the source
 //!   (an ENI without groups receives nothing new);
 //! * groups are stateful: replies of an allowed flow pass both ways.
@@ -38,7 +42,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::resources::{
-    ElasticIp, Eni, Host, Instance, InternetGateway, Peering, PeeringStatus, Protocol, Route, RouteTable, SecurityGroup, SgRule, Subnet, Vpc,
+    ElasticIp, Eni, Host, Instance, InternetGateway, NatGateway, Peering, PeeringStatus, Protocol, Route, RouteTable, SecurityGroup, SgRule, Subnet, Vpc,
 };
 use crate::rule::Rule;
 
@@ -100,8 +104,9 @@ pub enum TraceVerdict {
     /// Reaches an appliance (an ENI a route sends it to) with its
     /// addresses unchanged; the appliance decides what comes next.
     DeliveredToAppliance,
-    /// Leaves the VPC by its internet gateway, its source translated to
-    /// the sender's elastic IP.
+    /// Leaves the VPC for an external network, its source translated: by
+    /// the internet gateway to the sender's elastic IP, or through a NAT
+    /// gateway to the gateway's.
     ToExternalNetwork,
     /// Answered by the VPC's router (a subnet gateway address).
     AnsweredByGateway,
@@ -139,6 +144,9 @@ pub struct TraceWorld<'a> {
     pub groups: BTreeMap<&'a str, &'a SecurityGroup>,
     pub instances: BTreeMap<&'a str, &'a Instance>,
     pub hosts: BTreeMap<&'a str, &'a Host>,
+    /// The VPC's NAT gateways, each with its elastic IP's address (if the
+    /// elastic IP is still there); their hosts are among `hosts`.
+    pub nat_gateways: Vec<(&'a NatGateway, Option<Ipv4Addr>)>,
     /// The VPC's internet gateway, if it has one.
     pub internet_gateways: Vec<&'a InternetGateway>,
     /// Elastic IPs associated with the VPC's ENIs.
@@ -212,6 +220,9 @@ pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result
     let inside = world.vpc.cidr_block.contains(&dst);
     let table = table_of(world, world.vpc, &source.subnet_id);
     if let Some((tb, r)) = table.and_then(|tb| longest_route(tb, dst, world, inside).map(|r| (tb, r))) {
+        if is_nat_route(r) {
+            return Ok(to_nat_gateway(t, world, src_host, dst, tb, r));
+        }
         if is_eni_route(r, world) && r.target != source.id {
             return Ok(to_appliance(t, world, req, src_host, src_ip, &what, tb, r));
         }
@@ -269,8 +280,14 @@ fn is_igw_route(r: &Route) -> bool {
     r.target.starts_with("igw-")
 }
 
+/// Whether `r` sends to a NAT gateway (which the data plane treats as an
+/// appliance of the VPC).
+fn is_nat_route(r: &Route) -> bool {
+    r.target.starts_with("nat-")
+}
+
 /// The longest route of `table` the data plane installs (to a peering, an
-/// ENI or an internet gateway) that covers `ip`; `inside` the VPC's block, only a route to an
+/// ENI, an internet or a NAT gateway) that covers `ip`; `inside` the VPC's block, only a route to an
 /// ENI inside the block (more specific than the local route) counts.
 fn longest_route<'a>(table: &'a RouteTable, ip: Ipv4Addr, world: &TraceWorld<'_>, inside: bool) -> Option<&'a Route> {
     let vpc = world.vpcs_block(&table.vpc_id);
@@ -280,9 +297,9 @@ fn longest_route<'a>(table: &'a RouteTable, ip: Ipv4Addr, world: &TraceWorld<'_>
         .filter(|r| r.destination_cidr.contains(&ip))
         .filter(|r| {
             if inside {
-                is_eni_route(r, world) && vpc.is_some_and(|b| b.contains(&r.destination_cidr))
+                (is_eni_route(r, world) || is_nat_route(r)) && vpc.is_some_and(|b| b.contains(&r.destination_cidr))
             } else {
-                is_peering_route(r, world) || is_eni_route(r, world) || is_igw_route(r)
+                is_peering_route(r, world) || is_eni_route(r, world) || is_igw_route(r) || is_nat_route(r)
             }
         })
         .max_by_key(|r| r.destination_cidr.prefix_len())
@@ -308,7 +325,7 @@ fn peering_hop<'a>(t: &mut Trace, world: &TraceWorld<'a>, source: &Eni, dst: Ipv
         let other = table.routes.iter().filter(|r| r.target != "local" && r.destination_cidr.contains(&dst)).max_by_key(|r| r.destination_cidr.prefix_len());
         stop(match other {
             Some(r) => format!(
-                "{outside}; {} sends {} to {}, a target the data plane does not forward yet (it forwards routes to peerings, ENIs and internet gateways): dropped",
+                "{outside}; {} sends {} to {}, a target the data plane does not forward yet (it forwards routes to peerings, ENIs, internet and NAT gateways): dropped",
                 table.id, r.destination_cidr, r.target
             ),
             None => format!("{outside} and {} has no route for it: dropped", table.id),
@@ -492,6 +509,50 @@ fn to_appliance(mut t: Trace, world: &TraceWorld<'_>, req: &TraceRequest, src_ho
             detail: format!("{} forwards it or not: what the appliance does next is its own (trace from it with --source-ip {src_ip})", app.id),
         });
     }
+    t
+}
+
+/// A route of the sender's table sends the packet to a NAT gateway of its
+/// VPC: an appliance on its host that takes anything (it has no security
+/// groups) and sends it to the external network with its source translated
+/// to the gateway's elastic IP; only replies come back through it.
+fn to_nat_gateway(mut t: Trace, world: &TraceWorld<'_>, src_host: Option<&str>, dst: Ipv4Addr, table: &RouteTable, route: &Route) -> Trace {
+    let text = format!("{} → {} in {}", route.destination_cidr, route.target, table.id);
+    let Some((nat, eip)) = world.nat_gateways.iter().copied().find(|(n, _)| n.id == route.target && n.vpc_id == world.vpc.id) else {
+        t.steps.push(TraceStep {
+            stage: TraceStage::Route,
+            pass: false,
+            detail: format!("the route {text} is a blackhole: {} is no NAT gateway of {} (deleted?): dropped", route.target, world.vpc.id),
+        });
+        return t;
+    };
+    let Some(eip) = eip else {
+        t.steps.push(TraceStep {
+            stage: TraceStage::Route,
+            pass: false,
+            detail: format!("the route {text} is a blackhole: {}'s elastic IP is gone: dropped", nat.id),
+        });
+        return t;
+    };
+    let path = path_text(world, src_host, &nat.host_id, world.vpc.vni, false);
+    t.steps.push(TraceStep {
+        stage: TraceStage::Route,
+        pass: src_host.is_some(),
+        detail: format!("the route {text} sends {dst} to the NAT gateway {} ({}), routed {path}", nat.id, nat.private_ip),
+    });
+    if src_host.is_none() {
+        return t;
+    }
+    t.verdict = TraceVerdict::ToExternalNetwork;
+    t.destination_host_id = Some(nat.host_id.clone());
+    t.steps.push(TraceStep {
+        stage: TraceStage::Route,
+        pass: true,
+        detail: format!(
+            "{} sends it to the external network with its source translated to {eip} (its elastic IP); outbound only: replies come back, nothing from outside starts a connection through it",
+            nat.id
+        ),
+    });
     t
 }
 
@@ -704,6 +765,7 @@ mod tests {
         peer_subnet: Subnet,
         tables: Vec<RouteTable>,
         peerings: Vec<Peering>,
+        nats: Vec<NatGateway>,
         igws: Vec<InternetGateway>,
         eips: Vec<ElasticIp>,
     }
@@ -805,6 +867,7 @@ mod tests {
                 peer_subnet,
                 tables: vec![table("rtb-1", "vpc-1", &[("10.9.0.0/16", "pcx-1")]), table("rtb-2", "vpc-2", &[("10.0.0.0/16", "pcx-1")])],
                 peerings: vec![peering],
+                nats: vec![],
                 vpc,
                 subnet,
                 enis: vec![
@@ -850,6 +913,7 @@ mod tests {
                 groups: self.groups.iter().map(|g| (g.id.as_str(), g)).collect(),
                 instances: instances.iter().map(|i| (i.id.as_str(), i)).collect(),
                 hosts: self.hosts.iter().map(|h| (h.id.as_str(), h)).collect(),
+                nat_gateways: self.nats.iter().map(|n| (n, Some(Ipv4Addr::new(203, 0, 113, 10)))).collect(),
                 internet_gateways: self.igws.iter().collect(),
                 elastic_ips: self.eips.iter().collect(),
             };
@@ -971,7 +1035,7 @@ mod tests {
         // No route at all, or one to a target not forwarded.
         let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("no route"), "{t:?}");
-        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "nat-1"));
+        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "vgw-1"));
         let t = f.run("eni-a", [192, 168, 0, 1], Protocol::Icmp, None, None);
         assert!(t.steps.last().unwrap().detail.contains("does not forward yet"), "{t:?}");
     }
@@ -1054,6 +1118,40 @@ mod tests {
         assert_eq!(f.run("eni-b", [192, 0, 2, 9], Protocol::Icmp, None, None).verdict, TraceVerdict::Dropped);
     }
 
+
+    #[test]
+    fn a_route_to_a_nat_gateway_leaves_translated_to_its_elastic_ip() {
+        let mut f = Fixture::new();
+        f.nats.push(NatGateway {
+            id: "nat-1".into(),
+            name: "nat-1".into(),
+            tags: Default::default(),
+            tenant: "t".into(),
+            created_at: String::new(),
+            revision: 1,
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-1".into(),
+            private_ip: Ipv4Addr::new(10, 0, 1, 9),
+            elastic_ip_id: "eipalloc-1".into(),
+            state: crate::resources::NatGatewayState::Available,
+            host_id: "host-2".into(),
+        });
+        f.tables[0].routes.push(Route::new("0.0.0.0/0".parse().unwrap(), "nat-1"));
+        let t = f.run("eni-a", [192, 0, 2, 9], Protocol::Tcp, Some(443), None);
+        assert_eq!(t.verdict, TraceVerdict::ToExternalNetwork, "{t:?}");
+        assert_eq!(t.destination_host_id.as_deref(), Some("host-2"));
+        let last = &t.steps.last().unwrap().detail;
+        assert!(last.contains("translated to 203.0.113.10") && last.contains("outbound only"), "{last}");
+        assert!(t.steps[2].detail.contains("NAT gateway nat-1 (10.0.1.9)") && t.steps[2].detail.contains("host-1 to host-2"), "{:?}", t.steps[2]);
+        // Inside the VPC the local route wins; a peer's block is longer.
+        assert_eq!(f.run("eni-a", [10, 0, 1, 5], Protocol::Icmp, None, None).destination_eni_id.as_deref(), Some("eni-b"));
+        assert_eq!(f.run("eni-a", [10, 9, 1, 4], Protocol::Icmp, None, None).verdict, TraceVerdict::Delivered);
+        // Deleted: a blackhole.
+        f.nats.clear();
+        assert!(f.run("eni-a", [192, 0, 2, 9], Protocol::Icmp, None, None).steps.last().unwrap().detail.contains("blackhole"));
+    }
+
+
     #[test]
     fn a_rule_with_an_empty_port_range_matches_nothing() {
         let mut f = Fixture::new();
@@ -1074,6 +1172,7 @@ mod tests {
             groups: BTreeMap::new(),
             instances: BTreeMap::new(),
             hosts: BTreeMap::new(),
+            nat_gateways: vec![],
             internet_gateways: vec![],
             elastic_ips: vec![],
         };

@@ -207,12 +207,21 @@ pub fn mac_for_eni(eni_id: &str) -> String {
     format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[3], b[4], b[5], b[6], b[7])
 }
 
+/// A NAT gateway's MAC on its VPC (`06:` then the low 40 bits of its id):
+/// every host computes the same, as the gateway is reached by its inner MAC
+/// wherever it runs, and it never collides with an ENI's (`02:`).
+pub fn mac_for_nat_gateway(nat_id: &str) -> String {
+    let b = id_bits(nat_id).to_be_bytes();
+    format!("06:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[3], b[4], b[5], b[6], b[7])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn macs_are_local_unicast_and_stable() {
+        assert_eq!(mac_for_nat_gateway("nat-00000012345678ab"), "06:12:34:56:78:ab");
         let m = mac_for_eni("eni-00000012345678ab");
         assert_eq!(m, "02:12:34:56:78:ab");
         assert_eq!(m, mac_for_eni("eni-00000012345678ab"));

@@ -13,6 +13,9 @@
 //! * [`op`]: the serialisable, printable operations.
 //! * [`htb`]: the host's send-shaping tree on the tc-BPF data plane (one
 //!   HTB class per ENI on the underlay device), target, diff and minors.
+//! * [`natgw`]: NAT gateways on the host that runs them (a namespace with
+//!   an inner leg driven like an ENI and an outer leg on the external
+//!   network; source NAT and an outbound-only filter in nftables).
 //! * [`nft`]: anti-spoofing and security groups rendered as nftables.
 //! * [`policy`]: per-ENI routing tables and rules inside an instance, and
 //!   how evnet's rules are told from others.
@@ -25,6 +28,7 @@
 
 pub mod htb;
 pub mod naming;
+pub mod natgw;
 pub mod nft;
 pub mod observed;
 pub mod op;

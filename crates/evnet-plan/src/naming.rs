@@ -12,6 +12,8 @@ pub const LINK_PREFIX: &str = "ev";
 pub const VPC_NETNS_PREFIX: &str = "evv-";
 /// Prefix of instance namespaces named by [`instance_netns`].
 pub const INSTANCE_NETNS_PREFIX: &str = "evi-";
+/// Prefix of NAT gateway namespaces named by [`nat_netns`].
+pub const NAT_NETNS_PREFIX: &str = "evn-";
 /// Longest interface name the kernel accepts.
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Name of evnet's nftables tables (one `arp`, one `inet`) per namespace.
@@ -57,10 +59,22 @@ pub fn instance_netns(host_id: &str, instance_id: &str) -> String {
     format!("{INSTANCE_NETNS_PREFIX}{}-{}", host_tag(host_id), id_hex(instance_id, 16))
 }
 
+/// The namespace of a NAT gateway on a host (evnet's own, like an
+/// instance's: made and removed by the agent).
+pub fn nat_netns(host_id: &str, nat_id: &str) -> String {
+    format!("{NAT_NETNS_PREFIX}{}-{}", host_tag(host_id), id_hex(nat_id, 16))
+}
+
+/// A NAT gateway's outer leg in its namespace (`evo<10 hex>`, 13 bytes): a
+/// macvlan on the host's device on the external network.
+pub fn nat_outer(nat_id: &str) -> String {
+    format!("evo{}", id_hex(nat_id, 10))
+}
+
 /// Whether the namespace `name` belongs to host `host_id` by its name.
 pub fn owned_netns(name: &str, host_id: &str) -> bool {
     let tag = host_tag(host_id);
-    [VPC_NETNS_PREFIX, INSTANCE_NETNS_PREFIX]
+    [VPC_NETNS_PREFIX, INSTANCE_NETNS_PREFIX, NAT_NETNS_PREFIX]
         .iter()
         .any(|p| name.strip_prefix(p).and_then(|r| r.strip_prefix(tag.as_str())).is_some_and(|r| r.starts_with('-')))
 }
@@ -182,6 +196,7 @@ mod tests {
         let h2 = "host-ffffffff00000000";
         assert!(owned_netns(&vpc_netns(h1, 7), h1));
         assert!(owned_netns(&instance_netns(h1, "i-1234567890abcdef"), h1));
+        assert!(owned_netns(&nat_netns(h1, "nat-1234567890abcdef"), h1) && !owned_netns(&nat_netns(h2, "nat-1234567890abcdef"), h1));
         assert!(!owned_netns(&vpc_netns(h2, 7), h1));
         assert!(!owned_netns("evv-e5f60718", h1));
         assert!(!owned_netns("other", h1));

@@ -44,7 +44,7 @@ use crate::naming::{self, NFT_TABLE};
 use crate::op::FirewallSpec;
 
 /// Placeholder the fingerprint replaces in the rendered text.
-const FP: &str = "@FINGERPRINT@";
+pub(crate) const FP: &str = "@FINGERPRINT@";
 
 fn ip_list(ips: &BTreeSet<Ipv4Addr>) -> String {
     let v: Vec<String> = ips.iter().map(|i| i.to_string()).collect();

@@ -83,6 +83,10 @@ pub enum Op {
         #[serde(default)]
         external: bool,
     },
+    /// A macvlan (bridge mode, down) on `parent` in the host namespace,
+    /// created straight into `ns`: a NAT gateway's outer leg. It answers
+    /// ARP for its own addresses on the parent's network.
+    CreateMacvlan { ns: Ns, name: String, parent: String },
     /// Moves a link to another namespace (it arrives down, without addresses).
     MoveLink { ns: Ns, name: String, to: Ns },
     SetLink { ns: Ns, name: String, mac: Option<String>, mtu: Option<u32>, up: Option<bool> },
@@ -151,6 +155,7 @@ impl Op {
             Op::DeleteNetns { .. } => "delete_netns",
             Op::CreateVeth { .. } => "create_veth",
             Op::CreateVxlan { .. } => "create_vxlan",
+            Op::CreateMacvlan { .. } => "create_macvlan",
             Op::MoveLink { .. } => "move_link",
             Op::SetLink { .. } => "set_link",
             Op::DeleteLink { .. } => "delete_link",
@@ -187,6 +192,7 @@ impl Op {
             Op::CreateNetns { name } | Op::DeleteNetns { name } => Ns::Named(name.clone()),
             Op::CreateVeth { ns, .. }
             | Op::CreateVxlan { ns, .. }
+            | Op::CreateMacvlan { ns, .. }
             | Op::MoveLink { ns, .. }
             | Op::SetLink { ns, .. }
             | Op::DeleteLink { ns, .. }
@@ -260,6 +266,7 @@ impl fmt::Display for Op {
                 }
                 write!(f, " dstport {port} nolearning")
             }
+            Op::CreateMacvlan { ns, name, parent } => write!(f, "[host] link add {name} link {parent} netns {ns} type macvlan mode bridge"),
             Op::MoveLink { ns, name, to } => write!(f, "[{ns}] link set {name} netns {to}"),
             Op::SetLink { ns, name, mac, mtu, up } => {
                 write!(f, "[{ns}] link set {name}")?;

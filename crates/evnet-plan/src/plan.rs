@@ -98,6 +98,9 @@ pub fn sysctl_proxy_arp(dev: &str) -> String {
 pub fn sysctl_proxy_delay(dev: &str) -> String {
     format!("net.ipv4.neigh.{dev}.proxy_delay")
 }
+pub fn sysctl_arp_notify(dev: &str) -> String {
+    format!("net.ipv4.conf.{dev}.arp_notify")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TKind {
@@ -106,7 +109,14 @@ enum TKind {
     Veth { peer: LinkRef, creator: bool, peer_mac: Option<String> },
     Vxlan { info: VxlanInfo, mac: String },
     Ifb,
+    /// A macvlan on `parent` in the host namespace (a NAT gateway's outer
+    /// leg). Brought up only after its sysctls and addresses, so that with
+    /// `arp_notify` its coming up announces its address.
+    Macvlan { parent: String },
 }
+
+/// The kind a macvlan is observed as (`IFLA_INFO_KIND`).
+pub const MACVLAN_KIND: &str = "macvlan";
 
 /// A shaper to hold on a device: rates never above `limit_bps`; exactly
 /// `rate_bps` when the controller gave one, else whatever rate within the
@@ -391,8 +401,41 @@ fn target_bpf(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRat
         instance_side(itn, e, LinkRef::new(Ns::Host, &dev), cfg);
     }
     other_vpc_routes(d, &local, &mut out);
+    // A gateway's inner leg exists only while its VPC is among the host's.
+    for g in d.nat_gateways.iter().filter(|g| d.vpcs.iter().any(|v| v.vpc_id == g.vpc_id)) {
+        if let Some(tn) = out.get_mut(&naming::nat_netns(&d.host_id, &g.nat_gateway_id)) {
+            nat_gateway_side(tn, g);
+        }
+    }
     out.insert(HOST.into(), host);
     out
+}
+
+/// What a NAT gateway's namespace holds beyond its inner leg (built as an
+/// ENI's instance side by [`crate::natgw::lower`]): the main table sends
+/// the VPC's block back through the subnet's gateway and everything else
+/// out of the outer leg (a macvlan on the host's external device, holding
+/// the elastic IP) to the external network's router; forwarding on;
+/// `arp_notify` on the outer leg, so a gateway that comes up on a new host
+/// announces its address at once; the firewall of [`crate::natgw::firewall`].
+fn nat_gateway_side(tn: &mut TNs, g: &evnet_model::desired::NatGatewayDesired) {
+    let inner = naming::instance_ifname(0);
+    let outer = naming::nat_outer(&g.nat_gateway_id);
+    let any = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0/0 is valid");
+    tn.routes.remove(&(MAIN_TABLE, any));
+    if g.vpc_cidr != g.subnet_cidr && g.subnet_cidr.contains(&g.subnet_gateway_ip) {
+        tn.routes.insert((MAIN_TABLE, g.vpc_cidr), Route::main(g.vpc_cidr, inner, Some(g.subnet_gateway_ip)));
+    }
+    tn.links.insert(outer.clone(), TLink { kind: TKind::Macvlan { parent: g.host_interface.clone() }, mac: None, mtu: None, up: true });
+    if let Ok(addr) = Ipv4Net::new(g.public_ip, g.external_cidr.prefix_len()) {
+        tn.addresses.insert(Address { dev: outer.clone(), addr });
+        if g.external_cidr.contains(&g.external_gateway_ip) {
+            tn.routes.insert((MAIN_TABLE, any), Route::main(any, outer.clone(), Some(g.external_gateway_ip)));
+        }
+    }
+    tn.sysctls.insert(sysctl_ip_forward(), "1".into());
+    tn.sysctls.insert(sysctl_arp_notify(&outer), "1".into());
+    tn.firewall = Some(crate::natgw::firewall(g));
 }
 
 /// The other hosts holding ENIs of `vpc`, as the overlay check of its
@@ -464,6 +507,8 @@ fn compatible(obs: &Link, t: &TLink) -> bool {
         TKind::Veth { peer, .. } => obs.kind == LinkKind::Veth && obs.peer.as_ref() == Some(peer),
         TKind::Vxlan { info, .. } => obs.kind == LinkKind::Vxlan && obs.vxlan.as_ref() == Some(info),
         TKind::Ifb => obs.kind == LinkKind::Ifb,
+        // Its parent is in another namespace: the kind is what is checked.
+        TKind::Macvlan { .. } => obs.kind == LinkKind::Other(MACVLAN_KIND.into()),
     }
 }
 
@@ -510,6 +555,14 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
         d.instances.retain(|i| !gone_foreign(i));
         present_only = d;
         &present_only
+    } else {
+        desired
+    };
+    // NAT gateways are built on the tc-BPF data plane only.
+    let lowered;
+    let desired = if cfg.dataplane == DataplaneMode::Bpf && !desired.nat_gateways.is_empty() {
+        lowered = crate::natgw::lower(desired);
+        &*lowered
     } else {
         desired
     };
@@ -702,6 +755,14 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
                     created.insert(r.clone());
                     created.insert(peer.clone());
                 }
+                TKind::Macvlan { parent } => {
+                    link_ops.push(Op::CreateMacvlan { ns: ns.clone(), name: lname.clone(), parent: parent.clone() });
+                    present.insert(
+                        r.clone(),
+                        Link { kind: LinkKind::Other(MACVLAN_KIND.into()), mac: None, mtu: 1500, up: false, peer: None, vxlan: None, ifindex: 0 },
+                    );
+                    created.insert(r.clone());
+                }
                 TKind::Vxlan { info, mac } => {
                     let mtu = tl.mtu.unwrap_or(1500);
                     link_ops.push(Op::CreateVxlan {
@@ -735,6 +796,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
         }
     }
     ops.extend(link_ops);
+    let mut late_up = Vec::new();
     for (name, t) in &tgt {
         let ns = ns_of(name);
         for (lname, tl) in &t.links {
@@ -742,7 +804,9 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
             let mac = tl.mac.clone().filter(|m| cur.mac.as_ref() != Some(m));
             let mtu = tl.mtu.filter(|m| *m != cur.mtu);
             let up = (cur.up != tl.up).then_some(tl.up);
-            if mac.is_some() || mtu.is_some() || up.is_some() {
+            if matches!(tl.kind, TKind::Macvlan { .. }) && up == Some(true) {
+                late_up.push(Op::SetLink { ns: ns.clone(), name: lname.clone(), mac, mtu, up });
+            } else if mac.is_some() || mtu.is_some() || up.is_some() {
                 ops.push(Op::SetLink { ns: ns.clone(), name: lname.clone(), mac, mtu, up });
             }
         }
@@ -770,6 +834,9 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
             }
         }
     }
+    // Outer legs come up once their sysctls and addresses are set, before
+    // the routes through them.
+    ops.extend(late_up);
     for (name, t) in &tgt {
         let left = addrs_left.get(name.as_str()).unwrap_or(&nothing);
         let st = obs_ns(observed, name).unwrap_or(&empty);

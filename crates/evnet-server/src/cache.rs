@@ -301,6 +301,7 @@ impl Snapshot {
             "peerings" => Obj::Peering(self.peerings.get(id)?.value.clone()),
             "elastic-ips" => Obj::ElasticIp(self.elastic_ips.get(id)?.value.clone()),
             "internet-gateways" => Obj::InternetGateway(self.internet_gateways.get(id)?.value.clone()),
+            "nat-gateways" => Obj::NatGateway(self.nat_gateways.get(id)?.value.clone()),
             _ => return None,
         })
     }

@@ -27,9 +27,11 @@ use evnet_store::EtcdStore;
 use serde::{Deserialize, Serialize};
 
 /// The loops that must run on one server at a time.
-pub const LOOPS: [&str; 2] = [BANDWIDTH, HOST_LIVENESS];
+pub const LOOPS: [&str; 3] = [BANDWIDTH, HOST_LIVENESS, NAT_FAILOVER];
 pub const BANDWIDTH: &str = "bandwidth";
 pub const HOST_LIVENESS: &str = "host-liveness";
+/// Moves NAT gateways off lost hosts ([`crate::natgw_failover`]).
+pub const NAT_FAILOVER: &str = "nat-failover";
 
 pub const SERVERS_PREFIX: &str = "/cluster/servers/";
 pub const LEADERS_PREFIX: &str = "/cluster/leaders/";

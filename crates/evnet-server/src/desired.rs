@@ -52,6 +52,8 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
         .flat_map(|e| elastic_ips_of(snap, &e.eni_id, ids(&idx.eips_by_eni, &e.eni_id).into_iter()))
         .collect();
     elastic_ips.sort_by_key(|x| x.public_ip);
+    let nat_gateways = nat_gateways_desired(snap, host_id, ids(&idx.nats_by_host, host_id).iter().filter_map(|id| snap.nat_gateways.get(id)).map(|n| &*n.value));
+    local_vpcs.extend(nat_gateways.iter().map(|n| n.vpc_id.clone()));
     let mut vpcs = vec![];
     for vpc_id in &local_vpcs {
         let Some(v) = snap.vpcs.get(vpc_id) else { continue };
@@ -75,6 +77,7 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
                 remote_eni(snap, eni)
             })
             .collect();
+        remote_enis.extend(nat_remote_enis(snap, vpc_id, host_id, ids(&idx.nats_by_vpc, vpc_id).iter().filter_map(|id| snap.nat_gateways.get(id)).map(|n| &*n.value)));
         remote_enis.sort_by(|a, b| a.eni_id.cmp(&b.eni_id));
         let mut peer_routes = vec![];
         for p in ids(&idx.peerings_by_vpc, vpc_id).iter().filter_map(|id| snap.peerings.get(id)).filter(|p| {
@@ -147,7 +150,60 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
         peer_vpcs,
         external_networks: external_networks_desired(snap, &elastic_ips),
         elastic_ips,
+        nat_gateways,
     })
+}
+
+/// The NAT gateways among `nats` placed on `host_id`, as it builds them;
+/// one whose VPC, subnet, elastic IP or external network is missing is
+/// left out (it cannot be built), and then its VPC shows nothing of it.
+fn nat_gateways_desired<'a>(snap: &Snapshot, host_id: &str, nats: impl Iterator<Item = &'a NatGateway>) -> Vec<NatGatewayDesired> {
+    let mut out: Vec<NatGatewayDesired> = nats.filter(|n| n.host_id == host_id).filter_map(|n| nat_gateway_desired(snap, n)).collect();
+    out.sort_by(|a, b| a.nat_gateway_id.cmp(&b.nat_gateway_id));
+    out
+}
+
+fn nat_gateway_desired(snap: &Snapshot, n: &NatGateway) -> Option<NatGatewayDesired> {
+    let vpc = &snap.vpcs.get(&n.vpc_id)?.value;
+    let subnet = &snap.subnets.get(&n.subnet_id)?.value;
+    let eip = &snap.elastic_ips.get(&n.elastic_ip_id)?.value;
+    let net = &snap.external_networks.get(&eip.external_network_id)?.value;
+    Some(NatGatewayDesired {
+        nat_gateway_id: n.id.clone(),
+        vpc_id: n.vpc_id.clone(),
+        vni: vpc.vni,
+        vpc_cidr: vpc.cidr_block,
+        subnet_id: n.subnet_id.clone(),
+        subnet_cidr: subnet.cidr_block,
+        subnet_gateway_ip: subnet.gateway_ip,
+        private_ip: n.private_ip,
+        mac: validate::mac_for_nat_gateway(&n.id),
+        elastic_ip_id: eip.id.clone(),
+        public_ip: eip.address,
+        external_network_id: net.id.clone(),
+        external_cidr: net.cidr,
+        external_gateway_ip: net.gateway_ip,
+        host_interface: net.host_interface.clone(),
+    })
+}
+
+/// The NAT gateways among `nats` of `vpc_id` that run on other hosts than
+/// `host_id`, as appliances there (source/dest check off): routes to them
+/// send packets to their host, found by their address like any ENI's.
+fn nat_remote_enis<'a>(snap: &Snapshot, vpc_id: &str, host_id: &str, nats: impl Iterator<Item = &'a NatGateway>) -> Vec<RemoteEni> {
+    nats.filter(|n| n.vpc_id == vpc_id && n.host_id != host_id && nat_gateway_desired(snap, n).is_some())
+        .filter_map(|n| {
+            let h = snap.hosts.get(&n.host_id)?;
+            Some(RemoteEni {
+                eni_id: n.id.clone(),
+                mac: validate::mac_for_nat_gateway(&n.id),
+                ips: vec![n.private_ip],
+                host_id: n.host_id.clone(),
+                underlay_ip: h.value.underlay_ip,
+                source_dest_check: false,
+            })
+        })
+        .collect()
 }
 
 /// The elastic IPs associated with `eni`, an ENI attached here.
@@ -205,8 +261,9 @@ fn subnet_desired(s: &Subnet, vpc: &Vpc, tables: &[&RouteTable]) -> SubnetDesire
 /// A VPC's route tables as its data plane applies them: every route but
 /// `local`, a peering target resolved to the peer VPC when the peering is
 /// active and joins this VPC, an ENI target to its primary address while
-/// it is an attached ENI of this VPC; anything else a blackhole. Routes to
-/// other targets (gateways) are left out.
+/// it is an attached ENI of this VPC, an internet gateway target while it
+/// is the VPC's, a NAT gateway target to its address (an appliance);
+/// anything else a blackhole.
 fn route_tables_desired(snap: &Snapshot, vpc_id: &str, mut tables: Vec<&RouteTable>) -> Vec<RouteTableDesired> {
     tables.sort_by(|a, b| a.id.cmp(&b.id));
     tables
@@ -234,6 +291,14 @@ fn route_tables_desired(snap: &Snapshot, vpc_id: &str, mut tables: Vec<&RouteTab
                         },
                         Some(Kind::InternetGateway) => match snap.internet_gateways.get(&r.target) {
                             Some(g) if g.value.vpc_id == vpc_id => RouteTargetDesired::InternetGateway { internet_gateway_id: g.value.id.clone() },
+                            _ => blackhole(),
+                        },
+                        // A NAT gateway is an appliance of its VPC: routed
+                        // to by its address, wherever it runs.
+                        Some(Kind::NatGateway) => match snap.nat_gateways.get(&r.target).map(|n| &*n.value) {
+                            Some(n) if n.vpc_id == vpc_id && nat_gateway_desired(snap, n).is_some() => {
+                                RouteTargetDesired::Eni { eni_id: n.id.clone(), ip: n.private_ip }
+                            }
                             _ => blackhole(),
                         },
                         _ => return None,
@@ -386,6 +451,8 @@ mod tests {
         let mut elastic_ips: Vec<ElasticIpDesired> =
             local.iter().flat_map(|eni| elastic_ips_of(snap, eni, snap.elastic_ips.keys().cloned())).collect();
         elastic_ips.sort_by_key(|x| x.public_ip);
+        let nat_gateways = nat_gateways_desired(snap, host_id, snap.nat_gateways.values().map(|n| &*n.value));
+        local_vpcs.extend(nat_gateways.iter().map(|n| n.vpc_id.clone()));
         let mut vpcs = vec![];
         for vpc_id in &local_vpcs {
             let Some(v) = snap.vpcs.get(vpc_id) else { continue };
@@ -413,6 +480,7 @@ mod tests {
                     })
                 })
                 .collect();
+            remote_enis.extend(nat_remote_enis(snap, vpc_id, host_id, snap.nat_gateways.values().map(|n| &*n.value)));
             remote_enis.sort_by(|a, b| a.eni_id.cmp(&b.eni_id));
             let mut peer_routes = vec![];
             for p in snap.peerings.values().filter(|p| {
@@ -475,6 +543,7 @@ mod tests {
             peer_vpcs,
             external_networks: external_networks_desired(snap, &elastic_ips),
             elastic_ips,
+            nat_gateways,
         })
     }
 
@@ -660,6 +729,66 @@ mod tests {
         assert!(!w.snap.fanout.enis_by_host.contains_key("h2"));
         assert!(!w.snap.fanout.attached_by_vpc.contains_key("v1"));
         assert_eq!(w.snap.fanout.enis_by_group.get("g2").map(|s| s.len()), Some(1));
+    }
+
+    #[test]
+    fn a_nat_gateway_is_built_on_its_host_and_an_appliance_on_its_vpcs_other_hosts() {
+        let mut w = World { snap: Snapshot::default(), rev: 0, hosts: ["h1", "h2", "h3"].map(String::from).to_vec() };
+        for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
+            w.put("hosts", h, host(h, &format!("198.18.0.{}", i + 1), 0));
+        }
+        w.put("vpcs", "v1", vpc("v1", "10.1.0.0/16", 1, "g1"));
+        w.put("subnets", "s1", subnet("s1", "v1", "10.1.1.0/24", "10.1.1.1"));
+        w.put("subnets", "s2", subnet("s2", "v1", "10.1.2.0/24", "10.1.2.1"));
+        w.put("instances", "i1", instance("i1", "h1"));
+        w.put("enis", "e1", eni("e1", "v1", "s2", "10.1.2.10", &[], Some(("i1", "h1", 0))));
+        w.put(
+            "external-networks",
+            "extnet-1",
+            with(common("extnet-1"), json!({"tenant": "system", "cidr": "203.0.113.0/24", "gateway_ip": "203.0.113.1",
+                "allocation_pool": {"start": "203.0.113.10", "end": "203.0.113.189"}, "host_interface": "ext0"})),
+        );
+        let nat = |host: &str| {
+            with(common("nat-00000000000000a1"), json!({"vpc_id": "v1", "subnet_id": "s1", "private_ip": "10.1.1.5",
+                "elastic_ip_id": "eipalloc-1", "state": "available", "host_id": host}))
+        };
+        let eip = |address: &str| {
+            with(common("eipalloc-1"), json!({"external_network_id": "extnet-1", "address": address,
+                "association": {"nat_gateway_id": "nat-00000000000000a1", "private_ip": "10.1.1.5"}}))
+        };
+        w.put("elastic-ips", "eipalloc-1", eip("203.0.113.10"));
+        // Placed on h2, where v1 has no ENI: h2 builds it and holds v1; h1
+        // sees it as an appliance on h2.
+        assert_eq!(w.put("nat-gateways", "nat-00000000000000a1", nat("h2")), set(&["h1", "h2"]));
+        let h2 = compute(&w.snap, "h2").unwrap();
+        let g = &h2.nat_gateways[..];
+        assert_eq!(g.len(), 1);
+        assert_eq!((g[0].mac.as_str(), g[0].public_ip.to_string().as_str(), g[0].host_interface.as_str()), ("06:00:00:00:00:a1", "203.0.113.10", "ext0"));
+        assert_eq!((g[0].vni, g[0].subnet_gateway_ip.to_string(), g[0].external_gateway_ip.to_string()), (1, "10.1.1.1".into(), "203.0.113.1".into()));
+        assert_eq!(h2.vpcs.iter().map(|v| v.vpc_id.as_str()).collect::<Vec<_>>(), ["v1"]);
+        let h1 = compute(&w.snap, "h1").unwrap();
+        let r = h1.vpcs[0].remote_enis.iter().find(|r| r.eni_id == "nat-00000000000000a1").unwrap();
+        assert_eq!((r.host_id.as_str(), r.source_dest_check, r.ips.clone()), ("h2", false, vec!["10.1.1.5".parse().unwrap()]));
+        assert!(h1.nat_gateways.is_empty());
+        // A route to it is a route to an appliance at its address.
+        w.put("route-tables", "rtb-v1", with(common("rtb-v1"), json!({"vpc_id": "v1", "main": true, "routes": [{"destination_cidr": "0.0.0.0/0", "target": "nat-00000000000000a1"}]})));
+        let routes = &compute(&w.snap, "h1").unwrap().vpcs[0].route_tables[0].routes;
+        assert_eq!(routes[0].target, RouteTargetDesired::Eni { eni_id: "nat-00000000000000a1".into(), ip: "10.1.1.5".parse().unwrap() });
+        // A subnet change reaches the gateway's host, which holds v1 only through it.
+        assert!(w.put("subnets", "s3", subnet("s3", "v1", "10.1.3.0/24", "10.1.3.1")).contains("h2"));
+        // Moved to h3 (its host lost): h2 stops building it, h3 builds it,
+        // h1 follows it there.
+        assert_eq!(w.put("nat-gateways", "nat-00000000000000a1", nat("h3")), set(&["h1", "h2", "h3"]));
+        assert!(compute(&w.snap, "h2").unwrap().nat_gateways.is_empty() && compute(&w.snap, "h2").unwrap().vpcs.is_empty());
+        assert_eq!(compute(&w.snap, "h3").unwrap().nat_gateways.len(), 1);
+        assert!(compute(&w.snap, "h1").unwrap().vpcs[0].remote_enis.iter().any(|r| r.eni_id == "nat-00000000000000a1" && r.host_id == "h3"));
+        // Its elastic IP feeds it.
+        assert_eq!(w.put("elastic-ips", "eipalloc-1", eip("203.0.113.11")), set(&["h1", "h3"]));
+        // Deleted: a blackhole, nothing left on h3.
+        w.del("nat-gateways", "nat-00000000000000a1");
+        assert!(compute(&w.snap, "h3").unwrap().nat_gateways.is_empty());
+        assert!(matches!(compute(&w.snap, "h1").unwrap().vpcs[0].route_tables[0].routes[0].target, RouteTargetDesired::Blackhole { .. }));
+        assert!(!w.snap.fanout.nats_by_host.contains_key("h3") && !w.snap.fanout.nats_by_vpc.contains_key("v1"));
     }
 
     #[test]

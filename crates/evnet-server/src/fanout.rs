@@ -9,7 +9,9 @@
 //!   and marks them changed at the batch's revision
 //!   ([`FanoutIndex::changed_at`]). A heartbeat (which changes nothing a
 //!   desired state holds) wakes nobody; an ENI wakes its host and the hosts
-//!   of its VPC; a rule wakes the hosts using its group.
+//!   of its VPC; a rule wakes the hosts using its group; a NAT gateway (or
+//!   its elastic IP) wakes its host and the hosts of its VPC, and counts
+//!   as its host's presence in the VPC, as an attached ENI does.
 //! - **what one host's state is made of.** [`crate::desired::compute`]
 //!   reads one host's instances, ENIs, VPCs and groups through the index
 //!   instead of scanning every object of the fleet.
@@ -36,10 +38,12 @@ pub enum Obj {
     SecurityGroup(Arc<SecurityGroup>),
     RouteTable(Arc<RouteTable>),
     Peering(Arc<Peering>),
-    /// Shown by the host of the ENI it is associated with.
+    /// Shown by the host of the ENI it is associated with; fed into the
+    /// state of the NAT gateway holding it (its public address).
     ElasticIp(Arc<ElasticIp>),
     /// Decides whether routes to it forward, on its VPC's hosts.
     InternetGateway(Arc<InternetGateway>),
+    NatGateway(Arc<NatGateway>),
 }
 
 type Ids = BTreeSet<String>;
@@ -74,6 +78,12 @@ pub struct FanoutIndex {
     /// VPC → the VPCs it has peerings with (any status) → how many: a
     /// VPC's hosts show its peers' ENIs.
     peers_of_vpc: HashMap<String, Counts>,
+    /// Host → the NAT gateways placed there.
+    pub(crate) nats_by_host: HashMap<String, Ids>,
+    /// VPC → its NAT gateways (any host).
+    pub(crate) nats_by_vpc: HashMap<String, Ids>,
+    /// NAT gateway → (host, VPC): whom its elastic IP's changes touch.
+    nat_place: HashMap<String, (String, String)>,
     pending: HashSet<String>,
     changed_at: HashMap<String, Revision>,
     listed_at: Revision,
@@ -191,6 +201,32 @@ impl FanoutIndex {
         }
     }
 
+    fn index_nat(&mut self, n: &NatGateway, up: bool) {
+        let set = if up { add } else { remove };
+        set(&mut self.nats_by_host, &n.host_id, &n.id);
+        set(&mut self.nats_by_vpc, &n.vpc_id, &n.id);
+        count(&mut self.vpc_hosts, &n.vpc_id, &n.host_id, up);
+        count(&mut self.host_vpcs, &n.host_id, &n.vpc_id, up);
+        if up {
+            self.nat_place.insert(n.id.clone(), (n.host_id.clone(), n.vpc_id.clone()));
+        } else {
+            self.nat_place.remove(&n.id);
+        }
+    }
+
+    fn touch_nat(&mut self, host: &str, vpc: &str) {
+        self.pending.insert(host.to_string());
+        self.touch_vpc(vpc);
+    }
+
+    /// An elastic IP feeds the state of the NAT gateway holding it.
+    fn touch_eip(&mut self, e: &ElasticIp) {
+        let nat = e.association.as_ref().and_then(|a| a.nat_gateway_id.as_deref());
+        if let Some((host, vpc)) = nat.and_then(|n| self.nat_place.get(n)).cloned() {
+            self.touch_nat(&host, &vpc);
+        }
+    }
+
     fn index_eni(&mut self, e: &Eni, up: bool) {
         let set = if up { add } else { remove };
         for g in &e.security_group_ids {
@@ -291,6 +327,7 @@ impl FanoutIndex {
                     self.touch_host_of_eni(eni);
                     remove(&mut self.eips_by_eni, eni, &x.id);
                 }
+                self.touch_eip(x);
             }
             Obj::InternetGateway(g) => self.touch_own_vpc(&g.vpc_id),
             Obj::Peering(p) => {
@@ -300,6 +337,10 @@ impl FanoutIndex {
                 remove(&mut self.peerings_by_vpc, &p.vpc_b, &p.id);
                 count(&mut self.peers_of_vpc, &p.vpc_a, &p.vpc_b, false);
                 count(&mut self.peers_of_vpc, &p.vpc_b, &p.vpc_a, false);
+            }
+            Obj::NatGateway(n) => {
+                self.touch_nat(&n.host_id, &n.vpc_id);
+                self.index_nat(n, false);
             }
         }
     }
@@ -334,6 +375,7 @@ impl FanoutIndex {
                     add(&mut self.eips_by_eni, eni, &x.id);
                     self.touch_host_of_eni(eni);
                 }
+                self.touch_eip(x);
             }
             Obj::InternetGateway(g) => self.touch_own_vpc(&g.vpc_id),
             Obj::Peering(p) => {
@@ -343,6 +385,10 @@ impl FanoutIndex {
                 count(&mut self.peers_of_vpc, &p.vpc_b, &p.vpc_a, true);
                 self.touch_vpc(&p.vpc_a);
                 self.touch_vpc(&p.vpc_b);
+            }
+            Obj::NatGateway(n) => {
+                self.index_nat(n, true);
+                self.touch_nat(&n.host_id, &n.vpc_id);
             }
         }
     }

@@ -29,6 +29,7 @@ pub mod fanout;
 pub mod frontdoor;
 pub mod keys;
 pub mod metrics;
+pub mod natgw_failover;
 pub mod openapi;
 pub mod quota;
 pub mod ratelimit;
@@ -272,6 +273,7 @@ pub async fn run(config: ServerConfig, shutdown: impl std::future::Future<Output
     let st = state_in(store, &token, settings, cluster.clone()).await?;
     let campaign = tokio::spawn(cluster.clone().run());
     tokio::spawn(infra::watch_host_liveness(st.clone()));
+    tokio::spawn(natgw_failover::run(st.clone()));
     tokio::spawn(bandwidth::run(st.clone()));
     let limiter = st.limiter.clone();
     tokio::spawn(async move {

@@ -111,6 +111,11 @@ pub struct UpArgs {
     /// The data plane every agent builds (`evnet agent --dataplane`).
     #[arg(long, value_enum, default_value_t = crate::daemons::DataplaneArg::Nft)]
     pub dataplane: crate::daemons::DataplaneArg,
+    /// How long a host's agent may be silent before the servers mark the
+    /// host lost (`evnet server --host-lost-after-ms`; default the
+    /// server's). Tests of what follows a lost host shorten it.
+    #[arg(long)]
+    pub host_lost_after_ms: Option<u64>,
 }
 
 /// Whether a lab's hosts' NICs are as slow as they say ([`UpArgs::nic_shaping`]).
@@ -203,7 +208,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::RestartServer { k, dir } => restart_server(&dir, k).await,
         LabCommand::Demo { dir, hosts, down: tear_down, dataplane } => {
             if !dir.join("lab.json").exists() {
-                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, nic_shaping: NicShaping::Underlay, port: 0, servers: 1, store: "embedded".into(), dataplane }).await?;
+                up(&UpArgs { hosts, dir: dir.clone(), nic_mbps: 1000, nic_shaping: NicShaping::Underlay, port: 0, servers: 1, store: "embedded".into(), dataplane, host_lost_after_ms: None }).await?;
             }
             let result = crate::lab::demo(&dir).await;
             if tear_down {
@@ -422,6 +427,9 @@ async fn build(dir: &Path, args: &UpArgs, st: &mut LabState) -> anyhow::Result<(
         if !st.etcd.is_empty() {
             let endpoints: Vec<&str> = st.etcd.iter().map(|e| e.client_url.as_str()).collect();
             argv.extend(["--store".into(), "etcd".into(), "--etcd-endpoints".into(), endpoints.join(","), "--advertise-url".into(), url.clone()]);
+        }
+        if let Some(ms) = args.host_lost_after_ms {
+            argv.extend(["--host-lost-after-ms".into(), ms.to_string()]);
         }
         st.servers.push(LabServer { url: url.clone(), data_dir: data, args: argv, pid: None });
         let pid = spawn_server(dir, st, k)?;
@@ -811,9 +819,10 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     }
     // Namespaces the agents made for these hosts, then the hosts' and the underlay's.
     let tags: Vec<String> = st.hosts.iter().filter_map(|h| h.host_id.as_deref()).map(evnet_plan::naming::host_tag).collect();
+    // (Any namespace evnet names after a host: VPCs', instances' and NAT gateways'.)
     let mut doomed: Vec<String> = netns_list()
         .into_iter()
-        .filter(|n| tags.iter().any(|t| n.starts_with(&format!("evv-{t}-")) || n.starts_with(&format!("evi-{t}-"))))
+        .filter(|n| st.hosts.iter().filter_map(|h| h.host_id.as_deref()).any(|id| evnet_plan::naming::owned_netns(n, id)))
         .collect();
     doomed.extend(st.hosts.iter().map(|h| h.netns.clone()));
     doomed.extend(st.underlay_netns.clone());

@@ -34,7 +34,13 @@ pub async fn trace(State(st): State<AppState>, caller: Caller, Body(req): Body<T
     // Only the instances and hosts those ENIs are attached to.
     let attachments = || enis.iter().filter_map(|e| e.attachment.as_ref());
     let instances = attachments().filter_map(|a| snap.instances.get(&a.instance_id)).map(|i| (i.value.id.as_str(), &*i.value)).collect();
-    let hosts = attachments().filter_map(|a| snap.hosts.get(&a.host_id)).map(|h| (h.value.id.as_str(), &*h.value)).collect();
+    let nats: Vec<&NatGateway> = snap.nat_gateways.values().map(|n| &*n.value).filter(|n| n.vpc_id == vpc.id).collect();
+    let hosts = attachments()
+        .map(|a| a.host_id.as_str())
+        .chain(nats.iter().map(|n| n.host_id.as_str()))
+        .filter_map(|h| snap.hosts.get(h))
+        .map(|h| (h.value.id.as_str(), &*h.value))
+        .collect();
     let source_id = source.id.as_str();
     let world = TraceWorld {
         internet_gateways: snap.internet_gateways.values().map(|g| &*g.value).filter(|g| g.vpc_id == vpc.id).collect(),
@@ -54,6 +60,7 @@ pub async fn trace(State(st): State<AppState>, caller: Caller, Body(req): Body<T
         enis,
         peerings,
         peer_vpcs: peer_vpcs.clone(),
+        nat_gateways: nats.iter().map(|n| (*n, snap.elastic_ips.get(&n.elastic_ip_id).map(|e| e.value.address))).collect(),
     };
     let t = run_trace(&req, source, &world).map_err(invalid)?;
     Ok(Json(t))

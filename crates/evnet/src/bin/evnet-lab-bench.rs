@@ -11,6 +11,7 @@
 //! sudo target/release/evnet-lab-bench provision --enis 200 --dataplane bpf
 //! sudo target/release/evnet-lab-bench throughput --rounds 3
 //! sudo target/release/evnet-lab-bench peering --rounds 5
+//! sudo target/release/evnet-lab-bench nat --rounds 5
 //! sudo target/release/evnet-lab-bench route-change --changes 20
 //! sudo target/release/evnet-lab-bench reconcile --enis 1000 --dataplane bpf
 //! sudo target/release/evnet-lab-bench idle --enis 100 --seconds 30 --dataplane bpf
@@ -57,6 +58,15 @@ enum Bench {
     /// TCP throughput across a peering against the same hosts' flow inside
     /// one VPC, alternated per round (tc-BPF data plane).
     Peering {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
+    /// TCP throughput out through a NAT gateway to the lab's external
+    /// namespace against a flow inside the VPC between the same two hosts,
+    /// alternated per round (tc-BPF data plane).
+    Nat {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         #[arg(long, default_value_t = 3)]
@@ -606,6 +616,65 @@ async fn peering(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Per round: a1 → a2 (inside the VPC, host 1 → host 2) then a1 → the
+/// external router (203.0.113.1, in the lab's external namespace) through
+/// the NAT gateway on host 2: the same overlay hop, then the gateway's
+/// namespace (forwarding, nftables SNAT and conntrack) and its macvlan.
+async fn nat(rounds: usize, seconds: u32) -> anyhow::Result<()> {
+    let lab = Lab::up(2, 30_000, Some(Dataplane::Bpf))?;
+    let c = lab.tenant_client()?;
+    let hosts = lab.host_ids().await?;
+    // The external network `evnet lab up` defines (its external namespace).
+    let net = lab.admin.get_external_network(lab.state["external_network_id"].as_str().context("the lab's external network")?).await?;
+    let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.1.0.0/16".into(), ..Default::default() }).await?;
+    c.create_internet_gateway(&CreateInternetGateway { vpc_id: vpc.id.clone(), external_network_id: Some(net.id.clone()), ..Default::default() }).await?;
+    let public = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.1.1.0/24".into(), ..Default::default() }).await?;
+    let private = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.1.2.0/24".into(), ..Default::default() }).await?;
+    let eip = c.allocate_elastic_ip(&AllocateElasticIp { external_network_id: Some(net.id.clone()), ..Default::default() }).await?;
+    let gw = c.create_nat_gateway(&CreateNatGateway { subnet_id: public.id.clone(), elastic_ip_id: eip.id.clone(), ..Default::default() }).await?;
+    let routes = vec![Route::new(vpc.cidr_block, "local"), Route::new("0.0.0.0/0".parse()?, gw.id.clone())];
+    c.patch_route_table(&vpc.main_route_table_id, &PatchRouteTable { routes: Some(routes), ..Default::default() }).await?;
+    // a1 away from the gateway, a2 on its host.
+    let (gw_host, other) = if hosts[0] == gw.host_id { (&hosts[0], &hosts[1]) } else { (&hosts[1], &hosts[0]) };
+    let mut inst = vec![];
+    for host in [other, gw_host] {
+        let e = c.create_eni(&CreateEni { subnet_id: private.id.clone(), ..Default::default() }).await?;
+        let i = c.create_instance(&CreateInstance { host_id: Some(host.clone()), eni_ids: vec![e.id.clone()], ..Default::default() }).await?;
+        inst.push((i, e));
+    }
+    lab.synced(Duration::from_secs(20)).await?;
+    let ext = lab.state["external_netns"].as_str().context("the lab's external namespace")?.to_string();
+    let (a1, a2) = (&inst[0], &inst[1]);
+    let router = Ipv4Addr::new(203, 0, 113, 1);
+    if probe_ping(&a1.0.netns, router, Duration::from_secs(20)).is_none() {
+        bail!("a1 does not reach the external router through the NAT gateway");
+    }
+    let mut ratios = vec![];
+    println!("data plane: {}; NAT gateway {} ({}) on the second instance's host", lab.dataplane(), gw.id, eip.address);
+    println!("round  in-VPC Gbit/s  via NAT Gbit/s  NAT/in-VPC");
+    for r in 0..rounds {
+        let inside = iperf(&a1.0.netns, &a2.0.netns, a2.1.private_ip, seconds)?;
+        let out = iperf(&a1.0.netns, &ext, router, seconds)?;
+        ratios.push(out / inside);
+        println!("{:>5}  {:>13.2}  {:>14.2}  {:>10.3}", r + 1, inside / 1e9, out / 1e9, out / inside);
+    }
+    println!("median of per-round ratios: NAT/in-VPC {:.3}", median(&mut ratios));
+    Ok(())
+}
+
+/// Pings `ip` from namespace `ns` until one reply (bounded): when.
+fn probe_ping(ns: &str, ip: Ipv4Addr, limit: Duration) -> Option<Instant> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let ok = Command::new("ip").args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", &ip.to_string()]).output().is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
 /// From a route-table change to traffic following it: A's route to B's
 /// block is removed and added back `changes` times while a1 pings b2 every
 /// 2 ms; each sample runs from just before the API call to the last reply
@@ -905,6 +974,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Provision { enis, hosts, logs, dp, raw } => provision(enis, hosts, logs, dp.dataplane, raw).await,
             Bench::Throughput { rounds, seconds } => throughput(rounds, seconds).await,
             Bench::Peering { rounds, seconds } => peering(rounds, seconds).await,
+            Bench::Nat { rounds, seconds } => nat(rounds, seconds).await,
             Bench::RouteChange { changes } => route_change(changes as usize).await,
             Bench::Reconcile { enis, restarts, rebuilds, dp, logs } => reconcile(enis, restarts, rebuilds, dp.dataplane, logs).await,
             Bench::Idle { enis, seconds, sample_ms, dp, logs } => idle(enis, seconds, sample_ms, dp.dataplane, logs).await,
