@@ -379,7 +379,10 @@ impl PacketSocket {
         // SAFETY: a zeroed sockaddr_ll is valid; the fields set are plain data.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        // ETH_P_ALL makes it a tap, which the kernel serves before tc
+        // ingress; a socket bound to ETH_P_IP would be served after the
+        // program, which drops the client's 0.0.0.0 source.
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
         sll.sll_ifindex = ifindex as i32;
         // SAFETY: the address outlives the call; the length is its own.
         let rc = unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
@@ -494,7 +497,9 @@ fn serve(mut rx: tokio::sync::watch::Receiver<Arc<Target>>, gateway_mac: [u8; 6]
                 true
             }
         });
-        metrics.dhcp_sockets.set(sockets.len() as i64);
+        if metrics.dhcp_sockets.set(sockets.len() as i64) != sockets.len() as i64 {
+            tracing::info!(devices = sockets.len(), waiting = failed.len(), "DHCP listening on the ENI devices");
+        }
         let mut fds: Vec<libc::pollfd> = sockets.values().map(|s| libc::pollfd { fd: s.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
         // SAFETY: the array and its length are ours for the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK.as_millis() as i32) };
