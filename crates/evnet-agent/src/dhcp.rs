@@ -283,28 +283,41 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 /// data plane answers ARP for the gateway with) to the client port.
 pub fn reply_frame(reply: &Reply, src_mac: [u8; 6], src_ip: Ipv4Addr) -> Vec<u8> {
     let payload = reply.message.to_vec().expect("a reply built from valid options encodes");
+    udp_frame((src_mac, src_ip, SERVER_PORT), (reply.dst_mac, reply.dst_ip, CLIENT_PORT), &payload)
+}
+
+/// A client's message as a frame to the server port, from 0.0.0.0 to
+/// 255.255.255.255 (what a client sends before it has an address).
+pub fn client_frame(src_mac: [u8; 6], msg: &Message) -> Vec<u8> {
+    let payload = msg.to_vec().expect("a message built from valid options encodes");
+    udp_frame((src_mac, Ipv4Addr::UNSPECIFIED, CLIENT_PORT), ([0xff; 6], Ipv4Addr::BROADCAST, SERVER_PORT), &payload)
+}
+
+/// An Ethernet frame carrying IPv4 UDP `payload` from `src` to `dst`
+/// (MAC, address, port each), with both checksums.
+fn udp_frame(src: ([u8; 6], Ipv4Addr, u16), dst: ([u8; 6], Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
     let udp_len = 8 + payload.len();
     let ip_len = 20 + udp_len;
     let mut f = Vec::with_capacity(14 + ip_len);
-    f.extend(reply.dst_mac);
-    f.extend(src_mac);
+    f.extend(dst.0);
+    f.extend(src.0);
     f.extend([0x08, 0x00]);
     let mut ip = [0u8; 20];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
     ip[8] = 64;
     ip[9] = 17;
-    ip[12..16].copy_from_slice(&src_ip.octets());
-    ip[16..20].copy_from_slice(&reply.dst_ip.octets());
+    ip[12..16].copy_from_slice(&src.1.octets());
+    ip[16..20].copy_from_slice(&dst.1.octets());
     let c = checksum(&[&ip]);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f.extend(ip);
     let mut udp = [0u8; 8];
-    udp[0..2].copy_from_slice(&SERVER_PORT.to_be_bytes());
-    udp[2..4].copy_from_slice(&CLIENT_PORT.to_be_bytes());
+    udp[0..2].copy_from_slice(&src.2.to_be_bytes());
+    udp[2..4].copy_from_slice(&dst.2.to_be_bytes());
     udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    let pseudo = [&src_ip.octets()[..], &reply.dst_ip.octets()[..], &[0, 17], &(udp_len as u16).to_be_bytes()[..]].concat();
-    let c = match checksum(&[&pseudo, &udp, &payload]) {
+    let pseudo = [&src.1.octets()[..], &dst.1.octets()[..], &[0, 17], &(udp_len as u16).to_be_bytes()[..]].concat();
+    let c = match checksum(&[&pseudo, &udp, payload]) {
         0 => 0xffff,
         c => c,
     };
@@ -742,9 +755,8 @@ mod tests {
         let decoded = Message::decode(&mut Decoder::new(&f[42..])).unwrap();
         assert_eq!(decoded, r.message);
         // parse_frame reads a client frame to port 67 and nothing else.
-        let mut client = f.clone();
-        client[6..12].copy_from_slice(&MAC);
-        client[36..38].copy_from_slice(&SERVER_PORT.to_be_bytes());
+        let client = client_frame(MAC, &request(MessageType::Discover, MAC));
+        assert_eq!(checksum(&[&client[14..34]]), 0);
         let (src, m) = parse_frame(&client).unwrap();
         assert_eq!((src, m.xid()), (MAC, 0x1234));
         assert!(parse_frame(&f).is_none(), "to port 68");
