@@ -389,6 +389,22 @@ impl PacketSocket {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
+        // What the device sends is not tapped (no clone of every frame the
+        // program sends onto the device for the filter to refuse).
+        let on: libc::c_int = 1;
+        // SAFETY: an int option; the value outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_IGNORE_OUTGOING,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         // SAFETY: a zeroed sockaddr_ll is valid; the fields set are plain data.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
