@@ -781,4 +781,51 @@ mod tests {
         frag[20] = 0x20;
         assert!(parse_frame(&frag).is_none(), "a fragment");
     }
+
+    proptest::proptest! {
+        /// Whatever a guest sends, only the ENI's own MAC is answered, only
+        /// with the ENI's address (or none), and only to that MAC or to
+        /// broadcast; arbitrary frames never panic the parser.
+        #[test]
+        fn only_the_enis_mac_is_answered_and_only_with_its_address(
+            src_last in proptest::prelude::any::<u8>(),
+            ch_last in proptest::prelude::any::<u8>(),
+            kind in 1u8..=8,
+            ciaddr in proptest::prelude::any::<u32>(),
+            requested in proptest::option::of(proptest::prelude::any::<u32>()),
+            server in proptest::option::of(proptest::prelude::any::<u32>()),
+            broadcast in proptest::prelude::any::<bool>(),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        ) {
+            let l = lease();
+            let with_last = |b: u8| { let mut m = MAC; m[5] = b; m };
+            let (src, ch) = (with_last(src_last), with_last(ch_last));
+            let mut m = request(MessageType::from(kind), ch);
+            m.set_ciaddr(Ipv4Addr::from(ciaddr));
+            if broadcast {
+                m.set_flags(Flags::default().set_broadcast());
+            }
+            if let Some(r) = requested {
+                m.opts_mut().insert(DhcpOption::RequestedIpAddress(r.into()));
+            }
+            if let Some(s) = server {
+                m.opts_mut().insert(DhcpOption::ServerIdentifier(s.into()));
+            }
+            if let Ok(r) = answer(src, &m, &l) {
+                proptest::prop_assert!(src == MAC && ch == MAC);
+                proptest::prop_assert!(r.message.yiaddr() == IP || r.message.yiaddr().is_unspecified());
+                proptest::prop_assert_eq!(&r.message.chaddr()[..6], &MAC[..]);
+                proptest::prop_assert!(r.dst_mac == MAC || r.dst_mac == [0xff; 6]);
+                proptest::prop_assert!(r.dst_ip == IP || r.dst_ip == Ipv4Addr::BROADCAST || r.dst_ip == m.ciaddr());
+                if r.kind == MessageType::Ack && r.message.yiaddr() == IP {
+                    proptest::prop_assert!(requested.map(Ipv4Addr::from) == Some(IP) || (requested.is_none() && m.ciaddr() == IP));
+                }
+            }
+            let _ = parse_frame(&junk);
+            let mut framed = client_frame(MAC, &m);
+            let cut = junk.len() % framed.len();
+            framed.truncate(cut);
+            let _ = parse_frame(&framed);
+        }
+    }
 }
