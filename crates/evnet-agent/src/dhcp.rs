@@ -4,12 +4,13 @@
 //!
 //! **Mechanism.** One thread per agent, inside the host namespace
 //! (`--host-netns`), holds one packet socket per local ENI device
-//! (`eve…`), bound to that device with a classic BPF socket filter that
-//! copies only unfragmented IPv4 UDP to port 67. Packet taps see a
-//! device's received frames before its tc ingress, so the instance's
-//! DHCP reaches the socket although `evnet_eni` drops what an instance
-//! sends from 0.0.0.0; the answer goes out on the same socket onto that
-//! device, towards the instance. The reconcile pass publishes the devices
+//! (`eve…`), bound to that device as a tap (`ETH_P_ALL`, not tapping
+//! what the device sends) with a classic BPF socket filter that copies
+//! only unfragmented IPv4 UDP to port 67. Taps see a device's received
+//! frames before its tc ingress, so the instance's DHCP reaches the
+//! socket although `evnet_eni` drops what an instance sends from 0.0.0.0;
+//! the answer goes out on the same socket onto that device, towards the
+//! instance. The reconcile pass publishes the devices
 //! and what each ENI is given ([`Target`]) after every pass; the thread
 //! opens and closes sockets to match.
 //!
@@ -587,8 +588,8 @@ fn reply_kind(k: MessageType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use evnet_model::desired::{InstanceDesired, VpcDesired};
     use dhcproto::v4::Flags;
+    use evnet_model::desired::{InstanceDesired, VpcDesired};
 
     const MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0x00, 0x01, 0x05];
     const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
