@@ -5,7 +5,8 @@
 //! day's lease, applies them, and the instance then reaches an instance on
 //! another host; on eth1, a further ENI in another VPC, the lease has no
 //! router and routes that VPC's block (RFC 3442). With eth0's MAC forged, `udhcpc` gets no answer within its
-//! tries; with the MAC restored, the instance works again.
+//! tries; with the MAC restored, the instance works again, and after
+//! `kill -9` of its agent and a restart, it gets its lease again.
 //!
 //! Fails (never skips) without root when CI=true.
 
@@ -130,6 +131,12 @@ async fn an_instance_gets_its_enis_lease_by_dhcp_and_a_forged_mac_gets_nothing()
     assert!(udhcpc(&a, "eth0", dir.path()).is_none(), "a forged MAC got a lease");
     in_ns(&a, &format!("ip link set eth0 address {mac}"));
     assert!(ping_becomes(&a, eni_b.private_ip, true, 10), "a reaches b again with its MAC back");
+
+    // After `kill -9` of host-1's agent and a restart, its new DHCP thread
+    // answers (udhcpc's three tries cover the restart's first pass).
+    common::evnet(&["lab", "restart-agent", "--dir", &lab.guard.dir.display().to_string(), "--host", "host-1", "--kill"]);
+    let lease = udhcpc(&a, "eth0", dir.path()).expect("udhcpc got a lease from the restarted agent");
+    assert_eq!(lease.get("ip"), Some(&eni_a.private_ip.to_string()), "{lease:?}");
 
     lab.down();
 }
