@@ -26,11 +26,16 @@
 //! it gets back lower the classes' ceilings through the next pass
 //! ([`bandwidth::run_fast_path_loop`]).
 //!
+//! On that data plane the agent also answers DHCPv4 on each local ENI's
+//! host-side device ([`dhcp`]: one thread, a packet socket per device,
+//! kept in step with the devices each pass finds).
+//!
 //! The agent never writes the store: everything goes through the API.
 
 pub mod bandwidth;
 mod cni;
 pub mod credential;
+pub mod dhcp;
 pub mod fastpath;
 pub mod metrics;
 
@@ -194,7 +199,18 @@ pub async fn run_with(
         }
         None => None,
     };
-    let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, fast, bw, desired_rx, applied_tx, metrics.clone()));
+    // DHCP on the ENI devices (tc-BPF data plane): the thread serves what
+    // each pass publishes, and ends with the reconciler (its sender).
+    let dhcp_tx = match (&fast, config.dry_run) {
+        (Some(_), false) => {
+            let (tx, rx) = watch::channel(Arc::new(dhcp::Target::new()));
+            let netns = config.host_netns.as_ref().map(|n| PathBuf::from(format!("/run/netns/{n}")));
+            dhcp::spawn(netns, rx, fastpath_settings().gateway_mac, metrics.clone()).context("starting the DHCP thread")?;
+            Some(tx)
+        }
+        _ => None,
+    };
+    let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, fast, bw, desired_rx, applied_tx, metrics.clone(), dhcp_tx));
     let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), host_id.clone(), config.heartbeat, applied_rx));
     shutdown.await;
     tracing::info!("agent stopping; kernel state is left in place");
@@ -252,6 +268,7 @@ async fn watch_desired(client: Client, host_id: String, tx: watch::Sender<Option
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn reconcile_loop(
     config: AgentConfig,
     kernel: Arc<dyn Kernel>,
@@ -260,6 +277,7 @@ async fn reconcile_loop(
     mut desired_rx: watch::Receiver<Option<Arc<HostDesired>>>,
     applied_tx: watch::Sender<Applied>,
     metrics: Arc<metrics::AgentMetrics>,
+    dhcp_tx: Option<watch::Sender<Arc<dhcp::Target>>>,
 ) {
     // The timer's full pass reads every namespace the host owns; it comes
     // `resync` after the last one ended, or ten times as long as that one
@@ -336,6 +354,16 @@ async fn reconcile_loop(
         match result {
             Ok(Ok(pass)) => {
                 dirty = Some(pass.touched.clone());
+                if let (Some(tx), Some(devices)) = (&dhcp_tx, &pass.eni_devices) {
+                    let t = dhcp::target(&desired, devices, config.plan.mtu);
+                    tx.send_if_modified(|cur| {
+                        let changed = **cur != t;
+                        if changed {
+                            *cur = Arc::new(t);
+                        }
+                        changed
+                    });
+                }
                 if std::mem::take(&mut first_pass) {
                     tracing::info!(
                         generation = desired.generation,
@@ -417,6 +445,10 @@ pub struct Pass {
     /// Objects whose ops failed (their other ops were skipped; everything
     /// else applied).
     pub failures: Vec<ReconcileFailure>,
+    /// On the tc-BPF data plane: the ENI devices (`eve…`) of the host
+    /// namespace as the pass left them, by name → ifindex (what the DHCP
+    /// thread binds to).
+    pub eni_devices: Option<BTreeMap<String, u32>>,
 }
 
 /// The longest error text a failure reports.
@@ -543,7 +575,7 @@ pub fn reconcile_pass(
     let report = apply_isolated(kernel, &ops);
     tracing::debug!(applied = report.applied, timings = %report.timings(), "kernel ops applied");
     let failures = report.failures.iter().map(|f| failure_of(desired, f)).collect();
-    Ok(Pass { ops: report.applied, observe, apply: t1.elapsed(), touched, failures })
+    Ok(Pass { ops: report.applied, observe, apply: t1.elapsed(), touched, failures, eni_devices: None })
 }
 
 fn reconcile_bpf(
@@ -623,19 +655,31 @@ fn reconcile_bpf(
         apply(&ops, &mut pass);
         reread_host(&mut observe)?
     };
+    let mut host = host;
     if sync(&host, &mut pass) && !held.is_empty() {
         touched.extend(touched_namespaces(&held, &evnet_plan::Observed::default()));
         if apply(&held, &mut pass) > 0 {
             // The devices that came up get their addresses' routes now, in
             // this pass (`evnet_bpf::target::EniDevice::up`).
-            sync(&reread_host(&mut observe)?, &mut pass);
+            host = reread_host(&mut observe)?;
+            sync(&host, &mut pass);
         }
     }
+    pass.eni_devices = Some(eni_devices(&host));
     pass.observe = observe;
     // Includes re-reading the host namespace after the links.
     pass.apply = t1.elapsed();
     pass.touched = touched;
     Ok(pass)
+}
+
+/// The host namespace's ENI devices, by name → ifindex.
+fn eni_devices(host: &evnet_plan::NsState) -> BTreeMap<String, u32> {
+    host.links
+        .iter()
+        .filter(|(n, l)| evnet_plan::naming::is_eni_veth(n) && l.kind == evnet_plan::LinkKind::Veth && l.ifindex > 0)
+        .map(|(n, l)| (n.clone(), l.ifindex))
+        .collect()
 }
 
 /// The fast path's settings that are not in the desired state (the

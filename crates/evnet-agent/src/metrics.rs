@@ -20,6 +20,17 @@ pub struct AgentMetrics {
     /// Objects whose ops failed in the last pass, by kind (`vpc`,
     /// `instance`, `host`): `evnet_agent_reconcile_failures{kind="vpc"}`.
     pub reconcile_failures: Family<KindLabel, Gauge>,
+    /// DHCP answers sent, by kind (`offer`, `ack`, `nak`).
+    pub dhcp_replies: Family<KindLabel, Counter>,
+    /// DHCP frames not answered, by reason (`crate::dhcp::Ignored`).
+    pub dhcp_ignored: Family<ReasonLabel, Counter>,
+    /// ENI devices the DHCP thread holds a socket on.
+    pub dhcp_sockets: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +50,9 @@ impl Default for AgentMetrics {
             applied_generation: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             reconcile_failures: Family::default(),
+            dhcp_replies: Family::default(),
+            dhcp_ignored: Family::default(),
+            dhcp_sockets: Gauge::default(),
         };
         registry.register("reconciles_ok", "Reconcile passes that converged", m.reconciles_ok.clone());
         registry.register("reconciles_failed", "Reconcile passes that failed", m.reconciles_failed.clone());
@@ -47,6 +61,9 @@ impl Default for AgentMetrics {
         registry.register("applied_generation", "The desired-state generation last applied", m.applied_generation.clone());
         registry.register("reconcile_seconds", "Time of one reconcile pass", m.reconcile_seconds.clone());
         registry.register("reconcile_failures", "Objects whose ops failed in the last pass, by kind", m.reconcile_failures.clone());
+        registry.register("dhcp_replies", "DHCP answers sent, by kind", m.dhcp_replies.clone());
+        registry.register("dhcp_ignored", "DHCP frames not answered, by reason", m.dhcp_ignored.clone());
+        registry.register("dhcp_sockets", "ENI devices the DHCP thread listens on", m.dhcp_sockets.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
     }

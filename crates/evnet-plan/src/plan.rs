@@ -472,33 +472,43 @@ fn underlay_filter(d: &HostDesired, cfg: &PlanConfig) -> FirewallSpec {
 /// VPC gets a route to that VPC's whole block through its own subnet's
 /// gateway, so the instance reaches every subnet of each VPC it is in, from
 /// the address of its ENI there (anti-spoofing would drop that source on
-/// eth0). Skipped when the block overlaps the primary VPC's or a block
-/// already routed in the instance (two VPCs with the same CIDR: the lower
-/// device index wins), so a route never takes traffic from another ENI's
-/// VPC.
+/// eth0). See [`further_eni_routes`] for which.
 fn other_vpc_routes(d: &HostDesired, local: &BTreeMap<&str, Vec<(&EniDesired, String)>>, out: &mut BTreeMap<String, TNs>) {
-    let cidr_of: BTreeMap<&str, Ipv4Net> = d.vpcs.iter().map(|v| (v.vpc_id.as_str(), v.cidr_block)).collect();
-    // The ENIs the target holds, by instance namespace, in device order.
+    // The ENIs the target holds, by instance namespace.
     let mut by_instance: BTreeMap<&str, Vec<&EniDesired>> = BTreeMap::new();
     for (e, ns) in local.values().flatten() {
         by_instance.entry(ns.as_str()).or_default().push(*e);
     }
-    for (ns, enis) in &mut by_instance {
-        enis.sort_by_key(|e| e.device_index);
-        let Some(primary) = enis.iter().find(|e| e.device_index == 0) else { continue };
-        let Some(primary_cidr) = cidr_of.get(primary.vpc_id.as_str()).copied() else { continue };
+    for (ns, enis) in &by_instance {
         let Some(itn) = out.get_mut(*ns) else { continue };
-        // Not for a VPC that is one subnet (the ENI's connected route covers
-        // it), nor for a gateway outside the subnet.
-        let candidates = enis.iter().filter(|e| e.device_index > 0 && e.vpc_id != primary.vpc_id).filter_map(|e| {
-            let cidr = cidr_of.get(e.vpc_id.as_str()).copied()?;
-            (cidr != e.subnet_cidr && e.subnet_cidr.contains(&e.gateway_ip)).then_some((*e, cidr))
-        });
-        for (e, cidr) in evnet_model::desired::routed_vpc_blocks(primary_cidr, candidates) {
+        for (e, cidr) in further_eni_routes(d, enis) {
             let dev = naming::instance_ifname(e.device_index);
             itn.routes.insert((MAIN_TABLE, cidr), Route::main(cidr, dev, Some(e.gateway_ip)));
         }
     }
+}
+
+/// The routes to other VPCs' blocks that an instance's further ENIs
+/// carry (`enis`: the instance's ENIs, any order), each through the ENI's
+/// subnet gateway: one per further ENI in a VPC other than eth0's, not for
+/// a VPC that is one subnet (the ENI's connected route covers it), nor for
+/// a gateway outside the subnet, and not when the block overlaps the
+/// primary VPC's or a block already routed in the instance (two VPCs with
+/// the same CIDR: the lower device index wins,
+/// [`evnet_model::desired::routed_vpc_blocks`]), so a route never takes
+/// traffic from another ENI's VPC. The instance side of the static layout
+/// installs them, and the agent's DHCP answers hand them out (RFC 3442).
+pub fn further_eni_routes<'a>(d: &HostDesired, enis: &[&'a EniDesired]) -> Vec<(&'a EniDesired, Ipv4Net)> {
+    let cidr_of = |vpc: &str| d.vpcs.iter().find(|v| v.vpc_id == vpc).map(|v| v.cidr_block);
+    let mut enis = enis.to_vec();
+    enis.sort_by_key(|e| e.device_index);
+    let Some(primary) = enis.iter().find(|e| e.device_index == 0) else { return Vec::new() };
+    let Some(primary_cidr) = cidr_of(&primary.vpc_id) else { return Vec::new() };
+    let candidates = enis.iter().filter(|e| e.device_index > 0 && e.vpc_id != primary.vpc_id).filter_map(|e| {
+        let cidr = cidr_of(&e.vpc_id)?;
+        (cidr != e.subnet_cidr && e.subnet_cidr.contains(&e.gateway_ip)).then_some((*e, cidr))
+    });
+    evnet_model::desired::routed_vpc_blocks(primary_cidr, candidates)
 }
 
 fn compatible(obs: &Link, t: &TLink) -> bool {

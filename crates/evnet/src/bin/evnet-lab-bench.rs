@@ -1,7 +1,7 @@
 //! Data-plane benchmarks on a lab (root): provisioning latency, TCP
 //! throughput through evnet against a bare VXLAN overlay and a raw veth
 //! measured in the same run, reconcile time and agent memory at 1,000
-//! ENIs, and an idle agent's CPU. `provision`, `reconcile` and `idle` take
+//! ENIs, an idle agent's CPU, and how fast the agent answers DHCP. `provision`, `reconcile` and `idle` take
 //! `--dataplane nft|bpf` (default: what `evnet lab up` defaults to).
 //! Everything runs in network namespaces this command creates and
 //! removes; traffic never leaves them.
@@ -15,6 +15,7 @@
 //! sudo target/release/evnet-lab-bench route-change --changes 20
 //! sudo target/release/evnet-lab-bench reconcile --enis 1000 --dataplane bpf
 //! sudo target/release/evnet-lab-bench idle --enis 100 --seconds 30 --dataplane bpf
+//! sudo target/release/evnet-lab-bench dhcp --exchanges 1000
 //! ```
 
 use std::fs::File;
@@ -110,6 +111,12 @@ enum Bench {
         dp: DataplaneOpt,
         #[arg(long)]
         logs: Option<PathBuf>,
+    },
+    /// DHCP answer latency (tc-BPF data plane): DISCOVER → OFFER from an
+    /// instance's eth0 to its host's agent, one at a time, p50/p99.
+    Dhcp {
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(100..=100_000))]
+        exchanges: u64,
     },
 }
 
@@ -962,6 +969,107 @@ async fn idle(enis: usize, seconds: u64, sample_ms: u64, dp: Option<Dataplane>, 
     Ok(())
 }
 
+/// One instance on a one-host lab (tc-BPF), then `exchanges` DISCOVER →
+/// OFFER exchanges from its eth0, each timed from the send to the OFFER
+/// with its xid (the first, which waits for the agent's socket, is not
+/// counted).
+async fn dhcp(exchanges: usize) -> anyhow::Result<()> {
+    let lab = Lab::up(1, 10_000, Some(Dataplane::Bpf))?;
+    let c = lab.tenant_client()?;
+    let hosts = lab.host_ids().await?;
+    let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.1.0.0/16".into(), ..Default::default() }).await?;
+    let subnet = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.1.1.0/24".into(), ..Default::default() }).await?;
+    let eni = c.create_eni(&CreateEni { subnet_id: subnet.id.clone(), ..Default::default() }).await?;
+    let inst = c.create_instance(&CreateInstance { host_id: Some(hosts[0].clone()), eni_ids: vec![eni.id.clone()], ..Default::default() }).await?;
+    lab.synced(Duration::from_secs(20)).await?;
+    let mac = evnet_plan::naming::mac_bytes(&eni.mac).context("the ENI's MAC")?;
+    let (samples, lost) = in_ns(&inst.netns, move || dhcp_exchanges(mac, exchanges)).join().expect("DHCP client thread")?;
+    let mut v = samples;
+    v.sort_by(|a, b| a.total_cmp(b));
+    println!("data plane: {}; {} DISCOVER → OFFER exchanges, {lost} unanswered within 1 s", lab.dataplane(), v.len());
+    println!("p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms", pct(&v, 0.5), pct(&v, 0.99), v.last().copied().unwrap_or(f64::NAN));
+    Ok(())
+}
+
+/// A raw DHCP client on eth0 of the calling thread's namespace: the
+/// latencies (ms) of `n` answered exchanges and how many got no OFFER.
+fn dhcp_exchanges(mac: [u8; 6], n: usize) -> anyhow::Result<(Vec<f64>, usize)> {
+    use dhcproto::v4::{DhcpOption, Message, MessageType};
+    use dhcproto::{Decodable, Decoder};
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+    if ifindex == 0 {
+        bail!("no eth0 in the instance");
+    }
+    // SAFETY: plain socket call; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, (libc::ETH_P_IP as u16).to_be() as i32) };
+    if fd < 0 {
+        bail!("packet socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd this function owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all zeroes is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: the address outlives the call; the length is its own.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) } != 0 {
+        bail!("binding to eth0: {}", std::io::Error::last_os_error());
+    }
+    // One exchange: the time to the OFFER with its xid, None after `wait`.
+    let mut buf = vec![0u8; 2048];
+    let mut exchange = |wait: Duration| -> anyhow::Result<Option<f64>> {
+        let xid = rand::random::<u32>();
+        let mut m = Message::new_with_id(xid, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &mac);
+        m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+        let frame = evnet_agent::dhcp::client_frame(mac, &m);
+        let t0 = Instant::now();
+        // SAFETY: the buffer outlives the call; the socket is bound to eth0.
+        if unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) } < 0 {
+            bail!("sending a DISCOVER: {}", std::io::Error::last_os_error());
+        }
+        let deadline = t0 + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one pollfd of ours.
+            if unsafe { libc::poll(&mut p, 1, left.as_millis().max(1) as i32) } <= 0 {
+                continue;
+            }
+            // SAFETY: the buffer outlives the call.
+            let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if got < 42 {
+                continue;
+            }
+            let f = &buf[..got as usize];
+            // An IPv4 UDP frame to port 68 (the agent sends 20-byte IP headers).
+            if f[12..14] != [8, 0] || f[14] != 0x45 || f[23] != 17 || f[36..38] != 68u16.to_be_bytes() {
+                continue;
+            }
+            let Ok(offer) = Message::decode(&mut Decoder::new(&f[42..])) else { continue };
+            if offer.xid() == xid && offer.opts().msg_type() == Some(MessageType::Offer) {
+                return Ok(Some(t0.elapsed().as_secs_f64() * 1e3));
+            }
+        }
+        Ok(None)
+    };
+    // The agent opens its socket once the device is there: wait for a first answer.
+    let ready = Instant::now() + Duration::from_secs(20);
+    while exchange(Duration::from_millis(500))?.is_none() {
+        if Instant::now() > ready {
+            bail!("no OFFER within 20 s: is the agent answering DHCP on this ENI's device?");
+        }
+    }
+    let (mut samples, mut lost) = (Vec::with_capacity(n), 0);
+    for _ in 0..n {
+        match exchange(Duration::from_secs(1))? {
+            Some(ms) => samples.push(ms),
+            None => lost += 1,
+        }
+    }
+    Ok((samples, lost))
+}
+
 fn main() -> anyhow::Result<()> {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -978,6 +1086,7 @@ fn main() -> anyhow::Result<()> {
             Bench::RouteChange { changes } => route_change(changes as usize).await,
             Bench::Reconcile { enis, restarts, rebuilds, dp, logs } => reconcile(enis, restarts, rebuilds, dp.dataplane, logs).await,
             Bench::Idle { enis, seconds, sample_ms, dp, logs } => idle(enis, seconds, sample_ms, dp.dataplane, logs).await,
+            Bench::Dhcp { exchanges } => dhcp(exchanges as usize).await,
         }
     })
 }
