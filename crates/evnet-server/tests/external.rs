@@ -350,6 +350,22 @@ async fn concurrent_allocations_never_hand_out_an_address_twice() {
     t1.ok("PUT", &format!("/v1/tenants/{tid}/quotas"), ADMIN, json!({"elastic_ips_per_tenant": 100})).await;
     t1.ok("PUT", &format!("/v1/tenants/{tid_b}/quotas"), ADMIN, json!({"elastic_ips_per_tenant": 2})).await;
     t1.ok("POST", "/v1/external-networks", ADMIN, json!({"cidr": "203.0.113.0/29"})).await;
+    // Every server's cache follows the store's watch: wait (bounded) until
+    // each has seen the network and both quotas, so the race below is the
+    // allocations' alone.
+    for t in &servers {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let nets = t.call("GET", "/v1/external-networks", ADMIN, None).await.1;
+            let qb = t.call("GET", &format!("/v1/tenants/{tid_b}/quotas"), ADMIN, None).await.1;
+            let qa = t.call("GET", &format!("/v1/tenants/{tid}/quotas"), ADMIN, None).await.1;
+            if nets["items"].as_array().is_some_and(|i| i.len() == 1) && qb["elastic_ips_per_tenant"] == json!(2) && qa["elastic_ips_per_tenant"] == json!(100) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a server never saw the network and quotas: {nets} {qa} {qb}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
     let start = Arc::new(tokio::sync::Barrier::new(48));
     let mut tasks = vec![];
     for i in 0..48 {
