@@ -500,6 +500,24 @@ static __always_inline int deliver_local(struct __sk_buff *skb, const struct con
 	return bpf_redirect_peer(rt->ifindex, 0);
 }
 
+/* Turns the ARP request in `skb` into the reply "`ip` is at `mac`" to
+ * `asker_mac`/`asker_ip`, in place, Ethernet header included. 0, or < 0
+ * when the packet could not be written. */
+static __always_inline int arp_reply(struct __sk_buff *skb, const __u8 *mac, __be32 ip, const __u8 *asker_mac, __be32 asker_ip)
+{
+	__be16 op = bpf_htons(ARPOP_REPLY);
+	__u8 reply[20];
+	mac_copy(reply, mac);                      /* sha */
+	__builtin_memcpy(reply + 6, &ip, 4);       /* spa: what was asked */
+	mac_copy(reply + 10, asker_mac);           /* tha */
+	__builtin_memcpy(reply + 16, &asker_ip, 4); /* tpa */
+	__u32 at = sizeof(struct ethhdr) + sizeof(struct arphdr);
+	if (bpf_skb_store_bytes(skb, at - sizeof(op), &op, sizeof(op), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, at, reply, sizeof(reply), 0) < 0)
+		return -1;
+	return set_macs(skb, asker_mac, mac);
+}
+
 /* ARP from an instance: answered here with the gateway's MAC for any
  * address but the asker's own (the VPC is routed: whatever an instance asks
  * for is reached through the gateway, as the nft layout's proxy ARP does).
@@ -530,16 +548,7 @@ static __always_inline int handle_arp(struct __sk_buff *skb, const struct config
 	if (ah->ar_op != bpf_htons(ARPOP_REQUEST) || tpa == spa)
 		return drop(R_DROP_ARP);
 	/* Turn the request into the reply, in place, and send it back. */
-	__be16 op = bpf_htons(ARPOP_REPLY);
-	__u8 reply[20];
-	mac_copy(reply, cfg->gw_mac);           /* sha = the gateway */
-	__builtin_memcpy(reply + 6, &tpa, 4);   /* spa = what was asked */
-	mac_copy(reply + 10, e->mac);           /* tha = the asker */
-	__builtin_memcpy(reply + 16, &spa, 4);  /* tpa */
-	__u32 at = sizeof(struct ethhdr) + sizeof(struct arphdr);
-	if (bpf_skb_store_bytes(skb, at - sizeof(op), &op, sizeof(op), 0) < 0 ||
-	    bpf_skb_store_bytes(skb, at, reply, sizeof(reply), 0) < 0 ||
-	    set_macs(skb, e->mac, cfg->gw_mac) < 0)
+	if (arp_reply(skb, cfg->gw_mac, tpa, e->mac, spa) < 0)
 		return drop(R_DROP_MALFORMED);
 	count(R_ARP_REPLY);
 	return bpf_redirect(skb->ifindex, 0);
@@ -876,16 +885,7 @@ static __always_inline int external_arp(struct __sk_buff *skb, void *data_end, s
 		return TC_ACT_OK;
 	__u8 mac[6];
 	mac_copy(mac, x->ext_mac);
-	__be16 op = bpf_htons(ARPOP_REPLY);
-	__u8 reply[20];
-	mac_copy(reply, mac);
-	__builtin_memcpy(reply + 6, &tpa, 4);
-	mac_copy(reply + 10, sha);
-	__builtin_memcpy(reply + 16, &spa, 4);
-	__u32 at = sizeof(struct ethhdr) + sizeof(struct arphdr);
-	if (bpf_skb_store_bytes(skb, at - sizeof(op), &op, sizeof(op), 0) < 0 ||
-	    bpf_skb_store_bytes(skb, at, reply, sizeof(reply), 0) < 0 ||
-	    set_macs(skb, sha, mac) < 0)
+	if (arp_reply(skb, mac, tpa, sha, spa) < 0)
 		return drop(R_DROP_MALFORMED);
 	count(R_ARP_EIP_REPLY);
 	return bpf_redirect(skb->ifindex, 0);
