@@ -99,7 +99,7 @@ pub const FAST_PATH_VXLAN: &str = "evx0";
 /// Whether a host-namespace link is evnet's: a VXLAN (`evx…`) or an ENI's
 /// host-side veth (`eve…`). Nothing else in the host namespace is touched.
 pub fn is_owned_host_link(name: &str) -> bool {
-    name.starts_with("evx") || is_eni_veth(name)
+    name.starts_with("evx") || is_eni_host_device(name)
 }
 
 pub fn vxlan_name(vni: u32) -> String {
@@ -117,6 +117,27 @@ pub fn eni_veth(eni_id: &str) -> String {
 /// Whether `name` is the VPC-side end of an ENI's veth pair.
 pub fn is_eni_veth(name: &str) -> bool {
     name.len() == ENI_VETH_PREFIX.len() + 10 && name.starts_with(ENI_VETH_PREFIX)
+}
+
+/// The prefix of [`eni_tap`] names.
+pub const ENI_TAP_PREFIX: &str = "evt";
+
+/// A `vm` instance's ENI: a tap device in the host namespace that the VM
+/// monitor opens (`evt<10 hex>`, 13 bytes).
+pub fn eni_tap(eni_id: &str) -> String {
+    format!("{ENI_TAP_PREFIX}{}", id_hex(eni_id, 10))
+}
+
+/// Whether `name` is a `vm` instance's ENI tap.
+pub fn is_eni_tap(name: &str) -> bool {
+    name.len() == ENI_TAP_PREFIX.len() + 10 && name.starts_with(ENI_TAP_PREFIX)
+}
+
+/// Whether `name` is an ENI's device in the host namespace on the tc-BPF
+/// data plane: a veth's host end (`eve…`) or a VM's tap (`evt…`). The
+/// fast path's ENI program, DHCP and metadata serve exactly these.
+pub fn is_eni_host_device(name: &str) -> bool {
+    is_eni_veth(name) || is_eni_tap(name)
 }
 
 /// The IFB device shaping what the ENI sends (`evq<10 hex>`, 13 bytes), in
