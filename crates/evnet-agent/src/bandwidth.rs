@@ -519,7 +519,11 @@ impl FastPathMeter {
         let mut out = Vec::new();
         for (id, b) in &bw {
             let limit = if b.limit_bps == 0 { nic_bps } else { b.limit_bps };
-            let dev = naming::eni_veth(id);
+            // Its veth's host end, or a VM's tap.
+            let dev = [naming::eni_veth(id), naming::eni_tap(id)]
+                .into_iter()
+                .find(|d| shapers.contains_key(d.as_str()) || stats.device_bytes.contains_key(d))
+                .unwrap_or_else(|| naming::eni_veth(id));
             // (bytes, drops, queued, allocated) per direction.
             let tx = minors.get(id).and_then(|m| classes.get(m)).map(|c| (c.bytes, c.drops, c.backlog_bytes > 0, c.class.ceil_bps));
             let rx = match shapers.get(dev.as_str()) {
@@ -753,8 +757,8 @@ mod tests {
             host_id: "host-1".into(),
             nic_mbps: 500,
             instances: vec![
-                InstanceDesired { kind: Default::default(), instance_id: "i-a".into(), netns: "evi-a".into(), enis: vec![eni("eni-a", 300 * M, 500 * M)] },
-                InstanceDesired { kind: Default::default(), instance_id: "i-b".into(), netns: "evi-b".into(), enis: vec![eni("eni-b", 100 * M, 200 * M)] },
+                InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None, instance_id: "i-a".into(), netns: "evi-a".into(), enis: vec![eni("eni-a", 300 * M, 500 * M)] },
+                InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None, instance_id: "i-b".into(), netns: "evi-b".into(), enis: vec![eni("eni-b", 100 * M, 200 * M)] },
             ],
             ..Default::default()
         }

@@ -108,12 +108,15 @@ pub fn leases(desired: &HostDesired, mtu: u32) -> BTreeMap<String, EniLease> {
 }
 
 /// The target from the leases and the ifindexes of the host namespace's
-/// ENI devices (`eve…` by name); an ENI whose device does not exist yet
+/// ENI devices (`eve…` or a VM's `evt…`, by name); an ENI whose device does not exist yet
 /// is left out until it does.
 pub fn target(desired: &HostDesired, devices: &BTreeMap<String, u32>, mtu: u32) -> Target {
     leases(desired, mtu)
         .into_values()
-        .filter_map(|l| devices.get(&naming::eni_veth(&l.eni_id)).filter(|i| **i > 0).map(|i| (*i, l)))
+        .filter_map(|l| {
+            let dev = devices.get(&naming::eni_veth(&l.eni_id)).or_else(|| devices.get(&naming::eni_tap(&l.eni_id)));
+            dev.filter(|i| **i > 0).map(|i| (*i, l))
+        })
         .collect()
 }
 
@@ -730,6 +733,8 @@ mod tests {
                 instance_id: "i-1".into(),
                 kind: Default::default(),
                 netns: "evi-x".into(),
+                tap_uid: None,
+                tap_gid: None,
                 enis: vec![
                     eni("eni-a", "vpc-a", "10.0.1.0/24", [10, 0, 1, 1], [10, 0, 1, 5], 0),
                     eni("eni-b", "vpc-b", "10.9.2.0/24", [10, 9, 2, 1], [10, 9, 2, 7], 1),

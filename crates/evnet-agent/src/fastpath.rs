@@ -84,8 +84,7 @@ pub fn devices(desired: &HostDesired, host: &NsState, caps: &BTreeMap<String, u6
         })
         .unwrap_or_default();
     for e in desired.instances.iter().flat_map(|i| &i.enis) {
-        let dev = naming::eni_veth(&e.eni_id);
-        if let Some(l) = host.links.get(&dev).filter(|l| l.kind == LinkKind::Veth && l.ifindex > 0) {
+        if let Some((dev, l)) = host.eni_device(&e.eni_id).filter(|(_, l)| l.ifindex > 0) {
             // The plan decides which devices shape (`evnet_plan::htb::receive_rate`,
             // with the controller's caps); the entry follows the kernel.
             let rx_shaper = host.shapers.contains_key(&dev);
@@ -246,8 +245,8 @@ mod tests {
                 route_tables: vec![],
             }],
             instances: vec![
-                InstanceDesired { kind: Default::default(), instance_id: "i-1".into(), netns: "evi-1".into(), enis: vec![eni("eni-a", 10)] },
-                InstanceDesired { kind: Default::default(), instance_id: "i-2".into(), netns: "evi-2".into(), enis: vec![eni("eni-b", 11)] },
+                InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None, instance_id: "i-1".into(), netns: "evi-1".into(), enis: vec![eni("eni-a", 10)] },
+                InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None, instance_id: "i-2".into(), netns: "evi-2".into(), enis: vec![eni("eni-b", 11)] },
             ],
             ..Default::default()
         }

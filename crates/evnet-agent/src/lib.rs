@@ -211,7 +211,7 @@ pub async fn run_with(
         _ => None,
     };
     let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, fast, bw, desired_rx, applied_tx, metrics.clone(), dhcp_tx));
-    let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), host_id.clone(), config.heartbeat, applied_rx));
+    let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), host_id.clone(), config.host_netns.clone(), config.heartbeat, applied_rx));
     shutdown.await;
     tracing::info!("agent stopping; kernel state is left in place");
     watcher.abort();
@@ -518,7 +518,7 @@ fn instance_present(i: &evnet_model::desired::InstanceDesired) -> bool {
 /// Whether an op brings an ENI's host-side device up (held back on the
 /// tc-BPF data plane until its program is attached).
 fn brings_eni_device_up(op: &Op) -> bool {
-    matches!(op, Op::SetLink { ns: evnet_plan::Ns::Host, name, up: Some(true), .. } if evnet_plan::naming::is_eni_veth(name))
+    matches!(op, Op::SetLink { ns: evnet_plan::Ns::Host, name, up: Some(true), .. } if evnet_plan::naming::is_eni_host_device(name))
 }
 
 /// [`reconcile_with`], and with `fast` (the tc-BPF data plane) the fast
@@ -677,7 +677,11 @@ fn reconcile_bpf(
 fn eni_devices(host: &evnet_plan::NsState) -> BTreeMap<String, u32> {
     host.links
         .iter()
-        .filter(|(n, l)| evnet_plan::naming::is_eni_veth(n) && l.kind == evnet_plan::LinkKind::Veth && l.ifindex > 0)
+        .filter(|(n, l)| {
+            let veth = evnet_plan::naming::is_eni_veth(n) && l.kind == evnet_plan::LinkKind::Veth;
+            let tap = evnet_plan::naming::is_eni_tap(n) && evnet_plan::observed::is_tap(l);
+            (veth || tap) && l.ifindex > 0
+        })
         .map(|(n, l)| (n.clone(), l.ifindex))
         .collect()
 }
@@ -719,7 +723,9 @@ pub fn converged(kernel: &dyn Kernel, desired: &HostDesired) -> anyhow::Result<b
     Ok(plan(desired, &kernel.observe().context("observing the kernel")?, &PlanConfig::default()).is_empty())
 }
 
-async fn heartbeat_loop(client: Client, host_id: String, every: Duration, mut applied_rx: watch::Receiver<Applied>) {
+/// Sends the applied state every `every` and whenever it changes;
+/// `host_netns` tells the server where this agent makes `vm` taps.
+async fn heartbeat_loop(client: Client, host_id: String, host_netns: Option<String>, every: Duration, mut applied_rx: watch::Receiver<Applied>) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
@@ -727,7 +733,13 @@ async fn heartbeat_loop(client: Client, host_id: String, every: Duration, mut ap
             _ = tick.tick() => {},
         }
         let a = applied_rx.borrow_and_update().clone();
-        let hb = Heartbeat { applied_generation: a.generation, running_instances: a.running_instances, failures: a.failures, vanished_instances: a.vanished_instances };
+        let hb = Heartbeat {
+            applied_generation: a.generation,
+            running_instances: a.running_instances,
+            failures: a.failures,
+            vanished_instances: a.vanished_instances,
+            host_netns: host_netns.clone(),
+        };
         if let Err(e) = client.heartbeat(&host_id, &hb).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }

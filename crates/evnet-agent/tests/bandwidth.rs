@@ -19,7 +19,7 @@ fn host(nic_mbps: u64, enis: &[(u64, u64)]) -> HostDesired {
     let instances = enis
         .iter()
         .enumerate()
-        .map(|(n, (g, limit))| InstanceDesired { kind: Default::default(),
+        .map(|(n, (g, limit))| InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None,
             instance_id: format!("i-{:016x}", n + 1),
             netns: naming::instance_netns(&host_id, &format!("i-{:016x}", n + 1)),
             enis: vec![EniDesired {

@@ -917,7 +917,7 @@ mod tests {
                 peer_routes: vec![],
                 route_tables: vec![],
             }],
-            instances: vec![InstanceDesired { kind: Default::default(),
+            instances: vec![InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None,
                 instance_id: "i-1".into(),
                 netns: "evi-1".into(),
                 enis: vec![

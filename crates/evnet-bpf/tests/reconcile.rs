@@ -61,7 +61,7 @@ fn desired() -> HostDesired {
             peer_routes: vec![],
             route_tables: vec![],
         }],
-        instances: vec![InstanceDesired { kind: Default::default(),
+        instances: vec![InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None,
             instance_id: "i-1".into(),
             netns: "evi-x".into(),
             enis: vec![

@@ -179,7 +179,7 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
             bandwidth: EniBandwidth::default(),
         });
     }
-    d.instances.push(InstanceDesired { kind: Default::default(),
+    d.instances.push(InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None,
         instance_id: "i-1".into(),
         netns: "evi-1".into(),
         enis,

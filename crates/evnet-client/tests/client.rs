@@ -476,6 +476,7 @@ async fn host_agent_routes() {
         running_instances: vec!["i-1".into()],
         failures: vec![],
         vanished_instances: vec![],
+        host_netns: None,
     };
     agent.heartbeat(&host.id, &hb).await.unwrap();
     assert_eq!(

@@ -27,6 +27,7 @@ pub mod linux;
 pub mod model;
 mod netns;
 mod nftables;
+mod tap;
 mod tc;
 
 pub use error::{ApplyError, Errno, KernelError};
@@ -290,7 +291,9 @@ fn links_used(op: &Op) -> Vec<LinkRef> {
 fn links_made(op: &Op) -> Vec<LinkRef> {
     match op {
         Op::CreateVeth { ns, name, peer_ns, peer_name, .. } => vec![LinkRef::new(ns.clone(), name), LinkRef::new(peer_ns.clone(), peer_name)],
-        Op::CreateVxlan { ns, name, .. } | Op::CreateIfb { ns, name } | Op::CreateMacvlan { ns, name, .. } => vec![LinkRef::new(ns.clone(), name)],
+        Op::CreateVxlan { ns, name, .. } | Op::CreateIfb { ns, name } | Op::CreateMacvlan { ns, name, .. } | Op::CreateTap { ns, name, .. } => {
+            vec![LinkRef::new(ns.clone(), name)]
+        }
         Op::MoveLink { name, to, .. } => vec![LinkRef::new(to.clone(), name)],
         Op::CreateNetns { .. } => vec![],
         _ => vec![],

@@ -791,6 +791,18 @@ impl LinuxKernel {
                     h.link().add(msg).execute().await.map_err(ne)
                 })
             }
+            Op::CreateTap { ns, name, uid, gid, mtu } => {
+                let (tap, uid, gid) = (name.clone(), *uid, *gid);
+                self.run_inside(ns, move || {
+                    crate::tap::create_persistent(&tap, uid, gid)
+                        .map_err(|e| KernelError::Command { command: format!("create tap {tap}"), stderr: e.to_string() })
+                })?;
+                let (nsc, name, mtu) = (ns.clone(), name.clone(), *mtu);
+                self.run(ns, move |h| async move {
+                    let idx = Self::link_index(&h, &nsc, &name).await?;
+                    h.link().set(LinkUnspec::new_with_index(idx).mtu(mtu).build()).execute().await.map_err(ne)
+                })
+            }
             Op::EnsureShaper { ns, dev, shaper } | Op::SetRate { ns, dev, shaper } => {
                 // EnsureShaper rebuilds the whole shaper; SetRate changes the class in place.
                 let rebuild = matches!(op, Op::EnsureShaper { .. });

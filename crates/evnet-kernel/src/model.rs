@@ -604,6 +604,28 @@ impl World {
                 );
                 new_dev_sysctls(n, name);
             }
+            Op::CreateTap { ns, name, mtu, .. } => {
+                check_ifname(name)?;
+                let n = self.ns_mut(ns)?;
+                if n.links.contains_key(name) {
+                    return Err(err(format!("link {ns}/{name}"), Errno::Exists));
+                }
+                let mac = random_like_mac(&LinkRef::new(ns.clone(), name));
+                n.links.insert(
+                    name.clone(),
+                    MLink {
+                        kind: LinkKind::Other(evnet_plan::observed::TAP_KIND.into()),
+                        mac: Some(mac),
+                        mtu: *mtu,
+                        up: false,
+                        peer: None,
+                        vxlan: None,
+                        sock_ns: None,
+                        ifindex: next_ifindex(),
+                    },
+                );
+                new_dev_sysctls(n, name);
+            }
             Op::EnsureShaper { ns, dev, shaper } => {
                 check_shaper(shaper)?;
                 let n = self.ns_mut(ns)?;

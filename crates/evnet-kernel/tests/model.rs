@@ -752,6 +752,51 @@ fn the_bpf_layout_puts_enis_in_the_host_namespace_and_switches_from_nft() {
 }
 
 
+#[test]
+fn a_vm_instance_gets_taps_in_the_host_namespace_and_no_namespace_of_its_own() {
+    let cloud = two_host_cloud();
+    let mut d = cloud.desired(0);
+    let vm = &mut d.instances[0];
+    vm.kind = evnet_model::InstanceKind::Vm;
+    vm.netns = String::new();
+    vm.tap_uid = Some(1000);
+    let vm = d.instances[0].clone();
+    let k = ModelKernel::new();
+    add_foreign(&k);
+    let before = foreign_view(&k, &d.host_id);
+    let cfg = PlanConfig { dataplane: DataplaneMode::Bpf, ..PlanConfig::default() };
+    let ops = plan(&d, &k.observe().unwrap(), &cfg);
+    let text = render(&ops);
+    for e in &vm.enis {
+        let tap = naming::eni_tap(&e.eni_id);
+        assert!(
+            ops.iter().any(|o| matches!(o, Op::CreateTap { ns: Ns::Host, name, uid: Some(1000), gid: None, .. } if *name == tap)),
+            "{text}"
+        );
+    }
+    apply_all(&k, &ops).unwrap_or_else(|e| panic!("{e}\nplan:\n{text}"));
+    let o = k.observe().unwrap();
+    assert!(plan(&d, &o, &cfg).is_empty(), "re-plan not empty");
+    for e in &vm.enis {
+        let (dev, l) = o.host.eni_device(&e.eni_id).expect("the VM's ENI has a device");
+        assert_eq!(dev, naming::eni_tap(&e.eni_id));
+        assert!(l.up && l.ifindex > 1 && l.mtu == cfg.mtu, "{dev}: {l:?}");
+        assert!(!o.host.links.contains_key(&naming::eni_veth(&e.eni_id)));
+    }
+    // No namespace for the VM; the other instances keep theirs.
+    assert!(!o.namespaces.contains_key(&naming::instance_netns(&d.host_id, &vm.instance_id)));
+    for i in d.instances.iter().skip(1) {
+        assert!(o.namespaces.contains_key(&i.netns), "{}", i.netns);
+    }
+    // The VM leaves: its taps go, nothing else of the host's is touched.
+    d.instances.remove(0);
+    let ops = plan(&d, &k.observe().unwrap(), &cfg);
+    apply_all(&k, &ops).unwrap();
+    let o = k.observe().unwrap();
+    assert!(!o.host.links.keys().any(|n| naming::is_eni_tap(n)), "{:?}", o.host.links.keys());
+    assert_eq!(foreign_view(&k, &d.host_id), before);
+}
+
 /// The class minors of the host's tree by ENI, as observed (matched by
 /// their parameters' rate, which the test makes distinct).
 fn tree_of(k: &ModelKernel) -> evnet_plan::HtbTree {

@@ -218,6 +218,11 @@ pub struct InstanceDesired {
     pub netns: String,
     /// Attached ENIs, sorted by device index.
     pub enis: Vec<EniDesired>,
+    /// A `vm`'s taps' owner user and group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_gid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

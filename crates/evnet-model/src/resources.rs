@@ -72,6 +72,10 @@ pub struct Host {
     /// applied); the rest of the host's objects were built.
     #[serde(default)]
     pub failures: Vec<ReconcileFailure>,
+    /// The network namespace the host's agent manages, as it reports it
+    /// (absent: the machine's own); a `vm`'s taps are there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -155,6 +159,37 @@ pub enum InstanceKind {
     /// builds the ENIs' devices inside it, removes only those, and never
     /// deletes the namespace.
     Container,
+    /// A virtual machine: each ENI is a tap device (`evt<10 hex>`) in its
+    /// host's namespace, which a VM monitor (QEMU, Firecracker, …) opens;
+    /// the guest learns its addresses by DHCP. Needs the tc-BPF data plane.
+    Vm,
+}
+
+/// One ENI of a `vm` instance as its VM monitor needs it: the tap to open,
+/// the namespace the tap is in, and the MAC to give the guest's NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct VmTap {
+    #[schemars(with = "schema::EniId")]
+    pub eni_id: String,
+    pub device_index: u32,
+    /// The tap device's name (`evt<10 hex of the ENI id>`).
+    pub tap: String,
+    /// The network namespace the tap is in: the one its host's agent
+    /// manages (absent: the machine's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// The MAC the guest's NIC must have (the ENI's).
+    #[schemars(with = "schema::Mac")]
+    pub mac: String,
+    /// QEMU's arguments for this NIC: `-netdev tap,… -device virtio-net-pci,…`.
+    pub qemu_args: String,
+}
+
+/// QEMU's `-netdev`/`-device` arguments that plug the tap `tap` into a guest
+/// as a virtio NIC with `mac` (`id` names the netdev; the device is
+/// `<id>-nic`).
+pub fn qemu_nic_args(id: &str, tap: &str, mac: &str) -> String {
+    format!("-netdev tap,id={id},ifname={tap},script=no,downscript=no -device virtio-net-pci,netdev={id},id={id}-nic,mac={mac}")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -174,8 +209,19 @@ pub struct Instance {
     pub kind: InstanceKind,
     /// The instance's network namespace, unique on the machine: a name
     /// under `/run/netns` evnet gives it (`netns`), or the path the runtime
-    /// gave (`container`).
+    /// gave (`container`); empty for a `vm` (its taps are in the host's).
     pub netns: String,
+    /// A `vm`'s taps are owned by this user (uid), so an unprivileged VM
+    /// monitor running as it may open them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_uid: Option<u32>,
+    /// … or by this group (gid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_gid: Option<u32>,
+    /// A `vm`'s ENIs as its VM monitor needs them, in device order (filled
+    /// on every read from its attached ENIs; never stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taps: Vec<VmTap>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -617,6 +663,11 @@ pub struct Heartbeat {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<schema::InstanceId>", length(max = 1024))]
     pub vanished_instances: Vec<String>,
+    /// The network namespace the agent manages (`--host-netns`; absent:
+    /// the machine's own), where it makes `vm` instances' taps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub host_netns: Option<String>,
 }
 
 /// Most failures one heartbeat may carry, and the longest error text.
@@ -639,6 +690,15 @@ impl Heartbeat {
                 "too_many_failures",
                 format!("a heartbeat reports at most {MAX_REPORTED_FAILURES} failures, not {}", self.failures.len()),
             ));
+        }
+        if let Some(n) = &self.host_netns {
+            let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if n.is_empty() || n.len() > 64 || !n.chars().all(ok_char) || n.starts_with(['.', '-']) {
+                return Err(crate::ModelError::invalid(
+                    "invalid_netns",
+                    "`host_netns` must be a name under /run/netns: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -",
+                ));
+            }
         }
         for f in &self.failures {
             if f.object.is_empty() || f.object.len() > 255 {
@@ -753,14 +813,22 @@ pub struct CreateInstance {
     pub host_id: Option<String>,
     #[serde(default)]
     pub placement: PlacementStrategy,
-    /// `netns` (the default: evnet makes the namespace) or `container` (a
-    /// runtime made it: `netns` and `host_id` are then required).
+    /// `netns` (the default: evnet makes the namespace), `container` (a
+    /// runtime made it: `netns` and `host_id` are then required) or `vm`
+    /// (its ENIs are taps for a VM monitor).
     #[serde(default)]
     pub kind: InstanceKind,
     /// A `container` instance's namespace, as its runtime gave it.
     #[serde(default)]
     #[schemars(with = "Option<schema::NetnsPath>")]
     pub netns: Option<String>,
+    /// A `vm` instance's taps' owner user (uid), so a VM monitor that runs
+    /// unprivileged as it can open them. Only with kind `vm`.
+    #[serde(default)]
+    pub tap_uid: Option<u32>,
+    /// A `vm` instance's taps' group (gid). Only with kind `vm`.
+    #[serde(default)]
+    pub tap_gid: Option<u32>,
     /// ENIs to attach at creation, in device order; their guarantees count
     /// when the scheduler chooses a host.
     #[serde(default)]

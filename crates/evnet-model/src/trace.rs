@@ -825,6 +825,7 @@ mod tests {
                 status: HostStatus::Ready,
                 last_heartbeat_ms: 0,
                 applied_generation: 0,
+                netns: None,
                 failures: vec![],
             };
             let default = group(
@@ -901,6 +902,9 @@ mod tests {
                     state: InstanceState::Running,
                     kind: Default::default(),
                     netns: String::new(),
+                    tap_uid: None,
+                    tap_gid: None,
+                    taps: vec![],
                 })
                 .collect();
             let world = TraceWorld {

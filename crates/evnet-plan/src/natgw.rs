@@ -44,6 +44,8 @@ pub fn lower(d: &HostDesired) -> Cow<'_, HostDesired> {
             instance_id: g.nat_gateway_id.clone(),
             kind: InstanceKind::Netns,
             netns: naming::nat_netns(&d.host_id, &g.nat_gateway_id),
+            tap_uid: None,
+            tap_gid: None,
             enis: vec![EniDesired {
                 eni_id: g.nat_gateway_id.clone(),
                 vpc_id: g.vpc_id.clone(),

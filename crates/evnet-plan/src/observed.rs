@@ -250,6 +250,28 @@ pub struct NsState {
     pub htb_trees: BTreeMap<String, crate::htb::HtbTree>,
 }
 
+/// The kind a tap (a tun device in tap mode) is observed as (`IFLA_INFO_KIND`).
+pub const TAP_KIND: &str = "tun";
+
+impl NsState {
+    /// An ENI's device in the host namespace on the tc-BPF data plane, by
+    /// name and link: its veth's host end (`eve…`) or, for a `vm`'s ENI,
+    /// its tap (`evt…`), whichever exists with its kind.
+    pub fn eni_device(&self, eni_id: &str) -> Option<(String, &Link)> {
+        let veth = crate::naming::eni_veth(eni_id);
+        if let Some(l) = self.links.get(&veth).filter(|l| l.kind == LinkKind::Veth) {
+            return Some((veth, l));
+        }
+        let tap = crate::naming::eni_tap(eni_id);
+        self.links.get(&tap).filter(|l| is_tap(l)).map(|l| (tap, l))
+    }
+}
+
+/// Whether a link is a tap (or tun) device.
+pub fn is_tap(l: &Link) -> bool {
+    matches!(&l.kind, LinkKind::Other(k) if k == TAP_KIND)
+}
+
 /// The snapshot `plan()` compares with the desired state: the host
 /// namespace and every namespace whose name looks like evnet's
 /// ([`crate::naming::is_evnet_netns`]), whichever host it belongs to.

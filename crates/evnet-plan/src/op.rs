@@ -115,6 +115,9 @@ pub enum Op {
     SyncFirewallSet { ns: Ns, set: String, elements: BTreeSet<Ipv4Addr> },
     /// An IFB device (down).
     CreateIfb { ns: Ns, name: String },
+    /// A persistent tap (down) with `mtu`, which only `uid`, members of
+    /// `gid` or a privileged process may open (`TUNSETOWNER`/`TUNSETGROUP`).
+    CreateTap { ns: Ns, name: String, uid: Option<u32>, gid: Option<u32>, mtu: u32 },
     /// (Re)builds evnet's shaper on `dev`: whatever root qdisc it had is
     /// replaced by HTB `1:` (default class `1:1`) with one class `1:1` of
     /// `shaper`. Only for a missing or misshapen shaper: it resets the queue.
@@ -174,6 +177,7 @@ impl Op {
             Op::RemoveFirewall { .. } => "remove_firewall",
             Op::SyncFirewallSet { .. } => "sync_firewall_set",
             Op::CreateIfb { .. } => "create_ifb",
+            Op::CreateTap { .. } => "create_tap",
             Op::EnsureShaper { .. } => "ensure_shaper",
             Op::SetRate { .. } => "set_rate",
             Op::EnsureRedirect { .. } => "ensure_redirect",
@@ -211,6 +215,7 @@ impl Op {
             | Op::RemoveFirewall { ns }
             | Op::SyncFirewallSet { ns, .. }
             | Op::CreateIfb { ns, .. }
+            | Op::CreateTap { ns, .. }
             | Op::EnsureShaper { ns, .. }
             | Op::SetRate { ns, .. }
             | Op::EnsureRedirect { ns, .. }
@@ -306,6 +311,16 @@ impl fmt::Display for Op {
                 write!(f, "[{ns}] nft set {set} = {} elements", elements.len())
             }
             Op::CreateIfb { ns, name } => write!(f, "[{ns}] link add {name} type ifb"),
+            Op::CreateTap { ns, name, uid, gid, mtu } => {
+                write!(f, "[{ns}] tuntap add mode tap name {name}")?;
+                if let Some(u) = uid {
+                    write!(f, " user {u}")?;
+                }
+                if let Some(g) = gid {
+                    write!(f, " group {g}")?;
+                }
+                write!(f, " (mtu {mtu})")
+            }
             Op::EnsureShaper { ns, dev, shaper } => {
                 write!(f, "[{ns}] tc shaper {dev} htb {}", shaper_str(shaper))
             }

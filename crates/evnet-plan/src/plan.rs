@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use evnet_model::desired::{EniDesired, HostDesired, VpcDesired};
+use evnet_model::InstanceKind;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +114,9 @@ enum TKind {
     /// leg). Brought up only after its sysctls and addresses, so that with
     /// `arp_notify` its coming up announces its address.
     Macvlan { parent: String },
+    /// A persistent tap (a `vm`'s ENI), owned by `uid`/`gid` so that a VM
+    /// monitor running as them may open it.
+    Tap { uid: Option<u32>, gid: Option<u32> },
 }
 
 /// The kind a macvlan is observed as (`IFLA_INFO_KIND`).
@@ -204,7 +208,8 @@ fn target(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>)
         for s in &vpc.subnets {
             tn.addresses.insert(Address { dev: "lo".into(), addr: host32(s.gateway_ip) });
         }
-        let enis = local.get(vpc.vpc_id.as_str()).cloned().unwrap_or_default();
+        // VMs' taps are built on the tc-BPF data plane only.
+        let enis: Vec<_> = local.get(vpc.vpc_id.as_str()).into_iter().flatten().filter(|(_, ns)| !ns.is_empty()).cloned().collect();
         let mut local_ips = BTreeSet::new();
         let mut fw_enis = Vec::new();
         for (e, inst_ns) in &enis {
@@ -334,16 +339,21 @@ fn local_enis<'a>(d: &'a HostDesired, out: &mut BTreeMap<String, TNs>) -> BTreeM
     let mut local: BTreeMap<&str, Vec<(&EniDesired, String)>> = BTreeMap::new();
     for inst in &d.instances {
         let mut seen_idx = BTreeSet::new();
-        let tn = out.entry(inst.netns.clone()).or_default();
-        // A runtime's namespace keeps its loopback as the runtime set it.
-        if !naming::is_foreign_netns(&inst.netns) {
-            tn.links.insert("lo".into(), lo.clone());
+        // A VM has no namespace of its own: its ENIs are taps in the host's
+        // (an empty name below says so).
+        let netns = if inst.kind == InstanceKind::Vm { String::new() } else { inst.netns.clone() };
+        if !netns.is_empty() {
+            let tn = out.entry(netns.clone()).or_default();
+            // A runtime's namespace keeps its loopback as the runtime set it.
+            if !naming::is_foreign_netns(&netns) {
+                tn.links.insert("lo".into(), lo.clone());
+            }
         }
         for e in &inst.enis {
             if !vpc_ids.contains(e.vpc_id.as_str()) || !seen_enis.insert(e.eni_id.as_str()) || !seen_idx.insert(e.device_index) {
                 continue;
             }
-            local.entry(e.vpc_id.as_str()).or_default().push((e, inst.netns.clone()));
+            local.entry(e.vpc_id.as_str()).or_default().push((e, netns.clone()));
         }
     }
     local
@@ -379,26 +389,32 @@ fn target_bpf(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRat
             },
         );
     }
+    let vm_of: BTreeMap<&str, &evnet_model::desired::InstanceDesired> =
+        d.instances.iter().filter(|i| i.kind == InstanceKind::Vm).flat_map(|i| i.enis.iter().map(move |e| (e.eni_id.as_str(), i))).collect();
     for (e, inst_ns) in local.values().flatten() {
-        let dev = naming::eni_veth(&e.eni_id);
-        let eth = naming::instance_ifname(e.device_index);
-        host.links.insert(
-            dev.clone(),
-            TLink {
-                kind: TKind::Veth { peer: LinkRef::new(Ns::named(inst_ns), &eth), creator: true, peer_mac: naming::normalize_mac(&e.mac) },
-                mac: None,
-                mtu: Some(cfg.mtu),
-                up: true,
+        let vm = vm_of.get(e.eni_id.as_str()).filter(|_| inst_ns.is_empty());
+        let dev = if vm.is_some() { naming::eni_tap(&e.eni_id) } else { naming::eni_veth(&e.eni_id) };
+        let kind = match vm {
+            // The guest's NIC has the ENI's MAC (the VM monitor sets it); the
+            // tap's own is the host side's.
+            Some(i) => TKind::Tap { uid: i.tap_uid, gid: i.tap_gid },
+            None => TKind::Veth {
+                peer: LinkRef::new(Ns::named(inst_ns), naming::instance_ifname(e.device_index)),
+                creator: true,
+                peer_mac: naming::normalize_mac(&e.mac),
             },
-        );
+        };
+        host.links.insert(dev.clone(), TLink { kind, mac: None, mtu: Some(cfg.mtu), up: true });
         let bw = &e.bandwidth;
         let cap = rates.get(&e.eni_id).map_or(u64::MAX, |r| r.rx_bps);
         if let Some(rate) = crate::htb::receive_rate(bw, d.nic_mbps.saturating_mul(1_000_000), cap) {
             let burst = if bw.burst_bytes == 0 { DEFAULT_BURST_BYTES } else { bw.burst_bytes };
             host.shapers.insert(dev.clone(), TShaper { limit_bps: rate, rate_bps: Some(rate), burst_bytes: burst });
         }
-        let itn = out.get_mut(inst_ns).expect("instance namespace inserted above");
-        instance_side(itn, e, LinkRef::new(Ns::Host, &dev), cfg);
+        if vm.is_none() {
+            let itn = out.get_mut(inst_ns).expect("instance namespace inserted above");
+            instance_side(itn, e, LinkRef::new(Ns::Host, &dev), cfg);
+        }
     }
     other_vpc_routes(d, &local, &mut out);
     // A gateway's inner leg exists only while its VPC is among the host's.
@@ -519,6 +535,7 @@ fn compatible(obs: &Link, t: &TLink) -> bool {
         TKind::Ifb => obs.kind == LinkKind::Ifb,
         // Its parent is in another namespace: the kind is what is checked.
         TKind::Macvlan { .. } => obs.kind == LinkKind::Other(MACVLAN_KIND.into()),
+        TKind::Tap { .. } => crate::observed::is_tap(obs),
     }
 }
 
@@ -765,6 +782,15 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
                     created.insert(r.clone());
                     created.insert(peer.clone());
                 }
+                TKind::Tap { uid, gid } => {
+                    let mtu = tl.mtu.unwrap_or(1500);
+                    link_ops.push(Op::CreateTap { ns: ns.clone(), name: lname.clone(), uid: *uid, gid: *gid, mtu });
+                    present.insert(
+                        r.clone(),
+                        Link { kind: LinkKind::Other(crate::observed::TAP_KIND.into()), mac: None, mtu, up: false, peer: None, vxlan: None, ifindex: 0 },
+                    );
+                    created.insert(r.clone());
+                }
                 TKind::Macvlan { parent } => {
                     link_ops.push(Op::CreateMacvlan { ns: ns.clone(), name: lname.clone(), parent: parent.clone() });
                     present.insert(
@@ -928,7 +954,7 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
     if cfg.dataplane == DataplaneMode::Bpf {
         let want = tgt.get(HOST).map(|t| &t.shapers);
         for dev in observed.host.shapers.keys() {
-            if naming::is_eni_veth(dev) && !gone.contains(&LinkRef::new(Ns::Host, dev)) && !want.is_some_and(|w| w.contains_key(dev)) {
+            if naming::is_eni_host_device(dev) && !gone.contains(&LinkRef::new(Ns::Host, dev)) && !want.is_some_and(|w| w.contains_key(dev)) {
                 ops.push(Op::RemoveShaper { ns: Ns::Host, dev: dev.clone() });
             }
         }

@@ -277,6 +277,7 @@ mod tests {
                 last_heartbeat_ms: 0,
                 applied_generation: 0,
                 failures: vec![],
+                netns: None,
             },
         )
     }

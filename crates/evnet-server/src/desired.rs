@@ -25,7 +25,14 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
         .iter()
         .filter_map(|id| snap.instances.get(id))
         .filter(|i| i.value.host_id == host_id)
-        .map(|i| InstanceDesired { kind: i.value.kind, instance_id: i.value.id.clone(), netns: i.value.netns.clone(), enis: vec![] })
+        .map(|i| InstanceDesired {
+                kind: i.value.kind,
+                instance_id: i.value.id.clone(),
+                netns: i.value.netns.clone(),
+                enis: vec![],
+                tap_uid: i.value.tap_uid,
+                tap_gid: i.value.tap_gid,
+            })
         .collect();
     let index: HashMap<String, usize> = instances.iter().enumerate().map(|(n, i)| (i.instance_id.clone(), n)).collect();
     let mut local_vpcs = BTreeSet::new();
@@ -419,7 +426,14 @@ mod tests {
             .instances
             .values()
             .filter(|i| i.value.host_id == host_id)
-            .map(|i| InstanceDesired { kind: i.value.kind, instance_id: i.value.id.clone(), netns: i.value.netns.clone(), enis: vec![] })
+            .map(|i| InstanceDesired {
+                kind: i.value.kind,
+                instance_id: i.value.id.clone(),
+                netns: i.value.netns.clone(),
+                enis: vec![],
+                tap_uid: i.value.tap_uid,
+                tap_gid: i.value.tap_gid,
+            })
             .collect();
         let index: HashMap<String, usize> = instances.iter().enumerate().map(|(n, i)| (i.instance_id.clone(), n)).collect();
         let mut local_vpcs = BTreeSet::new();

@@ -149,7 +149,7 @@ impl Lab {
                 if p.host != h {
                     continue;
                 }
-                instances.push(InstanceDesired { kind: Default::default(),
+                instances.push(InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None,
                     instance_id: format!("i-{tag:08x}{n:08x}"),
                     netns: e.netns.clone(),
                     enis: vec![EniDesired {

@@ -78,6 +78,10 @@ pub async fn create_instance(
         (InstanceKind::Container, None) => {
             return Err(ModelError::invalid("invalid_netns", "a `container` instance needs `netns`, the path of the namespace its runtime made").into());
         }
+        (InstanceKind::Vm, Some(_)) => {
+            return Err(ModelError::invalid("invalid_netns", "a `vm` instance's ENIs are taps in its host's namespace; leave `netns` out").into());
+        }
+        (InstanceKind::Vm, None) => None,
         (InstanceKind::Container, Some(p)) => {
             evnet_model::validate::check_container_netns(p)?;
             if req.host_id.is_none() {
@@ -86,6 +90,9 @@ pub async fn create_instance(
             Some(p.clone())
         }
     };
+    if req.kind != InstanceKind::Vm && (req.tap_uid.is_some() || req.tap_gid.is_some()) {
+        return Err(ModelError::invalid("invalid_request", "`tap_uid` and `tap_gid` are for kind `vm` only (they own its taps)").into());
+    }
     let mut slot = quota::Slot::new(&st, &tenant, "instances_per_tenant");
     let (_, id) = commit(&st, |snap| {
         if let Some(existing) = idem.replay(snap)? {
@@ -134,8 +141,15 @@ pub async fn create_instance(
             host_id: host_id.clone(),
             state: InstanceState::Pending,
             kind: req.kind,
-            // Named after its host too, so the host's agent knows it as its own.
-            netns: netns_given.clone().unwrap_or_else(|| evnet_plan::naming::instance_netns(&host_id, &id)),
+            // Named after its host too, so the host's agent knows it as its own;
+            // a VM has none (its taps are in the host's namespace).
+            netns: match req.kind {
+                InstanceKind::Vm => String::new(),
+                _ => netns_given.clone().unwrap_or_else(|| evnet_plan::naming::instance_netns(&host_id, &id)),
+            },
+            tap_uid: req.tap_uid,
+            tap_gid: req.tap_gid,
+            taps: vec![],
         };
         let mut txn = Txn { compares: vec![], ops: vec![put(keys::resource(Kind::Instance, &id), &inst)] };
         for (i, e) in enis.iter().enumerate() {
@@ -151,15 +165,49 @@ pub async fn create_instance(
         Ok(Plan::Write(txn, id.clone()))
     })
     .await?;
-    Ok(created(read_back(&st.cache.read().instances, &id)?))
+    let snap = st.cache.read();
+    Ok(created(with_taps(&snap, read_back(&snap.instances, &id)?)))
+}
+
+/// `i` with its taps filled in when it is a `vm`: one per attached ENI, in
+/// device order, named as its host's agent names them, in the namespace
+/// that agent reports it manages.
+pub fn with_taps(snap: &Snapshot, mut i: Instance) -> Instance {
+    if i.kind != InstanceKind::Vm {
+        return i;
+    }
+    let netns = snap.hosts.get(&i.host_id).and_then(|h| h.value.netns.clone());
+    let mut taps: Vec<VmTap> = snap
+        .enis
+        .values()
+        .filter_map(|e| e.value.attachment.as_ref().filter(|a| a.instance_id == i.id).map(|a| (a.device_index, &e.value)))
+        .map(|(idx, e)| {
+            let tap = evnet_plan::naming::eni_tap(&e.id);
+            VmTap {
+                eni_id: e.id.clone(),
+                device_index: idx,
+                qemu_args: qemu_nic_args(&format!("net{idx}"), &tap, &e.mac),
+                tap,
+                netns: netns.clone(),
+                mac: e.mac.clone(),
+            }
+        })
+        .collect();
+    taps.sort_by_key(|t| t.device_index);
+    i.taps = taps;
+    i
 }
 
 pub async fn list_instances(State(st): State<AppState>, caller: Caller, Q(q): Q<ListQuery>) -> ApiResult<Json<Page<Instance>>> {
-    Ok(Json(paginate(&st.cache.read().instances, &caller, &q, |i| q.host_id.as_deref().is_none_or(|h| h == i.host_id))?))
+    let snap = st.cache.read();
+    let mut page = paginate(&snap.instances, &caller, &q, |i| q.host_id.as_deref().is_none_or(|h| h == i.host_id))?;
+    page.items = page.items.into_iter().map(|i| with_taps(&snap, i)).collect();
+    Ok(Json(page))
 }
 
 pub async fn get_instance(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Instance>> {
-    Ok(Json(arc_clone(&visible(&st.cache.read().instances, Kind::Instance, &id, &caller)?.value)))
+    let snap = st.cache.read();
+    Ok(Json(with_taps(&snap, arc_clone(&visible(&snap.instances, Kind::Instance, &id, &caller)?.value))))
 }
 
 pub async fn patch_instance(
@@ -183,7 +231,8 @@ pub async fn patch_instance(
         Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &v)] }, ()))
     })
     .await?;
-    Ok(Json(read_back(&st.cache.read().instances, &id)?))
+    let snap = st.cache.read();
+    Ok(Json(with_taps(&snap, read_back(&snap.instances, &id)?)))
 }
 
 /// Deleting an instance detaches its ENIs (they stay, `available`).

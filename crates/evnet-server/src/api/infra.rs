@@ -173,6 +173,7 @@ pub async fn register_host(
             last_heartbeat_ms: now_ms(),
             applied_generation: 0,
             failures: vec![],
+            netns: None,
         };
         let mut txn = Txn {
             compares: vec![cmp(keys::hostname(&req.name), 0), cmp(credential_key.clone(), 0)],
@@ -390,6 +391,7 @@ pub async fn heartbeat(
         h.status = HostStatus::Ready;
         h.applied_generation = h.applied_generation.max(req.applied_generation);
         h.failures = req.failures.clone();
+        h.netns = req.host_netns.clone();
         let mut txn = Txn {
             compares: vec![cmp(keys::resource(Kind::Host, &id), e.mod_revision)],
             ops: vec![put(keys::resource(Kind::Host, &id), &h)],
@@ -411,6 +413,7 @@ pub async fn heartbeat(
             && old.status == HostStatus::Ready
             && old.applied_generation == h.applied_generation
             && old.failures == h.failures
+            && old.netns == h.netns
             && now.saturating_sub(old.last_heartbeat_ms) < refresh_ms;
         if unchanged {
             return Ok(Plan::Done(()));

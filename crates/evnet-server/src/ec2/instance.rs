@@ -192,6 +192,8 @@ pub async fn run_instances(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
         placement,
         kind: InstanceKind::Netns,
         netns: None,
+        tap_uid: None,
+        tap_gid: None,
         eni_ids: vec![],
         tags: inst_tags,
         client_token: if max == 1 { token } else { None },
