@@ -19,9 +19,20 @@ out="$(cd "$out" && pwd)"
 
 # The cloud kernel's package: the one linux-image-cloud-amd64 depends on
 # (`apt-cache depends linux-image-cloud-amd64`; `show` gives the same line
-# with the version, in one call of apt-cache, which takes most of a no-op run).
-kdep="$(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
-  sed -n 's/^Depends: .*\(linux-image-[0-9][^ ,]*-cloud-amd64\)\( (= \([^)]*\))\)\{0,1\}.*$/\1 \3/p' | head -n1)"
+# with the version). apt-cache takes about a second, so its answer is kept
+# with a signature of apt's package lists and asked again only when they
+# change.
+lists_sig="$(stat -c '%n %Y %s' /var/lib/apt/lists/*Packages* 2>/dev/null | sha256sum | cut -d' ' -f1)"
+kcache="$out/.kernel-package"
+kdep=""
+if [ "$(sed -n 1p "$kcache" 2>/dev/null)" = "$lists_sig" ]; then
+  kdep="$(sed -n 2p "$kcache")"
+fi
+if [ -z "$kdep" ]; then
+  kdep="$(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
+    sed -n 's/^Depends: .*\(linux-image-[0-9][^ ,]*-cloud-amd64\)\( (= \([^)]*\))\)\{0,1\}.*$/\1 \3/p' | head -n1)"
+  [ -z "$kdep" ] || printf '%s\n%s\n' "$lists_sig" "$kdep" > "$kcache"
+fi
 kpkg="${kdep%% *}"
 if [ -z "$kpkg" ]; then
   echo "build-guest: cannot find the cloud kernel's package (apt-cache depends linux-image-cloud-amd64); run apt-get update" >&2
@@ -43,7 +54,7 @@ fi
 libs="$(ldd "$iperf3" | awk '/=> \//{print $3} /^\t\//{print $1}')"
 
 inputs="$( {
-  sha256sum "$0"
+  sha256sum < "$0"
   echo "$kdep"
   if [ -n "$busybox" ]; then sha256sum "$busybox"; else apt-cache policy busybox-static | sed -n 's/^ *Candidate: //p'; fi
   # shellcheck disable=SC2086

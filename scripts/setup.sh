@@ -28,19 +28,36 @@ command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 [ -x /usr/bin/busybox ] && /usr/bin/busybox --help 2>&1 | grep -q static || dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v nsenter >/dev/null || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
+# VMs (crates/evnet-vm): Debian's QEMU, without its recommends (no GUI,
+# no firmware beyond what the x86 machine needs).
+need_norec=()
+command -v qemu-system-x86_64 >/dev/null || need_norec+=(qemu-system-x86)
+if [ $((${#need[@]} + ${#need_norec[@]})) -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "missing packages: ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2
+    echo "missing packages: ${need[*]} ${need_norec[*]}; run as root or: sudo apt-get install ${need[*]} && sudo apt-get install --no-install-recommends ${need_norec[*]}" >&2
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  [ ${#need_norec[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_norec[@]}" >/dev/null
 fi
+
+# The VM guest (kernel + initramfs in target/guest, from Debian packages);
+# a no-op when its inputs have not changed. It needs apt's package lists to
+# find and download the cloud kernel.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "apt has no package lists; run as root or: sudo apt-get update" >&2
+    exit 1
+  fi
+  apt-get update -qq
+fi
+"$root/scripts/build-guest.sh"
 
 # AWS's clients (boto3, the aws CLI) in a virtual environment under the repo,
 # for the EC2 Query API's tests and benchmark. Reinstalled only when the
 # pinned requirements change.
-root="$(cd "$(dirname "$0")/.." && pwd)"
 req="$root/scripts/ec2-requirements.txt"
 venv="$root/.venv"
 stamp="$venv/.ec2-requirements.sha256"
