@@ -28,7 +28,7 @@ impl From<Placement> for PlacementStrategy {
 pub enum InstanceCommand {
     /// Create an instance on a host, or let the scheduler place it by count and bandwidth.
     #[command(
-        after_help = "Examples:\n  evnet instance create --name web-1 --eni web-1-eth0\n  evnet instance create --name db --host host-2 --eni eni-1a2b3c4d5e6f7a8b\n  evnet instance create --name batch --placement pack\n  evnet instance create --name app --host host-1 --container-netns /run/netns/netns-2f6c1a --eni app-eth0"
+        after_help = "Examples:\n  evnet instance create --name web-1 --eni web-1-eth0\n  evnet instance create --name db --host host-2 --eni eni-1a2b3c4d5e6f7a8b\n  evnet instance create --name batch --placement pack\n  evnet instance create --name app --host host-1 --container-netns /run/netns/netns-2f6c1a --eni app-eth0\n  evnet instance create --name vm-1 --vm --tap-user 1000 --eni vm-1-eth0"
     )]
     Create {
         #[arg(long)]
@@ -37,8 +37,20 @@ pub enum InstanceCommand {
         /// or `/proc/PID/ns/net`): the instance is of kind `container`, and
         /// evnet builds its ENIs in that namespace without ever deleting it.
         /// Needs --host.
-        #[arg(long, requires = "host")]
+        #[arg(long, requires = "host", conflicts_with = "vm")]
         container_netns: Option<String>,
+        /// A virtual machine (kind `vm`): each ENI is a tap device
+        /// (`evt…`) in its host's namespace for a VM monitor to open;
+        /// `instance get` shows the taps and QEMU's arguments. Needs the
+        /// tc-BPF data plane on the host.
+        #[arg(long)]
+        vm: bool,
+        /// The VM's taps belong to this uid, so a monitor running as it may open them.
+        #[arg(long, requires = "vm")]
+        tap_user: Option<u32>,
+        /// The VM's taps belong to this gid, so a monitor in it may open them.
+        #[arg(long, requires = "vm")]
+        tap_group: Option<u32>,
         /// The host to run on (id or name); the scheduler chooses when absent.
         #[arg(long)]
         host: Option<String>,
@@ -60,8 +72,8 @@ pub enum InstanceCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Show one instance (by id or name).
-    #[command(after_help = "Examples:\n  evnet instance get web-1")]
+    /// Show one instance (by id or name); a VM's taps with QEMU's arguments.
+    #[command(visible_alias = "show", after_help = "Examples:\n  evnet instance get web-1\n  evnet instance show vm-1 -o json")]
     Get {
         /// The instance, by id or name.
         instance: String,
@@ -83,6 +95,9 @@ pub(crate) async fn run(
         InstanceCommand::Create {
             name,
             container_netns,
+            vm,
+            tap_user,
+            tap_group,
             host,
             placement,
             enis,
@@ -96,8 +111,16 @@ pub(crate) async fn run(
                 placement: placement.into(),
                 eni_ids,
                 tags: tags_of(tags),
-                kind: if container_netns.is_some() { InstanceKind::Container } else { InstanceKind::Netns },
+                kind: if vm {
+                    InstanceKind::Vm
+                } else if container_netns.is_some() {
+                    InstanceKind::Container
+                } else {
+                    InstanceKind::Netns
+                },
                 netns: container_netns,
+                tap_uid: tap_user,
+                tap_gid: tap_group,
                 ..Default::default()
             };
             print_one(out, &client.create_instance(&body).await?)

@@ -458,6 +458,19 @@ impl Render for Instance {
             ("kind", enum_str(&self.kind)),
             ("netns", self.netns.clone()),
         ]);
+        if let Some(u) = self.tap_uid {
+            f.push(("tap_uid", u.to_string()));
+        }
+        if let Some(g) = self.tap_gid {
+            f.push(("tap_gid", g.to_string()));
+        }
+        // A VM's NICs: the tap to hand to the monitor, where it is, and
+        // QEMU's arguments for it.
+        for t in &self.taps {
+            let ns = t.netns.as_deref().map(|n| format!(" in netns {n}")).unwrap_or_default();
+            f.push(("tap", format!("{} ({}, eth{}): {}{ns}, mac {}", t.tap, t.eni_id, t.device_index, t.tap, t.mac)));
+            f.push(("qemu", t.qemu_args.clone()));
+        }
         f
     }
 }
