@@ -31,7 +31,7 @@
 //!
 //! # fn main() -> evnet_vm::Result<()> {
 //! let spec = VmSpec::new("vm1", GuestImage::locate()?, "/run/evnet/vm1")
-//!     .nic("nic0", "evt0123456789", "02:00:00:00:00:01");
+//!     .nic("net0", "evt0123456789", "02:00:00:00:00:01");
 //! let mut vm = spawn(&spec, Some("evh-host1"))?;
 //! let mut exec = vm.connect_exec(Duration::from_secs(60))?;
 //! let (status, mac) = exec.run("cat /sys/class/net/eth0/address", Duration::from_secs(10))?;
@@ -55,4 +55,4 @@ pub use exec::{ExecChannel, READY};
 pub use image::{GuestImage, GUEST_DIR_ENV};
 pub use process::{spawn, stop_recorded, VmProcess, QEMU, TERM_BOUND};
 pub use qmp::{Qmp, QMP_TIMEOUT};
-pub use spec::{netdev_args, netdev_id, netdev_line, qemu_args, Accel, NicSpec, VmSpec, KERNEL_CMDLINE};
+pub use spec::{device_id, netdev_args, netdev_line, qemu_args, Accel, NicSpec, VmSpec, KERNEL_CMDLINE};

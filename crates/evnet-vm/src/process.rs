@@ -239,7 +239,7 @@ pub fn stop_recorded(run_dir: &Path, bound: Duration) -> Result<bool> {
     let sock = run_dir.join("exec.sock").display().to_string();
     let is_ours = |pid: u32| {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let alive = !proc_state(pid).is_some_and(|s| s == 'Z');
+        let alive = proc_state(pid).is_none_or(|s| s != 'Z');
         alive && cmdline.split(|&b| b == 0).any(|a| String::from_utf8_lossy(a).contains(&sock))
     };
     if !is_ours(pid) {

@@ -44,8 +44,9 @@ impl Accel {
 /// One NIC of the guest: a virtio-net device on a tap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicSpec {
-    /// The QEMU device id (the netdev's id is `<id>-net`): a letter, then
-    /// letters, digits, `-`, `_`, `.`.
+    /// The netdev's id (the device's is `<id>-nic`, [`device_id`]): a
+    /// letter, then letters, digits, `-`, `_`, `.`. The server names an
+    /// instance's ENIs `net<device index>`.
     pub id: String,
     /// The tap device (e.g. `evt0123456789`), made beforehand as a
     /// persistent tap in the VM's network namespace.
@@ -187,30 +188,30 @@ fn check_nic(id: &str, tap: &str, mac: &str) -> Result<()> {
     check_mac(mac)
 }
 
-/// The netdev id of NIC `id`.
-pub fn netdev_id(id: &str) -> String {
-    format!("{id}-net")
+/// The QEMU device id of the NIC whose netdev is `id`: `<id>-nic`.
+pub fn device_id(id: &str) -> String {
+    format!("{id}-nic")
 }
 
-/// The QEMU arguments for one NIC on tap `tap` with MAC `mac`:
-/// `-netdev tap,id=<id>-net,ifname=<tap>,script=no,downscript=no -device
-/// virtio-net-pci,id=<id>,netdev=<id>-net,mac=<mac>`.
+/// The QEMU arguments for one NIC on tap `tap` with MAC `mac`, netdev `id`:
+/// `-netdev tap,id=<id>,ifname=<tap>,script=no,downscript=no -device
+/// virtio-net-pci,netdev=<id>,id=<id>-nic,mac=<mac>`.
 pub fn netdev_args(id: &str, tap: &str, mac: &str) -> Vec<String> {
-    let net = netdev_id(id);
     vec![
         "-netdev".into(),
-        format!("tap,id={net},ifname={tap},script=no,downscript=no"),
+        format!("tap,id={id},ifname={tap},script=no,downscript=no"),
         "-device".into(),
-        format!("virtio-net-pci,id={id},netdev={net},mac={mac}"),
+        format!("virtio-net-pci,netdev={id},id={},mac={mac}", device_id(id)),
     ]
 }
 
-/// [`netdev_args`] as one line, ready to paste after a QEMU command (what
-/// an instance's JSON gives per ENI of a `vm` instance). The id must be a
-/// QEMU id, the tap a device name and the MAC six hex pairs: nothing in it
-/// needs quoting.
+/// [`netdev_args`] as one line, ready to paste after a QEMU command: the
+/// line a `vm` instance's JSON gives per ENI (`VmTap.qemu_args`, rendered
+/// by [`evnet_model::qemu_nic_args`], which this is). The id must be a QEMU
+/// id, the tap a device name and the MAC six hex pairs: nothing in it needs
+/// quoting.
 pub fn netdev_line(id: &str, tap: &str, mac: &str) -> String {
-    netdev_args(id, tap, mac).join(" ")
+    evnet_model::qemu_nic_args(id, tap, mac)
 }
 
 /// The kernel command line.
@@ -257,16 +258,18 @@ mod tests {
     use super::*;
 
     fn spec() -> VmSpec {
-        VmSpec::new("vm1", GuestImage::in_dir("/g"), "/run/vm1").nic("nic0", "evt0123456789", "02:00:00:00:00:01")
+        VmSpec::new("vm1", GuestImage::in_dir("/g"), "/run/vm1").nic("net0", "evt0123456789", "02:00:00:00:00:01")
     }
 
     #[test]
     fn netdev_line_is_ready_made() {
         assert_eq!(
-            netdev_line("nic0", "evt0123456789", "02:aa:00:00:00:01"),
-            "-netdev tap,id=nic0-net,ifname=evt0123456789,script=no,downscript=no \
-             -device virtio-net-pci,id=nic0,netdev=nic0-net,mac=02:aa:00:00:00:01"
+            netdev_line("net0", "evt0123456789", "02:aa:00:00:00:01"),
+            "-netdev tap,id=net0,ifname=evt0123456789,script=no,downscript=no \
+             -device virtio-net-pci,netdev=net0,id=net0-nic,mac=02:aa:00:00:00:01"
         );
+        // The arguments spawn passes are the instance JSON's line, split.
+        assert_eq!(netdev_args("net0", "evt0123456789", "02:aa:00:00:00:01").join(" "), netdev_line("net0", "evt0123456789", "02:aa:00:00:00:01"));
     }
 
     #[test]
@@ -280,8 +283,8 @@ mod tests {
              -kernel /g/vmlinuz -initrd /g/initramfs.cpio.gz -append console=ttyS0 panic=-1 quiet \
              -serial file:/run/vm1/console.log -serial unix:/run/vm1/exec.sock,server=on,wait=off \
              -qmp unix:/run/vm1/qmp.sock,server=on,wait=off -pidfile /run/vm1/qemu.pid \
-             -netdev tap,id=nic0-net,ifname=evt0123456789,script=no,downscript=no \
-             -device virtio-net-pci,id=nic0,netdev=nic0-net,mac=02:00:00:00:00:01"
+             -netdev tap,id=net0,ifname=evt0123456789,script=no,downscript=no \
+             -device virtio-net-pci,netdev=net0,id=net0-nic,mac=02:00:00:00:00:01"
         );
         // The kernel command line is one argument.
         assert!(qemu_args(&s).contains(&KERNEL_CMDLINE.to_string()));
@@ -300,12 +303,12 @@ mod tests {
     fn validate_refuses_what_qemu_options_cannot_hold() {
         assert!(spec().validate().is_ok());
         let bad = [
-            spec().nic("1nic", "evt1", "02:00:00:00:00:02"),
-            spec().nic("nic1", "evt0123456789abcdef", "02:00:00:00:00:02"),
-            spec().nic("nic1", "evt,1", "02:00:00:00:00:02"),
-            spec().nic("nic1", "evt1", "02:00:00:00:00"),
-            spec().nic("nic1", "evt1", "01:00:5e:00:00:01"),
-            spec().nic("nic0", "evt1", "02:00:00:00:00:02"),
+            spec().nic("1net", "evt1", "02:00:00:00:00:02"),
+            spec().nic("net1", "evt0123456789abcdef", "02:00:00:00:00:02"),
+            spec().nic("net1", "evt,1", "02:00:00:00:00:02"),
+            spec().nic("net1", "evt1", "02:00:00:00:00"),
+            spec().nic("net1", "evt1", "01:00:5e:00:00:01"),
+            spec().nic("net0", "evt1", "02:00:00:00:00:02"),
             VmSpec::new("a,b", GuestImage::in_dir("/g"), "/run/x"),
             VmSpec::new("a", GuestImage::in_dir("/g,h"), "/run/x"),
             VmSpec { memory_mib: 16, ..spec() },

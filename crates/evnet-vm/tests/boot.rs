@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use evnet_vm::{spawn, GuestImage, VmProcess, VmSpec, QEMU};
+use evnet_vm::{device_id, spawn, GuestImage, VmProcess, VmSpec, QEMU};
 
 const MAC0: &str = "02:e7:00:00:00:01";
 const MAC1: &str = "02:e7:00:00:00:02";
@@ -35,10 +35,10 @@ impl Lab {
     /// Removes everything, going on past failures; answers them.
     fn cleanup(&mut self) -> Vec<String> {
         let mut failed = Vec::new();
-        if let Some(mut vm) = self.vm.take() {
-            if let Err(e) = vm.kill() {
-                failed.push(format!("kill QEMU {}: {e}", vm.pid()));
-            }
+        if let Some(mut vm) = self.vm.take()
+            && let Err(e) = vm.kill()
+        {
+            failed.push(format!("kill QEMU {}: {e}", vm.pid()));
         }
         if let Some(mut d) = self.udhcpd.take() {
             let _ = d.kill();
@@ -49,10 +49,10 @@ impl Lab {
                 failed.push(e);
             }
         }
-        if netns_exists(&self.ns) {
-            if let Err(e) = ip(&["netns", "del", &self.ns]) {
-                failed.push(e);
-            }
+        if netns_exists(&self.ns)
+            && let Err(e) = ip(&["netns", "del", &self.ns])
+        {
+            failed.push(e);
         }
         failed
     }
@@ -159,7 +159,7 @@ fn guest_boots_runs_commands_takes_a_lease_and_hot_plugs_a_nic() {
     );
 
     // Boot with one NIC.
-    let spec = VmSpec::new("evtest-vm", image.clone(), dir.join("run")).nic("nic0", &tap0, MAC0);
+    let spec = VmSpec::new("evtest-vm", image.clone(), dir.join("run")).nic("net0", &tap0, MAC0);
     let started = Instant::now();
     lab.vm = Some(spawn(&spec, Some(&ns)).unwrap());
     let vm = lab.vm.as_mut().unwrap();
@@ -211,12 +211,12 @@ fn guest_boots_runs_commands_takes_a_lease_and_hot_plugs_a_nic() {
 
     // A second NIC plugged in, seen by the guest with its MAC, then out.
     let mut qmp = vm.connect_qmp().unwrap();
-    qmp.netdev_add_tap("nic1-net", &tap1).unwrap();
-    qmp.device_add_virtio_net("nic1", "nic1-net", MAC1).unwrap();
+    qmp.netdev_add_tap("net1", &tap1).unwrap();
+    qmp.device_add_virtio_net(&device_id("net1"), "net1", MAC1).unwrap();
     exec.run_until("cat /sys/class/net/eth1/address", SETTLE, |rc, o| rc == 0 && o.trim() == MAC1).unwrap();
     exec.run_until("kill -0 $(cat /run/nic/eth1.pid)", SETTLE, |rc, _| rc == 0).unwrap();
-    qmp.device_del("nic1", SETTLE).unwrap();
-    qmp.netdev_del("nic1-net").unwrap();
+    qmp.device_del(&device_id("net1"), SETTLE).unwrap();
+    qmp.netdev_del("net1").unwrap();
     exec.run_until("ls /sys/class/net", SETTLE, |_, o| !o.contains("eth1")).unwrap();
     exec.run_until("ls /run/nic", SETTLE, |_, o| !o.contains("eth1")).unwrap();
     wait_for_file(&spec.console_log(), SETTLE, "evnet-guest: eth1 gone");
