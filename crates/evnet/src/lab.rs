@@ -67,6 +67,17 @@ pub enum LabCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Boot a VM on a lab host (`--dataplane bpf`): a `vm` instance with the given ENIs as taps, and a small guest under QEMU that takes its addresses by DHCP.
+    #[command(after_help = "Example:\n  evnet eni create --subnet web --name vm-1-eth0\n  sudo -E evnet lab vm vm-1 --host host-1 --eni vm-1-eth0 --dir /tmp/evnet-lab\n  sudo -E evnet exec vm-1 -- ip -br addr\n\nThe guest's console is logged to /run/evnet/vms/<instance id>/console.log;\nits QMP socket (qmp.sock) there plugs further ENIs in (docs/vm.md).")]
+    Vm(crate::labvm::VmArgs),
+    /// Stop a lab VM (by its PID) and delete its instance; its ENIs stay, detached.
+    #[command(after_help = "Example:\n  sudo -E evnet lab vm-stop vm-1 --dir /tmp/evnet-lab")]
+    VmStop {
+        /// The VM's name.
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Restart one host's agent (kill -9 with --kill); the kernel state it built stays in place.
     RestartAgent {
         #[arg(long)]
@@ -161,6 +172,9 @@ pub struct LabState {
     /// `nft` or `bpf`: what the agents run (older labs: nft).
     #[serde(default)]
     pub dataplane: String,
+    /// The VMs `evnet lab vm` started.
+    #[serde(default)]
+    pub vms: Vec<crate::labvm::LabVm>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,6 +217,21 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Down { dir } => down(&dir),
+        LabCommand::Vm(args) => {
+            require_root()?;
+            let vm = crate::labvm::start(&args).await?;
+            println!("VM {} ({}) is up on {}: QEMU pid {}", vm.name, vm.instance_id, vm.host, vm.pid);
+            println!("run in it: sudo -E evnet exec {} -- ip -br addr", vm.name);
+            println!("console:   {}", vm.run_dir.join("console.log").display());
+            println!("stop it:   sudo -E evnet lab vm-stop {} --dir {}", vm.name, args.dir.display());
+            Ok(())
+        }
+        LabCommand::VmStop { name, dir } => {
+            require_root()?;
+            crate::labvm::stop(&dir, &name).await?;
+            println!("VM {name} stopped and its instance deleted");
+            Ok(())
+        }
         LabCommand::RestartAgent { dir, host, kill } => restart_agent(&dir, &host, kill).await,
         LabCommand::KillServer { k, dir } => kill_server(&dir, k),
         LabCommand::RestartServer { k, dir } => restart_server(&dir, k).await,
@@ -267,6 +296,35 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(())
+}
+
+/// The lab's record (for the VM commands).
+pub fn load_state(dir: &Path) -> anyhow::Result<LabState> {
+    load(dir)
+}
+
+/// Records a file or directory `lab down` removes.
+pub fn add_file(dir: &Path, path: &Path) -> anyhow::Result<()> {
+    let mut st = load(dir)?;
+    if !st.files.iter().any(|f| f == path) {
+        st.files.push(path.to_path_buf());
+    }
+    save(dir, &st)
+}
+
+/// Records a VM `lab down` stops.
+pub fn add_vm(dir: &Path, vm: &crate::labvm::LabVm) -> anyhow::Result<()> {
+    let mut st = load(dir)?;
+    st.vms.retain(|v| v.name != vm.name);
+    st.vms.push(vm.clone());
+    save(dir, &st)
+}
+
+/// Forgets a stopped VM.
+pub fn remove_vm(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let mut st = load(dir)?;
+    st.vms.retain(|v| v.name != name);
+    save(dir, &st)
 }
 
 fn load(dir: &Path) -> anyhow::Result<LabState> {
@@ -774,7 +832,8 @@ fn netns_list() -> Vec<String> {
 pub fn down(dir: &Path) -> anyhow::Result<()> {
     require_root()?;
     let st = load(dir)?;
-    let mut errors = vec![];
+    // VMs first: their taps are in the hosts' namespaces.
+    let mut errors = crate::labvm::stop_all(&st.vms);
     for h in &st.hosts {
         if let Some(pid) = h.agent_pid {
             if let Err(e) = stop(pid, &h.netns) {

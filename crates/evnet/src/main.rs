@@ -5,6 +5,7 @@
 mod cli;
 mod daemons;
 mod lab;
+mod labvm;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,7 @@
 //! `evnet exec INSTANCE -- CMD…`: runs a command inside an instance's
-//! network namespace with `ip netns exec`.
+//! network namespace with `ip netns exec`, or, for a VM that `evnet lab vm`
+//! booted on this machine, inside the guest over its exec channel (a serial
+//! port the guest runs commands from; output and exit status come back).
 //!
 //! The `evnet` process is replaced by `ip` (exec, not spawn), so the command
 //! inherits the terminal, receives signals directly and its exit code is
@@ -81,6 +83,9 @@ pub(crate) async fn run(args: ExecArgs, client: &Client) -> anyhow::Result<()> {
 
     let id = resolve::id(client, Kind::Instance, &args.instance).await?;
     let instance = client.get_instance(&id).await?;
+    if instance.kind == evnet_model::InstanceKind::Vm {
+        return vm_exec(&instance, &args.command);
+    }
     let argv = netns_argv(&instance, &args.command)?;
     if !is_root() {
         anyhow::bail!(
@@ -95,4 +100,40 @@ pub(crate) async fn run(args: ExecArgs, client: &Client) -> anyhow::Result<()> {
         anyhow::bail!("cannot run `ip`: iproute2 is not installed or not in PATH");
     }
     Err(anyhow::Error::new(err).context("cannot run `ip netns exec`"))
+}
+
+/// How long a command in a VM may run.
+const VM_EXEC_BOUND: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs `command` (its words joined, each quoted for the guest's shell) in
+/// the guest of a lab VM over its exec channel, prints what it printed
+/// and exits with its status.
+fn vm_exec(instance: &Instance, command: &[OsString]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let sock = std::path::Path::new("/run/evnet/vms").join(&instance.id).join("exec.sock");
+    if !sock.exists() {
+        anyhow::bail!(
+            "VM {} has no exec channel on this machine ({} is missing): `evnet exec` reaches VMs that `evnet lab vm` booted here",
+            instance.id,
+            sock.display()
+        );
+    }
+    if !is_root() {
+        anyhow::bail!("the VM's exec channel is root's: run `sudo -E evnet exec …`");
+    }
+    let line = command.iter().map(|w| shell_quote(&w.to_string_lossy())).collect::<Vec<_>>().join(" ");
+    let mut ch = evnet_vm::ExecChannel::connect(&sock, std::time::Duration::from_secs(5))?;
+    let (status, out) = ch.run_bytes(&line, VM_EXEC_BOUND)?;
+    std::io::stdout().write_all(&out)?;
+    std::io::stdout().flush()?;
+    std::process::exit(status);
+}
+
+/// `w` quoted for a POSIX shell (left alone when it needs no quotes).
+fn shell_quote(w: &str) -> String {
+    if !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b)) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
 }

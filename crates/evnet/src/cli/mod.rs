@@ -18,6 +18,11 @@ mod network;
 mod pool;
 mod render;
 mod resolve;
+
+/// An id from an id or a name (`evnet lab vm`'s ENIs).
+pub(crate) async fn resolve_id(client: &evnet_client::Client, kind: evnet_model::ids::Kind, text: &str) -> anyhow::Result<String> {
+    resolve::id(client, kind, text).await
+}
 mod route_table;
 mod sg;
 mod top;
