@@ -161,7 +161,8 @@ for m in $(cat /etc/modules); do
 done
 ip link set lo up
 hostname evnet-guest
-setsid /bin/evnet-exec &
+# The exec channel, started again should it ever end.
+setsid sh -c 'while :; do /bin/evnet-exec; sleep 1; done' &
 
 # The NIC loop: a DHCP client for each new eth*, stopped when its NIC goes
 # away. /run/nic/<name> holds the ifindex the client was started for, so a

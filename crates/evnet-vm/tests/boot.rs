@@ -190,6 +190,10 @@ fn guest_boots_runs_commands_takes_a_lease_and_hot_plugs_a_nic() {
     assert!(exec.run("sleep 5", Duration::from_millis(300)).is_err(), "a command past its bound is a timeout");
     assert_eq!(exec.run("echo after", CMD).unwrap(), (0, "after\n".into()), "the channel is in step after a timeout");
     exec.run("iperf3 --version", CMD).map(|(rc, out)| assert_eq!(rc, 0, "{out}")).unwrap();
+    // A client may go and another come.
+    drop(exec);
+    let mut exec = vm.connect_exec(CMD).unwrap();
+    assert_eq!(exec.run("echo again", CMD).unwrap(), (0, "again\n".into()));
 
     // The DHCP client on eth0, and what its script made of the lease.
     let (rc, out) = exec.run("kill -0 $(cat /run/nic/eth0.pid) && ps", CMD).unwrap();
