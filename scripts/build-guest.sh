@@ -214,7 +214,7 @@ while IFS= read -r line; do
   cmd=${line#"$id"}
   cmd=${cmd# }
   printf '@@evnet-exec-begin %s@@\n' "$id"
-  sh -c "$cmd" </dev/null 2>&1
+  sh -c -- "$cmd" </dev/null 2>&1
   printf '\n@@evnet-exec-done %s %s@@\n' "$id" "$?"
 done
 EOF

@@ -4,7 +4,7 @@
 //! one line at a time:
 //!
 //! * an empty line is answered with [`READY`] and a newline;
-//! * `ID COMMAND` runs `sh -c COMMAND </dev/null 2>&1` and answers
+//! * `ID COMMAND` runs `sh -c -- COMMAND </dev/null 2>&1` and answers
 //!   `@@evnet-exec-begin ID@@\n`, the output as it comes, then
 //!   `\n@@evnet-exec-done ID RC@@\n`.
 //!

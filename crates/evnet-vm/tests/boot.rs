@@ -181,6 +181,8 @@ fn guest_boots_runs_commands_takes_a_lease_and_hot_plugs_a_nic() {
     assert_eq!(exec.run("true", CMD).unwrap(), (0, String::new()));
     assert_eq!(exec.run("false", CMD).unwrap().0, 1);
     assert_eq!(exec.run("exit 7", CMD).unwrap().0, 7);
+    // A command that looks like an option of sh is a command.
+    assert_eq!(exec.run("-e", CMD).unwrap().0, 127);
     assert_eq!(exec.run("printf abc", CMD).unwrap(), (0, "abc".into()));
     assert_eq!(exec.run("echo out; echo err >&2", CMD).unwrap(), (0, "out\nerr\n".into()));
     // A command reading stdin gets /dev/null and cannot eat the next line.
