@@ -86,8 +86,10 @@ pub fn devices(desired: &HostDesired, host: &NsState, caps: &BTreeMap<String, u6
     for e in desired.instances.iter().flat_map(|i| &i.enis) {
         if let Some((dev, l)) = host.eni_device(&e.eni_id).filter(|(_, l)| l.ifindex > 0) {
             // The plan decides which devices shape (`evnet_plan::htb::receive_rate`,
-            // with the controller's caps); the entry follows the kernel.
-            let rx_shaper = host.shapers.contains_key(&dev);
+            // with the controller's caps); the entry follows the kernel. A
+            // VM's tap has no peer to redirect into: its packets are always
+            // delivered onto the tap, which hands them to the VM monitor.
+            let rx_shaper = host.shapers.contains_key(&dev) || evnet_plan::observed::is_tap(l);
             d.enis.insert(e.eni_id.clone(), EniDevice { ifindex: l.ifindex, htb_minor: minor_of.get(e.eni_id.as_str()).copied(), rx_shaper, up: l.up });
         }
     }

@@ -11,7 +11,7 @@
 
 /* eni.flags */
 #define EF_SRC_DST_CHECK_OFF 1u /* any IPv4 source (an appliance) */
-#define EF_RX_SHAPER 2u         /* deliver onto its host-side device (shaped), not with redirect_peer */
+#define EF_RX_SHAPER 2u         /* deliver onto its host-side device (shaped, or a VM's tap), not with redirect_peer */
 #define EF_HOPS_IN_VPC 4u       /* its table routes a block inside its VPC (more specific than local): hops first */
 
 /* A local ENI, keyed by the ifindex of its host-side device. */
