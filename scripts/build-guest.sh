@@ -223,7 +223,8 @@ chmod 0755 "$r/bin/evnet-exec"
 cat > "$r/etc/udhcpc.script" <<'EOF'
 #!/bin/sh
 # udhcpc's hook: addresses, MTU (option 26), the default route (eth0 only),
-# classless static routes (option 121) for any NIC, and resolv.conf (eth0).
+# classless static routes (option 121) for any NIC, a routing table and
+# rule per NIC so each address answers by its own NIC, and resolv.conf (eth0).
 # One console line per lease: "evnet-guest: IF ADDR/PREFIX EVENT".
 log() { echo "evnet-guest: $*" > /dev/console; }
 event=$1
@@ -264,6 +265,23 @@ bound|renew)
       [ -n "$domain" ] && echo "search $domain"
       for s in $dns; do echo "nameserver $s"; done
     } > /etc/resolv.conf
+  fi
+  # Replies leave by the NIC their address is on: a table per NIC (100 +
+  # its index) with its subnet and a default route through its gateway
+  # (the router option, else the DHCP server, which is the gateway), and a
+  # rule for its address, as evnet's own instances have (docs/vm.md).
+  idx=${interface#eth}
+  case "$idx" in ''|*[!0-9]*) idx= ;; esac
+  if [ -n "$idx" ]; then
+    t=$((100 + idx))
+    gw=${router%% *}
+    gw=${gw:-$serverid}
+    eval "$(ipcalc -n "$ip/$mask")"
+    ip route flush table $t 2>/dev/null
+    ip route replace "$NETWORK/$mask" dev "$interface" table $t
+    [ -n "$gw" ] && ip route replace default via "$gw" dev "$interface" onlink table $t
+    while ip rule del priority $((1000 + idx)) 2>/dev/null; do :; done
+    ip rule add from "$ip" table $t priority $((1000 + idx))
   fi
   echo "$ip/$mask" > /run/nic/$interface.lease
   log "$interface $ip/$mask $event"

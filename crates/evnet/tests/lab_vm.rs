@@ -1,0 +1,235 @@
+//! Virtual machines on evnet, on a lab with the tc-BPF data plane, as
+//! root, with QEMU and the project's guest (`scripts/setup.sh` installs and
+//! builds both): `evnet lab vm` boots a guest on a `vm` instance's tap; the
+//! guest takes its ENI's address by DHCP, reaches an instance on another
+//! host, and not another tenant's same address; its ENI's limit holds in
+//! both directions; a second ENI, in another subnet, attached to the
+//! running VM and plugged in over QMP comes up in the guest by DHCP and
+//! answers; unplugged and detached, its tap goes; booted with a VM on the
+//! other host, the same ENI answers there with the same address. `evnet
+//! lab down` leaves no tap, namespace, run directory or QEMU process.
+//!
+//! Fails (never skips) without root, QEMU or the guest when CI=true.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use evnet_model::*;
+
+mod common;
+use common::{TestLab, never_reaches, ping_becomes};
+
+/// Whether QEMU and the guest are there: under CI they must be.
+fn require_vm_parts() -> bool {
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
+    let image = evnet_vm::GuestImage::locate().is_ok();
+    if qemu && image {
+        return true;
+    }
+    let why = format!("qemu-system-x86_64 present: {qemu}, guest image built: {image} (scripts/setup.sh installs QEMU and runs scripts/build-guest.sh)");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("the lab VM test cannot run: {why}");
+    }
+    eprintln!("skipping the lab VM test: {why}");
+    false
+}
+
+/// Runs `evnet ARGS` as the lab's tenant: (exit status, output).
+fn evnet_as(lab: &TestLab, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_evnet"))
+        .args(args)
+        .env("EVNET_URL", lab.state["url"].as_str().unwrap())
+        .env("EVNET_TOKEN", lab.state["tenant_token"].as_str().unwrap())
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `evnet exec VM -- sh -c CMD` in the guest: (status, output).
+fn in_vm(lab: &TestLab, vm: &str, cmd: &str) -> (i32, String) {
+    evnet_as(lab, &["exec", vm, "--", "sh", "-c", cmd])
+}
+
+/// Runs `cmd` in the guest until its output contains `want`, within `secs`.
+fn vm_until(lab: &TestLab, vm: &str, cmd: &str, want: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (_, out) = in_vm(lab, vm, cmd);
+        if out.contains(want) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "{cmd:?} in {vm} never showed {want:?} within {secs} s; last: {out}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Whether the link `dev` exists in namespace `ns`.
+fn link_exists(ns: &str, dev: &str) -> bool {
+    Command::new("ip").args(["netns", "exec", ns, "ip", "link", "show", "dev", dev]).output().unwrap().status.success()
+}
+
+/// Waits until `cond` holds, within `secs`.
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Mbit/s from iperf3 in the guest against a server in named namespace `ns`
+/// at `ip` (`reverse`: the server sends).
+fn vm_iperf(lab: &TestLab, vm: &str, ns: &str, ip: Ipv4Addr, reverse: bool) -> f64 {
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "30", "iperf3", "-s", "-1", "-p", "5301"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let json = loop {
+        let (_, out) = in_vm(lab, vm, &format!("iperf3 -c {ip} -p 5301 -t 3 -J {}", if reverse { "-R" } else { "" }));
+        if let Some(start) = out.find('{') {
+            let v: serde_json::Value = serde_json::from_str(&out[start..]).unwrap_or(serde_json::Value::Null);
+            if v.get("end").is_some() && v.get("error").is_none() {
+                break v;
+            }
+        }
+        assert!(Instant::now() < deadline, "iperf3 from {vm} never ran against {ip}: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e6
+}
+
+fn run_dir(id: &str) -> PathBuf {
+    Path::new("/run/evnet/vms").join(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_boots_takes_dhcp_reaches_its_vpc_hot_plugs_and_its_eni_moves_across_hosts() {
+    if !common::require_root("the lab VM test") || !require_vm_parts() {
+        return;
+    }
+    let lab = TestLab::bpf(2).await;
+    let dir = lab.guard.dir.display().to_string();
+    let c = &lab.tenant;
+    let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.20.0.0/16".into(), ..Default::default() }).await.unwrap();
+    let s1 = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.20.1.0/24".into(), ..Default::default() }).await.unwrap();
+    let s2 = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.20.2.0/24".into(), ..Default::default() }).await.unwrap();
+    // An instance on the other host, and another tenant's instance with an
+    // address this VPC does not have.
+    let peer_eni = c.create_eni(&CreateEni { subnet_id: s1.id.clone(), ..Default::default() }).await.unwrap();
+    let peer = c
+        .create_instance(&CreateInstance { name: Some("peer".into()), host_id: Some(lab.host("host-2")), eni_ids: vec![peer_eni.id.clone()], ..Default::default() })
+        .await
+        .unwrap();
+    let other = lab.admin.create_tenant(&CreateTenant { name: "other".into(), tags: Default::default() }).await.unwrap();
+    let o = evnet_client::Client::new(lab.state["url"].as_str().unwrap(), other.token.clone()).unwrap();
+    let ovpc = o.create_vpc(&CreateVpc { cidr_block: "10.20.0.0/16".into(), ..Default::default() }).await.unwrap();
+    let osub = o.create_subnet(&CreateSubnet { vpc_id: ovpc.id.clone(), cidr_block: "10.20.1.0/24".into(), ..Default::default() }).await.unwrap();
+    let theirs = Ipv4Addr::new(10, 20, 1, 200);
+    let oeni = o.create_eni(&CreateEni { subnet_id: osub.id.clone(), private_ip: Some(theirs), ..Default::default() }).await.unwrap();
+    o.create_instance(&CreateInstance { host_id: Some(lab.host("host-2")), eni_ids: vec![oeni.id.clone()], ..Default::default() }).await.unwrap();
+
+    // vm1 on host-1, its ENI limited to 30 Mbit/s.
+    let limit = 30u64;
+    let eni1 = c
+        .create_eni(&CreateEni {
+            subnet_id: s1.id.clone(),
+            bandwidth: Some(BandwidthSpec { limit_mbps: Some(limit), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let (rc, out) = evnet_as(&lab, &["lab", "vm", "vm1", "--host", "host-1", "--eni", &eni1.id, "--dir", &dir]);
+    assert_eq!(rc, 0, "lab vm: {out}");
+    eprintln!("vm1 booted in {} ms", t0.elapsed().as_millis());
+    let vm1 = c.list_instances(&evnet_client::InstanceFilter { name: Some("vm1".into()), host_id: None }).await.unwrap().remove(0);
+    assert_eq!(vm1.kind, InstanceKind::Vm);
+    assert_eq!(vm1.taps.len(), 1);
+    let tap1 = &vm1.taps[0];
+    let host1_ns = lab.state["hosts"][0]["netns"].as_str().unwrap().to_string();
+    assert_eq!(tap1.netns.as_deref(), Some(host1_ns.as_str()), "the instance names the namespace its taps are in");
+    assert!(tap1.qemu_args.contains(&format!("ifname={}", tap1.tap)) && tap1.qemu_args.contains(&eni1.mac), "{}", tap1.qemu_args);
+    assert!(link_exists(&host1_ns, &tap1.tap));
+    let shown = evnet_as(&lab, &["instance", "show", "vm1"]).1;
+    assert!(shown.contains(&tap1.tap) && shown.contains("-netdev tap"), "{shown}");
+
+    // Its address by DHCP, then the VPC across hosts; not the other tenant.
+    let t1 = Instant::now();
+    vm_until(&lab, "vm1", "ip -4 addr show dev eth0", &format!("inet {}/24", eni1.private_ip), 60);
+    eprintln!("vm1 had its lease {} ms after exec was ready", t1.elapsed().as_millis());
+    let (rc, out) = in_vm(&lab, "vm1", &format!("cat /sys/class/net/eth0/address; cat /sys/class/net/eth0/mtu"));
+    assert_eq!(rc, 0);
+    assert!(out.contains(&eni1.mac) && out.contains("1450"), "{out}");
+    vm_until(&lab, "vm1", &format!("ping -c 1 -W 1 {}", peer_eni.private_ip), "1 packets received", 30);
+    assert!(ping_becomes(&peer.netns, eni1.private_ip, true, 10), "the peer reaches the VM");
+    let (rc, out) = in_vm(&lab, "vm1", &format!("ping -c 3 -W 1 {theirs}"));
+    assert_ne!(rc, 0, "the VM reached another tenant's address: {out}");
+
+    // The ENI's limit, both ways (what the guest sends and what it receives).
+    let up = vm_iperf(&lab, "vm1", &peer.netns, peer_eni.private_ip, false);
+    let down = vm_iperf(&lab, "vm1", &peer.netns, peer_eni.private_ip, true);
+    eprintln!("vm1 → peer {up:.1} Mbit/s, peer → vm1 {down:.1} Mbit/s (limit {limit})");
+    for (what, v) in [("sending", up), ("receiving", down)] {
+        assert!(v <= limit as f64 * 1.15, "{what}: {v:.1} Mbit/s over the {limit} Mbit/s limit");
+        assert!(v >= limit as f64 * 0.5, "{what}: {v:.1} Mbit/s, far below the {limit} Mbit/s limit");
+    }
+
+    // Hot attach: a second ENI, in the other subnet, plugged in over QMP.
+    let eni2 = c.create_eni(&CreateEni { subnet_id: s2.id.clone(), ..Default::default() }).await.unwrap();
+    c.attach_eni(&eni2.id, &AttachEni { instance_id: vm1.id.clone(), device_index: Some(1) }).await.unwrap();
+    let tap2 = evnet_model::qemu_nic_args("x", &evnet_plan::naming::eni_tap(&eni2.id), &eni2.mac);
+    let tap2_name = evnet_plan::naming::eni_tap(&eni2.id);
+    assert!(tap2.contains(&tap2_name));
+    wait_for("the second tap", 30, || link_exists(&host1_ns, &tap2_name));
+    {
+        let mut q = evnet_vm::Qmp::connect(&run_dir(&vm1.id).join("qmp.sock")).unwrap();
+        q.netdev_add_tap("net1", &tap2_name).unwrap();
+        q.device_add_virtio_net("net1-nic", "net1", &eni2.mac).unwrap();
+    }
+    vm_until(&lab, "vm1", "ip -4 addr show dev eth1", &format!("inet {}/24", eni2.private_ip), 60);
+    vm_until(&lab, "vm1", &format!("ping -c 1 -W 1 -I eth1 {}", peer_eni.private_ip), "1 packets received", 30);
+    assert!(ping_becomes(&peer.netns, eni2.private_ip, true, 10), "the peer reaches the hot-plugged ENI");
+
+    // Unplugged and detached: its tap goes.
+    {
+        let mut q = evnet_vm::Qmp::connect(&run_dir(&vm1.id).join("qmp.sock")).unwrap();
+        q.device_del("net1-nic", Duration::from_secs(30)).unwrap();
+        q.netdev_del("net1").unwrap();
+    }
+    c.detach_eni(&eni2.id).await.unwrap();
+    wait_for("the second tap to go", 30, || !link_exists(&host1_ns, &tap2_name));
+    assert!(never_reaches(&peer.netns, eni2.private_ip, 2), "a detached ENI still answers");
+
+    // The same ENI on a VM on the other host: the same address, by DHCP.
+    let (rc, out) = evnet_as(&lab, &["lab", "vm", "vm2", "--host", "host-2", "--eni", &eni2.id, "--dir", &dir]);
+    assert_eq!(rc, 0, "lab vm: {out}");
+    vm_until(&lab, "vm2", "ip -4 addr show dev eth0", &format!("inet {}/24", eni2.private_ip), 60);
+    let (_, mac) = in_vm(&lab, "vm2", "cat /sys/class/net/eth0/address");
+    assert!(mac.contains(&eni2.mac), "{mac}");
+    assert!(ping_becomes(&peer.netns, eni2.private_ip, true, 20), "the moved ENI answers on its new host");
+    vm_until(&lab, "vm2", &format!("ping -c 1 -W 1 {}", eni1.private_ip), "1 packets received", 30);
+
+    // Stopping one VM deletes its instance; its ENI stays.
+    evnet_as(&lab, &["lab", "vm-stop", "vm2", "--dir", &dir]);
+    assert!(c.get_eni(&eni2.id).await.unwrap().attachment.is_none());
+
+    // Down: no QEMU, taps, run directories or namespaces are left.
+    let pids: Vec<u32> = lab.state["vms"].as_array().map(|a| a.iter().filter_map(|v| v["pid"].as_u64()).map(|p| p as u32).collect()).unwrap_or_default();
+    let st = common::lab_state(&lab.guard.dir);
+    let pids: Vec<u32> = pids.into_iter().chain(st["vms"].as_array().unwrap().iter().map(|v| v["pid"].as_u64().unwrap() as u32)).collect();
+    assert!(!pids.is_empty());
+    lab.down();
+    for p in pids {
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&cmdline).contains("qemu"), "QEMU {p} outlived the lab");
+    }
+    assert!(!run_dir(&vm1.id).exists(), "the VM's run directory is left");
+    let after = common::netns_set();
+    assert!(!after.contains(&host1_ns), "the host namespace (and its taps) is left");
+}
