@@ -941,6 +941,9 @@ impl LinuxKernel {
                     l.name.clone(),
                     Link { kind: l.kind.clone(), mac: l.mac.clone(), mtu: l.mtu, up: l.up, peer, vxlan: l.vxlan.clone(), ifindex: l.index },
                 );
+                if l.carrier && l.kind == LinkKind::Other(evnet_plan::observed::TAP_KIND.into()) {
+                    st.taps_in_use.insert(l.name.clone());
+                }
             }
             match ns {
                 Ns::Host => out.host = st,
@@ -1185,6 +1188,8 @@ struct RawLink {
     mac: Option<String>,
     mtu: u32,
     up: bool,
+    /// Carrier (`IFF_LOWER_UP`): on a tap, some process has it open.
+    carrier: bool,
     peer_index: Option<u32>,
     peer_nsid: Option<i32>,
     vxlan: Option<VxlanInfo>,
@@ -1199,6 +1204,7 @@ impl RawLink {
             mac: None,
             mtu: 0,
             up: m.header.flags.contains(LinkFlags::Up),
+            carrier: m.header.flags.contains(LinkFlags::LowerUp),
             peer_index: None,
             peer_nsid: None,
             vxlan: None,

@@ -115,6 +115,8 @@ struct MNs {
     trees: BTreeMap<String, (HtbTree, BTreeMap<u16, u64>)>,
     /// Devices' (transmitted, received) bytes that tests drove.
     device_bytes: BTreeMap<String, (u64, u64)>,
+    /// Taps a (simulated) VM monitor holds open.
+    taps_in_use: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +170,7 @@ impl MNs {
         self.shapers.remove(dev);
         self.trees.remove(dev);
         self.device_bytes.remove(dev);
+        self.taps_in_use.remove(dev);
         self.redirects.remove(dev);
         for to in self.redirects.values_mut() {
             if to.as_deref() == Some(dev) {
@@ -206,6 +209,7 @@ impl MNs {
             shapers: self.shapers.iter().map(|(d, s)| (d.clone(), s.shaper)).collect(),
             redirects: self.redirects.iter().filter_map(|(d, t)| Some((d.clone(), t.clone()?))).collect(),
             htb_trees: self.trees.iter().map(|(d, (t, _))| (d.clone(), t.clone())).collect(),
+            taps_in_use: self.taps_in_use.clone(),
         }
     }
 }
@@ -841,6 +845,21 @@ impl ModelKernel {
         let c = w.host.device_bytes.entry(dev.to_string()).or_default();
         c.0 += tx;
         c.1 += rx;
+        Ok(())
+    }
+
+    /// A VM monitor opens (`open`) or lets go of the host's tap `dev`.
+    pub fn hold_tap(&self, dev: &str, open: bool) -> Result<(), KernelError> {
+        let mut w = self.world.lock().expect("model lock");
+        let is_tap = w.host.links.get(dev).is_some_and(|l| l.kind == LinkKind::Other(evnet_plan::observed::TAP_KIND.into()));
+        if !is_tap {
+            return Err(err(format!("tap @host/{dev}"), Errno::NotFound));
+        }
+        if open {
+            w.host.taps_in_use.insert(dev.to_string());
+        } else {
+            w.host.taps_in_use.remove(dev);
+        }
         Ok(())
     }
 

@@ -788,8 +788,18 @@ fn a_vm_instance_gets_taps_in_the_host_namespace_and_no_namespace_of_its_own() {
     for i in d.instances.iter().skip(1) {
         assert!(o.namespaces.contains_key(&i.netns), "{}", i.netns);
     }
-    // The VM leaves: its taps go, nothing else of the host's is touched.
+    // The VM leaves while its monitor still holds its first tap: that tap
+    // stays until the monitor lets go; then every tap goes, and nothing
+    // else of the host's is touched.
+    let held = naming::eni_tap(&vm.enis[0].eni_id);
+    k.hold_tap(&held, true).unwrap();
     d.instances.remove(0);
+    let ops = plan(&d, &k.observe().unwrap(), &cfg);
+    apply_all(&k, &ops).unwrap();
+    let o = k.observe().unwrap();
+    assert!(o.host.links.contains_key(&held), "a tap in use was deleted");
+    assert!(plan(&d, &o, &cfg).is_empty(), "re-plan not empty while the tap is held");
+    k.hold_tap(&held, false).unwrap();
     let ops = plan(&d, &k.observe().unwrap(), &cfg);
     apply_all(&k, &ops).unwrap();
     let o = k.observe().unwrap();

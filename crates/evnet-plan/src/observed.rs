@@ -248,6 +248,9 @@ pub struct NsState {
     /// its underlay device (see [`crate::htb`]).
     #[serde(default)]
     pub htb_trees: BTreeMap<String, crate::htb::HtbTree>,
+    /// Taps some process (a VM monitor) holds open: their carrier is up.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub taps_in_use: BTreeSet<String>,
 }
 
 /// The kind a tap (a tun device in tap mode) is observed as (`IFLA_INFO_KIND`).

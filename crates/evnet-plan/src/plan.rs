@@ -611,6 +611,10 @@ pub fn plan_with_rates(desired: &HostDesired, observed: &Observed, cfg: &PlanCon
         .filter(|(n, l)| {
             naming::is_owned_host_link(n) && !host_target.and_then(|t| t.links.get(*n)).is_some_and(|tl| compatible(l, tl))
         })
+        // A VM's tap goes only once its monitor has let go of it (QMP
+        // `netdev_del`, or the VM stopped): deleting it under a running
+        // guest would leave that NIC dead in the guest.
+        .filter(|(n, _)| !observed.host.taps_in_use.contains(*n))
         .map(|(n, _)| LinkRef::new(Ns::Host, n))
         .collect();
     for name in &owned {

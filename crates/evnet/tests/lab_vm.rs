@@ -5,7 +5,8 @@
 //! host, and not another tenant's same address; its ENI's limit holds in
 //! both directions; a second ENI, in another subnet, attached to the
 //! running VM and plugged in over QMP comes up in the guest by DHCP and
-//! answers; unplugged and detached, its tap goes; booted with a VM on the
+//! answers; detached, it stops answering, and its tap stays until QEMU
+//! lets go of it (QMP `netdev_del`), then goes; booted with a VM on the
 //! other host, the same ENI answers there with the same address. `evnet
 //! lab down` leaves no tap, namespace, run directory or QEMU process.
 //!
@@ -196,14 +197,19 @@ async fn a_vm_boots_takes_dhcp_reaches_its_vpc_hot_plugs_and_its_eni_moves_acros
     vm_until(&lab, "vm1", &format!("ping -c 1 -W 1 -I eth1 {}", peer_eni.private_ip), "1 packets received", 30);
     assert!(ping_becomes(&peer.netns, eni2.private_ip, true, 10), "the peer reaches the hot-plugged ENI");
 
-    // Unplugged and detached: its tap goes.
+    // Detached while QEMU still holds its tap: the ENI stops answering at
+    // once, the tap stays until QEMU lets go of it, then goes.
+    c.detach_eni(&eni2.id).await.unwrap();
+    assert!(ping_becomes(&peer.netns, eni2.private_ip, false, 10), "a detached ENI still answers");
+    assert!(link_exists(&host1_ns, &tap2_name), "the tap went while QEMU held it");
     {
         let mut q = evnet_vm::Qmp::connect(&run_dir(&vm1.id).join("qmp.sock")).unwrap();
         q.device_del("net1-nic", Duration::from_secs(30)).unwrap();
         q.netdev_del("net1").unwrap();
     }
-    c.detach_eni(&eni2.id).await.unwrap();
-    wait_for("the second tap to go", 30, || !link_exists(&host1_ns, &tap2_name));
+    let t = Instant::now();
+    wait_for("the second tap to go once QEMU let go", 40, || !link_exists(&host1_ns, &tap2_name));
+    eprintln!("the released tap went {} ms after netdev_del", t.elapsed().as_millis());
     assert!(never_reaches(&peer.netns, eni2.private_ip, 2), "a detached ENI still answers");
 
     // The same ENI on a VM on the other host: the same address, by DHCP.
