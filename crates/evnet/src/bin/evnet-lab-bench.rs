@@ -21,7 +21,7 @@
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -118,7 +118,22 @@ enum Bench {
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(100..=100_000))]
         exchanges: u64,
     },
+    /// VMs (tc-BPF data plane, the project's guest under QEMU): TCP VM → VM
+    /// across two hosts through evnet against a bare tap + bridge + VXLAN
+    /// path, alternated per round; instance created → first ping answered,
+    /// p50/p99, beside the guest's boot alone.
+    Vm {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=200))]
+        boots: u64,
+    },
 }
+
+#[path = "../bench_vm.rs"]
+mod bench_vm;
 
 #[derive(clap::Args, Clone, Copy)]
 struct DataplaneOpt {
@@ -1087,6 +1102,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Reconcile { enis, restarts, rebuilds, dp, logs } => reconcile(enis, restarts, rebuilds, dp.dataplane, logs).await,
             Bench::Idle { enis, seconds, sample_ms, dp, logs } => idle(enis, seconds, sample_ms, dp.dataplane, logs).await,
             Bench::Dhcp { exchanges } => dhcp(exchanges as usize).await,
+            Bench::Vm { rounds, seconds, boots } => bench_vm::vm(rounds, seconds, boots as usize).await,
         }
     })
 }
