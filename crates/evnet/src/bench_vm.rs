@@ -31,6 +31,21 @@ fn bench_run_dir(tag: &str, name: &str) -> PathBuf {
     Path::new("/run/evnet/vms").join(format!("bench-{tag}-{name}"))
 }
 
+/// Removes the benchmark's run directories (`bench-<tag>-*`) when dropped,
+/// however the benchmark ends.
+struct RunDirs(String);
+
+impl Drop for RunDirs {
+    fn drop(&mut self) {
+        let prefix = format!("bench-{}-", self.0);
+        if let Ok(d) = std::fs::read_dir("/run/evnet/vms") {
+            for e in d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Boots a guest in `netns` with one NIC on `tap` (MAC `mac`); answers the
 /// process (killed when dropped) and its exec channel once it answers.
 fn boot(tag: &str, name: &str, netns: &str, tap: &str, mac: &str) -> anyhow::Result<(evnet_vm::VmProcess, evnet_vm::ExecChannel)> {
@@ -141,6 +156,8 @@ fn bare_guest(tag: &str, bare: &BarePath, side: &str, i: u8) -> anyhow::Result<(
 
 pub async fn vm(rounds: usize, seconds: u32, boots: usize) -> anyhow::Result<()> {
     let tag = format!("{:04x}", rand::random::<u16>());
+    // Dropped last: after every VM (declared later) is gone.
+    let _dirs = RunDirs(tag.clone());
     let lab = Lab::up(2, 10_000, Some(Dataplane::Bpf))?;
     let c = lab.tenant_client()?;
     let hosts = lab.host_ids().await?;
@@ -261,16 +278,10 @@ pub async fn vm(rounds: usize, seconds: u32, boots: usize) -> anyhow::Result<()>
     }
     let _ = udhcpd.kill();
     let _ = udhcpd.wait();
-    let _ = std::fs::remove_dir_all(&run);
     if let Some(e) = failure {
         return Err(e);
     }
     drop(bare);
-    let _ = std::fs::remove_dir_all(bench_run_dir(&tag, "boot"));
-    let _ = std::fs::remove_dir_all(bench_run_dir(&tag, "alone"));
-    for (name, _) in [("evnet-0", 0), ("evnet-1", 1), ("bare-a", 2), ("bare-b", 3)] {
-        let _ = std::fs::remove_dir_all(bench_run_dir(&tag, name));
-    }
     let (tp, fq, gp) = (sorted(to_ping.into_iter()), sorted(from_qemu.into_iter()), sorted(guest_part.into_iter()));
     println!("{boots} boots each (guests under TCG):");
     println!("  evnet: instance created → first ping answered:          p50 {:.0} ms  p99 {:.0} ms", pct(&tp, 0.5), pct(&tp, 0.99));

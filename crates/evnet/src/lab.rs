@@ -37,7 +37,7 @@ pub enum LabCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Bring a lab up (if it is not) and run the demo: two tenants with the same CIDR, isolation, and an ENI moved while a ping runs.
+    /// Bring a lab up (if it is not) and run the demo: two tenants with the same CIDR, isolation, an ENI moved while a ping runs; on `bpf` also the way out and a VM talking to a namespace instance and a podman container.
     Demo {
         #[arg(long)]
         dir: PathBuf,
@@ -966,12 +966,14 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     let host = |i: usize| hosts[i % hosts.len()].clone();
     println!("== two tenants, red and blue, each with VPC 10.0.0.0/16 and subnet 10.0.1.0/24");
     let mut tenants = vec![];
+    let mut tokens = vec![];
     for name in ["red", "blue"] {
         let t = admin.create_tenant(&CreateTenant { name: format!("{name}-{}", rand::random::<u16>()), tags: Default::default() }).await?;
         let c = Client::new(&st.url, t.token.clone())?;
         let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.0.0.0/16".into(), name: Some(format!("{name}-vpc")), ..Default::default() }).await?;
         let subnet = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.0.1.0/24".into(), ..Default::default() }).await?;
         tenants.push((name, c, subnet));
+        tokens.push(t.token.clone());
     }
     // red: instances on host 1 and 2; blue: on host 1 and the last host.
     let mut inst = vec![];
@@ -1125,9 +1127,72 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         }
         println!("   red-1 reached the outside {} ms after the calls returned", took.as_millis());
     }
+    if st.dataplane == "bpf" {
+        println!("== a VM, a container and a namespace instance in red's VPC");
+        let checks = demo_vm(dir, &st, red, &tenants[0].2, &tokens[0], red2.2.private_ip, blue_only.private_ip).await;
+        match checks {
+            Ok(checks) => {
+                for (what, got, want) in checks {
+                    let verdict = if got == want { "ok" } else { failures += 1; "FAILED" };
+                    println!("   {what:<62} {} [{verdict}]", if got { "reachable" } else { "unreachable" });
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                println!("   {e:#} [FAILED]");
+            }
+        }
+    }
     if failures > 0 {
         bail!("{failures} demo check(s) failed; see the agent logs in {}", dir.display());
     }
     println!("== demo passed");
     Ok(())
+}
+
+/// The demo's VM: a `vm` instance on host-1 whose guest (QEMU, DHCP from
+/// the agent) reaches red-3 (a namespace instance) and a podman container
+/// on host-2 that evnet-cni gave an ENI of red's subnet, and is reached by
+/// it; not blue's address. The container is removed at the end; the VM
+/// stays (`evnet lab down` stops it).
+async fn demo_vm(
+    dir: &Path,
+    st: &LabState,
+    red: &Client,
+    subnet: &Subnet,
+    red_token: &str,
+    red3_ip: Ipv4Addr,
+    blue_only: Ipv4Addr,
+) -> anyhow::Result<Vec<(String, bool, bool)>> {
+    let eni = red.create_eni(&CreateEni { subnet_id: subnet.id.clone(), name: Some("red-vm-eth0".into()), ..Default::default() }).await?;
+    let t0 = Instant::now();
+    let vm = crate::labvm::start_with(dir, red, "red-vm", &st.hosts[0], vec![eni.id.clone()], 256).await?;
+    let mut ch = evnet_vm::ExecChannel::connect(&vm.run_dir.join("exec.sock"), Duration::from_secs(5))?;
+    ch.run_until("ip -4 addr show dev eth0", Duration::from_secs(60), |_, out| out.contains(&format!("inet {}/", eni.private_ip)))?;
+    println!("   red-vm  on host-1  eth0 {} by DHCP, {} ms after the instance was created (QEMU pid {})", eni.private_ip, t0.elapsed().as_millis(), vm.pid);
+    // A container on host-2, through podman and evnet-cni.
+    let exe = std::env::current_exe()?;
+    let cni = exe.parent().context("the evnet binary's directory")?.join("evnet-cni");
+    let rig = dir.join("podman");
+    let token_file = dir.join("red.token");
+    write_private(&token_file, red_token.as_bytes())?;
+    let pm = crate::podman_rig::Podman::new(&rig, &cni).map_err(anyhow::Error::msg)?;
+    let sock = cni_socket(dir, &st.hosts[1]);
+    pm.network("red-h2", &sock, &token_file, &subnet.id, serde_json::json!({})).map_err(anyhow::Error::msg)?;
+    let c = pm.start("red-h2").map_err(anyhow::Error::msg)?;
+    let cip = pm.ip(&c).map_err(anyhow::Error::msg)?;
+    println!("   a podman container on host-2 got {cip} from evnet-cni");
+    let mut vm_pings = |ip: Ipv4Addr| -> bool {
+        ch.run_until(&format!("ping -c 1 -W 1 {ip}"), Duration::from_secs(5), |rc, _| rc == 0).is_ok()
+    };
+    let checks = vec![
+        (format!("red-vm → red-3 ({red3_ip}, a namespace instance on host-3)"), vm_pings(red3_ip), true),
+        (format!("red-vm → the container ({cip}, host-2)"), vm_pings(cip), true),
+        (format!("red-vm → {blue_only} (blue-3's address)"), vm_pings(blue_only), false),
+        (format!("the container → red-vm ({})", eni.private_ip), pm.pings(&c, eni.private_ip), true),
+    ];
+    drop(pm);
+    let _ = std::fs::remove_dir_all(&rig);
+    let _ = std::fs::remove_file(&token_file);
+    Ok(checks)
 }

@@ -81,23 +81,36 @@ pub async fn start(args: &VmArgs) -> anyhow::Result<LabVm> {
         .find(|h| h.name == args.host)
         .with_context(|| format!("no lab host {} (hosts: {})", args.host, st.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")))?
         .clone();
-    let host_id = host.host_id.clone().context("the host has not registered")?;
-    let image = evnet_vm::GuestImage::locate().context("the guest image is missing: run scripts/build-guest.sh")?;
     let client = tenant_client(&st)?;
     let mut eni_ids = vec![];
     for e in &args.enis {
         eni_ids.push(crate::cli::resolve_id(&client, Kind::Eni, e).await?);
     }
+    start_with(&args.dir, &client, &args.name, &host, eni_ids, args.memory_mib).await
+}
+
+/// [`start`] for a tenant's `client`, on lab host `host`, with ENIs by id.
+pub async fn start_with(
+    dir: &Path,
+    client: &Client,
+    name: &str,
+    host: &crate::lab::LabHost,
+    eni_ids: Vec<String>,
+    memory_mib: u32,
+) -> anyhow::Result<LabVm> {
+    let st = crate::lab::load_state(dir)?;
+    let host_id = host.host_id.clone().context("the host has not registered")?;
+    let image = evnet_vm::GuestImage::locate().context("the guest image is missing: run scripts/build-guest.sh")?;
     let inst = client
         .create_instance(&CreateInstance {
-            name: Some(args.name.clone()),
+            name: Some(name.to_string()),
             host_id: Some(host_id),
             kind: InstanceKind::Vm,
             eni_ids,
             ..Default::default()
         })
         .await?;
-    let result = boot(&args.dir, &st, &host, &client, &inst, &image, args.memory_mib).await;
+    let result = boot(dir, &st, host, client, &inst, &image, memory_mib).await;
     if result.is_err() {
         let _ = client.delete_instance(&inst.id).await;
     }

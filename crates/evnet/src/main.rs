@@ -6,6 +6,7 @@ mod cli;
 mod daemons;
 mod lab;
 mod labvm;
+mod podman_rig;
 
 use std::process::ExitCode;
 
