@@ -3,7 +3,8 @@
 //! builds both): `evnet lab vm` boots a guest on a `vm` instance's tap; the
 //! guest takes its ENI's address by DHCP, reaches an instance on another
 //! host, and not another tenant's same address; its ENI's limit holds in
-//! both directions; a second ENI, in another subnet, attached to the
+//! both directions; a forged source address and a forged MAC (DHCP) get
+//! nowhere; a second ENI, in another subnet, attached to the
 //! running VM and plugged in over QMP comes up in the guest by DHCP and
 //! answers; detached, it stops answering, and its tap stays until QEMU
 //! lets go of it (QMP `netdev_del`), then goes; booted with a VM on the
@@ -180,6 +181,19 @@ async fn a_vm_boots_takes_dhcp_reaches_its_vpc_hot_plugs_and_its_eni_moves_acros
         assert!(v <= limit as f64 * 1.15, "{what}: {v:.1} Mbit/s over the {limit} Mbit/s limit");
         assert!(v >= limit as f64 * 0.5, "{what}: {v:.1} Mbit/s, far below the {limit} Mbit/s limit");
     }
+
+    // Anti-spoofing on the tap: a source address that is not the ENI's gets
+    // nowhere, and a forged MAC gets no lease.
+    let (rc, out) = in_vm(&lab, "vm1", &format!("ip addr add 10.20.1.99/24 dev eth0 && ping -c 2 -W 1 -I 10.20.1.99 {}", peer_eni.private_ip));
+    assert_ne!(rc, 0, "a forged source address got through: {out}");
+    assert_eq!(in_vm(&lab, "vm1", "ip addr del 10.20.1.99/24 dev eth0").0, 0);
+    let (rc, out) = in_vm(
+        &lab,
+        "vm1",
+        &format!("ip link set eth0 address 02:99:99:99:99:99; udhcpc -i eth0 -n -q -t 2 -T 1 -s /bin/true; rc=$?; ip link set eth0 address {}; exit $rc", eni1.mac),
+    );
+    assert_ne!(rc, 0, "a forged MAC got a lease: {out}");
+    vm_until(&lab, "vm1", &format!("ping -c 1 -W 1 {}", peer_eni.private_ip), "1 packets received", 30);
 
     // Hot attach: a second ENI, in the other subnet, plugged in over QMP.
     let eni2 = c.create_eni(&CreateEni { subnet_id: s2.id.clone(), ..Default::default() }).await.unwrap();
