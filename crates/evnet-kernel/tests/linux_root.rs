@@ -630,3 +630,92 @@ fn a_nat_gateway_is_built_and_removed_over_netlink() {
     assert!(!o.namespaces.contains_key(&ns) && o.host.links.contains_key("ext0"));
     assert!(plan(&base, &o, &cfg).is_empty());
 }
+
+/// Attaches to the tap `name` in namespace `ns` as `uid`/`gid` (as a VM
+/// monitor without privileges does: `TUNSETIFF` on `/dev/net/tun`), in a
+/// child process that drops to them after opening the device: whether the
+/// kernel let it.
+fn open_tap_as(ns: &str, name: &str, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let nsf = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    let fd = nsf.as_raw_fd();
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, as QEMU asks.
+    ifr[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | 0x4000).to_ne_bytes());
+    let mut cmd = Command::new("/bin/true");
+    // SAFETY: only async-signal-safe system calls run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+            check(libc::setns(fd, libc::CLONE_NEWNET))?;
+            // The device node may be root's alone (0600 here); the tap's
+            // owner is checked at TUNSETIFF, with the caller's ids then.
+            let tun = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR);
+            check(tun)?;
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))?;
+            let mut req = ifr;
+            check(libc::ioctl(tun, 0x4004_54ca, req.as_mut_ptr()))?;
+            Ok(())
+        });
+    }
+    cmd.status().map(|_| ())
+}
+
+/// A `vm` instance's tap through `LinuxKernel`: made persistent with the
+/// overlay's MTU and owned by the instance's uid, so an unprivileged VM
+/// monitor running as that uid may open it and another uid may not; the
+/// agent's observation sees it as a tap, and in use while a process holds
+/// it; removed with the instance.
+#[test]
+fn a_vm_tap_is_made_owned_by_its_user_and_removed() {
+    use evnet_plan::{Ns, Op};
+    if !root_or_skip("linux_root") {
+        return;
+    }
+    let r: u32 = rand::random::<u32>() & 0xffff;
+    let host = format!("xt{r:04x}h");
+    let _guard = Cleanup { host_ns: vec![host.clone()], host_ids: vec![] };
+    must(&["ip", "netns", "add", &host]);
+    let k = LinuxKernel::new(Some(host.clone()));
+    let tap = naming::eni_tap(&hex_id("eni", u64::from(r)));
+    k.apply(&Op::CreateTap { ns: Ns::Host, name: tap.clone(), uid: Some(65534), gid: None, mtu: 1450 }).expect("create the tap");
+    k.finish_batch();
+    let obs = k.observe().expect("observe");
+    let (name, l) = obs.host.eni_device(&hex_id("eni", u64::from(r))).expect("the tap is the ENI's device");
+    assert_eq!(name, tap);
+    assert!(evnet_plan::observed::is_tap(l) && l.mtu == 1450, "{l:?}");
+    assert!(!obs.host.taps_in_use.contains(&tap), "nobody holds it yet");
+    let shown = Command::new("ip").args(["-n", &host, "-d", "link", "show", "dev", &tap]).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("persist on") && shown.contains("user"), "{shown}");
+    open_tap_as(&host, &tap, 65534, 65534).expect("its owner may open it");
+    let err = open_tap_as(&host, &tap, 65533, 65533).expect_err("another user may not");
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    // While a process holds it, its carrier is up: in use.
+    // (Opened inside the namespace: a tun file looks its device up in the
+    // namespace it was opened in.)
+    let held = in_ns(&host, {
+        let tap = tap.clone();
+        move || {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").unwrap();
+            let mut ifr = [0u8; 40];
+            ifr[..tap.len()].copy_from_slice(tap.as_bytes());
+            ifr[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | 0x4000).to_ne_bytes());
+            // SAFETY: a valid fd and an ifreq-sized buffer.
+            unsafe { libc::ioctl(f.as_raw_fd(), 0x4004_54ca, ifr.as_mut_ptr()) == 0 }.then_some(f)
+        }
+    })
+    .expect("root opens it");
+    must(&["ip", "-n", &host, "link", "set", &tap, "up"]);
+    assert!(k.observe().expect("observe").host.taps_in_use.contains(&tap));
+    drop(held);
+    assert!(!k.observe().expect("observe").host.taps_in_use.contains(&tap));
+    k.apply(&Op::DeleteLink { ns: Ns::Host, name: tap.clone() }).expect("delete the tap");
+    k.finish_batch();
+    assert!(k.observe().expect("observe").host.eni_device(&hex_id("eni", u64::from(r))).is_none());
+}
