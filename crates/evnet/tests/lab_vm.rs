@@ -3,7 +3,7 @@
 //! builds both): `evnet lab vm` boots a guest on a `vm` instance's tap; the
 //! guest takes its ENI's address by DHCP, reaches an instance on another
 //! host, and not another tenant's same address; its ENI's limit holds in
-//! both directions; a forged source address and a forged MAC (DHCP) get
+//! both directions; its groups decide what reaches it; a forged source address and a forged MAC (DHCP) get
 //! nowhere; a second ENI, in another subnet, attached to the
 //! running VM and plugged in over QMP comes up in the guest by DHCP and
 //! answers; detached, it stops answering, and its tap stays until QEMU
@@ -181,6 +181,30 @@ async fn a_vm_boots_takes_dhcp_reaches_its_vpc_hot_plugs_and_its_eni_moves_acros
         assert!(v <= limit as f64 * 1.15, "{what}: {v:.1} Mbit/s over the {limit} Mbit/s limit");
         assert!(v >= limit as f64 * 0.5, "{what}: {v:.1} Mbit/s, far below the {limit} Mbit/s limit");
     }
+
+    // Groups on the tap: a group that admits only TCP from the VPC keeps
+    // the peer's pings out; once it admits ICMP, they pass.
+    let vpc_block: ipnet::Ipv4Net = "10.20.0.0/16".parse().unwrap();
+    let rule = |protocol: Protocol| SgRule {
+        protocol,
+        from_port: (protocol == Protocol::Tcp).then_some(22),
+        to_port: (protocol == Protocol::Tcp).then_some(22),
+        cidr: Some(vpc_block),
+        source_group_id: None,
+    };
+    let g = c
+        .create_security_group(&CreateSecurityGroup { vpc_id: vpc.id.clone(), name: "vm-ssh".into(), ingress: vec![rule(Protocol::Tcp)], ..Default::default() })
+        .await
+        .unwrap();
+    c.patch_eni(&eni1.id, &PatchEni { security_group_ids: Some(vec![g.id.clone()]), ..Default::default() }).await.unwrap();
+    assert!(ping_becomes(&peer.netns, eni1.private_ip, false, 10), "the VM's group did not keep the pings out");
+    assert!(never_reaches(&peer.netns, eni1.private_ip, 2));
+    c.patch_security_group(&g.id, &PatchSecurityGroup { ingress: Some(vec![rule(Protocol::Tcp), rule(Protocol::Icmp)]), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(ping_becomes(&peer.netns, eni1.private_ip, true, 10), "the VM's group admits ICMP now");
+    // Back in the VPC's default group (the peer admits only its members).
+    c.patch_eni(&eni1.id, &PatchEni { security_group_ids: Some(vec![vpc.default_security_group_id.clone()]), ..Default::default() }).await.unwrap();
 
     // Anti-spoofing on the tap: a source address that is not the ENI's gets
     // nowhere, and a forged MAC gets no lease.
