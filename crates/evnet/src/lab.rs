@@ -68,7 +68,7 @@ pub enum LabCommand {
         dir: PathBuf,
     },
     /// Boot a VM on a lab host (`--dataplane bpf`): a `vm` instance with the given ENIs as taps, and a small guest under QEMU that takes its addresses by DHCP.
-    #[command(after_help = "Example:\n  evnet eni create --subnet web --name vm-1-eth0\n  sudo -E evnet lab vm vm-1 --host host-1 --eni vm-1-eth0 --dir /tmp/evnet-lab\n  sudo -E evnet exec vm-1 -- ip -br addr\n\nThe guest's console is logged to /run/evnet/vms/<instance id>/console.log;\nits QMP socket (qmp.sock) there plugs further ENIs in (docs/vm.md).")]
+    #[command(after_help = "Examples:\n  sudo -E evnet lab vm vm-1 --host host-1 --subnet web --dir /tmp/evnet-lab\n  evnet eni create --subnet db --name vm-2-eth0\n  sudo -E evnet lab vm vm-2 --host host-2 --eni vm-2-eth0 --dir /tmp/evnet-lab\n  sudo -E evnet exec vm-1 -- ip -br addr\n\nThe guest's console is logged to /run/evnet/vms/<instance id>/console.log;\nits QMP socket (qmp.sock) there plugs further ENIs in (docs/vm.md).")]
     Vm(crate::labvm::VmArgs),
     /// Stop a lab VM (by its PID) and delete its instance; its ENIs stay, detached.
     #[command(after_help = "Example:\n  sudo -E evnet lab vm-stop vm-1 --dir /tmp/evnet-lab")]

@@ -39,14 +39,19 @@ pub struct LabVm {
 pub struct VmArgs {
     /// The VM's name (its instance's name).
     pub name: String,
+    /// The lab's directory (`evnet lab up --dir`).
     #[arg(long)]
     pub dir: PathBuf,
     /// The lab host to run on (host-1 …).
     #[arg(long)]
     pub host: String,
-    /// An ENI to attach (id or name), in device order (repeatable; at least one).
-    #[arg(long = "eni", required = true)]
+    /// An ENI to attach (id or name), in device order (repeatable).
+    #[arg(long = "eni", required_unless_present = "subnet")]
     pub enis: Vec<String>,
+    /// Create the VM's first ENI (`NAME-eth0`) in this subnet (id or name),
+    /// before any `--eni`.
+    #[arg(long)]
+    pub subnet: Option<String>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     pub memory_mib: u32,
@@ -83,6 +88,11 @@ pub async fn start(args: &VmArgs) -> anyhow::Result<LabVm> {
         .clone();
     let client = tenant_client(&st)?;
     let mut eni_ids = vec![];
+    if let Some(s) = &args.subnet {
+        let subnet_id = crate::cli::resolve_id(&client, Kind::Subnet, s).await?;
+        let eni = client.create_eni(&CreateEni { subnet_id, name: Some(format!("{}-eth0", args.name)), ..Default::default() }).await?;
+        eni_ids.push(eni.id);
+    }
     for e in &args.enis {
         eni_ids.push(crate::cli::resolve_id(&client, Kind::Eni, e).await?);
     }
