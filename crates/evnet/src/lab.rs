@@ -70,6 +70,28 @@ pub enum LabCommand {
     /// Boot a VM on a lab host (`--dataplane bpf`): a `vm` instance with the given ENIs as taps, and a small guest under QEMU that takes its addresses by DHCP.
     #[command(after_help = "Examples:\n  sudo -E evnet lab vm vm-1 --host host-1 --subnet web --dir /tmp/evnet-lab\n  evnet eni create --subnet db --name vm-2-eth0\n  sudo -E evnet lab vm vm-2 --host host-2 --eni vm-2-eth0 --dir /tmp/evnet-lab\n  sudo -E evnet exec vm-1 -- ip -br addr\n\nThe guest's console is logged to /run/evnet/vms/<instance id>/console.log;\nits QMP socket (qmp.sock) there plugs further ENIs in (docs/vm.md).")]
     Vm(crate::labvm::VmArgs),
+    /// Attach an ENI to a running lab VM and plug its tap into the guest over QMP (hot plug).
+    #[command(after_help = "Example:\n  sudo -E evnet lab vm-plug vm-1 --eni vm-1-eth1 --dir /tmp/evnet-lab")]
+    VmPlug {
+        /// The VM's name.
+        name: String,
+        /// The ENI (id or name).
+        #[arg(long)]
+        eni: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Unplug an ENI's NIC from a running lab VM over QMP, then detach the ENI.
+    #[command(after_help = "Example:\n  sudo -E evnet lab vm-unplug vm-1 --eni vm-1-eth1 --dir /tmp/evnet-lab")]
+    VmUnplug {
+        /// The VM's name.
+        name: String,
+        /// The ENI (id or name).
+        #[arg(long)]
+        eni: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Stop a lab VM (by its PID) and delete its instance; its ENIs stay, detached.
     #[command(after_help = "Example:\n  sudo -E evnet lab vm-stop vm-1 --dir /tmp/evnet-lab")]
     VmStop {
@@ -224,6 +246,18 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
             println!("run in it: sudo -E evnet exec {} -- ip -br addr", vm.name);
             println!("console:   {}", vm.run_dir.join("console.log").display());
             println!("stop it:   sudo -E evnet lab vm-stop {} --dir {}", vm.name, args.dir.display());
+            Ok(())
+        }
+        LabCommand::VmPlug { name, eni, dir } => {
+            require_root()?;
+            let idx = crate::labvm::plug(&dir, &name, &eni).await?;
+            println!("{eni} plugged into VM {name} as its NIC {idx} (QMP netdev net{idx}); the guest asks DHCP on it");
+            Ok(())
+        }
+        LabCommand::VmUnplug { name, eni, dir } => {
+            require_root()?;
+            crate::labvm::unplug(&dir, &name, &eni).await?;
+            println!("{eni} unplugged from VM {name} and detached");
             Ok(())
         }
         LabCommand::VmStop { name, dir } => {

@@ -201,3 +201,53 @@ pub fn stop_all(vms: &[LabVm]) -> Vec<String> {
     }
     errors
 }
+
+/// The lab VM `name` and the client of its tenant.
+fn lab_vm(dir: &Path, name: &str) -> anyhow::Result<(crate::lab::LabState, LabVm, Client)> {
+    let st = crate::lab::load_state(dir)?;
+    let vm = st.vms.iter().find(|v| v.name == name).with_context(|| format!("the lab has no VM named {name}"))?.clone();
+    let client = tenant_client(&st)?;
+    Ok((st, vm, client))
+}
+
+/// Attaches `eni` to the running lab VM `name` and plugs its tap into the
+/// guest over QMP (netdev `net<device index>`, device `net<index>-nic`):
+/// the guest sees a new NIC and asks DHCP on it. Answers the device index.
+pub async fn plug(dir: &Path, name: &str, eni: &str) -> anyhow::Result<u32> {
+    let (st, vm, client) = lab_vm(dir, name)?;
+    let host = st.hosts.iter().find(|h| h.name == vm.host).context("the VM's host is not in the lab")?;
+    let eni_id = crate::cli::resolve_id(&client, Kind::Eni, eni).await?;
+    let e = client.attach_eni(&eni_id, &AttachEni { instance_id: vm.instance_id.clone(), device_index: None }).await?;
+    let idx = e.attachment.as_ref().map(|a| a.device_index).context("the ENI was not attached")?;
+    let tap = evnet_plan::naming::eni_tap(&e.id);
+    let deadline = Instant::now() + TAPS_BOUND;
+    while !tap_exists(&host.netns, &tap) {
+        if Instant::now() >= deadline {
+            bail!("the tap {tap} did not appear in {} within {} s", host.netns, TAPS_BOUND.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut q = evnet_vm::Qmp::connect(&vm.run_dir.join("qmp.sock"))?;
+    let id = format!("net{idx}");
+    q.netdev_add_tap(&id, &tap)?;
+    q.device_add_virtio_net(&evnet_vm::device_id(&id), &id, &e.mac)?;
+    Ok(idx)
+}
+
+/// Unplugs `eni`'s NIC from the lab VM `name` over QMP (waiting for the
+/// guest to let go of it), then detaches the ENI; its tap then goes.
+pub async fn unplug(dir: &Path, name: &str, eni: &str) -> anyhow::Result<()> {
+    let (_, vm, client) = lab_vm(dir, name)?;
+    let eni_id = crate::cli::resolve_id(&client, Kind::Eni, eni).await?;
+    let e = client.get_eni(&eni_id).await?;
+    let idx = match &e.attachment {
+        Some(a) if a.instance_id == vm.instance_id => a.device_index,
+        _ => bail!("ENI {eni_id} is not attached to VM {name}"),
+    };
+    let id = format!("net{idx}");
+    let mut q = evnet_vm::Qmp::connect(&vm.run_dir.join("qmp.sock"))?;
+    q.device_del(&evnet_vm::device_id(&id), Duration::from_secs(30))?;
+    q.netdev_del(&id)?;
+    client.detach_eni(&eni_id).await?;
+    Ok(())
+}

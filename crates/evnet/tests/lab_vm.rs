@@ -5,8 +5,8 @@
 //! host, and not another tenant's same address; its ENI's limit holds in
 //! both directions; its groups decide what reaches it; a forged source address and a forged MAC (DHCP) get
 //! nowhere; a second ENI, in another subnet, attached to the
-//! running VM and plugged in over QMP comes up in the guest by DHCP and
-//! answers; detached, it stops answering, and its tap stays until QEMU
+//! running VM and plugged in over QMP (`evnet lab vm-plug`) comes up in the
+//! guest by DHCP and answers; detached, it stops answering, and its tap stays until QEMU
 //! lets go of it (QMP `netdev_del`), then goes; booted with a VM on the
 //! other host, the same ENI answers there with the same address. `evnet
 //! lab down` leaves no tap, namespace, run directory or QEMU process.
@@ -221,16 +221,12 @@ async fn a_vm_boots_takes_dhcp_reaches_its_vpc_hot_plugs_and_its_eni_moves_acros
 
     // Hot attach: a second ENI, in the other subnet, plugged in over QMP.
     let eni2 = c.create_eni(&CreateEni { subnet_id: s2.id.clone(), ..Default::default() }).await.unwrap();
-    c.attach_eni(&eni2.id, &AttachEni { instance_id: vm1.id.clone(), device_index: Some(1) }).await.unwrap();
-    let tap2 = evnet_model::qemu_nic_args("x", &evnet_plan::naming::eni_tap(&eni2.id), &eni2.mac);
+    let (rc, out) = evnet_as(&lab, &["lab", "vm-plug", "vm1", "--eni", &eni2.id, "--dir", &dir]);
+    assert_eq!(rc, 0, "lab vm-plug: {out}");
     let tap2_name = evnet_plan::naming::eni_tap(&eni2.id);
-    assert!(tap2.contains(&tap2_name));
-    wait_for("the second tap", 30, || link_exists(&host1_ns, &tap2_name));
-    {
-        let mut q = evnet_vm::Qmp::connect(&run_dir(&vm1.id).join("qmp.sock")).unwrap();
-        q.netdev_add_tap("net1", &tap2_name).unwrap();
-        q.device_add_virtio_net("net1-nic", "net1", &eni2.mac).unwrap();
-    }
+    assert!(link_exists(&host1_ns, &tap2_name));
+    let vm1_now = c.get_instance(&vm1.id).await.unwrap();
+    assert_eq!(vm1_now.taps.iter().map(|t| t.tap.as_str()).collect::<Vec<_>>(), vec![tap1.tap.as_str(), tap2_name.as_str()]);
     vm_until(&lab, "vm1", "ip -4 addr show dev eth1", &format!("inet {}/24", eni2.private_ip), 60);
     vm_until(&lab, "vm1", &format!("ping -c 1 -W 1 -I eth1 {}", peer_eni.private_ip), "1 packets received", 30);
     assert!(ping_becomes(&peer.netns, eni2.private_ip, true, 10), "the peer reaches the hot-plugged ENI");
@@ -242,7 +238,7 @@ async fn a_vm_boots_takes_dhcp_reaches_its_vpc_hot_plugs_and_its_eni_moves_acros
     assert!(link_exists(&host1_ns, &tap2_name), "the tap went while QEMU held it");
     {
         let mut q = evnet_vm::Qmp::connect(&run_dir(&vm1.id).join("qmp.sock")).unwrap();
-        q.device_del("net1-nic", Duration::from_secs(30)).unwrap();
+        q.device_del(&evnet_vm::device_id("net1"), Duration::from_secs(30)).unwrap();
         q.netdev_del("net1").unwrap();
     }
     let t = Instant::now();
