@@ -781,7 +781,8 @@ mod tests {
                 ClassStats { minor: minors["eni-b"], class: classes["eni-b"], bytes: b_bytes, packets: 0, drops: 0, overlimits: 0, backlog_bytes: 0 },
             ],
             shapers: vec![],
-            device_bytes: [(naming::eni_veth("eni-a"), (0, 0)), (naming::eni_veth("eni-b"), (b_rx, 0))].into_iter().collect(),
+            // b is a VM's ENI: what it receives is counted on its tap.
+            device_bytes: [(naming::eni_veth("eni-a"), (0, 0)), (naming::eni_tap("eni-b"), (b_rx, 0))].into_iter().collect(),
         };
         let mut m = FastPathMeter::new(BandwidthConfig::default());
         let none = BTreeMap::new();
