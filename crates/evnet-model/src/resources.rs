@@ -706,7 +706,7 @@ pub struct Heartbeat {
     /// The network namespace the agent manages (`--host-netns`; absent:
     /// the machine's own), where it makes `vm` instances' taps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(min = 1, max = 64), extend("pattern" = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"))]
     pub host_netns: Option<String>,
 }
 

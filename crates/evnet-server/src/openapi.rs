@@ -88,7 +88,7 @@ pub const ERRORS: &[(&str, u16, &str)] = &[
     ("invalid_peering", 422, "a VPC cannot peer with itself"),
     ("peering_cidr_overlap", 422, "peered VPCs need disjoint blocks"),
     ("invalid_request", 422, "an ENI is listed twice, or more ENIs than an instance takes"),
-    ("invalid_netns", 422, "a `container` instance without `netns` or `host_id`, a `netns` outside `/run/netns/NAME` and `/proc/PID/ns/net` or named as evnet names its own or `netns` given for kind `netns`"),
+    ("invalid_netns", 422, "a `container` instance without `netns` or `host_id`, a `netns` outside `/run/netns/NAME` and `/proc/PID/ns/net` or named as evnet names its own, `netns` given for kind `netns` or `vm`, or a heartbeat's `host_netns` that is not a name under `/run/netns`"),
     ("netns_in_use", 409, "another instance on the host holds this namespace"),
     ("invalid_secondary_ips", 422, "more secondary addresses than an ENI takes, or an address asked for twice"),
     ("invalid_security_groups", 422, "more groups than an ENI takes, none, or a group of another VPC"),
@@ -218,7 +218,7 @@ pub const OPS: &[Op] = &[
         .errors(&["forbidden", "invalid_labels", "invalid_bandwidth", "invalid_underlay_ip", "underlay_ip_taken", "insufficient_bandwidth", "revision_mismatch"]),
     op("delete", "/v1/hosts/{id}", "Delete a host without instances or NAT gateways (admin)", None, None, 204, false).errors(&["forbidden", "dependency_violation"]),
     op("post", "/v1/hosts/{id}/heartbeat", "Report liveness and the applied generation, at most the current desired one (the host's credential)", Some("Heartbeat"), Some("Host"), 200, false)
-        .errors(&["forbidden", "generation_not_issued", "too_many_failures", "invalid_failure"]),
+        .errors(&["forbidden", "generation_not_issued", "too_many_failures", "invalid_failure", "invalid_netns"]),
     op("get", "/v1/hosts/{id}/desired", "The host's desired state; with ?since=G a long poll until the generation passes G (the host's credential)", None, Some("HostDesired"), 200, false)
         .errors(&["forbidden"]),
     op("post", "/v1/hosts/{id}/bandwidth", "Report the host's ENIs' measured rate, demand and allocation (the host's credential); answers the controller's caps", Some("HostBandwidthReport"), Some("HostBandwidthCaps"), 200, false)

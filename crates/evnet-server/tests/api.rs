@@ -797,7 +797,8 @@ async fn container_instances_take_the_runtimes_namespace() {
         (json!({"kind": "container", "netns": "/etc/passwd", "host_id": h}), 422, "invalid_netns"),
         (json!({"kind": "container", "netns": "/run/netns/../x", "host_id": h}), 422, "invalid_netns"),
         (json!({"netns": "/run/netns/mine", "host_id": h}), 422, "invalid_netns"),
-        (json!({"kind": "vm", "host_id": h}), 400, "invalid_body"),
+        (json!({"kind": "vm", "netns": "/run/netns/mine", "host_id": h}), 422, "invalid_netns"),
+        (json!({"kind": "netns", "tap_uid": 1000, "host_id": h}), 422, "invalid_request"),
     ] {
         let (s, v) = t.call("POST", "/v1/instances", Some(&a), Some(body.clone())).await;
         assert_eq!((s.as_u16(), code(&v)), (status, want), "{body}: {v}");
