@@ -406,15 +406,37 @@ async fn dhcp_option_sets_are_put_and_deleted_under_the_vpc_or_subnet() {
     .await;
     let client = Client::new(&base, "t").unwrap();
     let set = with_set.dhcp_options.clone().unwrap();
-    let got = client.set_vpc_dhcp_options("vpc-1a2b3c4d5e6f7a8b", &set).await.unwrap();
+    let got = client
+        .set_vpc_dhcp_options("vpc-1a2b3c4d5e6f7a8b", &set)
+        .await
+        .unwrap();
     assert_eq!(got.dhcp_options, Some(set));
-    assert_eq!(client.clear_vpc_dhcp_options("vpc-1a2b3c4d5e6f7a8b").await.unwrap().dhcp_options, None);
-    let ntp_only = DhcpOptions { ntp_servers: vec!["10.0.0.3".parse().unwrap()], ..Default::default() };
-    let s = client.set_subnet_dhcp_options("subnet-0000000000000001", &ntp_only).await.unwrap();
+    assert_eq!(
+        client
+            .clear_vpc_dhcp_options("vpc-1a2b3c4d5e6f7a8b")
+            .await
+            .unwrap()
+            .dhcp_options,
+        None
+    );
+    let ntp_only = DhcpOptions {
+        ntp_servers: vec!["10.0.0.3".parse().unwrap()],
+        ..Default::default()
+    };
+    let s = client
+        .set_subnet_dhcp_options("subnet-0000000000000001", &ntp_only)
+        .await
+        .unwrap();
     assert_eq!(s.dhcp_options, Some(ntp_only));
-    client.clear_subnet_dhcp_options("subnet-0000000000000001").await.unwrap();
+    client
+        .clear_subnet_dhcp_options("subnet-0000000000000001")
+        .await
+        .unwrap();
     let seen = mock.seen();
-    let wire: Vec<(&str, &str)> = seen.iter().map(|r| (r.method.as_str(), r.path.as_str())).collect();
+    let wire: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
     assert_eq!(
         wire,
         [
@@ -428,7 +450,10 @@ async fn dhcp_option_sets_are_put_and_deleted_under_the_vpc_or_subnet() {
         seen[0].json(),
         json!({"domain_name_servers": ["10.0.0.2"], "domain_name": "corp.example", "ntp_servers": []})
     );
-    assert_eq!(seen[2].json(), json!({"domain_name_servers": [], "ntp_servers": ["10.0.0.3"]}));
+    assert_eq!(
+        seen[2].json(),
+        json!({"domain_name_servers": [], "ntp_servers": ["10.0.0.3"]})
+    );
     assert!(seen[1].body.is_empty() && seen[3].body.is_empty());
 }
 

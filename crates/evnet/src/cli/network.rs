@@ -122,9 +122,15 @@ pub struct DhcpOptionsArgs {
 impl DhcpOptionsArgs {
     fn into_options(self) -> anyhow::Result<DhcpOptions> {
         if self.dns.is_empty() && self.domain.is_none() && self.ntp.is_empty() {
-            anyhow::bail!("nothing to set: give --dns, --domain and/or --ntp (`dhcp-options clear` removes the set)");
+            anyhow::bail!(
+                "nothing to set: give --dns, --domain and/or --ntp (`dhcp-options clear` removes the set)"
+            );
         }
-        Ok(DhcpOptions { domain_name_servers: self.dns, domain_name: self.domain, ntp_servers: self.ntp })
+        Ok(DhcpOptions {
+            domain_name_servers: self.dns,
+            domain_name: self.domain,
+            ntp_servers: self.ntp,
+        })
     }
 }
 

@@ -402,15 +402,23 @@ impl Render for Vpc {
     }
 }
 
-/// A DHCP option set as fields: one line per option, or one `dhcp_options`
-/// line saying `none` when there is no set.
+/// A DHCP option set as fields: one line per option, or, when there is no
+/// set, one `dhcp_options` line saying `none`.
 fn dhcp_fields(options: Option<&DhcpOptions>, none: &str) -> Vec<(&'static str, String)> {
-    let ips = |v: &[std::net::Ipv4Addr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let ips = |v: &[std::net::Ipv4Addr]| {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     match options {
         None => vec![("dhcp_options", none.to_string())],
         Some(o) => vec![
             ("dhcp_dns_servers", ips(&o.domain_name_servers)),
-            ("dhcp_domain_name", o.domain_name.clone().unwrap_or_default()),
+            (
+                "dhcp_domain_name",
+                o.domain_name.clone().unwrap_or_default(),
+            ),
             ("dhcp_ntp_servers", ips(&o.ntp_servers)),
         ],
     }
