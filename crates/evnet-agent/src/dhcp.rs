@@ -23,8 +23,15 @@
 //! only, as the static layout gives only eth0 a default route), interface
 //! MTU (the overlay's), classless static routes (RFC 3442) to the VPC
 //! blocks routed through a further ENI (`evnet_plan::plan::further_eni_routes`,
-//! the static layout's rule), the lease (1 day, T1 ½, T2 ⅞) and the
-//! server identifier (the gateway address). A frame whose source MAC or
+//! the static layout's rule), the lease (1 day, T1 ½, T2 ⅞), the
+//! server identifier (the gateway address), and from the DHCP option set
+//! of the ENI's subnet, else of its VPC, else none
+//! ([`evnet_model::desired::VpcDesired::dhcp_options_for`]): domain name
+//! servers (6), domain name (15) and NTP servers (42), each only when the
+//! set has it. Every option goes in every answer, whether or not the
+//! client's parameter request list names it (a client takes what it
+//! knows). A change of the set reaches a client when it renews (at T1) or
+//! asks again. A frame whose source MAC or
 //! `chaddr` is not the ENI's, a relayed request (`giaddr` set) and
 //! anything not a client's request get nothing, logged at debug and
 //! counted (`evnet_agent_dhcp_ignored_total{reason}`).
@@ -40,6 +47,7 @@ use std::time::Duration;
 use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
 use evnet_model::desired::{EniDesired, HostDesired};
+use evnet_model::DhcpOptions;
 use evnet_plan::naming;
 use ipnet::Ipv4Net;
 
@@ -71,6 +79,9 @@ pub struct EniLease {
     pub router: bool,
     /// Classless static routes: (destination, next hop).
     pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
+    /// DNS servers, domain name and NTP servers: the subnet's option set,
+    /// else the VPC's, else an empty one.
+    pub options: DhcpOptions,
 }
 
 /// What the DHCP thread serves: by host-side device ifindex, the lease of
@@ -89,6 +100,13 @@ pub fn leases(desired: &HostDesired, mtu: u32) -> BTreeMap<String, EniLease> {
             let Some(mac) = naming::mac_bytes(&e.mac) else { continue };
             let on_link = e.subnet_cidr.contains(&e.gateway_ip);
             let routes = routed.get(e.eni_id.as_str()).map(|cidr| vec![(*cidr, e.gateway_ip)]).unwrap_or_default();
+            let options = desired
+                .vpcs
+                .iter()
+                .find(|v| v.vpc_id == e.vpc_id)
+                .and_then(|v| v.dhcp_options_for(&e.subnet_id))
+                .cloned()
+                .unwrap_or_default();
             out.insert(
                 e.eni_id.clone(),
                 EniLease {
@@ -100,6 +118,7 @@ pub fn leases(desired: &HostDesired, mtu: u32) -> BTreeMap<String, EniLease> {
                     mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
                     router: e.device_index == 0 && on_link,
                     routes,
+                    options,
                 },
             );
         }
@@ -222,6 +241,16 @@ pub fn answer(src_mac: [u8; 6], req: &Message, lease: &EniLease) -> Result<Reply
                 routes.push((Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0/0 is valid"), lease.gateway));
             }
             opts.insert(DhcpOption::ClasslessStaticRoute(routes));
+        }
+        let o = &lease.options;
+        if !o.domain_name_servers.is_empty() {
+            opts.insert(DhcpOption::DomainNameServer(o.domain_name_servers.clone()));
+        }
+        if let Some(name) = &o.domain_name {
+            opts.insert(DhcpOption::DomainName(name.clone()));
+        }
+        if !o.ntp_servers.is_empty() {
+            opts.insert(DhcpOption::NtpServers(o.ntp_servers.clone()));
         }
     }
     const BROADCAST_MAC: [u8; 6] = [0xff; 6];
@@ -592,7 +621,7 @@ fn reply_kind(k: MessageType) -> &'static str {
 mod tests {
     use super::*;
     use dhcproto::v4::Flags;
-    use evnet_model::desired::{InstanceDesired, VpcDesired};
+    use evnet_model::desired::{InstanceDesired, SubnetDesired, VpcDesired};
 
     const MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0x00, 0x01, 0x05];
     const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
@@ -608,6 +637,7 @@ mod tests {
             mtu: 1450,
             router: true,
             routes: vec![],
+            options: DhcpOptions::default(),
         }
     }
 
@@ -712,6 +742,7 @@ mod tests {
             remote_enis: vec![],
             peer_routes: vec![],
             route_tables: vec![],
+            dhcp_options: None,
         };
         let eni = |id: &str, vpc: &str, subnet: &str, gw: [u8; 4], ip: [u8; 4], idx: u32| EniDesired {
             eni_id: id.into(),
@@ -761,6 +792,135 @@ mod tests {
         let t = target(&d, &devs, 1450);
         assert_eq!(t.keys().copied().collect::<Vec<_>>(), vec![7]);
         assert_eq!(t[&7].eni_id, "eni-b");
+    }
+
+    /// One instance with an ENI in each of three subnets of one VPC; the
+    /// VPC's set and the subnets' sets as given.
+    fn with_option_sets(vpc: Option<DhcpOptions>, subnets: [Option<DhcpOptions>; 3]) -> HostDesired {
+        let subnet = |n: u8, o: Option<DhcpOptions>| SubnetDesired {
+            subnet_id: format!("subnet-{n}"),
+            cidr_block: format!("10.0.{n}.0/24").parse().unwrap(),
+            gateway_ip: Ipv4Addr::new(10, 0, n, 1),
+            route_table_id: String::new(),
+            dhcp_options: o,
+        };
+        let eni = |n: u8| EniDesired {
+            eni_id: format!("eni-{n}"),
+            vpc_id: "vpc-a".into(),
+            subnet_id: format!("subnet-{n}"),
+            subnet_cidr: format!("10.0.{n}.0/24").parse().unwrap(),
+            gateway_ip: Ipv4Addr::new(10, 0, n, 1),
+            mac: format!("02:00:00:00:00:0{n}"),
+            private_ip: Ipv4Addr::new(10, 0, n, 5),
+            secondary_ips: vec![],
+            device_index: u32::from(n),
+            source_dest_check: true,
+            security_group_ids: vec![],
+            bandwidth: Default::default(),
+        };
+        let [s0, s1, s2] = subnets;
+        HostDesired {
+            vpcs: vec![VpcDesired {
+                vpc_id: "vpc-a".into(),
+                vni: 1,
+                cidr_block: "10.0.0.0/16".parse().unwrap(),
+                subnets: vec![subnet(0, s0), subnet(1, s1), subnet(2, s2)],
+                remote_enis: vec![],
+                peer_routes: vec![],
+                route_tables: vec![],
+                dhcp_options: vpc,
+            }],
+            instances: vec![InstanceDesired {
+                instance_id: "i-1".into(),
+                kind: Default::default(),
+                netns: "evi-x".into(),
+                tap_uid: None,
+                tap_gid: None,
+                enis: vec![eni(0), eni(1), eni(2)],
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn option_set(dns: &[[u8; 4]], domain: Option<&str>, ntp: &[[u8; 4]]) -> DhcpOptions {
+        DhcpOptions {
+            domain_name_servers: dns.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+            domain_name: domain.map(str::to_string),
+            ntp_servers: ntp.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+        }
+    }
+
+    fn offered(l: &EniLease) -> (Option<DhcpOption>, Option<DhcpOption>, Option<DhcpOption>) {
+        let r = answer(l.mac, &request(MessageType::Discover, l.mac), l).unwrap();
+        let m = &r.message;
+        (opt(m, OptionCode::DomainNameServer), opt(m, OptionCode::DomainName), opt(m, OptionCode::NtpServers))
+    }
+
+    #[test]
+    fn a_subnets_option_set_wins_over_its_vpcs_as_a_whole() {
+        let vpc = option_set(&[[10, 0, 0, 2], [1, 1, 1, 1]], Some("corp.example"), &[[10, 0, 0, 3]]);
+        let sub = option_set(&[[10, 0, 1, 53]], Some("web.corp.example"), &[]);
+        let l = leases(&with_option_sets(Some(vpc), [None, Some(sub.clone()), None]), 1450);
+        assert_eq!(l["eni-1"].options, sub);
+        // Nothing of the VPC's set is merged in: no NTP servers.
+        assert_eq!(
+            offered(&l["eni-1"]),
+            (Some(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 1, 53)])), Some(DhcpOption::DomainName("web.corp.example".into())), None)
+        );
+        // An ACK carries them too.
+        let mut sel = request(MessageType::Request, l["eni-1"].mac);
+        sel.opts_mut().insert(DhcpOption::RequestedIpAddress(l["eni-1"].address));
+        let ack = answer(l["eni-1"].mac, &sel, &l["eni-1"]).unwrap();
+        assert_eq!(ack.kind, MessageType::Ack);
+        assert_eq!(opt(&ack.message, OptionCode::DomainName), Some(DhcpOption::DomainName("web.corp.example".into())));
+        // A NAK carries nothing of the set.
+        let mut other = request(MessageType::Request, l["eni-1"].mac);
+        other.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 1, 9)));
+        let nak = answer(l["eni-1"].mac, &other, &l["eni-1"]).unwrap();
+        assert_eq!((nak.kind, opt(&nak.message, OptionCode::DomainNameServer)), (MessageType::Nak, None));
+        // An empty set on a subnet wins too: nothing.
+        let l = leases(&with_option_sets(Some(option_set(&[[10, 0, 0, 2]], None, &[])), [Some(DhcpOptions::default()), None, None]), 1450);
+        assert_eq!(offered(&l["eni-0"]), (None, None, None));
+    }
+
+    #[test]
+    fn the_vpcs_option_set_serves_subnets_without_one() {
+        let vpc = option_set(&[[10, 0, 0, 2], [1, 1, 1, 1]], Some("corp.example"), &[[10, 0, 0, 3]]);
+        let sub = option_set(&[[10, 0, 1, 53]], None, &[]);
+        let l = leases(&with_option_sets(Some(vpc.clone()), [None, Some(sub), None]), 1450);
+        for eni in ["eni-0", "eni-2"] {
+            assert_eq!(l[eni].options, vpc, "{eni}");
+            assert_eq!(
+                offered(&l[eni]),
+                (
+                    Some(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(1, 1, 1, 1)])),
+                    Some(DhcpOption::DomainName("corp.example".into())),
+                    Some(DhcpOption::NtpServers(vec![Ipv4Addr::new(10, 0, 0, 3)])),
+                ),
+                "{eni}"
+            );
+        }
+        // An INFORM is answered with them as well.
+        let mut inf = request(MessageType::Inform, l["eni-0"].mac);
+        inf.set_ciaddr(l["eni-0"].address);
+        let r = answer(l["eni-0"].mac, &inf, &l["eni-0"]).unwrap();
+        assert_eq!(opt(&r.message, OptionCode::DomainName), Some(DhcpOption::DomainName("corp.example".into())));
+        // The options survive the wire.
+        let f = reply_frame(&r, [0x02, 0xe7, 0, 0, 0, 1], l["eni-0"].gateway);
+        let decoded = Message::decode(&mut Decoder::new(&f[42..])).unwrap();
+        assert_eq!(opt(&decoded, OptionCode::NtpServers), Some(DhcpOption::NtpServers(vec![Ipv4Addr::new(10, 0, 0, 3)])));
+    }
+
+    #[test]
+    fn no_option_set_gives_none_of_these_options() {
+        let l = leases(&with_option_sets(None, [None, None, None]), 1450);
+        for eni in ["eni-0", "eni-1", "eni-2"] {
+            assert!(l[eni].options.is_empty());
+            assert_eq!(offered(&l[eni]), (None, None, None), "{eni}");
+        }
+        // A set with only a domain name gives only that.
+        let l = leases(&with_option_sets(Some(option_set(&[], Some("corp.example"), &[])), [None, None, None]), 1450);
+        assert_eq!(offered(&l["eni-0"]), (None, Some(DhcpOption::DomainName("corp.example".into())), None));
     }
 
     #[test]

@@ -234,7 +234,7 @@ mod tests {
                 vpc_id: "vpc-1".into(),
                 vni: 7,
                 cidr_block: "10.0.0.0/16".parse().unwrap(),
-                subnets: vec![SubnetDesired { subnet_id: "subnet-1".into(), cidr_block: "10.0.0.0/24".parse().unwrap(), gateway_ip: Ipv4Addr::new(10, 0, 0, 1), route_table_id: String::new() }],
+                subnets: vec![SubnetDesired { subnet_id: "subnet-1".into(), cidr_block: "10.0.0.0/24".parse().unwrap(), gateway_ip: Ipv4Addr::new(10, 0, 0, 1), route_table_id: String::new(), dhcp_options: None }],
                 remote_enis: vec![RemoteEni {
                     eni_id: "eni-r".into(),
                     mac: "02:00:00:00:00:30".into(),
@@ -245,6 +245,7 @@ mod tests {
                 }],
                 peer_routes: vec![],
                 route_tables: vec![],
+                dhcp_options: None,
             }],
             instances: vec![
                 InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None, instance_id: "i-1".into(), netns: "evi-1".into(), enis: vec![eni("eni-a", 10)] },

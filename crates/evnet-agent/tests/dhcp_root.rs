@@ -88,6 +88,7 @@ fn udhcpc_gets_the_enis_lease_and_a_forged_mac_gets_nothing() {
         mtu: 1450,
         router: true,
         routes: vec![],
+        options: Default::default(),
     };
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(dhcp::Target::from([(ifindex, lease)])));
     let metrics = Arc::new(AgentMetrics::default());

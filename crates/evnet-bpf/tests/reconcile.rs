@@ -49,6 +49,7 @@ fn desired() -> HostDesired {
                 cidr_block: "10.0.0.0/24".parse().unwrap(),
                 gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
                 route_table_id: String::new(),
+                dhcp_options: None,
             }],
             remote_enis: vec![RemoteEni {
                 eni_id: "eni-r".into(),
@@ -60,6 +61,7 @@ fn desired() -> HostDesired {
             }],
             peer_routes: vec![],
             route_tables: vec![],
+            dhcp_options: None,
         }],
         instances: vec![InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None,
             instance_id: "i-1".into(),

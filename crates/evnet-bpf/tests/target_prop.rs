@@ -37,6 +37,7 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
                 cidr_block: format!("10.0.{s}.0/24").parse().unwrap(),
                 gateway_ip: Ipv4Addr::new(10, 0, s, 1),
                 route_table_id: format!("rtb-{v}"),
+                dhcp_options: None,
             })
             .collect();
         let remote_enis = (0..r.random_range(0..=3))
@@ -76,6 +77,7 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
                     })
                     .collect(),
             }],
+            dhcp_options: None,
         });
     }
     for k in 0..r.random_range(0..=2u8) {

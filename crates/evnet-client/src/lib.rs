@@ -679,6 +679,30 @@ impl Client {
     pub async fn delete_vpc(&self, id: &str) -> Result<()> {
         self.delete_of("vpcs", id).await
     }
+    /// `PUT /v1/vpcs/{id}/dhcp-options`: the VPC's DHCP option set becomes
+    /// `options` (its ENIs get it unless their subnet has one).
+    pub async fn set_vpc_dhcp_options(&self, id: &str, options: &DhcpOptions) -> Result<Vpc> {
+        self.dhcp_options_of("vpcs", id, Some(options)).await
+    }
+    /// `DELETE /v1/vpcs/{id}/dhcp-options`: the VPC has no option set.
+    pub async fn clear_vpc_dhcp_options(&self, id: &str) -> Result<Vpc> {
+        self.dhcp_options_of("vpcs", id, None).await
+    }
+
+    /// `PUT` (`Some`) or `DELETE` (`None`) of a VPC's or subnet's
+    /// `dhcp-options`; the answer is the resource.
+    async fn dhcp_options_of<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        id: &str,
+        options: Option<&DhcpOptions>,
+    ) -> Result<T> {
+        let url = self.url(&["v1", collection, id, "dhcp-options"], &[])?;
+        match options {
+            Some(body) => self.call(Method::PUT, url, Some(body)).await,
+            None => self.call::<(), T>(Method::DELETE, url, None).await,
+        }
+    }
 
     // -----------------------------------------------------------------
     // Subnets.
@@ -704,6 +728,16 @@ impl Client {
     }
     pub async fn delete_subnet(&self, id: &str) -> Result<()> {
         self.delete_of("subnets", id).await
+    }
+    /// `PUT /v1/subnets/{id}/dhcp-options`: the subnet's DHCP option set
+    /// becomes `options`, which its ENIs get instead of the VPC's.
+    pub async fn set_subnet_dhcp_options(&self, id: &str, options: &DhcpOptions) -> Result<Subnet> {
+        self.dhcp_options_of("subnets", id, Some(options)).await
+    }
+    /// `DELETE /v1/subnets/{id}/dhcp-options`: the subnet's ENIs get the
+    /// VPC's set again.
+    pub async fn clear_subnet_dhcp_options(&self, id: &str) -> Result<Subnet> {
+        self.dhcp_options_of("subnets", id, None).await
     }
 
     // -----------------------------------------------------------------

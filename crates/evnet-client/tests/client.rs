@@ -384,6 +384,80 @@ async fn actions_ids_and_deletes() {
 }
 
 #[tokio::test]
+async fn dhcp_option_sets_are_put_and_deleted_under_the_vpc_or_subnet() {
+    let mut with_set = vpc();
+    with_set.dhcp_options = Some(DhcpOptions {
+        domain_name_servers: vec!["10.0.0.2".parse().unwrap()],
+        domain_name: Some("corp.example".into()),
+        ntp_servers: vec![],
+    });
+    let subnet = json!({
+        "id": "subnet-0000000000000001", "name": "web", "tags": {}, "tenant": "tenant-0000000000000001",
+        "created_at": "2024-05-01T10:00:00Z", "revision": 4, "vpc_id": "vpc-1a2b3c4d5e6f7a8b",
+        "cidr_block": "10.0.1.0/24", "gateway_ip": "10.0.1.1", "available_ip_count": 250,
+        "dhcp_options": {"domain_name_servers": [], "ntp_servers": ["10.0.0.3"]}
+    });
+    let (base, mock) = serve(vec![
+        Reply::Json(200, serde_json::to_value(&with_set).unwrap()),
+        Reply::Json(200, serde_json::to_value(vpc()).unwrap()),
+        Reply::Json(200, subnet.clone()),
+        Reply::Json(200, subnet),
+    ])
+    .await;
+    let client = Client::new(&base, "t").unwrap();
+    let set = with_set.dhcp_options.clone().unwrap();
+    let got = client
+        .set_vpc_dhcp_options("vpc-1a2b3c4d5e6f7a8b", &set)
+        .await
+        .unwrap();
+    assert_eq!(got.dhcp_options, Some(set));
+    assert_eq!(
+        client
+            .clear_vpc_dhcp_options("vpc-1a2b3c4d5e6f7a8b")
+            .await
+            .unwrap()
+            .dhcp_options,
+        None
+    );
+    let ntp_only = DhcpOptions {
+        ntp_servers: vec!["10.0.0.3".parse().unwrap()],
+        ..Default::default()
+    };
+    let s = client
+        .set_subnet_dhcp_options("subnet-0000000000000001", &ntp_only)
+        .await
+        .unwrap();
+    assert_eq!(s.dhcp_options, Some(ntp_only));
+    client
+        .clear_subnet_dhcp_options("subnet-0000000000000001")
+        .await
+        .unwrap();
+    let seen = mock.seen();
+    let wire: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    assert_eq!(
+        wire,
+        [
+            ("PUT", "/v1/vpcs/vpc-1a2b3c4d5e6f7a8b/dhcp-options"),
+            ("DELETE", "/v1/vpcs/vpc-1a2b3c4d5e6f7a8b/dhcp-options"),
+            ("PUT", "/v1/subnets/subnet-0000000000000001/dhcp-options"),
+            ("DELETE", "/v1/subnets/subnet-0000000000000001/dhcp-options"),
+        ]
+    );
+    assert_eq!(
+        seen[0].json(),
+        json!({"domain_name_servers": ["10.0.0.2"], "domain_name": "corp.example", "ntp_servers": []})
+    );
+    assert_eq!(
+        seen[2].json(),
+        json!({"domain_name_servers": [], "ntp_servers": ["10.0.0.3"]})
+    );
+    assert!(seen[1].body.is_empty() && seen[3].body.is_empty());
+}
+
+#[tokio::test]
 async fn patches_send_only_what_changes() {
     let (base, mock) = serve(vec![
         Reply::Json(200, serde_json::to_value(vpc()).unwrap()),

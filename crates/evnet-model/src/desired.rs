@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::resources::Protocol;
+use crate::resources::{DhcpOptions, Protocol};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostDesired {
@@ -132,6 +132,9 @@ pub struct VpcDesired {
     /// uses.
     #[serde(default)]
     pub route_tables: Vec<RouteTableDesired>,
+    /// The VPC's DHCP option set, for the ENIs of subnets without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_options: Option<DhcpOptions>,
 }
 
 /// A route table as the data plane applies it: its routes other than
@@ -181,6 +184,20 @@ pub struct SubnetDesired {
     /// VPC's main table.
     #[serde(default)]
     pub route_table_id: String,
+    /// The subnet's DHCP option set; when present it replaces the VPC's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_options: Option<DhcpOptions>,
+}
+
+impl VpcDesired {
+    /// The DHCP option set of an ENI in subnet `subnet_id` of this VPC: the
+    /// subnet's when it has one, else the VPC's, else none.
+    pub fn dhcp_options_for(&self, subnet_id: &str) -> Option<&DhcpOptions> {
+        match self.subnets.iter().find(|s| s.subnet_id == subnet_id) {
+            Some(SubnetDesired { dhcp_options: Some(o), .. }) => Some(o),
+            _ => self.dhcp_options.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::bandwidth::{BandwidthSpec, MAX_MBPS};
 use crate::schema;
 use crate::validate::{
-    MAX_DEVICE_INDEX, MAX_ENIS_PER_INSTANCE, MAX_ROUTES, MAX_RULES, MAX_SECONDARY_IPS, MAX_SECURITY_GROUPS_PER_ENI,
+    MAX_DEVICE_INDEX, MAX_DHCP_SERVERS, MAX_ENIS_PER_INSTANCE, MAX_ROUTES, MAX_RULES, MAX_SECONDARY_IPS,
+    MAX_SECURITY_GROUPS_PER_ENI,
 };
 
 pub type Tags = BTreeMap<String, String>;
@@ -97,6 +98,10 @@ pub struct Vpc {
     pub main_route_table_id: String,
     /// The group an ENI gets when it names none.
     pub default_security_group_id: String,
+    /// What DHCP gives the VPC's ENIs, unless their subnet has a set of
+    /// its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_options: Option<DhcpOptions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -121,10 +126,45 @@ pub struct Subnet {
     /// may take an address in it meanwhile.
     #[serde(default, skip_serializing_if = "is_false")]
     pub deleting: bool,
+    /// What DHCP gives the subnet's ENIs; when set, it replaces the VPC's
+    /// set as a whole (nothing of the VPC's is merged in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_options: Option<DhcpOptions>,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// A DHCP option set, as in AWS: what the agent's DHCP answers carry
+/// besides the address and routes, for a VPC's ENIs or a subnet's (a
+/// subnet's set, when it has one, wins over its VPC's as a whole). Also the
+/// body of `PUT /v1/vpcs/{id}/dhcp-options` and `PUT
+/// /v1/subnets/{id}/dhcp-options`; an empty set gives none of these options
+/// ([`crate::validate::check_dhcp_options`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpOptions {
+    /// DNS servers (DHCP option 6), in the order clients should try
+    /// them; unicast addresses, each once.
+    #[serde(default)]
+    #[schemars(length(max = MAX_DHCP_SERVERS), extend("uniqueItems" = true))]
+    pub domain_name_servers: Vec<Ipv4Addr>,
+    /// The domain name clients search (DHCP option 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<schema::DomainName>")]
+    pub domain_name: Option<String>,
+    /// NTP servers (DHCP option 42); unicast addresses, each once.
+    #[serde(default)]
+    #[schemars(length(max = MAX_DHCP_SERVERS), extend("uniqueItems" = true))]
+    pub ntp_servers: Vec<Ipv4Addr>,
+}
+
+impl DhcpOptions {
+    /// Whether the set gives nothing.
+    pub fn is_empty(&self) -> bool {
+        self.domain_name_servers.is_empty() && self.domain_name.is_none() && self.ntp_servers.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -666,7 +706,7 @@ pub struct Heartbeat {
     /// The network namespace the agent manages (`--host-netns`; absent:
     /// the machine's own), where it makes `vm` instances' taps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(min = 1, max = 64), extend("pattern" = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"))]
     pub host_netns: Option<String>,
 }
 
@@ -765,6 +805,9 @@ pub struct CreateVpc {
     #[serde(default)]
     #[schemars(with = "Option<schema::ClientToken>")]
     pub client_token: Option<String>,
+    /// What DHCP gives the VPC's ENIs (none when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_options: Option<DhcpOptions>,
 }
 
 /// `PATCH /v1/vpcs/{id}` and `PATCH /v1/subnets/{id}`: a new name and/or
@@ -799,6 +842,10 @@ pub struct CreateSubnet {
     #[serde(default)]
     #[schemars(with = "Option<schema::ClientToken>")]
     pub client_token: Option<String>,
+    /// What DHCP gives the subnet's ENIs, replacing the VPC's set (the
+    /// VPC's applies when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_options: Option<DhcpOptions>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -17,7 +17,8 @@ use crate::external::{EXTERNAL_MAX_PREFIX, EXTERNAL_MIN_PREFIX, MAX_INTERFACE_NA
 use crate::ids::Kind;
 use crate::ipam::{MAX_PREFIX, VPC_MIN_PREFIX};
 use crate::validate::{
-    MAX_CLIENT_TOKEN_LEN, MAX_DESCRIPTION_LEN, MAX_NAME_LEN, MAX_TAGS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN,
+    MAX_CLIENT_TOKEN_LEN, MAX_DESCRIPTION_LEN, MAX_DNS_LABEL_LEN, MAX_DOMAIN_NAME_LEN, MAX_NAME_LEN, MAX_TAGS,
+    MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN,
 };
 
 /// The custom format of a CIDR block with no host bits set.
@@ -28,6 +29,15 @@ pub const FORMAT_IPV4_NETWORK: &str = "ipv4-network";
 /// tests), 1 to [`MAX_NAME_LEN`] of them.
 pub fn name_pattern() -> String {
     format!("^[^\\x00-\\x1F\\x7F-\\x9F]{{1,{MAX_NAME_LEN}}}$")
+}
+
+/// A regex for a domain name ([`crate::validate::check_domain_name`]):
+/// labels of 1 to [`MAX_DNS_LABEL_LEN`] letters, digits and `-`, not
+/// starting or ending with `-`, joined by dots, a final dot allowed. The
+/// total length is the schema's `maxLength`.
+pub fn domain_name_pattern() -> String {
+    let label = format!("[A-Za-z0-9]([A-Za-z0-9-]{{0,{}}}[A-Za-z0-9])?", MAX_DNS_LABEL_LEN - 2);
+    format!("^{label}(\\.{label})*\\.?$")
 }
 
 /// One decimal octet, 0–255, without leading zeros (as Rust's parser wants).
@@ -97,6 +107,18 @@ schema_type!(
         "type": "string",
         "maxLength": MAX_DESCRIPTION_LEN,
         "description": format!("at most {MAX_DESCRIPTION_LEN} characters"),
+    })
+);
+
+schema_type!(
+    /// A DHCP option set's domain name ([`crate::validate::check_domain_name`]).
+    DomainName,
+    json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_DOMAIN_NAME_LEN,
+        "pattern": domain_name_pattern(),
+        "description": format!("a DNS name: dot-separated labels of 1 to {MAX_DNS_LABEL_LEN} letters, digits or `-`, none starting or ending with `-`; at most {MAX_DOMAIN_NAME_LEN} characters; a final dot is allowed, not needed"),
     })
 );
 

@@ -798,6 +798,7 @@ mod tests {
                 vni: 7,
                 main_route_table_id: "rtb-1".into(),
                 default_security_group_id: "sg-default".into(),
+                dhcp_options: None,
             };
             let subnet = Subnet {
                 id: "subnet-1".into(),
@@ -811,6 +812,7 @@ mod tests {
                 gateway_ip: Ipv4Addr::new(10, 0, 1, 1),
                 available_ip_count: 0,
                 deleting: false,
+                dhcp_options: None,
             };
             let host = |id: &str, n: u8| Host {
                 id: id.into(),

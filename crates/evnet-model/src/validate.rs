@@ -1,4 +1,5 @@
-//! Validation of names, tags, security-group rules and routes, and
+//! Validation of names, tags, security-group rules, routes and DHCP
+//! option sets, and
 //! derivation of values from ids (MAC addresses). The limits here are also
 //! what [`crate::schema`] writes into `/openapi.json`; lengths count
 //! characters, as JSON Schema's `maxLength` does.
@@ -7,7 +8,7 @@ use ipnet::Ipv4Net;
 
 use crate::error::ModelError;
 use crate::ids::{id_bits, Kind};
-use crate::resources::{Protocol, Route, SgRule, Tags};
+use crate::resources::{DhcpOptions, Protocol, Route, SgRule, Tags};
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_TAGS: usize = 50;
@@ -24,6 +25,13 @@ pub const MAX_DESCRIPTION_LEN: usize = 255;
 /// ENIs per instance; device indexes run from 0 to this minus one.
 pub const MAX_ENIS_PER_INSTANCE: usize = 64;
 pub const MAX_DEVICE_INDEX: u32 = MAX_ENIS_PER_INSTANCE as u32 - 1;
+/// DNS servers, and NTP servers, in one DHCP option set.
+pub const MAX_DHCP_SERVERS: usize = 4;
+/// A domain name's length, its dots included (RFC 1035's 255 octets on the
+/// wire are 253 characters written out).
+pub const MAX_DOMAIN_NAME_LEN: usize = 253;
+/// One label of a domain name (RFC 1035).
+pub const MAX_DNS_LABEL_LEN: usize = 63;
 
 /// Names: 1–128 printable characters, no control characters.
 pub fn check_name(name: &str) -> Result<(), ModelError> {
@@ -105,6 +113,64 @@ pub fn check_client_token(token: &str) -> Result<(), ModelError> {
             "invalid_client_token",
             format!("client_token must be 1 to {MAX_CLIENT_TOKEN_LEN} characters"),
         ));
+    }
+    Ok(())
+}
+
+/// A domain name ([`crate::schema::DomainName`]): dot-separated labels of 1
+/// to [`MAX_DNS_LABEL_LEN`] letters, digits and `-`, none starting or
+/// ending with `-`; at most [`MAX_DOMAIN_NAME_LEN`] characters, a final dot
+/// allowed but not needed.
+pub fn check_domain_name(name: &str) -> Result<(), ModelError> {
+    let bad = |why: &str| {
+        Err(ModelError::invalid(
+            "invalid_dhcp_options",
+            format!("domain_name {name:?} {why}; give a DNS name such as `corp.example`"),
+        ))
+    };
+    if name.len() > MAX_DOMAIN_NAME_LEN {
+        return bad(&format!("is longer than {MAX_DOMAIN_NAME_LEN} characters"));
+    }
+    let labels = name.strip_suffix('.').unwrap_or(name);
+    for label in labels.split('.') {
+        if label.is_empty() || label.len() > MAX_DNS_LABEL_LEN {
+            return bad(&format!("has a label that is not 1 to {MAX_DNS_LABEL_LEN} characters"));
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return bad("has a character other than letters, digits, `-` and the dots between labels");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("has a label that starts or ends with `-`");
+        }
+    }
+    Ok(())
+}
+
+/// A DHCP option set: at most [`MAX_DHCP_SERVERS`] DNS servers and as many
+/// NTP servers, each a unicast address listed once, and a valid domain
+/// name ([`check_domain_name`]).
+pub fn check_dhcp_options(o: &DhcpOptions) -> Result<(), ModelError> {
+    for (what, servers) in [("domain_name_servers", &o.domain_name_servers), ("ntp_servers", &o.ntp_servers)] {
+        if servers.len() > MAX_DHCP_SERVERS {
+            return Err(ModelError::invalid(
+                "invalid_dhcp_options",
+                format!("{what} holds at most {MAX_DHCP_SERVERS} addresses, got {}", servers.len()),
+            ));
+        }
+        for (i, a) in servers.iter().enumerate() {
+            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
+                return Err(ModelError::invalid(
+                    "invalid_dhcp_options",
+                    format!("{what}: {a} is not a unicast address a client can reach; give the server's address"),
+                ));
+            }
+            if servers[..i].contains(a) {
+                return Err(ModelError::invalid("invalid_dhcp_options", format!("{what}: {a} is listed twice; list each server once")));
+            }
+        }
+    }
+    if let Some(d) = &o.domain_name {
+        check_domain_name(d)?;
     }
     Ok(())
 }
@@ -261,6 +327,49 @@ mod tests {
             "/proc/self/ns/net", "/proc/12/ns/mnt", "/etc/passwd", "/run/netns/-x",
         ] {
             assert_eq!(check_container_netns(bad).unwrap_err().code, "invalid_netns", "{bad}");
+        }
+    }
+
+    #[test]
+    fn domain_names() {
+        let label63 = "a".repeat(63);
+        for ok in ["corp.example", "corp.example.", "a", "x-1.b2.C3", label63.as_str(), "ec2.internal"] {
+            assert!(check_domain_name(ok).is_ok(), "{ok}");
+        }
+        let long = ["abcdefghi"; 26].join("."); // 259 characters
+        let label64 = "a".repeat(64);
+        for bad in ["", ".", "a..b", ".a", "-a.b", "a-.b", "a_b.c", "a b", "é.fr", "a.b..", label64.as_str(), long.as_str()] {
+            assert_eq!(check_domain_name(bad).unwrap_err().code, "invalid_dhcp_options", "{bad}");
+        }
+        // 253 characters is the most.
+        let max = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
+        assert_eq!(max.len(), MAX_DOMAIN_NAME_LEN);
+        assert!(check_domain_name(&max).is_ok());
+        assert!(check_domain_name(&format!("{max}e")).is_err());
+        // The schema's pattern takes the same names.
+        let re = regex_automata::meta::Regex::new(&crate::schema::domain_name_pattern()).unwrap();
+        for s in ["corp.example", "corp.example.", "a", "x-1.b2.C3", "-a", "a..b", "a_b", "", "."] {
+            assert_eq!(re.is_match(s), check_domain_name(s).is_ok(), "{s}");
+        }
+    }
+
+    #[test]
+    fn dhcp_option_sets() {
+        let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+        let ok = DhcpOptions { domain_name_servers: vec![ip("10.0.0.2"), ip("1.1.1.1")], domain_name: Some("corp.example".into()), ntp_servers: vec![ip("169.254.169.123")] };
+        assert!(check_dhcp_options(&ok).is_ok());
+        assert!(check_dhcp_options(&DhcpOptions::default()).is_ok());
+        let five = (1..=5).map(|i| ip(&format!("10.0.0.{i}"))).collect::<Vec<_>>();
+        for bad in [
+            DhcpOptions { domain_name_servers: five.clone(), ..ok.clone() },
+            DhcpOptions { ntp_servers: five, ..ok.clone() },
+            DhcpOptions { domain_name_servers: vec![ip("10.0.0.2"), ip("10.0.0.2")], ..ok.clone() },
+            DhcpOptions { ntp_servers: vec![ip("0.0.0.0")], ..ok.clone() },
+            DhcpOptions { domain_name_servers: vec![ip("224.0.0.1")], ..ok.clone() },
+            DhcpOptions { domain_name_servers: vec![ip("255.255.255.255")], ..ok.clone() },
+            DhcpOptions { domain_name: Some("bad_name".into()), ..ok.clone() },
+        ] {
+            assert_eq!(check_dhcp_options(&bad).unwrap_err().code, "invalid_dhcp_options", "{bad:?}");
         }
     }
 

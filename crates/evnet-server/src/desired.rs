@@ -100,7 +100,16 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
         peer_routes.sort_by(|a, b| (&a.peering_id, a.destination_cidr).cmp(&(&b.peering_id, b.destination_cidr)));
         peer_routes.dedup();
         let route_tables = route_tables_desired(snap, vpc_id, tables);
-        vpcs.push(VpcDesired { vpc_id: vpc_id.clone(), vni: v.value.vni, cidr_block: v.value.cidr_block, subnets, remote_enis, peer_routes, route_tables });
+        vpcs.push(VpcDesired {
+            vpc_id: vpc_id.clone(),
+            vni: v.value.vni,
+            cidr_block: v.value.cidr_block,
+            subnets,
+            remote_enis,
+            peer_routes,
+            route_tables,
+            dhcp_options: v.value.dhcp_options.clone(),
+        });
     }
     // VPCs actively peered with a local one and without ENIs here: where
     // their ENIs are.
@@ -257,12 +266,18 @@ pub(crate) fn active_peer_of(p: &Peering, vpc: &str) -> Option<String> {
     }
 }
 
-/// A subnet, with the route table it uses: the one it is associated
-/// with, else the VPC's main table.
+/// A subnet, with the route table it uses (the one it is associated
+/// with, else the VPC's main table) and its own DHCP option set.
 fn subnet_desired(s: &Subnet, vpc: &Vpc, tables: &[&RouteTable]) -> SubnetDesired {
     let route_table_id =
         tables.iter().find(|t| t.subnet_ids.contains(&s.id)).map(|t| t.id.clone()).unwrap_or_else(|| vpc.main_route_table_id.clone());
-    SubnetDesired { subnet_id: s.id.clone(), cidr_block: s.cidr_block, gateway_ip: s.gateway_ip, route_table_id }
+    SubnetDesired {
+        subnet_id: s.id.clone(),
+        cidr_block: s.cidr_block,
+        gateway_ip: s.gateway_ip,
+        route_table_id,
+        dhcp_options: s.dhcp_options.clone(),
+    }
 }
 
 /// A VPC's route tables as its data plane applies them: every route but
@@ -510,7 +525,16 @@ mod tests {
             peer_routes.sort_by(|a, b| (&a.peering_id, a.destination_cidr).cmp(&(&b.peering_id, b.destination_cidr)));
             peer_routes.dedup();
             let route_tables = route_tables_desired(snap, vpc_id, tables);
-            vpcs.push(VpcDesired { vpc_id: vpc_id.clone(), vni: v.value.vni, cidr_block: v.value.cidr_block, subnets, remote_enis, peer_routes, route_tables });
+            vpcs.push(VpcDesired {
+                vpc_id: vpc_id.clone(),
+                vni: v.value.vni,
+                cidr_block: v.value.cidr_block,
+                subnets,
+                remote_enis,
+                peer_routes,
+                route_tables,
+                dhcp_options: v.value.dhcp_options.clone(),
+            });
         }
         let peer_ids: BTreeSet<String> = snap
             .peerings
@@ -803,6 +827,52 @@ mod tests {
         assert!(compute(&w.snap, "h3").unwrap().nat_gateways.is_empty());
         assert!(matches!(compute(&w.snap, "h1").unwrap().vpcs[0].route_tables[0].routes[0].target, RouteTargetDesired::Blackhole { .. }));
         assert!(!w.snap.fanout.nats_by_host.contains_key("h3") && !w.snap.fanout.nats_by_vpc.contains_key("v1"));
+    }
+
+    #[test]
+    fn dhcp_option_sets_reach_the_hosts_of_their_vpc_and_a_subnets_set_wins() {
+        let mut w = World { snap: Snapshot::default(), rev: 0, hosts: ["h1", "h2", "h3"].map(String::from).to_vec() };
+        for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
+            w.put("hosts", h, host(h, &format!("198.18.0.{}", i + 1), 0));
+        }
+        w.put("vpcs", "v1", vpc("v1", "10.1.0.0/16", 1, "g1"));
+        w.put("vpcs", "v2", vpc("v2", "10.2.0.0/16", 2, "g2"));
+        w.put("subnets", "s1", subnet("s1", "v1", "10.1.1.0/24", "10.1.1.1"));
+        w.put("subnets", "s1b", subnet("s1b", "v1", "10.1.2.0/24", "10.1.2.1"));
+        w.put("subnets", "s2", subnet("s2", "v2", "10.2.1.0/24", "10.2.1.1"));
+        for (i, h) in [("i1", "h1"), ("i2", "h2"), ("i3", "h3")] {
+            w.put("instances", i, instance(i, h));
+        }
+        w.put("enis", "e1", eni("e1", "v1", "s1", "10.1.1.10", &[], Some(("i1", "h1", 0))));
+        w.put("enis", "e2", eni("e2", "v1", "s1b", "10.1.2.10", &[], Some(("i2", "h2", 0))));
+        w.put("enis", "e3", eni("e3", "v2", "s2", "10.2.1.10", &[], Some(("i3", "h3", 0))));
+        let vpc_set = json!({"domain_name_servers": ["10.1.0.2", "1.1.1.1"], "domain_name": "corp.example", "ntp_servers": ["10.1.0.3"]});
+        let subnet_set = json!({"domain_name_servers": ["10.1.1.53"], "domain_name": "web.corp.example"});
+        let options = |w: &World, h: &str, subnet: &str| {
+            let d = compute(&w.snap, h).unwrap();
+            let v = d.vpcs.iter().find(|v| v.subnets.iter().any(|s| s.subnet_id == subnet)).unwrap();
+            v.dhcp_options_for(subnet).and_then(|o| o.domain_name.clone())
+        };
+        // The VPC's set: the hosts of v1, not v2's.
+        assert_eq!(w.put("vpcs", "v1", with(vpc("v1", "10.1.0.0/16", 1, "g1"), json!({"dhcp_options": vpc_set}))), set(&["h1", "h2"]));
+        assert_eq!(options(&w, "h1", "s1").as_deref(), Some("corp.example"));
+        assert_eq!(options(&w, "h2", "s1b").as_deref(), Some("corp.example"));
+        assert_eq!(options(&w, "h3", "s2"), None);
+        let h1 = compute(&w.snap, "h1").unwrap();
+        assert_eq!(h1.vpcs[0].dhcp_options.as_ref().unwrap().ntp_servers, vec![std::net::Ipv4Addr::new(10, 1, 0, 3)]);
+        // A subnet's set: every host of its VPC; it wins for its ENIs only, as a whole.
+        let with_set = with(subnet("s1", "v1", "10.1.1.0/24", "10.1.1.1"), json!({"dhcp_options": subnet_set}));
+        assert_eq!(w.put("subnets", "s1", with_set), set(&["h1", "h2"]));
+        assert_eq!(options(&w, "h1", "s1").as_deref(), Some("web.corp.example"));
+        assert!(compute(&w.snap, "h1").unwrap().vpcs[0].dhcp_options_for("s1").unwrap().ntp_servers.is_empty(), "not merged with the VPC's");
+        assert_eq!(options(&w, "h2", "s1b").as_deref(), Some("corp.example"));
+        // The VPC's set cleared: the subnet's still wins; the other subnet has none.
+        assert_eq!(w.put("vpcs", "v1", vpc("v1", "10.1.0.0/16", 1, "g1")), set(&["h1", "h2"]));
+        assert_eq!(options(&w, "h1", "s1").as_deref(), Some("web.corp.example"));
+        assert_eq!(options(&w, "h2", "s1b"), None);
+        // And the subnet's: nothing.
+        assert_eq!(w.put("subnets", "s1", subnet("s1", "v1", "10.1.1.0/24", "10.1.1.1")), set(&["h1", "h2"]));
+        assert_eq!(options(&w, "h1", "s1"), None);
     }
 
     #[test]

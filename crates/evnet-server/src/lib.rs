@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use evnet_store::Store;
 
@@ -73,8 +73,10 @@ pub fn app(state: AppState) -> Router {
         .route("/audit", get(infra::audit))
         .route("/vpcs", post(network::create_vpc).get(network::list_vpcs))
         .route("/vpcs/{id}", get(network::get_vpc).patch(network::patch_vpc).delete(network::delete_vpc))
+        .route("/vpcs/{id}/dhcp-options", put(network::put_vpc_dhcp_options).delete(network::delete_vpc_dhcp_options))
         .route("/subnets", post(network::create_subnet).get(network::list_subnets))
         .route("/subnets/{id}", get(network::get_subnet).patch(network::patch_subnet).delete(network::delete_subnet))
+        .route("/subnets/{id}/dhcp-options", put(network::put_subnet_dhcp_options).delete(network::delete_subnet_dhcp_options))
         .route("/security-groups", post(network::create_sg).get(network::list_sgs))
         .route("/security-groups/{id}", get(network::get_sg).patch(network::patch_sg).delete(network::delete_sg))
         .route("/route-tables", post(network::create_rtb).get(network::list_rtbs))

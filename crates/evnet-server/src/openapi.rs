@@ -77,6 +77,7 @@ pub const ERRORS: &[(&str, u16, &str)] = &[
     ("invalid_description", 422, "the description breaks the `Description` schema"),
     ("invalid_client_token", 422, "the client token breaks the `ClientToken` schema"),
     ("invalid_bandwidth", 422, "a rate is out of its range, `guaranteed_mbps` exceeds `limit_mbps`, or the limit exceeds the NIC of the ENI's host"),
+    ("invalid_dhcp_options", 422, "a DHCP option set breaks the `DhcpOptions` schema: more than 4 DNS or NTP servers, a server listed twice or not a unicast address (0.0.0.0, 255.255.255.255 and multicast are not), or a domain name that is not a DNS name"),
     ("invalid_trace", 422, "`all` is not a packet's protocol, or `tcp`/`udp` without a `port`"),
     ("invalid_cidr", 422, "the block is not an IPv4 CIDR block written by its network address, or its prefix is out of range"),
     ("subnet_not_in_vpc", 422, "the subnet's block is not inside the VPC's"),
@@ -87,7 +88,7 @@ pub const ERRORS: &[(&str, u16, &str)] = &[
     ("invalid_peering", 422, "a VPC cannot peer with itself"),
     ("peering_cidr_overlap", 422, "peered VPCs need disjoint blocks"),
     ("invalid_request", 422, "an ENI is listed twice, or more ENIs than an instance takes"),
-    ("invalid_netns", 422, "a `container` instance without `netns` or `host_id`, a `netns` outside `/run/netns/NAME` and `/proc/PID/ns/net` or named as evnet names its own, or `netns` given for kind `netns`"),
+    ("invalid_netns", 422, "a `container` instance without `netns` or `host_id`, a `netns` outside `/run/netns/NAME` and `/proc/PID/ns/net` or named as evnet names its own, `netns` given for kind `netns` or `vm`, or a heartbeat's `host_netns` that is not a name under `/run/netns`"),
     ("netns_in_use", 409, "another instance on the host holds this namespace"),
     ("invalid_secondary_ips", 422, "more secondary addresses than an ENI takes, or an address asked for twice"),
     ("invalid_security_groups", 422, "more groups than an ENI takes, none, or a group of another VPC"),
@@ -217,7 +218,7 @@ pub const OPS: &[Op] = &[
         .errors(&["forbidden", "invalid_labels", "invalid_bandwidth", "invalid_underlay_ip", "underlay_ip_taken", "insufficient_bandwidth", "revision_mismatch"]),
     op("delete", "/v1/hosts/{id}", "Delete a host without instances or NAT gateways (admin)", None, None, 204, false).errors(&["forbidden", "dependency_violation"]),
     op("post", "/v1/hosts/{id}/heartbeat", "Report liveness and the applied generation, at most the current desired one (the host's credential)", Some("Heartbeat"), Some("Host"), 200, false)
-        .errors(&["forbidden", "generation_not_issued", "too_many_failures", "invalid_failure"]),
+        .errors(&["forbidden", "generation_not_issued", "too_many_failures", "invalid_failure", "invalid_netns"]),
     op("get", "/v1/hosts/{id}/desired", "The host's desired state; with ?since=G a long poll until the generation passes G (the host's credential)", None, Some("HostDesired"), 200, false)
         .errors(&["forbidden"]),
     op("post", "/v1/hosts/{id}/bandwidth", "Report the host's ENIs' measured rate, demand and allocation (the host's credential); answers the controller's caps", Some("HostBandwidthReport"), Some("HostBandwidthCaps"), 200, false)
@@ -233,18 +234,24 @@ pub const OPS: &[Op] = &[
     op("get", "/v1/bandwidth-stats", "Rates, demand and allocations of the caller's attached ENIs and their hosts (what `evnet top` shows)", None, Some("BandwidthStats"), 200, false),
     op("post", "/v1/vpcs", "Create a VPC (with its main route table and default group)", Some("CreateVpc"), Some("Vpc"), 201, false)
         .create()
-        .errors(&["invalid_cidr", "vni_exhausted"]),
+        .errors(&["invalid_cidr", "vni_exhausted", "invalid_dhcp_options"]),
     op("get", "/v1/vpcs", "List VPCs", None, Some("Vpc"), 200, true),
     op("get", "/v1/vpcs/{id}", "Get a VPC", None, Some("Vpc"), 200, false),
     op("patch", "/v1/vpcs/{id}", "Rename or retag a VPC", Some("PatchNameTags"), Some("Vpc"), 200, false).errors(NAME_TAGS),
     op("delete", "/v1/vpcs/{id}", "Delete an empty VPC", None, None, 204, false).errors(&["dependency_violation"]),
+    op("put", "/v1/vpcs/{id}/dhcp-options", "Set the VPC's DHCP option set (DNS servers, domain name, NTP servers), which its ENIs' DHCP answers carry unless their subnet has a set of its own; answers the VPC", Some("DhcpOptions"), Some("Vpc"), 200, false)
+        .errors(&["invalid_dhcp_options"]),
+    op("delete", "/v1/vpcs/{id}/dhcp-options", "Clear the VPC's DHCP option set; answers the VPC", None, Some("Vpc"), 200, false),
     op("post", "/v1/subnets", "Create a subnet", Some("CreateSubnet"), Some("Subnet"), 201, false)
         .create()
-        .errors(&["not_found", "invalid_cidr", "subnet_not_in_vpc", "subnet_overlap"]),
+        .errors(&["not_found", "invalid_cidr", "subnet_not_in_vpc", "subnet_overlap", "invalid_dhcp_options"]),
     op("get", "/v1/subnets", "List subnets (?vpc_id=)", None, Some("Subnet"), 200, true),
     op("get", "/v1/subnets/{id}", "Get a subnet", None, Some("Subnet"), 200, false),
     op("patch", "/v1/subnets/{id}", "Rename or retag a subnet", Some("PatchNameTags"), Some("Subnet"), 200, false).errors(NAME_TAGS),
     op("delete", "/v1/subnets/{id}", "Delete a subnet without ENIs", None, None, 204, false).errors(&["dependency_violation"]),
+    op("put", "/v1/subnets/{id}/dhcp-options", "Set the subnet's DHCP option set, which its ENIs' DHCP answers carry instead of the VPC's (the whole set: nothing of the VPC's is merged in); answers the subnet", Some("DhcpOptions"), Some("Subnet"), 200, false)
+        .errors(&["invalid_dhcp_options"]),
+    op("delete", "/v1/subnets/{id}/dhcp-options", "Clear the subnet's DHCP option set: its ENIs get the VPC's again; answers the subnet", None, Some("Subnet"), 200, false),
     op("post", "/v1/security-groups", "Create a security group", Some("CreateSecurityGroup"), Some("SecurityGroup"), 201, false)
         .create()
         .errors(&["not_found", "invalid_description", "invalid_rule", "name_taken"]),
@@ -366,7 +373,7 @@ fn schemas() -> Map<String, Value> {
         HostBandwidthCaps, EniStats, BandwidthStats, TraceRequest, Trace, ClusterStatus, ServerSelf, CreateBootstrapToken, BootstrapToken,
         RegisteredHost, PatchHost, Quotas, SetQuotas, AuditPage, DetachEni, ExternalNetwork, CreateExternalNetwork, InternetGateway,
         CreateInternetGateway, ElasticIp, AllocateElasticIp, AssociateElasticIp, DisassociateElasticIp, NatGateway, CreateNatGateway,
-        evnet_model::schema::Name
+        DhcpOptions, evnet_model::schema::Name
     );
     let mut defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     for v in defs.values_mut() {

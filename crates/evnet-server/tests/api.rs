@@ -797,7 +797,8 @@ async fn container_instances_take_the_runtimes_namespace() {
         (json!({"kind": "container", "netns": "/etc/passwd", "host_id": h}), 422, "invalid_netns"),
         (json!({"kind": "container", "netns": "/run/netns/../x", "host_id": h}), 422, "invalid_netns"),
         (json!({"netns": "/run/netns/mine", "host_id": h}), 422, "invalid_netns"),
-        (json!({"kind": "vm", "host_id": h}), 400, "invalid_body"),
+        (json!({"kind": "vm", "netns": "/run/netns/mine", "host_id": h}), 422, "invalid_netns"),
+        (json!({"kind": "netns", "tap_uid": 1000, "host_id": h}), 422, "invalid_request"),
     ] {
         let (s, v) = t.call("POST", "/v1/instances", Some(&a), Some(body.clone())).await;
         assert_eq!((s.as_u16(), code(&v)), (status, want), "{body}: {v}");
@@ -808,4 +809,84 @@ async fn container_instances_take_the_runtimes_namespace() {
     let (s, _) = t.call("DELETE", &format!("/v1/instances/{}", i["id"].as_str().unwrap()), Some(&a), None).await;
     assert_eq!(s.as_u16(), 204);
     t.ok("POST", "/v1/instances", &a, json!({"kind": "container", "netns": path, "host_id": h})).await;
+}
+
+#[tokio::test]
+async fn dhcp_option_sets_on_vpcs_and_subnets() {
+    let t = T::new().await;
+    let a = t.tenant("a").await;
+    let b = t.tenant("b").await;
+    let (h, agent) = t.host("h1", "198.18.0.1", 1000).await;
+    let set = json!({"domain_name_servers": ["10.0.0.2", "1.1.1.1"], "domain_name": "corp.example", "ntp_servers": ["10.0.0.3"]});
+    // Given at create.
+    let vpc = t.ok("POST", "/v1/vpcs", &a, json!({"cidr_block": "10.0.0.0/16", "dhcp_options": set})).await;
+    assert_eq!(vpc["dhcp_options"], set);
+    let vpc_id = vpc["id"].as_str().unwrap().to_string();
+    let subnet = t.ok("POST", "/v1/subnets", &a, json!({"vpc_id": vpc_id, "cidr_block": "10.0.1.0/24"})).await;
+    assert!(subnet.get("dhcp_options").is_none(), "a subnet without a set shows none: {subnet}");
+    let subnet_id = subnet["id"].as_str().unwrap().to_string();
+    let (vpc_path, subnet_path) = (format!("/v1/vpcs/{vpc_id}/dhcp-options"), format!("/v1/subnets/{subnet_id}/dhcp-options"));
+
+    // Refused before anything is written, with a stable code.
+    let before = t.get(&format!("/v1/vpcs/{vpc_id}"), &a).await.1["revision"].clone();
+    for bad in [
+        json!({"domain_name_servers": ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"]}),
+        json!({"ntp_servers": ["10.0.0.1", "10.0.0.1"]}),
+        json!({"domain_name_servers": ["0.0.0.0"]}),
+        json!({"domain_name_servers": ["239.1.1.1"]}),
+        json!({"domain_name": "-corp.example"}),
+        json!({"domain_name": "corp..example"}),
+        json!({"domain_name": format!("{}.example", "a".repeat(64))}),
+    ] {
+        let (s, v) = t.call("PUT", &vpc_path, Some(&a), Some(bad.clone())).await;
+        assert_eq!((s.as_u16(), code(&v)), (422, "invalid_dhcp_options"), "{bad}");
+        let (s, v) = t.call("POST", "/v1/subnets", Some(&a), Some(json!({"vpc_id": vpc_id, "cidr_block": "10.0.9.0/24", "dhcp_options": bad}))).await;
+        assert_eq!((s.as_u16(), code(&v)), (422, "invalid_dhcp_options"));
+    }
+    let (s, v) = t.call("PUT", &vpc_path, Some(&a), Some(json!({"dns": ["10.0.0.2"]}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (400, "invalid_body"));
+    assert_eq!(t.get(&format!("/v1/vpcs/{vpc_id}"), &a).await.1["revision"], before, "nothing was written");
+
+    // Another tenant's VPC or subnet: 404, nothing changes.
+    for (m, p) in [("PUT", &vpc_path), ("DELETE", &vpc_path), ("PUT", &subnet_path), ("DELETE", &subnet_path)] {
+        let (s, v) = t.call(m, p, Some(&b), Some(json!({"domain_name": "evil.example"}))).await;
+        assert_eq!((s.as_u16(), code(&v)), (404, "not_found"), "{m} {p}");
+    }
+    assert_eq!(t.get(&format!("/v1/vpcs/{vpc_id}"), &a).await.1["revision"], before);
+
+    // Put a subnet's set: answered with the subnet, read back, in the host's desired state.
+    let e = t.ok("POST", "/v1/enis", &a, json!({"subnet_id": subnet_id})).await;
+    t.ok("POST", "/v1/instances", &a, json!({"host_id": h, "eni_ids": [e["id"]]})).await;
+    let s1 = t.ok("PUT", &subnet_path, &a, json!({"domain_name_servers": ["10.0.1.53"], "domain_name": "web.corp.example."})).await;
+    // Both lists are always written, empty or not.
+    let subnet_set = json!({"domain_name_servers": ["10.0.1.53"], "domain_name": "web.corp.example.", "ntp_servers": []});
+    assert_eq!((s1["id"].as_str(), &s1["dhcp_options"]), (Some(subnet_id.as_str()), &subnet_set));
+    assert_eq!(s1["available_ip_count"], 250, "the subnet's view");
+    assert_eq!(t.get(&format!("/v1/subnets/{subnet_id}"), &a).await.1["dhcp_options"], subnet_set);
+    let d = t.get(&format!("/v1/hosts/{h}/desired"), &agent).await.1;
+    assert_eq!(d["vpcs"][0]["dhcp_options"], set);
+    assert_eq!(d["vpcs"][0]["subnets"][0]["dhcp_options"], subnet_set);
+
+    // Replaced as a whole; an empty set is a set (it gives nothing).
+    let v1 = t.ok("PUT", &vpc_path, &a, json!({"domain_name": "other.example"})).await;
+    assert_eq!(v1["dhcp_options"], json!({"domain_name": "other.example", "domain_name_servers": [], "ntp_servers": []}));
+    assert!(v1["revision"].as_u64() > before.as_u64());
+    let s2 = t.ok("PUT", &subnet_path, &a, json!({})).await;
+    assert_eq!(s2["dhcp_options"], json!({"domain_name_servers": [], "ntp_servers": []}));
+
+    // Cleared: answered with the resource, without a set.
+    let (s, v) = t.call("DELETE", &subnet_path, Some(&a), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v.get("dhcp_options").is_none() && v["id"] == subnet_id, "{v}");
+    let (s, v) = t.call("DELETE", &vpc_path, Some(&a), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v.get("dhcp_options").is_none() && v["id"] == vpc_id, "{v}");
+    // Clearing again is no error.
+    let (s, _) = t.call("DELETE", &vpc_path, Some(&a), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let d = t.get(&format!("/v1/hosts/{h}/desired"), &agent).await.1;
+    assert!(d["vpcs"][0].get("dhcp_options").is_none() && d["vpcs"][0]["subnets"][0].get("dhcp_options").is_none(), "{d}");
+    // An unknown id: 404.
+    let (s, v) = t.call("PUT", "/v1/vpcs/vpc-0000000000000000/dhcp-options", Some(&a), Some(json!({}))).await;
+    assert_eq!((s.as_u16(), code(&v)), (404, "not_found"));
 }

@@ -8,10 +8,18 @@
 //! tries; with the MAC restored, the instance works again, and after
 //! `kill -9` of its agent and a restart, it gets its lease again.
 //!
+//! DHCP option sets: eth0's VPC is created with one, so its lease carries
+//! the VPC's DNS servers, domain and NTP server (what `udhcpc` hands its
+//! script as `$dns`, `$domain` and `$ntpsrv`), and eth1's, in a VPC
+//! without a set, none; after `evnet subnet dhcp-options set` on eth0's
+//! subnet (and host-1 applying it), a new lease carries the subnet's set
+//! alone, and after `evnet subnet dhcp-options clear` the VPC's again.
+//!
 //! Fails (never skips) without root when CI=true.
 
 use std::collections::BTreeMap;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use evnet_model::*;
 
@@ -23,6 +31,19 @@ fn in_ns(ns: &str, cmd: &str) -> String {
     let out = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().unwrap();
     assert!(out.status.success(), "{cmd} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits (at most 30 s) until every host applied the desired generation
+/// it has now.
+async fn wait_applied(lab: &TestLab) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (name, id) in &lab.hosts {
+        let want = lab.admin.desired_state(id, None, None).await.unwrap().generation;
+        while lab.admin.get_host(id).await.unwrap().applied_generation < want {
+            assert!(Instant::now() < deadline, "{name} never applied generation {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Runs `udhcpc` once on `dev` of `ns` (3 discovers a second apart) with a
@@ -66,7 +87,13 @@ async fn an_instance_gets_its_enis_lease_by_dhcp_and_a_forged_mac_gets_nothing()
     }
     let lab = TestLab::bpf(2).await;
     let c = &lab.tenant;
-    let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.8.0.0/16".into(), ..Default::default() }).await.unwrap();
+    // The VPC's DHCP option set, given at its create.
+    let vpc_set = DhcpOptions {
+        domain_name_servers: vec!["10.8.0.2".parse().unwrap(), "192.0.2.53".parse().unwrap()],
+        domain_name: Some("corp.example".into()),
+        ntp_servers: vec!["10.8.0.3".parse().unwrap()],
+    };
+    let vpc = c.create_vpc(&CreateVpc { cidr_block: "10.8.0.0/16".into(), dhcp_options: Some(vpc_set), ..Default::default() }).await.unwrap();
     let subnet = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.8.1.0/24".into(), ..Default::default() }).await.unwrap();
     let g = c.get_security_group(&vpc.default_security_group_id).await.unwrap();
     let mut ingress = g.ingress.clone();
@@ -110,6 +137,10 @@ async fn an_instance_gets_its_enis_lease_by_dhcp_and_a_forged_mac_gets_nothing()
         ("serverid", gw.clone()),
         ("mtu", "1450".into()),
         ("lease", "86400".into()),
+        // The VPC's option set.
+        ("dns", "10.8.0.2 192.0.2.53".into()),
+        ("domain", "corp.example".into()),
+        ("ntpsrv", "10.8.0.3".into()),
     ];
     for (k, v) in want {
         assert_eq!(lease.get(k), Some(&v), "{k} in the lease {lease:?}");
@@ -124,6 +155,28 @@ async fn an_instance_gets_its_enis_lease_by_dhcp_and_a_forged_mac_gets_nothing()
     assert_eq!(lease.get("ip"), Some(&eni_a2.private_ip.to_string()), "{lease:?}");
     assert_eq!(lease.get("router"), None, "{lease:?}");
     assert_eq!(lease.get("staticroutes"), Some(&format!("10.9.0.0/16 {}", subnet2.gateway_ip)), "{lease:?}");
+    // Its VPC has no option set: none of these options.
+    for k in ["dns", "domain", "ntpsrv"] {
+        assert_eq!(lease.get(k), None, "{k} in eth1's lease {lease:?}");
+    }
+
+    // The subnet's own set, through the CLI: once host-1 applied it, a new
+    // lease carries that set alone (nothing of the VPC's is merged in).
+    let url = lab.state["url"].as_str().unwrap().to_string();
+    let token = lab.state["tenant_token"].as_str().unwrap().to_string();
+    let cli = |args: &[&str]| common::evnet(&[&["--url", url.as_str(), "--token", token.as_str()][..], args].concat());
+    let shown = cli(&["subnet", "dhcp-options", "set", &subnet.id, "--dns", "10.8.1.53", "--domain", "web.corp.example"]);
+    assert!(shown.contains("web.corp.example"), "{shown}");
+    wait_applied(&lab).await;
+    let lease = udhcpc(&a, "eth0", dir.path()).expect("udhcpc got a lease with the subnet's option set");
+    assert_eq!(lease.get("ip"), Some(&eni_a.private_ip.to_string()), "{lease:?}");
+    assert_eq!((lease.get("dns").map(String::as_str), lease.get("domain").map(String::as_str)), (Some("10.8.1.53"), Some("web.corp.example")), "{lease:?}");
+    assert_eq!(lease.get("ntpsrv"), None, "the VPC's NTP server is not merged in: {lease:?}");
+    // Cleared: the VPC's set again.
+    cli(&["subnet", "dhcp-options", "clear", &subnet.id]);
+    wait_applied(&lab).await;
+    let lease = udhcpc(&a, "eth0", dir.path()).expect("udhcpc got a lease after the subnet's set was cleared");
+    assert_eq!((lease.get("dns").map(String::as_str), lease.get("domain").map(String::as_str)), (Some("10.8.0.2 192.0.2.53"), Some("corp.example")), "{lease:?}");
 
     // Another MAC on eth0: the agent answers nothing.
     let mac = in_ns(&a, "cat /sys/class/net/eth0/address").trim().to_string();

@@ -154,11 +154,13 @@ impl Cloud {
                             cidr_block: *sn,
                             gateway_ip: gateway(*sn),
                             route_table_id: String::new(),
+                            dhcp_options: None,
                         })
                         .collect(),
                     remote_enis,
                     peer_routes: vec![],
                     route_tables: vec![],
+                    dhcp_options: None,
                 }
             })
             .collect();

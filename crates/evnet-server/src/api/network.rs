@@ -4,7 +4,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use evnet_model::ipam::{check_subnet_cidr, check_vpc_cidr, gateway, parse_cidr};
-use evnet_model::validate::{check_description, check_name, check_route_list, check_routes, check_sg_rules, check_tags};
+use evnet_model::validate::{
+    check_description, check_dhcp_options, check_name, check_route_list, check_routes, check_sg_rules, check_tags,
+};
 use evnet_model::*;
 use evnet_store::Txn;
 
@@ -36,6 +38,7 @@ pub async fn create_vpc(State(st): State<AppState>, caller: Caller, Body(req): B
     let cidr = parse_cidr(&req.cidr_block)?;
     check_vpc_cidr(cidr)?;
     check_tags(&req.tags)?;
+    req.dhcp_options.as_ref().map(check_dhcp_options).transpose()?;
     let idem = Idempotency::new(&tenant, Kind::Vpc, req.client_token.as_deref(), &req)?;
     let id = new_id(Kind::Vpc);
     let name = name_or(&id, &req.name)?;
@@ -62,6 +65,7 @@ pub async fn create_vpc(State(st): State<AppState>, caller: Caller, Body(req): B
             vni,
             main_route_table_id: rtb_id.clone(),
             default_security_group_id: sg_id.clone(),
+            dhcp_options: req.dhcp_options.clone(),
         };
         let rtb = RouteTable {
             id: rtb_id.clone(),
@@ -143,6 +147,35 @@ pub async fn patch_vpc(
     Ok(Json(read_back(&st.cache.read().vpcs, &id)?))
 }
 
+/// `PUT /v1/vpcs/{id}/dhcp-options`: the VPC's DHCP option set becomes
+/// `req` (for the ENIs of its subnets without a set of their own).
+pub async fn put_vpc_dhcp_options(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<DhcpOptions>,
+) -> ApiResult<Json<Vpc>> {
+    check_dhcp_options(&req)?;
+    set_vpc_dhcp_options(&st, &caller, &id, Some(req)).await
+}
+
+/// `DELETE /v1/vpcs/{id}/dhcp-options`: the VPC has no option set.
+pub async fn delete_vpc_dhcp_options(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Vpc>> {
+    set_vpc_dhcp_options(&st, &caller, &id, None).await
+}
+
+async fn set_vpc_dhcp_options(st: &AppState, caller: &Caller, id: &str, options: Option<DhcpOptions>) -> ApiResult<Json<Vpc>> {
+    commit(st, |snap| {
+        let e = visible(&snap.vpcs, Kind::Vpc, id, caller)?;
+        let mut v = arc_clone(&e.value);
+        v.dhcp_options = options.clone();
+        let k = keys::resource(Kind::Vpc, id);
+        Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &v)] }, ()))
+    })
+    .await?;
+    Ok(Json(read_back(&st.cache.read().vpcs, id)?))
+}
+
 pub async fn delete_vpc(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     commit(&st, |snap| {
         let e = visible(&snap.vpcs, Kind::Vpc, &id, &caller)?;
@@ -197,6 +230,7 @@ pub async fn create_subnet(
     let cidr = parse_cidr(&req.cidr_block)?;
     evnet_model::ipam::check_subnet_prefix(cidr)?;
     check_tags(&req.tags)?;
+    req.dhcp_options.as_ref().map(check_dhcp_options).transpose()?;
     let idem = Idempotency::new(&tenant, Kind::Subnet, req.client_token.as_deref(), &req)?;
     let id = new_id(Kind::Subnet);
     let name = name_or(&id, &req.name)?;
@@ -221,6 +255,7 @@ pub async fn create_subnet(
             gateway_ip: gateway(cidr),
             available_ip_count: 0,
             deleting: false,
+            dhcp_options: req.dhcp_options.clone(),
         };
         let mut txn = Txn { compares: vec![], ops: vec![put(keys::resource(Kind::Subnet, &id), &subnet)] };
         touch_vpc(snap, &req.vpc_id, &mut txn)?;
@@ -268,6 +303,41 @@ pub async fn patch_subnet(
     .await?;
     let snap = st.cache.read();
     Ok(Json(subnet_view(&snap, &read_back(&snap.subnets, &id)?)))
+}
+
+/// `PUT /v1/subnets/{id}/dhcp-options`: the subnet's DHCP option set
+/// becomes `req`, which its ENIs get instead of the VPC's.
+pub async fn put_subnet_dhcp_options(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<DhcpOptions>,
+) -> ApiResult<Json<Subnet>> {
+    check_dhcp_options(&req)?;
+    set_subnet_dhcp_options(&st, &caller, &id, Some(req)).await
+}
+
+/// `DELETE /v1/subnets/{id}/dhcp-options`: the subnet has no option set
+/// of its own; its ENIs get the VPC's.
+pub async fn delete_subnet_dhcp_options(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Subnet>> {
+    set_subnet_dhcp_options(&st, &caller, &id, None).await
+}
+
+async fn set_subnet_dhcp_options(st: &AppState, caller: &Caller, id: &str, options: Option<DhcpOptions>) -> ApiResult<Json<Subnet>> {
+    commit(st, |snap| {
+        let e = visible(&snap.subnets, Kind::Subnet, id, caller)?;
+        let mut v = arc_clone(&e.value);
+        v.dhcp_options = options.clone();
+        let k = keys::resource(Kind::Subnet, id);
+        Ok(Plan::Write(Txn { compares: vec![cmp(k.clone(), e.mod_revision)], ops: vec![put(k, &v)] }, ()))
+    })
+    .await?;
+    let snap = st.cache.read();
+    Ok(Json(subnet_view(&snap, &read_back(&snap.subnets, id)?)))
 }
 
 /// Two steps, so an ENI create racing the delete cannot leave an ENI in a

@@ -42,7 +42,7 @@ pub async fn create_vpc(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
         }
     let tags = ctx.p.tag_specs("vpc")?;
     check_user_tags(&tags)?;
-    let req = CreateVpc { cidr_block: cidr, name: name_from_tags(&tags), tags, client_token: None };
+    let req = CreateVpc { cidr_block: cidr, name: name_from_tags(&tags), tags, client_token: None, dhcp_options: None };
     let (_, axum::Json(v)) = network::create_vpc(state(ctx), ctx.caller.clone(), Body(req)).await?;
     Ok(vec![branch("vpc", render::vpc(&v))])
 }
@@ -135,7 +135,7 @@ pub async fn create_subnet(ctx: &Ctx) -> Ec2Result<Vec<Node>> {
     let cidr = ctx.p.req("CidrBlock")?.to_string();
     let tags = ctx.p.tag_specs("subnet")?;
     check_user_tags(&tags)?;
-    let req = CreateSubnet { vpc_id, cidr_block: cidr, name: name_from_tags(&tags), tags, client_token: None };
+    let req = CreateSubnet { vpc_id, cidr_block: cidr, name: name_from_tags(&tags), tags, client_token: None, dhcp_options: None };
     let (_, axum::Json(s)) = network::create_subnet(state(ctx), ctx.caller.clone(), Body(req)).await?;
     Ok(vec![branch("subnet", render::subnet(&s))])
 }

@@ -1,8 +1,11 @@
-//! `evnet vpc …`, `evnet subnet …` and `evnet peering …`.
+//! `evnet vpc …` (with `vpc dhcp-options …`), `evnet subnet …` (with
+//! `subnet dhcp-options …`) and `evnet peering …`.
+
+use std::net::Ipv4Addr;
 
 use evnet_client::{Client, NameFilter, PatchNameTags, VpcScopedFilter};
 use evnet_model::ids::Kind;
-use evnet_model::{CreatePeering, CreateSubnet, CreateVpc};
+use evnet_model::{CreatePeering, CreateSubnet, CreateVpc, DhcpOptions};
 
 use super::render::{print_deleted, print_list, print_one};
 use super::{OutputFormat, parse_tag, resolve, tags_of};
@@ -55,6 +58,80 @@ pub enum VpcCommand {
         /// The VPC, by id or name.
         vpc: String,
     },
+    /// The VPC's DHCP option set: the DNS servers, domain name and NTP
+    /// servers its ENIs' DHCP answers carry, unless their subnet has a set
+    /// of its own (`evnet vpc get` shows it).
+    #[command(subcommand, name = "dhcp-options")]
+    DhcpOptions(VpcDhcpOptionsCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum VpcDhcpOptionsCommand {
+    /// Set the VPC's DHCP option set, replacing the one it had; clients get it when they next renew or ask.
+    #[command(
+        after_help = "Examples:\n  evnet vpc dhcp-options set prod --dns 10.0.0.2 --dns 1.1.1.1 --domain corp.example\n  evnet vpc dhcp-options set prod --dns 10.0.0.2 --ntp 10.0.0.3 -o json"
+    )]
+    Set {
+        /// The VPC, by id or name.
+        vpc: String,
+        #[command(flatten)]
+        options: DhcpOptionsArgs,
+    },
+    /// Clear the VPC's DHCP option set: its ENIs' answers carry no DNS servers, domain or NTP servers (but a subnet's own set).
+    #[command(after_help = "Examples:\n  evnet vpc dhcp-options clear prod")]
+    Clear {
+        /// The VPC, by id or name.
+        vpc: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SubnetDhcpOptionsCommand {
+    /// Set the subnet's DHCP option set, which its ENIs get instead of the VPC's (the whole set: nothing of the VPC's is merged in).
+    #[command(
+        after_help = "Examples:\n  evnet subnet dhcp-options set web --dns 10.0.1.53 --domain web.corp.example\n  evnet subnet dhcp-options set subnet-1a2b3c4d5e6f7a8b --ntp 10.0.0.3"
+    )]
+    Set {
+        /// The subnet, by id or name.
+        subnet: String,
+        #[command(flatten)]
+        options: DhcpOptionsArgs,
+    },
+    /// Clear the subnet's DHCP option set: its ENIs get the VPC's again.
+    #[command(after_help = "Examples:\n  evnet subnet dhcp-options clear web")]
+    Clear {
+        /// The subnet, by id or name.
+        subnet: String,
+    },
+}
+
+/// What `dhcp-options set` gives; options left out are not in the set.
+#[derive(clap::Args, Debug)]
+pub struct DhcpOptionsArgs {
+    /// A DNS server (DHCP option 6), repeatable up to 4, in the order clients should try them.
+    #[arg(long = "dns", value_name = "IP")]
+    pub dns: Vec<Ipv4Addr>,
+    /// The domain name clients search (DHCP option 15), such as corp.example.
+    #[arg(long, value_name = "NAME")]
+    pub domain: Option<String>,
+    /// An NTP server (DHCP option 42), repeatable up to 4.
+    #[arg(long = "ntp", value_name = "IP")]
+    pub ntp: Vec<Ipv4Addr>,
+}
+
+impl DhcpOptionsArgs {
+    fn into_options(self) -> anyhow::Result<DhcpOptions> {
+        if self.dns.is_empty() && self.domain.is_none() && self.ntp.is_empty() {
+            anyhow::bail!(
+                "nothing to set: give --dns, --domain and/or --ntp (`dhcp-options clear` removes the set)"
+            );
+        }
+        Ok(DhcpOptions {
+            domain_name_servers: self.dns,
+            domain_name: self.domain,
+            ntp_servers: self.ntp,
+        })
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -108,6 +185,10 @@ pub enum SubnetCommand {
         /// The subnet, by id or name.
         subnet: String,
     },
+    /// The subnet's DHCP option set, which its ENIs get instead of the
+    /// VPC's (`evnet subnet get` shows it).
+    #[command(subcommand, name = "dhcp-options")]
+    DhcpOptions(SubnetDhcpOptionsCommand),
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -194,6 +275,15 @@ pub(crate) async fn run_vpc(
             print_deleted(out, "vpc", &id);
             Ok(())
         }
+        VpcCommand::DhcpOptions(VpcDhcpOptionsCommand::Set { vpc, options }) => {
+            let options = options.into_options()?;
+            let id = resolve::id(client, Kind::Vpc, &vpc).await?;
+            print_one(out, &client.set_vpc_dhcp_options(&id, &options).await?)
+        }
+        VpcCommand::DhcpOptions(VpcDhcpOptionsCommand::Clear { vpc }) => {
+            let id = resolve::id(client, Kind::Vpc, &vpc).await?;
+            print_one(out, &client.clear_vpc_dhcp_options(&id).await?)
+        }
     }
 }
 
@@ -249,6 +339,15 @@ pub(crate) async fn run_subnet(
             client.delete_subnet(&id).await?;
             print_deleted(out, "subnet", &id);
             Ok(())
+        }
+        SubnetCommand::DhcpOptions(SubnetDhcpOptionsCommand::Set { subnet, options }) => {
+            let options = options.into_options()?;
+            let id = resolve::id(client, Kind::Subnet, &subnet).await?;
+            print_one(out, &client.set_subnet_dhcp_options(&id, &options).await?)
+        }
+        SubnetCommand::DhcpOptions(SubnetDhcpOptionsCommand::Clear { subnet }) => {
+            let id = resolve::id(client, Kind::Subnet, &subnet).await?;
+            print_one(out, &client.clear_subnet_dhcp_options(&id).await?)
         }
     }
 }

@@ -397,7 +397,30 @@ impl Render for Vpc {
                 self.default_security_group_id.clone(),
             ),
         ]);
+        f.extend(dhcp_fields(self.dhcp_options.as_ref(), "-"));
         f
+    }
+}
+
+/// A DHCP option set as fields: one line per option, or, when there is no
+/// set, one `dhcp_options` line saying `none`.
+fn dhcp_fields(options: Option<&DhcpOptions>, none: &str) -> Vec<(&'static str, String)> {
+    let ips = |v: &[std::net::Ipv4Addr]| {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match options {
+        None => vec![("dhcp_options", none.to_string())],
+        Some(o) => vec![
+            ("dhcp_dns_servers", ips(&o.domain_name_servers)),
+            (
+                "dhcp_domain_name",
+                o.domain_name.clone().unwrap_or_default(),
+            ),
+            ("dhcp_ntp_servers", ips(&o.ntp_servers)),
+        ],
     }
 }
 
@@ -428,6 +451,7 @@ impl Render for Subnet {
             ("gateway_ip", self.gateway_ip.to_string()),
             ("available_ip_count", self.available_ip_count.to_string()),
         ]);
+        f.extend(dhcp_fields(self.dhcp_options.as_ref(), "- (the VPC's)"));
         f
     }
 }

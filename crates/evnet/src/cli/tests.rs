@@ -1125,6 +1125,152 @@ async fn nothing_to_change_is_refused_before_any_request() {
     assert!(script.seen.lock().unwrap().is_empty());
 }
 
+#[test]
+fn dhcp_options_verbs_parse() {
+    let cli = parse_ok(&[
+        "vpc",
+        "dhcp-options",
+        "set",
+        "prod",
+        "--dns",
+        "10.0.0.2",
+        "--dns",
+        "1.1.1.1",
+        "--domain",
+        "corp.example",
+        "--ntp",
+        "10.0.0.3",
+    ]);
+    let ResourceCommand::Vpc(network::VpcCommand::DhcpOptions(
+        network::VpcDhcpOptionsCommand::Set { vpc, options },
+    )) = cli.cmd
+    else {
+        panic!()
+    };
+    assert_eq!(vpc, "prod");
+    assert_eq!(
+        options.dns,
+        [
+            "10.0.0.2".parse::<std::net::Ipv4Addr>().unwrap(),
+            "1.1.1.1".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        (options.domain.as_deref(), options.ntp.len()),
+        (Some("corp.example"), 1)
+    );
+    let cli = parse_ok(&["subnet", "dhcp-options", "clear", "web"]);
+    assert!(matches!(
+        cli.cmd,
+        ResourceCommand::Subnet(network::SubnetCommand::DhcpOptions(network::SubnetDhcpOptionsCommand::Clear { ref subnet })) if subnet == "web"
+    ));
+    let err = parse(&["vpc", "dhcp-options", "set", "prod", "--dns", "dns.example"]).unwrap_err();
+    assert!(err.to_string().contains("--dns"), "{err}");
+    assert!(
+        parse(&["subnet", "dhcp-options", "set"]).is_err(),
+        "the subnet is required"
+    );
+}
+
+#[test]
+fn vpc_and_subnet_detail_show_the_dhcp_option_set() {
+    let mut v = vpc("vpc-1a2b3c4d5e6f7a8b", "prod", "10.0.0.0/16", 4097);
+    assert!(
+        render::render_one(&v).ends_with(
+            "default_security_group_id:  sg-0000000000000001\ndhcp_options:               -\n"
+        ),
+        "{}",
+        render::render_one(&v)
+    );
+    v.dhcp_options = Some(DhcpOptions {
+        domain_name_servers: vec!["10.0.0.2".parse().unwrap(), "1.1.1.1".parse().unwrap()],
+        domain_name: Some("corp.example".into()),
+        ntp_servers: vec![],
+    });
+    assert!(
+        render::render_one(&v).ends_with(
+            "\
+default_security_group_id:  sg-0000000000000001
+dhcp_dns_servers:           10.0.0.2,1.1.1.1
+dhcp_domain_name:           corp.example
+dhcp_ntp_servers:           -
+"
+        ),
+        "{}",
+        render::render_one(&v)
+    );
+    let s: Subnet = serde_json::from_value(json!({
+        "id": "subnet-0000000000000001", "name": "web", "tags": {}, "tenant": "tenant-0000000000000001",
+        "created_at": "2024-05-01T10:00:00Z", "revision": 4, "vpc_id": "vpc-1a2b3c4d5e6f7a8b",
+        "cidr_block": "10.0.1.0/24", "gateway_ip": "10.0.1.1", "available_ip_count": 250
+    }))
+    .unwrap();
+    assert!(
+        render::render_one(&s)
+            .ends_with("available_ip_count:  250\ndhcp_options:        - (the VPC's)\n"),
+        "{}",
+        render::render_one(&s)
+    );
+}
+
+#[tokio::test]
+async fn dhcp_options_set_and_clear_put_and_delete_the_set() {
+    let v = vpc("vpc-1a2b3c4d5e6f7a8b", "prod", "10.0.0.0/16", 4097);
+    let (opts, script) = scripted(vec![
+        (
+            200,
+            json!({"items": [{"id": "vpc-1a2b3c4d5e6f7a8b", "name": "prod"}]}),
+        ),
+        (200, serde_json::to_value(&v).unwrap()),
+        (200, serde_json::to_value(&v).unwrap()),
+    ])
+    .await;
+    let cli = parse_ok(&[
+        "vpc",
+        "dhcp-options",
+        "set",
+        "prod",
+        "--dns",
+        "10.0.0.2",
+        "--domain",
+        "corp.example",
+    ]);
+    run(cli.cmd, &opts).await.unwrap();
+    run(
+        parse_ok(&["vpc", "dhcp-options", "clear", "vpc-1a2b3c4d5e6f7a8b"]).cmd,
+        &opts,
+    )
+    .await
+    .unwrap();
+    let seen = script.seen.lock().unwrap().clone();
+    let wire: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|s| (s.method.as_str(), s.uri.as_str()))
+        .collect();
+    assert_eq!(
+        wire,
+        [
+            ("GET", "/v1/vpcs?name=prod"),
+            ("PUT", "/v1/vpcs/vpc-1a2b3c4d5e6f7a8b/dhcp-options"),
+            ("DELETE", "/v1/vpcs/vpc-1a2b3c4d5e6f7a8b/dhcp-options"),
+        ]
+    );
+    assert_eq!(
+        seen[1].body,
+        json!({"domain_name_servers": ["10.0.0.2"], "domain_name": "corp.example", "ntp_servers": []})
+    );
+    // Nothing to set: refused before any request.
+    let err = run(
+        parse_ok(&["subnet", "dhcp-options", "set", "web"]).cmd,
+        &opts,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("nothing to set"), "{err}");
+    assert_eq!(script.seen.lock().unwrap().len(), 3);
+}
+
 // ---------------------------------------------------------------------------
 // The way out of a VPC.
 
