@@ -736,6 +736,7 @@ mod tests {
                     // Same block as eth0's VPC: no route.
                     eni("eni-c", "vpc-c", "10.0.3.0/24", [10, 0, 3, 1], [10, 0, 3, 8], 2),
                 ],
+                ..Default::default()
             }],
             ..Default::default()
         };
