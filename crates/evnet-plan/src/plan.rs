@@ -364,6 +364,10 @@ fn local_enis<'a>(d: &'a HostDesired, out: &mut BTreeMap<String, TNs>) -> BTreeM
 /// the program then delivers onto that device instead of straight into the
 /// instance, so the queue shapes what it receives. What it sends is shaped
 /// by the host's tree ([`crate::htb`]), planned after the links.
+///
+/// For instance metadata (the agent's `metadata` module): `evmd0` holding
+/// 169.254.169.254/32 while the host has an ENI, and a permanent neighbour
+/// entry for each ENI address on its host-side device.
 fn target_bpf(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>) -> BTreeMap<String, TNs> {
     let mut out: BTreeMap<String, TNs> = BTreeMap::new();
     let local = local_enis(d, &mut out);
