@@ -747,7 +747,7 @@ mod tests {
         BTreeMap::from([(naming::eni_veth("eni-a0"), 10), (naming::eni_tap("eni-a1"), 11), (naming::eni_veth("eni-b0"), 20)])
     }
 
-    fn get<'a>(t: &Target, path: &str) -> Option<String> {
+    fn get(t: &Target, path: &str) -> Option<String> {
         match lookup(&t[&10].instance, path)? {
             Content::Text(s) | Content::Json(s) => Some(s),
         }
