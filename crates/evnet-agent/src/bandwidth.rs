@@ -757,8 +757,8 @@ mod tests {
             host_id: "host-1".into(),
             nic_mbps: 500,
             instances: vec![
-                InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None, instance_id: "i-a".into(), netns: "evi-a".into(), enis: vec![eni("eni-a", 300 * M, 500 * M)] },
-                InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None, instance_id: "i-b".into(), netns: "evi-b".into(), enis: vec![eni("eni-b", 100 * M, 200 * M)] },
+                InstanceDesired { kind: Default::default(), instance_id: "i-a".into(), netns: "evi-a".into(), enis: vec![eni("eni-a", 300 * M, 500 * M)], ..Default::default() },
+                InstanceDesired { kind: Default::default(), instance_id: "i-b".into(), netns: "evi-b".into(), enis: vec![eni("eni-b", 100 * M, 200 * M)], ..Default::default() },
             ],
             ..Default::default()
         }

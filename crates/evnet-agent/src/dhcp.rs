@@ -772,6 +772,7 @@ mod tests {
                     // Same block as eth0's VPC: no route.
                     eni("eni-c", "vpc-c", "10.0.3.0/24", [10, 0, 3, 1], [10, 0, 3, 8], 2),
                 ],
+                ..Default::default()
             }],
             ..Default::default()
         };
@@ -834,9 +835,8 @@ mod tests {
                 instance_id: "i-1".into(),
                 kind: Default::default(),
                 netns: "evi-x".into(),
-                tap_uid: None,
-                tap_gid: None,
                 enis: vec![eni(0), eni(1), eni(2)],
+                ..Default::default()
             }],
             ..Default::default()
         }

@@ -248,8 +248,8 @@ mod tests {
                 dhcp_options: None,
             }],
             instances: vec![
-                InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None, instance_id: "i-1".into(), netns: "evi-1".into(), enis: vec![eni("eni-a", 10)] },
-                InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None, instance_id: "i-2".into(), netns: "evi-2".into(), enis: vec![eni("eni-b", 11)] },
+                InstanceDesired { kind: Default::default(), instance_id: "i-1".into(), netns: "evi-1".into(), enis: vec![eni("eni-a", 10)], ..Default::default() },
+                InstanceDesired { kind: Default::default(), instance_id: "i-2".into(), netns: "evi-2".into(), enis: vec![eni("eni-b", 11)], ..Default::default() },
             ],
             ..Default::default()
         }

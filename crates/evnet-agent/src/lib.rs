@@ -28,7 +28,9 @@
 //!
 //! On that data plane the agent also answers DHCPv4 on each local ENI's
 //! host-side device ([`dhcp`]: one thread, a packet socket per device,
-//! kept in step with the devices each pass finds).
+//! kept in step with the devices each pass finds), and instance metadata
+//! at 169.254.169.254 ([`metadata`]: one thread, a listening socket bound
+//! to each device, AWS's tree with IMDSv2 tokens).
 //!
 //! The agent never writes the store: everything goes through the API.
 
@@ -37,6 +39,7 @@ mod cni;
 pub mod credential;
 pub mod dhcp;
 pub mod fastpath;
+pub mod metadata;
 pub mod metrics;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -210,7 +213,18 @@ pub async fn run_with(
         }
         _ => None,
     };
-    let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, fast, bw, desired_rx, applied_tx, metrics.clone(), dhcp_tx));
+    // Instance metadata on the ENI devices (tc-BPF data plane), the same way.
+    let metadata_tx = match (&fast, config.dry_run) {
+        (Some(_), false) => {
+            let (tx, rx) = watch::channel(Arc::new(metadata::Target::new()));
+            let netns = config.host_netns.as_ref().map(|n| PathBuf::from(format!("/run/netns/{n}")));
+            metadata::spawn(netns, rx, metrics.clone()).context("starting the metadata thread")?;
+            Some(tx)
+        }
+        _ => None,
+    };
+    let served = Served { dhcp: dhcp_tx, metadata: metadata_tx };
+    let reconciler = tokio::spawn(reconcile_loop(config.clone(), kernel, fast, bw, desired_rx, applied_tx, metrics.clone(), served));
     let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), host_id.clone(), config.host_netns.clone(), config.heartbeat, applied_rx));
     shutdown.await;
     tracing::info!("agent stopping; kernel state is left in place");
@@ -268,6 +282,24 @@ async fn watch_desired(client: Client, host_id: String, tx: watch::Sender<Option
     }
 }
 
+/// Where each pass publishes what the agent serves on the ENI devices
+/// (tc-BPF data plane).
+struct Served {
+    dhcp: Option<watch::Sender<Arc<dhcp::Target>>>,
+    metadata: Option<watch::Sender<Arc<metadata::Target>>>,
+}
+
+/// Replaces what `tx` holds when `t` differs.
+fn publish<T: PartialEq>(tx: &watch::Sender<Arc<T>>, t: T) {
+    tx.send_if_modified(|cur| {
+        let changed = **cur != t;
+        if changed {
+            *cur = Arc::new(t);
+        }
+        changed
+    });
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn reconcile_loop(
     config: AgentConfig,
@@ -277,7 +309,7 @@ async fn reconcile_loop(
     mut desired_rx: watch::Receiver<Option<Arc<HostDesired>>>,
     applied_tx: watch::Sender<Applied>,
     metrics: Arc<metrics::AgentMetrics>,
-    dhcp_tx: Option<watch::Sender<Arc<dhcp::Target>>>,
+    served: Served,
 ) {
     // The timer's full pass reads every namespace the host owns; it comes
     // `resync` after the last one ended, or ten times as long as that one
@@ -354,15 +386,13 @@ async fn reconcile_loop(
         match result {
             Ok(Ok(pass)) => {
                 dirty = Some(pass.touched.clone());
-                if let (Some(tx), Some(devices)) = (&dhcp_tx, &pass.eni_devices) {
-                    let t = dhcp::target(&desired, devices, config.plan.mtu);
-                    tx.send_if_modified(|cur| {
-                        let changed = **cur != t;
-                        if changed {
-                            *cur = Arc::new(t);
-                        }
-                        changed
-                    });
+                if let Some(devices) = &pass.eni_devices {
+                    if let Some(tx) = &served.dhcp {
+                        publish(tx, dhcp::target(&desired, devices, config.plan.mtu));
+                    }
+                    if let Some(tx) = &served.metadata {
+                        publish(tx, metadata::target(&desired, devices));
+                    }
                 }
                 if std::mem::take(&mut first_pass) {
                     tracing::info!(
@@ -445,9 +475,9 @@ pub struct Pass {
     /// Objects whose ops failed (their other ops were skipped; everything
     /// else applied).
     pub failures: Vec<ReconcileFailure>,
-    /// On the tc-BPF data plane: the ENI devices (`eve…`) of the host
-    /// namespace as the pass left them, by name → ifindex (what the DHCP
-    /// thread binds to).
+    /// On the tc-BPF data plane: the ENI devices (`eve…`, `evt…`) of the
+    /// host namespace as the pass left them, by name → ifindex (what the
+    /// DHCP and metadata threads bind to).
     pub eni_devices: Option<BTreeMap<String, u32>>,
 }
 
@@ -673,7 +703,7 @@ fn reconcile_bpf(
     Ok(pass)
 }
 
-/// The host namespace's ENI devices, by name → ifindex.
+/// The host namespace's ENI devices (veth ends and taps), by name → ifindex.
 fn eni_devices(host: &evnet_plan::NsState) -> BTreeMap<String, u32> {
     host.links
         .iter()

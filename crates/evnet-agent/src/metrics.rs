@@ -26,6 +26,32 @@ pub struct AgentMetrics {
     pub dhcp_ignored: Family<ReasonLabel, Counter>,
     /// ENI devices the DHCP thread holds a socket on.
     pub dhcp_sockets: Gauge,
+    /// Instance metadata requests answered, by status
+    /// (`crate::metadata::STATUSES`).
+    pub metadata_requests: Family<CodeLabel, Counter>,
+    /// ENI devices the metadata thread listens on.
+    pub metadata_sockets: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+impl CodeLabel {
+    /// The label of an HTTP status the metadata service gives.
+    pub fn of(status: u16) -> CodeLabel {
+        let code = match status {
+            200 => "200",
+            400 => "400",
+            401 => "401",
+            403 => "403",
+            404 => "404",
+            405 => "405",
+            _ => "500",
+        };
+        CodeLabel { code }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +79,8 @@ impl Default for AgentMetrics {
             dhcp_replies: Family::default(),
             dhcp_ignored: Family::default(),
             dhcp_sockets: Gauge::default(),
+            metadata_requests: Family::default(),
+            metadata_sockets: Gauge::default(),
         };
         registry.register("reconciles_ok", "Reconcile passes that converged", m.reconciles_ok.clone());
         registry.register("reconciles_failed", "Reconcile passes that failed", m.reconciles_failed.clone());
@@ -64,6 +92,8 @@ impl Default for AgentMetrics {
         registry.register("dhcp_replies", "DHCP answers sent, by kind", m.dhcp_replies.clone());
         registry.register("dhcp_ignored", "DHCP frames not answered, by reason", m.dhcp_ignored.clone());
         registry.register("dhcp_sockets", "ENI devices the DHCP thread listens on", m.dhcp_sockets.clone());
+        registry.register("metadata_requests", "Instance metadata requests answered, by status", m.metadata_requests.clone());
+        registry.register("metadata_sockets", "ENI devices the metadata thread listens on", m.metadata_sockets.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
     }

@@ -36,6 +36,7 @@ fn host(nic_mbps: u64, enis: &[(u64, u64)]) -> HostDesired {
                 security_group_ids: vec![],
                 bandwidth: EniBandwidth { guaranteed_bps: g * M, limit_bps: limit * M, weight: 1, burst_bytes: 65536 },
             }],
+            ..Default::default()
         })
         .collect();
     HostDesired {

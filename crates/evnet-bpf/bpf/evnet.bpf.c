@@ -4,9 +4,10 @@
  *
  * evnet_eni     on each ENI's host-side device, tc ingress (what the instance
  *               sends): anti-spoofing, ARP and gateway ping answered here,
- *               egress groups, the route lookup, then delivery to a local ENI
- *               (after its ingress groups) or encapsulation towards the remote
- *               host's VTEP through the host's collect_md VXLAN device.
+ *               instance metadata handed to the host's stack, egress groups,
+ *               the route lookup, then delivery to a local ENI (after its
+ *               ingress groups) or encapsulation towards the remote host's
+ *               VTEP through the host's collect_md VXLAN device.
  * evnet_overlay on the collect_md VXLAN device, tc ingress (what other hosts
  *               send): underlay trust, ingress groups, delivery.
  * evnet_external on the host's device on an external network, tc ingress:
@@ -54,6 +55,7 @@ struct arphdr {
 	__be16 ar_op;
 };
 #define ARPHRD_ETHER 1
+#define PACKET_HOST 0 /* <linux/if_packet.h> */
 #define ARPOP_REQUEST 1
 #define ARPOP_REPLY 2
 
@@ -623,6 +625,32 @@ static __always_inline int to_internet(struct __sk_buff *skb, const struct confi
 	return bpf_redirect_neigh(ext, &nh, sizeof(nh), 0);
 }
 
+/* To instance metadata (169.254.169.254): TCP to port 80 from one of the
+ * ENI's own addresses goes up the host's stack on this device, where the
+ * agent listens on a socket bound to it (so the device names the ENI);
+ * anything else to the address is dropped. The source is checked here even
+ * for an ENI with its source/dest check off: metadata answers only the
+ * ENI's own addresses. The frame is addressed to the gateway's MAC, not
+ * the device's, so it is marked as the host's own. The host's answers
+ * leave by the device (no program on its egress) to the instance. */
+static __always_inline int to_metadata(struct __sk_buff *skb, const struct eni *e, __u32 ifindex, struct iphdr *ip, void *data_end)
+{
+	struct route *own = route_of(e->vni, ip->saddr);
+	if (!own || own->kind != RT_LOCAL || own->ifindex != ifindex)
+		return drop(R_DROP_SPOOF_IP);
+	if (ip->protocol != IPPROTO_TCP || (ip->frag_off & bpf_htons(0x1fff)))
+		return drop(R_DROP_METADATA);
+	__be16 *ports = (void *)ip + ip->ihl * 4;
+	if ((void *)(ports + 2) > data_end)
+		return drop(R_DROP_MALFORMED);
+	if (ports[1] != bpf_htons(METADATA_PORT))
+		return drop(R_DROP_METADATA);
+	if (bpf_skb_change_type(skb, PACKET_HOST) < 0)
+		return drop(R_DROP_MALFORMED);
+	count(R_PASS_METADATA);
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int evnet_eni(struct __sk_buff *skb)
 {
@@ -656,6 +684,8 @@ int evnet_eni(struct __sk_buff *skb)
 		if (!own || own->kind != RT_LOCAL || own->ifindex != ifindex)
 			return drop(R_DROP_SPOOF_IP);
 	}
+	if (ip->daddr == bpf_htonl(METADATA_IP))
+		return to_metadata(skb, e, ifindex, ip, data_end);
 	/* The VPC's own addresses (the local route), and its subnet's route
 	 * table: a hop inside the VPC's block (to an appliance) is more
 	 * specific than the local route and comes first; other hops only for

@@ -116,6 +116,12 @@ struct trust {
 	__u32 flags;
 };
 
+/* Instance metadata's address (169.254.169.254) and port: TCP to it from
+ * an ENI's own address goes to the host's stack on the ENI's device, where
+ * the agent answers (evnet-agent's `metadata`). */
+#define METADATA_IP 0xa9fea9feu
+#define METADATA_PORT 80
+
 /* rule.peer */
 #define PEER_CIDR 0
 #define PEER_GROUP 1
@@ -217,7 +223,9 @@ enum reason {
 	R_NAT_IN,
 	R_DROP_NO_PUBLIC_IP,
 	R_ARP_EIP_REPLY,
-	R_MAX = 30,
+	R_PASS_METADATA,
+	R_DROP_METADATA,
+	R_MAX = 32,
 };
 
 #endif

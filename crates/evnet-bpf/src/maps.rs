@@ -559,10 +559,15 @@ pub enum Reason {
     NatIn,
     DropNoPublicIp,
     ArpEipReply,
+    /// TCP to instance metadata (169.254.169.254:80) from the ENI's own
+    /// address, handed to the host's stack.
+    PassMetadata,
+    /// Anything else to 169.254.169.254.
+    DropMetadata,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 32] = [
         Reason::PassLocal,
         Reason::PassRemote,
         Reason::PassOverlay,
@@ -593,6 +598,8 @@ impl Reason {
         Reason::NatIn,
         Reason::DropNoPublicIp,
         Reason::ArpEipReply,
+        Reason::PassMetadata,
+        Reason::DropMetadata,
     ];
 
     /// Its index in `stats`.
@@ -633,6 +640,8 @@ impl Reason {
             Reason::NatIn => "nat_in",
             Reason::DropNoPublicIp => "drop_no_public_ip",
             Reason::ArpEipReply => "arp_eip_reply",
+            Reason::PassMetadata => "pass_metadata",
+            Reason::DropMetadata => "drop_metadata",
         }
     }
 }

@@ -932,6 +932,7 @@ mod tests {
                     ),
                     eni("eni-b", [10, 0, 0, 20], "02:00:00:00:00:0b", vec![], false),
                 ],
+                ..Default::default()
             }],
             security_groups: vec![g(
                 "sg-web",

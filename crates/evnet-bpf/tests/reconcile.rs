@@ -70,6 +70,7 @@ fn desired() -> HostDesired {
                 eni("eni-a", [10, 0, 0, 10], "02:00:00:00:00:0a", vec!["sg-web"]),
                 eni("eni-b", [10, 0, 0, 20], "02:00:00:00:00:0b", vec![]),
             ],
+            ..Default::default()
         }],
         security_groups: vec![SecurityGroupDesired {
             group_id: "sg-web".into(),

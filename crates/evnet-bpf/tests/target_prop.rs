@@ -185,6 +185,7 @@ fn random_desired(seed: u64) -> (HostDesired, Devices) {
         instance_id: "i-1".into(),
         netns: "evi-1".into(),
         enis,
+        ..Default::default()
     });
     // Elastic IPs on one external network, whose device the host has or
     // not; public addresses drawn from a few, so one moves between ENIs.

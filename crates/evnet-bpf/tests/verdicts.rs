@@ -4,6 +4,7 @@
 //! flow and its reply, a reply-looking packet of no flow, an unknown
 //! destination, isolation between two VPCs with one CIDR, remote delivery
 //! with its HTB priority, forged underlay packets on the overlay program;
+//! instance metadata passed to the host only from an ENI's own address;
 //! then adoption of the pinned programs and removal. Fails (never skips)
 //! without root or BPF when CI=true.
 
@@ -678,6 +679,47 @@ fn appliance_verdicts(mode: FlowState) {
         Verdict::Drop,
         Reason::DropNotAppliance,
     );
+}
+
+/// Instance metadata: TCP to 169.254.169.254:80 from an ENI's own address
+/// goes to the host's stack (TC_ACT_OK), from either of two VPCs with one
+/// CIDR; a forged MAC or source, another port, UDP or ICMP to the address
+/// are dropped, and so is a forged source from an ENI with its
+/// source/dest check off (metadata answers only the ENI's addresses).
+fn metadata_verdicts(mode: FlowState) {
+    let h = host(mode);
+    let dp = &h.dp;
+    let md = "169.254.169.254";
+    let passed = Verdict::Other(0);
+    expect(&dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.10", md, 43000, 80, 0x02)).unwrap(), passed, Reason::PassMetadata);
+    // B holds the same address in VPC 2.
+    expect(&dp.test_eni(h.b, &tcp(B_MAC, "10.0.0.10", md, 43000, 80, 0x02)).unwrap(), passed, Reason::PassMetadata);
+    // D's address from A's device, an address no ENI holds, A's address with another MAC.
+    expect(&dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.20", md, 43001, 80, 0x02)).unwrap(), Verdict::Drop, Reason::DropSpoofIp);
+    expect(&dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.99", md, 43002, 80, 0x02)).unwrap(), Verdict::Drop, Reason::DropSpoofIp);
+    expect(&dp.test_eni(h.a, &tcp(R_MAC, "10.0.0.10", md, 43003, 80, 0x02)).unwrap(), Verdict::Drop, Reason::DropSpoofMac);
+    // Other ports and protocols.
+    expect(&dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.10", md, 43004, 81, 0x02)).unwrap(), Verdict::Drop, Reason::DropMetadata);
+    let udp = packet::ipv4(GW_MAC, A_MAC, ip("10.0.0.10"), ip(md), L4::Udp { sport: 43005, dport: 80 });
+    expect(&dp.test_eni(h.a, &udp).unwrap(), Verdict::Drop, Reason::DropMetadata);
+    let ping = packet::ipv4(GW_MAC, A_MAC, ip("10.0.0.10"), ip(md), L4::IcmpEcho { id: 7, seq: 1, reply: false });
+    expect(&dp.test_eni(h.a, &ping).unwrap(), Verdict::Drop, Reason::DropMetadata);
+    // With the check off A may send from any address, but not to metadata.
+    dp.set_eni(
+        h.a,
+        &EniEntry { vni: VNI1, mac: A_MAC, any_source: true, rx_shaper: false, priority: 0, ct_zone: (VNI1 & 0xffff) as u16, table: 0, hops_in_vpc: false },
+    )
+    .unwrap();
+    expect(&dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.99", md, 43006, 80, 0x02)).unwrap(), Verdict::Drop, Reason::DropSpoofIp);
+    expect(&dp.test_eni(h.a, &tcp(A_MAC, "10.0.0.10", md, 43007, 80, 0x02)).unwrap(), passed, Reason::PassMetadata);
+}
+
+#[test]
+fn metadata_goes_to_the_host_only_from_the_enis_own_address() {
+    if !root_or_skip("metadata_goes_to_the_host_only_from_the_enis_own_address") {
+        return;
+    }
+    metadata_verdicts(FlowState::FlowMap);
 }
 
 #[test]

@@ -435,7 +435,10 @@ fn foreign_view(k: &ModelKernel, host: &str) -> (Observed, Vec<String>) {
     all.host.shapers.retain(|n, _| !naming::is_owned_host_link(n));
     // evnet's send-shaping tree on the underlay device.
     all.host.htb_trees.clear();
-    all.host.sysctls.retain(|k, _| !k.contains(".evx") && !k.contains(".eve"));
+    all.host.sysctls.retain(|k, _| !k.contains(".evx") && !k.contains(".eve") && !k.contains(&format!(".{}.", naming::METADATA_DEVICE)));
+    // Instance metadata's address, and each ENI address's neighbour on its device.
+    all.host.addresses.retain(|a| !naming::is_owned_host_link(&a.dev));
+    all.host.neighbours.retain(|n| !naming::is_owned_host_link(&n.dev));
     // evnet's own underlay filter in the host namespace.
     all.host.firewall = None;
     let names = all.namespaces.keys().cloned().collect();
@@ -740,8 +743,15 @@ fn the_bpf_layout_puts_enis_in_the_host_namespace_and_switches_from_nft() {
             assert_eq!(i.links[&eth].mac.as_deref(), Some(e.mac.as_str()));
             assert!(i.addresses.iter().any(|a| a.dev == eth && a.addr.addr() == e.private_ip));
             assert!(i.routes.iter().any(|r| r.via == Some(e.gateway_ip)));
+            // Instance metadata's answers find the ENI's MAC on its device.
+            let n = evnet_plan::Neighbour { dev: dev.clone(), ip: e.private_ip, mac: e.mac.clone() };
+            assert!(o.host.neighbours.contains(&n), "{n:?}");
         }
     }
+    // Instance metadata's address is local, on evnet's device.
+    let md = &o.host.links[naming::METADATA_DEVICE];
+    assert!(md.up && md.kind == LinkKind::Ifb);
+    assert!(o.host.addresses.iter().any(|a| a.dev == naming::METADATA_DEVICE && a.addr == "169.254.169.254/32".parse().unwrap()));
     // The host's own underlay link and address are untouched.
     assert_eq!(foreign_view(&k, &d.host_id), before);
     // And back: the nftables layout rebuilds and the host-side veths go.

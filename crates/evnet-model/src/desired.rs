@@ -225,7 +225,7 @@ pub struct PeerRoute {
     pub peer_vpc_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InstanceDesired {
     pub instance_id: String,
     /// `container`: `netns` is the runtime's, a path; the agent never makes
@@ -240,6 +240,16 @@ pub struct InstanceDesired {
     pub tap_uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap_gid: Option<u32>,
+    /// The instance's name (what instance metadata shows of it, with its
+    /// tags and tenant).
+    #[serde(default)]
+    pub name: String,
+    /// Its tags: instance metadata's `tags/instance/<key>`.
+    #[serde(default)]
+    pub tags: crate::resources::Tags,
+    /// Its tenant: instance metadata's `owner-id`.
+    #[serde(default)]
+    pub tenant: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -96,10 +96,17 @@ pub fn is_evnet_netns(name: &str) -> bool {
 /// The host's one collect_md VXLAN device on the tc-BPF data plane.
 pub const FAST_PATH_VXLAN: &str = "evx0";
 
-/// Whether a host-namespace link is evnet's: a VXLAN (`evx…`) or an ENI's
-/// host-side veth (`eve…`). Nothing else in the host namespace is touched.
+/// The tc-BPF data plane's device in the host namespace holding instance
+/// metadata's address (169.254.169.254/32), so what the ENI program hands
+/// to the host's stack is delivered locally (an IFB device: it only holds
+/// the address).
+pub const METADATA_DEVICE: &str = "evmd0";
+
+/// Whether a host-namespace link is evnet's: a VXLAN (`evx…`), an ENI's
+/// host-side device (`eve…`, `evt…`) or the metadata device (`evmd0`).
+/// Nothing else in the host namespace is touched.
 pub fn is_owned_host_link(name: &str) -> bool {
-    name.starts_with("evx") || is_eni_host_device(name)
+    name.starts_with("evx") || is_eni_host_device(name) || name == METADATA_DEVICE
 }
 
 pub fn vxlan_name(vni: u32) -> String {

@@ -60,6 +60,7 @@ pub fn lower(d: &HostDesired) -> Cow<'_, HostDesired> {
                 security_group_ids: vec![g.nat_gateway_id.clone()],
                 bandwidth: EniBandwidth::default(),
             }],
+            ..Default::default()
         });
         let all = || vec![RuleDesired { protocol: Protocol::All, from_port: None, to_port: None, cidr: Some(Default::default()), group_id: None }];
         out.security_groups.push(SecurityGroupDesired { group_id: g.nat_gateway_id.clone(), ingress: all(), egress: all(), member_ips: vec![] });

@@ -121,6 +121,9 @@ enum TKind {
 
 /// The kind a macvlan is observed as (`IFLA_INFO_KIND`).
 pub const MACVLAN_KIND: &str = "macvlan";
+/// Instance metadata's address: local in the host namespace on the tc-BPF
+/// data plane (on [`naming::METADATA_DEVICE`]), answered by the agent.
+pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
 /// A shaper to hold on a device: rates never above `limit_bps`; exactly
 /// `rate_bps` when the controller gave one, else whatever rate within the
@@ -371,6 +374,10 @@ fn local_enis<'a>(d: &'a HostDesired, out: &mut BTreeMap<String, TNs>) -> BTreeM
 /// the program then delivers onto that device instead of straight into the
 /// instance, so the queue shapes what it receives. What it sends is shaped
 /// by the host's tree ([`crate::htb`]), planned after the links.
+///
+/// For instance metadata (the agent's `metadata` module): `evmd0` holding
+/// 169.254.169.254/32 while the host has an ENI, and a permanent neighbour
+/// entry for each ENI address on its host-side device.
 fn target_bpf(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRates>) -> BTreeMap<String, TNs> {
     let mut out: BTreeMap<String, TNs> = BTreeMap::new();
     let local = local_enis(d, &mut out);
@@ -411,10 +418,28 @@ fn target_bpf(d: &HostDesired, cfg: &PlanConfig, rates: &BTreeMap<String, EniRat
             let burst = if bw.burst_bytes == 0 { DEFAULT_BURST_BYTES } else { bw.burst_bytes };
             host.shapers.insert(dev.clone(), TShaper { limit_bps: rate, rate_bps: Some(rate), burst_bytes: burst });
         }
+        // Instance metadata's answers leave by this device to the ENI's
+        // addresses (a socket bound to it, no route needed): the neighbour
+        // is known, so nothing asks the instance (whose ARP replies the
+        // program does not take).
+        if let Some(mac) = naming::normalize_mac(&e.mac) {
+            for ip in std::iter::once(e.private_ip).chain(e.secondary_ips.iter().copied()) {
+                host.neighbours.insert((dev.clone(), ip), Neighbour { dev: dev.clone(), ip, mac: mac.clone() });
+            }
+        }
         if vm.is_none() {
             let itn = out.get_mut(inst_ns).expect("instance namespace inserted above");
             instance_side(itn, e, LinkRef::new(Ns::Host, &dev), cfg);
         }
+    }
+    // Instance metadata's address, local while the host has ENIs (the
+    // agent's sockets bind to it on each ENI device). An IFB device holds
+    // it: nothing is redirected there, and unlike the dummy driver, which
+    // not every kernel builds, the nftables layout needs IFB anyway.
+    if !local.is_empty() {
+        let md = naming::METADATA_DEVICE.to_string();
+        host.links.insert(md.clone(), TLink { kind: TKind::Ifb, mac: None, mtu: None, up: true });
+        host.addresses.insert(Address { dev: md, addr: host32(METADATA_IP) });
     }
     other_vpc_routes(d, &local, &mut out);
     // A gateway's inner leg exists only while its VPC is among the host's.

@@ -25,14 +25,7 @@ pub fn compute(snap: &Snapshot, host_id: &str) -> Option<HostDesired> {
         .iter()
         .filter_map(|id| snap.instances.get(id))
         .filter(|i| i.value.host_id == host_id)
-        .map(|i| InstanceDesired {
-                kind: i.value.kind,
-                instance_id: i.value.id.clone(),
-                netns: i.value.netns.clone(),
-                enis: vec![],
-                tap_uid: i.value.tap_uid,
-                tap_gid: i.value.tap_gid,
-            })
+        .map(|i| instance_desired(&i.value))
         .collect();
     let index: HashMap<String, usize> = instances.iter().enumerate().map(|(n, i)| (i.instance_id.clone(), n)).collect();
     let mut local_vpcs = BTreeSet::new();
@@ -402,6 +395,21 @@ impl DesiredTracker {
     }
 }
 
+/// An instance as its host builds it (its ENIs added by the caller).
+fn instance_desired(i: &Instance) -> InstanceDesired {
+    InstanceDesired {
+        instance_id: i.id.clone(),
+        kind: i.kind,
+        netns: i.netns.clone(),
+        enis: vec![],
+        name: i.name.clone(),
+        tags: i.tags.clone(),
+        tenant: i.tenant.clone(),
+        tap_uid: i.tap_uid,
+        tap_gid: i.tap_gid,
+    }
+}
+
 /// What an agent is told of one ENI attached on its host.
 fn eni_desired(eni: &Eni, a: &Attachment, subnet: &Subnet, nic_mbps: u64) -> EniDesired {
     let b = &eni.bandwidth;
@@ -441,14 +449,7 @@ mod tests {
             .instances
             .values()
             .filter(|i| i.value.host_id == host_id)
-            .map(|i| InstanceDesired {
-                kind: i.value.kind,
-                instance_id: i.value.id.clone(),
-                netns: i.value.netns.clone(),
-                enis: vec![],
-                tap_uid: i.value.tap_uid,
-                tap_gid: i.value.tap_gid,
-            })
+            .map(|i| instance_desired(&i.value))
             .collect();
         let index: HashMap<String, usize> = instances.iter().enumerate().map(|(n, i)| (i.instance_id.clone(), n)).collect();
         let mut local_vpcs = BTreeSet::new();
@@ -690,6 +691,9 @@ mod tests {
             assert_eq!(w.put("instances", i, instance(i, h)), set(&[h]));
         }
         assert_eq!(w.put("enis", "e1", eni("e1", "v1", "s1", "10.1.1.10", &["g1"], Some(("i1", "h1", 0)))), set(&["h1"]));
+        // New tags on an instance: its host's desired state shows them (instance metadata's).
+        assert_eq!(w.put("instances", "i1", with(instance("i1", "h1"), json!({"tags": {"role": "web"}}))), set(&["h1"]));
+        assert_eq!(w.all()["h1"].as_ref().unwrap().instances[0].tags.get("role").map(String::as_str), Some("web"));
         // A second ENI of v1 elsewhere: its host and e1's (the remote list).
         assert_eq!(w.put("enis", "e2", eni("e2", "v1", "s1", "10.1.1.11", &["g1", "g3"], Some(("i2", "h2", 0)))), set(&["h1", "h2"]));
         assert_eq!(w.put("enis", "e3", eni("e3", "v2", "s2", "10.2.1.10", &["g2"], Some(("i3", "h3", 0)))), set(&["h3", "h2"]), "g2's members show on h2 through g3");

@@ -166,6 +166,7 @@ impl Lab {
                         security_group_ids: vec![group_id.clone()],
                         bandwidth: EniBandwidth { guaranteed_bps: p.guarantee_mbps * M, limit_bps: nic_mbps * M, weight: 1, burst_bytes: 65536 },
                     }],
+                    ..Default::default()
                 });
             }
             let remote_enis = lab

@@ -86,7 +86,7 @@ impl Cloud {
             .instances
             .iter()
             .filter(|(hi, _)| *hi == host)
-            .map(|(_, iid)| InstanceDesired { kind: Default::default(), tap_uid: None, tap_gid: None, instance_id: iid.clone(), netns: naming::instance_netns(&h.id, iid), enis: vec![] })
+            .map(|(_, iid)| InstanceDesired { kind: Default::default(), instance_id: iid.clone(), netns: naming::instance_netns(&h.id, iid), enis: vec![], ..Default::default() })
             .collect();
         let mut local_vpcs = BTreeSet::new();
         let mut used_groups = BTreeSet::new();
