@@ -1,7 +1,8 @@
 //! Virtual machines on evnet, on a lab with the tc-BPF data plane, as
 //! root, with QEMU and the project's guest (`scripts/setup.sh` installs and
 //! builds both): `evnet lab vm` boots a guest on a `vm` instance's tap; the
-//! guest takes its ENI's address by DHCP, reaches an instance on another
+//! guest takes its ENI's address by DHCP (and its resolver from the VPC's
+//! option set), reads its instance metadata with a token, reaches an instance on another
 //! host, and not another tenant's same address; its ENI's limit holds in
 //! both directions; its groups decide what reaches it; a forged source address and a forged MAC (DHCP) get
 //! nowhere; a second ENI, in another subnet, attached to the
@@ -136,6 +137,14 @@ async fn a_vm_boots_takes_dhcp_reaches_its_vpc_hot_plugs_and_its_eni_moves_acros
     let oeni = o.create_eni(&CreateEni { subnet_id: osub.id.clone(), private_ip: Some(theirs), ..Default::default() }).await.unwrap();
     o.create_instance(&CreateInstance { host_id: Some(lab.host("host-2")), eni_ids: vec![oeni.id.clone()], ..Default::default() }).await.unwrap();
 
+    // The VPC's DHCP option set: the guest's resolver is configured from it.
+    c.set_vpc_dhcp_options(
+        &vpc.id,
+        &DhcpOptions { domain_name_servers: vec![Ipv4Addr::new(10, 20, 0, 2)], domain_name: Some("corp.example".into()), ..Default::default() },
+    )
+    .await
+    .unwrap();
+
     // vm1 on host-1, its ENI limited to 30 Mbit/s.
     let limit = 30u64;
     let eni1 = c
@@ -168,8 +177,23 @@ async fn a_vm_boots_takes_dhcp_reaches_its_vpc_hot_plugs_and_its_eni_moves_acros
     let (rc, out) = in_vm(&lab, "vm1", &format!("cat /sys/class/net/eth0/address; cat /sys/class/net/eth0/mtu"));
     assert_eq!(rc, 0);
     assert!(out.contains(&eni1.mac) && out.contains("1450"), "{out}");
+    let (_, resolv) = in_vm(&lab, "vm1", "cat /etc/resolv.conf");
+    assert!(resolv.contains("nameserver 10.20.0.2") && resolv.contains("search corp.example"), "{resolv}");
     vm_until(&lab, "vm1", &format!("ping -c 1 -W 1 {}", peer_eni.private_ip), "1 packets received", 30);
     assert!(ping_becomes(&peer.netns, eni1.private_ip, true, 10), "the peer reaches the VM");
+    // Instance metadata from the guest (IMDSv2: a token by PUT, then GETs).
+    let imds = |path: &str| {
+        format!(
+            "t=$(printf 'PUT /latest/api/token HTTP/1.0\\r\\nX-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n' | nc -w 5 169.254.169.254 80 | tail -n 1); \
+             wget -q -O - --header \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/{path}"
+        )
+    };
+    let (rc, out) = in_vm(&lab, "vm1", &imds("meta-data/instance-id"));
+    assert!(rc == 0 && out.trim() == vm1.id, "instance-id from the guest: {rc} {out:?}");
+    let (_, out) = in_vm(&lab, "vm1", &imds(&format!("meta-data/network/interfaces/macs/{}/evnet-bandwidth/limit-bps", eni1.mac)));
+    assert_eq!(out.trim(), (limit * 1_000_000).to_string(), "the ENI's limit from the guest");
+    let (rc, out) = in_vm(&lab, "vm1", "wget -q -O - http://169.254.169.254/latest/meta-data/instance-id");
+    assert!(rc != 0 && !out.contains(&vm1.id), "metadata without a token: {out}");
     let (rc, out) = in_vm(&lab, "vm1", &format!("ping -c 3 -W 1 {theirs}"));
     assert_ne!(rc, 0, "the VM reached another tenant's address: {out}");
 
