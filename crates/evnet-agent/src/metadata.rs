@@ -622,7 +622,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, ifindex: u32, shared: Ar
                 let resp = answer(&req, ifindex, peer, &shared, &metrics);
                 async move { Ok::<_, Infallible>(resp) }
             });
+            // Half-closes are answered: a client may shut its side once it
+            // has sent the request (busybox nc does), and hyper would
+            // otherwise drop the connection when it reads that end before
+            // it has written the answer.
             let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);

@@ -110,8 +110,16 @@ pub enum TraceVerdict {
     ToExternalNetwork,
     /// Answered by the VPC's router (a subnet gateway address).
     AnsweredByGateway,
+    /// Answered by instance metadata (169.254.169.254), the agent on the
+    /// sender's host.
+    AnsweredByMetadata,
     Dropped,
 }
+
+/// Instance metadata's address, answered on each ENI's host (docs/metadata.md).
+pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// Its port (TCP).
+pub const METADATA_PORT: u16 = 80;
 
 /// The answer: every step up to the one that decided, and the verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -206,6 +214,26 @@ pub fn trace(req: &TraceRequest, source: &Eni, world: &TraceWorld<'_>) -> Result
         },
     };
     if !push(&mut t, step) {
+        return Ok(t);
+    }
+
+    // Instance metadata, before groups and routes, as the data plane does:
+    // only TCP to its port, and only from the ENI's own address (even with
+    // its source/destination check off).
+    if dst == METADATA_IP {
+        let ok = own && req.protocol == Protocol::Tcp && req.port == Some(METADATA_PORT);
+        let detail = if !own {
+            format!("{dst} is instance metadata, which answers only {}'s own addresses: dropped", source.id)
+        } else if ok {
+            format!("{dst} is instance metadata: {what} is answered by the agent on the sender's host, with this instance's data only")
+        } else {
+            format!("{dst} is instance metadata, which takes only TCP to port {METADATA_PORT}: {what} is dropped")
+        };
+        t.steps.push(TraceStep { stage: TraceStage::Route, pass: ok, detail });
+        if ok {
+            t.verdict = TraceVerdict::AnsweredByMetadata;
+            t.destination_host_id = source.attachment.as_ref().map(|a| a.host_id.clone());
+        }
         return Ok(t);
     }
 
@@ -987,6 +1015,18 @@ mod tests {
         let t = f.run("eni-a", [10, 0, 1, 8], Protocol::Tcp, Some(9), None);
         assert_eq!(t.steps.last().unwrap().stage, TraceStage::Ingress);
         assert!(!t.steps.last().unwrap().pass);
+    }
+
+    #[test]
+    fn instance_metadata_answers_tcp_80_from_the_enis_own_address_only() {
+        let f = Fixture::new();
+        let t = f.run("eni-a", [169, 254, 169, 254], Protocol::Tcp, Some(80), None);
+        assert_eq!(t.verdict, TraceVerdict::AnsweredByMetadata, "{t:?}");
+        assert_eq!(stages(&t), vec![(TraceStage::AntiSpoofing, true), (TraceStage::Route, true)]);
+        for (p, port) in [(Protocol::Tcp, Some(443)), (Protocol::Udp, Some(80)), (Protocol::Icmp, None)] {
+            let t = f.run("eni-a", [169, 254, 169, 254], p, port, None);
+            assert_eq!(t.verdict, TraceVerdict::Dropped, "{p:?} {port:?}");
+        }
     }
 
     #[test]

@@ -123,7 +123,7 @@ enum TKind {
 pub const MACVLAN_KIND: &str = "macvlan";
 /// Instance metadata's address: local in the host namespace on the tc-BPF
 /// data plane (on [`naming::METADATA_DEVICE`]), answered by the agent.
-pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+pub const METADATA_IP: Ipv4Addr = evnet_model::trace::METADATA_IP;
 
 /// A shaper to hold on a device: rates never above `limit_bps`; exactly
 /// `rate_bps` when the controller gave one, else whatever rate within the

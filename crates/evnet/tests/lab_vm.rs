@@ -194,6 +194,15 @@ async fn a_vm_boots_takes_dhcp_reaches_its_vpc_hot_plugs_and_its_eni_moves_acros
     assert_eq!(out.trim(), (limit * 1_000_000).to_string(), "the ENI's limit from the guest");
     let (rc, out) = in_vm(&lab, "vm1", "wget -q -O - http://169.254.169.254/latest/meta-data/instance-id");
     assert!(rc != 0 && !out.contains(&vm1.id), "metadata without a token: {out}");
+    let explain = |port| evnet_model::trace::TraceRequest {
+        source_eni_id: eni1.id.clone(),
+        destination_ip: evnet_model::trace::METADATA_IP,
+        protocol: Protocol::Tcp,
+        port: Some(port),
+        source_ip: None,
+    };
+    assert_eq!(c.trace(&explain(80)).await.unwrap().verdict, evnet_model::trace::TraceVerdict::AnsweredByMetadata);
+    assert_eq!(c.trace(&explain(443)).await.unwrap().verdict, evnet_model::trace::TraceVerdict::Dropped);
     let (rc, out) = in_vm(&lab, "vm1", &format!("ping -c 3 -W 1 {theirs}"));
     assert_ne!(rc, 0, "the VM reached another tenant's address: {out}");
 

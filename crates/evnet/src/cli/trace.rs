@@ -141,6 +141,7 @@ fn render(req: &TraceRequest, t: &Trace) -> String {
             t.destination_host_id.as_deref().unwrap_or("?")
         ),
         TraceVerdict::AnsweredByGateway => "answered by the VPC's router".to_string(),
+        TraceVerdict::AnsweredByMetadata => format!("answered by instance metadata on {}", t.destination_host_id.as_deref().unwrap_or("the sender's host")),
         TraceVerdict::Dropped => "dropped".to_string(),
     };
     out.push_str(&format!("verdict: {verdict}\n"));
