@@ -29,16 +29,20 @@ fn in_ns(ns: &str, cmd: &str) -> String {
 
 /// Makes the instance in `ns` a router: forwarding on, no ICMP redirects
 /// (it sends packets back out the device they came in by). Waits (bounded)
-/// for the agent to have made the namespace.
+/// for the agent to have made the namespace and its eth0 (the namespace's
+/// file appears before it is mounted, so entering it is what is waited for).
 fn forward(ns: &str, on: bool) {
-    let path = std::path::Path::new("/run/netns").join(ns);
+    let v = u8::from(on);
+    let cmd = format!("sysctl -qw net.ipv4.ip_forward={v} net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !path.exists() {
-        assert!(std::time::Instant::now() < deadline, "the agent never made {ns}");
+    loop {
+        let out = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", &cmd]).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{cmd} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let v = u8::from(on);
-    in_ns(ns, &format!("sysctl -qw net.ipv4.ip_forward={v} net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0"));
 }
 
 /// How many packets the kernel in `ns` has forwarded (`Ip: ForwDatagrams`).
@@ -109,7 +113,15 @@ async fn an_appliance_sees_and_forwards_what_routes_send_it_wherever_it_runs() {
     let crossed = |from: u64| forwarded(&fw) >= from + 2;
     let before = forwarded(&fw);
     assert!(ping_becomes(&client, server_ip, true, 15), "client reaches server through the firewall");
-    assert!(crossed(before), "the firewall forwarded the echo and its reply ({} → {})", before, forwarded(&fw));
+    // Each host applies its side's table in its own pass: once both have,
+    // an echo and its reply both cross the firewall.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut before = before;
+    while !crossed(before) {
+        assert!(std::time::Instant::now() < deadline, "the firewall never forwarded both an echo and its reply ({} → {})", before, forwarded(&fw));
+        before = forwarded(&fw);
+        assert!(ping_becomes(&client, server_ip, true, 5), "client reaches server through the firewall");
+    }
     forward(&fw, false);
     assert!(never_reaches(&client, server_ip, 2), "with the firewall's forwarding off, nothing gets through");
     forward(&fw, true);
