@@ -96,20 +96,8 @@ impl BarePath {
     fn new(tag: &str) -> anyhow::Result<BarePath> {
         let b = BarePath { tag: tag.to_string() };
         let (u, a, bb) = (b.ns("u"), b.ns("a"), b.ns("b"));
-        for ns in [&u, &a, &bb] {
-            sh(&["ip", "netns", "add", ns])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        }
-        sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"])?;
-        sh(&["ip", "-n", &u, "link", "set", "br0", "up"])?;
-        for (i, ns) in [(1, &a), (2, &bb)] {
-            let p = format!("p{i}");
-            sh(&["ip", "-n", &u, "link", "add", &p, "type", "veth", "peer", "name", "ul0", "netns", ns])?;
-            sh(&["ip", "-n", &u, "link", "set", &p, "master", "br0", "up"])?;
-            sh(&["ip", "-n", ns, "addr", "add", &format!("198.19.1.{i}/24"), "dev", "ul0"])?;
-            sh(&["ip", "-n", ns, "link", "set", "ul0", "up"])?;
-            let remote = format!("198.19.1.{}", 3 - i);
-            sh(&["ip", "-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "4243", "local", &format!("198.19.1.{i}"), "remote", &remote, "dstport", "4789"])?;
+        underlay_pair(&[&u, &a, &bb], &u, [&a, &bb], 1, 4243, &[])?;
+        for ns in [&a, &bb] {
             sh(&["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])?;
             sh(&["ip", "netns", "exec", ns, "ip", "tuntap", "add", "mode", "tap", "vnet_hdr", "name", "tap0"])?;
             for dev in ["vx0", "tap0"] {

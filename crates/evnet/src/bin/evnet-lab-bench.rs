@@ -471,25 +471,40 @@ struct Baselines {
     tag: String,
 }
 
+/// Makes namespaces `nss` (loopback up), then two "hosts" `hosts` joined by
+/// a veth underlay on a bridge in namespace `u` (`198.19.<net>.1` and `.2`
+/// on their `ul0`), each with a VXLAN device `vx0` of VNI `vni` sending
+/// unicast to the other (`extra`: further `ip link add … vxlan` flags).
+fn underlay_pair(nss: &[&str], u: &str, hosts: [&str; 2], net: u8, vni: u32, extra: &[&str]) -> anyhow::Result<()> {
+    for ns in nss {
+        sh(&["ip", "netns", "add", ns])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    }
+    sh(&["ip", "-n", u, "link", "add", "br0", "type", "bridge"])?;
+    sh(&["ip", "-n", u, "link", "set", "br0", "up"])?;
+    for (i, ns) in [(1, hosts[0]), (2, hosts[1])] {
+        let p = format!("p{i}");
+        sh(&["ip", "-n", u, "link", "add", &p, "type", "veth", "peer", "name", "ul0", "netns", ns])?;
+        sh(&["ip", "-n", u, "link", "set", &p, "master", "br0", "up"])?;
+        sh(&["ip", "-n", ns, "addr", "add", &format!("198.19.{net}.{i}/24"), "dev", "ul0"])?;
+        sh(&["ip", "-n", ns, "link", "set", "ul0", "up"])?;
+        let (local, remote) = (format!("198.19.{net}.{i}"), format!("198.19.{net}.{}", 3 - i));
+        let mut vx = vec!["ip", "-n", ns, "link", "add", "vx0", "type", "vxlan", "id"];
+        let vni = vni.to_string();
+        vx.extend([vni.as_str(), "local", &local, "remote", &remote, "dstport", "4789"]);
+        vx.extend(extra);
+        sh(&vx)?;
+    }
+    Ok(())
+}
+
 impl Baselines {
     fn new() -> anyhow::Result<Baselines> {
         let tag = format!("{:04x}", rand::random::<u16>());
         let b = Baselines { tag };
         let (u, a, bb, va, vb, ia, ib) = (b.ns("u"), b.ns("a"), b.ns("b"), b.ns("va"), b.ns("vb"), b.ns("ia"), b.ns("ib"));
-        for ns in [&u, &a, &bb, &va, &vb, &ia, &ib] {
-            sh(&["ip", "netns", "add", ns])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        }
-        sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"])?;
-        sh(&["ip", "-n", &u, "link", "set", "br0", "up"])?;
+        underlay_pair(&[&u, &a, &bb, &va, &vb, &ia, &ib], &u, [&a, &bb], 0, 4242, &["nolearning"])?;
         for (i, ns) in [(1, &a), (2, &bb)] {
-            let p = format!("p{i}");
-            sh(&["ip", "-n", &u, "link", "add", &p, "type", "veth", "peer", "name", "ul0", "netns", ns])?;
-            sh(&["ip", "-n", &u, "link", "set", &p, "master", "br0", "up"])?;
-            sh(&["ip", "-n", ns, "addr", "add", &format!("198.19.0.{i}/24"), "dev", "ul0"])?;
-            sh(&["ip", "-n", ns, "link", "set", "ul0", "up"])?;
-            let remote = format!("198.19.0.{}", 3 - i);
-            sh(&["ip", "-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "4242", "local", &format!("198.19.0.{i}"), "remote", &remote, "dstport", "4789", "nolearning"])?;
             sh(&["ip", "-n", ns, "link", "set", "vx0", "mtu", "1450", "up"])?;
             sh(&["ip", "-n", ns, "addr", "add", &format!("10.250.0.{i}/24"), "dev", "vx0"])?;
             // Routed: instance namespace 10.252.i.2 behind veth ve0.
