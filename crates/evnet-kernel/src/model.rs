@@ -241,6 +241,19 @@ fn check_mac(mac: &str) -> Result<String, KernelError> {
     normalize_mac(mac).ok_or_else(|| err(format!("mac {mac:?}"), Errno::Invalid))
 }
 
+/// Adds a device of its own (no peer, no tunnel) to namespace `n`
+/// (`ns`): down, with a MAC of its own; refused when the name is taken.
+fn add_lone_device(n: &mut MNs, ns: &Ns, name: &str, kind: LinkKind, mtu: u32) -> Result<(), KernelError> {
+    check_ifname(name)?;
+    if n.links.contains_key(name) {
+        return Err(err(format!("link {ns}/{name}"), Errno::Exists));
+    }
+    let mac = random_like_mac(&LinkRef::new(ns.clone(), name));
+    n.links.insert(name.to_string(), MLink { kind, mac: Some(mac), mtu, up: false, peer: None, vxlan: None, sock_ns: None, ifindex: next_ifindex() });
+    new_dev_sysctls(n, name);
+    Ok(())
+}
+
 fn new_dev_sysctls(ns: &mut MNs, dev: &str) {
     ns.sysctls.insert(sysctl_proxy_arp(dev), "0".into());
     ns.sysctls.insert(sysctl_proxy_delay(dev), "80".into());
@@ -389,24 +402,8 @@ impl World {
                     return Err(err(format!("macvlan on {parent}"), Errno::Invalid));
                 }
                 let mtu = p.mtu;
-                if self.ns(ns)?.links.contains_key(name) {
-                    return Err(err(format!("link {ns}/{name}"), Errno::Exists));
-                }
                 let n = self.ns_mut(ns)?;
-                n.links.insert(
-                    name.clone(),
-                    MLink {
-                        kind: LinkKind::Other(MACVLAN_KIND.into()),
-                        mac: Some(random_like_mac(&LinkRef::new(ns.clone(), name))),
-                        mtu,
-                        up: false,
-                        peer: None,
-                        vxlan: None,
-                        sock_ns: None,
-                        ifindex: next_ifindex(),
-                    },
-                );
-                new_dev_sysctls(n, name);
+                add_lone_device(n, ns, name, LinkKind::Other(MACVLAN_KIND.into()), mtu)?;
             }
             Op::MoveLink { ns, name, to } => {
                 self.ns(to)?;
@@ -596,39 +593,12 @@ impl World {
                 *s = elements.clone();
             }
             Op::CreateIfb { ns, name } => {
-                check_ifname(name)?;
                 let n = self.ns_mut(ns)?;
-                if n.links.contains_key(name) {
-                    return Err(err(format!("link {ns}/{name}"), Errno::Exists));
-                }
-                let mac = random_like_mac(&LinkRef::new(ns.clone(), name));
-                n.links.insert(
-                    name.clone(),
-                    MLink { kind: LinkKind::Ifb, mac: Some(mac), mtu: 1500, up: false, peer: None, vxlan: None, sock_ns: None, ifindex: next_ifindex() },
-                );
-                new_dev_sysctls(n, name);
+                add_lone_device(n, ns, name, LinkKind::Ifb, 1500)?;
             }
             Op::CreateTap { ns, name, mtu, .. } => {
-                check_ifname(name)?;
                 let n = self.ns_mut(ns)?;
-                if n.links.contains_key(name) {
-                    return Err(err(format!("link {ns}/{name}"), Errno::Exists));
-                }
-                let mac = random_like_mac(&LinkRef::new(ns.clone(), name));
-                n.links.insert(
-                    name.clone(),
-                    MLink {
-                        kind: LinkKind::Other(evnet_plan::observed::TAP_KIND.into()),
-                        mac: Some(mac),
-                        mtu: *mtu,
-                        up: false,
-                        peer: None,
-                        vxlan: None,
-                        sock_ns: None,
-                        ifindex: next_ifindex(),
-                    },
-                );
-                new_dev_sysctls(n, name);
+                add_lone_device(n, ns, name, LinkKind::Other(evnet_plan::observed::TAP_KIND.into()), *mtu)?;
             }
             Op::EnsureShaper { ns, dev, shaper } => {
                 check_shaper(shaper)?;

@@ -631,6 +631,15 @@ fn a_nat_gateway_is_built_and_removed_over_netlink() {
     assert!(plan(&base, &o, &cfg).is_empty());
 }
 
+/// `TUNSETIFF`'s `ifreq` for attaching to the tap `name` as QEMU does
+/// (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`).
+fn tap_ifreq(name: &str) -> [u8; 40] {
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    ifr[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | 0x4000).to_ne_bytes());
+    ifr
+}
+
 /// Attaches to the tap `name` in namespace `ns` as `uid`/`gid` (as a VM
 /// monitor without privileges does: `TUNSETIFF` on `/dev/net/tun`), in a
 /// child process that drops to them after opening the device: whether the
@@ -640,10 +649,7 @@ fn open_tap_as(ns: &str, name: &str, uid: u32, gid: u32) -> std::io::Result<()> 
     use std::os::unix::process::CommandExt;
     let nsf = std::fs::File::open(format!("/run/netns/{ns}"))?;
     let fd = nsf.as_raw_fd();
-    let mut ifr = [0u8; 40];
-    ifr[..name.len()].copy_from_slice(name.as_bytes());
-    // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, as QEMU asks.
-    ifr[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | 0x4000).to_ne_bytes());
+    let ifr = tap_ifreq(name);
     let mut cmd = Command::new("/bin/true");
     // SAFETY: only async-signal-safe system calls run between fork and exec.
     unsafe {
@@ -703,9 +709,7 @@ fn a_vm_tap_is_made_owned_by_its_user_and_removed() {
         move || {
             use std::os::fd::AsRawFd;
             let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").unwrap();
-            let mut ifr = [0u8; 40];
-            ifr[..tap.len()].copy_from_slice(tap.as_bytes());
-            ifr[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | 0x4000).to_ne_bytes());
+            let mut ifr = tap_ifreq(&tap);
             // SAFETY: a valid fd and an ifreq-sized buffer.
             unsafe { libc::ioctl(f.as_raw_fd(), 0x4004_54ca, ifr.as_mut_ptr()) == 0 }.then_some(f)
         }
