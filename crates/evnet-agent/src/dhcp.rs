@@ -514,22 +514,7 @@ pub fn spawn(
     gateway_mac: [u8; 6],
     metrics: Arc<AgentMetrics>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
-    let file = netns.as_ref().map(std::fs::File::open).transpose()?;
-    let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new().name("evnet-dhcp".into()).spawn(move || {
-        if let Some(f) = &file {
-            // SAFETY: setns on a valid fd; it affects this thread only.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                let _ = ready_tx.send(Err(io::Error::last_os_error()));
-                return;
-            }
-        }
-        drop(file);
-        let _ = ready_tx.send(Ok(()));
-        serve(rx, gateway_mac, &metrics);
-    })?;
-    ready.recv().map_err(|_| io::Error::other("the DHCP thread ended at its start"))??;
-    Ok(handle)
+    crate::hostns::spawn("evnet-dhcp", netns, || Ok(()), move |()| serve(rx, gateway_mac, &metrics))
 }
 
 fn serve(mut rx: tokio::sync::watch::Receiver<Arc<Target>>, gateway_mac: [u8; 6], metrics: &AgentMetrics) {

@@ -39,6 +39,7 @@ mod cni;
 pub mod credential;
 pub mod dhcp;
 pub mod fastpath;
+mod hostns;
 pub mod metadata;
 pub mod metrics;
 

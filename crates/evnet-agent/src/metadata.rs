@@ -42,7 +42,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -497,31 +496,14 @@ pub fn spawn(
     rx: tokio::sync::watch::Receiver<Arc<Target>>,
     metrics: Arc<AgentMetrics>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
-    let file = netns.as_ref().map(std::fs::File::open).transpose()?;
-    let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new().name("evnet-metadata".into()).spawn(move || {
-        if let Some(f) = &file {
-            // SAFETY: setns on a valid fd; it affects this thread only.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                let _ = ready_tx.send(Err(io::Error::last_os_error()));
-                return;
-            }
-        }
-        drop(file);
-        // Everything runs on this thread (in the host namespace): the
-        // sockets are made here, and sysctls are written through it.
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-                return;
-            }
-        };
-        let _ = ready_tx.send(Ok(()));
-        rt.block_on(serve(rx, metrics));
-    })?;
-    ready.recv().map_err(|_| io::Error::other("the metadata thread ended at its start"))??;
-    Ok(handle)
+    // Everything runs on this thread (in the host namespace): the sockets
+    // are made here, and sysctls are written through it.
+    crate::hostns::spawn(
+        "evnet-metadata",
+        netns,
+        || tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        move |rt| rt.block_on(serve(rx, metrics)),
+    )
 }
 
 /// One device's listener task.
