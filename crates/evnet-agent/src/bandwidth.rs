@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use evnet_alloc::{Allocator, Eni, Flow, Link, Problem};
 use evnet_kernel::{Kernel, Op, ShaperStats};
-use evnet_model::desired::{DirectionStats, EniBandwidthReport, EniCaps, HostBandwidthCaps, HostBandwidthReport, HostDesired};
+use evnet_model::desired::{DirectionStats, EniBandwidthReport, EniCaps, HostBandwidthCaps, HostBandwidthReport, HostDesired, PairBandwidthReport, PairCaps};
 use evnet_plan::plan::{DEFAULT_BURST_BYTES, eni_shaper_devices};
 use evnet_plan::{EniRates, Ns, Shaper, naming};
 use tokio::sync::watch;
@@ -428,11 +428,32 @@ pub struct Shared {
     /// Woken when the caps change (the tc-BPF data plane's reconciler
     /// then moves the classes' ceilings).
     pub caps_changed: tokio::sync::Notify,
+    /// The pairs' latest report ([`crate::pairs`]) and whether any pair is
+    /// active (then the agent reports every `pairs::ACTIVE_REPORT_EVERY`).
+    pub pairs: Mutex<(Vec<PairBandwidthReport>, bool)>,
+    /// Woken at a pair's onset: report at once.
+    pub report_now: tokio::sync::Notify,
+    /// The controller's latest caps on this host's pairs and when it last
+    /// answered.
+    pub pair_caps: Mutex<(Vec<PairCaps>, Option<Instant>)>,
+    /// Woken when the pairs' caps change.
+    pub pair_caps_changed: tokio::sync::Notify,
+    /// The ENIs' host-side devices (name → ifindex), as the reconciler
+    /// last saw them.
+    pub eni_devices: Mutex<BTreeMap<String, u32>>,
 }
 
 impl Shared {
     /// Replaces the caps with the controller's answer.
     pub fn set_caps(&self, caps: HostBandwidthCaps) {
+        {
+            let mut cur = self.pair_caps.lock().expect("pair caps lock");
+            let changed = cur.0 != caps.pairs;
+            *cur = (caps.pairs, Some(Instant::now()));
+            if changed {
+                self.pair_caps_changed.notify_one();
+            }
+        }
         let new: BTreeMap<String, EniCaps> = caps.enis.into_iter().map(|c| (c.eni_id.clone(), c)).collect();
         let changed = {
             let mut cur = self.caps.lock().expect("caps lock");
@@ -576,7 +597,7 @@ pub async fn run_fast_path_loop(
         let ceilings = fast_path_ceilings(&shared.caps.lock().expect("caps lock"));
         let now_ms = origin.elapsed().as_millis() as u64;
         let report = meter.step(now_ms, &desired, &stats, &ceilings);
-        *shared.report.lock().expect("report lock") = HostBandwidthReport { enis: report };
+        *shared.report.lock().expect("report lock") = HostBandwidthReport { pairs: vec![], enis: report };
     }
 }
 
@@ -625,7 +646,7 @@ pub async fn run_loop(
         let now_ms = origin.elapsed().as_millis() as u64;
         let caps = shared.caps.lock().expect("caps lock").clone();
         let step = ctl.step(now_ms, &desired, &stats, &caps);
-        *shared.report.lock().expect("report lock") = HostBandwidthReport { enis: step.report.clone() };
+        *shared.report.lock().expect("report lock") = HostBandwidthReport { pairs: vec![], enis: step.report.clone() };
         if step.ops.is_empty() || dry_run {
             continue;
         }
@@ -640,14 +661,24 @@ pub async fn run_loop(
     }
 }
 
-/// Reports to the server every `every` and keeps the caps it answers with.
+/// Reports to the server every `every` (every `pairs::ACTIVE_REPORT_EVERY`
+/// while a pair to another host is active, and at once when one switches
+/// on) and keeps the caps it answers with.
 pub async fn report_loop(client: evnet_client::Client, host_id: String, every: Duration, shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let path = format!("/v1/hosts/{host_id}/bandwidth");
+    let mut next = tokio::time::Instant::now() + every;
     loop {
-        tick.tick().await;
-        let report = shared.report.lock().expect("report lock").clone();
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shared.report_now.notified() => {}
+        }
+        let mut report = shared.report.lock().expect("report lock").clone();
+        let active = {
+            let p = shared.pairs.lock().expect("pairs lock");
+            report.pairs = p.0.clone();
+            p.1
+        };
+        next = tokio::time::Instant::now() + if active { crate::pairs::ACTIVE_REPORT_EVERY.min(every) } else { every };
         let body = match serde_json::to_value(&report) {
             Ok(b) => b,
             Err(e) => {
@@ -806,7 +837,7 @@ mod tests {
     #[test]
     fn new_caps_wake_the_reconciler_only_when_they_change() {
         let s = Shared::default();
-        let caps = HostBandwidthCaps { enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M), rx_cap_bps: None }] };
+        let caps = HostBandwidthCaps { pairs: vec![], enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M), rx_cap_bps: None }] };
         s.set_caps(caps.clone());
         let woke = |s: &Shared| {
             let n = s.caps_changed.notified();

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use evnet_bpf::target::{self, Devices, EniDevice, Op, Settings, State};
-use evnet_bpf::{BpfError, Dataplane};
+use evnet_bpf::{BpfError, Dataplane, PairCap, PairKey, PairMeter};
 use evnet_model::desired::HostDesired;
 use evnet_model::{FailedObjectKind, ReconcileFailure};
 use evnet_plan::{LinkKind, NsState, naming};
@@ -25,6 +25,14 @@ pub trait FastPath: Send + Sync {
     /// What is held now; `devices`: the ifindexes whose attachment matters.
     fn observe(&self, devices: &BTreeSet<u32>) -> Result<State, BpfError>;
     fn apply(&self, op: &Op) -> Result<(), BpfError>;
+    /// The pairs' counters (`crate::pairs`; not part of the reconciled
+    /// state: the pair meter is their one reader and writer).
+    fn pair_meters(&self) -> Result<Vec<(PairKey, PairMeter)>, BpfError>;
+    fn forget_pair(&self, key: &PairKey) -> Result<(), BpfError>;
+    /// The pairs' caps in force.
+    fn pair_caps(&self) -> Result<Vec<(PairKey, PairCap)>, BpfError>;
+    fn set_pair_cap(&self, key: &PairKey, cap: &PairCap) -> Result<(), BpfError>;
+    fn remove_pair_cap(&self, key: &PairKey) -> Result<(), BpfError>;
 }
 
 impl FastPath for Dataplane {
@@ -34,6 +42,21 @@ impl FastPath for Dataplane {
     fn apply(&self, op: &Op) -> Result<(), BpfError> {
         target::apply(self, op)
     }
+    fn pair_meters(&self) -> Result<Vec<(PairKey, PairMeter)>, BpfError> {
+        Dataplane::pair_meters(self)
+    }
+    fn forget_pair(&self, key: &PairKey) -> Result<(), BpfError> {
+        Dataplane::forget_pair(self, key)
+    }
+    fn pair_caps(&self) -> Result<Vec<(PairKey, PairCap)>, BpfError> {
+        Dataplane::pair_caps(self)
+    }
+    fn set_pair_cap(&self, key: &PairKey, cap: &PairCap) -> Result<(), BpfError> {
+        Dataplane::set_pair_cap(self, key, cap)
+    }
+    fn remove_pair_cap(&self, key: &PairKey) -> Result<(), BpfError> {
+        Dataplane::remove_pair_cap(self, key)
+    }
 }
 
 /// An in-memory fast path ([`State::apply`] on a copy of the maps), for
@@ -42,6 +65,8 @@ impl FastPath for Dataplane {
 #[derive(Debug, Default)]
 pub struct ModelFastPath {
     pub state: Mutex<State>,
+    /// The pairs' counters (a test sets them) and caps.
+    pub pairs: Mutex<(BTreeMap<PairKey, PairMeter>, BTreeMap<PairKey, PairCap>)>,
 }
 
 impl FastPath for ModelFastPath {
@@ -52,6 +77,24 @@ impl FastPath for ModelFastPath {
     }
     fn apply(&self, op: &Op) -> Result<(), BpfError> {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).apply(op);
+        Ok(())
+    }
+    fn pair_meters(&self) -> Result<Vec<(PairKey, PairMeter)>, BpfError> {
+        Ok(self.pairs.lock().unwrap_or_else(|e| e.into_inner()).0.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn forget_pair(&self, key: &PairKey) -> Result<(), BpfError> {
+        self.pairs.lock().unwrap_or_else(|e| e.into_inner()).0.remove(key);
+        Ok(())
+    }
+    fn pair_caps(&self) -> Result<Vec<(PairKey, PairCap)>, BpfError> {
+        Ok(self.pairs.lock().unwrap_or_else(|e| e.into_inner()).1.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn set_pair_cap(&self, key: &PairKey, cap: &PairCap) -> Result<(), BpfError> {
+        self.pairs.lock().unwrap_or_else(|e| e.into_inner()).1.insert(*key, *cap);
+        Ok(())
+    }
+    fn remove_pair_cap(&self, key: &PairKey) -> Result<(), BpfError> {
+        self.pairs.lock().unwrap_or_else(|e| e.into_inner()).1.remove(key);
         Ok(())
     }
 }

@@ -35,6 +35,7 @@
 //! The agent never writes the store: everything goes through the API.
 
 pub mod bandwidth;
+pub mod pairs;
 mod cni;
 pub mod credential;
 pub mod dhcp;
@@ -190,6 +191,11 @@ pub async fn run_with(
             }
         }
     });
+    // Receiver-driven guarantees: the pairs' meter and caps (tc-BPF only).
+    let pair_loop = match &fast {
+        Some(fp) if config.bandwidth.enabled => Some(tokio::spawn(pairs::run(fp.clone(), desired_rx.clone(), bw.clone()))),
+        _ => None,
+    };
     let bw_report = tokio::spawn(bandwidth::report_loop(client.clone(), host_id.clone(), config.bandwidth.report_every, bw.clone()));
     let cni = match &config.cni_socket {
         Some(path) => {
@@ -234,6 +240,9 @@ pub async fn run_with(
     heartbeats.abort();
     bw_loop.abort();
     bw_report.abort();
+    if let Some(p) = pair_loop {
+        p.abort();
+    }
     if let Some(c) = cni {
         c.abort();
     }
@@ -388,6 +397,7 @@ async fn reconcile_loop(
             Ok(Ok(pass)) => {
                 dirty = Some(pass.touched.clone());
                 if let Some(devices) = &pass.eni_devices {
+                    *bw.eni_devices.lock().unwrap_or_else(|e| e.into_inner()) = devices.clone();
                     if let Some(tx) = &served.dhcp {
                         publish(tx, dhcp::target(&desired, devices, config.plan.mtu));
                     }

@@ -147,6 +147,23 @@ struct {
 } flows SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct pair_key);
+	__type(value, struct pair_cap);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} pair_caps SEC(".maps");
+
+/* Preallocated: the policer takes its spin lock in the value. Full, a new
+ * pair goes uncounted and uncapped (the agent forgets idle pairs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct pair_key);
+	__type(value, struct pair_meter);
+} pair_meters SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -651,6 +668,51 @@ static __always_inline int to_metadata(struct __sk_buff *skb, const struct eni *
 	return TC_ACT_OK;
 }
 
+/* Meters what a local ENI sends to one remote ENI and holds it to the
+ * controller's cap on that pair, if any (receiver-driven guarantees: the
+ * receiving host's NIC is shared by slowing the senders at their own
+ * hosts, before their packets cross the underlay). A policer, the generic
+ * cell rate algorithm: a packet conforms when it would not put the pair
+ * more than `burst_ns` ahead of its rate. Returns 0 to drop. */
+static __always_inline int pair_conforms(struct __sk_buff *skb, __u32 ifindex, __u32 vni, __be32 ip)
+{
+	struct pair_key k = {};
+	k.ifindex = ifindex;
+	k.vni = vni;
+	k.ip = ip;
+	struct pair_meter *m = bpf_map_lookup_elem(&pair_meters, &k);
+	if (!m) {
+		struct pair_meter z = {};
+		bpf_map_update_elem(&pair_meters, &k, &z, BPF_NOEXIST);
+		m = bpf_map_lookup_elem(&pair_meters, &k);
+		if (!m)
+			return 1;
+	}
+	__u64 len = skb->len;
+	__sync_fetch_and_add(&m->bytes, len);
+	__sync_fetch_and_add(&m->packets, 1);
+	struct pair_cap *c = bpf_map_lookup_elem(&pair_caps, &k);
+	if (!c || !c->rate_bytes)
+		return 1;
+	__u64 rate = c->rate_bytes;
+	__u64 burst = c->burst_ns;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 cost = len * 1000000000ull / rate;
+	int ok = 0;
+	bpf_spin_lock(&m->lock);
+	__u64 tat = m->tat;
+	if (tat < now)
+		tat = now;
+	if (tat + cost <= now + burst) {
+		m->tat = tat + cost;
+		ok = 1;
+	}
+	bpf_spin_unlock(&m->lock);
+	if (!ok)
+		__sync_fetch_and_add(&m->dropped_bytes, len);
+	return ok;
+}
+
 SEC("tc")
 int evnet_eni(struct __sk_buff *skb)
 {
@@ -710,6 +772,9 @@ int evnet_eni(struct __sk_buff *skb)
 		}
 	}
 	int to_appliance = 0;
+	/* The ENI the packet goes to (the appliance's address for a route
+	 * through one), for the pair's meter and cap. */
+	__be32 pair_ip = ip->daddr;
 	if (h) {
 		if (h->kind == HOP_PEERING) {
 			dst_vni = h->vni;
@@ -720,8 +785,10 @@ int evnet_eni(struct __sk_buff *skb)
 				/* Never back to the appliance that sent it: its own
 				 * packets follow the local route. */
 				rt = route_of(vni, ip->daddr);
-			else
+			else {
 				to_appliance = 1;
+				pair_ip = h->ip;
+			}
 		} else if (h->kind == HOP_LOCAL) {
 			return drop(R_DROP_NO_ROUTE);
 		} else if (h->kind == HOP_INTERNET) {
@@ -790,6 +857,8 @@ int evnet_eni(struct __sk_buff *skb)
 			return drop(R_DROP_MALFORMED);
 		count(R_PASS_APPLIANCE);
 	}
+	if (!pair_conforms(skb, ifindex, dst_vni, pair_ip))
+		return drop(R_DROP_PAIR_CAP);
 	/* Across a peering the packet travels in the receiver's VNI. */
 	struct bpf_tunnel_key tk = {};
 	tk.tunnel_id = dst_vni;

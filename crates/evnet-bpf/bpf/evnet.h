@@ -182,6 +182,36 @@ struct flow {
 	__u64 seen_ns;
 };
 
+/* What a local ENI sends to one ENI on another host: (the sender's
+ * host-side ifindex, the receiver's VNI and address). The receiver is the
+ * ENI the packet is delivered to (an appliance for a route through one). */
+struct pair_key {
+	__u32 ifindex;
+	__u32 vni;
+	__be32 ip;
+	__u32 pad;
+};
+
+/* The controller's cap on one pair (receiver-driven guarantees): a rate in
+ * bytes per second and a burst tolerance in nanoseconds at that rate.
+ * Written by the agent only. */
+struct pair_cap {
+	__u64 rate_bytes;
+	__u64 burst_ns;
+};
+
+/* One pair's meter and policer state, written by the program only: bytes
+ * offered (before the cap) and dropped by the cap; `tat` the theoretical
+ * arrival time of the generic cell rate algorithm. */
+struct pair_meter {
+	__u64 bytes;
+	__u64 packets;
+	__u64 dropped_bytes;
+	__u64 tat;
+	struct bpf_spin_lock lock;
+	__u32 pad;
+};
+
 /* Per-host settings, `config[0]`. */
 struct config {
 	__u32 vxlan_ifindex; /* the host's collect_md VXLAN device */
@@ -225,7 +255,8 @@ enum reason {
 	R_ARP_EIP_REPLY,
 	R_PASS_METADATA,
 	R_DROP_METADATA,
-	R_MAX = 32,
+	R_DROP_PAIR_CAP,
+	R_MAX = 33,
 };
 
 #endif

@@ -27,7 +27,7 @@ use libbpf_rs::{
 use sha2::{Digest, Sha256};
 
 use crate::error::BpfError;
-use crate::maps::{self, Appliance, Direction, Eip, EniEntry, Hop, HostConfig, MAP_NAMES, Reason, Route, Rule, Trust};
+use crate::maps::{self, Appliance, Direction, Eip, EniEntry, Hop, HostConfig, MAP_NAMES, PairCap, PairKey, PairMeter, Reason, Route, Rule, Trust};
 
 /// The compiled programs (`bpf/evnet.bpf.c`).
 pub(crate) static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/evnet.bpf.o"));
@@ -123,6 +123,8 @@ struct Maps {
     flows: MapHandle,
     config: MapHandle,
     stats: MapHandle,
+    pair_caps: MapHandle,
+    pair_meters: MapHandle,
 }
 
 /// Everything in a host's maps, read back (for observation and diffing).
@@ -413,6 +415,8 @@ impl Dataplane {
             flows: open_map(&dir, "flows")?,
             config: open_map(&dir, "config")?,
             stats: open_map(&dir, "stats")?,
+            pair_caps: open_map(&dir, "pair_caps")?,
+            pair_meters: open_map(&dir, "pair_meters")?,
         };
         for (m, key, value) in [
             (&maps.enis, 4, EniEntry::SIZE),
@@ -425,6 +429,8 @@ impl Dataplane {
             (&maps.rules, 8, maps::RULES_SIZE),
             (&maps.members, 8, 1),
             (&maps.config, 4, HostConfig::SIZE),
+            (&maps.pair_caps, PairKey::SIZE, PairCap::SIZE),
+            (&maps.pair_meters, PairKey::SIZE, PairMeter::SIZE),
         ] {
             if m.key_size() as usize != key || m.value_size() as usize != value {
                 return Err(BpfError::Layout {
@@ -863,6 +869,51 @@ impl Dataplane {
             delete(&self.maps.flows, "flows", k)?;
         }
         Ok(keys.len())
+    }
+
+    /// Every pair's counters (what local ENIs send to remote ones).
+    pub fn pair_meters(&self) -> Result<Vec<(PairKey, PairMeter)>, BpfError> {
+        let mut out = vec![];
+        for k in self.maps.pair_meters.keys() {
+            if let (Some(key), Some(v)) = (
+                PairKey::decode(&k),
+                lookup(&self.maps.pair_meters, "pair_meters", &k)?.and_then(|b| PairMeter::decode(&b)),
+            ) {
+                out.push((key, v));
+            }
+        }
+        out.sort_by_key(|p| p.0);
+        Ok(out)
+    }
+
+    /// Forgets a pair's counters (an idle pair; the program starts it again
+    /// from zero at its next packet).
+    pub fn forget_pair(&self, key: &PairKey) -> Result<(), BpfError> {
+        delete(&self.maps.pair_meters, "pair_meters", &key.encode())
+    }
+
+    /// The caps in force, by pair.
+    pub fn pair_caps(&self) -> Result<Vec<(PairKey, PairCap)>, BpfError> {
+        let mut out = vec![];
+        for k in self.maps.pair_caps.keys() {
+            if let (Some(key), Some(v)) =
+                (PairKey::decode(&k), lookup(&self.maps.pair_caps, "pair_caps", &k)?.and_then(|b| PairCap::decode(&b)))
+            {
+                out.push((key, v));
+            }
+        }
+        out.sort_by_key(|p| p.0);
+        Ok(out)
+    }
+
+    /// Caps what `key`'s sender sends to its receiver.
+    pub fn set_pair_cap(&self, key: &PairKey, cap: &PairCap) -> Result<(), BpfError> {
+        update(&self.maps.pair_caps, "pair_caps", &key.encode(), &cap.encode())
+    }
+
+    /// Lifts a pair's cap.
+    pub fn remove_pair_cap(&self, key: &PairKey) -> Result<(), BpfError> {
+        delete(&self.maps.pair_caps, "pair_caps", &key.encode())
     }
 
     /// The counters, summed over CPUs.

@@ -58,5 +58,5 @@ pub use host::{
     Attached, BPFFS, Dataplane, FlowState, LoadReport, MapContents, Options, STRAY_EIP_VNI, ensure_bpffs,
     host_dir, remove_host,
 };
-pub use maps::{Direction, Eip, EniEntry, Hop, HostConfig, Peer, Proto, Reason, Route, Rule, Trust};
+pub use maps::{Direction, Eip, EniEntry, Hop, HostConfig, PairCap, PairKey, PairMeter, Peer, Proto, Reason, Route, Rule, Trust};
 pub use testrun::{Outcome, Verdict};

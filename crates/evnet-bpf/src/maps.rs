@@ -11,8 +11,9 @@ use std::net::Ipv4Addr;
 
 /// The maps, by the name they have in the object and under `maps/` in the
 /// host's pin directory.
-pub const MAP_NAMES: [&str; 12] = [
+pub const MAP_NAMES: [&str; 14] = [
     "enis", "routes", "hops", "appliances", "eips", "eips_in", "trust", "rules", "members", "flows", "config", "stats",
+    "pair_caps", "pair_meters",
 ];
 
 /// The most rules one ENI has in one direction (all its groups merged).
@@ -332,6 +333,78 @@ impl Trust {
     }
 }
 
+/// What a local ENI sends to one remote ENI: `pair_caps` and
+/// `pair_meters` are keyed by it. The receiver is the ENI the packet is
+/// delivered to (an appliance's address for a route through one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PairKey {
+    /// The sender's host-side device.
+    pub ifindex: u32,
+    /// The receiver's VNI.
+    pub vni: u32,
+    /// The receiver's address.
+    pub ip: Ipv4Addr,
+}
+
+impl PairKey {
+    pub const SIZE: usize = 16;
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut k = self.ifindex.to_ne_bytes().to_vec();
+        k.extend(self.vni.to_ne_bytes());
+        k.extend(self.ip.octets());
+        k.extend([0; 4]);
+        k
+    }
+    pub(crate) fn decode(k: &[u8]) -> Option<PairKey> {
+        (k.len() == Self::SIZE).then(|| PairKey { ifindex: u32_at(k, 0), vni: u32_at(k, 4), ip: Ipv4Addr::new(k[8], k[9], k[10], k[11]) })
+    }
+}
+
+/// The controller's cap on a pair: the program drops what would put the
+/// pair more than `burst_ns` ahead of `rate_bytes` per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairCap {
+    pub rate_bytes: u64,
+    pub burst_ns: u64,
+}
+
+impl PairCap {
+    pub const SIZE: usize = 16;
+    /// A cap of `bps` bit/s whose burst tolerance is `burst_ns`, but at least
+    /// two 64 KiB GSO packets' worth (a smaller one drops every large
+    /// packet of a TCP flow at low rates).
+    pub fn of_bps(bps: u64, burst_ns: u64) -> PairCap {
+        let rate_bytes = (bps / 8).max(1);
+        let two_gso = 2 * 65_536 * 1_000_000_000 / rate_bytes;
+        PairCap { rate_bytes, burst_ns: burst_ns.max(two_gso) }
+    }
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = self.rate_bytes.to_ne_bytes().to_vec();
+        v.extend(self.burst_ns.to_ne_bytes());
+        v
+    }
+    pub(crate) fn decode(b: &[u8]) -> Option<PairCap> {
+        (b.len() == Self::SIZE).then(|| PairCap { rate_bytes: u64_at(b, 0), burst_ns: u64_at(b, 8) })
+    }
+}
+
+/// A pair's counters: bytes and packets offered (before its cap) and the
+/// bytes its cap dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PairMeter {
+    pub bytes: u64,
+    pub packets: u64,
+    pub dropped_bytes: u64,
+}
+
+impl PairMeter {
+    /// `struct pair_meter`: four u64, the spin lock and padding.
+    pub const SIZE: usize = 40;
+    pub(crate) fn decode(b: &[u8]) -> Option<PairMeter> {
+        (b.len() == Self::SIZE).then(|| PairMeter { bytes: u64_at(b, 0), packets: u64_at(b, 8), dropped_bytes: u64_at(b, 16) })
+    }
+}
+
 /// Which way a rule list applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Direction {
@@ -564,10 +637,12 @@ pub enum Reason {
     PassMetadata,
     /// Anything else to 169.254.169.254.
     DropMetadata,
+    /// Over the controller's cap on what its ENI sends to that receiver.
+    DropPairCap,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 33] = [
         Reason::PassLocal,
         Reason::PassRemote,
         Reason::PassOverlay,
@@ -600,6 +675,7 @@ impl Reason {
         Reason::ArpEipReply,
         Reason::PassMetadata,
         Reason::DropMetadata,
+        Reason::DropPairCap,
     ];
 
     /// Its index in `stats`.
@@ -642,8 +718,13 @@ impl Reason {
             Reason::ArpEipReply => "arp_eip_reply",
             Reason::PassMetadata => "pass_metadata",
             Reason::DropMetadata => "drop_metadata",
+            Reason::DropPairCap => "drop_pair_cap",
         }
     }
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

@@ -346,6 +346,30 @@ pub struct EniBandwidthReport {
 #[serde(deny_unknown_fields)]
 pub struct HostBandwidthReport {
     pub enis: Vec<EniBandwidthReport>,
+    /// What local ENIs send to ENIs on other hosts, per pair (the tc-BPF
+    /// data plane meters each pair before its cap). The controller shares
+    /// each receiving host's NIC among these pairs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<PairBandwidthReport>,
+}
+
+/// What one local ENI sends to one ENI on another host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairBandwidthReport {
+    /// The sender, on the reporting host.
+    #[schemars(with = "crate::schema::EniId")]
+    pub src_eni_id: String,
+    /// The receiver, on another host.
+    #[schemars(with = "crate::schema::EniId")]
+    pub dst_eni_id: String,
+    /// Offered: what the sender sent to it, before the pair's cap.
+    pub rate_bps: u64,
+    /// The sender's estimate of what the pair would send uncapped.
+    pub demand_bps: u64,
+    /// The cap in force on the pair; `None`: uncapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap_bps: Option<u64>,
 }
 
 /// A cap the bandwidth controller puts on one ENI for what one host cannot
@@ -361,6 +385,22 @@ pub struct EniCaps {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostBandwidthCaps {
     pub enis: Vec<EniCaps>,
+    /// Caps on what the host's ENIs send to ENIs on other hosts (whose
+    /// NICs would otherwise be oversubscribed); pairs not listed are
+    /// uncapped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<PairCaps>,
+}
+
+/// The controller's cap on what one ENI sends to one ENI on another host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairCaps {
+    #[schemars(with = "crate::schema::EniId")]
+    pub src_eni_id: String,
+    #[schemars(with = "crate::schema::EniId")]
+    pub dst_eni_id: String,
+    pub cap_bps: u64,
 }
 
 #[cfg(test)]
