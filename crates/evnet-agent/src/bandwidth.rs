@@ -457,15 +457,34 @@ impl Shared {
         let new: BTreeMap<String, EniCaps> = caps.enis.into_iter().map(|c| (c.eni_id.clone(), c)).collect();
         let changed = {
             let mut cur = self.caps.lock().expect("caps lock");
-            let changed = *cur != new;
-            *cur = new;
+            let changed = !caps_close(&cur, &new);
+            if changed {
+                *cur = new;
+            }
             changed
         };
         if changed {
+            tracing::debug!(caps = ?self.caps.lock().expect("caps lock").values().map(|c| (&c.eni_id, c.tx_cap_bps, c.rx_cap_bps)).collect::<Vec<_>>(), "new caps from the controller");
             self.caps_changed.notify_one();
         }
     }
 }
+
+/// Whether two sets of caps are the same ENIs with every cap within
+/// [`CAP_TOLERANCE_PERCENT`] of the other's: then the kernel keeps the
+/// ones it has. Caps that follow pair reports move a little every 50 ms;
+/// each change costs a reconcile pass.
+fn caps_close(a: &BTreeMap<String, EniCaps>, b: &BTreeMap<String, EniCaps>) -> bool {
+    let near = |x: Option<u64>, y: Option<u64>| match (x, y) {
+        (Some(x), Some(y)) => x.abs_diff(y) <= x.max(y) / 100 * CAP_TOLERANCE_PERCENT,
+        (None, None) => true,
+        _ => false,
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && near(va.tx_cap_bps, vb.tx_cap_bps) && near(va.rx_cap_bps, vb.rx_cap_bps))
+}
+
+/// How far a new cap may be from the one in force before it replaces it.
+pub const CAP_TOLERANCE_PERCENT: u64 = 5;
 
 /// The controller's caps as the tc-BPF data plane's plan takes them
 /// (`evnet_plan::EniRates` as ceilings, `u64::MAX` for none): only ENIs
@@ -679,6 +698,7 @@ pub async fn report_loop(client: evnet_client::Client, host_id: String, every: D
             p.1
         };
         next = tokio::time::Instant::now() + if active { crate::pairs::ACTIVE_REPORT_EVERY.min(every) } else { every };
+        tracing::trace!(pairs = ?report.pairs.iter().map(|p| (&p.dst_eni_id, p.rate_bps / 1_000_000, p.demand_bps / 1_000_000)).collect::<Vec<_>>(), "bandwidth report");
         let body = match serde_json::to_value(&report) {
             Ok(b) => b,
             Err(e) => {
@@ -847,6 +867,13 @@ mod tests {
         assert!(woke(&s));
         s.set_caps(caps);
         assert!(!woke(&s), "the same caps again");
+        let near = HostBandwidthCaps { pairs: vec![], enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M + M / 50), rx_cap_bps: None }] };
+        s.set_caps(near);
+        assert!(!woke(&s), "within the tolerance: kept");
+        assert_eq!(s.caps.lock().unwrap()["eni-a"].tx_cap_bps, Some(M));
+        let far = HostBandwidthCaps { pairs: vec![], enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M / 2), rx_cap_bps: None }] };
+        s.set_caps(far);
+        assert!(woke(&s), "halved");
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub const CAPS_EXPIRE: Duration = Duration::from_secs(5);
 /// twice) right after the floods beside it stopped, 50 ms for 100–150 ms
 /// once. Pacing instead of policing would remove the stall (not built).
 pub const CAP_BURST: Duration = Duration::from_millis(50);
+/// The pairs' policers run this much above the controller's caps: an ENI
+/// all of whose pairs are capped is held to their sum by its class in the
+/// shaping tree (a queue, smooth for TCP; `evnet_server::bandwidth::
+/// send_caps_of_pairs`), and its policers only catch what the queue does
+/// not hold (an ENI sending to several hosts). A pair at 90% of its cap is
+/// held back.
+pub const POLICER_HEADROOM_PERCENT: u64 = 110;
 /// A pair whose cap dropped something within this long is held back by
 /// it (a TCP flow under a policer loses a packet every few round trips
 /// and sends less for a while after each loss: a period without drops
@@ -71,9 +78,17 @@ struct PairSample {
     last_active_ms: Option<u64>,
     /// When its cap last dropped something (ms).
     last_drop_ms: Option<u64>,
+    /// The rate reported: over the last [`RATE_WINDOW`] (a TCP flow's
+    /// gaps at its start, or between two bursts of an application, do not
+    /// make the pair look stopped).
     rate_bps: u64,
     demand_bps: u64,
+    /// The last steps' (ms, bytes), oldest first, for the reported rate.
+    recent: [(u64, u64); 4],
 }
+
+/// The window over which a pair's reported rate is measured.
+pub const RATE_WINDOW: Duration = Duration::from_millis(100);
 
 /// What one step found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -185,15 +200,20 @@ impl PairMeterState {
                         last_drop_ms: None,
                         rate_bps: 0,
                         demand_bps: 0,
+                        recent: [(now_ms, m.bytes); 4],
                     };
                     // A pair never seen before that has sent something: it
                     // switched on since the last step.
                     let fresh = prev.is_none() && m.bytes > 0;
                     if fresh {
                         out.onset = true;
+                        // Its counters started since the last step: what
+                        // it sent, over one period, is its rate so far.
+                        let rate = m.bytes.saturating_mul(8_000) / PERIOD.as_millis() as u64;
                         let s = PairSample {
                             last_active_ms: Some(now_ms),
-                            demand_bps: DEMAND_FLOOR_BPS,
+                            rate_bps: rate,
+                            demand_bps: pair_demand(0, rate, false, *limit),
                             ..first
                         };
                         self.last.insert(*key, s);
@@ -207,10 +227,21 @@ impl PairMeterState {
                 }
             };
             if now_ms <= s.at_ms {
+                // A second step within the same millisecond (new caps woke
+                // the loop right after a tick): the pair as it was.
+                let recent = s.last_active_ms.is_some_and(|t| now_ms.saturating_sub(t) <= ACTIVE_FOR.as_millis() as u64);
+                if let (true, Some(dst)) = (recent, names.receivers.get(&(key.vni, key.ip))) {
+                    out.reports.push(report(src, dst, &s, caps.get(key)));
+                }
                 continue;
             }
             let (sent, dropped) = (m.bytes - s.bytes, m.dropped_bytes - s.dropped);
             let rate = sent.saturating_mul(8_000) / (now_ms - s.at_ms);
+            // The oldest sample at most RATE_WINDOW old (or the last one).
+            s.recent.rotate_left(1);
+            s.recent[3] = (s.at_ms, s.bytes);
+            let from = s.recent.iter().copied().find(|(t, b)| now_ms.saturating_sub(*t) <= RATE_WINDOW.as_millis() as u64 && *t < now_ms && *b <= m.bytes).unwrap_or((s.at_ms, s.bytes));
+            let window_rate = (m.bytes - from.1).saturating_mul(8_000) / (now_ms - from.0).max(1);
             let was_idle = s
                 .last_active_ms
                 .is_none_or(|t| now_ms.saturating_sub(t) > ACTIVE_FOR.as_millis() as u64);
@@ -223,11 +254,16 @@ impl PairMeterState {
             if dropped > 0 {
                 s.last_drop_ms = Some(now_ms);
             }
-            let held = s
-                .last_drop_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) <= HELD_FOR.as_millis() as u64);
+            // At its cap: held back, whether by its policer or (an ENI whose
+            // pairs are all capped) by its class's ceiling in the tree.
+            let at_cap = caps.get(key).is_some_and(|c| {
+                rate >= c.rate_bytes.saturating_mul(8) / POLICER_HEADROOM_PERCENT * 90
+            });
+            let held = at_cap
+                || s.last_drop_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) <= HELD_FOR.as_millis() as u64);
             s.demand_bps = pair_demand(s.demand_bps, rate, held, *limit);
-            s.rate_bps = rate;
+            s.rate_bps = window_rate;
             s.at_ms = now_ms;
             s.bytes = m.bytes;
             s.dropped = m.dropped_bytes;
@@ -294,7 +330,10 @@ pub fn cap_changes(
         .filter_map(|c| {
             Some((
                 names.key_of(&c.src_eni_id, &c.dst_eni_id)?,
-                PairCap::of_bps(c.cap_bps, CAP_BURST.as_nanos() as u64),
+                PairCap::of_bps(
+                    c.cap_bps.saturating_mul(POLICER_HEADROOM_PERCENT) / 100,
+                    CAP_BURST.as_nanos() as u64,
+                ),
             ))
         })
         .collect();
@@ -353,6 +392,9 @@ pub async fn run(
             for (k, c) in &set {
                 fp.set_pair_cap(k, c)?;
             }
+            if !set.is_empty() || !lift.is_empty() {
+                tracing::debug!(set = set.len(), lifted = lift.len(), "pair caps written");
+            }
             let in_force: BTreeMap<PairKey, PairCap> = fp.pair_caps()?.into_iter().collect();
             Ok((fp.pair_meters()?, in_force, names))
         })
@@ -386,6 +428,7 @@ pub async fn run(
         let active = !step.reports.is_empty();
         *shared.pairs.lock().expect("pairs lock") = (step.reports, active);
         if step.onset {
+            tracing::debug!(pairs = ?shared.pairs.lock().expect("pairs lock").0.iter().map(|p| (&p.src_eni_id, &p.dst_eni_id, p.rate_bps)).collect::<Vec<_>>(), "a pair switched on: reporting at once");
             shared.report_now.notify_one();
         }
     }
@@ -429,10 +472,12 @@ mod tests {
     fn a_pair_switching_on_is_reported_at_once_then_with_its_rate() {
         let mut s = PairMeterState::default();
         let none = BTreeMap::new();
-        // First sight of a pair that has sent: onset, reported with the floor.
+        // First sight of a pair that has sent: onset, reported with what it
+        // sent over one period as its rate (10,000 bytes in 25 ms: 3.2 Mbit/s).
         let st = s.step(0, &names(), &meter(10_000, 0), &none);
         assert!(st.onset);
         assert_eq!(st.reports.len(), 1);
+        assert_eq!(st.reports[0].rate_bps, 3_200_000);
         assert_eq!(
             (
                 st.reports[0].src_eni_id.as_str(),
@@ -450,9 +495,13 @@ mod tests {
             .into_iter()
             .collect();
         let st = s.step(50, &names(), &meter(1_572_500, 900_000), &cap);
-        assert_eq!(st.reports[0].rate_bps, 100 * M);
+        // The rate reported is over the last 100 ms: 1,562,500 bytes in 50 ms.
+        assert_eq!(st.reports[0].rate_bps, 250 * M);
         assert_eq!(st.reports[0].demand_bps, 1000 * M);
         assert_eq!(st.reports[0].cap_bps, Some(100 * M));
+        // A second step in the same millisecond still reports the pair.
+        let again = s.step(50, &names(), &meter(1_572_500, 900_000), &cap);
+        assert_eq!(again.reports, st.reports);
         // A period without drops right after (a TCP flow backing off): still
         // held back by its cap.
         let st = s.step(75, &names(), &meter(1_572_500, 900_000), &cap);
@@ -533,7 +582,7 @@ mod tests {
         let (set, lift) = cap_changes(&n, &caps, &BTreeMap::new());
         assert_eq!(
             set,
-            vec![(key(), PairCap::of_bps(100 * M, CAP_BURST.as_nanos() as u64))]
+            vec![(key(), PairCap::of_bps(110 * M, CAP_BURST.as_nanos() as u64))]
         );
         assert!(lift.is_empty());
         let in_force: BTreeMap<PairKey, PairCap> = set.into_iter().collect();

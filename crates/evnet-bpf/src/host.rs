@@ -123,8 +123,51 @@ struct Maps {
     flows: MapHandle,
     config: MapHandle,
     stats: MapHandle,
-    pair_caps: MapHandle,
-    pair_meters: MapHandle,
+    pairs: PairMaps,
+}
+
+/// A host's pair maps (what its ENIs send to ENIs on other hosts, and the
+/// controller's caps on it), opened by their pins: the fast path's, and
+/// tools' that watch the pairs without owning the fast path.
+#[derive(Debug)]
+pub struct PairMaps {
+    caps: MapHandle,
+    meters: MapHandle,
+}
+
+impl PairMaps {
+    /// The pair maps pinned under a host's directory ([`host_dir`]).
+    pub fn open(dir: &Path) -> Result<PairMaps, BpfError> {
+        Ok(PairMaps { caps: open_map(dir, "pair_caps")?, meters: open_map(dir, "pair_meters")? })
+    }
+
+    /// Every pair's counters.
+    pub fn meters(&self) -> Result<Vec<(PairKey, PairMeter)>, BpfError> {
+        let mut out = vec![];
+        for k in self.meters.keys() {
+            if let (Some(key), Some(v)) =
+                (PairKey::decode(&k), lookup(&self.meters, "pair_meters", &k)?.and_then(|b| PairMeter::decode(&b)))
+            {
+                out.push((key, v));
+            }
+        }
+        out.sort_by_key(|p| p.0);
+        Ok(out)
+    }
+
+    /// The caps in force, by pair.
+    pub fn caps(&self) -> Result<Vec<(PairKey, PairCap)>, BpfError> {
+        let mut out = vec![];
+        for k in self.caps.keys() {
+            if let (Some(key), Some(v)) =
+                (PairKey::decode(&k), lookup(&self.caps, "pair_caps", &k)?.and_then(|b| PairCap::decode(&b)))
+            {
+                out.push((key, v));
+            }
+        }
+        out.sort_by_key(|p| p.0);
+        Ok(out)
+    }
 }
 
 /// Everything in a host's maps, read back (for observation and diffing).
@@ -415,8 +458,7 @@ impl Dataplane {
             flows: open_map(&dir, "flows")?,
             config: open_map(&dir, "config")?,
             stats: open_map(&dir, "stats")?,
-            pair_caps: open_map(&dir, "pair_caps")?,
-            pair_meters: open_map(&dir, "pair_meters")?,
+            pairs: PairMaps::open(&dir)?,
         };
         for (m, key, value) in [
             (&maps.enis, 4, EniEntry::SIZE),
@@ -429,8 +471,8 @@ impl Dataplane {
             (&maps.rules, 8, maps::RULES_SIZE),
             (&maps.members, 8, 1),
             (&maps.config, 4, HostConfig::SIZE),
-            (&maps.pair_caps, PairKey::SIZE, PairCap::SIZE),
-            (&maps.pair_meters, PairKey::SIZE, PairMeter::SIZE),
+            (&maps.pairs.caps, PairKey::SIZE, PairCap::SIZE),
+            (&maps.pairs.meters, PairKey::SIZE, PairMeter::SIZE),
         ] {
             if m.key_size() as usize != key || m.value_size() as usize != value {
                 return Err(BpfError::Layout {
@@ -873,47 +915,28 @@ impl Dataplane {
 
     /// Every pair's counters (what local ENIs send to remote ones).
     pub fn pair_meters(&self) -> Result<Vec<(PairKey, PairMeter)>, BpfError> {
-        let mut out = vec![];
-        for k in self.maps.pair_meters.keys() {
-            if let (Some(key), Some(v)) = (
-                PairKey::decode(&k),
-                lookup(&self.maps.pair_meters, "pair_meters", &k)?.and_then(|b| PairMeter::decode(&b)),
-            ) {
-                out.push((key, v));
-            }
-        }
-        out.sort_by_key(|p| p.0);
-        Ok(out)
+        self.maps.pairs.meters()
     }
 
     /// Forgets a pair's counters (an idle pair; the program starts it again
     /// from zero at its next packet).
     pub fn forget_pair(&self, key: &PairKey) -> Result<(), BpfError> {
-        delete(&self.maps.pair_meters, "pair_meters", &key.encode())
+        delete(&self.maps.pairs.meters, "pair_meters", &key.encode())
     }
 
     /// The caps in force, by pair.
     pub fn pair_caps(&self) -> Result<Vec<(PairKey, PairCap)>, BpfError> {
-        let mut out = vec![];
-        for k in self.maps.pair_caps.keys() {
-            if let (Some(key), Some(v)) =
-                (PairKey::decode(&k), lookup(&self.maps.pair_caps, "pair_caps", &k)?.and_then(|b| PairCap::decode(&b)))
-            {
-                out.push((key, v));
-            }
-        }
-        out.sort_by_key(|p| p.0);
-        Ok(out)
+        self.maps.pairs.caps()
     }
 
     /// Caps what `key`'s sender sends to its receiver.
     pub fn set_pair_cap(&self, key: &PairKey, cap: &PairCap) -> Result<(), BpfError> {
-        update(&self.maps.pair_caps, "pair_caps", &key.encode(), &cap.encode())
+        update(&self.maps.pairs.caps, "pair_caps", &key.encode(), &cap.encode())
     }
 
     /// Lifts a pair's cap.
     pub fn remove_pair_cap(&self, key: &PairKey) -> Result<(), BpfError> {
-        delete(&self.maps.pair_caps, "pair_caps", &key.encode())
+        delete(&self.maps.pairs.caps, "pair_caps", &key.encode())
     }
 
     /// The counters, summed over CPUs.

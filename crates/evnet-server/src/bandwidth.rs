@@ -255,7 +255,7 @@ pub fn compute_caps(
 /// receiver's guarantee is partitioned among its active senders and the
 /// spare goes by the receivers' weights. A pair's demand is what its
 /// sender reported, but at least [`guarantee_floor`] of the receiver's
-/// guarantee while it is active at all (a pair switching on is given its
+/// guarantee while it sends at all (a pair switching on is given its
 /// part at once, before its meter can show what it wants). A receiving
 /// host whose pairs want no more than [`PAIR_CONTENDED_PERCENT`] of its
 /// NIC gets none of its pairs capped; otherwise each active pair into it
@@ -298,7 +298,9 @@ pub fn compute_pair_caps(
                 });
                 problem.enis.len() - 1
             });
-            let active = p.rate_bps > 0 || p.demand_bps > 0;
+            // Sending now (in the sender's last meter period): a pair that
+            // stopped gives its part of the guarantee back at once.
+            let active = p.rate_bps > 0;
             let floor = if active { guarantee_floor(dst.guaranteed_bps).min(dst.limit_bps) } else { 0 };
             problem.flows.push(Flow { src: None, dst: Some(d), demand_bps: p.demand_bps.max(floor), path: vec![tx, rx] });
             pairs.push((host_id.as_str(), p, rx));
@@ -324,9 +326,11 @@ pub fn compute_pair_caps(
         }
     };
     for &l in &congested {
-        // Idle pairs are left uncapped: one that starts again is reported
-        // at once and capped in the next round.
-        let on: Vec<usize> = (0..pairs.len()).filter(|&i| pairs[i].2 == l && problem.flows[i].demand_bps > 0).collect();
+        // Pairs that stopped sending are left uncapped (a cap at what an
+        // idle pair is allocated would hold it to almost nothing when it
+        // starts again): one that starts again is reported at once and
+        // capped in the next round.
+        let on: Vec<usize> = (0..pairs.len()).filter(|&i| pairs[i].2 == l && pairs[i].1.rate_bps > 0).collect();
         let used: u64 = on.iter().map(|&i| alloc.flow_rate_bps[i]).sum();
         let spare = problem.links[l].capacity_bps.saturating_sub(used) / on.len().max(1) as u64;
         for i in on {
@@ -340,6 +344,35 @@ pub fn compute_pair_caps(
     }
     for v in out.values_mut() {
         v.sort();
+    }
+    out
+}
+
+/// The send caps the pair caps make for whole ENIs, per host: an ENI all
+/// of whose reported pairs are capped is capped at their sum. Its host's
+/// shaping tree then holds it there with a queue (its class's ceiling),
+/// which a TCP flow follows smoothly, where the pairs' policers drop what
+/// goes over (TCP loses a burst at once and may stall for a
+/// retransmission timeout): the policers stay as the bound for ENIs that
+/// send to several hosts. Pure.
+pub fn send_caps_of_pairs(reports: &BTreeMap<String, HostBandwidthReport>, pair_caps: &BTreeMap<String, Vec<PairCaps>>) -> BTreeMap<String, Vec<(String, u64)>> {
+    let mut out: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for (host, caps) in pair_caps {
+        let Some(r) = reports.get(host) else { continue };
+        let senders: std::collections::BTreeSet<&str> = caps.iter().map(|c| c.src_eni_id.as_str()).collect();
+        for src in senders {
+            let mut sum = 0u64;
+            let mut all = true;
+            for p in r.pairs.iter().filter(|p| p.src_eni_id == src) {
+                match caps.iter().find(|c| c.src_eni_id == src && c.dst_eni_id == p.dst_eni_id) {
+                    Some(c) => sum = sum.saturating_add(c.cap_bps),
+                    None => all = false,
+                }
+            }
+            if all && sum > 0 {
+                out.entry(host.clone()).or_default().push((src.to_string(), sum));
+            }
+        }
     }
     out
 }
@@ -379,7 +412,21 @@ pub fn round(st: &AppState, now: u64) {
         (hosts, enis, pools)
     };
     let mut caps = compute_caps(&hosts, &enis, &pools, &reports);
-    for (host, pairs) in compute_pair_caps(&hosts, &enis, &reports) {
+    let pair_caps = compute_pair_caps(&hosts, &enis, &reports);
+    for (host, send) in send_caps_of_pairs(&reports, &pair_caps) {
+        let c = caps.entry(host).or_default();
+        for (eni, cap) in send {
+            match c.enis.iter_mut().find(|e| e.eni_id == eni) {
+                Some(e) => e.tx_cap_bps = Some(e.tx_cap_bps.map_or(cap, |t| t.min(cap))),
+                None => c.enis.push(EniCaps { eni_id: eni, tx_cap_bps: Some(cap), rx_cap_bps: None }),
+            }
+        }
+        c.enis.sort_by(|a, b| a.eni_id.cmp(&b.eni_id));
+    }
+    if !pair_caps.is_empty() {
+        tracing::debug!(caps = ?pair_caps.iter().map(|(h, c)| (h, c.iter().map(|c| c.cap_bps / 1_000_000).collect::<Vec<_>>())).collect::<Vec<_>>(), "pair caps computed");
+    }
+    for (host, pairs) in pair_caps {
         caps.entry(host).or_default().pairs = pairs;
     }
     st.bandwidth.set_caps(caps);
@@ -587,6 +634,23 @@ mod tests {
             ("h4", vec![pair("r1", "r2", 900, 900)]),
         ]);
         assert!(compute_pair_caps(&hosts, &enis, &odd).is_empty());
+    }
+
+    #[test]
+    fn an_eni_whose_pairs_are_all_capped_is_capped_at_their_sum() {
+        let reports = pair_reports(&[("h1", vec![pair("a", "x", 100, 200), pair("a", "y", 100, 200), pair("b", "x", 10, 20), pair("b", "z", 10, 20)])]);
+        let caps: BTreeMap<String, Vec<PairCaps>> = [(
+            "h1".to_string(),
+            vec![
+                PairCaps { src_eni_id: "a".into(), dst_eni_id: "x".into(), cap_bps: 100 * M },
+                PairCaps { src_eni_id: "a".into(), dst_eni_id: "y".into(), cap_bps: 50 * M },
+                PairCaps { src_eni_id: "b".into(), dst_eni_id: "x".into(), cap_bps: 30 * M },
+            ],
+        )]
+        .into_iter()
+        .collect();
+        // b also sends to z, uncapped: only its policer holds its pair into x.
+        assert_eq!(send_caps_of_pairs(&reports, &caps)["h1"], vec![("a".to_string(), 150 * M)]);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! sudo target/release/evnet-lab-bench reconcile --enis 1000 --dataplane bpf
 //! sudo target/release/evnet-lab-bench idle --enis 100 --seconds 30 --dataplane bpf
 //! sudo target/release/evnet-lab-bench dhcp --exchanges 1000
+//! sudo target/release/evnet-lab-bench incast --rounds 3 --seconds 10 --onsets 10
 //! ```
 
 use std::fs::File;
@@ -130,10 +131,34 @@ enum Bench {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=200))]
         boots: u64,
     },
+    /// Receiver-driven guarantees (tc-BPF data plane, NICs shaped at 500
+    /// Mbit/s): three senders on three hosts into two receivers on a
+    /// fourth, one with a 300 Mbit/s guarantee; strict guarantee
+    /// satisfaction and NIC utilization under backlogged, incast and on/off
+    /// load, and the controller's reaction to a sender switching on
+    /// (p50/p99).
+    Incast {
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
+        rounds: u64,
+        /// Length of the backlogged and incast runs.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=120))]
+        seconds: u32,
+        /// Onsets per on/off run (one second on, one off).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=200))]
+        onsets: u64,
+        /// Print each onset's reaction and first samples.
+        #[arg(long)]
+        raw: bool,
+        #[arg(long)]
+        logs: Option<PathBuf>,
+    },
 }
 
 #[path = "../bench_vm.rs"]
 mod bench_vm;
+
+#[path = "../bench_incast.rs"]
+mod bench_incast;
 
 #[derive(clap::Args, Clone, Copy)]
 struct DataplaneOpt {
@@ -182,11 +207,20 @@ struct Lab {
 
 impl Lab {
     fn up(hosts: u32, nic_mbps: u64, dp: Option<Dataplane>) -> anyhow::Result<Lab> {
-        let dir = std::env::temp_dir().join(format!("evnet-bench-{:08x}", rand::random::<u32>()));
-        let mut cmd = Command::new(evnet_bin());
         // The NIC is the allocator's figure only: these benchmarks measure the
         // control plane and the data path against the raw path, not a NIC.
-        cmd.args(["lab", "up", "--hosts", &hosts.to_string(), "--nic-mbps", &nic_mbps.to_string(), "--nic-shaping", "none"]);
+        Lab::up_with(hosts, nic_mbps, "none", dp)
+    }
+
+    /// A lab whose NICs are as slow as `nic_mbps` (shaped on the underlay).
+    fn up_shaped(hosts: u32, nic_mbps: u64, dp: Dataplane) -> anyhow::Result<Lab> {
+        Lab::up_with(hosts, nic_mbps, "underlay", Some(dp))
+    }
+
+    fn up_with(hosts: u32, nic_mbps: u64, shaping: &str, dp: Option<Dataplane>) -> anyhow::Result<Lab> {
+        let dir = std::env::temp_dir().join(format!("evnet-bench-{:08x}", rand::random::<u32>()));
+        let mut cmd = Command::new(evnet_bin());
+        cmd.args(["lab", "up", "--hosts", &hosts.to_string(), "--nic-mbps", &nic_mbps.to_string(), "--nic-shaping", shaping]);
         if let Some(dp) = dp {
             cmd.args(["--dataplane", dp.arg()]);
         }
@@ -1118,6 +1152,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Idle { enis, seconds, sample_ms, dp, logs } => idle(enis, seconds, sample_ms, dp.dataplane, logs).await,
             Bench::Dhcp { exchanges } => dhcp(exchanges as usize).await,
             Bench::Vm { rounds, seconds, boots } => bench_vm::vm(rounds, seconds, boots as usize).await,
+            Bench::Incast { rounds, seconds, onsets, raw, logs } => bench_incast::incast(rounds as usize, seconds, onsets as usize, raw, logs).await,
         }
     })
 }
