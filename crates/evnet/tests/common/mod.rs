@@ -39,6 +39,21 @@ pub struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // A failing test leaves the daemons' last words in its output (CI
+        // keeps nothing else of the lab).
+        if std::thread::panicking() {
+            for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    eprintln!("--- the last lines of {} ---", p.display());
+                    for l in &lines[lines.len().saturating_sub(30)..] {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
         if self.dir.join("lab.json").exists() {
             let _ = Command::new(env!("CARGO_BIN_EXE_evnet")).args(["lab", "down", "--dir", &self.dir.display().to_string()]).status();
         }
