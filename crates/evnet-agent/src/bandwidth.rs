@@ -441,9 +441,17 @@ pub struct Shared {
     /// The ENIs' host-side devices (name → ifindex), as the reconciler
     /// last saw them.
     pub eni_devices: Mutex<BTreeMap<String, u32>>,
+    /// The caps watch ([`caps_watch_loop`]) delivers the caps: the reports'
+    /// answers then only confirm that the controller is there.
+    pub watching: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// The controller answered: the pair caps in force stay confirmed.
+    pub fn confirm(&self) {
+        self.pair_caps.lock().expect("pair caps lock").1 = Some(Instant::now());
+    }
+
     /// Replaces the caps with the controller's answer.
     pub fn set_caps(&self, caps: HostBandwidthCaps) {
         {
@@ -708,6 +716,8 @@ pub async fn report_loop(client: evnet_client::Client, host_id: String, every: D
         };
         match client.send_json(evnet_client::Method::POST, &path, Some(&body)).await {
             Ok(v) => match serde_json::from_value::<HostBandwidthCaps>(v) {
+                // With the watch on, its caps are the newer ones.
+                Ok(_) if shared.watching.load(std::sync::atomic::Ordering::Relaxed) => shared.confirm(),
                 Ok(caps) => shared.set_caps(caps),
                 Err(e) => tracing::warn!(error = %e, "unexpected answer to the bandwidth report"),
             },
@@ -715,6 +725,38 @@ pub async fn report_loop(client: evnet_client::Client, host_id: String, every: D
         }
     }
 }
+
+/// Watches the controller's caps for this host (a long poll on `GET
+/// /v1/hosts/{id}/bandwidth/caps`): new caps arrive as soon as a round
+/// makes them, not at the host's next report (which is up to 50 ms later
+/// while pairs are active, a second otherwise). Where the watch is
+/// refused (a server that does not run the controller) or fails, the
+/// reports' answers carry the caps, and the watch is tried again after
+/// [`WATCH_RETRY`].
+pub async fn caps_watch_loop(client: evnet_client::Client, host_id: String, shared: Arc<Shared>) {
+    let mut after = 0u64;
+    loop {
+        match client.watch_bandwidth_caps(&host_id, after, Duration::from_secs(30)).await {
+            Ok(caps) => {
+                // A version below the last one: the server restarted.
+                after = caps.version;
+                shared.watching.store(true, std::sync::atomic::Ordering::Relaxed);
+                shared.set_caps(caps);
+            }
+            Err(e) => {
+                if shared.watching.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!(error = %e, "the caps watch stopped; caps come with the reports' answers");
+                } else {
+                    tracing::debug!(error = %e, "no caps watch; caps come with the reports' answers");
+                }
+                tokio::time::sleep(WATCH_RETRY).await;
+            }
+        }
+    }
+}
+
+/// How long the caps watch waits before it is tried again.
+pub const WATCH_RETRY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
@@ -857,7 +899,7 @@ mod tests {
     #[test]
     fn new_caps_wake_the_reconciler_only_when_they_change() {
         let s = Shared::default();
-        let caps = HostBandwidthCaps { pairs: vec![], enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M), rx_cap_bps: None }] };
+        let caps = HostBandwidthCaps { pairs: vec![], version: 0, enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M), rx_cap_bps: None }] };
         s.set_caps(caps.clone());
         let woke = |s: &Shared| {
             let n = s.caps_changed.notified();
@@ -867,11 +909,11 @@ mod tests {
         assert!(woke(&s));
         s.set_caps(caps);
         assert!(!woke(&s), "the same caps again");
-        let near = HostBandwidthCaps { pairs: vec![], enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M + M / 50), rx_cap_bps: None }] };
+        let near = HostBandwidthCaps { pairs: vec![], version: 0, enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M + M / 50), rx_cap_bps: None }] };
         s.set_caps(near);
         assert!(!woke(&s), "within the tolerance: kept");
         assert_eq!(s.caps.lock().unwrap()["eni-a"].tx_cap_bps, Some(M));
-        let far = HostBandwidthCaps { pairs: vec![], enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M / 2), rx_cap_bps: None }] };
+        let far = HostBandwidthCaps { pairs: vec![], version: 0, enis: vec![EniCaps { eni_id: "eni-a".into(), tx_cap_bps: Some(M / 2), rx_cap_bps: None }] };
         s.set_caps(far);
         assert!(woke(&s), "halved");
     }

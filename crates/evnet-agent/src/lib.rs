@@ -197,6 +197,7 @@ pub async fn run_with(
         _ => None,
     };
     let bw_report = tokio::spawn(bandwidth::report_loop(client.clone(), host_id.clone(), config.bandwidth.report_every, bw.clone()));
+    let bw_watch = tokio::spawn(bandwidth::caps_watch_loop(client.clone(), host_id.clone(), bw.clone()));
     let cni = match &config.cni_socket {
         Some(path) => {
             let svc = cni::CniService { server: config.server.clone(), host_id: host_id.clone(), kernel: kernel.clone(), applied: applied_rx.clone() };
@@ -240,6 +241,7 @@ pub async fn run_with(
     heartbeats.abort();
     bw_loop.abort();
     bw_report.abort();
+    bw_watch.abort();
     if let Some(p) = pair_loop {
         p.abort();
     }

@@ -654,6 +654,23 @@ impl Client {
         Self::decode(&Method::GET, &url, &bytes)
     }
 
+    /// `GET /v1/hosts/{id}/bandwidth/caps?after=V&timeout_ms=T`: the
+    /// controller's caps for the host once their version passes `after`
+    /// (a long poll), or as they are when `timeout` ends.
+    pub async fn watch_bandwidth_caps(
+        &self,
+        host_id: &str,
+        after: u64,
+        timeout: Duration,
+    ) -> Result<evnet_model::desired::HostBandwidthCaps> {
+        let query = [("after", after.to_string()), ("timeout_ms", timeout.as_millis().to_string())];
+        let url = self.url(&["v1", "hosts", host_id, "bandwidth", "caps"], &query)?;
+        let (_, bytes) = self
+            .send::<()>(Method::GET, url.clone(), None, self.timeout + timeout)
+            .await?;
+        Self::decode(&Method::GET, &url, &bytes)
+    }
+
     // -----------------------------------------------------------------
     // VPCs.
 

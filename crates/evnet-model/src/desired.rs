@@ -390,6 +390,11 @@ pub struct HostBandwidthCaps {
     /// uncapped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pairs: Vec<PairCaps>,
+    /// Moves on every change of this host's caps (`GET
+    /// /v1/hosts/{id}/bandwidth/caps?after=` waits for it to pass a
+    /// value); an agent keeps the caps of the highest version it has seen.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// The controller's cap on what one ENI sends to one ENI on another host.

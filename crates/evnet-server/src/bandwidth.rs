@@ -72,6 +72,8 @@ pub struct EniFigures {
 struct Inner {
     reports: BTreeMap<String, (u64, HostBandwidthReport)>,
     caps: BTreeMap<String, HostBandwidthCaps>,
+    /// The last version given to any host's caps.
+    version: u64,
 }
 
 /// The latest reports and caps, shared by the API and the controller.
@@ -83,6 +85,9 @@ pub struct Board {
     /// Woken by a report whose pairs differ from the host's last ones: the
     /// controller runs a round at once.
     pairs_changed: tokio::sync::Notify,
+    /// The last version given to any host's caps: the caps watches wait on
+    /// it.
+    caps_version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Board {
@@ -137,8 +142,48 @@ impl Board {
         g.reports.iter().filter(|(_, (at, _))| *at >= since_ms).map(|(h, (_, r))| (h.clone(), r.clone())).collect()
     }
 
-    fn set_caps(&self, caps: BTreeMap<String, HostBandwidthCaps>) {
-        self.inner.lock().expect("bandwidth board lock").caps = caps;
+    /// Replaces every host's caps; a host whose caps changed gets a new
+    /// version, and its watches answer.
+    fn set_caps(&self, mut caps: BTreeMap<String, HostBandwidthCaps>) {
+        let mut g = self.inner.lock().expect("bandwidth board lock");
+        let hosts: std::collections::BTreeSet<String> = caps.keys().chain(g.caps.keys()).cloned().collect();
+        let mut moved = false;
+        for h in hosts {
+            let old = g.caps.get(&h).cloned().unwrap_or_default();
+            let new = caps.entry(h).or_default();
+            let same = old.enis == new.enis && old.pairs == new.pairs;
+            new.version = if same {
+                old.version
+            } else {
+                moved = true;
+                g.version += 1;
+                g.version
+            };
+        }
+        // Hosts with no caps keep an entry (empty, with its version) so a
+        // lifted cap is a change the watches see.
+        g.caps = caps;
+        let v = g.version;
+        drop(g);
+        if moved {
+            self.caps_version.send_replace(v);
+        }
+    }
+
+    /// The caps of `host` once their version passes `after`, or at
+    /// `deadline` as they are (the caps watch, a long poll).
+    pub async fn wait_caps(&self, host: &str, after: u64, deadline: tokio::time::Instant) -> HostBandwidthCaps {
+        let mut rx = self.caps_version.subscribe();
+        loop {
+            let caps = self.inner.lock().expect("bandwidth board lock").caps.get(host).cloned().unwrap_or_default();
+            if caps.version > after {
+                return caps;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return caps },
+                _ = tokio::time::sleep_until(deadline) => return caps,
+            }
+        }
     }
 
     /// Forgets hosts that have not reported since `before_ms`.
@@ -653,6 +698,30 @@ mod tests {
         assert_eq!(send_caps_of_pairs(&reports, &caps)["h1"], vec![("a".to_string(), 150 * M)]);
     }
 
+    #[tokio::test]
+    async fn a_caps_watch_answers_when_its_hosts_caps_change() {
+        let board = std::sync::Arc::new(Board::default());
+        let cap = |m| HostBandwidthCaps { enis: vec![EniCaps { eni_id: "a".into(), tx_cap_bps: Some(m), rx_cap_bps: None }], pairs: vec![], version: 0 };
+        board.set_caps([("h1".to_string(), cap(M))].into_iter().collect());
+        let v1 = board.record("h1", HostBandwidthReport::default(), 1).version;
+        assert!(v1 > 0);
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Past the version it has: at once.
+        assert_eq!(board.wait_caps("h1", 0, far).await.version, v1);
+        // Waiting: another host's change does not answer it, its own does.
+        let b = board.clone();
+        let waiter = tokio::spawn(async move { b.wait_caps("h1", v1, far).await });
+        board.set_caps([("h1".to_string(), cap(M)), ("h2".to_string(), cap(M))].into_iter().collect());
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "h1's caps did not change");
+        board.set_caps([("h2".to_string(), cap(M))].into_iter().collect());
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert!(got.version > v1 && got.enis.is_empty(), "h1's cap lifted: {got:?}");
+        // Nothing changes: the deadline answers with the caps as they are.
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        assert_eq!(board.wait_caps("h1", got.version, soon).await.version, got.version);
+    }
+
     #[test]
     fn a_changed_pair_report_wakes_the_controller() {
         let board = Board::default();
@@ -673,7 +742,7 @@ mod tests {
     fn the_board_answers_caps_and_latest_figures() {
         let board = Board::default();
         assert_eq!(board.record("h1", HostBandwidthReport { pairs: vec![], enis: vec![report_of("a", 5, 6)] }, 1000), HostBandwidthCaps::default());
-        board.set_caps([("h1".to_string(), HostBandwidthCaps { pairs: vec![], enis: vec![EniCaps { eni_id: "a".into(), tx_cap_bps: Some(1), rx_cap_bps: None }] })].into_iter().collect());
+        board.set_caps([("h1".to_string(), HostBandwidthCaps { pairs: vec![], version: 0, enis: vec![EniCaps { eni_id: "a".into(), tx_cap_bps: Some(1), rx_cap_bps: None }] })].into_iter().collect());
         let caps = board.record("h1", HostBandwidthReport { pairs: vec![], enis: vec![report_of("a", 7, 8)] }, 2000);
         assert_eq!(caps.enis.len(), 1);
         // The ENI moved to h2: the newer report wins.

@@ -65,6 +65,7 @@ pub fn app(state: AppState) -> Router {
         .route("/hosts/{id}/heartbeat", post(infra::heartbeat))
         .route("/hosts/{id}/desired", get(infra::desired))
         .route("/hosts/{id}/bandwidth", post(stats::report))
+        .route("/hosts/{id}/bandwidth/caps", get(stats::watch_caps))
         .route("/enis/{id}/stats", get(stats::eni_stats))
         .route("/bandwidth-stats", get(stats::overview))
         .route("/trace", post(trace::trace))

@@ -109,6 +109,7 @@ pub const ERRORS: &[(&str, u16, &str)] = &[
     ("invalid_underlay_ip", 422, "the underlay address is not a unicast IPv4 address a host can have"),
     ("no_audit_log", 404, "this server keeps no audit log"),
     ("rate_limited", 429, "the caller sent more requests than its rate allows; retry after the `Retry-After` seconds"),
+    ("not_bandwidth_leader", 409, "this server does not run the bandwidth controller; its caps come in the answer to the host's reports (POST /v1/hosts/{id}/bandwidth)"),
     ("store_unavailable", 503, "the store failed or this server lost it; retry later, or through another server"),
     ("audit_unavailable", 503, "the audit log could not be read; retry later"),
     ("store_full", 507, "the store's disk is full; reads go on, writes resume when space returns"),
@@ -169,7 +170,7 @@ impl Op {
         if self.request.is_some() {
             out.extend(["invalid_body", "unsupported_media_type", "payload_too_large"]);
         }
-        if self.list || self.path.ends_with("/desired") {
+        if self.list || self.path.ends_with("/desired") || self.path.ends_with("/bandwidth/caps") {
             out.push("invalid_query");
         }
         if self.list {
@@ -224,6 +225,8 @@ pub const OPS: &[Op] = &[
     op("post", "/v1/hosts/{id}/bandwidth", "Report the host's ENIs' measured rate, demand and allocation (the host's credential); answers the controller's caps", Some("HostBandwidthReport"), Some("HostBandwidthCaps"), 200, false)
         .errors(&["forbidden"])
         .read_only(),
+    op("get", "/v1/hosts/{id}/bandwidth/caps", "The controller's caps for the host; with ?after=V a long poll until their version passes V (the host's credential; only on the server that runs the bandwidth controller)", None, Some("HostBandwidthCaps"), 200, false)
+        .errors(&["not_bandwidth_leader"]),
     op("post", "/v1/trace", "What the data plane does with one packet from one of the caller's ENIs: anti-spoofing, egress groups, route, ingress groups (what `evnet trace` shows)", Some("TraceRequest"), Some("Trace"), 200, false)
         .errors(&["not_found", "invalid_trace"])
         .read_only(),
@@ -439,6 +442,12 @@ fn parameters(o: &Op) -> Vec<Value> {
         for f in list_filters(kind) {
             params.push(json!({"name": f.param(), "in": "query", "description": "only items with this value", "schema": filter_schema(*f)}));
         }
+    }
+    if o.path.ends_with("/bandwidth/caps") {
+        params.push(json!({"name": "after", "in": "query", "description": "answer once the caps' version is past this one (a long poll)",
+            "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}}));
+        params.push(json!({"name": "timeout_ms", "in": "query", "description": "how long a long poll waits (default 30000; longer waits are cut to 300000)",
+            "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}}));
     }
     if o.path.ends_with("/desired") {
         params.push(json!({"name": "since", "in": "query", "description": "answer once the generation is past this one (a long poll)",

@@ -73,7 +73,7 @@ async fn reports_feed_stats_overview_and_pool_caps() {
 
     // Agents report; tenants may not, unknown hosts are 404.
     let caps = t.ok("POST", &format!("/v1/hosts/{h1}/bandwidth"), &agent, json!({"enis": [report(&e1, 90 * M, 200 * M, 100 * M)]})).await;
-    assert_eq!(caps, json!({"enis": []}), "no pool: no caps");
+    assert_eq!(caps, json!({"enis": [], "version": 0}), "no pool: no caps");
     t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent2, json!({"enis": [report(&e2, 10 * M, 20 * M, 30 * M)]})).await;
     let (s, _) = t.call("POST", &format!("/v1/hosts/{h1}/bandwidth"), &a, Some(json!({"enis": []}))).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
@@ -109,6 +109,40 @@ async fn reports_feed_stats_overview_and_pool_caps() {
     evnet_server::bandwidth::round(&t.st, evnet_server::common::now_ms());
     let c1 = t.ok("POST", &format!("/v1/hosts/{h1}/bandwidth"), &agent, json!({"enis": [report(&e1, 50 * M, 1000 * M, 50 * M)]})).await;
     let c2 = t.ok("POST", &format!("/v1/hosts/{h2}/bandwidth"), &agent2, json!({"enis": [report(&e2, 50 * M, 1000 * M, 50 * M)]})).await;
-    assert_eq!(c1, json!({"enis": [{"eni_id": e1, "tx_cap_bps": 50 * M, "rx_cap_bps": 50 * M}]}));
-    assert_eq!(c2, json!({"enis": [{"eni_id": e2, "tx_cap_bps": 50 * M, "rx_cap_bps": 50 * M}]}));
+    assert_eq!(c1["enis"], json!([{"eni_id": e1, "tx_cap_bps": 50 * M, "rx_cap_bps": 50 * M}]));
+    assert_eq!(c2["enis"], json!([{"eni_id": e2, "tx_cap_bps": 50 * M, "rx_cap_bps": 50 * M}]));
+    let v1 = c1["version"].as_u64().unwrap();
+    assert!(v1 > 0, "caps that changed have a version: {c1}");
+
+    // The caps watch: past the version it names, at once; at it, the
+    // timeout answers with the caps as they are. Only the host's own
+    // credential; unknown query parameters are refused.
+    let watch = |after: u64| format!("/v1/hosts/{h1}/bandwidth/caps?after={after}&timeout_ms=50");
+    let (s, w) = t.call("GET", &watch(0), &agent, None).await;
+    assert_eq!((s, &w), (StatusCode::OK, &c1));
+    let (s, w) = t.call("GET", &watch(v1), &agent, None).await;
+    assert_eq!((s, &w["version"]), (StatusCode::OK, &json!(v1)));
+    let (s, _) = t.call("GET", &watch(0), &a, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a tenant");
+    let (s, _) = t.call("GET", &watch(0), &agent2, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another host's credential does not see this host");
+    let (s, v) = t.call("GET", &format!("/v1/hosts/{h1}/bandwidth/caps?since=1"), &agent, None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")));
+    // The pool goes: the next round lifts the caps and the watch answers.
+    let (_, pools) = t.call("GET", "/v1/bandwidth-pools", &a, None).await;
+    let pool = pools["items"][0]["id"].as_str().unwrap().to_string();
+    let (s, _) = t.call("DELETE", &format!("/v1/bandwidth-pools/{pool}"), &a, None).await;
+    assert!(s.is_success());
+    let waiting = {
+        let (app, path, agent) = (t.app.clone(), format!("/v1/hosts/{h1}/bandwidth/caps?after={v1}&timeout_ms=10000"), agent.clone());
+        tokio::spawn(async move {
+            let (s, bytes) = common::send(&app, "GET", &path, Some(&agent), None).await;
+            (s, serde_json::from_slice::<Value>(&bytes).unwrap())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    evnet_server::bandwidth::round(&t.st, evnet_server::common::now_ms());
+    let (s, w) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert!(w["version"].as_u64().unwrap() > v1 && w["enis"] == json!([]), "lifted at once: {w}");
 }

@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::cache::Entry;
 use crate::common::*;
 use crate::error::ApiResult;
-use crate::extract::Body;
+use crate::extract::{Body, Q};
 use crate::state::AppState;
 
 /// One ENI's bandwidth: measured rate, estimated demand and allocated rate
@@ -108,6 +108,31 @@ pub async fn report(
         }
     }
     Ok(Json(st.bandwidth.record(&id, req, now_ms())))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsQuery {
+    pub after: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// `GET /v1/hosts/{id}/bandwidth/caps`: the host's caps; with `after`, a
+/// long poll that answers when their version passes it or the timeout
+/// (default 30 s) ends. So new caps reach a host as soon as a round makes
+/// them, not at its next report. Only the server that runs the controller
+/// has caps to give: the others answer 409 `not_bandwidth_leader` (the
+/// agent then takes the caps from its reports' answers, which they
+/// forward to the leader).
+pub async fn watch_caps(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, Q(q): Q<CapsQuery>) -> ApiResult<Json<HostBandwidthCaps>> {
+    caller.require_host(&id, "watch bandwidth caps")?;
+    visible(&st.cache.read().hosts, Kind::Host, &id, &Caller::Admin)?;
+    if !st.cluster.leads(crate::cluster::BANDWIDTH) {
+        return Err(ModelError::conflict("not_bandwidth_leader", "this server does not run the bandwidth controller; take the caps from the answers to POST /v1/hosts/{id}/bandwidth").into());
+    }
+    let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(300_000));
+    let deadline = tokio::time::Instant::now() + timeout;
+    Ok(Json(st.bandwidth.wait_caps(&id, q.after.unwrap_or(0), deadline).await))
 }
 
 /// `GET /v1/enis/{id}/stats`.
