@@ -88,7 +88,7 @@ struct PairSample {
 }
 
 /// The window over which a pair's reported rate is measured.
-pub const RATE_WINDOW: Duration = Duration::from_millis(100);
+pub const RATE_WINDOW: Duration = Duration::from_millis(50);
 
 /// What one step found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

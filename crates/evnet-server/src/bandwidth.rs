@@ -57,7 +57,7 @@ pub const PAIR_ROUND_SPACING: Duration = Duration::from_millis(5);
 /// the rest covers the overlay's encapsulation, which the pairs' meters do
 /// not count (50 bytes on a 1,500-byte packet), and keeps the NIC's queue
 /// short.
-pub const PAIR_FILL_PERCENT: u64 = 97;
+pub const PAIR_FILL_PERCENT: u64 = 99;
 
 /// One ENI's latest figures.
 #[derive(Debug, Clone, PartialEq, Eq)]

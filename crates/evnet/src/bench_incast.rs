@@ -234,7 +234,7 @@ fn on_off(rig: &Rig, onsets: usize, raw: bool) -> anyhow::Result<(Figures, Vec<f
                 // The new rates: each flood's policer at most its share of
                 // what r1's guarantee (and the floor's quarter) leaves of
                 // the filled NIC, with the policer's headroom.
-                let share = (0.97 * NIC_MBPS as f64 - 1.25 * GUARANTEE_MBPS) / 2.0 * 1.1 + 5.0;
+                let share = (0.99 * NIC_MBPS as f64 - 1.25 * GUARANTEE_MBPS) / 2.0 * 1.1 + 5.0;
                 if flood_caps(rig).iter().all(|c| c.is_some_and(|b| (b * 8) as f64 / 1e6 <= share)) {
                     changed = Some(t0.elapsed().as_secs_f64() * 1e3);
                     break;
