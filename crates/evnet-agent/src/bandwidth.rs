@@ -428,9 +428,9 @@ pub struct Shared {
     /// Woken when the caps change (the tc-BPF data plane's reconciler
     /// then moves the classes' ceilings).
     pub caps_changed: tokio::sync::Notify,
-    /// The pairs' latest report ([`crate::pairs`]) and whether any pair is
-    /// active (then the agent reports every `pairs::ACTIVE_REPORT_EVERY`).
-    pub pairs: Mutex<(Vec<PairBandwidthReport>, bool)>,
+    /// The pairs' latest report ([`crate::pairs`]): the active pairs (while
+    /// there are any, the agent reports every `pairs::ACTIVE_REPORT_EVERY`).
+    pub pairs: Mutex<Vec<PairBandwidthReport>>,
     /// Woken at a pair's onset: report at once.
     pub report_now: tokio::sync::Notify,
     /// The controller's latest caps on this host's pairs and when it last
@@ -700,11 +700,8 @@ pub async fn report_loop(client: evnet_client::Client, host_id: String, every: D
             _ = shared.report_now.notified() => {}
         }
         let mut report = shared.report.lock().expect("report lock").clone();
-        let active = {
-            let p = shared.pairs.lock().expect("pairs lock");
-            report.pairs = p.0.clone();
-            p.1
-        };
+        report.pairs = shared.pairs.lock().expect("pairs lock").clone();
+        let active = !report.pairs.is_empty();
         next = tokio::time::Instant::now() + if active { crate::pairs::ACTIVE_REPORT_EVERY.min(every) } else { every };
         tracing::trace!(pairs = ?report.pairs.iter().map(|p| (&p.dst_eni_id, p.rate_bps / 1_000_000, p.demand_bps / 1_000_000)).collect::<Vec<_>>(), "bandwidth report");
         let body = match serde_json::to_value(&report) {

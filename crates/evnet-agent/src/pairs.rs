@@ -275,10 +275,8 @@ impl PairMeterState {
                 out.forget.push(*key);
                 continue;
             }
-            if idle_ms <= ACTIVE_FOR.as_millis() as u64 {
-                if let Some(dst) = names.receivers.get(&(key.vni, key.ip)) {
-                    out.reports.push(report(src, dst, &s, caps.get(key)));
-                }
+            if let (true, Some(dst)) = (idle_ms <= ACTIVE_FOR.as_millis() as u64, names.receivers.get(&(key.vni, key.ip))) {
+                out.reports.push(report(src, dst, &s, caps.get(key)));
             }
         }
         for k in &out.forget {
@@ -350,6 +348,9 @@ pub fn cap_changes(
     (set, lift)
 }
 
+/// The pairs' names and the desired state and devices they were built from.
+type NamesFor = (Arc<HostDesired>, BTreeMap<String, u32>, Arc<PairNames>);
+
 /// Runs the pair meter until the task is dropped: every [`PERIOD`] read
 /// the pairs' counters, publish their report (waking the report loop at a
 /// pair's onset), forget idle pairs, and write the controller's latest
@@ -364,6 +365,9 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let origin = Instant::now();
     let mut failing = false;
+    // Who each pair is: rebuilt only when the desired state or the ENIs'
+    // devices change, not every period.
+    let mut names: Option<NamesFor> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -372,7 +376,17 @@ pub async fn run(
         let Some(desired) = desired_rx.borrow_and_update().clone() else {
             continue;
         };
-        let names = PairNames::of(&desired, &shared.eni_devices.lock().expect("devices lock"));
+        let names = {
+            let devices = shared.eni_devices.lock().expect("devices lock");
+            match &names {
+                Some((d, dev, n)) if Arc::ptr_eq(d, &desired) && *dev == *devices => n.clone(),
+                _ => {
+                    let n = Arc::new(PairNames::of(&desired, &devices));
+                    names = Some((desired.clone(), devices.clone(), n.clone()));
+                    n
+                }
+            }
+        };
         let (caps, confirmed) = {
             let g = shared.pair_caps.lock().expect("pair caps lock");
             (g.0.clone(), g.1)
@@ -380,7 +394,7 @@ pub async fn run(
         let expired = confirmed.is_none_or(|t| t.elapsed() > CAPS_EXPIRE);
         let fp = fast.clone();
         let read = tokio::task::spawn_blocking(move || -> Result<_, evnet_bpf::BpfError> {
-            let in_force: BTreeMap<PairKey, PairCap> = fp.pair_caps()?.into_iter().collect();
+            let mut in_force: BTreeMap<PairKey, PairCap> = fp.pair_caps()?.into_iter().collect();
             let (set, lift) = if expired {
                 (vec![], in_force.keys().copied().collect())
             } else {
@@ -395,7 +409,12 @@ pub async fn run(
             if !set.is_empty() || !lift.is_empty() {
                 tracing::debug!(set = set.len(), lifted = lift.len(), "pair caps written");
             }
-            let in_force: BTreeMap<PairKey, PairCap> = fp.pair_caps()?.into_iter().collect();
+            // The map now holds what was there, less what was lifted, with
+            // what was set: this loop is its one writer.
+            for k in &lift {
+                in_force.remove(k);
+            }
+            in_force.extend(set);
             Ok((fp.pair_meters()?, in_force, names))
         })
         .await;
@@ -425,10 +444,11 @@ pub async fn run(
             })
             .await;
         }
-        let active = !step.reports.is_empty();
-        *shared.pairs.lock().expect("pairs lock") = (step.reports, active);
         if step.onset {
-            tracing::debug!(pairs = ?shared.pairs.lock().expect("pairs lock").0.iter().map(|p| (&p.src_eni_id, &p.dst_eni_id, p.rate_bps)).collect::<Vec<_>>(), "a pair switched on: reporting at once");
+            tracing::debug!(pairs = ?step.reports.iter().map(|p| (&p.src_eni_id, &p.dst_eni_id, p.rate_bps)).collect::<Vec<_>>(), "a pair switched on: reporting at once");
+        }
+        *shared.pairs.lock().expect("pairs lock") = step.reports;
+        if step.onset {
             shared.report_now.notify_one();
         }
     }

@@ -143,25 +143,20 @@ impl PairMaps {
 
     /// Every pair's counters.
     pub fn meters(&self) -> Result<Vec<(PairKey, PairMeter)>, BpfError> {
-        let mut out = vec![];
-        for k in self.meters.keys() {
-            if let (Some(key), Some(v)) =
-                (PairKey::decode(&k), lookup(&self.meters, "pair_meters", &k)?.and_then(|b| PairMeter::decode(&b)))
-            {
-                out.push((key, v));
-            }
-        }
-        out.sort_by_key(|p| p.0);
-        Ok(out)
+        Self::entries(&self.meters, "pair_meters", PairMeter::decode)
     }
 
     /// The caps in force, by pair.
     pub fn caps(&self) -> Result<Vec<(PairKey, PairCap)>, BpfError> {
+        Self::entries(&self.caps, "pair_caps", PairCap::decode)
+    }
+
+    /// Every entry of a map keyed by pair, by key (entries that do not
+    /// decode are skipped).
+    fn entries<V>(m: &MapHandle, name: &'static str, decode: fn(&[u8]) -> Option<V>) -> Result<Vec<(PairKey, V)>, BpfError> {
         let mut out = vec![];
-        for k in self.caps.keys() {
-            if let (Some(key), Some(v)) =
-                (PairKey::decode(&k), lookup(&self.caps, "pair_caps", &k)?.and_then(|b| PairCap::decode(&b)))
-            {
+        for k in m.keys() {
+            if let (Some(key), Some(v)) = (PairKey::decode(&k), lookup(m, name, &k)?.and_then(|b| decode(&b))) {
                 out.push((key, v));
             }
         }

@@ -210,14 +210,8 @@ pub fn compute_caps(
     pools: &[BandwidthPool],
     reports: &BTreeMap<String, HostBandwidthReport>,
 ) -> BTreeMap<String, HostBandwidthCaps> {
-    let mut link_of: BTreeMap<&str, usize> = BTreeMap::new();
     let mut problem = Problem::default();
-    for (id, h) in hosts {
-        link_of.insert(id.as_str(), problem.links.len());
-        let c = h.nic_mbps.saturating_mul(1_000_000);
-        problem.links.push(Link { capacity_bps: c });
-        problem.links.push(Link { capacity_bps: c });
-    }
+    let link_of = nic_links(hosts, 100, &mut problem);
     let mut index: BTreeMap<&str, usize> = BTreeMap::new();
     let mut ids: Vec<&str> = vec![];
     for (host_id, r) in reports {
@@ -287,6 +281,19 @@ pub fn compute_caps(
     out
 }
 
+/// Adds each host's NIC to `problem` as two links, transmit then receive,
+/// at `percent` of its capacity: the index of each host's transmit link.
+fn nic_links<'a>(hosts: &'a BTreeMap<String, Host>, percent: u64, problem: &mut Problem) -> BTreeMap<&'a str, usize> {
+    let mut link_of = BTreeMap::new();
+    for (id, h) in hosts {
+        link_of.insert(id.as_str(), problem.links.len());
+        let c = h.nic_mbps.saturating_mul(1_000_000) / 100 * percent;
+        problem.links.push(Link { capacity_bps: c });
+        problem.links.push(Link { capacity_bps: c });
+    }
+    link_of
+}
+
 /// The caps on what ENIs send to ENIs on other hosts, per sending host:
 /// each receiving host's NIC (its [`PAIR_FILL_PERCENT`]) shared among the
 /// pairs into it, when their demands would oversubscribe it. Pure and
@@ -312,14 +319,8 @@ pub fn compute_pair_caps(
     reports: &BTreeMap<String, HostBandwidthReport>,
 ) -> BTreeMap<String, Vec<PairCaps>> {
     let mut out: BTreeMap<String, Vec<PairCaps>> = BTreeMap::new();
-    let mut link_of: BTreeMap<&str, usize> = BTreeMap::new();
     let mut problem = Problem::default();
-    for (id, h) in hosts {
-        link_of.insert(id.as_str(), problem.links.len());
-        let c = h.nic_mbps.saturating_mul(1_000_000) / 100 * PAIR_FILL_PERCENT;
-        problem.links.push(Link { capacity_bps: c });
-        problem.links.push(Link { capacity_bps: c });
-    }
+    let link_of = nic_links(hosts, PAIR_FILL_PERCENT, &mut problem);
     let mut receiver_of: BTreeMap<&str, usize> = BTreeMap::new();
     // (sending host, pair, receiving host's rx link)
     let mut pairs: Vec<(&str, &evnet_model::desired::PairBandwidthReport, usize)> = vec![];
