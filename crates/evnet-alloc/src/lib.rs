@@ -71,6 +71,7 @@
 
 mod allocator;
 mod engine;
+pub mod pairs;
 mod problem;
 mod verify;
 mod wide;

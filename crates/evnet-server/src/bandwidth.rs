@@ -35,6 +35,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use evnet_alloc::pairs::{PairCapper, PairDemand, PairReceiver};
+pub use evnet_alloc::pairs::{PAIR_CONTENDED_PERCENT, PAIR_FILL_PERCENT, guarantee_floor};
 use evnet_alloc::{Allocator, Eni, Flow, Link, Pool, Problem};
 use evnet_model::desired::{DirectionStats, EniBandwidthReport, EniCaps, HostBandwidthCaps, HostBandwidthReport, PairCaps};
 use evnet_model::{BandwidthPool, Host};
@@ -44,20 +46,10 @@ use crate::state::AppState;
 
 /// Reports older than this are ignored by the controller and shown as stale.
 pub const REPORT_TTL_MS: u64 = 5_000;
-/// The pairs into a host are capped once their demands pass this share of
-/// its (filled) NIC, not only once they pass all of it: a sender whose cap
-/// is lifted while its TCP window is large (a policer does not keep it
-/// small, as a queue would) dumps that window into the NIC's queue.
-pub const PAIR_CONTENDED_PERCENT: u64 = 80;
 /// How often the controller runs when no pair report asks for a round.
 pub const PERIOD: Duration = Duration::from_secs(1);
 /// The least time between two rounds that pair reports asked for.
 pub const PAIR_ROUND_SPACING: Duration = Duration::from_millis(5);
-/// The share of a NIC the pairs into (and out of) a host are fitted to:
-/// the rest covers the overlay's encapsulation, which the pairs' meters do
-/// not count (50 bytes on a 1,500-byte packet), and keeps the NIC's queue
-/// short.
-pub const PAIR_FILL_PERCENT: u64 = 99;
 
 /// One ENI's latest figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,7 +203,7 @@ pub fn compute_caps(
     reports: &BTreeMap<String, HostBandwidthReport>,
 ) -> BTreeMap<String, HostBandwidthCaps> {
     let mut problem = Problem::default();
-    let link_of = nic_links(hosts, 100, &mut problem);
+    let link_of = nic_links(hosts, &mut problem);
     let mut index: BTreeMap<&str, usize> = BTreeMap::new();
     let mut ids: Vec<&str> = vec![];
     for (host_id, r) in reports {
@@ -283,11 +275,11 @@ pub fn compute_caps(
 
 /// Adds each host's NIC to `problem` as two links, transmit then receive,
 /// at `percent` of its capacity: the index of each host's transmit link.
-fn nic_links<'a>(hosts: &'a BTreeMap<String, Host>, percent: u64, problem: &mut Problem) -> BTreeMap<&'a str, usize> {
+fn nic_links<'a>(hosts: &'a BTreeMap<String, Host>, problem: &mut Problem) -> BTreeMap<&'a str, usize> {
     let mut link_of = BTreeMap::new();
     for (id, h) in hosts {
         link_of.insert(id.as_str(), problem.links.len());
-        let c = h.nic_mbps.saturating_mul(1_000_000) / 100 * percent;
+        let c = h.nic_mbps.saturating_mul(1_000_000);
         problem.links.push(Link { capacity_bps: c });
         problem.links.push(Link { capacity_bps: c });
     }
@@ -295,97 +287,44 @@ fn nic_links<'a>(hosts: &'a BTreeMap<String, Host>, percent: u64, problem: &mut 
 }
 
 /// The caps on what ENIs send to ENIs on other hosts, per sending host:
-/// each receiving host's NIC (its [`PAIR_FILL_PERCENT`]) shared among the
-/// pairs into it, when their demands would oversubscribe it. Pure and
+/// each receiving host's NIC shared among the pairs into it when their
+/// demands would oversubscribe it, by [`evnet_alloc::pairs::PairCapper`]
+/// (the same code the simulator runs; its docs say how). Pure and
 /// deterministic.
-///
-/// The allocator's problem: each host's NIC in both directions as links;
-/// one flow per reported pair over the sender's transmit and the
-/// receiver's receive link; the receivers with their guarantee, limit and
-/// weight (the senders are outside the problem: what an ENI sends is
-/// already held to its own contract by its host's shaping tree). So a
-/// receiver's guarantee is partitioned among its active senders and the
-/// spare goes by the receivers' weights. A pair's demand is what its
-/// sender reported, but at least [`guarantee_floor`] of the receiver's
-/// guarantee while it sends at all (a pair switching on is given its
-/// part at once, before its meter can show what it wants). A receiving
-/// host whose pairs want no more than [`PAIR_CONTENDED_PERCENT`] of its
-/// NIC gets none of its pairs capped; otherwise each active pair into it
-/// is capped at its allocation plus an equal part of what the allocation
-/// leaves of the NIC (so a pair can grow until the next round).
 pub fn compute_pair_caps(
     hosts: &BTreeMap<String, Host>,
     enis: &BTreeMap<String, EniContract>,
     reports: &BTreeMap<String, HostBandwidthReport>,
 ) -> BTreeMap<String, Vec<PairCaps>> {
-    let mut out: BTreeMap<String, Vec<PairCaps>> = BTreeMap::new();
-    let mut problem = Problem::default();
-    let link_of = nic_links(hosts, PAIR_FILL_PERCENT, &mut problem);
+    let host_index: BTreeMap<&str, usize> = hosts.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let nic_bps: Vec<u64> = hosts.values().map(|h| h.nic_mbps.saturating_mul(1_000_000)).collect();
     let mut receiver_of: BTreeMap<&str, usize> = BTreeMap::new();
-    // (sending host, pair, receiving host's rx link)
-    let mut pairs: Vec<(&str, &evnet_model::desired::PairBandwidthReport, usize)> = vec![];
+    let mut receivers = vec![];
+    let mut demands = vec![];
+    // (sending host, pair), in the order of `demands`.
+    let mut pairs: Vec<(&str, &evnet_model::desired::PairBandwidthReport)> = vec![];
     for (host_id, r) in reports {
-        let Some(&tx) = link_of.get(host_id.as_str()) else { continue };
+        let Some(&src_host) = host_index.get(host_id.as_str()) else { continue };
         for p in &r.pairs {
             let (Some(src), Some(dst)) = (enis.get(&p.src_eni_id), enis.get(&p.dst_eni_id)) else { continue };
             if src.host_id != *host_id || dst.host_id == *host_id {
                 continue;
             }
-            let Some(&rx_base) = link_of.get(dst.host_id.as_str()) else { continue };
-            let rx = rx_base + 1;
-            let d = *receiver_of.entry(p.dst_eni_id.as_str()).or_insert_with(|| {
-                let limit = dst.limit_bps.max(1);
-                problem.enis.push(Eni {
-                    guaranteed_tx_bps: 0,
-                    guaranteed_rx_bps: dst.guaranteed_bps.min(limit),
-                    limit_tx_bps: u64::MAX,
-                    limit_rx_bps: limit,
-                    weight: dst.weight.max(1),
-                });
-                problem.enis.len() - 1
+            let Some(&dst_host) = host_index.get(dst.host_id.as_str()) else { continue };
+            let receiver = *receiver_of.entry(p.dst_eni_id.as_str()).or_insert_with(|| {
+                receivers.push(PairReceiver { guaranteed_bps: dst.guaranteed_bps, limit_bps: dst.limit_bps, weight: dst.weight });
+                receivers.len() - 1
             });
-            // Sending now (in the sender's last meter period): a pair that
-            // stopped gives its part of the guarantee back at once.
-            let active = p.rate_bps > 0;
-            let floor = if active { guarantee_floor(dst.guaranteed_bps).min(dst.limit_bps) } else { 0 };
-            problem.flows.push(Flow { src: None, dst: Some(d), demand_bps: p.demand_bps.max(floor), path: vec![tx, rx] });
-            pairs.push((host_id.as_str(), p, rx));
+            demands.push(PairDemand { src_host, dst_host, receiver, rate_bps: p.rate_bps, demand_bps: p.demand_bps });
+            pairs.push((host_id.as_str(), p));
         }
     }
-    if pairs.is_empty() {
-        return out;
-    }
-    let mut wanted: BTreeMap<usize, u64> = BTreeMap::new();
-    for (f, (_, _, rx)) in problem.flows.iter().zip(&pairs) {
-        *wanted.entry(*rx).or_default() += f.demand_bps;
-    }
-    let congested: Vec<usize> =
-        wanted.iter().filter(|(l, w)| **w > problem.links[**l].capacity_bps / 100 * PAIR_CONTENDED_PERCENT).map(|(l, _)| *l).collect();
-    if congested.is_empty() {
-        return out;
-    }
-    let alloc = match Allocator::new().try_allocate(&problem) {
-        Ok(a) => a.clone(),
-        Err(e) => {
-            tracing::error!(error = %e, "bandwidth controller: invalid pair problem; no pair caps this round");
-            return out;
-        }
-    };
-    for &l in &congested {
-        // Pairs that stopped sending are left uncapped (a cap at what an
-        // idle pair is allocated would hold it to almost nothing when it
-        // starts again): one that starts again is reported at once and
-        // capped in the next round.
-        let on: Vec<usize> = (0..pairs.len()).filter(|&i| pairs[i].2 == l && pairs[i].1.rate_bps > 0).collect();
-        let used: u64 = on.iter().map(|&i| alloc.flow_rate_bps[i]).sum();
-        let spare = problem.links[l].capacity_bps.saturating_sub(used) / on.len().max(1) as u64;
-        for i in on {
-            let (host, p, _) = pairs[i];
-            out.entry(host.to_string()).or_default().push(PairCaps {
-                src_eni_id: p.src_eni_id.clone(),
-                dst_eni_id: p.dst_eni_id.clone(),
-                cap_bps: (alloc.flow_rate_bps[i] + spare).max(1),
-            });
+    let mut caps = vec![];
+    PairCapper::new().caps(&nic_bps, &receivers, &demands, &mut caps);
+    let mut out: BTreeMap<String, Vec<PairCaps>> = BTreeMap::new();
+    for ((host, p), cap) in pairs.into_iter().zip(caps) {
+        if let Some(cap_bps) = cap {
+            out.entry(host.to_string()).or_default().push(PairCaps { src_eni_id: p.src_eni_id.clone(), dst_eni_id: p.dst_eni_id.clone(), cap_bps });
         }
     }
     for v in out.values_mut() {
@@ -421,17 +360,6 @@ pub fn send_caps_of_pairs(reports: &BTreeMap<String, HostBandwidthReport>, pair_
         }
     }
     out
-}
-
-/// What an active pair is taken to want at least, for a receiver's
-/// guarantee `g`: `g` and a quarter more, since the pairs' meters count
-/// the packets' headers, which the guarantee's user (goodput) does not
-/// (~5% at the overlay's MTU), and the cap is a policer, which a TCP flow
-/// fills only to 85–95% of its rate (measured on the lab: an eighth more
-/// gave 283 Mbit/s of goodput for a 300 Mbit/s guarantee in one 100 ms
-/// sample).
-pub fn guarantee_floor(g: u64) -> u64 {
-    g.saturating_add(g / 4)
 }
 
 /// One controller round over the cache and the board.

@@ -34,10 +34,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::SimError;
+use crate::evnet_pairs::EvnetPairs;
 use crate::evnet_policy::Evnet;
 use crate::maxmin::{MaxMin, check_feasible};
 use crate::policy::{EdgeShaper, EdgeTopology, HostLocal, NoIsolation, Policy, ShaperLevel, TickInput};
-use crate::scenario::{PolicyKind, Scenario};
+use crate::scenario::{EvnetMechanism, PolicyKind, Scenario};
 use crate::world::World;
 
 /// Tolerance on guarantees: 99% of the guarantee counts as met.
@@ -171,7 +172,10 @@ pub fn run(s: &Scenario, progress: &mut dyn Progress) -> Result<RunResult, SimEr
             PolicyKind::StaticReservation => Box::new(EdgeShaper::new(&world, edge_topology(), ShaperLevel::Guarantee, true)),
             PolicyKind::CapsOnly => Box::new(EdgeShaper::new(&world, edge_topology(), ShaperLevel::Limit, s.caps_only.ingress)),
             PolicyKind::HostLocal => Box::new(HostLocal::new(&world)),
-            PolicyKind::Evnet => Box::new(Evnet::new(&world, s.period_ticks(), s.evnet.guarantee_floor)),
+            PolicyKind::Evnet => match s.evnet.mechanism {
+                EvnetMechanism::FabricLoop => Box::new(Evnet::new(&world, s.period_ticks(), s.evnet.guarantee_floor)),
+                EvnetMechanism::Pairs => Box::new(EvnetPairs::new(&world)),
+            },
         });
     }
     let build_s = started.elapsed().as_secs_f64();
@@ -261,6 +265,7 @@ pub fn run(s: &Scenario, progress: &mut dyn Progress) -> Result<RunResult, SimEr
             solver.solve(&world.link_capacity, &world.paths, &world.incidence, &eff, None, &mut delivered);
             let network_ms = t1.elapsed().as_secs_f64() * 1e3;
             debug_assert!(check_feasible(&world.link_capacity, &world.paths, &delivered).is_ok());
+            policy.observe(&world, &delivered);
 
             load.iter_mut().for_each(|x| *x = 0);
             got.iter_mut().for_each(|v| v.iter_mut().for_each(|x| *x = 0));

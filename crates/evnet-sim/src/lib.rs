@@ -13,9 +13,11 @@
 //!   same scenario and seed give the same world and the same demand.
 //! - [`maxmin`]: the network: weighted max-min rates over capacitated links,
 //!   which is what TCP-like flows converge to under whatever caps a policy set.
-//! - [`policy`] and [`evnet_policy`]: no isolation, static reservation, caps
-//!   only, host-local HTB, and evnet with its control period and demand
-//!   estimation lag.
+//! - [`policy`], [`evnet_policy`] and [`evnet_pairs`]: no isolation, static
+//!   reservation, caps only, host-local HTB, and evnet: on the nftables
+//!   layout, its fabric loop with its control period and demand estimation
+//!   lag; on the tc-BPF data plane, each host's shaping tree and the
+//!   controller's receiver-driven pair caps, with the agents' periods.
 //! - [`engine`]: the time loop and the figures (utilization, guarantee
 //!   satisfaction, Jain's fairness, allocator time).
 //! - [`output`] and [`plot`]: `summary.json`, `timeseries.csv`, SVG and PNG
@@ -35,6 +37,7 @@
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod evnet_pairs;
 pub mod evnet_policy;
 pub mod maxmin;
 pub mod output;
@@ -46,7 +49,7 @@ pub mod world;
 pub use cli::{SimCommand, run};
 pub use engine::{PolicySummary, RunResult};
 pub use error::SimError;
-pub use scenario::{Overrides, PolicyKind, Scenario};
+pub use scenario::{EvnetMechanism, Overrides, PolicyKind, Scenario};
 
 /// Loads a scenario file, applies `overrides`, runs it and writes every output into `out`.
 pub fn run_scenario(path: &std::path::Path, overrides: &Overrides, out: &std::path::Path) -> Result<RunResult, SimError> {

@@ -48,6 +48,10 @@ pub trait Policy {
     /// policy's own computation when it computed something this tick (a
     /// round), or `None` when it only held its last answer.
     fn caps(&mut self, input: &TickInput<'_>, caps: &mut Vec<u64>) -> Option<f64>;
+
+    /// What the network delivered to every flow this tick under those caps
+    /// (what a policy that meters sees). Most policies do not look.
+    fn observe(&mut self, _world: &World, _delivered: &[u64]) {}
 }
 
 /// No policy at all.
@@ -243,10 +247,21 @@ impl Policy for HostLocal {
 
     fn caps(&mut self, input: &TickInput<'_>, caps: &mut Vec<u64>) -> Option<f64> {
         let started = Instant::now();
-        let w = input.world;
+        self.shape(input.world, input.demand, caps);
+        Some(started.elapsed().as_secs_f64() * 1e3)
+    }
+}
+
+impl HostLocal {
+    /// The rate of every flow (into `caps`) that each host's tree gives on
+    /// its NIC's transmit side for the flows' `demand` (already held to any
+    /// ceiling they have): per ENI `min(demand, guarantee)`, the rest of the
+    /// NIC by weight up to demand (at most the limit), each ENI's rate
+    /// split max-min among its flows.
+    pub fn shape(&mut self, w: &World, demand: &[u64], caps: &mut Vec<u64>) {
         for e in 0..w.enis() {
             let flows = &self.eni_flows[self.eni_off[e] as usize..self.eni_off[e + 1] as usize];
-            let d: u64 = flows.iter().map(|&f| input.demand[f as usize]).fold(0u64, u64::saturating_add);
+            let d: u64 = flows.iter().map(|&f| demand[f as usize]).fold(0u64, u64::saturating_add);
             self.eni_demand[e] = d.min(w.eni_limit[e]);
         }
         for h in 0..w.hosts {
@@ -276,7 +291,7 @@ impl Policy for HostLocal {
         for e in 0..w.enis() {
             let flows = &self.eni_flows[self.eni_off[e] as usize..self.eni_off[e + 1] as usize];
             self.want.clear();
-            self.want.extend(flows.iter().map(|&f| input.demand[f as usize]));
+            self.want.extend(flows.iter().map(|&f| demand[f as usize]));
             if self.ones.len() < flows.len() {
                 self.ones.resize(flows.len(), 1);
             }
@@ -286,7 +301,6 @@ impl Policy for HostLocal {
                 caps[f as usize] = self.out[k];
             }
         }
-        Some(started.elapsed().as_secs_f64() * 1e3)
     }
 }
 

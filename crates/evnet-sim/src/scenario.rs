@@ -79,6 +79,25 @@ pub struct EvnetSpec {
     /// allocation, nothing more.
     #[serde(default)]
     pub guarantee_floor: bool,
+    /// Which of evnet's enforcement mechanisms is modelled.
+    #[serde(default)]
+    pub mechanism: EvnetMechanism,
+}
+
+/// evnet's two ways of enforcing bandwidth (docs/bandwidth.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvnetMechanism {
+    /// The nftables layout's: the fabric loop's allocation, held for a
+    /// control period ([`crate::evnet_policy::Evnet`]).
+    #[default]
+    FabricLoop,
+    /// The tc-BPF data plane's: each host's shaping tree (guarantee at once,
+    /// spare by weight up to the limit) and the controller's receiver-driven
+    /// pair caps, one round per tick on what the pairs did in the last tick
+    /// ([`crate::evnet_pairs::EvnetPairs`]). Meant for ticks of the agents'
+    /// report period (50 ms).
+    Pairs,
 }
 
 /// How the caps-only policy shapes.
@@ -97,7 +116,7 @@ fn default_period() -> f64 {
 
 impl Default for EvnetSpec {
     fn default() -> Self {
-        EvnetSpec { control_period_s: default_period(), guarantee_floor: false }
+        EvnetSpec { control_period_s: default_period(), guarantee_floor: false, mechanism: EvnetMechanism::FabricLoop }
     }
 }
 

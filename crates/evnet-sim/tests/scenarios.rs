@@ -48,7 +48,13 @@ fn backlogged_evnet_fills_the_fabric_and_keeps_guarantees_static_leaves_it_idle(
     assert!(evnet.guarantee_eligible > 0);
     assert!(evnet.utilization_mean >= 0.90, "evnet utilization {}", evnet.utilization_mean);
     assert!(evnet.utilization_p5 >= 0.90, "evnet utilization p5 {}", evnet.utilization_p5);
-    assert!(evnet.guarantee_satisfaction >= 0.999, "evnet satisfaction {}", evnet.guarantee_satisfaction);
+    // Every flow switches on in the first tick, before any pair is reported:
+    // that tick is the network's alone. From the second on (the first round's
+    // caps in force) the guarantees hold.
+    let late: Vec<f64> = r.series.iter().filter(|t| t.policy == PolicyKind::Evnet && t.time_s > 0.0).filter_map(|t| t.satisfaction).collect();
+    assert!(!late.is_empty());
+    assert!(late.iter().all(|&s| s >= 0.999), "evnet satisfaction after the first tick: {late:?}");
+    assert!(evnet.guarantee_satisfaction >= 0.99, "evnet satisfaction {}", evnet.guarantee_satisfaction);
     // Static reservation keeps guarantees but leaves what is above them idle.
     assert!(stat.guarantee_satisfaction >= 0.999);
     assert!(
@@ -59,7 +65,7 @@ fn backlogged_evnet_fills_the_fabric_and_keeps_guarantees_static_leaves_it_idle(
     );
     // Without isolation, per-flow fairness ignores what tenants bought.
     assert!(get(&r, PolicyKind::NoIsolation).guarantee_satisfaction < 0.95);
-    assert_eq!(evnet.alloc_rounds, r.world.ticks / 2, "one run per 1 s period at 0.5 s ticks");
+    assert_eq!(evnet.alloc_rounds, r.world.ticks, "the trees and a pairs' round every 50 ms tick");
 }
 
 #[test]

@@ -1,0 +1,270 @@
+//! evnet on the tc-BPF data plane, as a policy: each host's shaping tree and
+//! the controller's receiver-driven pair caps (docs/bandwidth.md,
+//! "Receiver-driven guarantees"), with the agents' periods.
+//!
+//! What is modelled, tick by tick (a tick is meant to be the agents' report
+//! period, 50 ms):
+//! - **The host's tree** ([`HostLocal::shape`]): on every host's NIC
+//!   transmit side each ENI gets `min(demand, guarantee)` at once, the rest
+//!   of the NIC by weight up to its limit, split max-min among its flows. A
+//!   flow's demand there is held to its pair cap when it has one (the
+//!   pair's policer, and its ENI's class ceiling at the sum of its pairs'
+//!   caps).
+//! - **The meters and the agents' estimates**: a pair is a flow between
+//!   ENIs on different hosts; its rate is what it delivered in the last tick
+//!   (the agents' 50 ms window); its demand estimate is the agents'
+//!   `pair_demand`: held back (offered more than its cap, or at 90% of it)
+//!   it wants its sender's limit, otherwise what it sent, a quarter more and
+//!   2 Mbit/s, decaying by at most half a tick. Pairs active in the last
+//!   500 ms are reported.
+//! - **The controller's round**: at the end of every tick, the real
+//!   [`evnet_alloc::pairs::PairCapper`] (the server's
+//!   `compute_pair_caps` runs the same code) on those reports; the caps are
+//!   in force from the next tick, one report period after the rates they
+//!   answer (the lab measures the onset → caps reaction at p50 51 ms, p99
+//!   124 ms).
+//!
+//! A sender switching on therefore runs one tick under the caps of the
+//! tick before: its own guarantee holds at once (the tree), and what it
+//! does to a receiving host that is already full is bounded by one tick.
+//! The fabric's core links are not in the pairs' problem (the lab has none);
+//! flows that meet a full uplink get the network's max-min there.
+
+use std::time::Instant;
+
+use evnet_alloc::pairs::{PairCapper, PairDemand, PairReceiver};
+
+use crate::maxmin::MaxMin;
+use crate::policy::{HostLocal, Policy, TickInput};
+use crate::scenario::PolicyKind;
+use crate::world::World;
+
+/// The agents leave a pair out of their reports after this many quiet
+/// ticks (500 ms at 50 ms ticks).
+const REPORT_QUIET_TICKS: u32 = 10;
+/// Rounds of the sender's tree against the network beyond it per tick.
+const TREE_ROUNDS: usize = 3;
+/// What a pair that sent anything is taken to want above its rate.
+const ESTIMATE_FLOOR_BPS: u64 = 2_000_000;
+
+/// evnet's tree and pair caps.
+#[derive(Debug)]
+pub struct EvnetPairs {
+    tree: HostLocal,
+    capper: PairCapper,
+    nic_bps: Vec<u64>,
+    receivers: Vec<PairReceiver>,
+    /// Flows between ENIs on different hosts: the pairs the hosts meter.
+    pair_flows: Vec<u32>,
+    /// The cap in force on every flow (`u64::MAX`: none).
+    cap: Vec<u64>,
+    estimate: Vec<u64>,
+    quiet: Vec<u32>,
+    /// This tick's true demand, and the demand the tree saw.
+    demand: Vec<u64>,
+    held_demand: Vec<u64>,
+    reported: Vec<u32>,
+    demands: Vec<PairDemand>,
+    out: Vec<Option<u64>>,
+    round_ms: Option<f64>,
+    /// The fabric with the hosts' transmit sides unbounded, and what each
+    /// flow gets beyond its sender's NIC.
+    downstream_capacity: Vec<u64>,
+    downstream: Vec<u64>,
+    offered: Vec<u64>,
+    uncapped: Vec<u64>,
+    solver: MaxMin,
+}
+
+impl EvnetPairs {
+    pub fn new(w: &World) -> EvnetPairs {
+        let pair_flows: Vec<u32> =
+            (0..w.flows() as u32).filter(|&f| w.eni_host[w.flow_src[f as usize] as usize] != w.eni_host[w.flow_dst[f as usize] as usize]).collect();
+        EvnetPairs {
+            tree: HostLocal::new(w),
+            capper: PairCapper::new(),
+            nic_bps: (0..w.hosts).map(|h| w.link_capacity[World::host_rx(h)]).collect(),
+            receivers: (0..w.enis())
+                .map(|e| PairReceiver { guaranteed_bps: w.eni_guarantee[e], limit_bps: w.eni_limit[e], weight: w.eni_weight[e] })
+                .collect(),
+            pair_flows,
+            cap: vec![u64::MAX; w.flows()],
+            estimate: vec![0; w.flows()],
+            quiet: vec![REPORT_QUIET_TICKS; w.flows()],
+            demand: Vec::with_capacity(w.flows()),
+            held_demand: Vec::with_capacity(w.flows()),
+            reported: Vec::new(),
+            demands: Vec::new(),
+            out: Vec::new(),
+            round_ms: None,
+            downstream_capacity: (0..w.links()).map(|l| if w.is_nic_link(l) && l % 2 == 0 { u64::MAX } else { w.link_capacity[l] }).collect(),
+            downstream: Vec::with_capacity(w.flows()),
+            offered: Vec::with_capacity(w.flows()),
+            uncapped: vec![],
+            solver: MaxMin::new(),
+        }
+    }
+
+    /// The pair cap in force on flow `f`, if any.
+    pub fn cap(&self, f: usize) -> Option<u64> {
+        (self.cap[f] != u64::MAX).then_some(self.cap[f])
+    }
+
+    /// The senders' agents meter and report; the controller's round; the
+    /// caps for the next tick.
+    fn round(&mut self, w: &World, delivered: &[u64]) {
+        let started = Instant::now();
+        self.reported.clear();
+        self.demands.clear();
+        for &f in &self.pair_flows {
+            let f = f as usize;
+            let (src, dst) = (w.flow_src[f] as usize, w.flow_dst[f] as usize);
+            let rate = delivered[f];
+            let capped = self.cap[f] != u64::MAX;
+            // The agents' rule: dropped by its policer (it could send more
+            // than its cap), or at 90% of its cap.
+            let held = capped && (self.uncapped[f] > self.cap[f] || rate >= self.cap[f] / 10 * 9);
+            self.estimate[f] = if held {
+                w.eni_limit[src]
+            } else if rate > 0 {
+                (rate.saturating_add(rate / 4) + ESTIMATE_FLOOR_BPS).max(self.estimate[f] / 2).min(w.eni_limit[src])
+            } else {
+                self.estimate[f] / 2
+            };
+            self.quiet[f] = if rate > 0 { 0 } else { self.quiet[f].saturating_add(1) };
+            self.cap[f] = u64::MAX;
+            if self.quiet[f] < REPORT_QUIET_TICKS {
+                self.reported.push(f as u32);
+                self.demands.push(PairDemand {
+                    src_host: w.eni_host[src] as usize,
+                    dst_host: w.eni_host[dst] as usize,
+                    receiver: dst,
+                    rate_bps: rate,
+                    demand_bps: self.estimate[f],
+                });
+            }
+        }
+        self.capper.caps(&self.nic_bps, &self.receivers, &self.demands, &mut self.out);
+        for (&f, c) in self.reported.iter().zip(&self.out) {
+            if let Some(c) = c {
+                self.cap[f as usize] = *c;
+            }
+        }
+        self.round_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+    }
+}
+
+impl Policy for EvnetPairs {
+    fn kind(&self) -> PolicyKind {
+        PolicyKind::Evnet
+    }
+
+    /// Computes every tick: the hosts' trees, and the round at the end of
+    /// the last tick (its time is counted here).
+    fn caps(&mut self, input: &TickInput<'_>, caps: &mut Vec<u64>) -> Option<f64> {
+        let started = Instant::now();
+        self.demand.clear();
+        self.demand.extend_from_slice(input.demand);
+        self.held_demand.clear();
+        self.held_demand.extend(input.demand.iter().zip(&self.cap).map(|(&d, &c)| d.min(c)));
+        // What a flow offers its sender's tree is what the network beyond
+        // lets through (a TCP flow limited downstream sends no faster), so
+        // the tree lends the rest of the NIC to the others, as HTB does; and
+        // what the tree holds back leaves room downstream for the others. A
+        // few rounds of the two approach their joint rates.
+        let w = input.world;
+        caps.clear();
+        caps.resize(w.flows(), u64::MAX);
+        for _ in 0..TREE_ROUNDS {
+            self.offered.clear();
+            self.offered.extend(self.held_demand.iter().zip(caps.iter()).map(|(&d, &c)| d.min(c)));
+            self.solver.solve(&self.downstream_capacity, &w.paths, &w.incidence, &self.offered, None, &mut self.downstream);
+            for (o, (&d, &x)) in self.offered.iter_mut().zip(self.held_demand.iter().zip(&self.downstream)) {
+                *o = d.min(x);
+            }
+            self.tree.shape(w, &self.offered, caps);
+        }
+        // What each flow could send beyond its sender's NIC without its
+        // pair cap: more than the cap means its policer drops (the agents'
+        // sign that a pair is held back).
+        self.solver.solve(&self.downstream_capacity, &w.paths, &w.incidence, input.demand, None, &mut self.uncapped);
+        Some(started.elapsed().as_secs_f64() * 1e3 + self.round_ms.take().unwrap_or(0.0))
+    }
+
+    fn observe(&mut self, world: &World, delivered: &[u64]) {
+        self.round(world, delivered);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maxmin::MaxMin;
+    use crate::scenario::Scenario;
+
+    /// Four hosts of 1 Gbit/s NICs, eight instances; everyone backlogged
+    /// into one receiver gives an incast onto its host.
+    fn world() -> World {
+        let s = Scenario::parse(
+            r#"
+name = "t"
+seed = 7
+duration_s = 2.0
+tick_s = 0.05
+[fabric]
+racks = 1
+hosts_per_rack = 4
+nic_gbps = 1
+spines = 1
+oversubscription = 1.0
+[placement]
+instances_per_host = 2
+[evnet]
+mechanism = "pairs"
+[[tenant_class]]
+name = "a"
+share = 1.0
+instances_per_tenant = 8
+guaranteed_gbps = 0.1
+limit_gbps = 1
+pattern = "incast"
+flows_per_eni = 1
+"#,
+            "t",
+        )
+        .unwrap();
+        World::build(&s).unwrap()
+    }
+
+    #[test]
+    fn an_incast_is_capped_after_one_tick_to_fit_the_receiving_nic() {
+        let w = world();
+        let mut p = EvnetPairs::new(&w);
+        let (mut demand, mut caps, mut delivered) = (vec![], vec![], vec![]);
+        let mut solver = MaxMin::new();
+        w.demands(&mut demand);
+        assert!(!p.pair_flows.is_empty(), "the world has flows between hosts");
+        for tick in 0..3 {
+            p.caps(&TickInput { world: &w, tick, demand: &demand }, &mut caps);
+            if tick == 0 {
+                assert!(p.pair_flows.iter().all(|&f| p.cap(f as usize).is_none()), "nothing is capped before a report");
+            }
+            let eff: Vec<u64> = demand.iter().zip(&caps).map(|(&d, &c)| d.min(c)).collect();
+            solver.solve(&w.link_capacity, &w.paths, &w.incidence, &eff, None, &mut delivered);
+            p.observe(&w, &delivered);
+        }
+        // Caps now: per receiving host, the capped pairs into it fit its NIC's 99%.
+        let mut into = vec![0u64; w.hosts];
+        let mut capped = 0;
+        for &f in &p.pair_flows {
+            if let Some(c) = p.cap(f as usize) {
+                into[w.eni_host[w.flow_dst[f as usize] as usize] as usize] += c;
+                capped += 1;
+            }
+        }
+        assert!(capped > 0, "an incast onto a 1 Gbit/s NIC is capped");
+        for (h, &sum) in into.iter().enumerate() {
+            assert!(sum <= w.link_capacity[World::host_rx(h)] / 100 * 99 + 1_000, "host {h}: caps {sum}");
+        }
+    }
+}
