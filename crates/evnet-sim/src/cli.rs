@@ -131,6 +131,19 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
                     p.alloc_ms_p99
                 )?;
             }
+            for p in &result.policies {
+                if let Some(w) = &p.watch {
+                    writeln!(
+                        o,
+                        "{:<20} watch {}: satisfaction {:.4} over {} windows, its host's NIC rx utilization {:.3}",
+                        p.policy.as_str(),
+                        w.eni,
+                        w.satisfaction,
+                        w.samples,
+                        w.host_rx_utilization
+                    )?;
+                }
+            }
             writeln!(o, "wrote {}", out.join("report.md").display())?;
             Ok(())
         }

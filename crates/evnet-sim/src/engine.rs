@@ -80,6 +80,35 @@ pub struct PolicySummary {
     pub alloc_rounds: usize,
     /// Wall time of the network's max-min resolution per tick (not the policy's).
     pub network_ms_p50: f64,
+    /// The scenario's `[watch]`: a lab benchmark's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchFigures>,
+}
+
+/// A lab benchmark's figures for one receiving ENI (`[watch]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchFigures {
+    pub eni: String,
+    /// Windows in which it wanted at least its guarantee throughout.
+    pub samples: u64,
+    /// Share of those in which it received at least the tolerance of its
+    /// guarantee on average.
+    pub satisfaction: f64,
+    /// Its host's NIC receive side: mean load over capacity in the ticks
+    /// it was offered at least its capacity.
+    pub host_rx_utilization: f64,
+}
+
+/// Accumulates [`WatchFigures`] tick by tick.
+#[derive(Debug, Default)]
+struct WatchAcc {
+    window_rx: u128,
+    window_wanted: bool,
+    window_ticks: usize,
+    samples: u64,
+    ok: u64,
+    util_sum: f64,
+    util_n: u64,
 }
 
 /// Size of the simulated world.
@@ -127,6 +156,7 @@ struct Acc {
     raw_eligible: u64,
     alloc_ms: Vec<f64>,
     network_ms: Vec<f64>,
+    watch: WatchAcc,
 }
 
 /// Linear-interpolated percentile of unsorted data (`q` in [0, 1]).
@@ -196,6 +226,12 @@ pub fn run(s: &Scenario, progress: &mut dyn Progress) -> Result<RunResult, SimEr
     // 0: no promise; 1: demand ≥ guarantee; 2: and the hose model promises it.
     let mut promise = [vec![0u8; ne], vec![0u8; ne]];
     let mut accs: Vec<Acc> = kinds.iter().map(|_| Acc::default()).collect();
+    // The watched ENI (index = its place in the explicit world), its host's
+    // receive link, the ticks per window.
+    let watch = s.watch.as_ref().and_then(|w| {
+        let e = s.enis.iter().position(|x| x.name == w.eni)?;
+        Some((e, World::host_rx(world.eni_host[e] as usize), ((w.window_s / s.tick_s).round() as usize).max(1), w.tolerance))
+    });
     let mut series = Vec::with_capacity(ticks * kinds.len());
 
     for tick in 0..ticks {
@@ -319,6 +355,29 @@ pub fn run(s: &Scenario, progress: &mut dyn Progress) -> Result<RunResult, SimEr
             }
             let jain = (n > 0 && s2 > 0.0).then(|| s1 * s1 / (n as f64 * s2));
             let delivered_total: u64 = (0..nh).map(|h| load[World::host_tx(h)]).sum();
+            if let Some((e, rx_link, window, _)) = watch {
+                let wa = &mut acc.watch;
+                if wa.window_ticks == 0 {
+                    wa.window_wanted = true;
+                }
+                wa.window_rx += got[1][e] as u128;
+                wa.window_wanted &= world.eni_guarantee[e] > 0 && want[1][e] >= world.eni_guarantee[e];
+                wa.window_ticks += 1;
+                if wa.window_ticks == window {
+                    if wa.window_wanted {
+                        wa.samples += 1;
+                        let tolerance = watch.map_or(1.0, |w| w.3);
+                        wa.ok += (wa.window_rx as f64 / window as f64 >= tolerance * world.eni_guarantee[e] as f64) as u64;
+                    }
+                    wa.window_rx = 0;
+                    wa.window_ticks = 0;
+                }
+                let cap = world.link_capacity[rx_link];
+                if offered[rx_link] >= cap {
+                    wa.util_sum += load[rx_link] as f64 / cap as f64;
+                    wa.util_n += 1;
+                }
+            }
             acc.util.push(utilization);
             if let Some(j) = jain {
                 acc.jain.push(j);
@@ -361,6 +420,12 @@ pub fn run(s: &Scenario, progress: &mut dyn Progress) -> Result<RunResult, SimEr
             alloc_ms_p99: percentile(&a.alloc_ms, 0.99),
             alloc_rounds: a.alloc_ms.len(),
             network_ms_p50: percentile(&a.network_ms, 0.5),
+            watch: s.watch.as_ref().map(|w| WatchFigures {
+                eni: w.eni.clone(),
+                samples: a.watch.samples,
+                satisfaction: share(a.watch.ok, a.watch.samples),
+                host_rx_utilization: if a.watch.util_n == 0 { 0.0 } else { a.watch.util_sum / a.watch.util_n as f64 },
+            }),
         })
         .collect();
 

@@ -111,6 +111,15 @@ pub fn report_md(r: &RunResult) -> String {
             p.alloc_ms_p99
         );
     }
+    if r.policies.iter().any(|p| p.watch.is_some()) {
+        s.push_str("\nThe lab benchmark's figures (`[watch]`): the watched ENI's windows at its guarantee, and its host's NIC receive side.\n\n");
+        s.push_str("| policy | ENI | satisfaction | windows | host NIC rx utilization |\n|---|---|---:|---:|---:|\n");
+        for p in &r.policies {
+            if let Some(w) = &p.watch {
+                let _ = writeln!(s, "| {} | {} | {:.4} | {} | {:.3} |", p.policy.as_str(), w.eni, w.satisfaction, w.samples, w.host_rx_utilization);
+            }
+        }
+    }
     let _ = writeln!(
         s,
         "\nRun: {:.1} s wall ({:.1} s building the world){}.\n",

@@ -26,6 +26,8 @@ pub struct Scenario {
     /// Fine time step: demand changes and delivered rates are computed per tick.
     pub tick_s: f64,
     pub fabric: FabricSpec,
+    /// Required with tenant classes; an explicit world places its ENIs itself.
+    #[serde(default)]
     pub placement: PlacementSpec,
     #[serde(default)]
     pub evnet: EvnetSpec,
@@ -34,8 +36,77 @@ pub struct Scenario {
     /// Policies to run; all of them when empty.
     #[serde(default)]
     pub policies: Vec<PolicyKind>,
-    #[serde(rename = "tenant_class")]
+    /// Tenants placed by evnet's scheduler; or, instead, an explicit world
+    /// (`eni` and `flow`).
+    #[serde(default, rename = "tenant_class")]
     pub tenant_classes: Vec<TenantClass>,
+    /// An explicit world: these ENIs on these hosts, with these flows (a
+    /// lab's layout, to replay a lab benchmark).
+    #[serde(default, rename = "eni")]
+    pub enis: Vec<EniSpec>,
+    #[serde(default, rename = "flow")]
+    pub flows: Vec<FlowSpec>,
+    /// A lab benchmark's figures for one receiving ENI, per policy.
+    #[serde(default)]
+    pub watch: Option<WatchSpec>,
+}
+
+/// One ENI of an explicit world.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EniSpec {
+    pub name: String,
+    /// Host index, from 0.
+    pub host: u32,
+    /// Guarantee in each direction.
+    #[serde(default)]
+    pub guaranteed_gbps: f64,
+    /// Limit in each direction; the NIC when absent.
+    #[serde(default)]
+    pub limit_gbps: Option<f64>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// One flow of an explicit world.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    /// Names of the sending and the receiving ENI.
+    pub src: String,
+    pub dst: String,
+    /// Demand while on; the sender's limit (backlogged) when absent.
+    #[serde(default)]
+    pub demand_gbps: Option<f64>,
+    /// When it first switches on (off before).
+    #[serde(default)]
+    pub start_s: f64,
+    /// `[on, off]` seconds, repeated from `start_s`; always on when absent.
+    #[serde(default)]
+    pub on_off_s: Option<[f64; 2]>,
+}
+
+/// The lab benchmark's figures for one ENI: the share of `window_s` windows
+/// in which what it received averaged at least `tolerance` of its guarantee
+/// (windows in which it wanted at least its guarantee throughout), and its
+/// host's NIC receive utilization over the ticks it was offered at least
+/// its capacity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchSpec {
+    pub eni: String,
+    #[serde(default = "default_watch_tolerance")]
+    pub tolerance: f64,
+    #[serde(default = "default_watch_window")]
+    pub window_s: f64,
+}
+
+fn default_watch_tolerance() -> f64 {
+    0.95
+}
+
+fn default_watch_window() -> f64 {
+    0.1
 }
 
 /// A leaf-spine fabric: `racks` ToR switches, each with `hosts_per_rack` hosts
@@ -51,7 +122,7 @@ pub struct FabricSpec {
     pub oversubscription: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementSpec {
     #[serde(default)]
@@ -353,11 +424,14 @@ impl Scenario {
         if self.placement.headroom_percent > 100 {
             return bad("placement.headroom_percent", format!("{} is above 100", self.placement.headroom_percent));
         }
+        if self.tenant_classes.is_empty() == self.enis.is_empty() {
+            return bad("tenant_class", "a scenario has tenant classes or an explicit world (eni, flow), and not both".into());
+        }
+        if !self.enis.is_empty() {
+            return self.validate_explicit();
+        }
         if !(self.placement.instances_per_host > 0.0) {
             return bad("placement.instances_per_host", "must be positive".into());
-        }
-        if self.tenant_classes.is_empty() {
-            return bad("tenant_class", "at least one tenant class is needed".into());
         }
         let total: f64 = self.tenant_classes.iter().map(|c| c.share).sum();
         if (total - 1.0).abs() > 1e-6 {
@@ -397,6 +471,55 @@ impl Scenario {
             }
             if c.on_off.as_ref().is_some_and(|o| !(o.mean_on_s > 0.0 && o.mean_off_s > 0.0 && o.pareto_shape > 1.0)) {
                 return bad(&field("on_off"), "means must be positive and pareto_shape > 1".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_explicit(&self) -> Result<(), SimError> {
+        let bad = |field: &str, why: String| Err(SimError::Invalid { field: field.to_string(), message: why });
+        let nic = self.fabric.nic_gbps;
+        let mut names = std::collections::BTreeMap::new();
+        for e in &self.enis {
+            let field = |x: &str| format!("eni[{}].{x}", e.name);
+            if names.insert(e.name.as_str(), e).is_some() {
+                return bad(&field("name"), "two ENIs have this name".into());
+            }
+            if e.host as usize >= self.hosts() {
+                return bad(&field("host"), format!("{} is not one of the fabric's {} hosts", e.host, self.hosts()));
+            }
+            let limit = e.limit_gbps.unwrap_or(nic);
+            if !(limit > 0.0 && limit <= nic && e.guaranteed_gbps >= 0.0 && e.guaranteed_gbps <= limit) {
+                return bad(&field("guaranteed_gbps"), format!("need 0 <= guarantee ({}) <= limit ({limit}) <= NIC ({nic})", e.guaranteed_gbps));
+            }
+            if e.weight == 0 {
+                return bad(&field("weight"), "must be at least 1".into());
+            }
+        }
+        if self.flows.is_empty() {
+            return bad("flow", "an explicit world needs at least one flow".into());
+        }
+        for (i, f) in self.flows.iter().enumerate() {
+            let field = |x: &str| format!("flow[{i}].{x}");
+            let (Some(src), Some(_)) = (names.get(f.src.as_str()), names.get(f.dst.as_str())) else {
+                return bad(&field("src"), format!("{} → {}: both must name ENIs", f.src, f.dst));
+            };
+            if f.src == f.dst {
+                return bad(&field("dst"), "a flow goes to another ENI".into());
+            }
+            if let Some(d) = f.demand_gbps.filter(|&d| !(d > 0.0 && d <= src.limit_gbps.unwrap_or(nic))) {
+                return bad(&field("demand_gbps"), format!("{d} is outside (0, the sender's limit]"));
+            }
+            if !(f.start_s >= 0.0) || f.on_off_s.is_some_and(|[on, off]| !(on > 0.0 && off > 0.0)) {
+                return bad(&field("on_off_s"), "start_s must be >= 0 and on and off periods positive".into());
+            }
+        }
+        if let Some(w) = &self.watch {
+            if !names.contains_key(w.eni.as_str()) {
+                return bad("watch.eni", format!("{} names no ENI", w.eni));
+            }
+            if !(w.tolerance > 0.0 && w.tolerance <= 1.0 && w.window_s >= self.tick_s) {
+                return bad("watch", "tolerance must be in (0, 1] and window_s at least a tick".into());
             }
         }
         Ok(())
@@ -451,6 +574,53 @@ flows_per_eni = 2
         assert!(e.to_string().contains("shares add up"), "{e}");
         let e = Scenario::parse(&MINIMAL.replace("flows_per_eni = 2", "flows_per_eni = 4"), "t").unwrap_err();
         assert!(e.to_string().contains("distinct peers"), "{e}");
+    }
+
+    const EXPLICIT: &str = r#"
+name = "lab"
+seed = 1
+duration_s = 2.0
+tick_s = 0.05
+[fabric]
+racks = 1
+hosts_per_rack = 2
+nic_gbps = 0.5
+spines = 1
+oversubscription = 1.0
+[watch]
+eni = "r"
+[[eni]]
+name = "r"
+host = 1
+guaranteed_gbps = 0.3
+[[eni]]
+name = "s"
+host = 0
+[[flow]]
+src = "s"
+dst = "r"
+on_off_s = [1.0, 1.0]
+"#;
+
+    #[test]
+    fn an_explicit_world_parses_and_its_mistakes_are_named() {
+        let s = Scenario::parse(EXPLICIT, "t").unwrap();
+        assert_eq!(s.enis.len(), 2);
+        assert_eq!(s.flows[0].on_off_s, Some([1.0, 1.0]));
+        for (from, to, says) in [
+            ("host = 1", "host = 2", "not one of the fabric's 2 hosts"),
+            ("name = \"s\"", "name = \"r\"", "two ENIs"),
+            ("src = \"s\"", "src = \"x\"", "must name ENIs"),
+            ("eni = \"r\"", "eni = \"x\"", "names no ENI"),
+            ("guaranteed_gbps = 0.3", "guaranteed_gbps = 0.6", "guarantee"),
+            ("on_off_s = [1.0, 1.0]", "on_off_s = [1.0, 0.0]", "positive"),
+        ] {
+            let e = Scenario::parse(&EXPLICIT.replacen(from, to, 1), "t").unwrap_err();
+            assert!(e.to_string().contains(says), "{from} → {to}: {e}");
+        }
+        let both = format!("{EXPLICIT}{}", &MINIMAL[MINIMAL.find("[[tenant_class]]").unwrap()..]);
+        let e = Scenario::parse(&both, "t").unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct OnOff {
     on_xm: f64,
     off_xm: f64,
     shape: f64,
+    /// Periods of exactly `on_xm` and `off_xm` (a lab's on/off), not drawn.
+    fixed: bool,
 }
 
 impl OnOff {
@@ -44,14 +46,29 @@ impl OnOff {
         let on_xm = mean_on * (shape - 1.0) / shape;
         let off_xm = mean_off * (shape - 1.0) / shape;
         let on = rng.random::<f64>() < mean_on / (mean_on + mean_off);
-        let mut p = OnOff { on, left_s: 0.0, on_xm, off_xm, shape };
+        let mut p = OnOff { on, left_s: 0.0, on_xm, off_xm, shape, fixed: false };
         p.left_s = p.draw(rng);
         p
     }
 
+    /// Off until `start_s`, then on for `on_s` and off for `off_s`, again
+    /// and again (`on_s` infinite: on for good).
+    pub fn periodic(start_s: f64, on_s: f64, off_s: f64) -> OnOff {
+        let on = start_s <= 0.0;
+        OnOff { on, left_s: if on { on_s } else { start_s }, on_xm: on_s, off_xm: off_s, shape: 1.0, fixed: true }
+    }
+
     fn draw(&self, rng: &mut ChaCha8Rng) -> f64 {
         let xm = if self.on { self.on_xm } else { self.off_xm };
+        if self.fixed {
+            return xm;
+        }
         pareto(rng, xm, self.shape)
+    }
+
+    fn push_into(self, processes: &mut Vec<OnOff>) -> u32 {
+        processes.push(self);
+        (processes.len() - 1) as u32
     }
 
     /// Advances by `dt`, switching as many times as periods end.
@@ -143,19 +160,90 @@ impl World {
         2 * (self.hosts + rack * self.spines + spine)
     }
 
+    /// The fabric's links: every host's NIC both ways, then every rack's
+    /// uplink to every spine both ways.
+    fn fabric_links(s: &Scenario) -> Vec<u64> {
+        let f = &s.fabric;
+        let (racks, per_rack, spines) = (f.racks as usize, f.hosts_per_rack as usize, f.spines as usize);
+        let uplink = ((per_rack as f64 * f.nic_gbps * 1e9) / (f.oversubscription * spines as f64)).round() as u64;
+        let mut link_capacity = vec![gbps(f.nic_gbps); 2 * racks * per_rack];
+        link_capacity.extend(std::iter::repeat_n(uplink, 2 * racks * spines));
+        link_capacity
+    }
+
+    fn empty(s: &Scenario, link_capacity: Vec<u64>) -> World {
+        World {
+            hosts: s.hosts(),
+            racks: s.fabric.racks as usize,
+            spines: s.fabric.spines as usize,
+            link_capacity,
+            tenants: 0,
+            instances_requested: 0,
+            instances_rejected: 0,
+            first_rejection: None,
+            eni_host: Vec::new(),
+            eni_tenant: Vec::new(),
+            eni_class: Vec::new(),
+            eni_guarantee: Vec::new(),
+            eni_limit: Vec::new(),
+            eni_caps_only: Vec::new(),
+            eni_weight: Vec::new(),
+            flow_src: Vec::new(),
+            flow_dst: Vec::new(),
+            flow_peak: Vec::new(),
+            flow_process: Vec::new(),
+            paths: Paths::new(),
+            incidence: Incidence::default(),
+            processes: Vec::new(),
+            rng: ChaCha8Rng::seed_from_u64(0),
+        }
+    }
+
+    /// An explicit world: the scenario's ENIs on their hosts, its flows
+    /// with their fixed on/off periods. One tenant; no scheduler.
+    fn build_explicit(s: &Scenario) -> World {
+        let mut w = World::empty(s, World::fabric_links(s));
+        w.tenants = 1;
+        w.instances_requested = s.enis.len();
+        let index: std::collections::BTreeMap<&str, u32> = s.enis.iter().enumerate().map(|(i, e)| (e.name.as_str(), i as u32)).collect();
+        for e in &s.enis {
+            let limit = gbps(e.limit_gbps.unwrap_or(s.fabric.nic_gbps));
+            w.eni_host.push(e.host);
+            w.eni_tenant.push(0);
+            w.eni_class.push(0);
+            w.eni_guarantee.push(gbps(e.guaranteed_gbps));
+            w.eni_limit.push(limit);
+            w.eni_caps_only.push(limit);
+            w.eni_weight.push(e.weight);
+        }
+        let mut path = [0u32; 4];
+        for f in &s.flows {
+            let (src, dst) = (index[f.src.as_str()], index[f.dst.as_str()]);
+            let peak = f.demand_gbps.map(gbps).unwrap_or(w.eni_limit[src as usize]);
+            let process = match (f.on_off_s, f.start_s > 0.0) {
+                (None, false) => ALWAYS_ON,
+                (None, true) => OnOff::periodic(f.start_s, f64::INFINITY, 0.0).push_into(&mut w.processes),
+                (Some([on, off]), _) => OnOff::periodic(f.start_s, on, off).push_into(&mut w.processes),
+            };
+            w.add_flow(src, dst, peak, process, s.seed, &mut path);
+        }
+        w.incidence = Incidence::build(&w.paths, w.links());
+        w.rng = ChaCha8Rng::seed_from_u64(s.seed);
+        w
+    }
+
     /// Builds the world: fabric, placement through evnet's scheduler, ENIs,
-    /// flows and on/off processes.
+    /// flows and on/off processes (or the scenario's explicit world).
     pub fn build(s: &Scenario) -> Result<World, SimError> {
+        if !s.enis.is_empty() {
+            return Ok(World::build_explicit(s));
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
         let f = &s.fabric;
         let racks = f.racks as usize;
         let per_rack = f.hosts_per_rack as usize;
         let hosts = racks * per_rack;
-        let spines = f.spines as usize;
-        let nic = gbps(f.nic_gbps);
-        let uplink = ((per_rack as f64 * f.nic_gbps * 1e9) / (f.oversubscription * spines as f64)).round() as u64;
-        let mut link_capacity = vec![nic; 2 * hosts];
-        link_capacity.extend(std::iter::repeat_n(uplink, 2 * racks * spines));
+        let link_capacity = World::fabric_links(s);
 
         // Tenants and their instances, then placement in a random order.
         struct Tenant {
@@ -208,31 +296,11 @@ impl World {
             return Err(SimError::NothingPlaced(first_rejection.unwrap_or_default()));
         }
 
-        let mut w = World {
-            hosts,
-            racks,
-            spines,
-            link_capacity,
-            tenants: tenants.len(),
-            instances_requested,
-            instances_rejected: rejected,
-            first_rejection,
-            eni_host: Vec::new(),
-            eni_tenant: Vec::new(),
-            eni_class: Vec::new(),
-            eni_guarantee: Vec::new(),
-            eni_limit: Vec::new(),
-            eni_caps_only: Vec::new(),
-            eni_weight: Vec::new(),
-            flow_src: Vec::new(),
-            flow_dst: Vec::new(),
-            flow_peak: Vec::new(),
-            flow_process: Vec::new(),
-            paths: Paths::new(),
-            incidence: Incidence::default(),
-            processes: Vec::new(),
-            rng: ChaCha8Rng::seed_from_u64(0),
-        };
+        let mut w = World::empty(s, link_capacity);
+        w.tenants = tenants.len();
+        w.instances_requested = instances_requested;
+        w.instances_rejected = rejected;
+        w.first_rejection = first_rejection;
         let enis_total = instances_requested - rejected;
         for v in [&mut w.eni_host, &mut w.eni_tenant] {
             v.reserve_exact(enis_total);
