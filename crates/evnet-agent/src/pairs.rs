@@ -25,6 +25,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use evnet_alloc::pairs::{DEMAND_FLOOR_BPS, pair_demand};
 use evnet_bpf::{PairCap, PairKey, PairMeter};
 use evnet_model::desired::{HostDesired, PairBandwidthReport, PairCaps};
 use evnet_plan::naming;
@@ -64,9 +65,6 @@ pub const POLICER_HEADROOM_PERCENT: u64 = 110;
 /// and sends less for a while after each loss: a period without drops
 /// does not mean it wants less).
 pub const HELD_FOR: Duration = Duration::from_millis(250);
-/// What an active pair is taken to want above what it sent: a margin to
-/// grow into.
-const DEMAND_FLOOR_BPS: u64 = 2_000_000;
 
 /// One pair's last sample and estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +211,7 @@ impl PairMeterState {
                         let s = PairSample {
                             last_active_ms: Some(now_ms),
                             rate_bps: rate,
-                            demand_bps: pair_demand(0, rate, false, *limit),
+                            demand_bps: pair_demand(0, rate, None, false, *limit),
                             ..first
                         };
                         self.last.insert(*key, s);
@@ -256,13 +254,12 @@ impl PairMeterState {
             }
             // At its cap: held back, whether by its policer or (an ENI whose
             // pairs are all capped) by its class's ceiling in the tree.
-            let at_cap = caps.get(key).is_some_and(|c| {
-                rate >= c.rate_bytes.saturating_mul(8) / POLICER_HEADROOM_PERCENT * 90
-            });
+            let cap_bps = caps.get(key).map(|c| c.rate_bytes.saturating_mul(8) / POLICER_HEADROOM_PERCENT * 100);
+            let at_cap = cap_bps.is_some_and(|c| rate >= c / 10 * 9);
             let held = at_cap
                 || s.last_drop_ms
                     .is_some_and(|t| now_ms.saturating_sub(t) <= HELD_FOR.as_millis() as u64);
-            s.demand_bps = pair_demand(s.demand_bps, rate, held, *limit);
+            s.demand_bps = pair_demand(s.demand_bps, rate, cap_bps, held, *limit);
             s.rate_bps = window_rate;
             s.at_ms = now_ms;
             s.bytes = m.bytes;
@@ -296,23 +293,6 @@ fn report(src: &str, dst: &str, s: &PairSample, cap: Option<&PairCap>) -> PairBa
         demand_bps: s.demand_bps,
         cap_bps: cap.map(|c| c.rate_bytes.saturating_mul(8)),
     }
-}
-
-/// A pair's demand from its last one, the rate it offered in the period
-/// and whether its cap held it back (dropped within [`HELD_FOR`]): held
-/// back by its cap, it wants
-/// its sender's limit (the controller then gives it its fair share);
-/// otherwise what it sent, a quarter more and the floor, decaying by at
-/// most half a period (one dip of a TCP sawtooth does not give the share
-/// away). Never above the limit.
-pub fn pair_demand(prev: u64, rate: u64, capped_drops: bool, limit: u64) -> u64 {
-    if capped_drops {
-        return limit;
-    }
-    rate.saturating_add(rate / 4)
-        .saturating_add(DEMAND_FLOOR_BPS)
-        .max(prev / 2)
-        .min(limit)
 }
 
 /// What to write into `pair_caps` so that it holds exactly the
@@ -578,9 +558,9 @@ mod tests {
 
     #[test]
     fn demand_decays_by_half_at_most_and_stays_within_the_limit() {
-        assert_eq!(pair_demand(400 * M, 0, false, 1000 * M), 200 * M);
-        assert_eq!(pair_demand(0, 900 * M, false, 1000 * M), 1000 * M);
-        assert_eq!(pair_demand(0, 10 * M, true, 300 * M), 300 * M);
+        assert_eq!(pair_demand(400 * M, 0, None, false, 1000 * M), 200 * M);
+        assert_eq!(pair_demand(0, 900 * M, None, false, 1000 * M), 1000 * M);
+        assert_eq!(pair_demand(0, 10 * M, None, true, 300 * M), 300 * M);
     }
 
     #[test]

@@ -50,6 +50,29 @@ pub fn guarantee_floor(g: u64) -> u64 {
     g.saturating_add(g / 4)
 }
 
+/// What an active pair is taken to want above what it sent: a margin to
+/// grow into.
+pub const DEMAND_FLOOR_BPS: u64 = 2_000_000;
+
+/// A pair's demand, as its sender's agent estimates it, from its last one,
+/// the rate it offered in the period, the cap in force and whether that
+/// cap held it back: held back, it wants its sender's limit (the
+/// controller then gives it its fair share); otherwise what it sent, a
+/// quarter more and [`DEMAND_FLOOR_BPS`], decaying by at most half a
+/// period (one dip of a TCP sawtooth does not give the share away) from
+/// its last demand or, capped, from its cap (a pair held back wanted its
+/// sender's limit, which it never sent: decaying from there kept pairs
+/// that something else holds wanting far more than they could use for
+/// eight periods; the simulator's bursty scenario, 0.962 → 0.969 of no
+/// isolation's utilization). Never above the limit.
+pub fn pair_demand(prev: u64, rate: u64, cap: Option<u64>, held: bool, limit: u64) -> u64 {
+    if held {
+        return limit;
+    }
+    let prev = prev.min(cap.unwrap_or(u64::MAX));
+    rate.saturating_add(rate / 4).saturating_add(DEMAND_FLOOR_BPS).max(prev / 2).min(limit)
+}
+
 /// A receiving ENI's contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairReceiver {
@@ -196,6 +219,16 @@ mod tests {
             PairDemand { src_host: 2, dst_host: 3, receiver: 1, rate_bps: 400 * M, demand_bps: 400 * M },
         ];
         (nics, receivers, pairs)
+    }
+
+    #[test]
+    fn a_pair_no_longer_held_decays_from_its_cap_not_from_the_limit_it_asked() {
+        // Held: it wants its sender's limit.
+        assert_eq!(pair_demand(0, 90 * M, Some(100 * M), true, 1000 * M), 1000 * M);
+        // Then something else holds it at 50: half its cap, not half the limit.
+        assert_eq!(pair_demand(1000 * M, 40 * M, Some(100 * M), false, 1000 * M), 52 * M);
+        // Uncapped, its last demand decays by half at most.
+        assert_eq!(pair_demand(400 * M, 0, None, false, 1000 * M), 200 * M);
     }
 
     #[test]

@@ -32,7 +32,7 @@
 
 use std::time::Instant;
 
-use evnet_alloc::pairs::{PairCapper, PairDemand, PairReceiver};
+use evnet_alloc::pairs::{PairCapper, PairDemand, PairReceiver, pair_demand};
 
 use crate::maxmin::MaxMin;
 use crate::policy::{HostLocal, Policy, TickInput};
@@ -44,8 +44,6 @@ use crate::world::World;
 const REPORT_QUIET_TICKS: u32 = 10;
 /// Rounds of the sender's tree against the network beyond it per tick.
 const TREE_ROUNDS: usize = 3;
-/// What a pair that sent anything is taken to want above its rate.
-const ESTIMATE_FLOOR_BPS: u64 = 2_000_000;
 
 /// evnet's tree and pair caps.
 #[derive(Debug)]
@@ -124,13 +122,7 @@ impl EvnetPairs {
             // The agents' rule: dropped by its policer (it could send more
             // than its cap), or at 90% of its cap.
             let held = capped && (self.uncapped[f] > self.cap[f] || rate >= self.cap[f] / 10 * 9);
-            self.estimate[f] = if held {
-                w.eni_limit[src]
-            } else if rate > 0 {
-                (rate.saturating_add(rate / 4) + ESTIMATE_FLOOR_BPS).max(self.estimate[f] / 2).min(w.eni_limit[src])
-            } else {
-                self.estimate[f] / 2
-            };
+            self.estimate[f] = pair_demand(self.estimate[f], rate, capped.then_some(self.cap[f]), held, w.eni_limit[src]);
             self.quiet[f] = if rate > 0 { 0 } else { self.quiet[f].saturating_add(1) };
             self.cap[f] = u64::MAX;
             if self.quiet[f] < REPORT_QUIET_TICKS {
