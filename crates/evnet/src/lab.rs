@@ -372,28 +372,14 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// How much ahead of the tenants' processes the lab's servers and agents
-/// are scheduled (a nice value). On a real host the agent runs in a system
-/// slice while the tenants' load runs on cores of its own; the lab's hosts
-/// share the machine's CPUs with the workloads the tests and benchmarks
-/// start (iperf3 floods, QEMU), which otherwise delay the agents' 25 ms
-/// loops by hundreds of milliseconds. −10 took the CPU from the tenants'
-/// own senders instead (the incast test's TCP sender dipped below its
-/// guarantee in 4 runs of 13; none of 14 at −5).
-const DAEMON_NICE: i32 = -5;
-
-/// Starts one of the lab's daemons (an `evnet` server or agent) in its own
-/// session (so it outlives this command), its output into `log`.
+/// Starts a child in its own session (so it outlives this command), its
+/// output into `log`.
 fn spawn(args: &[String], env: &[(&str, &str)], log: &Path) -> anyhow::Result<u32> {
     let exe = std::env::current_exe().context("cannot find the evnet binary")?;
-    spawn_with(&exe, args, env, log, Some(DAEMON_NICE))
+    spawn_program(&exe, args, env, log)
 }
 
 fn spawn_program(exe: &Path, args: &[String], env: &[(&str, &str)], log: &Path) -> anyhow::Result<u32> {
-    spawn_with(exe, args, env, log, None)
-}
-
-fn spawn_with(exe: &Path, args: &[String], env: &[(&str, &str)], log: &Path, nice: Option<i32>) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut cmd = Command::new(exe);
@@ -401,15 +387,10 @@ fn spawn_with(exe: &Path, args: &[String], env: &[(&str, &str)], log: &Path, nic
     for (k, v) in env {
         cmd.env(k, v);
     }
-    // SAFETY: setsid and setpriority are async-signal-safe and touch no
-    // memory of ours. The nice value is the calling thread's, inherited by
-    // every thread the program starts.
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
     unsafe {
-        cmd.pre_exec(move || {
+        cmd.pre_exec(|| {
             libc::setsid();
-            if let Some(n) = nice {
-                libc::setpriority(libc::PRIO_PROCESS, 0, n);
-            }
             Ok(())
         });
     }
