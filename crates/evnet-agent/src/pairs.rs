@@ -495,7 +495,7 @@ mod tests {
             .into_iter()
             .collect();
         let st = s.step(50, &names(), &meter(1_572_500, 900_000), &cap);
-        // The rate reported is over the last 100 ms: 1,562,500 bytes in 50 ms.
+        // The rate reported is over the last RATE_WINDOW: 1,562,500 bytes in 50 ms.
         assert_eq!(st.reports[0].rate_bps, 250 * M);
         assert_eq!(st.reports[0].demand_bps, 1000 * M);
         assert_eq!(st.reports[0].cap_bps, Some(100 * M));

@@ -273,8 +273,8 @@ pub fn compute_caps(
     out
 }
 
-/// Adds each host's NIC to `problem` as two links, transmit then receive,
-/// at `percent` of its capacity: the index of each host's transmit link.
+/// Adds each host's NIC to `problem` as two links, transmit then receive:
+/// the index of each host's transmit link.
 fn nic_links<'a>(hosts: &'a BTreeMap<String, Host>, problem: &mut Problem) -> BTreeMap<&'a str, usize> {
     let mut link_of = BTreeMap::new();
     for (id, h) in hosts {
@@ -320,7 +320,9 @@ pub fn compute_pair_caps(
         }
     }
     let mut caps = vec![];
-    PairCapper::new().caps(&nic_bps, &receivers, &demands, &mut caps);
+    if let Err(e) = PairCapper::new().caps(&nic_bps, &receivers, &demands, &mut caps) {
+        tracing::error!(error = %e, "bandwidth controller: invalid pair problem; no pair caps this round");
+    }
     let mut out: BTreeMap<String, Vec<PairCaps>> = BTreeMap::new();
     for ((host, p), cap) in pairs.into_iter().zip(caps) {
         if let Some(cap_bps) = cap {

@@ -355,7 +355,7 @@ pub fn run(s: &Scenario, progress: &mut dyn Progress) -> Result<RunResult, SimEr
             }
             let jain = (n > 0 && s2 > 0.0).then(|| s1 * s1 / (n as f64 * s2));
             let delivered_total: u64 = (0..nh).map(|h| load[World::host_tx(h)]).sum();
-            if let Some((e, rx_link, window, _)) = watch {
+            if let Some((e, rx_link, window, tolerance)) = watch {
                 let wa = &mut acc.watch;
                 if wa.window_ticks == 0 {
                     wa.window_wanted = true;
@@ -366,7 +366,6 @@ pub fn run(s: &Scenario, progress: &mut dyn Progress) -> Result<RunResult, SimEr
                 if wa.window_ticks == window {
                     if wa.window_wanted {
                         wa.samples += 1;
-                        let tolerance = watch.map_or(1.0, |w| w.3);
                         wa.ok += (wa.window_rx as f64 / window as f64 >= tolerance * world.eni_guarantee[e] as f64) as u64;
                     }
                     wa.window_rx = 0;

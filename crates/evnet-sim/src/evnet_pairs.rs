@@ -21,8 +21,8 @@
 //!   [`evnet_alloc::pairs::PairCapper`] (the server's
 //!   `compute_pair_caps` runs the same code) on those reports; the caps are
 //!   in force from the next tick, one report period after the rates they
-//!   answer (the lab measures the onset → caps reaction at p50 51 ms, p99
-//!   124 ms).
+//!   answer (the lab measures the onset → caps reaction at p50 38–58 ms,
+//!   p99 125–294 ms: docs/benchmarks.md).
 //!
 //! A sender switching on therefore runs one tick under the caps of the
 //! tick before: its own guarantee holds at once (the tree), and what it
@@ -58,8 +58,7 @@ pub struct EvnetPairs {
     cap: Vec<u64>,
     estimate: Vec<u64>,
     quiet: Vec<u32>,
-    /// This tick's true demand, and the demand the tree saw.
-    demand: Vec<u64>,
+    /// The demand the tree saw: each flow's, held to its pair cap.
     held_demand: Vec<u64>,
     reported: Vec<u32>,
     demands: Vec<PairDemand>,
@@ -89,7 +88,6 @@ impl EvnetPairs {
             cap: vec![u64::MAX; w.flows()],
             estimate: vec![0; w.flows()],
             quiet: vec![REPORT_QUIET_TICKS; w.flows()],
-            demand: Vec::with_capacity(w.flows()),
             held_demand: Vec::with_capacity(w.flows()),
             reported: Vec::new(),
             demands: Vec::new(),
@@ -136,7 +134,8 @@ impl EvnetPairs {
                 });
             }
         }
-        self.capper.caps(&self.nic_bps, &self.receivers, &self.demands, &mut self.out);
+        // The world's ENIs and NICs are valid by construction.
+        self.capper.caps(&self.nic_bps, &self.receivers, &self.demands, &mut self.out).expect("the pairs' problem of a built world");
         for (&f, c) in self.reported.iter().zip(&self.out) {
             if let Some(c) = c {
                 self.cap[f as usize] = *c;
@@ -155,8 +154,6 @@ impl Policy for EvnetPairs {
     /// the last tick (its time is counted here).
     fn caps(&mut self, input: &TickInput<'_>, caps: &mut Vec<u64>) -> Option<f64> {
         let started = Instant::now();
-        self.demand.clear();
-        self.demand.extend_from_slice(input.demand);
         self.held_demand.clear();
         self.held_demand.extend(input.demand.iter().zip(&self.cap).map(|(&d, &c)| d.min(c)));
         // What a flow offers its sender's tree is what the network beyond

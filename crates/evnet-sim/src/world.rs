@@ -171,12 +171,13 @@ impl World {
         link_capacity
     }
 
-    fn empty(s: &Scenario, link_capacity: Vec<u64>) -> World {
+    /// The scenario's fabric with nobody on it.
+    fn empty(s: &Scenario) -> World {
         World {
             hosts: s.hosts(),
             racks: s.fabric.racks as usize,
             spines: s.fabric.spines as usize,
-            link_capacity,
+            link_capacity: World::fabric_links(s),
             tenants: 0,
             instances_requested: 0,
             instances_rejected: 0,
@@ -202,7 +203,7 @@ impl World {
     /// An explicit world: the scenario's ENIs on their hosts, its flows
     /// with their fixed on/off periods. One tenant; no scheduler.
     fn build_explicit(s: &Scenario) -> World {
-        let mut w = World::empty(s, World::fabric_links(s));
+        let mut w = World::empty(s);
         w.tenants = 1;
         w.instances_requested = s.enis.len();
         let index: std::collections::BTreeMap<&str, u32> = s.enis.iter().enumerate().map(|(i, e)| (e.name.as_str(), i as u32)).collect();
@@ -243,7 +244,6 @@ impl World {
         let racks = f.racks as usize;
         let per_rack = f.hosts_per_rack as usize;
         let hosts = racks * per_rack;
-        let link_capacity = World::fabric_links(s);
 
         // Tenants and their instances, then placement in a random order.
         struct Tenant {
@@ -296,7 +296,7 @@ impl World {
             return Err(SimError::NothingPlaced(first_rejection.unwrap_or_default()));
         }
 
-        let mut w = World::empty(s, link_capacity);
+        let mut w = World::empty(s);
         w.tenants = tenants.len();
         w.instances_requested = instances_requested;
         w.instances_rejected = rejected;
