@@ -71,9 +71,35 @@ pub fn check_tags(tags: &Tags) -> Result<(), ModelError> {
     check_string_map(tags, "tags", "invalid_tags")
 }
 
-/// A host's labels: the same limits as tags.
+/// The host label naming its rack: the bandwidth controller puts the
+/// rack's uplink in the pairs' problem for hosts that have it and whose
+/// rack has [`LABEL_RACK_UPLINK_MBPS`].
+pub const LABEL_RACK: &str = "rack";
+/// The host label giving its rack's uplink capacity to the core, in Mbit/s
+/// each way, all uplinks together (a positive integer); where hosts of a
+/// rack disagree, the smallest holds.
+pub const LABEL_RACK_UPLINK_MBPS: &str = "rack_uplink_mbps";
+/// The largest rack uplink a label may give: 100 Tbit/s.
+pub const MAX_RACK_UPLINK_MBPS: u64 = 100_000_000;
+
+/// A host's labels: the same limits as tags, and [`LABEL_RACK_UPLINK_MBPS`]
+/// a whole number of Mbit/s from 1 to [`MAX_RACK_UPLINK_MBPS`].
 pub fn check_labels(labels: &Tags) -> Result<(), ModelError> {
-    check_string_map(labels, "labels", "invalid_labels")
+    check_string_map(labels, "labels", "invalid_labels")?;
+    if let Some(v) = labels.get(LABEL_RACK_UPLINK_MBPS) {
+        rack_uplink_mbps(v).ok_or_else(|| {
+            ModelError::invalid(
+                "invalid_labels",
+                format!("label {LABEL_RACK_UPLINK_MBPS} is the rack's uplink capacity in Mbit/s, a whole number from 1 to {MAX_RACK_UPLINK_MBPS}; `{v}` is not"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The value of a [`LABEL_RACK_UPLINK_MBPS`] label, if valid.
+pub fn rack_uplink_mbps(v: &str) -> Option<u64> {
+    v.parse::<u64>().ok().filter(|m| (1..=MAX_RACK_UPLINK_MBPS).contains(m))
 }
 
 fn check_string_map(map: &Tags, what: &str, code: &'static str) -> Result<(), ModelError> {
@@ -381,5 +407,15 @@ mod tests {
         let mut tags = Tags::new();
         tags.insert(String::new(), "x".into());
         assert!(check_tags(&tags).is_err());
+    }
+
+    #[test]
+    fn a_rack_uplink_label_is_a_whole_number_of_mbps() {
+        let labels = |v: &str| Tags::from([(LABEL_RACK.to_string(), "r1".to_string()), (LABEL_RACK_UPLINK_MBPS.to_string(), v.to_string())]);
+        assert!(check_labels(&labels("400000")).is_ok());
+        for bad in ["0", "-1", "10G", "1.5", "", "100000001"] {
+            let e = check_labels(&labels(bad)).unwrap_err();
+            assert_eq!(e.code, "invalid_labels", "{bad}");
+        }
     }
 }

@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use evnet_alloc::pairs::{PairCapper, PairDemand, PairReceiver};
+use evnet_alloc::pairs::{PairCapper, PairDemand, PairNetwork, PairReceiver};
 pub use evnet_alloc::pairs::{PAIR_CONTENDED_PERCENT, PAIR_FILL_PERCENT, guarantee_floor};
 use evnet_alloc::{Allocator, Eni, Flow, Link, Pool, Problem};
 use evnet_model::desired::{DirectionStats, EniBandwidthReport, EniCaps, HostBandwidthCaps, HostBandwidthReport, PairCaps};
@@ -286,11 +286,31 @@ fn nic_links<'a>(hosts: &'a BTreeMap<String, Host>, problem: &mut Problem) -> BT
     link_of
 }
 
+/// The racks the hosts' labels name (`rack`, and `rack_uplink_mbps` on at
+/// least one host of it; the smallest holds), in the order of `hosts`: per
+/// host its rack's index, or `usize::MAX` for a host in no known rack; per
+/// rack its uplink capacity (bit/s). A rack no host gives a valid uplink
+/// for is left out: its hosts' pairs cross only their NICs.
+pub fn racks_of_hosts(hosts: &BTreeMap<String, Host>) -> (Vec<usize>, Vec<u64>) {
+    use evnet_model::validate::{LABEL_RACK, LABEL_RACK_UPLINK_MBPS, rack_uplink_mbps};
+    let mut uplink_mbps: BTreeMap<&str, u64> = BTreeMap::new();
+    for h in hosts.values() {
+        if let (Some(rack), Some(m)) = (h.labels.get(LABEL_RACK), h.labels.get(LABEL_RACK_UPLINK_MBPS).and_then(|v| rack_uplink_mbps(v))) {
+            let e = uplink_mbps.entry(rack.as_str()).or_insert(m);
+            *e = (*e).min(m);
+        }
+    }
+    let index: BTreeMap<&str, usize> = uplink_mbps.keys().enumerate().map(|(i, r)| (*r, i)).collect();
+    let host_rack = hosts.values().map(|h| h.labels.get(LABEL_RACK).and_then(|r| index.get(r.as_str()).copied()).unwrap_or(usize::MAX)).collect();
+    (host_rack, uplink_mbps.values().map(|m| m.saturating_mul(1_000_000)).collect())
+}
+
 /// The caps on what ENIs send to ENIs on other hosts, per sending host:
-/// each receiving host's NIC shared among the pairs into it when their
-/// demands would oversubscribe it, by [`evnet_alloc::pairs::PairCapper`]
-/// (the same code the simulator runs; its docs say how). Pure and
-/// deterministic.
+/// each receiving host's NIC (and, for hosts whose labels give their rack
+/// and its uplink, the racks' uplinks: [`racks_of_hosts`]) shared among the
+/// pairs across it when their demands would oversubscribe it, by
+/// [`evnet_alloc::pairs::PairCapper`] (the same code the simulator runs;
+/// its docs say how). Pure and deterministic.
 pub fn compute_pair_caps(
     hosts: &BTreeMap<String, Host>,
     enis: &BTreeMap<String, EniContract>,
@@ -298,6 +318,7 @@ pub fn compute_pair_caps(
 ) -> BTreeMap<String, Vec<PairCaps>> {
     let host_index: BTreeMap<&str, usize> = hosts.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
     let nic_bps: Vec<u64> = hosts.values().map(|h| h.nic_mbps.saturating_mul(1_000_000)).collect();
+    let (host_rack, rack_uplink_bps) = racks_of_hosts(hosts);
     let mut receiver_of: BTreeMap<&str, usize> = BTreeMap::new();
     let mut receivers = vec![];
     let mut demands = vec![];
@@ -320,7 +341,7 @@ pub fn compute_pair_caps(
         }
     }
     let mut caps = vec![];
-    if let Err(e) = PairCapper::new().caps(&nic_bps, &receivers, &demands, &mut caps) {
+    if let Err(e) = PairCapper::new().caps(&PairNetwork { nic_bps: &nic_bps, host_rack: &host_rack, rack_uplink_bps: &rack_uplink_bps }, &receivers, &demands, &mut caps) {
         tracing::error!(error = %e, "bandwidth controller: invalid pair problem; no pair caps this round");
     }
     let mut out: BTreeMap<String, Vec<PairCaps>> = BTreeMap::new();
@@ -592,6 +613,52 @@ mod tests {
         assert_eq!(cap_of(&caps, "h1", "s1"), nic);
         // An idle pair keeps no part of a guarantee and is not capped.
         assert!(!caps.contains_key("h2"));
+    }
+
+    fn racked(id: &str, rack: &str, uplink_mbps: Option<&str>) -> (String, Host) {
+        let (id, mut h) = host(id, 1000);
+        h.labels.insert("rack".into(), rack.into());
+        if let Some(m) = uplink_mbps {
+            h.labels.insert("rack_uplink_mbps".into(), m.into());
+        }
+        (id, h)
+    }
+
+    #[test]
+    fn racks_come_from_the_hosts_labels_and_the_smallest_uplink_holds() {
+        let hosts: BTreeMap<String, Host> =
+            [racked("h1", "a", Some("800")), racked("h2", "a", Some("500")), racked("h3", "b", None), host("h4", 1000), racked("h5", "c", Some("9G"))].into_iter().collect();
+        let (host_rack, uplink) = racks_of_hosts(&hosts);
+        // Rack a only: b has no uplink, c's label is not a number of Mbit/s.
+        assert_eq!(uplink, vec![500 * M]);
+        assert_eq!(host_rack, vec![0, 0, usize::MAX, usize::MAX, usize::MAX]);
+    }
+
+    #[test]
+    fn pairs_between_racks_are_capped_to_fit_the_senders_rack_uplink() {
+        let enis: BTreeMap<String, EniContract> = [
+            ("s1".to_string(), contract("h1", 0)),
+            ("s2".to_string(), contract("h2", 100)),
+            ("r1".to_string(), contract("h3", 0)),
+            ("r2".to_string(), contract("h4", 100)),
+        ]
+        .into_iter()
+        .collect();
+        // 600 Mbit/s into each receiving NIC of 1000: no NIC is contended.
+        let reports = pair_reports(&[("h1", vec![pair("s1", "r1", 600, 600)]), ("h2", vec![pair("s2", "r2", 600, 600)])]);
+        let flat: BTreeMap<String, Host> = [host("h1", 1000), host("h2", 1000), host("h3", 1000), host("h4", 1000)].into_iter().collect();
+        assert!(compute_pair_caps(&flat, &enis, &reports).is_empty());
+        // Rack a's uplink is 500: both pairs cross it, and fit it.
+        let hosts: BTreeMap<String, Host> =
+            [racked("h1", "a", Some("500")), racked("h2", "a", None), racked("h3", "b", Some("2000")), racked("h4", "b", None)].into_iter().collect();
+        let caps = compute_pair_caps(&hosts, &enis, &reports);
+        let (c1, c2) = (cap_of(&caps, "h1", "s1"), cap_of(&caps, "h2", "s2"));
+        assert!(c1 + c2 <= 500 * M / 100 * PAIR_FILL_PERCENT, "{c1} + {c2}");
+        assert!(c2 >= 100 * M, "r2's guarantee holds across the uplink: {c2}");
+        // Both racks the same: no uplink between them.
+        let same: BTreeMap<String, Host> =
+            [racked("h1", "a", Some("500")), racked("h2", "a", None), racked("h3", "a", None), racked("h4", "a", None)].into_iter().collect();
+        assert!(compute_pair_caps(&same, &enis, &reports).is_empty());
     }
 
     #[test]

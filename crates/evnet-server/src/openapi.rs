@@ -73,7 +73,7 @@ pub const ERRORS: &[(&str, u16, &str)] = &[
     ("ip_not_on_eni", 422, "the private address is not one of the ENI's"),
     ("invalid_name", 422, "the name breaks the `Name` schema"),
     ("invalid_tags", 422, "the tags break the `Tags` schema"),
-    ("invalid_labels", 422, "the labels break the `Labels` schema"),
+    ("invalid_labels", 422, "the labels break the `Labels` schema, or `rack_uplink_mbps` is not a whole number of Mbit/s from 1 to 100,000,000"),
     ("invalid_description", 422, "the description breaks the `Description` schema"),
     ("invalid_client_token", 422, "the client token breaks the `ClientToken` schema"),
     ("invalid_bandwidth", 422, "a rate is out of its range, `guaranteed_mbps` exceeds `limit_mbps`, or the limit exceeds the NIC of the ENI's host"),

@@ -158,13 +158,15 @@ async fn only_the_admin_changes_a_host_and_heartbeats_claim_only_issued_generati
         (json!({"nic_mbps": 0}), (422, "invalid_bandwidth")),
         (json!({"revision": 1}), (409, "revision_mismatch")),
         (json!({"color": "red"}), (400, "invalid_body")),
+        (json!({"labels": {"rack": "r1", "rack_uplink_mbps": "40G"}}), (422, "invalid_labels")),
     ] {
         let (st, v) = patch(body.clone()).await;
         assert_eq!((st, code(&v)), want, "{body}: {v}");
     }
-    let (st, v) = patch(json!({"underlay_ip": "198.18.0.11", "nic_mbps": 10_000, "labels": {"rack": "r1"}})).await;
+    let (st, v) = patch(json!({"underlay_ip": "198.18.0.11", "nic_mbps": 10_000, "labels": {"rack": "r1", "rack_uplink_mbps": "40000"}})).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!((v["underlay_ip"].as_str(), v["nic_mbps"].as_u64(), v["labels"]["rack"].as_str()), (Some("198.18.0.11"), Some(10_000), Some("r1")));
+    assert_eq!(v["labels"]["rack_uplink_mbps"], "40000");
     let (_, other) = t.call("GET", &format!("/v1/hosts/{id2}"), ADMIN, None).await;
     assert_eq!(other["underlay_ip"], "198.18.0.2");
 

@@ -429,6 +429,16 @@ impl World {
         }));
     }
 
+    /// The rack host `h` is in.
+    pub fn rack_of(&self, h: usize) -> usize {
+        h / (self.hosts / self.racks)
+    }
+
+    /// What rack `r`'s uplinks to all the spines carry together, each way.
+    pub fn rack_uplink_bps(&self, r: usize) -> u64 {
+        (0..self.spines).map(|s| self.link_capacity[self.uplink(r, s)]).sum()
+    }
+
     /// Is link `l` a host NIC link (as opposed to a ToR–spine link)?
     pub fn is_nic_link(&self, l: usize) -> bool {
         l < 2 * self.hosts
