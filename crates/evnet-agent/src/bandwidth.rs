@@ -431,7 +431,7 @@ pub struct Shared {
     /// The pairs' latest report ([`crate::pairs`]): the active pairs (while
     /// there are any, the agent reports every `pairs::ACTIVE_REPORT_EVERY`).
     pub pairs: Mutex<Vec<PairBandwidthReport>>,
-    /// Woken at a pair's onset: report at once.
+    /// Woken when a pair switches on or off: report at once.
     pub report_now: tokio::sync::Notify,
     /// The controller's latest caps on this host's pairs and when it last
     /// answered.

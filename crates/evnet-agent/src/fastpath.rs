@@ -325,6 +325,38 @@ mod tests {
     }
 
     #[test]
+    fn new_send_caps_change_the_tree_in_place_and_anything_more_takes_a_pass() {
+        use evnet_plan::{Address, EniRates, Op};
+        let mut d = desired();
+        d.nic_mbps = 1000;
+        let mut h = host(true);
+        h.addresses.insert(Address { dev: "ul0".into(), addr: "198.18.0.1/24".parse().unwrap() });
+        let none = BTreeMap::new();
+        let t = evnet_plan::htb::target(&d, &h, &none).expect("a tree on ul0");
+        h.htb_trees.insert("ul0".into(), t.tree.clone());
+        assert_eq!(crate::ceiling_ops(&d, &h, &BTreeMap::new()), Some(vec![]), "nothing changed");
+        // eni-a capped at 100 Mbit/s: its class alone, changed in place.
+        let caps = BTreeMap::from([("eni-a".to_string(), EniRates { tx_bps: 100_000_000, rx_bps: u64::MAX })]);
+        let ops = crate::ceiling_ops(&d, &h, &caps).expect("in place");
+        let minor = t.owners.iter().find(|(_, o)| o.as_str() == "eni-a").map(|(m, _)| *m).unwrap();
+        assert!(matches!(ops.as_slice(), [Op::ChangeHtbClass { minor: m, class, .. }] if *m == minor && class.ceil_bps == 100_000_000), "{ops:?}");
+        // Once applied, the same caps need nothing more.
+        crate::record_ceilings(&mut h, &ops);
+        assert_eq!(crate::ceiling_ops(&d, &h, &caps), Some(vec![]));
+        // The pass's plan agrees: the tree it would build is the one recorded.
+        let target = evnet_plan::htb::target(&d, &h, &evnet_plan::plan::send_caps(&caps)).unwrap();
+        assert!(evnet_plan::htb::diff(Some(&target), &h, None).is_empty());
+        // A new ENI (a class to add): a pass.
+        let mut more = d.clone();
+        let mut eni_c = more.instances[1].enis[0].clone();
+        eni_c.eni_id = "eni-c".into();
+        more.instances[1].enis.push(eni_c);
+        assert_eq!(crate::ceiling_ops(&more, &h, &caps), None);
+        // No tree yet: a pass.
+        assert_eq!(crate::ceiling_ops(&d, &host(true), &caps), None);
+    }
+
+    #[test]
     fn an_enis_class_and_receive_shaper_reach_its_entry_once_they_exist() {
         use evnet_plan::Address;
         let mut d = desired();

@@ -93,8 +93,9 @@ pub const RATE_WINDOW: Duration = Duration::from_millis(50);
 pub struct PairStep {
     /// The active pairs whose ENIs are known, for the report.
     pub reports: Vec<PairBandwidthReport>,
-    /// A pair switched on (or is new) in this step: report at once.
-    pub onset: bool,
+    /// A pair switched on (or is new), stopped, or sent again after a step
+    /// without a byte, in this step: report at once.
+    pub report_now: bool,
     /// Counters to forget (idle for [`FORGET_AFTER`], or of a sender
     /// no longer here).
     pub forget: Vec<PairKey>,
@@ -204,7 +205,7 @@ impl PairMeterState {
                     // switched on since the last step.
                     let fresh = prev.is_none() && m.bytes > 0;
                     if fresh {
-                        out.onset = true;
+                        out.report_now = true;
                         // Its counters started since the last step: what
                         // it sent, over one period, is its rate so far.
                         let rate = m.bytes.saturating_mul(8_000) / PERIOD.as_millis() as u64;
@@ -243,10 +244,14 @@ impl PairMeterState {
             let was_idle = s
                 .last_active_ms
                 .is_none_or(|t| now_ms.saturating_sub(t) > ACTIVE_FOR.as_millis() as u64);
+            // Switched on, stopped (a window without a byte), or sending
+            // again after that: the controller hears of it at once, not at
+            // the next report (a stopped pair's part of its receiver's
+            // guarantee goes back to the others one round later).
+            if (sent > 0 && was_idle) || (window_rate == 0) == (s.rate_bps > 0) {
+                out.report_now = true;
+            }
             if sent > 0 {
-                if was_idle {
-                    out.onset = true;
-                }
                 s.last_active_ms = Some(now_ms);
             }
             if dropped > 0 {
@@ -333,7 +338,7 @@ type NamesFor = (Arc<HostDesired>, BTreeMap<String, u32>, Arc<PairNames>);
 
 /// Runs the pair meter until the task is dropped: every [`PERIOD`] read
 /// the pairs' counters, publish their report (waking the report loop at a
-/// pair's onset), forget idle pairs, and write the controller's latest
+/// pair's onset or stop), forget idle pairs, and write the controller's latest
 /// pair caps.
 pub async fn run(
     fast: Arc<dyn FastPath>,
@@ -424,11 +429,11 @@ pub async fn run(
             })
             .await;
         }
-        if step.onset {
-            tracing::debug!(pairs = ?step.reports.iter().map(|p| (&p.src_eni_id, &p.dst_eni_id, p.rate_bps)).collect::<Vec<_>>(), "a pair switched on: reporting at once");
+        if step.report_now {
+            tracing::debug!(pairs = ?step.reports.iter().map(|p| (&p.src_eni_id, &p.dst_eni_id, p.rate_bps)).collect::<Vec<_>>(), "a pair switched on or off: reporting at once");
         }
         *shared.pairs.lock().expect("pairs lock") = step.reports;
-        if step.onset {
+        if step.report_now {
             shared.report_now.notify_one();
         }
     }
@@ -475,7 +480,7 @@ mod tests {
         // First sight of a pair that has sent: onset, reported with what it
         // sent over one period as its rate (10,000 bytes in 25 ms: 3.2 Mbit/s).
         let st = s.step(0, &names(), &meter(10_000, 0), &none);
-        assert!(st.onset);
+        assert!(st.report_now);
         assert_eq!(st.reports.len(), 1);
         assert_eq!(st.reports[0].rate_bps, 3_200_000);
         assert_eq!(
@@ -487,7 +492,7 @@ mod tests {
         );
         // 25 ms later 1,250,000 bytes more: 400 Mbit/s, demand a quarter more.
         let st = s.step(25, &names(), &meter(1_260_000, 0), &none);
-        assert!(!st.onset);
+        assert!(!st.report_now);
         assert_eq!(st.reports[0].rate_bps, 400 * M);
         assert_eq!(st.reports[0].demand_bps, 500 * M + DEMAND_FLOOR_BPS);
         // Dropped by its cap: it wants its sender's limit.
@@ -504,18 +509,32 @@ mod tests {
         assert_eq!(again.reports, st.reports);
         // A period without drops right after (a TCP flow backing off): still
         // held back by its cap.
-        let st = s.step(75, &names(), &meter(1_572_500, 900_000), &cap);
+        let st = s.step(75, &names(), &meter(1_582_500, 900_000), &cap);
         assert_eq!(st.reports[0].demand_bps, 1000 * M);
+        assert!(!st.report_now);
+        // A step without a byte: a gap, its rate over the window.
+        let st = s.step(100, &names(), &meter(1_582_500, 900_000), &cap);
+        assert!(!st.report_now);
+        assert_eq!(st.reports[0].rate_bps, 1_600_000);
+        // A window without a byte: it stopped, reported at once with no rate.
+        let st = s.step(125, &names(), &meter(1_582_500, 900_000), &cap);
+        assert!(st.report_now && st.reports[0].rate_bps == 0);
+        // Still quiet: nothing new to say until the next report.
+        let st = s.step(150, &names(), &meter(1_582_500, 900_000), &cap);
+        assert!(!st.report_now && st.reports[0].rate_bps == 0);
+        // Sending again within ACTIVE_FOR: reported at once too.
+        let st = s.step(175, &names(), &meter(1_600_000, 900_000), &cap);
+        assert!(st.report_now && st.reports[0].rate_bps > 0);
         // Idle past ACTIVE_FOR: no longer reported; sending again is an onset.
-        let st = s.step(600, &names(), &meter(1_572_500, 900_000), &cap);
-        assert!(st.reports.is_empty() && !st.onset);
-        let st = s.step(625, &names(), &meter(1_600_000, 900_000), &cap);
-        assert!(st.onset && st.reports.len() == 1);
+        let st = s.step(680, &names(), &meter(1_600_000, 900_000), &cap);
+        assert!(st.reports.is_empty());
+        let st = s.step(705, &names(), &meter(1_650_000, 900_000), &cap);
+        assert!(st.report_now && st.reports.len() == 1);
         // Idle past FORGET_AFTER: its counters go.
         let st = s.step(
-            625 + FORGET_AFTER.as_millis() as u64 + 1,
+            705 + FORGET_AFTER.as_millis() as u64 + 1,
             &names(),
-            &meter(1_600_000, 900_000),
+            &meter(1_650_000, 900_000),
             &cap,
         );
         assert_eq!(st.forget, vec![key()]);

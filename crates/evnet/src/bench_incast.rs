@@ -203,16 +203,22 @@ fn s1_bytes(rig: &Rig) -> u64 {
 /// The floods all the time; s1 → r1 `onsets` times one second on, one
 /// second off. Each onset: from s1's first packet (its pair's counter
 /// moving, polled every 0.5 ms) to both floods' policers holding them to
-/// their share of what r1's guarantee leaves, on their hosts (ms).
-fn on_off(rig: &Rig, onsets: usize, raw: bool) -> anyhow::Result<(Figures, Vec<f64>)> {
+/// their share of what r1's guarantee leaves, on their hosts (ms). Each
+/// stop: from s1's client ending to both floods' policers back at their
+/// half of the NIC (ms).
+fn on_off(rig: &Rig, onsets: usize, raw: bool) -> anyhow::Result<(Figures, Vec<f64>, Vec<f64>)> {
     let secs = onsets as u32 * 2 + 2;
     let servers = vec![iperf_server(&rig.r2.0, 5612)?, iperf_server(&rig.r2.0, 5613)?];
     std::thread::sleep(Duration::from_millis(300));
+    let origin = Instant::now();
     let nic = sample_nic(rig.underlay.clone(), secs as f64);
     let floods = [flow(&rig.s[1], rig.r2.1, 5612, secs, Some(400)), flow(&rig.s[2], rig.r2.1, 5613, secs, Some(400))];
     std::thread::sleep(Duration::from_secs(1));
     let mut figures = Figures::default();
     let mut reactions = vec![];
+    // Each onset's first packet, in seconds since the NIC sampler started.
+    let mut firsts = vec![];
+    let mut releases = vec![];
     for _ in 0..onsets {
         let server = iperf_server(&rig.r1.0, 5611)?;
         std::thread::sleep(Duration::from_millis(200));
@@ -242,7 +248,19 @@ fn on_off(rig: &Rig, onsets: usize, raw: bool) -> anyhow::Result<(Figures, Vec<f
                 std::thread::sleep(Duration::from_micros(500));
             }
         }
+        firsts.extend(first.map(|t| t.duration_since(origin).as_secs_f64()));
         let v = s1.join().map_err(|_| anyhow::anyhow!("s1's client panicked"))?;
+        // s1 stopped: both floods' policers back at (90% of) their half of
+        // the filled NIC.
+        let stopped = Instant::now();
+        let half = 0.99 * NIC_MBPS as f64 / 2.0 * 0.9;
+        while stopped.elapsed() < Duration::from_secs(2) {
+            if flood_caps(rig).iter().all(|c| c.is_none_or(|b| (b * 8) as f64 / 1e6 >= half)) {
+                releases.push(stopped.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
         kill_all(vec![server]);
         let got = intervals(&v);
         match changed {
@@ -255,15 +273,22 @@ fn on_off(rig: &Rig, onsets: usize, raw: bool) -> anyhow::Result<(Figures, Vec<f
         }
         figures.samples.extend(got);
         // Off for a second, beyond the 500 ms after which a pair is idle.
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(Duration::from_millis(800).saturating_sub(stopped.elapsed()));
     }
     for f in floods {
         let _ = f.join();
     }
     let nic = nic.join().map_err(|_| anyhow::anyhow!("the NIC sampler panicked"))?;
     kill_all(servers);
+    if raw {
+        // The NIC around each onset: where its utilization goes.
+        for t0 in &firsts {
+            let around: Vec<String> = nic.iter().filter(|(t, _)| *t > t0 - 0.15 && *t < t0 + 1.95).map(|(t, r)| format!("{:+.2}:{r:.0}", t - t0)).collect();
+            println!("    NIC around an onset (s after s1's first packet: Mbit/s) {}", around.join(" "));
+        }
+    }
     figures.nic = nic.into_iter().filter(|(t, _)| *t > 1.0 && *t < secs as f64 - 1.0).map(|(_, r)| r).collect();
-    Ok((figures, reactions))
+    Ok((figures, reactions, releases))
 }
 
 pub async fn incast(rounds: usize, seconds: u32, onsets: usize, raw: bool, logs: Option<PathBuf>) -> anyhow::Result<()> {
@@ -279,6 +304,7 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
     println!("incast: 4 hosts, NICs shaped at {NIC_MBPS} Mbit/s each way (tc-BPF); r1 (guarantee {GUARANTEE_MBPS} Mbit/s) and r2 on host-4");
     let mut all: Vec<(&str, Figures)> = vec![("backlogged", Figures::default()), ("incast", Figures::default()), ("on/off", Figures::default())];
     let mut reactions = vec![];
+    let mut releases = vec![];
     for round in 1..=rounds {
         for (i, udp) in [(0, false), (1, true)] {
             let f = steady(rig, seconds, udp)?;
@@ -286,7 +312,8 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
             all[i].1.samples.extend(f.samples);
             all[i].1.nic.extend(f.nic);
         }
-        let (f, r) = on_off(rig, onsets, raw)?;
+        let (f, r, rel) = on_off(rig, onsets, raw)?;
+        releases.extend(rel);
         println!("  round {round} {:<10} satisfaction {:.3}  utilization {:.3}  reactions {}", "on/off", f.satisfaction(), f.utilization(), r.len());
         all[2].1.samples.extend(f.samples);
         all[2].1.nic.extend(f.nic);
@@ -301,5 +328,10 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
         bail!("no reaction measured");
     }
     println!("reaction (s1's first packet → both floods' caps at their new share on their hosts): n {}  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", r.len(), pct(&r, 0.5), pct(&r, 0.99), r[r.len() - 1]);
+    let r = sorted(releases.into_iter());
+    if r.is_empty() {
+        bail!("no release measured");
+    }
+    println!("release (s1's end → both floods' caps back at their half of the NIC): n {}  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", r.len(), pct(&r, 0.5), pct(&r, 0.99), r[r.len() - 1]);
     Ok(())
 }
