@@ -33,6 +33,11 @@ pub trait FastPath: Send + Sync {
     fn pair_caps(&self) -> Result<Vec<(PairKey, PairCap)>, BpfError>;
     fn set_pair_cap(&self, key: &PairKey, cap: &PairCap) -> Result<(), BpfError>;
     fn remove_pair_cap(&self, key: &PairKey) -> Result<(), BpfError>;
+    /// Where the host's pins are, for a reader of its pair onsets
+    /// ([`evnet_bpf::PairOnsets`]); `None` without a kernel fast path.
+    fn pins_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 impl FastPath for Dataplane {
@@ -56,6 +61,9 @@ impl FastPath for Dataplane {
     }
     fn remove_pair_cap(&self, key: &PairKey) -> Result<(), BpfError> {
         Dataplane::remove_pair_cap(self, key)
+    }
+    fn pins_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.dir().to_path_buf())
     }
 }
 

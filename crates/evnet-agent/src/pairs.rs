@@ -5,7 +5,8 @@
 //! The fast path counts every pair's bytes before its cap (`pair_meters`,
 //! keyed by the sender's device and the receiver's VNI and address) and
 //! drops what exceeds the pair's cap (`pair_caps`, a policer). This loop
-//! ([`run`], every [`PERIOD`]) turns the counters into per-pair rates and
+//! ([`run`], every [`PERIOD`], and at once when the program announces a
+//! pair's first packet after a quiet window) turns the counters into per-pair rates and
 //! demands ([`PairMeterState::step`], pure), which the report loop sends to
 //! the controller at once when a pair switches on and every
 //! [`ACTIVE_REPORT_EVERY`] while any pair is active; the controller answers
@@ -36,6 +37,11 @@ use crate::fastpath::FastPath;
 
 /// How often the counters are read.
 pub const PERIOD: Duration = Duration::from_millis(25);
+/// The least time between two reads of the counters that onsets cause:
+/// pairs that each send a packet now and then, just past the quiet window,
+/// announce an onset each; their reads are spread out to at most one per
+/// this long (the tick's reads aside).
+pub const ONSET_SPACING: Duration = Duration::from_millis(5);
 /// How often the agent reports while any pair is active.
 pub const ACTIVE_REPORT_EVERY: Duration = Duration::from_millis(50);
 /// A pair is active while it sent within this long.
@@ -346,6 +352,12 @@ pub async fn run(
     shared: Arc<Shared>,
 ) {
     let mut state = PairMeterState::default();
+    // The program announces a pair's first packet after a quiet window: the
+    // counters are read at once then, not at the next tick.
+    let onset = Arc::new(tokio::sync::Notify::new());
+    if let Some(dir) = fast.pins_dir() {
+        watch_onsets(dir, Arc::downgrade(&onset));
+    }
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let origin = Instant::now();
@@ -353,11 +365,19 @@ pub async fn run(
     // Who each pair is: rebuilt only when the desired state or the ENIs'
     // devices change, not every period.
     let mut names: Option<NamesFor> = None;
+    let mut last_read = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shared.pair_caps_changed.notified() => {}
+            _ = onset.notified() => {
+                if let Some(wait) = ONSET_SPACING.checked_sub(last_read.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
+        let woke = Instant::now();
+        last_read = woke;
         let Some(desired) = desired_rx.borrow_and_update().clone() else {
             continue;
         };
@@ -420,6 +440,7 @@ pub async fn run(
             }
         };
         let now_ms = origin.elapsed().as_millis() as u64;
+        tracing::trace!(read_ms = woke.elapsed().as_secs_f64() * 1e3, "pair maps read");
         let step = state.step(now_ms, &names, &meters, &in_force);
         if !step.forget.is_empty() {
             let fp = fast.clone();
@@ -436,6 +457,47 @@ pub async fn run(
         if step.report_now {
             shared.report_now.notify_one();
         }
+    }
+}
+
+/// Reads the host's pair onsets ([`evnet_bpf::PairOnsets`]) on a thread of
+/// its own and wakes the pair meter at each; ends within a second of the
+/// meter dropping `wake`.
+fn watch_onsets(dir: std::path::PathBuf, wake: std::sync::Weak<tokio::sync::Notify>) {
+    let spawned = std::thread::Builder::new().name("pair-onsets".into()).spawn(move || {
+        let onsets = match evnet_bpf::PairOnsets::open(&dir) {
+            Ok(o) => {
+                tracing::debug!(dir = %dir.display(), "reading the pairs' onsets");
+                o
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the pairs' onsets; pairs that start are seen at the next read of the counters");
+                return;
+            }
+        };
+        let mut failing = false;
+        loop {
+            let got = onsets.wait(Duration::from_secs(1));
+            let Some(wake) = wake.upgrade() else { return };
+            match got {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(onsets = n, "pairs switched on");
+                    wake.notify_one();
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "reading the pairs' onsets failed");
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+            failing = false;
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the pairs' onset reader");
     }
 }
 

@@ -163,6 +163,14 @@ struct {
 	__type(value, struct pair_meter);
 } pair_meters SEC(".maps");
 
+/* The pairs that start sending, or send again after a quiet window: their
+ * keys, so the agent's pair meter reports them at once instead of at its
+ * next read of the counters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16384);
+} pair_onsets SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -691,12 +699,17 @@ static __always_inline int pair_conforms(struct __sk_buff *skb, __u32 ifindex, _
 	__u64 len = skb->len;
 	__sync_fetch_and_add(&m->bytes, len);
 	__sync_fetch_and_add(&m->packets, 1);
+	__u64 now = bpf_ktime_get_ns();
+	/* Unlocked: two CPUs may both announce one onset; the agent reads the
+	 * counters either way. */
+	if (now - m->last_ns > PAIR_QUIET_NS)
+		bpf_ringbuf_output(&pair_onsets, &k, sizeof(k), 0);
+	m->last_ns = now;
 	struct pair_cap *c = bpf_map_lookup_elem(&pair_caps, &k);
 	if (!c || !c->rate_bytes)
 		return 1;
 	__u64 rate = c->rate_bytes;
 	__u64 burst = c->burst_ns;
-	__u64 now = bpf_ktime_get_ns();
 	__u64 cost = len * 1000000000ull / rate;
 	int ok = 0;
 	bpf_spin_lock(&m->lock);

@@ -208,9 +208,15 @@ struct pair_meter {
 	__u64 packets;
 	__u64 dropped_bytes;
 	__u64 tat;
+	/* When its last packet was offered (ns, the kernel's monotonic clock). */
+	__u64 last_ns;
 	struct bpf_spin_lock lock;
 	__u32 pad;
 };
+
+/* A pair whose last packet is older than this is quiet (the agent's rate
+ * window): its next packet is announced on `pair_onsets`. */
+#define PAIR_QUIET_NS 50000000ull
 
 /* Per-host settings, `config[0]`. */
 struct config {

@@ -165,6 +165,48 @@ impl PairMaps {
     }
 }
 
+/// A host's pair onsets: the program announces on `pair_onsets` (a ring
+/// buffer) a pair's first packet after a quiet window (`PAIR_QUIET_NS`,
+/// 50 ms), so the agent's pair meter can report it at once instead of at
+/// its next read of the counters (every 25 ms). Opened by its pin; one
+/// reader per host (the agent's).
+pub struct PairOnsets {
+    ring: libbpf_rs::RingBuffer<'static>,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _map: MapHandle,
+}
+
+impl PairOnsets {
+    /// The ring buffer pinned under a host's directory ([`host_dir`]).
+    pub fn open(dir: &Path) -> Result<PairOnsets, BpfError> {
+        let map = open_map(dir, "pair_onsets")?;
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        let mut builder = libbpf_rs::RingBufferBuilder::new();
+        builder
+            .add(&map, move |_| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                0
+            })
+            .map_err(|source| BpfError::Map { map: "pair_onsets", op: "ring buffer", source })?;
+        let ring = builder.build().map_err(|source| BpfError::Map { map: "pair_onsets", op: "ring buffer", source })?;
+        Ok(PairOnsets { ring, seen, _map: map })
+    }
+
+    /// Waits up to `timeout` for onsets: how many were announced (0: none
+    /// in time). Blocking.
+    pub fn wait(&self, timeout: std::time::Duration) -> Result<usize, BpfError> {
+        self.ring.poll(timeout).map_err(|source| BpfError::Map { map: "pair_onsets", op: "poll", source })?;
+        Ok(self.seen.swap(0, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Debug for PairOnsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairOnsets").finish_non_exhaustive()
+    }
+}
+
 /// Everything in a host's maps, read back (for observation and diffing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MapContents {

@@ -55,7 +55,7 @@ mod testrun;
 
 pub use error::BpfError;
 pub use host::{
-    Attached, BPFFS, Dataplane, FlowState, LoadReport, MapContents, Options, PairMaps, STRAY_EIP_VNI, ensure_bpffs,
+    Attached, BPFFS, Dataplane, FlowState, LoadReport, MapContents, Options, PairMaps, PairOnsets, STRAY_EIP_VNI, ensure_bpffs,
     host_dir, remove_host,
 };
 pub use maps::{Direction, Eip, EniEntry, Hop, HostConfig, PairCap, PairKey, PairMeter, Peer, Proto, Reason, Route, Rule, Trust};

@@ -11,9 +11,9 @@ use std::net::Ipv4Addr;
 
 /// The maps, by the name they have in the object and under `maps/` in the
 /// host's pin directory.
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 15] = [
     "enis", "routes", "hops", "appliances", "eips", "eips_in", "trust", "rules", "members", "flows", "config", "stats",
-    "pair_caps", "pair_meters",
+    "pair_caps", "pair_meters", "pair_onsets",
 ];
 
 /// The most rules one ENI has in one direction (all its groups merged).
@@ -398,8 +398,8 @@ pub struct PairMeter {
 }
 
 impl PairMeter {
-    /// `struct pair_meter`: four u64, the spin lock and padding.
-    pub const SIZE: usize = 40;
+    /// `struct pair_meter`: five u64, the spin lock and padding.
+    pub const SIZE: usize = 48;
     pub(crate) fn decode(b: &[u8]) -> Option<PairMeter> {
         (b.len() == Self::SIZE).then(|| PairMeter { bytes: u64_at(b, 0), packets: u64_at(b, 8), dropped_bytes: u64_at(b, 16) })
     }

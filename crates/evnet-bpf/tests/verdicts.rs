@@ -418,11 +418,25 @@ fn verdicts(mode: FlowState) {
     // A's HTB class as priority, the frame as A sent it (the receiving
     // host's overlay program sets the MACs: no write, and so no copy of a
     // TCP clone's head, on the sending side).
+    let onsets = PairOnsets::open(dp.dir()).unwrap();
+    onsets.wait(std::time::Duration::ZERO).unwrap();
     let sent = tcp(A_MAC, "10.0.0.10", "10.0.0.30", 40010, 443, 0x02);
     let o = dp.test_eni(h.a, &sent).unwrap();
     expect(&o, Verdict::Redirect, Reason::PassRemote);
     assert_eq!(o.priority, maps::htb_priority(5));
     assert_eq!(o.packet, sent, "the sending side leaves the frame unchanged");
+    // The pair A → R is counted; whether this packet announced it depends on
+    // how long ago the earlier packets to R were, the next one within the
+    // quiet window does not.
+    let pair = dp.pair_meters().unwrap().into_iter().find(|(k, _)| k.ifindex == h.a && k.ip == ip("10.0.0.30")).expect("A → R metered");
+    assert!(pair.1.packets >= 1);
+    onsets.wait(std::time::Duration::ZERO).unwrap();
+    dp.test_eni(h.a, &sent).unwrap();
+    assert_eq!(onsets.wait(std::time::Duration::ZERO).unwrap(), 0, "no onset within the quiet window");
+    // A pair never seen: announced at its first packet.
+    dp.forget_pair(&pair.0).unwrap();
+    dp.test_eni(h.a, &sent).unwrap();
+    assert_eq!(onsets.wait(std::time::Duration::from_secs(1)).unwrap(), 1, "a new pair's first packet is announced");
 
     // Isolation: VPC 2 has its own 10.0.0.10 (B) and 10.0.0.20 (B2). B's
     // packets to 10.0.0.20 reach B2, never D; VPC 1 has no 10.0.0.40.
