@@ -223,7 +223,7 @@ impl PairMeterState {
                         };
                         self.last.insert(*key, s);
                         if let Some(dst) = names.receivers.get(&(key.vni, key.ip)) {
-                            out.reports.push(report(src, dst, &s, caps.get(key)));
+                            out.reports.push(onset_report(report(src, dst, &s, caps.get(key)), *limit));
                         }
                     } else {
                         self.last.insert(*key, first);
@@ -257,6 +257,9 @@ impl PairMeterState {
             if (sent > 0 && was_idle) || (window_rate == 0) == (s.rate_bps > 0) {
                 out.report_now = true;
             }
+            // Sending after a quiet window (or idle): what it will send is
+            // unknown, as for a new pair.
+            let onset = sent > 0 && (was_idle || s.rate_bps == 0);
             if sent > 0 {
                 s.last_active_ms = Some(now_ms);
             }
@@ -284,7 +287,8 @@ impl PairMeterState {
                 continue;
             }
             if let (true, Some(dst)) = (idle_ms <= ACTIVE_FOR.as_millis() as u64, names.receivers.get(&(key.vni, key.ip))) {
-                out.reports.push(report(src, dst, &s, caps.get(key)));
+                let r = report(src, dst, &s, caps.get(key));
+                out.reports.push(if onset { onset_report(r, *limit) } else { r });
             }
         }
         for k in &out.forget {
@@ -294,6 +298,24 @@ impl PairMeterState {
             .sort_by(|a, b| (&a.src_eni_id, &a.dst_eni_id).cmp(&(&b.src_eni_id, &b.dst_eni_id)));
         out
     }
+}
+
+/// The report of a pair that switched on (new, or sending after a
+/// [`RATE_WINDOW`] without a byte): it wants its sender's limit, as far as
+/// this report says. Its
+/// meter has seen a packet or two (iperf3's control connection, a TCP
+/// handshake), not what it will send: reported with that, a flood that
+/// starts beside a guaranteed sender looked harmless until the next
+/// report, 50 ms later, and filled the receiving NIC until then (the lab's
+/// incast benchmark: the guaranteed sender's first 100 ms sample at
+/// 238–273 Mbit/s of 300 whenever all started at once). Taken to want its
+/// limit, it is given at once its fair share of every receiving NIC it
+/// would crowd, and the report after (its meter's estimate) gives back
+/// what it does not use. Its own estimate is not raised: it does not
+/// decay from this.
+fn onset_report(mut r: PairBandwidthReport, limit: u64) -> PairBandwidthReport {
+    r.demand_bps = r.demand_bps.max(limit);
+    r
 }
 
 fn report(src: &str, dst: &str, s: &PairSample, cap: Option<&PairCap>) -> PairBandwidthReport {
@@ -545,6 +567,7 @@ mod tests {
         assert!(st.report_now);
         assert_eq!(st.reports.len(), 1);
         assert_eq!(st.reports[0].rate_bps, 3_200_000);
+        assert_eq!(st.reports[0].demand_bps, 1000 * M, "an onset wants its sender's limit, in its report only");
         assert_eq!(
             (
                 st.reports[0].src_eni_id.as_str(),
@@ -584,14 +607,17 @@ mod tests {
         // Still quiet: nothing new to say until the next report.
         let st = s.step(150, &names(), &meter(1_582_500, 900_000), &cap);
         assert!(!st.report_now && st.reports[0].rate_bps == 0);
-        // Sending again within ACTIVE_FOR: reported at once too.
+        // Sending again within ACTIVE_FOR: reported at once too, wanting its
+        // limit (what it sends now is unknown).
         let st = s.step(175, &names(), &meter(1_600_000, 900_000), &cap);
         assert!(st.report_now && st.reports[0].rate_bps > 0);
+        assert_eq!(st.reports[0].demand_bps, 1000 * M);
         // Idle past ACTIVE_FOR: no longer reported; sending again is an onset.
         let st = s.step(680, &names(), &meter(1_600_000, 900_000), &cap);
         assert!(st.reports.is_empty());
         let st = s.step(705, &names(), &meter(1_650_000, 900_000), &cap);
         assert!(st.report_now && st.reports.len() == 1);
+        assert_eq!(st.reports[0].demand_bps, 1000 * M);
         // Idle past FORGET_AFTER: its counters go.
         let st = s.step(
             705 + FORGET_AFTER.as_millis() as u64 + 1,

@@ -16,7 +16,8 @@
 //!   `pair_demand`: held back (offered more than its cap, or at 90% of it)
 //!   it wants its sender's limit, otherwise what it sent, a quarter more and
 //!   2 Mbit/s, decaying by at most half a tick. Pairs active in the last
-//!   500 ms are reported.
+//!   500 ms are reported; one that switched on is reported, that once,
+//!   wanting its sender's limit (the agents' onset report).
 //! - **The controller's round**: at the end of every tick, the real
 //!   [`evnet_alloc::pairs::PairCapper`] (the server's
 //!   `compute_pair_caps` runs the same code) on those reports; the caps are
@@ -132,6 +133,9 @@ impl EvnetPairs {
             // than its cap), or at 90% of its cap.
             let held = capped && (self.uncapped[f] > self.cap[f] || rate >= self.cap[f] / 10 * 9);
             self.estimate[f] = pair_demand(self.estimate[f], rate, capped.then_some(self.cap[f]), held, w.eni_limit[src]);
+            // Switched on (nothing in the tick before): the agents report it
+            // wanting its sender's limit, once.
+            let onset = rate > 0 && self.quiet[f] >= 1;
             self.quiet[f] = if rate > 0 { 0 } else { self.quiet[f].saturating_add(1) };
             self.cap[f] = u64::MAX;
             if self.quiet[f] < REPORT_QUIET_TICKS {
@@ -141,7 +145,7 @@ impl EvnetPairs {
                     dst_host: w.eni_host[dst] as usize,
                     receiver: dst,
                     rate_bps: rate,
-                    demand_bps: self.estimate[f],
+                    demand_bps: if onset { self.estimate[f].max(w.eni_limit[src]) } else { self.estimate[f] },
                 });
             }
         }

@@ -308,6 +308,10 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
     for round in 1..=rounds {
         for (i, udp) in [(0, false), (1, true)] {
             let f = steady(rig, seconds, udp)?;
+            if raw {
+                let short: Vec<String> = f.samples.iter().enumerate().filter(|(_, r)| **r < 0.95 * GUARANTEE_MBPS).map(|(i, r)| format!("{:.1} s: {r:.0}", (i + 1) as f64 / 10.0)).collect();
+                println!("    r1's samples short of 95% (end of the sample: Mbit/s): {}", if short.is_empty() { "none".to_string() } else { short.join(", ") });
+            }
             println!("  round {round} {:<10} satisfaction {:.3}  utilization {:.3}  (r1 min {:.0} Mbit/s)", all[i].0, f.satisfaction(), f.utilization(), f.samples.iter().cloned().fold(f64::MAX, f64::min));
             all[i].1.samples.extend(f.samples);
             all[i].1.nic.extend(f.nic);
