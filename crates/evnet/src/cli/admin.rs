@@ -243,7 +243,7 @@ pub enum HostCommand {
     /// Change a host's underlay address, NIC capacity or labels (admin; the
     /// only way a registered host's underlay address changes).
     #[command(
-        after_help = "Examples:\n  evnet host update host-2 --underlay-ip 198.18.0.22\n  evnet host update host-2 --nic 25G --label rack=r2"
+        after_help = "Examples:\n  evnet host update host-2 --underlay-ip 198.18.0.22\n  evnet host update host-2 --nic 25G --label rack=r2\n  evnet host update host-2 --label rack=r2 --label rack_uplink_mbps=400000\n\nThe labels rack and rack_uplink_mbps (the rack's uplinks to the core, together, each way, in Mbit/s) put the rack's uplinks in the bandwidth controller's problem."
     )]
     Update {
         /// The host, by id or name.
