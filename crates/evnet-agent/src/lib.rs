@@ -369,8 +369,8 @@ async fn reconcile_loop(
         }
         let verifying = std::mem::take(&mut verify_next);
         let Some(desired) = desired_rx.borrow_and_update().clone() else { continue };
+        let ceilings = bandwidth::fast_path_ceilings(&bw.caps.lock().unwrap_or_else(|e| e.into_inner()));
         if new_caps && !config.dry_run {
-            let ceilings = bandwidth::fast_path_ceilings(&bw.caps.lock().unwrap_or_else(|e| e.into_inner()));
             let ops = match &ceiling_base {
                 Some((generation, rx, host)) if *generation == desired.generation && *rx == receive_caps(&ceilings) => ceiling_ops(&desired, host, &ceilings),
                 _ => None,
@@ -422,8 +422,7 @@ async fn reconcile_loop(
         let started = Instant::now();
         let cfg = config.plan.clone();
         let fp = fast.clone();
-        let ceilings = bandwidth::fast_path_ceilings(&bw.caps.lock().unwrap_or_else(|e| e.into_inner()));
-        let ceilings_used = ceilings.clone();
+        let receive_caps_applied = receive_caps(&ceilings);
         let result = tokio::task::spawn_blocking(move || {
             reconcile_pass(k.as_ref(), fp.as_deref(), &d, &cfg, &ceilings, dry_run, fresh.as_ref())
         })
@@ -437,7 +436,7 @@ async fn reconcile_loop(
             Ok(Ok(mut pass)) => {
                 dirty = Some(pass.touched.clone());
                 ceiling_base = match pass.host.take() {
-                    Some(host) if pass.failures.is_empty() && !dry_run => Some((desired.generation, receive_caps(&ceilings_used), host)),
+                    Some(host) if pass.failures.is_empty() && !dry_run => Some((desired.generation, receive_caps_applied, host)),
                     _ => None,
                 };
                 if let Some(devices) = &pass.eni_devices {

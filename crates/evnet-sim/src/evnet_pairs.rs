@@ -22,8 +22,7 @@
 //!   [`evnet_alloc::pairs::PairCapper`] (the server's
 //!   `compute_pair_caps` runs the same code) on those reports; the caps are
 //!   in force from the next tick, one report period after the rates they
-//!   answer (the lab measures the onset → caps reaction at p50 38–58 ms,
-//!   p99 125–294 ms: docs/benchmarks.md).
+//!   answer (a pair switching on is answered sooner: below).
 //!
 //! - **Onsets** (`EvnetPairs::onset_round`): a pair switching on is
 //!   announced by the program and reported at once wanting its sender's
@@ -33,6 +32,7 @@
 //!   that tick. (Without it, each onset ran one tick under the caps of the
 //!   tick before: the lab's on/off replay missed every onset's window,
 //!   0.900, where the lab misses at most one or two in 100.)
+//!
 //! The controller knows the fabric as an operator's labels describe it:
 //! each host's rack and what the rack's uplinks carry together (its
 //! `rack` and `rack_uplink_mbps` labels), not which spine ECMP hashed a
@@ -76,6 +76,8 @@ pub struct EvnetPairs {
     /// The demand the tree saw: each flow's, held to its pair cap.
     held_demand: Vec<u64>,
     reported: Vec<u32>,
+    /// Per flow, its place in `reported` (`u32::MAX`: not reported).
+    report_index: Vec<u32>,
     demands: Vec<PairDemand>,
     out: Vec<Option<u64>>,
     round_ms: Option<f64>,
@@ -107,6 +109,7 @@ impl EvnetPairs {
             quiet: vec![REPORT_QUIET_TICKS; w.flows()],
             held_demand: Vec::with_capacity(w.flows()),
             reported: Vec::new(),
+            report_index: vec![u32::MAX; w.flows()],
             demands: Vec::new(),
             out: Vec::new(),
             round_ms: None,
@@ -127,6 +130,9 @@ impl EvnetPairs {
     /// caps for the next tick.
     fn round(&mut self, w: &World, delivered: &[u64]) {
         let started = Instant::now();
+        for &f in &self.reported {
+            self.report_index[f as usize] = u32::MAX;
+        }
         self.reported.clear();
         self.demands.clear();
         for &f in &self.pair_flows {
@@ -144,6 +150,7 @@ impl EvnetPairs {
             self.quiet[f] = if rate > 0 { 0 } else { self.quiet[f].saturating_add(1) };
             self.cap[f] = u64::MAX;
             if self.quiet[f] < REPORT_QUIET_TICKS {
+                self.report_index[f] = self.reported.len() as u32;
                 self.reported.push(f as u32);
                 self.demands.push(PairDemand {
                     src_host: w.eni_host[src] as usize,
@@ -154,15 +161,19 @@ impl EvnetPairs {
                 });
             }
         }
+        self.answer();
+        self.round_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+    }
+
+    /// The controller's answer to the reports in `demands`: every reported
+    /// flow's cap (`u64::MAX`: none); the others keep theirs.
+    fn answer(&mut self) {
         // The world's ENIs and NICs are valid by construction.
         let net = PairNetwork { nic_bps: &self.nic_bps, host_rack: &self.host_rack, rack_uplink_bps: &self.rack_uplink_bps };
         self.capper.caps(&net, &self.receivers, &self.demands, &mut self.out).expect("the pairs' problem of a built world");
         for (&f, c) in self.reported.iter().zip(&self.out) {
-            if let Some(c) = c {
-                self.cap[f as usize] = *c;
-            }
+            self.cap[f as usize] = c.unwrap_or(u64::MAX);
         }
-        self.round_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     }
 
     /// The round a pair's first packets cause within a tick: the program
@@ -188,21 +199,17 @@ impl EvnetPairs {
                 rate_bps: 1,
                 demand_bps: w.eni_limit[src],
             };
-            match self.reported.iter().position(|&r| r as usize == f) {
-                Some(i) => self.demands[i] = onset,
-                None => {
+            match self.report_index[f] {
+                u32::MAX => {
+                    self.report_index[f] = self.reported.len() as u32;
                     self.reported.push(f as u32);
                     self.demands.push(onset);
                 }
+                i => self.demands[i as usize] = onset,
             }
         }
-        if !any {
-            return;
-        }
-        let net = PairNetwork { nic_bps: &self.nic_bps, host_rack: &self.host_rack, rack_uplink_bps: &self.rack_uplink_bps };
-        self.capper.caps(&net, &self.receivers, &self.demands, &mut self.out).expect("the pairs' problem of a built world");
-        for (&f, c) in self.reported.iter().zip(&self.out) {
-            self.cap[f as usize] = c.unwrap_or(u64::MAX);
+        if any {
+            self.answer();
         }
     }
 }

@@ -392,18 +392,17 @@ impl World {
     fn add_flow(&mut self, src: u32, dst: u32, peak: u64, process: u32, seed: u64, buf: &mut [u32; 4]) {
         let f = self.flow_src.len() as u64;
         let (hs, hd) = (self.eni_host[src as usize] as usize, self.eni_host[dst as usize] as usize);
-        let per_rack = self.hosts / self.racks;
         let len = if hs == hd {
             0
-        } else if hs / per_rack == hd / per_rack {
+        } else if self.rack_of(hs) == self.rack_of(hd) {
             buf[0] = Self::host_tx(hs) as u32;
             buf[1] = Self::host_rx(hd) as u32;
             2
         } else {
             let spine = (mix(seed ^ f.wrapping_mul(0x2545f4914f6cdd1d)) % self.spines as u64) as usize;
             buf[0] = Self::host_tx(hs) as u32;
-            buf[1] = self.uplink(hs / per_rack, spine) as u32;
-            buf[2] = self.uplink(hd / per_rack, spine) as u32 + 1;
+            buf[1] = self.uplink(self.rack_of(hs), spine) as u32;
+            buf[2] = self.uplink(self.rack_of(hd), spine) as u32 + 1;
             buf[3] = Self::host_rx(hd) as u32;
             4
         };
