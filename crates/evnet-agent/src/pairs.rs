@@ -99,8 +99,8 @@ pub const RATE_WINDOW: Duration = Duration::from_millis(50);
 pub struct PairStep {
     /// The active pairs whose ENIs are known, for the report.
     pub reports: Vec<PairBandwidthReport>,
-    /// A pair switched on (or is new), stopped, or sent again after a step
-    /// without a byte, in this step: report at once.
+    /// A pair switched on (or is new), stopped (a [`RATE_WINDOW`] without a
+    /// byte), or sent again after that, in this step: report at once.
     pub report_now: bool,
     /// Counters to forget (idle for [`FORGET_AFTER`], or of a sender
     /// no longer here).
@@ -398,8 +398,7 @@ pub async fn run(
                 }
             }
         }
-        let woke = Instant::now();
-        last_read = woke;
+        last_read = Instant::now();
         let Some(desired) = desired_rx.borrow_and_update().clone() else {
             continue;
         };
@@ -462,7 +461,7 @@ pub async fn run(
             }
         };
         let now_ms = origin.elapsed().as_millis() as u64;
-        tracing::trace!(read_ms = woke.elapsed().as_secs_f64() * 1e3, "pair maps read");
+        tracing::trace!(read_ms = last_read.elapsed().as_secs_f64() * 1e3, "pair maps read");
         let step = state.step(now_ms, &names, &meters, &in_force);
         if !step.forget.is_empty() {
             let fp = fast.clone();

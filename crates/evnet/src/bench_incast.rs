@@ -234,33 +234,18 @@ fn on_off(rig: &Rig, onsets: usize, raw: bool) -> anyhow::Result<(Figures, Vec<f
             }
             std::thread::sleep(Duration::from_micros(500));
         }
-        let mut changed = None;
-        if let Some(t0) = first {
-            while Instant::now() < t0 + Duration::from_secs(2) {
-                // The new rates: each flood's policer at most its share of
-                // what r1's guarantee (and the floor's quarter) leaves of
-                // the filled NIC, with the policer's headroom.
-                let share = (0.99 * NIC_MBPS as f64 - 1.25 * GUARANTEE_MBPS) / 2.0 * 1.1 + 5.0;
-                if flood_caps(rig).iter().all(|c| c.is_some_and(|b| (b * 8) as f64 / 1e6 <= share)) {
-                    changed = Some(t0.elapsed().as_secs_f64() * 1e3);
-                    break;
-                }
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        }
+        // The new rates: each flood's policer at most its share of what r1's
+        // guarantee (and the floor's quarter) leaves of the filled NIC, with
+        // the policer's headroom.
+        let share = (0.99 * NIC_MBPS as f64 - 1.25 * GUARANTEE_MBPS) / 2.0 * 1.1 + 5.0;
+        let changed = first.and_then(|t0| floods_reach(rig, t0, |c| c.is_some_and(|mbps| mbps <= share)));
         firsts.extend(first.map(|t| t.duration_since(origin).as_secs_f64()));
         let v = s1.join().map_err(|_| anyhow::anyhow!("s1's client panicked"))?;
         // s1 stopped: both floods' policers back at (90% of) their half of
         // the filled NIC.
         let stopped = Instant::now();
         let half = 0.99 * NIC_MBPS as f64 / 2.0 * 0.9;
-        while stopped.elapsed() < Duration::from_secs(2) {
-            if flood_caps(rig).iter().all(|c| c.is_none_or(|b| (b * 8) as f64 / 1e6 >= half)) {
-                releases.push(stopped.elapsed().as_secs_f64() * 1e3);
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
+        releases.extend(floods_reach(rig, stopped, |c| c.is_none_or(|mbps| mbps >= half)));
         kill_all(vec![server]);
         let got = intervals(&v);
         match changed {
@@ -327,15 +312,28 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
     for (name, f) in &all {
         println!("{name:<12} {:>7}  {:>12.4}  {:>11.3}", f.samples.len(), f.satisfaction(), f.utilization());
     }
-    let r = sorted(reactions.into_iter());
+    print_latencies("reaction (s1's first packet → both floods' caps at their new share on their hosts)", reactions)?;
+    print_latencies("release (s1's end → both floods' caps back at their half of the NIC)", releases)
+}
+
+/// `what: n, p50, p99, max` of latencies in ms; none is an error.
+fn print_latencies(what: &str, ms: Vec<f64>) -> anyhow::Result<()> {
+    let r = sorted(ms.into_iter());
     if r.is_empty() {
-        bail!("no reaction measured");
+        bail!("no {} measured", what.split(' ').next().unwrap_or(what));
     }
-    println!("reaction (s1's first packet → both floods' caps at their new share on their hosts): n {}  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", r.len(), pct(&r, 0.5), pct(&r, 0.99), r[r.len() - 1]);
-    let r = sorted(releases.into_iter());
-    if r.is_empty() {
-        bail!("no release measured");
-    }
-    println!("release (s1's end → both floods' caps back at their half of the NIC): n {}  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", r.len(), pct(&r, 0.5), pct(&r, 0.99), r[r.len() - 1]);
+    println!("{what}: n {}  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", r.len(), pct(&r, 0.5), pct(&r, 0.99), r[r.len() - 1]);
     Ok(())
+}
+
+/// How long after `from` (ms) both floods' policers (Mbit/s, `None`:
+/// uncapped) satisfy `ok`, polled every 0.5 ms for at most 2 s.
+fn floods_reach(rig: &Rig, from: Instant, ok: impl Fn(Option<f64>) -> bool) -> Option<f64> {
+    while from.elapsed() < Duration::from_secs(2) {
+        if flood_caps(rig).iter().all(|c| ok(c.map(|b| (b * 8) as f64 / 1e6))) {
+            return Some(from.elapsed().as_secs_f64() * 1e3);
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    None
 }
