@@ -26,6 +26,10 @@ const GUARANTEE_MBPS: f64 = 300.0;
 struct Figures {
     /// r1's goodput per 100 ms while its sender ran (Mbit/s).
     samples: Vec<f64>,
+    /// The segments r1's sender retransmitted in each of those samples:
+    /// a short sample with none was not a loss (a sender or receiver that
+    /// waited for a CPU, say).
+    retransmits: Vec<u64>,
     /// The receiving NIC's wire rate per ~100 ms while loaded (Mbit/s).
     nic: Vec<f64>,
 }
@@ -142,9 +146,17 @@ fn iperf_client(ns: &str, args: &[String], secs: u32) -> serde_json::Value {
     serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null)
 }
 
-/// Goodput per 100 ms interval of an iperf3 client's JSON (Mbit/s).
-fn intervals(v: &serde_json::Value) -> Vec<f64> {
-    v["intervals"].as_array().map(|a| a.iter().filter_map(|i| i["sum"]["bits_per_second"].as_f64()).map(|b| b / 1e6).collect()).unwrap_or_default()
+/// Goodput per 100 ms interval of an iperf3 client's JSON (Mbit/s), and
+/// the segments a TCP client retransmitted in each (0 for UDP).
+fn intervals(v: &serde_json::Value) -> (Vec<f64>, Vec<u64>) {
+    v["intervals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| Some((i["sum"]["bits_per_second"].as_f64()? / 1e6, i["sum"]["retransmits"].as_u64().unwrap_or(0))))
+                .unzip()
+        })
+        .unwrap_or_default()
 }
 
 /// A client thread: TCP (`udp_mbps` None) or UDP at that rate, with 100 ms
@@ -184,7 +196,8 @@ fn steady(rig: &Rig, secs: u32, udp: bool) -> anyhow::Result<Figures> {
     }
     // The NIC while everything runs (its first half second is the flows
     // starting).
-    Ok(Figures { samples: intervals(&s1), nic: nic.into_iter().filter(|(t, _)| *t > 0.5 && *t < secs as f64 - 0.2).map(|(_, r)| r).collect() })
+    let (samples, retransmits) = intervals(&s1);
+    Ok(Figures { samples, retransmits, nic: nic.into_iter().filter(|(t, _)| *t > 0.5 && *t < secs as f64 - 0.2).map(|(_, r)| r).collect() })
 }
 
 /// The caps on the floods' pairs (into r2) on host-2 and host-3.
@@ -247,16 +260,17 @@ fn on_off(rig: &Rig, onsets: usize, raw: bool) -> anyhow::Result<(Figures, Vec<f
         let half = 0.99 * NIC_MBPS as f64 / 2.0 * 0.9;
         releases.extend(floods_reach(rig, stopped, |c| c.is_none_or(|mbps| mbps >= half)));
         kill_all(vec![server]);
-        let got = intervals(&v);
+        let (got, retransmits) = intervals(&v);
         match changed {
             Some(ms) => reactions.push(ms),
             None => println!("  an onset whose caps did not change within 2 s (first packet seen: {})", first.is_some()),
         }
         if raw {
-            let first: Vec<String> = got.iter().take(5).map(|r| format!("{r:.0}")).collect();
-            println!("    onset: caps changed after {} ms; r1's first 100 ms samples {}", changed.map_or("-".into(), |ms| format!("{ms:.1}")), first.join(" "));
+            let first: Vec<String> = got.iter().zip(&retransmits).take(5).map(|(r, n)| format!("{r:.0}/{n}")).collect();
+            println!("    onset: caps changed after {} ms; r1's first 100 ms samples (Mbit/s/retransmits) {}", changed.map_or("-".into(), |ms| format!("{ms:.1}")), first.join(" "));
         }
         figures.samples.extend(got);
+        figures.retransmits.extend(retransmits);
         // Off for a second, beyond the 500 ms after which a pair is idle.
         std::thread::sleep(Duration::from_millis(800).saturating_sub(stopped.elapsed()));
     }
@@ -294,14 +308,16 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
         for (i, udp) in [(0, false), (1, true)] {
             let f = steady(rig, seconds, udp)?;
             if raw {
-                let short: Vec<String> = f.samples.iter().enumerate().filter(|(_, r)| **r < 0.95 * GUARANTEE_MBPS).map(|(i, r)| format!("{:.1} s: {r:.0}", (i + 1) as f64 / 10.0)).collect();
-                println!("    r1's samples short of 95% (end of the sample: Mbit/s): {}", if short.is_empty() { "none".to_string() } else { short.join(", ") });
+                print_short(&f, "end of the sample");
             }
             println!("  round {round} {:<10} satisfaction {:.3}  utilization {:.3}  (r1 min {:.0} Mbit/s)", all[i].0, f.satisfaction(), f.utilization(), f.samples.iter().cloned().fold(f64::MAX, f64::min));
             all[i].1.samples.extend(f.samples);
             all[i].1.nic.extend(f.nic);
         }
         let (f, r, rel) = on_off(rig, onsets, raw)?;
+        if raw {
+            print_short(&f, "s1's seconds on, end of the sample");
+        }
         releases.extend(rel);
         println!("  round {round} {:<10} satisfaction {:.3}  utilization {:.3}  reactions {}", "on/off", f.satisfaction(), f.utilization(), r.len());
         all[2].1.samples.extend(f.samples);
@@ -314,6 +330,20 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
     }
     print_latencies("reaction (s1's first packet → both floods' caps at their new share on their hosts)", reactions)?;
     print_latencies("release (s1's end → both floods' caps back at their half of the NIC)", releases)
+}
+
+/// r1's samples short of 95% of its guarantee, at the end of which of its
+/// sender's seconds, with the segments it retransmitted in each.
+fn print_short(f: &Figures, when: &str) {
+    let short: Vec<String> = f
+        .samples
+        .iter()
+        .zip(&f.retransmits)
+        .enumerate()
+        .filter(|(_, (r, _))| **r < 0.95 * GUARANTEE_MBPS)
+        .map(|(i, (r, n))| format!("{:.1} s: {r:.0}/{n}", (i + 1) as f64 / 10.0))
+        .collect();
+    println!("    r1's samples short of 95% ({when}: Mbit/s/retransmits): {}", if short.is_empty() { "none".to_string() } else { short.join(", ") });
 }
 
 /// `what: n, p50, p99, max` of latencies in ms; none is an error.

@@ -84,6 +84,7 @@ pub async fn report(
     Body(req): Body<HostBandwidthReport>,
 ) -> ApiResult<Json<HostBandwidthCaps>> {
     caller.require_host(&id, "report bandwidth")?;
+    tracing::trace!(host = %id, pairs = req.pairs.len(), "bandwidth report received");
     visible(&st.cache.read().hosts, Kind::Host, &id, &Caller::Admin)?;
     // A forwarded report is never forwarded again (caches that disagree on
     // the leader for a moment must not bounce it between them).
