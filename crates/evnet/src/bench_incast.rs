@@ -306,20 +306,29 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
     let mut releases = vec![];
     for round in 1..=rounds {
         for (i, udp) in [(0, false), (1, true)] {
+            let cpu = CpuPressure::start();
             let f = steady(rig, seconds, udp)?;
             if raw {
                 print_short(&f, "end of the sample");
             }
-            println!("  round {round} {:<10} satisfaction {:.3}  utilization {:.3}  (r1 min {:.0} Mbit/s)", all[i].0, f.satisfaction(), f.utilization(), f.samples.iter().cloned().fold(f64::MAX, f64::min));
+            println!(
+                "  round {round} {:<10} satisfaction {:.3}  utilization {:.3}  (r1 min {:.0} Mbit/s; {})",
+                all[i].0,
+                f.satisfaction(),
+                f.utilization(),
+                f.samples.iter().cloned().fold(f64::MAX, f64::min),
+                cpu.figure()
+            );
             all[i].1.samples.extend(f.samples);
             all[i].1.nic.extend(f.nic);
         }
+        let cpu = CpuPressure::start();
         let (f, r, rel) = on_off(rig, onsets, raw)?;
         if raw {
             print_short(&f, "s1's seconds on, end of the sample");
         }
         releases.extend(rel);
-        println!("  round {round} {:<10} satisfaction {:.3}  utilization {:.3}  reactions {}", "on/off", f.satisfaction(), f.utilization(), r.len());
+        println!("  round {round} {:<10} satisfaction {:.3}  utilization {:.3}  reactions {}  ({})", "on/off", f.satisfaction(), f.utilization(), r.len(), cpu.figure());
         all[2].1.samples.extend(f.samples);
         all[2].1.nic.extend(f.nic);
         reactions.extend(r);
@@ -330,6 +339,36 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
     }
     print_latencies("reaction (s1's first packet → both floods' caps at their new share on their hosts)", reactions)?;
     print_latencies("release (s1's end → both floods' caps back at their half of the NIC)", releases)
+}
+
+/// The machine's CPU pressure over a scenario: the share of its time in
+/// which some runnable task waited for a CPU (`/proc/pressure/cpu`, "some").
+/// The lab's four hosts, their daemons and the load share this machine's
+/// CPUs: each hop of a reaction (an agent's report, the server's round,
+/// the caps reaching the other hosts) is a thread that may wait for one.
+struct CpuPressure {
+    at: Instant,
+    stalled_us: Option<u64>,
+}
+
+impl CpuPressure {
+    fn read() -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+        let some = text.lines().find(|l| l.starts_with("some "))?;
+        some.split_whitespace().find_map(|f| f.strip_prefix("total="))?.parse().ok()
+    }
+
+    fn start() -> CpuPressure {
+        CpuPressure { at: Instant::now(), stalled_us: Self::read() }
+    }
+
+    /// "cpu pressure N%", or that the kernel does not tell.
+    fn figure(&self) -> String {
+        match (self.stalled_us, Self::read()) {
+            (Some(a), Some(b)) => format!("cpu pressure {:.0}%", (b - a) as f64 / 1e4 / self.at.elapsed().as_secs_f64()),
+            _ => "cpu pressure unknown".into(),
+        }
+    }
 }
 
 /// r1's samples short of 95% of its guarantee, at the end of which of its
