@@ -48,7 +48,9 @@ use crate::state::AppState;
 pub const REPORT_TTL_MS: u64 = 5_000;
 /// How often the controller runs when no pair report asks for a round.
 pub const PERIOD: Duration = Duration::from_secs(1);
-/// The least time between two rounds that pair reports asked for.
+/// The least time between two rounds that pair reports asked for, unless
+/// a pair switched on or off: a change in rates alone waits this long for
+/// the other hosts' reports of the same moment.
 pub const PAIR_ROUND_SPACING: Duration = Duration::from_millis(5);
 
 /// One ENI's latest figures.
@@ -77,6 +79,10 @@ pub struct Board {
     /// Woken by a report whose pairs differ from the host's last ones: the
     /// controller runs a round at once.
     pairs_changed: tokio::sync::Notify,
+    /// Set with `pairs_changed` when a pair switched on or off (sending
+    /// where it did not, or no more): that round does not wait
+    /// [`PAIR_ROUND_SPACING`].
+    pairs_switched: std::sync::atomic::AtomicBool,
     /// The last version given to any host's caps: the caps watches wait on
     /// it.
     caps_version: tokio::sync::watch::Sender<u64>,
@@ -89,9 +95,13 @@ impl Board {
         let mut g = self.inner.lock().expect("bandwidth board lock");
         let had = g.reports.get(host_id).map(|(_, r)| r.pairs.as_slice()).unwrap_or_default();
         let wake = had != report.pairs.as_slice();
+        let switched = wake && sending(had) != sending(&report.pairs);
         g.reports.insert(host_id.to_string(), (at_ms, report));
         let caps = g.caps.get(host_id).cloned().unwrap_or_default();
         drop(g);
+        if switched {
+            self.pairs_switched.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if wake {
             self.pairs_changed.notify_one();
         }
@@ -99,9 +109,10 @@ impl Board {
     }
 
     /// Returns when a report changed its host's pairs (at once if one did
-    /// since the last call).
-    pub async fn wait_for_pairs(&self) {
-        self.pairs_changed.notified().await
+    /// since the last call): whether a pair switched on or off since.
+    pub async fn wait_for_pairs(&self) -> bool {
+        self.pairs_changed.notified().await;
+        self.pairs_switched.swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The latest figures of one ENI, from whichever host reported it last.
@@ -182,6 +193,11 @@ impl Board {
     fn expire(&self, before_ms: u64) {
         self.inner.lock().expect("bandwidth board lock").reports.retain(|_, (at, _)| *at >= before_ms);
     }
+}
+
+/// The pairs of a report that are sending, by their ENIs.
+fn sending(pairs: &[evnet_model::desired::PairBandwidthReport]) -> std::collections::BTreeSet<(&str, &str)> {
+    pairs.iter().filter(|p| p.rate_bps > 0).map(|p| (p.src_eni_id.as_str(), p.dst_eni_id.as_str())).collect()
 }
 
 /// An ENI as the controller needs it: where it is and its contract.
@@ -429,9 +445,9 @@ pub fn round(st: &AppState, now: u64) {
     st.bandwidth.set_caps(caps);
 }
 
-/// Runs the controller every second and at once (after
-/// [`PAIR_ROUND_SPACING`]) when a report changed its pairs, on the server that leads the
-/// bandwidth loop, until the task is dropped. Other servers forward the
+/// Runs the controller every second and at once when a report changed its
+/// pairs (after [`PAIR_ROUND_SPACING`] unless a pair switched on or off), on
+/// the server that leads the bandwidth loop, until the task is dropped. Other servers forward the
 /// agents' reports to the leader (see `api::stats::report`).
 pub async fn run(st: AppState) {
     let mut tick = tokio::time::interval(PERIOD);
@@ -439,7 +455,9 @@ pub async fn run(st: AppState) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = st.bandwidth.wait_for_pairs() => tokio::time::sleep(PAIR_ROUND_SPACING).await,
+            switched = st.bandwidth.wait_for_pairs() => if !switched {
+                tokio::time::sleep(PAIR_ROUND_SPACING).await
+            },
         }
         if st.cluster.leads(crate::cluster::BANDWIDTH) {
             round(&st, now_ms());
@@ -728,12 +746,20 @@ mod tests {
             tokio::pin!(n);
             n.as_mut().enable()
         };
+        let switched = |b: &Board| b.pairs_switched.swap(false, std::sync::atomic::Ordering::Relaxed);
         board.record("h1", HostBandwidthReport { enis: vec![], pairs: vec![pair("s1", "r1", 5, 8)] }, 1);
         assert!(woke(&board), "new pairs");
+        assert!(switched(&board), "a pair that switched on runs its round without the spacing");
         board.record("h1", HostBandwidthReport { enis: vec![], pairs: vec![pair("s1", "r1", 5, 8)] }, 2);
         assert!(!woke(&board), "the same pairs again");
-        board.record("h1", HostBandwidthReport { enis: vec![], pairs: vec![] }, 3);
+        board.record("h1", HostBandwidthReport { enis: vec![], pairs: vec![pair("s1", "r1", 6, 8)] }, 3);
+        assert!(woke(&board), "a new rate");
+        assert!(!switched(&board), "a new rate alone waits for the spacing");
+        board.record("h1", HostBandwidthReport { enis: vec![], pairs: vec![pair("s1", "r1", 0, 8)] }, 4);
+        assert!(woke(&board) && switched(&board), "a pair that stopped sending");
+        board.record("h1", HostBandwidthReport { enis: vec![], pairs: vec![] }, 5);
         assert!(woke(&board), "pairs gone");
+        assert!(!switched(&board), "gone after it had stopped: no switch");
     }
 
     #[test]

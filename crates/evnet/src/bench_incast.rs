@@ -215,8 +215,9 @@ fn s1_bytes(rig: &Rig) -> u64 {
 
 /// The floods all the time; s1 → r1 `onsets` times one second on, one
 /// second off. Each onset: from s1's first packet (its pair's counter
-/// moving, polled every 0.5 ms) to both floods' policers holding them to
-/// their share of what r1's guarantee leaves, on their hosts (ms). Each
+/// moving, polled every 0.5 ms; timed from the last read that saw it
+/// still) to both floods' policers holding them to their share of what
+/// r1's guarantee leaves, on their hosts, as a read sees them (ms). Each
 /// stop: from s1's client ending to both floods' policers back at their
 /// half of the NIC (ms).
 fn on_off(rig: &Rig, onsets: usize, raw: bool) -> anyhow::Result<(Figures, Vec<f64>, Vec<f64>)> {
@@ -237,14 +238,21 @@ fn on_off(rig: &Rig, onsets: usize, raw: bool) -> anyhow::Result<(Figures, Vec<f
         std::thread::sleep(Duration::from_millis(200));
         let bytes = s1_bytes(rig);
         let s1 = flow(&rig.s[0], rig.r1.1, 5611, 1, None);
-        // The first packet: the pair's counter moves.
+        // The first packet: the pair's counter moves. It came after the
+        // last read that saw the counter still: that read's start is when
+        // the reaction is timed from (the machine's CPUs are contended, and
+        // this thread may wait for one between two reads: timing from the
+        // read that saw the packet would shorten the reaction by that wait).
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut first = None;
+        let mut still_at = Instant::now();
         while Instant::now() < deadline {
+            let read_at = Instant::now();
             if s1_bytes(rig) != bytes {
-                first = Some(Instant::now());
+                first = Some(still_at);
                 break;
             }
+            still_at = read_at;
             std::thread::sleep(Duration::from_micros(500));
         }
         // The new rates: each flood's policer at most its share of what r1's
