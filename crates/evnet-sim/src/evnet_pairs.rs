@@ -179,7 +179,7 @@ impl EvnetPairs {
     /// The round a pair's first packets cause within a tick: the program
     /// announces them, the agent reports the pair wanting its sender's
     /// limit, and the controller answers in ~10 ms (the lab's reaction p50
-    /// 9–16 ms), well inside a 50 ms tick. So at the start of a tick in
+    /// 5.5–16 ms), well inside a 50 ms tick. So at the start of a tick in
     /// which pairs switch on, the last round's reports with those pairs
     /// added run once more and their caps hold for the tick.
     fn onset_round(&mut self, w: &World, demand: &[u64]) {
