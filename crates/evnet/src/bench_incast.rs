@@ -68,7 +68,7 @@ async fn rig() -> anyhow::Result<Rig> {
     let sub = c.create_subnet(&CreateSubnet { vpc_id: vpc.id.clone(), cidr_block: "10.0.1.0/24".into(), ..Default::default() }).await?;
     let mut inst = vec![];
     for (name, host, g) in [("r1", 3, GUARANTEE_MBPS as u64), ("r2", 3, 0), ("s1", 0, 0), ("s2", 1, 0), ("s3", 2, 0)] {
-        let bandwidth = (g > 0).then(|| BandwidthSpec { guaranteed_mbps: g, limit_mbps: None, weight: 1, burst_kbytes: 64 });
+        let bandwidth = (g > 0).then_some(BandwidthSpec { guaranteed_mbps: g, limit_mbps: None, weight: 1, burst_kbytes: 64 });
         let eni = c.create_eni(&CreateEni { subnet_id: sub.id.clone(), bandwidth, ..Default::default() }).await?;
         let i = c
             .create_instance(&CreateInstance { name: Some(name.into()), host_id: Some(hosts[host].clone()), eni_ids: vec![eni.id.clone()], ..Default::default() })
