@@ -328,6 +328,7 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
                 cpu.figure()
             );
             all[i].1.samples.extend(f.samples);
+            all[i].1.retransmits.extend(f.retransmits);
             all[i].1.nic.extend(f.nic);
         }
         let cpu = CpuPressure::start();
@@ -338,6 +339,7 @@ fn measure(rig: &Rig, rounds: usize, seconds: u32, onsets: usize, raw: bool) -> 
         releases.extend(rel);
         println!("  round {round} {:<10} satisfaction {:.3}  utilization {:.3}  reactions {}  ({})", "on/off", f.satisfaction(), f.utilization(), r.len(), cpu.figure());
         all[2].1.samples.extend(f.samples);
+        all[2].1.retransmits.extend(f.retransmits);
         all[2].1.nic.extend(f.nic);
         reactions.extend(r);
     }
